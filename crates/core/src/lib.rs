@@ -1,0 +1,38 @@
+//! The node contract shared by every cohort mode.
+//!
+//! A cohort node is a deterministic state machine. The driver (the tokio
+//! runtime or the simulator) feeds it inputs and drains its outputs:
+//!
+//! ```text
+//!   boot(...)                        -- once, from what was persisted
+//!   loop {
+//!       handle_message / handle_timer / handle_client / handle_task_finished
+//!       for action in node.actions() { ... }   -- in order, before the next input
+//!   }
+//! ```
+//!
+//! Time ([`Time`]) and randomness ([`NodeRng`]) are inputs; nothing in a core
+//! reads a clock or the OS RNG. Output comes as an ordered batch of
+//! [`Action`]s: a [`Action::Persist`] must be durable before any later
+//! [`Action::Send`], [`Action::Reply`] or [`Action::Execute`] of the same
+//! batch is carried out. [`Node::actions`] returns a draining iterator that
+//! borrows the node, so no new input can be handed in while a batch is out.
+#![deny(missing_docs)]
+
+pub mod action;
+pub mod client;
+pub mod codec;
+pub mod ids;
+pub mod node;
+pub mod store;
+pub mod task;
+pub mod time;
+
+pub use action::{Action, Note, SupersedeReason, TimerToken};
+pub use client::{ClientError, ClientRequest, ClientResponse, Consistency, RequestId};
+pub use codec::{decode, encode, CodecError};
+pub use ids::{Epoch, NodeId, TaskId};
+pub use node::{Limits, LimitsError, Node, NodeRng, Peers};
+pub use store::{StoreOp, Stored};
+pub use task::{Task, TaskOutcome, TaskState};
+pub use time::Time;

@@ -1,0 +1,249 @@
+//! The node state machine trait and what every node is configured with.
+
+use crate::action::{Action, TimerToken};
+use crate::client::{ClientError, ClientRequest, RequestId};
+use crate::ids::{Epoch, NodeId, TaskId};
+use crate::store::Stored;
+use crate::task::{Task, TaskOutcome};
+use crate::time::Time;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::fmt::Debug;
+
+/// The RNG handed to every node at boot. Seeded by the driver: the simulator
+/// derives it from the run's seed, the runtime from the OS once at start.
+pub type NodeRng = rand_chacha::ChaCha8Rng;
+
+/// A node state machine: one mode's protocol for one member of the cluster.
+///
+/// Call order: [`Node::boot`] once; then, repeatedly, one `handle_*` input
+/// followed by draining [`Node::actions`] completely and carrying the actions
+/// out in order. Every input takes `now`, which never goes backwards.
+pub trait Node: Sized {
+    /// What peers of this mode send each other. Encoded with postcard.
+    type Message: Clone + Debug + Serialize + DeserializeOwned + Send + 'static;
+    /// This mode's own settings (timeouts, ...), validated before boot.
+    type Config: Clone + Debug + Send + Sync + 'static;
+
+    /// Builds the node from what it persisted (`stored` is empty on first
+    /// boot). Initial timers and sends are left in [`Node::actions`].
+    fn boot(peers: &Peers, config: &Self::Config, stored: &Stored, rng: NodeRng, now: Time)
+        -> Self;
+
+    /// A message from peer `from`.
+    fn handle_message(&mut self, now: Time, from: NodeId, msg: Self::Message);
+
+    /// A timer set with [`Action::SetTimer`] came due.
+    fn handle_timer(&mut self, now: Time, token: TimerToken);
+
+    /// A client request; answered with exactly one [`Action::Reply`] for
+    /// `request`, now or later (unless the node crashes first).
+    fn handle_client(&mut self, now: Time, request: RequestId, req: ClientRequest);
+
+    /// The handler started by [`Action::Execute`] for `(task, epoch)` returned.
+    fn handle_task_finished(&mut self, now: Time, task: TaskId, epoch: Epoch, outcome: TaskOutcome);
+
+    /// Drains the output batch. The iterator borrows the node: no new input
+    /// can be handed in until the batch has been taken.
+    fn actions(&mut self) -> std::vec::Drain<'_, Action<Self::Message>>;
+
+    /// This node's id.
+    fn id(&self) -> NodeId;
+}
+
+/// Who the node is and who its peers are: the same for every mode.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peers {
+    /// This node.
+    pub id: NodeId,
+    /// Every member of the cluster, this node included, in ascending order.
+    pub members: Vec<NodeId>,
+    /// How many tasks this node runs at once.
+    pub capacity_tasks: u32,
+    /// Limits on everything that grows.
+    pub limits: Limits,
+}
+
+impl Peers {
+    /// Validated peers: `members` sorted and deduplicated, containing `id`.
+    pub fn new(
+        id: NodeId,
+        members: impl IntoIterator<Item = NodeId>,
+        capacity_tasks: u32,
+        limits: Limits,
+    ) -> Result<Peers, LimitsError> {
+        let mut members: Vec<NodeId> = members.into_iter().collect();
+        members.sort();
+        members.dedup();
+        if !members.contains(&id) {
+            return Err(LimitsError::NotAMember { id });
+        }
+        if members.len() > limits.members_max {
+            return Err(LimitsError::TooManyMembers {
+                members: members.len(),
+                limit: limits.members_max,
+            });
+        }
+        if capacity_tasks == 0 {
+            return Err(LimitsError::Zero {
+                what: "capacity_tasks",
+            });
+        }
+        limits.validate()?;
+        Ok(Peers {
+            id,
+            members,
+            capacity_tasks,
+            limits,
+        })
+    }
+
+    /// Every member but this node.
+    pub fn others(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.members.iter().copied().filter(move |m| *m != self.id)
+    }
+}
+
+/// A named, configurable limit on everything that grows. Crossing one gives
+/// the caller a typed error; nothing acknowledged is dropped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Largest task payload accepted.
+    pub payload_bytes_max: usize,
+    /// Largest task kind name accepted.
+    pub kind_bytes_max: usize,
+    /// Largest encoded peer message accepted.
+    pub message_bytes_max: usize,
+    /// Most tasks not yet final that a node tracks.
+    pub tasks_active_max: usize,
+    /// Most finished task records retained.
+    pub tasks_retained_max: usize,
+    /// Most members in a cluster.
+    pub members_max: usize,
+    /// Most attempts a task may ask for.
+    pub attempts_max: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            payload_bytes_max: 1 << 20,
+            kind_bytes_max: 64,
+            message_bytes_max: 8 << 20,
+            tasks_active_max: 100_000,
+            tasks_retained_max: 1_000_000,
+            members_max: 10_000,
+            attempts_max: 100,
+        }
+    }
+}
+
+impl Limits {
+    /// Refuses limits that would make the node unusable.
+    pub fn validate(&self) -> Result<(), LimitsError> {
+        let nonzero = [
+            ("payload_bytes_max", self.payload_bytes_max),
+            ("kind_bytes_max", self.kind_bytes_max),
+            ("message_bytes_max", self.message_bytes_max),
+            ("tasks_active_max", self.tasks_active_max),
+            ("tasks_retained_max", self.tasks_retained_max),
+            ("members_max", self.members_max),
+            ("attempts_max", self.attempts_max as usize),
+        ];
+        for (what, v) in nonzero {
+            if v == 0 {
+                return Err(LimitsError::Zero { what });
+            }
+        }
+        if self.message_bytes_max <= self.payload_bytes_max {
+            return Err(LimitsError::MessageSmallerThanPayload);
+        }
+        Ok(())
+    }
+
+    /// Checks a submitted task against the limits. Changes nothing.
+    pub fn check_task(&self, task: &Task) -> Result<(), ClientError> {
+        if task.payload.len() > self.payload_bytes_max {
+            return Err(ClientError::PayloadTooLarge {
+                size_bytes: task.payload.len(),
+                limit_bytes: self.payload_bytes_max,
+            });
+        }
+        if task.kind.is_empty() || task.kind.len() > self.kind_bytes_max {
+            return Err(ClientError::InvalidTask {
+                reason: format!("kind must be 1..={} bytes", self.kind_bytes_max),
+            });
+        }
+        if task.max_attempts == 0 || task.max_attempts > self.attempts_max {
+            return Err(ClientError::InvalidTask {
+                reason: format!("max_attempts must be 1..={}", self.attempts_max),
+            });
+        }
+        if task.timeout_ms == 0 {
+            return Err(ClientError::InvalidTask {
+                reason: "timeout_ms must be positive".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// An invalid node configuration. Nothing was started.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LimitsError {
+    /// The node is not in its own member list.
+    #[error("node {id} is not in the member list")]
+    NotAMember {
+        /// The node.
+        id: NodeId,
+    },
+    /// More members than `members_max`.
+    #[error("{members} members exceeds members_max = {limit}")]
+    TooManyMembers {
+        /// How many were given.
+        members: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A limit or capacity that must be positive is zero.
+    #[error("{what} must be positive")]
+    Zero {
+        /// Which setting.
+        what: &'static str,
+    },
+    /// A message must be able to carry a maximal payload.
+    #[error("message_bytes_max must exceed payload_bytes_max")]
+    MessageSmallerThanPayload,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_refuse_a_node_outside_its_member_list() {
+        let err = Peers::new(NodeId(9), [NodeId(1), NodeId(2)], 4, Limits::default()).unwrap_err();
+        assert_eq!(err, LimitsError::NotAMember { id: NodeId(9) });
+    }
+
+    #[test]
+    fn oversized_payload_is_a_typed_error() {
+        let limits = Limits {
+            payload_bytes_max: 4,
+            ..Limits::default()
+        };
+        let task = Task {
+            kind: "echo".into(),
+            payload: vec![0; 5],
+            timeout_ms: 1,
+            max_attempts: 1,
+        };
+        assert_eq!(
+            limits.check_task(&task),
+            Err(ClientError::PayloadTooLarge {
+                size_bytes: 5,
+                limit_bytes: 4
+            })
+        );
+    }
+}
