@@ -179,6 +179,21 @@ impl<N: Node + Send + 'static> EventLoop<N> {
             }
             self.fire_due_timers();
             self.carry_out().await?;
+            self.metrics.set(
+                "cohort_client_requests_pending",
+                "",
+                self.pending.len() as i64,
+            );
+            self.metrics.set(
+                "cohort_queue_depth",
+                "queue=\"control\"",
+                control_rx.len() as i64,
+            );
+            self.metrics.set(
+                "cohort_queue_depth",
+                "queue=\"peer_inbound\"",
+                peer_rx.len() as i64,
+            );
         }
         for (_, tx) in std::mem::take(&mut self.pending) {
             let _ = tx.send(Err(ClientError::Unavailable {

@@ -59,6 +59,8 @@ fn help(name: &str) -> &'static str {
         "cohort_client_replies_total" => "Client replies from the core, by outcome.",
         "cohort_tasks_executed_total" => "Handler executions finished, by outcome.",
         "cohort_tasks_running" => "Handler executions in progress.",
+        "cohort_client_requests_pending" => "Client requests handed to the core, not yet answered.",
+        "cohort_queue_depth" => "Inputs waiting for the event loop, by queue.",
         "cohort_timers_pending" => "Timers set by the core and not yet due.",
         "cohort_fsync_seconds" => "Latency of a storage commit including fsync.",
         "cohort_task_run_seconds" => "Run time of task handlers.",

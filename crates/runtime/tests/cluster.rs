@@ -291,3 +291,50 @@ async fn a_killed_peer_is_seen_down_and_reconnected_after_restart() {
     n1.shutdown().await.unwrap();
     n2.shutdown().await.unwrap();
 }
+
+/// Tracks how many executions run at once.
+struct Gauge(
+    std::sync::Arc<(
+        std::sync::atomic::AtomicUsize,
+        std::sync::atomic::AtomicUsize,
+    )>,
+);
+impl Handler for Gauge {
+    fn run(&self, _: HandlerInput) -> HandlerFuture {
+        use std::sync::atomic::Ordering::SeqCst;
+        let g = self.0.clone();
+        Box::pin(async move {
+            let now = g.0.fetch_add(1, SeqCst) + 1;
+            g.1.fetch_max(now, SeqCst);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            g.0.fetch_sub(1, SeqCst);
+            Ok(Vec::new())
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executions_are_bounded_by_the_node_capacity() {
+    let mut c = Cluster::new(1, Limits::default()).await;
+    let gauge: std::sync::Arc<(
+        std::sync::atomic::AtomicUsize,
+        std::sync::atomic::AtomicUsize,
+    )> = std::sync::Arc::default();
+    let mut registry = Registry::with_builtins(false);
+    registry.register("gauge", Gauge(gauge.clone()));
+    let node = c.start(NodeId(1), registry).await;
+    let client = Client::new(&node.http_addr().to_string());
+    let mut ids = Vec::new();
+    for _ in 0..16 {
+        ids.push(client.submit(&body("gauge", "")).await.unwrap());
+    }
+    for id in ids {
+        assert_eq!(
+            client.get(&id, false, WAIT).await.unwrap().state,
+            "succeeded"
+        );
+    }
+    let max = gauge.1.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(max, 4, "capacity is 4; saw {max} at once");
+    node.shutdown().await.unwrap();
+}
