@@ -7,6 +7,7 @@
 //! | `DELETE /v1/tasks/{id}` | `200` task JSON after cancelling |
 //! | `GET /v1/cluster` | cluster id, mode, this node, members with addresses and link state, task kinds |
 //! | `GET /v1/health` | `200 {"status": "ok", ...}` |
+//! | `GET /v1/openapi.json` | the OpenAPI 3 document of this API (`crates/runtime/openapi.json`) |
 //! | `GET /metrics` | Prometheus text |
 //!
 //! Submit body: `{"id"?: "<hex up to 32 digits>", "kind": "sleep", "payload"?: "<UTF-8 text>",
@@ -73,6 +74,7 @@ pub(crate) fn router(api: Arc<Api>) -> Router {
         .route("/v1/tasks/{id}", get(get_task).delete(cancel))
         .route("/v1/cluster", get(cluster))
         .route("/v1/health", get(health))
+        .route("/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(body_max))
         .with_state(api)
@@ -482,6 +484,13 @@ async fn health(State(api): State<Arc<Api>>) -> Response {
     .into_response()
 }
 
+/// The OpenAPI 3 document of this API.
+pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
+}
+
 async fn metrics(State(api): State<Arc<Api>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -493,6 +502,36 @@ async fn metrics(State(api): State<Arc<Api>>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_openapi_document_lists_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI_JSON).unwrap();
+        for path in [
+            "/v1/tasks",
+            "/v1/tasks/{id}",
+            "/v1/cluster",
+            "/v1/health",
+            "/v1/openapi.json",
+            "/metrics",
+        ] {
+            assert!(doc["paths"][path].is_object(), "{path} missing");
+        }
+        let fields = doc["components"]["schemas"]["Submit"]["properties"]
+            .as_object()
+            .unwrap();
+        let body = serde_json::to_value(SubmitBody {
+            id: Some("1".into()),
+            kind: "echo".into(),
+            payload: Some(String::new()),
+            payload_base64: Some(String::new()),
+            timeout_ms: Some(1),
+            max_attempts: Some(1),
+        })
+        .unwrap();
+        for k in body.as_object().unwrap().keys() {
+            assert!(fields.contains_key(k), "openapi misses submit field {k}");
+        }
+    }
 
     #[test]
     fn wait_durations_parse_with_units() {
