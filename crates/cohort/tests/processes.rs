@@ -202,3 +202,87 @@ fn demo_runs_every_mode_and_prints_the_table() {
     }
     assert!(stdout.contains("static"), "{stdout}");
 }
+
+fn submit_id(http: &str, kind: &str, payload: &str) -> String {
+    let out = cli(&[
+        "submit",
+        "--node",
+        http,
+        "--kind",
+        kind,
+        "--payload",
+        payload,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn get_task(http: &str, id: &str) -> serde_json::Value {
+    let out = cli(&["get", "--node", http, id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn signal(child: &Child, sig: &str) {
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .unwrap()
+        .success());
+}
+
+#[test]
+fn a_paused_worker_is_declared_dead_and_its_late_result_is_fenced_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = layout(3);
+    let mut procs = Procs(Vec::new());
+    for id in 1..=3 {
+        procs
+            .0
+            .push(Some(spawn_node(&l, id, dir.path(), "pause-test")));
+    }
+    for h in &l.http {
+        wait_healthy(h);
+    }
+    // Let every worker's heartbeat reach the coordinator.
+    std::thread::sleep(Duration::from_millis(500));
+    let n1 = &l.http[0];
+    // Least-loaded placement, ties to the lowest id: the first task goes to
+    // n1, the second to n2.
+    let filler = submit_id(n1, "sleep", "4000");
+    assert_eq!(get_task(n1, &filler)["node"], 1);
+    let target = submit_id(n1, "sleep", "1500");
+    let before = get_task(n1, &target);
+    assert_eq!(before["state"], "running", "{before}");
+    assert_eq!(before["node"], 2, "{before}");
+    let first_epoch = before["epoch"].as_u64().unwrap();
+
+    signal(procs.0[1].as_ref().unwrap(), "-STOP");
+    let out = cli(&["wait", "--node", n1, &target, "--timeout", "15s"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(done["node"], 3, "{done}");
+    assert!(done["epoch"].as_u64().unwrap() > first_epoch, "{done}");
+
+    // The paused runner wakes up and reports under its old epoch: rejected.
+    signal(procs.0[1].as_ref().unwrap(), "-CONT");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        get_task(n1, &target),
+        done,
+        "a stale result changed the outcome"
+    );
+}
