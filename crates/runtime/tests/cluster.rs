@@ -74,12 +74,13 @@ async fn three_nodes_run_a_task_and_replicate_its_outcome() {
         "{text}"
     );
     assert_eq!(client.health().await.unwrap()["status"], "ok");
-    let doc: serde_json::Value = reqwest::get(format!("http://{}/v1/openapi.json", nodes[0].http_addr()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: serde_json::Value =
+        reqwest::get(format!("http://{}/v1/openapi.json", nodes[0].http_addr()))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
     assert_eq!(doc["openapi"], "3.0.3");
     for n in nodes {
         n.shutdown().await.unwrap();

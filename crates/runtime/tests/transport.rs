@@ -205,3 +205,51 @@ async fn a_peer_that_never_answers_fills_only_its_own_bounded_queue() {
     );
     n1.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_time_out_and_excess_connections_are_refused() {
+    let mut c = Cluster::new(2, Limits::default()).await;
+    let mut config = c.config(NodeId(1));
+    config.transport.handshake_timeout_ms = 300;
+    config.transport.inbound_connections_max = 2;
+    let peer = c.peer_listeners.remove(&NodeId(1)).unwrap();
+    let addr = peer.local_addr().unwrap();
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let options = NodeOptions {
+        registry: Registry::with_builtins(false),
+        ..NodeOptions::default()
+    };
+    let n1 = cohort_runtime::start::<ToyNode>(config, (), options, Listeners { peer, http })
+        .await
+        .unwrap();
+    let m = n1.metrics();
+    let mut a = TcpStream::connect(addr).await.unwrap();
+    let mut b = TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // A third while two are open: closed at once.
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    closed_by_node(&mut third).await;
+    assert_eq!(
+        m.counter(
+            "cohort_peer_connections_rejected_total",
+            "reason=\"too_many_connections\""
+        ),
+        1
+    );
+    // The two silent ones are closed after the handshake timeout.
+    closed_by_node(&mut a).await;
+    closed_by_node(&mut b).await;
+    assert!(
+        eventually(Duration::from_secs(2), || {
+            m.counter(
+                "cohort_peer_connections_rejected_total",
+                "reason=\"handshake_timeout\"",
+            ) == 2
+        })
+        .await
+    );
+    // Their slots are free again.
+    let (_s, reply) = handshake(addr, &hello("test-cluster", PROTOCOL_VERSION, 2)).await;
+    assert_eq!(reply, HelloReply::Accepted);
+    n1.shutdown().await.unwrap();
+}
