@@ -34,6 +34,13 @@ use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 /// A client's answer channel.
 pub type ReplyTx = oneshot::Sender<Result<ClientResponse, ClientError>>;
 
+/// A client request in the core: where to answer, since when, and what it was.
+pub(crate) struct Pending {
+    tx: ReplyTx,
+    since: std::time::Instant,
+    kind: &'static str,
+}
+
 /// Called with every [`Note`] a node states (for demos and tests).
 pub type NoteObserver = Arc<dyn Fn(NodeId, &Note) + Send + Sync>;
 
@@ -64,7 +71,7 @@ pub(crate) struct EventLoop<N: Node> {
     pub boot: tokio::time::Instant,
     pub timers: BTreeMap<(Time, u64), TimerToken>,
     pub timer_seq: u64,
-    pub pending: BTreeMap<RequestId, ReplyTx>,
+    pub pending: BTreeMap<RequestId, Pending>,
     pub next_request: u64,
     pub outbound: Outbound,
     pub control_tx: mpsc::Sender<Control>,
@@ -93,7 +100,7 @@ impl<N: Node + Send + 'static> EventLoop<N> {
             Control::Client { req, reply } => {
                 self.metrics.inc("cohort_inputs_total", "kind=\"client\"");
                 if self.pending.len() >= self.config.client.requests_in_flight_max {
-                    self.pending.retain(|_, tx| !tx.is_closed());
+                    self.pending.retain(|_, p| !p.tx.is_closed());
                 }
                 if self.pending.len() >= self.config.client.requests_in_flight_max {
                     let _ = reply.send(Err(ClientError::Overloaded {
@@ -104,7 +111,19 @@ impl<N: Node + Send + 'static> EventLoop<N> {
                 }
                 self.next_request += 1;
                 let rid = RequestId(self.next_request);
-                self.pending.insert(rid, reply);
+                let kind = match &req {
+                    ClientRequest::Submit { .. } => "submit",
+                    ClientRequest::Get { .. } => "get",
+                    ClientRequest::Cancel { .. } => "cancel",
+                };
+                self.pending.insert(
+                    rid,
+                    Pending {
+                        tx: reply,
+                        since: std::time::Instant::now(),
+                        kind,
+                    },
+                );
                 self.node.handle_client(now, rid, req);
             }
             Control::Finished { id, epoch, outcome } => {
@@ -195,8 +214,8 @@ impl<N: Node + Send + 'static> EventLoop<N> {
                 peer_rx.len() as i64,
             );
         }
-        for (_, tx) in std::mem::take(&mut self.pending) {
-            let _ = tx.send(Err(ClientError::Unavailable {
+        for (_, p) in std::mem::take(&mut self.pending) {
+            let _ = p.tx.send(Err(ClientError::Unavailable {
                 reason: "node shutting down".into(),
             }));
         }
@@ -237,6 +256,11 @@ impl<N: Node + Send + 'static> EventLoop<N> {
             match a {
                 Action::Persist(_) => {}
                 Action::Send { to, msg } => {
+                    let kind = crate::kind::message_kind(&msg);
+                    self.metrics.inc(
+                        "cohort_messages_sent_by_type_total",
+                        &format!("type=\"{kind}\""),
+                    );
                     if to == self.node.id() {
                         let _ = self.loopback.try_send((to, msg));
                     } else {
@@ -250,8 +274,14 @@ impl<N: Node + Send + 'static> EventLoop<N> {
                         Err(_) => "outcome=\"error\"",
                     };
                     self.metrics.inc("cohort_client_replies_total", label);
-                    if let Some(tx) = self.pending.remove(&request) {
-                        let _ = tx.send(reply);
+                    if let Some(p) = self.pending.remove(&request) {
+                        let name = match p.kind {
+                            "submit" => "cohort_client_submit_seconds",
+                            "get" => "cohort_client_get_seconds",
+                            _ => "cohort_client_cancel_seconds",
+                        };
+                        self.metrics.observe(name, p.since.elapsed());
+                        let _ = p.tx.send(reply);
                     }
                 }
                 Action::SetTimer { token, at } => {

@@ -24,6 +24,7 @@ pub mod driver;
 pub mod error;
 pub mod handlers;
 pub mod http;
+pub mod kind;
 pub mod metrics;
 pub mod storage;
 pub mod transport;

@@ -51,6 +51,11 @@ fn help(name: &str) -> &'static str {
             "Peer connections closed for a reason, by reason."
         }
         "cohort_peer_connects_total" => "Outbound peer connections established.",
+        "cohort_messages_sent_by_type_total" => "Peer messages handed to the transport, by type.",
+        "cohort_messages_received_by_type_total" => "Peer messages received, by type.",
+        "cohort_client_submit_seconds" => "Submit latency inside the node: request in to reply out (includes fsync and, by mode, replication).",
+        "cohort_client_get_seconds" => "Read latency inside the node.",
+        "cohort_client_cancel_seconds" => "Cancel latency inside the node.",
         "cohort_notes_total" => "Task decisions stated by the core, by note.",
         "cohort_persist_batches_total" => "Storage transactions committed (each one fsync).",
         "cohort_persist_actions_total" => "Persist actions of the core (several share one fsync).",

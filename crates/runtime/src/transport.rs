@@ -344,7 +344,7 @@ pub async fn read_frame(
 
 /// Accepts peer connections on `listener` and delivers decoded messages to
 /// `deliver` (dropping, counted, when it is full) until `stop` turns true.
-pub async fn run_inbound<M: DeserializeOwned + Send + 'static>(
+pub async fn run_inbound<M: DeserializeOwned + Serialize + Send + 'static>(
     listener: TcpListener,
     config: Arc<RuntimeConfig>,
     metrics: Arc<Metrics>,
@@ -396,7 +396,7 @@ pub async fn run_inbound<M: DeserializeOwned + Send + 'static>(
 
 /// Serves one inbound connection; returns why it ended (a metric label and
 /// a message).
-async fn serve_inbound<M: DeserializeOwned>(
+async fn serve_inbound<M: DeserializeOwned + Serialize>(
     mut stream: TcpStream,
     config: &RuntimeConfig,
     metrics: &Metrics,
@@ -491,6 +491,10 @@ async fn serve_inbound<M: DeserializeOwned>(
             }
         };
         metrics.inc("cohort_peer_messages_received_total", &label);
+        metrics.inc(
+            "cohort_messages_received_by_type_total",
+            &format!("type=\"{}\"", crate::kind::message_kind(&msg)),
+        );
         if deliver.try_send((from, msg)).is_err() {
             if deliver.is_closed() {
                 return ("closed", "node stopping".into());

@@ -53,6 +53,13 @@ async fn three_nodes_run_a_task_and_replicate_its_outcome() {
     assert_eq!(seen.unwrap().result.as_deref(), Some("hello"));
     let m = nodes[1].metrics();
     assert!(m.counter("cohort_peer_messages_received_total", "peer=\"n1\"") >= 2);
+    assert_eq!(
+        m.counter(
+            "cohort_messages_received_by_type_total",
+            "type=\"Replicate\""
+        ),
+        1
+    );
     assert!(
         nodes[0]
             .metrics()
@@ -69,6 +76,14 @@ async fn three_nodes_run_a_task_and_replicate_its_outcome() {
         .all(|m| m["connected"] == true));
     let text = client.metrics().await.unwrap();
     assert!(text.contains("cohort_fsync_seconds_bucket"), "{text}");
+    assert!(
+        text.contains("cohort_client_submit_seconds_count 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("cohort_messages_sent_by_type_total{type=\"Replicate\"} 2"),
+        "{text}"
+    );
     assert!(
         text.contains("cohort_notes_total{note=\"decided\",state=\"succeeded\"} 1"),
         "{text}"
