@@ -32,6 +32,9 @@ pub struct SimConfig {
     pub events_max: u64,
     /// Most violations kept in the report; the count stays exact.
     pub violations_max: usize,
+    /// End the run early, once the liveness phase has begun and every
+    /// client is done (every task acknowledged and read final).
+    pub stop_when_done: bool,
 }
 
 impl SimConfig {
@@ -50,6 +53,7 @@ impl SimConfig {
             capacity_tasks: 8,
             events_max: 50_000_000,
             violations_max: 100,
+            stop_when_done: true,
         }
     }
 

@@ -108,10 +108,12 @@ impl Event {
     }
 }
 
+/// A queue entry: the ordering key and where the event waits in the slab.
+/// Small, so the heap moves 24 bytes, not whole events.
 struct Scheduled {
     at: Time,
     seq: u64,
-    event: Event,
+    slot: usize,
 }
 
 impl PartialEq for Scheduled {
@@ -127,9 +129,50 @@ impl PartialOrd for Scheduled {
 }
 impl Ord for Scheduled {
     /// Reversed: `BinaryHeap` is a max-heap and the earliest event goes first;
-    /// ties go to the event scheduled first.
+    /// ties go to the event scheduled first (`seq` is a global counter).
     fn cmp(&self, other: &Self) -> Ordering {
         (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+/// The event queue: a min-heap on `(time, sequence number)`, a total order.
+#[derive(Default)]
+struct Queue {
+    heap: BinaryHeap<Scheduled>,
+    slab: Vec<Option<Event>>,
+    free: Vec<usize>,
+    seq: u64,
+}
+
+impl Queue {
+    fn push(&mut self, at: Time, event: Event) {
+        self.seq += 1;
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slab[slot] = Some(event);
+                slot
+            }
+            None => {
+                self.slab.push(Some(event));
+                self.slab.len() - 1
+            }
+        };
+        self.heap.push(Scheduled {
+            at,
+            seq: self.seq,
+            slot,
+        });
+    }
+
+    /// The earliest event, if it is due at or before `until`.
+    fn pop_until(&mut self, until: Time) -> Option<(Time, Event)> {
+        if self.heap.peek()?.at > until {
+            return None;
+        }
+        let s = self.heap.pop()?;
+        let event = self.slab[s.slot].take().expect("a queued event");
+        self.free.push(s.slot);
+        Some((s.at, event))
     }
 }
 
@@ -188,8 +231,7 @@ pub(crate) struct Sim<'a, N: Node> {
     now: Time,
     safety_end: Time,
     end: Time,
-    queue: BinaryHeap<Scheduled>,
-    seq: u64,
+    queue: Queue,
     peers: Vec<Peers>,
     slots: Vec<Slot<N>>,
     /// `blocked[from * n + to]`: the link is cut.
@@ -266,8 +308,7 @@ impl<'a, N: Node> Sim<'a, N> {
             now: Time::ZERO,
             safety_end,
             end: Time::from_millis(cfg.safety_ms + cfg.liveness_ms),
-            queue: BinaryHeap::new(),
-            seq: 0,
+            queue: Queue::default(),
             peers,
             slots,
             blocked: vec![false; n * n],
@@ -316,11 +357,8 @@ impl<'a, N: Node> Sim<'a, N> {
 
         let mut liveness_ended = true;
         let mut finished_at = self.end;
-        while let Some(s) = self.queue.pop() {
-            if s.at > self.end {
-                break;
-            }
-            self.now = s.at;
+        while let Some((at, event)) = self.queue.pop_until(self.end) {
+            self.now = at;
             self.events += 1;
             if self.events > self.cfg.events_max {
                 let detail = format!(
@@ -332,12 +370,12 @@ impl<'a, N: Node> Sim<'a, N> {
                 finished_at = self.now;
                 break;
             }
-            self.process(s.event);
+            self.process(event);
             let view: Vec<Option<&N>> = self.slots.iter().map(|s| s.node.as_ref()).collect();
             if let Err(detail) = invariants.check(self.now, &view) {
                 self.violations.push(Guarantee::Invariant, self.now, detail);
             }
-            if self.healed && self.ops_open == 0 {
+            if self.cfg.stop_when_done && self.healed && self.ops_open == 0 {
                 finished_at = self.now;
                 break;
             }
@@ -395,13 +433,7 @@ impl<'a, N: Node> Sim<'a, N> {
     // ----- scheduling and randomness -------------------------------------
 
     fn schedule(&mut self, at: Time, event: Event) {
-        let at = at.max(self.now);
-        self.seq += 1;
-        self.queue.push(Scheduled {
-            at,
-            seq: self.seq,
-            event,
-        });
+        self.queue.push(at.max(self.now), event);
     }
 
     fn schedule_in(&mut self, us: u64, event: Event) {
