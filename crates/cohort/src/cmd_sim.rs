@@ -57,7 +57,7 @@ pub struct SimArgs {
 impl SimArgs {
     fn config(&self, seed: u64) -> SimConfig {
         let mut config = SimConfig::new(seed, self.nodes);
-        config.faults = self.faults.clone();
+        config.faults = self.faults;
         config.safety_ms = self.safety_ms;
         config.liveness_ms = self.liveness_ms;
         config.record_trace = self.trace.is_some();
