@@ -1,14 +1,16 @@
+//! The `cohort` binary: a thin shell over the library crates.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
-//! The `cohort` binary.
 
 mod cmd_client;
 mod cmd_demo;
 mod cmd_node;
+mod cmd_sim;
 mod modes;
 
 use clap::{Parser, Subcommand};
+use std::process::ExitCode;
 
-/// A fault-tolerant task cluster.
+/// cohort: a fault-tolerant task cluster, single-leader or leaderless.
 #[derive(Parser, Debug)]
 #[command(name = "cohort", version, about)]
 struct Cli {
@@ -18,19 +20,21 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the deterministic simulator over one or many seeds.
+    Sim(cmd_sim::SimArgs),
     /// Run one node.
     Node(cmd_node::NodeArgs),
     /// Submit a task to a node.
     Submit(cmd_client::SubmitArgs),
     /// Read a task.
     Get(cmd_client::GetArgs),
-    /// Wait for a task to be final.
+    /// Wait for a task to be final (exit 1 unless it succeeded).
     Wait(cmd_client::WaitArgs),
     /// Cancel a task.
     Cancel(cmd_client::CancelArgs),
     /// Show the cluster as a node sees it.
     Members(cmd_client::MembersArgs),
-    /// A 5-node cluster on loopback, killed mid-run, then a table.
+    /// A 5-node cluster on loopback, nodes killed mid-run, then a table.
     Demo(cmd_demo::DemoArgs),
 }
 
@@ -44,14 +48,43 @@ pub(crate) fn init_tracing() {
         .try_init();
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Command::Node(a) => cmd_node::run(a),
-        Command::Submit(a) => cmd_client::submit(a),
-        Command::Get(a) => cmd_client::get(a),
-        Command::Wait(a) => cmd_client::wait(a),
-        Command::Cancel(a) => cmd_client::cancel(a),
-        Command::Members(a) => cmd_client::members(a),
-        Command::Demo(a) => cmd_demo::run(a),
+fn main() -> ExitCode {
+    quiet_broken_pipe();
+    let cli = Cli::parse();
+    let done = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
+    let result = match cli.command {
+        Command::Sim(args) => cmd_sim::run(args),
+        Command::Node(a) => done(cmd_node::run(a)),
+        Command::Submit(a) => done(cmd_client::submit(a)),
+        Command::Get(a) => done(cmd_client::get(a)),
+        Command::Wait(a) => done(cmd_client::wait(a)),
+        Command::Cancel(a) => done(cmd_client::cancel(a)),
+        Command::Members(a) => done(cmd_client::members(a)),
+        Command::Demo(a) => done(cmd_demo::run(a)),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
     }
+}
+
+/// `cohort sim ... | head` closes stdout early: end quietly instead of
+/// panicking in `println!`.
+fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let text = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if text.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
 }
