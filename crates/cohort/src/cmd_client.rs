@@ -45,7 +45,7 @@ pub struct GetArgs {
     pub stale: bool,
 }
 
-/// Wait for a task to be final and print it; exit 1 unless it succeeded.
+/// Wait for a task to be final and print it; non-zero exit unless it succeeded.
 #[derive(Args, Debug, Clone)]
 pub struct WaitArgs {
     /// Any node's HTTP address.

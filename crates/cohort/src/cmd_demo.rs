@@ -489,6 +489,9 @@ fn print_table(reports: &[Report]) {
     };
     row("tasks submitted", &|r| r.submitted.to_string());
     row("acknowledged", &|r| r.acked.to_string());
+    row("refused or timed out (not acked)", &|r| {
+        (r.submitted - r.acked).to_string()
+    });
     row("finished (final when read back)", &|r| {
         r.finished.to_string()
     });

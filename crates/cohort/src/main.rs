@@ -28,7 +28,7 @@ enum Command {
     Submit(cmd_client::SubmitArgs),
     /// Read a task.
     Get(cmd_client::GetArgs),
-    /// Wait for a task to be final (exit 1 unless it succeeded).
+    /// Wait for a task to be final (non-zero exit unless it succeeded).
     Wait(cmd_client::WaitArgs),
     /// Cancel a task.
     Cancel(cmd_client::CancelArgs),

@@ -390,9 +390,14 @@ async fn get_task(
     State(api): State<Arc<Api>>,
     Path(id): Path<String>,
     Query(q): Query<GetQuery>,
+    uri: axum::http::Uri,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let path = format!("/v1/tasks/{id}");
+    // A redirect keeps the query (stale, wait).
+    let path = uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| format!("/v1/tasks/{id}"));
     let consistency = if q.stale.unwrap_or(false) {
         Consistency::Stale
     } else {

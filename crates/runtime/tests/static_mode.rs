@@ -100,6 +100,21 @@ async fn workers_redirect_to_the_coordinator_or_answer_503_with_retry_after() {
     assert_eq!(v["code"], "not_leader");
     assert_eq!(v["leader"], 1);
 
+    // A redirected read keeps its query.
+    let r = raw
+        .get(format!(
+            "http://{}/v1/tasks/ab?wait=2s&stale=false",
+            nodes[1].http_addr()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 307);
+    assert_eq!(
+        r.headers()["location"].to_str().unwrap(),
+        format!("http://{n1}/v1/tasks/ab?wait=2s&stale=false")
+    );
+
     // A client that follows redirects submits through a worker.
     let via_worker = Client::new(&nodes[1].http_addr().to_string());
     let id = via_worker
