@@ -35,6 +35,10 @@ pub enum RuntimeError {
         /// What failed.
         reason: String,
     },
+    /// A task of the runtime itself failed (a panic in the event loop).
+    /// The node has stopped.
+    #[error("node stopped: {0}")]
+    Stopped(String),
     /// A socket or other OS resource failed.
     #[error("{what}: {source}")]
     Io {

@@ -130,7 +130,7 @@ impl RunningNode {
         let _ = self.stop.send(true);
         let r = match self.event_loop.await {
             Ok(r) => r,
-            Err(e) => Err(RuntimeError::Config(format!("event loop failed: {e}"))),
+            Err(e) => Err(RuntimeError::Stopped(format!("event loop failed: {e}"))),
         };
         let _ = self.http.await;
         r
@@ -140,7 +140,7 @@ impl RunningNode {
     pub async fn wait(&mut self) -> Result<(), RuntimeError> {
         match (&mut self.event_loop).await {
             Ok(r) => r,
-            Err(e) => Err(RuntimeError::Config(format!("event loop failed: {e}"))),
+            Err(e) => Err(RuntimeError::Stopped(format!("event loop failed: {e}"))),
         }
     }
 }

@@ -361,3 +361,37 @@ async fn executions_are_bounded_by_the_node_capacity() {
     assert_eq!(max, 4, "capacity is 4; saw {max} at once");
     node.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_serves_until_its_shutdown_future_completes() {
+    let mut c = Cluster::new(1, Limits::default()).await;
+    let peer = c.peer_listeners.remove(&NodeId(1)).unwrap();
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = http.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let options = cohort_runtime::NodeOptions {
+        registry: Registry::with_builtins(false),
+        ..Default::default()
+    };
+    let server = tokio::spawn(cohort_runtime::run::<common::ToyNode>(
+        c.config(NodeId(1)),
+        (),
+        options,
+        cohort_runtime::Listeners { peer, http },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let client = Client::new(&addr.to_string());
+    let id = client.submit(&body("echo", "x")).await.unwrap();
+    assert_eq!(
+        client.get(&id, false, WAIT).await.unwrap().state,
+        "succeeded"
+    );
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    assert!(
+        client.health().await.is_err(),
+        "still serving after shutdown"
+    );
+}
