@@ -126,6 +126,17 @@ async fn http_errors_are_typed_json_with_the_right_status() {
     assert_eq!(r.status(), 400);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["code"], "malformed");
+    // A body far over the limit is refused before it is parsed, still as JSON.
+    let r = raw
+        .post(format!("http://{addr}/v1/tasks"))
+        .header("content-type", "application/json")
+        .body(vec![b'x'; 200_000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["code"], "payload_too_large");
     assert_eq!(
         status_of(client.submit(&body("nope", "x")).await.unwrap_err()),
         (422, "unknown_kind".into())
