@@ -304,4 +304,34 @@ mod tests {
         let err = r.get("exec").unwrap().run(input(b"")).await.unwrap_err();
         assert!(err.contains("no command"), "{err}");
     }
+
+    #[tokio::test]
+    async fn an_exec_past_its_timeout_is_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let script = format!("echo $$ > {}; exec sleep 30", pidfile.display());
+        let payload = serde_json::json!({"argv": ["sh", "-c", script]}).to_string();
+        let run = Registry::with_builtins(true)
+            .get("exec")
+            .unwrap()
+            .run(input(payload.as_bytes()));
+        // What the executor does at the task's timeout: drop the future.
+        let r = tokio::time::timeout(Duration::from_millis(300), run).await;
+        assert!(r.is_err(), "sleep 30 finished early");
+        let pid = std::fs::read_to_string(&pidfile).unwrap();
+        let stat = format!("/proc/{}/stat", pid.trim());
+        let mut gone = false;
+        for _ in 0..100 {
+            // Gone, or a zombie waiting to be reaped: either way not running.
+            match std::fs::read_to_string(&stat) {
+                Err(_) => gone = true,
+                Ok(s) => gone = s.split_whitespace().nth(2) == Some("Z"),
+            }
+            if gone {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(gone, "the command outlived its task's timeout");
+    }
 }
