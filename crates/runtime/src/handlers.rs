@@ -13,6 +13,25 @@
 //! with `COHORT_TASK_ID`, `COHORT_EPOCH` and `COHORT_NODE` in its
 //! environment so the command can fence its own side effects, and is killed
 //! when the task's timeout expires.
+//!
+//! A handler of your own:
+//!
+//! ```
+//! use cohort_runtime::{Handler, HandlerFuture, HandlerInput, Registry};
+//!
+//! struct Upper;
+//!
+//! impl Handler for Upper {
+//!     fn run(&self, input: HandlerInput) -> HandlerFuture {
+//!         // `input.epoch` fences side effects: a rerun carries a larger one.
+//!         Box::pin(async move { Ok(input.payload.to_ascii_uppercase()) })
+//!     }
+//! }
+//!
+//! let mut registry = Registry::with_builtins(false);
+//! registry.register("upper", Upper);
+//! assert_eq!(registry.kinds(), ["echo", "hash", "sleep", "upper"]);
+//! ```
 
 use cohort_core::{Epoch, NodeId, TaskId};
 use sha2::{Digest, Sha256};

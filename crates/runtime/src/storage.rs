@@ -5,6 +5,22 @@
 //! temporary name and renamed into place once its meta record is durable, so
 //! a file at the final path without a matching meta record is never ours to
 //! start from: it is refused, as is a file redb reports as corrupted.
+//!
+//! ```
+//! use cohort_core::{NodeId, StoreOp};
+//! use cohort_runtime::storage::{data_file, Storage};
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let path = data_file(dir.path(), NodeId(1));
+//! let (storage, stored) = Storage::open(&path, "prod", NodeId(1)).unwrap();
+//! assert!(stored.is_empty());
+//! storage.persist(&[StoreOp::Put { key: b"k".to_vec(), value: b"v".to_vec() }]).unwrap();
+//! drop(storage);
+//! let (_storage, stored) = Storage::open(&path, "prod", NodeId(1)).unwrap();
+//! assert_eq!(stored.get(b"k"), Some(&b"v"[..]));
+//! // Another cluster's node may not start from this file.
+//! assert!(Storage::open(&path, "staging", NodeId(1)).is_err());
+//! ```
 
 use crate::error::RuntimeError;
 use cohort_core::{NodeId, StoreOp, Stored};
