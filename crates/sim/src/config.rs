@@ -1,7 +1,7 @@
 //! What a simulation run is asked to do: the seed, the cluster size, which
 //! kinds of fault may be drawn, the phases and the client workload.
 
-use cohort_core::Limits;
+use cohort_core::{Limits, NodeId};
 use std::fmt;
 use std::str::FromStr;
 
@@ -32,6 +32,12 @@ pub struct SimConfig {
     pub events_max: u64,
     /// Most violations kept in the report; the count stays exact.
     pub violations_max: usize,
+    /// Faults at fixed times, on top of the drawn plan (which may be
+    /// `FaultKinds::NONE`): scenario tests that read like a story. Applied
+    /// during the safety phase only, and regardless of the minority cap on
+    /// drawn faults; one that finds its node in the wrong state (crashing a
+    /// node that is down, pausing one that is paused) is skipped.
+    pub script: Vec<ScriptedFault>,
     /// End the run early, once the liveness phase has begun and every
     /// client is done (every task acknowledged and read final).
     pub stop_when_done: bool,
@@ -54,6 +60,7 @@ impl SimConfig {
             events_max: 50_000_000,
             violations_max: 100,
             stop_when_done: true,
+            script: Vec::new(),
         }
     }
 
@@ -76,7 +83,63 @@ impl SimConfig {
         self.limits
             .validate()
             .map_err(|e| SimConfigError::Invalid(e.to_string()))?;
+        for f in &self.script {
+            let id = f.fault.node();
+            if id.0 == 0 || id.0 > self.nodes as u64 {
+                return Err(SimConfigError::Invalid(format!(
+                    "scripted fault at {} ms names {id}, not one of n1..=n{}",
+                    f.at_ms, self.nodes
+                )));
+            }
+        }
         self.workload.validate()
+    }
+}
+
+/// A fault at a fixed simulated time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScriptedFault {
+    /// When it strikes, in ms since the start.
+    pub at_ms: u64,
+    /// What strikes.
+    pub fault: Fault,
+}
+
+/// A fault that can be scripted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// `node` crashes and restarts `down_ms` later.
+    Crash {
+        /// The node.
+        node: NodeId,
+        /// Its downtime.
+        down_ms: u64,
+    },
+    /// `node` stops handling events for `for_ms`.
+    Pause {
+        /// The node.
+        node: NodeId,
+        /// How long.
+        for_ms: u64,
+    },
+    /// Every link to and from `node` is cut for `for_ms` (replacing any
+    /// partition in force).
+    Isolate {
+        /// The node.
+        node: NodeId,
+        /// How long.
+        for_ms: u64,
+    },
+}
+
+impl Fault {
+    /// The node it strikes.
+    pub fn node(&self) -> NodeId {
+        match self {
+            Fault::Crash { node, .. } | Fault::Pause { node, .. } | Fault::Isolate { node, .. } => {
+                *node
+            }
+        }
     }
 }
 

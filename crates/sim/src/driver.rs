@@ -3,7 +3,7 @@
 //! clients and the fault injector.
 
 use crate::checkers::{check_all, Guarantee, Violations};
-use crate::config::SimConfig;
+use crate::config::{Fault, SimConfig};
 use crate::history::{History, HistoryEvent};
 use crate::plan::{FaultPlan, Recurring};
 use crate::trace::Fnv64;
@@ -78,6 +78,10 @@ enum Event {
         inc: u64,
     },
     PartitionStart,
+    /// `SimConfig::script[index]` strikes.
+    Scripted {
+        index: usize,
+    },
     PartitionEnd {
         id: u64,
     },
@@ -353,6 +357,12 @@ impl<'a, N: Node> Sim<'a, N> {
             let gap = self.exp_us(r.every_us);
             self.schedule_in(gap, Event::PartitionStart);
         }
+        for (index, f) in self.cfg.script.iter().enumerate() {
+            let at = Time::from_millis(f.at_ms);
+            if at < self.safety_end {
+                self.queue.push(at, Event::Scripted { index });
+            }
+        }
         self.schedule(self.safety_end, Event::Heal);
 
         let mut liveness_ended = true;
@@ -570,6 +580,7 @@ impl<'a, N: Node> Sim<'a, N> {
                 }
             }
             Event::Heal => self.on_heal(),
+            Event::Scripted { index } => self.on_scripted(index),
             Event::Deliver { .. }
             | Event::Timer { .. }
             | Event::TaskDone { .. }
@@ -895,6 +906,12 @@ impl<'a, N: Node> Sim<'a, N> {
         }
         let i = up[self.rng.gen_range(0..up.len())];
         let down_us = self.lasting(r);
+        self.crash(i, down_us);
+    }
+
+    /// Crashes node `i` (which is up) for `down_us`: its volatile state,
+    /// unsynced writes, held actions and pending events are gone.
+    fn crash(&mut self, i: usize, down_us: u64) {
         self.faults += 1;
         self.hash_event(TAG_FAULT, i as u64, b"crash");
         let now = self.now;
@@ -929,6 +946,11 @@ impl<'a, N: Node> Sim<'a, N> {
         }
         let i = running[self.rng.gen_range(0..running.len())];
         let us = self.lasting(r);
+        self.pause(i, us);
+    }
+
+    /// Pauses node `i` (up, not paused) for `us`.
+    fn pause(&mut self, i: usize, us: u64) {
         self.faults += 1;
         self.hash_event(TAG_FAULT, i as u64, b"pause");
         let now = self.now;
@@ -959,6 +981,7 @@ impl<'a, N: Node> Sim<'a, N> {
             return;
         }
         let kind = self.rng.gen_range(0..3u8);
+        self.blocked.fill(false);
         let a = self.rng.gen_range(0..n);
         let description = match kind {
             0 => {
@@ -1004,6 +1027,11 @@ impl<'a, N: Node> Sim<'a, N> {
             }
         };
         let us = self.lasting(r);
+        self.cut(&description, us);
+    }
+
+    /// Starts the partition already written into `blocked`, for `us`.
+    fn cut(&mut self, description: &str, us: u64) {
         self.partitions += 1;
         let id = self.partitions;
         self.partition = Some(id);
@@ -1012,6 +1040,34 @@ impl<'a, N: Node> Sim<'a, N> {
         let now = self.now;
         self.line(|| format!("{} partition: {description} for {us}us", now));
         self.schedule_in(us, Event::PartitionEnd { id });
+    }
+
+    fn on_scripted(&mut self, index: usize) {
+        if self.healed {
+            return;
+        }
+        let fault = self.cfg.script[index].fault.clone();
+        let Some(i) = self.index_of(fault.node()) else {
+            return;
+        };
+        let (up, paused) = (self.slots[i].node.is_some(), self.slots[i].paused);
+        match fault {
+            Fault::Crash { down_ms, .. } if up => self.crash(i, down_ms * 1000),
+            Fault::Pause { for_ms, .. } if up && !paused => self.pause(i, for_ms * 1000),
+            Fault::Isolate { for_ms, .. } => {
+                let n = self.cfg.nodes;
+                self.blocked.fill(false);
+                for x in (0..n).filter(|x| *x != i) {
+                    self.blocked[i * n + x] = true;
+                    self.blocked[x * n + i] = true;
+                }
+                self.cut(&format!("n{} isolated (scripted)", i + 1), for_ms * 1000);
+            }
+            Fault::Crash { .. } | Fault::Pause { .. } => {
+                let now = self.now;
+                self.line(|| format!("{now} scripted {fault:?} skipped"));
+            }
+        }
     }
 
     fn on_heal(&mut self) {

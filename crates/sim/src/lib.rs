@@ -56,7 +56,9 @@ pub mod trace;
 pub mod workload;
 
 pub use checkers::{Guarantee, Violation};
-pub use config::{FaultKinds, FaultKindsError, SimConfig, SimConfigError, Workload};
+pub use config::{
+    Fault, FaultKinds, FaultKindsError, ScriptedFault, SimConfig, SimConfigError, Workload,
+};
 pub use history::History;
 pub use plan::{FaultPlan, Recurring};
 
