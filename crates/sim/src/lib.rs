@@ -15,6 +15,44 @@
 //! G2 one outcome, G3 fencing, G4 liveness; a mode adds its own invariants
 //! through [`Invariants`], checked after every event.
 //!
+//! # What the simulator does
+//!
+//! - **Events** wait in one queue ordered by `(time, sequence number)`, the
+//!   sequence number a global counter: a total, replayable order.
+//! - **Network.** Every `Send` is encoded with `cohort_core::encode` and
+//!   decoded at delivery. It is lost with the plan's loss probability, maybe
+//!   duplicated, delayed by `base + exponential tail (+ wide uniform jitter
+//!   when reordering)`; without reordering every link is FIFO. A message
+//!   is dropped if its link is cut when sent or when due, or if its
+//!   receiver is down when due. Clients are not partitioned, but their
+//!   requests and replies see latency and loss.
+//! - **Disk.** A `Persist` takes an fsync (drawn from the plan). Every
+//!   action after it — the rest of its batch *and of later batches* — waits
+//!   until the fsync completes: one log writer per node, writes durable in
+//!   order. A crash before completion loses the writes and everything
+//!   queued behind them.
+//! - **Crash** drops the node value and bumps its incarnation: its timers,
+//!   handler completions and fsyncs in flight are void. It restarts after
+//!   the drawn downtime with `N::boot` on its durable store and a fresh RNG
+//!   drawn from the master RNG. At most a minority (at least one node) is
+//!   down or paused at once by the drawn faults.
+//! - **Pause** (GC pause, SIGSTOP): events for the node are held and handed
+//!   over in order at resume, all with `now` = the resume time. Handlers it
+//!   started keep running; their completions are held too.
+//! - **Execute** runs the simulated handler: the task's payload
+//!   ([`workload::SimPayload`]) says how long; it fails with the workload's
+//!   failure rate, or when it runs past `timeout_ms`; a success returns
+//!   [`workload::result_bytes`] of `(task, epoch, node)`, so every execution
+//!   returns different bytes.
+//! - **Clients**, one per task, arrive as a Poisson process in the safety
+//!   phase. A client sends `Submit` to a random node, follows
+//!   `NotLeader{Some}` redirects, backs off and retries elsewhere on other
+//!   retryable errors and on timeouts (same id, same task), and after the
+//!   ack polls `Get{Linearizable}` until it reads a final state.
+//! - **Trace**: FNV-1a 64 over every processed event and every action
+//!   carried out ([`Report::trace_hash`]); with [`SimConfig::record_trace`],
+//!   one readable line each as well.
+//!
 //! ```
 //! use cohort_sim::{run, FaultKinds, NoInvariants, SimConfig};
 //! # use cohort_core::*;

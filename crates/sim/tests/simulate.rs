@@ -181,3 +181,30 @@ fn faults_follow_the_plan_and_heal_for_the_liveness_phase() {
         "no fault after healing"
     );
 }
+
+#[test]
+fn runs_are_pure_in_the_seed_and_can_share_threads() {
+    fn send_and_sync<T: Send + Sync>() {}
+    send_and_sync::<Report>();
+    send_and_sync::<SimConfig>();
+    let node = CoordConfig::correct();
+    let seeds = [21u64, 22, 23, 24];
+    let sequential: Vec<u64> = seeds
+        .iter()
+        .map(|s| sim(&config(*s, 3, "all"), &node).trace_hash)
+        .collect();
+    let parallel: Vec<u64> = std::thread::scope(|scope| {
+        let handles: Vec<_> = seeds
+            .iter()
+            .map(|s| {
+                let node = &node;
+                scope.spawn(move || sim(&config(*s, 3, "all"), node).trace_hash)
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a run"))
+            .collect()
+    });
+    assert_eq!(sequential, parallel);
+}
