@@ -23,6 +23,8 @@ pub struct SimConfig {
     pub workload: Workload,
     /// Keep one readable line per event in [`crate::Report::trace`].
     pub record_trace: bool,
+    /// Hand the recorded history back in [`crate::Report::history`].
+    pub keep_history: bool,
     /// Limits handed to every node.
     pub limits: Limits,
     /// Tasks each node runs at once.
@@ -55,6 +57,7 @@ impl SimConfig {
             liveness_ms: 30_000,
             workload: Workload::default(),
             record_trace: false,
+            keep_history: false,
             limits: Limits::default(),
             capacity_tasks: 8,
             events_max: 50_000_000,

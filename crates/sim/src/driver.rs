@@ -436,7 +436,11 @@ impl<'a, N: Node> Sim<'a, N> {
             message_bytes: self.message_bytes,
             faults_injected: self.faults,
             trace: self.trace,
-            history: self.history,
+            history: if self.cfg.keep_history {
+                self.history
+            } else {
+                History::new()
+            },
         }
     }
 

@@ -164,7 +164,9 @@ pub struct Report {
     pub faults_injected: u64,
     /// One readable line per event, if [`SimConfig::record_trace`].
     pub trace: Vec<String>,
-    /// The recorded history the checkers read.
+    /// The recorded history the checkers read, if
+    /// [`SimConfig::keep_history`] (empty otherwise: a report is kept small
+    /// when thousands of seeds run).
     pub history: History,
 }
 

@@ -19,7 +19,8 @@ fn sim(c: &SimConfig, node: &CoordConfig) -> Report {
 
 #[test]
 fn same_seed_same_trace_hash() {
-    let c = config(7, 5, "all");
+    let mut c = config(7, 5, "all");
+    c.keep_history = true;
     let node = CoordConfig::correct();
     let a = sim(&c, &node);
     let b = sim(&c, &node);
@@ -27,6 +28,7 @@ fn same_seed_same_trace_hash() {
     assert!(a.faults_injected > 0, "faults were injected: {a}");
     assert_eq!(a.trace_hash, b.trace_hash);
     assert_eq!(a.events, b.events);
+    assert!(a.history.records.len() > 1_000);
     assert_eq!(a.history, b.history);
     assert_eq!(a.plan, b.plan);
 
@@ -48,6 +50,7 @@ fn same_seed_same_trace_hash() {
         "deliveries are traced"
     );
     assert!(a.trace.is_empty());
+    assert!(other.history.records.is_empty(), "not kept unless asked");
 }
 
 #[test]
