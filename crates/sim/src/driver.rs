@@ -365,7 +365,8 @@ impl<'a, N: Node> Sim<'a, N> {
         }
         self.schedule(self.safety_end, Event::Heal);
 
-        let mut liveness_ended = true;
+        // A run without a liveness phase makes no liveness claim.
+        let mut liveness_ended = self.cfg.liveness_ms > 0;
         let mut finished_at = self.end;
         while let Some((at, event)) = self.queue.pop_until(self.end) {
             self.now = at;

@@ -3,8 +3,11 @@
 
 mod support;
 
-use cohort_core::Time;
-use cohort_sim::{run, FaultKinds, Guarantee, NoInvariants, Report, SimConfig};
+use cohort_core::{NodeId, Note, SupersedeReason, Time};
+use cohort_sim::history::HistoryEvent;
+use cohort_sim::{
+    run, Fault, FaultKinds, Guarantee, NoInvariants, Report, ScriptedFault, SimConfig,
+};
 use support::{Bug, CoordConfig, CoordNode};
 
 fn config(seed: u64, nodes: usize, faults: &str) -> SimConfig {
@@ -210,4 +213,42 @@ fn runs_are_pure_in_the_seed_and_can_share_threads() {
             .collect()
     });
     assert_eq!(sequential, parallel);
+}
+
+#[test]
+fn a_coordinator_that_persists_survives_its_own_crash() {
+    let mut c = config(5, 3, "none");
+    c.keep_history = true;
+    c.workload.arrivals_per_sec = 100.0; // tasks in flight when it strikes
+    c.script = vec![ScriptedFault {
+        at_ms: 5_000,
+        fault: Fault::Crash {
+            node: NodeId(1),
+            down_ms: 1_000,
+        },
+    }];
+    let r = sim(&c, &CoordConfig::correct());
+    assert!(r.passed(), "{r}");
+    assert_eq!(r.faults_injected, 1);
+    // The restarted coordinator declared the runs it lost track of dead and
+    // reassigned them under new epochs; the checkers accepted that.
+    let reassigned = r
+        .history
+        .records
+        .iter()
+        .filter(|rec| {
+            rec.at >= Time::from_millis(6_000)
+                && matches!(
+                    rec.event,
+                    HistoryEvent::Noted {
+                        note: Note::Superseded {
+                            reason: SupersedeReason::RunnerDeclaredDead,
+                            ..
+                        },
+                        ..
+                    }
+                )
+        })
+        .count();
+    assert!(reassigned > 0, "{r}");
 }
