@@ -119,6 +119,38 @@ fn acking_before_the_fsync_is_caught_as_g1_under_crashes() {
 }
 
 #[test]
+fn accepting_a_result_from_a_superseded_epoch_is_caught_as_g3() {
+    // Pauses outlast leases: the paused runner's result arrives after the
+    // task was reassigned under a newer epoch.
+    let node = CoordConfig::with_bug(Bug::NoFencing);
+    let r = (0..20)
+        .map(|seed| sim(&config(seed, 3, "pause"), &node))
+        .find(|r| r.count_of(Guarantee::G3) > 0)
+        .expect("a stale result was never caught");
+    let v = &r.violations[0];
+    assert_eq!(v.guarantee, Guarantee::G3, "{r}");
+    assert!(
+        v.detail.contains("but the highest epoch assigned was"),
+        "{v}"
+    );
+}
+
+#[test]
+fn deciding_a_task_twice_is_caught_as_g2() {
+    let node = CoordConfig::with_bug(Bug::Redecide);
+    let r = (0..20)
+        .map(|seed| sim(&config(seed, 3, "pause"), &node))
+        .find(|r| r.count_of(Guarantee::G2) > 0)
+        .expect("a second outcome was never caught");
+    let v = r
+        .violations
+        .iter()
+        .find(|v| v.guarantee == Guarantee::G2)
+        .expect("G2");
+    assert!(v.detail.contains("decided Succeeded"), "{v}");
+}
+
+#[test]
 fn invariants_are_checked_after_every_event() {
     let node = CoordConfig::correct();
     // A real invariant of the test node: only the coordinator tracks tasks.
