@@ -135,6 +135,52 @@ pub enum Fault {
     },
 }
 
+/// A scripted fault that does not parse. Nothing was configured.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad scripted fault {text:?}: expected KIND:nID@AT_MS+DURATION_MS with KIND one of crash, pause, isolate (e.g. crash:n1@5000+1000)")]
+pub struct ScriptedFaultError {
+    /// The text that did not parse.
+    pub text: String,
+}
+
+impl FromStr for ScriptedFault {
+    type Err = ScriptedFaultError;
+
+    /// Parses `crash:n1@5000+1000` (crash n1 at 5 s for 1 s), `pause:...`,
+    /// `isolate:...`.
+    fn from_str(s: &str) -> Result<ScriptedFault, ScriptedFaultError> {
+        let err = || ScriptedFaultError { text: s.into() };
+        let (kind, rest) = s.trim().split_once(':').ok_or_else(err)?;
+        let (node, rest) = rest.split_once('@').ok_or_else(err)?;
+        let (at, lasts) = rest.split_once('+').ok_or_else(err)?;
+        let node = node
+            .strip_prefix('n')
+            .and_then(|n| n.parse::<u64>().ok())
+            .map(NodeId)
+            .ok_or_else(err)?;
+        let at_ms = at.parse::<u64>().map_err(|_| err())?;
+        let ms = lasts.parse::<u64>().map_err(|_| err())?;
+        let fault = match kind {
+            "crash" => Fault::Crash { node, down_ms: ms },
+            "pause" => Fault::Pause { node, for_ms: ms },
+            "isolate" => Fault::Isolate { node, for_ms: ms },
+            _ => return Err(err()),
+        };
+        Ok(ScriptedFault { at_ms, fault })
+    }
+}
+
+impl fmt::Display for ScriptedFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (kind, node, ms) = match &self.fault {
+            Fault::Crash { node, down_ms } => ("crash", node, down_ms),
+            Fault::Pause { node, for_ms } => ("pause", node, for_ms),
+            Fault::Isolate { node, for_ms } => ("isolate", node, for_ms),
+        };
+        write!(f, "{kind}:{node}@{}+{ms}", self.at_ms)
+    }
+}
+
 impl Fault {
     /// The node it strikes.
     pub fn node(&self) -> NodeId {
@@ -383,6 +429,39 @@ mod tests {
             })
         );
         assert_eq!("".parse::<FaultKinds>(), Err(FaultKindsError::Empty));
+    }
+
+    #[test]
+    fn scripted_faults_parse_and_print_back() {
+        let f: ScriptedFault = "crash:n1@5000+1000".parse().unwrap();
+        assert_eq!(
+            f,
+            ScriptedFault {
+                at_ms: 5_000,
+                fault: Fault::Crash {
+                    node: NodeId(1),
+                    down_ms: 1_000
+                }
+            }
+        );
+        assert_eq!(f.to_string(), "crash:n1@5000+1000");
+        for text in ["pause:n2@10+20", "isolate:n3@0+700"] {
+            assert_eq!(text.parse::<ScriptedFault>().unwrap().to_string(), text);
+        }
+        for bad in [
+            "crash:n1@5000",
+            "boom:n1@1+1",
+            "crash:x1@1+1",
+            "crash:n1@a+1",
+        ] {
+            assert_eq!(
+                bad.parse::<ScriptedFault>(),
+                Err(ScriptedFaultError { text: bad.into() })
+            );
+        }
+        let mut c = SimConfig::new(1, 3);
+        c.script = vec!["crash:n4@1+1".parse().unwrap()];
+        assert!(c.validate().is_err(), "n4 is not a member of 3 nodes");
     }
 
     #[test]

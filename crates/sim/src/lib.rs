@@ -95,7 +95,8 @@ pub mod workload;
 
 pub use checkers::{Guarantee, Violation};
 pub use config::{
-    Fault, FaultKinds, FaultKindsError, ScriptedFault, SimConfig, SimConfigError, Workload,
+    Fault, FaultKinds, FaultKindsError, ScriptedFault, ScriptedFaultError, SimConfig,
+    SimConfigError, Workload,
 };
 pub use history::History;
 pub use plan::{FaultPlan, Recurring};
