@@ -12,7 +12,8 @@
 //! nodes resumed, loss and duplication off) and the **liveness phase**
 //! ([`SimConfig::liveness_ms`]) must finish every task. The checkers
 //! ([`checkers`]) then read the [`History`]: G1 no acknowledged task lost,
-//! G2 one outcome, G3 fencing, G4 liveness; a mode adds its own invariants
+//! G2 one outcome, G3 fencing, G4 liveness, G5 reads never go back in
+//! time; a mode adds its own invariants
 //! through [`Invariants`], checked after every event.
 //!
 //! # What the simulator does
