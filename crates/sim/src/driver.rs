@@ -269,6 +269,7 @@ const TAG_REQUEST: u8 = 5;
 const TAG_RESPONSE: u8 = 6;
 const TAG_CLIENT: u8 = 7;
 const TAG_FAULT: u8 = 8;
+const TAG_DROP: u8 = 9;
 const TAG_PERSIST: u8 = 16;
 const TAG_SEND: u8 = 17;
 const TAG_EXECUTE: u8 = 18;
@@ -540,7 +541,8 @@ impl<'a, N: Node> Sim<'a, N> {
                 self.hash_event(TAG_CLIENT, op as u64, &request.0.to_le_bytes());
                 if self.ops[op].current == Some(request) {
                     let now = self.now;
-                    self.line(|| format!("{} client{op} timeout r{}", now, request.0));
+                    let task = self.ops[op].id;
+                    self.line(|| format!("{now} client {task:?} timeout r{}", request.0));
                     let to = self.random_node();
                     self.client_send(op, to);
                 }
@@ -597,15 +599,24 @@ impl<'a, N: Node> Sim<'a, N> {
     /// Hands `event` to node `i`: dropped if the node is down (or the event
     /// belongs to an earlier incarnation), held if it is paused.
     fn hand_to_node(&mut self, i: usize, event: Event) {
-        let slot = &mut self.slots[i];
-        if slot.node.is_none() || event.incarnation().is_some_and(|inc| inc != slot.inc) {
+        let slot = &self.slots[i];
+        let why = if slot.node.is_none() {
+            Some("down")
+        } else if event.incarnation().is_some_and(|inc| inc != slot.inc) {
+            Some("from an earlier incarnation")
+        } else if matches!(&event, Event::Deliver { from, to, .. } if self.blocked[from * self.cfg.nodes + to])
+        {
+            Some("link cut")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            self.hash_event(TAG_DROP, i as u64, why.as_bytes());
+            let now = self.now;
+            self.line(|| format!("{now} n{} dropped ({why}): {event:?}", i + 1));
             return;
         }
-        if let Event::Deliver { from, to, .. } = &event {
-            if self.blocked[from * self.cfg.nodes + to] {
-                return;
-            }
-        }
+        let slot = &mut self.slots[i];
         if slot.paused {
             slot.held.push_back(event);
             return;
@@ -731,8 +742,15 @@ impl<'a, N: Node> Sim<'a, N> {
                     self.violations.push(Guarantee::Invariant, now, detail);
                     return;
                 };
-                self.line(|| format!("  {id} -> {to} {msg:?}"));
-                if self.blocked[i * self.cfg.nodes + j] || self.lost() {
+                let fate = if self.blocked[i * self.cfg.nodes + j] {
+                    " (link cut)"
+                } else if self.lost() {
+                    " (lost)"
+                } else {
+                    ""
+                };
+                self.line(|| format!("  {id} -> {to} {msg:?}{fate}"));
+                if !fate.is_empty() {
                     return;
                 }
                 if self.duplicated() {
@@ -1122,7 +1140,7 @@ impl<'a, N: Node> Sim<'a, N> {
         let op = self.ops.len();
         self.hash_event(TAG_CLIENT, op as u64, &encode(&(id, &task)));
         let now = self.now;
-        self.line(|| format!("{} client{op} arrives with {id:?}", now));
+        self.line(|| format!("{now} client {id:?} arrives (client {op})"));
         self.history.push(
             self.now,
             HistoryEvent::Submitted {
@@ -1178,7 +1196,18 @@ impl<'a, N: Node> Sim<'a, N> {
                 answered: false,
             },
         );
-        if !self.lost() {
+        let lost = self.lost();
+        let task = self.ops[op].id;
+        let fate = if lost { " (lost)" } else { "" };
+        let kind = if submit { "Submit" } else { "Get" };
+        self.line(|| {
+            format!(
+                "  client {task:?} -> n{} r{} {kind}{fate}",
+                node + 1,
+                request.0
+            )
+        });
+        if !lost {
             let us = self.latency_us();
             self.schedule_in(us, Event::Request { node, request, req });
         }
@@ -1210,10 +1239,15 @@ impl<'a, N: Node> Sim<'a, N> {
         let now = self.now;
         let node_id = self.slots[node].id;
         self.hash_event(TAG_RESPONSE, node_id.0, &encode(&(request, &reply)));
-        self.line(|| format!("{now} client <- {node_id} r{} {reply:?}", request.0));
         let p = &self.requests[&request];
         let (op, sent_at, submit) = (p.op, p.sent_at, p.submit);
         let task = self.ops[op].id;
+        self.line(|| {
+            format!(
+                "{now} client {task:?} <- {node_id} r{} {reply:?}",
+                request.0
+            )
+        });
         let w = self.cfg.workload.clone();
         let current = self.ops[op].current == Some(request);
 

@@ -39,7 +39,8 @@
 //!   down or paused at once by the drawn faults.
 //! - **Pause** (GC pause, SIGSTOP): events for the node are held and handed
 //!   over in order at resume, all with `now` = the resume time. Handlers it
-//!   started keep running; their completions are held too.
+//!   started keep running; their completions are held too, and so are its
+//!   fsync completions (a crash during the pause loses those writes).
 //! - **Execute** runs the simulated handler: the task's payload
 //!   ([`workload::SimPayload`]) says how long; it fails with the workload's
 //!   failure rate, or when it runs past `timeout_ms`; a success returns
@@ -50,9 +51,10 @@
 //!   `NotLeader{Some}` redirects, backs off and retries elsewhere on other
 //!   retryable errors and on timeouts (same id, same task), and after the
 //!   ack polls `Get{Linearizable}` until it reads a final state.
-//! - **Trace**: FNV-1a 64 over every processed event and every action
-//!   carried out ([`Report::trace_hash`]); with [`SimConfig::record_trace`],
-//!   one readable line each as well.
+//! - **Trace**: FNV-1a 64 over every processed event (dropped ones too) and
+//!   every action carried out ([`Report::trace_hash`]); with
+//!   [`SimConfig::record_trace`], one readable line each as well, saying
+//!   which messages were lost, cut off or dropped.
 //!
 //! ```
 //! use cohort_sim::{run, FaultKinds, NoInvariants, SimConfig};
