@@ -553,6 +553,8 @@ impl<'a, N: Node> Sim<'a, N> {
                 if o.generation == generation
                     && matches!(o.phase, Phase::Submitting | Phase::Polling)
                 {
+                    let (now, task) = (self.now, o.id);
+                    self.line(|| format!("{now} client {task:?} wakes"));
                     let to = self.random_node();
                     self.client_send(op, to);
                 }
@@ -859,6 +861,7 @@ impl<'a, N: Node> Sim<'a, N> {
                 b[..8].copy_from_slice(&token.0.to_le_bytes());
                 b[8..].copy_from_slice(&at.0.to_le_bytes());
                 self.hash_event(TAG_SET_TIMER, id.0, &b);
+                self.line(|| format!("  {id} set timer {} at {at}", token.0));
                 let inc = self.slots[i].inc;
                 self.schedule(
                     at,
