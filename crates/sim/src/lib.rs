@@ -112,8 +112,17 @@ use std::fmt;
 /// `nodes[i]` is node `n{i+1}`, `None` while it is down (crashed). A paused
 /// node is `Some`. Return `Err(description)` when an invariant is broken.
 pub trait Invariants<N> {
-    /// Checks the cluster at `now`.
+    /// Checks the cluster at `now`, after every event.
     fn check(&mut self, now: Time, nodes: &[Option<&N>]) -> Result<(), String>;
+
+    /// Checks the cluster once more at the end of the liveness phase, for
+    /// what must hold only after healing (e.g. "membership converged",
+    /// "every node applied the same log"). Not called when the run was cut
+    /// short (`events_max`) or had no liveness phase. Holds by default.
+    fn check_final(&mut self, now: Time, nodes: &[Option<&N>]) -> Result<(), String> {
+        let _ = (now, nodes);
+        Ok(())
+    }
 }
 
 /// No mode-specific invariant.

@@ -150,7 +150,9 @@ fn deciding_a_task_twice_is_caught_as_g2() {
     assert!(v.detail.contains("decided Succeeded"), "{v}");
 }
 
-struct OnlyTheCoordinatorTracksTasks;
+struct OnlyTheCoordinatorTracksTasks {
+    finals: u32,
+}
 
 impl Invariants<CoordNode> for OnlyTheCoordinatorTracksTasks {
     fn check(&mut self, _now: Time, nodes: &[Option<&CoordNode>]) -> Result<(), String> {
@@ -161,6 +163,14 @@ impl Invariants<CoordNode> for OnlyTheCoordinatorTracksTasks {
         }
         Ok(())
     }
+
+    fn check_final(&mut self, _now: Time, nodes: &[Option<&CoordNode>]) -> Result<(), String> {
+        self.finals += 1;
+        match nodes.first() {
+            Some(Some(n)) if n.is_coordinator() => Ok(()),
+            _ => Err("n1 is not up as the coordinator".into()),
+        }
+    }
 }
 
 #[test]
@@ -168,12 +178,25 @@ fn invariants_are_checked_after_every_event() {
     let node = CoordConfig::correct();
     // A real invariant of the test node, as a mode would write one: only
     // the coordinator tracks tasks.
-    let r = run::<CoordNode>(
-        &config(3, 3, "all"),
-        &node,
-        &mut OnlyTheCoordinatorTracksTasks,
-    );
+    let mut invariant = OnlyTheCoordinatorTracksTasks { finals: 0 };
+    let r = run::<CoordNode>(&config(3, 3, "all"), &node, &mut invariant);
     assert!(r.passed(), "{r}");
+    assert_eq!(invariant.finals, 1, "checked once more at the end");
+
+    // What must hold only after healing is checked once, at the end.
+    struct NeverConverges;
+    impl Invariants<CoordNode> for NeverConverges {
+        fn check(&mut self, _: Time, _: &[Option<&CoordNode>]) -> Result<(), String> {
+            Ok(())
+        }
+        fn check_final(&mut self, _: Time, _: &[Option<&CoordNode>]) -> Result<(), String> {
+            Err("views differ".into())
+        }
+    }
+    let r = run::<CoordNode>(&config(3, 3, "none"), &node, &mut NeverConverges);
+    assert_eq!(r.violation_count, 1, "{r}");
+    assert_eq!(r.violations[0].guarantee, Guarantee::Invariant);
+    assert_eq!(r.violations[0].detail, "at the end: views differ");
 
     // An invariant that breaks whenever a node is down: crashes break it.
     let checks = std::cell::Cell::new(0u64);

@@ -300,6 +300,16 @@ impl<'a, N: Node> Sim<'a, N> {
                 break;
             }
         }
+        if liveness_ended {
+            let view: Vec<Option<&N>> = self.slots.iter().map(|s| s.node.as_ref()).collect();
+            if let Err(detail) = invariants.check_final(finished_at, &view) {
+                self.violations.push(
+                    Guarantee::Invariant,
+                    finished_at,
+                    format!("at the end: {detail}"),
+                );
+            }
+        }
         check_all(
             &self.history,
             finished_at,
