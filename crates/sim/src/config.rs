@@ -40,9 +40,14 @@ pub struct SimConfig {
     /// drawn faults; one that finds its node in the wrong state (crashing a
     /// node that is down, pausing one that is paused) is skipped.
     pub script: Vec<ScriptedFault>,
-    /// End the run early, once the liveness phase has begun and every
-    /// client is done (every task acknowledged and read final).
+    /// End the run early, once every client is done (every task
+    /// acknowledged and read final) and the liveness phase has run for at
+    /// least `settle_ms`.
     pub stop_when_done: bool,
+    /// Least liveness-phase time before an early stop, so that
+    /// [`crate::Invariants::check_final`] sees a cluster that had time to
+    /// converge after healing.
+    pub settle_ms: u64,
 }
 
 impl SimConfig {
@@ -63,6 +68,7 @@ impl SimConfig {
             events_max: 50_000_000,
             violations_max: 100,
             stop_when_done: true,
+            settle_ms: 5_000,
             script: Vec::new(),
         }
     }

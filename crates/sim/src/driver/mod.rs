@@ -153,6 +153,8 @@ pub(crate) struct Sim<'a, N: Node> {
     partition: Option<u64>,
     partitions: u64,
     healed: bool,
+    /// When an early stop becomes allowed.
+    settled: Time,
     ops: Vec<ClientOp>,
     ops_open: usize,
     requests: BTreeMap<RequestId, Pending>,
@@ -229,6 +231,7 @@ impl<'a, N: Node> Sim<'a, N> {
             partition: None,
             partitions: 0,
             healed: false,
+            settled: Time::from_millis(cfg.safety_ms.saturating_add(cfg.settle_ms)),
             ops: Vec::new(),
             ops_open: 0,
             requests: BTreeMap::new(),
@@ -295,7 +298,11 @@ impl<'a, N: Node> Sim<'a, N> {
             if let Err(detail) = invariants.check(self.now, &view) {
                 self.violations.push(Guarantee::Invariant, self.now, detail);
             }
-            if self.cfg.stop_when_done && self.healed && self.ops_open == 0 {
+            if self.cfg.stop_when_done
+                && self.healed
+                && self.ops_open == 0
+                && self.now >= self.settled
+            {
                 finished_at = self.now;
                 break;
             }
