@@ -353,6 +353,9 @@ pub struct Workload {
     pub backoff_ms_min: u64,
     /// Longest back-off after a retryable error.
     pub backoff_ms_max: u64,
+    /// Fraction of clients that, once acknowledged, cancel their task after
+    /// up to `task_ms_max` (racing its execution), then poll it as usual.
+    pub cancel_rate: f64,
     /// Redirects (`NotLeader{Some}`) followed in a row before backing off.
     pub redirects_max: u32,
     /// Most tasks submitted in one run.
@@ -372,6 +375,7 @@ impl Default for Workload {
             poll_ms_max: 500,
             backoff_ms_min: 50,
             backoff_ms_max: 200,
+            cancel_rate: 0.05,
             redirects_max: 4,
             tasks_max: 100_000,
         }
@@ -387,6 +391,9 @@ impl Workload {
         }
         if !(0.0..=1.0).contains(&self.handler_failure_rate) {
             return bad("handler_failure_rate must be within 0..=1");
+        }
+        if !(0.0..=1.0).contains(&self.cancel_rate) {
+            return bad("cancel_rate must be within 0..=1");
         }
         if self.task_ms_min > self.task_ms_max {
             return bad("task_ms_min must not exceed task_ms_max");

@@ -3,7 +3,7 @@
 
 mod support;
 
-use cohort_core::{Node, NodeId, Note, SupersedeReason, Time};
+use cohort_core::{Node, NodeId, Note, SupersedeReason, TaskState, Time};
 use cohort_sim::history::HistoryEvent;
 use cohort_sim::{
     run, Fault, FaultKinds, Guarantee, Invariants, NoInvariants, Report, ScriptedFault, SimConfig,
@@ -316,4 +316,32 @@ fn a_coordinator_that_persists_survives_its_own_crash() {
         })
         .count();
     assert!(reassigned > 0, "{r}");
+}
+
+#[test]
+fn cancels_race_executions_and_each_task_keeps_one_outcome() {
+    let node = CoordConfig::correct();
+    let (mut cancelled, mut succeeded) = (0, 0);
+    for seed in 0..5 {
+        let mut c = config(seed, 3, "all");
+        c.workload.cancel_rate = 0.5;
+        c.keep_history = true;
+        let r = sim(&c, &node);
+        assert!(r.passed(), "{r}");
+        for rec in &r.history.records {
+            if let HistoryEvent::Noted {
+                note: Note::Decided { state, .. },
+                ..
+            } = &rec.event
+            {
+                match state {
+                    TaskState::Cancelled => cancelled += 1,
+                    TaskState::Succeeded { .. } => succeeded += 1,
+                    _ => {}
+                }
+            }
+        }
+    }
+    assert!(cancelled > 100, "cancels won some races: {cancelled}");
+    assert!(succeeded > 100, "executions won others: {succeeded}");
 }

@@ -13,9 +13,15 @@ use rand::Rng;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Phase {
+    /// Sending `Submit` until acknowledged.
     Submitting,
+    /// Acknowledged; sending `Get` until the task reads final.
     Polling,
+    /// Acknowledged; sending `Cancel` until answered.
+    Cancelling,
+    /// The task read final.
     Done,
+    /// The submit was refused for good.
     Refused,
 }
 
@@ -32,12 +38,27 @@ pub(super) struct ClientOp {
     pub(super) acked: bool,
 }
 
+/// What a client request asks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum RequestKind {
+    Submit,
+    Get,
+    Cancel,
+}
+
 pub(super) struct Pending {
     pub(super) op: usize,
     pub(super) node: usize,
     pub(super) sent_at: Time,
-    pub(super) submit: bool,
+    pub(super) kind: RequestKind,
     pub(super) answered: bool,
+}
+
+impl Phase {
+    /// Whether the client still has requests to make.
+    pub(super) fn is_open(self) -> bool {
+        matches!(self, Phase::Submitting | Phase::Polling | Phase::Cancelling)
+    }
 }
 
 impl<N: Node> Sim<'_, N> {
@@ -58,7 +79,7 @@ impl<N: Node> Sim<'_, N> {
     pub(super) fn on_client_wake(&mut self, op: usize, generation: u64) {
         self.hash_event(TAG_CLIENT, op as u64, &generation.to_le_bytes());
         let o = &self.ops[op];
-        if o.generation == generation && matches!(o.phase, Phase::Submitting | Phase::Polling) {
+        if o.generation == generation && o.phase.is_open() {
             let (now, task) = (self.now, o.id);
             self.line(|| format!("{now} client {task:?} wakes"));
             let to = self.random_node();
@@ -122,21 +143,22 @@ impl<N: Node> Sim<'_, N> {
         let request = RequestId(self.next_request);
         self.next_request += 1;
         let o = &mut self.ops[op];
-        let (req, submit) = match o.phase {
+        let (req, kind) = match o.phase {
             Phase::Submitting => (
                 ClientRequest::Submit {
                     id: o.id,
                     task: o.task.clone(),
                 },
-                true,
+                RequestKind::Submit,
             ),
             Phase::Polling => (
                 ClientRequest::Get {
                     id: o.id,
                     consistency: Consistency::Linearizable,
                 },
-                false,
+                RequestKind::Get,
             ),
+            Phase::Cancelling => (ClientRequest::Cancel { id: o.id }, RequestKind::Cancel),
             Phase::Done | Phase::Refused => return,
         };
         o.current = Some(request);
@@ -147,17 +169,17 @@ impl<N: Node> Sim<'_, N> {
                 op,
                 node,
                 sent_at: self.now,
-                submit,
+                kind,
                 answered: false,
             },
         );
         let lost = self.lost();
         let task = self.ops[op].id;
         let fate = if lost { " (lost)" } else { "" };
-        let kind = if submit { "Submit" } else { "Get" };
+
         self.line(|| {
             format!(
-                "  client {task:?} -> n{} r{} {kind}{fate}",
+                "  client {task:?} -> n{} r{} {kind:?}{fate}",
                 node + 1,
                 request.0
             )
@@ -182,7 +204,7 @@ impl<N: Node> Sim<'_, N> {
 
     pub(super) fn client_finish(&mut self, op: usize, phase: Phase) {
         let o = &mut self.ops[op];
-        if matches!(o.phase, Phase::Submitting | Phase::Polling) {
+        if o.phase.is_open() {
             self.ops_open -= 1;
         }
         o.phase = phase;
@@ -195,7 +217,7 @@ impl<N: Node> Sim<'_, N> {
         let node_id = self.slots[node].id;
         self.hash_event(TAG_RESPONSE, node_id.0, &encode(&(request, &reply)));
         let p = &self.requests[&request];
-        let (op, sent_at, submit) = (p.op, p.sent_at, p.submit);
+        let (op, sent_at, kind) = (p.op, p.sent_at, p.kind);
         let task = self.ops[op].id;
         self.line(|| {
             format!(
@@ -206,7 +228,7 @@ impl<N: Node> Sim<'_, N> {
         let w = self.cfg.workload.clone();
         let current = self.ops[op].current == Some(request);
 
-        if submit {
+        if kind == RequestKind::Submit {
             match &reply {
                 Ok(ClientResponse::Accepted { id }) if *id == task => {
                     self.history.push(
@@ -217,11 +239,17 @@ impl<N: Node> Sim<'_, N> {
                             content: self.ops[op].task.clone(),
                         },
                     );
-                    let o = &mut self.ops[op];
-                    o.acked = true;
-                    if o.phase == Phase::Submitting {
-                        o.phase = Phase::Polling;
-                        o.redirects = 0;
+                    self.ops[op].acked = true;
+                    if self.ops[op].phase != Phase::Submitting {
+                        return;
+                    }
+                    self.ops[op].redirects = 0;
+                    // Some clients cancel their task, racing its execution.
+                    if w.cancel_rate > 0.0 && self.rng.gen_bool(w.cancel_rate) {
+                        self.ops[op].phase = Phase::Cancelling;
+                        self.client_wait(op, 1, w.task_ms_max.max(1));
+                    } else {
+                        self.ops[op].phase = Phase::Polling;
                         self.client_wait(op, w.poll_ms_min, w.poll_ms_max);
                     }
                     return;
@@ -250,7 +278,7 @@ impl<N: Node> Sim<'_, N> {
             let result = match &reply {
                 Ok(ClientResponse::State { id, state }) if *id == task => Ok(state.clone()),
                 Ok(other) => {
-                    let detail = format!("{node_id} answered Get of {task:?} with {other:?}");
+                    let detail = format!("{node_id} answered {kind:?} of {task:?} with {other:?}");
                     self.violations.push(Guarantee::Invariant, now, detail);
                     return;
                 }
@@ -267,10 +295,15 @@ impl<N: Node> Sim<'_, N> {
                 },
             );
             if is_final {
-                if self.ops[op].phase == Phase::Polling {
+                if matches!(self.ops[op].phase, Phase::Polling | Phase::Cancelling) {
                     self.client_finish(op, Phase::Done);
                 }
                 return;
+            }
+            let answered = !matches!(&reply, Err(e) if e.is_retryable());
+            if current && self.ops[op].phase == Phase::Cancelling && answered {
+                // The cancel was answered, not final: watch the task from now on.
+                self.ops[op].phase = Phase::Polling;
             }
         }
         if !current {
