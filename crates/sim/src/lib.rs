@@ -13,8 +13,9 @@
 //! ([`SimConfig::liveness_ms`]) must finish every task. The checkers
 //! ([`checkers`]) then read the [`History`]: G1 no acknowledged task lost,
 //! G2 one outcome, G3 fencing, G4 liveness, G5 reads never go back in
-//! time; a mode adds its own invariants
-//! through [`Invariants`], checked after every event.
+//! time; a mode adds its own invariants through [`Invariants`], checked
+//! after every event and once more at the end. Faults can also be scripted
+//! at fixed times ([`SimConfig::script`]) for scenario tests.
 //!
 //! # What the simulator does
 //!
@@ -50,7 +51,12 @@
 //!   phase. A client sends `Submit` to a random node, follows
 //!   `NotLeader{Some}` redirects, backs off and retries elsewhere on other
 //!   retryable errors and on timeouts (same id, same task), and after the
-//!   ack polls `Get{Linearizable}` until it reads a final state.
+//!   ack polls `Get{Linearizable}` until it reads a final state. A share of
+//!   them ([`Workload::cancel_rate`]) first sends `Cancel`, racing the
+//!   execution. Every answer is recorded.
+//! - **End.** The run ends after the liveness phase, or earlier
+//!   ([`SimConfig::stop_when_done`]) once every client is done and the
+//!   liveness phase has lasted [`SimConfig::settle_ms`].
 //! - **Trace**: FNV-1a 64 over every processed event (dropped ones too) and
 //!   every action carried out ([`Report::trace_hash`]); with
 //!   [`SimConfig::record_trace`], one readable line each as well, saying
