@@ -9,7 +9,7 @@ use cohort_core::{
     decode, encode, Action, ClientError, ClientRequest, Epoch, Node, NodeId, NodeRng, Peers,
     RequestId, StoreOp, Stored, TaskId, TaskOutcome, Time, TimerToken,
 };
-use cohort_sim::{run, Fault, FaultKinds, Report, ScriptedFault, SimConfig};
+use cohort_sim::{run, Fault, FaultKinds, Guarantee, Report, ScriptedFault, SimConfig};
 use std::cell::RefCell;
 use std::time::Duration;
 
@@ -297,5 +297,65 @@ fn an_isolated_node_neither_hears_nor_is_heard() {
             .iter()
             .any(|(to, _, _, _, now)| *to == NodeId(3) && *now > Time::from_millis(1_710)),
         "healed"
+    );
+}
+
+/// Breaks the node contract on every client request: answers twice, and
+/// sends to a node that is not a member.
+struct Rude {
+    id: NodeId,
+    out: Vec<Action<u64>>,
+}
+
+impl Node for Rude {
+    type Message = u64;
+    type Config = ();
+    fn boot(peers: &Peers, _: &(), _: &Stored, _: NodeRng, _: Time) -> Rude {
+        Rude {
+            id: peers.id,
+            out: Vec::new(),
+        }
+    }
+    fn handle_message(&mut self, _: Time, _: NodeId, _: u64) {}
+    fn handle_timer(&mut self, _: Time, _: TimerToken) {}
+    fn handle_client(&mut self, _: Time, request: RequestId, _: ClientRequest) {
+        for _ in 0..2 {
+            let reply = Err(ClientError::Unavailable {
+                reason: "rude".into(),
+            });
+            self.out.push(Action::Reply { request, reply });
+        }
+        self.out.push(Action::Send {
+            to: NodeId(99),
+            msg: 1,
+        });
+    }
+    fn handle_task_finished(&mut self, _: Time, _: TaskId, _: Epoch, _: TaskOutcome) {}
+    fn actions(&mut self) -> std::vec::Drain<'_, Action<u64>> {
+        self.out.drain(..)
+    }
+    fn id(&self) -> NodeId {
+        self.id
+    }
+}
+
+#[test]
+fn contract_breaches_are_reported_as_invariant_violations() {
+    let mut c = SimConfig::new(4, 3);
+    c.faults = FaultKinds::NONE;
+    c.safety_ms = 1_000;
+    c.liveness_ms = 1_000;
+    c.violations_max = 10_000;
+    let r = run::<Rude>(&c, &(), &mut cohort_sim::NoInvariants);
+    let invariant = |needle: &str| {
+        r.violations
+            .iter()
+            .any(|v| v.guarantee == Guarantee::Invariant && v.detail.contains(needle))
+    };
+    assert!(invariant("already answered: true"), "{r}");
+    assert!(invariant("sent to n99, which is not a member"), "{r}");
+    assert!(
+        r.count_of(Guarantee::G4) > 0,
+        "nothing was ever acknowledged: {r}"
     );
 }

@@ -359,6 +359,7 @@ impl Node for CoordNode {
                     self.persist(id);
                     self.reply(request, Ok(ClientResponse::Accepted { id }));
                 }
+                // The first assignment supersedes nothing; the reason is unused.
                 self.assign(now, id, SupersedeReason::LeaseExpired);
             }
             ClientRequest::Get { id, .. } => {
