@@ -23,7 +23,9 @@ pub struct SimConfig {
     pub workload: Workload,
     /// Keep one readable line per event in [`crate::Report::trace`].
     pub record_trace: bool,
-    /// Hand the recorded history back in [`crate::Report::history`].
+    /// Hand the recorded history back in [`crate::Report::history`]
+    /// (default). A sweep over thousands of seeds that keeps its reports
+    /// should turn it off: a history is a few MB.
     pub keep_history: bool,
     /// Limits handed to every node.
     pub limits: Limits,
@@ -62,7 +64,7 @@ impl SimConfig {
             liveness_ms: 30_000,
             workload: Workload::default(),
             record_trace: false,
-            keep_history: false,
+            keep_history: true,
             limits: Limits::default(),
             capacity_tasks: 8,
             events_max: 50_000_000,

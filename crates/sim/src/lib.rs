@@ -184,7 +184,7 @@ pub struct Report {
     /// One readable line per event, if [`SimConfig::record_trace`].
     pub trace: Vec<String>,
     /// The recorded history the checkers read, if
-    /// [`SimConfig::keep_history`] (empty otherwise: a report is kept small
+    /// [`SimConfig::keep_history`] (empty otherwise, to keep reports small
     /// when thousands of seeds run).
     pub history: History,
 }
