@@ -1,9 +1,14 @@
 //! The `cohort` binary: a thin shell over the library crates.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
+mod cmd_client;
+mod cmd_demo;
+mod cmd_node;
 mod cmd_sim;
+mod modes;
 
 use clap::{Parser, Subcommand};
+use std::process::ExitCode;
 
 /// cohort: a fault-tolerant task cluster, single-leader or leaderless.
 #[derive(Parser, Debug)]
@@ -17,19 +22,51 @@ struct Cli {
 enum Command {
     /// Run the deterministic simulator over one or many seeds.
     Sim(cmd_sim::SimArgs),
+    /// Run one node.
+    Node(cmd_node::NodeArgs),
+    /// Submit a task to a node.
+    Submit(cmd_client::SubmitArgs),
+    /// Read a task.
+    Get(cmd_client::GetArgs),
+    /// Wait for a task to be final (exit 1 unless it succeeded).
+    Wait(cmd_client::WaitArgs),
+    /// Cancel a task.
+    Cancel(cmd_client::CancelArgs),
+    /// Show the cluster as a node sees it.
+    Members(cmd_client::MembersArgs),
+    /// A 5-node cluster on loopback, nodes killed mid-run, then a table.
+    Demo(cmd_demo::DemoArgs),
 }
 
-fn main() -> std::process::ExitCode {
+/// Logs to stderr; `RUST_LOG` overrides the default (`warn`).
+pub(crate) fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn main() -> ExitCode {
     quiet_broken_pipe();
     let cli = Cli::parse();
+    let done = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
     let result = match cli.command {
         Command::Sim(args) => cmd_sim::run(args),
+        Command::Node(a) => done(cmd_node::run(a)),
+        Command::Submit(a) => done(cmd_client::submit(a)),
+        Command::Get(a) => done(cmd_client::get(a)),
+        Command::Wait(a) => done(cmd_client::wait(a)),
+        Command::Cancel(a) => done(cmd_client::cancel(a)),
+        Command::Members(a) => done(cmd_client::members(a)),
+        Command::Demo(a) => done(cmd_demo::run(a)),
     };
     match result {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
-            std::process::ExitCode::from(2)
+            ExitCode::from(2)
         }
     }
 }

@@ -1,0 +1,190 @@
+//! `cohort submit / get / wait / cancel / members`: clients of a node's HTTP API.
+
+use anyhow::Context;
+use clap::Args;
+use cohort_runtime::client::{Client, TaskView};
+use cohort_runtime::http::{parse_wait, SubmitBody};
+use std::time::Duration;
+
+/// Submit a task.
+#[derive(Args, Debug, Clone)]
+pub struct SubmitArgs {
+    /// Any node's HTTP address.
+    #[arg(long, default_value = "127.0.0.1:8001")]
+    pub node: String,
+    /// Handler kind: sleep, hash, echo, exec (if the node allows it).
+    #[arg(long)]
+    pub kind: String,
+    /// Payload text (sleep: milliseconds or {"ms":N}; hash: {"rounds":N,"data":"..."}; exec: a command line).
+    #[arg(long, default_value = "")]
+    pub payload: String,
+    /// Client-chosen task id (hex) for an idempotent submit.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Per-execution timeout.
+    #[arg(long)]
+    pub timeout_ms: Option<u64>,
+    /// Attempts before the task fails.
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
+    /// Wait this long (e.g. 10s) for the outcome and print it.
+    #[arg(long)]
+    pub wait: Option<String>,
+}
+
+/// Read a task.
+#[derive(Args, Debug, Clone)]
+pub struct GetArgs {
+    /// Any node's HTTP address.
+    #[arg(long, default_value = "127.0.0.1:8001")]
+    pub node: String,
+    /// The task id.
+    pub id: String,
+    /// A local read that may be behind.
+    #[arg(long)]
+    pub stale: bool,
+}
+
+/// Wait for a task to be final and print it; exit 1 unless it succeeded.
+#[derive(Args, Debug, Clone)]
+pub struct WaitArgs {
+    /// Any node's HTTP address.
+    #[arg(long, default_value = "127.0.0.1:8001")]
+    pub node: String,
+    /// The task id.
+    pub id: String,
+    /// Give up after this long (e.g. 30s, 500ms).
+    #[arg(long, default_value = "30s")]
+    pub timeout: String,
+}
+
+/// Cancel a task.
+#[derive(Args, Debug, Clone)]
+pub struct CancelArgs {
+    /// Any node's HTTP address.
+    #[arg(long, default_value = "127.0.0.1:8001")]
+    pub node: String,
+    /// The task id.
+    pub id: String,
+}
+
+/// Show the cluster as a node sees it.
+#[derive(Args, Debug, Clone)]
+pub struct MembersArgs {
+    /// Any node's HTTP address.
+    #[arg(long, default_value = "127.0.0.1:8001")]
+    pub node: String,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn print_task(t: &TaskView) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(t)?);
+    Ok(())
+}
+
+fn wait_arg(s: &str) -> anyhow::Result<Duration> {
+    parse_wait(s).with_context(|| format!("{s:?} is not a duration like 10s or 500ms"))
+}
+
+/// Waits for `id` on `client` until final or `timeout`.
+async fn wait_final(client: &Client, id: &str, timeout: Duration) -> anyhow::Result<TaskView> {
+    let end = tokio::time::Instant::now() + timeout;
+    loop {
+        let left = end.saturating_duration_since(tokio::time::Instant::now());
+        let t = client
+            .get(id, false, Some(left.min(Duration::from_secs(60))))
+            .await?;
+        if t.is_final() || left.is_zero() {
+            return Ok(t);
+        }
+    }
+}
+
+/// `cohort submit`.
+pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
+    let wait = args.wait.as_deref().map(wait_arg).transpose()?;
+    runtime()?.block_on(async move {
+        let client = Client::new(&args.node);
+        let body = SubmitBody {
+            id: args.id,
+            kind: args.kind,
+            payload: Some(args.payload),
+            payload_base64: None,
+            timeout_ms: args.timeout_ms,
+            max_attempts: args.max_attempts,
+        };
+        let id = client.submit(&body).await?;
+        match wait {
+            None => println!("{id}"),
+            Some(w) => print_task(&wait_final(&client, &id, w).await?)?,
+        }
+        Ok(())
+    })
+}
+
+/// `cohort get`.
+pub fn get(args: GetArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(async move {
+        let t = Client::new(&args.node)
+            .get(&args.id, args.stale, None)
+            .await?;
+        print_task(&t)
+    })
+}
+
+/// `cohort wait`.
+pub fn wait(args: WaitArgs) -> anyhow::Result<()> {
+    let timeout = wait_arg(&args.timeout)?;
+    runtime()?.block_on(async move {
+        let t = wait_final(&Client::new(&args.node), &args.id, timeout).await?;
+        print_task(&t)?;
+        match t.state.as_str() {
+            "succeeded" => Ok(()),
+            s if t.is_final() => anyhow::bail!("task {} {s}", args.id),
+            s => anyhow::bail!("task {} still {s} after {}", args.id, args.timeout),
+        }
+    })
+}
+
+/// `cohort cancel`.
+pub fn cancel(args: CancelArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(async move { print_task(&Client::new(&args.node).cancel(&args.id).await?) })
+}
+
+/// `cohort members`.
+pub fn members(args: MembersArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(async move {
+        let c = Client::new(&args.node).cluster().await?;
+        println!(
+            "cluster {} · mode {} · asked node {}",
+            c["cluster_id"].as_str().unwrap_or("?"),
+            c["mode"].as_str().unwrap_or("?"),
+            c["node"]
+        );
+        println!(
+            "{:>6}  {:<22} {:<22} link",
+            "node", "peer address", "http address"
+        );
+        for m in c["members"].as_array().into_iter().flatten() {
+            let link = if m["self"] == true {
+                "self"
+            } else if m["connected"] == true {
+                "up"
+            } else {
+                "down"
+            };
+            println!(
+                "{:>6}  {:<22} {:<22} {link}",
+                format!("n{}", m["id"]),
+                m["peer_addr"].as_str().unwrap_or("-"),
+                m["http_addr"].as_str().unwrap_or("-"),
+            );
+        }
+        Ok(())
+    })
+}

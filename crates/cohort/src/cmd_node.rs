@@ -1,0 +1,362 @@
+//! `cohort node`: one real node.
+
+use crate::modes;
+use anyhow::{bail, Context};
+use clap::Args;
+use cohort_core::{Limits, NodeId, Peers};
+use cohort_runtime::{Listeners, NodeOptions, Registry, RuntimeConfig};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Run one node. Settings come from flags, a TOML file (`--config`), or
+/// both (a flag wins over the file).
+#[derive(Args, Debug, Clone, Default)]
+pub struct NodeArgs {
+    /// A TOML file with any of the settings below (`id = 1`, `peers = "1=..."`, `data_dir = "..."`, ...).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// This node's id (a member of --peers).
+    #[arg(long)]
+    pub id: Option<u64>,
+    /// Every member's peer address, this node's included: `1=127.0.0.1:7001,2=127.0.0.1:7002`.
+    #[arg(long)]
+    pub peers: Option<String>,
+    /// Where this node's HTTP API listens [default: 127.0.0.1:8001].
+    #[arg(long)]
+    pub http: Option<SocketAddr>,
+    /// Other members' HTTP addresses (`2=127.0.0.1:8002,...`), for redirects to the coordinator.
+    #[arg(long)]
+    pub http_peers: Option<String>,
+    /// Directory of this node's data file (created if missing).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Coordination mode: static (leader and leaderless are planned) [default: static].
+    #[arg(long)]
+    pub mode: Option<String>,
+    /// Cluster name, checked in every peer handshake and in the data file [default: cohort].
+    #[arg(long)]
+    pub cluster_id: Option<String>,
+    /// Tasks this node runs at once [default: 4].
+    #[arg(long)]
+    pub capacity: Option<u32>,
+    /// Register the `exec` handler (runs commands from task payloads).
+    #[arg(long)]
+    pub allow_exec: bool,
+    /// Largest task payload accepted, in bytes [default: 1048576].
+    #[arg(long)]
+    pub payload_bytes_max: Option<usize>,
+}
+
+/// The settings a `--config` file may hold.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    id: Option<u64>,
+    peers: Option<String>,
+    http: Option<SocketAddr>,
+    http_peers: Option<String>,
+    data_dir: Option<PathBuf>,
+    mode: Option<String>,
+    cluster_id: Option<String>,
+    capacity: Option<u32>,
+    allow_exec: Option<bool>,
+    payload_bytes_max: Option<usize>,
+}
+
+/// Settings after flags and file are merged and defaults applied.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    id: u64,
+    peers: String,
+    http: SocketAddr,
+    http_peers: Option<String>,
+    data_dir: PathBuf,
+    mode: String,
+    cluster_id: String,
+    capacity: u32,
+    allow_exec: bool,
+    payload_bytes_max: usize,
+}
+
+impl NodeArgs {
+    /// Merges the flags over the `--config` file and applies defaults.
+    pub fn settings(&self) -> anyhow::Result<Settings> {
+        let file = match &self.config {
+            None => FileSettings::default(),
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read --config {}", p.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("invalid --config {}", p.display()))?
+            }
+        };
+        Ok(Settings {
+            id: self
+                .id
+                .or(file.id)
+                .context("no node id: give --id or `id` in --config")?,
+            peers: self
+                .peers
+                .clone()
+                .or(file.peers)
+                .context("no members: give --peers or `peers` in --config")?,
+            http: self
+                .http
+                .or(file.http)
+                .unwrap_or_else(|| "127.0.0.1:8001".parse().expect("a socket address")),
+            http_peers: self.http_peers.clone().or(file.http_peers),
+            data_dir: self
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .context("no data directory: give --data-dir or `data_dir` in --config")?,
+            mode: self
+                .mode
+                .clone()
+                .or(file.mode)
+                .unwrap_or_else(|| "static".into()),
+            cluster_id: self
+                .cluster_id
+                .clone()
+                .or(file.cluster_id)
+                .unwrap_or_else(|| "cohort".into()),
+            capacity: self.capacity.or(file.capacity).unwrap_or(4),
+            allow_exec: self.allow_exec || file.allow_exec.unwrap_or(false),
+            payload_bytes_max: self
+                .payload_bytes_max
+                .or(file.payload_bytes_max)
+                .unwrap_or(Limits::default().payload_bytes_max),
+        })
+    }
+}
+
+/// Parses `1=host:port,2=host:port`, refusing duplicate ids and addresses.
+pub fn parse_addr_map(s: &str, what: &str) -> anyhow::Result<BTreeMap<NodeId, SocketAddr>> {
+    let mut map = BTreeMap::new();
+    let mut seen = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .with_context(|| format!("{what}: {part:?} is not ID=HOST:PORT"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .with_context(|| format!("{what}: {id:?} is not a node id"))?;
+        let addr: SocketAddr = addr.trim().parse().with_context(|| {
+            format!("{what}: {addr:?} is not HOST:PORT (an IP address and a port)")
+        })?;
+        if map.insert(NodeId(id), addr).is_some() {
+            bail!("{what}: node id {id} appears twice");
+        }
+        if let Some(other) = seen.insert(addr, id) {
+            bail!("{what}: nodes {other} and {id} both use {addr}");
+        }
+    }
+    if map.is_empty() {
+        bail!("{what}: no members given");
+    }
+    Ok(map)
+}
+
+/// The validated pieces of a node's configuration.
+pub struct Validated {
+    /// The runtime configuration.
+    pub config: RuntimeConfig,
+    /// Where to bind the peer transport.
+    pub peer_bind: SocketAddr,
+    /// The mode.
+    pub mode: &'static modes::Mode,
+}
+
+/// Checks everything before anything starts.
+pub fn validate(args: &Settings) -> anyhow::Result<Validated> {
+    let mode = modes::find(&args.mode)?;
+    let all = parse_addr_map(&args.peers, "--peers")?;
+    let id = NodeId(args.id);
+    let Some(&peer_bind) = all.get(&id) else {
+        bail!("--id {} is not among --peers", args.id);
+    };
+    if all.values().any(|a| *a == args.http) {
+        bail!("--http {} clashes with a peer address", args.http);
+    }
+    let limits = Limits {
+        payload_bytes_max: args.payload_bytes_max,
+        message_bytes_max: Limits::default()
+            .message_bytes_max
+            .max(args.payload_bytes_max * 2),
+        ..Limits::default()
+    };
+    let peers = Peers::new(id, all.keys().copied(), args.capacity, limits)
+        .map_err(|e| anyhow::anyhow!("invalid cluster: {e}"))?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create --data-dir {}", args.data_dir.display()))?;
+    let probe = args.data_dir.join(".cohort-write-test");
+    std::fs::write(&probe, b"ok")
+        .with_context(|| format!("--data-dir {} is not writable", args.data_dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    let peer_addrs = all
+        .iter()
+        .filter(|(k, _)| **k != id)
+        .map(|(k, v)| (*k, *v))
+        .collect();
+    let mut config = RuntimeConfig::new(
+        &args.cluster_id,
+        mode.name,
+        peers,
+        peer_addrs,
+        &args.data_dir,
+    );
+    if let Some(h) = &args.http_peers {
+        config.http_addrs = parse_addr_map(h, "--http-peers")?;
+    }
+    config.http_addrs.insert(id, args.http);
+    config.validate()?;
+    Ok(Validated {
+        config,
+        peer_bind,
+        mode,
+    })
+}
+
+/// Runs the node until SIGINT or SIGTERM.
+pub fn run(args: NodeArgs) -> anyhow::Result<()> {
+    crate::init_tracing();
+    let args = args.settings()?;
+    let v = validate(&args)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let peer = tokio::net::TcpListener::bind(v.peer_bind)
+            .await
+            .with_context(|| format!("cannot listen for peers on {}", v.peer_bind))?;
+        let http = tokio::net::TcpListener::bind(args.http)
+            .await
+            .with_context(|| format!("cannot listen for HTTP on {}", args.http))?;
+        let options = NodeOptions {
+            registry: Registry::with_builtins(args.allow_exec),
+            ..NodeOptions::default()
+        };
+        let mut node = (v.mode.start)(v.config, options, Listeners { peer, http }).await?;
+        eprintln!(
+            "cohort node {} ({} mode) peers on {}, HTTP on http://{}",
+            node.id(),
+            v.mode.name,
+            node.peer_addr(),
+            node.http_addr()
+        );
+        tokio::select! {
+            r = node.wait() => r.context("node stopped"),
+            _ = shutdown_signal() => {
+                eprintln!("shutting down");
+                node.shutdown().await.context("shutdown")
+            }
+        }
+    })
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(dir: &std::path::Path) -> NodeArgs {
+        NodeArgs {
+            id: Some(1),
+            peers: Some("1=127.0.0.1:7001,2=127.0.0.1:7002".into()),
+            http: Some("127.0.0.1:8001".parse().unwrap()),
+            data_dir: Some(dir.to_path_buf()),
+            mode: Some("static".into()),
+            cluster_id: Some("c".into()),
+            ..NodeArgs::default()
+        }
+    }
+
+    #[test]
+    fn bad_configurations_say_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = || args(dir.path());
+        let err = |a: NodeArgs| match a.settings() {
+            Ok(s) => validate(&s).err().unwrap().to_string(),
+            Err(e) => e.to_string(),
+        };
+        let mut a = args();
+        a.peers = Some("1=127.0.0.1:7001,1=127.0.0.1:7002".into());
+        assert!(err(a).contains("appears twice"));
+        let mut a = args();
+        a.peers = Some("1=127.0.0.1:7001,2=127.0.0.1:7001".into());
+        assert!(err(a).contains("both use"));
+        let mut a = args();
+        a.id = Some(3);
+        assert!(err(a).contains("not among --peers"));
+        let mut a = args();
+        a.mode = Some("leaderless".into());
+        assert!(err(a).contains("not built yet"));
+        let mut a = args();
+        a.mode = Some("raft2".into());
+        assert!(err(a).contains("unknown mode"));
+        let mut a = args();
+        a.http = Some("127.0.0.1:7002".parse().unwrap());
+        assert!(err(a).contains("clashes"));
+        let mut a = args();
+        a.peers = Some("1=localhost".into());
+        assert!(err(a).contains("HOST:PORT"));
+        let mut a = args();
+        a.data_dir = Some("/proc/cohort-cannot-be-here".into());
+        assert!(err(a).contains("--data-dir"));
+        let mut a = args();
+        a.id = None;
+        assert!(err(a).contains("no node id"));
+        let v = validate(&args().settings().unwrap()).unwrap();
+        assert_eq!(v.peer_bind, "127.0.0.1:7001".parse().unwrap());
+    }
+
+    #[test]
+    fn a_config_file_supplies_settings_and_flags_override_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "id = 2\npeers = \"1=127.0.0.1:7001,2=127.0.0.1:7002\"\ndata_dir = {:?}\ncluster_id = \"from-file\"\ncapacity = 8\n",
+                dir.path()
+            ),
+        )
+        .unwrap();
+        let a = NodeArgs {
+            config: Some(file.clone()),
+            capacity: Some(2),
+            ..NodeArgs::default()
+        };
+        let v = validate(&a.settings().unwrap()).unwrap();
+        assert_eq!(v.config.peers.id, NodeId(2));
+        assert_eq!(v.config.cluster_id, "from-file");
+        assert_eq!(v.config.peers.capacity_tasks, 2, "the flag wins");
+        assert_eq!(v.peer_bind, "127.0.0.1:7002".parse().unwrap());
+        std::fs::write(&file, "id = 2\ncolour = \"blue\"\n").unwrap();
+        let a = NodeArgs {
+            config: Some(file),
+            ..NodeArgs::default()
+        };
+        let e = format!("{:#}", a.settings().unwrap_err());
+        assert!(e.contains("colour"), "{e}");
+    }
+}

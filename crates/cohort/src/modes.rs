@@ -1,0 +1,74 @@
+//! The coordination modes this binary can run: one row per mode. Adding a
+//! mode (leader, leaderless) is adding a row.
+
+use cohort_core::NodeId;
+use cohort_runtime::{Listeners, NodeOptions, RunningNode, RuntimeConfig, RuntimeError};
+use std::future::Future;
+use std::pin::Pin;
+
+/// Starts a node of one mode with that mode's default settings.
+pub type StartFn = fn(
+    RuntimeConfig,
+    NodeOptions,
+    Listeners,
+) -> Pin<Box<dyn Future<Output = Result<RunningNode, RuntimeError>> + Send>>;
+
+/// Which node the demo kills first.
+#[derive(Clone, Copy, Debug)]
+pub enum FirstVictim {
+    /// A fixed coordinator (static: the lowest member id).
+    Fixed(NodeId),
+    /// The node that has run the most tasks so far (the leaderless row will use it).
+    #[allow(dead_code)]
+    Busiest,
+}
+
+/// One mode.
+pub struct Mode {
+    /// `--mode` value.
+    pub name: &'static str,
+    /// One line for the demo table.
+    pub about: &'static str,
+    /// Whether the mode promises G1 (acknowledged tasks survive a minority
+    /// crash); the demo fails if such a mode loses a task.
+    pub durable: bool,
+    /// Whom the demo kills first.
+    pub first_victim: FirstVictim,
+    /// Starts a node.
+    pub start: StartFn,
+}
+
+fn start_static(
+    config: RuntimeConfig,
+    options: NodeOptions,
+    listeners: Listeners,
+) -> Pin<Box<dyn Future<Output = Result<RunningNode, RuntimeError>> + Send>> {
+    Box::pin(async move {
+        let mode = cohort_static::StaticConfig::default();
+        mode.validate(&config.peers)
+            .map_err(|e| RuntimeError::Config(format!("static mode: {e}")))?;
+        cohort_runtime::start::<cohort_static::StaticNode>(config, mode, options, listeners).await
+    })
+}
+
+/// Every mode, in demo order.
+pub const MODES: &[Mode] = &[Mode {
+    name: "static",
+    about: "one fixed coordinator, in memory (the baseline)",
+    durable: false,
+    first_victim: FirstVictim::Fixed(NodeId(1)),
+    start: start_static,
+}];
+
+/// The mode named `name`.
+pub fn find(name: &str) -> anyhow::Result<&'static Mode> {
+    MODES.iter().find(|m| m.name == name).ok_or_else(|| {
+        let known: Vec<&str> = MODES.iter().map(|m| m.name).collect();
+        let planned = ["leader", "leaderless"];
+        if planned.contains(&name) {
+            anyhow::anyhow!("mode {name:?} is not built yet; available: {known:?}")
+        } else {
+            anyhow::anyhow!("unknown mode {name:?}; available: {known:?}")
+        }
+    })
+}

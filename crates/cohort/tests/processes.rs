@@ -1,0 +1,288 @@
+//! Real `cohort` processes on loopback: HTTP, the CLI, kill -9, SIGTERM,
+//! restart from the data dir, and a refused foreign data file.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_cohort");
+
+/// Kills every child it holds when dropped.
+struct Procs(Vec<Option<Child>>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in self.0.iter_mut().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Layout {
+    peers: String,
+    http_peers: String,
+    http: Vec<String>,
+}
+
+fn layout(n: usize) -> Layout {
+    let peer: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let http: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let join = |ports: &[u16]| {
+        ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    Layout {
+        peers: join(&peer),
+        http_peers: join(&http),
+        http: http.iter().map(|p| format!("127.0.0.1:{p}")).collect(),
+    }
+}
+
+fn spawn_node(l: &Layout, id: usize, dir: &Path, cluster: &str) -> Child {
+    Command::new(BIN)
+        .args(["node", "--id", &id.to_string(), "--peers", &l.peers])
+        .args(["--http", &l.http[id - 1], "--http-peers", &l.http_peers])
+        .args(["--cluster-id", cluster, "--mode", "static"])
+        .arg("--data-dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn cli(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+fn wait_healthy(http: &str) {
+    let end = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < end {
+        let out = cli(&["members", "--node", http]);
+        if out.status.success() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("node at {http} never became healthy");
+}
+
+fn submit_and_wait(http: &str, payload: &str) -> serde_json::Value {
+    let out = cli(&[
+        "submit",
+        "--node",
+        http,
+        "--kind",
+        "echo",
+        "--payload",
+        payload,
+        "--wait",
+        "15s",
+    ]);
+    assert!(
+        out.status.success(),
+        "submit failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn three_processes_survive_a_killed_worker_and_stop_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = layout(3);
+    let mut procs = Procs(Vec::new());
+    for id in 1..=3 {
+        procs
+            .0
+            .push(Some(spawn_node(&l, id, dir.path(), "proc-test")));
+    }
+    for h in &l.http {
+        wait_healthy(h);
+    }
+    // Through a worker: it redirects to the coordinator.
+    let t = submit_and_wait(&l.http[1], "first");
+    assert_eq!(t["state"], "succeeded", "{t}");
+    assert_eq!(t["result"], "first");
+    let members = cli(&["members", "--node", &l.http[0]]);
+    let text = String::from_utf8_lossy(&members.stdout);
+    for n in ["n1", "n2", "n3"] {
+        assert!(text.contains(n), "{text}");
+    }
+
+    // kill -9 a worker; the cluster keeps running tasks.
+    let mut n3 = procs.0[2].take().unwrap();
+    n3.kill().unwrap();
+    n3.wait().unwrap();
+    for i in 0..5 {
+        let t = submit_and_wait(&l.http[0], &format!("after-kill-{i}"));
+        assert_eq!(t["state"], "succeeded", "{t}");
+    }
+
+    // The killed worker restarts from its data dir and rejoins.
+    procs.0[2] = Some(spawn_node(&l, 3, dir.path(), "proc-test"));
+    wait_healthy(&l.http[2]);
+
+    // SIGTERM: a graceful stop, exit status 0.
+    let n2 = procs.0[1].take().unwrap();
+    let pid = n2.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let out = n2.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("shutting down"));
+    drop(procs);
+
+    // Node 1's file belongs to cluster proc-test: another cluster id is refused.
+    let out = Command::new(BIN)
+        .args([
+            "node", "--id", "1", "--peers", &l.peers, "--http", &l.http[0],
+        ])
+        .args(["--cluster-id", "someone-else"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("node-1.redb"), "{err}");
+    assert!(err.contains("proc-test"), "{err}");
+}
+
+#[test]
+fn demo_runs_every_mode_and_prints_the_table() {
+    let out = cli(&[
+        "demo",
+        "--tasks",
+        "60",
+        "--duration",
+        "1s",
+        "--task-ms",
+        "2",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for row in [
+        "tasks submitted",
+        "acknowledged",
+        "LOST",
+        "run more than once",
+        "latency p50 / p99",
+        "longest stall after kill 1",
+        "busiest node's share",
+    ] {
+        assert!(stdout.contains(row), "missing {row:?} in\n{stdout}");
+    }
+    assert!(stdout.contains("static"), "{stdout}");
+}
+
+fn submit_id(http: &str, kind: &str, payload: &str) -> String {
+    let out = cli(&[
+        "submit",
+        "--node",
+        http,
+        "--kind",
+        kind,
+        "--payload",
+        payload,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn get_task(http: &str, id: &str) -> serde_json::Value {
+    let out = cli(&["get", "--node", http, id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn signal(child: &Child, sig: &str) {
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .unwrap()
+        .success());
+}
+
+#[test]
+fn a_paused_worker_is_declared_dead_and_its_late_result_is_fenced_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = layout(3);
+    let mut procs = Procs(Vec::new());
+    for id in 1..=3 {
+        procs
+            .0
+            .push(Some(spawn_node(&l, id, dir.path(), "pause-test")));
+    }
+    for h in &l.http {
+        wait_healthy(h);
+    }
+    // Let every worker's heartbeat reach the coordinator.
+    std::thread::sleep(Duration::from_millis(500));
+    let n1 = &l.http[0];
+    // Least-loaded placement, ties to the lowest id: the first task goes to
+    // n1, the second to n2.
+    let filler = submit_id(n1, "sleep", "4000");
+    assert_eq!(get_task(n1, &filler)["node"], 1);
+    let target = submit_id(n1, "sleep", "1500");
+    let before = get_task(n1, &target);
+    assert_eq!(before["state"], "running", "{before}");
+    assert_eq!(before["node"], 2, "{before}");
+    let first_epoch = before["epoch"].as_u64().unwrap();
+
+    signal(procs.0[1].as_ref().unwrap(), "-STOP");
+    let out = cli(&["wait", "--node", n1, &target, "--timeout", "15s"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(done["node"], 3, "{done}");
+    assert!(done["epoch"].as_u64().unwrap() > first_epoch, "{done}");
+
+    // The paused runner wakes up and reports under its old epoch: rejected.
+    signal(procs.0[1].as_ref().unwrap(), "-CONT");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        get_task(n1, &target),
+        done,
+        "a stale result changed the outcome"
+    );
+}

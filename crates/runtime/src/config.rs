@@ -1,0 +1,169 @@
+//! The runtime's configuration, validated before anything starts.
+
+use crate::error::RuntimeError;
+use cohort_core::{NodeId, Peers};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Limits and timings of the peer transport.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransportLimits {
+    /// Most encoded messages queued for one peer; past it new ones are
+    /// dropped (and counted), as the contract allows for messages.
+    pub send_queue_len_max: usize,
+    /// Most inbound peer connections open at once.
+    pub inbound_connections_max: usize,
+    /// Most messages received from peers waiting for the event loop; past it
+    /// they are dropped and counted.
+    pub inbound_queue_len_max: usize,
+    /// First reconnect delay.
+    pub connect_backoff_ms_min: u64,
+    /// Largest reconnect delay (the delay doubles up to it).
+    pub connect_backoff_ms_max: u64,
+    /// How long a connection may take to present its handshake.
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for TransportLimits {
+    fn default() -> TransportLimits {
+        TransportLimits {
+            send_queue_len_max: 4096,
+            inbound_connections_max: 256,
+            inbound_queue_len_max: 16_384,
+            connect_backoff_ms_min: 20,
+            connect_backoff_ms_max: 1000,
+            handshake_timeout_ms: 2000,
+        }
+    }
+}
+
+/// Limits of the client API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// How long an HTTP request waits for the core's answer before `503`.
+    pub request_timeout_ms: u64,
+    /// Most client requests handed to the core and not yet answered.
+    pub requests_in_flight_max: usize,
+    /// Longest `?wait=` accepted.
+    pub wait_ms_max: u64,
+}
+
+impl Default for ClientLimits {
+    fn default() -> ClientLimits {
+        ClientLimits {
+            request_timeout_ms: 10_000,
+            requests_in_flight_max: 10_000,
+            wait_ms_max: 60_000,
+        }
+    }
+}
+
+/// Most bytes in a cluster id.
+pub const CLUSTER_ID_BYTES_MAX: usize = 64;
+
+/// Everything the runtime needs besides the mode's own config.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Name of the cluster; checked in every handshake and in the data file.
+    pub cluster_id: String,
+    /// The mode's name, reported by `GET /v1/cluster`.
+    pub mode: String,
+    /// This node, the members, capacity and limits (as handed to the core).
+    pub peers: Peers,
+    /// Where to reach each other member's peer transport.
+    pub peer_addrs: BTreeMap<NodeId, SocketAddr>,
+    /// Where each member's HTTP API listens, when known (for redirects and
+    /// `GET /v1/cluster`).
+    pub http_addrs: BTreeMap<NodeId, SocketAddr>,
+    /// Directory holding this node's data file.
+    pub data_dir: PathBuf,
+    /// Peer transport limits.
+    pub transport: TransportLimits,
+    /// Client API limits.
+    pub client: ClientLimits,
+    /// Most inputs handed to the core before their actions are carried out
+    /// together (group commit: one fsync for all their writes).
+    pub inputs_per_batch_max: usize,
+}
+
+impl RuntimeConfig {
+    /// A configuration with default limits.
+    pub fn new(
+        cluster_id: impl Into<String>,
+        mode: impl Into<String>,
+        peers: Peers,
+        peer_addrs: BTreeMap<NodeId, SocketAddr>,
+        data_dir: impl Into<PathBuf>,
+    ) -> RuntimeConfig {
+        RuntimeConfig {
+            cluster_id: cluster_id.into(),
+            mode: mode.into(),
+            peers,
+            peer_addrs,
+            http_addrs: BTreeMap::new(),
+            data_dir: data_dir.into(),
+            transport: TransportLimits::default(),
+            client: ClientLimits::default(),
+            inputs_per_batch_max: 256,
+        }
+    }
+
+    /// Checks everything that can be checked before starting.
+    pub fn validate(&self) -> Result<(), RuntimeError> {
+        let bad = |m: String| Err(RuntimeError::Config(m));
+        if self.cluster_id.is_empty() || self.cluster_id.len() > CLUSTER_ID_BYTES_MAX {
+            return bad(format!(
+                "cluster id must be 1..={CLUSTER_ID_BYTES_MAX} bytes"
+            ));
+        }
+        for m in self.peers.others() {
+            if !self.peer_addrs.contains_key(&m) {
+                return bad(format!("no peer address for member {m}"));
+            }
+        }
+        for id in self.peer_addrs.keys() {
+            if !self.peers.members.contains(id) {
+                return bad(format!(
+                    "peer address given for {id}, which is not a member"
+                ));
+            }
+        }
+        let mut seen = BTreeMap::new();
+        for (id, addr) in &self.peer_addrs {
+            if let Some(other) = seen.insert(*addr, *id) {
+                return bad(format!("members {other} and {id} share the address {addr}"));
+            }
+        }
+        let t = &self.transport;
+        for (what, v) in [
+            ("send_queue_len_max", t.send_queue_len_max as u64),
+            ("inbound_connections_max", t.inbound_connections_max as u64),
+            ("inbound_queue_len_max", t.inbound_queue_len_max as u64),
+            ("connect_backoff_ms_min", t.connect_backoff_ms_min),
+            ("handshake_timeout_ms", t.handshake_timeout_ms),
+            ("request_timeout_ms", self.client.request_timeout_ms),
+            (
+                "requests_in_flight_max",
+                self.client.requests_in_flight_max as u64,
+            ),
+            ("inputs_per_batch_max", self.inputs_per_batch_max as u64),
+        ] {
+            if v == 0 {
+                return bad(format!("{what} must be positive"));
+            }
+        }
+        if t.connect_backoff_ms_max < t.connect_backoff_ms_min {
+            return bad("connect_backoff_ms_max must be >= connect_backoff_ms_min".into());
+        }
+        if u32::try_from(self.peers.limits.message_bytes_max).is_err() {
+            return bad("message_bytes_max must fit a 32-bit frame length".into());
+        }
+        Ok(())
+    }
+
+    pub(crate) fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.transport.handshake_timeout_ms)
+    }
+}

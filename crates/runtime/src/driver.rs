@@ -1,0 +1,391 @@
+//! The event loop: one per node, owning the core.
+//!
+//! Each turn takes one input (a peer message, a client request, a finished
+//! task, or due timers), then up to `inputs_per_batch_max - 1` more that are
+//! already waiting, handing each to the core and collecting the actions of
+//! all of them in order. Then it carries the batch out:
+//!
+//! 1. every [`Action::Persist`] of the batch, in order, in one redb
+//!    transaction, committed with fsync (group commit);
+//! 2. then, in order: `Send` to the transport, `Execute` to the executor,
+//!    `Reply` to the waiting request, `SetTimer` into the timer map, `Note`
+//!    to the log, metrics and observer.
+//!
+//! Holding every later action until the writes of the whole batch are
+//! durable keeps the contract (a persist is durable before any later send,
+//! reply or execute) while sharing one fsync among many inputs; a send or
+//! reply can only be delayed by it, which the contract allows.
+
+use crate::config::RuntimeConfig;
+use crate::handlers::{HandlerInput, Registry};
+use crate::metrics::Metrics;
+use crate::storage::Storage;
+use crate::transport::Outbound;
+use crate::RuntimeError;
+use cohort_core::{
+    Action, ClientError, ClientRequest, ClientResponse, Epoch, Node, NodeId, Note, RequestId,
+    StoreOp, TaskId, TaskOutcome, Time, TimerToken,
+};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
+
+/// A client's answer channel.
+pub type ReplyTx = oneshot::Sender<Result<ClientResponse, ClientError>>;
+
+/// A client request in the core: where to answer, since when, and what it was.
+pub(crate) struct Pending {
+    tx: ReplyTx,
+    since: std::time::Instant,
+    kind: &'static str,
+}
+
+/// Called with every [`Note`] a node states (for demos and tests).
+pub type NoteObserver = Arc<dyn Fn(NodeId, &Note) + Send + Sync>;
+
+/// Inputs other than peer messages.
+pub enum Control {
+    /// A client request and where to send its answer.
+    Client {
+        /// The request.
+        req: ClientRequest,
+        /// Its answer.
+        reply: ReplyTx,
+    },
+    /// A handler returned.
+    Finished {
+        /// The task.
+        id: TaskId,
+        /// The assignment it ran under.
+        epoch: Epoch,
+        /// What it returned.
+        outcome: TaskOutcome,
+    },
+}
+
+pub(crate) struct EventLoop<N: Node> {
+    pub node: N,
+    pub config: Arc<RuntimeConfig>,
+    pub storage: Arc<Storage>,
+    pub boot: tokio::time::Instant,
+    pub timers: BTreeMap<(Time, u64), TimerToken>,
+    pub timer_seq: u64,
+    pub pending: BTreeMap<RequestId, Pending>,
+    pub next_request: u64,
+    pub outbound: Outbound,
+    pub control_tx: mpsc::Sender<Control>,
+    pub executor: Arc<Semaphore>,
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    pub decided: Arc<Notify>,
+    pub observer: Option<NoteObserver>,
+    pub stop: watch::Receiver<bool>,
+    pub batch: Vec<Action<N::Message>>,
+    pub loopback: mpsc::Sender<(NodeId, N::Message)>,
+}
+
+impl<N: Node + Send + 'static> EventLoop<N> {
+    fn now(&self) -> Time {
+        Time(u64::try_from(self.boot.elapsed().as_micros()).unwrap_or(u64::MAX))
+    }
+
+    fn take_actions(&mut self) {
+        self.batch.extend(self.node.actions());
+    }
+
+    fn input_control(&mut self, c: Control) {
+        let now = self.now();
+        match c {
+            Control::Client { req, reply } => {
+                self.metrics.inc("cohort_inputs_total", "kind=\"client\"");
+                if self.pending.len() >= self.config.client.requests_in_flight_max {
+                    self.pending.retain(|_, p| !p.tx.is_closed());
+                }
+                if self.pending.len() >= self.config.client.requests_in_flight_max {
+                    let _ = reply.send(Err(ClientError::Overloaded {
+                        what: "requests_in_flight_max".into(),
+                        limit: self.config.client.requests_in_flight_max,
+                    }));
+                    return;
+                }
+                self.next_request += 1;
+                let rid = RequestId(self.next_request);
+                let kind = match &req {
+                    ClientRequest::Submit { .. } => "submit",
+                    ClientRequest::Get { .. } => "get",
+                    ClientRequest::Cancel { .. } => "cancel",
+                };
+                self.pending.insert(
+                    rid,
+                    Pending {
+                        tx: reply,
+                        since: std::time::Instant::now(),
+                        kind,
+                    },
+                );
+                self.node.handle_client(now, rid, req);
+            }
+            Control::Finished { id, epoch, outcome } => {
+                self.metrics
+                    .inc("cohort_inputs_total", "kind=\"task_finished\"");
+                self.node.handle_task_finished(now, id, epoch, outcome);
+            }
+        }
+        self.take_actions();
+    }
+
+    fn input_message(&mut self, from: NodeId, msg: N::Message) {
+        self.metrics.inc("cohort_inputs_total", "kind=\"message\"");
+        let now = self.now();
+        self.node.handle_message(now, from, msg);
+        self.take_actions();
+    }
+
+    fn fire_due_timers(&mut self) {
+        loop {
+            let now = self.now();
+            let Some((&(at, seq), _)) = self.timers.first_key_value() else {
+                break;
+            };
+            if at > now {
+                break;
+            }
+            let token = self.timers.remove(&(at, seq)).expect("first key present");
+            self.metrics.inc("cohort_inputs_total", "kind=\"timer\"");
+            self.node.handle_timer(now, token);
+            self.take_actions();
+        }
+        self.metrics
+            .set("cohort_timers_pending", "", self.timers.len() as i64);
+    }
+
+    fn next_deadline(&self) -> Option<tokio::time::Instant> {
+        self.timers
+            .first_key_value()
+            .map(|(&(at, _), _)| self.boot + Duration::from_micros(at.0))
+    }
+
+    /// Runs until `stop` turns true or storage fails.
+    pub async fn run(
+        mut self,
+        mut control_rx: mpsc::Receiver<Control>,
+        mut peer_rx: mpsc::Receiver<(NodeId, N::Message)>,
+    ) -> Result<(), RuntimeError> {
+        // Boot left its first actions in the node.
+        self.take_actions();
+        self.carry_out().await?;
+        let mut stop = self.stop.clone();
+        loop {
+            let deadline = self.next_deadline();
+            tokio::select! {
+                biased;
+                _ = stop.changed() => break,
+                Some(c) = control_rx.recv() => self.input_control(c),
+                Some((from, m)) = peer_rx.recv() => self.input_message(from, m),
+                _ = sleep_until_opt(deadline) => {}
+            }
+            let mut taken = 1;
+            while taken < self.config.inputs_per_batch_max {
+                if let Ok(c) = control_rx.try_recv() {
+                    self.input_control(c);
+                } else if let Ok((from, m)) = peer_rx.try_recv() {
+                    self.input_message(from, m);
+                } else {
+                    break;
+                }
+                taken += 1;
+            }
+            self.fire_due_timers();
+            self.carry_out().await?;
+            self.metrics.set(
+                "cohort_client_requests_pending",
+                "",
+                self.pending.len() as i64,
+            );
+            self.metrics.set(
+                "cohort_queue_depth",
+                "queue=\"control\"",
+                control_rx.len() as i64,
+            );
+            self.metrics.set(
+                "cohort_queue_depth",
+                "queue=\"peer_inbound\"",
+                peer_rx.len() as i64,
+            );
+        }
+        for (_, p) in std::mem::take(&mut self.pending) {
+            let _ = p.tx.send(Err(ClientError::Unavailable {
+                reason: "node shutting down".into(),
+            }));
+        }
+        Ok(())
+    }
+
+    async fn carry_out(&mut self) -> Result<(), RuntimeError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let actions = std::mem::take(&mut self.batch);
+        let mut ops: Vec<StoreOp> = Vec::new();
+        let mut persists = 0u64;
+        for a in &actions {
+            if let Action::Persist(batch) = a {
+                ops.extend(batch.iter().cloned());
+                persists += 1;
+            }
+        }
+        if persists > 0 {
+            let storage = self.storage.clone();
+            let n = ops.len() as u64;
+            let started = std::time::Instant::now();
+            tokio::task::spawn_blocking(move || storage.persist(&ops))
+                .await
+                .map_err(|e| RuntimeError::Storage {
+                    path: self.storage.path().to_path_buf(),
+                    reason: format!("storage thread failed: {e}"),
+                })??;
+            self.metrics
+                .observe("cohort_fsync_seconds", started.elapsed());
+            self.metrics.inc("cohort_persist_batches_total", "");
+            self.metrics.add("cohort_persist_ops_total", "", n);
+            self.metrics
+                .add("cohort_persist_actions_total", "", persists);
+        }
+        for a in actions {
+            match a {
+                Action::Persist(_) => {}
+                Action::Send { to, msg } => {
+                    let kind = crate::kind::message_kind(&msg);
+                    self.metrics.inc(
+                        "cohort_messages_sent_by_type_total",
+                        &format!("type=\"{kind}\""),
+                    );
+                    if to == self.node.id() {
+                        let _ = self.loopback.try_send((to, msg));
+                    } else {
+                        self.outbound.send(to, cohort_core::encode(&msg));
+                    }
+                }
+                Action::Execute { id, epoch, task } => self.execute(id, epoch, task),
+                Action::Reply { request, reply } => {
+                    let label = match &reply {
+                        Ok(_) => "outcome=\"ok\"",
+                        Err(_) => "outcome=\"error\"",
+                    };
+                    self.metrics.inc("cohort_client_replies_total", label);
+                    if let Some(p) = self.pending.remove(&request) {
+                        let name = match p.kind {
+                            "submit" => "cohort_client_submit_seconds",
+                            "get" => "cohort_client_get_seconds",
+                            _ => "cohort_client_cancel_seconds",
+                        };
+                        self.metrics.observe(name, p.since.elapsed());
+                        let _ = p.tx.send(reply);
+                    }
+                }
+                Action::SetTimer { token, at } => {
+                    self.timer_seq += 1;
+                    self.timers.insert((at, self.timer_seq), token);
+                }
+                Action::Note(note) => self.note(note),
+            }
+        }
+        Ok(())
+    }
+
+    fn note(&self, note: Note) {
+        let me = self.node.id();
+        let label = match &note {
+            Note::Assigned { task, epoch, node } => {
+                tracing::debug!(node = %me, ?task, %epoch, runner = %node, "assigned");
+                "note=\"assigned\"".to_string()
+            }
+            Note::Superseded {
+                task,
+                epoch,
+                reason,
+            } => {
+                tracing::info!(node = %me, ?task, %epoch, ?reason, "superseded");
+                format!("note=\"superseded\",reason=\"{reason:?}\"")
+            }
+            Note::Decided { task, state } => {
+                tracing::debug!(node = %me, ?task, state = state.name(), "decided");
+                self.decided.notify_waiters();
+                format!("note=\"decided\",state=\"{}\"", state.name())
+            }
+        };
+        self.metrics.inc("cohort_notes_total", &label);
+        if let Some(obs) = &self.observer {
+            obs(me, &note);
+        }
+    }
+
+    fn execute(&self, id: TaskId, epoch: Epoch, task: cohort_core::Task) {
+        let sem = self.executor.clone();
+        let ctl = self.control_tx.clone();
+        let metrics = self.metrics.clone();
+        let handler = self.registry.get(&task.kind);
+        let node = self.node.id();
+        let mut stop = self.stop.clone();
+        tokio::spawn(async move {
+            let run = async {
+                let Ok(_permit) = sem.acquire_owned().await else {
+                    return None;
+                };
+                let started = std::time::Instant::now();
+                let timeout = task.timeout();
+                let outcome = match handler {
+                    None => TaskOutcome::Failure(format!(
+                        "no handler for kind {:?} on {node}",
+                        task.kind
+                    )),
+                    Some(h) => {
+                        let fut = h.run(HandlerInput {
+                            id,
+                            epoch,
+                            node,
+                            payload: task.payload,
+                        });
+                        let joined =
+                            tokio::spawn(async move { tokio::time::timeout(timeout, fut).await })
+                                .await;
+                        match joined {
+                            Ok(Ok(Ok(bytes))) => TaskOutcome::Success(bytes),
+                            Ok(Ok(Err(e))) => TaskOutcome::Failure(e),
+                            Ok(Err(_)) => TaskOutcome::Failure(format!(
+                                "timed out after {}ms",
+                                timeout.as_millis()
+                            )),
+                            Err(e) if e.is_panic() => {
+                                TaskOutcome::Failure("handler panicked".into())
+                            }
+                            Err(e) => TaskOutcome::Failure(format!("handler cancelled: {e}")),
+                        }
+                    }
+                };
+                metrics.observe("cohort_task_run_seconds", started.elapsed());
+                let label = match &outcome {
+                    TaskOutcome::Success(_) => "outcome=\"success\"",
+                    TaskOutcome::Failure(_) => "outcome=\"failure\"",
+                };
+                metrics.inc("cohort_tasks_executed_total", label);
+                Some(outcome)
+            };
+            let outcome = tokio::select! {
+                o = run => o,
+                _ = stop.changed() => None,
+            };
+            if let Some(outcome) = outcome {
+                let _ = ctl.send(Control::Finished { id, epoch, outcome }).await;
+            }
+        });
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,544 @@
+//! The HTTP JSON API served by every node.
+//!
+//! | method and path | answer |
+//! |---|---|
+//! | `POST /v1/tasks` | `202 {"id": "<32 hex>", "node": N}` once the core says the task is durable |
+//! | `GET /v1/tasks/{id}` | `200` task JSON; linearizable; `?stale=true` for a local read; `?wait=10s` long-polls until final (`ms`, `s`, `m`; a bare number is seconds) |
+//! | `DELETE /v1/tasks/{id}` | `200` task JSON after cancelling |
+//! | `GET /v1/cluster` | cluster id, mode, this node, members with addresses and link state, task kinds |
+//! | `GET /v1/health` | `200 {"status": "ok", ...}` |
+//! | `GET /v1/openapi.json` | the OpenAPI 3 document of this API (`crates/runtime/openapi.json`) |
+//! | `GET /metrics` | Prometheus text |
+//!
+//! Submit body: `{"id"?: "<hex up to 32 digits>", "kind": "sleep", "payload"?: "<UTF-8 text>",
+//! "payload_base64"?: "<standard base64>", "timeout_ms"?: 30000, "max_attempts"?: 3}`; at most
+//! one of `payload` / `payload_base64`. Without an `id`, a random 128-bit id is generated;
+//! with one, the submit is idempotent (same id and content: acknowledged again).
+//!
+//! A task: `{"id", "state": "pending|running|succeeded|failed|cancelled", "node"?, "epoch"?,
+//! "result"? (when UTF-8), "result_base64"?, "error"?, "attempts"?}`.
+//!
+//! Errors: `{"error": "<message>", "code": "<snake_case>"}` with status 400
+//! (`malformed`, `invalid_task`), 404 (`not_found`), 409 (`id_conflict`), 413
+//! (`payload_too_large`), 422 (`unknown_kind`), 429 (`overloaded`, with
+//! `Retry-After`), 307 to the leader's API when this node is not the leader
+//! and knows where it is (`not_leader`, with `"leader"`), 503
+//! (`not_leader` with no known leader, `unavailable`, `timeout`, with
+//! `Retry-After`). A `timeout` on submit means the outcome is unknown:
+//! retry with the same id.
+
+use crate::config::RuntimeConfig;
+use crate::driver::Control;
+use crate::handlers::Registry;
+use crate::metrics::Metrics;
+use crate::transport::PeerStatus;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine;
+use cohort_core::{
+    ClientError, ClientRequest, ClientResponse, Consistency, NodeRng, Task, TaskId, TaskState,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+/// Default `timeout_ms` of a submitted task.
+pub const TASK_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+/// Default `max_attempts` of a submitted task.
+pub const TASK_ATTEMPTS_DEFAULT: u32 = 3;
+
+/// What the API handlers share.
+pub(crate) struct Api {
+    pub config: Arc<RuntimeConfig>,
+    pub metrics: Arc<Metrics>,
+    pub registry: Arc<Registry>,
+    pub control: mpsc::Sender<Control>,
+    pub decided: Arc<Notify>,
+    pub peer_status: Arc<PeerStatus>,
+    pub id_rng: Mutex<NodeRng>,
+    pub started: std::time::Instant,
+}
+
+/// The router of the node API.
+pub(crate) fn router(api: Arc<Api>) -> Router {
+    let body_max = api.config.peers.limits.payload_bytes_max * 2 + 64 * 1024;
+    Router::new()
+        .route("/v1/tasks", axum::routing::post(submit))
+        .route("/v1/tasks/{id}", get(get_task).delete(cancel))
+        .route("/v1/cluster", get(cluster))
+        .route("/v1/health", get(health))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(body_max))
+        .with_state(api)
+}
+
+/// A JSON error response.
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    retry_after: bool,
+    /// Where the leader is: its id and, when known, its API's URL.
+    leader: Option<Box<(serde_json::Value, Option<String>)>>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            retry_after: false,
+            leader: None,
+        }
+    }
+
+    fn retry(mut self) -> ApiError {
+        self.retry_after = true;
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({"error": self.message, "code": self.code});
+        let mut location = None;
+        if let Some(leader) = self.leader {
+            body["leader"] = leader.0;
+            location = leader.1;
+        }
+        let mut resp = (self.status, Json(body)).into_response();
+        if self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Some(loc) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+            resp.headers_mut().insert(header::LOCATION, loc);
+        }
+        resp
+    }
+}
+
+impl Api {
+    fn client_error(&self, e: ClientError, path: &str) -> ApiError {
+        let msg = e.to_string();
+        match e {
+            ClientError::NotLeader { leader } => {
+                let addr = leader.and_then(|l| self.config.http_addrs.get(&l).copied());
+                match (leader, addr) {
+                    (Some(l), Some(addr)) => {
+                        let mut err =
+                            ApiError::new(StatusCode::TEMPORARY_REDIRECT, "not_leader", msg);
+                        err.leader =
+                            Some(Box::new((json!(l.0), Some(format!("http://{addr}{path}")))));
+                        err
+                    }
+                    _ => {
+                        let mut err =
+                            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_leader", msg)
+                                .retry();
+                        err.leader = Some(Box::new((json!(leader.map(|l| l.0)), None)));
+                        err
+                    }
+                }
+            }
+            ClientError::Unavailable { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", msg).retry()
+            }
+            ClientError::IdConflict { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "id_conflict", msg)
+            }
+            ClientError::NotFound { .. } => ApiError::new(StatusCode::NOT_FOUND, "not_found", msg),
+            ClientError::PayloadTooLarge { .. } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", msg)
+            }
+            ClientError::InvalidTask { .. } => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_task", msg)
+            }
+            ClientError::Overloaded { .. } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", msg).retry()
+            }
+        }
+    }
+
+    /// Hands `req` to the core and waits for its reply.
+    async fn ask(&self, req: ClientRequest, path: &str) -> Result<ClientResponse, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        let timeout = Duration::from_millis(self.config.client.request_timeout_ms);
+        let unavailable = || {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "node is stopping",
+            )
+            .retry()
+        };
+        let sent = tokio::time::timeout(
+            timeout,
+            self.control.send(Control::Client { req, reply: tx }),
+        );
+        match sent.await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(unavailable()),
+            Err(_) => {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "timeout",
+                    "the node's input queue stayed full",
+                )
+                .retry())
+            }
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(Ok(resp))) => Ok(resp),
+            Ok(Ok(Err(e))) => Err(self.client_error(e, path)),
+            Ok(Err(_)) => Err(unavailable()),
+            Err(_) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                format!(
+                    "no answer from the cluster within {}ms; the outcome is unknown, retry with the same id",
+                    timeout.as_millis()
+                ),
+            )
+            .retry()),
+        }
+    }
+}
+
+/// The body of `POST /v1/tasks`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitBody {
+    /// Client-chosen id, hex.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Handler kind.
+    pub kind: String,
+    /// Payload as UTF-8 text.
+    #[serde(default)]
+    pub payload: Option<String>,
+    /// Payload as standard base64.
+    #[serde(default)]
+    pub payload_base64: Option<String>,
+    /// Per-execution timeout.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Attempts before the task fails.
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+}
+
+fn parse_id(s: &str) -> Result<TaskId, ApiError> {
+    if s.is_empty() || s.len() > 32 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            "a task id is 1 to 32 hex digits",
+        ));
+    }
+    s.parse::<TaskId>().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            format!("{s:?} is not a hex task id"),
+        )
+    })
+}
+
+async fn submit(
+    State(api): State<Arc<Api>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|r| {
+        let status = r.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "payload_too_large"
+        } else {
+            "malformed"
+        };
+        ApiError::new(status, code, r.body_text())
+    })?;
+    let req: SubmitBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            format!("bad JSON: {e}"),
+        )
+    })?;
+    let payload = match (req.payload, req.payload_base64) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed",
+                "give payload or payload_base64, not both",
+            ))
+        }
+        (Some(p), None) => p.into_bytes(),
+        (None, Some(b)) => base64::engine::general_purpose::STANDARD
+            .decode(b)
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "malformed",
+                    format!("bad payload_base64: {e}"),
+                )
+            })?,
+        (None, None) => Vec::new(),
+    };
+    let task = Task {
+        kind: req.kind,
+        payload,
+        timeout_ms: req.timeout_ms.unwrap_or(TASK_TIMEOUT_MS_DEFAULT),
+        max_attempts: req.max_attempts.unwrap_or(TASK_ATTEMPTS_DEFAULT),
+    };
+    api.config
+        .peers
+        .limits
+        .check_task(&task)
+        .map_err(|e| api.client_error(e, "/v1/tasks"))?;
+    if api.registry.get(&task.kind).is_none() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_kind",
+            format!(
+                "unknown task kind {:?}; this node runs {:?}",
+                task.kind,
+                api.registry.kinds()
+            ),
+        ));
+    }
+    let id = match req.id {
+        Some(s) => parse_id(&s)?,
+        None => TaskId::random(&mut *api.id_rng.lock().expect("id rng lock")),
+    };
+    match api
+        .ask(ClientRequest::Submit { id, task }, "/v1/tasks")
+        .await?
+    {
+        ClientResponse::Accepted { id } | ClientResponse::State { id, .. } => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"id": id.to_string(), "node": api.config.peers.id.0})),
+        )
+            .into_response()),
+    }
+}
+
+/// Query of `GET /v1/tasks/{id}`.
+#[derive(Debug, Deserialize)]
+struct GetQuery {
+    #[serde(default)]
+    stale: Option<bool>,
+    #[serde(default)]
+    wait: Option<String>,
+}
+
+/// Parses `10s`, `500ms`, `2m` or a bare number of seconds.
+pub fn parse_wait(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, unit_ms) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1000)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60_000)
+    } else {
+        (s, 1000)
+    };
+    let n: u64 = num.trim().parse().ok()?;
+    Some(Duration::from_millis(n.checked_mul(unit_ms)?))
+}
+
+/// The JSON form of a task's state.
+pub fn state_json(id: TaskId, state: &TaskState) -> serde_json::Value {
+    let mut v = json!({"id": id.to_string(), "state": state.name()});
+    match state {
+        TaskState::Pending | TaskState::Cancelled => {}
+        TaskState::Running { node, epoch } => {
+            v["node"] = json!(node.0);
+            v["epoch"] = json!(epoch.0);
+        }
+        TaskState::Succeeded {
+            result,
+            node,
+            epoch,
+        } => {
+            v["node"] = json!(node.0);
+            v["epoch"] = json!(epoch.0);
+            if let Ok(text) = std::str::from_utf8(result) {
+                v["result"] = json!(text);
+            }
+            v["result_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(result));
+        }
+        TaskState::Failed { error, attempts } => {
+            v["error"] = json!(error);
+            v["attempts"] = json!(attempts);
+        }
+    }
+    v
+}
+
+async fn get_task(
+    State(api): State<Arc<Api>>,
+    Path(id): Path<String>,
+    Query(q): Query<GetQuery>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let path = format!("/v1/tasks/{id}");
+    let consistency = if q.stale.unwrap_or(false) {
+        Consistency::Stale
+    } else {
+        Consistency::Linearizable
+    };
+    let wait = match q.wait.as_deref() {
+        None => Duration::ZERO,
+        Some(w) => parse_wait(w).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed",
+                format!("bad wait {w:?}; use e.g. 10s or 500ms"),
+            )
+        })?,
+    };
+    let wait = wait.min(Duration::from_millis(api.config.client.wait_ms_max));
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut interval = Duration::from_millis(5);
+    loop {
+        let notified = api.decided.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let resp = api
+            .ask(ClientRequest::Get { id, consistency }, &path)
+            .await?;
+        let ClientResponse::State { id, state } = resp else {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "unexpected answer to a read",
+            ));
+        };
+        if state.is_final() || tokio::time::Instant::now() >= deadline {
+            return Ok(Json(state_json(id, &state)).into_response());
+        }
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+        interval = (interval * 2).min(Duration::from_millis(200));
+    }
+}
+
+async fn cancel(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let path = format!("/v1/tasks/{id}");
+    match api.ask(ClientRequest::Cancel { id }, &path).await? {
+        ClientResponse::State { id, state } => Ok(Json(state_json(id, &state)).into_response()),
+        ClientResponse::Accepted { id } => Ok(Json(json!({"id": id.to_string()})).into_response()),
+    }
+}
+
+async fn cluster(State(api): State<Arc<Api>>) -> Response {
+    let c = &api.config;
+    let members: Vec<serde_json::Value> = c
+        .peers
+        .members
+        .iter()
+        .map(|m| {
+            let me = *m == c.peers.id;
+            json!({
+                "id": m.0,
+                "self": me,
+                "peer_addr": c.peer_addrs.get(m).map(|a| a.to_string()),
+                "http_addr": c.http_addrs.get(m).map(|a| a.to_string()),
+                "connected": me || api.peer_status.is_connected(*m),
+            })
+        })
+        .collect();
+    Json(json!({
+        "cluster_id": c.cluster_id,
+        "mode": c.mode,
+        "node": c.peers.id.0,
+        "capacity_tasks": c.peers.capacity_tasks,
+        "members": members,
+        "kinds": api.registry.kinds(),
+    }))
+    .into_response()
+}
+
+async fn health(State(api): State<Arc<Api>>) -> Response {
+    Json(json!({
+        "status": "ok",
+        "node": api.config.peers.id.0,
+        "mode": api.config.mode,
+        "uptime_ms": api.started.elapsed().as_millis() as u64,
+    }))
+    .into_response()
+}
+
+/// The OpenAPI 3 document of this API.
+pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
+}
+
+async fn metrics(State(api): State<Arc<Api>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        api.metrics.render(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_openapi_document_lists_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI_JSON).unwrap();
+        for path in [
+            "/v1/tasks",
+            "/v1/tasks/{id}",
+            "/v1/cluster",
+            "/v1/health",
+            "/v1/openapi.json",
+            "/metrics",
+        ] {
+            assert!(doc["paths"][path].is_object(), "{path} missing");
+        }
+        let fields = doc["components"]["schemas"]["Submit"]["properties"]
+            .as_object()
+            .unwrap();
+        let body = serde_json::to_value(SubmitBody {
+            id: Some("1".into()),
+            kind: "echo".into(),
+            payload: Some(String::new()),
+            payload_base64: Some(String::new()),
+            timeout_ms: Some(1),
+            max_attempts: Some(1),
+        })
+        .unwrap();
+        for k in body.as_object().unwrap().keys() {
+            assert!(fields.contains_key(k), "openapi misses submit field {k}");
+        }
+    }
+
+    #[test]
+    fn wait_durations_parse_with_units() {
+        assert_eq!(parse_wait("10s"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_wait("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_wait("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_wait("3"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_wait("soon"), None);
+    }
+}

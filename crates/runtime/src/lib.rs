@@ -1,0 +1,296 @@
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+#![deny(missing_docs)]
+//! The IO shell that runs any cohort mode.
+//!
+//! [`start`] runs one node of any mode (`N: cohort_core::Node`) on
+//! already-bound listeners: it opens the node's redb file, boots the core
+//! from it, and spawns
+//!
+//! - the event loop ([`driver`]): inputs in, ordered actions out, one fsync
+//!   per batch of inputs;
+//! - the peer transport ([`transport`]): length-prefixed postcard frames
+//!   over TCP after a versioned handshake;
+//! - the handler executor ([`handlers`]): bounded by the node's capacity,
+//!   with per-task timeouts and the epoch handed to every handler;
+//! - the HTTP API ([`http`]) and its `/metrics` ([`metrics`]).
+//!
+//! The returned [`RunningNode`] stops gracefully ([`RunningNode::shutdown`])
+//! or as if the process died ([`RunningNode::kill`]). [`run`] is the same
+//! with a shutdown future, for a binary.
+
+pub mod client;
+pub mod config;
+pub mod driver;
+pub mod error;
+pub mod handlers;
+pub mod http;
+pub mod kind;
+pub mod metrics;
+pub mod storage;
+pub mod transport;
+
+pub use config::{ClientLimits, RuntimeConfig, TransportLimits};
+pub use driver::NoteObserver;
+pub use error::RuntimeError;
+pub use handlers::{Handler, HandlerFuture, HandlerInput, Registry};
+pub use metrics::Metrics;
+
+use cohort_core::{Node, NodeId, NodeRng};
+use rand::SeedableRng;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio::task::JoinHandle;
+
+/// The sockets a node serves, bound by the caller (tests bind `127.0.0.1:0`).
+#[derive(Debug)]
+pub struct Listeners {
+    /// Peer transport.
+    pub peer: TcpListener,
+    /// HTTP API.
+    pub http: TcpListener,
+}
+
+/// What a node runs besides its configuration.
+#[derive(Clone, Default)]
+pub struct NodeOptions {
+    /// Task handlers by kind.
+    pub registry: Registry,
+    /// Sees every note the core states.
+    pub note_observer: Option<NoteObserver>,
+    /// Seed of the core's RNG; drawn from the OS when absent.
+    pub rng_seed: Option<u64>,
+}
+
+/// A node running on the current tokio runtime.
+pub struct RunningNode {
+    id: NodeId,
+    http_addr: SocketAddr,
+    peer_addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    stop: watch::Sender<bool>,
+    event_loop: JoinHandle<Result<(), RuntimeError>>,
+    http: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for RunningNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningNode")
+            .field("id", &self.id)
+            .field("http_addr", &self.http_addr)
+            .field("peer_addr", &self.peer_addr)
+            .finish()
+    }
+}
+
+impl RunningNode {
+    /// This node.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Where its HTTP API listens.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Where its peer transport listens.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
+    }
+
+    /// Its metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Whether the event loop has stopped (by itself only on a storage error).
+    pub fn is_finished(&self) -> bool {
+        self.event_loop.is_finished()
+    }
+
+    /// Stops as if the process died: the event loop is aborted where it is
+    /// (nothing after that point is persisted, sent or answered), handlers
+    /// are dropped and every socket is closed.
+    pub async fn kill(self) {
+        self.event_loop.abort();
+        let _ = self.stop.send(true);
+        self.http.abort();
+        let _ = self.event_loop.await;
+        let _ = self.http.await;
+    }
+
+    /// Stops gracefully: no new input is taken, waiting clients are told the
+    /// node is shutting down, running handlers are dropped (their tasks are
+    /// left to be reclaimed), sockets close.
+    pub async fn shutdown(self) -> Result<(), RuntimeError> {
+        let _ = self.stop.send(true);
+        let r = match self.event_loop.await {
+            Ok(r) => r,
+            Err(e) => Err(RuntimeError::Config(format!("event loop failed: {e}"))),
+        };
+        let _ = self.http.await;
+        r
+    }
+
+    /// Waits until the event loop stops by itself (a storage error) and returns why.
+    pub async fn wait(&mut self) -> Result<(), RuntimeError> {
+        match (&mut self.event_loop).await {
+            Ok(r) => r,
+            Err(e) => Err(RuntimeError::Config(format!("event loop failed: {e}"))),
+        }
+    }
+}
+
+/// Runs a node until `shutdown` completes (mini-redis style), then stops it
+/// gracefully. Returns early with the error if storage fails.
+pub async fn run<N: Node + Send + 'static>(
+    config: RuntimeConfig,
+    mode_config: N::Config,
+    options: NodeOptions,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RuntimeError> {
+    let mut node = start::<N>(config, mode_config, options, listeners).await?;
+    tokio::select! {
+        r = node.wait() => r,
+        _ = shutdown => node.shutdown().await,
+    }
+}
+
+/// Opens the node's data file, boots the core from it and starts serving.
+pub async fn start<N: Node + Send + 'static>(
+    config: RuntimeConfig,
+    mode_config: N::Config,
+    options: NodeOptions,
+    listeners: Listeners,
+) -> Result<RunningNode, RuntimeError> {
+    config.validate()?;
+    let config = Arc::new(config);
+    let id = config.peers.id;
+    let path = storage::data_file(&config.data_dir, id);
+    let cluster_id = config.cluster_id.clone();
+    let (storage, stored) = open_storage(path, cluster_id, id).await?;
+    let io = |what: &str| {
+        let what = what.to_string();
+        move |source| RuntimeError::Io { what, source }
+    };
+    let http_addr = listeners.http.local_addr().map_err(io("http listener"))?;
+    let peer_addr = listeners.peer.local_addr().map_err(io("peer listener"))?;
+    let metrics = Arc::new(Metrics::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let seed = options.rng_seed.unwrap_or_else(os_seed);
+    let rng = NodeRng::seed_from_u64(seed);
+    let boot = tokio::time::Instant::now();
+    let node = N::boot(
+        &config.peers,
+        &mode_config,
+        &stored,
+        rng,
+        cohort_core::Time::ZERO,
+    );
+    drop(stored);
+    let (control_tx, control_rx) = mpsc::channel(4096);
+    let (peer_tx, peer_rx) = mpsc::channel(config.transport.inbound_queue_len_max);
+    let outbound = transport::start_outbound(&config, metrics.clone(), stop_rx.clone());
+    let peer_status = outbound.status.clone();
+    tokio::spawn(transport::run_inbound::<N::Message>(
+        listeners.peer,
+        config.clone(),
+        metrics.clone(),
+        peer_tx.clone(),
+        stop_rx.clone(),
+    ));
+    let registry = Arc::new(options.registry);
+    let decided = Arc::new(Notify::new());
+    let event_loop = driver::EventLoop {
+        node,
+        config: config.clone(),
+        storage: Arc::new(storage),
+        boot,
+        timers: BTreeMap::new(),
+        timer_seq: 0,
+        pending: BTreeMap::new(),
+        next_request: 0,
+        outbound,
+        control_tx: control_tx.clone(),
+        executor: Arc::new(Semaphore::new(config.peers.capacity_tasks as usize)),
+        registry: registry.clone(),
+        metrics: metrics.clone(),
+        decided: decided.clone(),
+        observer: options.note_observer,
+        stop: stop_rx.clone(),
+        batch: Vec::new(),
+        loopback: peer_tx,
+    };
+    let event_loop = tokio::spawn(event_loop.run(control_rx, peer_rx));
+    let api = Arc::new(http::Api {
+        config: config.clone(),
+        metrics: metrics.clone(),
+        registry,
+        control: control_tx,
+        decided,
+        peer_status,
+        id_rng: Mutex::new(NodeRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15)),
+        started: std::time::Instant::now(),
+    });
+    let mut http_stop = stop_rx;
+    let app = http::router(api);
+    let http = tokio::spawn(async move {
+        let serve = axum::serve(listeners.http, app).with_graceful_shutdown(async move {
+            let _ = http_stop.wait_for(|s| *s).await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!("http server failed: {e}");
+        }
+    });
+    tracing::info!(node = %id, %http_addr, %peer_addr, mode = %config.mode, "node started");
+    Ok(RunningNode {
+        id,
+        http_addr,
+        peer_addr,
+        metrics,
+        stop: stop_tx,
+        event_loop,
+        http,
+    })
+}
+
+/// Opens the data file on a blocking thread, retrying briefly while a
+/// just-killed node of this process still holds it.
+async fn open_storage(
+    path: std::path::PathBuf,
+    cluster_id: String,
+    id: NodeId,
+) -> Result<(storage::Storage, cohort_core::Stored), RuntimeError> {
+    let mut tries = 0;
+    loop {
+        let (p, c) = (path.clone(), cluster_id.clone());
+        let r = tokio::task::spawn_blocking(move || storage::Storage::open(&p, &c, id))
+            .await
+            .map_err(|e| RuntimeError::Storage {
+                path: path.clone(),
+                reason: format!("storage thread failed: {e}"),
+            })?;
+        match r {
+            Err(RuntimeError::Storage { reason, .. })
+                if reason.contains("already open") && tries < 50 =>
+            {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A seed from the OS: std's hash map keys are drawn from OS randomness.
+fn os_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.finish()
+}

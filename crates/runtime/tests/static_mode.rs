@@ -1,0 +1,156 @@
+//! The runtime driving the real `static` mode: redirects to the
+//! coordinator, typed 503 when its API address is unknown, long-polls.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
+use cohort_core::{Limits, NodeId, Peers};
+use cohort_runtime::client::Client;
+use cohort_runtime::http::SubmitBody;
+use cohort_runtime::{Listeners, NodeOptions, Registry, RunningNode, RuntimeConfig};
+use cohort_static::{StaticConfig, StaticNode};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+fn body(kind: &str, payload: &str) -> SubmitBody {
+    SubmitBody {
+        id: None,
+        kind: kind.into(),
+        payload: Some(payload.into()),
+        payload_base64: None,
+        timeout_ms: None,
+        max_attempts: None,
+    }
+}
+
+async fn static_cluster(dir: &std::path::Path) -> Vec<RunningNode> {
+    let mut listeners = BTreeMap::new();
+    let mut peer_addrs: BTreeMap<NodeId, SocketAddr> = BTreeMap::new();
+    let mut http_addrs = BTreeMap::new();
+    for i in 1..=3 {
+        let peer = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        peer_addrs.insert(NodeId(i), peer.local_addr().unwrap());
+        http_addrs.insert(NodeId(i), http.local_addr().unwrap());
+        listeners.insert(NodeId(i), (peer, http));
+    }
+    let mut nodes = Vec::new();
+    for (id, (peer, http)) in listeners {
+        let peers = Peers::new(id, peer_addrs.keys().copied(), 2, Limits::default()).unwrap();
+        let others = peer_addrs
+            .iter()
+            .filter(|(k, _)| **k != id)
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        let mut config = RuntimeConfig::new("static-test", "static", peers, others, dir);
+        // Node 3 does not know where the others' APIs are.
+        if id != NodeId(3) {
+            config.http_addrs = http_addrs.clone();
+        }
+        let options = NodeOptions {
+            registry: Registry::with_builtins(false),
+            ..NodeOptions::default()
+        };
+        let node = cohort_runtime::start::<StaticNode>(
+            config,
+            StaticConfig::default(),
+            options,
+            Listeners { peer, http },
+        )
+        .await
+        .unwrap();
+        nodes.push(node);
+    }
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_redirect_to_the_coordinator_or_answer_503_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = static_cluster(dir.path()).await;
+    let n1 = nodes[0].http_addr();
+    let raw = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = raw
+        .post(format!("http://{}/v1/tasks", nodes[1].http_addr()))
+        .json(&body("echo", "x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 307);
+    assert_eq!(
+        r.headers()["location"].to_str().unwrap(),
+        format!("http://{n1}/v1/tasks")
+    );
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["code"], "not_leader");
+    assert_eq!(v["leader"], 1);
+
+    let r = raw
+        .post(format!("http://{}/v1/tasks", nodes[2].http_addr()))
+        .json(&body("echo", "x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["code"], "not_leader");
+    assert_eq!(v["leader"], 1);
+
+    // A client that follows redirects submits through a worker.
+    let via_worker = Client::new(&nodes[1].http_addr().to_string());
+    let id = via_worker
+        .submit(&body("echo", "through n2"))
+        .await
+        .unwrap();
+    let t = via_worker
+        .get(&id, false, Some(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert_eq!(t.state, "succeeded");
+    assert_eq!(t.result.as_deref(), Some("through n2"));
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_returns_when_the_task_is_final_not_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = static_cluster(dir.path()).await;
+    let client = Client::new(&nodes[0].http_addr().to_string());
+    let id = client
+        .submit(&body("sleep", "{\"ms\": 400}"))
+        .await
+        .unwrap();
+    let now = client.get(&id, false, None).await.unwrap();
+    assert!(!now.is_final(), "{now:?}");
+    let started = Instant::now();
+    let t = client
+        .get(&id, false, Some(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert_eq!(t.state, "succeeded");
+    assert_eq!(t.result.as_deref(), Some("slept 400ms"));
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+    // A short wait on an unfinished task answers with its current state.
+    let id = client.submit(&body("sleep", "5000")).await.unwrap();
+    let started = Instant::now();
+    let t = client
+        .get(&id, false, Some(Duration::from_millis(200)))
+        .await
+        .unwrap();
+    assert!(!t.is_final());
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert!(started.elapsed() < Duration::from_secs(3));
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
