@@ -2,13 +2,17 @@
 //! with every fault, 30 s liveness) of the test coordinator node with
 //! 50 ms heartbeats between every pair of nodes, one run per seed.
 //!
-//! `cargo run --release -p cohort-sim --example speed -- [seeds]`
+//! With `static` as the second argument, runs the `cohort-static` baseline
+//! (100 ms heartbeats) instead.
+//!
+//! `cargo run --release -p cohort-sim --example speed -- [seeds] [static]`
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use cohort_sim::{run, NoInvariants, SimConfig};
+use cohort_sim::{run, NoInvariants, Report, SimConfig};
+use cohort_static::{StaticConfig, StaticNode};
 use std::time::Instant;
 use support::{CoordConfig, CoordNode};
 
@@ -17,15 +21,21 @@ fn main() {
         .nth(1)
         .map(|s| s.parse().expect("a number of seeds"))
         .unwrap_or(20);
+    let baseline = std::env::args().nth(2).as_deref() == Some("static");
     let mut node = CoordConfig::correct();
     node.heartbeat_ms = Some(50);
+    let static_config = StaticConfig::default();
     let start = Instant::now();
     let (mut events, mut simulated_ms, mut failed) = (0u64, 0u64, 0u64);
     for seed in 0..seeds {
         let mut c = SimConfig::new(seed, 5);
         // Run the full 60 s: no early stop once every task is final.
         c.stop_when_done = false;
-        let r = run::<CoordNode>(&c, &node, &mut NoInvariants);
+        let r: Report = if baseline {
+            run::<StaticNode>(&c, &static_config, &mut NoInvariants)
+        } else {
+            run::<CoordNode>(&c, &node, &mut NoInvariants)
+        };
         events += r.events;
         simulated_ms += r.simulated_ms;
         failed += u64::from(!r.passed());

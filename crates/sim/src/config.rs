@@ -1,7 +1,7 @@
 //! What a simulation run is asked to do: the seed, the cluster size, which
 //! kinds of fault may be drawn, the phases and the client workload.
 
-use cohort_core::Limits;
+use cohort_core::{Limits, NodeId};
 use std::fmt;
 use std::str::FromStr;
 
@@ -23,6 +23,10 @@ pub struct SimConfig {
     pub workload: Workload,
     /// Keep one readable line per event in [`crate::Report::trace`].
     pub record_trace: bool,
+    /// Hand the recorded history back in [`crate::Report::history`]
+    /// (default). A sweep over thousands of seeds that keeps its reports
+    /// should turn it off: a history is a few MB.
+    pub keep_history: bool,
     /// Limits handed to every node.
     pub limits: Limits,
     /// Tasks each node runs at once.
@@ -32,9 +36,20 @@ pub struct SimConfig {
     pub events_max: u64,
     /// Most violations kept in the report; the count stays exact.
     pub violations_max: usize,
-    /// End the run early, once the liveness phase has begun and every
-    /// client is done (every task acknowledged and read final).
+    /// Faults at fixed times, on top of the drawn plan (which may be
+    /// `FaultKinds::NONE`): scenario tests that read like a story. Applied
+    /// during the safety phase only, and regardless of the minority cap on
+    /// drawn faults; one that finds its node in the wrong state (crashing a
+    /// node that is down, pausing one that is paused) is skipped.
+    pub script: Vec<ScriptedFault>,
+    /// End the run early, once every client is done (every task
+    /// acknowledged and read final) and the liveness phase has run for at
+    /// least `settle_ms`.
     pub stop_when_done: bool,
+    /// Least liveness-phase time before an early stop, so that
+    /// [`crate::Invariants::check_final`] sees a cluster that had time to
+    /// converge after healing.
+    pub settle_ms: u64,
 }
 
 impl SimConfig {
@@ -49,11 +64,14 @@ impl SimConfig {
             liveness_ms: 30_000,
             workload: Workload::default(),
             record_trace: false,
+            keep_history: true,
             limits: Limits::default(),
             capacity_tasks: 8,
             events_max: 50_000_000,
             violations_max: 100,
             stop_when_done: true,
+            settle_ms: 5_000,
+            script: Vec::new(),
         }
     }
 
@@ -76,7 +94,109 @@ impl SimConfig {
         self.limits
             .validate()
             .map_err(|e| SimConfigError::Invalid(e.to_string()))?;
+        for f in &self.script {
+            let id = f.fault.node();
+            if id.0 == 0 || id.0 > self.nodes as u64 {
+                return Err(SimConfigError::Invalid(format!(
+                    "scripted fault at {} ms names {id}, not one of n1..=n{}",
+                    f.at_ms, self.nodes
+                )));
+            }
+        }
         self.workload.validate()
+    }
+}
+
+/// A fault at a fixed simulated time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScriptedFault {
+    /// When it strikes, in ms since the start.
+    pub at_ms: u64,
+    /// What strikes.
+    pub fault: Fault,
+}
+
+/// A fault that can be scripted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// `node` crashes and restarts `down_ms` later.
+    Crash {
+        /// The node.
+        node: NodeId,
+        /// Its downtime.
+        down_ms: u64,
+    },
+    /// `node` stops handling events for `for_ms`.
+    Pause {
+        /// The node.
+        node: NodeId,
+        /// How long.
+        for_ms: u64,
+    },
+    /// Every link to and from `node` is cut for `for_ms` (replacing any
+    /// partition in force).
+    Isolate {
+        /// The node.
+        node: NodeId,
+        /// How long.
+        for_ms: u64,
+    },
+}
+
+/// A scripted fault that does not parse. Nothing was configured.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad scripted fault {text:?}: expected KIND:nID@AT_MS+DURATION_MS with KIND one of crash, pause, isolate (e.g. crash:n1@5000+1000)")]
+pub struct ScriptedFaultError {
+    /// The text that did not parse.
+    pub text: String,
+}
+
+impl FromStr for ScriptedFault {
+    type Err = ScriptedFaultError;
+
+    /// Parses `crash:n1@5000+1000` (crash n1 at 5 s for 1 s), `pause:...`,
+    /// `isolate:...`.
+    fn from_str(s: &str) -> Result<ScriptedFault, ScriptedFaultError> {
+        let err = || ScriptedFaultError { text: s.into() };
+        let (kind, rest) = s.trim().split_once(':').ok_or_else(err)?;
+        let (node, rest) = rest.split_once('@').ok_or_else(err)?;
+        let (at, lasts) = rest.split_once('+').ok_or_else(err)?;
+        let node = node
+            .strip_prefix('n')
+            .and_then(|n| n.parse::<u64>().ok())
+            .map(NodeId)
+            .ok_or_else(err)?;
+        let at_ms = at.parse::<u64>().map_err(|_| err())?;
+        let ms = lasts.parse::<u64>().map_err(|_| err())?;
+        let fault = match kind {
+            "crash" => Fault::Crash { node, down_ms: ms },
+            "pause" => Fault::Pause { node, for_ms: ms },
+            "isolate" => Fault::Isolate { node, for_ms: ms },
+            _ => return Err(err()),
+        };
+        Ok(ScriptedFault { at_ms, fault })
+    }
+}
+
+impl fmt::Display for ScriptedFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (kind, node, ms) = match &self.fault {
+            Fault::Crash { node, down_ms } => ("crash", node, down_ms),
+            Fault::Pause { node, for_ms } => ("pause", node, for_ms),
+            Fault::Isolate { node, for_ms } => ("isolate", node, for_ms),
+        };
+        write!(f, "{kind}:{node}@{}+{ms}", self.at_ms)
+    }
+}
+
+impl Fault {
+    /// The node it strikes.
+    pub fn node(&self) -> NodeId {
+        match self {
+            Fault::Crash { node, .. } | Fault::Pause { node, .. } | Fault::Isolate { node, .. } => {
+                *node
+            }
+        }
     }
 }
 
@@ -235,6 +355,9 @@ pub struct Workload {
     pub backoff_ms_min: u64,
     /// Longest back-off after a retryable error.
     pub backoff_ms_max: u64,
+    /// Fraction of clients that, once acknowledged, cancel their task after
+    /// up to `task_ms_max` (racing its execution), then poll it as usual.
+    pub cancel_rate: f64,
     /// Redirects (`NotLeader{Some}`) followed in a row before backing off.
     pub redirects_max: u32,
     /// Most tasks submitted in one run.
@@ -254,6 +377,7 @@ impl Default for Workload {
             poll_ms_max: 500,
             backoff_ms_min: 50,
             backoff_ms_max: 200,
+            cancel_rate: 0.05,
             redirects_max: 4,
             tasks_max: 100_000,
         }
@@ -269,6 +393,9 @@ impl Workload {
         }
         if !(0.0..=1.0).contains(&self.handler_failure_rate) {
             return bad("handler_failure_rate must be within 0..=1");
+        }
+        if !(0.0..=1.0).contains(&self.cancel_rate) {
+            return bad("cancel_rate must be within 0..=1");
         }
         if self.task_ms_min > self.task_ms_max {
             return bad("task_ms_min must not exceed task_ms_max");
@@ -317,6 +444,39 @@ mod tests {
             })
         );
         assert_eq!("".parse::<FaultKinds>(), Err(FaultKindsError::Empty));
+    }
+
+    #[test]
+    fn scripted_faults_parse_and_print_back() {
+        let f: ScriptedFault = "crash:n1@5000+1000".parse().unwrap();
+        assert_eq!(
+            f,
+            ScriptedFault {
+                at_ms: 5_000,
+                fault: Fault::Crash {
+                    node: NodeId(1),
+                    down_ms: 1_000
+                }
+            }
+        );
+        assert_eq!(f.to_string(), "crash:n1@5000+1000");
+        for text in ["pause:n2@10+20", "isolate:n3@0+700"] {
+            assert_eq!(text.parse::<ScriptedFault>().unwrap().to_string(), text);
+        }
+        for bad in [
+            "crash:n1@5000",
+            "boom:n1@1+1",
+            "crash:x1@1+1",
+            "crash:n1@a+1",
+        ] {
+            assert_eq!(
+                bad.parse::<ScriptedFault>(),
+                Err(ScriptedFaultError { text: bad.into() })
+            );
+        }
+        let mut c = SimConfig::new(1, 3);
+        c.script = vec!["crash:n4@1+1".parse().unwrap()];
+        assert!(c.validate().is_err(), "n4 is not a member of 3 nodes");
     }
 
     #[test]

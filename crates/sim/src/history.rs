@@ -40,7 +40,8 @@ pub enum HistoryEvent {
         /// Why.
         error: ClientError,
     },
-    /// A client received the answer to a linearizable `Get`.
+    /// A client received the answer to a linearizable `Get`, or to a
+    /// `Cancel` (answered with the state the cancel left the task in).
     Read {
         /// The task read.
         task: TaskId,

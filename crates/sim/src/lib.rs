@@ -12,8 +12,55 @@
 //! nodes resumed, loss and duplication off) and the **liveness phase**
 //! ([`SimConfig::liveness_ms`]) must finish every task. The checkers
 //! ([`checkers`]) then read the [`History`]: G1 no acknowledged task lost,
-//! G2 one outcome, G3 fencing, G4 liveness; a mode adds its own invariants
-//! through [`Invariants`], checked after every event.
+//! G2 one outcome, G3 fencing, G4 liveness, G5 reads never go back in
+//! time; a mode adds its own invariants through [`Invariants`], checked
+//! after every event and once more at the end. Faults can also be scripted
+//! at fixed times ([`SimConfig::script`]) for scenario tests.
+//!
+//! # What the simulator does
+//!
+//! - **Events** wait in one queue ordered by `(time, sequence number)`, the
+//!   sequence number a global counter: a total, replayable order.
+//! - **Network.** Every `Send` is encoded with `cohort_core::encode` and
+//!   decoded at delivery. It is lost with the plan's loss probability, maybe
+//!   duplicated, delayed by `base + exponential tail (+ wide uniform jitter
+//!   when reordering)`; without reordering every link is FIFO. A message
+//!   is dropped if its link is cut when sent or when due, or if its
+//!   receiver is down when due. Clients are not partitioned, but their
+//!   requests and replies see latency and loss.
+//! - **Disk.** A `Persist` takes an fsync (drawn from the plan). Every
+//!   action after it — the rest of its batch *and of later batches* — waits
+//!   until the fsync completes: one log writer per node, writes durable in
+//!   order. A crash before completion loses the writes and everything
+//!   queued behind them.
+//! - **Crash** drops the node value and bumps its incarnation: its timers,
+//!   handler completions and fsyncs in flight are void. It restarts after
+//!   the drawn downtime with `N::boot` on its durable store and a fresh RNG
+//!   drawn from the master RNG. At most a minority (at least one node) is
+//!   down or paused at once by the drawn faults.
+//! - **Pause** (GC pause, SIGSTOP): events for the node are held and handed
+//!   over in order at resume, all with `now` = the resume time. Handlers it
+//!   started keep running; their completions are held too, and so are its
+//!   fsync completions (a crash during the pause loses those writes).
+//! - **Execute** runs the simulated handler: the task's payload
+//!   ([`workload::SimPayload`]) says how long; it fails with the workload's
+//!   failure rate, or when it runs past `timeout_ms`; a success returns
+//!   [`workload::result_bytes`] of `(task, epoch, node)`, so every execution
+//!   returns different bytes.
+//! - **Clients**, one per task, arrive as a Poisson process in the safety
+//!   phase. A client sends `Submit` to a random node, follows
+//!   `NotLeader{Some}` redirects, backs off and retries elsewhere on other
+//!   retryable errors and on timeouts (same id, same task), and after the
+//!   ack polls `Get{Linearizable}` until it reads a final state. A share of
+//!   them ([`Workload::cancel_rate`]) first sends `Cancel`, racing the
+//!   execution. Every answer is recorded.
+//! - **End.** The run ends after the liveness phase, or earlier
+//!   ([`SimConfig::stop_when_done`]) once every client is done and the
+//!   liveness phase has lasted [`SimConfig::settle_ms`].
+//! - **Trace**: FNV-1a 64 over every processed event (dropped ones too) and
+//!   every action carried out ([`Report::trace_hash`]); with
+//!   [`SimConfig::record_trace`], one readable line each as well, saying
+//!   which messages were lost, cut off or dropped.
 //!
 //! ```
 //! use cohort_sim::{run, FaultKinds, NoInvariants, SimConfig};
@@ -56,7 +103,10 @@ pub mod trace;
 pub mod workload;
 
 pub use checkers::{Guarantee, Violation};
-pub use config::{FaultKinds, FaultKindsError, SimConfig, SimConfigError, Workload};
+pub use config::{
+    Fault, FaultKinds, FaultKindsError, ScriptedFault, ScriptedFaultError, SimConfig,
+    SimConfigError, Workload,
+};
 pub use history::History;
 pub use plan::{FaultPlan, Recurring};
 
@@ -68,8 +118,17 @@ use std::fmt;
 /// `nodes[i]` is node `n{i+1}`, `None` while it is down (crashed). A paused
 /// node is `Some`. Return `Err(description)` when an invariant is broken.
 pub trait Invariants<N> {
-    /// Checks the cluster at `now`.
+    /// Checks the cluster at `now`, after every event.
     fn check(&mut self, now: Time, nodes: &[Option<&N>]) -> Result<(), String>;
+
+    /// Checks the cluster once more at the end of the liveness phase, for
+    /// what must hold only after healing (e.g. "membership converged",
+    /// "every node applied the same log"). Not called when the run was cut
+    /// short (`events_max`) or had no liveness phase. Holds by default.
+    fn check_final(&mut self, now: Time, nodes: &[Option<&N>]) -> Result<(), String> {
+        let _ = (now, nodes);
+        Ok(())
+    }
 }
 
 /// No mode-specific invariant.
@@ -124,7 +183,9 @@ pub struct Report {
     pub faults_injected: u64,
     /// One readable line per event, if [`SimConfig::record_trace`].
     pub trace: Vec<String>,
-    /// The recorded history the checkers read.
+    /// The recorded history the checkers read, if
+    /// [`SimConfig::keep_history`] (empty otherwise, to keep reports small
+    /// when thousands of seeds run).
     pub history: History,
 }
 

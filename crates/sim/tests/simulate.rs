@@ -3,8 +3,11 @@
 
 mod support;
 
-use cohort_core::Time;
-use cohort_sim::{run, FaultKinds, Guarantee, NoInvariants, Report, SimConfig};
+use cohort_core::{Node, NodeId, Note, SupersedeReason, TaskState, Time};
+use cohort_sim::history::HistoryEvent;
+use cohort_sim::{
+    run, Fault, FaultKinds, Guarantee, Invariants, NoInvariants, Report, ScriptedFault, SimConfig,
+};
 use support::{Bug, CoordConfig, CoordNode};
 
 fn config(seed: u64, nodes: usize, faults: &str) -> SimConfig {
@@ -19,7 +22,8 @@ fn sim(c: &SimConfig, node: &CoordConfig) -> Report {
 
 #[test]
 fn same_seed_same_trace_hash() {
-    let c = config(7, 5, "all");
+    let mut c = config(7, 5, "all");
+    c.keep_history = true;
     let node = CoordConfig::correct();
     let a = sim(&c, &node);
     let b = sim(&c, &node);
@@ -27,10 +31,13 @@ fn same_seed_same_trace_hash() {
     assert!(a.faults_injected > 0, "faults were injected: {a}");
     assert_eq!(a.trace_hash, b.trace_hash);
     assert_eq!(a.events, b.events);
+    assert!(a.history.records.len() > 1_000);
     assert_eq!(a.history, b.history);
     assert_eq!(a.plan, b.plan);
 
-    let other = sim(&config(8, 5, "all"), &node);
+    let mut c8 = config(8, 5, "all");
+    c8.keep_history = false;
+    let other = sim(&c8, &node);
     assert_ne!(a.trace_hash, other.trace_hash);
     assert_ne!(a.plan, other.plan);
 
@@ -48,6 +55,7 @@ fn same_seed_same_trace_hash() {
         "deliveries are traced"
     );
     assert!(a.trace.is_empty());
+    assert!(other.history.records.is_empty(), "not kept unless asked");
 }
 
 #[test]
@@ -98,35 +106,99 @@ fn a_coordinator_that_forgets_its_tasks_on_crash_is_caught_as_g1() {
 
 #[test]
 fn acking_before_the_fsync_is_caught_as_g1_under_crashes() {
+    // The window is one fsync (0.1-5 ms) of the coordinator: it takes busy
+    // runs and a few seeds to hit it.
     let node = CoordConfig::with_bug(Bug::AckBeforePersist);
-    let mut caught = Vec::new();
-    for seed in 0..40 {
+    let caught = (0..40).find_map(|seed| {
         let mut c = config(seed, 3, "crash");
         c.workload.arrivals_per_sec = 100.0;
         let r = sim(&c, &node);
-        if r.count_of(Guarantee::G1) > 0 {
-            caught.push(r);
+        (r.count_of(Guarantee::G1) > 0).then_some(r)
+    });
+    let r = caught.expect("the unsynced ack was never caught");
+    let v = &r.violations[0];
+    assert!(v.detail.contains("later NotFound from n1"), "{v}");
+}
+
+#[test]
+fn accepting_a_result_from_a_superseded_epoch_is_caught_as_g3() {
+    // Pauses outlast leases: the paused runner's result arrives after the
+    // task was reassigned under a newer epoch.
+    let node = CoordConfig::with_bug(Bug::NoFencing);
+    let r = (0..20)
+        .map(|seed| sim(&config(seed, 3, "pause"), &node))
+        .find(|r| r.count_of(Guarantee::G3) > 0)
+        .expect("a stale result was never caught");
+    let v = &r.violations[0];
+    assert_eq!(v.guarantee, Guarantee::G3, "{r}");
+    assert!(
+        v.detail.contains("but the highest epoch assigned was"),
+        "{v}"
+    );
+}
+
+#[test]
+fn deciding_a_task_twice_is_caught_as_g2() {
+    let node = CoordConfig::with_bug(Bug::Redecide);
+    let r = (0..20)
+        .map(|seed| sim(&config(seed, 3, "pause"), &node))
+        .find(|r| r.count_of(Guarantee::G2) > 0)
+        .expect("a second outcome was never caught");
+    let v = r
+        .violations
+        .iter()
+        .find(|v| v.guarantee == Guarantee::G2)
+        .expect("G2");
+    assert!(v.detail.contains("decided Succeeded"), "{v}");
+}
+
+struct OnlyTheCoordinatorTracksTasks {
+    finals: u32,
+}
+
+impl Invariants<CoordNode> for OnlyTheCoordinatorTracksTasks {
+    fn check(&mut self, _now: Time, nodes: &[Option<&CoordNode>]) -> Result<(), String> {
+        for n in nodes.iter().flatten() {
+            if !n.is_coordinator() && n.tasks_tracked() > 0 {
+                return Err(format!("runner {} tracks tasks", n.id()));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_final(&mut self, _now: Time, nodes: &[Option<&CoordNode>]) -> Result<(), String> {
+        self.finals += 1;
+        match nodes.first() {
+            Some(Some(n)) if n.is_coordinator() => Ok(()),
+            _ => Err("n1 is not up as the coordinator".into()),
         }
     }
-    assert!(!caught.is_empty(), "the unsynced ack was never caught");
-    let v = &caught[0].violations[0];
-    assert!(v.detail.contains("later NotFound from n1"), "{v}");
 }
 
 #[test]
 fn invariants_are_checked_after_every_event() {
     let node = CoordConfig::correct();
-    // A real invariant of the test node: only the coordinator tracks tasks.
-    let mut only_n1 = |_now: Time, nodes: &[Option<&CoordNode>]| -> Result<(), String> {
-        for n in nodes.iter().flatten() {
-            if !n.is_coordinator() && n.tasks_tracked() > 0 {
-                return Err("a runner tracks tasks".into());
-            }
-        }
-        Ok(())
-    };
-    let r = run::<CoordNode>(&config(3, 3, "all"), &node, &mut only_n1);
+    // A real invariant of the test node, as a mode would write one: only
+    // the coordinator tracks tasks.
+    let mut invariant = OnlyTheCoordinatorTracksTasks { finals: 0 };
+    let r = run::<CoordNode>(&config(3, 3, "all"), &node, &mut invariant);
     assert!(r.passed(), "{r}");
+    assert_eq!(invariant.finals, 1, "checked once more at the end");
+
+    // What must hold only after healing is checked once, at the end.
+    struct NeverConverges;
+    impl Invariants<CoordNode> for NeverConverges {
+        fn check(&mut self, _: Time, _: &[Option<&CoordNode>]) -> Result<(), String> {
+            Ok(())
+        }
+        fn check_final(&mut self, _: Time, _: &[Option<&CoordNode>]) -> Result<(), String> {
+            Err("views differ".into())
+        }
+    }
+    let r = run::<CoordNode>(&config(3, 3, "none"), &node, &mut NeverConverges);
+    assert_eq!(r.violation_count, 1, "{r}");
+    assert_eq!(r.violations[0].guarantee, Guarantee::Invariant);
+    assert_eq!(r.violations[0].detail, "at the end: views differ");
 
     // An invariant that breaks whenever a node is down: crashes break it.
     let checks = std::cell::Cell::new(0u64);
@@ -181,4 +253,97 @@ fn faults_follow_the_plan_and_heal_for_the_liveness_phase() {
         !r.trace[heal..].iter().any(faulty),
         "no fault after healing"
     );
+}
+
+#[test]
+fn runs_are_pure_in_the_seed_and_can_share_threads() {
+    fn send_and_sync<T: Send + Sync>() {}
+    send_and_sync::<Report>();
+    send_and_sync::<SimConfig>();
+    let node = CoordConfig::correct();
+    let seeds = [21u64, 22, 23, 24];
+    let sequential: Vec<u64> = seeds
+        .iter()
+        .map(|s| sim(&config(*s, 3, "all"), &node).trace_hash)
+        .collect();
+    let parallel: Vec<u64> = std::thread::scope(|scope| {
+        let handles: Vec<_> = seeds
+            .iter()
+            .map(|s| {
+                let node = &node;
+                scope.spawn(move || sim(&config(*s, 3, "all"), node).trace_hash)
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a run"))
+            .collect()
+    });
+    assert_eq!(sequential, parallel);
+}
+
+#[test]
+fn a_coordinator_that_persists_survives_its_own_crash() {
+    let mut c = config(5, 3, "none");
+    c.keep_history = true;
+    c.workload.arrivals_per_sec = 100.0; // tasks in flight when it strikes
+    c.script = vec![ScriptedFault {
+        at_ms: 5_000,
+        fault: Fault::Crash {
+            node: NodeId(1),
+            down_ms: 1_000,
+        },
+    }];
+    let r = sim(&c, &CoordConfig::correct());
+    assert!(r.passed(), "{r}");
+    assert_eq!(r.faults_injected, 1);
+    // The restarted coordinator declared the runs it lost track of dead and
+    // reassigned them under new epochs; the checkers accepted that.
+    let reassigned = r
+        .history
+        .records
+        .iter()
+        .filter(|rec| {
+            rec.at >= Time::from_millis(6_000)
+                && matches!(
+                    rec.event,
+                    HistoryEvent::Noted {
+                        note: Note::Superseded {
+                            reason: SupersedeReason::RunnerDeclaredDead,
+                            ..
+                        },
+                        ..
+                    }
+                )
+        })
+        .count();
+    assert!(reassigned > 0, "{r}");
+}
+
+#[test]
+fn cancels_race_executions_and_each_task_keeps_one_outcome() {
+    let node = CoordConfig::correct();
+    let (mut cancelled, mut succeeded) = (0, 0);
+    for seed in 0..5 {
+        let mut c = config(seed, 3, "all");
+        c.workload.cancel_rate = 0.5;
+        c.keep_history = true;
+        let r = sim(&c, &node);
+        assert!(r.passed(), "{r}");
+        for rec in &r.history.records {
+            if let HistoryEvent::Noted {
+                note: Note::Decided { state, .. },
+                ..
+            } = &rec.event
+            {
+                match state {
+                    TaskState::Cancelled => cancelled += 1,
+                    TaskState::Succeeded { .. } => succeeded += 1,
+                    _ => {}
+                }
+            }
+        }
+    }
+    assert!(cancelled > 100, "cancels won some races: {cancelled}");
+    assert!(succeeded > 100, "executions won others: {succeeded}");
 }

@@ -2,7 +2,10 @@
 //! no faults, and caught losing acknowledged tasks when its coordinator
 //! crashes — the baseline keeps its task table in memory only.
 
-use cohort_sim::{run, FaultKinds, Guarantee, NoInvariants, Report, SimConfig};
+use cohort_core::{NodeId, Time};
+use cohort_sim::{
+    run, Fault, FaultKinds, Guarantee, NoInvariants, Report, ScriptedFault, SimConfig,
+};
 use cohort_static::{StaticConfig, StaticNode};
 
 fn sim(seed: u64, faults: &str, safety_ms: u64, liveness_ms: u64) -> Report {
@@ -29,4 +32,35 @@ fn static_mode_loses_acknowledged_tasks_when_its_coordinator_crashes() {
         .filter(|seed| sim(*seed, "crash", 30_000, 30_000).count_of(Guarantee::G1) > 0)
         .count();
     assert!(caught >= 5, "G1 caught in only {caught} of 10 crash runs");
+}
+
+#[test]
+fn crashing_the_static_coordinator_once_loses_what_it_had_acknowledged() {
+    let mut c = SimConfig::new(5, 3);
+    c.faults = FaultKinds::NONE;
+    c.script = vec![ScriptedFault {
+        at_ms: 5_000,
+        fault: Fault::Crash {
+            node: NodeId(1),
+            down_ms: 1_000,
+        },
+    }];
+    let r = run::<StaticNode>(&c, &StaticConfig::default(), &mut NoInvariants);
+    assert_eq!(r.faults_injected, 1);
+    assert!(r.count_of(Guarantee::G1) > 0, "{r}");
+    let first = r
+        .violations
+        .iter()
+        .find(|v| v.guarantee == Guarantee::G1)
+        .expect("a G1 violation");
+    assert!(first.at > Time::from_millis(5_000), "{first}");
+    assert!(first.detail.contains("acknowledged by n1"), "{first}");
+
+    // The same story with a worker crashing instead: nothing is lost.
+    c.script[0].fault = Fault::Crash {
+        node: NodeId(2),
+        down_ms: 1_000,
+    };
+    let r = run::<StaticNode>(&c, &StaticConfig::default(), &mut NoInvariants);
+    assert!(r.passed(), "{r}");
 }

@@ -6,6 +6,8 @@
 //! - [`g3`]: fencing: executions match assignments, epochs grow, accepted
 //!   results come from the latest epoch and a real execution.
 //! - [`g4`]: liveness after healing.
+//! - [`g5`]: linearizable reads: an assignment epoch once read never reads
+//!   older afterwards.
 
 use crate::history::History;
 use cohort_core::Time;
@@ -15,6 +17,7 @@ pub mod g1;
 pub mod g2;
 pub mod g3;
 pub mod g4;
+pub mod g5;
 
 /// Which guarantee a violation breaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -27,6 +30,8 @@ pub enum Guarantee {
     G3,
     /// Liveness: something did not finish after healing.
     G4,
+    /// Linearizable reads: a read older than one already answered.
+    G5,
     /// A mode-specific invariant ([`crate::Invariants`]) or a broken contract.
     Invariant,
 }
@@ -38,6 +43,7 @@ impl fmt::Display for Guarantee {
             Guarantee::G2 => "G2",
             Guarantee::G3 => "G3",
             Guarantee::G4 => "G4",
+            Guarantee::G5 => "G5",
             Guarantee::Invariant => "Invariant",
         })
     }
@@ -106,13 +112,14 @@ impl Violations {
     }
 }
 
-/// Runs every history checker: G1–G3 over the whole history, and G4 as of
+/// Runs every history checker: G1–G3 and G5 over the whole history, and G4 as of
 /// `end` (the end of the liveness phase) when `liveness_ended` says the
 /// run got there.
 pub fn check_all(history: &History, end: Time, liveness_ended: bool, out: &mut Violations) {
     g1::check(history, out);
     g2::check(history, out);
     g3::check(history, out);
+    g5::check(history, out);
     if liveness_ended {
         g4::check(history, end, out);
     }

@@ -45,6 +45,10 @@ pub enum Bug {
     AckBeforePersist,
     /// Never reads its store back: a restarted coordinator knows nothing.
     ForgetOnCrash,
+    /// Accepts a result from any epoch of a task that is not final yet.
+    NoFencing,
+    /// Accepts every result, even for a final task: the last one wins.
+    Redecide,
 }
 
 /// Settings of the test node.
@@ -174,26 +178,38 @@ impl CoordNode {
         });
     }
 
-    fn finished(&mut self, now: Time, id: TaskId, epoch: Epoch, outcome: TaskOutcome) {
+    fn finished(
+        &mut self,
+        now: Time,
+        runner: NodeId,
+        id: TaskId,
+        epoch: Epoch,
+        outcome: TaskOutcome,
+    ) {
+        let bug = self.cfg.bug;
         let Some(rec) = self.tasks.get_mut(&id) else {
             return;
         };
-        if rec.epoch != epoch || rec.state.is_final() {
-            return; // fenced: a stale or repeated result
+        let fenced = rec.epoch != epoch && !matches!(bug, Bug::NoFencing | Bug::Redecide);
+        if fenced || (rec.state.is_final() && bug != Bug::Redecide) {
+            return; // a stale or repeated result
         }
-        let TaskState::Running { node, .. } = rec.state else {
+        if rec.state == TaskState::Pending {
             return;
-        };
+        }
         match outcome {
             TaskOutcome::Success(result) => {
                 rec.state = TaskState::Succeeded {
                     result,
-                    node,
+                    node: runner,
                     epoch,
                 };
             }
             TaskOutcome::Failure(error) => {
                 rec.failures += 1;
+                if rec.state.is_final() {
+                    return;
+                }
                 if rec.failures < rec.task.max_attempts {
                     return self.assign(now, id, SupersedeReason::AttemptFailed);
                 }
@@ -273,7 +289,7 @@ impl Node for CoordNode {
         node
     }
 
-    fn handle_message(&mut self, now: Time, _from: NodeId, msg: Msg) {
+    fn handle_message(&mut self, now: Time, from: NodeId, msg: Msg) {
         match msg {
             Msg::Run { task, epoch, body } => self.out.push(Action::Execute {
                 id: task,
@@ -287,7 +303,7 @@ impl Node for CoordNode {
                 outcome,
             } => {
                 if self.is_coordinator() {
-                    self.finished(now, task, epoch, outcome);
+                    self.finished(now, from, task, epoch, outcome);
                 }
             }
         }
@@ -343,6 +359,7 @@ impl Node for CoordNode {
                     self.persist(id);
                     self.reply(request, Ok(ClientResponse::Accepted { id }));
                 }
+                // The first assignment supersedes nothing; the reason is unused.
                 self.assign(now, id, SupersedeReason::LeaseExpired);
             }
             ClientRequest::Get { id, .. } => {
@@ -380,7 +397,8 @@ impl Node for CoordNode {
         outcome: TaskOutcome,
     ) {
         if self.is_coordinator() {
-            self.finished(now, task, epoch, outcome);
+            let me = self.id;
+            self.finished(now, me, task, epoch, outcome);
         } else {
             let to = self.coordinator;
             self.out.push(Action::Send {

@@ -2,6 +2,13 @@
 //! ordered by `(time, sequence number)`, the network, the disks, the
 //! clients and the fault injector.
 
+mod clients;
+mod faults;
+mod queue;
+
+use clients::{ClientOp, Pending};
+use queue::Queue;
+
 use crate::checkers::{check_all, Guarantee, Violations};
 use crate::config::SimConfig;
 use crate::history::{History, HistoryEvent};
@@ -10,14 +17,12 @@ use crate::trace::Fnv64;
 use crate::workload::{result_bytes, SimPayload};
 use crate::{Invariants, Report};
 use cohort_core::{
-    decode, encode, Action, ClientError, ClientRequest, ClientResponse, Consistency, Epoch, Node,
-    NodeId, NodeRng, Peers, RequestId, StoreOp, Stored, Task, TaskId, TaskOutcome, Time,
-    TimerToken,
+    decode, encode, Action, ClientError, ClientRequest, ClientResponse, Epoch, Node, NodeId, Peers,
+    RequestId, StoreOp, Stored, TaskId, TaskOutcome, Time, TimerToken,
 };
-use rand::{Rng, RngCore, SeedableRng};
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 type Reply = Result<ClientResponse, ClientError>;
 
@@ -78,6 +83,10 @@ enum Event {
         inc: u64,
     },
     PartitionStart,
+    /// `SimConfig::script[index]` strikes.
+    Scripted {
+        index: usize,
+    },
     PartitionEnd {
         id: u64,
     },
@@ -108,74 +117,6 @@ impl Event {
     }
 }
 
-/// A queue entry: the ordering key and where the event waits in the slab.
-/// Small, so the heap moves 24 bytes, not whole events.
-struct Scheduled {
-    at: Time,
-    seq: u64,
-    slot: usize,
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Scheduled {
-    /// Reversed: `BinaryHeap` is a max-heap and the earliest event goes first;
-    /// ties go to the event scheduled first (`seq` is a global counter).
-    fn cmp(&self, other: &Self) -> Ordering {
-        (other.at, other.seq).cmp(&(self.at, self.seq))
-    }
-}
-
-/// The event queue: a min-heap on `(time, sequence number)`, a total order.
-#[derive(Default)]
-struct Queue {
-    heap: BinaryHeap<Scheduled>,
-    slab: Vec<Option<Event>>,
-    free: Vec<usize>,
-    seq: u64,
-}
-
-impl Queue {
-    fn push(&mut self, at: Time, event: Event) {
-        self.seq += 1;
-        let slot = match self.free.pop() {
-            Some(slot) => {
-                self.slab[slot] = Some(event);
-                slot
-            }
-            None => {
-                self.slab.push(Some(event));
-                self.slab.len() - 1
-            }
-        };
-        self.heap.push(Scheduled {
-            at,
-            seq: self.seq,
-            slot,
-        });
-    }
-
-    /// The earliest event, if it is due at or before `until`.
-    fn pop_until(&mut self, until: Time) -> Option<(Time, Event)> {
-        if self.heap.peek()?.at > until {
-            return None;
-        }
-        let s = self.heap.pop()?;
-        let event = self.slab[s.slot].take().expect("a queued event");
-        self.free.push(s.slot);
-        Some((s.at, event))
-    }
-}
-
 /// One simulated machine: its node (if up), its disk and its pipeline.
 struct Slot<N: Node> {
     id: NodeId,
@@ -192,35 +133,6 @@ struct Slot<N: Node> {
     paused: bool,
     /// Events that arrived while paused, handed over at resume.
     held: VecDeque<Event>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    Submitting,
-    Polling,
-    Done,
-    Refused,
-}
-
-/// One client, with one task.
-struct ClientOp {
-    id: TaskId,
-    task: Task,
-    phase: Phase,
-    /// The request whose reply or timeout moves the op on.
-    current: Option<RequestId>,
-    /// Invalidates wake-ups scheduled before the latest send.
-    generation: u64,
-    redirects: u32,
-    acked: bool,
-}
-
-struct Pending {
-    op: usize,
-    node: usize,
-    sent_at: Time,
-    submit: bool,
-    answered: bool,
 }
 
 pub(crate) struct Sim<'a, N: Node> {
@@ -241,6 +153,8 @@ pub(crate) struct Sim<'a, N: Node> {
     partition: Option<u64>,
     partitions: u64,
     healed: bool,
+    /// When an early stop becomes allowed.
+    settled: Time,
     ops: Vec<ClientOp>,
     ops_open: usize,
     requests: BTreeMap<RequestId, Pending>,
@@ -265,6 +179,7 @@ const TAG_REQUEST: u8 = 5;
 const TAG_RESPONSE: u8 = 6;
 const TAG_CLIENT: u8 = 7;
 const TAG_FAULT: u8 = 8;
+const TAG_DROP: u8 = 9;
 const TAG_PERSIST: u8 = 16;
 const TAG_SEND: u8 = 17;
 const TAG_EXECUTE: u8 = 18;
@@ -316,6 +231,7 @@ impl<'a, N: Node> Sim<'a, N> {
             partition: None,
             partitions: 0,
             healed: false,
+            settled: Time::from_millis(cfg.safety_ms.saturating_add(cfg.settle_ms)),
             ops: Vec::new(),
             ops_open: 0,
             requests: BTreeMap::new(),
@@ -353,9 +269,16 @@ impl<'a, N: Node> Sim<'a, N> {
             let gap = self.exp_us(r.every_us);
             self.schedule_in(gap, Event::PartitionStart);
         }
+        for (index, f) in self.cfg.script.iter().enumerate() {
+            let at = Time::from_millis(f.at_ms);
+            if at < self.safety_end {
+                self.queue.push(at, Event::Scripted { index });
+            }
+        }
         self.schedule(self.safety_end, Event::Heal);
 
-        let mut liveness_ended = true;
+        // A run without a liveness phase makes no liveness claim.
+        let mut liveness_ended = self.cfg.liveness_ms > 0;
         let mut finished_at = self.end;
         while let Some((at, event)) = self.queue.pop_until(self.end) {
             self.now = at;
@@ -375,9 +298,23 @@ impl<'a, N: Node> Sim<'a, N> {
             if let Err(detail) = invariants.check(self.now, &view) {
                 self.violations.push(Guarantee::Invariant, self.now, detail);
             }
-            if self.cfg.stop_when_done && self.healed && self.ops_open == 0 {
+            if self.cfg.stop_when_done
+                && self.healed
+                && self.ops_open == 0
+                && self.now >= self.settled
+            {
                 finished_at = self.now;
                 break;
+            }
+        }
+        if liveness_ended {
+            let view: Vec<Option<&N>> = self.slots.iter().map(|s| s.node.as_ref()).collect();
+            if let Err(detail) = invariants.check_final(finished_at, &view) {
+                self.violations.push(
+                    Guarantee::Invariant,
+                    finished_at,
+                    format!("at the end: {detail}"),
+                );
             }
         }
         check_all(
@@ -426,7 +363,11 @@ impl<'a, N: Node> Sim<'a, N> {
             message_bytes: self.message_bytes,
             faults_injected: self.faults,
             trace: self.trace,
-            history: self.history,
+            history: if self.cfg.keep_history {
+                self.history
+            } else {
+                History::new()
+            },
         }
     }
 
@@ -521,25 +462,8 @@ impl<'a, N: Node> Sim<'a, N> {
                 request,
                 reply,
             } => self.on_response(node, request, reply),
-            Event::ClientTimeout { op, request } => {
-                self.hash_event(TAG_CLIENT, op as u64, &request.0.to_le_bytes());
-                if self.ops[op].current == Some(request) {
-                    let now = self.now;
-                    self.line(|| format!("{} client{op} timeout r{}", now, request.0));
-                    let to = self.random_node();
-                    self.client_send(op, to);
-                }
-            }
-            Event::ClientWake { op, generation } => {
-                self.hash_event(TAG_CLIENT, op as u64, &generation.to_le_bytes());
-                let o = &self.ops[op];
-                if o.generation == generation
-                    && matches!(o.phase, Phase::Submitting | Phase::Polling)
-                {
-                    let to = self.random_node();
-                    self.client_send(op, to);
-                }
-            }
+            Event::ClientTimeout { op, request } => self.on_client_timeout(op, request),
+            Event::ClientWake { op, generation } => self.on_client_wake(op, generation),
             Event::Arrival => self.on_arrival(),
             Event::Crash => self.on_crash(),
             Event::Restart { node, inc } => {
@@ -570,6 +494,7 @@ impl<'a, N: Node> Sim<'a, N> {
                 }
             }
             Event::Heal => self.on_heal(),
+            Event::Scripted { index } => self.on_scripted(index),
             Event::Deliver { .. }
             | Event::Timer { .. }
             | Event::TaskDone { .. }
@@ -581,15 +506,24 @@ impl<'a, N: Node> Sim<'a, N> {
     /// Hands `event` to node `i`: dropped if the node is down (or the event
     /// belongs to an earlier incarnation), held if it is paused.
     fn hand_to_node(&mut self, i: usize, event: Event) {
-        let slot = &mut self.slots[i];
-        if slot.node.is_none() || event.incarnation().is_some_and(|inc| inc != slot.inc) {
+        let slot = &self.slots[i];
+        let why = if slot.node.is_none() {
+            Some("down")
+        } else if event.incarnation().is_some_and(|inc| inc != slot.inc) {
+            Some("from an earlier incarnation")
+        } else if matches!(&event, Event::Deliver { from, to, .. } if self.blocked[from * self.cfg.nodes + to])
+        {
+            Some("link cut")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            self.hash_event(TAG_DROP, i as u64, why.as_bytes());
+            let now = self.now;
+            self.line(|| format!("{now} n{} dropped ({why}): {event:?}", i + 1));
             return;
         }
-        if let Event::Deliver { from, to, .. } = &event {
-            if self.blocked[from * self.cfg.nodes + to] {
-                return;
-            }
-        }
+        let slot = &mut self.slots[i];
         if slot.paused {
             slot.held.push_back(event);
             return;
@@ -715,8 +649,15 @@ impl<'a, N: Node> Sim<'a, N> {
                     self.violations.push(Guarantee::Invariant, now, detail);
                     return;
                 };
-                self.line(|| format!("  {id} -> {to} {msg:?}"));
-                if self.blocked[i * self.cfg.nodes + j] || self.lost() {
+                let fate = if self.blocked[i * self.cfg.nodes + j] {
+                    " (link cut)"
+                } else if self.lost() {
+                    " (lost)"
+                } else {
+                    ""
+                };
+                self.line(|| format!("  {id} -> {to} {msg:?}{fate}"));
+                if !fate.is_empty() {
                     return;
                 }
                 if self.duplicated() {
@@ -825,6 +766,7 @@ impl<'a, N: Node> Sim<'a, N> {
                 b[..8].copy_from_slice(&token.0.to_le_bytes());
                 b[8..].copy_from_slice(&at.0.to_le_bytes());
                 self.hash_event(TAG_SET_TIMER, id.0, &b);
+                self.line(|| format!("  {id} set timer {} at {at}", token.0));
                 let inc = self.slots[i].inc;
                 self.schedule(
                     at,
@@ -840,410 +782,6 @@ impl<'a, N: Node> Sim<'a, N> {
                 self.line(|| format!("  {id} note {note:?}"));
                 self.history
                     .push(now, HistoryEvent::Noted { node: id, note });
-            }
-        }
-    }
-
-    // ----- machines: boot, crash, pause ----------------------------------
-
-    fn boot(&mut self, i: usize) {
-        let rng = NodeRng::seed_from_u64(self.rng.next_u64());
-        let node = N::boot(
-            &self.peers[i],
-            self.node_cfg,
-            &self.slots[i].durable,
-            rng,
-            self.now,
-        );
-        assert_eq!(
-            node.id(),
-            self.slots[i].id,
-            "a node must boot as the id it was given"
-        );
-        self.slots[i].node = Some(node);
-        self.drain(i);
-        self.pump(i);
-    }
-
-    fn faulty(&self) -> usize {
-        self.slots
-            .iter()
-            .filter(|s| s.node.is_none() || s.paused)
-            .count()
-    }
-
-    /// At most a minority is down or paused at once (at least one node).
-    fn may_fault_another(&self) -> bool {
-        self.faulty() < ((self.cfg.nodes - 1) / 2).max(1)
-    }
-
-    fn on_crash(&mut self) {
-        let Some(r) = self.plan.crash else { return };
-        if self.healed || self.now >= self.safety_end {
-            return;
-        }
-        let gap = self.exp_us(r.every_us);
-        self.schedule_in(gap, Event::Crash);
-        if !self.may_fault_another() {
-            return;
-        }
-        let up: Vec<usize> = (0..self.slots.len())
-            .filter(|i| self.slots[*i].node.is_some())
-            .collect();
-        if up.is_empty() {
-            return;
-        }
-        let i = up[self.rng.gen_range(0..up.len())];
-        let down_us = self.lasting(r);
-        self.faults += 1;
-        self.hash_event(TAG_FAULT, i as u64, b"crash");
-        let now = self.now;
-        self.line(|| format!("{} crash n{} for {}us", now, i + 1, down_us));
-        let slot = &mut self.slots[i];
-        slot.node = None;
-        slot.inc += 1;
-        slot.unsynced.clear();
-        slot.fsync_in_flight = false;
-        slot.pipeline.clear();
-        slot.paused = false;
-        slot.held.clear();
-        let inc = slot.inc;
-        self.schedule_in(down_us, Event::Restart { node: i, inc });
-    }
-
-    fn on_pause(&mut self) {
-        let Some(r) = self.plan.pause else { return };
-        if self.healed || self.now >= self.safety_end {
-            return;
-        }
-        let gap = self.exp_us(r.every_us);
-        self.schedule_in(gap, Event::Pause);
-        if !self.may_fault_another() {
-            return;
-        }
-        let running: Vec<usize> = (0..self.slots.len())
-            .filter(|i| self.slots[*i].node.is_some() && !self.slots[*i].paused)
-            .collect();
-        if running.is_empty() {
-            return;
-        }
-        let i = running[self.rng.gen_range(0..running.len())];
-        let us = self.lasting(r);
-        self.faults += 1;
-        self.hash_event(TAG_FAULT, i as u64, b"pause");
-        let now = self.now;
-        self.line(|| format!("{} pause n{} for {}us", now, i + 1, us));
-        self.slots[i].paused = true;
-        let inc = self.slots[i].inc;
-        self.schedule_in(us, Event::Resume { node: i, inc });
-    }
-
-    /// Ends a pause: everything that arrived meanwhile is handled now, in order.
-    fn resume(&mut self, i: usize) {
-        self.slots[i].paused = false;
-        let held = std::mem::take(&mut self.slots[i].held);
-        for event in held {
-            self.dispatch(i, event);
-        }
-    }
-
-    fn on_partition_start(&mut self) {
-        let Some(r) = self.plan.partition else { return };
-        if self.healed || self.now >= self.safety_end {
-            return;
-        }
-        let gap = self.exp_us(r.every_us);
-        self.schedule_in(gap, Event::PartitionStart);
-        let n = self.cfg.nodes;
-        if n < 2 || self.partition.is_some() {
-            return;
-        }
-        let kind = self.rng.gen_range(0..3u8);
-        let a = self.rng.gen_range(0..n);
-        let description = match kind {
-            0 => {
-                for x in (0..n).filter(|x| *x != a) {
-                    self.blocked[a * n + x] = true;
-                    self.blocked[x * n + a] = true;
-                }
-                format!("n{} isolated", a + 1)
-            }
-            1 => {
-                let mut order: Vec<usize> = (0..n).collect();
-                for k in (1..n).rev() {
-                    let j = self.rng.gen_range(0..=k);
-                    order.swap(k, j);
-                }
-                let k = self.rng.gen_range(1..=n / 2);
-                let side: BTreeSet<usize> = order[..k].iter().copied().collect();
-                for x in 0..n {
-                    for y in 0..n {
-                        if side.contains(&x) != side.contains(&y) {
-                            self.blocked[x * n + y] = true;
-                        }
-                    }
-                }
-                let names: Vec<String> = side.iter().map(|x| format!("n{}", x + 1)).collect();
-                format!("split {{{}}} from the rest", names.join(","))
-            }
-            _ => {
-                let inbound = self.rng.gen_bool(0.5);
-                for x in (0..n).filter(|x| *x != a) {
-                    if inbound {
-                        self.blocked[x * n + a] = true;
-                    } else {
-                        self.blocked[a * n + x] = true;
-                    }
-                }
-                let dir = if inbound {
-                    "hears nobody"
-                } else {
-                    "is heard by nobody"
-                };
-                format!("one-way: n{} {dir}", a + 1)
-            }
-        };
-        let us = self.lasting(r);
-        self.partitions += 1;
-        let id = self.partitions;
-        self.partition = Some(id);
-        self.faults += 1;
-        self.hash_event(TAG_FAULT, id, description.as_bytes());
-        let now = self.now;
-        self.line(|| format!("{} partition: {description} for {us}us", now));
-        self.schedule_in(us, Event::PartitionEnd { id });
-    }
-
-    fn on_heal(&mut self) {
-        self.healed = true;
-        self.hash_event(TAG_FAULT, 0, b"heal");
-        let now = self.now;
-        self.line(|| format!("{} heal: liveness phase begins", now));
-        self.blocked.fill(false);
-        self.partition = None;
-        for i in 0..self.slots.len() {
-            if self.slots[i].node.is_none() {
-                self.boot(i);
-            } else if self.slots[i].paused {
-                self.resume(i);
-            }
-        }
-    }
-
-    // ----- clients ---------------------------------------------------------
-
-    fn random_node(&mut self) -> usize {
-        self.rng.gen_range(0..self.cfg.nodes)
-    }
-
-    fn on_arrival(&mut self) {
-        if self.now >= self.safety_end {
-            return;
-        }
-        let gap = self.arrival_gap_us();
-        self.schedule_in(gap, Event::Arrival);
-        let w = &self.cfg.workload;
-        if self.ops.len() as u64 >= w.tasks_max {
-            return;
-        }
-        let (lo, hi) = (w.task_ms_min, w.task_ms_max);
-        let task = Task {
-            kind: "sleep".into(),
-            payload: SimPayload {
-                duration_ms: self.rng.gen_range(lo..=hi),
-                seq: self.ops.len() as u64,
-            }
-            .encode(),
-            timeout_ms: hi * 2 + 100,
-            max_attempts: w.max_attempts,
-        };
-        let id = TaskId::random(&mut self.rng);
-        let op = self.ops.len();
-        self.hash_event(TAG_CLIENT, op as u64, &encode(&(id, &task)));
-        let now = self.now;
-        self.line(|| format!("{} client{op} arrives with {id:?}", now));
-        self.history.push(
-            self.now,
-            HistoryEvent::Submitted {
-                task: id,
-                content: task.clone(),
-            },
-        );
-        self.ops.push(ClientOp {
-            id,
-            task,
-            phase: Phase::Submitting,
-            current: None,
-            generation: 0,
-            redirects: 0,
-            acked: false,
-        });
-        self.ops_open += 1;
-        let to = self.random_node();
-        self.client_send(op, to);
-    }
-
-    /// Sends op's next request (a `Submit` or a linearizable `Get`) to `node`.
-    fn client_send(&mut self, op: usize, node: usize) {
-        let request = RequestId(self.next_request);
-        self.next_request += 1;
-        let o = &mut self.ops[op];
-        let (req, submit) = match o.phase {
-            Phase::Submitting => (
-                ClientRequest::Submit {
-                    id: o.id,
-                    task: o.task.clone(),
-                },
-                true,
-            ),
-            Phase::Polling => (
-                ClientRequest::Get {
-                    id: o.id,
-                    consistency: Consistency::Linearizable,
-                },
-                false,
-            ),
-            Phase::Done | Phase::Refused => return,
-        };
-        o.current = Some(request);
-        o.generation += 1;
-        self.requests.insert(
-            request,
-            Pending {
-                op,
-                node,
-                sent_at: self.now,
-                submit,
-                answered: false,
-            },
-        );
-        if !self.lost() {
-            let us = self.latency_us();
-            self.schedule_in(us, Event::Request { node, request, req });
-        }
-        let timeout = self.cfg.workload.client_timeout_ms * 1000;
-        self.schedule_in(timeout, Event::ClientTimeout { op, request });
-    }
-
-    /// Waits `lo..=hi` ms, then sends op's next request to a random node.
-    fn client_wait(&mut self, op: usize, lo: u64, hi: u64) {
-        let us = self.between_ms(lo, hi);
-        let o = &mut self.ops[op];
-        o.current = None;
-        o.generation += 1;
-        let generation = o.generation;
-        self.schedule_in(us, Event::ClientWake { op, generation });
-    }
-
-    fn client_finish(&mut self, op: usize, phase: Phase) {
-        let o = &mut self.ops[op];
-        if matches!(o.phase, Phase::Submitting | Phase::Polling) {
-            self.ops_open -= 1;
-        }
-        o.phase = phase;
-        o.current = None;
-        o.generation += 1;
-    }
-
-    fn on_response(&mut self, node: usize, request: RequestId, reply: Reply) {
-        let now = self.now;
-        let node_id = self.slots[node].id;
-        self.hash_event(TAG_RESPONSE, node_id.0, &encode(&(request, &reply)));
-        self.line(|| format!("{now} client <- {node_id} r{} {reply:?}", request.0));
-        let p = &self.requests[&request];
-        let (op, sent_at, submit) = (p.op, p.sent_at, p.submit);
-        let task = self.ops[op].id;
-        let w = self.cfg.workload.clone();
-        let current = self.ops[op].current == Some(request);
-
-        if submit {
-            match &reply {
-                Ok(ClientResponse::Accepted { id }) if *id == task => {
-                    self.history.push(
-                        now,
-                        HistoryEvent::Acked {
-                            task,
-                            node: node_id,
-                            content: self.ops[op].task.clone(),
-                        },
-                    );
-                    let o = &mut self.ops[op];
-                    o.acked = true;
-                    if o.phase == Phase::Submitting {
-                        o.phase = Phase::Polling;
-                        o.redirects = 0;
-                        self.client_wait(op, w.poll_ms_min, w.poll_ms_max);
-                    }
-                    return;
-                }
-                Ok(other) => {
-                    let detail = format!("{node_id} answered Submit of {task:?} with {other:?}");
-                    self.violations.push(Guarantee::Invariant, now, detail);
-                }
-                Err(e) if !e.is_retryable() => {
-                    self.history.push(
-                        now,
-                        HistoryEvent::SubmitRefused {
-                            task,
-                            node: node_id,
-                            error: e.clone(),
-                        },
-                    );
-                    if current && self.ops[op].phase == Phase::Submitting {
-                        self.client_finish(op, Phase::Refused);
-                    }
-                    return;
-                }
-                Err(_) => {}
-            }
-        } else {
-            let result = match &reply {
-                Ok(ClientResponse::State { id, state }) if *id == task => Ok(state.clone()),
-                Ok(other) => {
-                    let detail = format!("{node_id} answered Get of {task:?} with {other:?}");
-                    self.violations.push(Guarantee::Invariant, now, detail);
-                    return;
-                }
-                Err(e) => Err(e.clone()),
-            };
-            let is_final = result.as_ref().is_ok_and(|s| s.is_final());
-            self.history.push(
-                now,
-                HistoryEvent::Read {
-                    task,
-                    node: node_id,
-                    sent_at,
-                    result,
-                },
-            );
-            if is_final {
-                if self.ops[op].phase == Phase::Polling {
-                    self.client_finish(op, Phase::Done);
-                }
-                return;
-            }
-        }
-        if !current {
-            return;
-        }
-        // The op's outstanding request was answered without moving it on.
-        match reply {
-            Err(ClientError::NotLeader { leader: Some(l) })
-                if self.ops[op].redirects < w.redirects_max =>
-            {
-                self.ops[op].redirects += 1;
-                match self.index_of(l) {
-                    Some(j) => self.client_send(op, j),
-                    None => self.client_wait(op, w.backoff_ms_min, w.backoff_ms_max),
-                }
-            }
-            Ok(_) => {
-                self.ops[op].redirects = 0;
-                self.client_wait(op, w.poll_ms_min, w.poll_ms_max);
-            }
-            Err(_) => {
-                self.ops[op].redirects = 0;
-                self.client_wait(op, w.backoff_ms_min, w.backoff_ms_max);
             }
         }
     }
