@@ -347,3 +347,20 @@ fn cancels_race_executions_and_each_task_keeps_one_outcome() {
     assert!(cancelled > 100, "cancels won some races: {cancelled}");
     assert!(succeeded > 100, "executions won others: {succeeded}");
 }
+
+#[test]
+fn invariants_see_every_node_of_a_large_cluster() {
+    for nodes in [16, 17] {
+        let mut c = config(9, nodes, "crash");
+        c.safety_ms = 3_000;
+        c.liveness_ms = 6_000;
+        let mut seen = std::collections::BTreeSet::new();
+        let mut sizes = |_now: Time, view: &[Option<&CoordNode>]| -> Result<(), String> {
+            seen.insert(view.len());
+            Ok(())
+        };
+        let r = run::<CoordNode>(&c, &CoordConfig::correct(), &mut sizes);
+        assert!(r.passed(), "{r}");
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec![nodes]);
+    }
+}
