@@ -106,8 +106,9 @@ impl Violations {
         &self.kept
     }
 
-    /// The kept violations.
-    pub fn into_kept(self) -> Vec<Violation> {
+    /// The kept violations, earliest first (ties in the order recorded).
+    pub fn into_kept(mut self) -> Vec<Violation> {
+        self.kept.sort_by_key(|v| v.at);
         self.kept
     }
 }
@@ -122,6 +123,23 @@ pub fn check_all(history: &History, end: Time, liveness_ended: bool, out: &mut V
     g5::check(history, out);
     if liveness_ended {
         g4::check(history, end, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn violations_are_capped_counted_and_handed_back_earliest_first() {
+        let mut v = Violations::new(2);
+        v.push(Guarantee::G4, Time::from_millis(9), "late".into());
+        v.push(Guarantee::G1, Time::from_millis(3), "early".into());
+        v.push(Guarantee::G2, Time::from_millis(1), "dropped".into());
+        assert_eq!(v.count(), 3);
+        let kept = v.into_kept();
+        let details: Vec<&str> = kept.iter().map(|v| v.detail.as_str()).collect();
+        assert_eq!(details, ["early", "late"]);
     }
 }
 
