@@ -223,8 +223,18 @@ fn kept_violations_are_capped_but_counted() {
     let mut c = config(1, 3, "crash");
     c.violations_max = 3;
     let r = sim(&c, &CoordConfig::with_bug(Bug::ForgetOnCrash));
-    assert_eq!(r.violations.len(), 3);
-    assert!(r.violation_count > 3, "{r}");
+    assert_eq!(r.count_of(Guarantee::G1), 3, "{r}");
+    assert_eq!(
+        r.count_of(Guarantee::G4),
+        3,
+        "a flood of G1 does not hide G4: {r}"
+    );
+    assert_eq!(r.violations.len(), 6);
+    assert!(r.violation_count > 6, "{r}");
+    assert!(
+        r.violations.windows(2).all(|w| w[0].at <= w[1].at),
+        "earliest first"
+    );
 }
 
 #[test]

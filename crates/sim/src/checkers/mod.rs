@@ -11,6 +11,7 @@
 
 use crate::history::History;
 use cohort_core::Time;
+use std::collections::BTreeMap;
 use std::fmt;
 
 pub mod g1;
@@ -66,19 +67,22 @@ impl fmt::Display for Violation {
     }
 }
 
-/// Collects violations up to a limit; the count stays exact past it.
+/// Collects violations up to a limit per guarantee (so a flood of one kind
+/// cannot hide another); the count stays exact past it.
 #[derive(Clone, Debug)]
 pub struct Violations {
     kept: Vec<Violation>,
+    kept_per: BTreeMap<Guarantee, usize>,
     count: u64,
     max: usize,
 }
 
 impl Violations {
-    /// Keeps at most `max` violations.
+    /// Keeps at most `max` violations of each guarantee.
     pub fn new(max: usize) -> Violations {
         Violations {
             kept: Vec::new(),
+            kept_per: BTreeMap::new(),
             count: 0,
             max,
         }
@@ -87,7 +91,9 @@ impl Violations {
     /// Records one violation.
     pub fn push(&mut self, guarantee: Guarantee, at: Time, detail: String) {
         self.count += 1;
-        if self.kept.len() < self.max {
+        let kept = self.kept_per.entry(guarantee).or_insert(0);
+        if *kept < self.max {
+            *kept += 1;
             self.kept.push(Violation {
                 guarantee,
                 at,
@@ -135,11 +141,21 @@ mod tests {
         let mut v = Violations::new(2);
         v.push(Guarantee::G4, Time::from_millis(9), "late".into());
         v.push(Guarantee::G1, Time::from_millis(3), "early".into());
-        v.push(Guarantee::G2, Time::from_millis(1), "dropped".into());
-        assert_eq!(v.count(), 3);
+        v.push(Guarantee::G1, Time::from_millis(5), "second".into());
+        v.push(
+            Guarantee::G1,
+            Time::from_millis(1),
+            "third G1: dropped".into(),
+        );
+        v.push(
+            Guarantee::G2,
+            Time::from_millis(2),
+            "a G2 is still kept".into(),
+        );
+        assert_eq!(v.count(), 5);
         let kept = v.into_kept();
         let details: Vec<&str> = kept.iter().map(|v| v.detail.as_str()).collect();
-        assert_eq!(details, ["early", "late"]);
+        assert_eq!(details, ["a G2 is still kept", "early", "second", "late"]);
     }
 }
 
