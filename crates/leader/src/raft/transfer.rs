@@ -45,6 +45,14 @@ impl RaftNode {
         Ok(())
     }
 
+    /// The highest index known replicated on `peer` (leader only; else 0).
+    pub fn match_index(&self, peer: NodeId) -> u64 {
+        if peer == self.id {
+            return self.log.last_index();
+        }
+        self.progress.get(&peer).map_or(0, |p| p.match_index)
+    }
+
     /// The voter leadership is being handed to, if any.
     pub fn transferring_to(&self) -> Option<NodeId> {
         self.transfer.map(|t| t.to)
