@@ -1,0 +1,357 @@
+//! The coordinator: the task table (in memory only), the scheduler and the
+//! worker failure detector.
+
+use crate::config::StaticConfig;
+use crate::message::StaticMessage;
+use cohort_core::{
+    Action, ClientError, ClientRequest, ClientResponse, Epoch, NodeId, Note, Peers, RequestId,
+    SupersedeReason, Task, TaskId, TaskOutcome, TaskState, Time,
+};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+#[derive(Debug)]
+struct Record {
+    task: Task,
+    state: TaskState,
+    /// Failed executions so far.
+    attempts: u32,
+    /// When the current assignment was sent (for re-sending lost ones).
+    assigned_at: Time,
+}
+
+#[derive(Debug)]
+struct WorkerView {
+    capacity_tasks: u32,
+    alive: bool,
+    last_seen: Time,
+    /// Tasks this worker runs, by the coordinator's table.
+    running: BTreeSet<TaskId>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Coordinator {
+    peers: Peers,
+    config: StaticConfig,
+    tasks: BTreeMap<TaskId, Record>,
+    /// Pending tasks in submission order.
+    queue: VecDeque<TaskId>,
+    /// Final tasks in the order they finished, for retention.
+    finished: VecDeque<TaskId>,
+    workers: BTreeMap<NodeId, WorkerView>,
+    /// The last epoch handed out. In memory only, like everything here: a
+    /// restarted coordinator starts again from zero, which is one of the
+    /// baseline's flaws the checkers expose.
+    last_epoch: Epoch,
+    active: usize,
+}
+
+type Out = Vec<Action<StaticMessage>>;
+
+impl Coordinator {
+    pub(crate) fn new(peers: Peers, config: StaticConfig, now: Time) -> Coordinator {
+        // Every worker starts alive with a full timeout of grace.
+        let workers = peers
+            .members
+            .iter()
+            .map(|&id| {
+                let capacity_tasks = if id == peers.id {
+                    peers.capacity_tasks
+                } else {
+                    1
+                };
+                (
+                    id,
+                    WorkerView {
+                        capacity_tasks,
+                        alive: true,
+                        last_seen: now,
+                        running: BTreeSet::new(),
+                    },
+                )
+            })
+            .collect();
+        Coordinator {
+            peers,
+            config,
+            tasks: BTreeMap::new(),
+            queue: VecDeque::new(),
+            finished: VecDeque::new(),
+            workers,
+            last_epoch: Epoch::ZERO,
+            active: 0,
+        }
+    }
+
+    pub(crate) fn client(
+        &mut self,
+        now: Time,
+        request: RequestId,
+        req: ClientRequest,
+        out: &mut Out,
+    ) {
+        let reply = match req {
+            ClientRequest::Submit { id, task } => self.submit(now, id, task, out),
+            ClientRequest::Get { id, .. } => self
+                .tasks
+                .get(&id)
+                .map(|r| ClientResponse::State {
+                    id,
+                    state: r.state.clone(),
+                })
+                .ok_or(ClientError::NotFound { id }),
+            ClientRequest::Cancel { id } => self.cancel(id, out),
+        };
+        out.push(Action::Reply { request, reply });
+    }
+
+    fn submit(
+        &mut self,
+        now: Time,
+        id: TaskId,
+        task: Task,
+        out: &mut Out,
+    ) -> Result<ClientResponse, ClientError> {
+        self.peers.limits.check_task(&task)?;
+        if let Some(existing) = self.tasks.get(&id) {
+            return if existing.task == task {
+                Ok(ClientResponse::Accepted { id })
+            } else {
+                Err(ClientError::IdConflict { id })
+            };
+        }
+        if self.active >= self.peers.limits.tasks_active_max {
+            return Err(ClientError::Overloaded {
+                what: "tasks_active_max".into(),
+                limit: self.peers.limits.tasks_active_max,
+            });
+        }
+        // The naive part: acknowledged from memory, never persisted.
+        self.tasks.insert(
+            id,
+            Record {
+                task,
+                state: TaskState::Pending,
+                attempts: 0,
+                assigned_at: now,
+            },
+        );
+        self.active += 1;
+        self.queue.push_back(id);
+        self.schedule(now, out);
+        Ok(ClientResponse::Accepted { id })
+    }
+
+    fn cancel(&mut self, id: TaskId, out: &mut Out) -> Result<ClientResponse, ClientError> {
+        let record = self.tasks.get(&id).ok_or(ClientError::NotFound { id })?;
+        match record.state {
+            TaskState::Pending => self.queue.retain(|t| *t != id),
+            TaskState::Running { node, .. } => {
+                // The runner's late result will be rejected: its epoch is no longer current.
+                if let Some(w) = self.workers.get_mut(&node) {
+                    w.running.remove(&id);
+                }
+            }
+            _ => {
+                return Ok(ClientResponse::State {
+                    id,
+                    state: record.state.clone(),
+                })
+            }
+        }
+        self.finish(id, TaskState::Cancelled, out);
+        Ok(ClientResponse::State {
+            id,
+            state: TaskState::Cancelled,
+        })
+    }
+
+    pub(crate) fn result(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        task: TaskId,
+        epoch: Epoch,
+        outcome: TaskOutcome,
+        out: &mut Out,
+    ) {
+        if from != self.peers.id {
+            out.push(Action::Send {
+                to: from,
+                msg: StaticMessage::ResultAck { task, epoch },
+            });
+        }
+        let Some(record) = self.tasks.get_mut(&task) else {
+            return;
+        };
+        if record.state != (TaskState::Running { node: from, epoch }) {
+            return; // stale epoch, cancelled, or already decided: rejected (G3)
+        }
+        if let Some(w) = self.workers.get_mut(&from) {
+            w.running.remove(&task);
+        }
+        match outcome {
+            TaskOutcome::Success(result) => self.finish(
+                task,
+                TaskState::Succeeded {
+                    result,
+                    node: from,
+                    epoch,
+                },
+                out,
+            ),
+            TaskOutcome::Failure(error) => {
+                record.attempts += 1;
+                if record.attempts >= record.task.max_attempts {
+                    let attempts = record.attempts;
+                    self.finish(task, TaskState::Failed { error, attempts }, out);
+                } else {
+                    record.state = TaskState::Pending;
+                    out.push(Action::Note(Note::Superseded {
+                        task,
+                        epoch,
+                        reason: SupersedeReason::AttemptFailed,
+                    }));
+                    self.queue.push_back(task);
+                }
+            }
+        }
+        self.schedule(now, out);
+    }
+
+    pub(crate) fn heartbeat(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        held: &[(TaskId, Epoch)],
+        capacity_tasks: u32,
+        out: &mut Out,
+    ) {
+        let Some(w) = self.workers.get_mut(&from) else {
+            return;
+        };
+        w.alive = true;
+        w.last_seen = now;
+        w.capacity_tasks = capacity_tasks.max(1);
+        // Re-send assignments the worker does not hold: the Assign was lost.
+        let resend_after = self.config.heartbeat_interval();
+        for &task in &w.running {
+            let Some(record) = self.tasks.get(&task) else {
+                continue;
+            };
+            let TaskState::Running { epoch, .. } = record.state else {
+                continue;
+            };
+            if !held.contains(&(task, epoch))
+                && now.saturating_since(record.assigned_at) >= resend_after
+            {
+                out.push(Action::Send {
+                    to: from,
+                    msg: StaticMessage::Assign {
+                        task,
+                        epoch,
+                        body: record.task.clone(),
+                    },
+                });
+            }
+        }
+        self.schedule(now, out);
+    }
+
+    pub(crate) fn tick(&mut self, now: Time, out: &mut Out) {
+        let timeout = self.config.worker_timeout();
+        let me = self.peers.id;
+        let dead: Vec<NodeId> = self
+            .workers
+            .iter()
+            .filter(|(&id, w)| id != me && w.alive && now.saturating_since(w.last_seen) > timeout)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in dead {
+            let w = self.workers.get_mut(&id).expect("listed above");
+            w.alive = false;
+            for task in std::mem::take(&mut w.running) {
+                let record = self
+                    .tasks
+                    .get_mut(&task)
+                    .expect("a running task is in the table");
+                let TaskState::Running { epoch, .. } = record.state else {
+                    unreachable!("worker.running lists only running tasks")
+                };
+                record.state = TaskState::Pending;
+                out.push(Action::Note(Note::Superseded {
+                    task,
+                    epoch,
+                    reason: SupersedeReason::RunnerDeclaredDead,
+                }));
+                self.queue.push_back(task);
+            }
+        }
+        self.schedule(now, out);
+    }
+
+    /// Assigns pending tasks, in order, to the live worker with the lowest
+    /// `running / capacity` (ties: lowest id), while any has room.
+    fn schedule(&mut self, now: Time, out: &mut Out) {
+        while let Some(&task) = self.queue.front() {
+            let best = self
+                .workers
+                .iter()
+                .filter(|(_, w)| w.alive && (w.running.len() as u64) < u64::from(w.capacity_tasks))
+                .min_by(|(a_id, a), (b_id, b)| {
+                    // running_a / cap_a vs running_b / cap_b, without floats.
+                    let lhs = a.running.len() as u64 * u64::from(b.capacity_tasks);
+                    let rhs = b.running.len() as u64 * u64::from(a.capacity_tasks);
+                    lhs.cmp(&rhs).then(a_id.cmp(b_id))
+                })
+                .map(|(&id, _)| id);
+            let Some(node) = best else { return };
+            self.queue.pop_front();
+            self.last_epoch = self.last_epoch.next();
+            let epoch = self.last_epoch;
+            let record = self
+                .tasks
+                .get_mut(&task)
+                .expect("a queued task is in the table");
+            assert_eq!(
+                record.state,
+                TaskState::Pending,
+                "only pending tasks are queued"
+            );
+            record.state = TaskState::Running { node, epoch };
+            record.assigned_at = now;
+            self.workers
+                .get_mut(&node)
+                .expect("chosen above")
+                .running
+                .insert(task);
+            out.push(Action::Note(Note::Assigned { task, epoch, node }));
+            let body = record.task.clone();
+            if node == self.peers.id {
+                out.push(Action::Execute {
+                    id: task,
+                    epoch,
+                    task: body,
+                });
+            } else {
+                out.push(Action::Send {
+                    to: node,
+                    msg: StaticMessage::Assign { task, epoch, body },
+                });
+            }
+        }
+    }
+
+    fn finish(&mut self, task: TaskId, state: TaskState, out: &mut Out) {
+        assert!(state.is_final());
+        let record = self.tasks.get_mut(&task).expect("finishing a known task");
+        assert!(!record.state.is_final(), "a final state never changes");
+        record.state = state.clone();
+        self.active -= 1;
+        out.push(Action::Note(Note::Decided { task, state }));
+        self.finished.push_back(task);
+        while self.finished.len() > self.peers.limits.tasks_retained_max {
+            let old = self.finished.pop_front().expect("non-empty");
+            self.tasks.remove(&old);
+        }
+    }
+}

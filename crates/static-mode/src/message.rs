@@ -1,0 +1,44 @@
+//! What the nodes of a `static` cluster send each other.
+
+use cohort_core::{Epoch, Task, TaskId, TaskOutcome};
+use serde::{Deserialize, Serialize};
+
+/// A peer message of the `static` mode.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StaticMessage {
+    /// Coordinator → worker: run `task` under `epoch`. Re-sent until the
+    /// worker's heartbeat shows it holds the assignment.
+    Assign {
+        /// The task.
+        task: TaskId,
+        /// The fencing token of this assignment.
+        epoch: Epoch,
+        /// What to run.
+        body: Task,
+    },
+    /// Worker → coordinator: the execution `(task, epoch)` finished.
+    /// Re-sent every tick until acknowledged.
+    Result {
+        /// The task.
+        task: TaskId,
+        /// The execution's epoch.
+        epoch: Epoch,
+        /// What the handler returned.
+        outcome: TaskOutcome,
+    },
+    /// Coordinator → worker: stop re-sending this result (accepted or rejected).
+    ResultAck {
+        /// The task.
+        task: TaskId,
+        /// The execution's epoch.
+        epoch: Epoch,
+    },
+    /// Worker → coordinator, every `heartbeat_interval_ms`: alive, and what
+    /// it holds (running, or finished with the result not yet acknowledged).
+    Heartbeat {
+        /// The assignments this worker holds.
+        held: Vec<(TaskId, Epoch)>,
+        /// How many tasks it runs at once.
+        capacity_tasks: u32,
+    },
+}

@@ -1,0 +1,118 @@
+//! The worker side, on every node: run what the coordinator assigns and
+//! report results until they are acknowledged.
+
+use crate::message::StaticMessage;
+use cohort_core::{Action, Epoch, NodeId, Task, TaskId, TaskOutcome};
+use std::collections::BTreeMap;
+
+#[derive(Debug)]
+pub(crate) struct Worker {
+    /// Assignments whose handler is running.
+    running: BTreeMap<(TaskId, Epoch), ()>,
+    /// Finished executions whose result the coordinator has not acknowledged.
+    unacked: BTreeMap<(TaskId, Epoch), TaskOutcome>,
+    /// Bound on `running` + `unacked`.
+    held_max: usize,
+}
+
+impl Worker {
+    pub(crate) fn new(held_max: usize) -> Worker {
+        Worker {
+            running: BTreeMap::new(),
+            unacked: BTreeMap::new(),
+            held_max,
+        }
+    }
+
+    pub(crate) fn assign(
+        &mut self,
+        task: TaskId,
+        epoch: Epoch,
+        body: Task,
+        coordinator: NodeId,
+        out: &mut Vec<Action<StaticMessage>>,
+    ) {
+        let key = (task, epoch);
+        if self.running.contains_key(&key) {
+            return; // a re-sent assignment we already run
+        }
+        if let Some(outcome) = self.unacked.get(&key) {
+            // Our result was lost on the way: send it again instead of re-running.
+            out.push(Action::Send {
+                to: coordinator,
+                msg: StaticMessage::Result {
+                    task,
+                    epoch,
+                    outcome: outcome.clone(),
+                },
+            });
+            return;
+        }
+        if self.running.len() + self.unacked.len() >= self.held_max {
+            return; // the coordinator re-sends; refusing keeps memory bounded
+        }
+        self.running.insert(key, ());
+        out.push(Action::Execute {
+            id: task,
+            epoch,
+            task: body,
+        });
+    }
+
+    pub(crate) fn finished(
+        &mut self,
+        task: TaskId,
+        epoch: Epoch,
+        outcome: TaskOutcome,
+        coordinator: NodeId,
+        out: &mut Vec<Action<StaticMessage>>,
+    ) {
+        if self.running.remove(&(task, epoch)).is_none() {
+            return; // not an execution this incarnation started
+        }
+        out.push(Action::Send {
+            to: coordinator,
+            msg: StaticMessage::Result {
+                task,
+                epoch,
+                outcome: outcome.clone(),
+            },
+        });
+        self.unacked.insert((task, epoch), outcome);
+    }
+
+    pub(crate) fn acked(&mut self, task: TaskId, epoch: Epoch) {
+        self.unacked.remove(&(task, epoch));
+    }
+
+    pub(crate) fn tick(
+        &mut self,
+        coordinator: NodeId,
+        capacity_tasks: u32,
+        out: &mut Vec<Action<StaticMessage>>,
+    ) {
+        let held = self
+            .running
+            .keys()
+            .chain(self.unacked.keys())
+            .copied()
+            .collect();
+        out.push(Action::Send {
+            to: coordinator,
+            msg: StaticMessage::Heartbeat {
+                held,
+                capacity_tasks,
+            },
+        });
+        for (&(task, epoch), outcome) in &self.unacked {
+            out.push(Action::Send {
+                to: coordinator,
+                msg: StaticMessage::Result {
+                    task,
+                    epoch,
+                    outcome: outcome.clone(),
+                },
+            });
+        }
+    }
+}

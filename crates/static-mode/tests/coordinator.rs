@@ -1,0 +1,273 @@
+//! Scripted checks of the baseline coordinator, driven by hand.
+
+use cohort_core::{
+    Action, ClientError, ClientRequest, ClientResponse, Consistency, Epoch, Limits, Node, NodeId,
+    Note, Peers, RequestId, Stored, Task, TaskId, TaskOutcome, TaskState, Time, TimerToken,
+};
+use cohort_static::{StaticConfig, StaticMessage, StaticNode};
+use rand::SeedableRng;
+
+fn boot(id: u64, capacity: u32) -> StaticNode {
+    let peers = Peers::new(
+        NodeId(id),
+        [NodeId(1), NodeId(2), NodeId(3)],
+        capacity,
+        Limits::default(),
+    )
+    .unwrap();
+    StaticNode::boot(
+        &peers,
+        &StaticConfig::default(),
+        &Stored::new(),
+        cohort_core::NodeRng::seed_from_u64(0),
+        Time::ZERO,
+    )
+}
+
+fn task() -> Task {
+    Task {
+        kind: "sleep".into(),
+        payload: vec![],
+        timeout_ms: 1000,
+        max_attempts: 2,
+    }
+}
+
+fn drain(n: &mut StaticNode) -> Vec<Action<StaticMessage>> {
+    n.actions().collect()
+}
+
+fn submit(n: &mut StaticNode, id: u128, req: u64) -> Vec<Action<StaticMessage>> {
+    n.handle_client(
+        Time::ZERO,
+        RequestId(req),
+        ClientRequest::Submit {
+            id: TaskId(id),
+            task: task(),
+        },
+    );
+    drain(n)
+}
+
+fn reply_of(actions: &[Action<StaticMessage>]) -> Result<ClientResponse, ClientError> {
+    actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Reply { reply, .. } => Some(reply.clone()),
+            _ => None,
+        })
+        .expect("a reply")
+}
+
+fn assigned(actions: &[Action<StaticMessage>]) -> Vec<(TaskId, Epoch, NodeId)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Note(Note::Assigned { task, epoch, node }) => Some((*task, *epoch, *node)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn workers_redirect_clients_to_the_coordinator() {
+    let mut w = boot(2, 1);
+    drain(&mut w);
+    let out = submit(&mut w, 1, 1);
+    assert_eq!(
+        reply_of(&out),
+        Err(ClientError::NotLeader {
+            leader: Some(NodeId(1))
+        })
+    );
+}
+
+#[test]
+fn assignment_goes_to_the_least_loaded_worker_ties_by_id() {
+    let mut c = boot(1, 2);
+    drain(&mut c);
+    // Workers 2 and 3 announce capacity 4; the coordinator has capacity 2.
+    for w in [2, 3] {
+        c.handle_message(
+            Time::ZERO,
+            NodeId(w),
+            StaticMessage::Heartbeat {
+                held: vec![],
+                capacity_tasks: 4,
+            },
+        );
+        drain(&mut c);
+    }
+    let mut nodes = Vec::new();
+    for i in 0..6 {
+        nodes.extend(
+            assigned(&submit(&mut c, i, i as u64))
+                .into_iter()
+                .map(|(_, _, n)| n),
+        );
+    }
+    // Loads start equal at 0: n1 (lowest id) first, then n2, n3 (0 < 1/2), then
+    // the ratio decides: n2 (1/4), n3 (1/4), n2 (2/4) vs n1 (1/2) -> n1 by id.
+    assert_eq!(
+        nodes,
+        vec![
+            NodeId(1),
+            NodeId(2),
+            NodeId(3),
+            NodeId(2),
+            NodeId(3),
+            NodeId(1)
+        ]
+    );
+}
+
+#[test]
+fn resubmit_is_idempotent_and_a_different_body_conflicts() {
+    let mut c = boot(1, 1);
+    drain(&mut c);
+    assert_eq!(
+        reply_of(&submit(&mut c, 7, 1)),
+        Ok(ClientResponse::Accepted { id: TaskId(7) })
+    );
+    assert_eq!(
+        reply_of(&submit(&mut c, 7, 2)),
+        Ok(ClientResponse::Accepted { id: TaskId(7) })
+    );
+    let other = Task {
+        payload: vec![1],
+        ..task()
+    };
+    c.handle_client(
+        Time::ZERO,
+        RequestId(3),
+        ClientRequest::Submit {
+            id: TaskId(7),
+            task: other,
+        },
+    );
+    assert_eq!(
+        reply_of(&drain(&mut c)),
+        Err(ClientError::IdConflict { id: TaskId(7) })
+    );
+}
+
+#[test]
+fn a_dead_workers_result_is_rejected_after_reassignment() {
+    let mut c = boot(1, 1);
+    drain(&mut c);
+    c.handle_message(
+        Time::ZERO,
+        NodeId(2),
+        StaticMessage::Heartbeat {
+            held: vec![],
+            capacity_tasks: 1,
+        },
+    );
+    drain(&mut c);
+    submit(&mut c, 1, 1); // runs on n1 (lowest id)
+    let first = assigned(&submit(&mut c, 2, 2));
+    assert_eq!(first, vec![(TaskId(2), Epoch(2), NodeId(2))]);
+    // n2 and n3 fall silent; after alpha * heartbeat the coordinator reassigns.
+    let late = Time::from_millis(10_000);
+    c.handle_timer(late, TimerToken(1));
+    let out = drain(&mut c);
+    assert!(out.contains(&Action::Note(Note::Superseded {
+        task: TaskId(2),
+        epoch: Epoch(2),
+        reason: cohort_core::SupersedeReason::RunnerDeclaredDead
+    })));
+    // n1 is busy with task 1, so task 2 waits; finish task 1 to make room.
+    c.handle_task_finished(late, TaskId(1), Epoch(1), TaskOutcome::Success(vec![1]));
+    let reassigned = assigned(&drain(&mut c));
+    assert_eq!(reassigned, vec![(TaskId(2), Epoch(3), NodeId(1))]);
+    // The old runner comes back with its result for epoch 2: rejected, but acknowledged.
+    c.handle_message(
+        late,
+        NodeId(2),
+        StaticMessage::Result {
+            task: TaskId(2),
+            epoch: Epoch(2),
+            outcome: TaskOutcome::Success(vec![9]),
+        },
+    );
+    let out = drain(&mut c);
+    assert_eq!(
+        out,
+        vec![Action::Send {
+            to: NodeId(2),
+            msg: StaticMessage::ResultAck {
+                task: TaskId(2),
+                epoch: Epoch(2)
+            }
+        }]
+    );
+    c.handle_client(
+        late,
+        RequestId(9),
+        ClientRequest::Get {
+            id: TaskId(2),
+            consistency: Consistency::Linearizable,
+        },
+    );
+    assert_eq!(
+        reply_of(&drain(&mut c)),
+        Ok(ClientResponse::State {
+            id: TaskId(2),
+            state: TaskState::Running {
+                node: NodeId(1),
+                epoch: Epoch(3)
+            }
+        })
+    );
+}
+
+#[test]
+fn failures_are_retried_up_to_max_attempts_then_failed() {
+    let mut c = boot(1, 1);
+    drain(&mut c);
+    submit(&mut c, 5, 1);
+    c.handle_task_finished(
+        Time::ZERO,
+        TaskId(5),
+        Epoch(1),
+        TaskOutcome::Failure("boom".into()),
+    );
+    let retry = assigned(&drain(&mut c));
+    assert_eq!(retry, vec![(TaskId(5), Epoch(2), NodeId(1))]);
+    c.handle_task_finished(
+        Time::ZERO,
+        TaskId(5),
+        Epoch(2),
+        TaskOutcome::Failure("boom again".into()),
+    );
+    let out = drain(&mut c);
+    assert!(out.contains(&Action::Note(Note::Decided {
+        task: TaskId(5),
+        state: TaskState::Failed {
+            error: "boom again".into(),
+            attempts: 2
+        }
+    })));
+}
+
+#[test]
+fn a_restarted_coordinator_has_forgotten_everything() {
+    // This is the baseline's defining flaw: nothing is persisted.
+    let mut c = boot(1, 1);
+    drain(&mut c);
+    submit(&mut c, 1, 1);
+    let mut c = boot(1, 1);
+    drain(&mut c);
+    c.handle_client(
+        Time::ZERO,
+        RequestId(2),
+        ClientRequest::Get {
+            id: TaskId(1),
+            consistency: Consistency::Linearizable,
+        },
+    );
+    assert_eq!(
+        reply_of(&drain(&mut c)),
+        Err(ClientError::NotFound { id: TaskId(1) })
+    );
+}
