@@ -153,6 +153,9 @@ impl ValidLeaderConfig {
             election_timeout_ms_max: c.election_timeout_ms_max,
             heartbeat_interval_ms: c.heartbeat_interval_ms,
             append_entries_max: c.append_entries_max,
+            // One maximal payload always fits a message; batches stay well
+            // below the message limit.
+            append_bytes_max: peers.limits.message_bytes_max / 4,
             appends_inflight_max: c.appends_inflight_max,
             snapshot_chunk_bytes: c.snapshot_chunk_bytes,
             message_bytes_max: peers.limits.message_bytes_max,
@@ -661,7 +664,10 @@ impl LeaderNode {
         let deadline = self.cfg.worker_timeout();
         let mut load: BTreeMap<NodeId, (u64, u64)> = BTreeMap::new();
         for (w, v) in &self.workers {
-            let live = !self.sm.is_dead(*w)
+            // A runner must replicate the log: it learns its assignments by
+            // applying them.
+            let live = self.raft.membership().is_member(*w)
+                && !self.sm.is_dead(*w)
                 && !self.inflight.dead.contains(w)
                 && self.now <= v.last_heard + deadline;
             if let (true, Some(cap)) = (live, v.capacity) {

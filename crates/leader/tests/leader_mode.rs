@@ -349,6 +349,107 @@ fn snapshots_bound_the_log_and_catch_up_a_lagging_node() {
 }
 
 #[test]
+fn old_leader_paused_past_its_term_resumes_and_cannot_act() {
+    let mut c = Cluster::new(14, 3, cfg());
+    c.exec_ms = 100;
+    let old = c.elect(3_000);
+    c.run_for(300);
+    c.pause(old);
+    c.run_for(1_500);
+    let new = c.leader().expect("the others elect");
+    assert_ne!(new, old);
+    assert!(c.submit_until_accepted(TaskId(1), task("echo", b""), 2_000));
+    // The old leader wakes up believing it still leads its old term and
+    // takes a submit before it hears of the new term: it must not
+    // acknowledge it, and the entry can never commit.
+    c.resume(old);
+    assert_eq!(
+        c.node(old).raft_status().role,
+        cohort_leader::raft::Role::Leader
+    );
+    let r = c.submit(old, TaskId(2), task("echo", b""));
+    c.run_for(1_000);
+    assert!(
+        matches!(c.replies.get(&r), Some(Err(e)) if e.is_retryable()),
+        "{:?}",
+        c.replies.get(&r)
+    );
+    assert_ne!(
+        c.node(old).raft_status().role,
+        cohort_leader::raft::Role::Leader
+    );
+    assert!(!c.check_history().contains_key(&TaskId(2)));
+    let d = c.check_history();
+    assert!(matches!(d[&TaskId(1)], TaskState::Succeeded { .. }));
+}
+
+#[test]
+fn a_voter_is_added_and_one_removed_while_tasks_flow() {
+    let four = LeaderConfig {
+        voters_max: 3,
+        ..LeaderConfig::default()
+    }
+    .validate()
+    .unwrap();
+    let mut c = Cluster::new(15, 4, four);
+    let l = c.elect(3_000);
+    c.run_for(300);
+    assert!(c
+        .node(l)
+        .raft_status()
+        .membership
+        .learners
+        .contains(&NodeId(4)));
+    let mut next = 0u128;
+    let mut flow = |c: &mut Cluster, n: u128| {
+        for _ in 0..n {
+            let l = c.leader().expect("a leader");
+            c.submit(l, TaskId(next), task("echo", b""));
+            next += 1;
+            c.run_for(10);
+        }
+    };
+    flow(&mut c, 10);
+    let now = c.now;
+    let l = c.leader().unwrap();
+    c.nodes
+        .get_mut(&l)
+        .unwrap()
+        .as_mut()
+        .unwrap()
+        .propose_membership(
+            now,
+            cohort_leader::raft::MembershipChange::PromoteLearner(NodeId(4)),
+        )
+        .unwrap();
+    flow(&mut c, 10);
+    let l = c.leader().unwrap();
+    assert!(c
+        .node(l)
+        .raft_status()
+        .membership
+        .voters
+        .contains(&NodeId(4)));
+    let gone = ids(3).into_iter().find(|i| *i != l).unwrap();
+    let now = c.now;
+    c.nodes
+        .get_mut(&l)
+        .unwrap()
+        .as_mut()
+        .unwrap()
+        .propose_membership(now, cohort_leader::raft::MembershipChange::Remove(gone))
+        .unwrap();
+    flow(&mut c, 10);
+    let st = c.node(c.leader().unwrap()).raft_status();
+    assert_eq!(st.membership.voters.len(), 3);
+    assert!(!st.membership.is_member(gone));
+    flow(&mut c, 10);
+    c.run_for(2_000);
+    let d = c.check_history();
+    assert_eq!(d.len(), 40, "every task finished across both changes");
+}
+
+#[test]
 fn graceful_shutdown_hands_leadership_over() {
     let mut c = Cluster::new(13, 3, cfg());
     let l = c.elect(3_000);

@@ -145,13 +145,24 @@ impl RaftLog {
             .get(usize::try_from(index - self.offset - 1).ok()?)
     }
 
-    /// Up to `max` entries starting at `lo` (which must be held or one past the end).
-    pub fn slice(&self, lo: u64, max: usize) -> Vec<Entry> {
+    /// Up to `max` entries starting at `lo` (which must be held or one past
+    /// the end), stopping before their payloads exceed `bytes_max` (but
+    /// always at least one entry, so a large entry still moves).
+    pub fn slice(&self, lo: u64, max: usize, bytes_max: usize) -> Vec<Entry> {
         assert!(lo > self.offset, "slice below the offset");
         assert!(lo <= self.last_index() + 1, "slice beyond the end");
         let start = (lo - self.offset - 1) as usize;
         let end = (start + max).min(self.entries.len());
-        self.entries[start..end].to_vec()
+        let mut bytes = 0;
+        let mut out = Vec::new();
+        for e in &self.entries[start..end] {
+            bytes += e.payload_bytes();
+            if !out.is_empty() && bytes > bytes_max {
+                break;
+            }
+            out.push(e.clone());
+        }
+        out
     }
 
     /// Entries `(lo, hi]`, all of which must be held.
@@ -288,6 +299,21 @@ mod tests {
         assert_eq!(back.term_at(4), Some(3));
         assert_eq!(back.term_at(1), None);
         assert_eq!(back.range(2, 4), log.range(2, 4));
+    }
+
+    #[test]
+    fn append_batches_respect_the_byte_budget_but_always_carry_one_entry() {
+        let big = |index| Entry {
+            index,
+            term: 1,
+            kind: EntryKind::Command(vec![0; 100]),
+        };
+        let mut log = RaftLog::default();
+        log.append(&[big(1), big(2), big(3)], &mut Vec::new());
+        assert_eq!(log.slice(1, 10, 300).len(), 2);
+        assert_eq!(log.slice(1, 10, 1).len(), 1);
+        assert_eq!(log.slice(1, 2, 1 << 20).len(), 2);
+        assert!(log.slice(4, 10, 1 << 20).is_empty());
     }
 
     #[test]

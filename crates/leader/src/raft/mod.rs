@@ -58,6 +58,19 @@ pub struct Entry {
     pub kind: EntryKind,
 }
 
+impl Entry {
+    /// Size of what the entry carries, plus a small fixed overhead.
+    pub fn payload_bytes(&self) -> usize {
+        const OVERHEAD_BYTES: usize = 32;
+        OVERHEAD_BYTES
+            + match &self.kind {
+                EntryKind::Noop => 0,
+                EntryKind::Command(c) => c.len(),
+                EntryKind::Config(m) => 16 * (m.voters.len() + m.learners.len()),
+            }
+    }
+}
+
 /// What an entry carries.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EntryKind {
@@ -234,6 +247,8 @@ pub struct RaftConfig {
     pub heartbeat_interval_ms: u64,
     /// Most entries in one AppendEntries.
     pub append_entries_max: usize,
+    /// Most payload bytes in one AppendEntries (beyond its first entry).
+    pub append_bytes_max: usize,
     /// Most AppendEntries in flight to one follower (pipelining window).
     pub appends_inflight_max: usize,
     /// Size of one InstallSnapshot chunk.
@@ -249,6 +264,7 @@ impl Default for RaftConfig {
             election_timeout_ms_max: 300,
             heartbeat_interval_ms: 50,
             append_entries_max: 64,
+            append_bytes_max: 1 << 20,
             appends_inflight_max: 8,
             snapshot_chunk_bytes: 64 << 10,
             message_bytes_max: 8 << 20,

@@ -2,7 +2,7 @@
 //!
 //! The leader keeps a [`Progress`] per follower. In `Probe` it sends one
 //! append at a time and waits; in `Replicate` it streams batches of up to
-//! `append_entries_max` entries with up to `appends_inflight_max` in
+//! `append_entries_max` entries (and `append_bytes_max` bytes) with up to `appends_inflight_max` in
 //! flight; in `Snapshot` it sends InstallSnapshot chunks. A rejection
 //! carries the follower's conflicting term and the first index of its run,
 //! so a divergent follower is repaired in one round per term, not per entry.
@@ -100,7 +100,11 @@ impl RaftNode {
             return false;
         };
         let entries: Vec<Entry> = if pr.next_index <= self.log.last_index() {
-            self.log.slice(pr.next_index, self.cfg.append_entries_max)
+            self.log.slice(
+                pr.next_index,
+                self.cfg.append_entries_max,
+                self.cfg.append_bytes_max,
+            )
         } else {
             Vec::new()
         };
