@@ -55,8 +55,10 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod invariants;
 pub mod node;
 pub mod raft;
 pub mod scheduler;
 
+pub use invariants::RaftInvariants;
 pub use node::{ConfigError, LeaderConfig, LeaderMsg, LeaderNode, ValidLeaderConfig};
