@@ -415,3 +415,100 @@ fn random_faults_preserve_raft_invariants_at_3_and_5_nodes() {
     assert!(committed > 200 * 40, "only {committed} entries committed");
     assert!(snapshots > 50, "only {snapshots} snapshots installed");
 }
+
+#[test]
+fn a_vote_is_persisted_in_the_batch_before_its_reply_and_survives_a_restart() {
+    use super::{log::HARD_KEY, HardState, RaftMsg, RaftNode};
+    use cohort_core::{decode, NodeRng, Stored, Time};
+    use rand::SeedableRng;
+    let members = Membership::initial(&ids(3), 3);
+    let boot = |stored: &Stored| {
+        let rng = NodeRng::seed_from_u64(1);
+        RaftNode::restore(
+            n(1),
+            members.clone(),
+            RaftConfig::default(),
+            stored,
+            rng,
+            Time::ZERO,
+        )
+        .unwrap()
+        .0
+    };
+    let mut stored = Stored::new();
+    let mut raft = boot(&stored);
+    let vote = |term| RaftMsg::Vote {
+        term,
+        last_index: 0,
+        last_term: 0,
+        transfer: false,
+    };
+    raft.step(Time::from_millis(1), n(2), vote(1));
+    let ready = raft.take_ready();
+    let hard: HardState = ready
+        .persist
+        .iter()
+        .find_map(|op| match op {
+            cohort_core::StoreOp::Put { key, value } if key == HARD_KEY => decode(value, 64).ok(),
+            _ => None,
+        })
+        .expect("the vote is in this batch's persist");
+    assert_eq!((hard.term, hard.vote), (1, Some(n(2))));
+    assert_eq!(
+        ready.messages,
+        vec![(
+            n(2),
+            RaftMsg::VoteResp {
+                term: 1,
+                granted: true
+            }
+        )]
+    );
+    stored.apply(&ready.persist);
+    // Crash and reboot: the vote holds, so n3 cannot get one in term 1.
+    let mut raft = boot(&stored);
+    raft.step(Time::from_millis(2), n(3), vote(1));
+    let ready = raft.take_ready();
+    assert_eq!(
+        ready.messages,
+        vec![(
+            n(3),
+            RaftMsg::VoteResp {
+                term: 1,
+                granted: false
+            }
+        )]
+    );
+}
+
+#[test]
+fn a_candidate_with_a_shorter_log_gets_no_vote() {
+    let mut net = Net::new(14, 3);
+    let leader = net.elect(2_000);
+    propose_many(&mut net, 3, 1);
+    net.run_for(100);
+    let behind = ids(3).into_iter().find(|i| *i != leader).unwrap();
+    net.crash(behind);
+    propose_many(&mut net, 3, 2);
+    net.run_for(100);
+    net.restart(behind);
+    let now = net.now;
+    let st = net.peer(behind).raft.status();
+    // Ask the leader's peer for a vote at a higher term with the stale log.
+    let voter = ids(3)
+        .into_iter()
+        .find(|i| *i != leader && *i != behind)
+        .unwrap();
+    let msg = super::RaftMsg::Vote {
+        term: st.term + 5,
+        last_index: st.last_index,
+        last_term: net.peer(behind).raft.log().last_term(),
+        transfer: true,
+    };
+    net.raft(voter).step(now, behind, msg);
+    let ready = net.raft(voter).take_ready();
+    assert!(ready.messages.iter().any(
+        |(to, m)| *to == behind && matches!(m, super::RaftMsg::VoteResp { granted: false, .. })
+    ));
+    net.stored.get_mut(&voter).unwrap().apply(&ready.persist);
+}
