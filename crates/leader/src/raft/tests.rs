@@ -343,8 +343,18 @@ fn a_leader_that_removes_itself_steps_down_after_commit() {
 /// restarts, with compaction on; then healing, after which the cluster
 /// must make progress. Invariants are checked after every input. Returns
 /// (entries committed, snapshots installed).
-fn random_run(seed: u64, size: u64) -> (usize, u64) {
-    let mut net = Net::new(seed, size);
+fn random_run(seed: u64, size: u64) -> (usize, u64, usize) {
+    random_run_with(seed, size, size as usize, false)
+}
+
+/// As [`random_run`], with `voters` of the `size` members voting and, if
+/// `reconfigure`, random promotions, demotions and leader transfers.
+fn random_run_with(seed: u64, size: u64, voters: usize, reconfigure: bool) -> (usize, u64, usize) {
+    let mut net = Net::with(
+        seed,
+        Membership::initial(&ids(size), voters),
+        RaftConfig::default(),
+    );
     net.compact_after = Some(30);
     let mut chaos = net.rng.clone();
     net.loss = chaos.gen_range(0.0..0.3);
@@ -369,6 +379,32 @@ fn random_run(seed: u64, size: u64) -> (usize, u64) {
                 net.partition(&all[..k], &all[k..]);
             }
             2 => net.cut.clear(),
+            3 | 4 if reconfigure => {
+                if let Some(l) = net.leader() {
+                    let m = net.peer(l).raft.membership().clone();
+                    let pick = |set: &std::collections::BTreeSet<NodeId>, r: usize| {
+                        set.iter().copied().nth(r % set.len().max(1))
+                    };
+                    let r = chaos.gen_range(0..100);
+                    let now = net.now;
+                    let change = match chaos.gen_range(0..3) {
+                        0 => pick(&m.learners, r).map(MembershipChange::PromoteLearner),
+                        1 if m.voters.len() > 3 => pick(&m.voters, r)
+                            .filter(|v| *v != l)
+                            .map(MembershipChange::DemoteVoter),
+                        _ => {
+                            if let Some(to) = pick(&m.voters, r).filter(|v| *v != l) {
+                                let _ = net.raft(l).transfer_leadership(now, to);
+                            }
+                            None
+                        }
+                    };
+                    if let Some(change) = change {
+                        let _ = net.raft(l).propose_membership(now, change);
+                    }
+                    net.drain(l);
+                }
+            }
             _ => {
                 if let Some(l) = net.leader() {
                     net.propose_at(l, &step.to_be_bytes());
@@ -398,7 +434,25 @@ fn random_run(seed: u64, size: u64) -> (usize, u64) {
         Some(&b"final"[..]),
         "seed {seed}: the final command applied"
     );
-    (net.committed.len(), net.snapshots_installed)
+    let configs = net
+        .committed
+        .values()
+        .filter(|e| matches!(e.kind, super::EntryKind::Config(_)))
+        .count();
+    (net.committed.len(), net.snapshots_installed, configs)
+}
+
+#[test]
+fn random_promotions_demotions_and_transfers_preserve_raft_invariants() {
+    let (mut committed, mut configs) = (0, 0);
+    for seed in 0..150 {
+        let (c, _, k) = random_run_with(5_000 + seed, 5, 3, true);
+        committed += c;
+        configs += k;
+    }
+    // The faults must leave room for real work and real changes.
+    assert!(committed > 150 * 30, "only {committed} entries committed");
+    assert!(configs > 150, "only {configs} membership changes committed");
 }
 
 #[test]
@@ -406,7 +460,7 @@ fn random_faults_preserve_raft_invariants_at_3_and_5_nodes() {
     let (mut committed, mut snapshots) = (0, 0);
     for seed in 0..100 {
         for size in [3, 5] {
-            let (c, s) = random_run(seed * 10 + size, size);
+            let (c, s, _) = random_run(seed * 10 + size, size);
             committed += c;
             snapshots += s;
         }
