@@ -450,6 +450,35 @@ fn a_voter_is_added_and_one_removed_while_tasks_flow() {
 }
 
 #[test]
+fn whole_cluster_restart_keeps_every_acknowledged_task() {
+    let mut c = Cluster::new(16, 3, cfg());
+    c.exec_ms = 10_000; // nothing finishes before the crash
+    let l = c.elect(3_000);
+    c.run_for(300);
+    let reqs: Vec<_> = (0..10u128)
+        .map(|i| c.submit(l, TaskId(i), task("echo", b"")))
+        .collect();
+    c.run_for(100);
+    assert!(reqs.iter().all(|r| accepted(&c, *r)));
+    for i in ids(3) {
+        c.crash(i);
+    }
+    c.exec_ms = 20;
+    for i in ids(3) {
+        c.restart(i);
+        assert_eq!(
+            c.node(i).scheduler().len(),
+            10,
+            "rebuilt from the persisted log"
+        );
+    }
+    c.run_for(3_000);
+    let d = c.check_history();
+    assert_eq!(d.len(), 10);
+    assert!(d.values().all(|s| matches!(s, TaskState::Succeeded { .. })));
+}
+
+#[test]
 fn graceful_shutdown_hands_leadership_over() {
     let mut c = Cluster::new(13, 3, cfg());
     let l = c.elect(3_000);
