@@ -584,3 +584,22 @@ fn random_faults_keep_g1_to_g3_and_finish_every_acknowledged_task() {
     // The faults must leave room for work, or the run proves nothing.
     assert!(acked > 60 * 50, "only {acked} submits acknowledged");
 }
+
+#[test]
+fn raft_invariants_checker_catches_diverging_committed_entries() {
+    // Two independent one-node clusters commit different entries at the
+    // same indices: seen as two nodes of one cluster, that breaks Raft.
+    let mut a = Cluster::new(17, 1, cfg());
+    let mut b = Cluster::new(18, 1, cfg());
+    a.elect(3_000);
+    b.elect(3_000);
+    a.submit(NodeId(1), TaskId(1), task("echo", b"a"));
+    b.submit(NodeId(1), TaskId(2), task("echo", b"b"));
+    let mut checker = cohort_leader::RaftInvariants::default();
+    assert_eq!(checker.check(&[Some(a.node(NodeId(1))), None]), Ok(()));
+    assert!(checker.committed_seen() >= 2);
+    let err = checker
+        .check(&[Some(a.node(NodeId(1))), Some(b.node(NodeId(1)))])
+        .unwrap_err();
+    assert!(err.contains("different entry at 2"), "{err}");
+}

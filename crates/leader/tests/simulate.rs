@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// Seeds per test: `COHORT_SIM_SEEDS` (default `default`), for long runs.
+/// The 5-node test runs five times as many (200 by default).
 fn seeds(default: u64) -> u64 {
     std::env::var("COHORT_SIM_SEEDS")
         .ok()
@@ -42,7 +43,7 @@ fn replay(seed: u64, nodes: usize) -> String {
 
 #[test]
 fn leader_mode_passes_all_checkers_with_all_faults_at_5_nodes() {
-    for seed in 0..seeds(40) {
+    for seed in 0..seeds(40) * 5 {
         let r = sim(seed, 5);
         assert!(r.passed(), "{r}\n{}", replay(seed, 5));
         assert!(r.tasks_acked > 0, "{r}");
