@@ -258,6 +258,8 @@ pub struct LeaderNode {
     inflight: Inflight,
     waiting: Waiting,
     was_leader: bool,
+    /// Snapshots received from a leader and restored since boot.
+    snapshots_installed: u64,
     /// The leader last heartbeated, to greet a new one at once.
     greeted: Option<NodeId>,
     armed: Option<Time>,
@@ -295,6 +297,7 @@ impl Node for LeaderNode {
             inflight: Inflight::default(),
             waiting: Waiting::default(),
             was_leader: false,
+            snapshots_installed: 0,
             greeted: None,
             armed: None,
             now,
@@ -381,6 +384,11 @@ impl LeaderNode {
     /// Raft's log (terms of entries, for log-matching checkers).
     pub fn raft_log(&self) -> &RaftLog {
         self.raft.log()
+    }
+
+    /// Snapshots received from a leader and restored since boot.
+    pub fn snapshots_installed(&self) -> u64 {
+        self.snapshots_installed
     }
 
     /// The replicated scheduler state as applied here.
@@ -760,6 +768,7 @@ impl LeaderNode {
         if let Some(snap) = ready.snapshot {
             self.sm = decode(&snap.data, usize::MAX).expect("a snapshot we made decodes");
             self.applied = snap.meta.index;
+            self.snapshots_installed += 1;
             self.after_state_jump();
         }
         let mut assigned_to_me = Vec::new();

@@ -5,7 +5,7 @@
 use cohort_core::{NodeId, Note, SupersedeReason, TaskId, Time};
 use cohort_leader::raft::Role;
 use cohort_leader::RaftInvariants;
-use cohort_leader::{LeaderNode, ValidLeaderConfig};
+use cohort_leader::{LeaderConfig, LeaderNode, ValidLeaderConfig};
 use cohort_sim::history::HistoryEvent;
 use cohort_sim::{run, Invariants, Report, SimConfig};
 use std::collections::{BTreeMap, BTreeSet};
@@ -64,6 +64,34 @@ fn leader_mode_passes_all_checkers_with_all_faults_at_3_and_7_nodes() {
             eprintln!("3 and 7 nodes: {} seeds each clean", seed + 1);
         }
     }
+}
+
+#[test]
+fn aggressive_compaction_ships_snapshots_and_passes_all_checkers() {
+    let cfg = LeaderConfig {
+        snapshot_entries_threshold: 30,
+        snapshot_keep_entries: 5,
+        snapshot_chunk_bytes: 200,
+        ..LeaderConfig::default()
+    }
+    .validate()
+    .expect("valid");
+    let mut installs = 0;
+    for seed in 0..seeds(40) / 2 {
+        let mut raft = RaftInvariants::default();
+        let mut seen: BTreeMap<usize, u64> = BTreeMap::new();
+        let mut inv = |_now: Time, nodes: &[Option<&LeaderNode>]| {
+            for (i, n) in nodes.iter().enumerate() {
+                let v = n.map_or(0, |n| n.snapshots_installed());
+                let last = seen.insert(i, v).unwrap_or(0);
+                installs += v.saturating_sub(last);
+            }
+            raft.check(nodes)
+        };
+        let r = run::<LeaderNode>(&config(2_000_000 + seed, 5), &cfg, &mut inv);
+        assert!(r.passed(), "{r}\n{}", replay(2_000_000 + seed, 5));
+    }
+    assert!(installs > 0, "no snapshot was ever shipped");
 }
 
 #[test]
