@@ -373,6 +373,22 @@ impl Node for LeaderNode {
     fn id(&self) -> NodeId {
         self.peers.id
     }
+
+    fn status(&self) -> cohort_core::NodeStatus {
+        let st = self.raft_status();
+        let role = match st.role {
+            crate::raft::Role::Follower => "follower",
+            crate::raft::Role::PreCandidate => "pre-candidate",
+            crate::raft::Role::Candidate => "candidate",
+            crate::raft::Role::Leader => "leader",
+        };
+        cohort_core::NodeStatus {
+            id: st.id,
+            role,
+            leader: st.leader,
+            term: Some(st.term),
+        }
+    }
 }
 
 impl LeaderNode {
