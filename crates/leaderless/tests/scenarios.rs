@@ -361,4 +361,3 @@ fn cancelling_a_pending_or_running_task_decides_cancelled_once() {
     );
     let _ = task(b"");
 }
-

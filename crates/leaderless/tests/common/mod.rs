@@ -358,6 +358,17 @@ impl Sim {
     fn check_note(&mut self, id: NodeId, note: &Note) {
         match note {
             Note::Assigned { task, epoch, node } => {
+                // A task runs again only after its previous assignment ended.
+                if *epoch > Epoch(1) {
+                    let prev_epoch = Epoch(epoch.0 - 1);
+                    let ended = self.notes.iter().any(|(_, _, n)| {
+                        matches!(n, Note::Superseded { task: t, epoch: e, .. } if t == task && *e == prev_epoch)
+                    });
+                    assert!(
+                        ended,
+                        "G3: {task:?} {epoch} assigned before {prev_epoch} ended"
+                    );
+                }
                 let prev = self.assigned.insert((*task, *epoch), *node);
                 assert!(
                     prev.is_none_or(|p| p == *node),
