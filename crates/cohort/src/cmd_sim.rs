@@ -1,0 +1,217 @@
+//! `cohort sim`: run seeds of the deterministic simulator on every core.
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use cohort_sim::{FaultKinds, Guarantee, NoInvariants, Report, SimConfig};
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// Which coordination mode to simulate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SimMode {
+    /// The naive baseline: one fixed coordinator, nothing replicated.
+    Static,
+}
+
+/// Arguments of `cohort sim`.
+#[derive(Args, Debug)]
+pub struct SimArgs {
+    /// Coordination mode.
+    #[arg(long, value_enum)]
+    mode: SimMode,
+    /// Run exactly this seed (replays a reported failure).
+    #[arg(long, conflicts_with = "seeds")]
+    seed: Option<u64>,
+    /// Run this many seeds, starting at --seed-start.
+    #[arg(long)]
+    seeds: Option<u64>,
+    /// First seed of a --seeds run (default: drawn from the clock and printed).
+    #[arg(long)]
+    seed_start: Option<u64>,
+    /// Cluster size.
+    #[arg(long, default_value_t = 5)]
+    nodes: usize,
+    /// Faults to inject: `none`, `all`, or a list of crash,pause,loss,dup,reorder,partition.
+    #[arg(long, default_value = "all")]
+    faults: FaultKinds,
+    /// Length of the safety phase (faults on), simulated milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    safety_ms: u64,
+    /// Length of the liveness phase (faults healed), simulated milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    liveness_ms: u64,
+    /// Write a readable event log of the (single) seed to this file.
+    #[arg(long, requires = "seed")]
+    trace: Option<std::path::PathBuf>,
+    /// Worker threads (default: every core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print every violation of a failing seed, not only the first.
+    #[arg(long)]
+    verbose: bool,
+}
+
+impl SimArgs {
+    fn config(&self, seed: u64) -> SimConfig {
+        let mut config = SimConfig::new(seed, self.nodes);
+        config.faults = self.faults;
+        config.safety_ms = self.safety_ms;
+        config.liveness_ms = self.liveness_ms;
+        config.record_trace = self.trace.is_some();
+        config
+    }
+
+    fn replay_command(&self, seed: u64) -> String {
+        let mode = match self.mode {
+            SimMode::Static => "static",
+        };
+        format!(
+            "cohort sim --mode {mode} --seed {seed} --nodes {} --faults {} --safety-ms {} --liveness-ms {}",
+            self.nodes, self.faults, self.safety_ms, self.liveness_ms
+        )
+    }
+
+    fn run_one(&self, seed: u64) -> Report {
+        let config = self.config(seed);
+        match self.mode {
+            SimMode::Static => cohort_sim::run::<cohort_static::StaticNode>(
+                &config,
+                &cohort_static::StaticConfig::default(),
+                &mut NoInvariants,
+            ),
+        }
+    }
+}
+
+/// Runs `cohort sim`; the exit code is non-zero when any seed violated a guarantee.
+pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
+    if args.nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    if let Some(seed) = args.seed {
+        return run_single(&args, seed);
+    }
+    let count = args.seeds.unwrap_or(100);
+    let start = args.seed_start.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    });
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    println!(
+        "cohort sim: mode {:?}, {count} seeds from {start}, {} nodes, faults {}, {threads} threads",
+        args.mode, args.nodes, args.faults
+    );
+    let next = AtomicU64::new(0);
+    let failed: Mutex<Vec<(u64, Report)>> = Mutex::new(Vec::new());
+    let events = AtomicU64::new(0);
+    let began = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    break;
+                }
+                let seed = start.wrapping_add(i);
+                let report = args.run_one(seed);
+                events.fetch_add(report.events, Ordering::Relaxed);
+                if !report.violations.is_empty() {
+                    println!("FAIL seed {seed}: {}", report.violations[0]);
+                    println!("  replay: {}", args.replay_command(seed));
+                    failed
+                        .lock()
+                        .expect("no panics hold this lock")
+                        .push((seed, report));
+                }
+            });
+        }
+    });
+    let secs = began.elapsed().as_secs_f64().max(1e-9);
+    let failed = failed.into_inner().expect("threads joined");
+    let events = events.into_inner();
+    let mut by_guarantee: std::collections::BTreeMap<Guarantee, usize> =
+        std::collections::BTreeMap::new();
+    for (_, report) in &failed {
+        for v in &report.violations {
+            *by_guarantee.entry(v.guarantee).or_default() += 1;
+        }
+    }
+    let breakdown: Vec<String> = by_guarantee
+        .iter()
+        .map(|(g, n)| format!("{g} {n}"))
+        .collect();
+    println!(
+        "seeds {count}, failing {}, violations {} [{}], events {events}, {:.0} events/s, {:.1} seeds/s",
+        failed.len(),
+        failed.iter().map(|(_, r)| r.violation_count).sum::<u64>(),
+        breakdown.join(", "),
+        events as f64 / secs,
+        count as f64 / secs,
+    );
+    Ok(if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn run_single(args: &SimArgs, seed: u64) -> anyhow::Result<ExitCode> {
+    let began = Instant::now();
+    let report = args.run_one(seed);
+    let secs = began.elapsed().as_secs_f64().max(1e-9);
+    println!("seed {seed}: {}", report.plan);
+    println!(
+        "tasks submitted {}, acknowledged {}, final {}, executions {}, messages {}, events {} ({:.0} events/s), trace hash {:016x}",
+        report.tasks_submitted,
+        report.tasks_acked,
+        report.tasks_final,
+        report.executions,
+        report.messages,
+        report.events,
+        report.events as f64 / secs,
+        report.trace_hash
+    );
+    if let Some(path) = &args.trace {
+        let mut file = std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("creating trace file {}", path.display()))?,
+        );
+        for line in &report.trace {
+            writeln!(file, "{line}")?;
+        }
+        file.flush()?;
+        println!(
+            "trace: {} events written to {}",
+            report.trace.len(),
+            path.display()
+        );
+    }
+    let shown = if args.verbose {
+        report.violations.len()
+    } else {
+        report.violations.len().min(10)
+    };
+    for v in &report.violations[..shown] {
+        println!("VIOLATION {v}");
+    }
+    if report.violations.is_empty() {
+        println!("ok: no violations");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!(
+            "{} violations; replay: {}",
+            report.violations.len(),
+            args.replay_command(seed)
+        );
+        Ok(ExitCode::FAILURE)
+    }
+}

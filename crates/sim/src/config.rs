@@ -1,0 +1,330 @@
+//! What a simulation run is asked to do: the seed, the cluster size, which
+//! kinds of fault may be drawn, the phases and the client workload.
+
+use cohort_core::Limits;
+use std::fmt;
+use std::str::FromStr;
+
+/// Settings of one simulation run. Everything random in the run is drawn
+/// from `seed`; the rest is fixed here.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SimConfig {
+    /// The one seed every random choice of the run comes from.
+    pub seed: u64,
+    /// Cluster size; nodes are `n1..=n{nodes}`.
+    pub nodes: usize,
+    /// Which kinds of fault the fault plan may draw.
+    pub faults: FaultKinds,
+    /// Length of the safety phase (faults on, clients submitting).
+    pub safety_ms: u64,
+    /// Length of the liveness phase (everything healed, no new faults).
+    pub liveness_ms: u64,
+    /// The client workload.
+    pub workload: Workload,
+    /// Keep one readable line per event in [`crate::Report::trace`].
+    pub record_trace: bool,
+    /// Limits handed to every node.
+    pub limits: Limits,
+    /// Tasks each node runs at once.
+    pub capacity_tasks: u32,
+    /// Stop the run after this many events (a runaway node, e.g. one that
+    /// re-arms a timer at `now` forever); reported as a violation.
+    pub events_max: u64,
+    /// Most violations kept in the report; the count stays exact.
+    pub violations_max: usize,
+    /// End the run early, once the liveness phase has begun and every
+    /// client is done (every task acknowledged and read final).
+    pub stop_when_done: bool,
+}
+
+impl SimConfig {
+    /// Sane defaults: every fault kind, 30 s of safety phase, 30 s of
+    /// liveness phase, the default workload, no readable trace.
+    pub fn new(seed: u64, nodes: usize) -> SimConfig {
+        SimConfig {
+            seed,
+            nodes,
+            faults: FaultKinds::ALL,
+            safety_ms: 30_000,
+            liveness_ms: 30_000,
+            workload: Workload::default(),
+            record_trace: false,
+            limits: Limits::default(),
+            capacity_tasks: 8,
+            events_max: 50_000_000,
+            violations_max: 100,
+            stop_when_done: true,
+        }
+    }
+
+    /// Refuses settings the simulator cannot run. Changes nothing.
+    pub fn validate(&self) -> Result<(), SimConfigError> {
+        if self.nodes == 0 {
+            return Err(SimConfigError::Invalid("nodes must be positive".into()));
+        }
+        if self.nodes > self.limits.members_max {
+            return Err(SimConfigError::Invalid(format!(
+                "{} nodes exceeds members_max = {}",
+                self.nodes, self.limits.members_max
+            )));
+        }
+        if self.capacity_tasks == 0 {
+            return Err(SimConfigError::Invalid(
+                "capacity_tasks must be positive".into(),
+            ));
+        }
+        self.limits
+            .validate()
+            .map_err(|e| SimConfigError::Invalid(e.to_string()))?;
+        self.workload.validate()
+    }
+}
+
+/// A configuration the simulator refuses. No run was started.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SimConfigError {
+    /// A setting is out of range.
+    #[error("invalid simulator configuration: {0}")]
+    Invalid(String),
+}
+
+/// The kinds of fault a run may inject.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FaultKinds {
+    /// Nodes crash (volatile state lost) and restart from their store.
+    pub crash: bool,
+    /// Nodes pause (GC pause, SIGSTOP) and resume with stale beliefs.
+    pub pause: bool,
+    /// Messages are lost.
+    pub loss: bool,
+    /// Messages are delivered twice.
+    pub duplicate: bool,
+    /// Messages overtake each other (otherwise every link is FIFO).
+    pub reorder: bool,
+    /// Links are cut: one node isolated, halves split, or one-way.
+    pub partition: bool,
+}
+
+const FAULT_NAMES: [&str; 6] = ["crash", "pause", "loss", "dup", "reorder", "partition"];
+
+impl FaultKinds {
+    /// Every kind of fault.
+    pub const ALL: FaultKinds = FaultKinds {
+        crash: true,
+        pause: true,
+        loss: true,
+        duplicate: true,
+        reorder: true,
+        partition: true,
+    };
+    /// No fault at all.
+    pub const NONE: FaultKinds = FaultKinds {
+        crash: false,
+        pause: false,
+        loss: false,
+        duplicate: false,
+        reorder: false,
+        partition: false,
+    };
+
+    fn flags(&self) -> [bool; 6] {
+        [
+            self.crash,
+            self.pause,
+            self.loss,
+            self.duplicate,
+            self.reorder,
+            self.partition,
+        ]
+    }
+
+    fn flag_mut(&mut self, i: usize) -> &mut bool {
+        match i {
+            0 => &mut self.crash,
+            1 => &mut self.pause,
+            2 => &mut self.loss,
+            3 => &mut self.duplicate,
+            4 => &mut self.reorder,
+            _ => &mut self.partition,
+        }
+    }
+}
+
+/// A fault list that does not parse. Nothing was configured.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FaultKindsError {
+    /// A word is not a fault kind.
+    #[error("unknown fault kind {word:?}: expected none, all, or a comma list of crash,pause,loss,dup,reorder,partition")]
+    Unknown {
+        /// The word.
+        word: String,
+    },
+    /// The list is empty.
+    #[error("empty fault list: use \"none\" for no faults")]
+    Empty,
+}
+
+impl FromStr for FaultKinds {
+    type Err = FaultKindsError;
+
+    fn from_str(s: &str) -> Result<FaultKinds, FaultKindsError> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err(FaultKindsError::Empty);
+        }
+        match s {
+            "none" => return Ok(FaultKinds::NONE),
+            "all" => return Ok(FaultKinds::ALL),
+            _ => {}
+        }
+        let mut kinds = FaultKinds::NONE;
+        for word in s.split(',').map(str::trim) {
+            let canonical = match word {
+                "duplicate" => "dup",
+                "partitions" => "partition",
+                w => w,
+            };
+            let i = FAULT_NAMES
+                .iter()
+                .position(|n| *n == canonical)
+                .ok_or_else(|| FaultKindsError::Unknown { word: word.into() })?;
+            *kinds.flag_mut(i) = true;
+        }
+        Ok(kinds)
+    }
+}
+
+impl fmt::Display for FaultKinds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self
+            .flags()
+            .iter()
+            .zip(FAULT_NAMES)
+            .filter(|(on, _)| **on)
+            .map(|(_, n)| n)
+            .collect();
+        if names.is_empty() {
+            f.write_str("none")
+        } else {
+            f.write_str(&names.join(","))
+        }
+    }
+}
+
+/// The simulated clients: one client per task, submitting it, retrying,
+/// then polling it with linearizable reads until it is final.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Workload {
+    /// Mean task arrivals per second (a Poisson process, safety phase only).
+    pub arrivals_per_sec: f64,
+    /// Shortest handler run time.
+    pub task_ms_min: u64,
+    /// Longest handler run time.
+    pub task_ms_max: u64,
+    /// Probability that one execution fails.
+    pub handler_failure_rate: f64,
+    /// A client gives up waiting for a reply after this long and retries.
+    pub client_timeout_ms: u64,
+    /// `Task::max_attempts` of every submitted task.
+    pub max_attempts: u32,
+    /// Shortest gap between two polls of a task.
+    pub poll_ms_min: u64,
+    /// Longest gap between two polls of a task.
+    pub poll_ms_max: u64,
+    /// Shortest back-off after a retryable error.
+    pub backoff_ms_min: u64,
+    /// Longest back-off after a retryable error.
+    pub backoff_ms_max: u64,
+    /// Redirects (`NotLeader{Some}`) followed in a row before backing off.
+    pub redirects_max: u32,
+    /// Most tasks submitted in one run.
+    pub tasks_max: u64,
+}
+
+impl Default for Workload {
+    fn default() -> Workload {
+        Workload {
+            arrivals_per_sec: 20.0,
+            task_ms_min: 10,
+            task_ms_max: 200,
+            handler_failure_rate: 0.1,
+            client_timeout_ms: 1_000,
+            max_attempts: 3,
+            poll_ms_min: 200,
+            poll_ms_max: 500,
+            backoff_ms_min: 50,
+            backoff_ms_max: 200,
+            redirects_max: 4,
+            tasks_max: 100_000,
+        }
+    }
+}
+
+impl Workload {
+    /// Refuses a workload the simulator cannot run. Changes nothing.
+    pub fn validate(&self) -> Result<(), SimConfigError> {
+        let bad = |what: &str| Err(SimConfigError::Invalid(what.to_string()));
+        if !(self.arrivals_per_sec.is_finite() && self.arrivals_per_sec >= 0.0) {
+            return bad("arrivals_per_sec must be finite and >= 0");
+        }
+        if !(0.0..=1.0).contains(&self.handler_failure_rate) {
+            return bad("handler_failure_rate must be within 0..=1");
+        }
+        if self.task_ms_min > self.task_ms_max {
+            return bad("task_ms_min must not exceed task_ms_max");
+        }
+        if self.poll_ms_min > self.poll_ms_max || self.poll_ms_min == 0 {
+            return bad("poll_ms_min must be positive and not exceed poll_ms_max");
+        }
+        if self.backoff_ms_min > self.backoff_ms_max || self.backoff_ms_min == 0 {
+            return bad("backoff_ms_min must be positive and not exceed backoff_ms_max");
+        }
+        if self.client_timeout_ms == 0 {
+            return bad("client_timeout_ms must be positive");
+        }
+        if self.max_attempts == 0 {
+            return bad("max_attempts must be positive");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_kinds_parse_and_print_canonically() {
+        assert_eq!("none".parse::<FaultKinds>().unwrap(), FaultKinds::NONE);
+        assert_eq!("all".parse::<FaultKinds>().unwrap(), FaultKinds::ALL);
+        let k: FaultKinds = "partition, crash,dup".parse().unwrap();
+        assert!(k.crash && k.duplicate && k.partition);
+        assert!(!k.pause && !k.loss && !k.reorder);
+        assert_eq!(k.to_string(), "crash,dup,partition");
+        assert_eq!(FaultKinds::NONE.to_string(), "none");
+        assert_eq!(
+            FaultKinds::ALL.to_string().parse::<FaultKinds>().unwrap(),
+            FaultKinds::ALL
+        );
+    }
+
+    #[test]
+    fn fault_kinds_refuse_unknown_words_with_a_typed_error() {
+        assert_eq!(
+            "crash,flood".parse::<FaultKinds>(),
+            Err(FaultKindsError::Unknown {
+                word: "flood".into()
+            })
+        );
+        assert_eq!("".parse::<FaultKinds>(), Err(FaultKindsError::Empty));
+    }
+
+    #[test]
+    fn invalid_settings_are_refused() {
+        assert!(SimConfig::new(1, 3).validate().is_ok());
+        assert!(SimConfig::new(1, 0).validate().is_err());
+        let mut c = SimConfig::new(1, 3);
+        c.workload.handler_failure_rate = 1.5;
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,1250 @@
+//! The event loop: one seeded RNG, a virtual clock, a queue of events
+//! ordered by `(time, sequence number)`, the network, the disks, the
+//! clients and the fault injector.
+
+use crate::checkers::{check_all, Guarantee, Violations};
+use crate::config::SimConfig;
+use crate::history::{History, HistoryEvent};
+use crate::plan::{FaultPlan, Recurring};
+use crate::trace::Fnv64;
+use crate::workload::{result_bytes, SimPayload};
+use crate::{Invariants, Report};
+use cohort_core::{
+    decode, encode, Action, ClientError, ClientRequest, ClientResponse, Consistency, Epoch, Node,
+    NodeId, NodeRng, Peers, RequestId, StoreOp, Stored, Task, TaskId, TaskOutcome, Time,
+    TimerToken,
+};
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+
+type Reply = Result<ClientResponse, ClientError>;
+
+/// Something that happens at an instant.
+#[derive(Debug)]
+enum Event {
+    /// A peer message arrives (decoded here, at delivery).
+    Deliver {
+        from: usize,
+        to: usize,
+        bytes: Vec<u8>,
+    },
+    Timer {
+        node: usize,
+        inc: u64,
+        token: TimerToken,
+    },
+    TaskDone {
+        node: usize,
+        inc: u64,
+        task: TaskId,
+        epoch: Epoch,
+        outcome: TaskOutcome,
+    },
+    FsyncDone {
+        node: usize,
+        inc: u64,
+    },
+    /// A client request arrives at a node.
+    Request {
+        node: usize,
+        request: RequestId,
+        req: ClientRequest,
+    },
+    /// A node's reply arrives at its client.
+    Response {
+        node: usize,
+        request: RequestId,
+        reply: Reply,
+    },
+    ClientTimeout {
+        op: usize,
+        request: RequestId,
+    },
+    ClientWake {
+        op: usize,
+        generation: u64,
+    },
+    Arrival,
+    Crash,
+    Restart {
+        node: usize,
+        inc: u64,
+    },
+    Pause,
+    Resume {
+        node: usize,
+        inc: u64,
+    },
+    PartitionStart,
+    PartitionEnd {
+        id: u64,
+    },
+    Heal,
+}
+
+impl Event {
+    /// The node an event is handed to, for events a node handles.
+    fn node_bound(&self) -> Option<usize> {
+        match self {
+            Event::Deliver { to, .. } => Some(*to),
+            Event::Timer { node, .. }
+            | Event::TaskDone { node, .. }
+            | Event::FsyncDone { node, .. }
+            | Event::Request { node, .. } => Some(*node),
+            _ => None,
+        }
+    }
+
+    /// The incarnation an event belongs to, if it dies with a crash.
+    fn incarnation(&self) -> Option<u64> {
+        match self {
+            Event::Timer { inc, .. }
+            | Event::TaskDone { inc, .. }
+            | Event::FsyncDone { inc, .. } => Some(*inc),
+            _ => None,
+        }
+    }
+}
+
+/// A queue entry: the ordering key and where the event waits in the slab.
+/// Small, so the heap moves 24 bytes, not whole events.
+struct Scheduled {
+    at: Time,
+    seq: u64,
+    slot: usize,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    /// Reversed: `BinaryHeap` is a max-heap and the earliest event goes first;
+    /// ties go to the event scheduled first (`seq` is a global counter).
+    fn cmp(&self, other: &Self) -> Ordering {
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+/// The event queue: a min-heap on `(time, sequence number)`, a total order.
+#[derive(Default)]
+struct Queue {
+    heap: BinaryHeap<Scheduled>,
+    slab: Vec<Option<Event>>,
+    free: Vec<usize>,
+    seq: u64,
+}
+
+impl Queue {
+    fn push(&mut self, at: Time, event: Event) {
+        self.seq += 1;
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slab[slot] = Some(event);
+                slot
+            }
+            None => {
+                self.slab.push(Some(event));
+                self.slab.len() - 1
+            }
+        };
+        self.heap.push(Scheduled {
+            at,
+            seq: self.seq,
+            slot,
+        });
+    }
+
+    /// The earliest event, if it is due at or before `until`.
+    fn pop_until(&mut self, until: Time) -> Option<(Time, Event)> {
+        if self.heap.peek()?.at > until {
+            return None;
+        }
+        let s = self.heap.pop()?;
+        let event = self.slab[s.slot].take().expect("a queued event");
+        self.free.push(s.slot);
+        Some((s.at, event))
+    }
+}
+
+/// One simulated machine: its node (if up), its disk and its pipeline.
+struct Slot<N: Node> {
+    id: NodeId,
+    node: Option<N>,
+    /// Bumped at every crash: events of an older incarnation are dropped.
+    inc: u64,
+    /// What survived every fsync so far.
+    durable: Stored,
+    /// The writes of the fsync in flight.
+    unsynced: Vec<StoreOp>,
+    fsync_in_flight: bool,
+    /// Actions waiting for the fsync in flight, in order.
+    pipeline: VecDeque<Action<N::Message>>,
+    paused: bool,
+    /// Events that arrived while paused, handed over at resume.
+    held: VecDeque<Event>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Submitting,
+    Polling,
+    Done,
+    Refused,
+}
+
+/// One client, with one task.
+struct ClientOp {
+    id: TaskId,
+    task: Task,
+    phase: Phase,
+    /// The request whose reply or timeout moves the op on.
+    current: Option<RequestId>,
+    /// Invalidates wake-ups scheduled before the latest send.
+    generation: u64,
+    redirects: u32,
+    acked: bool,
+}
+
+struct Pending {
+    op: usize,
+    node: usize,
+    sent_at: Time,
+    submit: bool,
+    answered: bool,
+}
+
+pub(crate) struct Sim<'a, N: Node> {
+    cfg: &'a SimConfig,
+    node_cfg: &'a N::Config,
+    rng: ChaCha8Rng,
+    plan: FaultPlan,
+    now: Time,
+    safety_end: Time,
+    end: Time,
+    queue: Queue,
+    peers: Vec<Peers>,
+    slots: Vec<Slot<N>>,
+    /// `blocked[from * n + to]`: the link is cut.
+    blocked: Vec<bool>,
+    /// Per-link delivery time of the last message, for FIFO links.
+    link_last: Vec<Time>,
+    partition: Option<u64>,
+    partitions: u64,
+    healed: bool,
+    ops: Vec<ClientOp>,
+    ops_open: usize,
+    requests: BTreeMap<RequestId, Pending>,
+    next_request: u64,
+    history: History,
+    violations: Violations,
+    hash: Fnv64,
+    record: bool,
+    trace: Vec<String>,
+    events: u64,
+    executions: u64,
+    messages: u64,
+    message_bytes: u64,
+    faults: u64,
+}
+
+const TAG_DELIVER: u8 = 1;
+const TAG_TIMER: u8 = 2;
+const TAG_TASK_DONE: u8 = 3;
+const TAG_FSYNC: u8 = 4;
+const TAG_REQUEST: u8 = 5;
+const TAG_RESPONSE: u8 = 6;
+const TAG_CLIENT: u8 = 7;
+const TAG_FAULT: u8 = 8;
+const TAG_PERSIST: u8 = 16;
+const TAG_SEND: u8 = 17;
+const TAG_EXECUTE: u8 = 18;
+const TAG_REPLY: u8 = 19;
+const TAG_SET_TIMER: u8 = 20;
+const TAG_NOTE: u8 = 21;
+
+impl<'a, N: Node> Sim<'a, N> {
+    pub(crate) fn new(cfg: &'a SimConfig, node_cfg: &'a N::Config) -> Sim<'a, N> {
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        let plan = FaultPlan::draw(&mut rng, &cfg.faults);
+        let n = cfg.nodes;
+        let members: Vec<NodeId> = (1..=n as u64).map(NodeId).collect();
+        let peers = members
+            .iter()
+            .map(|id| {
+                Peers::new(*id, members.clone(), cfg.capacity_tasks, cfg.limits.clone())
+                    .expect("validated configuration")
+            })
+            .collect();
+        let slots = members
+            .iter()
+            .map(|id| Slot {
+                id: *id,
+                node: None,
+                inc: 0,
+                durable: Stored::new(),
+                unsynced: Vec::new(),
+                fsync_in_flight: false,
+                pipeline: VecDeque::new(),
+                paused: false,
+                held: VecDeque::new(),
+            })
+            .collect();
+        let safety_end = Time::from_millis(cfg.safety_ms);
+        Sim {
+            cfg,
+            node_cfg,
+            rng,
+            plan,
+            now: Time::ZERO,
+            safety_end,
+            end: Time::from_millis(cfg.safety_ms + cfg.liveness_ms),
+            queue: Queue::default(),
+            peers,
+            slots,
+            blocked: vec![false; n * n],
+            link_last: vec![Time::ZERO; n * n],
+            partition: None,
+            partitions: 0,
+            healed: false,
+            ops: Vec::new(),
+            ops_open: 0,
+            requests: BTreeMap::new(),
+            next_request: 1,
+            history: History::new(),
+            violations: Violations::new(cfg.violations_max),
+            hash: Fnv64::new(),
+            record: cfg.record_trace,
+            trace: Vec::new(),
+            events: 0,
+            executions: 0,
+            messages: 0,
+            message_bytes: 0,
+            faults: 0,
+        }
+    }
+
+    pub(crate) fn run(mut self, invariants: &mut dyn Invariants<N>) -> Report {
+        for i in 0..self.slots.len() {
+            self.boot(i);
+        }
+        if self.cfg.workload.arrivals_per_sec > 0.0 {
+            let gap = self.arrival_gap_us();
+            self.schedule_in(gap, Event::Arrival);
+        }
+        if let Some(r) = self.plan.crash {
+            let gap = self.exp_us(r.every_us);
+            self.schedule_in(gap, Event::Crash);
+        }
+        if let Some(r) = self.plan.pause {
+            let gap = self.exp_us(r.every_us);
+            self.schedule_in(gap, Event::Pause);
+        }
+        if let Some(r) = self.plan.partition {
+            let gap = self.exp_us(r.every_us);
+            self.schedule_in(gap, Event::PartitionStart);
+        }
+        self.schedule(self.safety_end, Event::Heal);
+
+        let mut liveness_ended = true;
+        let mut finished_at = self.end;
+        while let Some((at, event)) = self.queue.pop_until(self.end) {
+            self.now = at;
+            self.events += 1;
+            if self.events > self.cfg.events_max {
+                let detail = format!(
+                    "the run was stopped after events_max = {} events",
+                    self.cfg.events_max
+                );
+                self.violations.push(Guarantee::Invariant, self.now, detail);
+                liveness_ended = false;
+                finished_at = self.now;
+                break;
+            }
+            self.process(event);
+            let view: Vec<Option<&N>> = self.slots.iter().map(|s| s.node.as_ref()).collect();
+            if let Err(detail) = invariants.check(self.now, &view) {
+                self.violations.push(Guarantee::Invariant, self.now, detail);
+            }
+            if self.cfg.stop_when_done && self.healed && self.ops_open == 0 {
+                finished_at = self.now;
+                break;
+            }
+        }
+        check_all(
+            &self.history,
+            finished_at,
+            liveness_ended,
+            &mut self.violations,
+        );
+        self.report(finished_at)
+    }
+
+    fn report(self, finished_at: Time) -> Report {
+        let mut finals = BTreeSet::new();
+        for r in &self.history.records {
+            match &r.event {
+                HistoryEvent::Noted {
+                    note: cohort_core::Note::Decided { task, state },
+                    ..
+                } if state.is_final() => {
+                    finals.insert(*task);
+                }
+                HistoryEvent::Read {
+                    task,
+                    result: Ok(state),
+                    ..
+                } if state.is_final() => {
+                    finals.insert(*task);
+                }
+                _ => {}
+            }
+        }
+        let violation_count = self.violations.count();
+        Report {
+            seed: self.cfg.seed,
+            plan: self.plan,
+            violations: self.violations.into_kept(),
+            violation_count,
+            trace_hash: self.hash.finish(),
+            events: self.events,
+            simulated_ms: finished_at.as_millis(),
+            tasks_submitted: self.ops.len() as u64,
+            tasks_acked: self.ops.iter().filter(|o| o.acked).count() as u64,
+            tasks_final: finals.len() as u64,
+            executions: self.executions,
+            messages: self.messages,
+            message_bytes: self.message_bytes,
+            faults_injected: self.faults,
+            trace: self.trace,
+            history: self.history,
+        }
+    }
+
+    // ----- scheduling and randomness -------------------------------------
+
+    fn schedule(&mut self, at: Time, event: Event) {
+        self.queue.push(at.max(self.now), event);
+    }
+
+    fn schedule_in(&mut self, us: u64, event: Event) {
+        self.schedule(Time(self.now.0.saturating_add(us)), event);
+    }
+
+    /// An exponential draw of mean `mean_us`.
+    fn exp_us(&mut self, mean_us: u64) -> u64 {
+        let u: f64 = self.rng.gen();
+        (-(1.0 - u).ln() * mean_us as f64) as u64
+    }
+
+    fn arrival_gap_us(&mut self) -> u64 {
+        let mean = 1e6 / self.cfg.workload.arrivals_per_sec;
+        let u: f64 = self.rng.gen();
+        (-(1.0 - u).ln() * mean) as u64
+    }
+
+    fn between_ms(&mut self, lo: u64, hi: u64) -> u64 {
+        self.rng.gen_range(lo..=hi) * 1000
+    }
+
+    fn lasting(&mut self, r: Recurring) -> u64 {
+        self.rng
+            .gen_range(r.lasts_min_us..=r.lasts_max_us.max(r.lasts_min_us))
+    }
+
+    fn latency_us(&mut self) -> u64 {
+        let mut us = self.plan.latency_base_us + self.exp_us(self.plan.latency_tail_us);
+        if self.plan.jitter_us > 0 {
+            us += self.rng.gen_range(0..=self.plan.jitter_us);
+        }
+        us
+    }
+
+    /// Whether one message is lost (never after healing).
+    fn lost(&mut self) -> bool {
+        !self.healed && self.plan.loss > 0.0 && self.rng.gen_bool(self.plan.loss)
+    }
+
+    fn duplicated(&mut self) -> bool {
+        !self.healed && self.plan.duplicate > 0.0 && self.rng.gen_bool(self.plan.duplicate)
+    }
+
+    /// When a message sent now on `from -> to` arrives.
+    fn link_arrival(&mut self, from: usize, to: usize) -> Time {
+        let at = Time(self.now.0 + self.latency_us());
+        if !self.plan.fifo {
+            return at;
+        }
+        let last = &mut self.link_last[from * self.cfg.nodes + to];
+        let at = at.max(*last);
+        *last = at;
+        at
+    }
+
+    fn index_of(&self, id: NodeId) -> Option<usize> {
+        let i = usize::try_from(id.0).ok()?.checked_sub(1)?;
+        (i < self.slots.len()).then_some(i)
+    }
+
+    fn line(&mut self, text: impl FnOnce() -> String) {
+        if self.record {
+            let t = text();
+            self.trace.push(t);
+        }
+    }
+
+    fn hash_event(&mut self, tag: u8, who: u64, extra: &[u8]) {
+        self.hash.u64(self.now.0);
+        self.hash.bytes(&[tag]);
+        self.hash.u64(who);
+        self.hash.bytes(extra);
+    }
+
+    // ----- event dispatch --------------------------------------------------
+
+    fn process(&mut self, event: Event) {
+        if let Some(i) = event.node_bound() {
+            return self.hand_to_node(i, event);
+        }
+        match event {
+            Event::Response {
+                node,
+                request,
+                reply,
+            } => self.on_response(node, request, reply),
+            Event::ClientTimeout { op, request } => {
+                self.hash_event(TAG_CLIENT, op as u64, &request.0.to_le_bytes());
+                if self.ops[op].current == Some(request) {
+                    let now = self.now;
+                    self.line(|| format!("{} client{op} timeout r{}", now, request.0));
+                    let to = self.random_node();
+                    self.client_send(op, to);
+                }
+            }
+            Event::ClientWake { op, generation } => {
+                self.hash_event(TAG_CLIENT, op as u64, &generation.to_le_bytes());
+                let o = &self.ops[op];
+                if o.generation == generation
+                    && matches!(o.phase, Phase::Submitting | Phase::Polling)
+                {
+                    let to = self.random_node();
+                    self.client_send(op, to);
+                }
+            }
+            Event::Arrival => self.on_arrival(),
+            Event::Crash => self.on_crash(),
+            Event::Restart { node, inc } => {
+                if self.slots[node].inc == inc && self.slots[node].node.is_none() {
+                    self.hash_event(TAG_FAULT, node as u64, b"restart");
+                    let now = self.now;
+                    self.line(|| format!("{} restart n{}", now, node + 1));
+                    self.boot(node);
+                }
+            }
+            Event::Pause => self.on_pause(),
+            Event::Resume { node, inc } => {
+                if self.slots[node].inc == inc && self.slots[node].paused {
+                    self.hash_event(TAG_FAULT, node as u64, b"resume");
+                    let now = self.now;
+                    self.line(|| format!("{} resume n{}", now, node + 1));
+                    self.resume(node);
+                }
+            }
+            Event::PartitionStart => self.on_partition_start(),
+            Event::PartitionEnd { id } => {
+                if self.partition == Some(id) {
+                    self.hash_event(TAG_FAULT, id, b"partition end");
+                    let now = self.now;
+                    self.line(|| format!("{} partition healed", now));
+                    self.blocked.fill(false);
+                    self.partition = None;
+                }
+            }
+            Event::Heal => self.on_heal(),
+            Event::Deliver { .. }
+            | Event::Timer { .. }
+            | Event::TaskDone { .. }
+            | Event::FsyncDone { .. }
+            | Event::Request { .. } => unreachable!("node-bound events are routed above"),
+        }
+    }
+
+    /// Hands `event` to node `i`: dropped if the node is down (or the event
+    /// belongs to an earlier incarnation), held if it is paused.
+    fn hand_to_node(&mut self, i: usize, event: Event) {
+        let slot = &mut self.slots[i];
+        if slot.node.is_none() || event.incarnation().is_some_and(|inc| inc != slot.inc) {
+            return;
+        }
+        if let Event::Deliver { from, to, .. } = &event {
+            if self.blocked[from * self.cfg.nodes + to] {
+                return;
+            }
+        }
+        if slot.paused {
+            slot.held.push_back(event);
+            return;
+        }
+        self.dispatch(i, event);
+    }
+
+    fn dispatch(&mut self, i: usize, event: Event) {
+        let now = self.now;
+        let id = self.slots[i].id;
+        match event {
+            Event::Deliver { from, bytes, .. } => {
+                self.hash_event(TAG_DELIVER, id.0, &bytes);
+                let limit = self.cfg.limits.message_bytes_max;
+                let msg = match decode::<N::Message>(&bytes, limit) {
+                    Ok(msg) => msg,
+                    Err(e) => {
+                        let detail = format!("message n{} -> {id} does not decode: {e}", from + 1);
+                        self.violations.push(Guarantee::Invariant, now, detail);
+                        return;
+                    }
+                };
+                self.line(|| format!("{now} {id} <- n{} {msg:?}", from + 1));
+                let from = self.slots[from].id;
+                self.node_mut(i).handle_message(now, from, msg);
+            }
+            Event::Timer { token, .. } => {
+                self.hash_event(TAG_TIMER, id.0, &token.0.to_le_bytes());
+                self.line(|| format!("{now} {id} timer {}", token.0));
+                self.node_mut(i).handle_timer(now, token);
+            }
+            Event::TaskDone {
+                task,
+                epoch,
+                outcome,
+                ..
+            } => {
+                self.hash_event(TAG_TASK_DONE, id.0, &encode(&(task, epoch, &outcome)));
+                self.line(|| format!("{now} {id} finished {task:?} {epoch} {outcome:?}"));
+                self.history.push(
+                    now,
+                    HistoryEvent::Completed {
+                        node: id,
+                        task,
+                        epoch,
+                        outcome: outcome.clone(),
+                    },
+                );
+                self.node_mut(i)
+                    .handle_task_finished(now, task, epoch, outcome);
+            }
+            Event::FsyncDone { .. } => {
+                self.hash_event(TAG_FSYNC, id.0, &[]);
+                self.line(|| format!("{now} {id} fsync done"));
+                let slot = &mut self.slots[i];
+                let ops = std::mem::take(&mut slot.unsynced);
+                slot.durable.apply(&ops);
+                slot.fsync_in_flight = false;
+            }
+            Event::Request { request, req, .. } => {
+                self.hash_event(TAG_REQUEST, id.0, &encode(&(request, &req)));
+                self.line(|| format!("{now} {id} <- client r{} {req:?}", request.0));
+                self.node_mut(i).handle_client(now, request, req);
+            }
+            other => unreachable!("not a node event: {other:?}"),
+        }
+        self.drain(i);
+        self.pump(i);
+    }
+
+    fn node_mut(&mut self, i: usize) -> &mut N {
+        self.slots[i]
+            .node
+            .as_mut()
+            .expect("dispatch only to a node that is up")
+    }
+
+    /// Moves the node's output batch into its pipeline.
+    fn drain(&mut self, i: usize) {
+        let Slot { node, pipeline, .. } = &mut self.slots[i];
+        if let Some(node) = node {
+            pipeline.extend(node.actions());
+        }
+    }
+
+    /// Carries out pipeline actions in order until one must wait for an fsync.
+    fn pump(&mut self, i: usize) {
+        loop {
+            let slot = &mut self.slots[i];
+            if slot.fsync_in_flight || slot.node.is_none() {
+                return;
+            }
+            let Some(action) = slot.pipeline.pop_front() else {
+                return;
+            };
+            self.carry_out(i, action);
+        }
+    }
+
+    fn carry_out(&mut self, i: usize, action: Action<N::Message>) {
+        let now = self.now;
+        let id = self.slots[i].id;
+        match action {
+            Action::Persist(ops) => {
+                self.hash_event(TAG_PERSIST, id.0, &encode(&ops));
+                self.line(|| format!("  {id} persist {} ops", ops.len()));
+                let us = self
+                    .rng
+                    .gen_range(self.plan.fsync_min_us..=self.plan.fsync_max_us);
+                let slot = &mut self.slots[i];
+                slot.unsynced = ops;
+                slot.fsync_in_flight = true;
+                let inc = slot.inc;
+                self.schedule_in(us, Event::FsyncDone { node: i, inc });
+            }
+            Action::Send { to, msg } => {
+                let bytes = encode(&msg);
+                self.hash_event(TAG_SEND, id.0, &bytes);
+                self.messages += 1;
+                self.message_bytes += bytes.len() as u64;
+                let Some(j) = self.index_of(to) else {
+                    let detail = format!("{id} sent to {to}, which is not a member");
+                    self.violations.push(Guarantee::Invariant, now, detail);
+                    return;
+                };
+                self.line(|| format!("  {id} -> {to} {msg:?}"));
+                if self.blocked[i * self.cfg.nodes + j] || self.lost() {
+                    return;
+                }
+                if self.duplicated() {
+                    let at = self.link_arrival(i, j);
+                    let copy = bytes.clone();
+                    self.schedule(
+                        at,
+                        Event::Deliver {
+                            from: i,
+                            to: j,
+                            bytes: copy,
+                        },
+                    );
+                }
+                let at = self.link_arrival(i, j);
+                self.schedule(
+                    at,
+                    Event::Deliver {
+                        from: i,
+                        to: j,
+                        bytes,
+                    },
+                );
+            }
+            Action::Execute {
+                id: task,
+                epoch,
+                task: body,
+            } => {
+                self.hash_event(TAG_EXECUTE, id.0, &encode(&(task, epoch, &body)));
+                self.line(|| format!("  {id} execute {task:?} {epoch}"));
+                self.executions += 1;
+                self.history.push(
+                    now,
+                    HistoryEvent::Executed {
+                        node: id,
+                        task,
+                        epoch,
+                    },
+                );
+                let failed = self.rng.gen_bool(self.cfg.workload.handler_failure_rate);
+                let (ms, outcome) = match SimPayload::decode(&body.payload) {
+                    None => (
+                        0,
+                        TaskOutcome::Failure("payload is not a SimPayload".into()),
+                    ),
+                    Some(p) if p.duration_ms > body.timeout_ms => (
+                        body.timeout_ms,
+                        TaskOutcome::Failure(format!("timed out after {} ms", body.timeout_ms)),
+                    ),
+                    Some(p) if failed => (
+                        p.duration_ms,
+                        TaskOutcome::Failure("the handler failed".into()),
+                    ),
+                    Some(p) => (
+                        p.duration_ms,
+                        TaskOutcome::Success(result_bytes(task, epoch, id)),
+                    ),
+                };
+                let inc = self.slots[i].inc;
+                self.schedule_in(
+                    ms * 1000,
+                    Event::TaskDone {
+                        node: i,
+                        inc,
+                        task,
+                        epoch,
+                        outcome,
+                    },
+                );
+            }
+            Action::Reply { request, reply } => {
+                self.hash_event(TAG_REPLY, id.0, &encode(&(request, &reply)));
+                self.line(|| format!("  {id} reply r{} {reply:?}", request.0));
+                let Some(p) = self.requests.get_mut(&request) else {
+                    let detail = format!("{id} replied to r{}, which no client sent", request.0);
+                    self.violations.push(Guarantee::Invariant, now, detail);
+                    return;
+                };
+                if p.node != i || p.answered {
+                    let detail = format!(
+                        "{id} replied to r{} (sent to n{}), already answered: {}",
+                        request.0,
+                        p.node + 1,
+                        p.answered
+                    );
+                    self.violations.push(Guarantee::Invariant, now, detail);
+                    return;
+                }
+                p.answered = true;
+                if self.lost() {
+                    return;
+                }
+                let us = self.latency_us();
+                self.schedule_in(
+                    us,
+                    Event::Response {
+                        node: i,
+                        request,
+                        reply,
+                    },
+                );
+            }
+            Action::SetTimer { token, at } => {
+                let mut b = [0u8; 16];
+                b[..8].copy_from_slice(&token.0.to_le_bytes());
+                b[8..].copy_from_slice(&at.0.to_le_bytes());
+                self.hash_event(TAG_SET_TIMER, id.0, &b);
+                let inc = self.slots[i].inc;
+                self.schedule(
+                    at,
+                    Event::Timer {
+                        node: i,
+                        inc,
+                        token,
+                    },
+                );
+            }
+            Action::Note(note) => {
+                self.hash_event(TAG_NOTE, id.0, &encode(&note));
+                self.line(|| format!("  {id} note {note:?}"));
+                self.history
+                    .push(now, HistoryEvent::Noted { node: id, note });
+            }
+        }
+    }
+
+    // ----- machines: boot, crash, pause ----------------------------------
+
+    fn boot(&mut self, i: usize) {
+        let rng = NodeRng::seed_from_u64(self.rng.next_u64());
+        let node = N::boot(
+            &self.peers[i],
+            self.node_cfg,
+            &self.slots[i].durable,
+            rng,
+            self.now,
+        );
+        assert_eq!(
+            node.id(),
+            self.slots[i].id,
+            "a node must boot as the id it was given"
+        );
+        self.slots[i].node = Some(node);
+        self.drain(i);
+        self.pump(i);
+    }
+
+    fn faulty(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s.node.is_none() || s.paused)
+            .count()
+    }
+
+    /// At most a minority is down or paused at once (at least one node).
+    fn may_fault_another(&self) -> bool {
+        self.faulty() < ((self.cfg.nodes - 1) / 2).max(1)
+    }
+
+    fn on_crash(&mut self) {
+        let Some(r) = self.plan.crash else { return };
+        if self.healed || self.now >= self.safety_end {
+            return;
+        }
+        let gap = self.exp_us(r.every_us);
+        self.schedule_in(gap, Event::Crash);
+        if !self.may_fault_another() {
+            return;
+        }
+        let up: Vec<usize> = (0..self.slots.len())
+            .filter(|i| self.slots[*i].node.is_some())
+            .collect();
+        if up.is_empty() {
+            return;
+        }
+        let i = up[self.rng.gen_range(0..up.len())];
+        let down_us = self.lasting(r);
+        self.faults += 1;
+        self.hash_event(TAG_FAULT, i as u64, b"crash");
+        let now = self.now;
+        self.line(|| format!("{} crash n{} for {}us", now, i + 1, down_us));
+        let slot = &mut self.slots[i];
+        slot.node = None;
+        slot.inc += 1;
+        slot.unsynced.clear();
+        slot.fsync_in_flight = false;
+        slot.pipeline.clear();
+        slot.paused = false;
+        slot.held.clear();
+        let inc = slot.inc;
+        self.schedule_in(down_us, Event::Restart { node: i, inc });
+    }
+
+    fn on_pause(&mut self) {
+        let Some(r) = self.plan.pause else { return };
+        if self.healed || self.now >= self.safety_end {
+            return;
+        }
+        let gap = self.exp_us(r.every_us);
+        self.schedule_in(gap, Event::Pause);
+        if !self.may_fault_another() {
+            return;
+        }
+        let running: Vec<usize> = (0..self.slots.len())
+            .filter(|i| self.slots[*i].node.is_some() && !self.slots[*i].paused)
+            .collect();
+        if running.is_empty() {
+            return;
+        }
+        let i = running[self.rng.gen_range(0..running.len())];
+        let us = self.lasting(r);
+        self.faults += 1;
+        self.hash_event(TAG_FAULT, i as u64, b"pause");
+        let now = self.now;
+        self.line(|| format!("{} pause n{} for {}us", now, i + 1, us));
+        self.slots[i].paused = true;
+        let inc = self.slots[i].inc;
+        self.schedule_in(us, Event::Resume { node: i, inc });
+    }
+
+    /// Ends a pause: everything that arrived meanwhile is handled now, in order.
+    fn resume(&mut self, i: usize) {
+        self.slots[i].paused = false;
+        let held = std::mem::take(&mut self.slots[i].held);
+        for event in held {
+            self.dispatch(i, event);
+        }
+    }
+
+    fn on_partition_start(&mut self) {
+        let Some(r) = self.plan.partition else { return };
+        if self.healed || self.now >= self.safety_end {
+            return;
+        }
+        let gap = self.exp_us(r.every_us);
+        self.schedule_in(gap, Event::PartitionStart);
+        let n = self.cfg.nodes;
+        if n < 2 || self.partition.is_some() {
+            return;
+        }
+        let kind = self.rng.gen_range(0..3u8);
+        let a = self.rng.gen_range(0..n);
+        let description = match kind {
+            0 => {
+                for x in (0..n).filter(|x| *x != a) {
+                    self.blocked[a * n + x] = true;
+                    self.blocked[x * n + a] = true;
+                }
+                format!("n{} isolated", a + 1)
+            }
+            1 => {
+                let mut order: Vec<usize> = (0..n).collect();
+                for k in (1..n).rev() {
+                    let j = self.rng.gen_range(0..=k);
+                    order.swap(k, j);
+                }
+                let k = self.rng.gen_range(1..=n / 2);
+                let side: BTreeSet<usize> = order[..k].iter().copied().collect();
+                for x in 0..n {
+                    for y in 0..n {
+                        if side.contains(&x) != side.contains(&y) {
+                            self.blocked[x * n + y] = true;
+                        }
+                    }
+                }
+                let names: Vec<String> = side.iter().map(|x| format!("n{}", x + 1)).collect();
+                format!("split {{{}}} from the rest", names.join(","))
+            }
+            _ => {
+                let inbound = self.rng.gen_bool(0.5);
+                for x in (0..n).filter(|x| *x != a) {
+                    if inbound {
+                        self.blocked[x * n + a] = true;
+                    } else {
+                        self.blocked[a * n + x] = true;
+                    }
+                }
+                let dir = if inbound {
+                    "hears nobody"
+                } else {
+                    "is heard by nobody"
+                };
+                format!("one-way: n{} {dir}", a + 1)
+            }
+        };
+        let us = self.lasting(r);
+        self.partitions += 1;
+        let id = self.partitions;
+        self.partition = Some(id);
+        self.faults += 1;
+        self.hash_event(TAG_FAULT, id, description.as_bytes());
+        let now = self.now;
+        self.line(|| format!("{} partition: {description} for {us}us", now));
+        self.schedule_in(us, Event::PartitionEnd { id });
+    }
+
+    fn on_heal(&mut self) {
+        self.healed = true;
+        self.hash_event(TAG_FAULT, 0, b"heal");
+        let now = self.now;
+        self.line(|| format!("{} heal: liveness phase begins", now));
+        self.blocked.fill(false);
+        self.partition = None;
+        for i in 0..self.slots.len() {
+            if self.slots[i].node.is_none() {
+                self.boot(i);
+            } else if self.slots[i].paused {
+                self.resume(i);
+            }
+        }
+    }
+
+    // ----- clients ---------------------------------------------------------
+
+    fn random_node(&mut self) -> usize {
+        self.rng.gen_range(0..self.cfg.nodes)
+    }
+
+    fn on_arrival(&mut self) {
+        if self.now >= self.safety_end {
+            return;
+        }
+        let gap = self.arrival_gap_us();
+        self.schedule_in(gap, Event::Arrival);
+        let w = &self.cfg.workload;
+        if self.ops.len() as u64 >= w.tasks_max {
+            return;
+        }
+        let (lo, hi) = (w.task_ms_min, w.task_ms_max);
+        let task = Task {
+            kind: "sleep".into(),
+            payload: SimPayload {
+                duration_ms: self.rng.gen_range(lo..=hi),
+                seq: self.ops.len() as u64,
+            }
+            .encode(),
+            timeout_ms: hi * 2 + 100,
+            max_attempts: w.max_attempts,
+        };
+        let id = TaskId::random(&mut self.rng);
+        let op = self.ops.len();
+        self.hash_event(TAG_CLIENT, op as u64, &encode(&(id, &task)));
+        let now = self.now;
+        self.line(|| format!("{} client{op} arrives with {id:?}", now));
+        self.history.push(
+            self.now,
+            HistoryEvent::Submitted {
+                task: id,
+                content: task.clone(),
+            },
+        );
+        self.ops.push(ClientOp {
+            id,
+            task,
+            phase: Phase::Submitting,
+            current: None,
+            generation: 0,
+            redirects: 0,
+            acked: false,
+        });
+        self.ops_open += 1;
+        let to = self.random_node();
+        self.client_send(op, to);
+    }
+
+    /// Sends op's next request (a `Submit` or a linearizable `Get`) to `node`.
+    fn client_send(&mut self, op: usize, node: usize) {
+        let request = RequestId(self.next_request);
+        self.next_request += 1;
+        let o = &mut self.ops[op];
+        let (req, submit) = match o.phase {
+            Phase::Submitting => (
+                ClientRequest::Submit {
+                    id: o.id,
+                    task: o.task.clone(),
+                },
+                true,
+            ),
+            Phase::Polling => (
+                ClientRequest::Get {
+                    id: o.id,
+                    consistency: Consistency::Linearizable,
+                },
+                false,
+            ),
+            Phase::Done | Phase::Refused => return,
+        };
+        o.current = Some(request);
+        o.generation += 1;
+        self.requests.insert(
+            request,
+            Pending {
+                op,
+                node,
+                sent_at: self.now,
+                submit,
+                answered: false,
+            },
+        );
+        if !self.lost() {
+            let us = self.latency_us();
+            self.schedule_in(us, Event::Request { node, request, req });
+        }
+        let timeout = self.cfg.workload.client_timeout_ms * 1000;
+        self.schedule_in(timeout, Event::ClientTimeout { op, request });
+    }
+
+    /// Waits `lo..=hi` ms, then sends op's next request to a random node.
+    fn client_wait(&mut self, op: usize, lo: u64, hi: u64) {
+        let us = self.between_ms(lo, hi);
+        let o = &mut self.ops[op];
+        o.current = None;
+        o.generation += 1;
+        let generation = o.generation;
+        self.schedule_in(us, Event::ClientWake { op, generation });
+    }
+
+    fn client_finish(&mut self, op: usize, phase: Phase) {
+        let o = &mut self.ops[op];
+        if matches!(o.phase, Phase::Submitting | Phase::Polling) {
+            self.ops_open -= 1;
+        }
+        o.phase = phase;
+        o.current = None;
+        o.generation += 1;
+    }
+
+    fn on_response(&mut self, node: usize, request: RequestId, reply: Reply) {
+        let now = self.now;
+        let node_id = self.slots[node].id;
+        self.hash_event(TAG_RESPONSE, node_id.0, &encode(&(request, &reply)));
+        self.line(|| format!("{now} client <- {node_id} r{} {reply:?}", request.0));
+        let p = &self.requests[&request];
+        let (op, sent_at, submit) = (p.op, p.sent_at, p.submit);
+        let task = self.ops[op].id;
+        let w = self.cfg.workload.clone();
+        let current = self.ops[op].current == Some(request);
+
+        if submit {
+            match &reply {
+                Ok(ClientResponse::Accepted { id }) if *id == task => {
+                    self.history.push(
+                        now,
+                        HistoryEvent::Acked {
+                            task,
+                            node: node_id,
+                            content: self.ops[op].task.clone(),
+                        },
+                    );
+                    let o = &mut self.ops[op];
+                    o.acked = true;
+                    if o.phase == Phase::Submitting {
+                        o.phase = Phase::Polling;
+                        o.redirects = 0;
+                        self.client_wait(op, w.poll_ms_min, w.poll_ms_max);
+                    }
+                    return;
+                }
+                Ok(other) => {
+                    let detail = format!("{node_id} answered Submit of {task:?} with {other:?}");
+                    self.violations.push(Guarantee::Invariant, now, detail);
+                }
+                Err(e) if !e.is_retryable() => {
+                    self.history.push(
+                        now,
+                        HistoryEvent::SubmitRefused {
+                            task,
+                            node: node_id,
+                            error: e.clone(),
+                        },
+                    );
+                    if current && self.ops[op].phase == Phase::Submitting {
+                        self.client_finish(op, Phase::Refused);
+                    }
+                    return;
+                }
+                Err(_) => {}
+            }
+        } else {
+            let result = match &reply {
+                Ok(ClientResponse::State { id, state }) if *id == task => Ok(state.clone()),
+                Ok(other) => {
+                    let detail = format!("{node_id} answered Get of {task:?} with {other:?}");
+                    self.violations.push(Guarantee::Invariant, now, detail);
+                    return;
+                }
+                Err(e) => Err(e.clone()),
+            };
+            let is_final = result.as_ref().is_ok_and(|s| s.is_final());
+            self.history.push(
+                now,
+                HistoryEvent::Read {
+                    task,
+                    node: node_id,
+                    sent_at,
+                    result,
+                },
+            );
+            if is_final {
+                if self.ops[op].phase == Phase::Polling {
+                    self.client_finish(op, Phase::Done);
+                }
+                return;
+            }
+        }
+        if !current {
+            return;
+        }
+        // The op's outstanding request was answered without moving it on.
+        match reply {
+            Err(ClientError::NotLeader { leader: Some(l) })
+                if self.ops[op].redirects < w.redirects_max =>
+            {
+                self.ops[op].redirects += 1;
+                match self.index_of(l) {
+                    Some(j) => self.client_send(op, j),
+                    None => self.client_wait(op, w.backoff_ms_min, w.backoff_ms_max),
+                }
+            }
+            Ok(_) => {
+                self.ops[op].redirects = 0;
+                self.client_wait(op, w.poll_ms_min, w.poll_ms_max);
+            }
+            Err(_) => {
+                self.ops[op].redirects = 0;
+                self.client_wait(op, w.backoff_ms_min, w.backoff_ms_max);
+            }
+        }
+    }
+}
