@@ -5,6 +5,21 @@ use crate::record::{TaskHeader, TaskValue};
 use cohort_core::TaskId;
 use serde::{Deserialize, Serialize};
 
+/// What a replica holds of a task, as answered to a read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadState {
+    /// Body and replicas.
+    pub header: TaskHeader,
+    /// The latest version the replica knows chosen.
+    pub version: u64,
+    /// Its value.
+    pub value: TaskValue,
+    /// Whether the replica accepted a value in the instance after
+    /// `version`: that value may be chosen already, so a linearizable read
+    /// must settle the instance before answering.
+    pub in_doubt: bool,
+}
+
 /// A peer message of the leaderless mode.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LeaderlessMessage {
@@ -37,9 +52,8 @@ pub enum LeaderlessMessage {
     ReadReply {
         /// The operation answered.
         op: u64,
-        /// The task's header, its latest chosen version and that version's
-        /// value, if the replica has the task.
-        found: Option<(TaskHeader, u64, TaskValue)>,
+        /// What the replica holds of the task, if anything.
+        found: Option<ReadState>,
     },
     /// Paxos phase 1a for the instance deciding `version + 1`.
     Prepare {

@@ -9,7 +9,7 @@
 
 use crate::config::LeaderlessConfig;
 use crate::membership::{Membership, GENERATION_KEY};
-use crate::message::LeaderlessMessage;
+use crate::message::{LeaderlessMessage, ReadState};
 use crate::paxos::acceptor::{self, AcceptReply, PrepareReply};
 use crate::paxos::proposer::{Intent, Outcome, Proposal, Proposer, StartError};
 use crate::paxos::Ballot;
@@ -82,6 +82,9 @@ pub struct LeaderlessNode {
     finished: BTreeMap<TaskId, Finished>,
     /// Clients waiting for a cancel of each task.
     cancel_waiters: BTreeMap<TaskId, Vec<RequestId>>,
+    /// Clients whose linearizable read waits for this node's proposal on
+    /// the task to end.
+    read_waiters: BTreeMap<TaskId, Vec<RequestId>>,
     /// Messages to this node itself, handled before the input returns.
     loopback: VecDeque<LeaderlessMessage>,
     /// Where the anti-entropy scan goes on from.
@@ -279,19 +282,45 @@ impl LeaderlessNode {
         request: RequestId,
         id: TaskId,
         purpose: ReadPurpose,
-        best: Option<(TaskHeader, u64, TaskValue)>,
+        best: Option<ReadState>,
     ) {
-        let Some((header, version, value)) = best else {
+        let Some(ReadState {
+            header,
+            version,
+            value,
+            in_doubt,
+        }) = best
+        else {
             return self.reply(request, Err(ClientError::NotFound { id }));
         };
         match purpose {
-            ReadPurpose::Get => self.reply(
+            ReadPurpose::Get if !in_doubt => self.reply(
                 request,
                 Ok(ClientResponse::State {
                     id,
                     state: value.state,
                 }),
             ),
+            ReadPurpose::Get => {
+                // A value accepted after `version` may be chosen already:
+                // finish that instance (or find it empty) before answering.
+                match self.propose(now, id, header, version, value, Intent::Settle) {
+                    Ok(()) => self.read_waiters.entry(id).or_default().push(request),
+                    Err(StartError::Busy) => self.reply(
+                        request,
+                        Err(Self::unavailable(
+                            "a decision on this task is in flight here",
+                        )),
+                    ),
+                    Err(StartError::Full) => self.reply(
+                        request,
+                        Err(ClientError::Overloaded {
+                            what: "paxos_in_flight_max".into(),
+                            limit: self.config.paxos_in_flight_max,
+                        }),
+                    ),
+                }
+            }
             ReadPurpose::Cancel => {
                 if value.state.is_final() {
                     return self.reply(
@@ -553,6 +582,12 @@ impl LeaderlessNode {
                 version,
                 value,
             } => (proposal, version, value, false),
+            Outcome::Settled { proposal } => {
+                // Nothing was in doubt: the base is the latest chosen value.
+                let state = proposal.base.state.clone();
+                self.answer_reads(proposal.id, &state);
+                return;
+            }
             Outcome::Send(_) => unreachable!("not an end"),
         };
         let (id, header, intent) = (
@@ -593,6 +628,7 @@ impl LeaderlessNode {
                 assert_eq!(e, StartError::Full, "the proposal for this task just ended");
             }
         }
+        self.answer_reads(id, &value.state);
         if !self.proposer.is_running(id) {
             if let Some(waiters) = self.cancel_waiters.remove(&id) {
                 for request in waiters {
@@ -615,6 +651,21 @@ impl LeaderlessNode {
                     self.finished.remove(&id);
                 }
             }
+        }
+    }
+
+    /// Answers the linearizable reads waiting on this node's proposal for
+    /// `id`: `state` is chosen, and at least as new as any value chosen
+    /// before those reads began.
+    fn answer_reads(&mut self, id: TaskId, state: &TaskState) {
+        for request in self.read_waiters.remove(&id).unwrap_or_default() {
+            self.reply(
+                request,
+                Ok(ClientResponse::State {
+                    id,
+                    state: state.clone(),
+                }),
+            );
         }
     }
 
@@ -826,10 +877,12 @@ impl LeaderlessNode {
                 }
             }
             LeaderlessMessage::Read { op, id } => {
-                let found = self
-                    .records
-                    .get(&id)
-                    .map(|r| (r.header.clone(), r.version, r.value.clone()));
+                let found = self.records.get(&id).map(|r| ReadState {
+                    header: r.header.clone(),
+                    version: r.version,
+                    value: r.value.clone(),
+                    in_doubt: r.accepted.is_some(),
+                });
                 self.send(from, LeaderlessMessage::ReadReply { op, found });
             }
             LeaderlessMessage::ReadReply { op, found } => {
@@ -987,6 +1040,7 @@ impl Node for LeaderlessNode {
             executing: BTreeMap::new(),
             finished: BTreeMap::new(),
             cancel_waiters: BTreeMap::new(),
+            read_waiters: BTreeMap::new(),
             loopback: VecDeque::new(),
             anti_entropy_cursor: None,
             out: Vec::new(),

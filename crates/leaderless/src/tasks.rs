@@ -2,8 +2,8 @@
 //! quorum reads. The node that receives a client request coordinates it;
 //! any node may.
 
+use crate::message::ReadState;
 use crate::paxos::majority;
-use crate::record::{TaskHeader, TaskValue};
 use cohort_core::{NodeId, RequestId, TaskId, Time};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -45,7 +45,7 @@ pub enum Op {
         /// Why.
         purpose: ReadPurpose,
         /// Answers so far.
-        replies: BTreeMap<NodeId, Option<(TaskHeader, u64, TaskValue)>>,
+        replies: BTreeMap<NodeId, Option<ReadState>>,
         /// Replicas asked.
         replicas: usize,
         /// Give up (retryable) at this time.
@@ -130,19 +130,14 @@ impl Ops {
     }
 
     /// A replica's answer to a read. Once a majority answered, removes the
-    /// operation and returns the most advanced answer.
-    #[allow(clippy::type_complexity)]
+    /// operation and returns the most advanced answer, `in_doubt` if any
+    /// answer at that version accepted a value in the next instance.
     pub fn read_reply(
         &mut self,
         op: u64,
         from: NodeId,
-        found: Option<(TaskHeader, u64, TaskValue)>,
-    ) -> Option<(
-        RequestId,
-        TaskId,
-        ReadPurpose,
-        Option<(TaskHeader, u64, TaskValue)>,
-    )> {
+        found: Option<ReadState>,
+    ) -> Option<(RequestId, TaskId, ReadPurpose, Option<ReadState>)> {
         let Some(Op::Read {
             replies, replicas, ..
         }) = self.ops.get_mut(&op)
@@ -163,7 +158,15 @@ impl Ops {
         else {
             unreachable!("matched above")
         };
-        let best = replies.into_values().flatten().max_by_key(|(_, v, _)| *v);
+        let answers: Vec<ReadState> = replies.into_values().flatten().collect();
+        let best = answers
+            .iter()
+            .max_by_key(|a| a.version)
+            .cloned()
+            .map(|mut b| {
+                b.in_doubt = answers.iter().any(|a| a.version == b.version && a.in_doubt);
+                b
+            });
         Some((request, id, purpose, best))
     }
 

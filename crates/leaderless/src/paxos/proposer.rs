@@ -34,6 +34,10 @@ pub enum Intent {
     },
     /// Any state not final → `Cancelled`.
     Cancel,
+    /// No change of its own: finish the instance on top of the base if a
+    /// value was accepted in it (a linearizable read whose replicas are in
+    /// doubt), else stop.
+    Settle,
 }
 
 impl Intent {
@@ -143,6 +147,12 @@ pub enum Outcome {
         /// Its value.
         value: TaskValue,
     },
+    /// A `Settle` found nothing accepted in a majority: the base is the
+    /// latest chosen value (the proposal is over).
+    Settled {
+        /// The finished proposal.
+        proposal: Proposal,
+    },
     /// An acceptor knows the chosen `value` at a later `version` (the
     /// proposal is over).
     Ahead {
@@ -236,7 +246,7 @@ impl Proposer {
         if self.proposals.len() >= self.in_flight_max {
             return Err(StartError::Full);
         }
-        assert!(intent.desired(self.me, &header, &base).is_some());
+        assert!(intent == Intent::Settle || intent.desired(self.me, &header, &base).is_some());
         let ballot = self.next_ballot(Ballot::ZERO);
         let p = Proposal {
             id,
@@ -282,6 +292,10 @@ impl Proposer {
         // Keep the value accepted under the highest ballot, if any.
         let value = match promises.values().flatten().max_by_key(|(b, _)| *b) {
             Some((_, v)) => v.clone(),
+            None if p.intent == Intent::Settle => {
+                let proposal = self.proposals.remove(&id).expect("present above");
+                return Outcome::Settled { proposal };
+            }
             None => p
                 .intent
                 .desired(me, &p.header, &p.base)
