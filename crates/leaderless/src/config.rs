@@ -39,6 +39,9 @@ pub struct LeaderlessConfig {
     /// How many of its non-final records a replica offers to one peer per
     /// tick for anti-entropy.
     pub anti_entropy_batch_max: usize,
+    /// Lifeguard: the cap of the local health multiplier that stretches
+    /// SWIM timeouts while this node misses acks itself; 0 turns it off.
+    pub local_health_max: u32,
 }
 
 impl Default for LeaderlessConfig {
@@ -57,6 +60,7 @@ impl Default for LeaderlessConfig {
             swim_remove_down_after_ms: 30_000,
             announce_interval_ms: 500,
             anti_entropy_batch_max: 64,
+            local_health_max: 8,
         }
     }
 }

@@ -117,6 +117,14 @@ impl LeaderlessNode {
         self.membership.downs()
     }
 
+    /// Lifeguard's local health multiplier now, and the highest it reached.
+    pub fn local_health(&self) -> (u32, u32) {
+        (
+            self.membership.local_health(),
+            self.membership.local_health_peak(),
+        )
+    }
+
     /// The task's replicas, most preferred first.
     pub fn replicas_of(&self, id: TaskId) -> Vec<NodeId> {
         placement::replicas(id, &self.ring, self.config.replicas)

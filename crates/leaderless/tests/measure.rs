@@ -121,3 +121,66 @@ fn a_crashed_node_is_marked_down_everywhere_and_its_tasks_reclaimed_within_bound
     assert!(*downs.last().expect("seeds") <= 3_000, "{downs:?}");
     assert!(*reclaims.last().expect("seeds") <= 3_500, "{reclaims:?}");
 }
+
+/// Down notifications about nodes that never went down (every one here is
+/// a false positive), summed over every observer, with 5% message loss and
+/// node 1 CPU-starved (each of its inputs delayed up to `starved_ms`).
+/// Returns (false positives, observer node-hours, node 1's peak local health).
+fn false_positives(
+    seed: u64,
+    local_health_max: u32,
+    starved_ms: u64,
+    run_ms: u64,
+) -> (usize, f64, u32) {
+    let config = LeaderlessConfig {
+        local_health_max,
+        ..LeaderlessConfig::default()
+    };
+    let mut sim = Sim::new(seed, 5, config);
+    sim.loss_ppm = 50_000;
+    if starved_ms > 0 {
+        sim.slow_us.insert(NodeId(1), starved_ms * 1000);
+    }
+    sim.run_for(run_ms);
+    let fps: usize = sim
+        .members()
+        .iter()
+        .map(|&m| sim.node(m).downs().len())
+        .sum();
+    let node_hours = 5.0 * run_ms as f64 / 3_600_000.0;
+    (fps, node_hours, sim.node(NodeId(1)).local_health().1)
+}
+
+#[test]
+fn local_health_cuts_false_positives_caused_by_a_starved_node() {
+    let seeds = env_u64("SEEDS", 30);
+    let run_ms = env_u64("RUN_MS", 60_000);
+    let mut rows = Vec::new();
+    for (label, lhm, starved) in [
+        ("5% loss, healthy, no local health", 0, 0),
+        ("5% loss, healthy, local health", 8, 0),
+        ("5% loss, n1 starved, no local health", 0, 1_000),
+        ("5% loss, n1 starved, local health", 8, 1_000),
+    ] {
+        let (mut fps, mut hours, mut peak) = (0, 0.0, 0);
+        for seed in 0..seeds {
+            let (f, h, p) = false_positives(seed, lhm, starved, run_ms);
+            fps += f;
+            hours += h;
+            peak = peak.max(p);
+        }
+        eprintln!(
+            "{label}: {fps} false down notices in {hours:.2} node-hours = {:.1} per node-hour (n1 local health peak {peak})",
+            fps as f64 / hours
+        );
+        rows.push((fps, peak));
+    }
+    assert_eq!(rows[2].1, 0, "off means off");
+    assert!(rows[3].1 > 0, "the starved node notices it misses acks");
+    assert!(
+        rows[3].0 < rows[2].0,
+        "local health must cut the false positives: {} with vs {} without",
+        rows[3].0,
+        rows[2].0
+    );
+}

@@ -10,6 +10,16 @@
 //! were not removed, from which placement is computed): SWIM only decides
 //! which replica runs a task and who is worth waiting for.
 //!
+//! What foca lacks against false positives when this node is itself slow
+//! is added here, after Lifeguard: a local health multiplier that rises
+//! when one of this node's probes fails (foca 1.0 does not expose its own
+//! incarnation, so refutations, Lifeguard's other input, are not counted),
+//! falls after each probe cycle without a failure, and stretches by
+//! `1 + multiplier` the wait for a direct ack (up to 90% of the probe
+//! period) and the suspicion timeout of the timers foca asks for (foca
+//! cannot change its probe timings at run time, but its timers pass
+//! through here).
+//!
 //! Identities are `(node, generation)`. A node persists its generation and
 //! takes the next one at every boot, so a restarted node rejoins at once
 //! instead of waiting for the cluster to forget its old identity; foca's
@@ -81,6 +91,17 @@ pub struct Membership {
     downs: Vec<(NodeId, Time)>,
     /// Counters, for reports.
     swim_errors: u64,
+    /// Lifeguard's local health multiplier: 0 is healthy; SWIM timeouts
+    /// are stretched by `1 + local_health`.
+    local_health: u32,
+    /// foca's probe period.
+    probe_period: Duration,
+    /// The cap on `local_health` (0 turns the adaptation off).
+    local_health_max: u32,
+    /// Whether a probe of this node failed in the current probe cycle.
+    probe_failed_in_cycle: bool,
+    /// The highest `local_health` reached, for measurements.
+    local_health_peak: u32,
 }
 
 impl std::fmt::Debug for Membership {
@@ -128,7 +149,27 @@ impl Membership {
             last_announce: BTreeMap::new(),
             downs: Vec::new(),
             swim_errors: 0,
+            local_health: 0,
+            probe_period: Duration::from_millis(config.swim_probe_period_ms),
+            local_health_max: config.local_health_max,
+            probe_failed_in_cycle: false,
+            local_health_peak: 0,
         }
+    }
+
+    /// Lifeguard's local health multiplier now (0: healthy).
+    pub fn local_health(&self) -> u32 {
+        self.local_health
+    }
+
+    /// The highest local health multiplier reached since boot.
+    pub fn local_health_peak(&self) -> u32 {
+        self.local_health_peak
+    }
+
+    fn raise_local_health(&mut self) {
+        self.local_health = (self.local_health + 1).min(self.local_health_max);
+        self.local_health_peak = self.local_health_peak.max(self.local_health);
     }
 
     /// Whether `token` belongs to SWIM.
@@ -182,6 +223,14 @@ impl Membership {
         let Some(timer) = self.timers.remove(&token.0) else {
             return; // from before a restart
         };
+        if matches!(timer, Timer::ProbeRandomMember(_)) {
+            // A probe cycle ended: one without a failed probe is a sign of
+            // health.
+            if !self.probe_failed_in_cycle {
+                self.local_health = self.local_health.saturating_sub(1);
+            }
+            self.probe_failed_in_cycle = false;
+        }
         if self.foca.handle_timer(timer, &mut self.runtime).is_err() {
             self.swim_errors += 1;
         }
@@ -228,6 +277,18 @@ impl Membership {
             });
         }
         while let Some((after, timer)) = self.runtime.to_schedule() {
+            // Lifeguard's local-health-aware probe and suspicion: while this
+            // node misses acks itself, it gives a direct probe longer before
+            // asking others (within the probe period, which foca fixes) and
+            // gives a suspect longer to refute before declaring it down.
+            // The probe interval itself is not stretched: a slow node that
+            // probes less also spreads its own refutations more slowly.
+            let scale = 1 + self.local_health;
+            let after = match timer {
+                Timer::SendIndirectProbe { .. } => (after * scale).min(self.probe_period * 9 / 10),
+                Timer::ChangeSuspectToDown { .. } => after * scale,
+                _ => after,
+            };
             let token = self.next_token;
             self.next_token = self
                 .next_token
@@ -241,6 +302,10 @@ impl Membership {
         }
         while let Some(n) = self.runtime.to_notify() {
             match n {
+                OwnedNotification::ProbeFailed(..) => {
+                    self.probe_failed_in_cycle = true;
+                    self.raise_local_health();
+                }
                 OwnedNotification::MemberDown(id) => {
                     if self.downs.len() >= DOWNS_KEPT_MAX {
                         self.downs.remove(0);

@@ -88,7 +88,10 @@ pub struct Sim {
     nodes: BTreeMap<NodeId, LeaderlessNode>,
     stores: BTreeMap<NodeId, Stored>,
     incarnation: BTreeMap<NodeId, u64>,
-    queue: BTreeMap<(Time, u64), Event>,
+    queue: BTreeMap<(Time, u64), (Event, bool)>,
+    /// CPU-starved nodes: every message to them waits up to this many µs
+    /// more in their input queue (their timers still fire on time).
+    pub slow_us: BTreeMap<NodeId, u64>,
     seq: u64,
     paused: BTreeSet<NodeId>,
     held: Vec<Event>,
@@ -133,6 +136,7 @@ impl Sim {
             stores: members.iter().map(|&m| (m, Stored::new())).collect(),
             incarnation: members.iter().map(|&m| (m, 0)).collect(),
             queue: BTreeMap::new(),
+            slow_us: BTreeMap::new(),
             seq: 0,
             paused: BTreeSet::new(),
             held: Vec::new(),
@@ -247,8 +251,12 @@ impl Sim {
     }
 
     fn push(&mut self, at: Time, e: Event) {
+        self.push_delayed(at, e, false);
+    }
+
+    fn push_delayed(&mut self, at: Time, e: Event, delayed: bool) {
         self.seq += 1;
-        self.queue.insert((at, self.seq), e);
+        self.queue.insert((at, self.seq), (e, delayed));
     }
 
     /// Hands `node` a client request; the reply lands in `replies`.
@@ -425,10 +433,16 @@ impl Sim {
         let Some((&(at, seq), _)) = self.queue.iter().next() else {
             return false;
         };
-        let e = self.queue.remove(&(at, seq)).expect("present");
+        let (e, delayed) = self.queue.remove(&(at, seq)).expect("present");
         assert!(at >= self.now);
         self.now = at;
         let node = e.node();
+        let is_message = matches!(e, Event::Deliver { .. });
+        if let (false, true, Some(&max)) = (delayed, is_message, self.slow_us.get(&node)) {
+            let extra = self.rng.gen_range(0..=max);
+            self.push_delayed(Time(at.0 + extra), e, true);
+            return true;
+        }
         if self.paused.contains(&node) {
             self.held.push(e);
             return true;
