@@ -39,6 +39,8 @@ pub struct LeaderlessConfig {
     /// How many of its non-final records a replica offers to one peer per
     /// tick for anti-entropy.
     pub anti_entropy_batch_max: usize,
+    /// How often a node re-broadcasts its load when it did not change.
+    pub load_report_interval_ms: u64,
     /// Lifeguard: the cap of the local health multiplier that stretches
     /// SWIM timeouts while this node misses acks itself; 0 turns it off.
     pub local_health_max: u32,
@@ -61,6 +63,7 @@ impl Default for LeaderlessConfig {
             announce_interval_ms: 500,
             anti_entropy_batch_max: 64,
             local_health_max: 8,
+            load_report_interval_ms: 1_000,
         }
     }
 }
@@ -101,6 +104,7 @@ impl LeaderlessConfig {
             ("swim_remove_down_after_ms", self.swim_remove_down_after_ms),
             ("announce_interval_ms", self.announce_interval_ms),
             ("anti_entropy_batch_max", self.anti_entropy_batch_max as u64),
+            ("load_report_interval_ms", self.load_report_interval_ms),
         ];
         for (what, v) in positive {
             if v == 0 {

@@ -87,6 +87,9 @@ pub struct LeaderlessNode {
     read_waiters: BTreeMap<TaskId, Vec<RequestId>>,
     /// Messages to this node itself, handled before the input returns.
     loopback: VecDeque<LeaderlessMessage>,
+    /// Claims this node started for tasks whose preferred live replica was
+    /// full (work stealing).
+    steals: u64,
     /// Where the anti-entropy scan goes on from.
     anti_entropy_cursor: Option<TaskId>,
     out: Out,
@@ -128,6 +131,17 @@ impl LeaderlessNode {
     /// The task's replicas, most preferred first.
     pub fn replicas_of(&self, id: TaskId) -> Vec<NodeId> {
         placement::replicas(id, &self.ring, self.config.replicas)
+    }
+
+    /// Claims this node started for tasks whose preferred live replica
+    /// reported itself full (work stealing), since boot.
+    pub fn steals(&self) -> u64 {
+        self.steals
+    }
+
+    /// The latest load `(running, capacity)` this node heard from `node`.
+    pub fn load_of(&self, node: NodeId) -> Option<(u32, u32)> {
+        self.membership.load(node).map(|l| (l.running, l.capacity))
     }
 
     /// Paxos proposals this node runs now.
@@ -695,6 +709,14 @@ impl LeaderlessNode {
                 Err(Self::unavailable("too few replicas answered in time")),
             );
         }
+        // Spread this node's load.
+        let running = u32::try_from(self.executing.len()).unwrap_or(u32::MAX);
+        self.membership.report_load(
+            now,
+            running,
+            self.peers.capacity_tasks,
+            Duration::from_millis(self.config.load_report_interval_ms),
+        );
         // Join and re-join.
         let ring = self.ring.clone();
         self.membership.announce_to_unseen(
@@ -759,7 +781,27 @@ impl LeaderlessNode {
                 .copied()
                 .find(|&n| self.membership.is_live(n));
             let intent = match rec.value.state {
-                TaskState::Pending if first_live == Some(me) && room > 0 => Intent::Claim,
+                TaskState::Pending if room > 0 => {
+                    // The first live replica with room claims: a replica
+                    // ahead of this one that reports itself full leaves the
+                    // task to the next (work stealing, by gossiped load).
+                    let claimer = rec
+                        .header
+                        .replicas
+                        .iter()
+                        .copied()
+                        .filter(|&n| self.membership.is_live(n))
+                        .find(|&n| {
+                            n == me || !self.membership.load(n).is_some_and(|l| l.is_full())
+                        });
+                    if claimer != Some(me) {
+                        continue;
+                    }
+                    if first_live != Some(me) {
+                        self.steals += 1;
+                    }
+                    Intent::Claim
+                }
                 TaskState::Running { node, epoch } if node == me => {
                     let lost = self.executing.get(&id).map(|e| e.epoch) != Some(epoch)
                         && self.finished.get(&id).map(|f| f.execution.epoch) != Some(epoch);
@@ -1039,7 +1081,13 @@ impl Node for LeaderlessNode {
             peers: peers.clone(),
             config: config.clone(),
             ring: peers.members.clone(),
-            membership: Membership::new(peers.id, generation, config, swim_rng),
+            membership: Membership::new(
+                peers.id,
+                generation,
+                config,
+                peers.limits.members_max,
+                swim_rng,
+            ),
             rng,
             records,
             active,
@@ -1051,6 +1099,7 @@ impl Node for LeaderlessNode {
             read_waiters: BTreeMap::new(),
             loopback: VecDeque::new(),
             anti_entropy_cursor: None,
+            steals: 0,
             out: Vec::new(),
         };
         node.out.push(Action::Persist(vec![StoreOp::Put {

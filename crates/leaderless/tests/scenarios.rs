@@ -361,3 +361,70 @@ fn cancelling_a_pending_or_running_task_decides_cancelled_once() {
     );
     let _ = task(b"");
 }
+
+#[test]
+fn a_lightly_loaded_replica_steals_pending_work_from_a_full_one_and_each_task_runs_once() {
+    let mut sim = Sim::with_capacity(11, 5, LeaderlessConfig::default(), 1);
+    sim.run_for(1_000);
+    // Four tasks that all prefer n1, which runs one task at a time.
+    let busy = NodeId(1);
+    let ids: Vec<_> = (0..10_000)
+        .map(tid)
+        .filter(|&id| sim.node(busy).replicas_of(id)[0] == busy)
+        .take(4)
+        .collect();
+    assert_eq!(ids.len(), 4);
+    for &id in &ids {
+        sim.handlers.hang.insert(id);
+        sim.submit(busy, id, b"x");
+    }
+    assert!(
+        sim.run_until(3_000, |s| ids
+            .iter()
+            .filter(|&&id| !s.executions_of(id).is_empty())
+            .count()
+            >= 3),
+        "the other replicas took the work n1 had no room for"
+    );
+    let by_busy = ids
+        .iter()
+        .filter(|&&id| {
+            sim.executions_of(id)
+                .first()
+                .is_some_and(|(n, _)| *n == busy)
+        })
+        .count();
+    assert_eq!(by_busy, 1, "n1 runs one at a time");
+    let steals: u64 = sim.members().iter().map(|&m| sim.node(m).steals()).sum();
+    assert!(steals >= 2, "{steals}");
+    assert_eq!(
+        sim.node(NodeId(2)).load_of(busy),
+        Some((1, 1)),
+        "n1's load was gossiped"
+    );
+    // Let everything finish: every task ran exactly once, under epoch 1.
+    sim.handlers.hang.clear();
+    for &id in &ids {
+        let Some(&(node, epoch)) = sim.executions_of(id).first() else {
+            continue; // not started yet: it runs (and returns) once a slot frees
+        };
+        sim.with_node(node, |n, now| {
+            cohort_core::Node::handle_task_finished(
+                n,
+                now,
+                id,
+                epoch,
+                cohort_core::TaskOutcome::Success(vec![]),
+            )
+        });
+    }
+    assert!(sim.run_until(5_000, |s| ids.iter().all(|&id| s.decided(id).is_some())));
+    for &id in &ids {
+        assert_eq!(
+            sim.executions_of(id).len(),
+            1,
+            "{id:?}: {:?}",
+            sim.executions_of(id)
+        );
+    }
+}

@@ -26,16 +26,17 @@
 //! `renew` bumps it too when the node learns it was declared down while
 //! alive (after a partition heals).
 
+pub mod load;
+
 use crate::config::LeaderlessConfig;
 use crate::message::LeaderlessMessage;
 use cohort_core::{Action, NodeId, NodeRng, StoreOp, Time, TimerToken};
-use foca::{
-    AccumulatingRuntime, Config, Foca, Identity, NoCustomBroadcast, OwnedNotification,
-    PostcardCodec, Timer,
-};
+use foca::{AccumulatingRuntime, Config, Foca, Identity, OwnedNotification, PostcardCodec, Timer};
+use load::{LoadHandler, LoadReport, LoadTable};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::num::{NonZeroU8, NonZeroUsize};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Store key of this node's SWIM generation.
@@ -80,7 +81,14 @@ impl Identity for SwimId {
 /// This node's SWIM state and the liveness view derived from it.
 pub struct Membership {
     me: NodeId,
-    foca: Foca<SwimId, PostcardCodec, FocaRng, NoCustomBroadcast>,
+    foca: Foca<SwimId, PostcardCodec, FocaRng, LoadHandler>,
+    /// The latest load report of each node (written by foca's handler).
+    loads: LoadTable,
+    /// This node's load reports so far, this boot.
+    load_seq: u64,
+    /// What and when this node last reported.
+    last_load: Option<(u32, Time)>,
+    generation: u64,
     runtime: AccumulatingRuntime<SwimId>,
     /// SWIM timers handed to the driver and not yet fired.
     timers: BTreeMap<u64, Timer<SwimId>>,
@@ -115,7 +123,13 @@ impl std::fmt::Debug for Membership {
 
 impl Membership {
     /// A fresh SWIM member with identity `(me, generation)`, seeded by `rng`.
-    pub fn new(me: NodeId, generation: u64, config: &LeaderlessConfig, rng: NodeRng) -> Membership {
+    pub fn new(
+        me: NodeId,
+        generation: u64,
+        config: &LeaderlessConfig,
+        members_max: usize,
+        rng: NodeRng,
+    ) -> Membership {
         let foca_config = Config {
             probe_period: Duration::from_millis(config.swim_probe_period_ms),
             probe_rtt: Duration::from_millis(config.swim_probe_rtt_ms),
@@ -132,9 +146,10 @@ impl Membership {
                 num_members: NonZeroUsize::new(3).expect("3 > 0"),
             }),
         };
+        let loads: LoadTable = Arc::new(Mutex::new(BTreeMap::new()));
         Membership {
             me,
-            foca: Foca::new(
+            foca: Foca::with_custom_broadcast(
                 SwimId {
                     node: me,
                     generation,
@@ -142,7 +157,12 @@ impl Membership {
                 foca_config,
                 FocaRng(rng),
                 PostcardCodec,
+                LoadHandler::new(loads.clone(), members_max),
             ),
+            loads,
+            load_seq: 0,
+            last_load: None,
+            generation,
             runtime: AccumulatingRuntime::new(),
             timers: BTreeMap::new(),
             next_token: SWIM_TOKEN_BASE,
@@ -170,6 +190,42 @@ impl Membership {
     fn raise_local_health(&mut self) {
         self.local_health = (self.local_health + 1).min(self.local_health_max);
         self.local_health_peak = self.local_health_peak.max(self.local_health);
+    }
+
+    /// The latest load report of `node`, if any arrived.
+    pub fn load(&self, node: NodeId) -> Option<LoadReport> {
+        self.loads
+            .lock()
+            .expect("never poisoned")
+            .get(&node)
+            .copied()
+    }
+
+    /// Broadcasts this node's load when it changed, or when the last
+    /// report is older than `refresh`.
+    pub fn report_load(&mut self, now: Time, running: u32, capacity: u32, refresh: Duration) {
+        let due = match self.last_load {
+            None => true,
+            Some((r, at)) => r != running || now.saturating_since(at) >= refresh,
+        };
+        if !due {
+            return;
+        }
+        self.load_seq += 1;
+        let report = LoadReport {
+            node: self.me,
+            seq: (self.generation, self.load_seq),
+            running,
+            capacity,
+        };
+        self.last_load = Some((running, now));
+        if self
+            .foca
+            .add_broadcast(&cohort_core::encode(&report))
+            .is_err()
+        {
+            self.swim_errors += 1;
+        }
     }
 
     /// Whether `token` belongs to SWIM.
