@@ -81,10 +81,10 @@ pub struct LeaderlessNode {
     /// Results waiting to be committed, by task.
     finished: BTreeMap<TaskId, Finished>,
     /// Clients waiting for a cancel of each task.
-    cancel_waiters: BTreeMap<TaskId, Vec<RequestId>>,
+    cancel_waiters: BTreeMap<TaskId, Vec<(RequestId, Time)>>,
     /// Clients whose linearizable read waits for this node's proposal on
     /// the task to end.
-    read_waiters: BTreeMap<TaskId, Vec<RequestId>>,
+    read_waiters: BTreeMap<TaskId, Vec<(RequestId, Time)>>,
     /// Messages to this node itself, handled before the input returns.
     loopback: VecDeque<LeaderlessMessage>,
     /// Claims this node started for tasks whose preferred live replica was
@@ -327,7 +327,13 @@ impl LeaderlessNode {
                 // A value accepted after `version` may be chosen already:
                 // finish that instance (or find it empty) before answering.
                 match self.propose(now, id, header, version, value, Intent::Settle) {
-                    Ok(()) => self.read_waiters.entry(id).or_default().push(request),
+                    Ok(()) => {
+                        let deadline = now + self.config.request_timeout();
+                        self.read_waiters
+                            .entry(id)
+                            .or_default()
+                            .push((request, deadline));
+                    }
                     Err(StartError::Busy) => self.reply(
                         request,
                         Err(Self::unavailable(
@@ -354,7 +360,13 @@ impl LeaderlessNode {
                     );
                 }
                 match self.propose(now, id, header, version, value, Intent::Cancel) {
-                    Ok(()) => self.cancel_waiters.entry(id).or_default().push(request),
+                    Ok(()) => {
+                        let deadline = now + self.config.request_timeout();
+                        self.cancel_waiters
+                            .entry(id)
+                            .or_default()
+                            .push((request, deadline));
+                    }
                     Err(StartError::Busy) => self.reply(
                         request,
                         Err(Self::unavailable(
@@ -544,7 +556,7 @@ impl LeaderlessNode {
         }
         if value.state.is_final() {
             if let Some(waiters) = self.cancel_waiters.remove(&id) {
-                for request in waiters {
+                for (request, _) in waiters {
                     self.reply(
                         request,
                         Ok(ClientResponse::State {
@@ -653,7 +665,7 @@ impl LeaderlessNode {
         self.answer_reads(id, &value.state);
         if !self.proposer.is_running(id) {
             if let Some(waiters) = self.cancel_waiters.remove(&id) {
-                for request in waiters {
+                for (request, _) in waiters {
                     self.reply(
                         request,
                         Ok(ClientResponse::State {
@@ -680,7 +692,7 @@ impl LeaderlessNode {
     /// `id`: `state` is chosen, and at least as new as any value chosen
     /// before those reads began.
     fn answer_reads(&mut self, id: TaskId, state: &TaskState) {
-        for request in self.read_waiters.remove(&id).unwrap_or_default() {
+        for (request, _) in self.read_waiters.remove(&id).unwrap_or_default() {
             self.reply(
                 request,
                 Ok(ClientResponse::State {
@@ -692,6 +704,31 @@ impl LeaderlessNode {
     }
 
     // ---- housekeeping ------------------------------------------------------
+
+    /// Answers `Unavailable` (retryable) to cancels and reads that waited
+    /// past their deadline on a proposal that has not ended. The proposal
+    /// goes on; a cancel may still take effect.
+    fn expire_waiters(&mut self, now: Time) {
+        let mut expired = Vec::new();
+        for waiters in [&mut self.cancel_waiters, &mut self.read_waiters] {
+            for list in waiters.values_mut() {
+                list.retain(|&(request, deadline)| {
+                    let keep = now < deadline;
+                    if !keep {
+                        expired.push(request);
+                    }
+                    keep
+                });
+            }
+            waiters.retain(|_, list| !list.is_empty());
+        }
+        for request in expired {
+            self.reply(
+                request,
+                Err(Self::unavailable("no decision on the task in time")),
+            );
+        }
+    }
 
     fn tick(&mut self, now: Time) {
         // Retry Paxos rounds.
@@ -709,6 +746,7 @@ impl LeaderlessNode {
                 Err(Self::unavailable("too few replicas answered in time")),
             );
         }
+        self.expire_waiters(now);
         // Spread this node's load.
         let running = u32::try_from(self.executing.len()).unwrap_or(u32::MAX);
         self.membership.report_load(
