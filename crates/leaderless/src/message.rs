@@ -38,6 +38,8 @@ pub enum LeaderlessMessage {
     WriteReply {
         /// The operation answered.
         op: u64,
+        /// The task written (checked against the operation).
+        id: TaskId,
         /// `false`: the replica holds a different task under this id.
         same: bool,
     },
@@ -52,6 +54,8 @@ pub enum LeaderlessMessage {
     ReadReply {
         /// The operation answered.
         op: u64,
+        /// The task read (checked against the operation).
+        id: TaskId,
         /// What the replica holds of the task, if anything.
         found: Option<ReadState>,
     },

@@ -402,7 +402,7 @@ impl LeaderlessNode {
                 true
             }
         };
-        self.send(from, LeaderlessMessage::WriteReply { op, same });
+        self.send(from, LeaderlessMessage::WriteReply { op, id, same });
     }
 
     /// Creates (and persists) the record from a header a proposer or
@@ -951,8 +951,8 @@ impl LeaderlessNode {
         match msg {
             LeaderlessMessage::Swim(data) => self.membership.handle_data(now, &data, &mut self.out),
             LeaderlessMessage::Write { op, id, header } => self.on_write(from, op, id, header),
-            LeaderlessMessage::WriteReply { op, same } => {
-                if let Some((request, id, verdict)) = self.ops.write_reply(op, from, same) {
+            LeaderlessMessage::WriteReply { op, id, same } => {
+                if let Some((request, id, verdict)) = self.ops.write_reply(op, from, id, same) {
                     match verdict {
                         SubmitVerdict::Waiting => {}
                         SubmitVerdict::Durable => {
@@ -971,10 +971,11 @@ impl LeaderlessNode {
                     value: r.value.clone(),
                     in_doubt: r.accepted.is_some(),
                 });
-                self.send(from, LeaderlessMessage::ReadReply { op, found });
+                self.send(from, LeaderlessMessage::ReadReply { op, id, found });
             }
-            LeaderlessMessage::ReadReply { op, found } => {
-                if let Some((request, id, purpose, best)) = self.ops.read_reply(op, from, found) {
+            LeaderlessMessage::ReadReply { op, id, found } => {
+                if let Some((request, id, purpose, best)) = self.ops.read_reply(op, from, id, found)
+                {
                     self.read_done(now, request, id, purpose, best);
                 }
             }
@@ -1129,8 +1130,8 @@ impl Node for LeaderlessNode {
             rng,
             records,
             active,
-            proposer: Proposer::new(peers.id, config.paxos_in_flight_max),
-            ops: Ops::default(),
+            proposer: Proposer::new(peers.id, generation, config.paxos_in_flight_max),
+            ops: Ops::new(generation),
             executing: BTreeMap::new(),
             finished: BTreeMap::new(),
             cancel_waiters: BTreeMap::new(),

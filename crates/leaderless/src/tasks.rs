@@ -65,13 +65,26 @@ pub enum SubmitVerdict {
 }
 
 /// The operations in flight at this node, by operation number.
-#[derive(Debug, Default)]
+///
+/// Numbers are unique across boots (the boot generation in the high 32
+/// bits), and replies name their task, so a late reply to an operation of
+/// an earlier boot can never be counted for a new one (the simulator caught
+/// exactly that: a read answered with another task's state).
+#[derive(Debug)]
 pub struct Ops {
     ops: BTreeMap<u64, Op>,
     next: u64,
 }
 
 impl Ops {
+    /// No operation yet, in boot `generation`.
+    pub fn new(generation: u64) -> Ops {
+        Ops {
+            ops: BTreeMap::new(),
+            next: generation << 32,
+        }
+    }
+
     /// How many are waiting.
     pub fn len(&self) -> usize {
         self.ops.len()
@@ -96,6 +109,7 @@ impl Ops {
         &mut self,
         op: u64,
         from: NodeId,
+        task: TaskId,
         same: bool,
     ) -> Option<(RequestId, TaskId, SubmitVerdict)> {
         let Some(Op::Submit {
@@ -110,6 +124,9 @@ impl Ops {
         else {
             return None;
         };
+        if *id != task {
+            return None; // a reply to an operation of an earlier boot
+        }
         if same {
             acks.insert(from);
         } else {
@@ -136,14 +153,21 @@ impl Ops {
         &mut self,
         op: u64,
         from: NodeId,
+        task: TaskId,
         found: Option<ReadState>,
     ) -> Option<(RequestId, TaskId, ReadPurpose, Option<ReadState>)> {
         let Some(Op::Read {
-            replies, replicas, ..
+            id,
+            replies,
+            replicas,
+            ..
         }) = self.ops.get_mut(&op)
         else {
             return None;
         };
+        if *id != task {
+            return None; // a reply to an operation of an earlier boot
+        }
         replies.insert(from, found);
         if replies.len() < majority(*replicas) {
             return None;

@@ -84,3 +84,12 @@ fn leaderless_passes_the_simulator_with_every_fault_kind_at_five_nodes() {
     );
     assert!(acked > 0);
 }
+
+/// Regression (seed 516, all faults): a node restarted while a read was in
+/// flight numbered its next operation like the old one, and a late reply
+/// for the old read (another task) answered the new read.
+#[test]
+fn regression_a_late_reply_from_an_earlier_boot_is_not_counted_for_a_new_operation() {
+    let r = sim(516, 5, FaultKinds::ALL);
+    assert!(r.passed(), "{r}");
+}

@@ -103,6 +103,7 @@ mod tests {
         Ballot {
             round,
             node: NodeId(node),
+            generation: 0,
         }
     }
 

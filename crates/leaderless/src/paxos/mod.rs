@@ -26,13 +26,19 @@ use cohort_core::NodeId;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// A ballot: unique per proposing node, ordered by round then node.
+/// A ballot: unique per proposing node *and boot*, ordered by round, then
+/// node, then the node's boot generation. The generation matters: a node
+/// restarted from its store has forgotten the rounds it used, and reusing
+/// a ballot for a different value in the same instance would break Paxos
+/// (found by the simulator: a crash between two proposals of one instance).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Ballot {
     /// The round, starting at 1 for real ballots.
     pub round: u64,
     /// The proposer.
     pub node: NodeId,
+    /// The proposer's boot generation (persisted, bumped at every boot).
+    pub generation: u64,
 }
 
 impl Ballot {
@@ -40,13 +46,15 @@ impl Ballot {
     pub const ZERO: Ballot = Ballot {
         round: 0,
         node: NodeId(0),
+        generation: 0,
     };
 
-    /// The smallest ballot of `node` above `seen`.
-    pub fn above(seen: Ballot, node: NodeId) -> Ballot {
+    /// The ballot of `(node, generation)` in the round after `seen`'s.
+    pub fn above(seen: Ballot, node: NodeId, generation: u64) -> Ballot {
         let b = Ballot {
             round: seen.round.checked_add(1).expect("ballot round overflow"),
             node,
+            generation,
         };
         assert!(b > seen);
         b
@@ -55,7 +63,7 @@ impl Ballot {
 
 impl fmt::Display for Ballot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "b{}.{}", self.round, self.node)
+        write!(f, "b{}.{}.g{}", self.round, self.node, self.generation)
     }
 }
 

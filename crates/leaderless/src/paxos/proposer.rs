@@ -166,9 +166,12 @@ pub enum Outcome {
 }
 
 /// Every proposal this node runs.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Proposer {
     me: NodeId,
+    /// This boot's generation: part of every ballot, so a restarted node
+    /// never reuses a ballot.
+    generation: u64,
     proposals: BTreeMap<TaskId, Proposal>,
     in_flight_max: usize,
     /// The highest round this node has used or seen: new ballots go above.
@@ -185,11 +188,12 @@ pub enum StartError {
 }
 
 impl Proposer {
-    /// An idle proposer.
-    pub fn new(me: NodeId, in_flight_max: usize) -> Proposer {
+    /// An idle proposer for this boot (`generation`) of node `me`.
+    pub fn new(me: NodeId, generation: u64, in_flight_max: usize) -> Proposer {
         assert!(in_flight_max > 0);
         Proposer {
             me,
+            generation,
             proposals: BTreeMap::new(),
             in_flight_max,
             round_seen: 0,
@@ -222,8 +226,10 @@ impl Proposer {
             Ballot {
                 round: self.round_seen,
                 node: NodeId(u64::MAX),
+                generation: u64::MAX,
             },
             self.me,
+            self.generation,
         );
         self.round_seen = b.round;
         b
@@ -447,4 +453,71 @@ fn prepare_msgs(id: TaskId, p: &Proposal) -> Vec<(NodeId, LeaderlessMessage)> {
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cohort_core::Task;
+
+    fn header() -> TaskHeader {
+        TaskHeader {
+            task: Task {
+                kind: "echo".into(),
+                payload: vec![],
+                timeout_ms: 1,
+                max_attempts: 1,
+            },
+            replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
+        }
+    }
+
+    fn first_ballot(generation: u64) -> Ballot {
+        let mut p = Proposer::new(NodeId(1), generation, 4);
+        let msgs = p
+            .start(
+                Time::ZERO,
+                TaskId(1),
+                header(),
+                0,
+                TaskValue::initial(),
+                Intent::Claim,
+            )
+            .expect("starts");
+        match &msgs[0].1 {
+            LeaderlessMessage::Prepare { ballot, .. } => *ballot,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_restarted_node_never_reuses_a_ballot_of_an_earlier_boot() {
+        // A restarted node has forgotten its rounds: the same round must
+        // still give a different ballot (regression: crash between two
+        // proposals of one instance).
+        let before = first_ballot(0);
+        let after = first_ballot(1);
+        assert_eq!(before.round, after.round);
+        assert_ne!(before, after);
+    }
+
+    #[test]
+    fn only_as_many_proposals_as_the_limit_run_and_one_per_task() {
+        let mut p = Proposer::new(NodeId(1), 0, 2);
+        let start = |p: &mut Proposer, id| {
+            p.start(
+                Time::ZERO,
+                TaskId(id),
+                header(),
+                0,
+                TaskValue::initial(),
+                Intent::Claim,
+            )
+        };
+        assert!(start(&mut p, 1).is_ok());
+        assert_eq!(start(&mut p, 1).unwrap_err(), StartError::Busy);
+        assert!(start(&mut p, 2).is_ok());
+        assert_eq!(start(&mut p, 3).unwrap_err(), StartError::Full);
+        assert_eq!(p.len(), 2);
+    }
 }
