@@ -13,6 +13,9 @@
 //! - [`tasks`]: client operations waiting on replicas (quorum write, read).
 //! - [`node`]: [`LeaderlessNode`], the [`cohort_core::Node`] of this mode.
 //! - [`config`]: [`LeaderlessConfig`], validated.
+//!
+//! `ALGORITHM.md` next to this crate's `Cargo.toml` explains the protocols
+//! and why they are safe.
 #![deny(missing_docs)]
 
 pub mod config;
