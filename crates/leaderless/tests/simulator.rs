@@ -1,25 +1,53 @@
 //! The leaderless mode in the project's simulator (`cohort-sim`): its G1–G4
-//! checkers over the recorded history, plus this mode's own invariant,
+//! checkers over the recorded history, plus this mode's own invariants,
 //! checked after every event: at most one value chosen per Paxos instance
-//! (every replica that holds version `k` of a task holds the same value).
+//! (every replica that holds version `k` of a task holds the same value),
+//! and, from [`CONVERGE_WITHIN_MS`] after healing on, every node sees every
+//! node live.
 //!
 //! More seeds: `SEEDS=20000 NODES=5 cargo test --release -p cohort-leaderless --test simulator`.
 
-use cohort_core::{TaskId, Time};
+use cohort_core::{NodeId, TaskId, Time};
 use cohort_leaderless::record::TaskValue;
 use cohort_leaderless::{LeaderlessConfig, LeaderlessNode};
 use cohort_sim::{run, FaultKinds, Invariants, Report, SimConfig};
 use std::collections::BTreeMap;
 
-/// One value per Paxos instance, across every replica, over the whole run.
-/// A replica holding version `k` holds the value chosen in instance `k - 1`.
-#[derive(Default)]
-struct OneValuePerInstance {
+/// The stated bound: after the simulator heals everything, SWIM membership
+/// converges (every node sees every node live) within this long.
+const CONVERGE_WITHIN_MS: u64 = 5_000;
+
+/// One value per Paxos instance, across every replica, over the whole run
+/// (a replica holding version `k` holds the value chosen in instance
+/// `k - 1`); membership converged from `converged_by` on.
+struct LeaderlessInvariants {
     chosen: BTreeMap<(TaskId, u64), TaskValue>,
+    converged_by: Time,
 }
 
-impl Invariants<LeaderlessNode> for OneValuePerInstance {
-    fn check(&mut self, _now: Time, nodes: &[Option<&LeaderlessNode>]) -> Result<(), String> {
+impl LeaderlessInvariants {
+    fn new(c: &SimConfig) -> LeaderlessInvariants {
+        LeaderlessInvariants {
+            chosen: BTreeMap::new(),
+            converged_by: Time::from_millis(c.safety_ms + CONVERGE_WITHIN_MS),
+        }
+    }
+}
+
+impl Invariants<LeaderlessNode> for LeaderlessInvariants {
+    fn check(&mut self, now: Time, nodes: &[Option<&LeaderlessNode>]) -> Result<(), String> {
+        if now >= self.converged_by {
+            let all: Vec<NodeId> = (1..=nodes.len() as u64).map(NodeId).collect();
+            for node in nodes.iter().flatten() {
+                if node.live() != all {
+                    return Err(format!(
+                        "membership not converged {CONVERGE_WITHIN_MS} ms after healing: {} sees {:?}",
+                        cohort_core::Node::id(*node),
+                        node.live()
+                    ));
+                }
+            }
+        }
         for node in nodes.iter().flatten() {
             for (task, version, value) in node.records() {
                 match self.chosen.get(&(task, version)) {
@@ -48,8 +76,26 @@ fn sim(seed: u64, nodes: usize, faults: FaultKinds) -> Report {
     run::<LeaderlessNode>(
         &c,
         &LeaderlessConfig::default(),
-        &mut OneValuePerInstance::default(),
+        &mut LeaderlessInvariants::new(&c),
     )
+}
+
+#[test]
+fn membership_converges_within_the_stated_bound_after_healing() {
+    for seed in 0..8 {
+        let mut c = SimConfig::new(seed, 5);
+        c.safety_ms = 10_000;
+        c.liveness_ms = CONVERGE_WITHIN_MS + 2_000;
+        // Run past the bound even when every task is done early.
+        c.stop_when_done = false;
+        let r = run::<LeaderlessNode>(
+            &c,
+            &LeaderlessConfig::default(),
+            &mut LeaderlessInvariants::new(&c),
+        );
+        assert!(r.passed(), "{r}");
+        assert!(r.simulated_ms >= c.safety_ms + CONVERGE_WITHIN_MS, "{r}");
+    }
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {
