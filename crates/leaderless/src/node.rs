@@ -65,6 +65,8 @@ pub enum StealError {
 pub struct LeaderlessNode {
     peers: Peers,
     config: LeaderlessConfig,
+    /// This boot's generation (persisted, bumped at every boot).
+    generation: u64,
     /// The ring membership: the nodes tasks are placed on. Fixed to the
     /// configured members (ring changes are not implemented yet).
     ring: Vec<NodeId>,
@@ -526,11 +528,19 @@ impl LeaderlessNode {
         version: u64,
         value: &TaskValue,
     ) {
+        // A learned value older than this replica's record is history.
+        let stale = self.records.get(&id).is_some_and(|r| r.version > version);
         if let TaskState::Running { node, epoch } = value.state {
             let current = self.executing.get(&id).map(|e| e.epoch);
             let done = self.finished.get(&id).map(|f| f.execution.epoch);
-            if node == self.me() && current != Some(epoch) && done != Some(epoch) {
-                assert!(current.is_none_or(|e| e < epoch), "epochs only grow");
+            // Run only a claim of this boot, newer than anything run here;
+            // a claim of an earlier boot is re-claimed by `claim_work`.
+            let fresh = !stale
+                && node == self.me()
+                && value.runner_boot == self.generation
+                && current.is_none_or(|e| e < epoch)
+                && done.is_none_or(|e| e < epoch);
+            if fresh {
                 self.executing.insert(
                     id,
                     Execution {
@@ -656,7 +666,9 @@ impl LeaderlessNode {
         // Results and cancels go on until their compare part fails; claims
         // are left to the next tick, which looks at liveness again.
         let again = matches!(intent, Intent::Finish { .. } | Intent::Cancel)
-            && intent.desired(self.me(), &header, &value).is_some();
+            && intent
+                .desired(self.me(), self.generation, &header, &value)
+                .is_some();
         if again {
             if let Err(e) = self.propose(now, id, header, version, value.clone(), intent.clone()) {
                 assert_eq!(e, StartError::Full, "the proposal for this task just ended");
@@ -786,7 +798,7 @@ impl LeaderlessNode {
                 outcome: f.outcome.clone(),
             };
             if intent
-                .desired(self.me(), &f.execution.header, &value)
+                .desired(self.me(), self.generation, &f.execution.header, &value)
                 .is_none()
             {
                 self.finished.remove(&id); // rejected: the assignment moved on
@@ -1119,6 +1131,7 @@ impl Node for LeaderlessNode {
         let mut node = LeaderlessNode {
             peers: peers.clone(),
             config: config.clone(),
+            generation,
             ring: peers.members.clone(),
             membership: Membership::new(
                 peers.id,

@@ -28,6 +28,11 @@ pub struct TaskValue {
     pub epoch: Epoch,
     /// Failed executions so far.
     pub attempts: u32,
+    /// The boot generation of the runner when it claimed (0 before any
+    /// claim). A node runs only assignments of its current boot: one it
+    /// finds from an earlier boot (it crashed) is re-claimed with a new
+    /// epoch instead of run again under the old one.
+    pub runner_boot: u64,
 }
 
 impl TaskValue {
@@ -37,6 +42,7 @@ impl TaskValue {
             state: TaskState::Pending,
             epoch: Epoch::ZERO,
             attempts: 0,
+            runner_boot: 0,
         }
     }
 }

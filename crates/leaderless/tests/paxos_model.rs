@@ -225,6 +225,7 @@ fn running(n: u64) -> String {
             },
             epoch: Epoch(1),
             attempts: 0,
+            runner_boot: 0,
         }
     )
 }

@@ -428,3 +428,36 @@ fn a_lightly_loaded_replica_steals_pending_work_from_a_full_one_and_each_task_ru
         );
     }
 }
+
+#[test]
+fn a_late_learn_of_an_old_claim_does_not_start_a_finished_task_again() {
+    let mut sim = Sim::new(12, 5, LeaderlessConfig::default());
+    sim.run_for(1_000);
+    let id = tid(71);
+    sim.submit(NodeId(1), id, b"x");
+    assert!(sim.run_until(2_000, |s| s.decided(id).is_some()));
+    let (owner, epoch) = sim.executions_of(id)[0];
+    let header = cohort_leaderless::record::TaskHeader {
+        task: task(b"x"),
+        replicas: sim.node(owner).replicas_of(id),
+    };
+    let old = sim.chosen[&(id, 1)].clone();
+    assert_eq!(old.state, TaskState::Running { node: owner, epoch });
+    // The Learn of version 1 arrives again, long after the outcome.
+    let from = *sim.members().iter().find(|&&m| m != owner).expect("peer");
+    sim.with_node(owner, |n, now| {
+        cohort_core::Node::handle_message(
+            n,
+            now,
+            from,
+            cohort_leaderless::LeaderlessMessage::Learn {
+                id,
+                header,
+                version: 1,
+                value: old,
+            },
+        )
+    });
+    sim.run_for(500);
+    assert_eq!(sim.executions_of(id).len(), 1, "not run again");
+}

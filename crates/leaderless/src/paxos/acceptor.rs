@@ -115,6 +115,7 @@ mod tests {
             },
             epoch: Epoch(epoch),
             attempts: 0,
+            runner_boot: 0,
         }
     }
 

@@ -43,13 +43,20 @@ pub enum Intent {
 impl Intent {
     /// The value this intent proposes on top of `base`, or `None` when the
     /// compare part fails (the intent no longer applies).
-    pub fn desired(&self, me: NodeId, header: &TaskHeader, base: &TaskValue) -> Option<TaskValue> {
+    /// `me` is this node in its boot `boot`.
+    pub fn desired(
+        &self,
+        me: NodeId,
+        boot: u64,
+        header: &TaskHeader,
+        base: &TaskValue,
+    ) -> Option<TaskValue> {
         match (self, &base.state) {
-            (Intent::Claim, TaskState::Pending) => Some(claim(me, base)),
+            (Intent::Claim, TaskState::Pending) => Some(claim(me, boot, base)),
             (Intent::Reclaim { owner, epoch }, TaskState::Running { node, epoch: e })
                 if node == owner && e == epoch =>
             {
-                Some(claim(me, base))
+                Some(claim(me, boot, base))
             }
             (Intent::Finish { epoch, outcome }, TaskState::Running { node, epoch: e })
                 if *node == me && e == epoch =>
@@ -70,16 +77,15 @@ impl Intent {
                         } else {
                             return Some(TaskValue {
                                 state: TaskState::Pending,
-                                epoch: base.epoch,
                                 attempts,
+                                ..base.clone()
                             });
                         }
                     }
                 };
                 Some(TaskValue {
                     state,
-                    epoch: base.epoch,
-                    attempts: base.attempts,
+                    ..base.clone()
                 })
             }
             (Intent::Cancel, s) if !s.is_final() => Some(TaskValue {
@@ -91,12 +97,13 @@ impl Intent {
     }
 }
 
-fn claim(me: NodeId, base: &TaskValue) -> TaskValue {
+fn claim(me: NodeId, boot: u64, base: &TaskValue) -> TaskValue {
     let epoch = base.epoch.next();
     TaskValue {
         state: TaskState::Running { node: me, epoch },
         epoch,
         attempts: base.attempts,
+        runner_boot: boot,
     }
 }
 
@@ -252,7 +259,12 @@ impl Proposer {
         if self.proposals.len() >= self.in_flight_max {
             return Err(StartError::Full);
         }
-        assert!(intent == Intent::Settle || intent.desired(self.me, &header, &base).is_some());
+        assert!(
+            intent == Intent::Settle
+                || intent
+                    .desired(self.me, self.generation, &header, &base)
+                    .is_some()
+        );
         let ballot = self.next_ballot(Ballot::ZERO);
         let p = Proposal {
             id,
@@ -281,7 +293,7 @@ impl Proposer {
         ballot: Ballot,
         accepted: Option<(Ballot, TaskValue)>,
     ) -> Outcome {
-        let me = self.me;
+        let (me, boot) = (self.me, self.generation);
         let Some(p) = self.proposals.get_mut(&id) else {
             return Outcome::Send(vec![]);
         };
@@ -304,7 +316,7 @@ impl Proposer {
             }
             None => p
                 .intent
-                .desired(me, &p.header, &p.base)
+                .desired(me, boot, &p.header, &p.base)
                 .expect("checked at start; the base does not change within a proposal"),
         };
         p.phase = Phase::Accepting {
