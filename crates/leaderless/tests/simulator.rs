@@ -139,3 +139,12 @@ fn regression_a_late_reply_from_an_earlier_boot_is_not_counted_for_a_new_operati
     let r = sim(516, 5, FaultKinds::ALL);
     assert!(r.passed(), "{r}");
 }
+
+#[test]
+fn the_leaderless_mode_replays_bit_for_bit_in_the_simulator() {
+    let a = sim(7, 5, FaultKinds::ALL);
+    let b = sim(7, 5, FaultKinds::ALL);
+    assert_eq!(a.trace_hash, b.trace_hash);
+    assert_eq!(a.events, b.events);
+    assert_ne!(a.trace_hash, sim(8, 5, FaultKinds::ALL).trace_hash);
+}
