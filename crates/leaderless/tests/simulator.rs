@@ -148,3 +148,127 @@ fn the_leaderless_mode_replays_bit_for_bit_in_the_simulator() {
     assert_eq!(a.events, b.events);
     assert_ne!(a.trace_hash, sim(8, 5, FaultKinds::ALL).trace_hash);
 }
+
+/// Measures, through the invariant hook, how long after a crash every other
+/// node that is up marks the crashed node down, and how long until every
+/// task it was running has moved on (claimed by another node, or final).
+/// A crash whose node restarts before the measurement completes is left out.
+struct CrashTimes {
+    inner: LeaderlessInvariants,
+    up: Vec<bool>,
+    open: Vec<OpenCrash>,
+    down_ms: Vec<u64>,
+    reclaim_ms: Vec<u64>,
+}
+
+struct OpenCrash {
+    node: NodeId,
+    at: Time,
+    detected: bool,
+    tasks: std::collections::BTreeSet<TaskId>,
+    reclaimed: bool,
+}
+
+impl Invariants<LeaderlessNode> for CrashTimes {
+    fn check(&mut self, now: Time, nodes: &[Option<&LeaderlessNode>]) -> Result<(), String> {
+        self.inner.check(now, nodes)?;
+        if self.up.is_empty() {
+            self.up = vec![true; nodes.len()];
+        }
+        for (i, n) in nodes.iter().enumerate() {
+            let id = NodeId(i as u64 + 1);
+            match (self.up[i], n.is_some()) {
+                (true, false) => {
+                    let mut tasks = std::collections::BTreeSet::new();
+                    for m in nodes.iter().flatten() {
+                        for (task, _, v) in m.records() {
+                            if matches!(v.state, cohort_core::TaskState::Running { node, .. } if node == id)
+                            {
+                                tasks.insert(task);
+                            }
+                        }
+                    }
+                    self.open.push(OpenCrash {
+                        node: id,
+                        at: now,
+                        detected: false,
+                        tasks,
+                        reclaimed: false,
+                    });
+                }
+                (false, true) => self.open.retain(|o| o.node != id),
+                _ => {}
+            }
+            self.up[i] = n.is_some();
+        }
+        for o in &mut self.open {
+            let ms = now.saturating_since(o.at).as_millis() as u64;
+            if !o.detected && nodes.iter().flatten().all(|m| !m.live().contains(&o.node)) {
+                o.detected = true;
+                self.down_ms.push(ms);
+            }
+            if !o.reclaimed && !o.tasks.is_empty() {
+                let moved = o.tasks.iter().all(|&t| {
+                    nodes.iter().flatten().any(|m| {
+                        m.record(t).is_some_and(|(_, v)| {
+                            !matches!(v.state, cohort_core::TaskState::Running { node, .. } if node == o.node)
+                        })
+                    })
+                });
+                if moved {
+                    o.reclaimed = true;
+                    self.reclaim_ms.push(ms);
+                }
+            }
+        }
+        self.open
+            .retain(|o| !(o.detected && (o.reclaimed || o.tasks.is_empty())));
+        Ok(())
+    }
+}
+
+fn percentiles(mut v: Vec<u64>) -> String {
+    if v.is_empty() {
+        return "none".into();
+    }
+    v.sort_unstable();
+    let p = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    format!(
+        "n={} p50={} p99={} max={} ms",
+        v.len(),
+        p(0.5),
+        p(0.99),
+        v[v.len() - 1]
+    )
+}
+
+#[test]
+fn crash_detection_and_reclaim_times_in_the_simulator() {
+    let seeds = env_u64("SEEDS", 10);
+    let faults = std::env::var("FAULTS").unwrap_or_else(|_| "crash,loss,dup,reorder".into());
+    let (mut downs, mut reclaims) = (Vec::new(), Vec::new());
+    for seed in 0..seeds {
+        let mut c = SimConfig::new(seed, 5);
+        c.faults = faults.parse().expect("fault list");
+        c.safety_ms = 10_000;
+        c.liveness_ms = 30_000;
+        let mut inv = CrashTimes {
+            inner: LeaderlessInvariants::new(&c),
+            up: Vec::new(),
+            open: Vec::new(),
+            down_ms: Vec::new(),
+            reclaim_ms: Vec::new(),
+        };
+        let r = run::<LeaderlessNode>(&c, &LeaderlessConfig::default(), &mut inv);
+        assert!(r.passed(), "{r}");
+        downs.extend(inv.down_ms);
+        reclaims.extend(inv.reclaim_ms);
+    }
+    eprintln!(
+        "cohort-sim, {seeds} seeds at 5 nodes, faults {faults}: crash → marked down by every node up: {}; crash → its running tasks moved on: {}",
+        percentiles(downs.clone()),
+        percentiles(reclaims.clone())
+    );
+    assert!(!downs.is_empty(), "no crash was measured");
+    assert!(downs.iter().all(|&d| d <= 5_000), "{downs:?}");
+}
