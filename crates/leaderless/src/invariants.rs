@@ -56,7 +56,7 @@ impl LeaderlessInvariants {
             }
         }
         self.checks += 1;
-        if self.checks % RECORDS_SCAN_EVERY != 0 {
+        if !self.checks.is_multiple_of(RECORDS_SCAN_EVERY) {
             return Ok(());
         }
         for node in nodes.iter().flatten() {
