@@ -1,10 +1,13 @@
 //! The runtime's configuration, validated before anything starts.
 
+use crate::auth::Tokens;
 use crate::error::RuntimeError;
+use crate::tls::{HttpTls, PeerTls};
 use cohort_core::{NodeId, Peers};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Limits and timings of the peer transport.
@@ -60,6 +63,29 @@ impl Default for ClientLimits {
     }
 }
 
+/// Authentication and encryption of a node; everything is off by default.
+#[derive(Clone, Debug, Default)]
+pub struct SecurityConfig {
+    /// Bearer tokens the HTTP API accepts; without them it accepts anyone.
+    pub tokens: Option<Arc<Tokens>>,
+    /// Mutual TLS for the peer transport; without it peers speak plain TCP.
+    pub peer_tls: Option<PeerTls>,
+    /// TLS for the HTTP API; without it the API speaks plain HTTP.
+    pub http_tls: Option<HttpTls>,
+}
+
+impl SecurityConfig {
+    /// Whether API clients must prove who they are (a token or a client
+    /// certificate).
+    pub fn client_auth(&self) -> bool {
+        self.tokens.is_some()
+            || self
+                .http_tls
+                .as_ref()
+                .is_some_and(|t| t.client_certs_required)
+    }
+}
+
 /// Most bytes in a cluster id.
 pub const CLUSTER_ID_BYTES_MAX: usize = 64;
 
@@ -86,6 +112,8 @@ pub struct RuntimeConfig {
     /// Most inputs handed to the core before their actions are carried out
     /// together (group commit: one fsync for all their writes).
     pub inputs_per_batch_max: usize,
+    /// Tokens and TLS.
+    pub security: SecurityConfig,
 }
 
 impl RuntimeConfig {
@@ -107,6 +135,7 @@ impl RuntimeConfig {
             transport: TransportLimits::default(),
             client: ClientLimits::default(),
             inputs_per_batch_max: 256,
+            security: SecurityConfig::default(),
         }
     }
 

@@ -19,7 +19,9 @@
 //! "result"? (when UTF-8), "result_base64"?, "error"?, "attempts"?}`.
 //!
 //! Errors: `{"error": "<message>", "code": "<snake_case>"}` with status 400
-//! (`malformed`, `invalid_task`), 404 (`not_found`), 409 (`id_conflict`), 413
+//! (`malformed`, `invalid_task`), 401 (`unauthorized`: the node has tokens
+//! and the request has no known one), 403 (`forbidden`: the token's role is
+//! too low; see [`crate::auth`]), 404 (`not_found`), 409 (`id_conflict`), 413
 //! (`payload_too_large`), 422 (`unknown_kind`), 429 (`overloaded`, with
 //! `Retry-After`), 307 to the leader's API when this node is not the leader
 //! and knows where it is (`not_leader`, with `"leader"`), 503
@@ -77,7 +79,63 @@ pub(crate) fn router(api: Arc<Api>) -> Router {
         .route("/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(body_max))
+        .layer(axum::middleware::from_fn_with_state(api.clone(), authorize))
         .with_state(api)
+}
+
+/// Refuses requests without a token of the role the route needs (when the
+/// node has tokens): 401 `unauthorized` or 403 `forbidden`.
+async fn authorize(
+    State(api): State<Arc<Api>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(tokens) = &api.config.security.tokens else {
+        return next.run(req).await;
+    };
+    let Some(needed) = crate::auth::role_needed(req.method(), req.uri().path()) else {
+        return next.run(req).await;
+    };
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    match crate::auth::check(tokens, header, needed) {
+        Ok(_) => next.run(req).await,
+        Err(crate::auth::Refusal::Unauthenticated) => {
+            api.metrics.inc(
+                "cohort_http_auth_refused_total",
+                "reason=\"unauthenticated\"",
+            );
+            tracing::info!(method = %req.method(), path = req.uri().path(), "refused: no valid token");
+            let mut resp = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this node needs `Authorization: Bearer <token>` with a known token",
+            )
+            .into_response();
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"cohort\""),
+            );
+            resp
+        }
+        Err(crate::auth::Refusal::Forbidden { needed, has }) => {
+            api.metrics
+                .inc("cohort_http_auth_refused_total", "reason=\"forbidden\"");
+            tracing::info!(method = %req.method(), path = req.uri().path(), needed = needed.name(), has = has.name(), "refused: role too low");
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "this request needs a token with role {}; yours has {}",
+                    needed.name(),
+                    has.name()
+                ),
+            )
+            .into_response()
+        }
+    }
 }
 
 /// A JSON error response.
@@ -137,8 +195,17 @@ impl Api {
                     (Some(l), Some(addr)) => {
                         let mut err =
                             ApiError::new(StatusCode::TEMPORARY_REDIRECT, "not_leader", msg);
-                        err.leader =
-                            Some(Box::new((json!(l.0), Some(format!("http://{addr}{path}")))));
+                        err.leader = Some(Box::new((
+                            json!(l.0),
+                            Some(format!(
+                                "{}://{addr}{path}",
+                                if self.config.security.http_tls.is_some() {
+                                    "https"
+                                } else {
+                                    "http"
+                                }
+                            )),
+                        )));
                         err
                     }
                     _ => {

@@ -18,6 +18,7 @@
 //! or as if the process died ([`RunningNode::kill`]). [`run`] is the same
 //! with a shutdown future, for a binary.
 
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod driver;
@@ -27,9 +28,10 @@ pub mod http;
 pub mod kind;
 pub mod metrics;
 pub mod storage;
+pub mod tls;
 pub mod transport;
 
-pub use config::{ClientLimits, RuntimeConfig, TransportLimits};
+pub use config::{ClientLimits, RuntimeConfig, SecurityConfig, TransportLimits};
 pub use driver::NoteObserver;
 pub use error::RuntimeError;
 pub use handlers::{Handler, HandlerFuture, HandlerInput, Registry};
@@ -169,6 +171,7 @@ pub async fn start<N: Node + Send + 'static>(
     listeners: Listeners,
 ) -> Result<RunningNode, RuntimeError> {
     config.validate()?;
+    tls::install_default_provider();
     let config = Arc::new(config);
     let id = config.peers.id;
     let path = storage::data_file(&config.data_dir, id);
@@ -239,14 +242,33 @@ pub async fn start<N: Node + Send + 'static>(
     });
     let mut http_stop = stop_rx;
     let app = http::router(api);
-    let http = tokio::spawn(async move {
-        let serve = axum::serve(listeners.http, app).with_graceful_shutdown(async move {
-            let _ = http_stop.wait_for(|s| *s).await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!("http server failed: {e}");
+    let stopped = async move {
+        let _ = http_stop.wait_for(|s| *s).await;
+    };
+    let http = match &config.security.http_tls {
+        None => tokio::spawn(async move {
+            let serve = axum::serve(listeners.http, app).with_graceful_shutdown(stopped);
+            if let Err(e) = serve.await {
+                tracing::error!("http server failed: {e}");
+            }
+        }),
+        Some(tls) => {
+            let listener = tls::TlsListener::new(
+                listeners.http,
+                tls,
+                config.handshake_timeout(),
+                config.transport.inbound_connections_max,
+                metrics.clone(),
+            )
+            .map_err(io("http listener"))?;
+            tokio::spawn(async move {
+                let serve = axum::serve(listener, app).with_graceful_shutdown(stopped);
+                if let Err(e) = serve.await {
+                    tracing::error!("http server failed: {e}");
+                }
+            })
         }
-    });
+    };
     tracing::info!(node = %id, %http_addr, %peer_addr, mode = %config.mode, "node started");
     Ok(RunningNode {
         id,
