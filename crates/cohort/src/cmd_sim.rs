@@ -61,6 +61,8 @@ impl SimArgs {
         config.safety_ms = self.safety_ms;
         config.liveness_ms = self.liveness_ms;
         config.record_trace = self.trace.is_some();
+        // Checkers run inside `run`; a sweep need not keep every history.
+        config.keep_history = false;
         config
     }
 

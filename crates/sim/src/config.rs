@@ -34,7 +34,8 @@ pub struct SimConfig {
     /// Stop the run after this many events (a runaway node, e.g. one that
     /// re-arms a timer at `now` forever); reported as a violation.
     pub events_max: u64,
-    /// Most violations kept in the report; the count stays exact.
+    /// Most violations of each guarantee kept in the report; the count
+    /// stays exact.
     pub violations_max: usize,
     /// Faults at fixed times, on top of the drawn plan (which may be
     /// `FaultKinds::NONE`): scenario tests that read like a story. Applied

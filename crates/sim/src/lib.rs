@@ -157,7 +157,8 @@ pub struct Report {
     pub seed: u64,
     /// The faults drawn from the seed.
     pub plan: FaultPlan,
-    /// The violations found, at most [`SimConfig::violations_max`].
+    /// The violations found, at most [`SimConfig::violations_max`] of each
+    /// guarantee, earliest first: `violations[0]` is the first symptom.
     pub violations: Vec<Violation>,
     /// How many violations were found in all.
     pub violation_count: u64,

@@ -223,8 +223,18 @@ fn kept_violations_are_capped_but_counted() {
     let mut c = config(1, 3, "crash");
     c.violations_max = 3;
     let r = sim(&c, &CoordConfig::with_bug(Bug::ForgetOnCrash));
-    assert_eq!(r.violations.len(), 3);
-    assert!(r.violation_count > 3, "{r}");
+    assert_eq!(r.count_of(Guarantee::G1), 3, "{r}");
+    assert_eq!(
+        r.count_of(Guarantee::G4),
+        3,
+        "a flood of G1 does not hide G4: {r}"
+    );
+    assert_eq!(r.violations.len(), 6);
+    assert!(r.violation_count > 6, "{r}");
+    assert!(
+        r.violations.windows(2).all(|w| w[0].at <= w[1].at),
+        "earliest first"
+    );
 }
 
 #[test]
@@ -346,4 +356,21 @@ fn cancels_race_executions_and_each_task_keeps_one_outcome() {
     }
     assert!(cancelled > 100, "cancels won some races: {cancelled}");
     assert!(succeeded > 100, "executions won others: {succeeded}");
+}
+
+#[test]
+fn invariants_see_every_node_of_a_large_cluster() {
+    for nodes in [16, 17] {
+        let mut c = config(9, nodes, "crash");
+        c.safety_ms = 3_000;
+        c.liveness_ms = 6_000;
+        let mut seen = std::collections::BTreeSet::new();
+        let mut sizes = |_now: Time, view: &[Option<&CoordNode>]| -> Result<(), String> {
+            seen.insert(view.len());
+            Ok(())
+        };
+        let r = run::<CoordNode>(&c, &CoordConfig::correct(), &mut sizes);
+        assert!(r.passed(), "{r}");
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec![nodes]);
+    }
 }

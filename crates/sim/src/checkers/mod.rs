@@ -11,6 +11,7 @@
 
 use crate::history::History;
 use cohort_core::Time;
+use std::collections::BTreeMap;
 use std::fmt;
 
 pub mod g1;
@@ -66,19 +67,22 @@ impl fmt::Display for Violation {
     }
 }
 
-/// Collects violations up to a limit; the count stays exact past it.
+/// Collects violations up to a limit per guarantee (so a flood of one kind
+/// cannot hide another); the count stays exact past it.
 #[derive(Clone, Debug)]
 pub struct Violations {
     kept: Vec<Violation>,
+    kept_per: BTreeMap<Guarantee, usize>,
     count: u64,
     max: usize,
 }
 
 impl Violations {
-    /// Keeps at most `max` violations.
+    /// Keeps at most `max` violations of each guarantee.
     pub fn new(max: usize) -> Violations {
         Violations {
             kept: Vec::new(),
+            kept_per: BTreeMap::new(),
             count: 0,
             max,
         }
@@ -87,7 +91,9 @@ impl Violations {
     /// Records one violation.
     pub fn push(&mut self, guarantee: Guarantee, at: Time, detail: String) {
         self.count += 1;
-        if self.kept.len() < self.max {
+        let kept = self.kept_per.entry(guarantee).or_insert(0);
+        if *kept < self.max {
+            *kept += 1;
             self.kept.push(Violation {
                 guarantee,
                 at,
@@ -106,8 +112,9 @@ impl Violations {
         &self.kept
     }
 
-    /// The kept violations.
-    pub fn into_kept(self) -> Vec<Violation> {
+    /// The kept violations, earliest first (ties in the order recorded).
+    pub fn into_kept(mut self) -> Vec<Violation> {
+        self.kept.sort_by_key(|v| v.at);
         self.kept
     }
 }
@@ -122,6 +129,33 @@ pub fn check_all(history: &History, end: Time, liveness_ended: bool, out: &mut V
     g5::check(history, out);
     if liveness_ended {
         g4::check(history, end, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn violations_are_capped_counted_and_handed_back_earliest_first() {
+        let mut v = Violations::new(2);
+        v.push(Guarantee::G4, Time::from_millis(9), "late".into());
+        v.push(Guarantee::G1, Time::from_millis(3), "early".into());
+        v.push(Guarantee::G1, Time::from_millis(5), "second".into());
+        v.push(
+            Guarantee::G1,
+            Time::from_millis(1),
+            "third G1: dropped".into(),
+        );
+        v.push(
+            Guarantee::G2,
+            Time::from_millis(2),
+            "a G2 is still kept".into(),
+        );
+        assert_eq!(v.count(), 5);
+        let kept = v.into_kept();
+        let details: Vec<&str> = kept.iter().map(|v| v.detail.as_str()).collect();
+        assert_eq!(details, ["a G2 is still kept", "early", "second", "late"]);
     }
 }
 

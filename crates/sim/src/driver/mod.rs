@@ -294,8 +294,7 @@ impl<'a, N: Node> Sim<'a, N> {
                 break;
             }
             self.process(event);
-            let view: Vec<Option<&N>> = self.slots.iter().map(|s| s.node.as_ref()).collect();
-            if let Err(detail) = invariants.check(self.now, &view) {
+            if let Err(detail) = self.check_invariants(invariants) {
                 self.violations.push(Guarantee::Invariant, self.now, detail);
             }
             if self.cfg.stop_when_done
@@ -324,6 +323,22 @@ impl<'a, N: Node> Sim<'a, N> {
             &mut self.violations,
         );
         self.report(finished_at)
+    }
+
+    /// Hands every node (`None` when down) to the mode's invariants; small
+    /// clusters are viewed through a stack array, not a fresh `Vec` per event.
+    fn check_invariants(&self, invariants: &mut dyn Invariants<N>) -> Result<(), String> {
+        const STACK_NODES: usize = 16;
+        if self.slots.len() <= STACK_NODES {
+            let mut view: [Option<&N>; STACK_NODES] = [None; STACK_NODES];
+            for (v, s) in view.iter_mut().zip(&self.slots) {
+                *v = s.node.as_ref();
+            }
+            invariants.check(self.now, &view[..self.slots.len()])
+        } else {
+            let view: Vec<Option<&N>> = self.slots.iter().map(|s| s.node.as_ref()).collect();
+            invariants.check(self.now, &view)
+        }
     }
 
     fn report(self, finished_at: Time) -> Report {
