@@ -77,28 +77,7 @@ pub struct NodeArgs {
     pub payload_bytes_max: Option<usize>,
 }
 
-/// The settings a `--config` file may hold.
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileSettings {
-    id: Option<u64>,
-    peers: Option<String>,
-    http: Option<SocketAddr>,
-    http_peers: Option<String>,
-    data_dir: Option<PathBuf>,
-    mode: Option<String>,
-    cluster_id: Option<String>,
-    capacity: Option<u32>,
-    allow_exec: Option<bool>,
-    payload_bytes_max: Option<usize>,
-    insecure: Option<bool>,
-    tokens: Option<PathBuf>,
-    ca: Option<PathBuf>,
-    cert: Option<PathBuf>,
-    key: Option<PathBuf>,
-    http_tls: Option<bool>,
-    http_client_ca: Option<PathBuf>,
-}
+use cohort_runtime::config::NodeFile as FileSettings;
 
 /// Settings after flags and file are merged and defaults applied.
 #[derive(Debug, Clone)]
@@ -130,7 +109,8 @@ impl NodeArgs {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .with_context(|| format!("cannot read --config {}", p.display()))?;
-                toml::from_str(&text)
+                FileSettings::parse(&text)
+                    .map_err(anyhow::Error::msg)
                     .with_context(|| format!("invalid --config {}", p.display()))?
             }
         };

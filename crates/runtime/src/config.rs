@@ -86,6 +86,38 @@ impl SecurityConfig {
     }
 }
 
+/// The settings a `cohort node --config` TOML file may hold: the same
+/// names as `cohort node`'s flags, with `_` for `-`; a flag wins over the file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct NodeFile {
+    pub id: Option<u64>,
+    pub peers: Option<String>,
+    pub http: Option<SocketAddr>,
+    pub http_peers: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub mode: Option<String>,
+    pub cluster_id: Option<String>,
+    pub capacity: Option<u32>,
+    pub allow_exec: Option<bool>,
+    pub payload_bytes_max: Option<usize>,
+    pub insecure: Option<bool>,
+    pub tokens: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub http_tls: Option<bool>,
+    pub http_client_ca: Option<PathBuf>,
+}
+
+impl NodeFile {
+    /// Parses a config file's text; the error says which key or line is wrong.
+    pub fn parse(text: &str) -> Result<NodeFile, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
 /// Most bytes in a cluster id.
 pub const CLUSTER_ID_BYTES_MAX: usize = 64;
 

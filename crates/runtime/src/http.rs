@@ -321,20 +321,10 @@ fn parse_id(s: &str) -> Result<TaskId, ApiError> {
     })
 }
 
-async fn submit(
-    State(api): State<Arc<Api>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let body = body.map_err(|r| {
-        let status = r.status();
-        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            "payload_too_large"
-        } else {
-            "malformed"
-        };
-        ApiError::new(status, code, r.body_text())
-    })?;
-    let req: SubmitBody = serde_json::from_slice(&body).map_err(|e| {
+/// Decodes a submit body into the optional client id and the task (before
+/// limits and kinds are checked).
+fn decode_submit(body: &[u8]) -> Result<(Option<TaskId>, Task), ApiError> {
+    let req: SubmitBody = serde_json::from_slice(body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "malformed",
@@ -361,12 +351,36 @@ async fn submit(
             })?,
         (None, None) => Vec::new(),
     };
+    let id = req.id.as_deref().map(parse_id).transpose()?;
     let task = Task {
         kind: req.kind,
         payload,
         timeout_ms: req.timeout_ms.unwrap_or(TASK_TIMEOUT_MS_DEFAULT),
         max_attempts: req.max_attempts.unwrap_or(TASK_ATTEMPTS_DEFAULT),
     };
+    Ok((id, task))
+}
+
+/// [`decode_submit`] for fuzzing and tests: the error is the message a
+/// client would get in a `400`.
+pub fn parse_submit(body: &[u8]) -> Result<(Option<TaskId>, Task), String> {
+    decode_submit(body).map_err(|e| format!("{} {}: {}", e.status.as_u16(), e.code, e.message))
+}
+
+async fn submit(
+    State(api): State<Arc<Api>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|r| {
+        let status = r.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "payload_too_large"
+        } else {
+            "malformed"
+        };
+        ApiError::new(status, code, r.body_text())
+    })?;
+    let (id, task) = decode_submit(&body)?;
     api.config
         .peers
         .limits
@@ -383,8 +397,8 @@ async fn submit(
             ),
         ));
     }
-    let id = match req.id {
-        Some(s) => parse_id(&s)?,
+    let id = match id {
+        Some(id) => id,
         None => TaskId::random(&mut *api.id_rng.lock().expect("id rng lock")),
     };
     match api

@@ -23,6 +23,7 @@ pub mod client;
 pub mod config;
 pub mod driver;
 pub mod error;
+pub mod fuzzing;
 pub mod handlers;
 pub mod http;
 pub mod kind;
