@@ -33,6 +33,20 @@ pub fn node_name(node: NodeId) -> String {
     format!("node-{}", node.0)
 }
 
+/// Checks that a (verified) certificate names `node` (`node-<id>`): a node
+/// may only claim, in its cohort handshake, the identity its certificate gives.
+pub fn cert_names_node(cert: &CertificateDer<'_>, node: NodeId) -> Result<(), String> {
+    let ee = webpki::EndEntityCert::try_from(cert)
+        .map_err(|e| format!("unreadable certificate: {e}"))?;
+    let name = ServerName::try_from(node_name(node)).map_err(|e| e.to_string())?;
+    ee.verify_is_valid_for_subject_name(&name).map_err(|_| {
+        format!(
+            "claims to be {node} but its certificate is not for {}",
+            node_name(node)
+        )
+    })
+}
+
 fn tls_err(what: &str, e: impl std::fmt::Display) -> RuntimeError {
     RuntimeError::Config(format!("{what}: {e}"))
 }

@@ -441,11 +441,24 @@ async fn accept_inbound<M: DeserializeOwned + Serialize>(
     let _ = tcp.set_nodelay(true);
     let deadline = tokio::time::Instant::now() + config.handshake_timeout();
     match &config.security.peer_tls {
-        None => serve_inbound(tcp, deadline, config, metrics, deliver).await,
+        None => serve_inbound(tcp, None, deadline, config, metrics, deliver).await,
         Some(tls) => match tokio::time::timeout_at(deadline, tls.acceptor.accept(tcp)).await {
             Err(_) => ("handshake_timeout", "no TLS handshake in time".into()),
             Ok(Err(e)) => ("tls_refused", format!("TLS handshake failed: {e}")),
-            Ok(Ok(s)) => serve_inbound(s, deadline, config, metrics, deliver).await,
+            Ok(Ok(s)) => {
+                let cert = s
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| c.clone().into_owned());
+                match cert {
+                    None => ("tls_refused", "no client certificate".into()),
+                    Some(cert) => {
+                        serve_inbound(s, Some(cert), deadline, config, metrics, deliver).await
+                    }
+                }
+            }
         },
     }
 }
@@ -454,6 +467,7 @@ async fn accept_inbound<M: DeserializeOwned + Serialize>(
 /// handshake must arrive by `deadline`.
 async fn serve_inbound<M: DeserializeOwned + Serialize>(
     mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    peer_cert: Option<rustls::pki_types::CertificateDer<'static>>,
     deadline: tokio::time::Instant,
     config: &RuntimeConfig,
     metrics: &Metrics,
@@ -500,6 +514,11 @@ async fn serve_inbound<M: DeserializeOwned + Serialize>(
         ))
     } else if hello.from == config.peers.id || !config.peers.members.contains(&hello.from) {
         Some(("not_a_member", format!("{} is not a peer", hello.from)))
+    } else if let Some(why) = peer_cert
+        .as_ref()
+        .and_then(|c| crate::tls::cert_names_node(c, hello.from).err())
+    {
+        Some(("wrong_certificate", why))
     } else {
         None
     };

@@ -261,6 +261,33 @@ async fn a_node_with_a_foreign_ca_certificate_or_none_is_refused_at_the_handshak
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_claiming_another_members_id_than_its_certificate_names_is_refused() {
+    let certs = DevCerts::generate("t", &[NodeId(1), NodeId(2), NodeId(3)], &[]).unwrap();
+    let mut c = Cluster::new(3, Limits::default()).await;
+    let mut c1 = c.config(NodeId(1));
+    c1.security.peer_tls = Some(PeerTls::new(&certs.node_pem(NodeId(1)).unwrap()).unwrap());
+    // Node 2 runs with node 3's certificate (same CA): it may not say it is node 2.
+    let mut c2 = c.config(NodeId(2));
+    c2.security.peer_tls = Some(PeerTls::new(&certs.node_pem(NodeId(3)).unwrap()).unwrap());
+    let n1 = start_toy(&mut c, NodeId(1), c1).await;
+    let n2 = start_toy(&mut c, NodeId(2), c2).await;
+    let m1 = n1.metrics();
+    assert!(
+        eventually(Duration::from_secs(5), || m1.counter(
+            "cohort_peer_connections_rejected_total",
+            "reason=\"wrong_certificate\""
+        ) > 0)
+        .await
+    );
+    assert_eq!(
+        m1.counter("cohort_peer_messages_received_total", "peer=\"n2\""),
+        0
+    );
+    n1.shutdown().await.unwrap();
+    n2.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_http_client_against_a_tls_api_fails_cleanly_and_a_tls_client_gets_through() {
     let certs = DevCerts::generate("t", &[NodeId(1)], &[]).unwrap();
     let pem = certs.node_pem(NodeId(1)).unwrap();
