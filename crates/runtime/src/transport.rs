@@ -514,13 +514,11 @@ async fn serve_inbound<M: DeserializeOwned + Serialize>(
         ))
     } else if hello.from == config.peers.id || !config.peers.members.contains(&hello.from) {
         Some(("not_a_member", format!("{} is not a peer", hello.from)))
-    } else if let Some(why) = peer_cert
-        .as_ref()
-        .and_then(|c| crate::tls::cert_names_node(c, hello.from).err())
-    {
-        Some(("wrong_certificate", why))
     } else {
-        None
+        peer_cert
+            .as_ref()
+            .and_then(|c| crate::tls::cert_names_node(c, hello.from).err())
+            .map(|why| ("wrong_certificate", why))
     };
     if let Some((reason, why)) = refusal {
         let reply = cohort_core::encode(&HelloReply::Rejected(why.clone()));
