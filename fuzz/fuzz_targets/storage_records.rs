@@ -5,6 +5,6 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     cohort_runtime::fuzzing::storage_identity(data);
-    cohort_runtime::fuzzing::boot_from_records::<cohort_static::StaticNode>(data, &Default::default());
-    cohort_runtime::fuzzing::boot_from_records::<cohort_leader::LeaderNode>(data, &Default::default());
+    let _ = cohort_runtime::fuzzing::boot_from_records::<cohort_static::StaticNode>(data, &Default::default());
+    let _ = cohort_runtime::fuzzing::boot_from_records::<cohort_leader::LeaderNode>(data, &Default::default());
 });

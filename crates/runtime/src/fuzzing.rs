@@ -4,7 +4,7 @@
 //! panicking, whatever the bytes.
 
 use crate::transport::{read_frame, FrameError, Hello, HelloReply, HANDSHAKE_BYTES_MAX};
-use cohort_core::{Limits, Node, NodeId, NodeRng, Peers, StoreOp, Stored, Time};
+use cohort_core::{Limits, Node, NodeId, NodeRng, Peers, StoreOp, Stored};
 use rand::SeedableRng;
 use serde::de::DeserializeOwned;
 use std::future::Future;
@@ -83,8 +83,9 @@ pub fn storage_identity(data: &[u8]) {
 
 /// A data file's key-value records (postcard `Vec<(key, value)>`, or else
 /// the whole input as the value of each key the modes use), handed to mode
-/// `N`'s boot, which decodes what it persisted.
-pub fn boot_from_records<N: Node>(data: &[u8], config: &N::Config) {
+/// `N`'s boot (through [`crate::boot_checked`], as a node boots), which
+/// decodes what it persisted. Returns whether it booted.
+pub fn boot_from_records<N: Node>(data: &[u8], config: &N::Config) -> bool {
     let ops: Vec<StoreOp> = match postcard::from_bytes::<Vec<(Vec<u8>, Vec<u8>)>>(data) {
         Ok(kv) => kv
             .into_iter()
@@ -101,11 +102,5 @@ pub fn boot_from_records<N: Node>(data: &[u8], config: &N::Config) {
         Limits::default(),
     )
     .expect("a valid 3-node cluster");
-    let _ = N::boot(
-        &peers,
-        config,
-        &stored,
-        NodeRng::seed_from_u64(1),
-        Time::ZERO,
-    );
+    crate::boot_checked::<N>(&peers, config, &stored, NodeRng::seed_from_u64(1)).is_ok()
 }

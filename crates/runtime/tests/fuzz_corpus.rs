@@ -19,8 +19,10 @@ fn run(target: &str, data: &[u8]) {
         "node_config" => fuzzing::node_file(data),
         "storage_records" => {
             fuzzing::storage_identity(data);
-            fuzzing::boot_from_records::<cohort_static::StaticNode>(data, &Default::default());
-            fuzzing::boot_from_records::<cohort_leader::LeaderNode>(data, &Default::default());
+            let _ =
+                fuzzing::boot_from_records::<cohort_static::StaticNode>(data, &Default::default());
+            let _ =
+                fuzzing::boot_from_records::<cohort_leader::LeaderNode>(data, &Default::default());
         }
         other => panic!("fuzz/corpus/{other} has no replay here: add its target to this match"),
     }
@@ -45,4 +47,21 @@ fn every_fuzz_corpus_input_decodes_without_panicking() {
     }
     assert_eq!(targets, 7, "one corpus per fuzz target");
     assert!(inputs >= targets, "empty corpora");
+}
+
+/// Found by `storage_records` (2026-11-28): a `raft/log/` record that ends
+/// early made `LeaderNode::boot` panic ("the node's own store decodes"),
+/// taking the process down. The runtime now boots through
+/// `boot_checked`, so the node refuses the file with an error instead.
+#[test]
+fn regression_a_truncated_leader_log_record_is_refused_not_a_panic() {
+    let data = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fuzz/regressions/storage_records-leader-truncated-log-entry"),
+    )
+    .unwrap();
+    assert!(!fuzzing::boot_from_records::<cohort_leader::LeaderNode>(
+        &data,
+        &Default::default()
+    ));
 }
