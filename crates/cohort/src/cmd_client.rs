@@ -2,9 +2,55 @@
 
 use anyhow::Context;
 use clap::Args;
-use cohort_runtime::client::{Client, TaskView};
+use cohort_runtime::client::{Client, ClientOptions, TaskView};
 use cohort_runtime::http::{parse_wait, SubmitBody};
+use std::path::PathBuf;
 use std::time::Duration;
+
+/// How the client authenticates and what it trusts.
+#[derive(Args, Clone, Default)]
+pub struct AuthArgs {
+    /// Bearer token for nodes started with --tokens.
+    #[arg(long, env = "COHORT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// CA certificate (PEM) to trust: talk TLS to nodes started with --http-tls.
+    #[arg(long, env = "COHORT_CA")]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM), for nodes started with --http-client-ca.
+    #[arg(long, env = "COHORT_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Client private key (PEM).
+    #[arg(long, env = "COHORT_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for AuthArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthArgs")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("ca", &self.ca)
+            .field("cert", &self.cert)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuthArgs {
+    /// A client of `node` with these credentials.
+    pub fn client(&self, node: &str) -> anyhow::Result<Client> {
+        let read = |p: &PathBuf, what: &str| {
+            std::fs::read(p).with_context(|| format!("cannot read {what} {}", p.display()))
+        };
+        let options = ClientOptions {
+            token: self.token.clone().filter(|t| !t.is_empty()),
+            ca_pem: self.ca.as_ref().map(|p| read(p, "--ca")).transpose()?,
+            identity_pem: match (&self.cert, &self.key) {
+                (Some(c), Some(k)) => Some((read(c, "--cert")?, read(k, "--key")?)),
+                _ => None,
+            },
+        };
+        Ok(Client::with_options(node, options)?)
+    }
+}
 
 /// Submit a task.
 #[derive(Args, Debug, Clone)]
@@ -12,6 +58,8 @@ pub struct SubmitArgs {
     /// Any node's HTTP address.
     #[arg(long, default_value = "127.0.0.1:8001")]
     pub node: String,
+    #[command(flatten)]
+    pub auth: AuthArgs,
     /// Handler kind: sleep, hash, echo, exec (if the node allows it).
     #[arg(long)]
     pub kind: String,
@@ -38,6 +86,8 @@ pub struct GetArgs {
     /// Any node's HTTP address.
     #[arg(long, default_value = "127.0.0.1:8001")]
     pub node: String,
+    #[command(flatten)]
+    pub auth: AuthArgs,
     /// The task id.
     pub id: String,
     /// A local read that may be behind.
@@ -51,6 +101,8 @@ pub struct WaitArgs {
     /// Any node's HTTP address.
     #[arg(long, default_value = "127.0.0.1:8001")]
     pub node: String,
+    #[command(flatten)]
+    pub auth: AuthArgs,
     /// The task id.
     pub id: String,
     /// Give up after this long (e.g. 30s, 500ms).
@@ -64,6 +116,8 @@ pub struct CancelArgs {
     /// Any node's HTTP address.
     #[arg(long, default_value = "127.0.0.1:8001")]
     pub node: String,
+    #[command(flatten)]
+    pub auth: AuthArgs,
     /// The task id.
     pub id: String,
 }
@@ -74,6 +128,8 @@ pub struct MembersArgs {
     /// Any node's HTTP address.
     #[arg(long, default_value = "127.0.0.1:8001")]
     pub node: String,
+    #[command(flatten)]
+    pub auth: AuthArgs,
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -109,7 +165,7 @@ async fn wait_final(client: &Client, id: &str, timeout: Duration) -> anyhow::Res
 pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     let wait = args.wait.as_deref().map(wait_arg).transpose()?;
     runtime()?.block_on(async move {
-        let client = Client::new(&args.node);
+        let client = args.auth.client(&args.node)?;
         let body = SubmitBody {
             id: args.id,
             kind: args.kind,
@@ -130,7 +186,9 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
 /// `cohort get`.
 pub fn get(args: GetArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
-        let t = Client::new(&args.node)
+        let t = args
+            .auth
+            .client(&args.node)?
             .get(&args.id, args.stale, None)
             .await?;
         print_task(&t)
@@ -141,7 +199,7 @@ pub fn get(args: GetArgs) -> anyhow::Result<()> {
 pub fn wait(args: WaitArgs) -> anyhow::Result<()> {
     let timeout = wait_arg(&args.timeout)?;
     runtime()?.block_on(async move {
-        let t = wait_final(&Client::new(&args.node), &args.id, timeout).await?;
+        let t = wait_final(&args.auth.client(&args.node)?, &args.id, timeout).await?;
         print_task(&t)?;
         match t.state.as_str() {
             "succeeded" => Ok(()),
@@ -153,13 +211,14 @@ pub fn wait(args: WaitArgs) -> anyhow::Result<()> {
 
 /// `cohort cancel`.
 pub fn cancel(args: CancelArgs) -> anyhow::Result<()> {
-    runtime()?.block_on(async move { print_task(&Client::new(&args.node).cancel(&args.id).await?) })
+    runtime()?
+        .block_on(async move { print_task(&args.auth.client(&args.node)?.cancel(&args.id).await?) })
 }
 
 /// `cohort members`.
 pub fn members(args: MembersArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
-        let c = Client::new(&args.node).cluster().await?;
+        let c = args.auth.client(&args.node)?.cluster().await?;
         println!(
             "cluster {} · mode {} · asked node {}",
             c["cluster_id"].as_str().unwrap_or("?"),

@@ -4,10 +4,13 @@ use crate::modes;
 use anyhow::{bail, Context};
 use clap::Args;
 use cohort_core::{Limits, NodeId, Peers};
-use cohort_runtime::{Listeners, NodeOptions, Registry, RuntimeConfig};
+use cohort_runtime::auth::Tokens;
+use cohort_runtime::tls::{HttpTls, PeerTls, TlsFiles};
+use cohort_runtime::{Listeners, NodeOptions, Registry, RuntimeConfig, SecurityConfig};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Run one node. Settings come from flags, a TOML file (`--config`), or
 /// both (a flag wins over the file).
@@ -40,29 +43,41 @@ pub struct NodeArgs {
     /// Tasks this node runs at once [default: 4].
     #[arg(long)]
     pub capacity: Option<u32>,
-    /// Register the `exec` handler (runs commands from task payloads).
+    /// Register the `exec` handler (runs commands from task payloads). Refused
+    /// unless clients must authenticate (--tokens, or --http-client-ca) or
+    /// --insecure is given.
     #[arg(long)]
     pub allow_exec: bool,
+    /// Let --allow-exec run without client authentication: anyone who can
+    /// reach the HTTP API can then run commands as this node's user.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Bearer tokens the HTTP API accepts, one `ROLE TOKEN` line each (roles
+    /// read, submit, admin; `#` comments). Without it the API is open.
+    #[arg(long)]
+    pub tokens: Option<PathBuf>,
+    /// Cluster CA certificate (PEM): with --cert and --key, peers speak
+    /// mutual TLS and must present a certificate signed by this CA.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// This node's certificate (PEM), for `node-<id>` (see `cohort certs`).
+    #[arg(long)]
+    pub cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// Serve the HTTP API over TLS with --cert and --key.
+    #[arg(long)]
+    pub http_tls: bool,
+    /// With --http-tls: require API clients to present a certificate signed by this CA (PEM).
+    #[arg(long)]
+    pub http_client_ca: Option<PathBuf>,
     /// Largest task payload accepted, in bytes [default: 1048576].
     #[arg(long)]
     pub payload_bytes_max: Option<usize>,
 }
 
-/// The settings a `--config` file may hold.
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileSettings {
-    id: Option<u64>,
-    peers: Option<String>,
-    http: Option<SocketAddr>,
-    http_peers: Option<String>,
-    data_dir: Option<PathBuf>,
-    mode: Option<String>,
-    cluster_id: Option<String>,
-    capacity: Option<u32>,
-    allow_exec: Option<bool>,
-    payload_bytes_max: Option<usize>,
-}
+use cohort_runtime::config::NodeFile as FileSettings;
 
 /// Settings after flags and file are merged and defaults applied.
 #[derive(Debug, Clone)]
@@ -77,6 +92,13 @@ pub struct Settings {
     capacity: u32,
     allow_exec: bool,
     payload_bytes_max: usize,
+    insecure: bool,
+    tokens: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    http_tls: bool,
+    http_client_ca: Option<PathBuf>,
 }
 
 impl NodeArgs {
@@ -87,7 +109,8 @@ impl NodeArgs {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .with_context(|| format!("cannot read --config {}", p.display()))?;
-                toml::from_str(&text)
+                FileSettings::parse(&text)
+                    .map_err(anyhow::Error::msg)
                     .with_context(|| format!("invalid --config {}", p.display()))?
             }
         };
@@ -127,6 +150,13 @@ impl NodeArgs {
                 .payload_bytes_max
                 .or(file.payload_bytes_max)
                 .unwrap_or(Limits::default().payload_bytes_max),
+            insecure: self.insecure || file.insecure.unwrap_or(false),
+            tokens: self.tokens.clone().or(file.tokens),
+            ca: self.ca.clone().or(file.ca),
+            cert: self.cert.clone().or(file.cert),
+            key: self.key.clone().or(file.key),
+            http_tls: self.http_tls || file.http_tls.unwrap_or(false),
+            http_client_ca: self.http_client_ca.clone().or(file.http_client_ca),
         })
     }
 }
@@ -211,6 +241,15 @@ pub fn validate(args: &Settings) -> anyhow::Result<Validated> {
         config.http_addrs = parse_addr_map(h, "--http-peers")?;
     }
     config.http_addrs.insert(id, args.http);
+    config.security = security(args)?;
+    if args.allow_exec && !config.security.client_auth() && !args.insecure {
+        bail!(
+            "refusing --allow-exec without client authentication: anyone who reaches the \
+             HTTP API could run commands as this user. Give --tokens FILE (or --http-tls with \
+             --http-client-ca), or --insecure if only trusted people can reach {}",
+            args.http
+        );
+    }
     config.validate()?;
     Ok(Validated {
         config,
@@ -219,11 +258,64 @@ pub fn validate(args: &Settings) -> anyhow::Result<Validated> {
     })
 }
 
+/// Reads the token file and the TLS material.
+fn security(args: &Settings) -> anyhow::Result<SecurityConfig> {
+    let mut sec = SecurityConfig::default();
+    if let Some(p) = &args.tokens {
+        sec.tokens = Some(Arc::new(Tokens::load(p)?));
+    }
+    let files = match (&args.ca, &args.cert, &args.key) {
+        (None, None, None) => None,
+        (Some(ca), Some(cert), Some(key)) => Some(TlsFiles {
+            ca: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        _ => bail!("TLS needs all three of --ca, --cert and --key"),
+    };
+    if let Some(f) = &files {
+        sec.peer_tls = Some(PeerTls::new(&f.read()?)?);
+    }
+    if args.http_tls {
+        let Some(f) = &files else {
+            bail!("--http-tls needs --ca, --cert and --key");
+        };
+        let pem = f.read()?;
+        let client_ca = match &args.http_client_ca {
+            None => None,
+            Some(p) => Some(
+                std::fs::read(p)
+                    .with_context(|| format!("cannot read --http-client-ca {}", p.display()))?,
+            ),
+        };
+        sec.http_tls = Some(HttpTls::new(&pem.cert, &pem.key, client_ca.as_deref())?);
+    } else if args.http_client_ca.is_some() {
+        bail!("--http-client-ca needs --http-tls");
+    }
+    Ok(sec)
+}
+
+/// Warns about a listener reachable beyond this machine without protection.
+fn warn_exposure(args: &Settings, peer_bind: SocketAddr, sec: &SecurityConfig) {
+    if !args.http.ip().is_loopback() && !sec.client_auth() {
+        eprintln!(
+            "warning: the HTTP API on {} is reachable from the network and needs no token (--tokens)",
+            args.http
+        );
+    }
+    if !peer_bind.ip().is_loopback() && sec.peer_tls.is_none() {
+        eprintln!(
+            "warning: the peer port {peer_bind} is reachable from the network without TLS (--ca/--cert/--key)"
+        );
+    }
+}
+
 /// Runs the node until SIGINT or SIGTERM.
 pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     crate::init_tracing();
     let args = args.settings()?;
     let v = validate(&args)?;
+    warn_exposure(&args, v.peer_bind, &v.config.security);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -240,11 +332,22 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         };
         let mut node = (v.mode.start)(v.config, options, Listeners { peer, http }).await?;
         eprintln!(
-            "cohort node {} ({} mode) peers on {}, HTTP on http://{}",
+            "cohort node {} ({} mode) peers on {}{}, HTTP on {}://{}{}",
             node.id(),
             v.mode.name,
             node.peer_addr(),
-            node.http_addr()
+            if args.ca.is_some() {
+                " (mutual TLS)"
+            } else {
+                ""
+            },
+            if args.http_tls { "https" } else { "http" },
+            node.http_addr(),
+            if args.tokens.is_some() {
+                " (tokens required)"
+            } else {
+                ""
+            },
         );
         tokio::select! {
             r = node.wait() => r.context("node stopped"),
@@ -324,6 +427,39 @@ mod tests {
         assert!(err(a).contains("no node id"));
         let v = validate(&args().settings().unwrap()).unwrap();
         assert_eq!(v.peer_bind, "127.0.0.1:7001".parse().unwrap());
+    }
+
+    #[test]
+    fn allow_exec_is_refused_without_client_auth_unless_insecure() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = args(dir.path());
+        a.allow_exec = true;
+        let e = validate(&a.settings().unwrap()).err().unwrap().to_string();
+        assert!(e.contains("refusing --allow-exec"), "{e}");
+        a.insecure = true;
+        validate(&a.settings().unwrap()).unwrap();
+        a.insecure = false;
+        let tokens = dir.path().join("tokens");
+        std::fs::write(&tokens, "submit 0123456789abcdef0123\n").unwrap();
+        a.tokens = Some(tokens);
+        let v = validate(&a.settings().unwrap()).unwrap();
+        assert!(v.config.security.client_auth());
+    }
+
+    #[test]
+    fn the_api_binds_loopback_by_default_and_tls_needs_all_its_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = args(dir.path());
+        a.http = None;
+        let s = a.settings().unwrap();
+        assert!(s.http.ip().is_loopback());
+        a.ca = Some(dir.path().join("ca.pem"));
+        let e = validate(&a.settings().unwrap()).err().unwrap().to_string();
+        assert!(e.contains("all three"), "{e}");
+        let mut a = args(dir.path());
+        a.http_tls = true;
+        let e = validate(&a.settings().unwrap()).err().unwrap().to_string();
+        assert!(e.contains("--http-tls needs"), "{e}");
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! The runtime's configuration, validated before anything starts.
 
+use crate::auth::Tokens;
 use crate::error::RuntimeError;
+use crate::tls::{HttpTls, PeerTls};
 use cohort_core::{NodeId, Peers};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Limits and timings of the peer transport.
@@ -60,6 +63,61 @@ impl Default for ClientLimits {
     }
 }
 
+/// Authentication and encryption of a node; everything is off by default.
+#[derive(Clone, Debug, Default)]
+pub struct SecurityConfig {
+    /// Bearer tokens the HTTP API accepts; without them it accepts anyone.
+    pub tokens: Option<Arc<Tokens>>,
+    /// Mutual TLS for the peer transport; without it peers speak plain TCP.
+    pub peer_tls: Option<PeerTls>,
+    /// TLS for the HTTP API; without it the API speaks plain HTTP.
+    pub http_tls: Option<HttpTls>,
+}
+
+impl SecurityConfig {
+    /// Whether API clients must prove who they are (a token or a client
+    /// certificate).
+    pub fn client_auth(&self) -> bool {
+        self.tokens.is_some()
+            || self
+                .http_tls
+                .as_ref()
+                .is_some_and(|t| t.client_certs_required)
+    }
+}
+
+/// The settings a `cohort node --config` TOML file may hold: the same
+/// names as `cohort node`'s flags, with `_` for `-`; a flag wins over the file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct NodeFile {
+    pub id: Option<u64>,
+    pub peers: Option<String>,
+    pub http: Option<SocketAddr>,
+    pub http_peers: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub mode: Option<String>,
+    pub cluster_id: Option<String>,
+    pub capacity: Option<u32>,
+    pub allow_exec: Option<bool>,
+    pub payload_bytes_max: Option<usize>,
+    pub insecure: Option<bool>,
+    pub tokens: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub http_tls: Option<bool>,
+    pub http_client_ca: Option<PathBuf>,
+}
+
+impl NodeFile {
+    /// Parses a config file's text; the error says which key or line is wrong.
+    pub fn parse(text: &str) -> Result<NodeFile, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
 /// Most bytes in a cluster id.
 pub const CLUSTER_ID_BYTES_MAX: usize = 64;
 
@@ -86,6 +144,8 @@ pub struct RuntimeConfig {
     /// Most inputs handed to the core before their actions are carried out
     /// together (group commit: one fsync for all their writes).
     pub inputs_per_batch_max: usize,
+    /// Tokens and TLS.
+    pub security: SecurityConfig,
 }
 
 impl RuntimeConfig {
@@ -107,6 +167,7 @@ impl RuntimeConfig {
             transport: TransportLimits::default(),
             client: ClientLimits::default(),
             inputs_per_batch_max: 256,
+            security: SecurityConfig::default(),
         }
     }
 

@@ -19,7 +19,9 @@
 //! "result"? (when UTF-8), "result_base64"?, "error"?, "attempts"?}`.
 //!
 //! Errors: `{"error": "<message>", "code": "<snake_case>"}` with status 400
-//! (`malformed`, `invalid_task`), 404 (`not_found`), 409 (`id_conflict`), 413
+//! (`malformed`, `invalid_task`), 401 (`unauthorized`: the node has tokens
+//! and the request has no known one), 403 (`forbidden`: the token's role is
+//! too low; see [`crate::auth`]), 404 (`not_found`), 409 (`id_conflict`), 413
 //! (`payload_too_large`), 422 (`unknown_kind`), 429 (`overloaded`, with
 //! `Retry-After`), 307 to the leader's API when this node is not the leader
 //! and knows where it is (`not_leader`, with `"leader"`), 503
@@ -77,7 +79,63 @@ pub(crate) fn router(api: Arc<Api>) -> Router {
         .route("/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(body_max))
+        .layer(axum::middleware::from_fn_with_state(api.clone(), authorize))
         .with_state(api)
+}
+
+/// Refuses requests without a token of the role the route needs (when the
+/// node has tokens): 401 `unauthorized` or 403 `forbidden`.
+async fn authorize(
+    State(api): State<Arc<Api>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(tokens) = &api.config.security.tokens else {
+        return next.run(req).await;
+    };
+    let Some(needed) = crate::auth::role_needed(req.method(), req.uri().path()) else {
+        return next.run(req).await;
+    };
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    match crate::auth::check(tokens, header, needed) {
+        Ok(_) => next.run(req).await,
+        Err(crate::auth::Refusal::Unauthenticated) => {
+            api.metrics.inc(
+                "cohort_http_auth_refused_total",
+                "reason=\"unauthenticated\"",
+            );
+            tracing::info!(method = %req.method(), path = req.uri().path(), "refused: no valid token");
+            let mut resp = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this node needs `Authorization: Bearer <token>` with a known token",
+            )
+            .into_response();
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"cohort\""),
+            );
+            resp
+        }
+        Err(crate::auth::Refusal::Forbidden { needed, has }) => {
+            api.metrics
+                .inc("cohort_http_auth_refused_total", "reason=\"forbidden\"");
+            tracing::info!(method = %req.method(), path = req.uri().path(), needed = needed.name(), has = has.name(), "refused: role too low");
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "this request needs a token with role {}; yours has {}",
+                    needed.name(),
+                    has.name()
+                ),
+            )
+            .into_response()
+        }
+    }
 }
 
 /// A JSON error response.
@@ -137,8 +195,17 @@ impl Api {
                     (Some(l), Some(addr)) => {
                         let mut err =
                             ApiError::new(StatusCode::TEMPORARY_REDIRECT, "not_leader", msg);
-                        err.leader =
-                            Some(Box::new((json!(l.0), Some(format!("http://{addr}{path}")))));
+                        err.leader = Some(Box::new((
+                            json!(l.0),
+                            Some(format!(
+                                "{}://{addr}{path}",
+                                if self.config.security.http_tls.is_some() {
+                                    "https"
+                                } else {
+                                    "http"
+                                }
+                            )),
+                        )));
                         err
                     }
                     _ => {
@@ -254,20 +321,10 @@ fn parse_id(s: &str) -> Result<TaskId, ApiError> {
     })
 }
 
-async fn submit(
-    State(api): State<Arc<Api>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let body = body.map_err(|r| {
-        let status = r.status();
-        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            "payload_too_large"
-        } else {
-            "malformed"
-        };
-        ApiError::new(status, code, r.body_text())
-    })?;
-    let req: SubmitBody = serde_json::from_slice(&body).map_err(|e| {
+/// Decodes a submit body into the optional client id and the task (before
+/// limits and kinds are checked).
+fn decode_submit(body: &[u8]) -> Result<(Option<TaskId>, Task), ApiError> {
+    let req: SubmitBody = serde_json::from_slice(body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "malformed",
@@ -294,12 +351,36 @@ async fn submit(
             })?,
         (None, None) => Vec::new(),
     };
+    let id = req.id.as_deref().map(parse_id).transpose()?;
     let task = Task {
         kind: req.kind,
         payload,
         timeout_ms: req.timeout_ms.unwrap_or(TASK_TIMEOUT_MS_DEFAULT),
         max_attempts: req.max_attempts.unwrap_or(TASK_ATTEMPTS_DEFAULT),
     };
+    Ok((id, task))
+}
+
+/// [`decode_submit`] for fuzzing and tests: the error is the message a
+/// client would get in a `400`.
+pub fn parse_submit(body: &[u8]) -> Result<(Option<TaskId>, Task), String> {
+    decode_submit(body).map_err(|e| format!("{} {}: {}", e.status.as_u16(), e.code, e.message))
+}
+
+async fn submit(
+    State(api): State<Arc<Api>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|r| {
+        let status = r.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "payload_too_large"
+        } else {
+            "malformed"
+        };
+        ApiError::new(status, code, r.body_text())
+    })?;
+    let (id, task) = decode_submit(&body)?;
     api.config
         .peers
         .limits
@@ -316,8 +397,8 @@ async fn submit(
             ),
         ));
     }
-    let id = match req.id {
-        Some(s) => parse_id(&s)?,
+    let id = match id {
+        Some(id) => id,
         None => TaskId::random(&mut *api.id_rng.lock().expect("id rng lock")),
     };
     match api

@@ -18,18 +18,21 @@
 //! or as if the process died ([`RunningNode::kill`]). [`run`] is the same
 //! with a shutdown future, for a binary.
 
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod driver;
 pub mod error;
+pub mod fuzzing;
 pub mod handlers;
 pub mod http;
 pub mod kind;
 pub mod metrics;
 pub mod storage;
+pub mod tls;
 pub mod transport;
 
-pub use config::{ClientLimits, RuntimeConfig, TransportLimits};
+pub use config::{ClientLimits, RuntimeConfig, SecurityConfig, TransportLimits};
 pub use driver::NoteObserver;
 pub use error::RuntimeError;
 pub use handlers::{Handler, HandlerFuture, HandlerInput, Registry};
@@ -169,11 +172,12 @@ pub async fn start<N: Node + Send + 'static>(
     listeners: Listeners,
 ) -> Result<RunningNode, RuntimeError> {
     config.validate()?;
+    tls::install_default_provider();
     let config = Arc::new(config);
     let id = config.peers.id;
     let path = storage::data_file(&config.data_dir, id);
     let cluster_id = config.cluster_id.clone();
-    let (storage, stored) = open_storage(path, cluster_id, id).await?;
+    let (storage, stored) = open_storage(path.clone(), cluster_id, id).await?;
     let io = |what: &str| {
         let what = what.to_string();
         move |source| RuntimeError::Io { what, source }
@@ -185,13 +189,12 @@ pub async fn start<N: Node + Send + 'static>(
     let seed = options.rng_seed.unwrap_or_else(os_seed);
     let rng = NodeRng::seed_from_u64(seed);
     let boot = tokio::time::Instant::now();
-    let node = N::boot(
-        &config.peers,
-        &mode_config,
-        &stored,
-        rng,
-        cohort_core::Time::ZERO,
-    );
+    let node = boot_checked::<N>(&config.peers, &mode_config, &stored, rng).map_err(|reason| {
+        RuntimeError::CorruptFile {
+            path: path.clone(),
+            reason,
+        }
+    })?;
     drop(stored);
     let (control_tx, control_rx) = mpsc::channel(4096);
     let (peer_tx, peer_rx) = mpsc::channel(config.transport.inbound_queue_len_max);
@@ -239,14 +242,33 @@ pub async fn start<N: Node + Send + 'static>(
     });
     let mut http_stop = stop_rx;
     let app = http::router(api);
-    let http = tokio::spawn(async move {
-        let serve = axum::serve(listeners.http, app).with_graceful_shutdown(async move {
-            let _ = http_stop.wait_for(|s| *s).await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!("http server failed: {e}");
+    let stopped = async move {
+        let _ = http_stop.wait_for(|s| *s).await;
+    };
+    let http = match &config.security.http_tls {
+        None => tokio::spawn(async move {
+            let serve = axum::serve(listeners.http, app).with_graceful_shutdown(stopped);
+            if let Err(e) = serve.await {
+                tracing::error!("http server failed: {e}");
+            }
+        }),
+        Some(tls) => {
+            let listener = tls::TlsListener::new(
+                listeners.http,
+                tls,
+                config.handshake_timeout(),
+                config.transport.inbound_connections_max,
+                metrics.clone(),
+            )
+            .map_err(io("http listener"))?;
+            tokio::spawn(async move {
+                let serve = axum::serve(listener, app).with_graceful_shutdown(stopped);
+                if let Err(e) = serve.await {
+                    tracing::error!("http server failed: {e}");
+                }
+            })
         }
-    });
+    };
     tracing::info!(node = %id, %http_addr, %peer_addr, mode = %config.mode, "node started");
     Ok(RunningNode {
         id,
@@ -256,6 +278,31 @@ pub async fn start<N: Node + Send + 'static>(
         stop: stop_tx,
         event_loop,
         http,
+    })
+}
+
+/// Boots the core from what its data file holds. A mode that cannot decode
+/// its own records panics in `boot`; that is turned into an error (the
+/// caller refuses the file) instead of taking the process down.
+pub fn boot_checked<N: Node>(
+    peers: &cohort_core::Peers,
+    config: &N::Config,
+    stored: &cohort_core::Stored,
+    rng: NodeRng,
+) -> Result<N, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        N::boot(peers, config, stored, rng, cohort_core::Time::ZERO)
+    }))
+    .map_err(|p| {
+        let msg = p
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| p.downcast_ref::<&str>().copied())
+            .unwrap_or("the mode panicked");
+        format!(
+            "the {} mode cannot decode its stored records: {msg}",
+            std::any::type_name::<N>()
+        )
     })
 }
 

@@ -43,6 +43,18 @@ struct Meta {
     node: u64,
 }
 
+fn decode_meta(bytes: &[u8]) -> Result<Meta, postcard::Error> {
+    postcard::from_bytes(bytes)
+}
+
+/// Decodes a data file's identity record: `(format version, cluster id,
+/// node)`. What [`Storage::open`] reads first; public for fuzzing.
+pub fn decode_identity(bytes: &[u8]) -> Result<(u32, String, NodeId), String> {
+    decode_meta(bytes)
+        .map(|m| (m.format_version, m.cluster_id, NodeId(m.node)))
+        .map_err(|e| e.to_string())
+}
+
 /// A node's open data file.
 pub struct Storage {
     db: Database,
@@ -158,7 +170,7 @@ impl Storage {
         let Some(bytes) = table.get(META_KEY).map_err(|e| self.err(e))? else {
             return Ok(None);
         };
-        let meta = postcard::from_bytes(bytes.value()).map_err(|e| RuntimeError::CorruptFile {
+        let meta = decode_meta(bytes.value()).map_err(|e| RuntimeError::CorruptFile {
             path: self.path.clone(),
             reason: format!("unreadable identity record: {e}"),
         })?;

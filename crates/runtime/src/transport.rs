@@ -17,9 +17,16 @@
 //! sender that is not a member, a frame over `Limits::message_bytes_max`, or
 //! a frame that does not decode. The node keeps running; messages are
 //! unreliable by contract, so nothing acknowledged depends on them.
+//!
+//! With peer TLS ([`crate::tls::PeerTls`]) every connection starts with a
+//! mutual TLS handshake against the cluster CA, and the cohort handshake
+//! runs inside it as a second check. A dialer without a certificate of the
+//! cluster CA is refused (`reason="tls_refused"`, with rustls' reason in the
+//! log); the dialer checks the acceptor presents `node-<to>`.
 
 use crate::config::RuntimeConfig;
 use crate::metrics::Metrics;
+use crate::tls::PeerTls;
 use cohort_core::NodeId;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -27,9 +34,13 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
+
+/// A peer connection: plain TCP, or TLS over it.
+pub trait PeerIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> PeerIo for T {}
 
 /// First bytes of every handshake.
 pub const MAGIC: [u8; 4] = *b"CHRT";
@@ -141,6 +152,7 @@ pub fn start_outbound(
             backoff_min: Duration::from_millis(config.transport.connect_backoff_ms_min),
             backoff_max: Duration::from_millis(config.transport.connect_backoff_ms_max),
             handshake_timeout: config.handshake_timeout(),
+            tls: config.security.peer_tls.clone(),
             metrics: metrics.clone(),
             status: status.clone(),
         };
@@ -161,6 +173,7 @@ struct Link {
     backoff_min: Duration,
     backoff_max: Duration,
     handshake_timeout: Duration,
+    tls: Option<PeerTls>,
     metrics: Arc<Metrics>,
     status: Arc<PeerStatus>,
 }
@@ -190,7 +203,11 @@ impl Link {
                     }
                 }
                 Err(e) => {
-                    tracing::debug!(peer = %self.peer, addr = %self.addr, "cannot connect: {e}");
+                    if e.starts_with("tls") {
+                        tracing::warn!(peer = %self.peer, addr = %self.addr, "cannot connect: {e}");
+                    } else {
+                        tracing::debug!(peer = %self.peer, addr = %self.addr, "cannot connect: {e}");
+                    }
                     // Messages are unreliable: do not let a dead peer's queue
                     // deliver ancient messages when it comes back.
                     let mut dropped = 0;
@@ -220,19 +237,38 @@ impl Link {
         }
     }
 
-    async fn connect(&self) -> Result<TcpStream, String> {
-        let mut stream = TcpStream::connect(self.addr)
+    async fn connect(&self) -> Result<Box<dyn PeerIo>, String> {
+        let tcp = TcpStream::connect(self.addr)
             .await
             .map_err(|e| e.to_string())?;
-        let _ = stream.set_nodelay(true);
+        let _ = tcp.set_nodelay(true);
+        let deadline = tokio::time::Instant::now() + self.handshake_timeout;
+        let mut stream: Box<dyn PeerIo> = match &self.tls {
+            None => Box::new(tcp),
+            Some(tls) => {
+                let name = PeerTls::server_name(self.peer);
+                match tokio::time::timeout_at(deadline, tls.connector.connect(name, tcp)).await {
+                    Err(_) => return Err("tls handshake timed out".into()),
+                    Ok(Err(e)) => return Err(format!("tls handshake failed: {e}")),
+                    Ok(Ok(s)) => Box::new(s),
+                }
+            }
+        };
         let hello = cohort_core::encode(&self.hello);
-        let reply = tokio::time::timeout(self.handshake_timeout, async {
+        let reply = tokio::time::timeout_at(deadline, async {
             write_frame(&mut stream, &hello).await?;
             read_frame(&mut stream, HANDSHAKE_BYTES_MAX).await
         })
         .await
         .map_err(|_| "handshake timed out".to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| match (&self.tls, e) {
+            // Under TLS 1.3 the acceptor checks our certificate after our
+            // side of the handshake is done: its refusal arrives here.
+            (Some(_), FrameError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                format!("tls: refused by the peer: {e}")
+            }
+            (_, e) => e.to_string(),
+        })?;
         match cohort_core::decode::<HelloReply>(&reply, HANDSHAKE_BYTES_MAX) {
             Ok(HelloReply::Accepted) => Ok(stream),
             Ok(HelloReply::Rejected(why)) => {
@@ -247,12 +283,12 @@ impl Link {
     /// the node stops (None).
     async fn pump(
         &self,
-        stream: TcpStream,
+        stream: Box<dyn PeerIo>,
         rx: &mut mpsc::Receiver<Vec<u8>>,
         stop: &mut watch::Receiver<bool>,
         peer_label: &str,
     ) -> Option<String> {
-        let (mut read, write) = stream.into_split();
+        let (mut read, write) = tokio::io::split(stream);
         let mut write = BufWriter::new(write);
         let mut probe = [0u8; 1];
         loop {
@@ -380,7 +416,7 @@ pub async fn run_inbound<M: DeserializeOwned + Serialize + Send + 'static>(
         tokio::spawn(async move {
             let _permit = permit;
             tokio::select! {
-                (reason, why) = serve_inbound(stream, &config, &metrics, &deliver) => {
+                (reason, why) = accept_inbound(stream, &config, &metrics, &deliver) => {
                     metrics.inc("cohort_peer_connections_rejected_total", &format!("reason=\"{reason}\""));
                     if reason == "closed" {
                         tracing::debug!(%remote, "peer connection closed: {why}");
@@ -394,20 +430,51 @@ pub async fn run_inbound<M: DeserializeOwned + Serialize + Send + 'static>(
     }
 }
 
-/// Serves one inbound connection; returns why it ended (a metric label and
-/// a message).
-async fn serve_inbound<M: DeserializeOwned + Serialize>(
-    mut stream: TcpStream,
+/// Runs the TLS handshake (when the node has peer TLS), then serves the
+/// connection; returns why it ended (a metric label and a message).
+async fn accept_inbound<M: DeserializeOwned + Serialize>(
+    tcp: TcpStream,
     config: &RuntimeConfig,
     metrics: &Metrics,
     deliver: &mpsc::Sender<(NodeId, M)>,
 ) -> (&'static str, String) {
-    let _ = stream.set_nodelay(true);
-    let hello = tokio::time::timeout(
-        config.handshake_timeout(),
-        read_frame(&mut stream, HANDSHAKE_BYTES_MAX),
-    )
-    .await;
+    let _ = tcp.set_nodelay(true);
+    let deadline = tokio::time::Instant::now() + config.handshake_timeout();
+    match &config.security.peer_tls {
+        None => serve_inbound(tcp, None, deadline, config, metrics, deliver).await,
+        Some(tls) => match tokio::time::timeout_at(deadline, tls.acceptor.accept(tcp)).await {
+            Err(_) => ("handshake_timeout", "no TLS handshake in time".into()),
+            Ok(Err(e)) => ("tls_refused", format!("TLS handshake failed: {e}")),
+            Ok(Ok(s)) => {
+                let cert = s
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| c.clone().into_owned());
+                match cert {
+                    None => ("tls_refused", "no client certificate".into()),
+                    Some(cert) => {
+                        serve_inbound(s, Some(cert), deadline, config, metrics, deliver).await
+                    }
+                }
+            }
+        },
+    }
+}
+
+/// Serves one inbound connection after any TLS handshake; the cohort
+/// handshake must arrive by `deadline`.
+async fn serve_inbound<M: DeserializeOwned + Serialize>(
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    peer_cert: Option<rustls::pki_types::CertificateDer<'static>>,
+    deadline: tokio::time::Instant,
+    config: &RuntimeConfig,
+    metrics: &Metrics,
+    deliver: &mpsc::Sender<(NodeId, M)>,
+) -> (&'static str, String) {
+    let hello =
+        tokio::time::timeout_at(deadline, read_frame(&mut stream, HANDSHAKE_BYTES_MAX)).await;
     let hello = match hello {
         Err(_) => return ("handshake_timeout", "no handshake in time".into()),
         Ok(Err(FrameError::TooLarge { size_bytes, .. })) => {
@@ -448,7 +515,10 @@ async fn serve_inbound<M: DeserializeOwned + Serialize>(
     } else if hello.from == config.peers.id || !config.peers.members.contains(&hello.from) {
         Some(("not_a_member", format!("{} is not a peer", hello.from)))
     } else {
-        None
+        peer_cert
+            .as_ref()
+            .and_then(|c| crate::tls::cert_names_node(c, hello.from).err())
+            .map(|why| ("wrong_certificate", why))
     };
     if let Some((reason, why)) = refusal {
         let reply = cohort_core::encode(&HelloReply::Rejected(why.clone()));

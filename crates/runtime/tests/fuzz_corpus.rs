@@ -1,0 +1,67 @@
+//! Replays every input under `fuzz/corpus/<target>/` through the function
+//! its fuzz target calls, on stable Rust in the normal test suite: a decoder
+//! change that panics on an input the fuzzers once found fails here, fast.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
+use cohort_runtime::fuzzing;
+use std::path::Path;
+
+fn run(target: &str, data: &[u8]) {
+    match target {
+        "peer_handshake" => fuzzing::peer_handshake(data),
+        "peer_frames" => {
+            fuzzing::peer_frames::<cohort_static::StaticMessage>(data);
+            fuzzing::peer_frames::<cohort_leader::LeaderMsg>(data);
+        }
+        "message_static" => fuzzing::message::<cohort_static::StaticMessage>(data),
+        "message_leader" => fuzzing::message::<cohort_leader::LeaderMsg>(data),
+        "submit_body" => fuzzing::submit_body(data),
+        "node_config" => fuzzing::node_file(data),
+        "storage_records" => {
+            fuzzing::storage_identity(data);
+            let _ =
+                fuzzing::boot_from_records::<cohort_static::StaticNode>(data, &Default::default());
+            let _ =
+                fuzzing::boot_from_records::<cohort_leader::LeaderNode>(data, &Default::default());
+        }
+        other => panic!("fuzz/corpus/{other} has no replay here: add its target to this match"),
+    }
+}
+
+#[test]
+fn every_fuzz_corpus_input_decodes_without_panicking() {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus");
+    let mut inputs = 0;
+    let mut targets = 0;
+    for dir in std::fs::read_dir(&corpus).expect("fuzz/corpus exists") {
+        let dir = dir.unwrap().path();
+        let target = dir.file_name().unwrap().to_str().unwrap().to_string();
+        targets += 1;
+        for f in std::fs::read_dir(&dir).unwrap() {
+            let f = f.unwrap().path();
+            let data = std::fs::read(&f).unwrap();
+            let r = std::panic::catch_unwind(|| run(&target, &data));
+            assert!(r.is_ok(), "{} panics", f.display());
+            inputs += 1;
+        }
+    }
+    assert_eq!(targets, 7, "one corpus per fuzz target");
+    assert!(inputs >= targets, "empty corpora");
+}
+
+/// Found by `storage_records` (2026-11-28): a `raft/log/` record that ends
+/// early made `LeaderNode::boot` panic ("the node's own store decodes"),
+/// taking the process down. The runtime now boots through
+/// `boot_checked`, so the node refuses the file with an error instead.
+#[test]
+fn regression_a_truncated_leader_log_record_is_refused_not_a_panic() {
+    let data = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fuzz/regressions/storage_records-leader-truncated-log-entry"),
+    )
+    .unwrap();
+    assert!(!fuzzing::boot_from_records::<cohort_leader::LeaderNode>(
+        &data,
+        &Default::default()
+    ));
+}

@@ -1,0 +1,334 @@
+//! Hostile input against real nodes, beyond the peer handshake cases in
+//! `transport.rs`: malformed, oversized and oddly shaped API requests, a
+//! truncated peer frame, a burst of a thousand connections, and data files
+//! that are not this node's. Each gets a clear error or a closed
+//! connection, and the node keeps serving.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
+mod common;
+
+use cohort_core::{Limits, NodeId};
+use cohort_runtime::client::Client;
+use cohort_runtime::http::SubmitBody;
+use cohort_runtime::transport::{
+    read_frame, write_frame, Hello, HelloReply, MAGIC, PROTOCOL_VERSION,
+};
+use cohort_runtime::{Listeners, NodeOptions, Registry, RuntimeError};
+use common::{eventually, Cluster, ToyNode};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+fn echo(payload: &str) -> SubmitBody {
+    SubmitBody {
+        id: None,
+        kind: "echo".into(),
+        payload: Some(payload.into()),
+        payload_base64: None,
+        timeout_ms: None,
+        max_attempts: None,
+    }
+}
+
+async fn still_serves(client: &Client) {
+    let id = client.submit(&echo("still here")).await.unwrap();
+    let t = client
+        .get(&id, false, Some(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert_eq!(t.result.as_deref(), Some("still here"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_api_requests_get_typed_json_errors_and_the_node_keeps_serving() {
+    let limits = Limits {
+        payload_bytes_max: 1024,
+        ..Limits::default()
+    };
+    let mut c = Cluster::new(1, limits).await;
+    let n = c.start(NodeId(1), Registry::with_builtins(false)).await;
+    let base = format!("http://{}", n.http_addr());
+    let raw = reqwest::Client::new();
+    let post = |body: Vec<u8>| {
+        raw.post(format!("{base}/v1/tasks"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let nested = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        ("not JSON", b"kind=echo".to_vec(), 400, "malformed"),
+        (
+            "truncated JSON",
+            br#"{"kind":"ec"#.to_vec(),
+            400,
+            "malformed",
+        ),
+        ("empty body", Vec::new(), 400, "malformed"),
+        (
+            "invalid UTF-8",
+            b"{\"kind\":\"\xff\xfe\"}".to_vec(),
+            400,
+            "malformed",
+        ),
+        ("a JSON array", b"[1,2,3]".to_vec(), 400, "malformed"),
+        ("deep nesting", nested.into_bytes(), 400, "malformed"),
+        (
+            "unknown field",
+            br#"{"kind":"echo","priority":9}"#.to_vec(),
+            400,
+            "malformed",
+        ),
+        (
+            "wrong type",
+            br#"{"kind":"echo","timeout_ms":"soon"}"#.to_vec(),
+            400,
+            "malformed",
+        ),
+        (
+            "negative number",
+            br#"{"kind":"echo","max_attempts":-1}"#.to_vec(),
+            400,
+            "malformed",
+        ),
+        (
+            "missing kind",
+            br#"{"payload":"x"}"#.to_vec(),
+            400,
+            "malformed",
+        ),
+        (
+            "id not hex",
+            br#"{"id":"xyz","kind":"echo"}"#.to_vec(),
+            400,
+            "malformed",
+        ),
+        (
+            "id too long",
+            format!(r#"{{"id":"{}","kind":"echo"}}"#, "a".repeat(33)).into_bytes(),
+            400,
+            "malformed",
+        ),
+        (
+            "id empty",
+            br#"{"id":"","kind":"echo"}"#.to_vec(),
+            400,
+            "malformed",
+        ),
+        (
+            "id a number",
+            br#"{"id":12,"kind":"echo"}"#.to_vec(),
+            400,
+            "malformed",
+        ),
+        (
+            "both payloads",
+            br#"{"kind":"echo","payload":"a","payload_base64":"YQ=="}"#.to_vec(),
+            400,
+            "malformed",
+        ),
+        (
+            "bad base64",
+            br#"{"kind":"echo","payload_base64":"!!!"}"#.to_vec(),
+            400,
+            "malformed",
+        ),
+        (
+            "payload over the limit",
+            format!(r#"{{"kind":"echo","payload":"{}"}}"#, "x".repeat(2000)).into_bytes(),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "body far over the limit",
+            vec![b' '; 1 << 20],
+            413,
+            "payload_too_large",
+        ),
+        (
+            "unknown kind",
+            br#"{"kind":"rm-rf"}"#.to_vec(),
+            422,
+            "unknown_kind",
+        ),
+        (
+            "zero attempts",
+            br#"{"kind":"echo","max_attempts":0}"#.to_vec(),
+            400,
+            "invalid_task",
+        ),
+    ];
+    for (what, body, status, code) in cases {
+        let r = post(body).await.unwrap();
+        assert_eq!(r.status().as_u16(), status, "{what}");
+        let v: serde_json::Value = r
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: not JSON: {e}"));
+        assert_eq!(v["code"], code, "{what}: {v}");
+        assert!(
+            v["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{what}: {v}"
+        );
+    }
+    // Ids of the wrong shape in the path.
+    for path in ["zz", "0x12", &"f".repeat(33), "%00", "-1"] {
+        let r = raw
+            .get(format!("{base}/v1/tasks/{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "GET {path}");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["code"], "malformed");
+        let r = raw
+            .delete(format!("{base}/v1/tasks/{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "DELETE {path}");
+    }
+    // A bad ?wait.
+    let r = raw
+        .get(format!("{base}/v1/tasks/ab?wait=forever"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    still_serves(&Client::new(&n.http_addr().to_string())).await;
+    n.shutdown().await.unwrap();
+}
+
+fn hello(from: u64) -> Vec<u8> {
+    cohort_core::encode(&Hello {
+        magic: MAGIC,
+        protocol_version: PROTOCOL_VERSION,
+        cluster_id: "test-cluster".into(),
+        from: NodeId(from),
+        to: NodeId(1),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_frame_and_a_burst_of_a_thousand_connections_leave_the_node_serving() {
+    let mut c = Cluster::new(2, Limits::default()).await;
+    let mut config = c.config(NodeId(1));
+    config.transport.inbound_connections_max = 16;
+    config.transport.handshake_timeout_ms = 500;
+    let peer = c.peer_listeners.remove(&NodeId(1)).unwrap();
+    let addr = peer.local_addr().unwrap();
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let options = NodeOptions {
+        registry: Registry::with_builtins(false),
+        ..NodeOptions::default()
+    };
+    let n1 = cohort_runtime::start::<ToyNode>(config, (), options, Listeners { peer, http })
+        .await
+        .unwrap();
+    let n2 = c.start(NodeId(2), Registry::with_builtins(false)).await;
+    let m = n1.metrics();
+
+    // A frame that announces 100 bytes, sends 10 and hangs up.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    write_frame(&mut s, &hello(2)).await.unwrap();
+    let reply = read_frame(&mut s, 1024).await.unwrap();
+    assert_eq!(
+        cohort_core::decode::<HelloReply>(&reply, 1024).unwrap(),
+        HelloReply::Accepted
+    );
+    s.write_all(&100u32.to_be_bytes()).await.unwrap();
+    s.write_all(&[0u8; 10]).await.unwrap();
+    drop(s);
+    assert!(
+        eventually(Duration::from_secs(2), || m.counter(
+            "cohort_peer_connections_rejected_total",
+            "reason=\"closed\""
+        ) >= 1)
+        .await,
+        "the truncated frame's connection was not closed"
+    );
+
+    // A thousand connections at once, each sending a byte of garbage.
+    let mut tasks = Vec::new();
+    for _ in 0..1000 {
+        tasks.push(tokio::spawn(async move {
+            if let Ok(mut s) = TcpStream::connect(addr).await {
+                let _ = s.write_all(&[0xde]).await;
+                let mut buf = [0u8; 16];
+                let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let refused = m.counter(
+        "cohort_peer_connections_rejected_total",
+        "reason=\"too_many_connections\"",
+    );
+    assert!(refused > 0, "the connection limit never applied");
+    // The real peer still gets through, and clients are served.
+    let before = m.counter("cohort_peer_messages_received_total", "peer=\"n2\"");
+    assert!(
+        eventually(Duration::from_secs(5), || m
+            .counter("cohort_peer_messages_received_total", "peer=\"n2\"")
+            > before)
+        .await
+    );
+    still_serves(&Client::new(&n1.http_addr().to_string())).await;
+    n1.shutdown().await.unwrap();
+    n2.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refuses_to_start_from_another_clusters_or_a_bit_flipped_data_file() {
+    let mut c = Cluster::new(1, Limits::default()).await;
+    let n = c.start(NodeId(1), Registry::with_builtins(false)).await;
+    let id = Client::new(&n.http_addr().to_string())
+        .submit(&echo("durable"))
+        .await
+        .unwrap();
+    n.shutdown().await.unwrap();
+    let start = |config| async {
+        let peer = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        cohort_runtime::start::<ToyNode>(
+            config,
+            (),
+            NodeOptions::default(),
+            Listeners { peer, http },
+        )
+        .await
+    };
+    // Another cluster's node with the same id and directory.
+    let mut other = c.config(NodeId(1));
+    other.cluster_id = "another-cluster".into();
+    match start(other).await {
+        Err(RuntimeError::ForeignFile { reason, .. }) => assert!(
+            reason.contains("another-cluster") || reason.contains("test-cluster"),
+            "{reason}"
+        ),
+        other => panic!("started from another cluster's file: {other:?}"),
+    }
+    // Our own node still starts from it and has the task.
+    let n = start(c.config(NodeId(1))).await.unwrap();
+    let t = Client::new(&n.http_addr().to_string())
+        .get(&id, true, None)
+        .await
+        .unwrap();
+    assert_eq!(t.id, id);
+    n.shutdown().await.unwrap();
+    // Flip bits all over the file: refused as corrupt, never started from empty.
+    let path = cohort_runtime::storage::data_file(c.dir.path(), NodeId(1));
+    let mut bytes = std::fs::read(&path).unwrap();
+    for i in (0..bytes.len()).step_by(97) {
+        bytes[i] ^= 0x5a;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    match start(c.config(NodeId(1))).await {
+        Err(RuntimeError::CorruptFile { .. })
+        | Err(RuntimeError::Storage { .. })
+        | Err(RuntimeError::ForeignFile { .. }) => {}
+        other => panic!("started from a bit-flipped file: {other:?}"),
+    }
+}
