@@ -1,6 +1,7 @@
 //! The `cohort` binary: a thin shell over the library crates.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
+mod cmd_bench;
 mod cmd_client;
 mod cmd_demo;
 mod cmd_node;
@@ -36,6 +37,8 @@ enum Command {
     Members(cmd_client::MembersArgs),
     /// A 5-node cluster on loopback, nodes killed mid-run, then a table.
     Demo(cmd_demo::DemoArgs),
+    /// Throughput, latency, crashes on loopback; scale in the simulator.
+    Bench(cmd_bench::BenchArgs),
 }
 
 /// Logs to stderr; `RUST_LOG` overrides the default (`warn`).
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
         Command::Cancel(a) => done(cmd_client::cancel(a)),
         Command::Members(a) => done(cmd_client::members(a)),
         Command::Demo(a) => done(cmd_demo::run(a)),
+        Command::Bench(a) => done(cmd_bench::run(a)),
     };
     match result {
         Ok(code) => code,
