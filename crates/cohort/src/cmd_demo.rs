@@ -169,6 +169,20 @@ impl DemoCluster {
             .sum()
     }
 
+    /// The leader, as the live nodes report it in `/v1/cluster` (the first
+    /// node that calls itself leader).
+    async fn leader(&self) -> Option<NodeId> {
+        for id in self.running.keys() {
+            let client = Client::new(&self.http_addrs[id].to_string());
+            if let Ok(view) = client.cluster().await {
+                if view["role"] == "leader" {
+                    return Some(*id);
+                }
+            }
+        }
+        None
+    }
+
     fn busiest_alive(&self, except: Option<NodeId>) -> NodeId {
         let mut best = None;
         for id in self
@@ -299,6 +313,10 @@ async fn run_mode(mode: &'static Mode, args: &DemoArgs) -> anyhow::Result<Report
         if i == args.tasks / 3 {
             let victim = match mode.first_victim {
                 FirstVictim::Fixed(id) => id,
+                FirstVictim::Leader => cluster
+                    .leader()
+                    .await
+                    .unwrap_or_else(|| cluster.busiest_alive(None)),
                 FirstVictim::Busiest => cluster.busiest_alive(None),
             };
             cluster.kill(victim).await;

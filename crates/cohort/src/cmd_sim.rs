@@ -14,6 +14,8 @@ use std::time::Instant;
 pub enum SimMode {
     /// The naive baseline: one fixed coordinator, nothing replicated.
     Static,
+    /// Raft-elected leader with a replicated scheduler.
+    Leader,
 }
 
 /// Arguments of `cohort sim`.
@@ -69,6 +71,7 @@ impl SimArgs {
     fn replay_command(&self, seed: u64) -> String {
         let mode = match self.mode {
             SimMode::Static => "static",
+            SimMode::Leader => "leader",
         };
         format!(
             "cohort sim --mode {mode} --seed {seed} --nodes {} --faults {} --safety-ms {} --liveness-ms {}",
@@ -84,6 +87,18 @@ impl SimArgs {
                 &cohort_static::StaticConfig::default(),
                 &mut NoInvariants,
             ),
+            SimMode::Leader => {
+                let mut raft = cohort_leader::RaftInvariants::default();
+                let mut check =
+                    |_now: cohort_core::Time, nodes: &[Option<&cohort_leader::LeaderNode>]| {
+                        raft.check(nodes)
+                    };
+                cohort_sim::run::<cohort_leader::LeaderNode>(
+                    &config,
+                    &cohort_leader::ValidLeaderConfig::default(),
+                    &mut check,
+                )
+            }
         }
     }
 }

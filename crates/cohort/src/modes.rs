@@ -18,6 +18,8 @@ pub type StartFn = fn(
 pub enum FirstVictim {
     /// A fixed coordinator (static: the lowest member id).
     Fixed(NodeId),
+    /// Whichever node calls itself leader in `/v1/cluster` at that moment.
+    Leader,
     /// The node that has run the most tasks so far (the leaderless row will use it).
     #[allow(dead_code)]
     Busiest,
@@ -51,20 +53,40 @@ fn start_static(
     })
 }
 
+fn start_leader(
+    config: RuntimeConfig,
+    options: NodeOptions,
+    listeners: Listeners,
+) -> Pin<Box<dyn Future<Output = Result<RunningNode, RuntimeError>> + Send>> {
+    Box::pin(async move {
+        let mode = cohort_leader::ValidLeaderConfig::default();
+        cohort_runtime::start::<cohort_leader::LeaderNode>(config, mode, options, listeners).await
+    })
+}
+
 /// Every mode, in demo order.
-pub const MODES: &[Mode] = &[Mode {
-    name: "static",
-    about: "one fixed coordinator, in memory (the baseline)",
-    durable: false,
-    first_victim: FirstVictim::Fixed(NodeId(1)),
-    start: start_static,
-}];
+pub const MODES: &[Mode] = &[
+    Mode {
+        name: "static",
+        about: "one fixed coordinator, in memory (the baseline)",
+        durable: false,
+        first_victim: FirstVictim::Fixed(NodeId(1)),
+        start: start_static,
+    },
+    Mode {
+        name: "leader",
+        about: "Raft-elected leader, replicated scheduler",
+        durable: true,
+        first_victim: FirstVictim::Leader,
+        start: start_leader,
+    },
+];
 
 /// The mode named `name`.
 pub fn find(name: &str) -> anyhow::Result<&'static Mode> {
     MODES.iter().find(|m| m.name == name).ok_or_else(|| {
         let known: Vec<&str> = MODES.iter().map(|m| m.name).collect();
-        let planned = ["leader", "leaderless"];
+        let planned = ["leaderless"];
         if planned.contains(&name) {
             anyhow::anyhow!("mode {name:?} is not built yet; available: {known:?}")
         } else {

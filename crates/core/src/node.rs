@@ -49,6 +49,30 @@ pub trait Node: Sized {
 
     /// This node's id.
     fn id(&self) -> NodeId;
+
+    /// What this node believes about its role, for operators (`/v1/cluster`)
+    /// and drivers (the demo kills the leader). A read: changes nothing.
+    fn status(&self) -> NodeStatus {
+        NodeStatus {
+            id: self.id(),
+            role: "member",
+            leader: None,
+            term: None,
+        }
+    }
+}
+
+/// A node's own view of its role; see [`Node::status`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The node.
+    pub id: NodeId,
+    /// Its role in its mode (`leader`, `follower`, `coordinator`, `member`, ...).
+    pub role: &'static str,
+    /// Who it believes coordinates the cluster, if anyone.
+    pub leader: Option<NodeId>,
+    /// Its current term, in modes that have terms.
+    pub term: Option<u64>,
 }
 
 /// Who the node is and who its peers are: the same for every mode.

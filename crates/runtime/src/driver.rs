@@ -62,6 +62,11 @@ pub enum Control {
         /// What it returned.
         outcome: TaskOutcome,
     },
+    /// Read the node's own view of its role.
+    Status {
+        /// Where to send it.
+        reply: tokio::sync::oneshot::Sender<cohort_core::NodeStatus>,
+    },
 }
 
 pub(crate) struct EventLoop<N: Node> {
@@ -130,6 +135,9 @@ impl<N: Node + Send + 'static> EventLoop<N> {
                 self.metrics
                     .inc("cohort_inputs_total", "kind=\"task_finished\"");
                 self.node.handle_task_finished(now, id, epoch, outcome);
+            }
+            Control::Status { reply } => {
+                let _ = reply.send(self.node.status());
             }
         }
         self.take_actions();

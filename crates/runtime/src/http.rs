@@ -468,10 +468,18 @@ async fn cluster(State(api): State<Arc<Api>>) -> Response {
             })
         })
         .collect();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let status = match api.control.send(Control::Status { reply: tx }).await {
+        Ok(()) => rx.await.ok(),
+        Err(_) => None,
+    };
     Json(json!({
         "cluster_id": c.cluster_id,
         "mode": c.mode,
         "node": c.peers.id.0,
+        "role": status.as_ref().map(|s| s.role),
+        "leader": status.as_ref().and_then(|s| s.leader).map(|l| l.0),
+        "term": status.as_ref().and_then(|s| s.term),
         "capacity_tasks": c.peers.capacity_tasks,
         "members": members,
         "kinds": api.registry.kinds(),

@@ -169,3 +169,22 @@ async fn a_long_poll_returns_when_the_task_is_final_not_before() {
         n.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_view_reports_each_nodes_role_and_coordinator() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = static_cluster(dir.path()).await;
+    let coordinator = Client::new(&nodes[0].http_addr().to_string())
+        .cluster()
+        .await
+        .unwrap();
+    assert_eq!(coordinator["role"], "coordinator");
+    assert_eq!(coordinator["leader"], 1);
+    let worker = Client::new(&nodes[2].http_addr().to_string())
+        .cluster()
+        .await
+        .unwrap();
+    assert_eq!(worker["role"], "worker");
+    assert_eq!(worker["leader"], 1);
+    assert_eq!(worker["term"], serde_json::Value::Null);
+}

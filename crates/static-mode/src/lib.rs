@@ -22,8 +22,8 @@ pub use config::{StaticConfig, StaticConfigError};
 pub use message::StaticMessage;
 
 use cohort_core::{
-    Action, ClientError, ClientRequest, Epoch, Node, NodeId, NodeRng, Peers, RequestId, Stored,
-    TaskId, TaskOutcome, Time, TimerToken,
+    Action, ClientError, ClientRequest, Epoch, Node, NodeId, NodeRng, NodeStatus, Peers, RequestId,
+    Stored, TaskId, TaskOutcome, Time, TimerToken,
 };
 use coordinator::Coordinator;
 use worker::Worker;
@@ -167,5 +167,19 @@ impl Node for StaticNode {
 
     fn id(&self) -> NodeId {
         self.peers.id
+    }
+
+    fn status(&self) -> NodeStatus {
+        let role = if self.is_coordinator() {
+            "coordinator"
+        } else {
+            "worker"
+        };
+        NodeStatus {
+            id: self.peers.id,
+            role,
+            leader: Some(self.coordinator_id),
+            term: None,
+        }
     }
 }

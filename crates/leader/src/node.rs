@@ -1,0 +1,1008 @@
+//! [`LeaderNode`]: Raft plus the scheduler on the [`Node`] contract
+//! (`--mode leader`).
+//!
+//! Every node is a worker; the first `voters_max` members are Raft voters
+//! and the rest learners. Per input the node steps Raft, then drains Raft's
+//! [`Ready`] into actions in order — `Persist`, then `Send`s, then what
+//! applying the committed entries decides (`Note`s, `Execute`s, `Reply`s) —
+//! and repeats while the leader's duties (assignments, dead workers)
+//! propose more. Finally it arms one timer for the earliest deadline.
+//!
+//! Clients: submits and cancels go through the log and are answered on
+//! apply (G1); linearizable reads through ReadIndex; stale reads from the
+//! local state. A follower answers `NotLeader { leader }`; with no leader
+//! known, `Unavailable`. A leader that loses leadership answers its waiting
+//! requests with `Unavailable` (retrying a submit is idempotent).
+//!
+//! Workers heartbeat the leader every `worker_heartbeat_ms` with their load,
+//! the index they have applied and the assignments they hold. The leader
+//! declares a worker dead after `alpha` heartbeats of silence (with a grace
+//! period of the same length after it takes over), and reclaims an
+//! assignment its runner no longer holds (the runner restarted).
+
+use crate::raft::{
+    Boot, EntryKind, Membership, MembershipChange, RaftConfig, RaftError, RaftLog, RaftMsg,
+    RaftNode, RaftStatus, Ready,
+};
+use crate::scheduler::{Command, Scheduler};
+use cohort_core::{
+    decode, encode, Action, ClientError, ClientRequest, ClientResponse, Consistency, Epoch, Node,
+    NodeId, NodeRng, Peers, RequestId, Stored, Task, TaskId, TaskOutcome, TaskState, Time,
+    TimerToken,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+/// Settings of leader mode, as given. Turn into a [`ValidLeaderConfig`]
+/// with [`LeaderConfig::validate`] before booting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaderConfig {
+    /// Smallest randomized election timeout.
+    pub election_timeout_ms_min: u64,
+    /// Largest randomized election timeout.
+    pub election_timeout_ms_max: u64,
+    /// Raft heartbeat period.
+    pub heartbeat_interval_ms: u64,
+    /// Worker heartbeat period (`T_heartbeat`).
+    pub worker_heartbeat_ms: u64,
+    /// A worker is dead after `alpha * worker_heartbeat_ms` of silence.
+    pub alpha: u64,
+    /// Most Raft voters; further members are learners.
+    pub voters_max: usize,
+    /// Snapshot once this many applied entries sit in the log.
+    pub snapshot_entries_threshold: u64,
+    /// Entries kept behind a snapshot for slightly lagging followers.
+    pub snapshot_keep_entries: u64,
+    /// Most entries per AppendEntries.
+    pub append_entries_max: usize,
+    /// Most AppendEntries in flight per follower.
+    pub appends_inflight_max: usize,
+    /// Bytes per InstallSnapshot chunk.
+    pub snapshot_chunk_bytes: usize,
+    /// Most client requests waiting for commit or a read round at one node.
+    pub requests_waiting_max: usize,
+    /// Most assignments proposed per scheduling round.
+    pub assignments_per_round_max: usize,
+}
+
+impl Default for LeaderConfig {
+    fn default() -> LeaderConfig {
+        LeaderConfig {
+            election_timeout_ms_min: 150,
+            election_timeout_ms_max: 300,
+            heartbeat_interval_ms: 50,
+            worker_heartbeat_ms: 100,
+            alpha: 5,
+            voters_max: 5,
+            snapshot_entries_threshold: 1_000,
+            snapshot_keep_entries: 100,
+            append_entries_max: 64,
+            appends_inflight_max: 8,
+            snapshot_chunk_bytes: 64 << 10,
+            requests_waiting_max: 10_000,
+            assignments_per_round_max: 256,
+        }
+    }
+}
+
+/// A configuration that cannot be used. Nothing was started.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A setting that must be positive is zero.
+    #[error("{what} must be positive")]
+    Zero {
+        /// Which setting.
+        what: &'static str,
+    },
+    /// The election timeout range is empty or too tight for the heartbeat.
+    #[error("need heartbeat_interval_ms < election_timeout_ms_min <= election_timeout_ms_max")]
+    ElectionTimeouts,
+}
+
+impl LeaderConfig {
+    /// Checks the settings.
+    pub fn validate(self) -> Result<ValidLeaderConfig, ConfigError> {
+        let positive = [
+            ("election_timeout_ms_min", self.election_timeout_ms_min),
+            ("heartbeat_interval_ms", self.heartbeat_interval_ms),
+            ("worker_heartbeat_ms", self.worker_heartbeat_ms),
+            ("alpha", self.alpha),
+            ("voters_max", self.voters_max as u64),
+            (
+                "snapshot_entries_threshold",
+                self.snapshot_entries_threshold,
+            ),
+            ("append_entries_max", self.append_entries_max as u64),
+            ("appends_inflight_max", self.appends_inflight_max as u64),
+            ("snapshot_chunk_bytes", self.snapshot_chunk_bytes as u64),
+            ("requests_waiting_max", self.requests_waiting_max as u64),
+            (
+                "assignments_per_round_max",
+                self.assignments_per_round_max as u64,
+            ),
+        ];
+        for (what, v) in positive {
+            if v == 0 {
+                return Err(ConfigError::Zero { what });
+            }
+        }
+        if self.heartbeat_interval_ms >= self.election_timeout_ms_min
+            || self.election_timeout_ms_min > self.election_timeout_ms_max
+        {
+            return Err(ConfigError::ElectionTimeouts);
+        }
+        Ok(ValidLeaderConfig(self))
+    }
+}
+
+/// A [`LeaderConfig`] that passed validation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValidLeaderConfig(LeaderConfig);
+
+impl ValidLeaderConfig {
+    /// The settings.
+    pub fn get(&self) -> &LeaderConfig {
+        &self.0
+    }
+
+    fn raft(&self, peers: &Peers) -> RaftConfig {
+        let c = &self.0;
+        RaftConfig {
+            election_timeout_ms_min: c.election_timeout_ms_min,
+            election_timeout_ms_max: c.election_timeout_ms_max,
+            heartbeat_interval_ms: c.heartbeat_interval_ms,
+            append_entries_max: c.append_entries_max,
+            // One maximal payload always fits a message; batches stay well
+            // below the message limit.
+            append_bytes_max: peers.limits.message_bytes_max / 4,
+            appends_inflight_max: c.appends_inflight_max,
+            snapshot_chunk_bytes: c.snapshot_chunk_bytes,
+            message_bytes_max: peers.limits.message_bytes_max,
+        }
+    }
+
+    fn worker_timeout(&self) -> Duration {
+        Duration::from_millis(self.0.alpha * self.0.worker_heartbeat_ms)
+    }
+}
+
+impl Default for ValidLeaderConfig {
+    fn default() -> ValidLeaderConfig {
+        LeaderConfig::default()
+            .validate()
+            .expect("the defaults are valid")
+    }
+}
+
+/// Messages between leader-mode nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaderMsg {
+    /// Raft traffic.
+    Raft(RaftMsg),
+    /// A worker's heartbeat to the leader.
+    Heartbeat {
+        /// How many tasks the worker may run at once.
+        capacity: u32,
+        /// Log index the worker has applied.
+        applied: u64,
+        /// Assignments it runs or holds an unreported result for.
+        holding: Vec<(TaskId, Epoch)>,
+    },
+    /// A worker's result for `(task, epoch)`, resent until committed.
+    Result {
+        /// The task.
+        task: TaskId,
+        /// The assignment's epoch.
+        epoch: Epoch,
+        /// What the handler returned.
+        outcome: TaskOutcome,
+    },
+}
+
+/// What the leader knows of one worker (volatile, rebuilt by each leader).
+#[derive(Clone, Debug)]
+struct WorkerView {
+    last_heard: Time,
+    capacity: Option<u32>,
+}
+
+/// Leader-only bookkeeping of proposals not yet applied, so nothing is
+/// proposed twice. Cleared whenever leadership changes.
+#[derive(Debug, Default)]
+struct Inflight {
+    assign: BTreeMap<TaskId, NodeId>,
+    results: BTreeSet<(TaskId, Epoch)>,
+    dead: BTreeSet<NodeId>,
+    alive: BTreeSet<NodeId>,
+    reclaim: BTreeSet<(TaskId, Epoch)>,
+}
+
+/// Client requests waiting at this node.
+#[derive(Debug, Default)]
+struct Waiting {
+    submits: BTreeMap<TaskId, Vec<(RequestId, Task)>>,
+    cancels: BTreeMap<TaskId, Vec<RequestId>>,
+    /// Read round ctx -> (request, task).
+    reads: BTreeMap<u64, (RequestId, TaskId)>,
+    /// Confirmed reads waiting for the apply index.
+    confirmed: Vec<(u64, RequestId, TaskId)>,
+    next_ctx: u64,
+}
+
+impl Waiting {
+    fn len(&self) -> usize {
+        self.submits.values().map(Vec::len).sum::<usize>()
+            + self.cancels.values().map(Vec::len).sum::<usize>()
+            + self.reads.len()
+            + self.confirmed.len()
+    }
+}
+
+/// A leader-mode node. See the module docs.
+#[derive(Debug)]
+pub struct LeaderNode {
+    peers: Peers,
+    cfg: ValidLeaderConfig,
+    raft: RaftNode,
+    sm: Scheduler,
+    applied: u64,
+    actions: Vec<Action<LeaderMsg>>,
+    /// Worker side: assignments being executed.
+    executing: BTreeMap<TaskId, Epoch>,
+    /// Worker side: results not yet seen committed.
+    results: BTreeMap<(TaskId, Epoch), TaskOutcome>,
+    next_worker_tick: Time,
+    /// Leader side.
+    workers: BTreeMap<NodeId, WorkerView>,
+    inflight: Inflight,
+    waiting: Waiting,
+    was_leader: bool,
+    /// Snapshots received from a leader and restored since boot.
+    snapshots_installed: u64,
+    /// The leader last heartbeated, to greet a new one at once.
+    greeted: Option<NodeId>,
+    armed: Option<Time>,
+    now: Time,
+}
+
+const TIMER: u64 = 0;
+
+impl Node for LeaderNode {
+    type Message = LeaderMsg;
+    type Config = ValidLeaderConfig;
+
+    fn boot(
+        peers: &Peers,
+        config: &ValidLeaderConfig,
+        stored: &Stored,
+        rng: NodeRng,
+        now: Time,
+    ) -> Self {
+        let initial = Membership::initial(&peers.members, config.get().voters_max);
+        let (raft, boot) =
+            RaftNode::restore(peers.id, initial, config.raft(peers), stored, rng, now)
+                .expect("the node's own store decodes");
+        let mut node = LeaderNode {
+            peers: peers.clone(),
+            cfg: config.clone(),
+            raft,
+            sm: Scheduler::new(peers.limits.tasks_retained_max),
+            applied: 0,
+            actions: Vec::new(),
+            executing: BTreeMap::new(),
+            results: BTreeMap::new(),
+            next_worker_tick: now,
+            workers: BTreeMap::new(),
+            inflight: Inflight::default(),
+            waiting: Waiting::default(),
+            was_leader: false,
+            snapshots_installed: 0,
+            greeted: None,
+            armed: None,
+            now,
+        };
+        node.restore_silently(boot);
+        node.after_input();
+        node
+    }
+
+    fn handle_message(&mut self, now: Time, from: NodeId, msg: LeaderMsg) {
+        self.now = self.now.max(now);
+        match msg {
+            LeaderMsg::Raft(m) => self.raft.step(self.now, from, m),
+            LeaderMsg::Heartbeat {
+                capacity,
+                applied,
+                holding,
+            } => self.on_heartbeat(from, capacity, applied, holding),
+            LeaderMsg::Result {
+                task,
+                epoch,
+                outcome,
+            } => self.on_result(from, task, epoch, outcome),
+        }
+        self.after_input();
+    }
+
+    fn handle_timer(&mut self, now: Time, token: TimerToken) {
+        self.now = self.now.max(now);
+        let _ = token;
+        if self.armed.is_some_and(|a| a <= self.now) {
+            self.armed = None;
+        }
+        self.raft.tick(self.now);
+        if self.now >= self.next_worker_tick {
+            self.next_worker_tick =
+                self.now + Duration::from_millis(self.cfg.get().worker_heartbeat_ms);
+            self.worker_tick();
+        }
+        self.after_input();
+    }
+
+    fn handle_client(&mut self, now: Time, request: RequestId, req: ClientRequest) {
+        self.now = self.now.max(now);
+        if let Err(e) = self.client(request, req) {
+            self.reply(request, Err(e));
+        }
+        self.after_input();
+    }
+
+    fn handle_task_finished(
+        &mut self,
+        now: Time,
+        task: TaskId,
+        epoch: Epoch,
+        outcome: TaskOutcome,
+    ) {
+        self.now = self.now.max(now);
+        if self.executing.get(&task) == Some(&epoch) {
+            self.executing.remove(&task);
+        }
+        if self.sm.is_running(task, epoch) {
+            self.results.insert((task, epoch), outcome.clone());
+            self.report_result(task, epoch, outcome);
+        }
+        self.after_input();
+    }
+
+    fn actions(&mut self) -> std::vec::Drain<'_, Action<LeaderMsg>> {
+        self.actions.drain(..)
+    }
+
+    fn id(&self) -> NodeId {
+        self.peers.id
+    }
+
+    fn status(&self) -> cohort_core::NodeStatus {
+        let st = self.raft_status();
+        let role = match st.role {
+            crate::raft::Role::Follower => "follower",
+            crate::raft::Role::PreCandidate => "pre-candidate",
+            crate::raft::Role::Candidate => "candidate",
+            crate::raft::Role::Leader => "leader",
+        };
+        cohort_core::NodeStatus {
+            id: st.id,
+            role,
+            leader: st.leader,
+            term: Some(st.term),
+        }
+    }
+}
+
+impl LeaderNode {
+    /// Raft's status, for invariant checkers.
+    pub fn raft_status(&self) -> RaftStatus {
+        self.raft.status()
+    }
+
+    /// Raft's log (terms of entries, for log-matching checkers).
+    pub fn raft_log(&self) -> &RaftLog {
+        self.raft.log()
+    }
+
+    /// Snapshots received from a leader and restored since boot.
+    pub fn snapshots_installed(&self) -> u64 {
+        self.snapshots_installed
+    }
+
+    /// The replicated scheduler state as applied here.
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.sm
+    }
+
+    /// Proposes a membership change (only at the leader).
+    pub fn propose_membership(
+        &mut self,
+        now: Time,
+        change: MembershipChange,
+    ) -> Result<(), RaftError> {
+        self.now = self.now.max(now);
+        let r = self.raft.propose_membership(self.now, change).map(|_| ());
+        self.after_input();
+        r
+    }
+
+    /// Graceful shutdown: a leader hands over to the most caught-up voter.
+    /// Returns the target, if a transfer started.
+    pub fn shutdown(&mut self, now: Time) -> Option<NodeId> {
+        self.now = self.now.max(now);
+        let target = self
+            .raft
+            .membership()
+            .voters
+            .iter()
+            .copied()
+            .filter(|v| *v != self.peers.id)
+            .max_by_key(|v| (self.raft.match_index(*v), std::cmp::Reverse(*v)));
+        let started = target.filter(|t| self.raft.transfer_leadership(self.now, *t).is_ok());
+        self.after_input();
+        started
+    }
+
+    // ---- inputs ------------------------------------------------------
+
+    fn client(&mut self, request: RequestId, req: ClientRequest) -> Result<(), ClientError> {
+        if let ClientRequest::Get {
+            id,
+            consistency: Consistency::Stale,
+        } = req
+        {
+            let reply = self.read_local(id);
+            self.reply(request, reply);
+            return Ok(());
+        }
+        if let ClientRequest::Submit { task, .. } = &req {
+            self.peers.limits.check_task(task)?;
+        }
+        self.require_leader()?;
+        if self.waiting.len() >= self.cfg.get().requests_waiting_max {
+            return Err(ClientError::Overloaded {
+                what: "requests_waiting_max".into(),
+                limit: self.cfg.get().requests_waiting_max,
+            });
+        }
+        match req {
+            ClientRequest::Submit { id, task } => self.submit(request, id, task),
+            ClientRequest::Get { id, .. } => {
+                let ctx = self.waiting.next_ctx;
+                self.waiting.next_ctx += 1;
+                self.raft.read_index(self.now, ctx).map_err(unavailable)?;
+                self.waiting.reads.insert(ctx, (request, id));
+                Ok(())
+            }
+            ClientRequest::Cancel { id } => {
+                if let Some(rec) = self.sm.get(id) {
+                    if rec.state.is_final() && self.raft.committed_in_term() {
+                        let reply = Ok(ClientResponse::State {
+                            id,
+                            state: rec.state.clone(),
+                        });
+                        self.reply(request, reply);
+                        return Ok(());
+                    }
+                }
+                self.propose(&Command::Cancel { id })?;
+                self.waiting.cancels.entry(id).or_default().push(request);
+                Ok(())
+            }
+        }
+    }
+
+    fn submit(&mut self, request: RequestId, id: TaskId, task: Task) -> Result<(), ClientError> {
+        if let Some(rec) = self.sm.get(id) {
+            // Applied state only holds committed submits: answer at once.
+            return if rec.task == task {
+                self.reply(request, Ok(ClientResponse::Accepted { id }));
+                Ok(())
+            } else {
+                Err(ClientError::IdConflict { id })
+            };
+        }
+        if let Some(waiters) = self.waiting.submits.get_mut(&id) {
+            if waiters[0].1 != task {
+                return Err(ClientError::IdConflict { id });
+            }
+            waiters.push((request, task));
+            return Ok(());
+        }
+        let active_max = self.peers.limits.tasks_active_max;
+        if self.sm.active() + self.waiting.submits.len() >= active_max {
+            return Err(ClientError::Overloaded {
+                what: "tasks_active_max".into(),
+                limit: active_max,
+            });
+        }
+        self.propose(&Command::Submit {
+            id,
+            task: task.clone(),
+        })?;
+        self.waiting.submits.insert(id, vec![(request, task)]);
+        Ok(())
+    }
+
+    fn require_leader(&self) -> Result<(), ClientError> {
+        if self.raft.is_leader() {
+            return Ok(());
+        }
+        match self.raft.leader() {
+            Some(l) => Err(ClientError::NotLeader { leader: Some(l) }),
+            None => Err(ClientError::Unavailable {
+                reason: "no leader elected".into(),
+            }),
+        }
+    }
+
+    fn read_local(&self, id: TaskId) -> Result<ClientResponse, ClientError> {
+        match self.sm.get(id) {
+            Some(rec) => Ok(ClientResponse::State {
+                id,
+                state: rec.state.clone(),
+            }),
+            None => Err(ClientError::NotFound { id }),
+        }
+    }
+
+    fn on_heartbeat(
+        &mut self,
+        from: NodeId,
+        capacity: u32,
+        applied: u64,
+        holding: Vec<(TaskId, Epoch)>,
+    ) {
+        if !self.raft.is_leader() || !self.peers.members.contains(&from) {
+            return;
+        }
+        let now = self.now;
+        let view = self.workers.entry(from).or_insert(WorkerView {
+            last_heard: now,
+            capacity: None,
+        });
+        view.last_heard = now;
+        view.capacity = Some(capacity);
+        if !self.raft.committed_in_term() {
+            return;
+        }
+        if self.sm.is_dead(from)
+            && !self.inflight.alive.contains(&from)
+            && self.propose(&Command::WorkerAlive { node: from }).is_ok()
+        {
+            self.inflight.alive.insert(from);
+        }
+        // Assignments the worker has applied but does not hold were lost
+        // (it restarted): reclaim them so they run again.
+        let holding: BTreeSet<(TaskId, Epoch)> = holding.into_iter().collect();
+        let lost: Vec<(TaskId, Epoch)> = self
+            .sm
+            .running_on(from)
+            .filter_map(|id| {
+                let rec = self.sm.get(id).expect("running tasks are known");
+                (rec.assigned_index <= applied).then_some((id, rec.epoch))
+            })
+            .filter(|k| !holding.contains(k) && !self.inflight.reclaim.contains(k))
+            .collect();
+        for (id, epoch) in lost {
+            if self.propose(&Command::Reclaim { id, epoch }).is_ok() {
+                self.inflight.reclaim.insert((id, epoch));
+            }
+        }
+    }
+
+    fn on_result(&mut self, from: NodeId, task: TaskId, epoch: Epoch, outcome: TaskOutcome) {
+        if !self.raft.is_leader() || self.inflight.results.contains(&(task, epoch)) {
+            return;
+        }
+        let current = self.sm.get(task).map(|r| r.state.clone());
+        if !matches!(current, Some(TaskState::Running { node, epoch: e }) if node == from && e == epoch)
+        {
+            return; // stale or unknown here; the log decides anyway
+        }
+        let cmd = Command::Result {
+            id: task,
+            epoch,
+            node: from,
+            outcome,
+        };
+        if self.propose(&cmd).is_ok() {
+            self.inflight.results.insert((task, epoch));
+        }
+    }
+
+    fn worker_tick(&mut self) {
+        let holding: Vec<(TaskId, Epoch)> = self
+            .executing
+            .iter()
+            .map(|(t, e)| (*t, *e))
+            .chain(self.results.keys().copied())
+            .collect();
+        let (capacity, applied) = (self.peers.capacity_tasks, self.applied);
+        match self.raft.leader() {
+            Some(l) if l == self.peers.id => self.on_heartbeat(l, capacity, applied, holding),
+            Some(l) => self.send(
+                l,
+                LeaderMsg::Heartbeat {
+                    capacity,
+                    applied,
+                    holding,
+                },
+            ),
+            None => {}
+        }
+        let pending: Vec<((TaskId, Epoch), TaskOutcome)> =
+            self.results.iter().map(|(k, v)| (*k, v.clone())).collect();
+        for ((task, epoch), outcome) in pending {
+            self.report_result(task, epoch, outcome);
+        }
+        if self.raft.is_leader() {
+            self.leader_tick();
+        }
+    }
+
+    fn report_result(&mut self, task: TaskId, epoch: Epoch, outcome: TaskOutcome) {
+        match self.raft.leader() {
+            Some(l) if l == self.peers.id => self.on_result(l, task, epoch, outcome),
+            Some(l) => self.send(
+                l,
+                LeaderMsg::Result {
+                    task,
+                    epoch,
+                    outcome,
+                },
+            ),
+            None => {} // retried on the next worker tick
+        }
+    }
+
+    /// Declares silent workers dead.
+    fn leader_tick(&mut self) {
+        if !self.raft.committed_in_term() {
+            return;
+        }
+        let deadline = self.cfg.worker_timeout();
+        let silent: Vec<NodeId> = self
+            .peers
+            .members
+            .iter()
+            .copied()
+            .filter(|w| !self.sm.is_dead(*w) && !self.inflight.dead.contains(w))
+            .filter(|w| {
+                self.workers
+                    .get(w)
+                    .is_some_and(|v| self.now > v.last_heard + deadline)
+            })
+            .collect();
+        for w in silent {
+            if self.propose(&Command::WorkerDead { node: w }).is_ok() {
+                self.inflight.dead.insert(w);
+            }
+        }
+    }
+
+    /// Assigns pending tasks to the least loaded live workers:
+    /// `argmin(running / capacity)`, ties to the lowest id.
+    fn assign_pending(&mut self) {
+        if !self.raft.is_leader() || !self.raft.committed_in_term() {
+            return;
+        }
+        let deadline = self.cfg.worker_timeout();
+        let mut load: BTreeMap<NodeId, (u64, u64)> = BTreeMap::new();
+        for (w, v) in &self.workers {
+            // A runner must replicate the log: it learns its assignments by
+            // applying them.
+            let live = self.raft.membership().is_member(*w)
+                && !self.sm.is_dead(*w)
+                && !self.inflight.dead.contains(w)
+                && self.now <= v.last_heard + deadline;
+            if let (true, Some(cap)) = (live, v.capacity) {
+                load.insert(*w, (self.sm.load(*w) as u64, u64::from(cap)));
+            }
+        }
+        for w in self.inflight.assign.values() {
+            if let Some(l) = load.get_mut(w) {
+                l.0 += 1;
+            }
+        }
+        let todo: Vec<TaskId> = self
+            .sm
+            .pending()
+            .filter(|t| !self.inflight.assign.contains_key(t))
+            .take(self.cfg.get().assignments_per_round_max)
+            .collect();
+        for id in todo {
+            let best = load
+                .iter()
+                .filter(|(_, (run, cap))| run < cap)
+                .min_by(|(a, (ra, ca)), (b, (rb, cb))| (ra * cb).cmp(&(rb * ca)).then(a.cmp(b)))
+                .map(|(w, _)| *w);
+            let Some(w) = best else {
+                break;
+            };
+            let epoch = self.sm.get(id).expect("pending is known").epoch.next();
+            if self
+                .propose(&Command::Assign { id, epoch, node: w })
+                .is_err()
+            {
+                break;
+            }
+            self.inflight.assign.insert(id, w);
+            load.get_mut(&w).expect("chosen from load").0 += 1;
+        }
+    }
+
+    // ---- output ------------------------------------------------------
+
+    fn propose(&mut self, cmd: &Command) -> Result<u64, ClientError> {
+        self.raft
+            .propose(self.now, encode(cmd))
+            .map_err(unavailable)
+    }
+
+    fn send(&mut self, to: NodeId, msg: LeaderMsg) {
+        self.actions.push(Action::Send { to, msg });
+    }
+
+    fn reply(&mut self, request: RequestId, reply: Result<ClientResponse, ClientError>) {
+        self.actions.push(Action::Reply { request, reply });
+    }
+
+    /// After every input: drain Raft, apply, do the leader's duties, repeat
+    /// until quiet; then arm the timer.
+    fn after_input(&mut self) {
+        for round in 0.. {
+            assert!(round < 64, "after_input does not settle");
+            if self.raft.is_leader() {
+                self.assign_pending();
+            }
+            self.maybe_compact();
+            let ready = self.raft.take_ready();
+            let changed = ready.leadership_changed || self.raft.is_leader() != self.was_leader;
+            if ready.is_empty() && !changed {
+                break;
+            }
+            self.carry_out(ready);
+            if changed {
+                self.on_leadership_change();
+            }
+            if self.raft.leader().is_some() && self.raft.leader() != self.greeted {
+                // A new leader learns our load (and results) now, not a
+                // heartbeat period later.
+                self.greeted = self.raft.leader();
+                self.worker_tick();
+            }
+        }
+        self.arm_timer();
+    }
+
+    fn carry_out(&mut self, ready: Ready) {
+        if !ready.persist.is_empty() {
+            self.actions.push(Action::Persist(ready.persist));
+        }
+        for (to, msg) in ready.messages {
+            self.send(to, LeaderMsg::Raft(msg));
+        }
+        if let Some(snap) = ready.snapshot {
+            self.sm = decode(&snap.data, usize::MAX).expect("a snapshot we made decodes");
+            self.applied = snap.meta.index;
+            self.snapshots_installed += 1;
+            self.after_state_jump();
+        }
+        let mut assigned_to_me = Vec::new();
+        for e in ready.committed {
+            assert_eq!(e.index, self.applied + 1, "apply in order");
+            self.applied = e.index;
+            if let EntryKind::Command(bytes) = &e.kind {
+                let cmd: Command = decode(bytes, usize::MAX).expect("commands we encoded decode");
+                for note in self.sm.apply(e.index, &cmd) {
+                    self.actions.push(Action::Note(note));
+                }
+                self.after_apply(&cmd, &mut assigned_to_me);
+            }
+        }
+        for (id, epoch) in assigned_to_me {
+            self.maybe_execute(id, epoch);
+        }
+        for r in ready.reads {
+            let (request, id) = self
+                .waiting
+                .reads
+                .remove(&r.ctx)
+                .expect("reads are tracked");
+            self.waiting.confirmed.push((r.index, request, id));
+        }
+        for ctx in ready.reads_aborted {
+            if let Some((request, _)) = self.waiting.reads.remove(&ctx) {
+                self.reply(request, Err(lost_leadership()));
+            }
+        }
+        self.serve_reads();
+        let still_running = |s: &Scheduler, (t, e): &(TaskId, Epoch)| s.is_running(*t, *e);
+        let sm = &self.sm;
+        self.results.retain(|k, _| still_running(sm, k));
+    }
+
+    fn after_apply(&mut self, cmd: &Command, assigned_to_me: &mut Vec<(TaskId, Epoch)>) {
+        match cmd {
+            Command::Submit { id, .. } => {
+                let rec = self.sm.get(*id).map(|r| r.task.clone());
+                for (request, task) in self.waiting.submits.remove(id).unwrap_or_default() {
+                    let reply = match &rec {
+                        Some(t) if *t == task => Ok(ClientResponse::Accepted { id: *id }),
+                        Some(_) => Err(ClientError::IdConflict { id: *id }),
+                        None => Err(ClientError::Unavailable {
+                            reason: "task record already retired".into(),
+                        }),
+                    };
+                    self.reply(request, reply);
+                }
+            }
+            Command::Cancel { id } => {
+                for request in self.waiting.cancels.remove(id).unwrap_or_default() {
+                    let reply = self.read_local(*id);
+                    self.reply(request, reply);
+                }
+            }
+            Command::Assign { id, epoch, node } => {
+                self.inflight.assign.remove(id);
+                if *node == self.peers.id {
+                    assigned_to_me.push((*id, *epoch));
+                }
+            }
+            Command::Result { id, epoch, .. } => {
+                self.inflight.results.remove(&(*id, *epoch));
+            }
+            Command::WorkerDead { node } => {
+                self.inflight.dead.remove(node);
+            }
+            Command::WorkerAlive { node } => {
+                self.inflight.alive.remove(node);
+            }
+            Command::Reclaim { id, epoch } => {
+                self.inflight.reclaim.remove(&(*id, *epoch));
+            }
+        }
+    }
+
+    fn maybe_execute(&mut self, id: TaskId, epoch: Epoch) {
+        let Some(rec) = self.sm.get(id) else {
+            return;
+        };
+        let mine = rec.state
+            == TaskState::Running {
+                node: self.peers.id,
+                epoch,
+            };
+        if mine && self.executing.get(&id) != Some(&epoch) {
+            let task = rec.task.clone();
+            self.executing.insert(id, epoch);
+            self.actions.push(Action::Execute { id, epoch, task });
+        }
+    }
+
+    fn serve_reads(&mut self) {
+        let applied = self.applied;
+        let (ready, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting.confirmed)
+            .into_iter()
+            .partition(|(index, _, _)| *index <= applied);
+        self.waiting.confirmed = wait;
+        for (_, request, id) in ready {
+            let reply = self.read_local(id);
+            self.reply(request, reply);
+        }
+    }
+
+    fn on_leadership_change(&mut self) {
+        let leader = self.raft.is_leader();
+        self.was_leader = leader;
+        self.inflight = Inflight::default();
+        self.workers.clear();
+        if leader {
+            // Grace: every worker gets a full timeout from now before it can
+            // be declared dead by this new leader.
+            for m in self.peers.members.clone() {
+                self.workers.insert(
+                    m,
+                    WorkerView {
+                        last_heard: self.now,
+                        capacity: None,
+                    },
+                );
+            }
+            // Our own capacity is known without a heartbeat.
+            if let Some(v) = self.workers.get_mut(&self.peers.id) {
+                v.capacity = Some(self.peers.capacity_tasks);
+            }
+        } else {
+            let submits = std::mem::take(&mut self.waiting.submits);
+            for (request, _) in submits.into_values().flatten() {
+                self.reply(request, Err(lost_leadership()));
+            }
+            let cancels = std::mem::take(&mut self.waiting.cancels);
+            for request in cancels.into_values().flatten() {
+                self.reply(request, Err(lost_leadership()));
+            }
+            let reads = std::mem::take(&mut self.waiting.reads);
+            for (request, _) in reads.into_values() {
+                self.reply(request, Err(lost_leadership()));
+            }
+            let confirmed = std::mem::take(&mut self.waiting.confirmed);
+            for (_, request, _) in confirmed {
+                self.reply(request, Err(lost_leadership()));
+            }
+        }
+    }
+
+    /// The state jumped (snapshot): waiting submits and cancels may have
+    /// been decided inside it.
+    fn after_state_jump(&mut self) {
+        let ids: Vec<TaskId> = self.waiting.submits.keys().copied().collect();
+        for id in ids {
+            if self.sm.get(id).is_some() {
+                let cmd = Command::Submit {
+                    id,
+                    task: self.waiting.submits[&id][0].1.clone(),
+                };
+                self.after_apply(&cmd, &mut Vec::new());
+            }
+        }
+    }
+
+    fn maybe_compact(&mut self) {
+        let c = self.cfg.get();
+        let held = self.applied.saturating_sub(self.raft.log().offset());
+        if held > c.snapshot_entries_threshold + c.snapshot_keep_entries {
+            assert_eq!(
+                self.raft.status().applied,
+                self.applied,
+                "snapshot the applied state"
+            );
+            self.raft.compact(encode(&self.sm), c.snapshot_keep_entries);
+        }
+    }
+
+    fn restore_silently(&mut self, boot: Boot) {
+        if let Some(snap) = boot.snapshot {
+            self.sm = decode(&snap.data, usize::MAX).expect("our snapshot decodes");
+            self.applied = snap.meta.index;
+        }
+        for e in boot.committed {
+            assert_eq!(e.index, self.applied + 1, "replay in order");
+            self.applied = e.index;
+            if let EntryKind::Command(bytes) = &e.kind {
+                let cmd: Command = decode(bytes, usize::MAX).expect("our commands decode");
+                // Decided before the crash: the notes were emitted then.
+                let _ = self.sm.apply(e.index, &cmd);
+            }
+        }
+    }
+
+    fn arm_timer(&mut self) {
+        let next = self.raft.next_deadline().min(self.next_worker_tick);
+        let earlier = match self.armed {
+            Some(a) => next < a,
+            None => true,
+        };
+        if earlier {
+            self.armed = Some(next);
+            self.actions.push(Action::SetTimer {
+                token: TimerToken(TIMER),
+                at: next,
+            });
+        }
+    }
+}
+
+fn unavailable(e: RaftError) -> ClientError {
+    match e {
+        RaftError::NotLeader { leader: Some(l) } => ClientError::NotLeader { leader: Some(l) },
+        other => ClientError::Unavailable {
+            reason: other.to_string(),
+        },
+    }
+}
+
+fn lost_leadership() -> ClientError {
+    ClientError::Unavailable {
+        reason: "leadership changed before the request completed; retry".into(),
+    }
+}

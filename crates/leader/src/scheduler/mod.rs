@@ -1,0 +1,521 @@
+//! The replicated state machine: tasks, assignments, worker liveness.
+//!
+//! Every change is a [`Command`] committed through the Raft log and applied
+//! in log order on every node by [`Scheduler::apply`]. Commands are
+//! proposed by the leader from a possibly stale view, so `apply` validates
+//! each one against the state it finds (an assignment of a task that is no
+//! longer pending, a result for a superseded epoch, ... are no-ops): the
+//! log order alone decides, identically everywhere.
+//!
+//! Fencing (G3): each assignment carries the task's next epoch; a result is
+//! accepted only for the epoch currently running, and the first accepted
+//! result decides the task (G2).
+
+use cohort_core::{Epoch, NodeId, Note, SupersedeReason, Task, TaskId, TaskOutcome, TaskState};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A state-machine command, the payload of a Raft log entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Accept a task (a no-op if the id exists).
+    Submit {
+        /// The task's id.
+        id: TaskId,
+        /// The task.
+        task: Task,
+    },
+    /// Run a pending task on `node` under `epoch` (the task's next epoch).
+    Assign {
+        /// The task.
+        id: TaskId,
+        /// Must be the task's current epoch + 1.
+        epoch: Epoch,
+        /// The runner.
+        node: NodeId,
+    },
+    /// The outcome of running `(id, epoch)` on `node`.
+    Result {
+        /// The task.
+        id: TaskId,
+        /// The assignment's epoch.
+        epoch: Epoch,
+        /// The runner that reported it.
+        node: NodeId,
+        /// What the handler returned.
+        outcome: TaskOutcome,
+    },
+    /// `node` missed its heartbeats: its running tasks go back to pending.
+    WorkerDead {
+        /// The worker.
+        node: NodeId,
+    },
+    /// `node` heartbeats again and may receive tasks.
+    WorkerAlive {
+        /// The worker.
+        node: NodeId,
+    },
+    /// The runner of `(id, epoch)` no longer holds it (it restarted).
+    Reclaim {
+        /// The task.
+        id: TaskId,
+        /// The lost assignment.
+        epoch: Epoch,
+    },
+    /// Cancel a task that is not final.
+    Cancel {
+        /// The task.
+        id: TaskId,
+    },
+}
+
+/// One task as the cluster knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// What was submitted.
+    pub task: Task,
+    /// Where it is in its life.
+    pub state: TaskState,
+    /// The latest epoch handed out (ZERO before the first assignment).
+    pub epoch: Epoch,
+    /// Failed executions so far.
+    pub attempts: u32,
+    /// Log index of the current assignment (0 when not running).
+    pub assigned_index: u64,
+    /// Log index at which it last became pending (its queue position).
+    pending_since: u64,
+}
+
+/// The scheduler's replicated state. Encoded as the Raft snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scheduler {
+    tasks: BTreeMap<TaskId, TaskRecord>,
+    /// Pending tasks in queue order: (index it became pending, id).
+    pending: BTreeSet<(u64, TaskId)>,
+    /// Running tasks per runner.
+    running: BTreeMap<NodeId, BTreeSet<TaskId>>,
+    /// Workers declared dead and not yet back.
+    dead: BTreeSet<NodeId>,
+    /// Final tasks in the order they finished: (index, id), for retention.
+    finished: BTreeSet<(u64, TaskId)>,
+    /// Most finished records retained.
+    retained_max: usize,
+}
+
+impl Scheduler {
+    /// An empty state keeping at most `retained_max` finished tasks.
+    pub fn new(retained_max: usize) -> Scheduler {
+        assert!(retained_max > 0, "retain at least one finished task");
+        Scheduler {
+            retained_max,
+            ..Scheduler::default()
+        }
+    }
+
+    /// A task's record.
+    pub fn get(&self, id: TaskId) -> Option<&TaskRecord> {
+        self.tasks.get(&id)
+    }
+
+    /// Number of tasks not yet final.
+    pub fn active(&self) -> usize {
+        self.tasks.len() - self.finished.len()
+    }
+
+    /// Number of task records held.
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Whether no task is held.
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    /// Pending tasks in queue order.
+    pub fn pending(&self) -> impl Iterator<Item = TaskId> + '_ {
+        self.pending.iter().map(|(_, id)| *id)
+    }
+
+    /// Tasks running on `node`.
+    pub fn running_on(&self, node: NodeId) -> impl Iterator<Item = TaskId> + '_ {
+        self.running.get(&node).into_iter().flatten().copied()
+    }
+
+    /// How many tasks run on `node`.
+    pub fn load(&self, node: NodeId) -> usize {
+        self.running.get(&node).map_or(0, BTreeSet::len)
+    }
+
+    /// Whether `node` is declared dead.
+    pub fn is_dead(&self, node: NodeId) -> bool {
+        self.dead.contains(&node)
+    }
+
+    /// Whether `(id, epoch)` is the assignment currently running.
+    pub fn is_running(&self, id: TaskId, epoch: Epoch) -> bool {
+        self.tasks
+            .get(&id)
+            .is_some_and(|r| matches!(r.state, TaskState::Running { epoch: e, .. } if e == epoch))
+    }
+
+    /// Applies the command committed at `index`; returns the decisions it
+    /// made, for the history.
+    pub fn apply(&mut self, index: u64, cmd: &Command) -> Vec<Note> {
+        let mut notes = Vec::new();
+        match cmd {
+            Command::Submit { id, task } => {
+                if !self.tasks.contains_key(id) {
+                    let rec = TaskRecord {
+                        task: task.clone(),
+                        state: TaskState::Pending,
+                        epoch: Epoch::ZERO,
+                        attempts: 0,
+                        assigned_index: 0,
+                        pending_since: index,
+                    };
+                    self.tasks.insert(*id, rec);
+                    self.pending.insert((index, *id));
+                }
+            }
+            Command::Assign { id, epoch, node } => {
+                if self.is_dead(*node) {
+                    return notes;
+                }
+                let Some(rec) = self.tasks.get_mut(id) else {
+                    return notes;
+                };
+                if rec.state != TaskState::Pending || *epoch != rec.epoch.next() {
+                    return notes;
+                }
+                assert!(
+                    self.pending.remove(&(rec.pending_since, *id)),
+                    "pending is indexed"
+                );
+                rec.state = TaskState::Running {
+                    node: *node,
+                    epoch: *epoch,
+                };
+                rec.epoch = *epoch;
+                rec.assigned_index = index;
+                self.running.entry(*node).or_default().insert(*id);
+                notes.push(Note::Assigned {
+                    task: *id,
+                    epoch: *epoch,
+                    node: *node,
+                });
+            }
+            Command::Result {
+                id,
+                epoch,
+                node,
+                outcome,
+            } => {
+                if !self.is_running(*id, *epoch) {
+                    return notes; // stale epoch or already decided: rejected (G3)
+                }
+                let rec = self.tasks.get(id).expect("running implies present");
+                let TaskState::Running { node: runner, .. } = rec.state else {
+                    unreachable!("checked running");
+                };
+                if runner != *node {
+                    return notes;
+                }
+                match outcome {
+                    TaskOutcome::Success(result) => {
+                        let state = TaskState::Succeeded {
+                            result: result.clone(),
+                            node: *node,
+                            epoch: *epoch,
+                        };
+                        self.finish(index, *id, state, &mut notes);
+                    }
+                    TaskOutcome::Failure(error) => {
+                        let rec = self.tasks.get_mut(id).expect("present");
+                        rec.attempts += 1;
+                        if rec.attempts >= rec.task.max_attempts {
+                            let state = TaskState::Failed {
+                                error: error.clone(),
+                                attempts: rec.attempts,
+                            };
+                            self.finish(index, *id, state, &mut notes);
+                        } else {
+                            self.supersede(index, *id, SupersedeReason::AttemptFailed, &mut notes);
+                        }
+                    }
+                }
+            }
+            Command::WorkerDead { node } => {
+                self.dead.insert(*node);
+                let lost: Vec<TaskId> = self.running_on(*node).collect();
+                for id in lost {
+                    self.supersede(index, id, SupersedeReason::RunnerDeclaredDead, &mut notes);
+                }
+            }
+            Command::WorkerAlive { node } => {
+                self.dead.remove(node);
+            }
+            Command::Reclaim { id, epoch } => {
+                if self.is_running(*id, *epoch) {
+                    self.supersede(index, *id, SupersedeReason::RunnerDeclaredDead, &mut notes);
+                }
+            }
+            Command::Cancel { id } => {
+                if self.tasks.get(id).is_some_and(|r| !r.state.is_final()) {
+                    self.finish(index, *id, TaskState::Cancelled, &mut notes);
+                }
+            }
+        }
+        self.check();
+        notes
+    }
+
+    /// Ends the running assignment of `id` without a result: back to pending.
+    fn supersede(
+        &mut self,
+        index: u64,
+        id: TaskId,
+        reason: SupersedeReason,
+        notes: &mut Vec<Note>,
+    ) {
+        let rec = self.tasks.get_mut(&id).expect("superseding a known task");
+        let TaskState::Running { node, epoch } = rec.state else {
+            panic!("superseding a task that is not running");
+        };
+        rec.state = TaskState::Pending;
+        rec.assigned_index = 0;
+        rec.pending_since = index;
+        self.pending.insert((index, id));
+        self.unrun(node, id);
+        notes.push(Note::Superseded {
+            task: id,
+            epoch,
+            reason,
+        });
+    }
+
+    fn finish(&mut self, index: u64, id: TaskId, state: TaskState, notes: &mut Vec<Note>) {
+        assert!(state.is_final(), "finish with a final state");
+        let rec = self.tasks.get_mut(&id).expect("finishing a known task");
+        assert!(!rec.state.is_final(), "a final state never changes (G2)");
+        match rec.state {
+            TaskState::Pending => {
+                self.pending.remove(&(rec.pending_since, id));
+            }
+            TaskState::Running { node, .. } => {
+                self.running
+                    .get_mut(&node)
+                    .expect("runner indexed")
+                    .remove(&id);
+                if self.running[&node].is_empty() {
+                    self.running.remove(&node);
+                }
+            }
+            _ => unreachable!("not final"),
+        }
+        rec.state = state.clone();
+        rec.assigned_index = 0;
+        self.finished.insert((index, id));
+        notes.push(Note::Decided { task: id, state });
+        while self.finished.len() > self.retained_max {
+            let (_, old) = self.finished.pop_first().expect("non-empty");
+            self.tasks.remove(&old);
+        }
+    }
+
+    fn unrun(&mut self, node: NodeId, id: TaskId) {
+        let set = self.running.get_mut(&node).expect("runner indexed");
+        assert!(set.remove(&id), "task indexed under its runner");
+        if set.is_empty() {
+            self.running.remove(&node);
+        }
+    }
+
+    /// Cheap structural invariants, checked after every command.
+    fn check(&self) {
+        let running: usize = self.running.values().map(BTreeSet::len).sum();
+        assert!(
+            self.pending.len() + running + self.finished.len() == self.tasks.len(),
+            "every task is pending, running or finished, exactly once"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task() -> Task {
+        Task {
+            kind: "echo".into(),
+            payload: vec![1],
+            timeout_ms: 100,
+            max_attempts: 2,
+        }
+    }
+
+    const T: TaskId = TaskId(7);
+    const A: NodeId = NodeId(1);
+    const B: NodeId = NodeId(2);
+
+    #[test]
+    fn stale_epoch_result_is_rejected_and_first_result_wins() {
+        let mut s = Scheduler::new(10);
+        s.apply(
+            1,
+            &Command::Submit {
+                id: T,
+                task: task(),
+            },
+        );
+        s.apply(
+            2,
+            &Command::Assign {
+                id: T,
+                epoch: Epoch(1),
+                node: A,
+            },
+        );
+        let notes = s.apply(3, &Command::WorkerDead { node: A });
+        assert!(matches!(
+            notes[0],
+            Note::Superseded {
+                epoch: Epoch(1),
+                ..
+            }
+        ));
+        s.apply(
+            4,
+            &Command::Assign {
+                id: T,
+                epoch: Epoch(2),
+                node: B,
+            },
+        );
+        let stale = Command::Result {
+            id: T,
+            epoch: Epoch(1),
+            node: A,
+            outcome: TaskOutcome::Success(vec![1]),
+        };
+        assert!(s.apply(5, &stale).is_empty(), "epoch 1 was superseded");
+        let ok = Command::Result {
+            id: T,
+            epoch: Epoch(2),
+            node: B,
+            outcome: TaskOutcome::Success(vec![2]),
+        };
+        assert_eq!(s.apply(6, &ok).len(), 1);
+        assert!(s.apply(7, &ok).is_empty(), "decided once");
+        assert!(matches!(
+            s.get(T).unwrap().state,
+            TaskState::Succeeded {
+                epoch: Epoch(2),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn failures_retry_until_max_attempts_then_fail() {
+        let mut s = Scheduler::new(10);
+        s.apply(
+            1,
+            &Command::Submit {
+                id: T,
+                task: task(),
+            },
+        );
+        for (i, e) in [(2, 1), (4, 2)] {
+            s.apply(
+                i,
+                &Command::Assign {
+                    id: T,
+                    epoch: Epoch(e),
+                    node: A,
+                },
+            );
+            s.apply(
+                i + 1,
+                &Command::Result {
+                    id: T,
+                    epoch: Epoch(e),
+                    node: A,
+                    outcome: TaskOutcome::Failure("boom".into()),
+                },
+            );
+        }
+        assert_eq!(
+            s.get(T).unwrap().state,
+            TaskState::Failed {
+                error: "boom".into(),
+                attempts: 2
+            }
+        );
+    }
+
+    #[test]
+    fn assignment_needs_the_next_epoch_and_a_pending_task() {
+        let mut s = Scheduler::new(10);
+        s.apply(
+            1,
+            &Command::Submit {
+                id: T,
+                task: task(),
+            },
+        );
+        assert!(s
+            .apply(
+                2,
+                &Command::Assign {
+                    id: T,
+                    epoch: Epoch(2),
+                    node: A
+                }
+            )
+            .is_empty());
+        assert_eq!(
+            s.apply(
+                3,
+                &Command::Assign {
+                    id: T,
+                    epoch: Epoch(1),
+                    node: A
+                }
+            )
+            .len(),
+            1
+        );
+        assert!(s
+            .apply(
+                4,
+                &Command::Assign {
+                    id: T,
+                    epoch: Epoch(2),
+                    node: B
+                }
+            )
+            .is_empty());
+        assert_eq!(s.load(A), 1);
+        s.apply(5, &Command::Cancel { id: T });
+        assert_eq!(s.get(T).unwrap().state, TaskState::Cancelled);
+        assert_eq!(s.load(A), 0);
+    }
+
+    #[test]
+    fn finished_records_beyond_the_retention_limit_are_dropped_oldest_first() {
+        let mut s = Scheduler::new(1);
+        for i in 0..3u128 {
+            s.apply(
+                1 + 2 * i as u64,
+                &Command::Submit {
+                    id: TaskId(i),
+                    task: task(),
+                },
+            );
+            s.apply(2 + 2 * i as u64, &Command::Cancel { id: TaskId(i) });
+        }
+        assert_eq!(s.len(), 1);
+        assert!(s.get(TaskId(2)).is_some());
+    }
+}

@@ -1,0 +1,204 @@
+//! Leader mode in the deterministic simulator (`cohort-sim`): G1–G4 from the
+//! simulator's checkers, plus the Raft invariants checked after every
+//! simulated event by [`RaftInvariants`].
+
+use cohort_core::{NodeId, Note, SupersedeReason, TaskId, Time};
+use cohort_leader::raft::Role;
+use cohort_leader::RaftInvariants;
+use cohort_leader::{LeaderConfig, LeaderNode, ValidLeaderConfig};
+use cohort_sim::history::HistoryEvent;
+use cohort_sim::{run, Invariants, Report, SimConfig};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+/// Seeds per test: `COHORT_SIM_SEEDS` (default `default`), for long runs.
+/// The 5-node test runs five times as many (200 by default).
+fn seeds(default: u64) -> u64 {
+    std::env::var("COHORT_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+fn config(seed: u64, nodes: usize) -> SimConfig {
+    let mut c = SimConfig::new(seed, nodes);
+    c.safety_ms = 10_000;
+    c.liveness_ms = 20_000;
+    c
+}
+
+fn sim(seed: u64, nodes: usize) -> Report {
+    let mut raft = RaftInvariants::default();
+    let mut inv = |_now: Time, nodes: &[Option<&LeaderNode>]| raft.check(nodes);
+    run::<LeaderNode>(
+        &config(seed, nodes),
+        &ValidLeaderConfig::default(),
+        &mut inv,
+    )
+}
+
+fn replay(seed: u64, nodes: usize) -> String {
+    format!("replay: cargo test -p cohort-leader --test simulate -- (seed {seed}, {nodes} nodes)")
+}
+
+#[test]
+fn leader_mode_passes_all_checkers_with_all_faults_at_5_nodes() {
+    for seed in 0..seeds(40) * 5 {
+        let r = sim(seed, 5);
+        assert!(r.passed(), "{r}\n{}", replay(seed, 5));
+        assert!(r.tasks_acked > 0, "{r}");
+        if (seed + 1) % 500 == 0 {
+            eprintln!("5 nodes: {} seeds clean", seed + 1);
+        }
+    }
+}
+
+#[test]
+fn leader_mode_passes_all_checkers_with_all_faults_at_3_and_7_nodes() {
+    for seed in 0..seeds(40) / 2 {
+        for nodes in [3, 7] {
+            let r = sim(1_000_000 + seed, nodes);
+            assert!(r.passed(), "{r}\n{}", replay(1_000_000 + seed, nodes));
+        }
+        if (seed + 1) % 500 == 0 {
+            eprintln!("3 and 7 nodes: {} seeds each clean", seed + 1);
+        }
+    }
+}
+
+#[test]
+fn aggressive_compaction_ships_snapshots_and_passes_all_checkers() {
+    let cfg = LeaderConfig {
+        snapshot_entries_threshold: 30,
+        snapshot_keep_entries: 5,
+        snapshot_chunk_bytes: 200,
+        ..LeaderConfig::default()
+    }
+    .validate()
+    .expect("valid");
+    let mut installs = 0;
+    for seed in 0..seeds(40) / 2 {
+        let mut raft = RaftInvariants::default();
+        let mut seen: BTreeMap<usize, u64> = BTreeMap::new();
+        let mut inv = |_now: Time, nodes: &[Option<&LeaderNode>]| {
+            for (i, n) in nodes.iter().enumerate() {
+                let v = n.map_or(0, |n| n.snapshots_installed());
+                let last = seen.insert(i, v).unwrap_or(0);
+                installs += v.saturating_sub(last);
+            }
+            raft.check(nodes)
+        };
+        let r = run::<LeaderNode>(&config(2_000_000 + seed, 5), &cfg, &mut inv);
+        assert!(r.passed(), "{r}\n{}", replay(2_000_000 + seed, 5));
+    }
+    assert!(installs > 0, "no snapshot was ever shipped");
+}
+
+#[test]
+fn the_same_seed_replays_bit_for_bit() {
+    let r = sim(7, 5);
+    eprintln!("{r}");
+    assert_eq!(r.trace_hash, sim(7, 5).trace_hash);
+}
+
+/// Watches crashes for the recovery-time report: which node led, and what
+/// each node was running (by the leader's state) when it went down.
+#[derive(Default)]
+struct Recovery {
+    raft: RaftInvariants,
+    leader: Option<usize>,
+    running: BTreeMap<usize, BTreeSet<TaskId>>,
+    up: Vec<bool>,
+    leader_crashes: Vec<Time>,
+    worker_crashes: Vec<(Time, BTreeSet<TaskId>)>,
+}
+
+impl Invariants<LeaderNode> for Recovery {
+    fn check(&mut self, now: Time, nodes: &[Option<&LeaderNode>]) -> Result<(), String> {
+        let _ = now;
+        self.raft.check(nodes)?;
+        self.up.resize(nodes.len(), true);
+        for (i, n) in nodes.iter().enumerate() {
+            if n.is_none() && self.up[i] {
+                if self.leader == Some(i) {
+                    self.leader_crashes.push(now);
+                    self.leader = None;
+                } else if let Some(tasks) = self.running.get(&i).filter(|t| !t.is_empty()) {
+                    self.worker_crashes.push((now, tasks.clone()));
+                }
+            }
+            self.up[i] = n.is_some();
+        }
+        let leader = nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| n.map(|n| (i, n.raft_status())))
+            .filter(|(_, s)| s.role == Role::Leader)
+            .max_by_key(|(_, s)| s.term);
+        if let Some((i, _)) = leader {
+            self.leader = Some(i);
+            let sm = nodes[i].expect("live").scheduler();
+            for j in 0..nodes.len() {
+                let node = NodeId(j as u64 + 1);
+                self.running.insert(j, sm.running_on(node).collect());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn percentiles(mut v: Vec<u64>) -> (u64, u64, u64, usize) {
+    assert!(!v.is_empty(), "no samples");
+    v.sort_unstable();
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.99), *v.last().expect("non-empty"), v.len())
+}
+
+/// Recovery times with default timeouts, printed for the closing note:
+/// leader crash -> first task assigned afterwards (by the new leader), and
+/// worker crash -> its running tasks superseded for reassignment.
+#[test]
+fn recovery_times_after_leader_and_worker_crashes_stay_bounded() {
+    let (mut leader_ms, mut worker_ms) = (Vec::new(), Vec::new());
+    for seed in 0..seeds(40) {
+        let mut c = config(seed, 5);
+        c.faults = "crash".parse().expect("fault list");
+        c.stop_when_done = false;
+        let mut rec = Recovery::default();
+        let r = run::<LeaderNode>(&c, &ValidLeaderConfig::default(), &mut rec);
+        assert!(r.passed(), "{r}");
+        let noted: Vec<(Time, &Note)> = r
+            .history
+            .records
+            .iter()
+            .filter_map(|rec| match &rec.event {
+                HistoryEvent::Noted { note, .. } => Some((rec.at, note)),
+                _ => None,
+            })
+            .collect();
+        for t in &rec.leader_crashes {
+            let first = noted
+                .iter()
+                .find(|(at, n)| at > t && matches!(n, Note::Assigned { .. }));
+            if let Some((at, _)) = first {
+                leader_ms.push(at.saturating_since(*t).as_millis() as u64);
+            }
+        }
+        for (t, tasks) in &rec.worker_crashes {
+            let first = noted.iter().find(|(at, n)| {
+                at > t
+                    && matches!(n, Note::Superseded { task, reason: SupersedeReason::RunnerDeclaredDead, .. } if tasks.contains(task))
+            });
+            if let Some((at, _)) = first {
+                worker_ms.push(at.saturating_since(*t).as_millis() as u64);
+            }
+        }
+    }
+    let (p50, p99, max, n) = percentiles(leader_ms);
+    eprintln!("leader crash -> first assignment: p50 {p50} ms, p99 {p99} ms, max {max} ms over {n} crashes");
+    assert!(p50 < 2_000, "leader recovery p50 {p50} ms");
+    let (p50, p99, max, n) = percentiles(worker_ms);
+    eprintln!("worker crash -> tasks reassigned: p50 {p50} ms, p99 {p99} ms, max {max} ms over {n} crashes");
+    let timeout = Duration::from_millis(500).as_millis() as u64;
+    assert!(p50 <= 2 * timeout, "worker recovery p50 {p50} ms");
+}

@@ -1,0 +1,151 @@
+//! Settings of the leaderless mode, validated before boot.
+
+use cohort_core::Peers;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Settings of a leaderless cluster, identical on every node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderlessConfig {
+    /// Replicas per task (`R`).
+    pub replicas: usize,
+    /// Replicas that must persist a submitted task before it is
+    /// acknowledged (`W`, more than half of `R`).
+    pub write_quorum: usize,
+    /// The node's housekeeping period: retries, claims, re-claims.
+    pub tick_interval_ms: u64,
+    /// How long a client request (submit, read, cancel) may wait for
+    /// replicas before it fails with a retryable `Unavailable`.
+    pub request_timeout_ms: u64,
+    /// A Paxos round with no decision after this long is retried with a
+    /// higher ballot.
+    pub paxos_round_timeout_ms: u64,
+    /// Most Paxos proposals this node runs at once.
+    pub paxos_in_flight_max: usize,
+    /// Most client requests waiting on replicas at once.
+    pub requests_in_flight_max: usize,
+    /// SWIM: how often a member is probed.
+    pub swim_probe_period_ms: u64,
+    /// SWIM: how long a direct probe waits for its ack before indirect probes.
+    pub swim_probe_rtt_ms: u64,
+    /// SWIM: how long a suspect has to refute before it is declared down.
+    pub swim_suspect_to_down_ms: u64,
+    /// SWIM: how long a down member is remembered (so it cannot come back
+    /// under the same identity).
+    pub swim_remove_down_after_ms: u64,
+    /// How often a node announces itself to ring members it does not see
+    /// as live (joining, and re-joining after a partition).
+    pub announce_interval_ms: u64,
+    /// How many of its non-final records a replica offers to one peer per
+    /// tick for anti-entropy.
+    pub anti_entropy_batch_max: usize,
+    /// How often a node re-broadcasts its load when it did not change.
+    pub load_report_interval_ms: u64,
+    /// Lifeguard: the cap of the local health multiplier that stretches
+    /// SWIM timeouts while this node misses acks itself; 0 turns it off.
+    pub local_health_max: u32,
+}
+
+impl Default for LeaderlessConfig {
+    fn default() -> LeaderlessConfig {
+        LeaderlessConfig {
+            replicas: 3,
+            write_quorum: 2,
+            tick_interval_ms: 50,
+            request_timeout_ms: 1_000,
+            paxos_round_timeout_ms: 200,
+            paxos_in_flight_max: 1_024,
+            requests_in_flight_max: 4_096,
+            swim_probe_period_ms: 200,
+            swim_probe_rtt_ms: 80,
+            swim_suspect_to_down_ms: 600,
+            swim_remove_down_after_ms: 30_000,
+            announce_interval_ms: 500,
+            anti_entropy_batch_max: 64,
+            local_health_max: 8,
+            load_report_interval_ms: 1_000,
+        }
+    }
+}
+
+/// An invalid [`LeaderlessConfig`]. Nothing was started.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LeaderlessConfigError {
+    /// A setting that must be positive is zero.
+    #[error("{0} must be positive")]
+    Zero(&'static str),
+    /// `W` must be a majority of `R`, and at most `R`.
+    #[error("write_quorum {w} must be more than half of replicas {r} and at most {r}")]
+    BadWriteQuorum {
+        /// `W`.
+        w: usize,
+        /// `R`.
+        r: usize,
+    },
+    /// The probe round trip must fit in the probe period.
+    #[error("swim_probe_rtt_ms must be below swim_probe_period_ms")]
+    ProbeRttTooLong,
+}
+
+impl LeaderlessConfig {
+    /// Checks the settings. `R` larger than the cluster is allowed: a task
+    /// then has every member as a replica.
+    pub fn validate(&self, _peers: &Peers) -> Result<(), LeaderlessConfigError> {
+        let positive = [
+            ("replicas", self.replicas as u64),
+            ("tick_interval_ms", self.tick_interval_ms),
+            ("request_timeout_ms", self.request_timeout_ms),
+            ("paxos_round_timeout_ms", self.paxos_round_timeout_ms),
+            ("paxos_in_flight_max", self.paxos_in_flight_max as u64),
+            ("requests_in_flight_max", self.requests_in_flight_max as u64),
+            ("swim_probe_period_ms", self.swim_probe_period_ms),
+            ("swim_probe_rtt_ms", self.swim_probe_rtt_ms),
+            ("swim_suspect_to_down_ms", self.swim_suspect_to_down_ms),
+            ("swim_remove_down_after_ms", self.swim_remove_down_after_ms),
+            ("announce_interval_ms", self.announce_interval_ms),
+            ("anti_entropy_batch_max", self.anti_entropy_batch_max as u64),
+            ("load_report_interval_ms", self.load_report_interval_ms),
+        ];
+        for (what, v) in positive {
+            if v == 0 {
+                return Err(LeaderlessConfigError::Zero(what));
+            }
+        }
+        if self.write_quorum * 2 <= self.replicas || self.write_quorum > self.replicas {
+            return Err(LeaderlessConfigError::BadWriteQuorum {
+                w: self.write_quorum,
+                r: self.replicas,
+            });
+        }
+        if self.swim_probe_rtt_ms >= self.swim_probe_period_ms {
+            return Err(LeaderlessConfigError::ProbeRttTooLong);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn tick_interval(&self) -> Duration {
+        Duration::from_millis(self.tick_interval_ms)
+    }
+
+    pub(crate) fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub(crate) fn paxos_round_timeout(&self) -> Duration {
+        Duration::from_millis(self.paxos_round_timeout_ms)
+    }
+
+    pub(crate) fn announce_interval(&self) -> Duration {
+        Duration::from_millis(self.announce_interval_ms)
+    }
+
+    /// The write quorum for a task with `n` replicas (a cluster smaller
+    /// than `R` has fewer).
+    pub(crate) fn write_quorum_for(&self, n: usize) -> usize {
+        if n >= self.replicas {
+            self.write_quorum
+        } else {
+            crate::paxos::majority(n).max(self.write_quorum.min(n))
+        }
+    }
+}

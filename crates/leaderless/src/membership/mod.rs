@@ -1,0 +1,410 @@
+//! SWIM liveness through foca, driven through the node contract.
+//!
+//! foca is sans-IO already: it takes our seeded RNG, and hands back packets
+//! to send and timers to schedule. Here its packets become
+//! `LeaderlessMessage::Swim` sends, and its timers become `Action::SetTimer`
+//! with tokens from a range reserved for SWIM ([`SWIM_TOKEN_BASE`] and up),
+//! mapped back to foca's `Timer` when they fire.
+//!
+//! Liveness is distinct from the *ring membership* (the nodes that joined and
+//! were not removed, from which placement is computed): SWIM only decides
+//! which replica runs a task and who is worth waiting for.
+//!
+//! What foca lacks against false positives when this node is itself slow
+//! is added here, after Lifeguard: a local health multiplier that rises
+//! when one of this node's probes fails (foca 1.0 does not expose its own
+//! incarnation, so refutations, Lifeguard's other input, are not counted),
+//! falls after each probe cycle without a failure, and stretches by
+//! `1 + multiplier` the wait for a direct ack (up to 90% of the probe
+//! period) and the suspicion timeout of the timers foca asks for (foca
+//! cannot change its probe timings at run time, but its timers pass
+//! through here).
+//!
+//! Identities are `(node, generation)`. A node persists its generation and
+//! takes the next one at every boot, so a restarted node rejoins at once
+//! instead of waiting for the cluster to forget its old identity; foca's
+//! `renew` bumps it too when the node learns it was declared down while
+//! alive (after a partition heals).
+
+pub mod load;
+
+use crate::config::LeaderlessConfig;
+use crate::message::LeaderlessMessage;
+use cohort_core::{Action, NodeId, NodeRng, StoreOp, Time, TimerToken};
+use foca::{AccumulatingRuntime, Config, Foca, Identity, OwnedNotification, PostcardCodec, Timer};
+use load::{LoadHandler, LoadReport, LoadTable};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::num::{NonZeroU8, NonZeroUsize};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Store key of this node's SWIM generation.
+pub(crate) const GENERATION_KEY: &[u8] = b"lless/swim/generation";
+
+/// How many down notifications are kept for [`Membership::downs`].
+pub const DOWNS_KEPT_MAX: usize = 1024;
+
+/// SWIM timers use tokens at and above this value; the node's own below.
+pub const SWIM_TOKEN_BASE: u64 = 1 << 32;
+
+/// A SWIM identity: the node and its generation (one per boot).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SwimId {
+    /// The node.
+    pub node: NodeId,
+    /// Bumped at every boot and whenever the node learns it was declared down.
+    pub generation: u64,
+}
+
+impl Identity for SwimId {
+    type Addr = NodeId;
+
+    /// foca's auto-rejoin: a member declared down while alive comes back
+    /// under the next generation.
+    fn renew(&self) -> Option<SwimId> {
+        Some(SwimId {
+            node: self.node,
+            generation: self.generation.wrapping_add(1),
+        })
+    }
+
+    fn addr(&self) -> NodeId {
+        self.node
+    }
+
+    fn win_addr_conflict(&self, adversary: &SwimId) -> bool {
+        self.generation > adversary.generation
+    }
+}
+
+/// This node's SWIM state and the liveness view derived from it.
+pub struct Membership {
+    me: NodeId,
+    foca: Foca<SwimId, PostcardCodec, FocaRng, LoadHandler>,
+    /// The latest load report of each node (written by foca's handler).
+    loads: LoadTable,
+    /// This node's load reports so far, this boot.
+    load_seq: u64,
+    /// What and when this node last reported.
+    last_load: Option<(u32, Time)>,
+    generation: u64,
+    runtime: AccumulatingRuntime<SwimId>,
+    /// SWIM timers handed to the driver and not yet fired.
+    timers: BTreeMap<u64, Timer<SwimId>>,
+    next_token: u64,
+    /// When this node last announced itself to each unseen ring member.
+    last_announce: BTreeMap<NodeId, Time>,
+    /// Down notifications: `(node, when)`, for tests and measurements.
+    downs: Vec<(NodeId, Time)>,
+    /// Counters, for reports.
+    swim_errors: u64,
+    /// Lifeguard's local health multiplier: 0 is healthy; SWIM timeouts
+    /// are stretched by `1 + local_health`.
+    local_health: u32,
+    /// foca's probe period.
+    probe_period: Duration,
+    /// The cap on `local_health` (0 turns the adaptation off).
+    local_health_max: u32,
+    /// Whether a probe of this node failed in the current probe cycle.
+    probe_failed_in_cycle: bool,
+    /// The highest `local_health` reached, for measurements.
+    local_health_peak: u32,
+}
+
+impl std::fmt::Debug for Membership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Membership")
+            .field("me", &self.me)
+            .field("live", &self.live())
+            .finish()
+    }
+}
+
+impl Membership {
+    /// A fresh SWIM member with identity `(me, generation)`, seeded by `rng`.
+    pub fn new(
+        me: NodeId,
+        generation: u64,
+        config: &LeaderlessConfig,
+        members_max: usize,
+        rng: NodeRng,
+    ) -> Membership {
+        let foca_config = Config {
+            probe_period: Duration::from_millis(config.swim_probe_period_ms),
+            probe_rtt: Duration::from_millis(config.swim_probe_rtt_ms),
+            num_indirect_probes: NonZeroUsize::new(3).expect("3 > 0"),
+            max_transmissions: NonZeroU8::new(10).expect("10 > 0"),
+            suspect_to_down_after: Duration::from_millis(config.swim_suspect_to_down_ms),
+            remove_down_after: Duration::from_millis(config.swim_remove_down_after_ms),
+            max_packet_size: NonZeroUsize::new(1400).expect("1400 > 0"),
+            notify_down_members: true,
+            periodic_announce: None,
+            periodic_announce_to_down_members: None,
+            periodic_gossip: Some(foca::PeriodicParams {
+                frequency: Duration::from_millis(config.swim_probe_period_ms),
+                num_members: NonZeroUsize::new(3).expect("3 > 0"),
+            }),
+        };
+        let loads: LoadTable = Arc::new(Mutex::new(BTreeMap::new()));
+        Membership {
+            me,
+            foca: Foca::with_custom_broadcast(
+                SwimId {
+                    node: me,
+                    generation,
+                },
+                foca_config,
+                FocaRng(rng),
+                PostcardCodec,
+                LoadHandler::new(loads.clone(), members_max),
+            ),
+            loads,
+            load_seq: 0,
+            last_load: None,
+            generation,
+            runtime: AccumulatingRuntime::new(),
+            timers: BTreeMap::new(),
+            next_token: SWIM_TOKEN_BASE,
+            last_announce: BTreeMap::new(),
+            downs: Vec::new(),
+            swim_errors: 0,
+            local_health: 0,
+            probe_period: Duration::from_millis(config.swim_probe_period_ms),
+            local_health_max: config.local_health_max,
+            probe_failed_in_cycle: false,
+            local_health_peak: 0,
+        }
+    }
+
+    /// Lifeguard's local health multiplier now (0: healthy).
+    pub fn local_health(&self) -> u32 {
+        self.local_health
+    }
+
+    /// The highest local health multiplier reached since boot.
+    pub fn local_health_peak(&self) -> u32 {
+        self.local_health_peak
+    }
+
+    fn raise_local_health(&mut self) {
+        self.local_health = (self.local_health + 1).min(self.local_health_max);
+        self.local_health_peak = self.local_health_peak.max(self.local_health);
+    }
+
+    /// The latest load report of `node`, if any arrived.
+    pub fn load(&self, node: NodeId) -> Option<LoadReport> {
+        self.loads
+            .lock()
+            .expect("never poisoned")
+            .get(&node)
+            .copied()
+    }
+
+    /// Broadcasts this node's load when it changed, or when the last
+    /// report is older than `refresh`.
+    pub fn report_load(&mut self, now: Time, running: u32, capacity: u32, refresh: Duration) {
+        let due = match self.last_load {
+            None => true,
+            Some((r, at)) => r != running || now.saturating_since(at) >= refresh,
+        };
+        if !due {
+            return;
+        }
+        self.load_seq += 1;
+        let report = LoadReport {
+            node: self.me,
+            seq: (self.generation, self.load_seq),
+            running,
+            capacity,
+        };
+        self.last_load = Some((running, now));
+        if self
+            .foca
+            .add_broadcast(&cohort_core::encode(&report))
+            .is_err()
+        {
+            self.swim_errors += 1;
+        }
+    }
+
+    /// Whether `token` belongs to SWIM.
+    pub fn owns(token: TimerToken) -> bool {
+        token.0 >= SWIM_TOKEN_BASE
+    }
+
+    /// Whether `node` is live in this node's view (this node always is).
+    pub fn is_live(&self, node: NodeId) -> bool {
+        node == self.me || self.foca.iter_members().any(|m| m.id().node == node)
+    }
+
+    /// Every live node, this one included, ascending.
+    pub fn live(&self) -> Vec<NodeId> {
+        let mut v: BTreeSet<NodeId> = self.foca.iter_members().map(|m| m.id().node).collect();
+        v.insert(self.me);
+        v.into_iter().collect()
+    }
+
+    /// This node's current SWIM identity.
+    pub fn identity(&self) -> SwimId {
+        *self.foca.identity()
+    }
+
+    /// The last [`DOWNS_KEPT_MAX`] down notifications, with when they came.
+    pub fn downs(&self) -> &[(NodeId, Time)] {
+        &self.downs
+    }
+
+    /// foca errors so far (malformed or unexpected packets); each was dropped.
+    pub fn errors(&self) -> u64 {
+        self.swim_errors
+    }
+
+    /// A SWIM packet from a peer.
+    pub fn handle_data<M: From<Swim>>(&mut self, now: Time, data: &[u8], out: &mut Vec<Action<M>>) {
+        if self.foca.handle_data(data, &mut self.runtime).is_err() {
+            self.swim_errors += 1;
+        }
+        self.drain(now, out);
+    }
+
+    /// A SWIM timer came due.
+    pub fn handle_timer<M: From<Swim>>(
+        &mut self,
+        now: Time,
+        token: TimerToken,
+        out: &mut Vec<Action<M>>,
+    ) {
+        assert!(Self::owns(token));
+        let Some(timer) = self.timers.remove(&token.0) else {
+            return; // from before a restart
+        };
+        if matches!(timer, Timer::ProbeRandomMember(_)) {
+            // A probe cycle ended: one without a failed probe is a sign of
+            // health.
+            if !self.probe_failed_in_cycle {
+                self.local_health = self.local_health.saturating_sub(1);
+            }
+            self.probe_failed_in_cycle = false;
+        }
+        if self.foca.handle_timer(timer, &mut self.runtime).is_err() {
+            self.swim_errors += 1;
+        }
+        self.drain(now, out);
+    }
+
+    /// Announces this node to ring members it does not see as live, at
+    /// most once per `interval` each: joining at boot, re-joining after a
+    /// partition heals.
+    pub fn announce_to_unseen<M: From<Swim>>(
+        &mut self,
+        now: Time,
+        ring: &[NodeId],
+        interval: Duration,
+        out: &mut Vec<Action<M>>,
+    ) {
+        let unseen: Vec<NodeId> = ring.iter().copied().filter(|&n| !self.is_live(n)).collect();
+        for node in unseen {
+            let due = self
+                .last_announce
+                .get(&node)
+                .is_none_or(|&t| now.saturating_since(t) >= interval);
+            if !due {
+                continue;
+            }
+            self.last_announce.insert(node, now);
+            // foca ignores the destination identity; the generation is unknown.
+            let dst = SwimId {
+                node,
+                generation: 0,
+            };
+            if self.foca.announce(dst, &mut self.runtime).is_err() {
+                self.swim_errors += 1;
+            }
+        }
+        self.drain(now, out);
+    }
+
+    fn drain<M: From<Swim>>(&mut self, now: Time, out: &mut Vec<Action<M>>) {
+        while let Some((to, data)) = self.runtime.to_send() {
+            out.push(Action::Send {
+                to: to.node,
+                msg: M::from(Swim(data.to_vec())),
+            });
+        }
+        while let Some((after, timer)) = self.runtime.to_schedule() {
+            // Lifeguard's local-health-aware probe and suspicion: while this
+            // node misses acks itself, it gives a direct probe longer before
+            // asking others (within the probe period, which foca fixes) and
+            // gives a suspect longer to refute before declaring it down.
+            // The probe interval itself is not stretched: a slow node that
+            // probes less also spreads its own refutations more slowly.
+            let scale = 1 + self.local_health;
+            let after = match timer {
+                Timer::SendIndirectProbe { .. } => (after * scale).min(self.probe_period * 9 / 10),
+                Timer::ChangeSuspectToDown { .. } => after * scale,
+                _ => after,
+            };
+            let token = self.next_token;
+            self.next_token = self
+                .next_token
+                .checked_add(1)
+                .expect("timer tokens exhausted");
+            self.timers.insert(token, timer);
+            out.push(Action::SetTimer {
+                token: TimerToken(token),
+                at: now + after,
+            });
+        }
+        while let Some(n) = self.runtime.to_notify() {
+            match n {
+                OwnedNotification::ProbeFailed(..) => {
+                    self.probe_failed_in_cycle = true;
+                    self.raise_local_health();
+                }
+                OwnedNotification::MemberDown(id) => {
+                    if self.downs.len() >= DOWNS_KEPT_MAX {
+                        self.downs.remove(0);
+                    }
+                    self.downs.push((id.node, now));
+                }
+                OwnedNotification::Rejoin(id) => {
+                    // A later boot must start above this generation.
+                    out.push(Action::Persist(vec![StoreOp::Put {
+                        key: GENERATION_KEY.to_vec(),
+                        value: cohort_core::encode(&id.generation),
+                    }]));
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A SWIM packet on its way out.
+#[derive(Debug)]
+pub struct Swim(pub Vec<u8>);
+
+impl From<Swim> for LeaderlessMessage {
+    fn from(s: Swim) -> LeaderlessMessage {
+        LeaderlessMessage::Swim(s.0)
+    }
+}
+
+/// The node's seeded RNG (rand_core 0.6) as the rand_core 0.9 RNG foca 1.0
+/// takes. Same stream of numbers, so runs replay bit for bit.
+pub struct FocaRng(pub NodeRng);
+
+impl rand_core_09::RngCore for FocaRng {
+    fn next_u32(&mut self) -> u32 {
+        rand::RngCore::next_u32(&mut self.0)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        rand::RngCore::next_u64(&mut self.0)
+    }
+
+    fn fill_bytes(&mut self, dst: &mut [u8]) {
+        rand::RngCore::fill_bytes(&mut self.0, dst);
+    }
+}

@@ -1,0 +1,149 @@
+//! What the nodes of a leaderless cluster send each other.
+
+use crate::paxos::Ballot;
+use crate::record::{TaskHeader, TaskValue};
+use cohort_core::TaskId;
+use serde::{Deserialize, Serialize};
+
+/// What a replica holds of a task, as answered to a read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadState {
+    /// Body and replicas.
+    pub header: TaskHeader,
+    /// The latest version the replica knows chosen.
+    pub version: u64,
+    /// Its value.
+    pub value: TaskValue,
+    /// Whether the replica accepted a value in the instance after
+    /// `version`: that value may be chosen already, so a linearizable read
+    /// must settle the instance before answering.
+    pub in_doubt: bool,
+}
+
+/// A peer message of the leaderless mode.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaderlessMessage {
+    /// A SWIM packet, handed to foca as is.
+    Swim(Vec<u8>),
+    /// Coordinator → replica: store this new task (first write wins).
+    Write {
+        /// Names the coordinator's operation.
+        op: u64,
+        /// The task.
+        id: TaskId,
+        /// Body and replicas.
+        header: TaskHeader,
+    },
+    /// Replica → coordinator, after the record is persisted.
+    WriteReply {
+        /// The operation answered.
+        op: u64,
+        /// The task written (checked against the operation).
+        id: TaskId,
+        /// `false`: the replica holds a different task under this id.
+        same: bool,
+    },
+    /// Coordinator → replica: what do you know of this task?
+    Read {
+        /// Names the coordinator's operation.
+        op: u64,
+        /// The task.
+        id: TaskId,
+    },
+    /// Replica → coordinator.
+    ReadReply {
+        /// The operation answered.
+        op: u64,
+        /// The task read (checked against the operation).
+        id: TaskId,
+        /// What the replica holds of the task, if anything.
+        found: Option<ReadState>,
+    },
+    /// Paxos phase 1a for the instance deciding `version + 1`.
+    Prepare {
+        /// The task.
+        id: TaskId,
+        /// Body and replicas, for an acceptor that missed the write.
+        header: TaskHeader,
+        /// The base version, known chosen.
+        version: u64,
+        /// The value chosen at `version`.
+        base: TaskValue,
+        /// The proposer's ballot.
+        ballot: Ballot,
+    },
+    /// Paxos phase 1b.
+    Promise {
+        /// The task.
+        id: TaskId,
+        /// The base version of the instance.
+        version: u64,
+        /// The ballot promised.
+        ballot: Ballot,
+        /// What this acceptor accepted in the instance, if anything.
+        accepted: Option<(Ballot, TaskValue)>,
+    },
+    /// Paxos phase 2a.
+    Accept {
+        /// The task.
+        id: TaskId,
+        /// The base version of the instance.
+        version: u64,
+        /// The proposer's ballot.
+        ballot: Ballot,
+        /// The value proposed for `version + 1`.
+        value: TaskValue,
+    },
+    /// Paxos phase 2b.
+    Accepted {
+        /// The task.
+        id: TaskId,
+        /// The base version of the instance.
+        version: u64,
+        /// The ballot accepted.
+        ballot: Ballot,
+    },
+    /// The acceptor promised a higher ballot than `ballot`.
+    Reject {
+        /// The task.
+        id: TaskId,
+        /// The base version of the instance.
+        version: u64,
+        /// The ballot refused.
+        ballot: Ballot,
+        /// The ballot promised instead.
+        promised: Ballot,
+    },
+    /// The acceptor knows a later chosen version than the instance asked about.
+    Ahead {
+        /// The task.
+        id: TaskId,
+        /// The later version.
+        version: u64,
+        /// Its value.
+        value: TaskValue,
+    },
+    /// `value` was chosen as `version` of the task.
+    Learn {
+        /// The task.
+        id: TaskId,
+        /// Body and replicas, for a replica that missed the write.
+        header: TaskHeader,
+        /// The chosen version.
+        version: u64,
+        /// Its value.
+        value: TaskValue,
+    },
+    /// Anti-entropy, replica → co-replica: the versions I hold of tasks we
+    /// share. The receiver answers `Learn` where it is ahead and `Pull`
+    /// where it is behind.
+    Digest {
+        /// `(task, version)` pairs.
+        entries: Vec<(TaskId, u64)>,
+    },
+    /// Anti-entropy: send me `Learn` for these tasks.
+    Pull {
+        /// The tasks.
+        ids: Vec<TaskId>,
+    },
+}

@@ -1,0 +1,1218 @@
+//! [`LeaderlessNode`]: SWIM, placement, quorum writes and per-task Paxos
+//! behind the [`cohort_core::Node`] contract.
+//!
+//! Call order is the contract's: `boot`, then one `handle_*` input at a time,
+//! each followed by draining `actions()`. Messages a node sends to itself
+//! (it is usually one of a task's replicas) are handled before the input
+//! returns, so their `Persist` precedes, in the same batch, anything that
+//! depends on it.
+
+use crate::config::LeaderlessConfig;
+use crate::membership::{Membership, GENERATION_KEY};
+use crate::message::{LeaderlessMessage, ReadState};
+use crate::paxos::acceptor::{self, AcceptReply, PrepareReply};
+use crate::paxos::proposer::{Intent, Outcome, Proposal, Proposer, StartError};
+use crate::paxos::Ballot;
+use crate::placement;
+use crate::record::{record_key, Record, TaskHeader, TaskValue, RECORD_PREFIX};
+use crate::tasks::{Op, Ops, ReadPurpose, SubmitVerdict};
+use cohort_core::{
+    decode, encode, Action, ClientError, ClientRequest, ClientResponse, Consistency, Epoch, Node,
+    NodeId, NodeRng, Note, Peers, RequestId, StoreOp, Stored, SupersedeReason, Task, TaskId,
+    TaskOutcome, TaskState, Time, TimerToken,
+};
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+/// The node's housekeeping timer.
+const TICK: TimerToken = TimerToken(1);
+
+type Out = Vec<Action<LeaderlessMessage>>;
+
+/// An execution this node runs, with what it needs to commit the result.
+#[derive(Clone, Debug)]
+struct Execution {
+    epoch: Epoch,
+    header: TaskHeader,
+    version: u64,
+    value: TaskValue,
+}
+
+/// A finished execution whose result is not yet chosen (or rejected).
+#[derive(Clone, Debug)]
+struct Finished {
+    execution: Execution,
+    outcome: TaskOutcome,
+}
+
+/// Why [`LeaderlessNode::steal`] did not start a claim. Nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StealError {
+    /// This node holds no record of the task.
+    #[error("this node is not a replica of the task")]
+    NotAReplica,
+    /// The task is not pending in this node's view.
+    #[error("the task is not pending here")]
+    NotPending,
+    /// A proposal for the task, or too many proposals, are in flight.
+    #[error("a proposal is in flight")]
+    Busy,
+}
+
+/// A node of a leaderless cluster.
+#[derive(Debug)]
+pub struct LeaderlessNode {
+    peers: Peers,
+    config: LeaderlessConfig,
+    /// This boot's generation (persisted, bumped at every boot).
+    generation: u64,
+    /// The ring membership: the nodes tasks are placed on. Fixed to the
+    /// configured members (ring changes are not implemented yet).
+    ring: Vec<NodeId>,
+    rng: NodeRng,
+    membership: Membership,
+    /// Records of the tasks this node is a replica of.
+    records: BTreeMap<TaskId, Record>,
+    /// Ids of `records` whose state is not final.
+    active: BTreeSet<TaskId>,
+    proposer: Proposer,
+    ops: Ops,
+    /// Handlers running here, by task.
+    executing: BTreeMap<TaskId, Execution>,
+    /// Results waiting to be committed, by task.
+    finished: BTreeMap<TaskId, Finished>,
+    /// Clients waiting for a cancel of each task.
+    cancel_waiters: BTreeMap<TaskId, Vec<(RequestId, Time)>>,
+    /// Clients whose linearizable read waits for this node's proposal on
+    /// the task to end.
+    read_waiters: BTreeMap<TaskId, Vec<(RequestId, Time)>>,
+    /// Messages to this node itself, handled before the input returns.
+    loopback: VecDeque<LeaderlessMessage>,
+    /// Claims this node started for tasks whose preferred live replica was
+    /// full (work stealing).
+    steals: u64,
+    /// Where the anti-entropy scan goes on from.
+    anti_entropy_cursor: Option<TaskId>,
+    out: Out,
+}
+
+impl LeaderlessNode {
+    /// This node's view of the task's latest chosen version and value, if it
+    /// is a replica of it. For checkers: every replica that holds version
+    /// `k` of a task must hold the same value at `k`.
+    pub fn record(&self, id: TaskId) -> Option<(u64, &TaskValue)> {
+        self.records.get(&id).map(|r| (r.version, &r.value))
+    }
+
+    /// Every record this node holds: `(task, version, value)` in task order.
+    pub fn records(&self) -> impl Iterator<Item = (TaskId, u64, &TaskValue)> {
+        self.records
+            .iter()
+            .map(|(&id, r)| (id, r.version, &r.value))
+    }
+
+    /// The nodes this node sees as live.
+    pub fn live(&self) -> Vec<NodeId> {
+        self.membership.live()
+    }
+
+    /// When this node saw each down notification from SWIM.
+    pub fn downs(&self) -> &[(NodeId, Time)] {
+        self.membership.downs()
+    }
+
+    /// Lifeguard's local health multiplier now, and the highest it reached.
+    pub fn local_health(&self) -> (u32, u32) {
+        (
+            self.membership.local_health(),
+            self.membership.local_health_peak(),
+        )
+    }
+
+    /// The task's replicas, most preferred first.
+    pub fn replicas_of(&self, id: TaskId) -> Vec<NodeId> {
+        placement::replicas(id, &self.ring, self.config.replicas)
+    }
+
+    /// Claims this node started for tasks whose preferred live replica
+    /// reported itself full (work stealing), since boot.
+    pub fn steals(&self) -> u64 {
+        self.steals
+    }
+
+    /// The latest load `(running, capacity)` this node heard from `node`.
+    pub fn load_of(&self, node: NodeId) -> Option<(u32, u32)> {
+        self.membership.load(node).map(|l| (l.running, l.capacity))
+    }
+
+    /// Paxos proposals this node runs now.
+    pub fn proposals_in_flight(&self) -> usize {
+        self.proposer.len()
+    }
+
+    /// Work stealing: claims the pending task `id` for this node through
+    /// Paxos, whatever the preference order says. If another node claims it
+    /// at the same time, exactly one claim is chosen.
+    pub fn steal(&mut self, now: Time, id: TaskId) -> Result<(), StealError> {
+        let rec = self.records.get(&id).ok_or(StealError::NotAReplica)?;
+        if rec.value.state != TaskState::Pending {
+            return Err(StealError::NotPending);
+        }
+        let (header, version, value) = (rec.header.clone(), rec.version, rec.value.clone());
+        self.propose(now, id, header, version, value, Intent::Claim)
+            .map_err(|_| StealError::Busy)?;
+        self.flush(now);
+        Ok(())
+    }
+
+    fn me(&self) -> NodeId {
+        self.peers.id
+    }
+
+    fn send(&mut self, to: NodeId, msg: LeaderlessMessage) {
+        if to == self.me() {
+            self.loopback.push_back(msg);
+        } else {
+            self.out.push(Action::Send { to, msg });
+        }
+    }
+
+    fn persist_record(&mut self, id: TaskId) {
+        let rec = self.records.get(&id).expect("persisting a held record");
+        self.out.push(Action::Persist(vec![StoreOp::Put {
+            key: record_key(id),
+            value: encode(rec),
+        }]));
+        if rec.value.state.is_final() {
+            self.active.remove(&id);
+        } else {
+            self.active.insert(id);
+        }
+    }
+
+    /// Handles the messages this node sent itself.
+    fn flush(&mut self, now: Time) {
+        let me = self.me();
+        while let Some(msg) = self.loopback.pop_front() {
+            self.on_message(now, me, msg);
+        }
+    }
+
+    fn reply(&mut self, request: RequestId, reply: Result<ClientResponse, ClientError>) {
+        self.out.push(Action::Reply { request, reply });
+    }
+
+    fn unavailable(reason: &str) -> ClientError {
+        ClientError::Unavailable {
+            reason: reason.to_string(),
+        }
+    }
+
+    fn arm_tick(&mut self, now: Time) {
+        // A little jitter keeps the nodes' ticks from lining up.
+        let jitter_ms = self.rng.gen_range(0..=self.config.tick_interval_ms / 4);
+        self.out.push(Action::SetTimer {
+            token: TICK,
+            at: now + self.config.tick_interval() + Duration::from_millis(jitter_ms),
+        });
+    }
+
+    // ---- client requests -------------------------------------------------
+
+    fn submit(&mut self, now: Time, request: RequestId, id: TaskId, task: Task) {
+        if let Err(e) = self.peers.limits.check_task(&task) {
+            return self.reply(request, Err(e));
+        }
+        if self.ops.len() >= self.config.requests_in_flight_max {
+            return self.reply(
+                request,
+                Err(ClientError::Overloaded {
+                    what: "requests_in_flight_max".into(),
+                    limit: self.config.requests_in_flight_max,
+                }),
+            );
+        }
+        let replicas = self.replicas_of(id);
+        let w = self.config.write_quorum_for(replicas.len());
+        let header = TaskHeader {
+            task,
+            replicas: replicas.clone(),
+        };
+        let op = self.ops.insert(Op::Submit {
+            request,
+            id,
+            acks: BTreeSet::new(),
+            conflicts: BTreeSet::new(),
+            replicas: replicas.len(),
+            w,
+            deadline: now + self.config.request_timeout(),
+        });
+        for to in replicas {
+            self.send(
+                to,
+                LeaderlessMessage::Write {
+                    op,
+                    id,
+                    header: header.clone(),
+                },
+            );
+        }
+    }
+
+    fn get(&mut self, now: Time, request: RequestId, id: TaskId, consistency: Consistency) {
+        match consistency {
+            Consistency::Stale => {
+                let reply = match self.records.get(&id) {
+                    Some(r) => Ok(ClientResponse::State {
+                        id,
+                        state: r.value.state.clone(),
+                    }),
+                    None => Err(ClientError::NotFound { id }),
+                };
+                self.reply(request, reply);
+            }
+            Consistency::Linearizable => self.quorum_read(now, request, id, ReadPurpose::Get),
+        }
+    }
+
+    fn quorum_read(&mut self, now: Time, request: RequestId, id: TaskId, purpose: ReadPurpose) {
+        if self.ops.len() >= self.config.requests_in_flight_max {
+            return self.reply(
+                request,
+                Err(ClientError::Overloaded {
+                    what: "requests_in_flight_max".into(),
+                    limit: self.config.requests_in_flight_max,
+                }),
+            );
+        }
+        let replicas = self.replicas_of(id);
+        let op = self.ops.insert(Op::Read {
+            request,
+            id,
+            purpose,
+            replies: BTreeMap::new(),
+            replicas: replicas.len(),
+            deadline: now + self.config.request_timeout(),
+        });
+        for to in replicas {
+            self.send(to, LeaderlessMessage::Read { op, id });
+        }
+    }
+
+    fn read_done(
+        &mut self,
+        now: Time,
+        request: RequestId,
+        id: TaskId,
+        purpose: ReadPurpose,
+        best: Option<ReadState>,
+    ) {
+        let Some(ReadState {
+            header,
+            version,
+            value,
+            in_doubt,
+        }) = best
+        else {
+            return self.reply(request, Err(ClientError::NotFound { id }));
+        };
+        match purpose {
+            ReadPurpose::Get if !in_doubt => self.reply(
+                request,
+                Ok(ClientResponse::State {
+                    id,
+                    state: value.state,
+                }),
+            ),
+            ReadPurpose::Get => {
+                // A value accepted after `version` may be chosen already:
+                // finish that instance (or find it empty) before answering.
+                match self.propose(now, id, header, version, value, Intent::Settle) {
+                    Ok(()) => {
+                        let deadline = now + self.config.request_timeout();
+                        self.read_waiters
+                            .entry(id)
+                            .or_default()
+                            .push((request, deadline));
+                    }
+                    Err(StartError::Busy) => self.reply(
+                        request,
+                        Err(Self::unavailable(
+                            "a decision on this task is in flight here",
+                        )),
+                    ),
+                    Err(StartError::Full) => self.reply(
+                        request,
+                        Err(ClientError::Overloaded {
+                            what: "paxos_in_flight_max".into(),
+                            limit: self.config.paxos_in_flight_max,
+                        }),
+                    ),
+                }
+            }
+            ReadPurpose::Cancel => {
+                if value.state.is_final() {
+                    return self.reply(
+                        request,
+                        Ok(ClientResponse::State {
+                            id,
+                            state: value.state,
+                        }),
+                    );
+                }
+                match self.propose(now, id, header, version, value, Intent::Cancel) {
+                    Ok(()) => {
+                        let deadline = now + self.config.request_timeout();
+                        self.cancel_waiters
+                            .entry(id)
+                            .or_default()
+                            .push((request, deadline));
+                    }
+                    Err(StartError::Busy) => self.reply(
+                        request,
+                        Err(Self::unavailable(
+                            "a decision on this task is in flight here",
+                        )),
+                    ),
+                    Err(StartError::Full) => self.reply(
+                        request,
+                        Err(ClientError::Overloaded {
+                            what: "paxos_in_flight_max".into(),
+                            limit: self.config.paxos_in_flight_max,
+                        }),
+                    ),
+                }
+            }
+        }
+    }
+
+    // ---- replica side ------------------------------------------------------
+
+    fn on_write(&mut self, from: NodeId, op: u64, id: TaskId, header: TaskHeader) {
+        if !header.replicas.contains(&self.me()) {
+            return; // not ours: no answer
+        }
+        let same = match self.records.get(&id) {
+            Some(rec) => rec.header.task == header.task,
+            None => {
+                if self.active.len() >= self.peers.limits.tasks_active_max {
+                    return; // full: the coordinator times out, retryable
+                }
+                self.records.insert(id, Record::new(header));
+                self.persist_record(id);
+                true
+            }
+        };
+        self.send(from, LeaderlessMessage::WriteReply { op, id, same });
+    }
+
+    /// Creates (and persists) the record from a header a proposer or
+    /// learner sent, if this node is one of its replicas. Returns whether
+    /// the record now exists with this header's task.
+    fn ensure_record(&mut self, id: TaskId, header: &TaskHeader) -> bool {
+        match self.records.get(&id) {
+            Some(rec) => rec.header.task == header.task,
+            None => {
+                if !header.replicas.contains(&self.me()) {
+                    return false;
+                }
+                self.records.insert(id, Record::new(header.clone()));
+                self.persist_record(id);
+                true
+            }
+        }
+    }
+
+    /// Phase 1a at this acceptor, for the instance on top of the chosen
+    /// `(version, base)`.
+    fn on_prepare(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        (id, header): (TaskId, TaskHeader),
+        (version, base): (u64, TaskValue),
+        ballot: Ballot,
+    ) {
+        if !self.ensure_record(id, &header) {
+            return; // a different task under this id, or not a replica
+        }
+        let rec = self.records.get_mut(&id).expect("ensured");
+        let before = rec.version;
+        let (reply, changed) = acceptor::on_prepare(rec, version, &base, ballot);
+        let after = (rec.version, rec.value.clone(), rec.header.clone());
+        if changed {
+            self.persist_record(id);
+        }
+        if after.0 > before {
+            self.on_learned(now, id, &after.2, after.0, &after.1);
+        }
+        let msg = match reply {
+            PrepareReply::Promise(accepted) => LeaderlessMessage::Promise {
+                id,
+                version,
+                ballot,
+                accepted,
+            },
+            PrepareReply::Reject(promised) => LeaderlessMessage::Reject {
+                id,
+                version,
+                ballot,
+                promised,
+            },
+            PrepareReply::Ahead(version, value) => LeaderlessMessage::Ahead { id, version, value },
+        };
+        self.send(from, msg);
+    }
+
+    fn on_accept(
+        &mut self,
+        from: NodeId,
+        id: TaskId,
+        version: u64,
+        ballot: Ballot,
+        value: TaskValue,
+    ) {
+        let Some(rec) = self.records.get_mut(&id) else {
+            return;
+        };
+        let (reply, changed) = acceptor::on_accept(rec, version, ballot, &value);
+        if changed {
+            self.persist_record(id);
+        }
+        let msg = match reply {
+            AcceptReply::Accepted => LeaderlessMessage::Accepted {
+                id,
+                version,
+                ballot,
+            },
+            AcceptReply::Reject(promised) => LeaderlessMessage::Reject {
+                id,
+                version,
+                ballot,
+                promised,
+            },
+            AcceptReply::Ahead(version, value) => LeaderlessMessage::Ahead { id, version, value },
+            AcceptReply::Behind => return,
+        };
+        self.send(from, msg);
+    }
+
+    /// A chosen `(version, value)` arrived (a `Learn`, or an anti-entropy
+    /// repair). Replicas store it; everyone acts on it.
+    fn on_learn(
+        &mut self,
+        now: Time,
+        id: TaskId,
+        header: TaskHeader,
+        version: u64,
+        value: TaskValue,
+    ) {
+        if self.ensure_record(id, &header) {
+            let rec = self.records.get_mut(&id).expect("ensured");
+            if rec.learn(version, &value) {
+                self.persist_record(id);
+            }
+        }
+        self.on_learned(now, id, &header, version, &value);
+    }
+
+    /// Acts on a chosen value, however it became known: start the handler
+    /// of a claim for this node, settle waiting cancels and results, end a
+    /// proposal of this node that is now moot.
+    fn on_learned(
+        &mut self,
+        now: Time,
+        id: TaskId,
+        header: &TaskHeader,
+        version: u64,
+        value: &TaskValue,
+    ) {
+        // A learned value older than this replica's record is history.
+        let stale = self.records.get(&id).is_some_and(|r| r.version > version);
+        if let TaskState::Running { node, epoch } = value.state {
+            let current = self.executing.get(&id).map(|e| e.epoch);
+            let done = self.finished.get(&id).map(|f| f.execution.epoch);
+            // Run only a claim of this boot, newer than anything run here;
+            // a claim of an earlier boot is re-claimed by `claim_work`.
+            let fresh = !stale
+                && node == self.me()
+                && value.runner_boot == self.generation
+                && current.is_none_or(|e| e < epoch)
+                && done.is_none_or(|e| e < epoch);
+            if fresh {
+                self.executing.insert(
+                    id,
+                    Execution {
+                        epoch,
+                        header: header.clone(),
+                        version,
+                        value: value.clone(),
+                    },
+                );
+                self.out.push(Action::Execute {
+                    id,
+                    epoch,
+                    task: header.task.clone(),
+                });
+            }
+        }
+        // A result of an older assignment can no longer be committed.
+        if let Some(f) = self.finished.get(&id) {
+            let still = matches!(value.state, TaskState::Running { node, epoch } if node == self.me() && epoch == f.execution.epoch);
+            if !still && version > f.execution.version {
+                self.finished.remove(&id);
+            }
+        }
+        if value.state.is_final() {
+            if let Some(waiters) = self.cancel_waiters.remove(&id) {
+                for (request, _) in waiters {
+                    self.reply(
+                        request,
+                        Ok(ClientResponse::State {
+                            id,
+                            state: value.state.clone(),
+                        }),
+                    );
+                }
+            }
+        }
+        if let Some(o) = self.proposer.on_ahead(id, version, value.clone()) {
+            self.proposal_over(now, o);
+        }
+    }
+
+    // ---- proposer side -----------------------------------------------------
+
+    fn propose(
+        &mut self,
+        now: Time,
+        id: TaskId,
+        header: TaskHeader,
+        version: u64,
+        base: TaskValue,
+        intent: Intent,
+    ) -> Result<(), StartError> {
+        let msgs = self
+            .proposer
+            .start(now, id, header, version, base, intent)?;
+        for (to, msg) in msgs {
+            self.send(to, msg);
+        }
+        Ok(())
+    }
+
+    fn on_outcome(&mut self, now: Time, outcome: Outcome) {
+        match outcome {
+            Outcome::Send(msgs) => {
+                for (to, msg) in msgs {
+                    self.send(to, msg);
+                }
+            }
+            o => self.proposal_over(now, o),
+        }
+    }
+
+    /// A proposal ended: its value was chosen, or a later version exists.
+    fn proposal_over(&mut self, now: Time, outcome: Outcome) {
+        let (proposal, version, value, chosen): (Proposal, u64, TaskValue, bool) = match outcome {
+            Outcome::Chosen {
+                proposal,
+                version,
+                value,
+            } => (proposal, version, value, true),
+            Outcome::Ahead {
+                proposal,
+                version,
+                value,
+            } => (proposal, version, value, false),
+            Outcome::Settled { proposal } => {
+                // Nothing was in doubt: the base is the latest chosen value.
+                let state = proposal.base.state.clone();
+                self.answer_reads(proposal.id, &state);
+                return;
+            }
+            Outcome::Send(_) => unreachable!("not an end"),
+        };
+        let (id, header, intent) = (
+            proposal.id,
+            proposal.header.clone(),
+            proposal.intent.clone(),
+        );
+        if self.ensure_record(id, &header) {
+            let rec = self.records.get_mut(&id).expect("ensured");
+            if rec.learn(version, &value) {
+                self.persist_record(id);
+            }
+        }
+        if chosen {
+            assert_eq!(version, proposal.version + 1);
+            for note in transition_notes(id, &proposal.base, &value) {
+                self.out.push(Action::Note(note));
+            }
+            for &to in header.replicas.iter().filter(|&&n| n != self.peers.id) {
+                self.out.push(Action::Send {
+                    to,
+                    msg: LeaderlessMessage::Learn {
+                        id,
+                        header: header.clone(),
+                        version,
+                        value: value.clone(),
+                    },
+                });
+            }
+        }
+        self.on_learned(now, id, &header, version, &value);
+        // Results and cancels go on until their compare part fails; claims
+        // are left to the next tick, which looks at liveness again.
+        let again = matches!(intent, Intent::Finish { .. } | Intent::Cancel)
+            && intent
+                .desired(self.me(), self.generation, &header, &value)
+                .is_some();
+        if again {
+            if let Err(e) = self.propose(now, id, header, version, value.clone(), intent.clone()) {
+                assert_eq!(e, StartError::Full, "the proposal for this task just ended");
+            }
+        }
+        self.answer_reads(id, &value.state);
+        if !self.proposer.is_running(id) {
+            if let Some(waiters) = self.cancel_waiters.remove(&id) {
+                for (request, _) in waiters {
+                    self.reply(
+                        request,
+                        Ok(ClientResponse::State {
+                            id,
+                            state: value.state.clone(),
+                        }),
+                    );
+                }
+            }
+            if matches!(intent, Intent::Finish { .. }) && !again {
+                // Chosen, or rejected because the assignment moved on (G3).
+                if self
+                    .finished
+                    .get(&id)
+                    .is_some_and(|f| f.execution.version < version)
+                {
+                    self.finished.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Answers the linearizable reads waiting on this node's proposal for
+    /// `id`: `state` is chosen, and at least as new as any value chosen
+    /// before those reads began.
+    fn answer_reads(&mut self, id: TaskId, state: &TaskState) {
+        for (request, _) in self.read_waiters.remove(&id).unwrap_or_default() {
+            self.reply(
+                request,
+                Ok(ClientResponse::State {
+                    id,
+                    state: state.clone(),
+                }),
+            );
+        }
+    }
+
+    // ---- housekeeping ------------------------------------------------------
+
+    /// Answers `Unavailable` (retryable) to cancels and reads that waited
+    /// past their deadline on a proposal that has not ended. The proposal
+    /// goes on; a cancel may still take effect.
+    fn expire_waiters(&mut self, now: Time) {
+        let mut expired = Vec::new();
+        for waiters in [&mut self.cancel_waiters, &mut self.read_waiters] {
+            for list in waiters.values_mut() {
+                list.retain(|&(request, deadline)| {
+                    let keep = now < deadline;
+                    if !keep {
+                        expired.push(request);
+                    }
+                    keep
+                });
+            }
+            waiters.retain(|_, list| !list.is_empty());
+        }
+        for request in expired {
+            self.reply(
+                request,
+                Err(Self::unavailable("no decision on the task in time")),
+            );
+        }
+    }
+
+    fn tick(&mut self, now: Time) {
+        // Retry Paxos rounds.
+        let msgs = self.proposer.tick(now, self.config.paxos_round_timeout());
+        for (to, msg) in msgs {
+            self.send(to, msg);
+        }
+        // Fail client operations that waited too long.
+        for op in self.ops.expire(now) {
+            let request = match op {
+                Op::Submit { request, .. } | Op::Read { request, .. } => request,
+            };
+            self.reply(
+                request,
+                Err(Self::unavailable("too few replicas answered in time")),
+            );
+        }
+        self.expire_waiters(now);
+        // Spread this node's load.
+        let running = u32::try_from(self.executing.len()).unwrap_or(u32::MAX);
+        self.membership.report_load(
+            now,
+            running,
+            self.peers.capacity_tasks,
+            Duration::from_millis(self.config.load_report_interval_ms),
+        );
+        // Join and re-join.
+        let ring = self.ring.clone();
+        self.membership.announce_to_unseen(
+            now,
+            &ring,
+            self.config.announce_interval(),
+            &mut self.out,
+        );
+        self.commit_results(now);
+        self.claim_work(now);
+        self.anti_entropy();
+    }
+
+    /// Proposes the results of finished executions not yet committed.
+    fn commit_results(&mut self, now: Time) {
+        let ids: Vec<TaskId> = self.finished.keys().copied().collect();
+        for id in ids {
+            if self.proposer.is_running(id) {
+                continue;
+            }
+            let f = self.finished[&id].clone();
+            // The freshest chosen value this node knows of.
+            let (version, value) = match self.records.get(&id) {
+                Some(r) if r.version >= f.execution.version => (r.version, r.value.clone()),
+                _ => (f.execution.version, f.execution.value.clone()),
+            };
+            let intent = Intent::Finish {
+                epoch: f.execution.epoch,
+                outcome: f.outcome.clone(),
+            };
+            if intent
+                .desired(self.me(), self.generation, &f.execution.header, &value)
+                .is_none()
+            {
+                self.finished.remove(&id); // rejected: the assignment moved on
+                continue;
+            }
+            if self
+                .propose(now, id, f.execution.header.clone(), version, value, intent)
+                .is_err()
+            {
+                return; // full: next tick
+            }
+        }
+    }
+
+    /// Claims pending tasks this node is the first live replica of, and
+    /// re-claims tasks whose runner is down (or is this node, restarted).
+    fn claim_work(&mut self, now: Time) {
+        let me = self.me();
+        let mut room = (self.peers.capacity_tasks as usize).saturating_sub(self.executing.len());
+        let ids: Vec<TaskId> = self.active.iter().copied().collect();
+        for id in ids {
+            if self.proposer.is_running(id) {
+                continue;
+            }
+            let rec = &self.records[&id];
+            let first_live = rec
+                .header
+                .replicas
+                .iter()
+                .copied()
+                .find(|&n| self.membership.is_live(n));
+            let intent = match rec.value.state {
+                TaskState::Pending if room > 0 => {
+                    // The first live replica with room claims: a replica
+                    // ahead of this one that reports itself full leaves the
+                    // task to the next (work stealing, by gossiped load).
+                    let claimer = rec
+                        .header
+                        .replicas
+                        .iter()
+                        .copied()
+                        .filter(|&n| self.membership.is_live(n))
+                        .find(|&n| {
+                            n == me || !self.membership.load(n).is_some_and(|l| l.is_full())
+                        });
+                    if claimer != Some(me) {
+                        continue;
+                    }
+                    if first_live != Some(me) {
+                        self.steals += 1;
+                    }
+                    Intent::Claim
+                }
+                TaskState::Running { node, epoch } if node == me => {
+                    let lost = self.executing.get(&id).map(|e| e.epoch) != Some(epoch)
+                        && self.finished.get(&id).map(|f| f.execution.epoch) != Some(epoch);
+                    if !lost {
+                        continue;
+                    }
+                    Intent::Reclaim { owner: node, epoch }
+                }
+                TaskState::Running { node, epoch }
+                    if !self.membership.is_live(node) && first_live == Some(me) && room > 0 =>
+                {
+                    Intent::Reclaim { owner: node, epoch }
+                }
+                _ => continue,
+            };
+            let (header, version, value) = (rec.header.clone(), rec.version, rec.value.clone());
+            if matches!(intent, Intent::Claim | Intent::Reclaim { .. }) {
+                room = room.saturating_sub(1);
+            }
+            if self
+                .propose(now, id, header, version, value, intent)
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+
+    /// Offers the versions of a batch of records (final ones too: a replica
+    /// cut off for a task's whole life has none) to one random live
+    /// co-replica; it answers with what either side misses.
+    fn anti_entropy(&mut self) {
+        let me = self.me();
+        let live: Vec<NodeId> = self
+            .membership
+            .live()
+            .into_iter()
+            .filter(|&n| n != me)
+            .collect();
+        if live.is_empty() || self.records.is_empty() {
+            return;
+        }
+        let peer = live[self.rng.gen_range(0..live.len())];
+        let start = self.anti_entropy_cursor;
+        let mut entries = Vec::new();
+        let mut last = None;
+        let range = self
+            .records
+            .keys()
+            .filter(|id| start.is_none_or(|s| **id > s))
+            .chain(
+                self.records
+                    .keys()
+                    .filter(|id| start.is_some_and(|s| **id <= s)),
+            );
+        for &id in range {
+            if entries.len() >= self.config.anti_entropy_batch_max {
+                break;
+            }
+            last = Some(id);
+            let rec = &self.records[&id];
+            if rec.header.replicas.contains(&peer) {
+                entries.push((id, rec.version));
+            }
+        }
+        self.anti_entropy_cursor = last;
+        if !entries.is_empty() {
+            self.send(peer, LeaderlessMessage::Digest { entries });
+        }
+    }
+
+    fn on_digest(&mut self, from: NodeId, entries: Vec<(TaskId, u64)>) {
+        let mut pull = Vec::new();
+        for (id, theirs) in entries {
+            match self.records.get(&id) {
+                Some(rec) if rec.version > theirs => {
+                    let msg = LeaderlessMessage::Learn {
+                        id,
+                        header: rec.header.clone(),
+                        version: rec.version,
+                        value: rec.value.clone(),
+                    };
+                    self.send(from, msg);
+                }
+                Some(rec) if rec.version == theirs => {}
+                _ => pull.push(id),
+            }
+        }
+        if !pull.is_empty() {
+            self.send(from, LeaderlessMessage::Pull { ids: pull });
+        }
+    }
+
+    fn on_pull(&mut self, from: NodeId, ids: Vec<TaskId>) {
+        for id in ids.into_iter().take(self.config.anti_entropy_batch_max) {
+            if let Some(rec) = self.records.get(&id) {
+                let msg = LeaderlessMessage::Learn {
+                    id,
+                    header: rec.header.clone(),
+                    version: rec.version,
+                    value: rec.value.clone(),
+                };
+                self.send(from, msg);
+            }
+        }
+    }
+
+    fn on_message(&mut self, now: Time, from: NodeId, msg: LeaderlessMessage) {
+        match msg {
+            LeaderlessMessage::Swim(data) => self.membership.handle_data(now, &data, &mut self.out),
+            LeaderlessMessage::Write { op, id, header } => self.on_write(from, op, id, header),
+            LeaderlessMessage::WriteReply { op, id, same } => {
+                if let Some((request, id, verdict)) = self.ops.write_reply(op, from, id, same) {
+                    match verdict {
+                        SubmitVerdict::Waiting => {}
+                        SubmitVerdict::Durable => {
+                            self.reply(request, Ok(ClientResponse::Accepted { id }))
+                        }
+                        SubmitVerdict::Conflict => {
+                            self.reply(request, Err(ClientError::IdConflict { id }))
+                        }
+                    }
+                }
+            }
+            LeaderlessMessage::Read { op, id } => {
+                let found = self.records.get(&id).map(|r| ReadState {
+                    header: r.header.clone(),
+                    version: r.version,
+                    value: r.value.clone(),
+                    in_doubt: r.accepted.is_some(),
+                });
+                self.send(from, LeaderlessMessage::ReadReply { op, id, found });
+            }
+            LeaderlessMessage::ReadReply { op, id, found } => {
+                if let Some((request, id, purpose, best)) = self.ops.read_reply(op, from, id, found)
+                {
+                    self.read_done(now, request, id, purpose, best);
+                }
+            }
+            LeaderlessMessage::Prepare {
+                id,
+                header,
+                version,
+                base,
+                ballot,
+            } => self.on_prepare(now, from, (id, header), (version, base), ballot),
+            LeaderlessMessage::Promise {
+                id,
+                version,
+                ballot,
+                accepted,
+            } => {
+                let o = self
+                    .proposer
+                    .on_promise(from, id, version, ballot, accepted);
+                self.on_outcome(now, o);
+            }
+            LeaderlessMessage::Accept {
+                id,
+                version,
+                ballot,
+                value,
+            } => self.on_accept(from, id, version, ballot, value),
+            LeaderlessMessage::Accepted {
+                id,
+                version,
+                ballot,
+            } => {
+                let o = self.proposer.on_accepted(from, id, version, ballot);
+                self.on_outcome(now, o);
+            }
+            LeaderlessMessage::Reject {
+                id,
+                version,
+                ballot,
+                promised,
+            } => {
+                let backoff_ms = self.rng.gen_range(
+                    self.config.tick_interval_ms
+                        ..=self
+                            .config
+                            .paxos_round_timeout_ms
+                            .max(self.config.tick_interval_ms),
+                );
+                self.proposer.on_reject(
+                    now,
+                    id,
+                    version,
+                    ballot,
+                    promised,
+                    Duration::from_millis(backoff_ms),
+                );
+            }
+            LeaderlessMessage::Ahead { id, version, value } => {
+                if let Some(o) = self.proposer.on_ahead(id, version, value) {
+                    self.proposal_over(now, o);
+                }
+            }
+            LeaderlessMessage::Learn {
+                id,
+                header,
+                version,
+                value,
+            } => self.on_learn(now, id, header, version, value),
+            LeaderlessMessage::Digest { entries } => self.on_digest(from, entries),
+            LeaderlessMessage::Pull { ids } => self.on_pull(from, ids),
+        }
+    }
+}
+
+/// The notes for the chosen transition `old` → `new` of `task`.
+fn transition_notes(task: TaskId, old: &TaskValue, new: &TaskValue) -> Vec<Note> {
+    let mut notes = Vec::new();
+    match (&old.state, &new.state) {
+        (TaskState::Running { epoch, .. }, TaskState::Running { .. }) => {
+            notes.push(Note::Superseded {
+                task,
+                epoch: *epoch,
+                reason: SupersedeReason::RunnerDeclaredDead,
+            })
+        }
+        (TaskState::Running { epoch, .. }, TaskState::Pending) => notes.push(Note::Superseded {
+            task,
+            epoch: *epoch,
+            reason: SupersedeReason::AttemptFailed,
+        }),
+        _ => {}
+    }
+    match &new.state {
+        TaskState::Running { node, epoch } => notes.push(Note::Assigned {
+            task,
+            epoch: *epoch,
+            node: *node,
+        }),
+        s if s.is_final() => notes.push(Note::Decided {
+            task,
+            state: s.clone(),
+        }),
+        _ => {}
+    }
+    notes
+}
+
+impl Node for LeaderlessNode {
+    type Message = LeaderlessMessage;
+    type Config = LeaderlessConfig;
+
+    fn boot(
+        peers: &Peers,
+        config: &LeaderlessConfig,
+        stored: &Stored,
+        mut rng: NodeRng,
+        now: Time,
+    ) -> LeaderlessNode {
+        config
+            .validate(peers)
+            .expect("the driver validates the configuration before boot");
+        let generation = stored
+            .get(GENERATION_KEY)
+            .map(|b| decode::<u64>(b, 16).expect("a stored generation decodes"))
+            .map_or(0, |g| g + 1);
+        let swim_rng = NodeRng::seed_from_u64(rng.gen());
+        let mut records = BTreeMap::new();
+        let mut active = BTreeSet::new();
+        for (key, value) in stored.scan_prefix(RECORD_PREFIX) {
+            let rec: Record = decode(value, usize::MAX).expect("a stored record decodes");
+            let id = TaskId(u128::from_be_bytes(
+                key[RECORD_PREFIX.len()..]
+                    .try_into()
+                    .expect("16-byte task id"),
+            ));
+            if !rec.value.state.is_final() {
+                active.insert(id);
+            }
+            records.insert(id, rec);
+        }
+        let mut node = LeaderlessNode {
+            peers: peers.clone(),
+            config: config.clone(),
+            generation,
+            ring: peers.members.clone(),
+            membership: Membership::new(
+                peers.id,
+                generation,
+                config,
+                peers.limits.members_max,
+                swim_rng,
+            ),
+            rng,
+            records,
+            active,
+            proposer: Proposer::new(peers.id, generation, config.paxos_in_flight_max),
+            ops: Ops::new(generation),
+            executing: BTreeMap::new(),
+            finished: BTreeMap::new(),
+            cancel_waiters: BTreeMap::new(),
+            read_waiters: BTreeMap::new(),
+            loopback: VecDeque::new(),
+            anti_entropy_cursor: None,
+            steals: 0,
+            out: Vec::new(),
+        };
+        node.out.push(Action::Persist(vec![StoreOp::Put {
+            key: GENERATION_KEY.to_vec(),
+            value: encode(&generation),
+        }]));
+        let ring = node.ring.clone();
+        node.membership
+            .announce_to_unseen(now, &ring, config.announce_interval(), &mut node.out);
+        node.arm_tick(now);
+        node
+    }
+
+    fn handle_message(&mut self, now: Time, from: NodeId, msg: LeaderlessMessage) {
+        self.on_message(now, from, msg);
+        self.flush(now);
+    }
+
+    fn handle_timer(&mut self, now: Time, token: TimerToken) {
+        if Membership::owns(token) {
+            self.membership.handle_timer(now, token, &mut self.out);
+        } else if token == TICK {
+            self.tick(now);
+            self.arm_tick(now);
+        }
+        self.flush(now);
+    }
+
+    fn handle_client(&mut self, now: Time, request: RequestId, req: ClientRequest) {
+        match req {
+            ClientRequest::Submit { id, task } => self.submit(now, request, id, task),
+            ClientRequest::Get { id, consistency } => self.get(now, request, id, consistency),
+            ClientRequest::Cancel { id } => self.quorum_read(now, request, id, ReadPurpose::Cancel),
+        }
+        self.flush(now);
+    }
+
+    fn handle_task_finished(
+        &mut self,
+        now: Time,
+        task: TaskId,
+        epoch: Epoch,
+        outcome: TaskOutcome,
+    ) {
+        let Some(execution) = self.executing.get(&task) else {
+            return; // not started by this incarnation
+        };
+        if execution.epoch != epoch {
+            return;
+        }
+        let execution = self.executing.remove(&task).expect("present above");
+        self.finished.insert(task, Finished { execution, outcome });
+        self.commit_results(now);
+        self.flush(now);
+    }
+
+    fn actions(&mut self) -> std::vec::Drain<'_, Action<LeaderlessMessage>> {
+        self.out.drain(..)
+    }
+
+    fn id(&self) -> NodeId {
+        self.peers.id
+    }
+}

@@ -1,0 +1,166 @@
+//! The acceptor side: pure functions on a replica's [`Record`]. The caller
+//! persists the record (one `Persist`) before sending the reply, whenever the
+//! function says the record changed.
+
+use crate::paxos::Ballot;
+use crate::record::{Record, TaskValue};
+
+/// An acceptor's answer to `Prepare(version, ballot)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PrepareReply {
+    /// Promised; carries the value accepted in this instance, if any.
+    Promise(Option<(Ballot, TaskValue)>),
+    /// Already promised a higher ballot.
+    Reject(Ballot),
+    /// This acceptor knows a later chosen version.
+    Ahead(u64, TaskValue),
+}
+
+/// An acceptor's answer to `Accept(version, ballot, value)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AcceptReply {
+    /// Accepted.
+    Accepted,
+    /// Already promised a higher ballot.
+    Reject(Ballot),
+    /// This acceptor knows a later chosen version.
+    Ahead(u64, TaskValue),
+    /// This acceptor is behind `version` and did not promise in it: no answer.
+    Behind,
+}
+
+/// Handles `Prepare` for the instance deciding `version + 1`, whose base
+/// `(version, base)` the proposer knows to be chosen. Returns the reply and
+/// whether `rec` changed (and must be persisted before replying).
+pub fn on_prepare(
+    rec: &mut Record,
+    version: u64,
+    base: &TaskValue,
+    ballot: Ballot,
+) -> (PrepareReply, bool) {
+    assert!(ballot > Ballot::ZERO, "real ballots are above ZERO");
+    if rec.version > version {
+        return (PrepareReply::Ahead(rec.version, rec.value.clone()), false);
+    }
+    let mut changed = rec.learn(version, base);
+    assert_eq!(rec.version, version);
+    if ballot < rec.promised {
+        return (PrepareReply::Reject(rec.promised), changed);
+    }
+    if ballot > rec.promised {
+        rec.promised = ballot;
+        changed = true;
+    }
+    (PrepareReply::Promise(rec.accepted.clone()), changed)
+}
+
+/// Handles `Accept` for the instance deciding `version + 1`. Returns the
+/// reply and whether `rec` changed (persist before replying).
+pub fn on_accept(
+    rec: &mut Record,
+    version: u64,
+    ballot: Ballot,
+    value: &TaskValue,
+) -> (AcceptReply, bool) {
+    assert!(ballot > Ballot::ZERO, "real ballots are above ZERO");
+    if rec.version > version {
+        return (AcceptReply::Ahead(rec.version, rec.value.clone()), false);
+    }
+    if rec.version < version {
+        return (AcceptReply::Behind, false);
+    }
+    if ballot < rec.promised {
+        return (AcceptReply::Reject(rec.promised), false);
+    }
+    let next = Some((ballot, value.clone()));
+    if rec.promised == ballot && rec.accepted == next {
+        return (AcceptReply::Accepted, false); // a duplicate
+    }
+    rec.promised = ballot;
+    rec.accepted = next;
+    (AcceptReply::Accepted, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::TaskHeader;
+    use cohort_core::{Epoch, NodeId, Task, TaskState};
+
+    fn rec() -> Record {
+        Record::new(TaskHeader {
+            task: Task {
+                kind: "echo".into(),
+                payload: vec![],
+                timeout_ms: 10,
+                max_attempts: 1,
+            },
+            replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
+        })
+    }
+
+    fn b(round: u64, node: u64) -> Ballot {
+        Ballot {
+            round,
+            node: NodeId(node),
+            generation: 0,
+        }
+    }
+
+    fn running(node: u64, epoch: u64) -> TaskValue {
+        TaskValue {
+            state: TaskState::Running {
+                node: NodeId(node),
+                epoch: Epoch(epoch),
+            },
+            epoch: Epoch(epoch),
+            attempts: 0,
+            runner_boot: 0,
+        }
+    }
+
+    #[test]
+    fn an_acceptor_never_accepts_below_its_promise() {
+        let mut r = rec();
+        let init = TaskValue::initial();
+        assert_eq!(
+            on_prepare(&mut r, 0, &init, b(2, 2)),
+            (PrepareReply::Promise(None), true)
+        );
+        assert_eq!(
+            on_accept(&mut r, 0, b(1, 1), &running(1, 1)),
+            (AcceptReply::Reject(b(2, 2)), false)
+        );
+        assert_eq!(
+            on_prepare(&mut r, 0, &init, b(1, 3)),
+            (PrepareReply::Reject(b(2, 2)), false)
+        );
+        assert_eq!(
+            on_accept(&mut r, 0, b(2, 2), &running(2, 1)),
+            (AcceptReply::Accepted, true)
+        );
+        // A later prepare is told what was accepted, so it keeps it.
+        assert_eq!(
+            on_prepare(&mut r, 0, &init, b(3, 1)),
+            (PrepareReply::Promise(Some((b(2, 2), running(2, 1)))), true)
+        );
+    }
+
+    #[test]
+    fn a_lagging_acceptor_catches_up_and_a_leading_one_says_so() {
+        let mut r = rec();
+        let v1 = running(1, 1);
+        let (reply, changed) = on_prepare(&mut r, 1, &v1, b(1, 1));
+        assert!(changed);
+        assert_eq!(reply, PrepareReply::Promise(None));
+        assert_eq!((r.version, &r.value), (1, &v1));
+        assert_eq!(
+            on_prepare(&mut r, 0, &TaskValue::initial(), b(9, 9)),
+            (PrepareReply::Ahead(1, v1.clone()), false)
+        );
+        assert_eq!(
+            on_accept(&mut r, 2, b(9, 9), &v1),
+            (AcceptReply::Behind, false)
+        );
+    }
+}

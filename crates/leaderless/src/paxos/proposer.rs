@@ -1,0 +1,535 @@
+//! The proposer side: at most one proposal per task on this node, at most
+//! `paxos_in_flight_max` in all. The node decides *what* it wants (an
+//! [`Intent`]); the proposer runs prepare/promise and accept/accepted and
+//! reports when a value is chosen or when an acceptor knows a later version.
+
+use crate::message::LeaderlessMessage;
+use crate::paxos::{majority, Ballot};
+use crate::record::{TaskHeader, TaskValue};
+use cohort_core::{Epoch, NodeId, TaskId, TaskOutcome, TaskState, Time};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+/// What a node wants to change about a task: a compare-and-set whose
+/// expected state is part of the intent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Intent {
+    /// `Pending` → `Running { me, epoch + 1 }`.
+    Claim,
+    /// `Running { owner, epoch }` → `Running { me, epoch + 1 }`: the owner was
+    /// declared down (or is this node, restarted).
+    Reclaim {
+        /// The runner being replaced.
+        owner: NodeId,
+        /// Its assignment.
+        epoch: Epoch,
+    },
+    /// `Running { me, epoch }` → the outcome (final, or `Pending` again when
+    /// attempts are left).
+    Finish {
+        /// This node's assignment.
+        epoch: Epoch,
+        /// What the handler returned.
+        outcome: TaskOutcome,
+    },
+    /// Any state not final → `Cancelled`.
+    Cancel,
+    /// No change of its own: finish the instance on top of the base if a
+    /// value was accepted in it (a linearizable read whose replicas are in
+    /// doubt), else stop.
+    Settle,
+}
+
+impl Intent {
+    /// The value this intent proposes on top of `base`, or `None` when the
+    /// compare part fails (the intent no longer applies).
+    /// `me` is this node in its boot `boot`.
+    pub fn desired(
+        &self,
+        me: NodeId,
+        boot: u64,
+        header: &TaskHeader,
+        base: &TaskValue,
+    ) -> Option<TaskValue> {
+        match (self, &base.state) {
+            (Intent::Claim, TaskState::Pending) => Some(claim(me, boot, base)),
+            (Intent::Reclaim { owner, epoch }, TaskState::Running { node, epoch: e })
+                if node == owner && e == epoch =>
+            {
+                Some(claim(me, boot, base))
+            }
+            (Intent::Finish { epoch, outcome }, TaskState::Running { node, epoch: e })
+                if *node == me && e == epoch =>
+            {
+                let state = match outcome {
+                    TaskOutcome::Success(result) => TaskState::Succeeded {
+                        result: result.clone(),
+                        node: me,
+                        epoch: *epoch,
+                    },
+                    TaskOutcome::Failure(error) => {
+                        let attempts = base.attempts.saturating_add(1);
+                        if attempts >= header.task.max_attempts {
+                            TaskState::Failed {
+                                error: error.clone(),
+                                attempts,
+                            }
+                        } else {
+                            return Some(TaskValue {
+                                state: TaskState::Pending,
+                                attempts,
+                                ..base.clone()
+                            });
+                        }
+                    }
+                };
+                Some(TaskValue {
+                    state,
+                    ..base.clone()
+                })
+            }
+            (Intent::Cancel, s) if !s.is_final() => Some(TaskValue {
+                state: TaskState::Cancelled,
+                ..base.clone()
+            }),
+            _ => None,
+        }
+    }
+}
+
+fn claim(me: NodeId, boot: u64, base: &TaskValue) -> TaskValue {
+    let epoch = base.epoch.next();
+    TaskValue {
+        state: TaskState::Running { node: me, epoch },
+        epoch,
+        attempts: base.attempts,
+        runner_boot: boot,
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Phase {
+    Preparing {
+        promises: BTreeMap<NodeId, Option<(Ballot, TaskValue)>>,
+    },
+    Accepting {
+        value: TaskValue,
+        accepted: BTreeSet<NodeId>,
+    },
+    /// Beaten by a higher ballot: wait until the time, then prepare again.
+    Backoff { until: Time },
+}
+
+/// One proposal in flight.
+#[derive(Clone, Debug)]
+pub struct Proposal {
+    /// The task.
+    pub id: TaskId,
+    /// The task's header (sent with `Prepare` so lagging acceptors catch up).
+    pub header: TaskHeader,
+    /// The base version: this proposal runs the instance deciding `version + 1`.
+    pub version: u64,
+    /// The chosen value at `version`.
+    pub base: TaskValue,
+    /// What the node wants.
+    pub intent: Intent,
+    ballot: Ballot,
+    /// Highest ballot seen in any reply of this instance.
+    seen: Ballot,
+    phase: Phase,
+    round_started: Time,
+}
+
+/// What a reply led to.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Messages to send.
+    Send(Vec<(NodeId, LeaderlessMessage)>),
+    /// `value` is chosen as `version` of the task (the proposal is over).
+    Chosen {
+        /// The finished proposal.
+        proposal: Proposal,
+        /// The new version.
+        version: u64,
+        /// Its value.
+        value: TaskValue,
+    },
+    /// A `Settle` found nothing accepted in a majority: the base is the
+    /// latest chosen value (the proposal is over).
+    Settled {
+        /// The finished proposal.
+        proposal: Proposal,
+    },
+    /// An acceptor knows the chosen `value` at a later `version` (the
+    /// proposal is over).
+    Ahead {
+        /// The finished proposal.
+        proposal: Proposal,
+        /// The later version.
+        version: u64,
+        /// Its value.
+        value: TaskValue,
+    },
+}
+
+/// Every proposal this node runs.
+#[derive(Clone, Debug)]
+pub struct Proposer {
+    me: NodeId,
+    /// This boot's generation: part of every ballot, so a restarted node
+    /// never reuses a ballot.
+    generation: u64,
+    proposals: BTreeMap<TaskId, Proposal>,
+    in_flight_max: usize,
+    /// The highest round this node has used or seen: new ballots go above.
+    round_seen: u64,
+}
+
+/// Why a proposal could not start. Nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartError {
+    /// This node already runs a proposal for the task.
+    Busy,
+    /// `paxos_in_flight_max` proposals are running.
+    Full,
+}
+
+impl Proposer {
+    /// An idle proposer for this boot (`generation`) of node `me`.
+    pub fn new(me: NodeId, generation: u64, in_flight_max: usize) -> Proposer {
+        assert!(in_flight_max > 0);
+        Proposer {
+            me,
+            generation,
+            proposals: BTreeMap::new(),
+            in_flight_max,
+            round_seen: 0,
+        }
+    }
+
+    /// Whether a proposal for `id` runs.
+    pub fn is_running(&self, id: TaskId) -> bool {
+        self.proposals.contains_key(&id)
+    }
+
+    /// The intent of the proposal running for `id`.
+    pub fn intent(&self, id: TaskId) -> Option<&Intent> {
+        self.proposals.get(&id).map(|p| &p.intent)
+    }
+
+    /// How many proposals run.
+    pub fn len(&self) -> usize {
+        self.proposals.len()
+    }
+
+    /// Whether no proposal runs.
+    pub fn is_empty(&self) -> bool {
+        self.proposals.is_empty()
+    }
+
+    fn next_ballot(&mut self, seen: Ballot) -> Ballot {
+        self.round_seen = self.round_seen.max(seen.round);
+        let b = Ballot::above(
+            Ballot {
+                round: self.round_seen,
+                node: NodeId(u64::MAX),
+                generation: u64::MAX,
+            },
+            self.me,
+            self.generation,
+        );
+        self.round_seen = b.round;
+        b
+    }
+
+    /// Starts a proposal for `id` on top of the chosen `(version, base)`.
+    /// The caller checked that `intent.desired(..)` is `Some`.
+    pub fn start(
+        &mut self,
+        now: Time,
+        id: TaskId,
+        header: TaskHeader,
+        version: u64,
+        base: TaskValue,
+        intent: Intent,
+    ) -> Result<Vec<(NodeId, LeaderlessMessage)>, StartError> {
+        if self.proposals.contains_key(&id) {
+            return Err(StartError::Busy);
+        }
+        if self.proposals.len() >= self.in_flight_max {
+            return Err(StartError::Full);
+        }
+        assert!(
+            intent == Intent::Settle
+                || intent
+                    .desired(self.me, self.generation, &header, &base)
+                    .is_some()
+        );
+        let ballot = self.next_ballot(Ballot::ZERO);
+        let p = Proposal {
+            id,
+            header,
+            version,
+            base,
+            intent,
+            ballot,
+            seen: Ballot::ZERO,
+            phase: Phase::Preparing {
+                promises: BTreeMap::new(),
+            },
+            round_started: now,
+        };
+        let msgs = prepare_msgs(id, &p);
+        self.proposals.insert(id, p);
+        Ok(msgs)
+    }
+
+    /// A `Promise` from `from`.
+    pub fn on_promise(
+        &mut self,
+        from: NodeId,
+        id: TaskId,
+        version: u64,
+        ballot: Ballot,
+        accepted: Option<(Ballot, TaskValue)>,
+    ) -> Outcome {
+        let (me, boot) = (self.me, self.generation);
+        let Some(p) = self.proposals.get_mut(&id) else {
+            return Outcome::Send(vec![]);
+        };
+        if p.version != version || p.ballot != ballot || !p.header.replicas.contains(&from) {
+            return Outcome::Send(vec![]); // a reply to an older round
+        }
+        let Phase::Preparing { promises } = &mut p.phase else {
+            return Outcome::Send(vec![]);
+        };
+        promises.insert(from, accepted);
+        if promises.len() < majority(p.header.replicas.len()) {
+            return Outcome::Send(vec![]);
+        }
+        // Keep the value accepted under the highest ballot, if any.
+        let value = match promises.values().flatten().max_by_key(|(b, _)| *b) {
+            Some((_, v)) => v.clone(),
+            None if p.intent == Intent::Settle => {
+                let proposal = self.proposals.remove(&id).expect("present above");
+                return Outcome::Settled { proposal };
+            }
+            None => p
+                .intent
+                .desired(me, boot, &p.header, &p.base)
+                .expect("checked at start; the base does not change within a proposal"),
+        };
+        p.phase = Phase::Accepting {
+            value: value.clone(),
+            accepted: BTreeSet::new(),
+        };
+        let msgs = p
+            .header
+            .replicas
+            .iter()
+            .map(|&to| {
+                (
+                    to,
+                    LeaderlessMessage::Accept {
+                        id,
+                        version,
+                        ballot,
+                        value: value.clone(),
+                    },
+                )
+            })
+            .collect();
+        Outcome::Send(msgs)
+    }
+
+    /// An `Accepted` from `from`.
+    pub fn on_accepted(
+        &mut self,
+        from: NodeId,
+        id: TaskId,
+        version: u64,
+        ballot: Ballot,
+    ) -> Outcome {
+        let Some(p) = self.proposals.get_mut(&id) else {
+            return Outcome::Send(vec![]);
+        };
+        if p.version != version || p.ballot != ballot || !p.header.replicas.contains(&from) {
+            return Outcome::Send(vec![]);
+        }
+        let Phase::Accepting { accepted, .. } = &mut p.phase else {
+            return Outcome::Send(vec![]);
+        };
+        accepted.insert(from);
+        if accepted.len() < majority(p.header.replicas.len()) {
+            return Outcome::Send(vec![]);
+        }
+        let proposal = self.proposals.remove(&id).expect("present above");
+        let Phase::Accepting { value, .. } = &proposal.phase else {
+            unreachable!("matched above")
+        };
+        let value = value.clone();
+        Outcome::Chosen {
+            version: version + 1,
+            value,
+            proposal,
+        }
+    }
+
+    /// A `Reject`: an acceptor promised `promised` > our ballot. Back off
+    /// for `backoff`, then prepare again above it.
+    pub fn on_reject(
+        &mut self,
+        now: Time,
+        id: TaskId,
+        version: u64,
+        ballot: Ballot,
+        promised: Ballot,
+        backoff: Duration,
+    ) {
+        self.round_seen = self.round_seen.max(promised.round);
+        let Some(p) = self.proposals.get_mut(&id) else {
+            return;
+        };
+        if p.version != version || p.ballot != ballot {
+            return;
+        }
+        p.seen = p.seen.max(promised);
+        if !matches!(p.phase, Phase::Backoff { .. }) {
+            p.phase = Phase::Backoff {
+                until: now + backoff,
+            };
+        }
+    }
+
+    /// An `Ahead`: the instance is over; `(version, value)` is chosen.
+    pub fn on_ahead(&mut self, id: TaskId, version: u64, value: TaskValue) -> Option<Outcome> {
+        let p = self.proposals.get(&id)?;
+        if version <= p.version {
+            return None;
+        }
+        let proposal = self.proposals.remove(&id).expect("present above");
+        Some(Outcome::Ahead {
+            proposal,
+            version,
+            value,
+        })
+    }
+
+    /// Drops the proposal for `id` (the node learned it is moot).
+    pub fn abandon(&mut self, id: TaskId) -> Option<Proposal> {
+        self.proposals.remove(&id)
+    }
+
+    /// Retries rounds that timed out or finished backing off, with a new
+    /// ballot. `jitter` spreads the retries of duelling proposers.
+    pub fn tick(&mut self, now: Time, round_timeout: Duration) -> Vec<(NodeId, LeaderlessMessage)> {
+        let due: Vec<TaskId> = self
+            .proposals
+            .iter()
+            .filter(|(_, p)| match p.phase {
+                Phase::Backoff { until } => now >= until,
+                _ => now.saturating_since(p.round_started) >= round_timeout,
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        let mut out = Vec::new();
+        for id in due {
+            let seen = self.proposals[&id].seen;
+            let ballot = self.next_ballot(seen);
+            let p = self.proposals.get_mut(&id).expect("listed above");
+            p.ballot = ballot;
+            p.phase = Phase::Preparing {
+                promises: BTreeMap::new(),
+            };
+            p.round_started = now;
+            out.extend(prepare_msgs(id, p));
+        }
+        out
+    }
+}
+
+fn prepare_msgs(id: TaskId, p: &Proposal) -> Vec<(NodeId, LeaderlessMessage)> {
+    p.header
+        .replicas
+        .iter()
+        .map(|&to| {
+            (
+                to,
+                LeaderlessMessage::Prepare {
+                    id,
+                    header: p.header.clone(),
+                    version: p.version,
+                    base: p.base.clone(),
+                    ballot: p.ballot,
+                },
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cohort_core::Task;
+
+    fn header() -> TaskHeader {
+        TaskHeader {
+            task: Task {
+                kind: "echo".into(),
+                payload: vec![],
+                timeout_ms: 1,
+                max_attempts: 1,
+            },
+            replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
+        }
+    }
+
+    fn first_ballot(generation: u64) -> Ballot {
+        let mut p = Proposer::new(NodeId(1), generation, 4);
+        let msgs = p
+            .start(
+                Time::ZERO,
+                TaskId(1),
+                header(),
+                0,
+                TaskValue::initial(),
+                Intent::Claim,
+            )
+            .expect("starts");
+        match &msgs[0].1 {
+            LeaderlessMessage::Prepare { ballot, .. } => *ballot,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_restarted_node_never_reuses_a_ballot_of_an_earlier_boot() {
+        // A restarted node has forgotten its rounds: the same round must
+        // still give a different ballot (regression: crash between two
+        // proposals of one instance).
+        let before = first_ballot(0);
+        let after = first_ballot(1);
+        assert_eq!(before.round, after.round);
+        assert_ne!(before, after);
+    }
+
+    #[test]
+    fn only_as_many_proposals_as_the_limit_run_and_one_per_task() {
+        let mut p = Proposer::new(NodeId(1), 0, 2);
+        let start = |p: &mut Proposer, id| {
+            p.start(
+                Time::ZERO,
+                TaskId(id),
+                header(),
+                0,
+                TaskValue::initial(),
+                Intent::Claim,
+            )
+        };
+        assert!(start(&mut p, 1).is_ok());
+        assert_eq!(start(&mut p, 1).unwrap_err(), StartError::Busy);
+        assert!(start(&mut p, 2).is_ok());
+        assert_eq!(start(&mut p, 3).unwrap_err(), StartError::Full);
+        assert_eq!(p.len(), 2);
+    }
+}

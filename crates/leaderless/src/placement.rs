@@ -1,0 +1,111 @@
+//! Rendezvous (highest-random-weight) placement of tasks over the ring.
+//!
+//! Every node computes the same preference list for a task from the same
+//! ring membership: each member gets the score `fnv1a(task id ++ node id)`
+//! and members are ordered by descending score (ties by node id). The first
+//! `R` are the task's replicas. The hash is FNV-1a 64 written here, so the
+//! result never depends on a per-process random hasher key.
+
+use cohort_core::{NodeId, TaskId};
+
+/// FNV-1a, 64 bits, over `bytes`.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h = OFFSET;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(PRIME);
+    }
+    h
+}
+
+/// A final avalanche (splitmix64) so that FNV's weak low bits do not bias
+/// the ordering of close node ids.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The rendezvous score of `node` for `task`.
+pub fn score(task: TaskId, node: NodeId) -> u64 {
+    let mut buf = [0u8; 24];
+    buf[..16].copy_from_slice(&task.0.to_be_bytes());
+    buf[16..].copy_from_slice(&node.0.to_be_bytes());
+    mix(fnv1a64(&buf))
+}
+
+/// Every member of `ring`, most preferred first, for `task`.
+pub fn preference_list(task: TaskId, ring: &[NodeId]) -> Vec<NodeId> {
+    let mut scored: Vec<(u64, NodeId)> = ring.iter().map(|&n| (score(task, n), n)).collect();
+    scored.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    scored.dedup_by_key(|(_, n)| *n);
+    scored.into_iter().map(|(_, n)| n).collect()
+}
+
+/// The task's first `r` members of the preference list: its replicas.
+pub fn replicas(task: TaskId, ring: &[NodeId], r: usize) -> Vec<NodeId> {
+    let mut list = preference_list(task, ring);
+    list.truncate(r);
+    assert!(list.len() == r.min(ring.len()));
+    list
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn ring(n: u64) -> Vec<NodeId> {
+        (1..=n).map(NodeId).collect()
+    }
+
+    #[test]
+    fn the_preference_list_is_a_permutation_of_the_ring_and_order_independent() {
+        let mut r = ring(7);
+        let t = TaskId(0xdead_beef);
+        let a = preference_list(t, &r);
+        r.reverse();
+        let b = preference_list(t, &r);
+        assert_eq!(a, b);
+        let mut sorted = a.clone();
+        sorted.sort();
+        assert_eq!(sorted, ring(7));
+    }
+
+    #[test]
+    fn removing_a_member_only_moves_the_tasks_it_held() {
+        // The rendezvous property: a task whose replicas did not include the
+        // removed node keeps exactly the same replicas.
+        let full = ring(6);
+        let smaller: Vec<NodeId> = full.iter().copied().filter(|n| *n != NodeId(4)).collect();
+        for i in 0..500u128 {
+            let t = TaskId(i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let before = replicas(t, &full, 3);
+            let after = replicas(t, &smaller, 3);
+            if !before.contains(&NodeId(4)) {
+                assert_eq!(before, after);
+            } else {
+                assert!(!after.contains(&NodeId(4)));
+            }
+        }
+    }
+
+    #[test]
+    fn first_replicas_spread_evenly_over_five_nodes() {
+        let r = ring(5);
+        let mut firsts: BTreeMap<NodeId, u32> = BTreeMap::new();
+        for i in 0..5000u128 {
+            let t = TaskId(i.wrapping_mul(0x0123_4567_89ab_cdef_1122_3344_5566_7788));
+            *firsts.entry(replicas(t, &r, 3)[0]).or_default() += 1;
+        }
+        assert_eq!(firsts.len(), 5);
+        for (&n, &c) in &firsts {
+            assert!(
+                (800..=1200).contains(&c),
+                "{n} is first for {c} of 5000 tasks"
+            );
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! A task's replicated record: the immutable body, its replicas, the latest
+//! chosen version of its state, and the Paxos acceptor state for the next
+//! version. One record per task on each of its replicas, persisted under one
+//! key so a record and its acceptor state change atomically.
+
+use crate::paxos::Ballot;
+use cohort_core::{Epoch, NodeId, Task, TaskId, TaskState};
+use serde::{Deserialize, Serialize};
+
+/// Key prefix of task records in the node's store.
+pub(crate) const RECORD_PREFIX: &[u8] = b"lless/task/";
+
+/// The store key of `id`'s record (prefix, then the id big-endian, so the
+/// store's key order is the task id order).
+pub(crate) fn record_key(id: TaskId) -> Vec<u8> {
+    let mut k = RECORD_PREFIX.to_vec();
+    k.extend_from_slice(&id.0.to_be_bytes());
+    k
+}
+
+/// The replicated value of a task: what each Paxos instance decides.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskValue {
+    /// The task's state.
+    pub state: TaskState,
+    /// The latest epoch handed out (zero before the first claim). Epochs
+    /// only grow: every claim takes `epoch + 1`.
+    pub epoch: Epoch,
+    /// Failed executions so far.
+    pub attempts: u32,
+    /// The boot generation of the runner when it claimed (0 before any
+    /// claim). A node runs only assignments of its current boot: one it
+    /// finds from an earlier boot (it crashed) is re-claimed with a new
+    /// epoch instead of run again under the old one.
+    pub runner_boot: u64,
+}
+
+impl TaskValue {
+    /// The value of a task just submitted (version 0).
+    pub fn initial() -> TaskValue {
+        TaskValue {
+            state: TaskState::Pending,
+            epoch: Epoch::ZERO,
+            attempts: 0,
+            runner_boot: 0,
+        }
+    }
+}
+
+/// The task itself and where it lives; immutable once created.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskHeader {
+    /// What to run.
+    pub task: Task,
+    /// The task's replicas, fixed at submission from the ring membership.
+    pub replicas: Vec<NodeId>,
+}
+
+/// What a replica holds for one task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Body and replicas.
+    pub header: TaskHeader,
+    /// The latest version this replica knows to be chosen.
+    pub version: u64,
+    /// The value chosen at `version`.
+    pub value: TaskValue,
+    /// Acceptor state of the instance deciding `version + 1`: the highest
+    /// ballot promised.
+    pub promised: Ballot,
+    /// Acceptor state of the instance deciding `version + 1`: the value
+    /// accepted, with its ballot.
+    pub accepted: Option<(Ballot, TaskValue)>,
+}
+
+impl Record {
+    /// A fresh record at version 0.
+    pub fn new(header: TaskHeader) -> Record {
+        Record {
+            header,
+            version: 0,
+            value: TaskValue::initial(),
+            promised: Ballot::ZERO,
+            accepted: None,
+        }
+    }
+
+    /// Moves to a newer chosen `(version, value)`, clearing the acceptor
+    /// state of the instances it skips. Returns whether anything changed.
+    pub fn learn(&mut self, version: u64, value: &TaskValue) -> bool {
+        if version <= self.version {
+            return false;
+        }
+        assert!(
+            !self.value.state.is_final(),
+            "a final state never changes (version {} -> {version})",
+            self.version
+        );
+        assert!(value.epoch >= self.value.epoch, "epochs only grow");
+        self.version = version;
+        self.value = value.clone();
+        self.promised = Ballot::ZERO;
+        self.accepted = None;
+        true
+    }
+}

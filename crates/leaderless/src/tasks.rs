@@ -1,0 +1,211 @@
+//! Client operations that wait on replicas: quorum writes of new tasks and
+//! quorum reads. The node that receives a client request coordinates it;
+//! any node may.
+
+use crate::message::ReadState;
+use crate::paxos::majority;
+use cohort_core::{NodeId, RequestId, TaskId, Time};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What a read asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadPurpose {
+    /// A linearizable `Get`.
+    Get,
+    /// The first half of a `Cancel`: find the latest value, then propose.
+    Cancel,
+}
+
+/// One client operation waiting on replicas.
+#[derive(Debug)]
+pub enum Op {
+    /// A submit: acknowledged after `w` replicas persisted the record.
+    Submit {
+        /// The client's request.
+        request: RequestId,
+        /// The task.
+        id: TaskId,
+        /// Replicas that persisted the same task.
+        acks: BTreeSet<NodeId>,
+        /// Replicas holding a different task under the id.
+        conflicts: BTreeSet<NodeId>,
+        /// Replicas asked.
+        replicas: usize,
+        /// The write quorum.
+        w: usize,
+        /// Give up (retryable) at this time.
+        deadline: Time,
+    },
+    /// A quorum read.
+    Read {
+        /// The client's request.
+        request: RequestId,
+        /// The task.
+        id: TaskId,
+        /// Why.
+        purpose: ReadPurpose,
+        /// Answers so far.
+        replies: BTreeMap<NodeId, Option<ReadState>>,
+        /// Replicas asked.
+        replicas: usize,
+        /// Give up (retryable) at this time.
+        deadline: Time,
+    },
+}
+
+/// What a submit's replies add up to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SubmitVerdict {
+    /// Still waiting.
+    Waiting,
+    /// `W` replicas persisted it: acknowledge.
+    Durable,
+    /// Too many replicas hold a different task for `W` to be reached.
+    Conflict,
+}
+
+/// The operations in flight at this node, by operation number.
+///
+/// Numbers are unique across boots (the boot generation in the high 32
+/// bits), and replies name their task, so a late reply to an operation of
+/// an earlier boot can never be counted for a new one (the simulator caught
+/// exactly that: a read answered with another task's state).
+#[derive(Debug)]
+pub struct Ops {
+    ops: BTreeMap<u64, Op>,
+    next: u64,
+}
+
+impl Ops {
+    /// No operation yet, in boot `generation`.
+    pub fn new(generation: u64) -> Ops {
+        Ops {
+            ops: BTreeMap::new(),
+            next: generation << 32,
+        }
+    }
+
+    /// How many are waiting.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Whether none is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Registers `op`; returns its number.
+    pub fn insert(&mut self, op: Op) -> u64 {
+        self.next += 1;
+        let n = self.next;
+        self.ops.insert(n, op);
+        n
+    }
+
+    /// A replica's answer to a write. Returns the verdict and, once it is
+    /// not `Waiting`, removes the operation (returning its request and id).
+    pub fn write_reply(
+        &mut self,
+        op: u64,
+        from: NodeId,
+        task: TaskId,
+        same: bool,
+    ) -> Option<(RequestId, TaskId, SubmitVerdict)> {
+        let Some(Op::Submit {
+            request,
+            id,
+            acks,
+            conflicts,
+            replicas,
+            w,
+            ..
+        }) = self.ops.get_mut(&op)
+        else {
+            return None;
+        };
+        if *id != task {
+            return None; // a reply to an operation of an earlier boot
+        }
+        if same {
+            acks.insert(from);
+        } else {
+            conflicts.insert(from);
+        }
+        let verdict = if acks.len() >= *w {
+            SubmitVerdict::Durable
+        } else if *replicas - conflicts.len() < *w {
+            SubmitVerdict::Conflict
+        } else {
+            SubmitVerdict::Waiting
+        };
+        let (request, id) = (*request, *id);
+        if verdict != SubmitVerdict::Waiting {
+            self.ops.remove(&op);
+        }
+        Some((request, id, verdict))
+    }
+
+    /// A replica's answer to a read. Once a majority answered, removes the
+    /// operation and returns the most advanced answer, `in_doubt` if any
+    /// answer at that version accepted a value in the next instance.
+    pub fn read_reply(
+        &mut self,
+        op: u64,
+        from: NodeId,
+        task: TaskId,
+        found: Option<ReadState>,
+    ) -> Option<(RequestId, TaskId, ReadPurpose, Option<ReadState>)> {
+        let Some(Op::Read {
+            id,
+            replies,
+            replicas,
+            ..
+        }) = self.ops.get_mut(&op)
+        else {
+            return None;
+        };
+        if *id != task {
+            return None; // a reply to an operation of an earlier boot
+        }
+        replies.insert(from, found);
+        if replies.len() < majority(*replicas) {
+            return None;
+        }
+        let Some(Op::Read {
+            request,
+            id,
+            purpose,
+            replies,
+            ..
+        }) = self.ops.remove(&op)
+        else {
+            unreachable!("matched above")
+        };
+        let answers: Vec<ReadState> = replies.into_values().flatten().collect();
+        let best = answers
+            .iter()
+            .max_by_key(|a| a.version)
+            .cloned()
+            .map(|mut b| {
+                b.in_doubt = answers.iter().any(|a| a.version == b.version && a.in_doubt);
+                b
+            });
+        Some((request, id, purpose, best))
+    }
+
+    /// Removes and returns every operation past its deadline.
+    pub fn expire(&mut self, now: Time) -> Vec<Op> {
+        let due: Vec<u64> = self
+            .ops
+            .iter()
+            .filter(|(_, op)| match op {
+                Op::Submit { deadline, .. } | Op::Read { deadline, .. } => now >= *deadline,
+            })
+            .map(|(&n, _)| n)
+            .collect();
+        due.into_iter()
+            .map(|n| self.ops.remove(&n).expect("listed above"))
+            .collect()
+    }
+}

@@ -1,0 +1,463 @@
+//! Scripted scenarios of the leaderless mode, each named for what it guards.
+//! The harness (tests/common) checks one value per Paxos instance, G2 and G3
+//! after every event; the scenarios check the rest.
+
+mod common;
+
+use cohort_core::{
+    ClientError, ClientRequest, ClientResponse, Consistency, Epoch, NodeId, TaskState,
+};
+use cohort_leaderless::LeaderlessConfig;
+use common::{task, tid, Sim};
+
+fn accepted(sim: &Sim, r: cohort_core::RequestId) -> bool {
+    matches!(sim.reply(r), Some(Ok(ClientResponse::Accepted { .. })))
+}
+
+#[test]
+fn a_submitted_task_is_acknowledged_after_w_replicas_persist_it_and_runs_once() {
+    let mut sim = Sim::new(1, 5, LeaderlessConfig::default());
+    sim.run_for(1_000); // SWIM settles
+    let ids: Vec<_> = (0..20).map(tid).collect();
+    let reqs: Vec<_> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| sim.submit(NodeId(1 + i as u64 % 5), id, b"x"))
+        .collect();
+    sim.run_for(50);
+    for (&id, &r) in ids.iter().zip(&reqs) {
+        assert!(accepted(&sim, r), "{id:?}: {:?}", sim.reply(r));
+        // Durable on at least W = 2 of its replicas.
+        let replicas = sim.node(NodeId(1)).replicas_of(id);
+        assert_eq!(replicas.len(), 3);
+        let holding = replicas
+            .iter()
+            .filter(|&&n| sim.store(n).get(&record_key(id)).is_some())
+            .count();
+        assert!(holding >= 2, "{id:?} is on {holding} replicas");
+    }
+    assert!(sim.run_until(2_000, |s| ids.iter().all(|&id| s.decided(id).is_some())));
+    for &id in &ids {
+        assert!(matches!(sim.decided(id), Some(TaskState::Succeeded { .. })));
+        // No faults: exactly one execution, by the first replica.
+        let first = sim.node(NodeId(1)).replicas_of(id)[0];
+        assert_eq!(sim.executions_of(id), vec![(first, Epoch(1))]);
+    }
+}
+
+fn record_key(id: cohort_core::TaskId) -> Vec<u8> {
+    let mut k = b"lless/task/".to_vec();
+    k.extend_from_slice(&id.0.to_be_bytes());
+    k
+}
+
+#[test]
+fn resubmitting_the_same_task_is_idempotent_and_a_different_one_is_an_id_conflict() {
+    let mut sim = Sim::new(2, 5, LeaderlessConfig::default());
+    sim.run_for(500);
+    let id = tid(7);
+    let a = sim.submit(NodeId(1), id, b"same");
+    sim.run_for(50);
+    let b = sim.submit(NodeId(4), id, b"same");
+    let c = sim.submit(NodeId(5), id, b"different");
+    sim.run_for(50);
+    assert!(accepted(&sim, a));
+    assert!(accepted(&sim, b));
+    assert_eq!(sim.reply(c), Some(&Err(ClientError::IdConflict { id })));
+    assert!(sim.run_until(1_000, |s| s.decided(id).is_some()));
+    assert_eq!(
+        sim.executions_of(id).len(),
+        1,
+        "a resubmit creates nothing new"
+    );
+}
+
+#[test]
+fn a_submit_whose_replicas_cannot_reach_w_is_a_retryable_unavailable() {
+    let mut sim = Sim::new(3, 5, LeaderlessConfig::default());
+    sim.run_for(500);
+    let id = tid(3);
+    let replicas = sim.node(NodeId(1)).replicas_of(id);
+    let coordinator = *sim
+        .members()
+        .iter()
+        .find(|n| !replicas.contains(n))
+        .expect("5 nodes, 3 replicas");
+    sim.crash(replicas[0]);
+    sim.crash(replicas[1]);
+    let r = sim.submit(coordinator, id, b"x");
+    sim.run_for(1_500);
+    let err = sim.reply(r).expect("answered").clone().unwrap_err();
+    assert!(matches!(err, ClientError::Unavailable { .. }));
+    assert!(err.is_retryable());
+    // With the replicas back, the same request succeeds.
+    sim.restart(replicas[0]);
+    sim.run_for(300);
+    let again = sim.submit(coordinator, id, b"x");
+    sim.run_for(100);
+    assert!(accepted(&sim, again), "{:?}", sim.reply(again));
+}
+
+#[test]
+fn a_linearizable_read_returns_the_decided_outcome_and_a_stale_read_is_local() {
+    let mut sim = Sim::new(4, 5, LeaderlessConfig::default());
+    sim.run_for(500);
+    let id = tid(11);
+    sim.submit(NodeId(2), id, b"payload");
+    assert!(sim.run_until(1_000, |s| s.decided(id).is_some()));
+    let decided = sim.decided(id).expect("decided").clone();
+    let replicas = sim.node(NodeId(1)).replicas_of(id);
+    let outsider = *sim
+        .members()
+        .iter()
+        .find(|n| !replicas.contains(n))
+        .expect("outsider");
+    let lin = sim.get(outsider, id, Consistency::Linearizable);
+    let stale_out = sim.get(outsider, id, Consistency::Stale);
+    let missing = sim.get(outsider, tid(999), Consistency::Linearizable);
+    sim.run_for(50);
+    assert_eq!(
+        sim.reply(lin),
+        Some(&Ok(ClientResponse::State {
+            id,
+            state: decided.clone()
+        }))
+    );
+    // The outsider holds no record: its local view does not know the task.
+    assert_eq!(
+        sim.reply(stale_out),
+        Some(&Err(ClientError::NotFound { id }))
+    );
+    assert_eq!(
+        sim.reply(missing),
+        Some(&Err(ClientError::NotFound { id: tid(999) }))
+    );
+    // Every replica's local view has the outcome (Learn reached them all).
+    for r in replicas {
+        let stale = sim.get(r, id, Consistency::Stale);
+        sim.run_for(5);
+        assert_eq!(
+            sim.reply(stale),
+            Some(&Ok(ClientResponse::State {
+                id,
+                state: decided.clone()
+            }))
+        );
+    }
+}
+
+#[test]
+fn two_nodes_claiming_the_same_task_at_once_under_different_views_exactly_one_wins() {
+    // Ticks far apart so the preferred replica does not claim first.
+    let config = LeaderlessConfig {
+        tick_interval_ms: 400,
+        ..LeaderlessConfig::default()
+    };
+    for seed in 0..20 {
+        let mut sim = Sim::new(100 + seed, 5, config.clone());
+        sim.run_for(1_000);
+        let id = tid(seed);
+        let r = sim.submit(NodeId(1), id, b"x");
+        sim.run_until(100, |s| s.reply(r).is_some());
+        assert!(accepted(&sim, r));
+        let replicas = sim.node(NodeId(1)).replicas_of(id);
+        // The second and third replicas each believe they should take it.
+        let mut started = 0;
+        for &n in &replicas[1..] {
+            if sim.with_node(n, |node, now| node.steal(now, id)).is_ok() {
+                started += 1;
+            }
+        }
+        if started < 2 {
+            continue; // the first replica got there already this seed
+        }
+        assert!(sim.run_until(2_000, |s| s.decided(id).is_some()));
+        let epoch1: Vec<_> = sim
+            .assignments(id)
+            .into_iter()
+            .filter(|(e, _)| *e == Epoch(1))
+            .collect();
+        assert_eq!(epoch1.len(), 1, "exactly one claim of epoch 1 is chosen");
+        assert_eq!(sim.executions_of(id).len(), 1, "only the winner runs it");
+    }
+}
+
+#[test]
+fn when_the_owner_crashes_mid_run_the_next_live_replica_reclaims_with_a_higher_epoch() {
+    let mut sim = Sim::new(5, 5, LeaderlessConfig::default());
+    sim.run_for(1_000);
+    let id = tid(21);
+    sim.handlers.hang.insert(id);
+    sim.submit(NodeId(3), id, b"x");
+    assert!(sim.run_until(500, |s| !s.executions_of(id).is_empty()));
+    let (owner, epoch) = sim.executions_of(id)[0];
+    assert_eq!(epoch, Epoch(1));
+    sim.handlers.hang.clear();
+    sim.crash(owner);
+    assert!(
+        sim.run_until(5_000, |s| s.decided(id).is_some()),
+        "re-claimed and finished"
+    );
+    let replicas = sim
+        .node(NodeId(if owner == NodeId(1) { 2 } else { 1 }))
+        .replicas_of(id);
+    let runs = sim.executions_of(id);
+    assert_eq!(runs.len(), 2);
+    let (second, e2) = runs[1];
+    assert_eq!(e2, Epoch(2));
+    assert_ne!(second, owner);
+    assert!(replicas.contains(&second));
+    assert_eq!(sim.superseded(id), vec![Epoch(1)]);
+    match sim.decided(id) {
+        Some(TaskState::Succeeded { node, epoch, .. }) => {
+            assert_eq!((*node, *epoch), (second, Epoch(2)));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn a_paused_owner_declared_dead_that_resumes_cannot_commit_its_stale_result() {
+    let mut sim = Sim::new(6, 5, LeaderlessConfig::default());
+    sim.run_for(1_000);
+    let id = tid(31);
+    sim.handlers.run_ms = (300, 300);
+    sim.submit(NodeId(2), id, b"x");
+    assert!(sim.run_until(500, |s| !s.executions_of(id).is_empty()));
+    let (owner, _) = sim.executions_of(id)[0];
+    sim.pause(owner);
+    sim.handlers.run_ms = (5, 10);
+    assert!(sim.run_until(5_000, |s| s.decided(id).is_some()));
+    sim.resume(owner);
+    // The resumed owner's epoch-1 result arrives late and is rejected.
+    sim.run_for(2_000);
+    match sim.decided(id) {
+        Some(TaskState::Succeeded { node, epoch, .. }) => {
+            assert_ne!(*node, owner);
+            assert_eq!(*epoch, Epoch(2));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // Every replica ends with the same final state.
+    let replicas = sim.node(owner).replicas_of(id);
+    let finals: Vec<_> = replicas
+        .iter()
+        .map(|&n| sim.node(n).record(id).map(|(_, v)| v.state.clone()))
+        .collect();
+    assert!(
+        finals.iter().all(|s| s.as_ref() == sim.decided(id)),
+        "{finals:?}"
+    );
+}
+
+#[test]
+fn a_replica_cut_off_during_a_task_is_repaired_by_anti_entropy_after_healing() {
+    let mut sim = Sim::new(7, 5, LeaderlessConfig::default());
+    sim.run_for(1_000);
+    let id = tid(41);
+    let replicas = sim.node(NodeId(1)).replicas_of(id);
+    let victim = replicas[2];
+    sim.isolate(victim);
+    let coordinator = replicas[0];
+    let r = sim.submit(coordinator, id, b"x");
+    assert!(sim.run_until(3_000, |s| s.decided(id).is_some()));
+    assert!(accepted(&sim, r));
+    assert!(
+        sim.node(victim).record(id).is_none(),
+        "the victim missed everything"
+    );
+    sim.heal();
+    assert!(
+        sim.run_until(5_000, |s| s
+            .node(victim)
+            .record(id)
+            .map(|(_, v)| v.state.clone())
+            == s.decided(id).cloned()),
+        "anti-entropy brings the victim's record up to the decided state"
+    );
+}
+
+#[test]
+fn the_whole_cluster_restarts_from_persisted_state_and_finishes_every_task() {
+    let mut sim = Sim::new(8, 5, LeaderlessConfig::default());
+    sim.run_for(1_000);
+    sim.handlers.run_ms = (200, 400);
+    let ids: Vec<_> = (100..130).map(tid).collect();
+    let reqs: Vec<_> = ids
+        .iter()
+        .map(|&id| sim.submit(NodeId(1), id, b"x"))
+        .collect();
+    sim.run_for(100);
+    for &r in &reqs {
+        assert!(accepted(&sim, r));
+    }
+    for m in sim.members().to_vec() {
+        sim.crash(m);
+    }
+    sim.run_for(50);
+    for m in sim.members().to_vec() {
+        sim.restart(m);
+    }
+    sim.handlers.run_ms = (5, 20);
+    assert!(
+        sim.run_until(10_000, |s| ids.iter().all(|&id| s.decided(id).is_some())),
+        "every acknowledged task survives and finishes"
+    );
+    for &id in &ids {
+        let runs = sim.executions_of(id);
+        // Epochs of re-runs after the restart are above those before it.
+        for w in runs.windows(2) {
+            assert!(w[0].1 < w[1].1, "{runs:?}");
+        }
+    }
+}
+
+#[test]
+fn a_failed_attempt_with_attempts_left_is_run_again_under_a_new_epoch() {
+    let mut sim = Sim::new(9, 5, LeaderlessConfig::default());
+    sim.run_for(1_000);
+    let id = tid(51);
+    sim.handlers.fail_first.insert(id);
+    sim.submit(NodeId(1), id, b"x");
+    assert!(sim.run_until(3_000, |s| s.decided(id).is_some()));
+    let epochs: Vec<Epoch> = sim.executions_of(id).into_iter().map(|(_, e)| e).collect();
+    assert_eq!(epochs, vec![Epoch(1), Epoch(2)]);
+    assert!(matches!(
+        sim.decided(id),
+        Some(TaskState::Succeeded {
+            epoch: Epoch(2),
+            ..
+        })
+    ));
+}
+
+#[test]
+fn cancelling_a_pending_or_running_task_decides_cancelled_once() {
+    let mut sim = Sim::new(10, 5, LeaderlessConfig::default());
+    sim.run_for(1_000);
+    let id = tid(61);
+    sim.handlers.hang.insert(id);
+    sim.submit(NodeId(1), id, b"x");
+    assert!(sim.run_until(500, |s| !s.executions_of(id).is_empty()));
+    let c = sim.client(NodeId(4), ClientRequest::Cancel { id });
+    assert!(sim.run_until(1_000, |s| s.reply(c).is_some()));
+    assert_eq!(
+        sim.reply(c),
+        Some(&Ok(ClientResponse::State {
+            id,
+            state: TaskState::Cancelled
+        }))
+    );
+    assert_eq!(sim.decided(id), Some(&TaskState::Cancelled));
+    // Cancelling again reports the final state and changes nothing.
+    let again = sim.client(NodeId(5), ClientRequest::Cancel { id });
+    sim.run_for(100);
+    assert_eq!(
+        sim.reply(again),
+        Some(&Ok(ClientResponse::State {
+            id,
+            state: TaskState::Cancelled
+        }))
+    );
+    let _ = task(b"");
+}
+
+#[test]
+fn a_lightly_loaded_replica_steals_pending_work_from_a_full_one_and_each_task_runs_once() {
+    let mut sim = Sim::with_capacity(11, 5, LeaderlessConfig::default(), 1);
+    sim.run_for(1_000);
+    // Four tasks that all prefer n1, which runs one task at a time.
+    let busy = NodeId(1);
+    let ids: Vec<_> = (0..10_000)
+        .map(tid)
+        .filter(|&id| sim.node(busy).replicas_of(id)[0] == busy)
+        .take(4)
+        .collect();
+    assert_eq!(ids.len(), 4);
+    for &id in &ids {
+        sim.handlers.hang.insert(id);
+        sim.submit(busy, id, b"x");
+    }
+    assert!(
+        sim.run_until(3_000, |s| ids
+            .iter()
+            .filter(|&&id| !s.executions_of(id).is_empty())
+            .count()
+            >= 3),
+        "the other replicas took the work n1 had no room for"
+    );
+    let by_busy = ids
+        .iter()
+        .filter(|&&id| {
+            sim.executions_of(id)
+                .first()
+                .is_some_and(|(n, _)| *n == busy)
+        })
+        .count();
+    assert_eq!(by_busy, 1, "n1 runs one at a time");
+    let steals: u64 = sim.members().iter().map(|&m| sim.node(m).steals()).sum();
+    assert!(steals >= 2, "{steals}");
+    assert_eq!(
+        sim.node(NodeId(2)).load_of(busy),
+        Some((1, 1)),
+        "n1's load was gossiped"
+    );
+    // Let everything finish: every task ran exactly once, under epoch 1.
+    sim.handlers.hang.clear();
+    for &id in &ids {
+        let Some(&(node, epoch)) = sim.executions_of(id).first() else {
+            continue; // not started yet: it runs (and returns) once a slot frees
+        };
+        sim.with_node(node, |n, now| {
+            cohort_core::Node::handle_task_finished(
+                n,
+                now,
+                id,
+                epoch,
+                cohort_core::TaskOutcome::Success(vec![]),
+            )
+        });
+    }
+    assert!(sim.run_until(5_000, |s| ids.iter().all(|&id| s.decided(id).is_some())));
+    for &id in &ids {
+        assert_eq!(
+            sim.executions_of(id).len(),
+            1,
+            "{id:?}: {:?}",
+            sim.executions_of(id)
+        );
+    }
+}
+
+#[test]
+fn a_late_learn_of_an_old_claim_does_not_start_a_finished_task_again() {
+    let mut sim = Sim::new(12, 5, LeaderlessConfig::default());
+    sim.run_for(1_000);
+    let id = tid(71);
+    sim.submit(NodeId(1), id, b"x");
+    assert!(sim.run_until(2_000, |s| s.decided(id).is_some()));
+    let (owner, epoch) = sim.executions_of(id)[0];
+    let header = cohort_leaderless::record::TaskHeader {
+        task: task(b"x"),
+        replicas: sim.node(owner).replicas_of(id),
+    };
+    let old = sim.chosen[&(id, 1)].clone();
+    assert_eq!(old.state, TaskState::Running { node: owner, epoch });
+    // The Learn of version 1 arrives again, long after the outcome.
+    let from = *sim.members().iter().find(|&&m| m != owner).expect("peer");
+    sim.with_node(owner, |n, now| {
+        cohort_core::Node::handle_message(
+            n,
+            now,
+            from,
+            cohort_leaderless::LeaderlessMessage::Learn {
+                id,
+                header,
+                version: 1,
+                value: old,
+            },
+        )
+    });
+    sim.run_for(500);
+    assert_eq!(sim.executions_of(id).len(), 1, "not run again");
+}
