@@ -31,6 +31,8 @@ pub type StartFn = fn(
 pub enum Victim {
     /// A fixed node (static: its coordinator).
     Fixed(NodeId),
+    /// The node whose `/v1/cluster` says `role: leader` (the busiest if none does).
+    Leader,
     /// The node that has executed the most tasks so far.
     Busiest,
 }
@@ -199,6 +201,19 @@ impl Cluster {
             .copied()
             .max_by_key(|id| self.metrics[id].counter_sum("cohort_tasks_executed_total"))
             .expect("a running node")
+    }
+
+    async fn leader(&self) -> Option<NodeId> {
+        // `clients[i]` is node `i + 1`.
+        for id in self.running.keys() {
+            let c = &self.clients[(id.0 - 1) as usize];
+            if let Ok(view) = c.cluster().await {
+                if view["role"] == "leader" {
+                    return Some(*id);
+                }
+            }
+        }
+        None
     }
 
     async fn kill(&mut self, id: NodeId) {
@@ -385,6 +400,7 @@ async fn open_loop(
                 let victim = match mode.victim {
                     Victim::Fixed(id) => id,
                     Victim::Busiest => cluster.busiest(),
+                    Victim::Leader => cluster.leader().await.unwrap_or_else(|| cluster.busiest()),
                 };
                 cluster.kill(victim).await;
                 kill = Some((victim, Instant::now()));

@@ -114,6 +114,10 @@ impl<N: Node> Node for Counted<N> {
     fn id(&self) -> NodeId {
         self.inner.id()
     }
+
+    fn status(&self) -> cohort_core::NodeStatus {
+        self.inner.status()
+    }
 }
 
 /// One cluster size of one mode.
@@ -222,9 +226,31 @@ impl std::fmt::Debug for SimMode {
 }
 
 /// Every mode the simulator can scale, one row each.
-pub const SIM_MODES: &[SimMode] = &[SimMode {
-    name: "static",
-    run: |n, s| {
-        scale_point::<cohort_static::StaticNode>(n, &cohort_static::StaticConfig::default(), s)
+pub const SIM_MODES: &[SimMode] = &[
+    SimMode {
+        name: "static",
+        run: |n, s| {
+            scale_point::<cohort_static::StaticNode>(n, &cohort_static::StaticConfig::default(), s)
+        },
     },
-}];
+    SimMode {
+        name: "leader",
+        run: |n, s| {
+            scale_point::<cohort_leader::LeaderNode>(
+                n,
+                &cohort_leader::ValidLeaderConfig::default(),
+                s,
+            )
+        },
+    },
+    SimMode {
+        name: "leaderless",
+        run: |n, s| {
+            scale_point::<cohort_leaderless::LeaderlessNode>(
+                n,
+                &cohort_leaderless::LeaderlessConfig::default(),
+                s,
+            )
+        },
+    },
+];

@@ -36,6 +36,7 @@ fn real_mode(m: &Mode) -> RealMode {
         victim: match m.first_victim {
             FirstVictim::Fixed(id) => Victim::Fixed(id),
             FirstVictim::Busiest => Victim::Busiest,
+            FirstVictim::Leader => Victim::Leader,
         },
         durable: m.durable,
     }
