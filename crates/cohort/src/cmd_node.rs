@@ -31,7 +31,7 @@ pub struct NodeArgs {
     /// Directory of this node's data file (created if missing).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Coordination mode: static (leader and leaderless are planned) [default: static].
+    /// Coordination mode: static, leader or leaderless [default: static].
     #[arg(long)]
     pub mode: Option<String>,
     /// Cluster name, checked in every peer handshake and in the data file [default: cohort].
@@ -307,9 +307,6 @@ mod tests {
         let mut a = args();
         a.id = Some(3);
         assert!(err(a).contains("not among --peers"));
-        let mut a = args();
-        a.mode = Some("leaderless".into());
-        assert!(err(a).contains("not built yet"));
         let mut a = args();
         a.mode = Some("raft2".into());
         assert!(err(a).contains("unknown mode"));

@@ -16,6 +16,8 @@ pub enum SimMode {
     Static,
     /// Raft-elected leader with a replicated scheduler.
     Leader,
+    /// SWIM membership, hashed placement, per-task Paxos.
+    Leaderless,
 }
 
 /// Arguments of `cohort sim`.
@@ -72,6 +74,7 @@ impl SimArgs {
         let mode = match self.mode {
             SimMode::Static => "static",
             SimMode::Leader => "leader",
+            SimMode::Leaderless => "leaderless",
         };
         format!(
             "cohort sim --mode {mode} --seed {seed} --nodes {} --faults {} --safety-ms {} --liveness-ms {}",
@@ -96,6 +99,19 @@ impl SimArgs {
                 cohort_sim::run::<cohort_leader::LeaderNode>(
                     &config,
                     &cohort_leader::ValidLeaderConfig::default(),
+                    &mut check,
+                )
+            }
+            SimMode::Leaderless => {
+                let mut paxos = cohort_leaderless::LeaderlessInvariants::new(config.safety_ms);
+                let mut check =
+                    |now: cohort_core::Time,
+                     nodes: &[Option<&cohort_leaderless::LeaderlessNode>]| {
+                        paxos.check(now, nodes)
+                    };
+                cohort_sim::run::<cohort_leaderless::LeaderlessNode>(
+                    &config,
+                    &cohort_leaderless::LeaderlessConfig::default(),
                     &mut check,
                 )
             }

@@ -20,8 +20,7 @@ pub enum FirstVictim {
     Fixed(NodeId),
     /// Whichever node calls itself leader in `/v1/cluster` at that moment.
     Leader,
-    /// The node that has run the most tasks so far (the leaderless row will use it).
-    #[allow(dead_code)]
+    /// The node that has run the most tasks so far (leaderless: no node is special).
     Busiest,
 }
 
@@ -64,6 +63,18 @@ fn start_leader(
     })
 }
 
+fn start_leaderless(
+    config: RuntimeConfig,
+    options: NodeOptions,
+    listeners: Listeners,
+) -> Pin<Box<dyn Future<Output = Result<RunningNode, RuntimeError>> + Send>> {
+    Box::pin(async move {
+        let mode = cohort_leaderless::LeaderlessConfig::default();
+        cohort_runtime::start::<cohort_leaderless::LeaderlessNode>(config, mode, options, listeners)
+            .await
+    })
+}
+
 /// Every mode, in demo order.
 pub const MODES: &[Mode] = &[
     Mode {
@@ -80,17 +91,19 @@ pub const MODES: &[Mode] = &[
         first_victim: FirstVictim::Leader,
         start: start_leader,
     },
+    Mode {
+        name: "leaderless",
+        about: "SWIM membership, hashed placement, per-task Paxos",
+        durable: true,
+        first_victim: FirstVictim::Busiest,
+        start: start_leaderless,
+    },
 ];
 
 /// The mode named `name`.
 pub fn find(name: &str) -> anyhow::Result<&'static Mode> {
     MODES.iter().find(|m| m.name == name).ok_or_else(|| {
         let known: Vec<&str> = MODES.iter().map(|m| m.name).collect();
-        let planned = ["leaderless"];
-        if planned.contains(&name) {
-            anyhow::anyhow!("mode {name:?} is not built yet; available: {known:?}")
-        } else {
-            anyhow::anyhow!("unknown mode {name:?}; available: {known:?}")
-        }
+        anyhow::anyhow!("unknown mode {name:?}; available: {known:?}")
     })
 }

@@ -27,6 +27,8 @@ pub mod placement;
 pub mod record;
 pub mod tasks;
 
+pub mod invariants;
 pub use config::{LeaderlessConfig, LeaderlessConfigError};
+pub use invariants::LeaderlessInvariants;
 pub use message::LeaderlessMessage;
 pub use node::{LeaderlessNode, StealError};

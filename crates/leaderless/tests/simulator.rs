@@ -8,63 +8,22 @@
 //! More seeds: `SEEDS=20000 NODES=5 cargo test --release -p cohort-leaderless --test simulator`.
 
 use cohort_core::{NodeId, TaskId, Time};
-use cohort_leaderless::record::TaskValue;
+use cohort_leaderless::invariants::{LeaderlessInvariants, CONVERGE_WITHIN_MS};
 use cohort_leaderless::{LeaderlessConfig, LeaderlessNode};
 use cohort_sim::{run, FaultKinds, Invariants, Report, SimConfig};
-use std::collections::BTreeMap;
 
-/// The stated bound: after the simulator heals everything, SWIM membership
-/// converges (every node sees every node live) within this long.
-const CONVERGE_WITHIN_MS: u64 = 5_000;
+/// The mode's invariants, as the simulator's hook.
+struct Checked(LeaderlessInvariants);
 
-/// One value per Paxos instance, across every replica, over the whole run
-/// (a replica holding version `k` holds the value chosen in instance
-/// `k - 1`); membership converged from `converged_by` on.
-struct LeaderlessInvariants {
-    chosen: BTreeMap<(TaskId, u64), TaskValue>,
-    converged_by: Time,
-}
-
-impl LeaderlessInvariants {
-    fn new(c: &SimConfig) -> LeaderlessInvariants {
-        LeaderlessInvariants {
-            chosen: BTreeMap::new(),
-            converged_by: Time::from_millis(c.safety_ms + CONVERGE_WITHIN_MS),
-        }
+impl Invariants<LeaderlessNode> for Checked {
+    fn check(&mut self, now: Time, nodes: &[Option<&LeaderlessNode>]) -> Result<(), String> {
+        self.0.check(now, nodes)
     }
 }
 
-impl Invariants<LeaderlessNode> for LeaderlessInvariants {
-    fn check(&mut self, now: Time, nodes: &[Option<&LeaderlessNode>]) -> Result<(), String> {
-        if now >= self.converged_by {
-            let all: Vec<NodeId> = (1..=nodes.len() as u64).map(NodeId).collect();
-            for node in nodes.iter().flatten() {
-                if node.live() != all {
-                    return Err(format!(
-                        "membership not converged {CONVERGE_WITHIN_MS} ms after healing: {} sees {:?}",
-                        cohort_core::Node::id(*node),
-                        node.live()
-                    ));
-                }
-            }
-        }
-        for node in nodes.iter().flatten() {
-            for (task, version, value) in node.records() {
-                match self.chosen.get(&(task, version)) {
-                    Some(v) if v != value => {
-                        return Err(format!(
-                            "two values chosen for {task:?} version {version}: {v:?} and {value:?} (at {})",
-                            cohort_core::Node::id(*node)
-                        ))
-                    }
-                    Some(_) => {}
-                    None => {
-                        self.chosen.insert((task, version), value.clone());
-                    }
-                }
-            }
-        }
-        Ok(())
+impl Checked {
+    fn new(c: &SimConfig) -> Checked {
+        Checked(LeaderlessInvariants::new(c.safety_ms))
     }
 }
 
@@ -73,11 +32,7 @@ fn sim(seed: u64, nodes: usize, faults: FaultKinds) -> Report {
     c.faults = faults;
     c.safety_ms = 10_000;
     c.liveness_ms = 30_000;
-    run::<LeaderlessNode>(
-        &c,
-        &LeaderlessConfig::default(),
-        &mut LeaderlessInvariants::new(&c),
-    )
+    run::<LeaderlessNode>(&c, &LeaderlessConfig::default(), &mut Checked::new(&c))
 }
 
 #[test]
@@ -88,11 +43,7 @@ fn membership_converges_within_the_stated_bound_after_healing() {
         c.liveness_ms = CONVERGE_WITHIN_MS + 2_000;
         // Run past the bound even when every task is done early.
         c.stop_when_done = false;
-        let r = run::<LeaderlessNode>(
-            &c,
-            &LeaderlessConfig::default(),
-            &mut LeaderlessInvariants::new(&c),
-        );
+        let r = run::<LeaderlessNode>(&c, &LeaderlessConfig::default(), &mut Checked::new(&c));
         assert!(r.passed(), "{r}");
         assert!(r.simulated_ms >= c.safety_ms + CONVERGE_WITHIN_MS, "{r}");
     }
@@ -253,7 +204,7 @@ fn crash_detection_and_reclaim_times_in_the_simulator() {
         c.safety_ms = 10_000;
         c.liveness_ms = 30_000;
         let mut inv = CrashTimes {
-            inner: LeaderlessInvariants::new(&c),
+            inner: LeaderlessInvariants::new(c.safety_ms),
             up: Vec::new(),
             open: Vec::new(),
             down_ms: Vec::new(),

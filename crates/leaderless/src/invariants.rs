@@ -1,0 +1,80 @@
+//! This mode's own invariants over a whole run, for simulators and tests.
+//!
+//! [`LeaderlessInvariants::check`] takes every node (`None` while crashed)
+//! after each event. Wire it into `cohort-sim` with a closure:
+//! `|now, nodes| checker.check(now, nodes)`.
+
+use crate::record::TaskValue;
+use crate::LeaderlessNode;
+use cohort_core::{NodeId, TaskId, Time};
+use std::collections::BTreeMap;
+
+/// The stated bound: after the simulator heals everything, SWIM membership
+/// converges (every node sees every node live) within this long.
+pub const CONVERGE_WITHIN_MS: u64 = 5_000;
+
+/// One value per Paxos instance, across every replica, over the whole run
+/// (a replica holding version `k` holds the value chosen in instance
+/// `k - 1`); membership converged from `converged_by` on.
+#[derive(Debug)]
+pub struct LeaderlessInvariants {
+    chosen: BTreeMap<(TaskId, u64), TaskValue>,
+    converged_by: Time,
+    checks: u64,
+}
+
+/// The records scan is linear in every replica's records; it runs on every
+/// `RECORDS_SCAN_EVERY`th check. A value is overwritten only by a later
+/// version chosen through another Paxos round, which takes several events,
+/// and two different final outcomes are caught on every event by the
+/// simulator's G2 checker.
+pub const RECORDS_SCAN_EVERY: u64 = 8;
+
+impl LeaderlessInvariants {
+    /// A checker for a run whose faults heal at `heal_ms` (the simulator's
+    /// `safety_ms`).
+    pub fn new(heal_ms: u64) -> LeaderlessInvariants {
+        LeaderlessInvariants {
+            chosen: BTreeMap::new(),
+            converged_by: Time::from_millis(heal_ms + CONVERGE_WITHIN_MS),
+            checks: 0,
+        }
+    }
+
+    /// Checks the cluster at `now`; `nodes[i]` is `None` while node `i` is down.
+    pub fn check(&mut self, now: Time, nodes: &[Option<&LeaderlessNode>]) -> Result<(), String> {
+        if now >= self.converged_by {
+            let all: Vec<NodeId> = (1..=nodes.len() as u64).map(NodeId).collect();
+            for node in nodes.iter().flatten() {
+                if node.live() != all {
+                    return Err(format!(
+                        "membership not converged {CONVERGE_WITHIN_MS} ms after healing: {} sees {:?}",
+                        cohort_core::Node::id(*node),
+                        node.live()
+                    ));
+                }
+            }
+        }
+        self.checks += 1;
+        if !self.checks.is_multiple_of(RECORDS_SCAN_EVERY) {
+            return Ok(());
+        }
+        for node in nodes.iter().flatten() {
+            for (task, version, value) in node.records() {
+                match self.chosen.get(&(task, version)) {
+                    Some(v) if v != value => {
+                        return Err(format!(
+                            "two values chosen for {task:?} version {version}: {v:?} and {value:?} (at {})",
+                            cohort_core::Node::id(*node)
+                        ))
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.chosen.insert((task, version), value.clone());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
