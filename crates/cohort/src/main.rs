@@ -1,6 +1,7 @@
 //! The `cohort` binary: a thin shell over the library crates.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
+mod cmd_bench;
 mod cmd_certs;
 mod cmd_client;
 mod cmd_demo;
@@ -39,6 +40,8 @@ enum Command {
     Demo(cmd_demo::DemoArgs),
     /// Generate a development CA, node certificates and API tokens.
     Certs(cmd_certs::CertsArgs),
+    /// Throughput, latency, crashes on loopback; scale in the simulator.
+    Bench(cmd_bench::BenchArgs),
 }
 
 /// Logs to stderr; `RUST_LOG` overrides the default (`warn`).
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
         Command::Members(a) => done(cmd_client::members(a)),
         Command::Demo(a) => done(cmd_demo::run(a)),
         Command::Certs(a) => done(cmd_certs::run(a)),
+        Command::Bench(a) => done(cmd_bench::run(a)),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,87 @@
+//! `cohort bench`: the measured comparison of the modes (see `cohort-bench`).
+//! Every mode of the binary's table is measured on loopback; every mode the
+//! simulator knows is scaled.
+
+use crate::modes::{FirstVictim, Mode, MODES};
+use clap::Args;
+use cohort_bench::real::{RealMode, Victim};
+use cohort_bench::scale::SIM_MODES;
+use cohort_bench::BenchOptions;
+use std::path::PathBuf;
+
+/// Run the benchmarks.
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Short windows, 3 crashes, up to 500 simulated nodes (under 3 minutes).
+    #[arg(long)]
+    pub quick: bool,
+    /// Where `bench.json` and the SVG plots go.
+    #[arg(long, default_value = "bench-out")]
+    pub out: PathBuf,
+    /// Only these modes (comma-separated; default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub modes: Vec<String>,
+    /// Skip the simulator scale curves.
+    #[arg(long)]
+    pub no_scale: bool,
+    /// Skip the loopback scenarios.
+    #[arg(long)]
+    pub no_real: bool,
+}
+
+fn real_mode(m: &Mode) -> RealMode {
+    RealMode {
+        name: m.name,
+        start: m.start,
+        victim: match m.first_victim {
+            FirstVictim::Fixed(id) => Victim::Fixed(id),
+            FirstVictim::Busiest => Victim::Busiest,
+            FirstVictim::Leader => Victim::Leader,
+        },
+        durable: m.durable,
+    }
+}
+
+/// Runs the benchmarks, prints the table, writes the files.
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    crate::init_tracing();
+    for name in &args.modes {
+        crate::modes::find(name)?;
+    }
+    let wanted = |name: &str| args.modes.is_empty() || args.modes.iter().any(|m| m == name);
+    let real: Vec<RealMode> = if args.no_real {
+        Vec::new()
+    } else {
+        MODES
+            .iter()
+            .filter(|m| wanted(m.name))
+            .map(real_mode)
+            .collect()
+    };
+    let sim: Vec<_> = if args.no_scale {
+        Vec::new()
+    } else {
+        SIM_MODES
+            .iter()
+            .filter(|m| wanted(m.name))
+            .copied()
+            .collect()
+    };
+    let options = if args.quick {
+        BenchOptions::quick()
+    } else {
+        BenchOptions::full()
+    };
+    let report = cohort_bench::run(&options, &real, &sim, &mut |line| eprintln!("  {line}"))?;
+    println!();
+    print!("{}", cohort_bench::table(&report));
+    let files = cohort_bench::write_outputs(&report, &args.out)?;
+    println!(
+        "\n{} on {} cores ({}), {:.0}s; wrote:",
+        report.options.preset, report.machine.cores, report.machine.cpu_model, report.wall_s
+    );
+    for f in files {
+        println!("  {}", f.display());
+    }
+    Ok(())
+}
