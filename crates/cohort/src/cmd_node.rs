@@ -75,6 +75,10 @@ pub struct NodeArgs {
     /// Largest task payload accepted, in bytes [default: 1048576].
     #[arg(long)]
     pub payload_bytes_max: Option<usize>,
+    /// On SIGINT/SIGTERM, how long a leader may take to hand leadership
+    /// over before the node stops anyway, in milliseconds [default: 2000].
+    #[arg(long)]
+    pub shutdown_grace_ms: Option<u64>,
 }
 
 use cohort_runtime::config::NodeFile as FileSettings;
@@ -99,6 +103,7 @@ pub struct Settings {
     key: Option<PathBuf>,
     http_tls: bool,
     http_client_ca: Option<PathBuf>,
+    shutdown_grace_ms: u64,
 }
 
 impl NodeArgs {
@@ -157,6 +162,10 @@ impl NodeArgs {
             key: self.key.clone().or(file.key),
             http_tls: self.http_tls || file.http_tls.unwrap_or(false),
             http_client_ca: self.http_client_ca.clone().or(file.http_client_ca),
+            shutdown_grace_ms: self
+                .shutdown_grace_ms
+                .or(file.shutdown_grace_ms)
+                .unwrap_or(cohort_runtime::config::SHUTDOWN_GRACE_MS_DEFAULT),
         })
     }
 }
@@ -242,6 +251,7 @@ pub fn validate(args: &Settings) -> anyhow::Result<Validated> {
     }
     config.http_addrs.insert(id, args.http);
     config.security = security(args)?;
+    config.shutdown_grace_ms = args.shutdown_grace_ms;
     if args.allow_exec && !config.security.client_auth() && !args.insecure {
         bail!(
             "refusing --allow-exec without client authentication: anyone who reaches the \

@@ -50,6 +50,21 @@ pub trait Node: Sized {
     /// This node's id.
     fn id(&self) -> NodeId;
 
+    /// A graceful shutdown begins: hand over whatever can be handed over
+    /// (a leader transfers leadership). The driver keeps feeding the node
+    /// its inputs until [`Node::shutdown_ready`] or its grace period ends.
+    /// Idempotent. The default has nothing to hand over.
+    fn begin_shutdown(&mut self, now: Time) {
+        let _ = now;
+    }
+
+    /// Whether a node that began shutting down may stop now without leaving
+    /// the cluster worse off than a crash would (its hand-over is done, or
+    /// was abandoned). A read: changes nothing.
+    fn shutdown_ready(&self) -> bool {
+        true
+    }
+
     /// What this node believes about its role, for operators (`/v1/cluster`)
     /// and drivers (the demo kills the leader). A read: changes nothing.
     fn status(&self) -> NodeStatus {

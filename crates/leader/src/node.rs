@@ -264,6 +264,8 @@ pub struct LeaderNode {
     greeted: Option<NodeId>,
     armed: Option<Time>,
     now: Time,
+    /// Graceful shutdown: the term in which this leader began handing over.
+    handing_over: Option<u64>,
 }
 
 const TIMER: u64 = 0;
@@ -298,6 +300,7 @@ impl Node for LeaderNode {
             waiting: Waiting::default(),
             was_leader: false,
             snapshots_installed: 0,
+            handing_over: None,
             greeted: None,
             armed: None,
             now,
@@ -372,6 +375,31 @@ impl Node for LeaderNode {
 
     fn id(&self) -> NodeId {
         self.peers.id
+    }
+
+    fn begin_shutdown(&mut self, now: Time) {
+        if self.handing_over.is_some() {
+            return;
+        }
+        let term = self.raft_status().term;
+        if self.shutdown(now).is_some() {
+            self.handing_over = Some(term);
+        }
+    }
+
+    fn shutdown_ready(&self) -> bool {
+        let Some(term) = self.handing_over else {
+            return true;
+        };
+        let st = self.raft_status();
+        match st.role {
+            // Done once a newer leader has been heard from, so clients are
+            // redirected to it the moment this node stops.
+            crate::raft::Role::Follower => st.term > term && st.leader.is_some_and(|l| l != st.id),
+            // Still leading: ready only if the transfer was abandoned.
+            crate::raft::Role::Leader => self.raft.transferring_to().is_none(),
+            crate::raft::Role::PreCandidate | crate::raft::Role::Candidate => false,
+        }
     }
 
     fn status(&self) -> cohort_core::NodeStatus {

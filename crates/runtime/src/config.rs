@@ -102,6 +102,8 @@ pub struct NodeFile {
     pub capacity: Option<u32>,
     pub allow_exec: Option<bool>,
     pub payload_bytes_max: Option<usize>,
+    /// See [`RuntimeConfig::shutdown_grace_ms`].
+    pub shutdown_grace_ms: Option<u64>,
     pub insecure: Option<bool>,
     pub tokens: Option<PathBuf>,
     pub ca: Option<PathBuf>,
@@ -120,6 +122,14 @@ impl NodeFile {
 
 /// Most bytes in a cluster id.
 pub const CLUSTER_ID_BYTES_MAX: usize = 64;
+
+/// Default [`RuntimeConfig::shutdown_grace_ms`]: several election timeouts,
+/// so a leader transfer (catch up, `TimeoutNow`, one election) fits.
+pub const SHUTDOWN_GRACE_MS_DEFAULT: u64 = 2_000;
+
+/// Longest [`RuntimeConfig::shutdown_grace_ms`] accepted: past this a
+/// supervisor's stop timeout would kill the node mid-hand-over anyway.
+pub const SHUTDOWN_GRACE_MS_MAX: u64 = 60_000;
 
 /// Everything the runtime needs besides the mode's own config.
 #[derive(Clone, Debug)]
@@ -144,6 +154,10 @@ pub struct RuntimeConfig {
     /// Most inputs handed to the core before their actions are carried out
     /// together (group commit: one fsync for all their writes).
     pub inputs_per_batch_max: usize,
+    /// How long a graceful shutdown may wait for the core to hand over
+    /// (a leader transferring leadership) before the node stops anyway.
+    /// Zero stops at once, as before hand-over existed.
+    pub shutdown_grace_ms: u64,
     /// Tokens and TLS.
     pub security: SecurityConfig,
 }
@@ -167,6 +181,7 @@ impl RuntimeConfig {
             transport: TransportLimits::default(),
             client: ClientLimits::default(),
             inputs_per_batch_max: 256,
+            shutdown_grace_ms: SHUTDOWN_GRACE_MS_DEFAULT,
             security: SecurityConfig::default(),
         }
     }
@@ -215,6 +230,11 @@ impl RuntimeConfig {
                 return bad(format!("{what} must be positive"));
             }
         }
+        if self.shutdown_grace_ms > SHUTDOWN_GRACE_MS_MAX {
+            return bad(format!(
+                "shutdown_grace_ms must be at most {SHUTDOWN_GRACE_MS_MAX}"
+            ));
+        }
         if t.connect_backoff_ms_max < t.connect_backoff_ms_min {
             return bad("connect_backoff_ms_max must be >= connect_backoff_ms_min".into());
         }
@@ -222,6 +242,10 @@ impl RuntimeConfig {
             return bad("message_bytes_max must fit a 32-bit frame length".into());
         }
         Ok(())
+    }
+
+    pub(crate) fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
     }
 
     pub(crate) fn handshake_timeout(&self) -> Duration {

@@ -86,6 +86,9 @@ pub(crate) struct EventLoop<N: Node> {
     pub decided: Arc<Notify>,
     pub observer: Option<NoteObserver>,
     pub stop: watch::Receiver<bool>,
+    /// Turns true when a graceful shutdown begins: the core hands over,
+    /// then the loop ends (see [`EventLoop::run`]).
+    pub drain: watch::Receiver<bool>,
     pub batch: Vec<Action<N::Message>>,
     pub loopback: mpsc::Sender<(NodeId, N::Message)>,
 }
@@ -184,11 +187,42 @@ impl<N: Node + Send + 'static> EventLoop<N> {
         self.take_actions();
         self.carry_out().await?;
         let mut stop = self.stop.clone();
+        let mut drain = self.drain.clone();
+        let mut draining_until: Option<tokio::time::Instant> = None;
         loop {
-            let deadline = self.next_deadline();
+            if let Some(until) = draining_until {
+                // Checked after every turn's actions were carried out, so
+                // whatever the hand-over needed sent has been sent.
+                if self.node.shutdown_ready() {
+                    self.metrics
+                        .inc("cohort_shutdowns_total", "outcome=\"ready\"");
+                    break;
+                }
+                if tokio::time::Instant::now() >= until {
+                    tracing::warn!(
+                        node = %self.node.id(),
+                        grace_ms = self.config.shutdown_grace_ms,
+                        "shutdown grace expired before the hand-over completed"
+                    );
+                    self.metrics
+                        .inc("cohort_shutdowns_total", "outcome=\"grace_expired\"");
+                    break;
+                }
+            }
+            let deadline = match (self.next_deadline(), draining_until) {
+                (Some(t), Some(d)) => Some(t.min(d)),
+                (t, d) => t.or(d),
+            };
             tokio::select! {
                 biased;
                 _ = stop.changed() => break,
+                Ok(()) = drain.changed(), if draining_until.is_none() => {
+                    draining_until = Some(tokio::time::Instant::now() + self.config.shutdown_grace());
+                    let now = self.now();
+                    tracing::info!(node = %self.node.id(), "graceful shutdown: handing over");
+                    self.node.begin_shutdown(now);
+                    self.take_actions();
+                }
                 Some(c) = control_rx.recv() => self.input_control(c),
                 Some((from, m)) = peer_rx.recv() => self.input_message(from, m),
                 _ = sleep_until_opt(deadline) => {}

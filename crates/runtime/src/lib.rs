@@ -75,8 +75,13 @@ pub struct RunningNode {
     peer_addr: SocketAddr,
     metrics: Arc<Metrics>,
     stop: watch::Sender<bool>,
+    drain: watch::Sender<bool>,
+    grace: std::time::Duration,
     event_loop: JoinHandle<Result<(), RuntimeError>>,
     http: JoinHandle<()>,
+    /// Owns the peer listener: awaited on stop so that the port is free
+    /// again when `kill` or `shutdown` returns (a restart rebinds it).
+    inbound: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for RunningNode {
@@ -124,18 +129,34 @@ impl RunningNode {
         self.http.abort();
         let _ = self.event_loop.await;
         let _ = self.http.await;
+        let _ = self.inbound.await;
     }
 
-    /// Stops gracefully: no new input is taken, waiting clients are told the
-    /// node is shutting down, running handlers are dropped (their tasks are
-    /// left to be reclaimed), sockets close.
-    pub async fn shutdown(self) -> Result<(), RuntimeError> {
+    /// Stops gracefully. First the core hands over what it can (a leader
+    /// transfers leadership to the most caught-up voter) while the node
+    /// keeps running, for at most `shutdown_grace_ms`; then no new input is
+    /// taken, waiting clients are told the node is shutting down, running
+    /// handlers are dropped (their tasks are left to be reclaimed), sockets
+    /// close.
+    pub async fn shutdown(mut self) -> Result<(), RuntimeError> {
+        let _ = self.drain.send(true);
+        let drained = tokio::select! {
+            r = &mut self.event_loop => Some(r),
+            // The loop ends by itself after the grace period; this bound
+            // only guards against a core that never returns.
+            _ = tokio::time::sleep(self.grace + std::time::Duration::from_secs(5)) => None,
+        };
         let _ = self.stop.send(true);
-        let r = match self.event_loop.await {
+        let joined = match drained {
+            Some(r) => r,
+            None => self.event_loop.await,
+        };
+        let r = match joined {
             Ok(r) => r,
             Err(e) => Err(RuntimeError::Stopped(format!("event loop failed: {e}"))),
         };
         let _ = self.http.await;
+        let _ = self.inbound.await;
         r
     }
 
@@ -186,6 +207,8 @@ pub async fn start<N: Node + Send + 'static>(
     let peer_addr = listeners.peer.local_addr().map_err(io("peer listener"))?;
     let metrics = Arc::new(Metrics::default());
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let grace = config.shutdown_grace();
     let seed = options.rng_seed.unwrap_or_else(os_seed);
     let rng = NodeRng::seed_from_u64(seed);
     let boot = tokio::time::Instant::now();
@@ -200,7 +223,7 @@ pub async fn start<N: Node + Send + 'static>(
     let (peer_tx, peer_rx) = mpsc::channel(config.transport.inbound_queue_len_max);
     let outbound = transport::start_outbound(&config, metrics.clone(), stop_rx.clone());
     let peer_status = outbound.status.clone();
-    tokio::spawn(transport::run_inbound::<N::Message>(
+    let inbound = tokio::spawn(transport::run_inbound::<N::Message>(
         listeners.peer,
         config.clone(),
         metrics.clone(),
@@ -226,6 +249,7 @@ pub async fn start<N: Node + Send + 'static>(
         decided: decided.clone(),
         observer: options.note_observer,
         stop: stop_rx.clone(),
+        drain: drain_rx,
         batch: Vec::new(),
         loopback: peer_tx,
     };
@@ -276,8 +300,11 @@ pub async fn start<N: Node + Send + 'static>(
         peer_addr,
         metrics,
         stop: stop_tx,
+        drain: drain_tx,
+        grace,
         event_loop,
         http,
+        inbound,
     })
 }
 
