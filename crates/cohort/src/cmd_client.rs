@@ -1,4 +1,4 @@
-//! `cohort submit / get / wait / cancel / members`: clients of a node's HTTP API.
+//! `cohort submit / get / wait / cancel / list / members`: clients of a node's HTTP API.
 
 use anyhow::Context;
 use clap::Args;
@@ -122,6 +122,22 @@ pub struct CancelArgs {
     pub id: String,
 }
 
+/// List the cluster's tasks.
+#[derive(Args, Debug, Clone)]
+pub struct ListArgs {
+    /// Any node's HTTP address.
+    #[arg(long, default_value = "127.0.0.1:8001")]
+    pub node: String,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    /// Only tasks in this state: pending, running, succeeded, failed or cancelled.
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Print at most this many tasks (lowest ids first).
+    #[arg(long, default_value_t = 1000)]
+    pub limit: usize,
+}
+
 /// Show the cluster as a node sees it.
 #[derive(Args, Debug, Clone)]
 pub struct MembersArgs {
@@ -216,15 +232,46 @@ pub fn cancel(args: CancelArgs) -> anyhow::Result<()> {
 }
 
 /// `cohort members`.
+pub fn list(args: ListArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(async move {
+        let client = args.auth.client(&args.node)?;
+        let listing = client.list_all(args.state.as_deref(), args.limit).await?;
+        println!("{:<32}  {:<10} {:>5} {:>6}", "id", "state", "node", "epoch");
+        for t in &listing.tasks {
+            println!(
+                "{:<32}  {:<10} {:>5} {:>6}",
+                t.id,
+                t.state,
+                t.node.map_or("-".into(), |n| format!("n{n}")),
+                t.epoch.map_or("-".into(), |e| e.to_string())
+            );
+        }
+        for (node, why) in &listing.unreachable {
+            eprintln!("warning: n{node} could not be listed ({why}); a task all of whose replicas are unreachable is missing");
+        }
+        if listing.truncated {
+            eprintln!("(stopped at --limit {}; more tasks exist)", args.limit);
+        }
+        Ok(())
+    })
+}
+
 pub fn members(args: MembersArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         let c = args.auth.client(&args.node)?.cluster().await?;
         println!(
-            "cluster {} · mode {} · asked node {}",
+            "cluster {} · mode {} · asked node n{} ({})",
             c["cluster_id"].as_str().unwrap_or("?"),
             c["mode"].as_str().unwrap_or("?"),
-            c["node"]
+            c["node"],
+            c["role"].as_str().unwrap_or("?"),
         );
+        if let Some(term) = c["term"].as_u64() {
+            let leader = c["leader"]
+                .as_u64()
+                .map_or("unknown".to_string(), |l| format!("n{l}"));
+            println!("term {term} · leader {leader}");
+        }
         println!(
             "{:>6}  {:<22} {:<22} link",
             "node", "peer address", "http address"

@@ -34,6 +34,8 @@ enum Command {
     Wait(cmd_client::WaitArgs),
     /// Cancel a task.
     Cancel(cmd_client::CancelArgs),
+    /// List the cluster's tasks (merging every member's view where needed).
+    List(cmd_client::ListArgs),
     /// Show the cluster as a node sees it.
     Members(cmd_client::MembersArgs),
     /// A 5-node cluster on loopback, nodes killed mid-run, then a table.
@@ -66,6 +68,7 @@ fn main() -> ExitCode {
         Command::Wait(a) => done(cmd_client::wait(a)),
         Command::Cancel(a) => done(cmd_client::cancel(a)),
         Command::Members(a) => done(cmd_client::members(a)),
+        Command::List(a) => done(cmd_client::list(a)),
         Command::Demo(a) => done(cmd_demo::run(a)),
         Command::Certs(a) => done(cmd_certs::run(a)),
         Command::Bench(a) => done(cmd_bench::run(a)),

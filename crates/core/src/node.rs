@@ -4,7 +4,7 @@ use crate::action::{Action, TimerToken};
 use crate::client::{ClientError, ClientRequest, RequestId};
 use crate::ids::{Epoch, NodeId, TaskId};
 use crate::store::Stored;
-use crate::task::{Task, TaskOutcome};
+use crate::task::{Task, TaskOutcome, TaskState};
 use crate::time::Time;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -49,6 +49,27 @@ pub trait Node: Sized {
 
     /// This node's id.
     fn id(&self) -> NodeId;
+
+    /// Visits the tasks this node holds, in ascending id order, starting
+    /// strictly after `after`, until `visit` returns false. What a node
+    /// holds depends on the mode (every applied task in leader mode, the
+    /// records it replicates in leaderless mode); the states are this
+    /// node's own view, not a linearizable read. A read: changes nothing.
+    /// The default holds nothing.
+    fn visit_tasks(
+        &self,
+        after: Option<TaskId>,
+        visit: &mut dyn FnMut(TaskId, &TaskState) -> bool,
+    ) {
+        let _ = (after, visit);
+    }
+
+    /// Monotonic counts of protocol events since boot (elections started,
+    /// members declared down, ...), named in snake case, for operators'
+    /// metrics. A read: changes nothing. The default counts nothing.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 
     /// A graceful shutdown begins: hand over whatever can be handed over
     /// (a leader transfers leadership). The driver keeps feeding the node

@@ -75,6 +75,9 @@ impl TaskState {
         )
     }
 
+    /// Every [`TaskState::name`].
+    pub const NAMES: [&'static str; 5] = ["pending", "running", "succeeded", "failed", "cancelled"];
+
     /// A short lowercase name (`pending`, `running`, ...).
     pub fn name(&self) -> &'static str {
         match self {

@@ -377,6 +377,28 @@ impl Node for LeaderNode {
         self.peers.id
     }
 
+    fn visit_tasks(
+        &self,
+        after: Option<TaskId>,
+        visit: &mut dyn FnMut(TaskId, &cohort_core::TaskState) -> bool,
+    ) {
+        for (id, rec) in self.sm.tasks_after(after) {
+            if !visit(*id, &rec.state) {
+                break;
+            }
+        }
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let c = self.raft.counters();
+        vec![
+            ("pre_votes_started", c.pre_votes_started),
+            ("elections_started", c.elections_started),
+            ("terms_led", c.terms_led),
+            ("leader_changes_seen", c.leader_changes_seen),
+        ]
+    }
+
     fn begin_shutdown(&mut self, now: Time) {
         if self.handing_over.is_some() {
             return;

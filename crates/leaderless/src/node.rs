@@ -1212,6 +1212,29 @@ impl Node for LeaderlessNode {
         self.out.drain(..)
     }
 
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let c = self.membership.counters();
+        vec![
+            ("suspicions_raised", c.suspicions_raised),
+            ("members_declared_down", c.members_declared_down),
+            ("declared_down_while_alive", c.declared_down_while_alive),
+        ]
+    }
+
+    fn visit_tasks(
+        &self,
+        after: Option<TaskId>,
+        visit: &mut dyn FnMut(TaskId, &cohort_core::TaskState) -> bool,
+    ) {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        for (id, rec) in self.records.range((from, Bound::Unbounded)) {
+            if !visit(*id, &rec.value.state) {
+                break;
+            }
+        }
+    }
+
     fn id(&self) -> NodeId {
         self.peers.id
     }

@@ -39,6 +39,47 @@ impl TaskView {
     }
 }
 
+/// One page of `GET /v1/tasks`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TaskPageView {
+    /// The node that answered.
+    pub node: u64,
+    /// Whether its view covers every task of the cluster.
+    pub complete: bool,
+    /// The tasks, ascending by id.
+    pub tasks: Vec<TaskView>,
+    /// `after` for the next page; `None` at the end.
+    pub next: Option<String>,
+}
+
+/// Most pages [`Client::list_all`] reads over all members before it stops
+/// and reports the listing truncated.
+pub const LIST_PAGES_READ_MAX: usize = 10_000;
+
+/// A cluster-wide listing ([`Client::list_all`]).
+#[derive(Clone, Debug, Default)]
+pub struct Listing {
+    /// The tasks, ascending by id, each once.
+    pub tasks: Vec<TaskView>,
+    /// Members that could not be listed (their tasks may be missing if
+    /// every replica of a task is among them).
+    pub unreachable: Vec<(u64, String)>,
+    /// Whether `tasks` stopped at the caller's limit.
+    pub truncated: bool,
+}
+
+/// Of two views of one task from different nodes, the more advanced: a
+/// final state over any other, then the higher epoch, then running over
+/// pending.
+fn fresher(a: TaskView, b: TaskView) -> TaskView {
+    let rank = |t: &TaskView| (t.is_final(), t.epoch.unwrap_or(0), t.state == "running");
+    if rank(&b) > rank(&a) {
+        b
+    } else {
+        a
+    }
+}
+
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
@@ -272,6 +313,99 @@ impl Client {
             )
             .await?;
         Self::decode(r).await
+    }
+
+    /// `GET /v1/tasks`: one page of the tasks this node holds.
+    pub async fn list_page(
+        &self,
+        state: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<TaskPageView, CallError> {
+        let mut url = format!("{}/v1/tasks?limit={limit}", self.base);
+        if let Some(s) = state {
+            url.push_str(&format!("&state={s}"));
+        }
+        if let Some(a) = after {
+            url.push_str(&format!("&after={a}"));
+        }
+        let r = self.send(reqwest::Method::GET, url, None).await?;
+        Self::decode(r).await
+    }
+
+    /// Every task of the cluster in `state` (all states if `None`), up to
+    /// `max` tasks. Where the asked node's view is not complete (leaderless
+    /// mode: a node holds only its replicas' tasks), every member listed by
+    /// `GET /v1/cluster` is listed and the views merged, keeping the most
+    /// advanced view of each task.
+    pub async fn list_all(&self, state: Option<&str>, max: usize) -> Result<Listing, CallError> {
+        const PAGE: usize = 500;
+        let first = self.list_page(state, None, PAGE).await?;
+        let mut sources = vec![(first.node, self.clone(), Some(first))];
+        if !sources[0].2.as_ref().is_some_and(|p| p.complete) {
+            let cluster = self.cluster().await?;
+            for m in cluster["members"].as_array().into_iter().flatten() {
+                let (Some(id), Some(addr)) = (m["id"].as_u64(), m["http_addr"].as_str()) else {
+                    continue;
+                };
+                if id != sources[0].0 {
+                    sources.push((id, self.at(addr), None));
+                }
+            }
+        }
+        let mut merged: std::collections::BTreeMap<u128, TaskView> = Default::default();
+        let mut listing = Listing::default();
+        let mut read = 0usize;
+        for (node, client, mut page) in sources {
+            let mut after: Option<String> = None;
+            loop {
+                let p = match page.take() {
+                    Some(p) => p,
+                    None => match client.list_page(state, after.as_deref(), PAGE).await {
+                        Ok(p) => p,
+                        Err(e) => {
+                            listing.unreachable.push((node, e.to_string()));
+                            break;
+                        }
+                    },
+                };
+                for t in p.tasks {
+                    let Ok(key) = u128::from_str_radix(&t.id, 16) else {
+                        continue;
+                    };
+                    let t = match merged.remove(&key) {
+                        Some(old) => fresher(old, t),
+                        None => t,
+                    };
+                    merged.insert(key, t);
+                }
+                read += 1;
+                match p.next {
+                    // Every page is read: another node's views may sort
+                    // anywhere among this one's, so no early cut is safe.
+                    Some(n) if read < LIST_PAGES_READ_MAX => after = Some(n),
+                    Some(_) => {
+                        listing.truncated = true;
+                        break;
+                    }
+                    None => break,
+                }
+            }
+        }
+        listing.truncated |= merged.len() > max;
+        listing.tasks = merged.into_values().take(max).collect();
+        Ok(listing)
+    }
+
+    /// A client of another node (`host:port`) with the same credentials
+    /// and scheme.
+    pub fn at(&self, addr: &str) -> Client {
+        let scheme = self.base.split_once("://").map_or("http", |(s, _)| s);
+        Client {
+            http: self.http.clone(),
+            base: format!("{scheme}://{addr}"),
+            token: self.token.clone(),
+        }
     }
 
     /// `GET /v1/cluster`.

@@ -51,6 +51,8 @@ pub struct ClientLimits {
     pub requests_in_flight_max: usize,
     /// Longest `?wait=` accepted.
     pub wait_ms_max: u64,
+    /// Most tasks in one page of `GET /v1/tasks` (`?limit=` above it is refused).
+    pub list_page_max: usize,
 }
 
 impl Default for ClientLimits {
@@ -59,6 +61,7 @@ impl Default for ClientLimits {
             request_timeout_ms: 10_000,
             requests_in_flight_max: 10_000,
             wait_ms_max: 60_000,
+            list_page_max: 1_000,
         }
     }
 }
@@ -225,6 +228,7 @@ impl RuntimeConfig {
                 self.client.requests_in_flight_max as u64,
             ),
             ("inputs_per_batch_max", self.inputs_per_batch_max as u64),
+            ("list_page_max", self.client.list_page_max as u64),
         ] {
             if v == 0 {
                 return bad(format!("{what} must be positive"));

@@ -62,11 +62,49 @@ pub enum Control {
         /// What it returned.
         outcome: TaskOutcome,
     },
+    /// List the tasks the node holds (see [`Node::visit_tasks`]).
+    List {
+        /// Start strictly after this id.
+        after: Option<TaskId>,
+        /// Only tasks in this state (by [`cohort_core::TaskState::name`]).
+        state: Option<&'static str>,
+        /// Most tasks in the page.
+        limit: usize,
+        /// Where to send the page.
+        reply: oneshot::Sender<TaskPage>,
+    },
+    /// Count the tasks the node holds by state, and read its protocol
+    /// counters (for `/metrics`).
+    Inspect {
+        /// Where to send them.
+        reply: oneshot::Sender<Inspection>,
+    },
     /// Read the node's own view of its role.
     Status {
         /// Where to send it.
         reply: tokio::sync::oneshot::Sender<cohort_core::NodeStatus>,
     },
+}
+
+/// Most tasks one listing request scans in the core, matching or not.
+pub const LIST_SCAN_MAX: usize = 100_000;
+
+/// A page of a task listing.
+#[derive(Debug, Default)]
+pub struct TaskPage {
+    /// The tasks, ascending by id.
+    pub tasks: Vec<(TaskId, cohort_core::TaskState)>,
+    /// Where the next page starts (`after`), if there may be more.
+    pub next: Option<TaskId>,
+}
+
+/// What `/metrics` reads from the core.
+#[derive(Debug, Default)]
+pub struct Inspection {
+    /// Tasks held, by state name.
+    pub tasks_by_state: BTreeMap<&'static str, u64>,
+    /// [`Node::counters`].
+    pub counters: Vec<(&'static str, u64)>,
 }
 
 pub(crate) struct EventLoop<N: Node> {
@@ -141,6 +179,48 @@ impl<N: Node + Send + 'static> EventLoop<N> {
             }
             Control::Status { reply } => {
                 let _ = reply.send(self.node.status());
+            }
+            Control::List {
+                after,
+                state,
+                limit,
+                reply,
+            } => {
+                let mut page = TaskPage::default();
+                let mut scanned = 0usize;
+                let mut last_scanned = None;
+                self.node.visit_tasks(after, &mut |id, s| {
+                    if scanned == LIST_SCAN_MAX {
+                        // A sparse filter must not hold the event loop for
+                        // a whole scan: the client continues from here.
+                        page.next = last_scanned;
+                        return false;
+                    }
+                    scanned += 1;
+                    last_scanned = Some(id);
+                    if state.is_some_and(|want| want != s.name()) {
+                        return true;
+                    }
+                    if page.tasks.len() == limit {
+                        // One more matching task exists: the page is full.
+                        page.next = page.tasks.last().map(|(id, _)| *id);
+                        return false;
+                    }
+                    page.tasks.push((id, s.clone()));
+                    true
+                });
+                let _ = reply.send(page);
+            }
+            Control::Inspect { reply } => {
+                let mut tasks_by_state = BTreeMap::new();
+                self.node.visit_tasks(None, &mut |_, s| {
+                    *tasks_by_state.entry(s.name()).or_insert(0) += 1;
+                    true
+                });
+                let _ = reply.send(Inspection {
+                    tasks_by_state,
+                    counters: self.node.counters(),
+                });
             }
         }
         self.take_actions();

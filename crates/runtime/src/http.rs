@@ -35,7 +35,7 @@ use crate::handlers::Registry;
 use crate::metrics::Metrics;
 use crate::transport::PeerStatus;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -72,7 +72,7 @@ pub(crate) struct Api {
 pub(crate) fn router(api: Arc<Api>) -> Router {
     let body_max = api.config.peers.limits.payload_bytes_max * 2 + 64 * 1024;
     Router::new()
-        .route("/v1/tasks", axum::routing::post(submit))
+        .route("/v1/tasks", axum::routing::post(submit).get(list_tasks))
         .route("/v1/tasks/{id}", get(get_task).delete(cancel))
         .route("/v1/cluster", get(cluster))
         .route("/v1/health", get(health))
@@ -233,6 +233,35 @@ impl Api {
             ClientError::Overloaded { .. } => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", msg).retry()
             }
+        }
+    }
+
+    /// Asks the event loop for a read of the core (no client request: it
+    /// changes nothing), waiting at most the request timeout.
+    async fn read_core<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Control,
+    ) -> Result<T, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        let timeout = Duration::from_millis(self.config.client.request_timeout_ms);
+        let asked = async {
+            self.control.send(make(tx)).await.ok()?;
+            rx.await.ok()
+        };
+        match tokio::time::timeout(timeout, asked).await {
+            Ok(Some(v)) => Ok(v),
+            Ok(None) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "node is stopping",
+            )
+            .retry()),
+            Err(_) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                "the node did not answer in time",
+            )
+            .retry()),
         }
     }
 
@@ -470,9 +499,11 @@ pub fn state_json(id: TaskId, state: &TaskState) -> serde_json::Value {
 async fn get_task(
     State(api): State<Arc<Api>>,
     Path(id): Path<String>,
-    Query(q): Query<GetQuery>,
+    q: Result<Query<GetQuery>, QueryRejection>,
     uri: axum::http::Uri,
 ) -> Result<Response, ApiError> {
+    let Query(q) =
+        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed", e.body_text()))?;
     let id = parse_id(&id)?;
     // A redirect keeps the query (stale, wait).
     let path = uri
@@ -532,6 +563,76 @@ async fn cancel(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Result<R
     }
 }
 
+/// Query of `GET /v1/tasks`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Only tasks in this state.
+    pub state: Option<String>,
+    /// Start strictly after this id (the previous page's `next`).
+    pub after: Option<String>,
+    /// Most tasks in the page (default 100, at most `list_page_max`).
+    pub limit: Option<usize>,
+}
+
+/// Default page size of `GET /v1/tasks`.
+pub const LIST_PAGE_DEFAULT: usize = 100;
+
+async fn list_tasks(
+    State(api): State<Arc<Api>>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "malformed", m);
+    let Query(q) = q.map_err(|e| bad(e.body_text()))?;
+    let state = match q.state.as_deref() {
+        None => None,
+        Some(s) => Some(
+            cohort_core::TaskState::NAMES
+                .iter()
+                .copied()
+                .find(|n| *n == s)
+                .ok_or_else(|| {
+                    bad(format!(
+                        "unknown state {s:?}; one of {}",
+                        cohort_core::TaskState::NAMES.join(", ")
+                    ))
+                })?,
+        ),
+    };
+    let after = q.after.as_deref().map(parse_id).transpose()?;
+    let max = api.config.client.list_page_max;
+    let limit = q.limit.unwrap_or(LIST_PAGE_DEFAULT.min(max));
+    if limit == 0 || limit > max {
+        return Err(bad(format!("limit must be 1..={max}")));
+    }
+    let page = api
+        .read_core(|reply| Control::List {
+            after,
+            state,
+            limit,
+            reply,
+        })
+        .await?;
+    let status = api.read_core(|reply| Control::Status { reply }).await?;
+    // Whether this node's view covers every task of the cluster: in leader
+    // mode every node applies every task (a follower may lag the leader);
+    // the static coordinator holds them all; a leaderless node holds only
+    // the tasks it replicates, so a full listing merges every member's.
+    let complete = match api.config.mode.as_str() {
+        "leaderless" => false,
+        "static" => status.role == "coordinator",
+        _ => true,
+    };
+    Ok(Json(json!({
+        "node": api.config.peers.id.0,
+        "role": status.role,
+        "complete": complete,
+        "tasks": page.tasks.iter().map(|(id, s)| state_json(*id, s)).collect::<Vec<_>>(),
+        "next": page.next.map(|n| n.to_string()),
+    }))
+    .into_response())
+}
+
 async fn cluster(State(api): State<Arc<Api>>) -> Response {
     let c = &api.config;
     let members: Vec<serde_json::Value> = c
@@ -586,6 +687,22 @@ async fn openapi() -> Response {
 }
 
 async fn metrics(State(api): State<Arc<Api>>) -> Response {
+    // Read from the core at scrape time; a stopping node still answers
+    // with what the runtime itself counted.
+    if let Ok(seen) = api.read_core(|reply| Control::Inspect { reply }).await {
+        for name in cohort_core::TaskState::NAMES {
+            let n = seen.tasks_by_state.get(name).copied().unwrap_or(0);
+            api.metrics
+                .set("cohort_tasks", &format!("state=\"{name}\""), n as i64);
+        }
+        for (event, n) in seen.counters {
+            api.metrics.set_counter(
+                "cohort_protocol_events_total",
+                &format!("event=\"{event}\""),
+                n,
+            );
+        }
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         api.metrics.render(),

@@ -69,6 +69,11 @@ fn help(name: &str) -> &'static str {
         "cohort_timers_pending" => "Timers set by the core and not yet due.",
         "cohort_fsync_seconds" => "Latency of a storage commit including fsync.",
         "cohort_task_run_seconds" => "Run time of task handlers.",
+        "cohort_tasks" => "Tasks this node holds, by state (every task in leader mode, its replicas' in leaderless mode).",
+        "cohort_protocol_events_total" => {
+            "Protocol events counted by the core since boot: elections and leader changes (leader mode), suspicions and down declarations (leaderless mode), by event."
+        }
+        "cohort_shutdowns_total" => "Graceful shutdowns, by whether the hand-over completed or the grace period ran out.",
         _ => "cohort metric.",
     }
 }
@@ -84,6 +89,13 @@ impl Metrics {
     /// Increments counter `name{labels}`.
     pub fn inc(&self, name: &'static str, labels: &str) {
         self.add(name, labels, 1);
+    }
+
+    /// Sets counter `name{labels}` to a count kept elsewhere (the core's
+    /// own counters); such a count only grows, so the counter does too.
+    pub fn set_counter(&self, name: &'static str, labels: &str, value: u64) {
+        let mut g = self.inner.lock().expect("metrics lock");
+        g.counters.insert((name, labels.to_string()), value);
     }
 
     /// Sets gauge `name{labels}`.

@@ -48,6 +48,21 @@ pub(crate) struct Coordinator {
 type Out = Vec<Action<StaticMessage>>;
 
 impl Coordinator {
+    /// See [`cohort_core::Node::visit_tasks`].
+    pub fn visit_tasks(
+        &self,
+        after: Option<TaskId>,
+        visit: &mut dyn FnMut(TaskId, &TaskState) -> bool,
+    ) {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        for (id, rec) in self.tasks.range((from, Bound::Unbounded)) {
+            if !visit(*id, &rec.state) {
+                break;
+            }
+        }
+    }
+
     pub(crate) fn new(peers: Peers, config: StaticConfig, now: Time) -> Coordinator {
         // Every worker starts alive with a full timeout of grace.
         let workers = peers

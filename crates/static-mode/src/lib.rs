@@ -165,6 +165,16 @@ impl Node for StaticNode {
         self.out.drain(..)
     }
 
+    fn visit_tasks(
+        &self,
+        after: Option<TaskId>,
+        visit: &mut dyn FnMut(TaskId, &cohort_core::TaskState) -> bool,
+    ) {
+        if let Some(c) = &self.coordinator {
+            c.visit_tasks(after, visit);
+        }
+    }
+
     fn id(&self) -> NodeId {
         self.peers.id
     }

@@ -90,6 +90,7 @@ impl RaftNode {
         assert!(self.membership.is_voter(self.id), "only voters campaign");
         assert_ne!(self.role, Role::Leader, "a leader does not campaign");
         self.role = Role::PreCandidate;
+        self.counters.pre_votes_started += 1;
         self.leader = None;
         self.votes.clear();
         self.votes.insert(self.id, true);
@@ -114,6 +115,7 @@ impl RaftNode {
     pub(super) fn campaign(&mut self, now: Time, transfer: bool) {
         assert!(self.membership.is_voter(self.id), "only voters campaign");
         self.role = Role::Candidate;
+        self.counters.elections_started += 1;
         self.term += 1;
         self.vote = Some(self.id);
         self.leader = None;
@@ -226,7 +228,8 @@ impl RaftNode {
         );
         assert_eq!(self.vote, Some(self.id), "a leader voted for itself");
         self.role = Role::Leader;
-        self.leader = Some(self.id);
+        self.counters.terms_led += 1;
+        self.leader_heard(self.id);
         self.votes.clear();
         self.ready.leadership_changed = true;
         self.progress.clear();

@@ -313,6 +313,19 @@ pub struct Boot {
     pub committed: Vec<Entry>,
 }
 
+/// What this node's Raft has done since boot, for operators' metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RaftCounters {
+    /// Pre-vote rounds started (election timeouts that fired).
+    pub pre_votes_started: u64,
+    /// Real elections started (a pre-vote won, or a transfer).
+    pub elections_started: u64,
+    /// Terms in which this node became leader.
+    pub terms_led: u64,
+    /// Times the leader this node knows of changed to another node.
+    pub leader_changes_seen: u64,
+}
+
 /// A snapshot of the node for checkers and operators.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RaftStatus {
@@ -397,6 +410,9 @@ pub struct RaftNode {
     term_start_index: u64,
     reads: read_index::ReadQueue,
     transfer: Option<transfer::Transfer>,
+    counters: RaftCounters,
+    /// The leader last heard of, for [`RaftCounters::leader_changes_seen`].
+    leader_seen: Option<NodeId>,
     incoming_snapshot: Option<(SnapshotMeta, Vec<u8>)>,
     /// The `now` of the latest input.
     clock: Time,
@@ -468,6 +484,8 @@ impl RaftNode {
             term_start_index: 0,
             reads: read_index::ReadQueue::default(),
             transfer: None,
+            counters: RaftCounters::default(),
+            leader_seen: None,
             incoming_snapshot: None,
             clock: now,
             ready: Ready::default(),
@@ -697,6 +715,20 @@ impl RaftNode {
     }
 
     /// Votes needed for a quorum of the current voters.
+    /// What this node's Raft has done since boot.
+    pub fn counters(&self) -> RaftCounters {
+        self.counters
+    }
+
+    /// Records that `leader` is now the leader this node knows of.
+    fn leader_heard(&mut self, leader: NodeId) {
+        self.leader = Some(leader);
+        if self.leader_seen != Some(leader) {
+            self.leader_seen = Some(leader);
+            self.counters.leader_changes_seen += 1;
+        }
+    }
+
     fn quorum(&self) -> usize {
         self.membership.voters.len() / 2 + 1
     }

@@ -220,7 +220,7 @@ impl RaftNode {
         if self.role != Role::Follower {
             self.become_follower(now, self.term, Some(from));
         }
-        self.leader = Some(from);
+        self.leader_heard(from);
         self.leader_contact = Some(now);
         self.reset_election_deadline(now);
         let outcome = self.append_entries(prev_index, prev_term, entries, leader_commit);

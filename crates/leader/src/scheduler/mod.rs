@@ -117,6 +117,16 @@ impl Scheduler {
         self.tasks.get(&id)
     }
 
+    /// Tasks in ascending id order, strictly after `after`.
+    pub fn tasks_after(
+        &self,
+        after: Option<TaskId>,
+    ) -> impl Iterator<Item = (&TaskId, &TaskRecord)> + '_ {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.tasks.range((from, Bound::Unbounded))
+    }
+
     /// Number of tasks not yet final.
     pub fn active(&self) -> usize {
         self.tasks.len() - self.finished.len()

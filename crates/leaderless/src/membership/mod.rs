@@ -97,6 +97,7 @@ pub struct Membership {
     last_announce: BTreeMap<NodeId, Time>,
     /// Down notifications: `(node, when)`, for tests and measurements.
     downs: Vec<(NodeId, Time)>,
+    counters: SwimCounters,
     /// Counters, for reports.
     swim_errors: u64,
     /// Lifeguard's local health multiplier: 0 is healthy; SWIM timeouts
@@ -168,6 +169,7 @@ impl Membership {
             next_token: SWIM_TOKEN_BASE,
             last_announce: BTreeMap::new(),
             downs: Vec::new(),
+            counters: SwimCounters::default(),
             swim_errors: 0,
             local_health: 0,
             probe_period: Duration::from_millis(config.swim_probe_period_ms),
@@ -248,6 +250,11 @@ impl Membership {
     /// This node's current SWIM identity.
     pub fn identity(&self) -> SwimId {
         *self.foca.identity()
+    }
+
+    /// What SWIM did at this node since boot.
+    pub fn counters(&self) -> SwimCounters {
+        self.counters
     }
 
     /// The last [`DOWNS_KEPT_MAX`] down notifications, with when they came.
@@ -359,16 +366,21 @@ impl Membership {
         while let Some(n) = self.runtime.to_notify() {
             match n {
                 OwnedNotification::ProbeFailed(..) => {
+                    self.counters.suspicions_raised += 1;
                     self.probe_failed_in_cycle = true;
                     self.raise_local_health();
                 }
                 OwnedNotification::MemberDown(id) => {
+                    self.counters.members_declared_down += 1;
                     if self.downs.len() >= DOWNS_KEPT_MAX {
                         self.downs.remove(0);
                     }
                     self.downs.push((id.node, now));
                 }
                 OwnedNotification::Rejoin(id) => {
+                    // The cluster declared this live node down: a false
+                    // positive, seen from its victim.
+                    self.counters.declared_down_while_alive += 1;
                     // A later boot must start above this generation.
                     out.push(Action::Persist(vec![StoreOp::Put {
                         key: GENERATION_KEY.to_vec(),
@@ -379,6 +391,18 @@ impl Membership {
             }
         }
     }
+}
+
+/// What SWIM did at this node since boot, for operators' metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SwimCounters {
+    /// Probes of a member that went unanswered (the member turns suspect).
+    pub suspicions_raised: u64,
+    /// Members this node learned were declared down.
+    pub members_declared_down: u64,
+    /// Times this node, alive, learned the cluster had declared it down and
+    /// rejoined under a new identity: false positives about itself.
+    pub declared_down_while_alive: u64,
 }
 
 /// A SWIM packet on its way out.
