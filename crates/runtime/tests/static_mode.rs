@@ -2,15 +2,14 @@
 //! coordinator, typed 503 when its API address is unknown, long-polls.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
-use cohort_core::{Limits, NodeId, Peers};
+mod real;
+
+use cohort_core::NodeId;
 use cohort_runtime::client::Client;
 use cohort_runtime::http::SubmitBody;
-use cohort_runtime::{Listeners, NodeOptions, Registry, RunningNode, RuntimeConfig};
+use cohort_runtime::RunningNode;
 use cohort_static::{StaticConfig, StaticNode};
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
 
 fn body(kind: &str, payload: &str) -> SubmitBody {
     SubmitBody {
@@ -24,44 +23,13 @@ fn body(kind: &str, payload: &str) -> SubmitBody {
 }
 
 async fn static_cluster(dir: &std::path::Path) -> Vec<RunningNode> {
-    let mut listeners = BTreeMap::new();
-    let mut peer_addrs: BTreeMap<NodeId, SocketAddr> = BTreeMap::new();
-    let mut http_addrs = BTreeMap::new();
-    for i in 1..=3 {
-        let peer = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        peer_addrs.insert(NodeId(i), peer.local_addr().unwrap());
-        http_addrs.insert(NodeId(i), http.local_addr().unwrap());
-        listeners.insert(NodeId(i), (peer, http));
-    }
-    let mut nodes = Vec::new();
-    for (id, (peer, http)) in listeners {
-        let peers = Peers::new(id, peer_addrs.keys().copied(), 2, Limits::default()).unwrap();
-        let others = peer_addrs
-            .iter()
-            .filter(|(k, _)| **k != id)
-            .map(|(k, v)| (*k, *v))
-            .collect();
-        let mut config = RuntimeConfig::new("static-test", "static", peers, others, dir);
+    real::cluster_with::<StaticNode>(dir, 3, "static", StaticConfig::default(), |id, c| {
         // Node 3 does not know where the others' APIs are.
-        if id != NodeId(3) {
-            config.http_addrs = http_addrs.clone();
+        if id == NodeId(3) {
+            c.http_addrs.clear();
         }
-        let options = NodeOptions {
-            registry: Registry::with_builtins(false),
-            ..NodeOptions::default()
-        };
-        let node = cohort_runtime::start::<StaticNode>(
-            config,
-            StaticConfig::default(),
-            options,
-            Listeners { peer, http },
-        )
-        .await
-        .unwrap();
-        nodes.push(node);
-    }
-    nodes
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,6 +17,20 @@ pub async fn cluster<N: Node + Send + 'static>(
     mode_config: N::Config,
     grace_ms: u64,
 ) -> Vec<RunningNode> {
+    cluster_with::<N>(dir, n, mode, mode_config, |_, c| {
+        c.shutdown_grace_ms = grace_ms
+    })
+    .await
+}
+
+/// [`cluster`], with `tweak` applied to each node's configuration last.
+pub async fn cluster_with<N: Node + Send + 'static>(
+    dir: &std::path::Path,
+    n: u64,
+    mode: &str,
+    mode_config: N::Config,
+    tweak: impl Fn(NodeId, &mut RuntimeConfig),
+) -> Vec<RunningNode> {
     let mut listeners = BTreeMap::new();
     let mut peer_addrs: BTreeMap<NodeId, SocketAddr> = BTreeMap::new();
     let mut http_addrs = BTreeMap::new();
@@ -37,7 +51,7 @@ pub async fn cluster<N: Node + Send + 'static>(
             .collect();
         let mut config = RuntimeConfig::new(format!("{mode}-test"), mode, peers, others, dir);
         config.http_addrs = http_addrs.clone();
-        config.shutdown_grace_ms = grace_ms;
+        tweak(id, &mut config);
         let options = NodeOptions {
             registry: Registry::with_builtins(false),
             rng_seed: Some(id.0),
