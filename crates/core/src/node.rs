@@ -71,6 +71,15 @@ pub trait Node: Sized {
         Vec::new()
     }
 
+    /// The connection from `peer` closed: its process most likely died (the
+    /// kernel closes a dead process's sockets at once) or restarted. A hint
+    /// to act on sooner than a timeout would, never a fact: a partition
+    /// closes nothing, and a closed connection may be a quick restart. The
+    /// default ignores it.
+    fn handle_peer_lost(&mut self, now: Time, peer: NodeId) {
+        let _ = (now, peer);
+    }
+
     /// A graceful shutdown begins: hand over whatever can be handed over
     /// (a leader transfers leadership). The driver keeps feeding the node
     /// its inputs until [`Node::shutdown_ready`] or its grace period ends.

@@ -389,6 +389,12 @@ impl Node for LeaderNode {
         }
     }
 
+    fn handle_peer_lost(&mut self, now: Time, peer: NodeId) {
+        self.now = self.now.max(now);
+        self.raft.peer_lost(self.now, peer);
+        self.after_input();
+    }
+
     fn counters(&self) -> Vec<(&'static str, u64)> {
         let c = self.raft.counters();
         vec![

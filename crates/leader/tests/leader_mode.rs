@@ -496,6 +496,56 @@ fn graceful_shutdown_hands_leadership_over() {
     assert_eq!(c.leader(), Some(target));
 }
 
+/// Time from crashing the leader to a new leader, in ms.
+fn failover_ms(seed: u64, connections_close: bool) -> u64 {
+    let mut c = Cluster::new(seed, 5, cfg());
+    let l = c.elect(3_000);
+    c.run_for(500);
+    let crashed_at = c.now;
+    c.crash(l);
+    if connections_close {
+        for id in ids(5) {
+            c.lose_connection(id, l);
+        }
+    }
+    let nl = c.elect(3_000);
+    assert_ne!(nl, l);
+    c.now.saturating_since(crashed_at).as_millis() as u64
+}
+
+#[test]
+fn followers_that_see_the_leaders_connection_close_elect_before_an_election_timeout() {
+    let min = cfg().get().election_timeout_ms_min;
+    let heartbeat = cfg().get().heartbeat_interval_ms;
+    for seed in 0..20 {
+        // Without the hint nobody campaigns before `min` after the last
+        // heartbeat, which came at most one interval before the crash.
+        let slow = failover_ms(seed, false);
+        assert!(slow >= min - heartbeat, "seed {seed}: {slow} ms");
+        // With it, a follower campaigns within one heartbeat interval.
+        let fast = failover_ms(seed, true);
+        assert!(
+            fast < min - heartbeat,
+            "seed {seed}: {fast} ms (without: {slow} ms)"
+        );
+    }
+}
+
+#[test]
+fn a_connection_closing_under_a_live_leader_deposes_nobody() {
+    let mut c = Cluster::new(14, 5, cfg());
+    let l = c.elect(3_000);
+    c.run_for(500);
+    let term = c.node(l).raft_status().term;
+    // One follower's connection from the leader resets, the leader is fine:
+    // its pre-vote is refused by the others, who still hear the leader.
+    let f = ids(5).into_iter().find(|id| *id != l).unwrap();
+    c.lose_connection(f, l);
+    c.run_for(2_000);
+    assert_eq!(c.leader(), Some(l));
+    assert_eq!(c.node(l).raft_status().term, term);
+}
+
 #[test]
 fn invalid_config_is_refused_up_front() {
     let bad = LeaderConfig {

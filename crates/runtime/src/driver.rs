@@ -262,6 +262,7 @@ impl<N: Node + Send + 'static> EventLoop<N> {
         mut self,
         mut control_rx: mpsc::Receiver<Control>,
         mut peer_rx: mpsc::Receiver<(NodeId, N::Message)>,
+        mut lost_rx: mpsc::Receiver<NodeId>,
     ) -> Result<(), RuntimeError> {
         // Boot left its first actions in the node.
         self.take_actions();
@@ -305,6 +306,12 @@ impl<N: Node + Send + 'static> EventLoop<N> {
                 }
                 Some(c) = control_rx.recv() => self.input_control(c),
                 Some((from, m)) = peer_rx.recv() => self.input_message(from, m),
+                Some(peer) = lost_rx.recv() => {
+                    self.metrics.inc("cohort_inputs_total", "kind=\"peer_lost\"");
+                    let now = self.now();
+                    self.node.handle_peer_lost(now, peer);
+                    self.take_actions();
+                }
                 _ = sleep_until_opt(deadline) => {}
             }
             let mut taken = 1;

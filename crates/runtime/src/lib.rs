@@ -223,11 +223,15 @@ pub async fn start<N: Node + Send + 'static>(
     let (peer_tx, peer_rx) = mpsc::channel(config.transport.inbound_queue_len_max);
     let outbound = transport::start_outbound(&config, metrics.clone(), stop_rx.clone());
     let peer_status = outbound.status.clone();
+    // Small: a lost connection is a hint, and a burst of them says no more
+    // than the first few.
+    let (lost_tx, lost_rx) = mpsc::channel(64);
     let inbound = tokio::spawn(transport::run_inbound::<N::Message>(
         listeners.peer,
         config.clone(),
         metrics.clone(),
         peer_tx.clone(),
+        lost_tx,
         stop_rx.clone(),
     ));
     let registry = Arc::new(options.registry);
@@ -253,7 +257,7 @@ pub async fn start<N: Node + Send + 'static>(
         batch: Vec::new(),
         loopback: peer_tx,
     };
-    let event_loop = tokio::spawn(event_loop.run(control_rx, peer_rx));
+    let event_loop = tokio::spawn(event_loop.run(control_rx, peer_rx, lost_rx));
     let api = Arc::new(http::Api {
         config: config.clone(),
         metrics: metrics.clone(),

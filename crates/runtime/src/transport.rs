@@ -385,6 +385,7 @@ pub async fn run_inbound<M: DeserializeOwned + Serialize + Send + 'static>(
     config: Arc<RuntimeConfig>,
     metrics: Arc<Metrics>,
     deliver: mpsc::Sender<(NodeId, M)>,
+    lost: mpsc::Sender<NodeId>,
     mut stop: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(Semaphore::new(config.transport.inbound_connections_max));
@@ -412,11 +413,12 @@ pub async fn run_inbound<M: DeserializeOwned + Serialize + Send + 'static>(
         let config = config.clone();
         let metrics = metrics.clone();
         let deliver = deliver.clone();
+        let lost = lost.clone();
         let mut stop = stop.clone();
         tokio::spawn(async move {
             let _permit = permit;
             tokio::select! {
-                (reason, why) = accept_inbound(stream, &config, &metrics, &deliver) => {
+                (reason, why) = accept_inbound(stream, &config, &metrics, &deliver, &lost) => {
                     metrics.inc("cohort_peer_connections_rejected_total", &format!("reason=\"{reason}\""));
                     if reason == "closed" {
                         tracing::debug!(%remote, "peer connection closed: {why}");
@@ -437,11 +439,12 @@ async fn accept_inbound<M: DeserializeOwned + Serialize>(
     config: &RuntimeConfig,
     metrics: &Metrics,
     deliver: &mpsc::Sender<(NodeId, M)>,
+    lost: &mpsc::Sender<NodeId>,
 ) -> (&'static str, String) {
     let _ = tcp.set_nodelay(true);
     let deadline = tokio::time::Instant::now() + config.handshake_timeout();
     match &config.security.peer_tls {
-        None => serve_inbound(tcp, None, deadline, config, metrics, deliver).await,
+        None => serve_inbound(tcp, None, deadline, config, metrics, deliver, lost).await,
         Some(tls) => match tokio::time::timeout_at(deadline, tls.acceptor.accept(tcp)).await {
             Err(_) => ("handshake_timeout", "no TLS handshake in time".into()),
             Ok(Err(e)) => ("tls_refused", format!("TLS handshake failed: {e}")),
@@ -455,7 +458,7 @@ async fn accept_inbound<M: DeserializeOwned + Serialize>(
                 match cert {
                     None => ("tls_refused", "no client certificate".into()),
                     Some(cert) => {
-                        serve_inbound(s, Some(cert), deadline, config, metrics, deliver).await
+                        serve_inbound(s, Some(cert), deadline, config, metrics, deliver, lost).await
                     }
                 }
             }
@@ -472,6 +475,7 @@ async fn serve_inbound<M: DeserializeOwned + Serialize>(
     config: &RuntimeConfig,
     metrics: &Metrics,
     deliver: &mpsc::Sender<(NodeId, M)>,
+    lost: &mpsc::Sender<NodeId>,
 ) -> (&'static str, String) {
     let hello =
         tokio::time::timeout_at(deadline, read_frame(&mut stream, HANDSHAKE_BYTES_MAX)).await;
@@ -544,7 +548,13 @@ async fn serve_inbound<M: DeserializeOwned + Serialize>(
                     format!("{from} sent a frame of {size_bytes} bytes, limit {limit_bytes}"),
                 )
             }
-            Err(FrameError::Io(e)) => return ("closed", e.to_string()),
+            Err(FrameError::Io(e)) => {
+                // An accepted peer's connection ended: most likely its
+                // process died. Tell the core (a hint; dropped if the
+                // event loop is behind, as a timeout covers it anyway).
+                let _ = lost.try_send(from);
+                return ("closed", e.to_string());
+            }
         };
         metrics.add(
             "cohort_peer_bytes_received_total",

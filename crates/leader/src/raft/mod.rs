@@ -537,6 +537,35 @@ impl RaftNode {
         }
     }
 
+    /// The transport saw `peer`'s connection close. If `peer` is the
+    /// leader this node follows, it most likely died: drop the lease and
+    /// campaign soon instead of after a whole election timeout. Every
+    /// follower sees the close at about the same time, so random delays
+    /// would often start two elections at once and split the vote; the
+    /// delay is instead this node's rank among the other voters (by id)
+    /// times half a heartbeat interval, so the lowest-ranked voter goes
+    /// first and the next only if it has not won by then. Pre-vote still
+    /// protects a leader that is alive: a peer that still hears from it
+    /// refuses.
+    pub fn peer_lost(&mut self, now: Time, peer: NodeId) {
+        self.clock = self.clock.max(now);
+        if self.role != Role::Follower || self.leader != Some(peer) {
+            return;
+        }
+        self.leader = None;
+        self.leader_contact = None;
+        let rank = self
+            .membership
+            .voters
+            .iter()
+            .filter(|v| **v != peer && **v < self.id)
+            .count() as u64;
+        let spacing_ms = (self.cfg.heartbeat_interval_ms / 2).max(1);
+        self.election_deadline = self
+            .election_deadline
+            .min(now + Duration::from_millis(rank * spacing_ms));
+    }
+
     /// Handles one message from `from`.
     pub fn step(&mut self, now: Time, from: NodeId, msg: RaftMsg) {
         self.clock = self.clock.max(now);

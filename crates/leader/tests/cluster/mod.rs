@@ -124,6 +124,18 @@ impl Cluster {
         self.paused.remove(&id);
     }
 
+    /// `to`'s transport sees the connection from `from` close (what the
+    /// kernel does when `from`'s process dies).
+    pub fn lose_connection(&mut self, to: NodeId, from: NodeId) {
+        if !self.is_up(to) {
+            return;
+        }
+        let now = self.now;
+        let node = self.nodes.get_mut(&to).unwrap().as_mut().unwrap();
+        node.handle_peer_lost(now, from);
+        self.drain(to);
+    }
+
     pub fn restart(&mut self, id: NodeId) {
         assert!(self.nodes[&id].is_none());
         self.start(id);

@@ -77,6 +77,14 @@ impl<N: Node> Sim<'_, N> {
         slot.held.clear();
         let inc = slot.inc;
         self.schedule_in(down_us, Event::Restart { node: i, inc });
+        // The dead process's connections close: each live peer sees it
+        // after what was already on the wire (unless the link is cut).
+        for j in 0..self.slots.len() {
+            if j != i && self.slots[j].node.is_some() {
+                let at = self.link_arrival(i, j);
+                self.schedule(at, Event::PeerLost { from: i, to: j });
+            }
+        }
     }
 
     pub(super) fn on_pause(&mut self) {

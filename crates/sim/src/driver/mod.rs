@@ -35,6 +35,12 @@ enum Event {
         to: usize,
         bytes: Vec<u8>,
     },
+    /// The connection from `from` closes at `to` (`from` crashed): what a
+    /// kernel does for a dead process, after whatever `from` sent before.
+    PeerLost {
+        from: usize,
+        to: usize,
+    },
     Timer {
         node: usize,
         inc: u64,
@@ -97,7 +103,7 @@ impl Event {
     /// The node an event is handed to, for events a node handles.
     fn node_bound(&self) -> Option<usize> {
         match self {
-            Event::Deliver { to, .. } => Some(*to),
+            Event::Deliver { to, .. } | Event::PeerLost { to, .. } => Some(*to),
             Event::Timer { node, .. }
             | Event::TaskDone { node, .. }
             | Event::FsyncDone { node, .. }
@@ -180,6 +186,7 @@ const TAG_RESPONSE: u8 = 6;
 const TAG_CLIENT: u8 = 7;
 const TAG_FAULT: u8 = 8;
 const TAG_DROP: u8 = 9;
+const TAG_PEER_LOST: u8 = 10;
 const TAG_PERSIST: u8 = 16;
 const TAG_SEND: u8 = 17;
 const TAG_EXECUTE: u8 = 18;
@@ -511,6 +518,7 @@ impl<'a, N: Node> Sim<'a, N> {
             Event::Heal => self.on_heal(),
             Event::Scripted { index } => self.on_scripted(index),
             Event::Deliver { .. }
+            | Event::PeerLost { .. }
             | Event::Timer { .. }
             | Event::TaskDone { .. }
             | Event::FsyncDone { .. }
@@ -526,7 +534,7 @@ impl<'a, N: Node> Sim<'a, N> {
             Some("down")
         } else if event.incarnation().is_some_and(|inc| inc != slot.inc) {
             Some("from an earlier incarnation")
-        } else if matches!(&event, Event::Deliver { from, to, .. } if self.blocked[from * self.cfg.nodes + to])
+        } else if matches!(&event, Event::Deliver { from, to, .. } | Event::PeerLost { from, to } if self.blocked[from * self.cfg.nodes + to])
         {
             Some("link cut")
         } else {
@@ -564,6 +572,12 @@ impl<'a, N: Node> Sim<'a, N> {
                 self.line(|| format!("{now} {id} <- n{} {msg:?}", from + 1));
                 let from = self.slots[from].id;
                 self.node_mut(i).handle_message(now, from, msg);
+            }
+            Event::PeerLost { from, .. } => {
+                let from = self.slots[from].id;
+                self.hash_event(TAG_PEER_LOST, id.0, &from.0.to_le_bytes());
+                self.line(|| format!("{now} {id} lost the connection from {from}"));
+                self.node_mut(i).handle_peer_lost(now, from);
             }
             Event::Timer { token, .. } => {
                 self.hash_event(TAG_TIMER, id.0, &token.0.to_le_bytes());
