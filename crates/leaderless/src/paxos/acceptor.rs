@@ -96,6 +96,7 @@ mod tests {
                 max_attempts: 1,
             },
             replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
+            ring_epoch: 0,
         })
     }
 
@@ -116,13 +117,15 @@ mod tests {
             epoch: Epoch(epoch),
             attempts: 0,
             runner_boot: 0,
+            replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
+            ring_epoch: 0,
         }
     }
 
     #[test]
     fn an_acceptor_never_accepts_below_its_promise() {
         let mut r = rec();
-        let init = TaskValue::initial();
+        let init = TaskValue::initial(&rec().header);
         assert_eq!(
             on_prepare(&mut r, 0, &init, b(2, 2)),
             (PrepareReply::Promise(None), true)
@@ -155,7 +158,7 @@ mod tests {
         assert_eq!(reply, PrepareReply::Promise(None));
         assert_eq!((r.version, &r.value), (1, &v1));
         assert_eq!(
-            on_prepare(&mut r, 0, &TaskValue::initial(), b(9, 9)),
+            on_prepare(&mut r, 0, &TaskValue::initial(&rec().header), b(9, 9)),
             (PrepareReply::Ahead(1, v1.clone()), false)
         );
         assert_eq!(
