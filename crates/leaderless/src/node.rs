@@ -248,8 +248,12 @@ impl LeaderlessNode {
             key: record_key(id),
             value: encode(rec),
         }]));
-        // A record kept after its task moved away is history: no claims.
-        if rec.value.state.is_final() || !rec.is_replica(self.peers.id) {
+        // A record that arrives or changes placed under an older ring
+        // wants a move: the rebalancing scan runs again.
+        if rec.value.ring_epoch < self.ring.ring.epoch {
+            self.rebalanced_epoch = None;
+        }
+        if !is_active(rec, self.peers.id) {
             self.active.remove(&id);
         } else {
             self.active.insert(id);
@@ -960,7 +964,11 @@ impl LeaderlessNode {
                     if !lost {
                         continue;
                     }
-                    Intent::Reclaim { owner: node, epoch }
+                    if rec.is_replica(me) {
+                        Intent::Reclaim { owner: node, epoch }
+                    } else {
+                        Intent::Release { epoch }
+                    }
                 }
                 TaskState::Running { node, epoch }
                     if !self.membership.is_live(node) && first_live == Some(me) && room > 0 =>
@@ -1445,6 +1453,16 @@ impl LeaderlessNode {
     }
 }
 
+/// Whether `me` has anything to do about the record: a task not final of
+/// which it is a replica, or one it runs (a node removed from the ring
+/// finishes, or releases, what it was running). A record kept after its
+/// task moved away is otherwise history.
+fn is_active(rec: &Record, me: NodeId) -> bool {
+    !rec.value.state.is_final()
+        && (rec.is_replica(me)
+            || matches!(rec.value.state, TaskState::Running { node, .. } if node == me))
+}
+
 /// The notes for the chosen transition `old` → `new` of `task`.
 fn transition_notes(task: TaskId, old: &TaskValue, new: &TaskValue) -> Vec<Note> {
     let mut notes = Vec::new();
@@ -1462,7 +1480,11 @@ fn transition_notes(task: TaskId, old: &TaskValue, new: &TaskValue) -> Vec<Note>
         (TaskState::Running { epoch, .. }, TaskState::Pending) => notes.push(Note::Superseded {
             task,
             epoch: *epoch,
-            reason: SupersedeReason::AttemptFailed,
+            reason: if new.attempts > old.attempts {
+                SupersedeReason::AttemptFailed
+            } else {
+                SupersedeReason::RunnerDeclaredDead // released
+            },
         }),
         _ => {}
     }
@@ -1509,7 +1531,7 @@ impl Node for LeaderlessNode {
                     .try_into()
                     .expect("16-byte task id"),
             ));
-            if !rec.value.state.is_final() && rec.is_replica(peers.id) {
+            if is_active(&rec, peers.id) {
                 active.insert(id);
             }
             records.insert(id, rec);

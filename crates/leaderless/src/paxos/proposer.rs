@@ -34,6 +34,14 @@ pub enum Intent {
     },
     /// Any state not final → `Cancelled`.
     Cancel,
+    /// `Running { me, epoch }` → `Pending` (attempts unchanged): this node
+    /// lost the execution (it restarted) and is no longer one of the
+    /// task's replicas (it was removed from the ring), so a replica claims
+    /// it instead.
+    Release {
+        /// This node's lost assignment.
+        epoch: Epoch,
+    },
     /// Any state → the same state on the task's replicas under a newer
     /// ring (`ring_epoch`), if it is not on them already. Chosen by the old
     /// replicas' majority; later instances run among `replicas`.
@@ -94,6 +102,14 @@ impl Intent {
                 };
                 Some(TaskValue {
                     state,
+                    ..base.clone()
+                })
+            }
+            (Intent::Release { epoch }, TaskState::Running { node, epoch: e })
+                if *node == me && e == epoch =>
+            {
+                Some(TaskValue {
+                    state: TaskState::Pending,
                     ..base.clone()
                 })
             }
