@@ -113,6 +113,9 @@ pub struct LeaderlessNode {
     /// Claims this node started for tasks whose preferred live replica was
     /// full (work stealing).
     steals: u64,
+    /// Submits looking their task up first (the ring changed), by request.
+    /// At most one per operation in flight (`requests_in_flight_max`).
+    submit_lookups: BTreeMap<RequestId, Task>,
     /// Where the anti-entropy scan goes on from.
     anti_entropy_cursor: Option<TaskId>,
     out: Out,
@@ -302,13 +305,24 @@ impl LeaderlessNode {
                 }),
             );
         }
-        let replicas = self.replicas_of(id);
-        let w = self.config.write_quorum_for(replicas.len());
+        if self.ring.ring.epoch > 0 {
+            // The task may live on its replicas under an earlier ring (not
+            // moved yet): look it up first, create it only if nobody has it.
+            self.submit_lookups.insert(request, task);
+            return self.quorum_read(now, request, id, ReadPurpose::Submit);
+        }
         let header = TaskHeader {
+            replicas: self.replicas_of(id),
             task,
-            replicas: replicas.clone(),
             ring_epoch: self.ring.ring.epoch,
         };
+        self.write(now, request, id, header);
+    }
+
+    /// Writes `header` to its replicas; the client is answered after `W`.
+    fn write(&mut self, now: Time, request: RequestId, id: TaskId, header: TaskHeader) {
+        let replicas = header.replicas.clone();
+        let w = self.config.write_quorum_for(replicas.len());
         let op = self.ops.insert(Op::Submit {
             request,
             id,
@@ -389,6 +403,31 @@ impl LeaderlessNode {
         purpose: ReadPurpose,
         best: Option<ReadState>,
     ) {
+        if purpose == ReadPurpose::Submit {
+            let Some(task) = self.submit_lookups.remove(&request) else {
+                return; // answered already (expired)
+            };
+            return match best {
+                None => {
+                    let header = TaskHeader {
+                        replicas: self.replicas_of(id),
+                        task,
+                        ring_epoch: self.ring.ring.epoch,
+                    };
+                    self.write(now, request, id, header)
+                }
+                Some(found) if found.header.task != task => {
+                    self.reply(request, Err(ClientError::IdConflict { id }))
+                }
+                // Past version 0 a value was chosen: a majority holds it.
+                Some(found) if found.version > 0 => {
+                    self.reply(request, Ok(ClientResponse::Accepted { id }))
+                }
+                // Make sure `W` of its own replicas hold it, with the same
+                // header: the same version-0 value, one record.
+                Some(found) => self.write(now, request, id, found.header),
+            };
+        }
         let Some(ReadState {
             header,
             version,
@@ -399,6 +438,7 @@ impl LeaderlessNode {
             return self.reply(request, Err(ClientError::NotFound { id }));
         };
         match purpose {
+            ReadPurpose::Submit => unreachable!("answered above"),
             ReadPurpose::Get if !in_doubt => self.reply(
                 request,
                 Ok(ClientResponse::State {
@@ -476,14 +516,6 @@ impl LeaderlessNode {
         }
         let same = match self.records.get(&id) {
             Some(rec) => rec.header.task == header.task,
-            None if header.ring_epoch < self.ring.ring.epoch => {
-                // Placed under an older ring: no new task is created there
-                // (it would miss the moves of that ring's tasks). The
-                // coordinator learns the ring; its client retries.
-                let ring = self.ring.ring.clone();
-                self.send(from, LeaderlessMessage::RingLearn { ring });
-                return;
-            }
             None => {
                 if self.active.len() >= self.peers.limits.tasks_active_max {
                     return; // full: the coordinator times out, retryable
@@ -552,6 +584,7 @@ impl LeaderlessNode {
                 promised,
             },
             PrepareReply::Ahead(version, value) => LeaderlessMessage::Ahead { id, version, value },
+            PrepareReply::Foreign => return,
         };
         self.send(from, msg);
     }
@@ -856,6 +889,7 @@ impl LeaderlessNode {
             let request = match op {
                 Op::Submit { request, .. } | Op::Read { request, .. } => request,
             };
+            self.submit_lookups.remove(&request);
             self.reply(
                 request,
                 Err(Self::unavailable("too few replicas answered in time")),
@@ -1567,6 +1601,7 @@ impl Node for LeaderlessNode {
             read_waiters: BTreeMap::new(),
             loopback: VecDeque::new(),
             anti_entropy_cursor: None,
+            submit_lookups: BTreeMap::new(),
             steals: 0,
             out: Vec::new(),
         };

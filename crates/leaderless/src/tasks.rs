@@ -14,6 +14,10 @@ pub enum ReadPurpose {
     Get,
     /// The first half of a `Cancel`: find the latest value, then propose.
     Cancel,
+    /// The first half of a `Submit` once the ring has changed: find the
+    /// task wherever it lives before creating it (so a resubmit under a
+    /// newer ring does not start a second record on other replicas).
+    Submit,
 }
 
 /// One client operation waiting on replicas.

@@ -729,3 +729,47 @@ fn a_ring_change_is_refused_for_an_unknown_node_and_a_no_op_when_already_reflect
         == vec![NodeId(1), NodeId(2), NodeId(3)])));
     assert_eq!(sim.node(NodeId(3)).ring().epoch, 2);
 }
+
+#[test]
+fn a_resubmit_under_a_newer_ring_before_the_task_moved_finds_it_and_creates_no_second_record() {
+    let mut sim = Sim::new(38, 6, ring_of(5));
+    sim.run_for(1_000);
+    sim.handlers.run_ms = (2_000, 3_000);
+    let ids: Vec<_> = (0..30).map(|i| tid(38_000 + i)).collect();
+    let first: Vec<_> = ids
+        .iter()
+        .map(|&id| sim.submit(NodeId(1), id, b"x"))
+        .collect();
+    sim.run_for(100);
+    assert!(first.iter().all(|&r| accepted(&sim, r)));
+    sim.with_node(NodeId(2), |n, now| {
+        n.propose_ring_change(now, RingChange::Add(NodeId(6)))
+    })
+    .expect("started");
+    // The moment the ring change is known at n2, before the moves.
+    assert!(sim.run_until(1_000, |s| s.node(NodeId(2)).ring().epoch == 1));
+    let again: Vec<_> = ids
+        .iter()
+        .map(|&id| sim.submit(NodeId(2), id, b"x"))
+        .collect();
+    let other = sim.submit(NodeId(2), ids[0], b"different");
+    assert!(sim.run_until(1_000, |s| again.iter().all(|&r| s.reply(r).is_some())));
+    for &r in &again {
+        assert!(accepted(&sim, r), "{:?}", sim.reply(r));
+    }
+    assert_eq!(
+        sim.reply(other),
+        Some(&Err(ClientError::IdConflict { id: ids[0] }))
+    );
+    // The harness checked one value per version (a second record created on
+    // n6 under the new placement would differ at version 0).
+    assert!(sim.run_until(10_000, |s| ids.iter().all(|&id| s.decided(id).is_some())));
+    for &id in &ids {
+        assert_eq!(sim.executions_of(id).len(), 1, "{id:?}");
+    }
+    let moved_to_n6 = ids
+        .iter()
+        .filter(|&&id| sim.node(NodeId(2)).replicas_of(id).contains(&NodeId(6)))
+        .count();
+    assert!(moved_to_n6 >= 5, "{moved_to_n6}");
+}

@@ -14,6 +14,11 @@ pub enum PrepareReply {
     Reject(Ballot),
     /// This acceptor knows a later chosen version.
     Ahead(u64, TaskValue),
+    /// This acceptor holds a different value at the base version: the
+    /// proposer's base is not this task's chosen value (a second record
+    /// created under another ring's placement). No answer, so it never
+    /// mixes with this record's instances.
+    Foreign,
 }
 
 /// An acceptor's answer to `Accept(version, ballot, value)`.
@@ -41,6 +46,9 @@ pub fn on_prepare(
     assert!(ballot > Ballot::ZERO, "real ballots are above ZERO");
     if rec.version > version {
         return (PrepareReply::Ahead(rec.version, rec.value.clone()), false);
+    }
+    if rec.version == version && rec.value != *base {
+        return (PrepareReply::Foreign, false);
     }
     let mut changed = rec.learn(version, base);
     assert_eq!(rec.version, version);
@@ -165,5 +173,20 @@ mod tests {
             on_accept(&mut r, 2, b(9, 9), &v1),
             (AcceptReply::Behind, false)
         );
+    }
+
+    #[test]
+    fn a_prepare_whose_base_differs_from_the_chosen_value_at_its_version_gets_no_answer() {
+        // A second record of the task under another placement must never
+        // mix with this record's instances.
+        let mut r = rec();
+        let mut other = TaskValue::initial(&r.header);
+        other.replicas = vec![NodeId(1), NodeId(2), NodeId(6)];
+        other.ring_epoch = 1;
+        assert_eq!(
+            on_prepare(&mut r, 0, &other, b(1, 6)),
+            (PrepareReply::Foreign, false)
+        );
+        assert_eq!(r.promised, Ballot::ZERO);
     }
 }
