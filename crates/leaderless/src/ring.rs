@@ -327,8 +327,8 @@ mod tests {
         );
         // A gets promises from 1 and 2 and accepts at 1 only.
         let mut step = RingStep::Wait;
-        for i in 0..2 {
-            let (RingPrepareReply::Promise(x), _) = on_prepare(&mut acc[i], &base, a.ballot(), 8)
+        for (i, acceptor) in acc.iter_mut().enumerate().take(2) {
+            let (RingPrepareReply::Promise(x), _) = on_prepare(acceptor, &base, a.ballot(), 8)
             else {
                 panic!()
             };

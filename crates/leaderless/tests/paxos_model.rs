@@ -91,6 +91,7 @@ fn deliver(mut state: State, i: usize) -> State {
                     version,
                     value,
                 },
+                PrepareReply::Foreign => unreachable!("one record of the task"),
             };
             state.network.push((to, from, msg));
         }
