@@ -34,6 +34,10 @@ pub enum LeaderlessMessage {
         id: TaskId,
         /// Body and replicas.
         header: TaskHeader,
+        /// The coordinator's ring when it changed since epoch 0: a replica
+        /// learns it before it answers, so the replicas of a task created
+        /// under a ring know that ring (and tell lagging readers).
+        ring: Option<Ring>,
     },
     /// Replica → coordinator, after the record is persisted.
     WriteReply {
@@ -50,6 +54,8 @@ pub enum LeaderlessMessage {
         op: u64,
         /// The task.
         id: TaskId,
+        /// The reader's ring epoch.
+        ring_epoch: u64,
     },
     /// Replica → coordinator.
     ReadReply {
@@ -59,6 +65,9 @@ pub enum LeaderlessMessage {
         id: TaskId,
         /// What the replica holds of the task, if anything.
         found: Option<ReadState>,
+        /// The replica's ring, if newer than the reader's: a reader that
+        /// finds nothing looks again under it.
+        ring: Option<Ring>,
     },
     /// Paxos phase 1a for the instance deciding `version + 1`.
     Prepare {

@@ -323,6 +323,8 @@ impl LeaderlessNode {
     fn write(&mut self, now: Time, request: RequestId, id: TaskId, header: TaskHeader) {
         let replicas = header.replicas.clone();
         let w = self.config.write_quorum_for(replicas.len());
+        // Replicas learn the ring the task is placed under.
+        let ring = (self.ring.ring.epoch > 0).then(|| self.ring.ring.clone());
         let op = self.ops.insert(Op::Submit {
             request,
             id,
@@ -339,6 +341,7 @@ impl LeaderlessNode {
                     op,
                     id,
                     header: header.clone(),
+                    ring: ring.clone(),
                 },
             );
         }
@@ -362,6 +365,7 @@ impl LeaderlessNode {
 
     fn quorum_read(&mut self, now: Time, request: RequestId, id: TaskId, purpose: ReadPurpose) {
         if self.ops.len() >= self.config.requests_in_flight_max {
+            self.submit_lookups.remove(&request);
             return self.reply(
                 request,
                 Err(ClientError::Overloaded {
@@ -388,10 +392,12 @@ impl LeaderlessNode {
             replies: BTreeMap::new(),
             asked: asked.clone(),
             candidates,
+            ring_epoch: self.ring.ring.epoch,
             deadline: now + self.config.request_timeout(),
         });
+        let ring_epoch = self.ring.ring.epoch;
         for to in asked {
-            self.send(to, LeaderlessMessage::Read { op, id });
+            self.send(to, LeaderlessMessage::Read { op, id, ring_epoch });
         }
     }
 
@@ -1106,7 +1112,17 @@ impl LeaderlessNode {
     fn on_message(&mut self, now: Time, from: NodeId, msg: LeaderlessMessage) {
         match msg {
             LeaderlessMessage::Swim(data) => self.membership.handle_data(now, &data, &mut self.out),
-            LeaderlessMessage::Write { op, id, header } => self.on_write(from, op, id, header),
+            LeaderlessMessage::Write {
+                op,
+                id,
+                header,
+                ring,
+            } => {
+                if let Some(ring) = ring {
+                    self.learn_ring(now, &ring);
+                }
+                self.on_write(from, op, id, header)
+            }
             LeaderlessMessage::WriteReply { op, id, same } => {
                 if let Some((request, id, verdict)) = self.ops.write_reply(op, from, id, same) {
                     match verdict {
@@ -1120,24 +1136,49 @@ impl LeaderlessNode {
                     }
                 }
             }
-            LeaderlessMessage::Read { op, id } => {
+            LeaderlessMessage::Read { op, id, ring_epoch } => {
+                let ring = (self.ring.ring.epoch > ring_epoch).then(|| self.ring.ring.clone());
                 let found = self.records.get(&id).map(|r| ReadState {
                     header: r.header.clone(),
                     version: r.version,
                     value: r.value.clone(),
                     in_doubt: r.accepted.is_some(),
                 });
-                self.send(from, LeaderlessMessage::ReadReply { op, id, found });
+                self.send(
+                    from,
+                    LeaderlessMessage::ReadReply {
+                        op,
+                        id,
+                        found,
+                        ring,
+                    },
+                );
             }
-            LeaderlessMessage::ReadReply { op, id, found } => {
+            LeaderlessMessage::ReadReply {
+                op,
+                id,
+                found,
+                ring,
+            } => {
+                if let Some(ring) = ring {
+                    self.learn_ring(now, &ring);
+                }
                 match self.ops.read_reply(op, from, id, found) {
                     ReadProgress::Waiting => {}
                     ReadProgress::Ask { op, id, to } => {
+                        let ring_epoch = self.ring.ring.epoch;
                         for n in to {
-                            self.send(n, LeaderlessMessage::Read { op, id });
+                            self.send(n, LeaderlessMessage::Read { op, id, ring_epoch });
                         }
                     }
-                    ReadProgress::Done(request, id, purpose, best) => {
+                    ReadProgress::Done(request, id, purpose, None, epoch)
+                        if epoch < self.ring.ring.epoch =>
+                    {
+                        // Nobody had it where this node's ring put it, but a
+                        // newer ring came in meanwhile: look there too.
+                        self.quorum_read(now, request, id, purpose)
+                    }
+                    ReadProgress::Done(request, id, purpose, best, _) => {
                         self.read_done(now, request, id, purpose, best)
                     }
                 }

@@ -57,6 +57,8 @@ pub enum Op {
         asked: BTreeSet<NodeId>,
         /// The task's replicas under each ring this node remembers.
         candidates: Vec<Vec<NodeId>>,
+        /// This node's ring epoch when the read began.
+        ring_epoch: u64,
         /// Give up (retryable) at this time.
         deadline: Time,
     },
@@ -88,8 +90,8 @@ pub enum ReadProgress {
         to: Vec<NodeId>,
     },
     /// Over (the operation is removed): the most advanced answer, if any
-    /// node holds the task.
-    Done(RequestId, TaskId, ReadPurpose, Option<ReadState>),
+    /// node holds the task, and the ring epoch the read began under.
+    Done(RequestId, TaskId, ReadPurpose, Option<ReadState>, u64),
 }
 
 /// The operations in flight at this node, by operation number.
@@ -248,12 +250,13 @@ impl Ops {
             request,
             id,
             purpose,
+            ring_epoch,
             ..
         }) = self.ops.remove(&op)
         else {
             unreachable!("a read in flight")
         };
-        ReadProgress::Done(request, id, purpose, best)
+        ReadProgress::Done(request, id, purpose, best, ring_epoch)
     }
 
     /// Removes and returns every operation past its deadline.

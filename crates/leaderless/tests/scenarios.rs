@@ -773,3 +773,63 @@ fn a_resubmit_under_a_newer_ring_before_the_task_moved_finds_it_and_creates_no_s
         .count();
     assert!(moved_to_n6 >= 5, "{moved_to_n6}");
 }
+
+#[test]
+fn a_reader_that_missed_a_ring_change_still_finds_tasks_placed_under_the_new_ring() {
+    let mut sim = Sim::new(39, 6, ring_of(5));
+    sim.run_for(1_000);
+    sim.handlers.run_ms = (3_000, 3_000);
+    let lagging = NodeId(5);
+    sim.isolate(lagging);
+    sim.with_node(NodeId(1), |n, now| {
+        n.propose_ring_change(now, RingChange::Add(NodeId(6)))
+    })
+    .expect("started");
+    assert!(sim.run_until(2_000, |s| s
+        .members()
+        .iter()
+        .all(|&m| m == lagging || s.node(m).ring().epoch == 1)));
+    // A task placed on the new node and two old ones `a` and `b`, written
+    // to `a` and the new node only, while n5 is cut off.
+    let id = (0..2_000)
+        .map(|i| tid(39_000 + i))
+        .find(|&id| {
+            let now = sim.node(NodeId(1)).replicas_of(id);
+            now.contains(&NodeId(6)) && !now.contains(&lagging)
+        })
+        .expect("such a task");
+    let placed = sim.node(NodeId(1)).replicas_of(id);
+    let old: Vec<NodeId> = placed.iter().copied().filter(|&n| n != NodeId(6)).collect();
+    let (a, b) = (old[0], old[1]);
+    let coordinator = [1, 2, 3, 4]
+        .iter()
+        .map(|&n| NodeId(n))
+        .find(|n| !placed.contains(n))
+        .expect("a coordinator outside the placement");
+    sim.isolate(b);
+    sim.cut(b, lagging);
+    let r = sim.submit(coordinator, id, b"x");
+    sim.run_for(200);
+    assert!(accepted(&sim, r));
+    assert!(sim.node(b).record(id).is_none());
+    // n5 still has ring 0, which puts the task on a, b and a third old
+    // node; it cannot reach a, and b (reachable by n5 only) and the third
+    // have nothing.
+    sim.heal();
+    sim.isolate(b);
+    sim.heal_link(b, lagging);
+    sim.cut(lagging, a);
+    assert_eq!(sim.node(lagging).ring().epoch, 0, "n5 missed the change");
+    let read = sim.get(lagging, id, Consistency::Linearizable);
+    assert!(sim.run_until(2_000, |s| s.reply(read).is_some()));
+    assert!(
+        matches!(sim.reply(read), Some(Ok(ClientResponse::State { .. }))),
+        "{:?}",
+        sim.reply(read)
+    );
+    assert_eq!(
+        sim.node(lagging).ring().epoch,
+        1,
+        "n5 learned the ring from b or the third node"
+    );
+}

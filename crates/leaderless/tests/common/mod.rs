@@ -249,6 +249,12 @@ impl Sim {
         }
     }
 
+    /// Restores both directions between `a` and `b`.
+    pub fn heal_link(&mut self, a: NodeId, b: NodeId) {
+        self.cut.remove(&(a, b));
+        self.cut.remove(&(b, a));
+    }
+
     pub fn heal(&mut self) {
         self.cut.clear();
     }
