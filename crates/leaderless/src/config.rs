@@ -1,11 +1,12 @@
 //! Settings of the leaderless mode, validated before boot.
 
-use cohort_core::Peers;
+use cohort_core::{NodeId, Peers};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// Settings of a leaderless cluster, identical on every node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct LeaderlessConfig {
     /// Replicas per task (`R`).
     pub replicas: usize,
@@ -44,6 +45,16 @@ pub struct LeaderlessConfig {
     /// Lifeguard: the cap of the local health multiplier that stretches
     /// SWIM timeouts while this node misses acks itself; 0 turns it off.
     pub local_health_max: u32,
+    /// The ring at epoch 0, identical on every node; `None`: every
+    /// configured member. A configured member outside it is a spare that
+    /// serves clients and joins the ring when a join is agreed.
+    pub initial_ring: Option<Vec<NodeId>>,
+    /// How many earlier rings a node remembers, so reads also look where
+    /// tasks not yet moved to the newest ring live.
+    pub ring_history_max: usize,
+    /// Most tasks a node starts moving to their replicas under a newer
+    /// ring per tick.
+    pub rebalance_per_tick_max: usize,
 }
 
 impl Default for LeaderlessConfig {
@@ -64,6 +75,9 @@ impl Default for LeaderlessConfig {
             anti_entropy_batch_max: 64,
             local_health_max: 8,
             load_report_interval_ms: 1_000,
+            initial_ring: None,
+            ring_history_max: 8,
+            rebalance_per_tick_max: 64,
         }
     }
 }
@@ -85,12 +99,15 @@ pub enum LeaderlessConfigError {
     /// The probe round trip must fit in the probe period.
     #[error("swim_probe_rtt_ms must be below swim_probe_period_ms")]
     ProbeRttTooLong,
+    /// The initial ring must be a non-empty set of configured members.
+    #[error("initial_ring must be a non-empty subset of the members")]
+    BadInitialRing,
 }
 
 impl LeaderlessConfig {
     /// Checks the settings. `R` larger than the cluster is allowed: a task
     /// then has every member as a replica.
-    pub fn validate(&self, _peers: &Peers) -> Result<(), LeaderlessConfigError> {
+    pub fn validate(&self, peers: &Peers) -> Result<(), LeaderlessConfigError> {
         let positive = [
             ("replicas", self.replicas as u64),
             ("tick_interval_ms", self.tick_interval_ms),
@@ -105,6 +122,8 @@ impl LeaderlessConfig {
             ("announce_interval_ms", self.announce_interval_ms),
             ("anti_entropy_batch_max", self.anti_entropy_batch_max as u64),
             ("load_report_interval_ms", self.load_report_interval_ms),
+            ("ring_history_max", self.ring_history_max as u64),
+            ("rebalance_per_tick_max", self.rebalance_per_tick_max as u64),
         ];
         for (what, v) in positive {
             if v == 0 {
@@ -120,7 +139,23 @@ impl LeaderlessConfig {
         if self.swim_probe_rtt_ms >= self.swim_probe_period_ms {
             return Err(LeaderlessConfigError::ProbeRttTooLong);
         }
+        if let Some(ring) = &self.initial_ring {
+            if ring.is_empty() || ring.iter().any(|n| !peers.members.contains(n)) {
+                return Err(LeaderlessConfigError::BadInitialRing);
+            }
+        }
         Ok(())
+    }
+
+    /// The ring at epoch 0, ascending.
+    pub(crate) fn ring_zero(&self, peers: &Peers) -> Vec<NodeId> {
+        let mut ring = self
+            .initial_ring
+            .clone()
+            .unwrap_or_else(|| peers.members.clone());
+        ring.sort();
+        ring.dedup();
+        ring
     }
 
     pub(crate) fn tick_interval(&self) -> Duration {

@@ -15,10 +15,13 @@ pub const CONVERGE_WITHIN_MS: u64 = 5_000;
 
 /// One value per Paxos instance, across every replica, over the whole run
 /// (a replica holding version `k` holds the value chosen in instance
-/// `k - 1`); membership converged from `converged_by` on.
+/// `k - 1`; a task's new replicas after a move hold the same values as
+/// its old ones); one ring per ring epoch across every node; membership
+/// converged from `converged_by` on.
 #[derive(Debug)]
 pub struct LeaderlessInvariants {
     chosen: BTreeMap<(TaskId, u64), TaskValue>,
+    rings: BTreeMap<u64, Vec<NodeId>>,
     converged_by: Time,
     checks: u64,
 }
@@ -36,6 +39,7 @@ impl LeaderlessInvariants {
     pub fn new(heal_ms: u64) -> LeaderlessInvariants {
         LeaderlessInvariants {
             chosen: BTreeMap::new(),
+            rings: BTreeMap::new(),
             converged_by: Time::from_millis(heal_ms + CONVERGE_WITHIN_MS),
             checks: 0,
         }
@@ -52,6 +56,23 @@ impl LeaderlessInvariants {
                         cohort_core::Node::id(*node),
                         node.live()
                     ));
+                }
+            }
+        }
+        for node in nodes.iter().flatten() {
+            let ring = node.ring();
+            match self.rings.get(&ring.epoch) {
+                Some(m) if *m != ring.members => {
+                    return Err(format!(
+                        "two rings chosen at epoch {}: {m:?} and {:?} (at {})",
+                        ring.epoch,
+                        ring.members,
+                        cohort_core::Node::id(*node)
+                    ))
+                }
+                Some(_) => {}
+                None => {
+                    self.rings.insert(ring.epoch, ring.members.clone());
                 }
             }
         }

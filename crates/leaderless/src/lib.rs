@@ -8,6 +8,7 @@
 //! Layout:
 //! - [`placement`]: rendezvous hashing, preference lists.
 //! - [`record`]: what a replica stores per task (value + acceptor state).
+//! - [`ring`]: the ring membership, changed by Paxos among the ring.
 //! - [`paxos`]: ballots, the acceptor, the proposer.
 //! - [`membership`]: foca driven through the node contract.
 //! - [`tasks`]: client operations waiting on replicas (quorum write, read).
@@ -25,10 +26,12 @@ pub mod node;
 pub mod paxos;
 pub mod placement;
 pub mod record;
+pub mod ring;
 pub mod tasks;
 
 pub mod invariants;
 pub use config::{LeaderlessConfig, LeaderlessConfigError};
 pub use invariants::LeaderlessInvariants;
 pub use message::LeaderlessMessage;
-pub use node::{LeaderlessNode, StealError};
+pub use node::{LeaderlessNode, RingError, StealError};
+pub use ring::{Ring, RingChange};

@@ -2,6 +2,7 @@
 
 use crate::paxos::Ballot;
 use crate::record::{TaskHeader, TaskValue};
+use crate::ring::Ring;
 use cohort_core::TaskId;
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +34,10 @@ pub enum LeaderlessMessage {
         id: TaskId,
         /// Body and replicas.
         header: TaskHeader,
+        /// The coordinator's ring when it changed since epoch 0: a replica
+        /// learns it before it answers, so the replicas of a task created
+        /// under a ring know that ring (and tell lagging readers).
+        ring: Option<Ring>,
     },
     /// Replica → coordinator, after the record is persisted.
     WriteReply {
@@ -49,6 +54,8 @@ pub enum LeaderlessMessage {
         op: u64,
         /// The task.
         id: TaskId,
+        /// The reader's ring epoch.
+        ring_epoch: u64,
     },
     /// Replica → coordinator.
     ReadReply {
@@ -58,6 +65,9 @@ pub enum LeaderlessMessage {
         id: TaskId,
         /// What the replica holds of the task, if anything.
         found: Option<ReadState>,
+        /// The replica's ring, if newer than the reader's: a reader that
+        /// finds nothing looks again under it.
+        ring: Option<Ring>,
     },
     /// Paxos phase 1a for the instance deciding `version + 1`.
     Prepare {
@@ -145,5 +155,54 @@ pub enum LeaderlessMessage {
     Pull {
         /// The tasks.
         ids: Vec<TaskId>,
+    },
+    /// Ring Paxos phase 1a for the instance deciding epoch `base.epoch + 1`.
+    RingPrepare {
+        /// The chosen ring this instance builds on.
+        base: Ring,
+        /// The proposer's ballot.
+        ballot: Ballot,
+    },
+    /// Ring Paxos phase 1b.
+    RingPromise {
+        /// The base epoch of the instance.
+        epoch: u64,
+        /// The ballot promised.
+        ballot: Ballot,
+        /// The ring accepted in the instance, if any.
+        accepted: Option<(Ballot, Ring)>,
+    },
+    /// Ring Paxos phase 2a: accept `value` as the ring at `value.epoch`.
+    RingAccept {
+        /// The proposer's ballot.
+        ballot: Ballot,
+        /// The proposed ring.
+        value: Ring,
+    },
+    /// Ring Paxos phase 2b, for the instance deciding `epoch`.
+    RingAccepted {
+        /// The epoch decided.
+        epoch: u64,
+        /// The ballot accepted.
+        ballot: Ballot,
+    },
+    /// Ring Paxos: the acceptor promised `promised` > `ballot`.
+    RingReject {
+        /// The ballot refused.
+        ballot: Ballot,
+        /// The ballot promised instead.
+        promised: Ballot,
+    },
+    /// A chosen ring (a learn, an `Ahead` answer, or gossip).
+    RingLearn {
+        /// The ring.
+        ring: Ring,
+    },
+    /// Gossip: the newest ring epoch the sender knows. A receiver that
+    /// knows a newer ring answers `RingLearn`; one that knows an older
+    /// ring answers `RingHave` with its own, so the sender teaches it.
+    RingHave {
+        /// The sender's ring epoch.
+        epoch: u64,
     },
 }

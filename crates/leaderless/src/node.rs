@@ -15,7 +15,8 @@ use crate::paxos::proposer::{Intent, Outcome, Proposal, Proposer, StartError};
 use crate::paxos::Ballot;
 use crate::placement;
 use crate::record::{record_key, Record, TaskHeader, TaskValue, RECORD_PREFIX};
-use crate::tasks::{Op, Ops, ReadPurpose, SubmitVerdict};
+use crate::ring::{self as ringp, Ring, RingChange, RingProposal, RingState, RingStep, RING_KEY};
+use crate::tasks::{Op, Ops, ReadProgress, ReadPurpose, SubmitVerdict};
 use cohort_core::{
     decode, encode, Action, ClientError, ClientRequest, ClientResponse, Consistency, Epoch, Node,
     NodeId, NodeRng, Note, Peers, RequestId, StoreOp, Stored, SupersedeReason, Task, TaskId,
@@ -60,6 +61,17 @@ pub enum StealError {
     Busy,
 }
 
+/// Why [`LeaderlessNode::propose_ring_change`] did not start. Nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RingError {
+    /// Only configured members can join (their addresses are known).
+    #[error("{0} is not a configured member")]
+    NotAMember(NodeId),
+    /// This node runs a ring change already.
+    #[error("a ring change is in flight here")]
+    Busy,
+}
+
 /// A node of a leaderless cluster.
 #[derive(Debug)]
 pub struct LeaderlessNode {
@@ -67,9 +79,18 @@ pub struct LeaderlessNode {
     config: LeaderlessConfig,
     /// This boot's generation (persisted, bumped at every boot).
     generation: u64,
-    /// The ring membership: the nodes tasks are placed on. Fixed to the
-    /// configured members (ring changes are not implemented yet).
-    ring: Vec<NodeId>,
+    /// The ring membership (the nodes tasks are placed on): the newest
+    /// chosen ring this node knows, its acceptor state for the next ring
+    /// instance, and the last few rings (persisted).
+    ring: RingState,
+    /// This node's ring change in flight.
+    ring_proposal: Option<RingProposal>,
+    /// The highest ring ballot round used or seen.
+    ring_round_seen: u64,
+    /// Where the rebalancing scan goes on from, and the ring epoch for
+    /// which a whole pass found every record on its replicas.
+    rebalance_cursor: Option<TaskId>,
+    rebalanced_epoch: Option<u64>,
     rng: NodeRng,
     membership: Membership,
     /// Records of the tasks this node is a replica of.
@@ -92,6 +113,9 @@ pub struct LeaderlessNode {
     /// Claims this node started for tasks whose preferred live replica was
     /// full (work stealing).
     steals: u64,
+    /// Submits looking their task up first (the ring changed), by request.
+    /// At most one per operation in flight (`requests_in_flight_max`).
+    submit_lookups: BTreeMap<RequestId, Task>,
     /// Where the anti-entropy scan goes on from.
     anti_entropy_cursor: Option<TaskId>,
     out: Out,
@@ -130,9 +154,52 @@ impl LeaderlessNode {
         )
     }
 
-    /// The task's replicas, most preferred first.
+    /// The task's replicas under the newest ring this node knows, most
+    /// preferred first (where a task submitted now goes, and where every
+    /// task is moved).
     pub fn replicas_of(&self, id: TaskId) -> Vec<NodeId> {
-        placement::replicas(id, &self.ring, self.config.replicas)
+        placement::replicas(id, &self.ring.ring.members, self.config.replicas)
+    }
+
+    /// The replicas named by the latest version of the task this node
+    /// holds, if it holds a record of it.
+    pub fn record_replicas(&self, id: TaskId) -> Option<&[NodeId]> {
+        self.records.get(&id).map(|r| r.value.replicas.as_slice())
+    }
+
+    /// The newest chosen ring this node knows.
+    pub fn ring(&self) -> &Ring {
+        &self.ring.ring
+    }
+
+    /// Whether this node runs a ring change now.
+    pub fn ring_change_in_flight(&self) -> bool {
+        self.ring_proposal.is_some()
+    }
+
+    /// Asks the ring to add or remove a node: a Paxos instance among the
+    /// members of the newest ring this node knows, retried (on top of any
+    /// newer ring) until the ring reflects the change. `Ok` when started
+    /// or when the ring reflects it already; the change is agreed once
+    /// [`LeaderlessNode::ring`] shows it.
+    pub fn propose_ring_change(&mut self, now: Time, change: RingChange) -> Result<(), RingError> {
+        if let RingChange::Add(n) = change {
+            if !self.peers.members.contains(&n) {
+                return Err(RingError::NotAMember(n));
+            }
+        }
+        if self.ring_proposal.is_some() {
+            return Err(RingError::Busy);
+        }
+        if change.apply(&self.ring.ring).is_none() {
+            return Ok(());
+        }
+        let ballot = self.next_ring_ballot();
+        let p = RingProposal::new(change, self.ring.ring.clone(), ballot, now);
+        self.ring_prepare(&p);
+        self.ring_proposal = Some(p);
+        self.flush(now);
+        Ok(())
     }
 
     /// Claims this node started for tasks whose preferred live replica
@@ -184,7 +251,12 @@ impl LeaderlessNode {
             key: record_key(id),
             value: encode(rec),
         }]));
-        if rec.value.state.is_final() {
+        // A record that arrives or changes placed under an older ring
+        // wants a move: the rebalancing scan runs again.
+        if rec.value.ring_epoch < self.ring.ring.epoch {
+            self.rebalanced_epoch = None;
+        }
+        if !is_active(rec, self.peers.id) {
             self.active.remove(&id);
         } else {
             self.active.insert(id);
@@ -233,12 +305,26 @@ impl LeaderlessNode {
                 }),
             );
         }
-        let replicas = self.replicas_of(id);
-        let w = self.config.write_quorum_for(replicas.len());
+        if self.ring.ring.epoch > 0 {
+            // The task may live on its replicas under an earlier ring (not
+            // moved yet): look it up first, create it only if nobody has it.
+            self.submit_lookups.insert(request, task);
+            return self.quorum_read(now, request, id, ReadPurpose::Submit);
+        }
         let header = TaskHeader {
+            replicas: self.replicas_of(id),
             task,
-            replicas: replicas.clone(),
+            ring_epoch: self.ring.ring.epoch,
         };
+        self.write(now, request, id, header);
+    }
+
+    /// Writes `header` to its replicas; the client is answered after `W`.
+    fn write(&mut self, now: Time, request: RequestId, id: TaskId, header: TaskHeader) {
+        let replicas = header.replicas.clone();
+        let w = self.config.write_quorum_for(replicas.len());
+        // Replicas learn the ring the task is placed under.
+        let ring = (self.ring.ring.epoch > 0).then(|| self.ring.ring.clone());
         let op = self.ops.insert(Op::Submit {
             request,
             id,
@@ -255,6 +341,7 @@ impl LeaderlessNode {
                     op,
                     id,
                     header: header.clone(),
+                    ring: ring.clone(),
                 },
             );
         }
@@ -278,6 +365,7 @@ impl LeaderlessNode {
 
     fn quorum_read(&mut self, now: Time, request: RequestId, id: TaskId, purpose: ReadPurpose) {
         if self.ops.len() >= self.config.requests_in_flight_max {
+            self.submit_lookups.remove(&request);
             return self.reply(
                 request,
                 Err(ClientError::Overloaded {
@@ -286,17 +374,30 @@ impl LeaderlessNode {
                 }),
             );
         }
-        let replicas = self.replicas_of(id);
+        // The task lives on its replicas under one of the rings this node
+        // remembers (it moves to the newest one's), or somewhere a newer
+        // version it finds there names.
+        let mut candidates = vec![self.replicas_of(id)];
+        for ring in &self.ring.history {
+            let c = placement::replicas(id, &ring.members, self.config.replicas);
+            if !candidates.contains(&c) {
+                candidates.push(c);
+            }
+        }
+        let asked: BTreeSet<NodeId> = candidates.iter().flatten().copied().collect();
         let op = self.ops.insert(Op::Read {
             request,
             id,
             purpose,
             replies: BTreeMap::new(),
-            replicas: replicas.len(),
+            asked: asked.clone(),
+            candidates,
+            ring_epoch: self.ring.ring.epoch,
             deadline: now + self.config.request_timeout(),
         });
-        for to in replicas {
-            self.send(to, LeaderlessMessage::Read { op, id });
+        let ring_epoch = self.ring.ring.epoch;
+        for to in asked {
+            self.send(to, LeaderlessMessage::Read { op, id, ring_epoch });
         }
     }
 
@@ -308,6 +409,31 @@ impl LeaderlessNode {
         purpose: ReadPurpose,
         best: Option<ReadState>,
     ) {
+        if purpose == ReadPurpose::Submit {
+            let Some(task) = self.submit_lookups.remove(&request) else {
+                return; // answered already (expired)
+            };
+            return match best {
+                None => {
+                    let header = TaskHeader {
+                        replicas: self.replicas_of(id),
+                        task,
+                        ring_epoch: self.ring.ring.epoch,
+                    };
+                    self.write(now, request, id, header)
+                }
+                Some(found) if found.header.task != task => {
+                    self.reply(request, Err(ClientError::IdConflict { id }))
+                }
+                // Past version 0 a value was chosen: a majority holds it.
+                Some(found) if found.version > 0 => {
+                    self.reply(request, Ok(ClientResponse::Accepted { id }))
+                }
+                // Make sure `W` of its own replicas hold it, with the same
+                // header: the same version-0 value, one record.
+                Some(found) => self.write(now, request, id, found.header),
+            };
+        }
         let Some(ReadState {
             header,
             version,
@@ -318,6 +444,7 @@ impl LeaderlessNode {
             return self.reply(request, Err(ClientError::NotFound { id }));
         };
         match purpose {
+            ReadPurpose::Submit => unreachable!("answered above"),
             ReadPurpose::Get if !in_doubt => self.reply(
                 request,
                 Ok(ClientResponse::State {
@@ -407,14 +534,16 @@ impl LeaderlessNode {
         self.send(from, LeaderlessMessage::WriteReply { op, id, same });
     }
 
-    /// Creates (and persists) the record from a header a proposer or
-    /// learner sent, if this node is one of its replicas. Returns whether
-    /// the record now exists with this header's task.
-    fn ensure_record(&mut self, id: TaskId, header: &TaskHeader) -> bool {
+    /// Creates (and persists) the record from a header and a chosen value
+    /// a proposer or learner sent, if the value names this node a replica
+    /// (a task moved here is written with its chosen state before this
+    /// node answers anything about it). Returns whether the record now
+    /// exists with this header's task.
+    fn ensure_record(&mut self, id: TaskId, header: &TaskHeader, value: &TaskValue) -> bool {
         match self.records.get(&id) {
             Some(rec) => rec.header.task == header.task,
             None => {
-                if !header.replicas.contains(&self.me()) {
+                if !value.replicas.contains(&self.me()) {
                     return false;
                 }
                 self.records.insert(id, Record::new(header.clone()));
@@ -434,7 +563,7 @@ impl LeaderlessNode {
         (version, base): (u64, TaskValue),
         ballot: Ballot,
     ) {
-        if !self.ensure_record(id, &header) {
+        if !self.ensure_record(id, &header, &base) {
             return; // a different task under this id, or not a replica
         }
         let rec = self.records.get_mut(&id).expect("ensured");
@@ -461,6 +590,7 @@ impl LeaderlessNode {
                 promised,
             },
             PrepareReply::Ahead(version, value) => LeaderlessMessage::Ahead { id, version, value },
+            PrepareReply::Foreign => return,
         };
         self.send(from, msg);
     }
@@ -508,7 +638,7 @@ impl LeaderlessNode {
         version: u64,
         value: TaskValue,
     ) {
-        if self.ensure_record(id, &header) {
+        if self.ensure_record(id, &header, &value) {
             let rec = self.records.get_mut(&id).expect("ensured");
             if rec.learn(version, &value) {
                 self.persist_record(id);
@@ -628,8 +758,8 @@ impl LeaderlessNode {
             } => (proposal, version, value, false),
             Outcome::Settled { proposal } => {
                 // Nothing was in doubt: the base is the latest chosen value.
-                let state = proposal.base.state.clone();
-                self.answer_reads(proposal.id, &state);
+                let base = proposal.base.clone();
+                self.answer_reads(now, proposal.id, &base, &base.replicas);
                 return;
             }
             Outcome::Send(_) => unreachable!("not an end"),
@@ -639,7 +769,7 @@ impl LeaderlessNode {
             proposal.header.clone(),
             proposal.intent.clone(),
         );
-        if self.ensure_record(id, &header) {
+        if self.ensure_record(id, &header, &value) {
             let rec = self.records.get_mut(&id).expect("ensured");
             if rec.learn(version, &value) {
                 self.persist_record(id);
@@ -650,7 +780,11 @@ impl LeaderlessNode {
             for note in transition_notes(id, &proposal.base, &value) {
                 self.out.push(Action::Note(note));
             }
-            for &to in header.replicas.iter().filter(|&&n| n != self.peers.id) {
+            // The old replicas (who then answer older prepares with this
+            // version) and, after a move, the new ones.
+            let mut to_learn: BTreeSet<NodeId> = proposal.base.replicas.iter().copied().collect();
+            to_learn.extend(value.replicas.iter().copied());
+            for &to in to_learn.iter().filter(|&&n| n != self.peers.id) {
                 self.out.push(Action::Send {
                     to,
                     msg: LeaderlessMessage::Learn {
@@ -674,7 +808,8 @@ impl LeaderlessNode {
                 assert_eq!(e, StartError::Full, "the proposal for this task just ended");
             }
         }
-        self.answer_reads(id, &value.state);
+        let read_set = proposal.base.replicas.clone();
+        self.answer_reads(now, id, &value, &read_set);
         if !self.proposer.is_running(id) {
             if let Some(waiters) = self.cancel_waiters.remove(&id) {
                 for (request, _) in waiters {
@@ -701,15 +836,22 @@ impl LeaderlessNode {
     }
 
     /// Answers the linearizable reads waiting on this node's proposal for
-    /// `id`: `state` is chosen, and at least as new as any value chosen
-    /// before those reads began.
-    fn answer_reads(&mut self, id: TaskId, state: &TaskState) {
-        for (request, _) in self.read_waiters.remove(&id).unwrap_or_default() {
+    /// `id`, which read a majority of `read_set`: `value` is chosen, and at
+    /// least as new as any value chosen before those reads began, unless it
+    /// moved the task to other replicas, who may have chosen later values:
+    /// then the reads start again (and find it there).
+    fn answer_reads(&mut self, now: Time, id: TaskId, value: &TaskValue, read_set: &[NodeId]) {
+        let waiters = self.read_waiters.remove(&id).unwrap_or_default();
+        for (request, _) in waiters {
+            if value.replicas != read_set {
+                self.quorum_read(now, request, id, ReadPurpose::Get);
+                continue;
+            }
             self.reply(
                 request,
                 Ok(ClientResponse::State {
                     id,
-                    state: state.clone(),
+                    state: value.state.clone(),
                 }),
             );
         }
@@ -753,6 +895,7 @@ impl LeaderlessNode {
             let request = match op {
                 Op::Submit { request, .. } | Op::Read { request, .. } => request,
             };
+            self.submit_lookups.remove(&request);
             self.reply(
                 request,
                 Err(Self::unavailable("too few replicas answered in time")),
@@ -767,16 +910,19 @@ impl LeaderlessNode {
             self.peers.capacity_tasks,
             Duration::from_millis(self.config.load_report_interval_ms),
         );
-        // Join and re-join.
-        let ring = self.ring.clone();
+        // Join and re-join (every configured member: a spare outside the
+        // ring is live too, so it can be added).
+        let members = self.peers.members.clone();
         self.membership.announce_to_unseen(
             now,
-            &ring,
+            &members,
             self.config.announce_interval(),
             &mut self.out,
         );
+        self.ring_tick(now);
         self.commit_results(now);
         self.claim_work(now);
+        self.rebalance(now);
         self.anti_entropy();
     }
 
@@ -825,7 +971,7 @@ impl LeaderlessNode {
             }
             let rec = &self.records[&id];
             let first_live = rec
-                .header
+                .value
                 .replicas
                 .iter()
                 .copied()
@@ -836,7 +982,7 @@ impl LeaderlessNode {
                     // ahead of this one that reports itself full leaves the
                     // task to the next (work stealing, by gossiped load).
                     let claimer = rec
-                        .header
+                        .value
                         .replicas
                         .iter()
                         .copied()
@@ -858,7 +1004,11 @@ impl LeaderlessNode {
                     if !lost {
                         continue;
                     }
-                    Intent::Reclaim { owner: node, epoch }
+                    if rec.is_replica(me) {
+                        Intent::Reclaim { owner: node, epoch }
+                    } else {
+                        Intent::Release { epoch }
+                    }
                 }
                 TaskState::Running { node, epoch }
                     if !self.membership.is_live(node) && first_live == Some(me) && room > 0 =>
@@ -913,7 +1063,7 @@ impl LeaderlessNode {
             }
             last = Some(id);
             let rec = &self.records[&id];
-            if rec.header.replicas.contains(&peer) {
+            if rec.value.replicas.contains(&peer) {
                 entries.push((id, rec.version));
             }
         }
@@ -962,7 +1112,17 @@ impl LeaderlessNode {
     fn on_message(&mut self, now: Time, from: NodeId, msg: LeaderlessMessage) {
         match msg {
             LeaderlessMessage::Swim(data) => self.membership.handle_data(now, &data, &mut self.out),
-            LeaderlessMessage::Write { op, id, header } => self.on_write(from, op, id, header),
+            LeaderlessMessage::Write {
+                op,
+                id,
+                header,
+                ring,
+            } => {
+                if let Some(ring) = ring {
+                    self.learn_ring(now, &ring);
+                }
+                self.on_write(from, op, id, header)
+            }
             LeaderlessMessage::WriteReply { op, id, same } => {
                 if let Some((request, id, verdict)) = self.ops.write_reply(op, from, id, same) {
                     match verdict {
@@ -976,19 +1136,51 @@ impl LeaderlessNode {
                     }
                 }
             }
-            LeaderlessMessage::Read { op, id } => {
+            LeaderlessMessage::Read { op, id, ring_epoch } => {
+                let ring = (self.ring.ring.epoch > ring_epoch).then(|| self.ring.ring.clone());
                 let found = self.records.get(&id).map(|r| ReadState {
                     header: r.header.clone(),
                     version: r.version,
                     value: r.value.clone(),
                     in_doubt: r.accepted.is_some(),
                 });
-                self.send(from, LeaderlessMessage::ReadReply { op, id, found });
+                self.send(
+                    from,
+                    LeaderlessMessage::ReadReply {
+                        op,
+                        id,
+                        found,
+                        ring,
+                    },
+                );
             }
-            LeaderlessMessage::ReadReply { op, id, found } => {
-                if let Some((request, id, purpose, best)) = self.ops.read_reply(op, from, id, found)
-                {
-                    self.read_done(now, request, id, purpose, best);
+            LeaderlessMessage::ReadReply {
+                op,
+                id,
+                found,
+                ring,
+            } => {
+                if let Some(ring) = ring {
+                    self.learn_ring(now, &ring);
+                }
+                match self.ops.read_reply(op, from, id, found) {
+                    ReadProgress::Waiting => {}
+                    ReadProgress::Ask { op, id, to } => {
+                        let ring_epoch = self.ring.ring.epoch;
+                        for n in to {
+                            self.send(n, LeaderlessMessage::Read { op, id, ring_epoch });
+                        }
+                    }
+                    ReadProgress::Done(request, id, purpose, None, epoch)
+                        if epoch < self.ring.ring.epoch =>
+                    {
+                        // Nobody had it where this node's ring put it, but a
+                        // newer ring came in meanwhile: look there too.
+                        self.quorum_read(now, request, id, purpose)
+                    }
+                    ReadProgress::Done(request, id, purpose, best, _) => {
+                        self.read_done(now, request, id, purpose, best)
+                    }
                 }
             }
             LeaderlessMessage::Prepare {
@@ -1058,13 +1250,300 @@ impl LeaderlessNode {
             } => self.on_learn(now, id, header, version, value),
             LeaderlessMessage::Digest { entries } => self.on_digest(from, entries),
             LeaderlessMessage::Pull { ids } => self.on_pull(from, ids),
+            LeaderlessMessage::RingPrepare { base, ballot } => {
+                self.on_ring_prepare(now, from, base, ballot)
+            }
+            LeaderlessMessage::RingPromise {
+                epoch,
+                ballot,
+                accepted,
+            } => {
+                let step = match self.ring_proposal.as_mut() {
+                    Some(p) => p.on_promise(from, epoch, ballot, accepted),
+                    None => RingStep::Wait,
+                };
+                self.on_ring_step(now, step);
+            }
+            LeaderlessMessage::RingAccept { ballot, value } => {
+                self.on_ring_accept(now, from, ballot, value)
+            }
+            LeaderlessMessage::RingAccepted { epoch, ballot } => {
+                let step = match self.ring_proposal.as_mut() {
+                    Some(p) => p.on_accepted(from, epoch, ballot),
+                    None => RingStep::Wait,
+                };
+                self.on_ring_step(now, step);
+            }
+            LeaderlessMessage::RingReject { ballot, promised } => {
+                // Retried above it when the round times out.
+                if self
+                    .ring_proposal
+                    .as_ref()
+                    .is_some_and(|p| p.ballot() == ballot)
+                {
+                    self.ring_round_seen = self.ring_round_seen.max(promised.round);
+                }
+            }
+            LeaderlessMessage::RingLearn { ring } => self.learn_ring(now, &ring),
+            LeaderlessMessage::RingHave { epoch } => {
+                let mine = self.ring.ring.epoch;
+                if epoch < mine {
+                    let ring = self.ring.ring.clone();
+                    self.send(from, LeaderlessMessage::RingLearn { ring });
+                } else if epoch > mine {
+                    self.send(from, LeaderlessMessage::RingHave { epoch: mine });
+                }
+            }
         }
     }
+
+    // ---- ring changes ------------------------------------------------------
+
+    fn persist_ring(&mut self) {
+        self.out.push(Action::Persist(vec![StoreOp::Put {
+            key: RING_KEY.to_vec(),
+            value: encode(&self.ring),
+        }]));
+    }
+
+    fn next_ring_ballot(&mut self) -> Ballot {
+        let seen = Ballot {
+            round: self.ring_round_seen,
+            node: NodeId(u64::MAX),
+            generation: u64::MAX,
+        };
+        let b = Ballot::above(seen, self.me(), self.generation);
+        self.ring_round_seen = b.round;
+        b
+    }
+
+    fn ring_prepare(&mut self, p: &RingProposal) {
+        for &to in &p.base.members {
+            self.send(
+                to,
+                LeaderlessMessage::RingPrepare {
+                    base: p.base.clone(),
+                    ballot: p.ballot(),
+                },
+            );
+        }
+    }
+
+    /// Adopts a newer chosen ring (persisted), and carries this node's own
+    /// ring change over to it, or ends it when the ring reflects it.
+    fn learn_ring(&mut self, now: Time, ring: &Ring) {
+        if self.ring.learn(ring, self.config.ring_history_max) {
+            self.persist_ring();
+            self.rebalanced_epoch = None;
+        }
+        let Some(p) = self.ring_proposal.as_ref() else {
+            return;
+        };
+        if p.base.epoch >= self.ring.ring.epoch {
+            return;
+        }
+        let change = p.change;
+        if change.apply(&self.ring.ring).is_none() {
+            self.ring_proposal = None;
+            return;
+        }
+        let ballot = self.next_ring_ballot();
+        let mut p = self.ring_proposal.take().expect("checked above");
+        p.restart(self.ring.ring.clone(), ballot, now);
+        self.ring_prepare(&p);
+        self.ring_proposal = Some(p);
+    }
+
+    fn on_ring_prepare(&mut self, now: Time, from: NodeId, base: Ring, ballot: Ballot) {
+        if !base.members.contains(&self.me()) {
+            // Not an acceptor of this instance; the base is chosen though.
+            return self.learn_ring(now, &base);
+        }
+        let before = self.ring.ring.epoch;
+        let (reply, changed) =
+            ringp::on_prepare(&mut self.ring, &base, ballot, self.config.ring_history_max);
+        if changed {
+            self.persist_ring();
+        }
+        if self.ring.ring.epoch > before {
+            self.rebalanced_epoch = None;
+        }
+        let msg = match reply {
+            ringp::RingPrepareReply::Promise(accepted) => LeaderlessMessage::RingPromise {
+                epoch: base.epoch,
+                ballot,
+                accepted,
+            },
+            ringp::RingPrepareReply::Reject(promised) => {
+                LeaderlessMessage::RingReject { ballot, promised }
+            }
+            ringp::RingPrepareReply::Ahead(ring) => LeaderlessMessage::RingLearn { ring },
+        };
+        self.send(from, msg);
+    }
+
+    fn on_ring_accept(&mut self, _now: Time, from: NodeId, ballot: Ballot, value: Ring) {
+        if value.epoch == 0 {
+            return; // malformed: epoch 0 is never decided
+        }
+        let (reply, changed) = ringp::on_accept(&mut self.ring, ballot, &value);
+        if changed {
+            self.persist_ring();
+        }
+        let msg = match reply {
+            Some(ringp::RingAcceptReply::Accepted) => LeaderlessMessage::RingAccepted {
+                epoch: value.epoch,
+                ballot,
+            },
+            Some(ringp::RingAcceptReply::Reject(promised)) => {
+                LeaderlessMessage::RingReject { ballot, promised }
+            }
+            Some(ringp::RingAcceptReply::Ahead(ring)) => LeaderlessMessage::RingLearn { ring },
+            None => return,
+        };
+        self.send(from, msg);
+    }
+
+    fn on_ring_step(&mut self, now: Time, step: RingStep) {
+        match step {
+            RingStep::Wait => {}
+            RingStep::Accept(to, ballot, value) => {
+                for n in to {
+                    self.send(
+                        n,
+                        LeaderlessMessage::RingAccept {
+                            ballot,
+                            value: value.clone(),
+                        },
+                    );
+                }
+            }
+            RingStep::Chosen(ring) => {
+                if ring.epoch > self.ring.ring.epoch {
+                    // Every configured member learns it (gossip repairs losses).
+                    for to in self.peers.others().collect::<Vec<_>>() {
+                        self.send(to, LeaderlessMessage::RingLearn { ring: ring.clone() });
+                    }
+                    self.learn_ring(now, &ring);
+                } else {
+                    self.ring_proposal = None; // the ring reflects the change already
+                }
+            }
+        }
+    }
+
+    /// Retries a ring round that timed out; gossips this node's ring epoch
+    /// to one random live node.
+    fn ring_tick(&mut self, now: Time) {
+        if self
+            .ring_proposal
+            .as_ref()
+            .is_some_and(|p| p.timed_out(now, self.config.paxos_round_timeout()))
+        {
+            let mut p = self.ring_proposal.take().expect("checked above");
+            if p.change.apply(&self.ring.ring).is_some() {
+                let ballot = self.next_ring_ballot();
+                p.restart(self.ring.ring.clone(), ballot, now);
+                self.ring_prepare(&p);
+                self.ring_proposal = Some(p);
+            }
+        }
+        let me = self.me();
+        let live: Vec<NodeId> = self
+            .membership
+            .live()
+            .into_iter()
+            .filter(|&n| n != me)
+            .collect();
+        if !live.is_empty() {
+            let to = live[self.rng.gen_range(0..live.len())];
+            let epoch = self.ring.ring.epoch;
+            self.send(to, LeaderlessMessage::RingHave { epoch });
+        }
+    }
+
+    /// Moves tasks whose replicas differ from their replicas under the
+    /// newest ring: the first live one of a task's current replicas
+    /// proposes `Move` (final tasks too, so reads find every task where the
+    /// newest ring puts it and a removed node holds nothing anyone needs).
+    /// At most `rebalance_per_tick_max` moves start per tick; a pass that
+    /// finds nothing left to move ends the scans until the ring changes.
+    fn rebalance(&mut self, now: Time) {
+        let epoch = self.ring.ring.epoch;
+        if self.rebalanced_epoch == Some(epoch) || self.records.is_empty() {
+            return;
+        }
+        let me = self.me();
+        let start = self.rebalance_cursor;
+        let ids: Vec<TaskId> = self
+            .records
+            .keys()
+            .copied()
+            .filter(|id| start.is_none_or(|s| *id > s))
+            .collect();
+        let mut started = 0;
+        let mut pending = false;
+        let mut last = None;
+        for id in ids {
+            if started >= self.config.rebalance_per_tick_max {
+                break;
+            }
+            last = Some(id);
+            let rec = &self.records[&id];
+            if !rec.is_replica(me) || rec.value.ring_epoch >= epoch {
+                continue;
+            }
+            let target = self.replicas_of(id);
+            if rec.value.replicas == target {
+                continue;
+            }
+            pending = true;
+            let mover = rec
+                .value
+                .replicas
+                .iter()
+                .copied()
+                .find(|&n| self.membership.is_live(n));
+            if mover != Some(me) || self.proposer.is_running(id) {
+                continue;
+            }
+            let (header, version, value) = (rec.header.clone(), rec.version, rec.value.clone());
+            let intent = Intent::Move {
+                ring_epoch: epoch,
+                replicas: target,
+            };
+            if self
+                .propose(now, id, header, version, value, intent)
+                .is_err()
+            {
+                break;
+            }
+            started += 1;
+        }
+        let wrapped = started < self.config.rebalance_per_tick_max;
+        self.rebalance_cursor = if wrapped { None } else { last };
+        if wrapped && start.is_none() && !pending {
+            self.rebalanced_epoch = Some(epoch);
+        }
+    }
+}
+
+/// Whether `me` has anything to do about the record: a task not final of
+/// which it is a replica, or one it runs (a node removed from the ring
+/// finishes, or releases, what it was running). A record kept after its
+/// task moved away is otherwise history.
+fn is_active(rec: &Record, me: NodeId) -> bool {
+    !rec.value.state.is_final()
+        && (rec.is_replica(me)
+            || matches!(rec.value.state, TaskState::Running { node, .. } if node == me))
 }
 
 /// The notes for the chosen transition `old` → `new` of `task`.
 fn transition_notes(task: TaskId, old: &TaskValue, new: &TaskValue) -> Vec<Note> {
     let mut notes = Vec::new();
+    if old.state == new.state {
+        return notes; // a move: the state and its assignment go on
+    }
     match (&old.state, &new.state) {
         (TaskState::Running { epoch, .. }, TaskState::Running { .. }) => {
             notes.push(Note::Superseded {
@@ -1076,7 +1555,11 @@ fn transition_notes(task: TaskId, old: &TaskValue, new: &TaskValue) -> Vec<Note>
         (TaskState::Running { epoch, .. }, TaskState::Pending) => notes.push(Note::Superseded {
             task,
             epoch: *epoch,
-            reason: SupersedeReason::AttemptFailed,
+            reason: if new.attempts > old.attempts {
+                SupersedeReason::AttemptFailed
+            } else {
+                SupersedeReason::RunnerDeclaredDead // released
+            },
         }),
         _ => {}
     }
@@ -1123,16 +1606,24 @@ impl Node for LeaderlessNode {
                     .try_into()
                     .expect("16-byte task id"),
             ));
-            if !rec.value.state.is_final() {
+            if is_active(&rec, peers.id) {
                 active.insert(id);
             }
             records.insert(id, rec);
         }
+        let ring = stored.get(RING_KEY).map_or_else(
+            || RingState::initial(config.ring_zero(peers)),
+            |b| decode(b, usize::MAX).expect("a stored ring decodes"),
+        );
         let mut node = LeaderlessNode {
             peers: peers.clone(),
             config: config.clone(),
             generation,
-            ring: peers.members.clone(),
+            ring,
+            ring_proposal: None,
+            ring_round_seen: 0,
+            rebalance_cursor: None,
+            rebalanced_epoch: None,
             membership: Membership::new(
                 peers.id,
                 generation,
@@ -1151,6 +1642,7 @@ impl Node for LeaderlessNode {
             read_waiters: BTreeMap::new(),
             loopback: VecDeque::new(),
             anti_entropy_cursor: None,
+            submit_lookups: BTreeMap::new(),
             steals: 0,
             out: Vec::new(),
         };
@@ -1158,9 +1650,13 @@ impl Node for LeaderlessNode {
             key: GENERATION_KEY.to_vec(),
             value: encode(&generation),
         }]));
-        let ring = node.ring.clone();
-        node.membership
-            .announce_to_unseen(now, &ring, config.announce_interval(), &mut node.out);
+        let members = peers.members.clone();
+        node.membership.announce_to_unseen(
+            now,
+            &members,
+            config.announce_interval(),
+            &mut node.out,
+        );
         node.arm_tick(now);
         node
     }

@@ -33,16 +33,26 @@ pub struct TaskValue {
     /// finds from an earlier boot (it crashed) is re-claimed with a new
     /// epoch instead of run again under the old one.
     pub runner_boot: u64,
+    /// The task's replicas from this version on: the acceptors of the
+    /// instance deciding the next version. Changed only by a chosen move
+    /// (a ring change), so every proposer of an instance, knowing its
+    /// chosen base, asks the same acceptors.
+    pub replicas: Vec<NodeId>,
+    /// The ring epoch `replicas` were computed from; only grows.
+    pub ring_epoch: u64,
 }
 
 impl TaskValue {
-    /// The value of a task just submitted (version 0).
-    pub fn initial() -> TaskValue {
+    /// The value of a task just submitted (version 0), on the replicas
+    /// its header was written to.
+    pub fn initial(header: &TaskHeader) -> TaskValue {
         TaskValue {
             state: TaskState::Pending,
             epoch: Epoch::ZERO,
             attempts: 0,
             runner_boot: 0,
+            replicas: header.replicas.clone(),
+            ring_epoch: header.ring_epoch,
         }
     }
 }
@@ -52,8 +62,12 @@ impl TaskValue {
 pub struct TaskHeader {
     /// What to run.
     pub task: Task,
-    /// The task's replicas, fixed at submission from the ring membership.
+    /// The replicas the task was written to at submission, from the ring
+    /// membership of `ring_epoch` (where version 0 lives; later versions
+    /// name their own replicas in [`TaskValue::replicas`]).
     pub replicas: Vec<NodeId>,
+    /// The ring epoch of the submitting node.
+    pub ring_epoch: u64,
 }
 
 /// What a replica holds for one task.
@@ -77,12 +91,19 @@ impl Record {
     /// A fresh record at version 0.
     pub fn new(header: TaskHeader) -> Record {
         Record {
+            value: TaskValue::initial(&header),
             header,
             version: 0,
-            value: TaskValue::initial(),
             promised: Ballot::ZERO,
             accepted: None,
         }
+    }
+
+    /// Whether `me` is one of the task's replicas as of the latest chosen
+    /// version this record knows (a record kept after the task moved away
+    /// is not).
+    pub fn is_replica(&self, me: NodeId) -> bool {
+        self.value.replicas.contains(&me)
     }
 
     /// Moves to a newer chosen `(version, value)`, clearing the acceptor
@@ -92,7 +113,7 @@ impl Record {
             return false;
         }
         assert!(
-            !self.value.state.is_final(),
+            !self.value.state.is_final() || self.value.state == value.state,
             "a final state never changes (version {} -> {version})",
             self.version
         );

@@ -14,6 +14,10 @@ pub enum ReadPurpose {
     Get,
     /// The first half of a `Cancel`: find the latest value, then propose.
     Cancel,
+    /// The first half of a `Submit` once the ring has changed: find the
+    /// task wherever it lives before creating it (so a resubmit under a
+    /// newer ring does not start a second record on other replicas).
+    Submit,
 }
 
 /// One client operation waiting on replicas.
@@ -36,7 +40,10 @@ pub enum Op {
         /// Give up (retryable) at this time.
         deadline: Time,
     },
-    /// A quorum read.
+    /// A quorum read. The reader does not know where the task lives now
+    /// (it may have moved, or not yet, to its replicas under the newest
+    /// ring): it asks the task's replicas under every ring it remembers,
+    /// then a majority of the replicas named by the newest version found.
     Read {
         /// The client's request.
         request: RequestId,
@@ -46,8 +53,12 @@ pub enum Op {
         purpose: ReadPurpose,
         /// Answers so far.
         replies: BTreeMap<NodeId, Option<ReadState>>,
-        /// Replicas asked.
-        replicas: usize,
+        /// Nodes asked so far.
+        asked: BTreeSet<NodeId>,
+        /// The task's replicas under each ring this node remembers.
+        candidates: Vec<Vec<NodeId>>,
+        /// This node's ring epoch when the read began.
+        ring_epoch: u64,
         /// Give up (retryable) at this time.
         deadline: Time,
     },
@@ -62,6 +73,25 @@ pub enum SubmitVerdict {
     Durable,
     /// Too many replicas hold a different task for `W` to be reached.
     Conflict,
+}
+
+/// Where a read stands after an answer.
+#[derive(Debug)]
+pub enum ReadProgress {
+    /// Not this operation's answer, or still waiting.
+    Waiting,
+    /// The newest version found lives on replicas not asked yet: ask them.
+    Ask {
+        /// The operation.
+        op: u64,
+        /// The task.
+        id: TaskId,
+        /// Whom to ask.
+        to: Vec<NodeId>,
+    },
+    /// Over (the operation is removed): the most advanced answer, if any
+    /// node holds the task, and the ring epoch the read began under.
+    Done(RequestId, TaskId, ReadPurpose, Option<ReadState>, u64),
 }
 
 /// The operations in flight at this node, by operation number.
@@ -146,52 +176,87 @@ impl Ops {
         Some((request, id, verdict))
     }
 
-    /// A replica's answer to a read. Once a majority answered, removes the
-    /// operation and returns the most advanced answer, `in_doubt` if any
-    /// answer at that version accepted a value in the next instance.
+    /// A replica's answer to a read. The read is over once a majority of
+    /// the replicas named by the newest version found answered (that
+    /// version is then the latest chosen, or the next one is in doubt:
+    /// `in_doubt` if any of them accepted a value in the next instance), or,
+    /// when nobody holds the task, once a majority of every candidate
+    /// replica set answered.
     pub fn read_reply(
         &mut self,
         op: u64,
         from: NodeId,
         task: TaskId,
         found: Option<ReadState>,
-    ) -> Option<(RequestId, TaskId, ReadPurpose, Option<ReadState>)> {
+    ) -> ReadProgress {
         let Some(Op::Read {
             id,
             replies,
-            replicas,
+            asked,
+            candidates,
             ..
         }) = self.ops.get_mut(&op)
         else {
-            return None;
+            return ReadProgress::Waiting;
         };
-        if *id != task {
-            return None; // a reply to an operation of an earlier boot
+        if *id != task || !asked.contains(&from) {
+            return ReadProgress::Waiting; // a reply to an operation of an earlier boot
         }
         replies.insert(from, found);
-        if replies.len() < majority(*replicas) {
-            return None;
+        let best = replies
+            .values()
+            .flatten()
+            .max_by_key(|a| a.version)
+            .cloned();
+        match best {
+            Some(mut best) => {
+                let set = best.value.replicas.clone();
+                let unasked: Vec<NodeId> =
+                    set.iter().copied().filter(|n| !asked.contains(n)).collect();
+                if !unasked.is_empty() {
+                    asked.extend(unasked.iter().copied());
+                    return ReadProgress::Ask {
+                        op,
+                        id: task,
+                        to: unasked,
+                    };
+                }
+                let heard = set.iter().filter(|n| replies.contains_key(n)).count();
+                if heard < majority(set.len()) {
+                    return ReadProgress::Waiting;
+                }
+                best.in_doubt = replies.iter().any(|(n, a)| {
+                    set.contains(n)
+                        && a.as_ref()
+                            .is_some_and(|a| a.version == best.version && a.in_doubt)
+                });
+                self.finish_read(op, Some(best))
+            }
+            None => {
+                let everywhere = candidates.iter().all(|c| {
+                    c.iter().filter(|n| replies.contains_key(n)).count() >= majority(c.len())
+                });
+                if everywhere {
+                    self.finish_read(op, None)
+                } else {
+                    ReadProgress::Waiting
+                }
+            }
         }
+    }
+
+    fn finish_read(&mut self, op: u64, best: Option<ReadState>) -> ReadProgress {
         let Some(Op::Read {
             request,
             id,
             purpose,
-            replies,
+            ring_epoch,
             ..
         }) = self.ops.remove(&op)
         else {
-            unreachable!("matched above")
+            unreachable!("a read in flight")
         };
-        let answers: Vec<ReadState> = replies.into_values().flatten().collect();
-        let best = answers
-            .iter()
-            .max_by_key(|a| a.version)
-            .cloned()
-            .map(|mut b| {
-                b.in_doubt = answers.iter().any(|a| a.version == b.version && a.in_doubt);
-                b
-            });
-        Some((request, id, purpose, best))
+        ReadProgress::Done(request, id, purpose, best, ring_epoch)
     }
 
     /// Removes and returns every operation past its deadline.

@@ -40,6 +40,7 @@ fn header() -> TaskHeader {
             max_attempts: 1,
         },
         replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
+        ring_epoch: 0,
     }
 }
 
@@ -90,6 +91,7 @@ fn deliver(mut state: State, i: usize) -> State {
                     version,
                     value,
                 },
+                PrepareReply::Foreign => unreachable!("one record of the task"),
             };
             state.network.push((to, from, msg));
         }
@@ -193,7 +195,7 @@ fn check(state: &State) {
 }
 
 fn initial() -> State {
-    let base = TaskValue::initial();
+    let base = TaskValue::initial(&header());
     let mut init = State {
         acceptors: [1, 2, 3]
             .into_iter()
@@ -226,6 +228,8 @@ fn running(n: u64) -> String {
             epoch: Epoch(1),
             attempts: 0,
             runner_boot: 0,
+            replicas: header().replicas,
+            ring_epoch: 0,
         }
     )
 }

@@ -7,7 +7,7 @@ mod common;
 use cohort_core::{
     ClientError, ClientRequest, ClientResponse, Consistency, Epoch, NodeId, TaskState,
 };
-use cohort_leaderless::LeaderlessConfig;
+use cohort_leaderless::{placement, LeaderlessConfig, RingChange};
 use common::{task, tid, Sim};
 
 fn accepted(sim: &Sim, r: cohort_core::RequestId) -> bool {
@@ -440,6 +440,7 @@ fn a_late_learn_of_an_old_claim_does_not_start_a_finished_task_again() {
     let header = cohort_leaderless::record::TaskHeader {
         task: task(b"x"),
         replicas: sim.node(owner).replicas_of(id),
+        ring_epoch: 0,
     };
     let old = sim.chosen[&(id, 1)].clone();
     assert_eq!(old.state, TaskState::Running { node: owner, epoch });
@@ -460,4 +461,375 @@ fn a_late_learn_of_an_old_claim_does_not_start_a_finished_task_again() {
     });
     sim.run_for(500);
     assert_eq!(sim.executions_of(id).len(), 1, "not run again");
+}
+
+// ---- ring changes ----------------------------------------------------------
+
+/// A config whose ring at epoch 0 is nodes 1..=n (a larger cluster has spares).
+fn ring_of(n: u64) -> LeaderlessConfig {
+    LeaderlessConfig {
+        initial_ring: Some((1..=n).map(NodeId).collect()),
+        ..LeaderlessConfig::default()
+    }
+}
+
+/// What can go wrong during a hand-off, struck right after the ring change
+/// is agreed.
+#[derive(Clone, Copy, PartialEq)]
+enum HandOffFault {
+    None,
+    /// This node crashes, then restarts 1.5 s later.
+    Crash(NodeId),
+    /// This node is cut off from every other node for 1.5 s.
+    Partition(NodeId),
+}
+
+/// Submits 60 tasks over 1.2 s at every node; after the 20th, `at` asks for
+/// `change`; `fault` strikes once the change is agreed at `at`.
+/// Then checks: every acknowledged task reaches one outcome, every one ends
+/// on its replicas under the new ring (all of them hold its latest
+/// version), a linearizable read of every acknowledged task never answers
+/// `NotFound` (during the hand-off) and answers the decided state after it.
+/// The harness checks one value per Paxos instance across the moves, one
+/// ring per epoch, G2 and G3 after every event.
+fn ring_change_while_tasks_flow(
+    seed: u64,
+    sim: &mut Sim,
+    at: NodeId,
+    change: RingChange,
+    fault: HandOffFault,
+) -> Vec<cohort_core::TaskId> {
+    sim.run_for(1_000);
+    sim.handlers.run_ms = (50, 400);
+    let members = sim.members().to_vec();
+    let mut submitted = Vec::new();
+    let mut reads = Vec::new();
+    let mut struck = false;
+    for i in 0..60u64 {
+        let id = tid(seed * 1_000 + i);
+        let node = members[i as usize % members.len()];
+        if sim.is_up(node) {
+            submitted.push((id, sim.submit(node, id, b"x")));
+        }
+        if i == 20 {
+            sim.with_node(at, |n, now| n.propose_ring_change(now, change))
+                .expect("started");
+        }
+        if !struck && i > 20 && sim.node(at).ring().epoch == 1 {
+            struck = true;
+            match fault {
+                HandOffFault::None => {}
+                HandOffFault::Crash(n) => sim.crash(n),
+                HandOffFault::Partition(n) => sim.isolate(n),
+            }
+        }
+        // Reads of tasks acknowledged so far, during the hand-off.
+        if i > 20 && i % 5 == 0 {
+            for &(id, r) in submitted.iter().take(20) {
+                if accepted(sim, r) {
+                    let reader = members[(i as usize / 5) % members.len()];
+                    if sim.is_up(reader) {
+                        reads.push((id, sim.get(reader, id, Consistency::Linearizable)));
+                    }
+                }
+            }
+        }
+        sim.run_for(20);
+    }
+    assert!(struck, "the ring change was agreed during the run");
+    sim.run_for(1_500);
+    match fault {
+        HandOffFault::Crash(n) => sim.restart(n),
+        HandOffFault::Partition(_) => sim.heal(),
+        HandOffFault::None => {}
+    }
+    let acked: Vec<_> = submitted
+        .iter()
+        .filter(|(_, r)| accepted(sim, *r))
+        .map(|(id, _)| *id)
+        .collect();
+    assert!(acked.len() >= 40, "{} of 60 acknowledged", acked.len());
+    let ring = sim.node(at).ring().clone();
+    assert_eq!(ring.epoch, 1);
+    assert!(
+        sim.run_until(10_000, |s| acked.iter().all(|&id| s.decided(id).is_some())),
+        "every acknowledged task finishes"
+    );
+    // Every node knows the new ring (gossip), and every task moved.
+    assert!(
+        sim.run_until(10_000, |s| {
+            s.members().iter().all(|&m| s.node(m).ring() == &ring)
+                && acked.iter().all(|&id| {
+                    let target = placement::replicas(id, &ring.members, 3);
+                    target.iter().all(|&n| {
+                        s.node(n).record(id).is_some_and(|(_, v)| {
+                            v.replicas == target && Some(&v.state) == s.decided(id)
+                        })
+                    })
+                })
+        }),
+        "every record moved to its replicas under the new ring"
+    );
+    assert!(reads.len() >= 20, "reads ran during the hand-off");
+    for (id, r) in reads {
+        assert!(
+            !matches!(sim.reply(r), Some(Err(ClientError::NotFound { .. }))),
+            "{id:?} was acknowledged but a read during the hand-off did not find it"
+        );
+    }
+    for &id in &acked {
+        let reader = members[(id.0 % members.len() as u128) as usize];
+        let r = sim.get(reader, id, Consistency::Linearizable);
+        assert!(sim.run_until(500, |s| s.reply(r).is_some()));
+        assert_eq!(
+            sim.reply(r),
+            Some(&Ok(ClientResponse::State {
+                id,
+                state: sim.decided(id).expect("decided").clone()
+            })),
+            "{id:?} read at {reader} after the hand-off"
+        );
+    }
+    acked
+}
+
+#[test]
+fn a_node_joins_while_tasks_flow_and_records_move_to_it_with_one_outcome_per_task() {
+    let mut sim = Sim::new(31, 6, ring_of(5));
+    let acked = ring_change_while_tasks_flow(
+        31,
+        &mut sim,
+        NodeId(2),
+        RingChange::Add(NodeId(6)),
+        HandOffFault::None,
+    );
+    assert_eq!(sim.node(NodeId(1)).ring().members.len(), 6);
+    let on_new = acked
+        .iter()
+        .filter(|&&id| sim.node(NodeId(6)).record(id).is_some())
+        .count();
+    assert!(
+        on_new >= 10,
+        "the new node holds {on_new} of {} tasks",
+        acked.len()
+    );
+    // No fault: a move never runs a task again.
+    for &id in &acked {
+        assert_eq!(sim.executions_of(id).len(), 1, "{id:?}");
+    }
+}
+
+#[test]
+fn a_node_removed_while_tasks_flow_hands_every_record_off_and_can_then_be_shut_down() {
+    let mut sim = Sim::new(32, 5, LeaderlessConfig::default());
+    let gone = NodeId(5);
+    let acked = ring_change_while_tasks_flow(
+        32,
+        &mut sim,
+        NodeId(1),
+        RingChange::Remove(gone),
+        HandOffFault::None,
+    );
+    assert!(!sim.node(NodeId(1)).ring().members.contains(&gone));
+    // Removed for good: the cluster serves every task without it.
+    sim.crash(gone);
+    for &id in &acked {
+        let r = sim.get(NodeId(1), id, Consistency::Linearizable);
+        assert!(sim.run_until(500, |s| s.reply(r).is_some()));
+        assert!(
+            matches!(sim.reply(r), Some(Ok(ClientResponse::State { .. }))),
+            "{id:?}"
+        );
+    }
+    let id = tid(999_999);
+    let r = sim.submit(NodeId(2), id, b"after");
+    assert!(sim.run_until(3_000, |s| s.decided(id).is_some()));
+    assert!(accepted(&sim, r));
+    assert!(!sim.node(NodeId(2)).replicas_of(id).contains(&gone));
+}
+
+#[test]
+fn a_replica_crashing_during_the_hand_off_of_a_join_loses_no_task_and_decides_each_once() {
+    let mut sim = Sim::new(33, 6, ring_of(5));
+    ring_change_while_tasks_flow(
+        33,
+        &mut sim,
+        NodeId(3),
+        RingChange::Add(NodeId(6)),
+        HandOffFault::Crash(NodeId(1)),
+    );
+}
+
+#[test]
+fn the_joining_node_crashing_during_its_hand_off_loses_no_task() {
+    let mut sim = Sim::new(34, 6, ring_of(5));
+    ring_change_while_tasks_flow(
+        34,
+        &mut sim,
+        NodeId(3),
+        RingChange::Add(NodeId(6)),
+        HandOffFault::Crash(NodeId(6)),
+    );
+}
+
+#[test]
+fn a_replica_partitioned_during_the_hand_off_of_a_removal_loses_no_task() {
+    let mut sim = Sim::new(35, 5, LeaderlessConfig::default());
+    ring_change_while_tasks_flow(
+        35,
+        &mut sim,
+        NodeId(2),
+        RingChange::Remove(NodeId(4)),
+        HandOffFault::Partition(NodeId(1)),
+    );
+}
+
+#[test]
+fn the_removed_node_crashing_mid_hand_off_leaves_its_tasks_to_the_others() {
+    let mut sim = Sim::new(36, 5, LeaderlessConfig::default());
+    ring_change_while_tasks_flow(
+        36,
+        &mut sim,
+        NodeId(2),
+        RingChange::Remove(NodeId(4)),
+        HandOffFault::Crash(NodeId(4)),
+    );
+}
+
+#[test]
+fn a_ring_change_is_refused_for_an_unknown_node_and_a_no_op_when_already_reflected() {
+    let mut sim = Sim::new(37, 5, LeaderlessConfig::default());
+    sim.run_for(500);
+    assert_eq!(
+        sim.with_node(NodeId(1), |n, now| n
+            .propose_ring_change(now, RingChange::Add(NodeId(9)))),
+        Err(cohort_leaderless::RingError::NotAMember(NodeId(9)))
+    );
+    assert_eq!(
+        sim.with_node(NodeId(1), |n, now| n
+            .propose_ring_change(now, RingChange::Add(NodeId(2)))),
+        Ok(())
+    );
+    assert!(!sim.node(NodeId(1)).ring_change_in_flight());
+    assert_eq!(sim.node(NodeId(1)).ring().epoch, 0);
+    // Two nodes asking for different changes at once: both are applied,
+    // one epoch each, every node agrees.
+    sim.with_node(NodeId(1), |n, now| {
+        n.propose_ring_change(now, RingChange::Remove(NodeId(5)))
+    })
+    .expect("started");
+    sim.with_node(NodeId(2), |n, now| {
+        n.propose_ring_change(now, RingChange::Remove(NodeId(4)))
+    })
+    .expect("started");
+    assert!(sim.run_until(3_000, |s| s.members().iter().all(|&m| s
+        .node(m)
+        .ring()
+        .members
+        == vec![NodeId(1), NodeId(2), NodeId(3)])));
+    assert_eq!(sim.node(NodeId(3)).ring().epoch, 2);
+}
+
+#[test]
+fn a_resubmit_under_a_newer_ring_before_the_task_moved_finds_it_and_creates_no_second_record() {
+    let mut sim = Sim::new(38, 6, ring_of(5));
+    sim.run_for(1_000);
+    sim.handlers.run_ms = (2_000, 3_000);
+    let ids: Vec<_> = (0..30).map(|i| tid(38_000 + i)).collect();
+    let first: Vec<_> = ids
+        .iter()
+        .map(|&id| sim.submit(NodeId(1), id, b"x"))
+        .collect();
+    sim.run_for(100);
+    assert!(first.iter().all(|&r| accepted(&sim, r)));
+    sim.with_node(NodeId(2), |n, now| {
+        n.propose_ring_change(now, RingChange::Add(NodeId(6)))
+    })
+    .expect("started");
+    // The moment the ring change is known at n2, before the moves.
+    assert!(sim.run_until(1_000, |s| s.node(NodeId(2)).ring().epoch == 1));
+    let again: Vec<_> = ids
+        .iter()
+        .map(|&id| sim.submit(NodeId(2), id, b"x"))
+        .collect();
+    let other = sim.submit(NodeId(2), ids[0], b"different");
+    assert!(sim.run_until(1_000, |s| again.iter().all(|&r| s.reply(r).is_some())));
+    for &r in &again {
+        assert!(accepted(&sim, r), "{:?}", sim.reply(r));
+    }
+    assert_eq!(
+        sim.reply(other),
+        Some(&Err(ClientError::IdConflict { id: ids[0] }))
+    );
+    // The harness checked one value per version (a second record created on
+    // n6 under the new placement would differ at version 0).
+    assert!(sim.run_until(10_000, |s| ids.iter().all(|&id| s.decided(id).is_some())));
+    for &id in &ids {
+        assert_eq!(sim.executions_of(id).len(), 1, "{id:?}");
+    }
+    let moved_to_n6 = ids
+        .iter()
+        .filter(|&&id| sim.node(NodeId(2)).replicas_of(id).contains(&NodeId(6)))
+        .count();
+    assert!(moved_to_n6 >= 5, "{moved_to_n6}");
+}
+
+#[test]
+fn a_reader_that_missed_a_ring_change_still_finds_tasks_placed_under_the_new_ring() {
+    let mut sim = Sim::new(39, 6, ring_of(5));
+    sim.run_for(1_000);
+    sim.handlers.run_ms = (3_000, 3_000);
+    let lagging = NodeId(5);
+    sim.isolate(lagging);
+    sim.with_node(NodeId(1), |n, now| {
+        n.propose_ring_change(now, RingChange::Add(NodeId(6)))
+    })
+    .expect("started");
+    assert!(sim.run_until(2_000, |s| s
+        .members()
+        .iter()
+        .all(|&m| m == lagging || s.node(m).ring().epoch == 1)));
+    // A task placed on the new node and two old ones `a` and `b`, written
+    // to `a` and the new node only, while n5 is cut off.
+    let id = (0..2_000)
+        .map(|i| tid(39_000 + i))
+        .find(|&id| {
+            let now = sim.node(NodeId(1)).replicas_of(id);
+            now.contains(&NodeId(6)) && !now.contains(&lagging)
+        })
+        .expect("such a task");
+    let placed = sim.node(NodeId(1)).replicas_of(id);
+    let old: Vec<NodeId> = placed.iter().copied().filter(|&n| n != NodeId(6)).collect();
+    let (a, b) = (old[0], old[1]);
+    let coordinator = [1, 2, 3, 4]
+        .iter()
+        .map(|&n| NodeId(n))
+        .find(|n| !placed.contains(n))
+        .expect("a coordinator outside the placement");
+    sim.isolate(b);
+    sim.cut(b, lagging);
+    let r = sim.submit(coordinator, id, b"x");
+    sim.run_for(200);
+    assert!(accepted(&sim, r));
+    assert!(sim.node(b).record(id).is_none());
+    // n5 still has ring 0, which puts the task on a, b and a third old
+    // node; it cannot reach a, and b (reachable by n5 only) and the third
+    // have nothing.
+    sim.heal();
+    sim.isolate(b);
+    sim.heal_link(b, lagging);
+    sim.cut(lagging, a);
+    assert_eq!(sim.node(lagging).ring().epoch, 0, "n5 missed the change");
+    let read = sim.get(lagging, id, Consistency::Linearizable);
+    assert!(sim.run_until(2_000, |s| s.reply(read).is_some()));
+    assert!(
+        matches!(sim.reply(read), Some(Ok(ClientResponse::State { .. }))),
+        "{:?}",
+        sim.reply(read)
+    );
+    assert_eq!(
+        sim.node(lagging).ring().epoch,
+        1,
+        "n5 learned the ring from b or the third node"
+    );
 }

@@ -14,6 +14,11 @@ pub enum PrepareReply {
     Reject(Ballot),
     /// This acceptor knows a later chosen version.
     Ahead(u64, TaskValue),
+    /// This acceptor holds a different value at the base version: the
+    /// proposer's base is not this task's chosen value (a second record
+    /// created under another ring's placement). No answer, so it never
+    /// mixes with this record's instances.
+    Foreign,
 }
 
 /// An acceptor's answer to `Accept(version, ballot, value)`.
@@ -41,6 +46,9 @@ pub fn on_prepare(
     assert!(ballot > Ballot::ZERO, "real ballots are above ZERO");
     if rec.version > version {
         return (PrepareReply::Ahead(rec.version, rec.value.clone()), false);
+    }
+    if rec.version == version && rec.value != *base {
+        return (PrepareReply::Foreign, false);
     }
     let mut changed = rec.learn(version, base);
     assert_eq!(rec.version, version);
@@ -96,6 +104,7 @@ mod tests {
                 max_attempts: 1,
             },
             replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
+            ring_epoch: 0,
         })
     }
 
@@ -116,13 +125,15 @@ mod tests {
             epoch: Epoch(epoch),
             attempts: 0,
             runner_boot: 0,
+            replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
+            ring_epoch: 0,
         }
     }
 
     #[test]
     fn an_acceptor_never_accepts_below_its_promise() {
         let mut r = rec();
-        let init = TaskValue::initial();
+        let init = TaskValue::initial(&rec().header);
         assert_eq!(
             on_prepare(&mut r, 0, &init, b(2, 2)),
             (PrepareReply::Promise(None), true)
@@ -155,12 +166,27 @@ mod tests {
         assert_eq!(reply, PrepareReply::Promise(None));
         assert_eq!((r.version, &r.value), (1, &v1));
         assert_eq!(
-            on_prepare(&mut r, 0, &TaskValue::initial(), b(9, 9)),
+            on_prepare(&mut r, 0, &TaskValue::initial(&rec().header), b(9, 9)),
             (PrepareReply::Ahead(1, v1.clone()), false)
         );
         assert_eq!(
             on_accept(&mut r, 2, b(9, 9), &v1),
             (AcceptReply::Behind, false)
         );
+    }
+
+    #[test]
+    fn a_prepare_whose_base_differs_from_the_chosen_value_at_its_version_gets_no_answer() {
+        // A second record of the task under another placement must never
+        // mix with this record's instances.
+        let mut r = rec();
+        let mut other = TaskValue::initial(&r.header);
+        other.replicas = vec![NodeId(1), NodeId(2), NodeId(6)];
+        other.ring_epoch = 1;
+        assert_eq!(
+            on_prepare(&mut r, 0, &other, b(1, 6)),
+            (PrepareReply::Foreign, false)
+        );
+        assert_eq!(r.promised, Ballot::ZERO);
     }
 }

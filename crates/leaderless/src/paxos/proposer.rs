@@ -34,6 +34,23 @@ pub enum Intent {
     },
     /// Any state not final → `Cancelled`.
     Cancel,
+    /// `Running { me, epoch }` → `Pending` (attempts unchanged): this node
+    /// lost the execution (it restarted) and is no longer one of the
+    /// task's replicas (it was removed from the ring), so a replica claims
+    /// it instead.
+    Release {
+        /// This node's lost assignment.
+        epoch: Epoch,
+    },
+    /// Any state → the same state on the task's replicas under a newer
+    /// ring (`ring_epoch`), if it is not on them already. Chosen by the old
+    /// replicas' majority; later instances run among `replicas`.
+    Move {
+        /// The ring epoch the new replicas were computed from.
+        ring_epoch: u64,
+        /// The task's replicas under that ring.
+        replicas: Vec<NodeId>,
+    },
     /// No change of its own: finish the instance on top of the base if a
     /// value was accepted in it (a linearizable read whose replicas are in
     /// doubt), else stop.
@@ -88,8 +105,27 @@ impl Intent {
                     ..base.clone()
                 })
             }
+            (Intent::Release { epoch }, TaskState::Running { node, epoch: e })
+                if *node == me && e == epoch =>
+            {
+                Some(TaskValue {
+                    state: TaskState::Pending,
+                    ..base.clone()
+                })
+            }
             (Intent::Cancel, s) if !s.is_final() => Some(TaskValue {
                 state: TaskState::Cancelled,
+                ..base.clone()
+            }),
+            (
+                Intent::Move {
+                    ring_epoch,
+                    replicas,
+                },
+                _,
+            ) if base.ring_epoch < *ring_epoch && base.replicas != *replicas => Some(TaskValue {
+                replicas: replicas.clone(),
+                ring_epoch: *ring_epoch,
                 ..base.clone()
             }),
             _ => None,
@@ -104,6 +140,8 @@ fn claim(me: NodeId, boot: u64, base: &TaskValue) -> TaskValue {
         epoch,
         attempts: base.attempts,
         runner_boot: boot,
+        replicas: base.replicas.clone(),
+        ring_epoch: base.ring_epoch,
     }
 }
 
@@ -297,14 +335,14 @@ impl Proposer {
         let Some(p) = self.proposals.get_mut(&id) else {
             return Outcome::Send(vec![]);
         };
-        if p.version != version || p.ballot != ballot || !p.header.replicas.contains(&from) {
+        if p.version != version || p.ballot != ballot || !p.base.replicas.contains(&from) {
             return Outcome::Send(vec![]); // a reply to an older round
         }
         let Phase::Preparing { promises } = &mut p.phase else {
             return Outcome::Send(vec![]);
         };
         promises.insert(from, accepted);
-        if promises.len() < majority(p.header.replicas.len()) {
+        if promises.len() < majority(p.base.replicas.len()) {
             return Outcome::Send(vec![]);
         }
         // Keep the value accepted under the highest ballot, if any.
@@ -324,7 +362,7 @@ impl Proposer {
             accepted: BTreeSet::new(),
         };
         let msgs = p
-            .header
+            .base
             .replicas
             .iter()
             .map(|&to| {
@@ -353,14 +391,14 @@ impl Proposer {
         let Some(p) = self.proposals.get_mut(&id) else {
             return Outcome::Send(vec![]);
         };
-        if p.version != version || p.ballot != ballot || !p.header.replicas.contains(&from) {
+        if p.version != version || p.ballot != ballot || !p.base.replicas.contains(&from) {
             return Outcome::Send(vec![]);
         }
         let Phase::Accepting { accepted, .. } = &mut p.phase else {
             return Outcome::Send(vec![]);
         };
         accepted.insert(from);
-        if accepted.len() < majority(p.header.replicas.len()) {
+        if accepted.len() < majority(p.base.replicas.len()) {
             return Outcome::Send(vec![]);
         }
         let proposal = self.proposals.remove(&id).expect("present above");
@@ -448,8 +486,10 @@ impl Proposer {
     }
 }
 
+/// Prepares go to the replicas named by the chosen base: every proposer of
+/// an instance asks the same acceptors, even across a move.
 fn prepare_msgs(id: TaskId, p: &Proposal) -> Vec<(NodeId, LeaderlessMessage)> {
-    p.header
+    p.base
         .replicas
         .iter()
         .map(|&to| {
@@ -481,6 +521,7 @@ mod tests {
                 max_attempts: 1,
             },
             replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
+            ring_epoch: 0,
         }
     }
 
@@ -492,7 +533,7 @@ mod tests {
                 TaskId(1),
                 header(),
                 0,
-                TaskValue::initial(),
+                TaskValue::initial(&header()),
                 Intent::Claim,
             )
             .expect("starts");
@@ -522,7 +563,7 @@ mod tests {
                 TaskId(id),
                 header(),
                 0,
-                TaskValue::initial(),
+                TaskValue::initial(&header()),
                 Intent::Claim,
             )
         };

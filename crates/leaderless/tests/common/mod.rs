@@ -110,6 +110,8 @@ pub struct Sim {
     failed_once: BTreeSet<TaskId>,
     /// Chosen values seen at any replica: `(task, version)` → value.
     pub chosen: BTreeMap<(TaskId, u64), cohort_leaderless::record::TaskValue>,
+    /// Chosen rings seen at any node: epoch → members.
+    pub rings: BTreeMap<u64, Vec<NodeId>>,
     decided: BTreeMap<TaskId, TaskState>,
     assigned: BTreeMap<(TaskId, Epoch), NodeId>,
     /// A running hash of every event, for determinism checks.
@@ -150,6 +152,7 @@ impl Sim {
             next_request: 0,
             failed_once: BTreeSet::new(),
             chosen: BTreeMap::new(),
+            rings: BTreeMap::new(),
             decided: BTreeMap::new(),
             assigned: BTreeMap::new(),
             trace_hash: 0xcbf2_9ce4_8422_2325,
@@ -244,6 +247,12 @@ impl Sim {
                 self.cut(id, m);
             }
         }
+    }
+
+    /// Restores both directions between `a` and `b`.
+    pub fn heal_link(&mut self, a: NodeId, b: NodeId) {
+        self.cut.remove(&(a, b));
+        self.cut.remove(&(b, a));
     }
 
     pub fn heal(&mut self) {
@@ -402,8 +411,21 @@ impl Sim {
         }
     }
 
-    /// One value per Paxos instance, across every replica's records.
+    /// One value per Paxos instance, across every replica's records (and
+    /// across moves: a task's new replicas hold the same values); one ring
+    /// per ring epoch across every node.
     fn check_records(&mut self) {
+        for node in self.nodes.values() {
+            let ring = node.ring();
+            let prev = self.rings.insert(ring.epoch, ring.members.clone());
+            assert!(
+                prev.as_ref().is_none_or(|p| *p == ring.members),
+                "two rings chosen at epoch {}: {prev:?} and {:?} (at {})",
+                ring.epoch,
+                ring.members,
+                node.id()
+            );
+        }
         for node in self.nodes.values() {
             for (task, version, value) in node.records() {
                 match self.chosen.get(&(task, version)) {
