@@ -75,6 +75,14 @@ pub struct NodeArgs {
     /// Largest task payload accepted, in bytes [default: 1048576].
     #[arg(long)]
     pub payload_bytes_max: Option<usize>,
+    /// Append one JSON line per handler started, handler completion and
+    /// decision note to this file (an audit log for fault-test harnesses).
+    #[arg(long)]
+    pub history_file: Option<PathBuf>,
+    /// Most bytes this process appends to --history-file; later records are
+    /// dropped with a warning [default: 67108864].
+    #[arg(long)]
+    pub history_bytes_max: Option<u64>,
 }
 
 use cohort_runtime::config::NodeFile as FileSettings;
@@ -99,6 +107,8 @@ pub struct Settings {
     key: Option<PathBuf>,
     http_tls: bool,
     http_client_ca: Option<PathBuf>,
+    history_file: Option<PathBuf>,
+    history_bytes_max: u64,
 }
 
 impl NodeArgs {
@@ -157,6 +167,11 @@ impl NodeArgs {
             key: self.key.clone().or(file.key),
             http_tls: self.http_tls || file.http_tls.unwrap_or(false),
             http_client_ca: self.http_client_ca.clone().or(file.http_client_ca),
+            history_file: self.history_file.clone().or(file.history_file),
+            history_bytes_max: self
+                .history_bytes_max
+                .or(file.history_bytes_max)
+                .unwrap_or(cohort_runtime::audit::AUDIT_BYTES_MAX_DEFAULT),
         })
     }
 }
@@ -242,6 +257,13 @@ pub fn validate(args: &Settings) -> anyhow::Result<Validated> {
     }
     config.http_addrs.insert(id, args.http);
     config.security = security(args)?;
+    config.audit = args
+        .history_file
+        .as_ref()
+        .map(|path| cohort_runtime::audit::AuditConfig {
+            path: path.clone(),
+            bytes_max: args.history_bytes_max,
+        });
     if args.allow_exec && !config.security.client_auth() && !args.insecure {
         bail!(
             "refusing --allow-exec without client authentication: anyone who reaches the \

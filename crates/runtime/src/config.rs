@@ -109,6 +109,8 @@ pub struct NodeFile {
     pub key: Option<PathBuf>,
     pub http_tls: Option<bool>,
     pub http_client_ca: Option<PathBuf>,
+    pub history_file: Option<PathBuf>,
+    pub history_bytes_max: Option<u64>,
 }
 
 impl NodeFile {
@@ -146,6 +148,9 @@ pub struct RuntimeConfig {
     pub inputs_per_batch_max: usize,
     /// Tokens and TLS.
     pub security: SecurityConfig,
+    /// Where to write the audit log of executions, completions and notes
+    /// (for fault-test harnesses); off by default.
+    pub audit: Option<crate::audit::AuditConfig>,
 }
 
 impl RuntimeConfig {
@@ -168,6 +173,7 @@ impl RuntimeConfig {
             client: ClientLimits::default(),
             inputs_per_batch_max: 256,
             security: SecurityConfig::default(),
+            audit: None,
         }
     }
 
