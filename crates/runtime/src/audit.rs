@@ -218,7 +218,7 @@ pub fn read_log(text: &str) -> (Vec<AuditRecord>, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cohort_core::{TaskState, SupersedeReason};
+    use cohort_core::{SupersedeReason, TaskState};
 
     #[test]
     fn records_round_trip_through_the_file_and_the_bound_stops_writing() {
