@@ -264,11 +264,24 @@ mod tests {
         );
         assert!(recs[0].at_us <= recs[2].at_us);
 
-        // The bound: a log with room for one record keeps exactly one.
+        // The bound: a log with room for one and a half records keeps one.
+        let line = |e: u64| {
+            let rec = AuditRecord {
+                at_us: wall_clock_us(),
+                node: NodeId(1),
+                event: AuditEvent::Noted(Note::Superseded {
+                    task: t,
+                    epoch: Epoch(e),
+                    reason: SupersedeReason::LeaseExpired,
+                }),
+            };
+            serde_json::to_vec(&rec).unwrap().len() as u64 + 1
+        };
+        let bytes_max = line(1) * 3 / 2;
         let small = dir.path().join("small.jsonl");
         let cfg = AuditConfig {
             path: small.clone(),
-            bytes_max: 150,
+            bytes_max,
         };
         let a = Audit::open(NodeId(1), &cfg).unwrap();
         for e in 1..=5 {
@@ -280,6 +293,6 @@ mod tests {
         }
         let (recs, bad) = read_log(&std::fs::read_to_string(&small).unwrap());
         assert_eq!((recs.len(), bad), (1, 0));
-        assert!(std::fs::metadata(&small).unwrap().len() <= 150);
+        assert!(std::fs::metadata(&small).unwrap().len() <= bytes_max);
     }
 }

@@ -255,22 +255,33 @@ pub struct ClientNs {
 }
 
 impl ClientNs {
+    /// A client runtime in the host's own network namespace (for nodes in
+    /// Docker containers, reachable through Docker's bridge).
+    pub fn host() -> ClientNs {
+        ClientNs::start(None).expect("a client thread")
+    }
+
     fn enter(ns: &str) -> Result<ClientNs, String> {
-        let path = format!("/run/netns/{ns}");
+        ClientNs::start(Some(format!("/run/netns/{ns}")))
+    }
+
+    fn start(path: Option<String>) -> Result<ClientNs, String> {
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
-            let entered = std::fs::File::open(&path).map_err(|e| format!("{path}: {e}"));
-            // setns changes only this thread's network namespace.
-            let entered = entered.and_then(|f| {
-                rustix::thread::move_into_link_name_space(
-                    f.as_fd(),
-                    Some(rustix::thread::LinkNameSpaceType::Network),
-                )
-                .map_err(|e| format!("setns {path}: {e}"))
-            });
-            if let Err(e) = entered {
-                let _ = tx.send(Err(e));
-                return;
+            if let Some(path) = path {
+                let entered = std::fs::File::open(&path).map_err(|e| format!("{path}: {e}"));
+                // setns changes only this thread's network namespace.
+                let entered = entered.and_then(|f| {
+                    rustix::thread::move_into_link_name_space(
+                        f.as_fd(),
+                        Some(rustix::thread::LinkNameSpaceType::Network),
+                    )
+                    .map_err(|e| format!("setns {path}: {e}"))
+                });
+                if let Err(e) = entered {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
             }
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -518,61 +529,106 @@ impl Cluster {
 
     /// Every node's audit records and how many lines could not be read.
     pub fn audit(&self) -> (Vec<AuditRecord>, usize) {
-        let mut all = Vec::new();
-        let mut bad = 0;
-        for i in 1..=self.n {
-            let text = std::fs::read_to_string(self.history_file(i)).unwrap_or_default();
-            let (recs, b) = read_log(&text);
-            all.extend(recs);
-            bad += b;
-        }
-        (all, bad)
+        let paths: Vec<PathBuf> = (1..=self.n).map(|i| self.history_file(i)).collect();
+        read_audit_files(&paths)
     }
 
     /// Starts the client workload in the client namespace.
     pub fn start_workload(&self, submitters: usize) -> Running {
-        let ctx = Arc::new(Ctx {
-            clients: (1..=self.n)
-                .map(|i| (NodeId(i as u64), Client::new(&self.http(i).to_string())))
-                .collect(),
-            start_us: self.start_us,
-            events: Mutex::new(Vec::new()),
-            acked: Mutex::new(Vec::new()),
-            stop: AtomicBool::new(false),
-            seed: AtomicU64::new(self.start_us ^ 0x9e37_79b9_7f4a_7c15),
-        });
-        let mut done = Vec::new();
-        for k in 0..submitters {
-            done.push(self.client.spawn(submitter(ctx.clone(), k)));
-        }
-        Running { ctx, done }
+        let https: Vec<SocketAddr> = (1..=self.n).map(|i| self.http(i)).collect();
+        start_workload(&self.client, &https, self.start_us, submitters)
     }
 
-    /// Stops submitting, waits for the submitters, reads every acknowledged
-    /// task until it is final (up to `drain`), reads each once more at
-    /// another node, and checks the merged history.
+    /// Stops submitting, drains (see [`stop_and_drain`]) and checks the
+    /// merged history.
     pub fn finish_workload(&mut self, w: Running, drain: Duration) -> Report {
-        w.ctx.stop.store(true, Ordering::Relaxed);
-        for d in w.done {
-            d.recv().expect("a submitter finished");
-        }
-        self.note("workload stopped; draining".into());
-        let ctx = w.ctx.clone();
-        self.client.run(drain_reads(ctx, drain));
+        self.note("stopping the workload; draining".into());
+        let client_events = stop_and_drain(&self.client, w, drain);
         let end = self.now();
         self.note("drained".into());
-        let client_events = std::mem::take(&mut *w.ctx.events.lock().unwrap());
         let (audit, bad_lines) = self.audit();
-        let (history, violations, count) = check(self.start_us, client_events, &audit, end);
-        Report {
-            history,
-            violations,
-            count,
-            audit_records: audit.len(),
+        report(
+            self.start_us,
+            client_events,
+            &audit,
             bad_lines,
-            logs: (1..=self.n).map(|i| self.log_tail(i)).collect(),
-            faults: self.log.clone(),
-        }
+            end,
+            (1..=self.n).map(|i| self.log_tail(i)).collect(),
+            self.log.clone(),
+        )
+    }
+}
+
+/// Starts `submitters` clients of the nodes at `https` on `client`'s runtime.
+pub fn start_workload(
+    client: &ClientNs,
+    https: &[SocketAddr],
+    start_us: u64,
+    submitters: usize,
+) -> Running {
+    let ctx = Arc::new(Ctx {
+        clients: https
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (NodeId(i as u64 + 1), Client::new(&a.to_string())))
+            .collect(),
+        start_us,
+        events: Mutex::new(Vec::new()),
+        acked: Mutex::new(Vec::new()),
+        stop: AtomicBool::new(false),
+        seed: AtomicU64::new(start_us ^ 0x9e37_79b9_7f4a_7c15),
+    });
+    let mut done = Vec::new();
+    for k in 0..submitters {
+        done.push(client.spawn(submitter(ctx.clone(), k)));
+    }
+    Running { ctx, done }
+}
+
+/// Stops submitting, waits for the submitters, reads every acknowledged
+/// task until it is final (up to `drain`) and each once more at another
+/// node; returns what the clients recorded.
+pub fn stop_and_drain(client: &ClientNs, w: Running, drain: Duration) -> Vec<ClientEvent> {
+    w.ctx.stop.store(true, Ordering::Relaxed);
+    for d in w.done {
+        d.recv().expect("a submitter finished");
+    }
+    client.run(drain_reads(w.ctx.clone(), drain));
+    std::mem::take(&mut *w.ctx.events.lock().unwrap())
+}
+
+/// Reads audit logs: every record and how many lines could not be read.
+pub fn read_audit_files(paths: &[PathBuf]) -> (Vec<AuditRecord>, usize) {
+    let mut all = Vec::new();
+    let mut bad = 0;
+    for p in paths {
+        let text = std::fs::read_to_string(p).unwrap_or_default();
+        let (recs, b) = read_log(&text);
+        all.extend(recs);
+        bad += b;
+    }
+    (all, bad)
+}
+
+/// Checks a run and bundles what a failure should show.
+pub fn report(
+    start_us: u64,
+    client_events: Vec<ClientEvent>,
+    audit: &[AuditRecord],
+    bad_lines: usize,
+    end: Time,
+    logs: Vec<String>,
+    faults: Vec<(Time, String)>,
+) -> Report {
+    let (history, violations, count) = check(start_us, client_events, audit, end);
+    Report {
+        history,
+        violations,
+        count,
+        audit_records: audit.len(),
+        bad_lines,
+        logs,
+        faults,
     }
 }
 
