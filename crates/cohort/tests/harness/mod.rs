@@ -381,8 +381,8 @@ impl Cluster {
     }
 
     fn note(&mut self, what: String) {
-        eprintln!("[{}] {what}", self.now());
         let at = self.now();
+        eprintln!("[{at}] {what}");
         self.log.push((at, what));
     }
 
