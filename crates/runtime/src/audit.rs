@@ -18,7 +18,9 @@
 //!
 //! Every line is written with one `write(2)` to a file opened for appending,
 //! so a `kill -9` leaves whole lines (or none) behind; a restarted node
-//! appends to the same file. The file is bounded by
+//! appends to the same file. Lines are written synchronously and never
+//! fsynced: a line is a few hundred bytes, and the log only has to survive
+//! a killed process, not a lost machine. The file is bounded by
 //! [`AuditConfig::bytes_max`]: past it nothing more is written, and a warning
 //! says so once.
 
