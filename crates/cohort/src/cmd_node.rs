@@ -79,6 +79,14 @@ pub struct NodeArgs {
     /// over before the node stops anyway, in milliseconds [default: 2000].
     #[arg(long)]
     pub shutdown_grace_ms: Option<u64>,
+    /// Append one JSON line per handler started, handler completion and
+    /// decision note to this file (an audit log for fault-test harnesses).
+    #[arg(long)]
+    pub history_file: Option<PathBuf>,
+    /// Most bytes this process appends to --history-file; later records are
+    /// dropped with a warning [default: 67108864].
+    #[arg(long)]
+    pub history_bytes_max: Option<u64>,
 }
 
 use cohort_runtime::config::NodeFile as FileSettings;
@@ -104,6 +112,8 @@ pub struct Settings {
     http_tls: bool,
     http_client_ca: Option<PathBuf>,
     shutdown_grace_ms: u64,
+    history_file: Option<PathBuf>,
+    history_bytes_max: u64,
 }
 
 impl NodeArgs {
@@ -166,6 +176,11 @@ impl NodeArgs {
                 .shutdown_grace_ms
                 .or(file.shutdown_grace_ms)
                 .unwrap_or(cohort_runtime::config::SHUTDOWN_GRACE_MS_DEFAULT),
+            history_file: self.history_file.clone().or(file.history_file),
+            history_bytes_max: self
+                .history_bytes_max
+                .or(file.history_bytes_max)
+                .unwrap_or(cohort_runtime::audit::AUDIT_BYTES_MAX_DEFAULT),
         })
     }
 }
@@ -252,6 +267,13 @@ pub fn validate(args: &Settings) -> anyhow::Result<Validated> {
     config.http_addrs.insert(id, args.http);
     config.security = security(args)?;
     config.shutdown_grace_ms = args.shutdown_grace_ms;
+    config.audit = args
+        .history_file
+        .as_ref()
+        .map(|path| cohort_runtime::audit::AuditConfig {
+            path: path.clone(),
+            bytes_max: args.history_bytes_max,
+        });
     if args.allow_exec && !config.security.client_auth() && !args.insecure {
         bail!(
             "refusing --allow-exec without client authentication: anyone who reaches the \

@@ -114,6 +114,8 @@ pub struct NodeFile {
     pub key: Option<PathBuf>,
     pub http_tls: Option<bool>,
     pub http_client_ca: Option<PathBuf>,
+    pub history_file: Option<PathBuf>,
+    pub history_bytes_max: Option<u64>,
 }
 
 impl NodeFile {
@@ -163,6 +165,9 @@ pub struct RuntimeConfig {
     pub shutdown_grace_ms: u64,
     /// Tokens and TLS.
     pub security: SecurityConfig,
+    /// Where to write the audit log of executions, completions and notes
+    /// (for fault-test harnesses); off by default.
+    pub audit: Option<crate::audit::AuditConfig>,
 }
 
 impl RuntimeConfig {
@@ -186,6 +191,7 @@ impl RuntimeConfig {
             inputs_per_batch_max: 256,
             shutdown_grace_ms: SHUTDOWN_GRACE_MS_DEFAULT,
             security: SecurityConfig::default(),
+            audit: None,
         }
     }
 

@@ -129,6 +129,7 @@ pub(crate) struct EventLoop<N: Node> {
     pub drain: watch::Receiver<bool>,
     pub batch: Vec<Action<N::Message>>,
     pub loopback: mpsc::Sender<(NodeId, N::Message)>,
+    pub audit: Option<Arc<crate::audit::Audit>>,
 }
 
 impl<N: Node + Send + 'static> EventLoop<N> {
@@ -356,6 +357,9 @@ impl<N: Node + Send + 'static> EventLoop<N> {
             return Ok(());
         }
         let actions = std::mem::take(&mut self.batch);
+        if let Some(a) = &self.audit {
+            a.batch_started();
+        }
         let mut ops: Vec<StoreOp> = Vec::new();
         let mut persists = 0u64;
         for a in &actions {
@@ -445,6 +449,9 @@ impl<N: Node + Send + 'static> EventLoop<N> {
             }
         };
         self.metrics.inc("cohort_notes_total", &label);
+        if let Some(a) = &self.audit {
+            a.noted(&note);
+        }
         if let Some(obs) = &self.observer {
             obs(me, &note);
         }
@@ -457,6 +464,10 @@ impl<N: Node + Send + 'static> EventLoop<N> {
         let handler = self.registry.get(&task.kind);
         let node = self.node.id();
         let mut stop = self.stop.clone();
+        let audit = self.audit.clone();
+        if let Some(a) = &audit {
+            a.executed(id, epoch);
+        }
         tokio::spawn(async move {
             let run = async {
                 let Ok(_permit) = sem.acquire_owned().await else {
@@ -506,6 +517,9 @@ impl<N: Node + Send + 'static> EventLoop<N> {
                 _ = stop.changed() => None,
             };
             if let Some(outcome) = outcome {
+                if let Some(a) = &audit {
+                    a.completed(id, epoch, &outcome);
+                }
                 let _ = ctl.send(Control::Finished { id, epoch, outcome }).await;
             }
         });

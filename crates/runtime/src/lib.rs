@@ -18,6 +18,7 @@
 //! or as if the process died ([`RunningNode::kill`]). [`run`] is the same
 //! with a shutdown future, for a binary.
 
+pub mod audit;
 pub mod auth;
 pub mod client;
 pub mod config;
@@ -234,6 +235,15 @@ pub async fn start<N: Node + Send + 'static>(
         lost_tx,
         stop_rx.clone(),
     ));
+    let audit = match &config.audit {
+        None => None,
+        Some(a) => Some(Arc::new(audit::Audit::open(id, a).map_err(|source| {
+            RuntimeError::Io {
+                what: format!("audit log {}", a.path.display()),
+                source,
+            }
+        })?)),
+    };
     let registry = Arc::new(options.registry);
     let decided = Arc::new(Notify::new());
     let event_loop = driver::EventLoop {
@@ -256,6 +266,7 @@ pub async fn start<N: Node + Send + 'static>(
         drain: drain_rx,
         batch: Vec::new(),
         loopback: peer_tx,
+        audit,
     };
     let event_loop = tokio::spawn(event_loop.run(control_rx, peer_rx, lost_rx));
     let api = Arc::new(http::Api {
