@@ -17,9 +17,9 @@ use crate::placement;
 use crate::record::{record_key, Record, TaskHeader, TaskValue, RECORD_PREFIX};
 use crate::tasks::{Op, Ops, ReadPurpose, SubmitVerdict};
 use cohort_core::{
-    decode, encode, Action, ClientError, ClientRequest, ClientResponse, Consistency, Epoch, Node,
-    NodeId, NodeRng, Note, Peers, RequestId, StoreOp, Stored, SupersedeReason, Task, TaskId,
-    TaskOutcome, TaskState, Time, TimerToken,
+    decode, encode, Action, BootError, ClientError, ClientRequest, ClientResponse, Consistency,
+    Epoch, Node, NodeId, NodeRng, Note, Peers, RequestId, StoreOp, Stored, SupersedeReason, Task,
+    TaskId, TaskOutcome, TaskState, Time, TimerToken,
 };
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -1105,23 +1105,26 @@ impl Node for LeaderlessNode {
         stored: &Stored,
         mut rng: NodeRng,
         now: Time,
-    ) -> LeaderlessNode {
-        config
-            .validate(peers)
-            .expect("the driver validates the configuration before boot");
-        let generation = stored
-            .get(GENERATION_KEY)
-            .map(|b| decode::<u64>(b, 16).expect("a stored generation decodes"))
-            .map_or(0, |g| g + 1);
+    ) -> Result<LeaderlessNode, BootError> {
+        config.validate(peers).map_err(|e| BootError::Config {
+            reason: e.to_string(),
+        })?;
+        let generation = match stored.get(GENERATION_KEY) {
+            Some(b) => decode::<u64>(b, 16)
+                .map_err(|e| BootError::corrupt(GENERATION_KEY, e))?
+                .checked_add(1)
+                .ok_or_else(|| BootError::corrupt(GENERATION_KEY, "generation exhausted"))?,
+            None => 0,
+        };
         let swim_rng = NodeRng::seed_from_u64(rng.gen());
         let mut records = BTreeMap::new();
         let mut active = BTreeSet::new();
         for (key, value) in stored.scan_prefix(RECORD_PREFIX) {
-            let rec: Record = decode(value, usize::MAX).expect("a stored record decodes");
+            let rec: Record = decode(value, usize::MAX).map_err(|e| BootError::corrupt(key, e))?;
             let id = TaskId(u128::from_be_bytes(
                 key[RECORD_PREFIX.len()..]
                     .try_into()
-                    .expect("16-byte task id"),
+                    .map_err(|_| BootError::corrupt(key, "not a 16-byte task id"))?,
             ));
             if !rec.value.state.is_final() {
                 active.insert(id);
@@ -1162,7 +1165,7 @@ impl Node for LeaderlessNode {
         node.membership
             .announce_to_unseen(now, &ring, config.announce_interval(), &mut node.out);
         node.arm_tick(now);
-        node
+        Ok(node)
     }
 
     fn handle_message(&mut self, now: Time, from: NodeId, msg: LeaderlessMessage) {

@@ -51,8 +51,8 @@ fn every_fuzz_corpus_input_decodes_without_panicking() {
 
 /// Found by `storage_records` (2026-11-28): a `raft/log/` record that ends
 /// early made `LeaderNode::boot` panic ("the node's own store decodes"),
-/// taking the process down. The runtime now boots through
-/// `boot_checked`, so the node refuses the file with an error instead.
+/// taking the process down. `Node::boot` is now fallible: the record is
+/// refused as corrupt, named in the error, and the runtime refuses the file.
 #[test]
 fn regression_a_truncated_leader_log_record_is_refused_not_a_panic() {
     let data = std::fs::read(
@@ -60,8 +60,11 @@ fn regression_a_truncated_leader_log_record_is_refused_not_a_panic() {
             .join("../../fuzz/regressions/storage_records-leader-truncated-log-entry"),
     )
     .unwrap();
-    assert!(!fuzzing::boot_from_records::<cohort_leader::LeaderNode>(
-        &data,
-        &Default::default()
-    ));
+    match fuzzing::boot_error_from_records::<cohort_leader::LeaderNode>(&data, &Default::default())
+    {
+        Some(cohort_core::BootError::Corrupt { record, .. }) => {
+            assert!(record.starts_with("raft/log/"), "{record}")
+        }
+        other => panic!("a truncated log record booted or was misreported: {other:?}"),
+    }
 }

@@ -332,3 +332,42 @@ async fn a_node_refuses_to_start_from_another_clusters_or_a_bit_flipped_data_fil
         other => panic!("started from a bit-flipped file: {other:?}"),
     }
 }
+
+/// A leader-mode data file whose `raft/log/` record ends early (what the
+/// `storage_records` fuzzer found panicking `LeaderNode::boot`): the node
+/// refuses to start with an error naming the file and the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_leader_log_record_is_refused_at_start_naming_the_file_and_record() {
+    let c = Cluster::new(1, Limits::default()).await;
+    let config = c.config(NodeId(1));
+    let path = cohort_runtime::storage::data_file(c.dir.path(), NodeId(1));
+    {
+        let (storage, _) =
+            cohort_runtime::storage::Storage::open(&path, &config.cluster_id, NodeId(1)).unwrap();
+        let mut key = b"raft/log/".to_vec();
+        key.extend_from_slice(&1u64.to_be_bytes());
+        storage
+            .persist(&[cohort_core::StoreOp::Put {
+                key,
+                value: vec![0x01],
+            }])
+            .unwrap();
+    }
+    let peer = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let r = cohort_runtime::start::<cohort_leader::LeaderNode>(
+        config,
+        Default::default(),
+        NodeOptions::default(),
+        Listeners { peer, http },
+    )
+    .await;
+    match r {
+        Err(e @ RuntimeError::CorruptFile { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains(&path.display().to_string()), "{msg}");
+            assert!(msg.contains("raft/log/"), "{msg}");
+        }
+        other => panic!("started from a truncated log record: {other:?}"),
+    }
+}
