@@ -27,6 +27,10 @@ pub struct TransportLimits {
     pub connect_backoff_ms_max: u64,
     /// How long a connection may take to present its handshake.
     pub handshake_timeout_ms: u64,
+    /// How long a peer may take to finish a frame once its first byte has
+    /// arrived; a peer that starts a frame and stalls is disconnected
+    /// (`reason="frame_timeout"`). An idle link between frames is fine.
+    pub frame_read_timeout_ms: u64,
 }
 
 impl Default for TransportLimits {
@@ -38,6 +42,7 @@ impl Default for TransportLimits {
             connect_backoff_ms_min: 20,
             connect_backoff_ms_max: 1000,
             handshake_timeout_ms: 2000,
+            frame_read_timeout_ms: 10_000,
         }
     }
 }
@@ -204,6 +209,7 @@ impl RuntimeConfig {
             ("inbound_queue_len_max", t.inbound_queue_len_max as u64),
             ("connect_backoff_ms_min", t.connect_backoff_ms_min),
             ("handshake_timeout_ms", t.handshake_timeout_ms),
+            ("frame_read_timeout_ms", t.frame_read_timeout_ms),
             ("request_timeout_ms", self.client.request_timeout_ms),
             (
                 "requests_in_flight_max",

@@ -371,3 +371,104 @@ async fn a_truncated_leader_log_record_is_refused_at_start_naming_the_file_and_r
         other => panic!("started from a truncated log record: {other:?}"),
     }
 }
+
+/// Reads until the node closes `s`; fails if it stays open for 5 s.
+async fn closed_by_node(s: &mut TcpStream) {
+    let mut buf = [0u8; 256];
+    let r = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(r.is_ok(), "the node left a slow-loris connection open");
+}
+
+/// Slow-loris peers: one sends half a handshake frame and stalls, another
+/// completes the handshake and then sends half a frame and stalls. Each
+/// holds an `inbound_connections_max` slot until it is cut, after
+/// `handshake_timeout_ms` and `frame_read_timeout_ms` respectively, counted
+/// by reason; their slots are then free for a real peer. A link that is
+/// merely quiet between frames is not cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_loris_peers_stalling_mid_handshake_or_mid_frame_are_cut_and_their_slots_freed() {
+    let mut c = Cluster::new(2, Limits::default()).await;
+    let mut config = c.config(NodeId(1));
+    config.transport.inbound_connections_max = 3;
+    config.transport.handshake_timeout_ms = 300;
+    config.transport.frame_read_timeout_ms = 300;
+    let peer = c.peer_listeners.remove(&NodeId(1)).unwrap();
+    let addr = peer.local_addr().unwrap();
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let options = NodeOptions {
+        registry: Registry::with_builtins(false),
+        ..NodeOptions::default()
+    };
+    let n1 = cohort_runtime::start::<ToyNode>(config, (), options, Listeners { peer, http })
+        .await
+        .unwrap();
+    let m = n1.metrics();
+    let accepted = |reply: Vec<u8>| {
+        assert_eq!(
+            cohort_core::decode::<HelloReply>(&reply, 1024).unwrap(),
+            HelloReply::Accepted
+        )
+    };
+
+    // A link that handshakes and then says nothing: legitimate, kept.
+    let mut quiet = TcpStream::connect(addr).await.unwrap();
+    write_frame(&mut quiet, &hello(2)).await.unwrap();
+    accepted(read_frame(&mut quiet, 1024).await.unwrap());
+
+    // Half a handshake: the length and a few bytes of the Hello.
+    let mut half_hello = TcpStream::connect(addr).await.unwrap();
+    let h = hello(2);
+    half_hello
+        .write_all(&(h.len() as u32).to_be_bytes())
+        .await
+        .unwrap();
+    half_hello.write_all(&h[..3]).await.unwrap();
+
+    // A good handshake, then two bytes of a frame's length.
+    let mut half_frame = TcpStream::connect(addr).await.unwrap();
+    write_frame(&mut half_frame, &hello(2)).await.unwrap();
+    accepted(read_frame(&mut half_frame, 1024).await.unwrap());
+    half_frame.write_all(&[0, 0]).await.unwrap();
+
+    closed_by_node(&mut half_hello).await;
+    closed_by_node(&mut half_frame).await;
+    assert!(
+        eventually(Duration::from_secs(2), || {
+            m.counter(
+                "cohort_peer_connections_rejected_total",
+                "reason=\"handshake_timeout\"",
+            ) == 1
+                && m.counter(
+                    "cohort_peer_connections_rejected_total",
+                    "reason=\"frame_timeout\"",
+                ) == 1
+        })
+        .await,
+        "each stall is counted under its reason"
+    );
+    // Their two slots are free again: two more peers get in (three slots).
+    let mut more = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        write_frame(&mut s, &hello(2)).await.unwrap();
+        accepted(read_frame(&mut s, 1024).await.unwrap());
+        more.push(s);
+    }
+    // The quiet link outlived both timeouts several times over.
+    let mut buf = [0u8; 1];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), quiet.read(&mut buf))
+            .await
+            .is_err(),
+        "a quiet link between frames was cut"
+    );
+    n1.shutdown().await.unwrap();
+}
