@@ -56,6 +56,18 @@ pub struct ClientLimits {
     pub requests_in_flight_max: usize,
     /// Longest `?wait=` accepted.
     pub wait_ms_max: u64,
+    /// Most HTTP connections open at once; past it a new connection is
+    /// closed at once (`cohort_http_connections_rejected_total`).
+    pub http_connections_max: usize,
+    /// How long a client may take to send a request's headers (also: how
+    /// long an idle keep-alive connection is kept). A client that trickles
+    /// headers byte by byte is cut after it.
+    pub header_read_timeout_ms: u64,
+    /// How much of a body over the limit is read and discarded before the
+    /// `413`, so that the client, still sending, reads the answer instead
+    /// of a reset. A larger body gets the `413` at once and the connection
+    /// is closed.
+    pub oversized_body_drain_bytes_max: usize,
 }
 
 impl Default for ClientLimits {
@@ -64,6 +76,9 @@ impl Default for ClientLimits {
             request_timeout_ms: 10_000,
             requests_in_flight_max: 10_000,
             wait_ms_max: 60_000,
+            http_connections_max: 1024,
+            header_read_timeout_ms: 10_000,
+            oversized_body_drain_bytes_max: 8 << 20,
         }
     }
 }
@@ -216,6 +231,11 @@ impl RuntimeConfig {
                 self.client.requests_in_flight_max as u64,
             ),
             ("inputs_per_batch_max", self.inputs_per_batch_max as u64),
+            (
+                "http_connections_max",
+                self.client.http_connections_max as u64,
+            ),
+            ("header_read_timeout_ms", self.client.header_read_timeout_ms),
         ] {
             if v == 0 {
                 return bad(format!("{what} must be positive"));

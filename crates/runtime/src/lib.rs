@@ -240,18 +240,15 @@ pub async fn start<N: Node + Send + 'static>(
         id_rng: Mutex::new(NodeRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15)),
         started: std::time::Instant::now(),
     });
-    let mut http_stop = stop_rx;
     let app = http::router(api);
-    let stopped = async move {
-        let _ = http_stop.wait_for(|s| *s).await;
-    };
     let http = match &config.security.http_tls {
-        None => tokio::spawn(async move {
-            let serve = axum::serve(listeners.http, app).with_graceful_shutdown(stopped);
-            if let Err(e) = serve.await {
-                tracing::error!("http server failed: {e}");
-            }
-        }),
+        None => tokio::spawn(http::serve(
+            listeners.http,
+            app,
+            config.clone(),
+            metrics.clone(),
+            stop_rx,
+        )),
         Some(tls) => {
             let listener = tls::TlsListener::new(
                 listeners.http,
@@ -261,12 +258,13 @@ pub async fn start<N: Node + Send + 'static>(
                 metrics.clone(),
             )
             .map_err(io("http listener"))?;
-            tokio::spawn(async move {
-                let serve = axum::serve(listener, app).with_graceful_shutdown(stopped);
-                if let Err(e) = serve.await {
-                    tracing::error!("http server failed: {e}");
-                }
-            })
+            tokio::spawn(http::serve(
+                listener,
+                app,
+                config.clone(),
+                metrics.clone(),
+                stop_rx,
+            ))
         }
     };
     tracing::info!(node = %id, %http_addr, %peer_addr, mode = %config.mode, "node started");

@@ -171,6 +171,15 @@ async fn hostile_api_requests_get_typed_json_errors_and_the_node_keeps_serving()
             "{what}: {v}"
         );
     }
+    // A body far over the limit, again and again: the node reads it on (up
+    // to oversized_body_drain_bytes_max) before its 413, so the client,
+    // still sending, reads the 413 every time instead of a reset.
+    for i in 0..20 {
+        let r = post(vec![b' '; 1 << 20])
+            .await
+            .unwrap_or_else(|e| panic!("oversized body {i}: no answer: {e}"));
+        assert_eq!(r.status().as_u16(), 413, "oversized body {i}");
+    }
     // Ids of the wrong shape in the path.
     for path in ["zz", "0x12", &"f".repeat(33), "%00", "-1"] {
         let r = raw
@@ -471,4 +480,112 @@ async fn slow_loris_peers_stalling_mid_handshake_or_mid_frame_are_cut_and_their_
         "a quiet link between frames was cut"
     );
     n1.shutdown().await.unwrap();
+}
+
+/// Sends an endless request head one byte every 50 ms until the node cuts
+/// the connection; panics if it is still open after 5 s.
+async fn trickle_headers(addr: std::net::SocketAddr) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let head = b"POST /v1/tasks HTTP/1.1\r\nHost: cohort\r\nX-Slow: ";
+    let cut = tokio::time::timeout(Duration::from_secs(5), async {
+        for b in head.iter().chain(std::iter::repeat(&b'a')) {
+            if s.write_all(&[*b]).await.is_err() {
+                return;
+            }
+            let mut buf = [0u8; 64];
+            match tokio::time::timeout(Duration::from_millis(50), s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(cut.is_ok(), "a client trickling headers was never cut");
+}
+
+/// Slow-loris HTTP clients: four trickle headers byte by byte, two connect
+/// and send nothing, one sends headers and half its body. While they hang
+/// on, another client is served; each is cut (`header_read_timeout_ms`, or
+/// a `408` once the body is `request_timeout_ms` late); connections past
+/// `http_connections_max` are closed at once; afterwards the node serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_loris_http_clients_are_cut_and_do_not_starve_other_clients() {
+    let mut c = Cluster::new(1, Limits::default()).await;
+    let mut config = c.config(NodeId(1));
+    config.client.header_read_timeout_ms = 500;
+    config.client.request_timeout_ms = 1000;
+    config.client.http_connections_max = 10;
+    let peer = c.peer_listeners.remove(&NodeId(1)).unwrap();
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let options = NodeOptions {
+        registry: Registry::with_builtins(false),
+        ..NodeOptions::default()
+    };
+    let n = cohort_runtime::start::<ToyNode>(config, (), options, Listeners { peer, http })
+        .await
+        .unwrap();
+    let addr = n.http_addr();
+    let m = n.metrics();
+    let client = Client::new(&addr.to_string());
+
+    let tricklers: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(trickle_headers(addr)))
+        .collect();
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(TcpStream::connect(addr).await.unwrap());
+    }
+    let mut half_body = TcpStream::connect(addr).await.unwrap();
+    half_body
+        .write_all(
+            b"POST /v1/tasks HTTP/1.1\r\nHost: cohort\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"kind\":",
+        )
+        .await
+        .unwrap();
+    // Seven connections hang on; another client is served meanwhile.
+    still_serves(&client).await;
+
+    for s in &mut silent {
+        closed_by_node(s).await;
+    }
+    for t in tricklers {
+        t.await.unwrap();
+    }
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), half_body.read_to_end(&mut answer))
+        .await
+        .expect("the half-sent body was never answered")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"code\":\"timeout\""), "{answer}");
+    assert!(
+        eventually(Duration::from_secs(2), || m.counter(
+            "cohort_http_connections_closed_total",
+            "reason=\"header_timeout\""
+        ) >= 6)
+        .await,
+        "each header stall is counted"
+    );
+
+    // Past http_connections_max a connection is closed at once.
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        held.push(TcpStream::connect(addr).await.unwrap());
+    }
+    let mut excess = TcpStream::connect(addr).await.unwrap();
+    closed_by_node(&mut excess).await;
+    assert!(
+        eventually(Duration::from_secs(2), || m.counter(
+            "cohort_http_connections_rejected_total",
+            "reason=\"too_many_connections\""
+        ) >= 1)
+        .await
+    );
+    // Once those are cut, clients are served again.
+    for s in &mut held {
+        closed_by_node(s).await;
+    }
+    still_serves(&client).await;
+    n.shutdown().await.unwrap();
 }
