@@ -1,20 +1,26 @@
 //! Hostile input against real nodes, beyond the peer handshake cases in
 //! `transport.rs`: malformed, oversized and oddly shaped API requests, a
 //! truncated peer frame, a burst of a thousand connections, and data files
-//! that are not this node's. Each gets a clear error or a closed
-//! connection, and the node keeps serving.
+//! that are not this node's, slow-loris peers and HTTP clients. Each gets a
+//! clear error or a closed connection, and the node keeps serving; where a
+//! submit workload runs alongside ([`AckedWorkload`]), the simulator's G1
+//! checker confirms no acknowledged task was lost.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 mod common;
 
-use cohort_core::{Limits, NodeId};
-use cohort_runtime::client::Client;
+use cohort_core::{ClientError, Epoch, Limits, NodeId, Task, TaskId, TaskState, Time};
+use cohort_runtime::client::{CallError, Client, TaskView};
 use cohort_runtime::http::SubmitBody;
 use cohort_runtime::transport::{
     read_frame, write_frame, Hello, HelloReply, MAGIC, PROTOCOL_VERSION,
 };
 use cohort_runtime::{Listeners, NodeOptions, Registry, RuntimeError};
+use cohort_sim::checkers::Violations;
+use cohort_sim::history::{History, HistoryEvent};
 use common::{eventually, Cluster, ToyNode};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -47,6 +53,7 @@ async fn hostile_api_requests_get_typed_json_errors_and_the_node_keeps_serving()
     };
     let mut c = Cluster::new(1, limits).await;
     let n = c.start(NodeId(1), Registry::with_builtins(false)).await;
+    let work = AckedWorkload::start(n.http_addr(), NodeId(1));
     let base = format!("http://{}", n.http_addr());
     let raw = reqwest::Client::new();
     let post = |body: Vec<u8>| {
@@ -205,6 +212,7 @@ async fn hostile_api_requests_get_typed_json_errors_and_the_node_keeps_serving()
         .unwrap();
     assert_eq!(r.status(), 400);
     still_serves(&Client::new(&n.http_addr().to_string())).await;
+    work.finish().await;
     n.shutdown().await.unwrap();
 }
 
@@ -236,6 +244,7 @@ async fn a_truncated_frame_and_a_burst_of_a_thousand_connections_leave_the_node_
         .unwrap();
     let n2 = c.start(NodeId(2), Registry::with_builtins(false)).await;
     let m = n1.metrics();
+    let work = AckedWorkload::start(n1.http_addr(), NodeId(1));
 
     // A frame that announces 100 bytes, sends 10 and hangs up.
     let mut s = TcpStream::connect(addr).await.unwrap();
@@ -285,6 +294,7 @@ async fn a_truncated_frame_and_a_burst_of_a_thousand_connections_leave_the_node_
         .await
     );
     still_serves(&Client::new(&n1.http_addr().to_string())).await;
+    work.finish().await;
     n1.shutdown().await.unwrap();
     n2.shutdown().await.unwrap();
 }
@@ -527,6 +537,7 @@ async fn slow_loris_http_clients_are_cut_and_do_not_starve_other_clients() {
     let addr = n.http_addr();
     let m = n.metrics();
     let client = Client::new(&addr.to_string());
+    let work = AckedWorkload::start(addr, NodeId(1));
 
     let tricklers: Vec<_> = (0..4)
         .map(|_| tokio::spawn(trickle_headers(addr)))
@@ -587,5 +598,172 @@ async fn slow_loris_http_clients_are_cut_and_do_not_starve_other_clients() {
         closed_by_node(s).await;
     }
     still_serves(&client).await;
+    work.finish().await;
     n.shutdown().await.unwrap();
+}
+
+/// A small submit workload run alongside hostile input. It submits echo
+/// tasks under ids of its own and records each submit, ack and refusal in
+/// a `cohort_sim` history; [`AckedWorkload::finish`] then reads every
+/// acknowledged task back (linearizable) and runs the simulator's G1
+/// checker over it: no acknowledged task may be lost to the hostile input.
+struct AckedWorkload {
+    stop: Arc<AtomicBool>,
+    submitter: tokio::task::JoinHandle<()>,
+    recorder: Recorder,
+    client: Client,
+}
+
+/// A history shared by the workload's tasks, stamped with microseconds
+/// since it started (under its lock, so times never go backwards).
+#[derive(Clone)]
+struct Recorder {
+    history: Arc<Mutex<History>>,
+    start: std::time::Instant,
+}
+
+impl Recorder {
+    fn now(&self) -> Time {
+        Time(self.start.elapsed().as_micros() as u64)
+    }
+
+    fn push(&self, event: HistoryEvent) {
+        let mut h = self.history.lock().unwrap();
+        let at = self.now();
+        h.push(at, event);
+    }
+}
+
+impl AckedWorkload {
+    fn start(addr: std::net::SocketAddr, node: NodeId) -> AckedWorkload {
+        let recorder = Recorder {
+            history: Arc::new(Mutex::new(History::new())),
+            start: std::time::Instant::now(),
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let client = Client::new(&addr.to_string());
+        let submitter = {
+            let (recorder, stop, client) = (recorder.clone(), stop.clone(), client.clone());
+            tokio::spawn(async move {
+                let mut i: u128 = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let task = TaskId(0xacced << 64 | i);
+                    let payload = format!("acked-workload {i}");
+                    let content = Task {
+                        kind: "echo".into(),
+                        payload: payload.clone().into_bytes(),
+                        timeout_ms: cohort_runtime::http::TASK_TIMEOUT_MS_DEFAULT,
+                        max_attempts: cohort_runtime::http::TASK_ATTEMPTS_DEFAULT,
+                    };
+                    recorder.push(HistoryEvent::Submitted {
+                        task,
+                        content: content.clone(),
+                    });
+                    let body = SubmitBody {
+                        id: Some(format!("{:032x}", task.0)),
+                        ..echo(&payload)
+                    };
+                    match client.submit(&body).await {
+                        Ok(_) => recorder.push(HistoryEvent::Acked {
+                            task,
+                            node,
+                            content,
+                        }),
+                        Err(CallError::Api { status: 409, .. }) => {
+                            recorder.push(HistoryEvent::SubmitRefused {
+                                task,
+                                node,
+                                error: ClientError::IdConflict { id: task },
+                            })
+                        }
+                        // No ack: the outcome is unknown, nothing to check.
+                        Err(_) => {}
+                    }
+                    // Pacing, so the workload runs alongside rather than drowns the test.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        };
+        AckedWorkload {
+            stop,
+            submitter,
+            recorder,
+            client,
+        }
+    }
+
+    /// Stops submitting, reads back every acknowledged task and checks G1;
+    /// returns how many tasks were acknowledged (at least one).
+    async fn finish(self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        self.submitter.await.unwrap();
+        let acked: Vec<(TaskId, NodeId)> = self
+            .recorder
+            .history
+            .lock()
+            .unwrap()
+            .records
+            .iter()
+            .filter_map(|r| match &r.event {
+                HistoryEvent::Acked { task, node, .. } => Some((*task, *node)),
+                _ => None,
+            })
+            .collect();
+        assert!(!acked.is_empty(), "the workload was never acknowledged");
+        for (task, node) in &acked {
+            let sent_at = self.recorder.now();
+            let result = match self
+                .client
+                .get(&format!("{:032x}", task.0), false, None)
+                .await
+            {
+                Ok(view) => Ok(task_state(&view)),
+                Err(CallError::Api { status: 404, .. }) => Err(ClientError::NotFound { id: *task }),
+                Err(e) => Err(ClientError::Unavailable {
+                    reason: e.to_string(),
+                }),
+            };
+            self.recorder.push(HistoryEvent::Read {
+                task: *task,
+                node: *node,
+                sent_at,
+                result,
+            });
+        }
+        let mut violations = Violations::new(10);
+        cohort_sim::checkers::g1::check(&self.recorder.history.lock().unwrap(), &mut violations);
+        assert_eq!(
+            violations.count(),
+            0,
+            "acknowledged tasks lost: {:?}",
+            violations.kept()
+        );
+        eprintln!(
+            "workload: {} acknowledged tasks, every one read back",
+            acked.len()
+        );
+        acked.len()
+    }
+}
+
+/// The task state a `TaskView` shows.
+fn task_state(v: &TaskView) -> TaskState {
+    let node = NodeId(v.node.unwrap_or(0));
+    let epoch = Epoch(v.epoch.unwrap_or(0));
+    match v.state.as_str() {
+        "pending" => TaskState::Pending,
+        "running" => TaskState::Running { node, epoch },
+        "succeeded" => TaskState::Succeeded {
+            result: v.result.clone().unwrap_or_default().into_bytes(),
+            node,
+            epoch,
+        },
+        "failed" => TaskState::Failed {
+            error: v.error.clone().unwrap_or_default(),
+            attempts: v.attempts.unwrap_or(0),
+        },
+        "cancelled" => TaskState::Cancelled,
+        other => panic!("task {} in an unknown state {other:?}", v.id),
+    }
 }
