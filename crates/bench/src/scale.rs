@@ -66,12 +66,12 @@ impl<N: Node> Node for Counted<N> {
         stored: &Stored,
         rng: NodeRng,
         now: Time,
-    ) -> Self {
-        Counted {
-            inner: N::boot(peers, &config.inner, stored, rng, now),
+    ) -> Result<Self, cohort_core::BootError> {
+        Ok(Counted {
+            inner: N::boot(peers, &config.inner, stored, rng, now)?,
             counters: config.counters.clone(),
             out: Vec::new(),
-        }
+        })
     }
 
     fn handle_message(&mut self, now: Time, from: NodeId, msg: Self::Message) {

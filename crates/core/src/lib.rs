@@ -32,7 +32,7 @@ pub use action::{Action, Note, SupersedeReason, TimerToken};
 pub use client::{ClientError, ClientRequest, ClientResponse, Consistency, RequestId};
 pub use codec::{decode, encode, CodecError};
 pub use ids::{Epoch, NodeId, TaskId};
-pub use node::{Limits, LimitsError, Node, NodeRng, NodeStatus, Peers};
+pub use node::{BootError, Limits, LimitsError, Node, NodeRng, NodeStatus, Peers};
 pub use store::{StoreOp, Stored};
 pub use task::{Task, TaskOutcome, TaskState};
 pub use time::Time;

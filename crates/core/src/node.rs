@@ -27,8 +27,18 @@ pub trait Node: Sized {
 
     /// Builds the node from what it persisted (`stored` is empty on first
     /// boot). Initial timers and sends are left in [`Node::actions`].
-    fn boot(peers: &Peers, config: &Self::Config, stored: &Stored, rng: NodeRng, now: Time)
-        -> Self;
+    ///
+    /// The stored records come from a file on disk, which can be damaged:
+    /// a record that does not decode, or records that contradict each other,
+    /// are a [`BootError`], never a panic. The runtime then refuses to start
+    /// (naming the data file); in the simulator it is a bug.
+    fn boot(
+        peers: &Peers,
+        config: &Self::Config,
+        stored: &Stored,
+        rng: NodeRng,
+        now: Time,
+    ) -> Result<Self, BootError>;
 
     /// A message from peer `from`.
     fn handle_message(&mut self, now: Time, from: NodeId, msg: Self::Message);
@@ -103,6 +113,41 @@ pub trait Node: Sized {
             role: "member",
             leader: None,
             term: None,
+        }
+    }
+}
+
+/// Why [`Node::boot`] refused what it was given.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BootError {
+    /// A stored record does not decode.
+    #[error("stored record {record:?} is corrupt: {reason}")]
+    Corrupt {
+        /// The record's key, printable (non-ASCII bytes escaped).
+        record: String,
+        /// The decoder's complaint.
+        reason: String,
+    },
+    /// The stored records decode but contradict each other.
+    #[error("stored records are inconsistent: {reason}")]
+    Inconsistent {
+        /// What does not fit.
+        reason: String,
+    },
+    /// The mode's configuration does not fit these peers.
+    #[error("invalid configuration: {reason}")]
+    Config {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl BootError {
+    /// The record at `key` does not decode, for `reason`.
+    pub fn corrupt(key: &[u8], reason: impl std::fmt::Display) -> BootError {
+        BootError::Corrupt {
+            record: key.escape_ascii().to_string(),
+            reason: reason.to_string(),
         }
     }
 }

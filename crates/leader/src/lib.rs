@@ -24,7 +24,7 @@
 //! let peers = Peers::new(NodeId(1), [NodeId(1)], 4, Limits::default()).unwrap();
 //! let rng = NodeRng::seed_from_u64(7);
 //! let config = ValidLeaderConfig::default();
-//! let mut node = LeaderNode::boot(&peers, &config, &Stored::new(), rng, Time::ZERO);
+//! let mut node = LeaderNode::boot(&peers, &config, &Stored::new(), rng, Time::ZERO).unwrap();
 //! let mut store = Stored::new();
 //! let mut timers = Vec::new();
 //! let mut carry_out = |node: &mut LeaderNode, timers: &mut Vec<(Time, TimerToken)>| {

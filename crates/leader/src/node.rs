@@ -26,9 +26,9 @@ use crate::raft::{
 };
 use crate::scheduler::{Command, Scheduler};
 use cohort_core::{
-    decode, encode, Action, ClientError, ClientRequest, ClientResponse, Consistency, Epoch, Node,
-    NodeId, NodeRng, Peers, RequestId, Stored, Task, TaskId, TaskOutcome, TaskState, Time,
-    TimerToken,
+    decode, encode, Action, BootError, ClientError, ClientRequest, ClientResponse, Consistency,
+    Epoch, Node, NodeId, NodeRng, Peers, RequestId, Stored, Task, TaskId, TaskOutcome, TaskState,
+    Time, TimerToken,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -280,11 +280,10 @@ impl Node for LeaderNode {
         stored: &Stored,
         rng: NodeRng,
         now: Time,
-    ) -> Self {
+    ) -> Result<Self, BootError> {
         let initial = Membership::initial(&peers.members, config.get().voters_max);
         let (raft, boot) =
-            RaftNode::restore(peers.id, initial, config.raft(peers), stored, rng, now)
-                .expect("the node's own store decodes");
+            RaftNode::restore(peers.id, initial, config.raft(peers), stored, rng, now)?;
         let mut node = LeaderNode {
             peers: peers.clone(),
             cfg: config.clone(),
@@ -305,9 +304,9 @@ impl Node for LeaderNode {
             armed: None,
             now,
         };
-        node.restore_silently(boot);
+        node.restore_silently(boot)?;
         node.after_input();
-        node
+        Ok(node)
     }
 
     fn handle_message(&mut self, now: Time, from: NodeId, msg: LeaderMsg) {
@@ -1016,20 +1015,23 @@ impl LeaderNode {
         }
     }
 
-    fn restore_silently(&mut self, boot: Boot) {
+    fn restore_silently(&mut self, boot: Boot) -> Result<(), BootError> {
         if let Some(snap) = boot.snapshot {
-            self.sm = decode(&snap.data, usize::MAX).expect("our snapshot decodes");
+            self.sm = decode(&snap.data, usize::MAX)
+                .map_err(|e| BootError::corrupt(crate::raft::log::SNAP_KEY, e))?;
             self.applied = snap.meta.index;
         }
         for e in boot.committed {
             assert_eq!(e.index, self.applied + 1, "replay in order");
             self.applied = e.index;
             if let EntryKind::Command(bytes) = &e.kind {
-                let cmd: Command = decode(bytes, usize::MAX).expect("our commands decode");
+                let cmd: Command = decode(bytes, usize::MAX)
+                    .map_err(|err| BootError::corrupt(&crate::raft::log::log_key(e.index), err))?;
                 // Decided before the crash: the notes were emitted then.
                 let _ = self.sm.apply(e.index, &cmd);
             }
         }
+        Ok(())
     }
 
     fn arm_timer(&mut self) {

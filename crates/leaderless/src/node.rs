@@ -18,9 +18,9 @@ use crate::record::{record_key, Record, TaskHeader, TaskValue, RECORD_PREFIX};
 use crate::ring::{self as ringp, Ring, RingChange, RingProposal, RingState, RingStep, RING_KEY};
 use crate::tasks::{Op, Ops, ReadProgress, ReadPurpose, SubmitVerdict};
 use cohort_core::{
-    decode, encode, Action, ClientError, ClientRequest, ClientResponse, Consistency, Epoch, Node,
-    NodeId, NodeRng, Note, Peers, RequestId, StoreOp, Stored, SupersedeReason, Task, TaskId,
-    TaskOutcome, TaskState, Time, TimerToken,
+    decode, encode, Action, BootError, ClientError, ClientRequest, ClientResponse, Consistency,
+    Epoch, Node, NodeId, NodeRng, Note, Peers, RequestId, StoreOp, Stored, SupersedeReason, Task,
+    TaskId, TaskOutcome, TaskState, Time, TimerToken,
 };
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -1588,23 +1588,26 @@ impl Node for LeaderlessNode {
         stored: &Stored,
         mut rng: NodeRng,
         now: Time,
-    ) -> LeaderlessNode {
-        config
-            .validate(peers)
-            .expect("the driver validates the configuration before boot");
-        let generation = stored
-            .get(GENERATION_KEY)
-            .map(|b| decode::<u64>(b, 16).expect("a stored generation decodes"))
-            .map_or(0, |g| g + 1);
+    ) -> Result<LeaderlessNode, BootError> {
+        config.validate(peers).map_err(|e| BootError::Config {
+            reason: e.to_string(),
+        })?;
+        let generation = match stored.get(GENERATION_KEY) {
+            Some(b) => decode::<u64>(b, 16)
+                .map_err(|e| BootError::corrupt(GENERATION_KEY, e))?
+                .checked_add(1)
+                .ok_or_else(|| BootError::corrupt(GENERATION_KEY, "generation exhausted"))?,
+            None => 0,
+        };
         let swim_rng = NodeRng::seed_from_u64(rng.gen());
         let mut records = BTreeMap::new();
         let mut active = BTreeSet::new();
         for (key, value) in stored.scan_prefix(RECORD_PREFIX) {
-            let rec: Record = decode(value, usize::MAX).expect("a stored record decodes");
+            let rec: Record = decode(value, usize::MAX).map_err(|e| BootError::corrupt(key, e))?;
             let id = TaskId(u128::from_be_bytes(
                 key[RECORD_PREFIX.len()..]
                     .try_into()
-                    .expect("16-byte task id"),
+                    .map_err(|_| BootError::corrupt(key, "not a 16-byte task id"))?,
             ));
             if is_active(&rec, peers.id) {
                 active.insert(id);
@@ -1658,7 +1661,7 @@ impl Node for LeaderlessNode {
             &mut node.out,
         );
         node.arm_tick(now);
-        node
+        Ok(node)
     }
 
     fn handle_message(&mut self, now: Time, from: NodeId, msg: LeaderlessMessage) {

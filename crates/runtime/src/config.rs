@@ -27,6 +27,10 @@ pub struct TransportLimits {
     pub connect_backoff_ms_max: u64,
     /// How long a connection may take to present its handshake.
     pub handshake_timeout_ms: u64,
+    /// How long a peer may take to finish a frame once its first byte has
+    /// arrived; a peer that starts a frame and stalls is disconnected
+    /// (`reason="frame_timeout"`). An idle link between frames is fine.
+    pub frame_read_timeout_ms: u64,
 }
 
 impl Default for TransportLimits {
@@ -38,6 +42,7 @@ impl Default for TransportLimits {
             connect_backoff_ms_min: 20,
             connect_backoff_ms_max: 1000,
             handshake_timeout_ms: 2000,
+            frame_read_timeout_ms: 10_000,
         }
     }
 }
@@ -53,6 +58,18 @@ pub struct ClientLimits {
     pub wait_ms_max: u64,
     /// Most tasks in one page of `GET /v1/tasks` (`?limit=` above it is refused).
     pub list_page_max: usize,
+    /// Most HTTP connections open at once; past it a new connection is
+    /// closed at once (`cohort_http_connections_rejected_total`).
+    pub http_connections_max: usize,
+    /// How long a client may take to send a request's headers (also: how
+    /// long an idle keep-alive connection is kept). A client that trickles
+    /// headers byte by byte is cut after it.
+    pub header_read_timeout_ms: u64,
+    /// How much of a body over the limit is read and discarded before the
+    /// `413`, so that the client, still sending, reads the answer instead
+    /// of a reset. A larger body gets the `413` at once and the connection
+    /// is closed.
+    pub oversized_body_drain_bytes_max: usize,
 }
 
 impl Default for ClientLimits {
@@ -62,6 +79,9 @@ impl Default for ClientLimits {
             requests_in_flight_max: 10_000,
             wait_ms_max: 60_000,
             list_page_max: 1_000,
+            http_connections_max: 1024,
+            header_read_timeout_ms: 10_000,
+            oversized_body_drain_bytes_max: 8 << 20,
         }
     }
 }
@@ -228,6 +248,7 @@ impl RuntimeConfig {
             ("inbound_queue_len_max", t.inbound_queue_len_max as u64),
             ("connect_backoff_ms_min", t.connect_backoff_ms_min),
             ("handshake_timeout_ms", t.handshake_timeout_ms),
+            ("frame_read_timeout_ms", t.frame_read_timeout_ms),
             ("request_timeout_ms", self.client.request_timeout_ms),
             (
                 "requests_in_flight_max",
@@ -235,6 +256,11 @@ impl RuntimeConfig {
             ),
             ("inputs_per_batch_max", self.inputs_per_batch_max as u64),
             ("list_page_max", self.client.list_page_max as u64),
+            (
+                "http_connections_max",
+                self.client.http_connections_max as u64,
+            ),
+            ("header_read_timeout_ms", self.client.header_read_timeout_ms),
         ] {
             if v == 0 {
                 return bad(format!("{what} must be positive"));

@@ -84,8 +84,17 @@ pub fn storage_identity(data: &[u8]) {
 /// A data file's key-value records (postcard `Vec<(key, value)>`, or else
 /// the whole input as the value of each key the modes use), handed to mode
 /// `N`'s boot (through [`crate::boot_checked`], as a node boots), which
-/// decodes what it persisted. Returns whether it booted.
+/// decodes what it persisted and must refuse, not panic on, what it cannot.
+/// Returns whether it booted.
 pub fn boot_from_records<N: Node>(data: &[u8], config: &N::Config) -> bool {
+    boot_error_from_records::<N>(data, config).is_none()
+}
+
+/// Like [`boot_from_records`], returning why mode `N` refused the records.
+pub fn boot_error_from_records<N: Node>(
+    data: &[u8],
+    config: &N::Config,
+) -> Option<cohort_core::BootError> {
     let ops: Vec<StoreOp> = match postcard::from_bytes::<Vec<(Vec<u8>, Vec<u8>)>>(data) {
         Ok(kv) => kv
             .into_iter()
@@ -102,5 +111,5 @@ pub fn boot_from_records<N: Node>(data: &[u8], config: &N::Config) -> bool {
         Limits::default(),
     )
     .expect("a valid 3-node cluster");
-    crate::boot_checked::<N>(&peers, config, &stored, NodeRng::seed_from_u64(1)).is_ok()
+    crate::boot_checked::<N>(&peers, config, &stored, NodeRng::seed_from_u64(1)).err()
 }

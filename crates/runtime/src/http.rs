@@ -21,7 +21,8 @@
 //! Errors: `{"error": "<message>", "code": "<snake_case>"}` with status 400
 //! (`malformed`, `invalid_task`), 401 (`unauthorized`: the node has tokens
 //! and the request has no known one), 403 (`forbidden`: the token's role is
-//! too low; see [`crate::auth`]), 404 (`not_found`), 409 (`id_conflict`), 413
+//! too low; see [`crate::auth`]), 404 (`not_found`), 408 (`timeout`: the
+//! request body did not arrive within `request_timeout_ms`), 409 (`id_conflict`), 413
 //! (`payload_too_large`), 422 (`unknown_kind`), 429 (`overloaded`, with
 //! `Retry-After`), 307 to the leader's API when this node is not the leader
 //! and knows where it is (`not_leader`, with `"leader"`), 503
@@ -34,8 +35,8 @@ use crate::driver::Control;
 use crate::handlers::Registry;
 use crate::metrics::Metrics;
 use crate::transport::PeerStatus;
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -45,11 +46,12 @@ use base64::Engine;
 use cohort_core::{
     ClientError, ClientRequest, ClientResponse, Consistency, NodeRng, Task, TaskId, TaskState,
 };
+use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 
 /// Default `timeout_ms` of a submitted task.
 pub const TASK_TIMEOUT_MS_DEFAULT: u64 = 30_000;
@@ -70,7 +72,7 @@ pub(crate) struct Api {
 
 /// The router of the node API.
 pub(crate) fn router(api: Arc<Api>) -> Router {
-    let body_max = api.config.peers.limits.payload_bytes_max * 2 + 64 * 1024;
+    let body_max = body_max(&api.config);
     Router::new()
         .route("/v1/tasks", axum::routing::post(submit).get(list_tasks))
         .route("/v1/tasks/{id}", get(get_task).delete(cancel))
@@ -396,19 +398,147 @@ pub fn parse_submit(body: &[u8]) -> Result<(Option<TaskId>, Task), String> {
     decode_submit(body).map_err(|e| format!("{} {}: {}", e.status.as_u16(), e.code, e.message))
 }
 
-async fn submit(
-    State(api): State<Arc<Api>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let body = body.map_err(|r| {
-        let status = r.status();
-        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            "payload_too_large"
-        } else {
-            "malformed"
+/// Largest request body read: a payload at the limit, base64-encoded, and
+/// the JSON around it.
+fn body_max(config: &RuntimeConfig) -> usize {
+    config.peers.limits.payload_bytes_max * 2 + 64 * 1024
+}
+
+/// Reads a submit body of at most [`body_max`] bytes within the request
+/// timeout. A body over the limit is read on and discarded up to
+/// `oversized_body_drain_bytes_max` before the `413`: answering while the
+/// client is still sending and closing would reset the connection under
+/// the client, which then sees the reset rather than the `413`.
+async fn read_submit_body(config: &RuntimeConfig, mut body: Body) -> Result<Bytes, ApiError> {
+    let limit = body_max(config);
+    let drain_max = config.client.oversized_body_drain_bytes_max;
+    let too_large = |seen: usize| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body of at least {seen} bytes exceeds the limit of {limit} bytes"),
+        )
+    };
+    if let Some(announced) = axum::body::HttpBody::size_hint(&body).exact() {
+        let announced = usize::try_from(announced).unwrap_or(usize::MAX);
+        if announced > limit.saturating_add(drain_max) {
+            // Not worth reading: the client gets the 413 if it reads early.
+            return Err(too_large(announced));
+        }
+    }
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(config.client.request_timeout_ms);
+    let mut buf: Vec<u8> = Vec::new();
+    let mut seen = 0usize;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => {
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "timeout",
+                    format!(
+                        "the request body did not arrive within {}ms",
+                        config.client.request_timeout_ms
+                    ),
+                ))
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "malformed",
+                    format!("cannot read the request body: {e}"),
+                ))
+            }
+            Ok(Some(Ok(frame))) => frame,
         };
-        ApiError::new(status, code, r.body_text())
-    })?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        seen = seen.saturating_add(data.len());
+        if seen <= limit {
+            buf.extend_from_slice(&data);
+        } else {
+            buf = Vec::new();
+            if seen > limit.saturating_add(drain_max) {
+                return Err(too_large(seen));
+            }
+        }
+    }
+    if seen > limit {
+        return Err(too_large(seen));
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// Serves `app` on `listener` until `stop` turns true, then lets open
+/// connections finish. Bounded: at most `http_connections_max` connections
+/// (past it a new one is closed at once), each client given
+/// `header_read_timeout_ms` to send a request's headers (a slow-loris
+/// client trickling them, or one that sends nothing, is cut).
+pub(crate) async fn serve<L: axum::serve::Listener>(
+    mut listener: L,
+    app: Router,
+    config: Arc<RuntimeConfig>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let max = config.client.http_connections_max;
+    let slots = Arc::new(Semaphore::new(max));
+    let header_timeout = Duration::from_millis(config.client.header_read_timeout_ms);
+    loop {
+        let (io, _) = tokio::select! {
+            a = listener.accept() => a,
+            _ = stopped(&mut stop) => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics.inc(
+                "cohort_http_connections_rejected_total",
+                "reason=\"too_many_connections\"",
+            );
+            tracing::warn!("refusing an HTTP connection: http_connections_max reached");
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let metrics = metrics.clone();
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(io), service);
+            let mut conn = std::pin::pin!(conn);
+            let r = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stopped(&mut stop) => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = r {
+                let reason = if e.is_timeout() {
+                    "reason=\"header_timeout\""
+                } else {
+                    "reason=\"error\""
+                };
+                metrics.inc("cohort_http_connections_closed_total", reason);
+                tracing::debug!("http connection ended: {e}");
+            }
+        });
+    }
+    // Graceful: wait until every connection has finished.
+    let _ = slots.acquire_many(max as u32).await;
+}
+
+/// Returns once `stop` is true (the guard `wait_for` returns is not `Send`).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+async fn submit(State(api): State<Arc<Api>>, body: Body) -> Result<Response, ApiError> {
+    let body = read_submit_body(&api.config, body).await?;
     let (id, task) = decode_submit(&body)?;
     api.config
         .peers

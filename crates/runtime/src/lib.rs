@@ -213,10 +213,10 @@ pub async fn start<N: Node + Send + 'static>(
     let seed = options.rng_seed.unwrap_or_else(os_seed);
     let rng = NodeRng::seed_from_u64(seed);
     let boot = tokio::time::Instant::now();
-    let node = boot_checked::<N>(&config.peers, &mode_config, &stored, rng).map_err(|reason| {
+    let node = boot_checked::<N>(&config.peers, &mode_config, &stored, rng).map_err(|e| {
         RuntimeError::CorruptFile {
             path: path.clone(),
-            reason,
+            reason: format!("the {} mode refuses it: {e}", config.mode),
         }
     })?;
     drop(stored);
@@ -279,18 +279,15 @@ pub async fn start<N: Node + Send + 'static>(
         id_rng: Mutex::new(NodeRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15)),
         started: std::time::Instant::now(),
     });
-    let mut http_stop = stop_rx;
     let app = http::router(api);
-    let stopped = async move {
-        let _ = http_stop.wait_for(|s| *s).await;
-    };
     let http = match &config.security.http_tls {
-        None => tokio::spawn(async move {
-            let serve = axum::serve(listeners.http, app).with_graceful_shutdown(stopped);
-            if let Err(e) = serve.await {
-                tracing::error!("http server failed: {e}");
-            }
-        }),
+        None => tokio::spawn(http::serve(
+            listeners.http,
+            app,
+            config.clone(),
+            metrics.clone(),
+            stop_rx,
+        )),
         Some(tls) => {
             let listener = tls::TlsListener::new(
                 listeners.http,
@@ -300,12 +297,13 @@ pub async fn start<N: Node + Send + 'static>(
                 metrics.clone(),
             )
             .map_err(io("http listener"))?;
-            tokio::spawn(async move {
-                let serve = axum::serve(listener, app).with_graceful_shutdown(stopped);
-                if let Err(e) = serve.await {
-                    tracing::error!("http server failed: {e}");
-                }
-            })
+            tokio::spawn(http::serve(
+                listener,
+                app,
+                config.clone(),
+                metrics.clone(),
+                stop_rx,
+            ))
         }
     };
     tracing::info!(node = %id, %http_addr, %peer_addr, mode = %config.mode, "node started");
@@ -323,29 +321,16 @@ pub async fn start<N: Node + Send + 'static>(
     })
 }
 
-/// Boots the core from what its data file holds. A mode that cannot decode
-/// its own records panics in `boot`; that is turned into an error (the
-/// caller refuses the file) instead of taking the process down.
+/// Boots the core from what its data file holds. A mode refuses records it
+/// cannot decode (or that contradict each other) with a
+/// [`cohort_core::BootError`]; the caller refuses the file.
 pub fn boot_checked<N: Node>(
     peers: &cohort_core::Peers,
     config: &N::Config,
     stored: &cohort_core::Stored,
     rng: NodeRng,
-) -> Result<N, String> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        N::boot(peers, config, stored, rng, cohort_core::Time::ZERO)
-    }))
-    .map_err(|p| {
-        let msg = p
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| p.downcast_ref::<&str>().copied())
-            .unwrap_or("the mode panicked");
-        format!(
-            "the {} mode cannot decode its stored records: {msg}",
-            std::any::type_name::<N>()
-        )
-    })
+) -> Result<N, cohort_core::BootError> {
+    N::boot(peers, config, stored, rng, cohort_core::Time::ZERO)
 }
 
 /// Opens the data file on a blocking thread, retrying briefly while a

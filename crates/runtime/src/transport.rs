@@ -14,8 +14,9 @@
 //! The acceptor closes a connection, logs why and counts it under
 //! `cohort_peer_connections_rejected_total{reason=...}` on: a bad magic or
 //! garbage handshake, another protocol version, another cluster id, a
-//! sender that is not a member, a frame over `Limits::message_bytes_max`, or
-//! a frame that does not decode. The node keeps running; messages are
+//! sender that is not a member, a frame over `Limits::message_bytes_max`, a
+//! frame that does not decode, no handshake within `handshake_timeout_ms`,
+//! or a frame started and not finished within `frame_read_timeout_ms`. The node keeps running; messages are
 //! unreliable by contract, so nothing acknowledged depends on them.
 //!
 //! With peer TLS ([`crate::tls::PeerTls`]) every connection starts with a
@@ -378,6 +379,36 @@ pub async fn read_frame(
     Ok(buf)
 }
 
+/// Reads one frame like [`read_frame`], waiting as long as it takes for its
+/// first byte (a quiet link is fine) but at most `timeout` for the rest: a
+/// peer that starts a frame and stalls would otherwise hold its connection
+/// (and an `inbound_connections_max` slot) forever. `Ok(None)`: it stalled.
+pub async fn read_frame_within(
+    r: &mut (impl AsyncReadExt + Unpin),
+    limit_bytes: usize,
+    timeout: Duration,
+) -> Result<Option<Vec<u8>>, FrameError> {
+    let first = r.read_u8().await?;
+    let rest = async {
+        let mut len = [first, 0, 0, 0];
+        r.read_exact(&mut len[1..]).await?;
+        let size_bytes = u32::from_be_bytes(len) as usize;
+        if size_bytes > limit_bytes {
+            return Err(FrameError::TooLarge {
+                size_bytes,
+                limit_bytes,
+            });
+        }
+        let mut buf = vec![0u8; size_bytes];
+        r.read_exact(&mut buf).await?;
+        Ok(buf)
+    };
+    match tokio::time::timeout(timeout, rest).await {
+        Ok(r) => r.map(Some),
+        Err(_) => Ok(None),
+    }
+}
+
 /// Accepts peer connections on `listener` and delivers decoded messages to
 /// `deliver` (dropping, counted, when it is full) until `stop` turns true.
 pub async fn run_inbound<M: DeserializeOwned + Serialize + Send + 'static>(
@@ -535,10 +566,20 @@ async fn serve_inbound<M: DeserializeOwned + Serialize>(
     let from = hello.from;
     let label = format!("peer=\"{from}\"");
     let limit = config.peers.limits.message_bytes_max;
+    let frame_timeout = Duration::from_millis(config.transport.frame_read_timeout_ms);
     let mut reader = tokio::io::BufReader::new(stream);
     loop {
-        let frame = match read_frame(&mut reader, limit).await {
-            Ok(f) => f,
+        let frame = match read_frame_within(&mut reader, limit, frame_timeout).await {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                return (
+                    "frame_timeout",
+                    format!(
+                        "{from} started a frame and did not finish it within {}ms",
+                        config.transport.frame_read_timeout_ms
+                    ),
+                )
+            }
             Err(FrameError::TooLarge {
                 size_bytes,
                 limit_bytes,

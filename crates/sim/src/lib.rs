@@ -70,8 +70,8 @@
 //! # impl Node for Refuser {
 //! #     type Message = ();
 //! #     type Config = ();
-//! #     fn boot(p: &Peers, _: &(), _: &Stored, _: NodeRng, _: Time) -> Self {
-//! #         Refuser { id: p.id, out: Vec::new() }
+//! #     fn boot(p: &Peers, _: &(), _: &Stored, _: NodeRng, _: Time) -> Result<Self, BootError> {
+//! #         Ok(Refuser { id: p.id, out: Vec::new() })
 //! #     }
 //! #     fn handle_message(&mut self, _: Time, _: NodeId, _: ()) {}
 //! #     fn handle_timer(&mut self, _: Time, _: TimerToken) {}

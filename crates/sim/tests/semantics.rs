@@ -6,8 +6,8 @@
 //! number, then sends it to every peer. Receivers record what they got.
 
 use cohort_core::{
-    decode, encode, Action, ClientError, ClientRequest, Epoch, Node, NodeId, NodeRng, Peers,
-    RequestId, StoreOp, Stored, TaskId, TaskOutcome, Time, TimerToken,
+    decode, encode, Action, BootError, ClientError, ClientRequest, Epoch, Node, NodeId, NodeRng,
+    Peers, RequestId, StoreOp, Stored, TaskId, TaskOutcome, Time, TimerToken,
 };
 use cohort_sim::{run, Fault, FaultKinds, Guarantee, Report, ScriptedFault, SimConfig};
 use std::cell::RefCell;
@@ -60,7 +60,13 @@ impl Node for Probe {
     type Message = u64;
     type Config = Order;
 
-    fn boot(peers: &Peers, order: &Order, stored: &Stored, _: NodeRng, now: Time) -> Probe {
+    fn boot(
+        peers: &Peers,
+        order: &Order,
+        stored: &Stored,
+        _: NodeRng,
+        now: Time,
+    ) -> Result<Probe, BootError> {
         let seq = stored
             .get(b"seq")
             .map(|v| decode(v, 16).expect("own encoding"))
@@ -75,7 +81,7 @@ impl Node for Probe {
             out: Vec::new(),
         };
         p.tick(now);
-        p
+        Ok(p)
     }
     fn handle_message(&mut self, now: Time, from: NodeId, seq: u64) {
         self.handled.push(now);
@@ -310,11 +316,11 @@ struct Rude {
 impl Node for Rude {
     type Message = u64;
     type Config = ();
-    fn boot(peers: &Peers, _: &(), _: &Stored, _: NodeRng, _: Time) -> Rude {
-        Rude {
+    fn boot(peers: &Peers, _: &(), _: &Stored, _: NodeRng, _: Time) -> Result<Rude, BootError> {
+        Ok(Rude {
             id: peers.id,
             out: Vec::new(),
-        }
+        })
     }
     fn handle_message(&mut self, _: Time, _: NodeId, _: u64) {}
     fn handle_timer(&mut self, _: Time, _: TimerToken) {}

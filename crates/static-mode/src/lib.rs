@@ -22,8 +22,8 @@ pub use config::{StaticConfig, StaticConfigError};
 pub use message::StaticMessage;
 
 use cohort_core::{
-    Action, ClientError, ClientRequest, Epoch, Node, NodeId, NodeRng, NodeStatus, Peers, RequestId,
-    Stored, TaskId, TaskOutcome, Time, TimerToken,
+    Action, BootError, ClientError, ClientRequest, Epoch, Node, NodeId, NodeRng, NodeStatus, Peers,
+    RequestId, Stored, TaskId, TaskOutcome, Time, TimerToken,
 };
 use coordinator::Coordinator;
 use worker::Worker;
@@ -72,7 +72,7 @@ impl Node for StaticNode {
         _stored: &Stored,
         _rng: NodeRng,
         now: Time,
-    ) -> StaticNode {
+    ) -> Result<StaticNode, BootError> {
         // The baseline persists nothing, so `_stored` is always empty: a
         // restarted coordinator starts from an empty task table.
         let coordinator_id = config.coordinator_for(peers);
@@ -87,7 +87,7 @@ impl Node for StaticNode {
             out: Vec::new(),
         };
         node.arm_tick(now);
-        node
+        Ok(node)
     }
 
     fn handle_message(&mut self, now: Time, from: NodeId, msg: StaticMessage) {

@@ -22,6 +22,7 @@ fn boot(id: u64, capacity: u32) -> StaticNode {
         cohort_core::NodeRng::seed_from_u64(0),
         Time::ZERO,
     )
+    .expect("the baseline boots from an empty store")
 }
 
 fn task() -> Task {

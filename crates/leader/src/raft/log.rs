@@ -42,10 +42,12 @@ fn log_key_end() -> Vec<u8> {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LogError {
     /// A stored value did not decode.
-    #[error("stored {what} is malformed: {reason}")]
+    #[error("stored {what} ({}) is malformed: {reason}", key.escape_ascii())]
     Malformed {
-        /// Which key.
+        /// Which record.
         what: &'static str,
+        /// Its key.
+        key: Vec<u8>,
         /// The decoder's complaint.
         reason: String,
     },
@@ -55,6 +57,25 @@ pub enum LogError {
         /// The first missing index.
         index: u64,
     },
+    /// The stored log, offset and snapshot contradict each other.
+    #[error("stored log and snapshot disagree: {reason}")]
+    Inconsistent {
+        /// What does not fit.
+        reason: &'static str,
+    },
+}
+
+impl From<LogError> for cohort_core::BootError {
+    fn from(e: LogError) -> Self {
+        match e {
+            LogError::Malformed { key, reason, .. } => {
+                cohort_core::BootError::corrupt(&key, reason)
+            }
+            other => cohort_core::BootError::Inconsistent {
+                reason: other.to_string(),
+            },
+        }
+    }
 }
 
 /// The Raft log: entries `(offset, last_index]` plus the offset's term.
@@ -71,6 +92,7 @@ impl RaftLog {
         let (offset, offset_term) = match stored.get(OFFSET_KEY) {
             Some(b) => decode::<(u64, u64)>(b, limit_bytes).map_err(|e| LogError::Malformed {
                 what: "offset",
+                key: OFFSET_KEY.to_vec(),
                 reason: e.to_string(),
             })?,
             None => (0, 0),
@@ -80,9 +102,10 @@ impl RaftLog {
             offset_term,
             entries: Vec::new(),
         };
-        for (_, v) in stored.scan_prefix(LOG_PREFIX) {
+        for (k, v) in stored.scan_prefix(LOG_PREFIX) {
             let e: Entry = decode(v, limit_bytes).map_err(|e| LogError::Malformed {
                 what: "log entry",
+                key: k.to_vec(),
                 reason: e.to_string(),
             })?;
             if e.index <= offset {

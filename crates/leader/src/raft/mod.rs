@@ -377,6 +377,17 @@ pub enum RaftError {
     Log(#[from] LogError),
 }
 
+impl From<RaftError> for cohort_core::BootError {
+    fn from(e: RaftError) -> Self {
+        match e {
+            RaftError::Log(e) => e.into(),
+            other => cohort_core::BootError::Inconsistent {
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
 /// The Raft state machine. See the module docs for the call order.
 #[derive(Debug)]
 pub struct RaftNode {
@@ -434,6 +445,7 @@ impl RaftNode {
         let hard: HardState = match stored.get(log::HARD_KEY) {
             Some(b) => decode(b, limit).map_err(|e| LogError::Malformed {
                 what: "hard state",
+                key: log::HARD_KEY.to_vec(),
                 reason: e.to_string(),
             })?,
             None => HardState::default(),
@@ -441,20 +453,26 @@ impl RaftNode {
         let snapshot: Option<Snapshot> = match stored.get(log::SNAP_KEY) {
             Some(b) => Some(decode(b, limit).map_err(|e| LogError::Malformed {
                 what: "snapshot",
+                key: log::SNAP_KEY.to_vec(),
                 reason: e.to_string(),
             })?),
             None => None,
         };
         let log = RaftLog::restore(stored, limit)?;
         let snap_index = snapshot.as_ref().map_or(0, |s| s.meta.index);
-        assert!(
-            snap_index >= log.offset(),
-            "the log is compacted only behind a snapshot"
-        );
-        assert!(
-            snap_index <= log.last_index(),
-            "a snapshot never runs ahead of the log's offset"
-        );
+        // Both hold for any file this node wrote; a damaged file is refused.
+        if snap_index < log.offset() {
+            return Err(LogError::Inconsistent {
+                reason: "the log is compacted past the snapshot",
+            }
+            .into());
+        }
+        if snap_index > log.last_index() {
+            return Err(LogError::Inconsistent {
+                reason: "the snapshot runs ahead of the log",
+            }
+            .into());
+        }
         let commit = hard.commit.max(snap_index).min(log.last_index());
         let base_membership = snapshot
             .as_ref()

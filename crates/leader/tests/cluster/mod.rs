@@ -113,7 +113,8 @@ impl Cluster {
     fn start(&mut self, id: NodeId) {
         let peers = Peers::new(id, self.members.clone(), 4, self.limits.clone()).unwrap();
         let rng = NodeRng::seed_from_u64(self.rng.gen());
-        let node = LeaderNode::boot(&peers, &self.cfg, &self.stored[&id], rng, self.now);
+        let node = LeaderNode::boot(&peers, &self.cfg, &self.stored[&id], rng, self.now)
+            .expect("a node boots from its own store");
         *self.gens.entry(id).or_insert(0) += 1;
         self.nodes.insert(id, Some(node));
         self.drain(id);

@@ -199,7 +199,8 @@ impl Sim {
             &self.stores[&id],
             NodeRng::seed_from_u64(seed),
             self.now,
-        );
+        )
+        .expect("a node boots from its own store");
         self.nodes.insert(id, node);
         self.drain(id);
     }

@@ -4,8 +4,9 @@
 #![allow(dead_code, clippy::disallowed_methods, clippy::disallowed_types)]
 
 use cohort_core::{
-    Action, ClientError, ClientRequest, ClientResponse, Epoch, Limits, Node, NodeId, NodeRng, Note,
-    Peers, RequestId, StoreOp, Stored, Task, TaskId, TaskOutcome, TaskState, Time, TimerToken,
+    Action, BootError, ClientError, ClientRequest, ClientResponse, Epoch, Limits, Node, NodeId,
+    NodeRng, Note, Peers, RequestId, StoreOp, Stored, Task, TaskId, TaskOutcome, TaskState, Time,
+    TimerToken,
 };
 use cohort_runtime::{Listeners, NodeOptions, Registry, RunningNode, RuntimeConfig};
 use serde::{Deserialize, Serialize};
@@ -76,7 +77,13 @@ impl Node for ToyNode {
     type Message = ToyMsg;
     type Config = ();
 
-    fn boot(peers: &Peers, _: &(), stored: &Stored, _rng: NodeRng, now: Time) -> ToyNode {
+    fn boot(
+        peers: &Peers,
+        _: &(),
+        stored: &Stored,
+        _rng: NodeRng,
+        now: Time,
+    ) -> Result<ToyNode, BootError> {
         let mut n = ToyNode {
             id: peers.id,
             peers: peers.clone(),
@@ -105,7 +112,7 @@ impl Node for ToyNode {
             token: TimerToken(1),
             at: now + PING_EVERY,
         });
-        n
+        Ok(n)
     }
 
     fn handle_message(&mut self, _now: Time, _from: NodeId, msg: ToyMsg) {

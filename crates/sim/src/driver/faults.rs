@@ -16,7 +16,10 @@ impl<N: Node> Sim<'_, N> {
             &self.slots[i].durable,
             rng,
             self.now,
-        );
+        )
+        // The simulator only hands a node what it persisted itself, intact:
+        // a refusal is a bug in the mode.
+        .unwrap_or_else(|e| panic!("node {} refused to boot: {e}", self.slots[i].id));
         assert_eq!(
             node.id(),
             self.slots[i].id,

@@ -10,8 +10,8 @@
 #![allow(dead_code)]
 
 use cohort_core::{
-    decode, encode, Action, ClientError, ClientRequest, ClientResponse, Epoch, Limits, Node,
-    NodeId, NodeRng, Note, Peers, RequestId, StoreOp, Stored, SupersedeReason, Task, TaskId,
+    decode, encode, Action, BootError, ClientError, ClientRequest, ClientResponse, Epoch, Limits,
+    Node, NodeId, NodeRng, Note, Peers, RequestId, StoreOp, Stored, SupersedeReason, Task, TaskId,
     TaskOutcome, TaskState, Time, TimerToken,
 };
 use serde::{Deserialize, Serialize};
@@ -254,7 +254,13 @@ impl Node for CoordNode {
     type Message = Msg;
     type Config = CoordConfig;
 
-    fn boot(peers: &Peers, cfg: &CoordConfig, stored: &Stored, _rng: NodeRng, now: Time) -> Self {
+    fn boot(
+        peers: &Peers,
+        cfg: &CoordConfig,
+        stored: &Stored,
+        _rng: NodeRng,
+        now: Time,
+    ) -> Result<Self, BootError> {
         let mut node = CoordNode {
             id: peers.id,
             coordinator: peers.members[0],
@@ -269,7 +275,7 @@ impl Node for CoordNode {
         };
         node.heartbeat(now);
         if !node.is_coordinator() || cfg.bug == Bug::ForgetOnCrash {
-            return node;
+            return Ok(node);
         }
         let restored: Vec<(TaskId, Record)> = stored
             .scan_prefix(b"t/")
@@ -286,7 +292,7 @@ impl Node for CoordNode {
                 node.assign(now, id, SupersedeReason::RunnerDeclaredDead);
             }
         }
-        node
+        Ok(node)
     }
 
     fn handle_message(&mut self, now: Time, from: NodeId, msg: Msg) {
