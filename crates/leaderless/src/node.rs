@@ -1030,17 +1030,19 @@ impl LeaderlessNode {
         }
     }
 
+    /// The members SWIM sees live, this node excluded.
+    fn live_others(&self) -> Vec<NodeId> {
+        let me = self.me();
+        let mut live = self.membership.live();
+        live.retain(|&n| n != me);
+        live
+    }
+
     /// Offers the versions of a batch of records (final ones too: a replica
     /// cut off for a task's whole life has none) to one random live
     /// co-replica; it answers with what either side misses.
     fn anti_entropy(&mut self) {
-        let me = self.me();
-        let live: Vec<NodeId> = self
-            .membership
-            .live()
-            .into_iter()
-            .filter(|&n| n != me)
-            .collect();
+        let live = self.live_others();
         if live.is_empty() || self.records.is_empty() {
             return;
         }
@@ -1448,13 +1450,7 @@ impl LeaderlessNode {
                 self.ring_proposal = Some(p);
             }
         }
-        let me = self.me();
-        let live: Vec<NodeId> = self
-            .membership
-            .live()
-            .into_iter()
-            .filter(|&n| n != me)
-            .collect();
+        let live = self.live_others();
         if !live.is_empty() {
             let to = live[self.rng.gen_range(0..live.len())];
             let epoch = self.ring.ring.epoch;

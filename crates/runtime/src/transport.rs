@@ -367,6 +367,16 @@ pub async fn read_frame(
 ) -> Result<Vec<u8>, FrameError> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len).await?;
+    read_frame_body(r, len, limit_bytes).await
+}
+
+/// Reads the body a frame's length prefix `len` announces, refusing more
+/// than `limit_bytes` before allocating.
+async fn read_frame_body(
+    r: &mut (impl AsyncReadExt + Unpin),
+    len: [u8; 4],
+    limit_bytes: usize,
+) -> Result<Vec<u8>, FrameError> {
     let size_bytes = u32::from_be_bytes(len) as usize;
     if size_bytes > limit_bytes {
         return Err(FrameError::TooLarge {
@@ -392,16 +402,7 @@ pub async fn read_frame_within(
     let rest = async {
         let mut len = [first, 0, 0, 0];
         r.read_exact(&mut len[1..]).await?;
-        let size_bytes = u32::from_be_bytes(len) as usize;
-        if size_bytes > limit_bytes {
-            return Err(FrameError::TooLarge {
-                size_bytes,
-                limit_bytes,
-            });
-        }
-        let mut buf = vec![0u8; size_bytes];
-        r.read_exact(&mut buf).await?;
-        Ok(buf)
+        read_frame_body(r, len, limit_bytes).await
     };
     match tokio::time::timeout(timeout, rest).await {
         Ok(r) => r.map(Some),
