@@ -463,19 +463,10 @@ impl LeaderlessNode {
                             .or_default()
                             .push((request, deadline));
                     }
-                    Err(StartError::Busy) => self.reply(
-                        request,
-                        Err(Self::unavailable(
-                            "a decision on this task is in flight here",
-                        )),
-                    ),
-                    Err(StartError::Full) => self.reply(
-                        request,
-                        Err(ClientError::Overloaded {
-                            what: "paxos_in_flight_max".into(),
-                            limit: self.config.paxos_in_flight_max,
-                        }),
-                    ),
+                    Err(e) => {
+                        let refused = self.refusal(e);
+                        self.reply(request, Err(refused));
+                    }
                 }
             }
             ReadPurpose::Cancel => {
@@ -496,19 +487,10 @@ impl LeaderlessNode {
                             .or_default()
                             .push((request, deadline));
                     }
-                    Err(StartError::Busy) => self.reply(
-                        request,
-                        Err(Self::unavailable(
-                            "a decision on this task is in flight here",
-                        )),
-                    ),
-                    Err(StartError::Full) => self.reply(
-                        request,
-                        Err(ClientError::Overloaded {
-                            what: "paxos_in_flight_max".into(),
-                            limit: self.config.paxos_in_flight_max,
-                        }),
-                    ),
+                    Err(e) => {
+                        let refused = self.refusal(e);
+                        self.reply(request, Err(refused));
+                    }
                 }
             }
         }
@@ -1027,6 +1009,17 @@ impl LeaderlessNode {
             {
                 return;
             }
+        }
+    }
+
+    /// What a client is told when its request cannot start a proposal.
+    fn refusal(&self, e: StartError) -> ClientError {
+        match e {
+            StartError::Busy => Self::unavailable("a decision on this task is in flight here"),
+            StartError::Full => ClientError::Overloaded {
+                what: "paxos_in_flight_max".into(),
+                limit: self.config.paxos_in_flight_max,
+            },
         }
     }
 
