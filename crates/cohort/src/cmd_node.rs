@@ -114,6 +114,9 @@ pub struct Settings {
     shutdown_grace_ms: u64,
     history_file: Option<PathBuf>,
     history_bytes_max: u64,
+    inputs_per_batch_max: Option<usize>,
+    transport: cohort_runtime::config::TransportLimits,
+    client: cohort_runtime::config::ClientLimits,
 }
 
 impl NodeArgs {
@@ -181,6 +184,9 @@ impl NodeArgs {
                 .history_bytes_max
                 .or(file.history_bytes_max)
                 .unwrap_or(cohort_runtime::audit::AUDIT_BYTES_MAX_DEFAULT),
+            inputs_per_batch_max: file.inputs_per_batch_max,
+            transport: file.transport.unwrap_or_default(),
+            client: file.client.unwrap_or_default(),
         })
     }
 }
@@ -267,6 +273,11 @@ pub fn validate(args: &Settings) -> anyhow::Result<Validated> {
     config.http_addrs.insert(id, args.http);
     config.security = security(args)?;
     config.shutdown_grace_ms = args.shutdown_grace_ms;
+    config.transport = args.transport.clone();
+    config.client = args.client.clone();
+    if let Some(n) = args.inputs_per_batch_max {
+        config.inputs_per_batch_max = n;
+    }
     config.audit = args
         .history_file
         .as_ref()
@@ -523,5 +534,57 @@ mod tests {
         };
         let e = format!("{:#}", a.settings().unwrap_err());
         assert!(e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn limits_come_from_the_config_files_tables_and_bad_ones_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        let base = format!(
+            "id = 1\npeers = \"1=127.0.0.1:7001,2=127.0.0.1:7002\"\ndata_dir = {:?}\n",
+            dir.path()
+        );
+        let with = |extra: &str| {
+            std::fs::write(&file, format!("{base}{extra}")).unwrap();
+            NodeArgs {
+                config: Some(file.clone()),
+                ..NodeArgs::default()
+            }
+        };
+        let v = validate(
+            &with("inputs_per_batch_max = 64\n[transport]\nframe_read_timeout_ms = 2500\n[client]\nlist_page_max = 50\n")
+                .settings()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(v.config.transport.frame_read_timeout_ms, 2500);
+        assert_eq!(
+            v.config.transport.send_queue_len_max,
+            cohort_runtime::config::TransportLimits::default().send_queue_len_max,
+            "a key left out keeps its default"
+        );
+        assert_eq!(v.config.client.list_page_max, 50);
+        assert_eq!(v.config.inputs_per_batch_max, 64);
+        let e = validate(&with("[client]\nlist_page_max = 0\n").settings().unwrap())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("list_page_max must be positive"), "{e}");
+        let e = validate(
+            &with("[transport]\nconnect_backoff_ms_min = 500\nconnect_backoff_ms_max = 100\n")
+                .settings()
+                .unwrap(),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("connect_backoff_ms_max"), "{e}");
+        let e = format!(
+            "{:#}",
+            with("[transport]\nframe_timeout = 1\n")
+                .settings()
+                .unwrap_err()
+        );
+        assert!(e.contains("frame_timeout"), "an unknown key is named: {e}");
     }
 }

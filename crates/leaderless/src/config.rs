@@ -31,6 +31,10 @@ pub struct LeaderlessConfig {
     pub swim_probe_rtt_ms: u64,
     /// SWIM: how long a suspect has to refute before it is declared down.
     pub swim_suspect_to_down_ms: u64,
+    /// SWIM: how often updates (suspicions, refutations, downs, load
+    /// reports) are gossiped to 3 random members, besides riding on
+    /// probes. Nothing is sent when there is nothing new.
+    pub swim_gossip_interval_ms: u64,
     /// SWIM: how long a down member is remembered (so it cannot come back
     /// under the same identity).
     pub swim_remove_down_after_ms: u64,
@@ -52,6 +56,10 @@ pub struct LeaderlessConfig {
     /// How many earlier rings a node remembers, so reads also look where
     /// tasks not yet moved to the newest ring live.
     pub ring_history_max: usize,
+    /// How often a node tells one random live node its ring epoch, so a
+    /// node that missed a ring change catches up (changes themselves are
+    /// sent to every member at once).
+    pub ring_gossip_interval_ms: u64,
     /// Most tasks a node starts moving to their replicas under a newer
     /// ring per tick.
     pub rebalance_per_tick_max: usize,
@@ -67,17 +75,19 @@ impl Default for LeaderlessConfig {
             paxos_round_timeout_ms: 200,
             paxos_in_flight_max: 1_024,
             requests_in_flight_max: 4_096,
-            swim_probe_period_ms: 200,
-            swim_probe_rtt_ms: 80,
-            swim_suspect_to_down_ms: 600,
+            swim_probe_period_ms: 1_000,
+            swim_probe_rtt_ms: 300,
+            swim_suspect_to_down_ms: 1_000,
+            swim_gossip_interval_ms: 200,
             swim_remove_down_after_ms: 30_000,
             announce_interval_ms: 500,
             anti_entropy_batch_max: 64,
             local_health_max: 8,
-            load_report_interval_ms: 1_000,
+            load_report_interval_ms: 30_000,
             initial_ring: None,
             ring_history_max: 8,
             rebalance_per_tick_max: 64,
+            ring_gossip_interval_ms: 1_000,
         }
     }
 }
@@ -118,12 +128,14 @@ impl LeaderlessConfig {
             ("swim_probe_period_ms", self.swim_probe_period_ms),
             ("swim_probe_rtt_ms", self.swim_probe_rtt_ms),
             ("swim_suspect_to_down_ms", self.swim_suspect_to_down_ms),
+            ("swim_gossip_interval_ms", self.swim_gossip_interval_ms),
             ("swim_remove_down_after_ms", self.swim_remove_down_after_ms),
             ("announce_interval_ms", self.announce_interval_ms),
             ("anti_entropy_batch_max", self.anti_entropy_batch_max as u64),
             ("load_report_interval_ms", self.load_report_interval_ms),
             ("ring_history_max", self.ring_history_max as u64),
             ("rebalance_per_tick_max", self.rebalance_per_tick_max as u64),
+            ("ring_gossip_interval_ms", self.ring_gossip_interval_ms),
         ];
         for (what, v) in positive {
             if v == 0 {

@@ -85,6 +85,8 @@ pub struct LeaderlessNode {
     ring: RingState,
     /// This node's ring change in flight.
     ring_proposal: Option<RingProposal>,
+    /// When this node last gossiped its ring epoch.
+    ring_gossiped_at: Option<Time>,
     /// The highest ring ballot round used or seen.
     ring_round_seen: u64,
     /// Where the rebalancing scan goes on from, and the ring epoch for
@@ -144,6 +146,11 @@ impl LeaderlessNode {
     /// When this node saw each down notification from SWIM.
     pub fn downs(&self) -> &[(NodeId, Time)] {
         self.membership.downs()
+    }
+
+    /// What SWIM did at this node since boot.
+    pub fn swim_counters(&self) -> crate::membership::SwimCounters {
+        self.membership.counters()
     }
 
     /// Lifeguard's local health multiplier now, and the highest it reached.
@@ -1428,7 +1435,7 @@ impl LeaderlessNode {
     }
 
     /// Retries a ring round that timed out; gossips this node's ring epoch
-    /// to one random live node.
+    /// to one random live node every `ring_gossip_interval_ms`.
     fn ring_tick(&mut self, now: Time) {
         if self
             .ring_proposal
@@ -1443,8 +1450,12 @@ impl LeaderlessNode {
                 self.ring_proposal = Some(p);
             }
         }
+        let due = self.ring_gossiped_at.is_none_or(|at| {
+            now.saturating_since(at) >= Duration::from_millis(self.config.ring_gossip_interval_ms)
+        });
         let live = self.live_others();
-        if !live.is_empty() {
+        if due && !live.is_empty() {
+            self.ring_gossiped_at = Some(now);
             let to = live[self.rng.gen_range(0..live.len())];
             let epoch = self.ring.ring.epoch;
             self.send(to, LeaderlessMessage::RingHave { epoch });
@@ -1613,6 +1624,7 @@ impl Node for LeaderlessNode {
             generation,
             ring,
             ring_proposal: None,
+            ring_gossiped_at: None,
             ring_round_seen: 0,
             rebalance_cursor: None,
             rebalanced_epoch: None,
@@ -1706,7 +1718,19 @@ impl Node for LeaderlessNode {
             ("suspicions_raised", c.suspicions_raised),
             ("members_declared_down", c.members_declared_down),
             ("declared_down_while_alive", c.declared_down_while_alive),
+            (
+                "suspicions_from_closed_connections",
+                c.suspicions_from_closed_connections,
+            ),
         ]
+    }
+
+    fn handle_peer_lost(&mut self, now: Time, peer: NodeId) {
+        if peer == self.me() {
+            return;
+        }
+        self.membership.suspect_closed(now, peer, &mut self.out);
+        self.flush(now);
     }
 
     fn visit_tasks(

@@ -10,8 +10,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Limits and timings of the peer transport.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Limits and timings of the peer transport (`[transport]` in a
+/// `cohort node --config` file; a key left out keeps its default).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct TransportLimits {
     /// Most encoded messages queued for one peer; past it new ones are
     /// dropped (and counted), as the contract allows for messages.
@@ -47,8 +49,10 @@ impl Default for TransportLimits {
     }
 }
 
-/// Limits of the client API.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Limits of the client API (`[client]` in a `cohort node --config`
+/// file; a key left out keeps its default).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ClientLimits {
     /// How long an HTTP request waits for the core's answer before `503`.
     pub request_timeout_ms: u64,
@@ -136,6 +140,12 @@ pub struct NodeFile {
     pub http_client_ca: Option<PathBuf>,
     pub history_file: Option<PathBuf>,
     pub history_bytes_max: Option<u64>,
+    /// See [`RuntimeConfig::inputs_per_batch_max`].
+    pub inputs_per_batch_max: Option<usize>,
+    /// The `[transport]` table: peer transport limits.
+    pub transport: Option<TransportLimits>,
+    /// The `[client]` table: client API limits.
+    pub client: Option<ClientLimits>,
 }
 
 impl NodeFile {

@@ -31,7 +31,9 @@ pub mod load;
 use crate::config::LeaderlessConfig;
 use crate::message::LeaderlessMessage;
 use cohort_core::{Action, NodeId, NodeRng, StoreOp, Time, TimerToken};
-use foca::{AccumulatingRuntime, Config, Foca, Identity, OwnedNotification, PostcardCodec, Timer};
+use foca::{
+    AccumulatingRuntime, Config, Foca, Identity, OwnedNotification, PostcardCodec, Runtime, Timer,
+};
 use load::{LoadHandler, LoadReport, LoadTable};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -111,6 +113,12 @@ pub struct Membership {
     probe_failed_in_cycle: bool,
     /// The highest `local_health` reached, for measurements.
     local_health_peak: u32,
+    /// foca's current timer token, read off the timers it schedules (foca
+    /// keeps it private): a suspicion this node raises itself
+    /// ([`Membership::suspect_closed`]) needs it for its down timer.
+    foca_token: Option<u8>,
+    /// foca's suspicion timeout, before local health stretches it.
+    suspect_to_down: Duration,
 }
 
 impl std::fmt::Debug for Membership {
@@ -143,7 +151,7 @@ impl Membership {
             periodic_announce: None,
             periodic_announce_to_down_members: None,
             periodic_gossip: Some(foca::PeriodicParams {
-                frequency: Duration::from_millis(config.swim_probe_period_ms),
+                frequency: Duration::from_millis(config.swim_gossip_interval_ms),
                 num_members: NonZeroUsize::new(3).expect("3 > 0"),
             }),
         };
@@ -176,6 +184,8 @@ impl Membership {
             local_health_max: config.local_health_max,
             probe_failed_in_cycle: false,
             local_health_peak: 0,
+            foca_token: None,
+            suspect_to_down: Duration::from_millis(config.swim_suspect_to_down_ms),
         }
     }
 
@@ -294,10 +304,94 @@ impl Membership {
             }
             self.probe_failed_in_cycle = false;
         }
+        let suspect = match timer {
+            Timer::ChangeSuspectToDown { member_id, .. } => Some(member_id),
+            _ => None,
+        };
         if self.foca.handle_timer(timer, &mut self.runtime).is_err() {
             self.swim_errors += 1;
         }
+        if let Some(id) = suspect {
+            self.drop_turn_undead_to_refuted(id);
+        }
         self.drain(now, out);
+    }
+
+    /// foca 1.0 sends `TurnUndead` ("the cluster thinks you are down") to
+    /// a suspect whenever its suspicion timer fires, even when the suspect
+    /// refuted in time and stays up (`apply_existing_if` answers `Some`
+    /// whether or not its condition held). The suspect then throws its
+    /// identity away and rejoins under a new generation: every refuted
+    /// suspicion became a false positive. When the suspect is still active
+    /// after its timer, the only packet that timer produced is that
+    /// `TurnUndead`, so it is dropped here. The runtime's queue is empty
+    /// when a timer is handled (every entry point drains it).
+    fn drop_turn_undead_to_refuted(&mut self, suspect: SwimId) {
+        let still_active = self.foca.iter_members().any(|m| *m.id() == suspect);
+        if !still_active {
+            return; // declared down for real: it should learn it
+        }
+        let mut kept = Vec::new();
+        while let Some((to, data)) = self.runtime.to_send() {
+            if to.node != suspect.node {
+                kept.push((to, data));
+            }
+        }
+        for (to, data) in kept {
+            self.runtime.send_to(to, &data);
+        }
+    }
+
+    /// The connection `node` opened to this node closed. A process that
+    /// dies has its sockets closed by the kernel at once, so this is the
+    /// earliest sign of a crash; it is only a hint (a restart or a reset
+    /// link closes one too), so it raises a *suspicion*, exactly as a
+    /// failed probe would: the suspicion spreads by gossip, a live member
+    /// refutes it by bumping its incarnation, and only a suspect that stays
+    /// silent for the suspicion timeout is declared down. A partition closes
+    /// nothing, so probing still covers it. Returns whether a suspicion was
+    /// raised (not when `node` is unknown, down, or already suspect).
+    pub fn suspect_closed<M: From<Swim>>(
+        &mut self,
+        now: Time,
+        node: NodeId,
+        out: &mut Vec<Action<M>>,
+    ) -> bool {
+        let Some(token) = self.foca_token else {
+            return false; // foca has not started yet: nothing to suspect
+        };
+        let Some(member) = self
+            .foca
+            .iter_members()
+            .find(|m| m.id().node == node && m.state() == foca::State::Alive)
+            .cloned()
+        else {
+            return false;
+        };
+        let suspect = foca::Member::new(*member.id(), member.incarnation(), foca::State::Suspect);
+        if self
+            .foca
+            .apply_many(std::iter::once(suspect), true, &mut self.runtime)
+            .is_err()
+        {
+            self.swim_errors += 1;
+            return false;
+        }
+        self.counters.suspicions_raised += 1;
+        self.counters.suspicions_from_closed_connections += 1;
+        // foca only arms the down timer for suspicions its own probes
+        // raise; arm it here the same way (stretched by local health in
+        // `drain`). A refutation bumps the incarnation, which disarms it.
+        self.runtime.submit_after(
+            Timer::ChangeSuspectToDown {
+                member_id: *member.id(),
+                incarnation: member.incarnation(),
+                token,
+            },
+            self.suspect_to_down,
+        );
+        self.drain(now, out);
+        true
     }
 
     /// Announces this node to ring members it does not see as live, at
@@ -347,6 +441,15 @@ impl Membership {
             // The probe interval itself is not stretched: a slow node that
             // probes less also spreads its own refutations more slowly.
             let scale = 1 + self.local_health;
+            if let Timer::ProbeRandomMember(t)
+            | Timer::SendIndirectProbe { token: t, .. }
+            | Timer::ChangeSuspectToDown { token: t, .. }
+            | Timer::PeriodicAnnounce(t)
+            | Timer::PeriodicAnnounceDown(t)
+            | Timer::PeriodicGossip(t) = timer
+            {
+                self.foca_token = Some(t);
+            }
             let after = match timer {
                 Timer::SendIndirectProbe { .. } => (after * scale).min(self.probe_period * 9 / 10),
                 Timer::ChangeSuspectToDown { .. } => after * scale,
@@ -403,6 +506,9 @@ pub struct SwimCounters {
     /// Times this node, alive, learned the cluster had declared it down and
     /// rejoined under a new identity: false positives about itself.
     pub declared_down_while_alive: u64,
+    /// Suspicions raised because a member's connection to this node closed
+    /// (also counted in `suspicions_raised`).
+    pub suspicions_from_closed_connections: u64,
 }
 
 /// A SWIM packet on its way out.

@@ -44,15 +44,18 @@ enum Event {
         request: RequestId,
         req: ClientRequest,
     },
+    /// The connection `from` had opened to `node` closed (its process died).
+    PeerLost { node: NodeId, from: NodeId },
 }
 
 impl Event {
     fn node(&self) -> NodeId {
         match self {
             Event::Deliver { to, .. } => *to,
-            Event::Timer { node, .. } | Event::Finish { node, .. } | Event::Client { node, .. } => {
-                *node
-            }
+            Event::Timer { node, .. }
+            | Event::Finish { node, .. }
+            | Event::Client { node, .. }
+            | Event::PeerLost { node, .. } => *node,
         }
     }
 }
@@ -114,6 +117,9 @@ pub struct Sim {
     pub rings: BTreeMap<u64, Vec<NodeId>>,
     decided: BTreeMap<TaskId, TaskState>,
     assigned: BTreeMap<(TaskId, Epoch), NodeId>,
+    /// Messages sent, by sender and kind (the variant's name), for
+    /// measurements.
+    pub sent: BTreeMap<(NodeId, String), u64>,
     /// A running hash of every event, for determinism checks.
     pub trace_hash: u64,
     pub events: u64,
@@ -155,6 +161,7 @@ impl Sim {
             rings: BTreeMap::new(),
             decided: BTreeMap::new(),
             assigned: BTreeMap::new(),
+            sent: BTreeMap::new(),
             trace_hash: 0xcbf2_9ce4_8422_2325,
             events: 0,
         };
@@ -210,6 +217,24 @@ impl Sim {
         assert!(self.nodes.remove(&id).is_some(), "{id} was up");
         *self.incarnation.get_mut(&id).expect("member") += 1;
         self.paused.remove(&id);
+    }
+
+    /// Kills `id`'s process: like [`Sim::crash`] (which is a machine that
+    /// goes silent), and the kernel closes its connections, so every live
+    /// node hears of it one message latency later.
+    pub fn kill(&mut self, id: NodeId) {
+        self.crash(id);
+        let live: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for node in live {
+            let lat = self.rng.gen_range(self.latency_us.0..=self.latency_us.1);
+            self.push(Time(self.now.0 + lat), Event::PeerLost { node, from: id });
+        }
+    }
+
+    /// The connection `from` opened to `node` closes while both live (a
+    /// reset link, a restart of `from`'s transport).
+    pub fn close_connection(&mut self, node: NodeId, from: NodeId) {
+        self.push(self.now, Event::PeerLost { node, from });
     }
 
     /// Boots `id` again from its store.
@@ -317,6 +342,9 @@ impl Sim {
                     // Every message goes through the wire codec.
                     let bytes = encode(&msg);
                     let msg: LeaderlessMessage = decode(&bytes, 1 << 24).expect("round trip");
+                    let dbg = format!("{msg:?}");
+                    let kind = dbg.split([' ', '(', '{']).next().unwrap_or_default();
+                    *self.sent.entry((id, kind.to_string())).or_default() += 1;
                     if self.cut.contains(&(id, to)) {
                         continue;
                     }
@@ -532,6 +560,13 @@ impl Sim {
                     .get_mut(&node)
                     .expect("up")
                     .handle_client(now, request, req);
+            }
+            Event::PeerLost { node, from } => {
+                self.hash(from.0);
+                self.nodes
+                    .get_mut(&node)
+                    .expect("up")
+                    .handle_peer_lost(now, from);
             }
         }
         self.drain(node);
