@@ -67,8 +67,13 @@ pub struct SubmitArgs {
     #[arg(long, default_value = "")]
     pub payload: String,
     /// Client-chosen task id (hex) for an idempotent submit.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "idempotency_key")]
     pub id: Option<String>,
+    /// A key of your own (1-255 visible ASCII bytes) that names the task:
+    /// submitting again under it returns the same task, never a second one
+    /// (the same id as the HTTP `Idempotency-Key` header gives).
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
     /// Per-execution timeout.
     #[arg(long)]
     pub timeout_ms: Option<u64>,
@@ -182,8 +187,16 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     let wait = args.wait.as_deref().map(wait_arg).transpose()?;
     runtime()?.block_on(async move {
         let client = args.auth.client(&args.node)?;
+        let id = match &args.idempotency_key {
+            Some(key) => Some(
+                cohort_runtime::idempotency::task_id_for_key(key.as_bytes())
+                    .map_err(|e| anyhow::anyhow!("--idempotency-key: {e}"))?
+                    .to_string(),
+            ),
+            None => args.id,
+        };
         let body = SubmitBody {
-            id: args.id,
+            id,
             kind: args.kind,
             payload: Some(args.payload),
             payload_base64: None,

@@ -13,7 +13,10 @@
 //! Submit body: `{"id"?: "<hex up to 32 digits>", "kind": "sleep", "payload"?: "<UTF-8 text>",
 //! "payload_base64"?: "<standard base64>", "timeout_ms"?: 30000, "max_attempts"?: 3}`; at most
 //! one of `payload` / `payload_base64`. Without an `id`, a random 128-bit id is generated;
-//! with one, the submit is idempotent (same id and content: acknowledged again).
+//! with one, the submit is idempotent (same id and content: acknowledged again). An
+//! `Idempotency-Key: <1..=255 visible ASCII>` header names the task instead (see
+//! [`crate::idempotency`]): a repeat returns the existing task's id, a repeat with another
+//! body is `409 id_conflict`; a body `id` naming another task is `400`.
 //!
 //! A task: `{"id", "state": "pending|running|succeeded|failed|cancelled", "node"?, "epoch"?,
 //! "result"? (when UTF-8), "result_base64"?, "error"?, "attempts"?}`.
@@ -38,7 +41,7 @@ use crate::transport::PeerStatus;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -537,9 +540,32 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-async fn submit(State(api): State<Arc<Api>>, body: Body) -> Result<Response, ApiError> {
+/// The task id named by an `Idempotency-Key` header, if one came; it must
+/// agree with an id given in the body.
+fn keyed_id(headers: &HeaderMap, body_id: Option<TaskId>) -> Result<Option<TaskId>, ApiError> {
+    let Some(key) = headers.get(crate::idempotency::IDEMPOTENCY_KEY_HEADER) else {
+        return Ok(body_id);
+    };
+    let keyed = crate::idempotency::task_id_for_key(key.as_bytes())
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed", e.to_string()))?;
+    match body_id {
+        Some(id) if id != keyed => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            format!("the Idempotency-Key names task {keyed}, the body's id is {id}: give one"),
+        )),
+        _ => Ok(Some(keyed)),
+    }
+}
+
+async fn submit(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let body = read_submit_body(&api.config, body).await?;
     let (id, task) = decode_submit(&body)?;
+    let id = keyed_id(&headers, id)?;
     api.config
         .peers
         .limits

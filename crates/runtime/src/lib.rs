@@ -27,6 +27,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod handlers;
 pub mod http;
+pub mod idempotency;
 pub mod kind;
 pub mod metrics;
 pub mod storage;
