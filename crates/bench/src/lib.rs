@@ -7,7 +7,9 @@
 //! - [`faults`]: partitions and a `SIGSTOP`ped node, on `cohort node`
 //!   child processes whose peer links go through proxies in this process.
 //! - [`scale`]: the same cores in the deterministic simulator at 5 to 5,000
-//!   nodes: messages per second handled by the busiest and the average node.
+//!   nodes: messages per second handled by the busiest and the average node,
+//!   time for a crash to be seen and a rejoin to be known by every node,
+//!   memory per simulated node.
 //! - [`svg`]: plots, hand-written SVG (no font or system library needed).
 //!
 //! [`run`] runs everything for the modes it is given and returns a
@@ -90,6 +92,9 @@ pub struct BenchOptions {
     pub scale_crash_at_ms: u64,
     /// How long the crashed simulated node stays down, ms.
     pub scale_down_ms: u64,
+    /// A simulated size is skipped (with the reason in the report) when the
+    /// previous size predicts it would take longer than this, wall seconds.
+    pub scale_wall_s_max: f64,
     /// Nodes for the partition and slow-node scenarios (5: the minority
     /// is then two nodes).
     pub fault_nodes: u64,
@@ -129,6 +134,7 @@ impl BenchOptions {
             scale_arrivals_per_sec: 50.0,
             scale_crash_at_ms: 300,
             scale_down_ms: 2_500,
+            scale_wall_s_max: 60.0,
             fault_nodes: 5,
             fault_rate: 200.0,
             fault_before_s: 1.0,
@@ -158,6 +164,7 @@ impl BenchOptions {
             scale_arrivals_per_sec: 50.0,
             scale_crash_at_ms: 500,
             scale_down_ms: 3_500,
+            scale_wall_s_max: 1_800.0,
             fault_nodes: 5,
             fault_rate: 300.0,
             fault_before_s: 3.0,
@@ -285,6 +292,13 @@ pub fn run(
             skipped: Vec::new(),
         };
         for &n in &options.scale_nodes {
+            if let Some(why) = curve.points.last().and_then(|prev| {
+                too_big(prev, n, options.scale_wall_s_max, machine::available_kib())
+            }) {
+                progress(&format!("scale {}: {n} nodes skipped: {why}", mode.name));
+                curve.skipped.push(format!("{n} nodes: {why}"));
+                continue;
+            }
             progress(&format!("scale {}: {n} simulated nodes", mode.name));
             let p = (mode.run)(n, &settings);
             progress(&format!(
@@ -421,6 +435,38 @@ async fn run_faults(
         runs.push(r);
     }
     Ok((runs, None))
+}
+
+/// Why simulating `n` nodes would not fit, predicted from the run at the
+/// previous size: wall time grows at least with the square of the size
+/// (events grow with the size, and so does what each event touches;
+/// measured 50 → 500: ×100 to ×260), and so does memory (every node holds
+/// every member) against `available_kib`.
+fn too_big(
+    prev: &ScalePoint,
+    n: usize,
+    wall_s_max: f64,
+    available_kib: Option<u64>,
+) -> Option<String> {
+    let growth = n as f64 / prev.nodes.max(1) as f64;
+    let wall_s = prev.wall_s * growth * growth;
+    if wall_s > wall_s_max {
+        return Some(format!(
+            "predicted at least {wall_s:.0} s of wall time from {} nodes ({:.1} s), over the {wall_s_max:.0} s limit",
+            prev.nodes, prev.wall_s
+        ));
+    }
+    let per_node = prev.memory_kib_per_node.unwrap_or(0.0);
+    let need_kib = per_node * growth * n as f64;
+    match available_kib {
+        Some(avail) if need_kib > avail as f64 * 0.8 => Some(format!(
+            "predicted {:.1} GiB of memory from {} nodes ({per_node:.0} KiB/node), {:.1} GiB available",
+            need_kib / (1 << 20) as f64,
+            prev.nodes,
+            avail as f64 / (1 << 20) as f64
+        )),
+        _ => None,
+    }
 }
 
 fn ms_or_dash(v: Option<f64>) -> String {
@@ -719,4 +765,46 @@ pub fn write_outputs(report: &BenchReport, dir: &Path) -> Result<Vec<PathBuf>, B
         }
     }
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(nodes: usize, wall_s: f64, kib: Option<f64>) -> ScalePoint {
+        ScalePoint {
+            nodes,
+            simulated_s: 6.0,
+            tasks_submitted: 0,
+            tasks_final: 0,
+            busiest_msgs_per_s: 0.0,
+            average_msgs_per_s: 0.0,
+            busiest_node: 1,
+            messages: 0,
+            memory_kib_per_node: kib,
+            crashed_node: nodes as u64,
+            crash_detected_ms: None,
+            join_known_ms: None,
+            crashed_leader: false,
+            wall_s,
+            violations: 0,
+            first_violation: None,
+        }
+    }
+
+    #[test]
+    fn a_size_the_previous_one_predicts_too_slow_or_too_big_is_skipped_with_the_reason() {
+        let gib = Some(1 << 20);
+        let why = too_big(&point(500, 80.0, None), 5_000, 1_800.0, gib).expect("too slow");
+        assert!(why.contains("wall time"), "{why}");
+        assert_eq!(too_big(&point(5, 0.1, Some(10.0)), 50, 60.0, gib), None);
+        // 10 KiB per node at 5 nodes: 100 KiB per node at 50, 5 MiB in all.
+        assert_eq!(
+            too_big(&point(5, 0.1, Some(10.0)), 50, 60.0, Some(10 << 10)),
+            None
+        );
+        let why = too_big(&point(5, 0.1, Some(10.0)), 50, 60.0, Some(4 << 10)).expect("too big");
+        assert!(why.contains("memory"), "{why}");
+        assert_eq!(too_big(&point(5, 0.1, Some(10.0)), 50, 60.0, None), None);
+    }
 }

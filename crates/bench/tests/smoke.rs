@@ -38,6 +38,7 @@ fn tiny() -> BenchOptions {
         scale_arrivals_per_sec: 20.0,
         scale_crash_at_ms: 100,
         scale_down_ms: 300,
+        scale_wall_s_max: 60.0,
         fault_nodes: 3,
         fault_rate: 50.0,
         fault_before_s: 0.3,
