@@ -187,6 +187,8 @@ async fn pipe(
 async fn proxy(listener: TcpListener, target: SocketAddr, open: watch::Receiver<bool>) {
     loop {
         let Ok((inbound, _)) = listener.accept().await else {
+            // Out of descriptors, say: wait instead of spinning.
+            tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
         let mut open = open.clone();
@@ -223,13 +225,25 @@ impl Drop for Procs {
     }
 }
 
+/// The proxies' accept loops, stopped on drop (their connections end
+/// when the nodes go, or when the links' senders are dropped).
+struct Proxies(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Proxies {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            p.abort();
+        }
+    }
+}
+
 /// `n` `cohort node` processes whose peer links all go through proxies.
 struct ProcCluster {
     dir: tempfile::TempDir,
     procs: Procs,
     clients: BTreeMap<u64, Client>,
     links: BTreeMap<(u64, u64), watch::Sender<bool>>,
-    proxies: Vec<tokio::task::JoinHandle<()>>,
+    _proxies: Proxies,
     stopped: Vec<u64>,
 }
 
@@ -310,7 +324,7 @@ impl ProcCluster {
             procs,
             clients,
             links,
-            proxies,
+            _proxies: Proxies(proxies),
             stopped: Vec::new(),
         };
         for (i, client) in &c.clients {
@@ -446,14 +460,11 @@ impl ProcCluster {
         (executions, decided)
     }
 
-    async fn stop(mut self) {
-        for p in &self.proxies {
-            p.abort();
-        }
+    /// Resumes any stopped node, then kills every node and proxy.
+    fn stop(mut self) {
         for i in std::mem::take(&mut self.stopped) {
             let _ = self.signal(i, false);
         }
-        drop(self.procs);
     }
 }
 
@@ -659,7 +670,7 @@ pub async fn run_scenario(s: &FaultSettings, scenario: Scenario) -> Result<Fault
             }
         }
     }
-    cluster.stop().await;
+    cluster.stop();
 
     let fault_from = start_us + fault_at.as_micros() as u64;
     let heal_from = start_us + heal_at.as_micros() as u64;
