@@ -4,8 +4,12 @@
 //!   fsync, HTTP): closed-loop throughput, open-loop latency (each request
 //!   timed from when it was due, so a stall is not hidden by coordinated
 //!   omission), and a crash of the coordinator or busiest node under load.
+//! - [`faults`]: partitions and a `SIGSTOP`ped node, on `cohort node`
+//!   child processes whose peer links go through proxies in this process.
 //! - [`scale`]: the same cores in the deterministic simulator at 5 to 5,000
-//!   nodes: messages per second handled by the busiest and the average node.
+//!   nodes: messages per second handled by the busiest and the average node,
+//!   time for a crash to be seen and a rejoin to be known by every node,
+//!   memory per simulated node.
 //! - [`svg`]: plots, hand-written SVG (no font or system library needed).
 //!
 //! [`run`] runs everything for the modes it is given and returns a
@@ -18,6 +22,7 @@
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 mod error;
+pub mod faults;
 pub mod machine;
 pub mod real;
 pub mod scale;
@@ -26,6 +31,7 @@ pub mod svg;
 pub use error::BenchError;
 pub use machine::Machine;
 
+use faults::{FaultRun, FaultSettings, Scenario};
 use real::{CrashRep, LatencyResult, RealMode, ThroughputPoint};
 use scale::{ScalePoint, ScaleSettings, SimMode};
 use serde::Serialize;
@@ -82,11 +88,33 @@ pub struct BenchOptions {
     pub scale_simulated_ms: u64,
     /// Cluster-wide task arrivals per second in the simulator.
     pub scale_arrivals_per_sec: f64,
+    /// When the simulated crash (and later rejoin) strikes, ms.
+    pub scale_crash_at_ms: u64,
+    /// How long the crashed simulated node stays down, ms.
+    pub scale_down_ms: u64,
+    /// A simulated size is skipped (with the reason in the report) when the
+    /// previous size predicts it would take longer than this, wall seconds.
+    pub scale_wall_s_max: f64,
+    /// Nodes for the partition and slow-node scenarios (5: the minority
+    /// is then two nodes).
+    pub fault_nodes: u64,
+    /// Offered load during the fault scenarios, submits/s.
+    pub fault_rate: f64,
+    /// Seconds of load before each fault.
+    pub fault_before_s: f64,
+    /// Seconds each fault lasts (the issue's `SIGSTOP` lasts 2 s).
+    pub fault_s: f64,
+    /// Seconds of load after each heal.
+    pub fault_after_s: f64,
+    /// The `cohort` binary the fault scenarios run as `cohort node`
+    /// processes; `None` skips them (with the reason in the report).
+    pub node_binary: Option<PathBuf>,
 }
 
 impl BenchOptions {
-    /// Under 3 minutes on 2 cores with three modes (500-node simulations take
-    /// about 30 s each, hence 2 simulated seconds).
+    /// Under 3 minutes on 2 cores with three modes. The simulator stops at
+    /// 50 nodes: a 500-node run takes 65-85 s per mode on a loaded 2-core
+    /// machine, which the fault scenarios on real processes left no room for.
     pub fn quick() -> BenchOptions {
         BenchOptions {
             preset: "quick".into(),
@@ -101,9 +129,18 @@ impl BenchOptions {
             crash_rate: 200.0,
             crash_before_s: 1.0,
             crash_after_s: 2.0,
-            scale_nodes: vec![5, 50, 500],
-            scale_simulated_ms: 2_000,
+            scale_nodes: vec![5, 50],
+            scale_simulated_ms: 4_000,
             scale_arrivals_per_sec: 50.0,
+            scale_crash_at_ms: 300,
+            scale_down_ms: 2_500,
+            scale_wall_s_max: 60.0,
+            fault_nodes: 5,
+            fault_rate: 200.0,
+            fault_before_s: 1.0,
+            fault_s: 2.0,
+            fault_after_s: 1.0,
+            node_binary: None,
         }
     }
 
@@ -123,8 +160,17 @@ impl BenchOptions {
             crash_before_s: 2.0,
             crash_after_s: 4.0,
             scale_nodes: vec![5, 50, 500, 5_000],
-            scale_simulated_ms: 10_000,
+            scale_simulated_ms: 6_000,
             scale_arrivals_per_sec: 50.0,
+            scale_crash_at_ms: 500,
+            scale_down_ms: 3_500,
+            scale_wall_s_max: 1_800.0,
+            fault_nodes: 5,
+            fault_rate: 300.0,
+            fault_before_s: 3.0,
+            fault_s: 2.0,
+            fault_after_s: 4.0,
+            node_binary: None,
         }
     }
 
@@ -141,6 +187,20 @@ impl BenchOptions {
         }
         if self.crash_before_s <= 0.0 || self.crash_rate <= 0.0 {
             return bad("crash load must be positive");
+        }
+        if self.fault_nodes < 3 {
+            return bad("fault scenarios need at least 3 nodes");
+        }
+        if !(self.fault_rate > 0.0
+            && self.fault_before_s > 0.0
+            && self.fault_s > 0.0
+            && self.fault_after_s > 0.0)
+        {
+            return bad("fault load and windows must be positive");
+        }
+        // The restart must leave the rejoin and the liveness phase time.
+        if self.scale_crash_at_ms + self.scale_down_ms + 1_000 > self.scale_simulated_ms {
+            return bad("the simulated crash must end at least 1 s before the run does");
         }
         if self.scale_nodes.contains(&0) {
             return bad("simulated clusters need a node");
@@ -162,6 +222,10 @@ pub struct ModeReport {
     pub latency: LatencyResult,
     /// Crash repetitions.
     pub crash: Vec<CrashRep>,
+    /// Partition and slow-node scenarios, in [`Scenario::ALL`] order.
+    pub faults: Vec<FaultRun>,
+    /// Why the fault scenarios did not run, if they did not.
+    pub faults_skipped: Option<String>,
 }
 
 /// Scale curve of one mode.
@@ -218,6 +282,8 @@ pub fn run(
         let settings = ScaleSettings {
             simulated_ms: options.scale_simulated_ms,
             arrivals_per_sec: options.scale_arrivals_per_sec,
+            crash_at_ms: options.scale_crash_at_ms,
+            down_ms: options.scale_down_ms,
             seed: 1,
         };
         let mut curve = ScaleCurve {
@@ -226,11 +292,24 @@ pub fn run(
             skipped: Vec::new(),
         };
         for &n in &options.scale_nodes {
+            if let Some(why) = curve.points.last().and_then(|prev| {
+                too_big(prev, n, options.scale_wall_s_max, machine::available_kib())
+            }) {
+                progress(&format!("scale {}: {n} nodes skipped: {why}", mode.name));
+                curve.skipped.push(format!("{n} nodes: {why}"));
+                continue;
+            }
             progress(&format!("scale {}: {n} simulated nodes", mode.name));
             let p = (mode.run)(n, &settings);
             progress(&format!(
-                "scale {}: {n} nodes: busiest {:.0} msgs/s, average {:.0} msgs/s ({:.1}s wall)",
-                mode.name, p.busiest_msgs_per_s, p.average_msgs_per_s, p.wall_s
+                "scale {}: {n} nodes: busiest {:.0} msgs/s, average {:.0} msgs/s, \
+                 crash detected by all {}, rejoin known by all {} ({:.1}s wall)",
+                mode.name,
+                p.busiest_msgs_per_s,
+                p.average_msgs_per_s,
+                ms_or_dash(p.crash_detected_ms),
+                ms_or_dash(p.join_known_ms),
+                p.wall_s
             ));
             curve.points.push(p);
         }
@@ -300,13 +379,98 @@ async fn run_mode(
         ));
         crash.push(r);
     }
+    let (faults, faults_skipped) = run_faults(o, mode, progress).await?;
     Ok(ModeReport {
         mode: mode.name.into(),
         durable: mode.durable,
         throughput,
         latency,
         crash,
+        faults,
+        faults_skipped,
     })
+}
+
+/// The partition and slow-node scenarios of one mode, or why they did not run.
+async fn run_faults(
+    o: &BenchOptions,
+    mode: &RealMode,
+    progress: Progress<'_>,
+) -> Result<(Vec<FaultRun>, Option<String>), BenchError> {
+    if !mode.durable {
+        // Without replication a cut-off or stopped coordinator is simply an
+        // outage; there is no failover to measure.
+        return Ok((Vec::new(), Some("the mode does not replicate".into())));
+    }
+    if let Some(why) = faults::skip_reason(o.node_binary.as_deref()) {
+        progress(&format!("{}: fault scenarios skipped: {why}", mode.name));
+        return Ok((Vec::new(), Some(why)));
+    }
+    let settings = FaultSettings {
+        binary: o.node_binary.clone().unwrap_or_default(),
+        mode: mode.name.into(),
+        nodes: o.fault_nodes,
+        rate: o.fault_rate,
+        before_s: o.fault_before_s,
+        fault_s: o.fault_s,
+        after_s: o.fault_after_s,
+    };
+    let mut runs = Vec::new();
+    for scenario in Scenario::ALL {
+        let r = faults::run_scenario(&settings, scenario).await?;
+        progress(&format!(
+            "{}: {} (n{:?}): {} suspicions, {} declared down, {} rerun, {} unfinished ({} lost); \
+             ack p99 {:.1} ms before, {:.1} ms during",
+            mode.name,
+            scenario.name(),
+            r.victims,
+            r.suspicions,
+            r.declared_down,
+            r.tasks_rerun,
+            r.unfinished,
+            r.lost,
+            r.ack_before.p99_ms,
+            r.ack_during.p99_ms
+        ));
+        runs.push(r);
+    }
+    Ok((runs, None))
+}
+
+/// Why simulating `n` nodes would not fit, predicted from the run at the
+/// previous size: wall time grows at least with the square of the size
+/// (events grow with the size, and so does what each event touches;
+/// measured 50 → 500: ×100 to ×260), and so does memory (every node holds
+/// every member) against `available_kib`.
+fn too_big(
+    prev: &ScalePoint,
+    n: usize,
+    wall_s_max: f64,
+    available_kib: Option<u64>,
+) -> Option<String> {
+    let growth = n as f64 / prev.nodes.max(1) as f64;
+    let wall_s = prev.wall_s * growth * growth;
+    if wall_s > wall_s_max {
+        return Some(format!(
+            "predicted at least {wall_s:.0} s of wall time from {} nodes ({:.1} s), over the {wall_s_max:.0} s limit",
+            prev.nodes, prev.wall_s
+        ));
+    }
+    let per_node = prev.memory_kib_per_node.unwrap_or(0.0);
+    let need_kib = per_node * growth * n as f64;
+    match available_kib {
+        Some(avail) if need_kib > avail as f64 * 0.8 => Some(format!(
+            "predicted {:.1} GiB of memory from {} nodes ({per_node:.0} KiB/node), {:.1} GiB available",
+            need_kib / (1 << 20) as f64,
+            prev.nodes,
+            avail as f64 / (1 << 20) as f64
+        )),
+        _ => None,
+    }
+}
+
+fn ms_or_dash(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |ms| format!("{ms:.0} ms"))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -371,6 +535,30 @@ pub fn table(report: &BenchReport) -> String {
         let lost: u64 = m.crash.iter().map(|r| r.unfinished).sum();
         format!("{rerun} / {lost}")
     });
+    for scenario in Scenario::ALL {
+        let find = move |m: &ModeReport| m.faults.iter().find(|r| r.scenario == scenario).cloned();
+        let name = scenario.name();
+        row(format!("{name}: suspicions / declared down"), &|m| {
+            find(m).map_or("-".into(), |r| {
+                format!("{} / {}", r.suspicions, r.declared_down)
+            })
+        });
+        row(format!("{name}: ack p50/p99 ms before"), &|m| {
+            find(m).map_or("-".into(), |r| {
+                format!("{:.1}/{:.1}", r.ack_before.p50_ms, r.ack_before.p99_ms)
+            })
+        });
+        row(format!("{name}: ack p50/p99 ms during"), &|m| {
+            find(m).map_or("-".into(), |r| {
+                format!("{:.1}/{:.1}", r.ack_during.p50_ms, r.ack_during.p99_ms)
+            })
+        });
+        row(format!("{name}: rerun / acked never done"), &|m| {
+            find(m).map_or("-".into(), |r| {
+                format!("{} / {}", r.tasks_rerun, r.unfinished)
+            })
+        });
+    }
     let width = rows.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
     let mut out = format!("{:width$}", "");
     for m in modes {
@@ -386,15 +574,17 @@ pub fn table(report: &BenchReport) -> String {
     }
     for curve in &report.scale {
         out += &format!("\nscale ({} mode, simulator):\n", curve.mode);
-        out += "   nodes   busiest msgs/s   average msgs/s   KiB/node   wall s\n";
+        out += "   nodes   busiest msgs/s   average msgs/s   KiB/node   crash seen by all   rejoin known by all   wall s\n";
         for p in &curve.points {
             out += &format!(
-                "{:>8} {:>16.0} {:>16.1} {:>10} {:>8.1}\n",
+                "{:>8} {:>16.0} {:>16.1} {:>10} {:>19} {:>21} {:>8.1}\n",
                 p.nodes,
                 p.busiest_msgs_per_s,
                 p.average_msgs_per_s,
                 p.memory_kib_per_node
                     .map_or_else(|| "-".into(), |k| format!("{k:.1}")),
+                ms_or_dash(p.crash_detected_ms),
+                ms_or_dash(p.join_known_ms),
                 p.wall_s
             );
         }
@@ -483,6 +673,37 @@ pub fn write_outputs(report: &BenchReport, dir: &Path) -> Result<Vec<PathBuf>, B
             series,
         };
         write(&format!("crash_{}.svg", m.mode), chart.render())?;
+        if m.faults.is_empty() {
+            continue;
+        }
+        let series = m
+            .faults
+            .iter()
+            .map(|r| svg::Series {
+                label: format!("{} (n{:?})", r.scenario.name(), r.victims),
+                points: r
+                    .completions_per_bin
+                    .iter()
+                    .enumerate()
+                    .map(|(b, c)| {
+                        let t = (b as u64 * real::BIN_MS) as f64 / 1000.0 - r.fault_at_s;
+                        (t, *c as f64 * 1000.0 / real::BIN_MS as f64)
+                    })
+                    .collect(),
+            })
+            .collect();
+        let chart = svg::Chart {
+            title: format!(
+                "{}: completions around each fault (fault at 0, healed at {:.0} s)",
+                m.mode, report.options.fault_s
+            ),
+            x_label: "seconds from fault".into(),
+            y_label: "tasks decided per second".into(),
+            log_x: false,
+            log_y: false,
+            series,
+        };
+        write(&format!("faults_{}.svg", m.mode), chart.render())?;
     }
     if !report.scale.is_empty() {
         let mut series = Vec::new();
@@ -509,6 +730,81 @@ pub fn write_outputs(report: &BenchReport, dir: &Path) -> Result<Vec<PathBuf>, B
             series,
         };
         write("scale_msgs.svg", chart.render())?;
+        let mut series = Vec::new();
+        for c in &report.scale {
+            for (label, pick) in [
+                (
+                    "crash seen by all",
+                    (|p: &ScalePoint| p.crash_detected_ms) as fn(&ScalePoint) -> Option<f64>,
+                ),
+                ("rejoin known by all", |p| p.join_known_ms),
+            ] {
+                let points: Vec<(f64, f64)> = c
+                    .points
+                    .iter()
+                    .filter_map(|p| pick(p).map(|ms| (p.nodes as f64, ms.max(1.0))))
+                    .collect();
+                if !points.is_empty() {
+                    series.push(svg::Series {
+                        label: format!("{} {label}", c.mode),
+                        points,
+                    });
+                }
+            }
+        }
+        if !series.is_empty() {
+            let chart = svg::Chart {
+                title: "Crash detection and rejoin, every node's view (simulator)".into(),
+                x_label: "nodes".into(),
+                y_label: "ms".into(),
+                log_x: true,
+                log_y: true,
+                series,
+            };
+            write("scale_membership.svg", chart.render())?;
+        }
     }
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(nodes: usize, wall_s: f64, kib: Option<f64>) -> ScalePoint {
+        ScalePoint {
+            nodes,
+            simulated_s: 6.0,
+            tasks_submitted: 0,
+            tasks_final: 0,
+            busiest_msgs_per_s: 0.0,
+            average_msgs_per_s: 0.0,
+            busiest_node: 1,
+            messages: 0,
+            memory_kib_per_node: kib,
+            crashed_node: nodes as u64,
+            crash_detected_ms: None,
+            join_known_ms: None,
+            crashed_leader: false,
+            wall_s,
+            violations: 0,
+            first_violation: None,
+        }
+    }
+
+    #[test]
+    fn a_size_the_previous_one_predicts_too_slow_or_too_big_is_skipped_with_the_reason() {
+        let gib = Some(1 << 20);
+        let why = too_big(&point(500, 80.0, None), 5_000, 1_800.0, gib).expect("too slow");
+        assert!(why.contains("wall time"), "{why}");
+        assert_eq!(too_big(&point(5, 0.1, Some(10.0)), 50, 60.0, gib), None);
+        // 10 KiB per node at 5 nodes: 100 KiB per node at 50, 5 MiB in all.
+        assert_eq!(
+            too_big(&point(5, 0.1, Some(10.0)), 50, 60.0, Some(10 << 10)),
+            None
+        );
+        let why = too_big(&point(5, 0.1, Some(10.0)), 50, 60.0, Some(4 << 10)).expect("too big");
+        assert!(why.contains("memory"), "{why}");
+        assert_eq!(too_big(&point(5, 0.1, Some(10.0)), 50, 60.0, None), None);
+    }
 }

@@ -46,6 +46,16 @@ fn field(text: &str, key: &str) -> Option<String> {
     })
 }
 
+/// `MemAvailable` from `/proc/meminfo`, in KiB, if known.
+pub fn available_kib() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    field(&meminfo, "MemAvailable")?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Resident set size of this process now, in KiB (`VmRSS`), if known.
 pub fn rss_kib() -> Option<u64> {
     status_kib("VmRSS")

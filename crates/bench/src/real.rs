@@ -84,11 +84,11 @@ impl Handler for CountingEcho {
 
 static NEXT_TASK: AtomicU64 = AtomicU64::new(1);
 
-fn next_task() -> TaskId {
+pub(crate) fn next_task() -> TaskId {
     TaskId(u128::from(NEXT_TASK.fetch_add(1, Ordering::Relaxed)) << 64 | 0xbe)
 }
 
-fn body(id: TaskId) -> SubmitBody {
+pub(crate) fn body(id: TaskId) -> SubmitBody {
     SubmitBody {
         id: Some(id.to_string()),
         kind: "echo".into(),
@@ -331,7 +331,7 @@ pub struct Percentiles {
     pub cdf: Vec<(f64, f64)>,
 }
 
-fn percentiles(h: &Histogram<u64>) -> Percentiles {
+pub(crate) fn percentiles(h: &Histogram<u64>) -> Percentiles {
     let ms = |us: u64| us as f64 / 1000.0;
     let cdf = if h.is_empty() {
         Vec::new()
@@ -455,7 +455,7 @@ async fn drain(record: &Record, acked: &[TaskId], quiet: Duration) -> u64 {
     }
 }
 
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds")
 }
 

@@ -34,8 +34,17 @@ fn tiny() -> BenchOptions {
         crash_before_s: 0.3,
         crash_after_s: 0.4,
         scale_nodes: vec![5, 20],
-        scale_simulated_ms: 500,
+        scale_simulated_ms: 1_500,
         scale_arrivals_per_sec: 20.0,
+        scale_crash_at_ms: 100,
+        scale_down_ms: 300,
+        scale_wall_s_max: 60.0,
+        fault_nodes: 3,
+        fault_rate: 50.0,
+        fault_before_s: 0.3,
+        fault_s: 0.5,
+        fault_after_s: 0.3,
+        node_binary: None,
     }
 }
 
@@ -88,6 +97,11 @@ fn a_tiny_run_reports_every_scenario_and_mode_and_writes_its_plots() {
     assert_eq!(m.crash.len(), 1);
     assert_eq!(m.crash[0].victim, 1, "static's coordinator is killed");
     assert!(!m.crash[0].completions_per_bin.is_empty());
+    assert!(
+        m.faults.is_empty(),
+        "static does not replicate: no fault scenarios"
+    );
+    assert!(m.faults_skipped.is_some(), "and the report says why");
     assert_eq!(report.scale.len(), SIM_MODES.len());
     for curve in &report.scale {
         assert_eq!(curve.points.len(), 2);

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 /// Run the benchmarks.
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Short windows, 3 crashes, up to 500 simulated nodes (under 3 minutes).
+    /// Short windows, 3 crashes, the fault scenarios once, up to 500 simulated nodes (under 3 minutes).
     #[arg(long)]
     pub quick: bool,
     /// Where `bench.json` and the SVG plots go.
@@ -27,6 +27,9 @@ pub struct BenchArgs {
     /// Skip the loopback scenarios.
     #[arg(long)]
     pub no_real: bool,
+    /// Simulate these cluster sizes instead of the preset's (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub scale_nodes: Vec<usize>,
 }
 
 fn real_mode(m: &Mode) -> RealMode {
@@ -67,11 +70,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             .copied()
             .collect()
     };
-    let options = if args.quick {
+    let mut options = if args.quick {
         BenchOptions::quick()
     } else {
         BenchOptions::full()
     };
+    if !args.scale_nodes.is_empty() {
+        options.scale_nodes = args.scale_nodes.clone();
+    }
+    // The partition and SIGSTOP scenarios run this binary as `cohort node`.
+    options.node_binary = std::env::current_exe().ok();
     let report = cohort_bench::run(&options, &real, &sim, &mut |line| eprintln!("  {line}"))?;
     println!();
     print!("{}", cohort_bench::table(&report));

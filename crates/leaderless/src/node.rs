@@ -143,6 +143,12 @@ impl LeaderlessNode {
         self.membership.live()
     }
 
+    /// Whether this node sees `node` as live (without building the whole
+    /// list: the scale benchmark asks this of thousands of nodes).
+    pub fn is_live(&self, node: NodeId) -> bool {
+        self.membership.is_live(node)
+    }
+
     /// When this node saw each down notification from SWIM.
     pub fn downs(&self) -> &[(NodeId, Time)] {
         self.membership.downs()
