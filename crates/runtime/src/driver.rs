@@ -159,7 +159,7 @@ impl<N: Node + Send + 'static> EventLoop<N> {
                 self.next_request += 1;
                 let rid = RequestId(self.next_request);
                 let kind = match &req {
-                    ClientRequest::Submit { .. } => "submit",
+                    ClientRequest::Submit { .. } | ClientRequest::SubmitBatch { .. } => "submit",
                     ClientRequest::Get { .. } => "get",
                     ClientRequest::Cancel { .. } => "cancel",
                 };
