@@ -347,7 +347,7 @@ impl Api {
 }
 
 /// The body of `POST /v1/tasks`.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitBody {
     /// Client-chosen id, hex.
