@@ -36,6 +36,8 @@ pub(super) struct ClientOp {
     pub(super) generation: u64,
     pub(super) redirects: u32,
     pub(super) acked: bool,
+    /// Acknowledged by a `SubmitBatch` (its own or one that carried it).
+    pub(super) acked_in_batch: bool,
 }
 
 /// What a client request asks.
@@ -136,6 +138,7 @@ impl<N: Node> Sim<'_, N> {
             generation: 0,
             redirects: 0,
             acked: false,
+            acked_in_batch: false,
         });
         self.ops_open += 1;
         let to = self.random_node();
@@ -276,6 +279,7 @@ impl<N: Node> Sim<'_, N> {
                 },
             );
             self.ops[o].acked = true;
+            self.ops[o].acked_in_batch = true;
             if self.ops[o].phase == Phase::Submitting {
                 self.ops[o].redirects = 0;
                 self.ops[o].phase = Phase::Polling;
@@ -304,6 +308,9 @@ impl<N: Node> Sim<'_, N> {
             let mut ids = vec![self.ops[op].id];
             ids.extend(batch.iter().map(|o| self.ops[*o].id));
             reply = self.on_batch_response(node_id, &ids, &batch, reply);
+            if matches!(reply, Ok(ClientResponse::Accepted { .. })) {
+                self.ops[op].acked_in_batch = true;
+            }
         }
         let task = self.ops[op].id;
         self.line(|| {
