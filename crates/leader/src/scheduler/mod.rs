@@ -188,16 +188,15 @@ impl Scheduler {
 
     /// Creates `id` as pending unless it exists (a resubmit is a no-op).
     fn accept(&mut self, index: u64, id: TaskId, task: &Task) {
-        if !self.tasks.contains_key(&id) {
-            let rec = TaskRecord {
+        if let std::collections::btree_map::Entry::Vacant(slot) = self.tasks.entry(id) {
+            slot.insert(TaskRecord {
                 task: task.clone(),
                 state: TaskState::Pending,
                 epoch: Epoch::ZERO,
                 attempts: 0,
                 assigned_index: 0,
                 pending_since: index,
-            };
-            self.tasks.insert(id, rec);
+            });
             self.pending.insert((index, id));
         }
     }
