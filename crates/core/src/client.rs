@@ -30,15 +30,6 @@ pub enum ClientRequest {
         /// What to run.
         task: Task,
     },
-    /// Make every task of the batch durable, all or nothing where the
-    /// mode can (see each mode's docs for what holds when it cannot).
-    /// Each `(id, task)` follows the rules of [`ClientRequest::Submit`];
-    /// acknowledged with [`ClientResponse::AcceptedBatch`] once every task
-    /// is durable. At most `Limits::batch_tasks_max` tasks, ids distinct.
-    SubmitBatch {
-        /// The tasks, each under its client-chosen id.
-        tasks: Vec<(TaskId, Task)>,
-    },
     /// Read a task's state.
     Get {
         /// Which task.
@@ -50,6 +41,15 @@ pub enum ClientRequest {
     Cancel {
         /// Which task.
         id: TaskId,
+    },
+    /// Make every task of the batch durable, all or nothing where the
+    /// mode can (see each mode's docs for what holds when it cannot).
+    /// Each `(id, task)` follows the rules of [`ClientRequest::Submit`];
+    /// acknowledged with [`ClientResponse::AcceptedBatch`] once every task
+    /// is durable. At most `Limits::batch_tasks_max` tasks, ids distinct.
+    SubmitBatch {
+        /// The tasks, each under its client-chosen id.
+        tasks: Vec<(TaskId, Task)>,
     },
 }
 
@@ -74,18 +74,18 @@ pub enum ClientResponse {
         /// The task's id.
         id: TaskId,
     },
-    /// Every task of a [`ClientRequest::SubmitBatch`] is durable (G1), in
-    /// the order submitted.
-    AcceptedBatch {
-        /// The tasks' ids.
-        ids: Vec<TaskId>,
-    },
     /// The task's state (answer to `Get` and `Cancel`).
     State {
         /// The task's id.
         id: TaskId,
         /// Its state as of the read.
         state: TaskState,
+    },
+    /// Every task of a [`ClientRequest::SubmitBatch`] is durable (G1), in
+    /// the order submitted.
+    AcceptedBatch {
+        /// The tasks' ids.
+        ids: Vec<TaskId>,
     },
 }
 
@@ -132,6 +132,14 @@ pub enum ClientError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A bounded queue is full. Nothing changed; retry later.
+    #[error("overloaded: {what} is at its limit of {limit}")]
+    Overloaded {
+        /// Which limit.
+        what: String,
+        /// Its value.
+        limit: usize,
+    },
     /// A batch holds more tasks than `Limits::batch_tasks_max`. Nothing changed.
     #[error("a batch of {tasks} tasks exceeds batch_tasks_max = {limit}")]
     BatchTooLarge {
@@ -159,14 +167,6 @@ pub enum ClientError {
         durable: Vec<TaskId>,
         /// The first task's failure.
         error: Box<ClientError>,
-    },
-    /// A bounded queue is full. Nothing changed; retry later.
-    #[error("overloaded: {what} is at its limit of {limit}")]
-    Overloaded {
-        /// Which limit.
-        what: String,
-        /// Its value.
-        limit: usize,
     },
 }
 
