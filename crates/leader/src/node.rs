@@ -50,12 +50,7 @@ pub struct LeaderConfig {
     pub alpha: u64,
     /// Most Raft voters; further members are learners.
     pub voters_max: usize,
-    /// Snapshot once this many applied entries sit in the log, or as many
-    /// as the state holds tasks if that is more: a snapshot encodes every
-    /// task, so taking one per fixed number of entries would cost time
-    /// proportional to the state for every few entries; this way its cost
-    /// is spread over as many entries as it encodes tasks (the log then
-    /// holds at most about as many entries as the state holds tasks).
+    /// Snapshot once this many applied entries sit in the log.
     pub snapshot_entries_threshold: u64,
     /// Entries kept behind a snapshot for slightly lagging followers.
     pub snapshot_keep_entries: u64,
@@ -1096,8 +1091,7 @@ impl LeaderNode {
     fn maybe_compact(&mut self) {
         let c = self.cfg.get();
         let held = self.applied.saturating_sub(self.raft.log().offset());
-        let threshold = c.snapshot_entries_threshold.max(self.sm.len() as u64);
-        if held > threshold + c.snapshot_keep_entries {
+        if held > c.snapshot_entries_threshold + c.snapshot_keep_entries {
             assert_eq!(
                 self.raft.status().applied,
                 self.applied,
