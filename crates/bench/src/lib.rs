@@ -63,8 +63,12 @@ pub struct BenchOptions {
     pub throughput_nodes: Vec<u64>,
     /// Client concurrencies of the throughput sweep.
     pub concurrencies: Vec<usize>,
+    /// Tasks per submit in the throughput sweep: 1 is single submits,
+    /// more is `POST /v1/tasks:batch` of that many.
+    pub batch_tasks: Vec<usize>,
     /// Seconds per throughput point.
     pub throughput_s: f64,
+
     /// Nodes for the latency and crash scenarios.
     pub nodes: u64,
     /// Offered load for latency, as a share of the best measured submit
@@ -120,7 +124,9 @@ impl BenchOptions {
             preset: "quick".into(),
             throughput_nodes: vec![3, 5],
             concurrencies: vec![4, 32],
+            batch_tasks: vec![1, 500],
             throughput_s: 1.5,
+
             nodes: 3,
             latency_load_share: 0.5,
             latency_rate_bounds: (50.0, 3_000.0),
@@ -150,7 +156,9 @@ impl BenchOptions {
             preset: "full".into(),
             throughput_nodes: vec![3, 5],
             concurrencies: vec![1, 8, 32, 128],
+            batch_tasks: vec![1, 500],
             throughput_s: 5.0,
+
             nodes: 3,
             latency_load_share: 0.5,
             latency_rate_bounds: (50.0, 10_000.0),
@@ -181,6 +189,9 @@ impl BenchOptions {
         }
         if self.concurrencies.contains(&0) {
             return bad("concurrency must be at least 1");
+        }
+        if self.batch_tasks.is_empty() || self.batch_tasks.contains(&0) {
+            return bad("batch sizes must be at least 1");
         }
         if !(self.throughput_s > 0.0 && self.latency_s > 0.0 && self.crash_after_s > 0.0) {
             return bad("windows must be positive");
@@ -325,25 +336,41 @@ pub fn run(
     })
 }
 
+/// The throughput sweep of one mode: every cluster size, batch size and
+/// concurrency of `o`, one fresh cluster per point.
+pub async fn throughput_sweep(
+    o: &BenchOptions,
+    mode: &RealMode,
+    progress: Progress<'_>,
+) -> Result<Vec<ThroughputPoint>, BenchError> {
+    let mut throughput = Vec::new();
+    for &n in &o.throughput_nodes {
+        for &b in &o.batch_tasks {
+            for &c in &o.concurrencies {
+                let window = Duration::from_secs_f64(o.throughput_s);
+                let p = real::throughput(mode, n, c, b, window).await?;
+                progress(&format!(
+                    "{}: {n} nodes, {c} clients x {b} tasks: {:.0} submits/s, {:.0} completions/s, {} refused",
+                    mode.name, p.submits_per_s, p.completions_per_s, p.refused
+                ));
+                throughput.push(p);
+            }
+        }
+    }
+    Ok(throughput)
+}
+
 async fn run_mode(
     o: &BenchOptions,
     mode: &RealMode,
     progress: Progress<'_>,
 ) -> Result<ModeReport, BenchError> {
-    let mut throughput = Vec::new();
-    for &n in &o.throughput_nodes {
-        for &c in &o.concurrencies {
-            let p = real::throughput(mode, n, c, Duration::from_secs_f64(o.throughput_s)).await?;
-            progress(&format!(
-                "{}: {n} nodes, {c} clients: {:.0} submits/s, {:.0} completions/s",
-                mode.name, p.submits_per_s, p.completions_per_s
-            ));
-            throughput.push(p);
-        }
-    }
+    let throughput = throughput_sweep(o, mode, &mut *progress).await?;
+    // The latency load is half the best single-submit rate: the latency
+    // scenario submits one task per request.
     let best = throughput
         .iter()
-        .filter(|p| p.nodes == o.nodes)
+        .filter(|p| p.nodes == o.nodes && p.batch_tasks == 1)
         .map(|p| p.submits_per_s)
         .fold(0.0, f64::max);
     let (lo, hi) = o.latency_rate_bounds;
@@ -489,17 +516,19 @@ pub fn table(report: &BenchReport) -> String {
         rows.push((name, modes.iter().map(f).collect()));
     };
     for &n in &report.options.throughput_nodes {
-        for &c in &report.options.concurrencies {
-            row(
-                format!("{n} nodes, {c} clients: submits/s / done/s"),
-                &|m| {
-                    m.throughput
-                        .iter()
-                        .find(|p| p.nodes == n && p.concurrency == c)
-                        .map(|p| format!("{:.0} / {:.0}", p.submits_per_s, p.completions_per_s))
-                        .unwrap_or_else(|| "-".into())
-                },
-            );
+        for &b in &report.options.batch_tasks {
+            for &c in &report.options.concurrencies {
+                row(
+                    format!("{n} nodes, {c} clients x {b} tasks: submits/s / done/s"),
+                    &|m| {
+                        m.throughput
+                            .iter()
+                            .find(|p| p.nodes == n && p.concurrency == c && p.batch_tasks == b)
+                            .map(|p| format!("{:.0} / {:.0}", p.submits_per_s, p.completions_per_s))
+                            .unwrap_or_else(|| "-".into())
+                    },
+                );
+            }
         }
     }
     row("latency: offered submits/s".into(), &|m| {

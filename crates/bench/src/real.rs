@@ -237,14 +237,26 @@ impl Cluster {
 /// Submits with the same id to node `first`, then the next ones, until
 /// acknowledged or [`SUBMIT_RETRY`] has passed.
 async fn submit(clients: &[Client], first: usize, body: &SubmitBody) -> Result<(), CallError> {
+    retrying(
+        clients,
+        first,
+        |c| async move { c.submit(body).await.map(drop) },
+    )
+    .await
+}
+
+/// `call` on node `first`, then the next ones, until it succeeds or
+/// [`SUBMIT_RETRY`] has passed.
+async fn retrying<'a, F, Fut>(clients: &'a [Client], first: usize, call: F) -> Result<(), CallError>
+where
+    F: Fn(&'a Client) -> Fut,
+    Fut: Future<Output = Result<(), CallError>>,
+{
     let end = Instant::now() + SUBMIT_RETRY;
     let mut attempt = 0usize;
     loop {
-        match clients[(first + attempt) % clients.len()]
-            .submit(body)
-            .await
-        {
-            Ok(_) => return Ok(()),
+        match call(&clients[(first + attempt) % clients.len()]).await {
+            Ok(()) => return Ok(()),
             Err(e) if e.is_retryable() && Instant::now() < end => {
                 attempt += 1;
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -261,6 +273,9 @@ pub struct ThroughputPoint {
     pub nodes: u64,
     /// Clients, each with one submit in flight.
     pub concurrency: usize,
+    /// Tasks per submit: 1 is `POST /v1/tasks`, more is one
+    /// `POST /v1/tasks:batch` of that many.
+    pub batch_tasks: usize,
     /// Seconds measured.
     pub seconds: f64,
     /// Acknowledged (durable where the mode is) submits per second.
@@ -271,14 +286,42 @@ pub struct ThroughputPoint {
     pub refused: u64,
 }
 
-/// Runs `concurrency` clients in a closed loop for `window`.
+/// The JSON of a batch of `n` fresh echo tasks, written by hand: the
+/// client shares the machine with the nodes it measures.
+fn batch_json(n: usize) -> Vec<u8> {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(16 + n * 96);
+    s.push_str("{\"tasks\":[");
+    for i in 0..n {
+        if i > 0 {
+            s.push(',');
+        }
+        let _ = write!(
+            s,
+            "{{\"id\":\"{}\",\"kind\":\"echo\",\"payload\":\"x\",\"timeout_ms\":5000,\"max_attempts\":3}}",
+            next_task()
+        );
+    }
+    s.push_str("]}");
+    s.into_bytes()
+}
+
+/// Runs `concurrency` clients in a closed loop for `window`, each
+/// submitting `batch_tasks` tasks at a time (1: single submits). Clients
+/// send to the leader where the mode has one (a client that knows where
+/// to go), spread over the nodes otherwise.
 pub async fn throughput(
     mode: &RealMode,
     nodes: u64,
     concurrency: usize,
+    batch_tasks: usize,
     window: Duration,
 ) -> Result<ThroughputPoint, BenchError> {
     let cluster = Cluster::start(mode, nodes).await?;
+    let leader = match mode.victim {
+        Victim::Leader => cluster.leader().await,
+        _ => None,
+    };
     let acked = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -286,13 +329,24 @@ pub async fn throughput(
     let mut workers = Vec::new();
     for w in 0..concurrency {
         let clients = cluster.clients.clone();
+        let first = leader.map_or(w, |l| (l.0 - 1) as usize);
         let (acked, refused) = (acked.clone(), refused.clone());
         workers.push(tokio::spawn(async move {
             while Instant::now() < stop_at {
-                let id = next_task();
-                match submit(&clients, w, &body(id)).await {
-                    Ok(()) => acked.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => refused.fetch_add(1, Ordering::Relaxed),
+                let (n, r) = if batch_tasks <= 1 {
+                    (1, submit(&clients, first, &body(next_task())).await)
+                } else {
+                    let json = batch_json(batch_tasks);
+                    let json = &json;
+                    let r = retrying(&clients, first, |c| async move {
+                        c.submit_batch_json(json).await.map(drop)
+                    })
+                    .await;
+                    (batch_tasks as u64, r)
+                };
+                match r {
+                    Ok(()) => acked.fetch_add(n, Ordering::Relaxed),
+                    Err(_) => refused.fetch_add(n, Ordering::Relaxed),
                 };
             }
         }));
@@ -307,6 +361,7 @@ pub async fn throughput(
     Ok(ThroughputPoint {
         nodes,
         concurrency,
+        batch_tasks,
         seconds,
         submits_per_s: acked.load(Ordering::Relaxed) as f64 / seconds,
         completions_per_s: completions as f64 / seconds,

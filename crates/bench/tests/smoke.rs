@@ -24,6 +24,7 @@ fn tiny() -> BenchOptions {
         preset: "tiny".into(),
         throughput_nodes: vec![3],
         concurrencies: vec![2],
+        batch_tasks: vec![1, 20],
         throughput_s: 0.3,
         nodes: 3,
         latency_load_share: 0.5,
@@ -85,10 +86,19 @@ fn a_tiny_run_reports_every_scenario_and_mode_and_writes_its_plots() {
     assert_eq!(report.modes.len(), 1);
     let m = &report.modes[0];
     assert_eq!(m.mode, "static");
-    assert_eq!(m.throughput.len(), 1);
-    assert!(
-        m.throughput[0].submits_per_s > 0.0,
-        "some submits were acknowledged"
+    assert_eq!(m.throughput.len(), 2, "a single-submit and a batch point");
+    for p in &m.throughput {
+        assert!(
+            p.submits_per_s > 0.0,
+            "some submits were acknowledged: {p:?}"
+        );
+    }
+    assert_eq!(
+        m.throughput
+            .iter()
+            .map(|p| p.batch_tasks)
+            .collect::<Vec<_>>(),
+        vec![1, 20]
     );
     assert!(m.latency.ack.count > 0);
     assert!(m.latency.ack.p50_ms <= m.latency.ack.p99_ms);

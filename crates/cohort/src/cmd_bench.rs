@@ -30,6 +30,23 @@ pub struct BenchArgs {
     /// Simulate these cluster sizes instead of the preset's (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub scale_nodes: Vec<usize>,
+    /// Run only the loopback throughput sweep and print its points as JSON
+    /// lines (for profiling one point at a time).
+    #[arg(long)]
+    pub throughput_only: bool,
+    /// Override the sweep's cluster sizes (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub throughput_nodes: Vec<u64>,
+    /// Override the sweep's client concurrencies (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub concurrencies: Vec<usize>,
+    /// Override the sweep's tasks per submit (comma-separated; 1 = single
+    /// submits, more = `POST /v1/tasks:batch`).
+    #[arg(long, value_delimiter = ',')]
+    pub batch_tasks: Vec<usize>,
+    /// Override the seconds per throughput point.
+    #[arg(long)]
+    pub throughput_s: Option<f64>,
 }
 
 fn real_mode(m: &Mode) -> RealMode {
@@ -80,6 +97,34 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     // The partition and SIGSTOP scenarios run this binary as `cohort node`.
     options.node_binary = std::env::current_exe().ok();
+    if !args.throughput_nodes.is_empty() {
+        options.throughput_nodes = args.throughput_nodes.clone();
+    }
+    if !args.concurrencies.is_empty() {
+        options.concurrencies = args.concurrencies.clone();
+    }
+    if !args.batch_tasks.is_empty() {
+        options.batch_tasks = args.batch_tasks.clone();
+    }
+    if let Some(s) = args.throughput_s {
+        options.throughput_s = s;
+    }
+    if args.throughput_only {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        for mode in &real {
+            let points = rt.block_on(cohort_bench::throughput_sweep(
+                &options,
+                mode,
+                &mut |line| eprintln!("  {line}"),
+            ))?;
+            for p in points {
+                println!("{}", serde_json::json!({"mode": mode.name, "point": p}));
+            }
+        }
+        return Ok(());
+    }
     let report = cohort_bench::run(&options, &real, &sim, &mut |line| eprintln!("  {line}"))?;
     println!();
     print!("{}", cohort_bench::table(&report));

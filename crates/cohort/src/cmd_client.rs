@@ -61,8 +61,13 @@ pub struct SubmitArgs {
     #[command(flatten)]
     pub auth: AuthArgs,
     /// Handler kind: sleep, hash, echo, exec (if the node allows it).
-    #[arg(long)]
-    pub kind: String,
+    #[arg(long, required_unless_present = "batch")]
+    pub kind: Option<String>,
+    /// Submit many tasks in one `POST /v1/tasks:batch` instead: a file
+    /// (`-` for stdin) with one submit body per line, e.g.
+    /// `{"id":"a1","kind":"echo","payload":"hi"}`. Prints the ids in order.
+    #[arg(long, conflicts_with_all = ["kind", "id", "idempotency_key", "wait"])]
+    pub batch: Option<PathBuf>,
     /// Payload text (sleep: milliseconds or {"ms":N}; hash: {"rounds":N,"data":"..."}; exec: a command line).
     #[arg(long, default_value = "")]
     pub payload: String,
@@ -185,6 +190,30 @@ async fn wait_final(client: &Client, id: &str, timeout: Duration) -> anyhow::Res
 /// `cohort submit`.
 pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     let wait = args.wait.as_deref().map(wait_arg).transpose()?;
+    if let Some(path) = &args.batch {
+        let text = if path.as_os_str() == "-" {
+            std::io::read_to_string(std::io::stdin()).context("cannot read stdin")?
+        } else {
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --batch {}", path.display()))?
+        };
+        let mut tasks = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let body: SubmitBody = serde_json::from_str(line)
+                .with_context(|| format!("--batch line {}: not a submit body", n + 1))?;
+            tasks.push(body);
+        }
+        return runtime()?.block_on(async move {
+            let ids = args.auth.client(&args.node)?.submit_batch(&tasks).await?;
+            for id in ids {
+                println!("{id}");
+            }
+            Ok(())
+        });
+    }
     runtime()?.block_on(async move {
         let client = args.auth.client(&args.node)?;
         let id = match &args.idempotency_key {
@@ -197,7 +226,7 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         };
         let body = SubmitBody {
             id,
-            kind: args.kind,
+            kind: args.kind.unwrap_or_default(),
             payload: Some(args.payload),
             payload_base64: None,
             timeout_ms: args.timeout_ms,

@@ -42,15 +42,26 @@ pub enum ClientRequest {
         /// Which task.
         id: TaskId,
     },
+    /// Make every task of the batch durable, all or nothing where the
+    /// mode can (see each mode's docs for what holds when it cannot).
+    /// Each `(id, task)` follows the rules of [`ClientRequest::Submit`];
+    /// acknowledged with [`ClientResponse::AcceptedBatch`] once every task
+    /// is durable. At most `Limits::batch_tasks_max` tasks, ids distinct.
+    SubmitBatch {
+        /// The tasks, each under its client-chosen id.
+        tasks: Vec<(TaskId, Task)>,
+    },
 }
 
 impl ClientRequest {
-    /// The task the request is about.
+    /// The task the request is about (a batch: its first task, or the
+    /// zero id when it is empty).
     pub fn task_id(&self) -> TaskId {
         match self {
             ClientRequest::Submit { id, .. }
             | ClientRequest::Get { id, .. }
             | ClientRequest::Cancel { id } => *id,
+            ClientRequest::SubmitBatch { tasks } => tasks.first().map_or(TaskId(0), |t| t.0),
         }
     }
 }
@@ -69,6 +80,12 @@ pub enum ClientResponse {
         id: TaskId,
         /// Its state as of the read.
         state: TaskState,
+    },
+    /// Every task of a [`ClientRequest::SubmitBatch`] is durable (G1), in
+    /// the order submitted.
+    AcceptedBatch {
+        /// The tasks' ids.
+        ids: Vec<TaskId>,
     },
 }
 
@@ -123,17 +140,46 @@ pub enum ClientError {
         /// Its value.
         limit: usize,
     },
+    /// A batch holds more tasks than `Limits::batch_tasks_max`. Nothing changed.
+    #[error("a batch of {tasks} tasks exceeds batch_tasks_max = {limit}")]
+    BatchTooLarge {
+        /// Tasks in the batch.
+        tasks: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Task `index` (from 0) of a batch was refused for `error`. Nothing
+    /// changed: no task of the batch was created.
+    #[error("batch task {index}: {error}")]
+    BatchItem {
+        /// Its position in the batch.
+        index: usize,
+        /// Why it was refused.
+        error: Box<ClientError>,
+    },
+    /// A batch whose tasks live in different places (leaderless mode) was
+    /// not acknowledged as a whole: the tasks in `durable` are known
+    /// durable, the others' fate is unknown (retrying the whole batch with
+    /// the same ids creates nothing twice). `error` is the first failure.
+    #[error("batch incomplete ({} tasks known durable): {error}", durable.len())]
+    BatchIncomplete {
+        /// Tasks known durable.
+        durable: Vec<TaskId>,
+        /// The first task's failure.
+        error: Box<ClientError>,
+    },
 }
 
 impl ClientError {
     /// Whether sending the same request again (perhaps elsewhere, perhaps
     /// later) may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
+        match self {
             ClientError::NotLeader { .. }
-                | ClientError::Unavailable { .. }
-                | ClientError::Overloaded { .. }
-        )
+            | ClientError::Unavailable { .. }
+            | ClientError::Overloaded { .. } => true,
+            ClientError::BatchIncomplete { error, .. } => error.is_retryable(),
+            _ => false,
+        }
     }
 }

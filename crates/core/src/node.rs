@@ -236,6 +236,8 @@ pub struct Limits {
     pub members_max: usize,
     /// Most attempts a task may ask for.
     pub attempts_max: u32,
+    /// Most tasks in one [`ClientRequest::SubmitBatch`].
+    pub batch_tasks_max: usize,
 }
 
 impl Default for Limits {
@@ -248,6 +250,7 @@ impl Default for Limits {
             tasks_retained_max: 1_000_000,
             members_max: 10_000,
             attempts_max: 100,
+            batch_tasks_max: 1_000,
         }
     }
 }
@@ -263,6 +266,7 @@ impl Limits {
             ("tasks_retained_max", self.tasks_retained_max),
             ("members_max", self.members_max),
             ("attempts_max", self.attempts_max as usize),
+            ("batch_tasks_max", self.batch_tasks_max),
         ];
         for (what, v) in nonzero {
             if v == 0 {
@@ -296,6 +300,48 @@ impl Limits {
         if task.timeout_ms == 0 {
             return Err(ClientError::InvalidTask {
                 reason: "timeout_ms must be positive".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks a submitted batch: its size, every task against
+    /// [`Limits::check_task`] (refusals name the task's index), distinct
+    /// ids, and a total size one peer message can carry. Changes nothing.
+    pub fn check_batch(&self, tasks: &[(TaskId, Task)]) -> Result<(), ClientError> {
+        if tasks.len() > self.batch_tasks_max {
+            return Err(ClientError::BatchTooLarge {
+                tasks: tasks.len(),
+                limit: self.batch_tasks_max,
+            });
+        }
+        if tasks.is_empty() {
+            return Err(ClientError::InvalidTask {
+                reason: "a batch needs at least one task".into(),
+            });
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        let mut bytes = 0usize;
+        for (index, (id, task)) in tasks.iter().enumerate() {
+            let item = |error| ClientError::BatchItem {
+                index,
+                error: Box::new(error),
+            };
+            self.check_task(task).map_err(item)?;
+            if !seen.insert(*id) {
+                return Err(item(ClientError::InvalidTask {
+                    reason: format!("id {id} appears twice in the batch"),
+                }));
+            }
+            bytes = bytes.saturating_add(task.payload.len() + task.kind.len());
+        }
+        // The batch travels as one log entry in leader mode: it must fit
+        // one peer message with room for the rest of an append.
+        let limit_bytes = self.message_bytes_max / 4;
+        if bytes > limit_bytes {
+            return Err(ClientError::PayloadTooLarge {
+                size_bytes: bytes,
+                limit_bytes,
             });
         }
         Ok(())

@@ -223,6 +223,10 @@ struct Inflight {
 struct Waiting {
     submits: BTreeMap<TaskId, Vec<(RequestId, Task)>>,
     cancels: BTreeMap<TaskId, Vec<RequestId>>,
+    /// Batches proposed by this leader: log index -> request.
+    batches: BTreeMap<u64, RequestId>,
+    /// Tasks in those batches (for `tasks_active_max`).
+    batch_tasks: usize,
     /// Read round ctx -> (request, task).
     reads: BTreeMap<u64, (RequestId, TaskId)>,
     /// Confirmed reads waiting for the apply index.
@@ -234,6 +238,7 @@ impl Waiting {
     fn len(&self) -> usize {
         self.submits.values().map(Vec::len).sum::<usize>()
             + self.cancels.values().map(Vec::len).sum::<usize>()
+            + self.batches.len()
             + self.reads.len()
             + self.confirmed.len()
     }
@@ -508,8 +513,10 @@ impl LeaderNode {
             self.reply(request, reply);
             return Ok(());
         }
-        if let ClientRequest::Submit { task, .. } = &req {
-            self.peers.limits.check_task(task)?;
+        match &req {
+            ClientRequest::Submit { task, .. } => self.peers.limits.check_task(task)?,
+            ClientRequest::SubmitBatch { tasks } => self.peers.limits.check_batch(tasks)?,
+            ClientRequest::Get { .. } | ClientRequest::Cancel { .. } => {}
         }
         self.require_leader()?;
         if self.waiting.len() >= self.cfg.get().requests_waiting_max {
@@ -520,6 +527,7 @@ impl LeaderNode {
         }
         match req {
             ClientRequest::Submit { id, task } => self.submit(request, id, task),
+            ClientRequest::SubmitBatch { tasks } => self.submit_batch(request, tasks),
             ClientRequest::Get { id, .. } => {
                 let ctx = self.waiting.next_ctx;
                 self.waiting.next_ctx += 1;
@@ -574,6 +582,53 @@ impl LeaderNode {
             task: task.clone(),
         })?;
         self.waiting.submits.insert(id, vec![(request, task)]);
+        Ok(())
+    }
+
+    /// One log entry for the whole batch: committed, it creates every task
+    /// or (if an id turned out to name a different task) none.
+    fn submit_batch(
+        &mut self,
+        request: RequestId,
+        tasks: Vec<(TaskId, Task)>,
+    ) -> Result<(), ClientError> {
+        let mut new = 0usize;
+        for (index, (id, task)) in tasks.iter().enumerate() {
+            let conflict = match self.sm.get(*id) {
+                Some(rec) => rec.task != *task,
+                None => {
+                    new += 1;
+                    self.waiting
+                        .submits
+                        .get(id)
+                        .is_some_and(|w| w[0].1 != *task)
+                }
+            };
+            if conflict {
+                return Err(ClientError::BatchItem {
+                    index,
+                    error: Box::new(ClientError::IdConflict { id: *id }),
+                });
+            }
+        }
+        if new == 0 {
+            // Every task is applied already (a retried batch): committed state.
+            let ids = tasks.into_iter().map(|(id, _)| id).collect();
+            self.reply(request, Ok(ClientResponse::AcceptedBatch { ids }));
+            return Ok(());
+        }
+        let active_max = self.peers.limits.tasks_active_max;
+        let active = self.sm.active() + self.waiting.submits.len() + self.waiting.batch_tasks;
+        if active + new > active_max {
+            return Err(ClientError::Overloaded {
+                what: "tasks_active_max".into(),
+                limit: active_max,
+            });
+        }
+        let count = tasks.len();
+        let index = self.propose(&Command::SubmitBatch { tasks })?;
+        self.waiting.batches.insert(index, request);
+        self.waiting.batch_tasks += count;
         Ok(())
     }
 
@@ -851,7 +906,7 @@ impl LeaderNode {
                 for note in self.sm.apply(e.index, &cmd) {
                     self.actions.push(Action::Note(note));
                 }
-                self.after_apply(&cmd, &mut assigned_to_me);
+                self.after_apply(e.index, &cmd, &mut assigned_to_me);
             }
         }
         for (id, epoch) in assigned_to_me {
@@ -876,8 +931,34 @@ impl LeaderNode {
         self.results.retain(|k, _| still_running(sm, k));
     }
 
-    fn after_apply(&mut self, cmd: &Command, assigned_to_me: &mut Vec<(TaskId, Epoch)>) {
+    fn after_apply(
+        &mut self,
+        index: u64,
+        cmd: &Command,
+        assigned_to_me: &mut Vec<(TaskId, Epoch)>,
+    ) {
         match cmd {
+            Command::SubmitBatch { tasks } => {
+                let Some(request) = self.waiting.batches.remove(&index) else {
+                    return;
+                };
+                self.waiting.batch_tasks = self.waiting.batch_tasks.saturating_sub(tasks.len());
+                let reply = match self.sm.batch_conflict(tasks) {
+                    Some(id) => Err(ClientError::BatchItem {
+                        index: tasks.iter().position(|t| t.0 == id).unwrap_or(0),
+                        error: Box::new(ClientError::IdConflict { id }),
+                    }),
+                    None if tasks.iter().any(|(id, _)| self.sm.get(*id).is_none()) => {
+                        Err(ClientError::Unavailable {
+                            reason: "task record already retired".into(),
+                        })
+                    }
+                    None => Ok(ClientResponse::AcceptedBatch {
+                        ids: tasks.iter().map(|(id, _)| *id).collect(),
+                    }),
+                };
+                self.reply(request, reply);
+            }
             Command::Submit { id, .. } => {
                 let rec = self.sm.get(*id).map(|r| r.task.clone());
                 for (request, task) in self.waiting.submits.remove(id).unwrap_or_default() {
@@ -976,6 +1057,11 @@ impl LeaderNode {
             for request in cancels.into_values().flatten() {
                 self.reply(request, Err(lost_leadership()));
             }
+            let batches = std::mem::take(&mut self.waiting.batches);
+            self.waiting.batch_tasks = 0;
+            for request in batches.into_values() {
+                self.reply(request, Err(lost_leadership()));
+            }
             let reads = std::mem::take(&mut self.waiting.reads);
             for (request, _) in reads.into_values() {
                 self.reply(request, Err(lost_leadership()));
@@ -997,7 +1083,7 @@ impl LeaderNode {
                     id,
                     task: self.waiting.submits[&id][0].1.clone(),
                 };
-                self.after_apply(&cmd, &mut Vec::new());
+                self.after_apply(0, &cmd, &mut Vec::new());
             }
         }
     }

@@ -202,3 +202,20 @@ fn recovery_times_after_leader_and_worker_crashes_stay_bounded() {
     let timeout = Duration::from_millis(500).as_millis() as u64;
     assert!(p50 <= 2 * timeout, "worker recovery p50 {p50} ms");
 }
+
+#[test]
+fn batch_submits_pass_all_checkers_and_count_as_acknowledged() {
+    let mut in_batch = 0;
+    for seed in 0..seeds(40) / 2 {
+        let mut c = config(2_000_000 + seed, 5);
+        c.workload.batch_rate = 0.5;
+        c.workload.arrivals_per_sec = 60.0;
+        let mut raft = RaftInvariants::default();
+        let mut inv = |_now: Time, nodes: &[Option<&LeaderNode>]| raft.check(nodes);
+        let r = run::<LeaderNode>(&c, &ValidLeaderConfig::default(), &mut inv);
+        assert!(r.passed(), "{r}\n{}", replay(2_000_000 + seed, 5));
+        in_batch += r.tasks_acked_in_batch;
+    }
+    // G1 is checked for every task a batch acknowledged: there were some.
+    assert!(in_batch > 0, "no task was acknowledged by a batch");
+}

@@ -12,6 +12,7 @@
 //! - [`paxos`]: ballots, the acceptor, the proposer.
 //! - [`membership`]: foca driven through the node contract.
 //! - [`tasks`]: client operations waiting on replicas (quorum write, read).
+//! - [`batch`]: batch submits fanned out into one submit per task.
 //! - [`node`]: [`LeaderlessNode`], the [`cohort_core::Node`] of this mode.
 //! - [`config`]: [`LeaderlessConfig`], validated.
 //!
@@ -19,6 +20,7 @@
 //! and why they are safe.
 #![deny(missing_docs)]
 
+pub mod batch;
 pub mod config;
 pub mod membership;
 pub mod message;

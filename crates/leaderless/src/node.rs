@@ -118,6 +118,8 @@ pub struct LeaderlessNode {
     /// Submits looking their task up first (the ring changed), by request.
     /// At most one per operation in flight (`requests_in_flight_max`).
     submit_lookups: BTreeMap<RequestId, Task>,
+    /// Batch submits waiting for their tasks' submits.
+    batches: crate::batch::Batches,
     /// Where the anti-entropy scan goes on from.
     anti_entropy_cursor: Option<TaskId>,
     out: Out,
@@ -285,7 +287,34 @@ impl LeaderlessNode {
     }
 
     fn reply(&mut self, request: RequestId, reply: Result<ClientResponse, ClientError>) {
-        self.out.push(Action::Reply { request, reply });
+        match self.batches.reply(request, reply) {
+            Err(reply) => self.out.push(Action::Reply { request, reply }),
+            Ok(Some((request, reply))) => self.out.push(Action::Reply { request, reply }),
+            Ok(None) => {}
+        }
+    }
+
+    /// Checks the whole batch (a refusal changes nothing), then submits
+    /// each task on its own; see [`crate::batch`] for what holds.
+    fn submit_batch(&mut self, now: Time, request: RequestId, tasks: Vec<(TaskId, Task)>) {
+        if let Err(e) = self.peers.limits.check_batch(&tasks) {
+            return self.reply(request, Err(e));
+        }
+        if self.ops.len() + tasks.len() > self.config.requests_in_flight_max {
+            return self.reply(
+                request,
+                Err(ClientError::Overloaded {
+                    what: "requests_in_flight_max".into(),
+                    limit: self.config.requests_in_flight_max,
+                }),
+            );
+        }
+        let subs = self
+            .batches
+            .open(request, tasks.iter().map(|(id, _)| *id).collect());
+        for (sub, (id, task)) in subs.into_iter().zip(tasks) {
+            self.submit(now, sub, id, task);
+        }
     }
 
     fn unavailable(reason: &str) -> ClientError {
@@ -1653,6 +1682,7 @@ impl Node for LeaderlessNode {
             loopback: VecDeque::new(),
             anti_entropy_cursor: None,
             submit_lookups: BTreeMap::new(),
+            batches: crate::batch::Batches::default(),
             steals: 0,
             out: Vec::new(),
         };
@@ -1689,6 +1719,7 @@ impl Node for LeaderlessNode {
     fn handle_client(&mut self, now: Time, request: RequestId, req: ClientRequest) {
         match req {
             ClientRequest::Submit { id, task } => self.submit(now, request, id, task),
+            ClientRequest::SubmitBatch { tasks } => self.submit_batch(now, request, tasks),
             ClientRequest::Get { id, consistency } => self.get(now, request, id, consistency),
             ClientRequest::Cancel { id } => self.quorum_read(now, request, id, ReadPurpose::Cancel),
         }

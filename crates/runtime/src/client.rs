@@ -92,6 +92,10 @@ pub enum CallError {
         code: String,
         /// The error's message.
         message: String,
+        /// Batch refusals: the position of the task at fault.
+        index: Option<usize>,
+        /// `batch_incomplete`: the tasks known durable (hex ids).
+        durable: Vec<String>,
     },
     /// The node could not be reached or answered nonsense.
     #[error("{0}")]
@@ -153,6 +157,15 @@ impl std::fmt::Debug for ClientOptions {
 struct ErrorBody {
     error: String,
     code: String,
+    #[serde(default)]
+    index: Option<usize>,
+    #[serde(default)]
+    durable: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct SubmittedBatch {
+    ids: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -211,7 +224,7 @@ impl Client {
         &self,
         method: reqwest::Method,
         url: String,
-        body: Option<&SubmitBody>,
+        body: Option<&[u8]>,
     ) -> Result<reqwest::Response, CallError> {
         let mut url = url;
         for _ in 0..=REDIRECTS_MAX {
@@ -220,7 +233,9 @@ impl Client {
                 r = r.bearer_auth(t);
             }
             if let Some(b) = body {
-                r = r.json(b);
+                r = r
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(b.to_vec());
             }
             let resp = r.send().await.map_err(Self::transport)?;
             if !matches!(resp.status().as_u16(), 307 | 308) {
@@ -263,11 +278,15 @@ impl Client {
                 status: status.as_u16(),
                 code: b.code,
                 message: b.error,
+                index: b.index,
+                durable: b.durable,
             }),
             Err(_) => Err(CallError::Api {
                 status: status.as_u16(),
                 code: "http".into(),
                 message: String::from_utf8_lossy(&bytes).into_owned(),
+                index: None,
+                durable: Vec::new(),
             }),
         }
     }
@@ -278,14 +297,42 @@ impl Client {
 
     /// `POST /v1/tasks`; returns the task's id.
     pub async fn submit(&self, body: &SubmitBody) -> Result<String, CallError> {
+        let json = serde_json::to_vec(body).map_err(|e| CallError::Transport(e.to_string()))?;
         let r = self
             .send(
                 reqwest::Method::POST,
                 format!("{}/v1/tasks", self.base),
-                Some(body),
+                Some(&json),
             )
             .await?;
         Self::decode::<Submitted>(r).await.map(|s| s.id)
+    }
+
+    /// `POST /v1/tasks:batch`; returns the tasks' ids in order once every
+    /// task is durable. A refusal names the task at fault (`index`) and,
+    /// in leaderless mode, the tasks known durable (`durable`); resending
+    /// the same batch (with ids) creates nothing twice.
+    pub async fn submit_batch(&self, tasks: &[SubmitBody]) -> Result<Vec<String>, CallError> {
+        #[derive(Serialize)]
+        struct Batch<'a> {
+            tasks: &'a [SubmitBody],
+        }
+        let json = serde_json::to_vec(&Batch { tasks })
+            .map_err(|e| CallError::Transport(e.to_string()))?;
+        self.submit_batch_json(&json).await
+    }
+
+    /// [`Client::submit_batch`] with the body already encoded (benchmarks
+    /// resend one body).
+    pub async fn submit_batch_json(&self, json: &[u8]) -> Result<Vec<String>, CallError> {
+        let r = self
+            .send(
+                reqwest::Method::POST,
+                format!("{}/v1/tasks:batch", self.base),
+                Some(json),
+            )
+            .await?;
+        Self::decode::<SubmittedBatch>(r).await.map(|s| s.ids)
     }
 
     /// `GET /v1/tasks/{id}`, optionally stale and/or long-polling.

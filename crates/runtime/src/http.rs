@@ -3,6 +3,7 @@
 //! | method and path | answer |
 //! |---|---|
 //! | `POST /v1/tasks` | `202 {"id": "<32 hex>", "node": N}` once the core says the task is durable |
+//! | `POST /v1/tasks:batch` | `202 {"ids": [...], "node": N}` once every task of `{"tasks": [<submit body>, ...]}` is durable (see docs/RUNTIME.md for what holds per mode) |
 //! | `GET /v1/tasks/{id}` | `200` task JSON; linearizable; `?stale=true` for a local read; `?wait=10s` long-polls until final (`ms`, `s`, `m`; a bare number is seconds) |
 //! | `DELETE /v1/tasks/{id}` | `200` task JSON after cancelling |
 //! | `GET /v1/cluster` | cluster id, mode, this node, members with addresses and link state, task kinds |
@@ -78,6 +79,7 @@ pub(crate) fn router(api: Arc<Api>) -> Router {
     let body_max = body_max(&api.config);
     Router::new()
         .route("/v1/tasks", axum::routing::post(submit).get(list_tasks))
+        .route("/v1/tasks:batch", axum::routing::post(submit_batch))
         .route("/v1/tasks/{id}", get(get_task).delete(cancel))
         .route("/v1/cluster", get(cluster))
         .route("/v1/health", get(health))
@@ -151,6 +153,8 @@ struct ApiError {
     retry_after: bool,
     /// Where the leader is: its id and, when known, its API's URL.
     leader: Option<Box<(serde_json::Value, Option<String>)>>,
+    /// More fields of the body (a batch's `index`, `durable`).
+    extra: Option<Box<serde_json::Map<String, serde_json::Value>>>,
 }
 
 impl ApiError {
@@ -161,7 +165,15 @@ impl ApiError {
             message: message.into(),
             retry_after: false,
             leader: None,
+            extra: None,
         }
+    }
+
+    fn with(mut self, key: &str, value: serde_json::Value) -> ApiError {
+        self.extra
+            .get_or_insert_with(Default::default)
+            .insert(key.to_string(), value);
+        self
     }
 
     fn retry(mut self) -> ApiError {
@@ -177,6 +189,9 @@ impl IntoResponse for ApiError {
         if let Some(leader) = self.leader {
             body["leader"] = leader.0;
             location = leader.1;
+        }
+        for (k, v) in self.extra.into_iter().flat_map(|m| *m) {
+            body[k] = v;
         }
         let mut resp = (self.status, Json(body)).into_response();
         if self.retry_after {
@@ -237,6 +252,25 @@ impl Api {
             }
             ClientError::Overloaded { .. } => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", msg).retry()
+            }
+            ClientError::BatchTooLarge { tasks, limit } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_many_tasks", msg)
+                    .with("tasks", json!(tasks))
+                    .with("limit", json!(limit))
+            }
+            ClientError::BatchItem { index, error } => {
+                let mut err = self.client_error(*error, path).with("index", json!(index));
+                err.message = msg;
+                err
+            }
+            ClientError::BatchIncomplete { durable, error } => {
+                let mut err = self.client_error(*error, path);
+                err.code = "batch_incomplete";
+                err.message = msg;
+                err.with(
+                    "durable",
+                    json!(durable.iter().map(|d| d.to_string()).collect::<Vec<_>>()),
+                )
             }
         }
     }
@@ -316,7 +350,7 @@ impl Api {
 }
 
 /// The body of `POST /v1/tasks`.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitBody {
     /// Client-chosen id, hex.
@@ -365,6 +399,62 @@ fn decode_submit(body: &[u8]) -> Result<(Option<TaskId>, Task), ApiError> {
             format!("bad JSON: {e}"),
         )
     })?;
+    submit_task(req)
+}
+
+/// The body of `POST /v1/tasks:batch`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchBody {
+    /// The tasks, each as the body of `POST /v1/tasks`.
+    pub tasks: Vec<SubmitBody>,
+}
+
+/// Decodes a batch body; a bad task is refused with its `index`.
+fn decode_batch(body: &[u8]) -> Result<Vec<(Option<TaskId>, Task)>, ApiError> {
+    let malformed = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "malformed", m);
+    let batch: BatchBody = match serde_json::from_slice(body) {
+        Ok(b) => b,
+        Err(e) => {
+            // Slow path, only for a refusal: find the task at fault.
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Loose {
+                tasks: Vec<serde_json::Value>,
+            }
+            let loose: Loose =
+                serde_json::from_slice(body).map_err(|_| malformed(format!("bad JSON: {e}")))?;
+            for (index, t) in loose.tasks.into_iter().enumerate() {
+                if let Err(e) = serde_json::from_value::<SubmitBody>(t) {
+                    return Err(malformed(format!("batch task {index}: bad JSON: {e}"))
+                        .with("index", json!(index)));
+                }
+            }
+            return Err(malformed(format!("bad JSON: {e}")));
+        }
+    };
+    batch
+        .tasks
+        .into_iter()
+        .enumerate()
+        .map(|(index, t)| {
+            submit_task(t).map_err(|e| {
+                let message = format!("batch task {index}: {}", e.message);
+                ApiError { message, ..e }.with("index", json!(index))
+            })
+        })
+        .collect()
+}
+
+/// [`decode_batch`] for fuzzing and tests: the error is the message a
+/// client would get in a `400`.
+pub fn parse_batch(body: &[u8]) -> Result<Vec<(Option<TaskId>, Task)>, String> {
+    decode_batch(body).map_err(|e| format!("{} {}: {}", e.status.as_u16(), e.code, e.message))
+}
+
+/// A decoded submit body: the optional client id and the task (before
+/// limits and kinds are checked).
+fn submit_task(req: SubmitBody) -> Result<(Option<TaskId>, Task), ApiError> {
     let payload = match (req.payload, req.payload_base64) {
         (Some(_), Some(_)) => {
             return Err(ApiError::new(
@@ -572,15 +662,7 @@ async fn submit(
         .check_task(&task)
         .map_err(|e| api.client_error(e, "/v1/tasks"))?;
     if api.registry.get(&task.kind).is_none() {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unknown_kind",
-            format!(
-                "unknown task kind {:?}; this node runs {:?}",
-                task.kind,
-                api.registry.kinds()
-            ),
-        ));
+        return Err(unknown_kind(&api, &task.kind));
     }
     let id = match id {
         Some(id) => id,
@@ -595,6 +677,63 @@ async fn submit(
             Json(json!({"id": id.to_string(), "node": api.config.peers.id.0})),
         )
             .into_response()),
+        ClientResponse::AcceptedBatch { .. } => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "unexpected answer to a submit",
+        )),
+    }
+}
+
+fn unknown_kind(api: &Api, kind: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unknown_kind",
+        format!(
+            "unknown task kind {kind:?}; this node runs {:?}",
+            api.registry.kinds()
+        ),
+    )
+}
+
+async fn submit_batch(State(api): State<Arc<Api>>, body: Body) -> Result<Response, ApiError> {
+    const PATH: &str = "/v1/tasks:batch";
+    let body = read_submit_body(&api.config, body).await?;
+    let items = decode_batch(&body)?;
+    let tasks: Vec<(TaskId, Task)> = {
+        let mut rng = api.id_rng.lock().expect("id rng lock");
+        items
+            .into_iter()
+            .map(|(id, task)| (id.unwrap_or_else(|| TaskId::random(&mut *rng)), task))
+            .collect()
+    };
+    api.config
+        .peers
+        .limits
+        .check_batch(&tasks)
+        .map_err(|e| api.client_error(e, PATH))?;
+    if let Some(index) = tasks
+        .iter()
+        .position(|(_, t)| api.registry.get(&t.kind).is_none())
+    {
+        let err = unknown_kind(&api, &tasks[index].1.kind);
+        let message = format!("batch task {index}: {}", err.message);
+        return Err(ApiError { message, ..err }.with("index", json!(index)));
+    }
+    match api.ask(ClientRequest::SubmitBatch { tasks }, PATH).await? {
+        ClientResponse::AcceptedBatch { ids } => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({
+                "ids": ids.iter().map(|id| id.to_string()).collect::<Vec<_>>(),
+                "node": api.config.peers.id.0,
+            })),
+        )
+            .into_response()),
+        _ => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "unexpected answer to a batch",
+        )),
     }
 }
 
@@ -716,6 +855,11 @@ async fn cancel(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Result<R
     match api.ask(ClientRequest::Cancel { id }, &path).await? {
         ClientResponse::State { id, state } => Ok(Json(state_json(id, &state)).into_response()),
         ClientResponse::Accepted { id } => Ok(Json(json!({"id": id.to_string()})).into_response()),
+        ClientResponse::AcceptedBatch { .. } => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "unexpected answer to a cancel",
+        )),
     }
 }
 

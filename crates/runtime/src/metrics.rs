@@ -83,6 +83,12 @@ impl Metrics {
     /// like `peer="n2"` or empty.
     pub fn add(&self, name: &'static str, labels: &str, by: u64) {
         let mut g = self.inner.lock().expect("metrics lock");
+        // Called for every message and request: an existing counter is
+        // found without allocating its key.
+        if let Some(v) = g.counters.get_mut(&(name, labels) as &dyn Key) {
+            *v += by;
+            return;
+        }
         *g.counters.entry((name, labels.to_string())).or_default() += by;
     }
 
@@ -101,6 +107,10 @@ impl Metrics {
     /// Sets gauge `name{labels}`.
     pub fn set(&self, name: &'static str, labels: &str, value: i64) {
         let mut g = self.inner.lock().expect("metrics lock");
+        if let Some(v) = g.gauges.get_mut(&(name, labels) as &dyn Key) {
+            *v = value;
+            return;
+        }
         g.gauges.insert((name, labels.to_string()), value);
     }
 
@@ -167,6 +177,49 @@ impl Metrics {
             let _ = writeln!(out, "{name}_count {}", h.count);
         }
         out
+    }
+}
+
+/// A counter's key, borrowed or owned, so a lookup needs no allocation.
+trait Key {
+    fn key(&self) -> (&str, &str);
+}
+
+impl Key for (&'static str, String) {
+    fn key(&self) -> (&str, &str) {
+        (self.0, &self.1)
+    }
+}
+
+impl Key for (&'static str, &str) {
+    fn key(&self) -> (&str, &str) {
+        (self.0, self.1)
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn Key + 'a> for (&'static str, String) {
+    fn borrow(&self) -> &(dyn Key + 'a) {
+        self
+    }
+}
+
+impl PartialEq for dyn Key + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for dyn Key + '_ {}
+
+impl PartialOrd for dyn Key + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for dyn Key + '_ {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
     }
 }
 

@@ -210,3 +210,23 @@ async fn tasks_are_listed_by_state_page_by_page_and_counted_in_metrics() {
         n.kill().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_one_entry_all_or_nothing_and_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = real::cluster_with::<LeaderNode>(
+        dir.path(),
+        3,
+        "leader",
+        ValidLeaderConfig::default(),
+        |_, c| c.peers.limits.batch_tasks_max = 20,
+    )
+    .await;
+    let leader = wait_for_leader(&nodes).await;
+    // Sent to a follower: redirected to the leader like a single submit.
+    let follower = (leader + 1) % nodes.len();
+    real::check_batch_semantics(nodes[follower].http_addr(), 20).await;
+    for n in nodes {
+        n.kill().await;
+    }
+}

@@ -80,3 +80,21 @@ async fn a_cluster_listing_merges_every_replica_and_survives_two_dead_members() 
         n.kill().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_acknowledged_once_every_task_is_durable_and_resending_it_creates_nothing_twice()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = real::cluster_with::<LeaderlessNode>(
+        dir.path(),
+        5,
+        "leaderless",
+        LeaderlessConfig::default(),
+        |_, c| c.peers.limits.batch_tasks_max = 20,
+    )
+    .await;
+    real::check_batch_semantics(nodes[0].http_addr(), 20).await;
+    for n in nodes {
+        n.kill().await;
+    }
+}

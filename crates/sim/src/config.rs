@@ -363,6 +363,12 @@ pub struct Workload {
     pub redirects_max: u32,
     /// Most tasks submitted in one run.
     pub tasks_max: u64,
+    /// Fraction of submits sent as a `SubmitBatch` that carries, besides
+    /// the client's own task, up to `batch_tasks - 1` other tasks still
+    /// waiting for their acknowledgement (0: never).
+    pub batch_rate: f64,
+    /// Most tasks in one simulated batch.
+    pub batch_tasks: usize,
 }
 
 impl Default for Workload {
@@ -381,6 +387,8 @@ impl Default for Workload {
             cancel_rate: 0.05,
             redirects_max: 4,
             tasks_max: 100_000,
+            batch_rate: 0.0,
+            batch_tasks: 8,
         }
     }
 }
@@ -394,6 +402,12 @@ impl Workload {
         }
         if !(0.0..=1.0).contains(&self.handler_failure_rate) {
             return bad("handler_failure_rate must be within 0..=1");
+        }
+        if !(0.0..=1.0).contains(&self.batch_rate) {
+            return bad("batch_rate must be within 0..=1");
+        }
+        if self.batch_tasks == 0 {
+            return bad("batch_tasks must be positive");
         }
         if !(0.0..=1.0).contains(&self.cancel_rate) {
             return bad("cancel_rate must be within 0..=1");

@@ -172,6 +172,9 @@ pub struct Report {
     pub tasks_submitted: u64,
     /// Tasks acknowledged to their client.
     pub tasks_acked: u64,
+    /// Of those, tasks acknowledged by a batch submit
+    /// ([`Workload::batch_rate`]).
+    pub tasks_acked_in_batch: u64,
     /// Tasks with a final state reported (note or read).
     pub tasks_final: u64,
     /// Handler executions started.

@@ -106,6 +106,7 @@ impl Coordinator {
     ) {
         let reply = match req {
             ClientRequest::Submit { id, task } => self.submit(now, id, task, out),
+            ClientRequest::SubmitBatch { tasks } => self.submit_batch(now, tasks, out),
             ClientRequest::Get { id, .. } => self
                 .tasks
                 .get(&id)
@@ -154,6 +155,40 @@ impl Coordinator {
         self.queue.push_back(id);
         self.schedule(now, out);
         Ok(ClientResponse::Accepted { id })
+    }
+
+    /// All or nothing: every check passes before the first task is taken.
+    fn submit_batch(
+        &mut self,
+        now: Time,
+        tasks: Vec<(TaskId, Task)>,
+        out: &mut Out,
+    ) -> Result<ClientResponse, ClientError> {
+        self.peers.limits.check_batch(&tasks)?;
+        let mut new = 0usize;
+        for (index, (id, task)) in tasks.iter().enumerate() {
+            match self.tasks.get(id) {
+                Some(existing) if existing.task != *task => {
+                    return Err(ClientError::BatchItem {
+                        index,
+                        error: Box::new(ClientError::IdConflict { id: *id }),
+                    })
+                }
+                Some(_) => {}
+                None => new += 1,
+            }
+        }
+        if self.active + new > self.peers.limits.tasks_active_max {
+            return Err(ClientError::Overloaded {
+                what: "tasks_active_max".into(),
+                limit: self.peers.limits.tasks_active_max,
+            });
+        }
+        let ids = tasks.iter().map(|(id, _)| *id).collect();
+        for (id, task) in tasks {
+            self.submit(now, id, task, out)?;
+        }
+        Ok(ClientResponse::AcceptedBatch { ids })
     }
 
     fn cancel(&mut self, id: TaskId, out: &mut Out) -> Result<ClientResponse, ClientError> {

@@ -67,6 +67,14 @@ pub enum Command {
         /// The task.
         id: TaskId,
     },
+    /// Accept every task of a client's batch, or none: if any id names a
+    /// different task already, the whole command is a no-op. (Last in the
+    /// enum: the encoding of the earlier variants, already in logs on
+    /// disk, stays as it was.)
+    SubmitBatch {
+        /// The tasks.
+        tasks: Vec<(TaskId, Task)>,
+    },
 }
 
 /// One task as the cluster knows it.
@@ -169,23 +177,41 @@ impl Scheduler {
             .is_some_and(|r| matches!(r.state, TaskState::Running { epoch: e, .. } if e == epoch))
     }
 
+    /// The first id of `tasks` that names a different task already: the
+    /// reason a [`Command::SubmitBatch`] is a no-op.
+    pub fn batch_conflict(&self, tasks: &[(TaskId, Task)]) -> Option<TaskId> {
+        tasks
+            .iter()
+            .find(|(id, task)| self.tasks.get(id).is_some_and(|r| r.task != *task))
+            .map(|(id, _)| *id)
+    }
+
+    /// Creates `id` as pending unless it exists (a resubmit is a no-op).
+    fn accept(&mut self, index: u64, id: TaskId, task: &Task) {
+        if let std::collections::btree_map::Entry::Vacant(slot) = self.tasks.entry(id) {
+            slot.insert(TaskRecord {
+                task: task.clone(),
+                state: TaskState::Pending,
+                epoch: Epoch::ZERO,
+                attempts: 0,
+                assigned_index: 0,
+                pending_since: index,
+            });
+            self.pending.insert((index, id));
+        }
+    }
+
     /// Applies the command committed at `index`; returns the decisions it
     /// made, for the history.
     pub fn apply(&mut self, index: u64, cmd: &Command) -> Vec<Note> {
         let mut notes = Vec::new();
         match cmd {
-            Command::Submit { id, task } => {
-                if !self.tasks.contains_key(id) {
-                    let rec = TaskRecord {
-                        task: task.clone(),
-                        state: TaskState::Pending,
-                        epoch: Epoch::ZERO,
-                        attempts: 0,
-                        assigned_index: 0,
-                        pending_since: index,
-                    };
-                    self.tasks.insert(*id, rec);
-                    self.pending.insert((index, *id));
+            Command::Submit { id, task } => self.accept(index, *id, task),
+            Command::SubmitBatch { tasks } => {
+                if self.batch_conflict(tasks).is_none() {
+                    for (id, task) in tasks {
+                        self.accept(index, *id, task);
+                    }
                 }
             }
             Command::Assign { id, epoch, node } => {

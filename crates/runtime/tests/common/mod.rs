@@ -179,6 +179,10 @@ impl Node for ToyNode {
                 }
                 None => Err(ClientError::NotFound { id }),
             },
+            // The toy takes no batches; its tests do not send them.
+            ClientRequest::SubmitBatch { .. } => Err(ClientError::InvalidTask {
+                reason: "the toy node takes no batches".into(),
+            }),
         };
         self.out.push(Action::Reply { request, reply });
     }

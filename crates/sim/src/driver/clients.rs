@@ -36,12 +36,16 @@ pub(super) struct ClientOp {
     pub(super) generation: u64,
     pub(super) redirects: u32,
     pub(super) acked: bool,
+    /// Acknowledged by a `SubmitBatch` (its own or one that carried it).
+    pub(super) acked_in_batch: bool,
 }
 
 /// What a client request asks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum RequestKind {
     Submit,
+    /// A `SubmitBatch` sent for this op, carrying these other ops' tasks too.
+    SubmitBatch,
     Get,
     Cancel,
 }
@@ -52,6 +56,8 @@ pub(super) struct Pending {
     pub(super) sent_at: Time,
     pub(super) kind: RequestKind,
     pub(super) answered: bool,
+    /// The other ops whose tasks a `SubmitBatch` carries.
+    pub(super) batch: Vec<usize>,
 }
 
 impl Phase {
@@ -132,6 +138,7 @@ impl<N: Node> Sim<'_, N> {
             generation: 0,
             redirects: 0,
             acked: false,
+            acked_in_batch: false,
         });
         self.ops_open += 1;
         let to = self.random_node();
@@ -142,8 +149,32 @@ impl<N: Node> Sim<'_, N> {
     pub(super) fn client_send(&mut self, op: usize, node: usize) {
         let request = RequestId(self.next_request);
         self.next_request += 1;
+        let w = &self.cfg.workload;
+        let mut batch = Vec::new();
+        if self.ops[op].phase == Phase::Submitting
+            && w.batch_rate > 0.0
+            && self.rng.gen_bool(w.batch_rate)
+        {
+            batch = (0..self.ops.len())
+                .filter(|o| *o != op && self.ops[*o].phase == Phase::Submitting)
+                .take(w.batch_tasks - 1)
+                .collect();
+        }
+        let mut tasks = Vec::new();
+        if !batch.is_empty() {
+            tasks.push((self.ops[op].id, self.ops[op].task.clone()));
+            tasks.extend(
+                batch
+                    .iter()
+                    .map(|o| (self.ops[*o].id, self.ops[*o].task.clone())),
+            );
+        }
         let o = &mut self.ops[op];
         let (req, kind) = match o.phase {
+            Phase::Submitting if !tasks.is_empty() => (
+                ClientRequest::SubmitBatch { tasks },
+                RequestKind::SubmitBatch,
+            ),
             Phase::Submitting => (
                 ClientRequest::Submit {
                     id: o.id,
@@ -171,6 +202,7 @@ impl<N: Node> Sim<'_, N> {
                 sent_at: self.now,
                 kind,
                 answered: false,
+                batch,
             },
         );
         let lost = self.lost();
@@ -212,12 +244,74 @@ impl<N: Node> Sim<'_, N> {
         o.generation += 1;
     }
 
+    /// A batch's answer: the other ops it carried are acknowledged if it
+    /// was; returns the answer as this op's own submit would have had it.
+    fn on_batch_response(
+        &mut self,
+        node_id: cohort_core::NodeId,
+        ids: &[TaskId],
+        batch: &[usize],
+        reply: Reply,
+    ) -> Reply {
+        let now = self.now;
+        let durable: Vec<TaskId> = match &reply {
+            Ok(ClientResponse::AcceptedBatch { ids: acked }) if acked == ids => ids.to_vec(),
+            Ok(other) => {
+                let detail = format!("{node_id} answered a batch of {ids:?} with {other:?}");
+                self.violations.push(Guarantee::Invariant, now, detail);
+                Vec::new()
+            }
+            Err(ClientError::BatchIncomplete { durable, .. }) => durable.clone(),
+            Err(_) => Vec::new(),
+        };
+        let w = self.cfg.workload.clone();
+        for &o in batch {
+            let task = self.ops[o].id;
+            if !durable.contains(&task) {
+                continue;
+            }
+            self.history.push(
+                now,
+                HistoryEvent::Acked {
+                    task,
+                    node: node_id,
+                    content: self.ops[o].task.clone(),
+                },
+            );
+            self.ops[o].acked = true;
+            self.ops[o].acked_in_batch = true;
+            if self.ops[o].phase == Phase::Submitting {
+                self.ops[o].redirects = 0;
+                self.ops[o].phase = Phase::Polling;
+                self.client_wait(o, w.poll_ms_min, w.poll_ms_max);
+            }
+        }
+        match reply {
+            Ok(ClientResponse::AcceptedBatch { .. }) => Ok(ClientResponse::Accepted { id: ids[0] }),
+            Err(ClientError::BatchIncomplete { .. }) if durable.contains(&ids[0]) => {
+                Ok(ClientResponse::Accepted { id: ids[0] })
+            }
+            Err(e) => Err(own_error(e)),
+            other => other,
+        }
+    }
+
     pub(super) fn on_response(&mut self, node: usize, request: RequestId, reply: Reply) {
         let now = self.now;
         let node_id = self.slots[node].id;
         self.hash_event(TAG_RESPONSE, node_id.0, &encode(&(request, &reply)));
         let p = &self.requests[&request];
         let (op, sent_at, kind) = (p.op, p.sent_at, p.kind);
+        let mut reply = reply;
+        if kind == RequestKind::SubmitBatch {
+            let batch = p.batch.clone();
+            let mut ids = vec![self.ops[op].id];
+            ids.extend(batch.iter().map(|o| self.ops[*o].id));
+            reply = self.on_batch_response(node_id, &ids, &batch, reply);
+            if matches!(reply, Ok(ClientResponse::Accepted { .. })) {
+                self.ops[op].acked_in_batch = true;
+            }
+        }
         let task = self.ops[op].id;
         self.line(|| {
             format!(
@@ -228,7 +322,7 @@ impl<N: Node> Sim<'_, N> {
         let w = self.cfg.workload.clone();
         let current = self.ops[op].current == Some(request);
 
-        if kind == RequestKind::Submit {
+        if matches!(kind, RequestKind::Submit | RequestKind::SubmitBatch) {
             match &reply {
                 Ok(ClientResponse::Accepted { id }) if *id == task => {
                     self.history.push(
@@ -329,5 +423,18 @@ impl<N: Node> Sim<'_, N> {
                 self.client_wait(op, w.backoff_ms_min, w.backoff_ms_max);
             }
         }
+    }
+}
+
+/// What a batch's refusal means for the task at index 0 (the sender's own):
+/// its own error, or, when another task was at fault, a retryable one.
+fn own_error(e: ClientError) -> ClientError {
+    match e {
+        ClientError::BatchIncomplete { error, .. } => own_error(*error),
+        ClientError::BatchItem { index: 0, error } => *error,
+        ClientError::BatchItem { .. } => ClientError::Unavailable {
+            reason: "another task of the batch was refused".into(),
+        },
+        e => e,
     }
 }

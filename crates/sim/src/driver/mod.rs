@@ -379,6 +379,7 @@ impl<'a, N: Node> Sim<'a, N> {
             simulated_ms: finished_at.as_millis(),
             tasks_submitted: self.ops.len() as u64,
             tasks_acked: self.ops.iter().filter(|o| o.acked).count() as u64,
+            tasks_acked_in_batch: self.ops.iter().filter(|o| o.acked_in_batch).count() as u64,
             tasks_final: finals.len() as u64,
             executions: self.executions,
             messages: self.messages,

@@ -392,6 +392,11 @@ impl Node for CoordNode {
                 let state = self.tasks[&id].state.clone();
                 self.reply(request, Ok(ClientResponse::State { id, state }));
             }
+            // This test node takes no batches; its workloads send none.
+            ClientRequest::SubmitBatch { .. } => {
+                let reason = "the test coordinator takes no batches".into();
+                self.reply(request, Err(ClientError::InvalidTask { reason }));
+            }
         }
     }
 
