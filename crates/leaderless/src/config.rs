@@ -41,6 +41,10 @@ pub struct LeaderlessConfig {
     /// How often a node announces itself to ring members it does not see
     /// as live (joining, and re-joining after a partition).
     pub announce_interval_ms: u64,
+    /// Most unseen members a node announces itself to per
+    /// `announce_interval_ms` (in turn); an announce brings back the
+    /// receiver's member list, and gossip spreads the rest.
+    pub announce_fanout_max: usize,
     /// How many of its non-final records a replica offers to one peer per
     /// tick for anti-entropy.
     pub anti_entropy_batch_max: usize,
@@ -81,6 +85,7 @@ impl Default for LeaderlessConfig {
             swim_gossip_interval_ms: 200,
             swim_remove_down_after_ms: 30_000,
             announce_interval_ms: 500,
+            announce_fanout_max: 8,
             anti_entropy_batch_max: 64,
             local_health_max: 8,
             load_report_interval_ms: 30_000,
@@ -131,6 +136,7 @@ impl LeaderlessConfig {
             ("swim_gossip_interval_ms", self.swim_gossip_interval_ms),
             ("swim_remove_down_after_ms", self.swim_remove_down_after_ms),
             ("announce_interval_ms", self.announce_interval_ms),
+            ("announce_fanout_max", self.announce_fanout_max as u64),
             ("anti_entropy_batch_max", self.anti_entropy_batch_max as u64),
             ("load_report_interval_ms", self.load_report_interval_ms),
             ("ring_history_max", self.ring_history_max as u64),

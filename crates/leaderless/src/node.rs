@@ -941,6 +941,7 @@ impl LeaderlessNode {
             now,
             &members,
             self.config.announce_interval(),
+            self.config.announce_fanout_max,
             &mut self.out,
         );
         self.ring_tick(now);
@@ -1065,23 +1066,26 @@ impl LeaderlessNode {
         }
     }
 
-    /// The members SWIM sees live, this node excluded.
-    fn live_others(&self) -> Vec<NodeId> {
-        let me = self.me();
-        let mut live = self.membership.live();
-        live.retain(|&n| n != me);
-        live
+    /// One live node other than this one, drawn from the node's RNG.
+    fn random_live_other(&mut self) -> Option<NodeId> {
+        let live = self.membership.live_others();
+        if live.is_empty() {
+            return None;
+        }
+        let i = self.rng.gen_range(0..live.len());
+        Some(self.membership.live_others()[i])
     }
 
     /// Offers the versions of a batch of records (final ones too: a replica
     /// cut off for a task's whole life has none) to one random live
     /// co-replica; it answers with what either side misses.
     fn anti_entropy(&mut self) {
-        let live = self.live_others();
-        if live.is_empty() || self.records.is_empty() {
+        if self.records.is_empty() {
             return;
         }
-        let peer = live[self.rng.gen_range(0..live.len())];
+        let Some(peer) = self.random_live_other() else {
+            return;
+        };
         let start = self.anti_entropy_cursor;
         let mut entries = Vec::new();
         let mut last = None;
@@ -1488,10 +1492,9 @@ impl LeaderlessNode {
         let due = self.ring_gossiped_at.is_none_or(|at| {
             now.saturating_since(at) >= Duration::from_millis(self.config.ring_gossip_interval_ms)
         });
-        let live = self.live_others();
-        if due && !live.is_empty() {
+        let to = if due { self.random_live_other() } else { None };
+        if let Some(to) = to {
             self.ring_gossiped_at = Some(now);
-            let to = live[self.rng.gen_range(0..live.len())];
             let epoch = self.ring.ring.epoch;
             self.send(to, LeaderlessMessage::RingHave { epoch });
         }
@@ -1695,6 +1698,7 @@ impl Node for LeaderlessNode {
             now,
             &members,
             config.announce_interval(),
+            config.announce_fanout_max,
             &mut node.out,
         );
         node.arm_tick(now);
