@@ -460,9 +460,11 @@ mod tests {
 
     fn settings() -> ScaleSettings {
         ScaleSettings {
-            simulated_ms: 4_000,
+            simulated_ms: 5_000,
             arrivals_per_sec: 20.0,
-            crash_at_ms: 300,
+            // Once SWIM has formed (a probe period in): a crash before it
+            // has no member to suspect.
+            crash_at_ms: 1_000,
             down_ms: 2_500,
             seed: 1,
         }
