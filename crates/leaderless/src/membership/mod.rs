@@ -198,10 +198,7 @@ impl Membership {
             suspect_to_down: Duration::from_millis(config.swim_suspect_to_down_ms),
             live_others: Vec::new(),
             last_announce_scan: None,
-            // Each node starts its announce scans at its own id, so a cold
-            // start does not send every node's first announces to the
-            // lowest ids (a hotspot of n announces each).
-            announce_cursor: usize::try_from(me.0).unwrap_or(0),
+            announce_cursor: 0,
         }
     }
 
