@@ -103,19 +103,70 @@ impl SimArgs {
                 )
             }
             SimMode::Leaderless => {
-                let mut paxos = cohort_leaderless::LeaderlessInvariants::new(config.safety_ms);
-                let mut check =
-                    |now: cohort_core::Time,
-                     nodes: &[Option<&cohort_leaderless::LeaderlessNode>]| {
-                        paxos.check(now, nodes)
-                    };
-                cohort_sim::run::<cohort_leaderless::LeaderlessNode>(
-                    &config,
-                    &cohort_leaderless::LeaderlessConfig::default(),
-                    &mut check,
-                )
+                let mut adapter = LeaderlessSim::new(seed, &config);
+                let mut mode = cohort_leaderless::LeaderlessConfig::default();
+                if let Some(ring) = &adapter.ring {
+                    mode.initial_ring = Some(ring.initial_ring());
+                }
+                cohort_sim::run::<cohort_leaderless::LeaderlessNode>(&config, &mode, &mut adapter)
             }
         }
+    }
+}
+
+/// The leaderless mode's hooks into the simulator: its invariants after
+/// every event, and on every third seed (at least 4 nodes) ring changes
+/// during the safety phase: the last node starts as a spare outside the
+/// ring and joins 1 s in, a member drawn from the seed is removed at 2 s
+/// (`RingOperator`). G1–G4 and the invariants apply across them, and at
+/// the end every node must hold the same ring, reflecting both changes.
+struct LeaderlessSim {
+    invariants: cohort_leaderless::LeaderlessInvariants,
+    ring: Option<cohort_leaderless::RingOperator>,
+}
+
+impl LeaderlessSim {
+    fn new(seed: u64, config: &SimConfig) -> LeaderlessSim {
+        LeaderlessSim {
+            invariants: cohort_leaderless::LeaderlessInvariants::new(config.safety_ms),
+            ring: cohort_leaderless::RingOperator::for_seed(seed, config.nodes, 1_000)
+                .filter(|_| config.safety_ms > 2_000),
+        }
+    }
+}
+
+impl cohort_sim::Invariants<cohort_leaderless::LeaderlessNode> for LeaderlessSim {
+    fn check(
+        &mut self,
+        now: cohort_core::Time,
+        nodes: &[Option<&cohort_leaderless::LeaderlessNode>],
+    ) -> Result<(), String> {
+        self.invariants.check(now, nodes)
+    }
+
+    fn check_final(
+        &mut self,
+        now: cohort_core::Time,
+        nodes: &[Option<&cohort_leaderless::LeaderlessNode>],
+    ) -> Result<(), String> {
+        let _ = now;
+        match &self.ring {
+            Some(ring) => ring.check_final(nodes),
+            None => Ok(()),
+        }
+    }
+
+    fn first_operation_ms(&self) -> Option<u64> {
+        self.ring.as_ref().and_then(|r| r.first_ms())
+    }
+
+    fn operate(
+        &mut self,
+        now: cohort_core::Time,
+        draw: u64,
+        nodes: &mut [Option<&mut cohort_leaderless::LeaderlessNode>],
+    ) -> Option<u64> {
+        self.ring.as_mut().and_then(|r| r.act(now, draw, nodes))
     }
 }
 

@@ -67,6 +67,11 @@ pub struct LeaderlessConfig {
     /// Most tasks a node starts moving to their replicas under a newer
     /// ring per tick.
     pub rebalance_per_tick_max: usize,
+    /// A pending task its preferred replica has not claimed for this long
+    /// is claimed by any other replica with room that holds it: the
+    /// preferred one may lack the record (a first write that missed it and
+    /// that the creation fence keeps it from creating) or hold a dead one.
+    pub pending_claim_fallback_ms: u64,
 }
 
 impl Default for LeaderlessConfig {
@@ -93,6 +98,7 @@ impl Default for LeaderlessConfig {
             ring_history_max: 8,
             rebalance_per_tick_max: 64,
             ring_gossip_interval_ms: 1_000,
+            pending_claim_fallback_ms: 2_000,
         }
     }
 }
@@ -142,6 +148,7 @@ impl LeaderlessConfig {
             ("ring_history_max", self.ring_history_max as u64),
             ("rebalance_per_tick_max", self.rebalance_per_tick_max as u64),
             ("ring_gossip_interval_ms", self.ring_gossip_interval_ms),
+            ("pending_claim_fallback_ms", self.pending_claim_fallback_ms),
         ];
         for (what, v) in positive {
             if v == 0 {

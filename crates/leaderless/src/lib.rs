@@ -15,6 +15,7 @@
 //! - [`batch`]: batch submits fanned out into one submit per task.
 //! - [`node`]: [`LeaderlessNode`], the [`cohort_core::Node`] of this mode.
 //! - [`config`]: [`LeaderlessConfig`], validated.
+//! - [`operator`]: [`RingOperator`], ring changes scripted for simulated runs.
 //!
 //! `ALGORITHM.md` next to this crate's `Cargo.toml` explains the protocols
 //! and why they are safe.
@@ -25,6 +26,7 @@ pub mod config;
 pub mod membership;
 pub mod message;
 pub mod node;
+pub mod operator;
 pub mod paxos;
 pub mod placement;
 pub mod record;
@@ -36,4 +38,5 @@ pub use config::{LeaderlessConfig, LeaderlessConfigError};
 pub use invariants::LeaderlessInvariants;
 pub use message::LeaderlessMessage;
 pub use node::{LeaderlessNode, RingError, StealError};
+pub use operator::RingOperator;
 pub use ring::{Ring, RingChange};

@@ -48,6 +48,28 @@ pub enum LeaderlessMessage {
         /// `false`: the replica holds a different task under this id.
         same: bool,
     },
+    /// Replica → coordinator: refused to create the record because the
+    /// header was written under an older ring than this replica's (the
+    /// creation fence): the coordinator adopts `ring` and looks the task
+    /// up again under it.
+    WriteFenced {
+        /// The operation answered.
+        op: u64,
+        /// The task written (checked against the operation).
+        id: TaskId,
+        /// The replica's ring.
+        ring: Ring,
+    },
+    /// Coordinator → holders of a version-0 record that a submit's lookup
+    /// found can never be chosen (fewer than a majority of its replicas
+    /// hold it and all of them refuse to create it): drop it.
+    Forget {
+        /// The task.
+        id: TaskId,
+        /// The header of the dead record (a record with another header, or
+        /// past version 0, is kept).
+        header: TaskHeader,
+    },
     /// Coordinator → replica: what do you know of this task?
     Read {
         /// Names the coordinator's operation.
@@ -56,6 +78,10 @@ pub enum LeaderlessMessage {
         id: TaskId,
         /// The reader's ring epoch.
         ring_epoch: u64,
+        /// A submit's lookup carries the reader's ring: the replica learns
+        /// it (persisted) before it answers, and from then on refuses to
+        /// create the task under an older ring (the creation fence).
+        ring: Option<Ring>,
     },
     /// Replica → coordinator.
     ReadReply {

@@ -11,12 +11,13 @@ use crate::config::LeaderlessConfig;
 use crate::membership::{Membership, GENERATION_KEY};
 use crate::message::{LeaderlessMessage, ReadState};
 use crate::paxos::acceptor::{self, AcceptReply, PrepareReply};
+use crate::paxos::majority;
 use crate::paxos::proposer::{Intent, Outcome, Proposal, Proposer, StartError};
 use crate::paxos::Ballot;
 use crate::placement;
 use crate::record::{record_key, Record, TaskHeader, TaskValue, RECORD_PREFIX};
 use crate::ring::{self as ringp, Ring, RingChange, RingProposal, RingState, RingStep, RING_KEY};
-use crate::tasks::{Op, Ops, ReadProgress, ReadPurpose, SubmitVerdict};
+use crate::tasks::{Holders, Op, Ops, ReadProgress, ReadPurpose, SubmitVerdict};
 use cohort_core::{
     decode, encode, Action, BootError, ClientError, ClientRequest, ClientResponse, Consistency,
     Epoch, Node, NodeId, NodeRng, Note, Peers, RequestId, StoreOp, Stored, SupersedeReason, Task,
@@ -122,6 +123,9 @@ pub struct LeaderlessNode {
     batches: crate::batch::Batches,
     /// Where the anti-entropy scan goes on from.
     anti_entropy_cursor: Option<TaskId>,
+    /// When this node first saw each pending task it is not the preferred
+    /// claimer of still pending (at most one entry per active record).
+    pending_seen: BTreeMap<TaskId, Time>,
     out: Out,
 }
 
@@ -347,12 +351,22 @@ impl LeaderlessNode {
                 }),
             );
         }
+        self.submit_or_look_up(now, request, id, task);
+    }
+
+    fn submit_or_look_up(&mut self, now: Time, request: RequestId, id: TaskId, task: Task) {
         if self.ring.ring.epoch > 0 {
             // The task may live on its replicas under an earlier ring (not
             // moved yet): look it up first, create it only if nobody has it.
             self.submit_lookups.insert(request, task);
             return self.quorum_read(now, request, id, ReadPurpose::Submit);
         }
+        self.create(now, request, id, task);
+    }
+
+    /// Writes a new record of the task on its replicas under this node's
+    /// ring.
+    fn create(&mut self, now: Time, request: RequestId, id: TaskId, task: Task) {
         let header = TaskHeader {
             replicas: self.replicas_of(id),
             task,
@@ -370,6 +384,8 @@ impl LeaderlessNode {
         let op = self.ops.insert(Op::Submit {
             request,
             id,
+            task: header.task.clone(),
+            ring_epoch: header.ring_epoch,
             acks: BTreeSet::new(),
             conflicts: BTreeSet::new(),
             replicas: replicas.len(),
@@ -437,12 +453,27 @@ impl LeaderlessNode {
             ring_epoch: self.ring.ring.epoch,
             deadline: now + self.config.request_timeout(),
         });
-        let ring_epoch = self.ring.ring.epoch;
         for to in asked {
-            self.send(to, LeaderlessMessage::Read { op, id, ring_epoch });
+            let msg = self.read_message(op, id);
+            self.send(to, msg);
         }
     }
 
+    /// A read of `id` for operation `op`. It carries this node's ring once
+    /// that changed: the replica learns it before answering, so a submit's
+    /// lookup that finds nothing leaves a majority of every placement it
+    /// looked at refusing to create the task under an older ring (the
+    /// creation fence, see ALGORITHM.md).
+    fn read_message(&self, op: u64, id: TaskId) -> LeaderlessMessage {
+        LeaderlessMessage::Read {
+            op,
+            id,
+            ring_epoch: self.ring.ring.epoch,
+            ring: (self.ring.ring.epoch > 0).then(|| self.ring.ring.clone()),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn read_done(
         &mut self,
         now: Time,
@@ -450,31 +481,55 @@ impl LeaderlessNode {
         id: TaskId,
         purpose: ReadPurpose,
         best: Option<ReadState>,
+        read_epoch: u64,
+        holders: Holders,
     ) {
         if purpose == ReadPurpose::Submit {
             let Some(task) = self.submit_lookups.remove(&request) else {
                 return; // answered already (expired)
             };
-            return match best {
-                None => {
-                    let header = TaskHeader {
-                        replicas: self.replicas_of(id),
-                        task,
-                        ring_epoch: self.ring.ring.epoch,
-                    };
-                    self.write(now, request, id, header)
-                }
-                Some(found) if found.header.task != task => {
-                    self.reply(request, Err(ClientError::IdConflict { id }))
-                }
-                // Past version 0 a value was chosen: a majority holds it.
-                Some(found) if found.version > 0 => {
-                    self.reply(request, Ok(ClientResponse::Accepted { id }))
-                }
-                // Make sure `W` of its own replicas hold it, with the same
-                // header: the same version-0 value, one record.
-                Some(found) => self.write(now, request, id, found.header),
+            let Some(found) = best else {
+                return self.create(now, request, id, task);
             };
+            if found.version > 0 {
+                // A value was chosen: a majority holds the task.
+                let reply = if found.header.task == task {
+                    Ok(ClientResponse::Accepted { id })
+                } else {
+                    Err(ClientError::IdConflict { id })
+                };
+                return self.reply(request, reply);
+            }
+            if found.header.ring_epoch < read_epoch {
+                // Created under an older ring than the one every replica
+                // that answered now knows: none of them creates it any
+                // more. Held by a majority it lives on (and is claimed
+                // soon); held by fewer once all answered, it is dead.
+                let held = holders.holding.len();
+                if held < majority(holders.of) && holders.heard == holders.of {
+                    for &n in &holders.holding {
+                        let header = found.header.clone();
+                        self.send(n, LeaderlessMessage::Forget { id, header });
+                    }
+                    return self.create(now, request, id, task);
+                }
+                let reply = if found.header.task != task {
+                    Err(ClientError::IdConflict { id })
+                } else if held >= self.config.write_quorum_for(holders.of) {
+                    Ok(ClientResponse::Accepted { id })
+                } else {
+                    Err(Self::unavailable(
+                        "the task's first write is incomplete; retry once it is claimed",
+                    ))
+                };
+                return self.reply(request, reply);
+            }
+            if found.header.task != task {
+                return self.reply(request, Err(ClientError::IdConflict { id }));
+            }
+            // Make sure `W` of its own replicas hold it, with the same
+            // header: the same version-0 value, one record.
+            return self.write(now, request, id, found.header);
         }
         let Some(ReadState {
             header,
@@ -545,11 +600,22 @@ impl LeaderlessNode {
             return; // not ours: no answer
         }
         let same = match self.records.get(&id) {
+            // The same task placed under another ring: this record cannot
+            // count for that one (they are different version-0 values);
+            // at most one of them lives, see the creation fence.
+            Some(rec) if rec.header.task == header.task && rec.header != header => return,
             Some(rec) => rec.header.task == header.task,
             None => {
+                if header.ring_epoch < self.ring.ring.epoch {
+                    // The creation fence: a task is created only under the
+                    // newest ring its replicas know.
+                    let ring = self.ring.ring.clone();
+                    return self.send(from, LeaderlessMessage::WriteFenced { op, id, ring });
+                }
                 if self.active.len() >= self.peers.limits.tasks_active_max {
                     return; // full: the coordinator times out, retryable
                 }
+                self.abandon_foreign_proposal(id, Some(&header));
                 self.records.insert(id, Record::new(header));
                 self.persist_record(id);
                 true
@@ -558,18 +624,64 @@ impl LeaderlessNode {
         self.send(from, LeaderlessMessage::WriteReply { op, id, same });
     }
 
+    /// Drops a version-0 record a submit's lookup found dead (see
+    /// `read_done`): it can never be chosen, and the task is created anew
+    /// under the newer ring. Anything else is kept.
+    fn on_forget(&mut self, id: TaskId, header: TaskHeader) {
+        let dead = self.records.get(&id).is_some_and(|r| {
+            r.version == 0
+                && r.accepted.is_none()
+                && r.header == header
+                && header.ring_epoch < self.ring.ring.epoch
+        });
+        if dead {
+            self.records.remove(&id);
+            self.active.remove(&id);
+            self.out.push(Action::Persist(vec![StoreOp::Delete {
+                key: record_key(id),
+            }]));
+            self.abandon_foreign_proposal(id, None);
+        }
+    }
+
+    /// Ends this node's proposal on `id` if it was made for another record
+    /// of the task than `header`'s (`None`: than any record). Its acceptors
+    /// hold the live record and never answer it (`Foreign`), and it would
+    /// keep the task's slot here for ever.
+    fn abandon_foreign_proposal(&mut self, id: TaskId, header: Option<&TaskHeader>) {
+        let foreign = self
+            .proposer
+            .header(id)
+            .is_some_and(|h| header.is_none_or(|header| h != header));
+        if foreign {
+            self.proposer.abandon(id);
+        }
+    }
+
     /// Creates (and persists) the record from a header and a chosen value
     /// a proposer or learner sent, if the value names this node a replica
     /// (a task moved here is written with its chosen state before this
     /// node answers anything about it). Returns whether the record now
-    /// exists with this header's task.
-    fn ensure_record(&mut self, id: TaskId, header: &TaskHeader, value: &TaskValue) -> bool {
+    /// exists with this header's task. A version-0 record written under
+    /// an older ring than this node's is not created (the creation fence);
+    /// a later version is (a value was chosen: the task lives).
+    fn ensure_record(
+        &mut self,
+        id: TaskId,
+        header: &TaskHeader,
+        version: u64,
+        value: &TaskValue,
+    ) -> bool {
         match self.records.get(&id) {
             Some(rec) => rec.header.task == header.task,
             None => {
                 if !value.replicas.contains(&self.me()) {
                     return false;
                 }
+                if version == 0 && header.ring_epoch < self.ring.ring.epoch {
+                    return false;
+                }
+                self.abandon_foreign_proposal(id, Some(header));
                 self.records.insert(id, Record::new(header.clone()));
                 self.persist_record(id);
                 true
@@ -587,7 +699,7 @@ impl LeaderlessNode {
         (version, base): (u64, TaskValue),
         ballot: Ballot,
     ) {
-        if !self.ensure_record(id, &header, &base) {
+        if !self.ensure_record(id, &header, version, &base) {
             return; // a different task under this id, or not a replica
         }
         let rec = self.records.get_mut(&id).expect("ensured");
@@ -662,7 +774,7 @@ impl LeaderlessNode {
         version: u64,
         value: TaskValue,
     ) {
-        if self.ensure_record(id, &header, &value) {
+        if self.ensure_record(id, &header, version, &value) {
             let rec = self.records.get_mut(&id).expect("ensured");
             if rec.learn(version, &value) {
                 self.persist_record(id);
@@ -793,7 +905,7 @@ impl LeaderlessNode {
             proposal.header.clone(),
             proposal.intent.clone(),
         );
-        if self.ensure_record(id, &header, &value) {
+        if self.ensure_record(id, &header, version, &value) {
             let rec = self.records.get_mut(&id).expect("ensured");
             if rec.learn(version, &value) {
                 self.persist_record(id);
@@ -990,6 +1102,13 @@ impl LeaderlessNode {
         let me = self.me();
         let mut room = (self.peers.capacity_tasks as usize).saturating_sub(self.executing.len());
         let ids: Vec<TaskId> = self.active.iter().copied().collect();
+        let records = &self.records;
+        self.pending_seen.retain(|id, _| {
+            records
+                .get(id)
+                .is_some_and(|r| r.value.state == TaskState::Pending)
+        });
+        let fallback = Duration::from_millis(self.config.pending_claim_fallback_ms);
         for id in ids {
             if self.proposer.is_running(id) {
                 continue;
@@ -1002,6 +1121,13 @@ impl LeaderlessNode {
                 .copied()
                 .find(|&n| self.membership.is_live(n));
             let intent = match rec.value.state {
+                // A version-0 record written under an older ring may have
+                // missed a replica that now refuses to create it (the
+                // creation fence); if that one comes first it would wait
+                // for ever, so any holder claims.
+                TaskState::Pending if room > 0 && fenced_first_write(rec, &self.ring.ring) => {
+                    Intent::Claim
+                }
                 TaskState::Pending if room > 0 => {
                     // The first live replica with room claims: a replica
                     // ahead of this one that reports itself full leaves the
@@ -1016,7 +1142,12 @@ impl LeaderlessNode {
                             n == me || !self.membership.load(n).is_some_and(|l| l.is_full())
                         });
                     if claimer != Some(me) {
-                        continue;
+                        // Unless the preferred replica leaves it pending too
+                        // long (it may lack the record, or hold a dead one).
+                        let since = *self.pending_seen.entry(id).or_insert(now);
+                        if now < since + fallback {
+                            continue;
+                        }
                     }
                     if first_live != Some(me) {
                         self.steals += 1;
@@ -1177,7 +1308,27 @@ impl LeaderlessNode {
                     }
                 }
             }
-            LeaderlessMessage::Read { op, id, ring_epoch } => {
+            LeaderlessMessage::WriteFenced { op, id, ring } => {
+                self.learn_ring(now, &ring);
+                let fenced = self.ops.take_fenced_submit(op, id);
+                if let Some((request, id, task, epoch)) = fenced {
+                    if epoch < self.ring.ring.epoch {
+                        self.submit_or_look_up(now, request, id, task);
+                    } else {
+                        self.reply(request, Err(Self::unavailable("fenced by a replica")));
+                    }
+                }
+            }
+            LeaderlessMessage::Forget { id, header } => self.on_forget(id, header),
+            LeaderlessMessage::Read {
+                op,
+                id,
+                ring_epoch,
+                ring,
+            } => {
+                if let Some(ring) = ring {
+                    self.learn_ring(now, &ring);
+                }
                 let ring = (self.ring.ring.epoch > ring_epoch).then(|| self.ring.ring.clone());
                 let found = self.records.get(&id).map(|r| ReadState {
                     header: r.header.clone(),
@@ -1207,20 +1358,24 @@ impl LeaderlessNode {
                 match self.ops.read_reply(op, from, id, found) {
                     ReadProgress::Waiting => {}
                     ReadProgress::Ask { op, id, to } => {
-                        let ring_epoch = self.ring.ring.epoch;
                         for n in to {
-                            self.send(n, LeaderlessMessage::Read { op, id, ring_epoch });
+                            let msg = self.read_message(op, id);
+                            self.send(n, msg);
                         }
                     }
-                    ReadProgress::Done(request, id, purpose, None, epoch)
-                        if epoch < self.ring.ring.epoch =>
+                    ReadProgress::Done(request, id, purpose, best, epoch, _)
+                        if epoch < self.ring.ring.epoch
+                            && (best.is_none()
+                                || purpose == ReadPurpose::Submit
+                                    && best.as_ref().is_some_and(|b| b.version == 0)) =>
                     {
-                        // Nobody had it where this node's ring put it, but a
-                        // newer ring came in meanwhile: look there too.
+                        // Nobody had it where this node's ring put it (or a
+                        // submit found only a version-0 record), but a newer
+                        // ring came in meanwhile: look there too.
                         self.quorum_read(now, request, id, purpose)
                     }
-                    ReadProgress::Done(request, id, purpose, best, _) => {
-                        self.read_done(now, request, id, purpose, best)
+                    ReadProgress::Done(request, id, purpose, best, epoch, holders) => {
+                        self.read_done(now, request, id, purpose, best, epoch, holders)
                     }
                 }
             }
@@ -1542,7 +1697,10 @@ impl LeaderlessNode {
                 .iter()
                 .copied()
                 .find(|&n| self.membership.is_live(n));
-            if mover != Some(me) || self.proposer.is_running(id) {
+            // As for claims: any holder moves a version-0 record written
+            // under an older ring.
+            let mover_here = mover == Some(me) || fenced_first_write(rec, &self.ring.ring);
+            if !mover_here || self.proposer.is_running(id) {
                 continue;
             }
             let (header, version, value) = (rec.header.clone(), rec.version, rec.value.clone());
@@ -1564,6 +1722,13 @@ impl LeaderlessNode {
             self.rebalanced_epoch = Some(epoch);
         }
     }
+}
+
+/// Whether the record is at version 0 and was written under an older ring
+/// than `ring`: a replica its first write missed refuses to create it now
+/// (the creation fence), so it only moves on through its holders.
+fn fenced_first_write(rec: &Record, ring: &Ring) -> bool {
+    rec.version == 0 && rec.header.ring_epoch < ring.epoch
 }
 
 /// Whether `me` has anything to do about the record: a task not final of
@@ -1684,6 +1849,7 @@ impl Node for LeaderlessNode {
             read_waiters: BTreeMap::new(),
             loopback: VecDeque::new(),
             anti_entropy_cursor: None,
+            pending_seen: BTreeMap::new(),
             submit_lookups: BTreeMap::new(),
             batches: crate::batch::Batches::default(),
             steals: 0,

@@ -4,7 +4,7 @@
 
 use crate::message::ReadState;
 use crate::paxos::majority;
-use cohort_core::{NodeId, RequestId, TaskId, Time};
+use cohort_core::{NodeId, RequestId, Task, TaskId, Time};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What a read asked for.
@@ -29,6 +29,10 @@ pub enum Op {
         request: RequestId,
         /// The task.
         id: TaskId,
+        /// Its body, to look it up again if a replica fences the write.
+        task: Task,
+        /// The ring epoch the header was written under.
+        ring_epoch: u64,
         /// Replicas that persisted the same task.
         acks: BTreeSet<NodeId>,
         /// Replicas holding a different task under the id.
@@ -76,6 +80,9 @@ pub enum SubmitVerdict {
 }
 
 /// Where a read stands after an answer.
+// Short-lived (one per answer, matched at once): boxing `Done` would buy
+// nothing but an allocation per finished read.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum ReadProgress {
     /// Not this operation's answer, or still waiting.
@@ -91,7 +98,27 @@ pub enum ReadProgress {
     },
     /// Over (the operation is removed): the most advanced answer, if any
     /// node holds the task, and the ring epoch the read began under.
-    Done(RequestId, TaskId, ReadPurpose, Option<ReadState>, u64),
+    Done(
+        RequestId,
+        TaskId,
+        ReadPurpose,
+        Option<ReadState>,
+        u64,
+        Holders,
+    ),
+}
+
+/// Who answered a read with the version-0 record it found, among that
+/// record's replicas: a submit's lookup decides from it whether a record
+/// created under an older ring is durable, or dead.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Holders {
+    /// Replicas that answered holding it (same header, version 0).
+    pub holding: Vec<NodeId>,
+    /// How many of its replicas answered at all.
+    pub heard: usize,
+    /// How many replicas it has.
+    pub of: usize,
 }
 
 /// The operations in flight at this node, by operation number.
@@ -191,9 +218,11 @@ impl Ops {
     ) -> ReadProgress {
         let Some(Op::Read {
             id,
+            purpose,
             replies,
             asked,
             candidates,
+            ring_epoch,
             ..
         }) = self.ops.get_mut(&op)
         else {
@@ -225,19 +254,58 @@ impl Ops {
                 if heard < majority(set.len()) {
                     return ReadProgress::Waiting;
                 }
+                let mut holders = Holders::default();
+                if best.version == 0 {
+                    // A version-0 record may be a dead one created under an
+                    // older ring while the task lives elsewhere: hear a
+                    // majority of every candidate set too, where a chosen
+                    // version of the live record would show.
+                    let everywhere = candidates.iter().all(|c| {
+                        c.iter().filter(|n| replies.contains_key(n)).count() >= majority(c.len())
+                    });
+                    if !everywhere {
+                        return ReadProgress::Waiting;
+                    }
+                    holders = Holders {
+                        holding: set
+                            .iter()
+                            .copied()
+                            .filter(|n| {
+                                replies.get(n).is_some_and(|a| {
+                                    a.as_ref()
+                                        .is_some_and(|a| a.version == 0 && a.header == best.header)
+                                })
+                            })
+                            .collect(),
+                        heard,
+                        of: set.len(),
+                    };
+                    // A submit's lookup that found a record created under an
+                    // older ring must know whether it is durable (held by a
+                    // majority) or dead (every replica answered, fewer
+                    // hold it); until then it waits.
+                    let older = best.header.ring_epoch < *ring_epoch;
+                    if *purpose == ReadPurpose::Submit
+                        && older
+                        && holders.holding.len() < majority(set.len())
+                        && heard < set.len()
+                    {
+                        return ReadProgress::Waiting;
+                    }
+                }
                 best.in_doubt = replies.iter().any(|(n, a)| {
                     set.contains(n)
                         && a.as_ref()
                             .is_some_and(|a| a.version == best.version && a.in_doubt)
                 });
-                self.finish_read(op, Some(best))
+                self.finish_read(op, Some(best), holders)
             }
             None => {
                 let everywhere = candidates.iter().all(|c| {
                     c.iter().filter(|n| replies.contains_key(n)).count() >= majority(c.len())
                 });
                 if everywhere {
-                    self.finish_read(op, None)
+                    self.finish_read(op, None, Holders::default())
                 } else {
                     ReadProgress::Waiting
                 }
@@ -245,7 +313,7 @@ impl Ops {
         }
     }
 
-    fn finish_read(&mut self, op: u64, best: Option<ReadState>) -> ReadProgress {
+    fn finish_read(&mut self, op: u64, best: Option<ReadState>, holders: Holders) -> ReadProgress {
         let Some(Op::Read {
             request,
             id,
@@ -256,7 +324,31 @@ impl Ops {
         else {
             unreachable!("a read in flight")
         };
-        ReadProgress::Done(request, id, purpose, best, ring_epoch)
+        ReadProgress::Done(request, id, purpose, best, ring_epoch, holders)
+    }
+
+    /// A replica refused to create the task of submit `op` under the ring
+    /// its header names (the creation fence): removes the operation and
+    /// returns its request, task, body and header ring epoch.
+    pub fn take_fenced_submit(
+        &mut self,
+        op: u64,
+        task: TaskId,
+    ) -> Option<(RequestId, TaskId, Task, u64)> {
+        match self.ops.get(&op) {
+            Some(Op::Submit { id, .. }) if *id == task => {}
+            _ => return None,
+        }
+        match self.ops.remove(&op) {
+            Some(Op::Submit {
+                request,
+                id,
+                task,
+                ring_epoch,
+                ..
+            }) => Some((request, id, task, ring_epoch)),
+            _ => unreachable!("checked above"),
+        }
     }
 
     /// Removes and returns every operation past its deadline.

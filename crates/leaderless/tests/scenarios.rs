@@ -833,3 +833,69 @@ fn a_reader_that_missed_a_ring_change_still_finds_tasks_placed_under_the_new_rin
         "n5 learned the ring from b or the third node"
     );
 }
+
+#[test]
+fn concurrent_first_submits_under_two_ring_epochs_create_one_record_and_run_once() {
+    let mut sim = Sim::new(40, 6, ring_of(5));
+    sim.run_for(1_000);
+    sim.handlers.run_ms = (200, 300);
+    let ring0: Vec<NodeId> = (1..=5).map(NodeId).collect();
+    let ring1: Vec<NodeId> = (1..=6).map(NodeId).collect();
+    // A task whose placement changes when n6 joins, with two coordinators
+    // outside both placements.
+    let (id, old, new) = (0..5_000)
+        .map(|i| tid(40_000 + i))
+        .map(|id| {
+            (
+                id,
+                placement::replicas(id, &ring0, 3),
+                placement::replicas(id, &ring1, 3),
+            )
+        })
+        .find(|(_, old, new)| {
+            new.contains(&NodeId(6)) && new.iter().filter(|n| !old.contains(n)).count() == 1
+        })
+        .expect("such a task");
+    let outside: Vec<NodeId> = ring0
+        .iter()
+        .copied()
+        .filter(|n| !old.contains(n) && !new.contains(n))
+        .collect();
+    let (behind, ahead) = (outside[0], outside[1]);
+    // `behind` misses the ring change.
+    sim.isolate(behind);
+    sim.with_node(ahead, |n, now| {
+        n.propose_ring_change(now, RingChange::Add(NodeId(6)))
+    })
+    .expect("started");
+    assert!(sim.run_until(2_000, |s| s
+        .members()
+        .iter()
+        .all(|&m| m == behind || s.node(m).ring().epoch == 1)));
+    // `ahead` looks the task up (nobody has it) and creates it under ring 1;
+    // right after its lookup, `behind`, still under ring 0, submits it too.
+    let first = sim.submit(ahead, id, b"x");
+    assert!(sim.run_until(100, |s| new.iter().any(|&n| s.node(n).record(id).is_some())));
+    sim.heal();
+    assert_eq!(sim.node(behind).ring().epoch, 0, "behind missed the change");
+    let second = sim.submit(behind, id, b"x");
+    assert!(sim.run_until(2_000, |s| s.reply(first).is_some()
+        && s.reply(second).is_some()));
+    assert!(accepted(&sim, first), "{:?}", sim.reply(first));
+    assert!(accepted(&sim, second), "{:?}", sim.reply(second));
+    assert!(sim.run_until(10_000, |s| s.decided(id).is_some()));
+    sim.run_for(2_000);
+    assert_eq!(
+        sim.executions_of(id).len(),
+        1,
+        "{:?}",
+        sim.executions_of(id)
+    );
+    // No record of the task under ring 0's placement outside ring 1's.
+    for n in old.iter().filter(|n| !new.contains(n)) {
+        assert!(
+            sim.node(*n).record(id).is_none(),
+            "a second record on {n:?}"
+        );
+    }
+}

@@ -9,7 +9,7 @@
 
 use cohort_core::{NodeId, TaskId, Time};
 use cohort_leaderless::invariants::{LeaderlessInvariants, CONVERGE_WITHIN_MS};
-use cohort_leaderless::{LeaderlessConfig, LeaderlessNode};
+use cohort_leaderless::{LeaderlessConfig, LeaderlessNode, RingOperator};
 use cohort_sim::{run, FaultKinds, Invariants, Report, SimConfig};
 
 /// The mode's invariants, as the simulator's hook.
@@ -47,6 +47,56 @@ fn membership_converges_within_the_stated_bound_after_healing() {
         assert!(r.passed(), "{r}");
         assert!(r.simulated_ms >= c.safety_ms + CONVERGE_WITHIN_MS, "{r}");
     }
+}
+
+/// The mode's invariants plus the scripted ring changes, as `cohort sim`
+/// wires them (`crates/cohort/src/cmd_sim.rs`).
+struct WithRingChanges(LeaderlessInvariants, RingOperator);
+
+impl Invariants<LeaderlessNode> for WithRingChanges {
+    fn check(&mut self, now: Time, nodes: &[Option<&LeaderlessNode>]) -> Result<(), String> {
+        self.0.check(now, nodes)
+    }
+
+    fn check_final(&mut self, _now: Time, nodes: &[Option<&LeaderlessNode>]) -> Result<(), String> {
+        self.1.check_final(nodes)
+    }
+
+    fn first_operation_ms(&self) -> Option<u64> {
+        self.1.first_ms()
+    }
+
+    fn operate(
+        &mut self,
+        now: Time,
+        draw: u64,
+        nodes: &mut [Option<&mut LeaderlessNode>],
+    ) -> Option<u64> {
+        self.1.act(now, draw, nodes)
+    }
+}
+
+#[test]
+fn a_join_and_a_removal_under_every_fault_kind_keep_g1_to_g4_and_every_invariant() {
+    let mut changed = 0;
+    for seed in (0..24).filter(|s| s % RingOperator::EVERY_NTH_SEED == 0) {
+        let operator = RingOperator::for_seed(seed, 5, 1_000).expect("a ring-change seed");
+        let mode = LeaderlessConfig {
+            initial_ring: Some(operator.initial_ring()),
+            ..LeaderlessConfig::default()
+        };
+        let mut c = SimConfig::new(seed, 5);
+        c.safety_ms = 10_000;
+        c.liveness_ms = 20_000;
+        let mut hooks = WithRingChanges(LeaderlessInvariants::new(c.safety_ms), operator);
+        let r = run::<LeaderlessNode>(&c, &mode, &mut hooks);
+        // `check_final` failed the run unless every node ended on the ring
+        // with the spare in and the drawn member out.
+        assert!(r.passed(), "{r}");
+        assert!(r.tasks_acked > 0, "{r}");
+        changed += u64::from(hooks.1.asked() >= 2);
+    }
+    assert_eq!(changed, 8, "both changes were asked on every seed");
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {

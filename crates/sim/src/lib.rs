@@ -129,6 +129,24 @@ pub trait Invariants<N> {
         let _ = (now, nodes);
         Ok(())
     }
+
+    /// When the mode's operator first acts, in simulated ms since the
+    /// start, if ever (never by default). See [`Invariants::operate`].
+    fn first_operation_ms(&self) -> Option<u64> {
+        None
+    }
+
+    /// What an operator does to a running cluster through a mode's own API
+    /// (the node contract has no such input), e.g. asking a node to add or
+    /// remove a member. `nodes[i]` is node `n{i+1}`, `None` while it is
+    /// down or paused; `draw` is a fresh number from the run's RNG (the
+    /// run stays a function of its seed). The simulator carries out the
+    /// actions the nodes emit, as after any input. Returns when to act
+    /// next (ms since the start), if ever.
+    fn operate(&mut self, now: Time, draw: u64, nodes: &mut [Option<&mut N>]) -> Option<u64> {
+        let _ = (now, draw, nodes);
+        None
+    }
 }
 
 /// No mode-specific invariant.

@@ -458,6 +458,11 @@ impl Proposer {
         self.proposals.remove(&id)
     }
 
+    /// The header of the record this node's proposal on `id` was made for.
+    pub fn header(&self, id: TaskId) -> Option<&TaskHeader> {
+        self.proposals.get(&id).map(|p| &p.header)
+    }
+
     /// Retries rounds that timed out or finished backing off, with a new
     /// ballot. `jitter` spreads the retries of duelling proposers.
     pub fn tick(&mut self, now: Time, round_timeout: Duration) -> Vec<(NodeId, LeaderlessMessage)> {

@@ -456,7 +456,11 @@ impl Sim {
             );
         }
         for node in self.nodes.values() {
-            for (task, version, value) in node.records() {
+            // Version 0 is a creation, not a Paxos choice: a record written
+            // under an older ring that the creation fence left dead can
+            // differ there; it never reaches version 1, where two live
+            // records of a task would show.
+            for (task, version, value) in node.records().filter(|r| r.1 > 0) {
                 match self.chosen.get(&(task, version)) {
                     Some(v) => assert_eq!(
                         v,

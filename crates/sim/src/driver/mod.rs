@@ -97,6 +97,8 @@ enum Event {
         id: u64,
     },
     Heal,
+    /// The mode's operator acts (`Invariants::operate`).
+    Operate,
 }
 
 impl Event {
@@ -187,6 +189,7 @@ const TAG_CLIENT: u8 = 7;
 const TAG_FAULT: u8 = 8;
 const TAG_DROP: u8 = 9;
 const TAG_PEER_LOST: u8 = 10;
+const TAG_OPERATE: u8 = 11;
 const TAG_PERSIST: u8 = 16;
 const TAG_SEND: u8 = 17;
 const TAG_EXECUTE: u8 = 18;
@@ -283,6 +286,9 @@ impl<'a, N: Node> Sim<'a, N> {
             }
         }
         self.schedule(self.safety_end, Event::Heal);
+        if let Some(ms) = invariants.first_operation_ms() {
+            self.schedule(Time::from_millis(ms), Event::Operate);
+        }
 
         // A run without a liveness phase makes no liveness claim.
         let mut liveness_ended = self.cfg.liveness_ms > 0;
@@ -300,7 +306,11 @@ impl<'a, N: Node> Sim<'a, N> {
                 finished_at = self.now;
                 break;
             }
-            self.process(event);
+            if let Event::Operate = event {
+                self.operate(invariants);
+            } else {
+                self.process(event);
+            }
             if let Err(detail) = self.check_invariants(invariants) {
                 self.violations.push(Guarantee::Invariant, self.now, detail);
             }
@@ -330,6 +340,31 @@ impl<'a, N: Node> Sim<'a, N> {
             &mut self.violations,
         );
         self.report(finished_at)
+    }
+
+    /// Lets the mode's operator act on the nodes that are up and not
+    /// paused, then carries out what they emitted.
+    fn operate(&mut self, invariants: &mut dyn Invariants<N>) {
+        let draw: u64 = self.rng.gen();
+        self.hash_event(TAG_OPERATE, draw, &[]);
+        let now = self.now;
+        self.line(|| format!("{now} operator acts"));
+        let mut view: Vec<Option<&mut N>> = self
+            .slots
+            .iter_mut()
+            .map(|s| if s.paused { None } else { s.node.as_mut() })
+            .collect();
+        let next = invariants.operate(now, draw, &mut view);
+        drop(view);
+        for i in 0..self.slots.len() {
+            if !self.slots[i].paused {
+                self.drain(i);
+                self.pump(i);
+            }
+        }
+        if let Some(ms) = next {
+            self.schedule(Time::from_millis(ms), Event::Operate);
+        }
     }
 
     /// Hands every node (`None` when down) to the mode's invariants; small
@@ -517,6 +552,7 @@ impl<'a, N: Node> Sim<'a, N> {
                 }
             }
             Event::Heal => self.on_heal(),
+            Event::Operate => unreachable!("handled by the run loop"),
             Event::Scripted { index } => self.on_scripted(index),
             Event::Deliver { .. }
             | Event::PeerLost { .. }
