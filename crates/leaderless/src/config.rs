@@ -21,6 +21,11 @@ pub struct LeaderlessConfig {
     /// A Paxos round with no decision after this long is retried with a
     /// higher ballot.
     pub paxos_round_timeout_ms: u64,
+    /// The most a proposer waits after its round was pre-empted: the wait
+    /// is drawn at random below a window that starts at
+    /// `paxos_round_timeout_ms` and doubles with each failed round up to
+    /// this.
+    pub paxos_backoff_max_ms: u64,
     /// Most Paxos proposals this node runs at once.
     pub paxos_in_flight_max: usize,
     /// Most client requests waiting on replicas at once.
@@ -82,6 +87,7 @@ impl Default for LeaderlessConfig {
             tick_interval_ms: 50,
             request_timeout_ms: 1_000,
             paxos_round_timeout_ms: 200,
+            paxos_backoff_max_ms: 2_000,
             paxos_in_flight_max: 1_024,
             requests_in_flight_max: 4_096,
             swim_probe_period_ms: 1_000,
@@ -134,6 +140,7 @@ impl LeaderlessConfig {
             ("tick_interval_ms", self.tick_interval_ms),
             ("request_timeout_ms", self.request_timeout_ms),
             ("paxos_round_timeout_ms", self.paxos_round_timeout_ms),
+            ("paxos_backoff_max_ms", self.paxos_backoff_max_ms),
             ("paxos_in_flight_max", self.paxos_in_flight_max as u64),
             ("requests_in_flight_max", self.requests_in_flight_max as u64),
             ("swim_probe_period_ms", self.swim_probe_period_ms),

@@ -1022,7 +1022,12 @@ impl LeaderlessNode {
 
     fn tick(&mut self, now: Time) {
         // Retry Paxos rounds.
-        let msgs = self.proposer.tick(now, self.config.paxos_round_timeout());
+        let (rng, config) = (&mut self.rng, &self.config);
+        let msgs = self
+            .proposer
+            .tick(now, config.paxos_round_timeout(), |failed_rounds| {
+                Duration::from_millis(paxos_backoff_ms(config, failed_rounds, rng))
+            });
         for (to, msg) in msgs {
             self.send(to, msg);
         }
@@ -1417,21 +1422,11 @@ impl LeaderlessNode {
                 ballot,
                 promised,
             } => {
-                let backoff_ms = self.rng.gen_range(
-                    self.config.tick_interval_ms
-                        ..=self
-                            .config
-                            .paxos_round_timeout_ms
-                            .max(self.config.tick_interval_ms),
-                );
-                self.proposer.on_reject(
-                    now,
-                    id,
-                    version,
-                    ballot,
-                    promised,
-                    Duration::from_millis(backoff_ms),
-                );
+                let (rng, config) = (&mut self.rng, &self.config);
+                self.proposer
+                    .on_reject(now, id, version, ballot, promised, |failed_rounds| {
+                        Duration::from_millis(paxos_backoff_ms(config, failed_rounds, rng))
+                    });
             }
             LeaderlessMessage::Ahead { id, version, value } => {
                 if let Some(o) = self.proposer.on_ahead(id, version, value) {
@@ -1956,5 +1951,49 @@ impl Node for LeaderlessNode {
 
     fn id(&self) -> NodeId {
         self.peers.id
+    }
+}
+
+/// Randomized exponential backoff after a pre-empted Paxos round: drawn
+/// from `[tick, min(paxos_backoff_max_ms, paxos_round_timeout_ms *
+/// 2^(failed_rounds - 1))]`. A fixed window lets several proposers of one
+/// task (a claimer, a reader settling, a runner finishing) keep pre-empting
+/// each other while slow fsyncs stretch every round (`cohort sim` seed 642:
+/// four proposers duelled on the same instances through the whole liveness
+/// phase); a window that doubles with each failed round separates them.
+fn paxos_backoff_ms(config: &LeaderlessConfig, failed_rounds: u32, rng: &mut impl Rng) -> u64 {
+    let low = config.tick_interval_ms;
+    let doubled = config
+        .paxos_round_timeout_ms
+        .saturating_mul(1u64 << failed_rounds.saturating_sub(1).min(20));
+    let high = doubled.min(config.paxos_backoff_max_ms).max(low);
+    rng.gen_range(low..=high)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_paxos_backoff_window_doubles_with_each_failed_round_up_to_its_limit() {
+        let config = LeaderlessConfig::default();
+        let mut rng = NodeRng::seed_from_u64(642);
+        let widest = |failed_rounds: u32, rng: &mut NodeRng| {
+            (0..2_000)
+                .map(|_| paxos_backoff_ms(&config, failed_rounds, rng))
+                .fold((u64::MAX, 0), |(lo, hi), ms| (lo.min(ms), hi.max(ms)))
+        };
+        let tick = config.tick_interval_ms;
+        let round = config.paxos_round_timeout_ms;
+        for (failed_rounds, high) in [(1, round), (2, 2 * round), (3, 4 * round), (4, 8 * round)] {
+            let (lo, hi) = widest(failed_rounds, &mut rng);
+            let high = high.min(config.paxos_backoff_max_ms);
+            assert!(lo >= tick && hi <= high, "{failed_rounds}: {lo}..{hi}");
+            // 2,000 draws come within 5% of the top of the window.
+            assert!(hi * 20 >= high * 19, "{failed_rounds}: {hi} of {high}");
+        }
+        let (_, hi) = widest(40, &mut rng);
+        assert!(hi <= config.paxos_backoff_max_ms);
+        assert!(hi * 20 >= config.paxos_backoff_max_ms * 19);
     }
 }

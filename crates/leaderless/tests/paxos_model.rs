@@ -149,14 +149,9 @@ fn deliver(mut state: State, i: usize) -> State {
         } => {
             let (p, retries) = state.proposers.get_mut(&to).expect("proposer");
             let now = Time::from_millis(1_000 * u64::from(*retries));
-            p.on_reject(
-                now,
-                TASK,
-                version,
-                ballot,
-                promised,
-                Duration::from_millis(1),
-            );
+            p.on_reject(now, TASK, version, ballot, promised, |_| {
+                Duration::from_millis(1)
+            });
         }
         LeaderlessMessage::Ahead { version, value, .. } => {
             let (p, _) = state.proposers.get_mut(&to).expect("proposer");
@@ -174,7 +169,10 @@ fn retry(mut state: State, at: NodeId) -> State {
     let (p, retries) = state.proposers.get_mut(&at).expect("proposer");
     *retries += 1;
     let now = Time::from_millis(1_000 * u64::from(*retries));
-    let msgs = p.tick(now, Duration::from_millis(1));
+    // A timed-out round first backs off (here for no time), then the next
+    // tick starts the new round.
+    let mut msgs = p.tick(now, Duration::from_millis(1), |_| Duration::ZERO);
+    msgs.extend(p.tick(now, Duration::from_millis(1), |_| Duration::ZERO));
     send_all(&mut state, at, msgs);
     state
 }

@@ -176,6 +176,10 @@ pub struct Proposal {
     seen: Ballot,
     phase: Phase,
     round_started: Time,
+    /// Rounds of this proposal that ended without a decision (pre-empted
+    /// or timed out). Backoff grows with it, so proposers that keep
+    /// pre-empting each other spread out instead of duelling for ever.
+    failed_rounds: u32,
 }
 
 /// What a reply led to.
@@ -316,6 +320,7 @@ impl Proposer {
                 promises: BTreeMap::new(),
             },
             round_started: now,
+            failed_rounds: 0,
         };
         let msgs = prepare_msgs(id, &p);
         self.proposals.insert(id, p);
@@ -422,7 +427,7 @@ impl Proposer {
         version: u64,
         ballot: Ballot,
         promised: Ballot,
-        backoff: Duration,
+        backoff: impl FnOnce(u32) -> Duration,
     ) {
         self.round_seen = self.round_seen.max(promised.round);
         let Some(p) = self.proposals.get_mut(&id) else {
@@ -433,8 +438,9 @@ impl Proposer {
         }
         p.seen = p.seen.max(promised);
         if !matches!(p.phase, Phase::Backoff { .. }) {
+            p.failed_rounds = p.failed_rounds.saturating_add(1);
             p.phase = Phase::Backoff {
-                until: now + backoff,
+                until: now + backoff(p.failed_rounds),
             };
         }
     }
@@ -465,17 +471,31 @@ impl Proposer {
 
     /// Retries rounds that timed out or finished backing off, with a new
     /// ballot. `jitter` spreads the retries of duelling proposers.
-    pub fn tick(&mut self, now: Time, round_timeout: Duration) -> Vec<(NodeId, LeaderlessMessage)> {
-        let due: Vec<TaskId> = self
-            .proposals
-            .iter()
-            .filter(|(_, p)| match p.phase {
-                Phase::Backoff { until } => now >= until,
-                _ => now.saturating_since(p.round_started) >= round_timeout,
-            })
-            .map(|(&id, _)| id)
-            .collect();
+    pub fn tick(
+        &mut self,
+        now: Time,
+        round_timeout: Duration,
+        mut backoff: impl FnMut(u32) -> Duration,
+    ) -> Vec<(NodeId, LeaderlessMessage)> {
         let mut out = Vec::new();
+        let mut due = Vec::new();
+        for (&id, p) in self.proposals.iter_mut() {
+            match p.phase {
+                Phase::Backoff { until } if now >= until => due.push(id),
+                Phase::Backoff { .. } => {}
+                // A round with no decision in time backs off like a
+                // pre-empted one rather than starting again at once: when
+                // acceptors are slow (a deep fsync queue), an immediate
+                // retry only lengthens the queue every round waits in.
+                _ if now.saturating_since(p.round_started) >= round_timeout => {
+                    p.failed_rounds = p.failed_rounds.saturating_add(1);
+                    p.phase = Phase::Backoff {
+                        until: now + backoff(p.failed_rounds),
+                    };
+                }
+                _ => {}
+            }
+        }
         for id in due {
             let seen = self.proposals[&id].seen;
             let ballot = self.next_ballot(seen);
@@ -491,8 +511,6 @@ impl Proposer {
     }
 }
 
-/// Prepares go to the replicas named by the chosen base: every proposer of
-/// an instance asks the same acceptors, even across a move.
 fn prepare_msgs(id: TaskId, p: &Proposal) -> Vec<(NodeId, LeaderlessMessage)> {
     p.base
         .replicas
@@ -577,5 +595,60 @@ mod tests {
         assert!(start(&mut p, 2).is_ok());
         assert_eq!(start(&mut p, 3).unwrap_err(), StartError::Full);
         assert_eq!(p.len(), 2);
+    }
+
+    /// `cohort sim` seed 642: four proposers of the same instances
+    /// retried at once after every timeout and within a fixed window after
+    /// every reject, so under slow fsyncs they pre-empted each other for the
+    /// whole liveness phase. Each failed round now backs off, and the node
+    /// is asked for a wait that knows how many rounds failed.
+    #[test]
+    fn a_round_that_times_out_or_is_pre_empted_backs_off_longer_each_time() {
+        let mut p = Proposer::new(NodeId(1), 0, 4);
+        let id = TaskId(1);
+        let first = p
+            .start(
+                Time::ZERO,
+                id,
+                header(),
+                0,
+                TaskValue::initial(&header()),
+                Intent::Claim,
+            )
+            .expect("starts");
+        let LeaderlessMessage::Prepare { ballot, .. } = first[0].1 else {
+            panic!("{:?}", first[0].1)
+        };
+        let timeout = Duration::from_millis(200);
+        let mut asked = Vec::new();
+        // Round 1 times out: no prepare at once, a backoff instead.
+        let at = |ms| Time::from_millis(ms);
+        let out = p.tick(at(200), timeout, |n| {
+            asked.push(n);
+            Duration::from_millis(100)
+        });
+        assert!(out.is_empty(), "a timed-out round waits before retrying");
+        assert!(p.tick(at(250), timeout, |_| unreachable!()).is_empty());
+        let out = p.tick(at(300), timeout, |_| unreachable!());
+        assert_eq!(out.len(), 3, "round 2 prepares at every replica");
+        let LeaderlessMessage::Prepare { ballot: second, .. } = out[0].1 else {
+            panic!("{:?}", out[0].1)
+        };
+        assert!(second > ballot);
+        // Round 2 is pre-empted: the wait asked for counts two failures.
+        let promised = Ballot::above(second, NodeId(2), 0);
+        p.on_reject(at(310), id, 0, second, promised, |n| {
+            asked.push(n);
+            Duration::from_millis(400)
+        });
+        // A second reject of the same round neither counts nor extends it.
+        p.on_reject(at(320), id, 0, second, promised, |_| unreachable!());
+        assert!(p.tick(at(700), timeout, |_| unreachable!()).is_empty());
+        let out = p.tick(at(710), timeout, |_| unreachable!());
+        let LeaderlessMessage::Prepare { ballot: third, .. } = out[0].1 else {
+            panic!("{:?}", out[0].1)
+        };
+        assert!(third > promised, "the next round outbids what it saw");
+        assert_eq!(asked, vec![1, 2]);
     }
 }
