@@ -22,6 +22,12 @@ use std::time::Duration;
 /// Store key of this node's ring state ([`RingState`]).
 pub(crate) const RING_KEY: &[u8] = b"lless/ring";
 
+/// How many of the changes that led to a ring the ring itself carries
+/// ([`Ring::changes`]), so a node that learns it reconstructs that many
+/// earlier rings even if it never heard them. Part of the chosen value, so
+/// the same on every node: a protocol constant, not a setting.
+pub const RING_CHANGES_MAX: usize = 16;
+
 /// The ring membership at one epoch.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ring {
@@ -29,6 +35,51 @@ pub struct Ring {
     pub epoch: u64,
     /// The members, ascending.
     pub members: Vec<NodeId>,
+    /// The last changes that led here, oldest first, at most
+    /// [`RING_CHANGES_MAX`]: the change that made `epoch` is last. A node
+    /// that was down while the ring went from `e` to `e + 2` learns `e + 2`
+    /// directly; without `e + 1` it would not look for tasks still placed
+    /// under it (not moved yet), and a lookup there could miss an
+    /// acknowledged task (`cohort sim` seed 2055: a linearizable read
+    /// answered `NotFound`, and a submit could have created it again).
+    pub changes: Vec<RingChange>,
+}
+
+impl Ring {
+    /// The configured ring (epoch 0).
+    pub fn initial(members: Vec<NodeId>) -> Ring {
+        Ring {
+            epoch: 0,
+            members,
+            changes: Vec::new(),
+        }
+    }
+
+    /// The rings before this one that its [`Ring::changes`] determine,
+    /// newest first.
+    pub fn earlier(&self) -> Vec<Ring> {
+        let mut out = Vec::with_capacity(self.changes.len());
+        let mut members = self.members.clone();
+        for (i, change) in self.changes.iter().enumerate().rev() {
+            match *change {
+                RingChange::Add(n) => members.retain(|&m| m != n),
+                RingChange::Remove(n) => {
+                    members.push(n);
+                    members.sort();
+                }
+            }
+            let back = (self.changes.len() - i) as u64;
+            if back > self.epoch {
+                break; // never before epoch 0 (only a forged ring says so)
+            }
+            out.push(Ring {
+                epoch: self.epoch - back,
+                members: members.clone(),
+                changes: self.changes[..i].to_vec(),
+            });
+        }
+        out
+    }
 }
 
 /// A requested change of the ring.
@@ -53,9 +104,15 @@ impl RingChange {
             _ => return None,
         }
         members.sort();
+        let mut changes = base.changes.clone();
+        changes.push(*self);
+        if changes.len() > RING_CHANGES_MAX {
+            changes.drain(..changes.len() - RING_CHANGES_MAX);
+        }
         Some(Ring {
             epoch: base.epoch + 1,
             members,
+            changes,
         })
     }
 }
@@ -81,7 +138,7 @@ impl RingState {
     /// The state of a node that knows only the configured ring.
     pub fn initial(members: Vec<NodeId>) -> RingState {
         RingState {
-            ring: Ring { epoch: 0, members },
+            ring: Ring::initial(members),
             promised: Ballot::ZERO,
             accepted: None,
             history: VecDeque::new(),
@@ -94,8 +151,26 @@ impl RingState {
             return false;
         }
         let old = std::mem::replace(&mut self.ring, ring.clone());
-        self.history.push_front(old);
-        self.history.truncate(history_max);
+        // The rings the new one's changes determine come first (this node
+        // may never have heard some of them), then what it knew before
+        // that the changes do not reach back to.
+        let mut history: VecDeque<Ring> = ring.earlier().into();
+        let oldest = history.back().map_or(ring.epoch, |r| r.epoch);
+        for known in std::iter::once(old).chain(self.history.drain(..)) {
+            if known.epoch < oldest {
+                history.push_back(known);
+            } else {
+                debug_assert!(
+                    history
+                        .iter()
+                        .all(|r| r.epoch != known.epoch || r.members == known.members),
+                    "two rings at epoch {}",
+                    known.epoch
+                );
+            }
+        }
+        history.truncate(history_max);
+        self.history = history;
         self.promised = Ballot::ZERO;
         self.accepted = None;
         true
@@ -283,6 +358,7 @@ mod tests {
         Ring {
             epoch,
             members: m.iter().map(|&n| NodeId(n)).collect(),
+            changes: Vec::new(),
         }
     }
 
@@ -299,11 +375,55 @@ mod tests {
         let r = ring(3, &[1, 2, 3]);
         assert_eq!(RingChange::Add(NodeId(2)).apply(&r), None);
         assert_eq!(RingChange::Remove(NodeId(9)).apply(&r), None);
-        assert_eq!(
-            RingChange::Add(NodeId(0)).apply(&r),
-            Some(ring(4, &[0, 1, 2, 3]))
-        );
+        let mut joined = ring(4, &[0, 1, 2, 3]);
+        joined.changes = vec![RingChange::Add(NodeId(0))];
+        assert_eq!(RingChange::Add(NodeId(0)).apply(&r), Some(joined));
         assert_eq!(RingChange::Remove(NodeId(1)).apply(&ring(0, &[1])), None);
+    }
+
+    #[test]
+    fn a_node_that_skipped_a_ring_reconstructs_it_from_the_changes_the_newer_ring_carries() {
+        // Epoch 0 [1,2,3,4]; 1: n5 joins; 2: n2 is removed. A node down
+        // through epoch 1 learns epoch 2 directly and must still look where
+        // epoch 1 placed tasks.
+        let r0 = ring(0, &[1, 2, 3, 4]);
+        let r1 = RingChange::Add(NodeId(5)).apply(&r0).expect("a change");
+        let r2 = RingChange::Remove(NodeId(2)).apply(&r1).expect("a change");
+        let mut skipped = RingState::initial(r0.members.clone());
+        assert!(skipped.learn(&r2, 8));
+        let epochs: Vec<(u64, Vec<NodeId>)> = skipped
+            .history
+            .iter()
+            .map(|r| (r.epoch, r.members.clone()))
+            .collect();
+        assert_eq!(
+            epochs,
+            vec![(1, r1.members.clone()), (0, r0.members.clone())],
+            "both earlier rings, newest first"
+        );
+        // A node that heard every ring ends with the same history.
+        let mut heard = RingState::initial(r0.members.clone());
+        assert!(heard.learn(&r1, 8));
+        assert!(heard.learn(&r2, 8));
+        let heard_epochs: Vec<(u64, Vec<NodeId>)> = heard
+            .history
+            .iter()
+            .map(|r| (r.epoch, r.members.clone()))
+            .collect();
+        assert_eq!(heard_epochs, epochs);
+        // The carried changes are bounded, and the history by its limit.
+        let mut r = r0.clone();
+        for i in 0..(RING_CHANGES_MAX as u64 + 5) {
+            r = RingChange::Add(NodeId(100 + i))
+                .apply(&r)
+                .expect("a change");
+        }
+        assert_eq!(r.changes.len(), RING_CHANGES_MAX);
+        assert_eq!(r.earlier().len(), RING_CHANGES_MAX);
+        let mut far = RingState::initial(r0.members.clone());
+        assert!(far.learn(&r, 3));
+        assert_eq!(far.history.len(), 3);
+        assert_eq!(far.history[0].epoch, r.epoch - 1);
     }
 
     #[test]
@@ -353,7 +473,10 @@ mod tests {
         let RingStep::Accept(_, _, kept) = step else {
             panic!("{step:?}")
         };
-        assert_eq!(kept, ring(1, &[1, 2, 3, 4]));
+        assert_eq!(
+            kept,
+            RingChange::Add(NodeId(4)).apply(&base).expect("a change")
+        );
         // A's late accept at 2 is refused: 2 promised nothing higher, but 3 did.
         assert_eq!(
             on_accept(&mut acc[2], ballot, &value).0,

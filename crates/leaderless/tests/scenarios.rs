@@ -899,3 +899,88 @@ fn concurrent_first_submits_under_two_ring_epochs_create_one_record_and_run_once
         );
     }
 }
+
+/// `cohort sim` seed 2055: a node down while the ring went from epoch 0 to
+/// 2 learned epoch 2 directly, so it did not look where epoch 1 placed a
+/// task that had not moved yet (its holders could not reach each other),
+/// and its linearizable read answered `NotFound` for an acknowledged task.
+/// A ring now carries the changes that led to it, so the node reconstructs
+/// epoch 1 and waits for that placement too.
+#[test]
+fn a_node_down_through_two_ring_changes_still_looks_where_the_ring_it_missed_placed_a_task() {
+    let reader = NodeId(5);
+    let ring0: Vec<NodeId> = (1..=5).map(NodeId).collect();
+    let ring1: Vec<NodeId> = (1..=6).map(NodeId).collect();
+    // A task that ring 1 places on the reader and two holders, and a
+    // removal for ring 2, such that the reader reaches a majority of its
+    // placements under rings 0 and 2 without either holder.
+    let (id, holders, removed) = (0..20_000)
+        .flat_map(|i| (1..=6).map(move |x| (tid(2_055_000 + i), NodeId(x))))
+        .find_map(|(id, removed)| {
+            let p1 = placement::replicas(id, &ring1, 3);
+            if !p1.contains(&reader) || removed == reader {
+                return None;
+            }
+            let holders: Vec<NodeId> = p1.iter().copied().filter(|&n| n != reader).collect();
+            let ring2: Vec<NodeId> = ring1.iter().copied().filter(|&n| n != removed).collect();
+            let without = |p: Vec<NodeId>| p.iter().filter(|n| !holders.contains(n)).count();
+            (without(placement::replicas(id, &ring0, 3)) >= 2
+                && without(placement::replicas(id, &ring2, 3)) >= 2)
+                .then_some((id, holders, removed))
+        })
+        .expect("such a task");
+    let proposer = *ring1
+        .iter()
+        .find(|&&n| n != reader && n != removed)
+        .expect("a proposer");
+
+    let mut sim = Sim::new(2_055, 6, ring_of(5));
+    sim.run_for(1_000);
+    sim.crash(reader);
+    sim.with_node(proposer, |n, now| {
+        n.propose_ring_change(now, RingChange::Add(NodeId(6)))
+    })
+    .expect("started");
+    assert!(sim.run_until(3_000, |s| s
+        .members()
+        .iter()
+        .all(|&m| m == reader || s.node(m).ring().epoch == 1)));
+    let r = sim.submit(holders[0], id, b"x");
+    assert!(sim.run_until(1_000, |s| s.reply(r).is_some()));
+    assert!(accepted(&sim, r), "{:?}", sim.reply(r));
+    // The holders cannot reach each other: no move of the task (nor a
+    // later claim or outcome) can gather a majority of its ring-1
+    // placement.
+    sim.cut(holders[0], holders[1]);
+    sim.with_node(proposer, |n, now| {
+        n.propose_ring_change(now, RingChange::Remove(removed))
+    })
+    .expect("started");
+    assert!(sim.run_until(3_000, |s| s
+        .members()
+        .iter()
+        .all(|&m| m == reader || s.node(m).ring().epoch == 2)));
+
+    sim.restart(reader);
+    sim.cut(reader, holders[0]);
+    sim.cut(reader, holders[1]);
+    assert!(sim.run_until(3_000, |s| s.node(reader).ring().epoch == 2));
+    let read = sim.get(reader, id, Consistency::Linearizable);
+    assert!(sim.run_until(3_000, |s| s.reply(read).is_some()));
+    assert!(
+        matches!(sim.reply(read), Some(Err(ClientError::Unavailable { .. }))),
+        "the read cannot hear a majority of the ring-1 placement, so it must not answer: {:?}",
+        sim.reply(read)
+    );
+
+    sim.heal();
+    let read = sim.get(reader, id, Consistency::Linearizable);
+    assert!(sim.run_until(3_000, |s| s.reply(read).is_some()));
+    assert!(
+        matches!(sim.reply(read), Some(Ok(ClientResponse::State { .. }))),
+        "{:?}",
+        sim.reply(read)
+    );
+    assert!(sim.run_until(10_000, |s| s.decided(id).is_some()));
+    assert_eq!(sim.executions_of(id).len(), 1);
+}

@@ -26,7 +26,7 @@ enum Event {
     Deliver {
         from: NodeId,
         to: NodeId,
-        msg: LeaderlessMessage,
+        msg: Box<LeaderlessMessage>,
     },
     Timer {
         node: NodeId,
@@ -352,6 +352,7 @@ impl Sim {
                         continue;
                     }
                     let lat = self.rng.gen_range(self.latency_us.0..=self.latency_us.1);
+                    let msg = Box::new(msg);
                     self.push(Time(self.now.0 + lat), Event::Deliver { from: id, to, msg });
                 }
                 Action::SetTimer { token, at } => {
@@ -524,7 +525,7 @@ impl Sim {
                 self.nodes
                     .get_mut(&to)
                     .expect("up")
-                    .handle_message(now, from, msg);
+                    .handle_message(now, from, *msg);
             }
             Event::Timer {
                 node,
