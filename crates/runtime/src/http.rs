@@ -991,10 +991,10 @@ fn ring_request_json(change: &RingRequest) -> serde_json::Value {
     json!({"op": op, "node": node.0})
 }
 
-/// The JSON form of the ring this node knows.
-fn ring_json(api: &Api, view: &RingView) -> serde_json::Value {
+/// The JSON form of the ring `node` knows.
+fn ring_view_json(node: NodeId, view: &RingView) -> serde_json::Value {
     json!({
-        "node": api.config.peers.id.0,
+        "node": node.0,
         "epoch": view.epoch,
         "members": view.members.iter().map(|m| m.0).collect::<Vec<_>>(),
         "in_flight": view.in_flight.as_ref().map(ring_request_json),
@@ -1031,7 +1031,7 @@ impl Api {
 
 async fn ring(State(api): State<Arc<Api>>) -> Result<Response, ApiError> {
     let view = api.read_ring().await?;
-    Ok(Json(ring_json(&api, &view)).into_response())
+    Ok(Json(ring_view_json(api.config.peers.id, &view)).into_response())
 }
 
 /// Query of `POST`/`DELETE /v1/ring/members/{node}`.
@@ -1108,7 +1108,7 @@ async fn change_ring(
         view = api.read_ring().await?;
     }
     let reflected = change.reflected_in(&view.members);
-    let mut body = ring_json(api, &view);
+    let mut body = ring_view_json(api.config.peers.id, &view);
     body["change"] = ring_request_json(&change);
     body["reflected"] = json!(reflected);
     let status = if reflected {
@@ -1171,6 +1171,8 @@ mod tests {
             "/v1/tasks",
             "/v1/tasks/{id}",
             "/v1/cluster",
+            "/v1/ring",
+            "/v1/ring/members/{node}",
             "/v1/health",
             "/v1/openapi.json",
             "/metrics",
@@ -1191,6 +1193,36 @@ mod tests {
         .unwrap();
         for k in body.as_object().unwrap().keys() {
             assert!(fields.contains_key(k), "openapi misses submit field {k}");
+        }
+        let ring = doc["components"]["schemas"]["Ring"]["properties"]
+            .as_object()
+            .unwrap();
+        let change = crate::client::RingChangeView {
+            op: "join".into(),
+            node: 4,
+        };
+        let answer = serde_json::to_value(crate::client::RingInfo {
+            node: 1,
+            epoch: 1,
+            members: vec![1, 4],
+            in_flight: Some(change.clone()),
+            change: Some(change),
+            reflected: Some(true),
+        })
+        .unwrap();
+        for k in answer.as_object().unwrap().keys() {
+            assert!(ring.contains_key(k), "openapi misses ring field {k}");
+        }
+        let view = RingView {
+            epoch: 1,
+            members: vec![NodeId(1), NodeId(4)],
+            in_flight: Some(RingRequest::Remove(NodeId(4))),
+        };
+        let shown = ring_view_json(NodeId(1), &view);
+        let read: crate::client::RingInfo = serde_json::from_value(shown.clone()).unwrap();
+        assert_eq!(read.in_flight.unwrap().op, "remove");
+        for k in shown.as_object().unwrap().keys() {
+            assert!(ring.contains_key(k), "openapi misses ring field {k}");
         }
     }
 
