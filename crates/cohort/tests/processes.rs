@@ -54,14 +54,16 @@ fn layout(n: usize) -> Layout {
 }
 
 fn spawn_node(l: &Layout, id: usize, dir: &Path, cluster: &str) -> Child {
-    spawn_mode(l, id, dir, cluster, "static")
+    spawn_mode(l, id, dir, cluster, &["--mode", "static"])
 }
 
-fn spawn_mode(l: &Layout, id: usize, dir: &Path, cluster: &str, mode: &str) -> Child {
+/// A node of `l` started with `extra` flags (the mode among them).
+fn spawn_mode(l: &Layout, id: usize, dir: &Path, cluster: &str, extra: &[&str]) -> Child {
     Command::new(BIN)
         .args(["node", "--id", &id.to_string(), "--peers", &l.peers])
         .args(["--http", &l.http[id - 1], "--http-peers", &l.http_peers])
-        .args(["--cluster-id", cluster, "--mode", mode])
+        .args(["--cluster-id", cluster])
+        .args(extra)
         .arg("--data-dir")
         .arg(dir)
         .stdout(Stdio::null())
@@ -352,54 +354,58 @@ fn leaderless_task(http: &str, payload: &str) -> serde_json::Value {
 }
 
 #[test]
-fn the_ring_of_leaderless_processes_changes_through_the_cli() {
+fn a_spare_process_joins_the_ring_and_a_member_leaves_through_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let l = layout(3);
     let mut procs = Procs(Vec::new());
+    // Node 3 is a spare: configured, outside the ring at epoch 0.
+    let flags = ["--mode", "leaderless", "--initial-ring", "1,2"];
     for id in 1..=3 {
-        procs.0.push(Some(spawn_mode(
-            &l,
-            id,
-            dir.path(),
-            "ring-test",
-            "leaderless",
-        )));
+        procs
+            .0
+            .push(Some(spawn_mode(&l, id, dir.path(), "ring-test", &flags)));
     }
     for h in &l.http {
         wait_healthy(h);
     }
-    let shown = ring_ok(&["--node", &l.http[0]]);
-    assert!(shown.contains("n1 knows ring epoch 0: n1 n2 n3"), "{shown}");
+    let shown = ring_ok(&["--node", &l.http[2]]);
+    assert!(shown.contains("n3 knows ring epoch 0: n1 n2\n"), "{shown}");
     assert!(shown.contains("no change in flight"), "{shown}");
-    let t = leaderless_task(&l.http[1], "before");
-    assert_eq!(t["state"], "succeeded", "{t}");
+    let before = leaderless_task(&l.http[2], "before");
+    assert_eq!(before["state"], "succeeded", "{before}");
 
-    // Node 3 leaves, asked at node 1, waiting until node 1's ring shows it.
-    let out = ring_ok(&["remove", "3", "--node", &l.http[0], "--wait", "20s"]);
-    assert!(out.contains("epoch 1: n1 n2\n"), "{out}");
-    assert!(out.contains("remove n3: the ring reflects it"), "{out}");
+    // The spare joins, asked at node 1, waiting until node 1's ring shows it.
+    let out = ring_ok(&["join", "3", "--node", &l.http[0], "--wait", "20s"]);
+    assert!(out.contains("n1 knows ring epoch 1: n1 n2 n3\n"), "{out}");
+    assert!(out.contains("join n3: the ring reflects it"), "{out}");
     let mut seen = String::new();
     for _ in 0..100 {
         seen = ring_ok(&["show", "--node", &l.http[2]]);
-        if seen.contains("epoch 1: n1 n2\n") {
+        if seen.contains("epoch 1: n1 n2 n3\n") {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(seen.contains("n3 knows ring epoch 1: n1 n2\n"), "{seen}");
-    let t = leaderless_task(&l.http[2], "removed");
+    assert!(seen.contains("n3 knows ring epoch 1: n1 n2 n3\n"), "{seen}");
+    let t = leaderless_task(&l.http[2], "joined");
     assert_eq!(t["state"], "succeeded", "{t}");
 
-    // And joins again, asked at node 2.
-    let out = ring_ok(&["join", "3", "--node", &l.http[1], "--wait", "20s"]);
-    assert!(out.contains("epoch 2: n1 n2 n3"), "{out}");
-    let t = leaderless_task(&l.http[0], "joined");
+    // Node 2 leaves, asked at node 3.
+    let out = ring_ok(&["remove", "2", "--node", &l.http[2], "--wait", "20s"]);
+    assert!(out.contains("epoch 2: n1 n3\n"), "{out}");
+    let t = leaderless_task(&l.http[0], "left");
     assert_eq!(t["state"], "succeeded", "{t}");
-    // Readable at the node that left and came back.
-    let read = cli(&["get", "--node", &l.http[2], t["id"].as_str().unwrap()]);
-    assert!(read.status.success());
-    let read: serde_json::Value = serde_json::from_slice(&read.stdout).unwrap();
-    assert_eq!(read["result"], "joined", "{read}");
+    // The first task is still readable, at the node that left too.
+    for h in &l.http {
+        let read = cli(&["get", "--node", h, before["id"].as_str().unwrap()]);
+        assert!(
+            read.status.success(),
+            "{}",
+            String::from_utf8_lossy(&read.stderr)
+        );
+        let read: serde_json::Value = serde_json::from_slice(&read.stdout).unwrap();
+        assert_eq!(read["result"], "before", "{read}");
+    }
 
     // An unknown node: a typed refusal, non-zero exit, nothing changed.
     let out = cli(&["ring", "join", "9", "--node", &l.http[0]]);
@@ -408,5 +414,5 @@ fn the_ring_of_leaderless_processes_changes_through_the_cli() {
     assert!(err.contains("not_a_member"), "{err}");
     let out = cli(&["ring", "join", "n9", "--node", &l.http[0]]);
     assert!(!out.status.success());
-    assert!(ring_ok(&["--node", &l.http[0]]).contains("epoch 2: n1 n2 n3"));
+    assert!(ring_ok(&["--node", &l.http[0]]).contains("epoch 2: n1 n3\n"));
 }
