@@ -142,7 +142,8 @@ pub(crate) struct EventLoop<N: Node> {
     pub batch: Vec<Action<N::Message>>,
     pub loopback: mpsc::Sender<(NodeId, N::Message)>,
     pub audit: Option<Arc<crate::audit::Audit>>,
-    /// Answers to ring changes asked this turn, sent after its batch.
+    /// Answers to ring changes asked this turn, sent after its batch (at
+    /// most `inputs_per_batch_max`: drained every turn).
     pub ring_replies: Vec<RingReply>,
 }
 
