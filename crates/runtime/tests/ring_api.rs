@@ -209,7 +209,13 @@ async fn bad_ring_requests_get_typed_errors_and_change_nothing() {
         "{v}"
     );
     unchanged(c.ring().await.unwrap());
-    // Removing a node outside the ring: the ring reflects it already.
+    // Removing a node outside the ring: the ring reflects it already (200).
+    let (status, v) = call(reqwest::Method::DELETE, addr, "/v1/ring/members/2").await;
+    assert_eq!(
+        (status, &v["reflected"]),
+        (200, &serde_json::json!(true)),
+        "{v}"
+    );
     let r = c.ring_remove(2).await.unwrap();
     assert_eq!((r.epoch, r.reflected), (0, Some(true)), "{r:?}");
     unchanged(c.ring().await.unwrap());
@@ -249,8 +255,25 @@ async fn a_change_that_cannot_be_agreed_stays_in_flight_and_another_is_busy() {
     assert_eq!((r.reflected, r.epoch), (Some(false), 0), "{r:?}");
     let in_flight = r.in_flight.clone().unwrap();
     assert_eq!((in_flight.op.as_str(), in_flight.node), ("remove", 3));
-    // The same change again finds it going on; another one is refused.
+    // The same change again finds it going on (and a wait ends with it
+    // still under way); another one is refused.
     assert_eq!(c.ring_remove(3).await.unwrap().reflected, Some(false));
+    let waited = c
+        .ring_change(false, 3, Some(Duration::from_millis(300)))
+        .await
+        .unwrap();
+    assert_eq!((waited.reflected, waited.epoch), (Some(false), 0));
+    let (status, v) = call(
+        reqwest::Method::DELETE,
+        nodes[0].http_addr(),
+        "/v1/ring/members/3",
+    )
+    .await;
+    assert_eq!(
+        (status, &v["reflected"]),
+        (202, &serde_json::json!(false)),
+        "{v}"
+    );
     let (status, v) = call(
         reqwest::Method::DELETE,
         nodes[0].http_addr(),
