@@ -130,6 +130,18 @@ impl<N: Node> Node for Counted<N> {
     fn status(&self) -> cohort_core::NodeStatus {
         self.inner.status()
     }
+
+    fn ring_view(&self) -> Option<cohort_core::RingView> {
+        self.inner.ring_view()
+    }
+
+    fn change_ring(
+        &mut self,
+        now: Time,
+        change: cohort_core::RingRequest,
+    ) -> Result<(), cohort_core::RingRefusal> {
+        self.inner.change_ring(now, change)
+    }
 }
 
 impl<N: Node> Counted<N> {

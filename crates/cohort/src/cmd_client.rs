@@ -1,8 +1,8 @@
-//! `cohort submit / get / wait / cancel / list / members`: clients of a node's HTTP API.
+//! `cohort submit / get / wait / cancel / list / members / ring`: clients of a node's HTTP API.
 
 use anyhow::Context;
-use clap::Args;
-use cohort_runtime::client::{Client, ClientOptions, TaskView};
+use clap::{Args, Subcommand};
+use cohort_runtime::client::{Client, ClientOptions, RingInfo, TaskView};
 use cohort_runtime::http::{parse_wait, SubmitBody};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -156,6 +156,51 @@ pub struct MembersArgs {
     pub node: String,
     #[command(flatten)]
     pub auth: AuthArgs,
+}
+
+/// Show or change the ring (leaderless mode): the members tasks are placed on.
+#[derive(Args, Debug, Clone)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct RingArgs {
+    #[command(subcommand)]
+    pub command: Option<RingCommand>,
+    /// Without a subcommand: `show`.
+    #[command(flatten)]
+    pub target: RingTarget,
+}
+
+/// What `cohort ring` does.
+#[derive(Subcommand, Debug, Clone)]
+pub enum RingCommand {
+    /// The ring the node knows: epoch, members, its change in flight.
+    Show(RingTarget),
+    /// Ask the node to propose that configured member N joins the ring.
+    Join(RingChangeArgs),
+    /// Ask the node to propose that member N leaves the ring.
+    Remove(RingChangeArgs),
+}
+
+/// Which node to ask.
+#[derive(Args, Debug, Clone)]
+pub struct RingTarget {
+    /// Any node's HTTP address.
+    #[arg(long, default_value = "127.0.0.1:8001")]
+    pub node: String,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+/// A join or removal.
+#[derive(Args, Debug, Clone)]
+pub struct RingChangeArgs {
+    /// The node (its id) joining or leaving.
+    pub member: u64,
+    #[command(flatten)]
+    pub target: RingTarget,
+    /// Wait this long (e.g. 10s) until the asked node's ring reflects the
+    /// change; non-zero exit if it does not by then.
+    #[arg(long)]
+    pub wait: Option<String>,
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -333,6 +378,70 @@ pub fn members(args: MembersArgs) -> anyhow::Result<()> {
                 m["http_addr"].as_str().unwrap_or("-"),
             );
         }
+        Ok(())
+    })
+}
+
+fn print_ring(r: &RingInfo) {
+    let members: Vec<String> = r.members.iter().map(|m| format!("n{m}")).collect();
+    println!(
+        "n{} knows ring epoch {}: {}",
+        r.node,
+        r.epoch,
+        members.join(" ")
+    );
+    match &r.in_flight {
+        Some(c) => println!("change in flight at n{}: {} n{}", r.node, c.op, c.node),
+        None => println!("no change in flight at n{}", r.node),
+    }
+}
+
+/// How often `cohort ring join/remove --wait` asks again once the node's
+/// own wait (at most its `wait_ms_max`) ran out.
+const RING_POLL: Duration = Duration::from_millis(200);
+
+/// `cohort ring`.
+pub fn ring(args: RingArgs) -> anyhow::Result<()> {
+    let (join, change) = match args.command {
+        None => return ring_show(args.target),
+        Some(RingCommand::Show(t)) => return ring_show(t),
+        Some(RingCommand::Join(c)) => (true, c),
+        Some(RingCommand::Remove(c)) => (false, c),
+    };
+    let wait = change.wait.as_deref().map(wait_arg).transpose()?;
+    let op = if join { "join" } else { "remove" };
+    runtime()?.block_on(async move {
+        let client = change.target.auth.client(&change.target.node)?;
+        let end = wait.map(|w| tokio::time::Instant::now() + w);
+        let mut r = client.ring_change(join, change.member, wait).await?;
+        let reflected = |r: &RingInfo| r.members.contains(&change.member) == join;
+        while !reflected(&r) && end.is_some_and(|e| tokio::time::Instant::now() < e) {
+            tokio::time::sleep(RING_POLL).await;
+            r = client.ring().await?;
+        }
+        print_ring(&r);
+        if reflected(&r) {
+            println!("{op} n{}: the ring reflects it", change.member);
+            Ok(())
+        } else if let Some(w) = &change.wait {
+            anyhow::bail!(
+                "{op} n{}: not in the ring n{} knows after {w}",
+                change.member,
+                r.node
+            )
+        } else {
+            println!(
+                "{op} n{}: started; `cohort ring` shows when it is agreed",
+                change.member
+            );
+            Ok(())
+        }
+    })
+}
+
+fn ring_show(t: RingTarget) -> anyhow::Result<()> {
+    runtime()?.block_on(async move {
+        print_ring(&t.auth.client(&t.node)?.ring().await?);
         Ok(())
     })
 }

@@ -72,6 +72,12 @@ pub struct NodeArgs {
     /// With --http-tls: require API clients to present a certificate signed by this CA (PEM).
     #[arg(long)]
     pub http_client_ca: Option<PathBuf>,
+    /// Leaderless mode: the ring at epoch 0, the members tasks are placed
+    /// on (`1,2,3`; identical on every node) [default: every member]. A
+    /// member outside it is a spare that serves clients until it joins
+    /// (`cohort ring join N`).
+    #[arg(long)]
+    pub initial_ring: Option<String>,
     /// Largest task payload accepted, in bytes [default: 1048576].
     #[arg(long)]
     pub payload_bytes_max: Option<usize>,
@@ -104,6 +110,7 @@ pub struct Settings {
     capacity: u32,
     allow_exec: bool,
     payload_bytes_max: usize,
+    initial_ring: Option<String>,
     insecure: bool,
     tokens: Option<PathBuf>,
     ca: Option<PathBuf>,
@@ -168,6 +175,7 @@ impl NodeArgs {
                 .payload_bytes_max
                 .or(file.payload_bytes_max)
                 .unwrap_or(Limits::default().payload_bytes_max),
+            initial_ring: self.initial_ring.clone().or(file.initial_ring),
             insecure: self.insecure || file.insecure.unwrap_or(false),
             tokens: self.tokens.clone().or(file.tokens),
             ca: self.ca.clone().or(file.ca),
@@ -227,6 +235,30 @@ pub struct Validated {
     pub peer_bind: SocketAddr,
     /// The mode.
     pub mode: &'static modes::Mode,
+    /// `--initial-ring`, checked against the members (leaderless only).
+    pub initial_ring: Option<Vec<NodeId>>,
+}
+
+/// Parses `--initial-ring`: distinct configured members, at least one.
+fn parse_ring(s: &str, members: &BTreeMap<NodeId, SocketAddr>) -> anyhow::Result<Vec<NodeId>> {
+    let mut ring = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let id: u64 = part
+            .parse()
+            .with_context(|| format!("--initial-ring: {part:?} is not a node id"))?;
+        if !members.contains_key(&NodeId(id)) {
+            bail!("--initial-ring: node {id} is not among --peers");
+        }
+        if ring.contains(&NodeId(id)) {
+            bail!("--initial-ring: node {id} appears twice");
+        }
+        ring.push(NodeId(id));
+    }
+    if ring.is_empty() {
+        bail!("--initial-ring: no members given");
+    }
+    ring.sort();
+    Ok(ring)
 }
 
 /// Checks everything before anything starts.
@@ -293,11 +325,22 @@ pub fn validate(args: &Settings) -> anyhow::Result<Validated> {
             args.http
         );
     }
+    let initial_ring = match &args.initial_ring {
+        None => None,
+        Some(_) if mode.name != "leaderless" => {
+            bail!(
+                "--initial-ring is for --mode leaderless (the {} mode has no ring)",
+                mode.name
+            )
+        }
+        Some(r) => Some(parse_ring(r, &all)?),
+    };
     config.validate()?;
     Ok(Validated {
         config,
         peer_bind,
         mode,
+        initial_ring,
     })
 }
 
@@ -373,7 +416,13 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
             registry: Registry::with_builtins(args.allow_exec),
             ..NodeOptions::default()
         };
-        let mut node = (v.mode.start)(v.config, options, Listeners { peer, http }).await?;
+        let listeners = Listeners { peer, http };
+        let mut node = match v.initial_ring {
+            Some(ring) => {
+                modes::start_leaderless_with(v.config, options, listeners, Some(ring)).await?
+            }
+            None => (v.mode.start)(v.config, options, listeners).await?,
+        };
         eprintln!(
             "cohort node {} ({} mode) peers on {}{}, HTTP on {}://{}{}",
             node.id(),
@@ -468,6 +517,25 @@ mod tests {
         let mut a = args();
         a.id = None;
         assert!(err(a).contains("no node id"));
+        let mut a = args();
+        a.initial_ring = Some("1".into());
+        assert!(err(a).contains("is for --mode leaderless"));
+        for (ring, says) in [
+            ("1,3", "not among --peers"),
+            ("1,1", "twice"),
+            ("one", "not a node id"),
+            (",", "no members"),
+        ] {
+            let mut a = args();
+            a.mode = Some("leaderless".into());
+            a.initial_ring = Some(ring.into());
+            assert!(err(a).contains(says), "{ring}");
+        }
+        let mut a = args();
+        a.mode = Some("leaderless".into());
+        a.initial_ring = Some("2, 1".into());
+        let v = validate(&a.settings().unwrap()).unwrap();
+        assert_eq!(v.initial_ring, Some(vec![NodeId(1), NodeId(2)]));
         let v = validate(&args().settings().unwrap()).unwrap();
         assert_eq!(v.peer_bind, "127.0.0.1:7001".parse().unwrap());
     }

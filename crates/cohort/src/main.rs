@@ -38,6 +38,8 @@ enum Command {
     List(cmd_client::ListArgs),
     /// Show the cluster as a node sees it.
     Members(cmd_client::MembersArgs),
+    /// Show or change the ring of a leaderless cluster.
+    Ring(cmd_client::RingArgs),
     /// A 5-node cluster on loopback, nodes killed mid-run, then a table.
     Demo(cmd_demo::DemoArgs),
     /// Generate a development CA, node certificates and API tokens.
@@ -68,6 +70,7 @@ fn main() -> ExitCode {
         Command::Wait(a) => done(cmd_client::wait(a)),
         Command::Cancel(a) => done(cmd_client::cancel(a)),
         Command::Members(a) => done(cmd_client::members(a)),
+        Command::Ring(a) => done(cmd_client::ring(a)),
         Command::List(a) => done(cmd_client::list(a)),
         Command::Demo(a) => done(cmd_demo::run(a)),
         Command::Certs(a) => done(cmd_certs::run(a)),

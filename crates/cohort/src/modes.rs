@@ -68,11 +68,25 @@ fn start_leaderless(
     options: NodeOptions,
     listeners: Listeners,
 ) -> Pin<Box<dyn Future<Output = Result<RunningNode, RuntimeError>> + Send>> {
-    Box::pin(async move {
-        let mode = cohort_leaderless::LeaderlessConfig::default();
-        cohort_runtime::start::<cohort_leaderless::LeaderlessNode>(config, mode, options, listeners)
-            .await
-    })
+    Box::pin(start_leaderless_with(config, options, listeners, None))
+}
+
+/// Starts a leaderless node whose ring at epoch 0 is `initial_ring`
+/// (`None`: every member), the mode's other settings at their defaults.
+pub async fn start_leaderless_with(
+    config: RuntimeConfig,
+    options: NodeOptions,
+    listeners: Listeners,
+    initial_ring: Option<Vec<NodeId>>,
+) -> Result<RunningNode, RuntimeError> {
+    let mode = cohort_leaderless::LeaderlessConfig {
+        initial_ring,
+        ..cohort_leaderless::LeaderlessConfig::default()
+    };
+    mode.validate(&config.peers)
+        .map_err(|e| RuntimeError::Config(format!("leaderless mode: {e}")))?;
+    cohort_runtime::start::<cohort_leaderless::LeaderlessNode>(config, mode, options, listeners)
+        .await
 }
 
 /// Every mode, in demo order.

@@ -54,10 +54,16 @@ fn layout(n: usize) -> Layout {
 }
 
 fn spawn_node(l: &Layout, id: usize, dir: &Path, cluster: &str) -> Child {
+    spawn_mode(l, id, dir, cluster, &["--mode", "static"])
+}
+
+/// A node of `l` started with `extra` flags (the mode among them).
+fn spawn_mode(l: &Layout, id: usize, dir: &Path, cluster: &str, extra: &[&str]) -> Child {
     Command::new(BIN)
         .args(["node", "--id", &id.to_string(), "--peers", &l.peers])
         .args(["--http", &l.http[id - 1], "--http-peers", &l.http_peers])
-        .args(["--cluster-id", cluster, "--mode", "static"])
+        .args(["--cluster-id", cluster])
+        .args(extra)
         .arg("--data-dir")
         .arg(dir)
         .stdout(Stdio::null())
@@ -124,6 +130,11 @@ fn three_processes_survive_a_killed_worker_and_stop_on_sigterm() {
     for n in ["n1", "n2", "n3"] {
         assert!(text.contains(n), "{text}");
     }
+    // The static mode has no ring: a typed refusal, non-zero exit.
+    let ring = cli(&["ring", "--node", &l.http[0]]);
+    assert!(!ring.status.success());
+    let err = String::from_utf8_lossy(&ring.stderr);
+    assert!(err.contains("not_supported"), "{err}");
 
     // kill -9 a worker; the cluster keeps running tasks.
     let mut n3 = procs.0[2].take().unwrap();
@@ -306,4 +317,102 @@ fn http_get(addr: &str, path: &str) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
+}
+
+/// `cohort ring` with `args`: its stdout, after checking it succeeded.
+fn ring_ok(args: &[&str]) -> String {
+    let out = cli(&[&["ring"], args].concat());
+    assert!(
+        out.status.success(),
+        "cohort ring {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An echo task submitted through the CLI until a submit is accepted (a
+/// leaderless cluster may still be forming), then waited for.
+fn leaderless_task(http: &str, payload: &str) -> serde_json::Value {
+    for _ in 0..100 {
+        let out = cli(&[
+            "submit",
+            "--node",
+            http,
+            "--kind",
+            "echo",
+            "--payload",
+            payload,
+            "--wait",
+            "15s",
+        ]);
+        if out.status.success() {
+            return serde_json::from_slice(&out.stdout).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no submit accepted at {http}");
+}
+
+#[test]
+fn a_spare_process_joins_the_ring_and_a_member_leaves_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = layout(3);
+    let mut procs = Procs(Vec::new());
+    // Node 3 is a spare: configured, outside the ring at epoch 0.
+    let flags = ["--mode", "leaderless", "--initial-ring", "1,2"];
+    for id in 1..=3 {
+        procs
+            .0
+            .push(Some(spawn_mode(&l, id, dir.path(), "ring-test", &flags)));
+    }
+    for h in &l.http {
+        wait_healthy(h);
+    }
+    let shown = ring_ok(&["--node", &l.http[2]]);
+    assert!(shown.contains("n3 knows ring epoch 0: n1 n2\n"), "{shown}");
+    assert!(shown.contains("no change in flight"), "{shown}");
+    let before = leaderless_task(&l.http[2], "before");
+    assert_eq!(before["state"], "succeeded", "{before}");
+
+    // The spare joins, asked at node 1, waiting until node 1's ring shows it.
+    let out = ring_ok(&["join", "3", "--node", &l.http[0], "--wait", "20s"]);
+    assert!(out.contains("n1 knows ring epoch 1: n1 n2 n3\n"), "{out}");
+    assert!(out.contains("join n3: the ring reflects it"), "{out}");
+    let mut seen = String::new();
+    for _ in 0..100 {
+        seen = ring_ok(&["show", "--node", &l.http[2]]);
+        if seen.contains("epoch 1: n1 n2 n3\n") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(seen.contains("n3 knows ring epoch 1: n1 n2 n3\n"), "{seen}");
+    let t = leaderless_task(&l.http[2], "joined");
+    assert_eq!(t["state"], "succeeded", "{t}");
+
+    // Node 2 leaves, asked at node 3.
+    let out = ring_ok(&["remove", "2", "--node", &l.http[2], "--wait", "20s"]);
+    assert!(out.contains("epoch 2: n1 n3\n"), "{out}");
+    let t = leaderless_task(&l.http[0], "left");
+    assert_eq!(t["state"], "succeeded", "{t}");
+    // The first task is still readable, at the node that left too.
+    for h in &l.http {
+        let read = cli(&["get", "--node", h, before["id"].as_str().unwrap()]);
+        assert!(
+            read.status.success(),
+            "{}",
+            String::from_utf8_lossy(&read.stderr)
+        );
+        let read: serde_json::Value = serde_json::from_slice(&read.stdout).unwrap();
+        assert_eq!(read["result"], "before", "{read}");
+    }
+
+    // An unknown node: a typed refusal, non-zero exit, nothing changed.
+    let out = cli(&["ring", "join", "9", "--node", &l.http[0]]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not_a_member"), "{err}");
+    let out = cli(&["ring", "join", "n9", "--node", &l.http[0]]);
+    assert!(!out.status.success());
+    assert!(ring_ok(&["--node", &l.http[0]]).contains("epoch 2: n1 n3\n"));
 }

@@ -24,6 +24,7 @@ pub mod client;
 pub mod codec;
 pub mod ids;
 pub mod node;
+pub mod ring;
 pub mod store;
 pub mod task;
 pub mod time;
@@ -33,6 +34,7 @@ pub use client::{ClientError, ClientRequest, ClientResponse, Consistency, Reques
 pub use codec::{decode, encode, CodecError};
 pub use ids::{Epoch, NodeId, TaskId};
 pub use node::{BootError, Limits, LimitsError, Node, NodeRng, NodeStatus, Peers};
+pub use ring::{RingRefusal, RingRequest, RingView};
 pub use store::{StoreOp, Stored};
 pub use task::{Task, TaskOutcome, TaskState};
 pub use time::Time;

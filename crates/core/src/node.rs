@@ -3,6 +3,7 @@
 use crate::action::{Action, TimerToken};
 use crate::client::{ClientError, ClientRequest, RequestId};
 use crate::ids::{Epoch, NodeId, TaskId};
+use crate::ring::{RingRefusal, RingRequest, RingView};
 use crate::store::Stored;
 use crate::task::{Task, TaskOutcome, TaskState};
 use crate::time::Time;
@@ -103,6 +104,22 @@ pub trait Node: Sized {
     /// was abandoned). A read: changes nothing.
     fn shutdown_ready(&self) -> bool {
         true
+    }
+
+    /// The ring membership this node knows, in modes that have a ring
+    /// (`/v1/ring`). A read: changes nothing. The default has no ring.
+    fn ring_view(&self) -> Option<RingView> {
+        None
+    }
+
+    /// An operator asks this node to change the ring (`POST`/`DELETE
+    /// /v1/ring/members/{node}`). `Ok` when the change was started or the
+    /// ring reflects it already; it is agreed once [`Node::ring_view`] shows it.
+    /// A refusal changes nothing. Like every input, its actions are left in
+    /// [`Node::actions`]. The default has no ring and refuses.
+    fn change_ring(&mut self, now: Time, change: RingRequest) -> Result<(), RingRefusal> {
+        let _ = (now, change);
+        Err(RingRefusal::NotSupported)
     }
 
     /// What this node believes about its role, for operators (`/v1/cluster`)

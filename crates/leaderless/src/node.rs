@@ -20,8 +20,8 @@ use crate::ring::{self as ringp, Ring, RingChange, RingProposal, RingState, Ring
 use crate::tasks::{Holders, Op, Ops, ReadProgress, ReadPurpose, SubmitVerdict};
 use cohort_core::{
     decode, encode, Action, BootError, ClientError, ClientRequest, ClientResponse, Consistency,
-    Epoch, Node, NodeId, NodeRng, Note, Peers, RequestId, StoreOp, Stored, SupersedeReason, Task,
-    TaskId, TaskOutcome, TaskState, Time, TimerToken,
+    Epoch, Node, NodeId, NodeRng, Note, Peers, RequestId, RingRefusal, RingRequest, RingView,
+    StoreOp, Stored, SupersedeReason, Task, TaskId, TaskOutcome, TaskState, Time, TimerToken,
 };
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -1951,6 +1951,49 @@ impl Node for LeaderlessNode {
 
     fn id(&self) -> NodeId {
         self.peers.id
+    }
+
+    fn ring_view(&self) -> Option<RingView> {
+        Some(RingView {
+            epoch: self.ring.ring.epoch,
+            members: self.ring.ring.members.clone(),
+            in_flight: self.ring_proposal.as_ref().map(|p| ring_request(p.change)),
+        })
+    }
+
+    fn change_ring(&mut self, now: Time, change: RingRequest) -> Result<(), RingRefusal> {
+        let node = change.node();
+        if !self.peers.members.contains(&node) {
+            return Err(RingRefusal::NotAMember(node));
+        }
+        let wanted = match change {
+            RingRequest::Join(n) => RingChange::Add(n),
+            RingRequest::Remove(n) => RingChange::Remove(n),
+        };
+        if let Some(p) = &self.ring_proposal {
+            // Asking again for the change in flight is not a conflict: an
+            // operator's retry finds it going on.
+            return if p.change == wanted {
+                Ok(())
+            } else {
+                Err(RingRefusal::Busy(ring_request(p.change)))
+            };
+        }
+        if self.ring.ring.members == [node] && matches!(wanted, RingChange::Remove(_)) {
+            return Err(RingRefusal::LastMember(node));
+        }
+        self.propose_ring_change(now, wanted).map_err(|e| match e {
+            RingError::NotAMember(n) => RingRefusal::NotAMember(n),
+            RingError::Busy => RingRefusal::Busy(change),
+        })
+    }
+}
+
+/// The contract's name for a ring change.
+fn ring_request(change: RingChange) -> RingRequest {
+    match change {
+        RingChange::Add(n) => RingRequest::Join(n),
+        RingChange::Remove(n) => RingRequest::Remove(n),
     }
 }
 

@@ -731,6 +731,67 @@ fn a_ring_change_is_refused_for_an_unknown_node_and_a_no_op_when_already_reflect
 }
 
 #[test]
+fn the_node_contract_shows_the_ring_and_refuses_bad_changes_with_nothing_changed() {
+    use cohort_core::{Node, RingRefusal, RingRequest, RingView};
+    let mut sim = Sim::new(40, 5, ring_of(4));
+    sim.run_for(500);
+    let view = |s: &Sim, n: u64| Node::ring_view(s.node(NodeId(n))).expect("a ring");
+    let change = |s: &mut Sim, n: u64, c: RingRequest| {
+        s.with_node(NodeId(n), |node, now| Node::change_ring(node, now, c))
+    };
+    let zero = RingView {
+        epoch: 0,
+        members: (1..=4).map(NodeId).collect(),
+        in_flight: None,
+    };
+    assert_eq!(view(&sim, 5), zero);
+    for c in [RingRequest::Join(NodeId(9)), RingRequest::Remove(NodeId(9))] {
+        assert_eq!(
+            change(&mut sim, 1, c),
+            Err(RingRefusal::NotAMember(NodeId(9)))
+        );
+    }
+    assert_eq!(view(&sim, 1), zero);
+
+    // Cut off, node 1 cannot get its change agreed: it stays in flight,
+    // asking for it again is fine, another change is busy.
+    sim.isolate(NodeId(1));
+    assert_eq!(change(&mut sim, 1, RingRequest::Join(NodeId(5))), Ok(()));
+    sim.run_for(1_000);
+    assert_eq!(change(&mut sim, 1, RingRequest::Join(NodeId(5))), Ok(()));
+    assert_eq!(
+        change(&mut sim, 1, RingRequest::Remove(NodeId(2))),
+        Err(RingRefusal::Busy(RingRequest::Join(NodeId(5))))
+    );
+    assert_eq!(
+        view(&sim, 1),
+        RingView {
+            in_flight: Some(RingRequest::Join(NodeId(5))),
+            ..zero.clone()
+        }
+    );
+    // Healed, the change is agreed and every node comes to show it.
+    sim.heal();
+    let joined: Vec<NodeId> = (1..=5).map(NodeId).collect();
+    assert!(sim.run_until(5_000, |s| (1..=5)
+        .all(|n| view(s, n).members == joined && view(s, n).in_flight.is_none())));
+    assert_eq!(view(&sim, 3).epoch, 1);
+
+    // The ring never empties.
+    let mut alone = Sim::new(41, 2, ring_of(1));
+    alone.run_for(200);
+    assert_eq!(
+        alone.with_node(NodeId(2), |n, now| Node::change_ring(
+            n,
+            now,
+            RingRequest::Remove(NodeId(1))
+        )),
+        Err(RingRefusal::LastMember(NodeId(1)))
+    );
+    assert_eq!(Node::ring_view(alone.node(NodeId(1))).unwrap().epoch, 0);
+}
+
+#[test]
 fn a_resubmit_under_a_newer_ring_before_the_task_moved_finds_it_and_creates_no_second_record() {
     let mut sim = Sim::new(38, 6, ring_of(5));
     sim.run_for(1_000);

@@ -15,9 +15,9 @@
 //! | request | role |
 //! |---|---|
 //! | `GET /v1/health`, `GET /v1/openapi.json` | none |
-//! | other `GET` (`/v1/tasks/{id}`, `/v1/cluster`, `/metrics`) | `read` |
+//! | other `GET` (`/v1/tasks/{id}`, `/v1/cluster`, `/v1/ring`, `/metrics`) | `read` |
 //! | `POST /v1/tasks` | `submit` |
-//! | `DELETE /v1/tasks/{id}` and anything else (membership) | `admin` |
+//! | `DELETE /v1/tasks/{id}` and anything else (`POST`/`DELETE /v1/ring/members/{node}`: ring changes) | `admin` |
 //!
 //! Presented tokens are compared in constant time (SHA-256 of both sides,
 //! then `subtle`'s comparison, over every entry). Tokens never appear in a
@@ -250,5 +250,14 @@ mod tests {
             Some(Role::Admin)
         );
         assert_eq!(role_needed(&Method::POST, "/v1/members"), Some(Role::Admin));
+        assert_eq!(role_needed(&Method::GET, "/v1/ring"), Some(Role::Read));
+        assert_eq!(
+            role_needed(&Method::POST, "/v1/ring/members/4"),
+            Some(Role::Admin)
+        );
+        assert_eq!(
+            role_needed(&Method::DELETE, "/v1/ring/members/4"),
+            Some(Role::Admin)
+        );
     }
 }

@@ -52,6 +52,37 @@ pub struct TaskPageView {
     pub next: Option<String>,
 }
 
+/// A change of the ring as the API reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingChangeView {
+    /// `join` or `remove`.
+    pub op: String,
+    /// The node joining or leaving.
+    pub node: u64,
+}
+
+/// The ring as one node knows it (`GET /v1/ring`, and the answer to a
+/// ring change).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingInfo {
+    /// The node that answered.
+    pub node: u64,
+    /// 0 for the configured ring, +1 per agreed change.
+    pub epoch: u64,
+    /// The members, ascending.
+    pub members: Vec<u64>,
+    /// The change this node drives now, if any.
+    #[serde(default)]
+    pub in_flight: Option<RingChangeView>,
+    /// Answers to a change: the change asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<RingChangeView>,
+    /// Answers to a change: whether this node's ring reflects it (`200`)
+    /// or the change is under way (`202`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reflected: Option<bool>,
+}
+
 /// Most pages [`Client::list_all`] reads over all members before it stops
 /// and reports the listing truncated.
 pub const LIST_PAGES_READ_MAX: usize = 10_000;
@@ -464,6 +495,50 @@ impl Client {
                 None,
             )
             .await?;
+        Self::decode(r).await
+    }
+
+    /// `GET /v1/ring`: the ring this node knows (`404 not_supported`
+    /// outside leaderless mode).
+    pub async fn ring(&self) -> Result<RingInfo, CallError> {
+        let r = self
+            .send(reqwest::Method::GET, format!("{}/v1/ring", self.base), None)
+            .await?;
+        Self::decode(r).await
+    }
+
+    /// `POST /v1/ring/members/{node}`: asks this node to propose that
+    /// `node` joins the ring. Answers at once (`reflected` false: under
+    /// way); see [`Client::ring_change`] to wait.
+    pub async fn ring_join(&self, node: u64) -> Result<RingInfo, CallError> {
+        self.ring_change(true, node, None).await
+    }
+
+    /// `DELETE /v1/ring/members/{node}`: asks this node to propose that
+    /// `node` leaves the ring.
+    pub async fn ring_remove(&self, node: u64) -> Result<RingInfo, CallError> {
+        self.ring_change(false, node, None).await
+    }
+
+    /// A join (`join` true) or removal of `node`, waiting up to `wait`
+    /// (bounded by the node's `wait_ms_max`) for this node's ring to
+    /// reflect it.
+    pub async fn ring_change(
+        &self,
+        join: bool,
+        node: u64,
+        wait: Option<Duration>,
+    ) -> Result<RingInfo, CallError> {
+        let method = if join {
+            reqwest::Method::POST
+        } else {
+            reqwest::Method::DELETE
+        };
+        let mut url = format!("{}/v1/ring/members/{node}", self.base);
+        if let Some(w) = wait {
+            url.push_str(&format!("?wait={}ms", w.as_millis()));
+        }
+        let r = self.send(method, url, None).await?;
         Self::decode(r).await
     }
 

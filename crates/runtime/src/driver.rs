@@ -24,7 +24,7 @@ use crate::transport::Outbound;
 use crate::RuntimeError;
 use cohort_core::{
     Action, ClientError, ClientRequest, ClientResponse, Epoch, Node, NodeId, Note, RequestId,
-    StoreOp, TaskId, TaskOutcome, Time, TimerToken,
+    RingRefusal, RingRequest, RingView, StoreOp, TaskId, TaskOutcome, Time, TimerToken,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -79,6 +79,18 @@ pub enum Control {
         /// Where to send them.
         reply: oneshot::Sender<Inspection>,
     },
+    /// Read the ring this node knows (see [`Node::ring_view`]).
+    Ring {
+        /// Where to send it (`None`: the mode has no ring).
+        reply: oneshot::Sender<Option<RingView>>,
+    },
+    /// Ask the node to change the ring (see [`Node::change_ring`]).
+    ChangeRing {
+        /// The change.
+        change: RingRequest,
+        /// The ring right after the call, or why it was refused.
+        reply: oneshot::Sender<Result<RingView, RingRefusal>>,
+    },
     /// Read the node's own view of its role.
     Status {
         /// Where to send it.
@@ -130,7 +142,16 @@ pub(crate) struct EventLoop<N: Node> {
     pub batch: Vec<Action<N::Message>>,
     pub loopback: mpsc::Sender<(NodeId, N::Message)>,
     pub audit: Option<Arc<crate::audit::Audit>>,
+    /// Answers to ring changes asked this turn, sent after its batch (at
+    /// most `inputs_per_batch_max`: drained every turn).
+    pub ring_replies: Vec<RingReply>,
 }
+
+/// An answer to [`Control::ChangeRing`] waiting for its turn's batch.
+pub(crate) type RingReply = (
+    oneshot::Sender<Result<RingView, RingRefusal>>,
+    Result<RingView, RingRefusal>,
+);
 
 impl<N: Node + Send + 'static> EventLoop<N> {
     fn now(&self) -> Time {
@@ -180,6 +201,21 @@ impl<N: Node + Send + 'static> EventLoop<N> {
             }
             Control::Status { reply } => {
                 let _ = reply.send(self.node.status());
+            }
+            Control::Ring { reply } => {
+                let _ = reply.send(self.node.ring_view());
+            }
+            Control::ChangeRing { change, reply } => {
+                self.metrics
+                    .inc("cohort_inputs_total", "kind=\"ring_change\"");
+                let r = self.node.change_ring(now, change).and_then(|()| {
+                    // A mode that changes rings shows one.
+                    self.node.ring_view().ok_or(RingRefusal::NotSupported)
+                });
+                tracing::info!(node = %self.node.id(), ?change, outcome = ?r, "ring change asked");
+                // Answered once this turn's writes are durable, as a reply
+                // from the core would be.
+                self.ring_replies.push((reply, r));
             }
             Control::List {
                 after,
@@ -328,6 +364,9 @@ impl<N: Node + Send + 'static> EventLoop<N> {
             }
             self.fire_due_timers();
             self.carry_out().await?;
+            for (tx, r) in self.ring_replies.drain(..) {
+                let _ = tx.send(r);
+            }
             self.metrics.set(
                 "cohort_client_requests_pending",
                 "",

@@ -7,6 +7,9 @@
 //! | `GET /v1/tasks/{id}` | `200` task JSON; linearizable; `?stale=true` for a local read; `?wait=10s` long-polls until final (`ms`, `s`, `m`; a bare number is seconds) |
 //! | `DELETE /v1/tasks/{id}` | `200` task JSON after cancelling |
 //! | `GET /v1/cluster` | cluster id, mode, this node, members with addresses and link state, task kinds |
+//! | `GET /v1/ring` | `200 {"node", "epoch", "members": [...], "in_flight": null \| {"op", "node"}}`: the ring this node knows (leaderless mode; `404 not_supported` in the others) |
+//! | `POST /v1/ring/members/{node}` | asks this node to propose that the configured member `node` joins the ring: `202` with the ring and `"reflected": false` once started, `200` with `"reflected": true` when the ring reflects it; `?wait=10s` waits for that (at most `wait_ms_max`) |
+//! | `DELETE /v1/ring/members/{node}` | the same for removing `node` from the ring |
 //! | `GET /v1/health` | `200 {"status": "ok", ...}` |
 //! | `GET /v1/openapi.json` | the OpenAPI 3 document of this API (`crates/runtime/openapi.json`) |
 //! | `GET /metrics` | Prometheus text |
@@ -25,8 +28,12 @@
 //! Errors: `{"error": "<message>", "code": "<snake_case>"}` with status 400
 //! (`malformed`, `invalid_task`), 401 (`unauthorized`: the node has tokens
 //! and the request has no known one), 403 (`forbidden`: the token's role is
-//! too low; see [`crate::auth`]), 404 (`not_found`), 408 (`timeout`: the
-//! request body did not arrive within `request_timeout_ms`), 409 (`id_conflict`), 413
+//! too low; see [`crate::auth`]), 404 (`not_found`; ring routes:
+//! `not_supported` outside leaderless mode, `not_a_member` for a node that
+//! is not a configured member), 408 (`timeout`: the
+//! request body did not arrive within `request_timeout_ms`), 409
+//! (`id_conflict`; ring changes: `busy` while this node drives another
+//! change, with `Retry-After` and `"in_flight"`, `last_member`), 413
 //! (`payload_too_large`), 422 (`unknown_kind`), 429 (`overloaded`, with
 //! `Retry-After`), 307 to the leader's API when this node is not the leader
 //! and knows where it is (`not_leader`, with `"leader"`), 503
@@ -48,7 +55,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use base64::Engine;
 use cohort_core::{
-    ClientError, ClientRequest, ClientResponse, Consistency, NodeRng, Task, TaskId, TaskState,
+    ClientError, ClientRequest, ClientResponse, Consistency, NodeId, NodeRng, RingRefusal,
+    RingRequest, RingView, Task, TaskId, TaskState,
 };
 use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
@@ -82,6 +90,11 @@ pub(crate) fn router(api: Arc<Api>) -> Router {
         .route("/v1/tasks:batch", axum::routing::post(submit_batch))
         .route("/v1/tasks/{id}", get(get_task).delete(cancel))
         .route("/v1/cluster", get(cluster))
+        .route("/v1/ring", get(ring))
+        .route(
+            "/v1/ring/members/{node}",
+            axum::routing::post(ring_join).delete(ring_remove),
+        )
         .route("/v1/health", get(health))
         .route("/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
@@ -969,6 +982,143 @@ async fn cluster(State(api): State<Arc<Api>>) -> Response {
     .into_response()
 }
 
+/// The JSON form of a change of the ring.
+fn ring_request_json(change: &RingRequest) -> serde_json::Value {
+    let (op, node) = match change {
+        RingRequest::Join(n) => ("join", n),
+        RingRequest::Remove(n) => ("remove", n),
+    };
+    json!({"op": op, "node": node.0})
+}
+
+/// The JSON form of the ring `node` knows.
+fn ring_view_json(node: NodeId, view: &RingView) -> serde_json::Value {
+    json!({
+        "node": node.0,
+        "epoch": view.epoch,
+        "members": view.members.iter().map(|m| m.0).collect::<Vec<_>>(),
+        "in_flight": view.in_flight.as_ref().map(ring_request_json),
+    })
+}
+
+impl Api {
+    fn ring_refusal(&self, e: RingRefusal) -> ApiError {
+        let msg = e.to_string();
+        match e {
+            RingRefusal::NotSupported => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_supported",
+                format!(
+                    "this node runs the {} mode, which has no ring; ring changes exist in leaderless mode",
+                    self.config.mode
+                ),
+            ),
+            RingRefusal::NotAMember(_) => ApiError::new(StatusCode::NOT_FOUND, "not_a_member", msg),
+            RingRefusal::Busy(change) => ApiError::new(StatusCode::CONFLICT, "busy", msg)
+                .with("in_flight", ring_request_json(&change))
+                .retry(),
+            RingRefusal::LastMember(_) => ApiError::new(StatusCode::CONFLICT, "last_member", msg),
+        }
+    }
+
+    /// The ring this node knows; `not_supported` in modes without one.
+    async fn read_ring(&self) -> Result<RingView, ApiError> {
+        self.read_core(|reply| Control::Ring { reply })
+            .await?
+            .ok_or_else(|| self.ring_refusal(RingRefusal::NotSupported))
+    }
+}
+
+async fn ring(State(api): State<Arc<Api>>) -> Result<Response, ApiError> {
+    let view = api.read_ring().await?;
+    Ok(Json(ring_view_json(api.config.peers.id, &view)).into_response())
+}
+
+/// Query of `POST`/`DELETE /v1/ring/members/{node}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RingQuery {
+    /// Wait until this node's ring reflects the change, at most this long
+    /// (`parse_wait` syntax), bounded by `wait_ms_max`.
+    #[serde(default)]
+    wait: Option<String>,
+}
+
+/// A node id in a path: a decimal number.
+fn parse_node(s: &str) -> Result<NodeId, ApiError> {
+    s.parse::<u64>().map(NodeId).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            format!("{s:?} is not a node id (a decimal number)"),
+        )
+    })
+}
+
+async fn ring_join(
+    State(api): State<Arc<Api>>,
+    Path(node): Path<String>,
+    q: Result<Query<RingQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let node = parse_node(&node)?;
+    change_ring(&api, RingRequest::Join(node), q).await
+}
+
+async fn ring_remove(
+    State(api): State<Arc<Api>>,
+    Path(node): Path<String>,
+    q: Result<Query<RingQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let node = parse_node(&node)?;
+    change_ring(&api, RingRequest::Remove(node), q).await
+}
+
+/// Asks the core to propose `change`; `200` with the ring when it reflects
+/// the change (at once, or within `?wait=`), else `202` with the ring.
+async fn change_ring(
+    api: &Api,
+    change: RingRequest,
+    q: Result<Query<RingQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) =
+        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed", e.body_text()))?;
+    let wait = match q.wait.as_deref() {
+        None => Duration::ZERO,
+        Some(w) => parse_wait(w).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed",
+                format!("bad wait {w:?}; use e.g. 10s or 500ms"),
+            )
+        })?,
+    };
+    let wait = wait.min(Duration::from_millis(api.config.client.wait_ms_max));
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut view = api
+        .read_core(|reply| Control::ChangeRing { change, reply })
+        .await?
+        .map_err(|e| api.ring_refusal(e))?;
+    let mut interval = Duration::from_millis(5);
+    while !change.reflected_in(&view.members) && tokio::time::Instant::now() < deadline {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+        interval = (interval * 2).min(Duration::from_millis(100));
+        view = api.read_ring().await?;
+    }
+    let reflected = change.reflected_in(&view.members);
+    let mut body = ring_view_json(api.config.peers.id, &view);
+    body["change"] = ring_request_json(&change);
+    body["reflected"] = json!(reflected);
+    let status = if reflected {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(body)).into_response())
+}
+
 async fn health(State(api): State<Arc<Api>>) -> Response {
     Json(json!({
         "status": "ok",
@@ -1021,6 +1171,8 @@ mod tests {
             "/v1/tasks",
             "/v1/tasks/{id}",
             "/v1/cluster",
+            "/v1/ring",
+            "/v1/ring/members/{node}",
             "/v1/health",
             "/v1/openapi.json",
             "/metrics",
@@ -1041,6 +1193,36 @@ mod tests {
         .unwrap();
         for k in body.as_object().unwrap().keys() {
             assert!(fields.contains_key(k), "openapi misses submit field {k}");
+        }
+        let ring = doc["components"]["schemas"]["Ring"]["properties"]
+            .as_object()
+            .unwrap();
+        let change = crate::client::RingChangeView {
+            op: "join".into(),
+            node: 4,
+        };
+        let answer = serde_json::to_value(crate::client::RingInfo {
+            node: 1,
+            epoch: 1,
+            members: vec![1, 4],
+            in_flight: Some(change.clone()),
+            change: Some(change),
+            reflected: Some(true),
+        })
+        .unwrap();
+        for k in answer.as_object().unwrap().keys() {
+            assert!(ring.contains_key(k), "openapi misses ring field {k}");
+        }
+        let view = RingView {
+            epoch: 1,
+            members: vec![NodeId(1), NodeId(4)],
+            in_flight: Some(RingRequest::Remove(NodeId(4))),
+        };
+        let shown = ring_view_json(NodeId(1), &view);
+        let read: crate::client::RingInfo = serde_json::from_value(shown.clone()).unwrap();
+        assert_eq!(read.in_flight.unwrap().op, "remove");
+        for k in shown.as_object().unwrap().keys() {
+            assert!(ring.contains_key(k), "openapi misses ring field {k}");
         }
     }
 

@@ -268,6 +268,7 @@ pub async fn start<N: Node + Send + 'static>(
         batch: Vec::new(),
         loopback: peer_tx,
         audit,
+        ring_replies: Vec::new(),
     };
     let event_loop = tokio::spawn(event_loop.run(control_rx, peer_rx, lost_rx));
     let api = Arc::new(http::Api {

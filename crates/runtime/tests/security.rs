@@ -138,16 +138,38 @@ async fn tokens_gate_the_api_with_401_and_403_by_role() {
     );
     // An admin token can cancel (a finished task stays as it is).
     assert_eq!(admin.cancel(&id).await.unwrap().state, "succeeded");
+    // Ring changes need admin; reading the ring needs read. This toy mode
+    // has no ring, so a request that gets through is refused as such.
+    assert_eq!(
+        api_error(submitter.ring_join(1).await.unwrap_err()),
+        (403, "forbidden".into())
+    );
+    assert_eq!(
+        api_error(submitter.ring_remove(1).await.unwrap_err()),
+        (403, "forbidden".into())
+    );
+    assert_eq!(
+        api_error(anon.ring().await.unwrap_err()),
+        (401, "unauthorized".into())
+    );
+    assert_eq!(
+        api_error(reader.ring().await.unwrap_err()),
+        (404, "not_supported".into())
+    );
+    assert_eq!(
+        api_error(admin.ring_join(1).await.unwrap_err()),
+        (404, "not_supported".into())
+    );
     let m = n.metrics();
     assert!(
         m.counter(
             "cohort_http_auth_refused_total",
             "reason=\"unauthenticated\""
-        ) >= 4
+        ) >= 5
     );
     assert_eq!(
         m.counter("cohort_http_auth_refused_total", "reason=\"forbidden\""),
-        2
+        4
     );
     n.shutdown().await.unwrap();
 }
