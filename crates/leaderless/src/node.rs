@@ -1370,13 +1370,14 @@ impl LeaderlessNode {
                     }
                     ReadProgress::Done(request, id, purpose, best, epoch, _)
                         if epoch < self.ring.ring.epoch
-                            && (best.is_none()
-                                || purpose == ReadPurpose::Submit
-                                    && best.as_ref().is_some_and(|b| b.version == 0)) =>
+                            && best.as_ref().is_none_or(|b| b.version == 0) =>
                     {
-                        // Nobody had it where this node's ring put it (or a
-                        // submit found only a version-0 record), but a newer
-                        // ring came in meanwhile: look there too.
+                        // Nobody had it where this node's ring put it, or
+                        // only a version-0 record (which may be a dead one
+                        // while the live record, placed under the newer ring,
+                        // has chosen values: `cohort sim` seed 10776 read a
+                        // finished task back `Pending`), but a newer ring
+                        // came in meanwhile: look there too.
                         self.quorum_read(now, request, id, purpose)
                     }
                     ReadProgress::Done(request, id, purpose, best, epoch, holders) => {

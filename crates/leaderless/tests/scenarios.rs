@@ -1045,3 +1045,80 @@ fn a_node_down_through_two_ring_changes_still_looks_where_the_ring_it_missed_pla
     assert!(sim.run_until(10_000, |s| s.decided(id).is_some()));
     assert_eq!(sim.executions_of(id).len(), 1);
 }
+
+/// `cohort sim` seed 10776: a node cut off under ring 0 had written a first
+/// copy of a task that never reached `W` (a dead version-0 record); the
+/// task was then created under ring 1 and finished. Back, and still on
+/// ring 0, the node read the task: a majority of its ring-0 placement
+/// answered (itself with the dead record, a replica with nothing and ring
+/// 1), and it answered `Pending`. A read that learns a newer ring and has
+/// found only a version-0 record now looks again under that ring.
+#[test]
+fn a_read_that_finds_only_a_dead_first_copy_and_learns_a_newer_ring_looks_again_there() {
+    let stale = NodeId(3);
+    let ring0: Vec<NodeId> = (1..=5).map(NodeId).collect();
+    let ring1: Vec<NodeId> = (1..=6).map(NodeId).collect();
+    // Ring 0 places the task on the stale node, `x` and `y`; ring 1 on the
+    // stale node, `x` and n6.
+    let (id, x, y) = (0..20_000)
+        .map(|i| tid(10_776_000 + i))
+        .find_map(|id| {
+            let p0 = placement::replicas(id, &ring0, 3);
+            let p1 = placement::replicas(id, &ring1, 3);
+            if !p0.contains(&stale) || !p1.contains(&stale) || !p1.contains(&NodeId(6)) {
+                return None;
+            }
+            let x = *p0.iter().find(|&&n| n != stale && p1.contains(&n))?;
+            let y = *p0.iter().find(|&&n| n != stale && n != x)?;
+            Some((id, x, y))
+        })
+        .expect("such a task");
+    let mut sim = Sim::new(10_776, 6, ring_of(5));
+    sim.run_for(1_000);
+    sim.isolate(stale);
+    let first = sim.submit(stale, id, b"x");
+    assert!(sim.run_until(3_000, |s| s.reply(first).is_some()));
+    assert!(
+        matches!(sim.reply(first), Some(Err(ClientError::Unavailable { .. }))),
+        "{:?}",
+        sim.reply(first)
+    );
+    assert!(sim.node(stale).record(id).is_some(), "its dead first copy");
+    let proposer = *ring0.iter().find(|&&n| n != stale).expect("a proposer");
+    sim.with_node(proposer, |n, now| {
+        n.propose_ring_change(now, RingChange::Add(NodeId(6)))
+    })
+    .expect("started");
+    assert!(sim.run_until(3_000, |s| s
+        .members()
+        .iter()
+        .all(|&m| m == stale || s.node(m).ring().epoch == 1)));
+    let coordinator = *ring0
+        .iter()
+        .find(|&&n| n != stale && n != x && n != y)
+        .expect("a coordinator");
+    let again = sim.submit(coordinator, id, b"x");
+    assert!(sim.run_until(1_000, |s| s.reply(again).is_some()));
+    assert!(accepted(&sim, again), "{:?}", sim.reply(again));
+    assert!(sim.run_until(10_000, |s| matches!(
+        s.decided(id),
+        Some(TaskState::Succeeded { .. })
+    )));
+    // Back, but not hearing `x`, and still on ring 0.
+    sim.heal();
+    sim.cut(stale, x);
+    assert_eq!(sim.node(stale).ring().epoch, 0);
+    let read = sim.get(stale, id, Consistency::Linearizable);
+    assert!(sim.run_until(3_000, |s| s.reply(read).is_some()));
+    assert!(
+        matches!(
+            sim.reply(read),
+            Some(Ok(ClientResponse::State {
+                state: TaskState::Succeeded { .. },
+                ..
+            }))
+        ),
+        "a finished task reads back finished: {:?}",
+        sim.reply(read)
+    );
+}
