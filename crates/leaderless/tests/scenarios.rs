@@ -473,6 +473,27 @@ fn ring_of(n: u64) -> LeaderlessConfig {
     }
 }
 
+/// `at` asks for `change`; waits up to `within_ms` until every node but
+/// `missing` knows ring `epoch`.
+fn agree_ring_change(
+    sim: &mut Sim,
+    at: NodeId,
+    change: RingChange,
+    epoch: u64,
+    missing: NodeId,
+    within_ms: u64,
+) {
+    sim.with_node(at, |n, now| n.propose_ring_change(now, change))
+        .expect("started");
+    assert!(
+        sim.run_until(within_ms, |s| s
+            .members()
+            .iter()
+            .all(|&m| m == missing || s.node(m).ring().epoch == epoch)),
+        "ring {epoch} agreed by every node but {missing}"
+    );
+}
+
 /// What can go wrong during a hand-off, struck right after the ring change
 /// is agreed.
 #[derive(Clone, Copy, PartialEq)]
@@ -925,14 +946,14 @@ fn concurrent_first_submits_under_two_ring_epochs_create_one_record_and_run_once
     let (behind, ahead) = (outside[0], outside[1]);
     // `behind` misses the ring change.
     sim.isolate(behind);
-    sim.with_node(ahead, |n, now| {
-        n.propose_ring_change(now, RingChange::Add(NodeId(6)))
-    })
-    .expect("started");
-    assert!(sim.run_until(2_000, |s| s
-        .members()
-        .iter()
-        .all(|&m| m == behind || s.node(m).ring().epoch == 1)));
+    agree_ring_change(
+        &mut sim,
+        ahead,
+        RingChange::Add(NodeId(6)),
+        1,
+        behind,
+        2_000,
+    );
     // `ahead` looks the task up (nobody has it) and creates it under ring 1;
     // right after its lookup, `behind`, still under ring 0, submits it too.
     let first = sim.submit(ahead, id, b"x");
@@ -998,14 +1019,14 @@ fn a_node_down_through_two_ring_changes_still_looks_where_the_ring_it_missed_pla
     let mut sim = Sim::new(2_055, 6, ring_of(5));
     sim.run_for(1_000);
     sim.crash(reader);
-    sim.with_node(proposer, |n, now| {
-        n.propose_ring_change(now, RingChange::Add(NodeId(6)))
-    })
-    .expect("started");
-    assert!(sim.run_until(3_000, |s| s
-        .members()
-        .iter()
-        .all(|&m| m == reader || s.node(m).ring().epoch == 1)));
+    agree_ring_change(
+        &mut sim,
+        proposer,
+        RingChange::Add(NodeId(6)),
+        1,
+        reader,
+        3_000,
+    );
     let r = sim.submit(holders[0], id, b"x");
     assert!(sim.run_until(1_000, |s| s.reply(r).is_some()));
     assert!(accepted(&sim, r), "{:?}", sim.reply(r));
@@ -1013,14 +1034,14 @@ fn a_node_down_through_two_ring_changes_still_looks_where_the_ring_it_missed_pla
     // later claim or outcome) can gather a majority of its ring-1
     // placement.
     sim.cut(holders[0], holders[1]);
-    sim.with_node(proposer, |n, now| {
-        n.propose_ring_change(now, RingChange::Remove(removed))
-    })
-    .expect("started");
-    assert!(sim.run_until(3_000, |s| s
-        .members()
-        .iter()
-        .all(|&m| m == reader || s.node(m).ring().epoch == 2)));
+    agree_ring_change(
+        &mut sim,
+        proposer,
+        RingChange::Remove(removed),
+        2,
+        reader,
+        3_000,
+    );
 
     sim.restart(reader);
     sim.cut(reader, holders[0]);
@@ -1085,14 +1106,14 @@ fn a_read_that_finds_only_a_dead_first_copy_and_learns_a_newer_ring_looks_again_
     );
     assert!(sim.node(stale).record(id).is_some(), "its dead first copy");
     let proposer = *ring0.iter().find(|&&n| n != stale).expect("a proposer");
-    sim.with_node(proposer, |n, now| {
-        n.propose_ring_change(now, RingChange::Add(NodeId(6)))
-    })
-    .expect("started");
-    assert!(sim.run_until(3_000, |s| s
-        .members()
-        .iter()
-        .all(|&m| m == stale || s.node(m).ring().epoch == 1)));
+    agree_ring_change(
+        &mut sim,
+        proposer,
+        RingChange::Add(NodeId(6)),
+        1,
+        stale,
+        3_000,
+    );
     let coordinator = *ring0
         .iter()
         .find(|&&n| n != stale && n != x && n != y)
