@@ -823,17 +823,7 @@ async fn get_task(
     } else {
         Consistency::Linearizable
     };
-    let wait = match q.wait.as_deref() {
-        None => Duration::ZERO,
-        Some(w) => parse_wait(w).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "malformed",
-                format!("bad wait {w:?}; use e.g. 10s or 500ms"),
-            )
-        })?,
-    };
-    let wait = wait.min(Duration::from_millis(api.config.client.wait_ms_max));
+    let wait = bounded_wait(&api, q.wait.as_deref())?;
     let deadline = tokio::time::Instant::now() + wait;
     let mut interval = Duration::from_millis(5);
     loop {
@@ -1073,16 +1063,9 @@ async fn ring_remove(
     change_ring(&api, RingRequest::Remove(node), q).await
 }
 
-/// Asks the core to propose `change`; `200` with the ring when it reflects
-/// the change (at once, or within `?wait=`), else `202` with the ring.
-async fn change_ring(
-    api: &Api,
-    change: RingRequest,
-    q: Result<Query<RingQuery>, QueryRejection>,
-) -> Result<Response, ApiError> {
-    let Query(q) =
-        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed", e.body_text()))?;
-    let wait = match q.wait.as_deref() {
+/// A `?wait=` (absent: no wait), capped by `client.wait_ms_max`.
+fn bounded_wait(api: &Api, wait: Option<&str>) -> Result<Duration, ApiError> {
+    let wait = match wait {
         None => Duration::ZERO,
         Some(w) => parse_wait(w).ok_or_else(|| {
             ApiError::new(
@@ -1092,7 +1075,19 @@ async fn change_ring(
             )
         })?,
     };
-    let wait = wait.min(Duration::from_millis(api.config.client.wait_ms_max));
+    Ok(wait.min(Duration::from_millis(api.config.client.wait_ms_max)))
+}
+
+/// Asks the core to propose `change`; `200` with the ring when it reflects
+/// the change (at once, or within `?wait=`), else `202` with the ring.
+async fn change_ring(
+    api: &Api,
+    change: RingRequest,
+    q: Result<Query<RingQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) =
+        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed", e.body_text()))?;
+    let wait = bounded_wait(api, q.wait.as_deref())?;
     let deadline = tokio::time::Instant::now() + wait;
     let mut view = api
         .read_core(|reply| Control::ChangeRing { change, reply })
