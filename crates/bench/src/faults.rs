@@ -247,10 +247,41 @@ struct ProcCluster {
     stopped: Vec<u64>,
 }
 
-/// A free port on 127.0.0.1 (bound and released: a child binds it next).
-fn free_port() -> Result<SocketAddr, BenchError> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(BenchError::io("bind"))?;
-    l.local_addr().map_err(BenchError::io("addr"))
+/// Ports for `cohort node` children are taken below the kernel's ephemeral
+/// range (32768 and up on Linux), which `bind(…:0)` draws from. A port
+/// found with `bind(…:0)` and released for a child to bind was sometimes
+/// handed straight to one of this harness's own proxies (bound with port 0
+/// right after), and the child failed with "address already in use".
+const CHILD_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// The next port [`reserve_port`] tries: shared by every cluster of this
+/// process (tests run side by side), starting at a random point so two
+/// processes rarely scan the same ports.
+static NEXT_CHILD_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+
+/// A port on 127.0.0.1 outside the ephemeral range, held bound until the
+/// child that will listen on it starts (drop the listener just before).
+/// No two calls in one process return the same port.
+pub fn reserve_port() -> Result<std::net::TcpListener, BenchError> {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::Ordering;
+    let span = CHILD_PORTS.end - CHILD_PORTS.start;
+    // `RandomState` is seeded from the OS per process: a random start
+    // without another dependency.
+    let start = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+        % u64::from(span);
+    let _ = NEXT_CHILD_PORT.compare_exchange(0, start as u16, Ordering::Relaxed, Ordering::Relaxed);
+    for _ in 0..span {
+        let offset = NEXT_CHILD_PORT.fetch_add(1, Ordering::Relaxed) % span;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", CHILD_PORTS.start + offset)) {
+            return Ok(l);
+        }
+    }
+    Err(BenchError::Options(format!(
+        "no free port on 127.0.0.1 in {CHILD_PORTS:?}"
+    )))
 }
 
 impl ProcCluster {
@@ -259,9 +290,12 @@ impl ProcCluster {
         let ids: Vec<u64> = (1..=s.nodes).collect();
         let mut peer = BTreeMap::new();
         let mut http = BTreeMap::new();
+        let mut reserved = BTreeMap::new();
         for &i in &ids {
-            peer.insert(i, free_port()?);
-            http.insert(i, free_port()?);
+            let (p, h) = (reserve_port()?, reserve_port()?);
+            peer.insert(i, p.local_addr().map_err(BenchError::io("addr"))?);
+            http.insert(i, h.local_addr().map_err(BenchError::io("addr"))?);
+            reserved.insert(i, (p, h));
         }
         let mut links = BTreeMap::new();
         let mut proxies = Vec::new();
@@ -294,6 +328,8 @@ impl ProcCluster {
                 .join(",");
             let log = std::fs::File::create(dir.path().join(format!("n{i}.log")))
                 .map_err(BenchError::io("node log"))?;
+            // Released only now, for the child to bind.
+            drop(reserved.remove(&i));
             let child = Command::new(&s.binary)
                 .arg("node")
                 .args(["--id", &i.to_string(), "--peers", &peers])

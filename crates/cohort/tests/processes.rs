@@ -2,7 +2,6 @@
 //! restart from the data dir, and a refused foreign data file.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -21,11 +20,14 @@ impl Drop for Procs {
     }
 }
 
+/// A port for a child to bind: below the ephemeral range and never the
+/// same twice in this process, so neither another test's port nor a
+/// `bind(…:0)` can take it between our check and the child's bind.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
+    cohort_bench::faults::reserve_port()
+        .expect("a free port")
         .local_addr()
-        .unwrap()
+        .expect("its address")
         .port()
 }
 
