@@ -54,6 +54,15 @@ pub struct LeaderConfig {
     pub snapshot_entries_threshold: u64,
     /// Entries kept behind a snapshot for slightly lagging followers.
     pub snapshot_keep_entries: u64,
+    /// Snapshot only once the log also holds at least this many entries
+    /// per task record in the state (0: no such rule). A snapshot encodes
+    /// and writes the whole state, so without it a state of `n` records
+    /// costs `O(n)` every `snapshot_entries_threshold` entries, which grows
+    /// without bound as tasks accumulate; with it the cost per entry stays
+    /// constant and the log stays within `max(threshold, this * records)`
+    /// entries, records being bounded by `tasks_retained_max` and
+    /// `tasks_active_max`.
+    pub snapshot_entries_per_record: u64,
     /// Most entries per AppendEntries.
     pub append_entries_max: usize,
     /// Most AppendEntries in flight per follower.
@@ -77,6 +86,7 @@ impl Default for LeaderConfig {
             voters_max: 5,
             snapshot_entries_threshold: 1_000,
             snapshot_keep_entries: 100,
+            snapshot_entries_per_record: 1,
             append_entries_max: 64,
             appends_inflight_max: 8,
             snapshot_chunk_bytes: 64 << 10,
@@ -1091,7 +1101,10 @@ impl LeaderNode {
     fn maybe_compact(&mut self) {
         let c = self.cfg.get();
         let held = self.applied.saturating_sub(self.raft.log().offset());
-        if held > c.snapshot_entries_threshold + c.snapshot_keep_entries {
+        let amortized = c
+            .snapshot_entries_per_record
+            .saturating_mul(self.sm.len() as u64);
+        if held > c.snapshot_entries_threshold.max(amortized) + c.snapshot_keep_entries {
             assert_eq!(
                 self.raft.status().applied,
                 self.applied,
