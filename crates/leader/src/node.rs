@@ -281,6 +281,9 @@ pub struct LeaderNode {
     now: Time,
     /// Graceful shutdown: the term in which this leader began handing over.
     handing_over: Option<u64>,
+    /// Whether the driver calls [`Node::flush`] (from its first call on),
+    /// so Raft may hold back sends until then.
+    flushed: bool,
 }
 
 const TIMER: u64 = 0;
@@ -315,6 +318,7 @@ impl Node for LeaderNode {
             was_leader: false,
             snapshots_installed: 0,
             handing_over: None,
+            flushed: false,
             greeted: None,
             armed: None,
             now,
@@ -380,6 +384,16 @@ impl Node for LeaderNode {
             self.results.insert((task, epoch), outcome.clone());
             self.report_result(task, epoch, outcome);
         }
+        self.after_input();
+    }
+
+    fn flush(&mut self, now: Time) {
+        self.now = self.now.max(now);
+        if !self.flushed {
+            self.flushed = true;
+            self.raft.defer_sends();
+        }
+        self.raft.flush(self.now);
         self.after_input();
     }
 
