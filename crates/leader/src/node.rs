@@ -837,11 +837,24 @@ impl LeaderNode {
                 l.0 += 1;
             }
         }
+        // Runs after every input: with every worker full (the usual case
+        // under load) it must not walk the pending tasks, and it takes no
+        // more of them than can be placed (the loop below stops there).
+        let free: u64 = load
+            .values()
+            .map(|(run, cap)| cap.saturating_sub(*run))
+            .sum();
+        if free == 0 {
+            return;
+        }
+        let take = usize::try_from(free)
+            .unwrap_or(usize::MAX)
+            .min(self.cfg.get().assignments_per_round_max);
         let todo: Vec<TaskId> = self
             .sm
             .pending()
             .filter(|t| !self.inflight.assign.contains_key(t))
-            .take(self.cfg.get().assignments_per_round_max)
+            .take(take)
             .collect();
         for id in todo {
             let best = load
