@@ -109,6 +109,10 @@ impl<N: Node> Node for Counted<N> {
         self.inner.handle_task_finished(now, task, epoch, outcome);
     }
 
+    fn flush(&mut self, now: Time) {
+        self.inner.flush(now);
+    }
+
     fn actions(&mut self) -> std::vec::Drain<'_, Action<Self::Message>> {
         let mut sent = 0;
         for a in self.inner.actions() {

@@ -54,6 +54,17 @@ pub trait Node: Sized {
     /// The handler started by [`Action::Execute`] for `(task, epoch)` returned.
     fn handle_task_finished(&mut self, now: Time, task: TaskId, epoch: Epoch, outcome: TaskOutcome);
 
+    /// The driver has handed over a batch of inputs and is about to carry
+    /// out their actions (persist once, then send). A node may hold back
+    /// sends it can merge (one message per peer for many inputs) and make
+    /// them here, leaving them in [`Node::actions`] like any input's. A
+    /// driver that calls it must do so after every batch; a node holds
+    /// nothing back before the first call, so a driver that never calls it
+    /// sees every send at once. The default holds nothing back.
+    fn flush(&mut self, now: Time) {
+        let _ = now;
+    }
+
     /// Drains the output batch. The iterator borrows the node: no new input
     /// can be handed in until the batch has been taken.
     fn actions(&mut self) -> std::vec::Drain<'_, Action<Self::Message>>;

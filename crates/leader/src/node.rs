@@ -54,6 +54,15 @@ pub struct LeaderConfig {
     pub snapshot_entries_threshold: u64,
     /// Entries kept behind a snapshot for slightly lagging followers.
     pub snapshot_keep_entries: u64,
+    /// Snapshot only once the log also holds at least this many entries
+    /// per task record in the state (0: no such rule). A snapshot encodes
+    /// and writes the whole state, so without it a state of `n` records
+    /// costs `O(n)` every `snapshot_entries_threshold` entries, which grows
+    /// without bound as tasks accumulate; with it the cost per entry stays
+    /// constant and the log stays within `max(threshold, this * records)`
+    /// entries, records being bounded by `tasks_retained_max` and
+    /// `tasks_active_max`.
+    pub snapshot_entries_per_record: u64,
     /// Most entries per AppendEntries.
     pub append_entries_max: usize,
     /// Most AppendEntries in flight per follower.
@@ -77,6 +86,7 @@ impl Default for LeaderConfig {
             voters_max: 5,
             snapshot_entries_threshold: 1_000,
             snapshot_keep_entries: 100,
+            snapshot_entries_per_record: 1,
             append_entries_max: 64,
             appends_inflight_max: 8,
             snapshot_chunk_bytes: 64 << 10,
@@ -271,6 +281,9 @@ pub struct LeaderNode {
     now: Time,
     /// Graceful shutdown: the term in which this leader began handing over.
     handing_over: Option<u64>,
+    /// Whether the driver calls [`Node::flush`] (from its first call on),
+    /// so Raft may hold back sends until then.
+    flushed: bool,
 }
 
 const TIMER: u64 = 0;
@@ -305,6 +318,7 @@ impl Node for LeaderNode {
             was_leader: false,
             snapshots_installed: 0,
             handing_over: None,
+            flushed: false,
             greeted: None,
             armed: None,
             now,
@@ -370,6 +384,16 @@ impl Node for LeaderNode {
             self.results.insert((task, epoch), outcome.clone());
             self.report_result(task, epoch, outcome);
         }
+        self.after_input();
+    }
+
+    fn flush(&mut self, now: Time) {
+        self.now = self.now.max(now);
+        if !self.flushed {
+            self.flushed = true;
+            self.raft.defer_sends();
+        }
+        self.raft.flush(self.now);
         self.after_input();
     }
 
@@ -813,11 +837,24 @@ impl LeaderNode {
                 l.0 += 1;
             }
         }
+        // Runs after every input: with every worker full (the usual case
+        // under load) it must not walk the pending tasks, and it takes no
+        // more of them than can be placed (the loop below stops there).
+        let free: u64 = load
+            .values()
+            .map(|(run, cap)| cap.saturating_sub(*run))
+            .sum();
+        if free == 0 {
+            return;
+        }
+        let take = usize::try_from(free)
+            .unwrap_or(usize::MAX)
+            .min(self.cfg.get().assignments_per_round_max);
         let todo: Vec<TaskId> = self
             .sm
             .pending()
             .filter(|t| !self.inflight.assign.contains_key(t))
-            .take(self.cfg.get().assignments_per_round_max)
+            .take(take)
             .collect();
         for id in todo {
             let best = load
@@ -1091,7 +1128,10 @@ impl LeaderNode {
     fn maybe_compact(&mut self) {
         let c = self.cfg.get();
         let held = self.applied.saturating_sub(self.raft.log().offset());
-        if held > c.snapshot_entries_threshold + c.snapshot_keep_entries {
+        let amortized = c
+            .snapshot_entries_per_record
+            .saturating_mul(self.sm.len() as u64);
+        if held > c.snapshot_entries_threshold.max(amortized) + c.snapshot_keep_entries {
             assert_eq!(
                 self.raft.status().applied,
                 self.applied,

@@ -323,6 +323,7 @@ fn snapshots_bound_the_log_and_catch_up_a_lagging_node() {
     let cfg = LeaderConfig {
         snapshot_entries_threshold: 20,
         snapshot_keep_entries: 5,
+        snapshot_entries_per_record: 0,
         snapshot_chunk_bytes: 64,
         ..LeaderConfig::default()
     }
@@ -652,4 +653,33 @@ fn raft_invariants_checker_catches_diverging_committed_entries() {
         .check(&[Some(a.node(NodeId(1))), Some(b.node(NodeId(1)))])
         .unwrap_err();
     assert!(err.contains("different entry at 2"), "{err}");
+}
+
+#[test]
+fn snapshots_wait_for_as_many_entries_as_the_state_holds_records() {
+    let cfg = LeaderConfig {
+        snapshot_entries_threshold: 20,
+        snapshot_keep_entries: 5,
+        snapshot_entries_per_record: 1,
+        ..LeaderConfig::default()
+    }
+    .validate()
+    .unwrap();
+    let mut c = Cluster::new(15, 3, cfg);
+    let l = c.elect(3_000);
+    for i in 0..100u128 {
+        c.submit(l, TaskId(i), task("echo", b""));
+        c.run_for(5);
+    }
+    c.run_for(1_000);
+    assert_eq!(c.check_history().len(), 100);
+    // Each task takes about three entries (submit, assign, result), so the
+    // log outgrows the 20-entry threshold while records accumulate, yet a
+    // snapshot is still taken once it holds as many entries as records.
+    assert!(c.max_log_len > 25 + 20, "log stayed at {}", c.max_log_len);
+    assert!(c.max_log_len <= 200, "log grew to {}", c.max_log_len);
+    assert!(
+        c.node(l).raft_status().log_offset > 0,
+        "the leader compacted its log"
+    );
 }

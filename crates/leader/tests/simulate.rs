@@ -71,6 +71,7 @@ fn aggressive_compaction_ships_snapshots_and_passes_all_checkers() {
     let cfg = LeaderConfig {
         snapshot_entries_threshold: 30,
         snapshot_keep_entries: 5,
+        snapshot_entries_per_record: 0,
         snapshot_chunk_bytes: 200,
         ..LeaderConfig::default()
     }

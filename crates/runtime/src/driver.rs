@@ -5,6 +5,10 @@
 //! already waiting, handing each to the core and collecting the actions of
 //! all of them in order. Then it carries the batch out:
 //!
+//! Before carrying the batch out it calls [`Node::flush`], so the node can
+//! merge what the batch's inputs would send to each peer (leader mode: one
+//! AppendEntries per follower carrying every entry the batch proposed).
+//!
 //! 1. every [`Action::Persist`] of the batch, in order, in one redb
 //!    transaction, committed with fsync (group commit);
 //! 2. then, in order: `Send` to the transport, `Execute` to the executor,
@@ -263,6 +267,13 @@ impl<N: Node + Send + 'static> EventLoop<N> {
         self.take_actions();
     }
 
+    /// The batch is complete: the node makes the sends it held back.
+    fn flush(&mut self) {
+        let now = self.now();
+        self.node.flush(now);
+        self.take_actions();
+    }
+
     fn input_message(&mut self, from: NodeId, msg: N::Message) {
         self.metrics.inc("cohort_inputs_total", "kind=\"message\"");
         let now = self.now();
@@ -303,6 +314,7 @@ impl<N: Node + Send + 'static> EventLoop<N> {
     ) -> Result<(), RuntimeError> {
         // Boot left its first actions in the node.
         self.take_actions();
+        self.flush();
         self.carry_out().await?;
         let mut stop = self.stop.clone();
         let mut drain = self.drain.clone();
@@ -363,6 +375,7 @@ impl<N: Node + Send + 'static> EventLoop<N> {
                 taken += 1;
             }
             self.fire_due_timers();
+            self.flush();
             self.carry_out().await?;
             for (tx, r) in self.ring_replies.drain(..) {
                 let _ = tx.send(r);

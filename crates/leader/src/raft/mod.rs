@@ -425,6 +425,13 @@ pub struct RaftNode {
     /// The leader last heard of, for [`RaftCounters::leader_changes_seen`].
     leader_seen: Option<NodeId>,
     incoming_snapshot: Option<(SnapshotMeta, Vec<u8>)>,
+    /// Whether the leader holds back the appends that proposals, acks and
+    /// commit advances call for until [`RaftNode::flush`] (see
+    /// [`RaftNode::defer_sends`]).
+    defer: bool,
+    /// The commit index advanced since the last flush: followers that get
+    /// no append in the flush get a heartbeat to learn it.
+    commit_unsent: bool,
     /// The `now` of the latest input.
     clock: Time,
     ready: Ready,
@@ -505,6 +512,8 @@ impl RaftNode {
             counters: RaftCounters::default(),
             leader_seen: None,
             incoming_snapshot: None,
+            defer: false,
+            commit_unsent: false,
             clock: now,
             ready: Ready::default(),
         };
@@ -653,9 +662,40 @@ impl RaftNode {
             return Err(RaftError::Transferring);
         }
         let index = self.append_local(kind);
-        self.broadcast_append();
+        if !self.defer {
+            self.broadcast_append();
+        }
         self.maybe_commit();
         Ok(index)
+    }
+
+    /// From now on the leader holds back the appends and commit heartbeats
+    /// that proposals, acknowledgements and commit advances call for until
+    /// [`RaftNode::flush`], which sends each follower one append with
+    /// everything it lacks (as far as its window allows) and the latest
+    /// commit index. Many proposals then share one AppendEntries, and many
+    /// acknowledgements one commit heartbeat, instead of one each. The
+    /// caller must call `flush` after every batch of inputs.
+    pub fn defer_sends(&mut self) {
+        self.defer = true;
+    }
+
+    /// Makes the sends held back since the last call (see
+    /// [`RaftNode::defer_sends`]).
+    pub fn flush(&mut self, now: Time) {
+        self.clock = self.clock.max(now);
+        let commit_unsent = std::mem::take(&mut self.commit_unsent);
+        if self.role != Role::Leader {
+            return;
+        }
+        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+        for to in peers {
+            let before = self.ready.messages.len();
+            self.replicate_to(to);
+            if commit_unsent && self.ready.messages.len() == before {
+                self.send_heartbeat(to, false);
+            }
+        }
     }
 
     /// A status for checkers and operators.

@@ -138,7 +138,7 @@ impl RaftNode {
 
     /// Heartbeat to one follower: an empty append at its known match, so it
     /// learns the commit index and echoes the ReadIndex round.
-    fn send_heartbeat(&mut self, to: NodeId, tick: bool) {
+    pub(super) fn send_heartbeat(&mut self, to: NodeId, tick: bool) {
         let Some(pr) = self.progress.get(&to) else {
             return;
         };
@@ -342,7 +342,9 @@ impl RaftNode {
                 let caught_up = pr.match_index == last;
                 self.maybe_commit();
                 self.advance_reads();
-                self.replicate_to(from);
+                if !self.defer {
+                    self.replicate_to(from);
+                }
                 if caught_up {
                     self.maybe_send_timeout_now(from);
                 }
@@ -402,8 +404,13 @@ impl RaftNode {
 
     /// Called when the leader's commit index advanced.
     pub(super) fn on_leader_commit(&mut self) {
-        // Followers learn the new commit index at once, not a heartbeat later.
-        self.broadcast_heartbeat(false);
+        // Followers learn the new commit index at once, not a heartbeat
+        // later: now, or in the flush that ends this batch.
+        if self.defer {
+            self.commit_unsent = true;
+        } else {
+            self.broadcast_heartbeat(false);
+        }
         self.on_membership_committed();
     }
 }

@@ -566,3 +566,40 @@ fn a_candidate_with_a_shorter_log_gets_no_vote() {
     ));
     net.stored.get_mut(&voter).unwrap().apply(&ready.persist);
 }
+
+#[test]
+fn deferred_proposals_share_one_append_per_follower_until_flush() {
+    let mut net = Net::new(31, 3);
+    let leader = net.elect(2_000);
+    assert_eq!(propose_many(&mut net, 3, 1), 3);
+    net.run_for(200);
+    let raft = net.raft(leader);
+    let now = raft.clock;
+    raft.defer_sends();
+    for i in 0..10u8 {
+        raft.propose(now, vec![7, i]).expect("the leader takes proposals");
+    }
+    let held = raft.take_ready();
+    assert!(
+        held.messages.is_empty(),
+        "nothing is sent before the flush: {:?}",
+        held.messages
+    );
+    assert_eq!(held.persist.len(), 10, "each entry is still written at once");
+    raft.flush(now);
+    let sent = raft.take_ready();
+    let appends: Vec<(NodeId, usize)> = sent
+        .messages
+        .iter()
+        .map(|(to, m)| match m {
+            super::RaftMsg::Append { entries, .. } => (*to, entries.len()),
+            other => panic!("only appends are sent, got {other:?}"),
+        })
+        .collect();
+    let followers: Vec<NodeId> = ids(3).into_iter().filter(|i| *i != leader).collect();
+    assert_eq!(
+        appends,
+        followers.iter().map(|f| (*f, 10)).collect::<Vec<_>>(),
+        "one append per follower carrying all ten entries"
+    );
+}

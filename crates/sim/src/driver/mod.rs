@@ -667,10 +667,13 @@ impl<'a, N: Node> Sim<'a, N> {
             .expect("dispatch only to a node that is up")
     }
 
-    /// Moves the node's output batch into its pipeline.
+    /// Ends the node's batch (one input here: the simulator hands them
+    /// over one at a time) and moves its output into its pipeline.
     fn drain(&mut self, i: usize) {
+        let now = self.now;
         let Slot { node, pipeline, .. } = &mut self.slots[i];
         if let Some(node) = node {
+            node.flush(now);
             pipeline.extend(node.actions());
         }
     }
