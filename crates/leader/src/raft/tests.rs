@@ -577,7 +577,8 @@ fn deferred_proposals_share_one_append_per_follower_until_flush() {
     let now = raft.clock;
     raft.defer_sends();
     for i in 0..10u8 {
-        raft.propose(now, vec![7, i]).expect("the leader takes proposals");
+        raft.propose(now, vec![7, i])
+            .expect("the leader takes proposals");
     }
     let held = raft.take_ready();
     assert!(
@@ -585,7 +586,11 @@ fn deferred_proposals_share_one_append_per_follower_until_flush() {
         "nothing is sent before the flush: {:?}",
         held.messages
     );
-    assert_eq!(held.persist.len(), 10, "each entry is still written at once");
+    assert_eq!(
+        held.persist.len(),
+        10,
+        "each entry is still written at once"
+    );
     raft.flush(now);
     let sent = raft.take_ready();
     let appends: Vec<(NodeId, usize)> = sent
