@@ -124,6 +124,7 @@ pub struct Settings {
     inputs_per_batch_max: Option<usize>,
     transport: cohort_runtime::config::TransportLimits,
     client: cohort_runtime::config::ClientLimits,
+    leaderless: Option<toml::Table>,
 }
 
 impl NodeArgs {
@@ -195,6 +196,7 @@ impl NodeArgs {
             inputs_per_batch_max: file.inputs_per_batch_max,
             transport: file.transport.unwrap_or_default(),
             client: file.client.unwrap_or_default(),
+            leaderless: file.leaderless,
         })
     }
 }
@@ -235,8 +237,9 @@ pub struct Validated {
     pub peer_bind: SocketAddr,
     /// The mode.
     pub mode: &'static modes::Mode,
-    /// `--initial-ring`, checked against the members (leaderless only).
-    pub initial_ring: Option<Vec<NodeId>>,
+    /// Leaderless mode: its settings (the `[leaderless]` table over the
+    /// defaults, with `initial_ring`), validated against the members.
+    pub leaderless: Option<cohort_leaderless::LeaderlessConfig>,
 }
 
 /// Parses `--initial-ring`: distinct configured members, at least one.
@@ -335,12 +338,31 @@ pub fn validate(args: &Settings) -> anyhow::Result<Validated> {
         }
         Some(r) => Some(parse_ring(r, &all)?),
     };
+    let leaderless = match (&args.leaderless, mode.name) {
+        (Some(_), name) if name != "leaderless" => {
+            bail!("the [leaderless] table is for --mode leaderless, not {name}")
+        }
+        (_, "leaderless") => {
+            let table = args.leaderless.clone().unwrap_or_default();
+            if table.contains_key("initial_ring") {
+                bail!("[leaderless]: give initial_ring at the top level or as --initial-ring");
+            }
+            let mut lc: cohort_leaderless::LeaderlessConfig = toml::Value::Table(table)
+                .try_into()
+                .map_err(|e| anyhow::anyhow!("[leaderless]: {e}"))?;
+            lc.initial_ring = initial_ring;
+            lc.validate(&config.peers)
+                .map_err(|e| anyhow::anyhow!("[leaderless]: {e}"))?;
+            Some(lc)
+        }
+        _ => None,
+    };
     config.validate()?;
     Ok(Validated {
         config,
         peer_bind,
         mode,
-        initial_ring,
+        leaderless,
     })
 }
 
@@ -417,10 +439,8 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
             ..NodeOptions::default()
         };
         let listeners = Listeners { peer, http };
-        let mut node = match v.initial_ring {
-            Some(ring) => {
-                modes::start_leaderless_with(v.config, options, listeners, Some(ring)).await?
-            }
+        let mut node = match v.leaderless {
+            Some(lc) => modes::start_leaderless_config(v.config, options, listeners, lc).await?,
             None => (v.mode.start)(v.config, options, listeners).await?,
         };
         eprintln!(
@@ -535,7 +555,10 @@ mod tests {
         a.mode = Some("leaderless".into());
         a.initial_ring = Some("2, 1".into());
         let v = validate(&a.settings().unwrap()).unwrap();
-        assert_eq!(v.initial_ring, Some(vec![NodeId(1), NodeId(2)]));
+        assert_eq!(
+            v.leaderless.and_then(|l| l.initial_ring),
+            Some(vec![NodeId(1), NodeId(2)])
+        );
         let v = validate(&args().settings().unwrap()).unwrap();
         assert_eq!(v.peer_bind, "127.0.0.1:7001".parse().unwrap());
     }
@@ -654,5 +677,67 @@ mod tests {
                 .unwrap_err()
         );
         assert!(e.contains("frame_timeout"), "an unknown key is named: {e}");
+    }
+
+    #[test]
+    fn the_leaderless_table_sets_the_modes_settings_and_bad_ones_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        let base = format!(
+            "id = 1\npeers = \"1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003\"\ndata_dir = {:?}\n",
+            dir.path()
+        );
+        let check = |extra: &str| {
+            std::fs::write(&file, format!("{base}{extra}")).unwrap();
+            let args = NodeArgs {
+                config: Some(file.clone()),
+                ..NodeArgs::default()
+            };
+            validate(&args.settings()?)
+        };
+        let v = check(
+            "mode = \"leaderless\"\ninitial_ring = \"1,2\"\n[leaderless]\npaxos_backoff_max_ms = 5000\nswim_probe_period_ms = 2000\n",
+        )
+        .unwrap();
+        let lc = v.leaderless.expect("leaderless settings");
+        assert_eq!(lc.paxos_backoff_max_ms, 5000);
+        assert_eq!(lc.swim_probe_period_ms, 2000);
+        assert_eq!(
+            lc.replicas,
+            cohort_leaderless::LeaderlessConfig::default().replicas,
+            "a key left out keeps its default"
+        );
+        assert_eq!(lc.initial_ring, Some(vec![NodeId(1), NodeId(2)]));
+        // Without the table, leaderless mode runs on the defaults.
+        let v = check("mode = \"leaderless\"\n").unwrap();
+        assert_eq!(
+            v.leaderless,
+            Some(cohort_leaderless::LeaderlessConfig::default())
+        );
+        for (extra, named) in [
+            (
+                "mode = \"leaderless\"\n[leaderless]\npaxos_backoff = 1\n",
+                "paxos_backoff",
+            ),
+            (
+                "mode = \"leaderless\"\n[leaderless]\nreplicas = 0\n",
+                "replicas",
+            ),
+            (
+                "mode = \"leaderless\"\n[leaderless]\nwrite_quorum = 1\n",
+                "write_quorum 1",
+            ),
+            (
+                "mode = \"leaderless\"\n[leaderless]\ninitial_ring = [1]\n",
+                "initial_ring",
+            ),
+            (
+                "mode = \"leader\"\n[leaderless]\nreplicas = 3\n",
+                "[leaderless]",
+            ),
+        ] {
+            let e = format!("{:#}", check(extra).err().expect("refused"));
+            assert!(e.contains(named), "{extra:?}: {e}");
+        }
     }
 }

@@ -83,6 +83,16 @@ pub async fn start_leaderless_with(
         initial_ring,
         ..cohort_leaderless::LeaderlessConfig::default()
     };
+    start_leaderless_config(config, options, listeners, mode).await
+}
+
+/// Starts a leaderless node with the mode's settings `mode`.
+pub async fn start_leaderless_config(
+    config: RuntimeConfig,
+    options: NodeOptions,
+    listeners: Listeners,
+    mode: cohort_leaderless::LeaderlessConfig,
+) -> Result<RunningNode, RuntimeError> {
     mode.validate(&config.peers)
         .map_err(|e| RuntimeError::Config(format!("leaderless mode: {e}")))?;
     cohort_runtime::start::<cohort_leaderless::LeaderlessNode>(config, mode, options, listeners)

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 /// Settings of a leaderless cluster, identical on every node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct LeaderlessConfig {
     /// Replicas per task (`R`).
     pub replicas: usize,

@@ -148,6 +148,10 @@ pub struct NodeFile {
     pub transport: Option<TransportLimits>,
     /// The `[client]` table: client API limits.
     pub client: Option<ClientLimits>,
+    /// The `[leaderless]` table: the leaderless mode's settings, by the
+    /// names of `cohort_leaderless::LeaderlessConfig` (checked where the
+    /// mode is started, not here).
+    pub leaderless: Option<toml::Table>,
 }
 
 impl NodeFile {
