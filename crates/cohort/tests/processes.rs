@@ -90,8 +90,9 @@ fn wait_healthy(http: &str) {
     panic!("node at {http} never became healthy");
 }
 
-fn submit_and_wait(http: &str, payload: &str) -> serde_json::Value {
-    let out = cli(&[
+/// `cohort submit` of an echo task, waiting up to 15 s for its outcome.
+fn submit_echo(http: &str, payload: &str) -> std::process::Output {
+    cli(&[
         "submit",
         "--node",
         http,
@@ -101,7 +102,11 @@ fn submit_and_wait(http: &str, payload: &str) -> serde_json::Value {
         payload,
         "--wait",
         "15s",
-    ]);
+    ])
+}
+
+fn submit_and_wait(http: &str, payload: &str) -> serde_json::Value {
+    let out = submit_echo(http, payload);
     assert!(
         out.status.success(),
         "submit failed: {}",
@@ -336,17 +341,7 @@ fn ring_ok(args: &[&str]) -> String {
 /// leaderless cluster may still be forming), then waited for.
 fn leaderless_task(http: &str, payload: &str) -> serde_json::Value {
     for _ in 0..100 {
-        let out = cli(&[
-            "submit",
-            "--node",
-            http,
-            "--kind",
-            "echo",
-            "--payload",
-            payload,
-            "--wait",
-            "15s",
-        ]);
+        let out = submit_echo(http, payload);
         if out.status.success() {
             return serde_json::from_slice(&out.stdout).unwrap();
         }

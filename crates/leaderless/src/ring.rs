@@ -389,13 +389,15 @@ mod tests {
         let r0 = ring(0, &[1, 2, 3, 4]);
         let r1 = RingChange::Add(NodeId(5)).apply(&r0).expect("a change");
         let r2 = RingChange::Remove(NodeId(2)).apply(&r1).expect("a change");
+        let history = |st: &RingState| -> Vec<(u64, Vec<NodeId>)> {
+            st.history
+                .iter()
+                .map(|r| (r.epoch, r.members.clone()))
+                .collect()
+        };
         let mut skipped = RingState::initial(r0.members.clone());
         assert!(skipped.learn(&r2, 8));
-        let epochs: Vec<(u64, Vec<NodeId>)> = skipped
-            .history
-            .iter()
-            .map(|r| (r.epoch, r.members.clone()))
-            .collect();
+        let epochs = history(&skipped);
         assert_eq!(
             epochs,
             vec![(1, r1.members.clone()), (0, r0.members.clone())],
@@ -405,12 +407,7 @@ mod tests {
         let mut heard = RingState::initial(r0.members.clone());
         assert!(heard.learn(&r1, 8));
         assert!(heard.learn(&r2, 8));
-        let heard_epochs: Vec<(u64, Vec<NodeId>)> = heard
-            .history
-            .iter()
-            .map(|r| (r.epoch, r.members.clone()))
-            .collect();
-        assert_eq!(heard_epochs, epochs);
+        assert_eq!(history(&heard), epochs);
         // The carried changes are bounded, and the history by its limit.
         let mut r = r0.clone();
         for i in 0..(RING_CHANGES_MAX as u64 + 5) {
