@@ -259,8 +259,8 @@ const CHILD_PORTS: std::ops::Range<u16> = 20_000..32_000;
 /// processes rarely scan the same ports.
 static NEXT_CHILD_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
 
-/// A port on 127.0.0.1 outside the ephemeral range, held bound until the
-/// child that will listen on it starts (drop the listener just before).
+/// A port on 127.0.0.1 outside the ephemeral range, checked free by
+/// binding it; drop the listener before anything may connect to the port.
 /// No two calls in one process return the same port.
 pub fn reserve_port() -> Result<std::net::TcpListener, BenchError> {
     use std::hash::{BuildHasher, Hasher};
@@ -297,6 +297,12 @@ impl ProcCluster {
             http.insert(i, h.local_addr().map_err(BenchError::io("addr"))?);
             reserved.insert(i, (p, h));
         }
+        // Released before any node starts: a proxy connecting to a port
+        // still held here would be queued on that listener, and the socket
+        // left behind when it closes keeps the child from binding the port.
+        // Nothing else takes these ports meanwhile: `bind(…:0)` never draws
+        // from `CHILD_PORTS`, and this process hands each out once.
+        drop(reserved);
         let mut links = BTreeMap::new();
         let mut proxies = Vec::new();
         let mut via = BTreeMap::new();
@@ -328,8 +334,6 @@ impl ProcCluster {
                 .join(",");
             let log = std::fs::File::create(dir.path().join(format!("n{i}.log")))
                 .map_err(BenchError::io("node log"))?;
-            // Released only now, for the child to bind.
-            drop(reserved.remove(&i));
             let child = Command::new(&s.binary)
                 .arg("node")
                 .args(["--id", &i.to_string(), "--peers", &peers])
