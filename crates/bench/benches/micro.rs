@@ -172,7 +172,7 @@ fn paxos(c: &mut Criterion) {
         replicas: replicas.clone(),
         ring_epoch: 1,
     };
-    let mut proposer = Proposer::new(NodeId(1), 1, 1_024);
+    let mut proposer = Proposer::new(NodeId(1), 1, 1_024, 16);
     let mut next = 0u128;
     c.bench_function("paxos claim round, 3 replicas in memory", |b| {
         b.iter_batched(
@@ -180,7 +180,7 @@ fn paxos(c: &mut Criterion) {
                 next += 1;
                 let recs: BTreeMap<NodeId, Record> = replicas
                     .iter()
-                    .map(|r| (*r, Record::new(header.clone())))
+                    .map(|r| (*r, Record::new(header.clone(), Time::ZERO)))
                     .collect();
                 (TaskId(next), recs)
             },
@@ -205,7 +205,9 @@ fn paxos(c: &mut Criterion) {
                     else {
                         unreachable!("fresh records promise")
                     };
-                    if let Outcome::Send(m) = proposer.on_promise(to, id, version, ballot, acc) {
+                    if let Outcome::Send(m) =
+                        proposer.on_promise(Time::ZERO, to, id, version, ballot, acc)
+                    {
                         accepts.extend(m);
                     }
                 }

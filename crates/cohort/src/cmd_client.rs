@@ -103,6 +103,10 @@ pub struct GetArgs {
     /// A local read that may be behind.
     #[arg(long)]
     pub stale: bool,
+    /// Also print what happened to the task: submitted, assigned, failed
+    /// attempts, lost runners, its outcome.
+    #[arg(long)]
+    pub events: bool,
 }
 
 /// Wait for a task to be final and print it; non-zero exit unless it succeeded.
@@ -289,12 +293,13 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
 /// `cohort get`.
 pub fn get(args: GetArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
-        let t = args
-            .auth
-            .client(&args.node)?
-            .get(&args.id, args.stale, None)
-            .await?;
-        print_task(&t)
+        let client = args.auth.client(&args.node)?;
+        if args.events {
+            let t = client.events(&args.id, args.stale).await?;
+            println!("{}", serde_json::to_string_pretty(&t)?);
+            return Ok(());
+        }
+        print_task(&client.get(&args.id, args.stale, None).await?)
     })
 }
 

@@ -87,7 +87,7 @@ pub enum Note {
 }
 
 /// Why an assignment ended without an accepted result.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum SupersedeReason {
     /// The runner was declared dead (missed heartbeats).
     RunnerDeclaredDead,
@@ -95,4 +95,15 @@ pub enum SupersedeReason {
     LeaseExpired,
     /// The handler failed and the task has attempts left.
     AttemptFailed,
+}
+
+impl SupersedeReason {
+    /// A short snake-case name (`runner_declared_dead`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            SupersedeReason::RunnerDeclaredDead => "runner_declared_dead",
+            SupersedeReason::LeaseExpired => "lease_expired",
+            SupersedeReason::AttemptFailed => "attempt_failed",
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! What clients ask of a node and what they get back.
 
 use crate::ids::{NodeId, TaskId};
-use crate::task::{Task, TaskState};
+use crate::task::{Task, TaskEvents, TaskState};
 use serde::{Deserialize, Serialize};
 
 /// Names one client request so the driver can route its [`crate::Action::Reply`].
@@ -51,6 +51,14 @@ pub enum ClientRequest {
         /// The tasks, each under its client-chosen id.
         tasks: Vec<(TaskId, Task)>,
     },
+    /// Read a task's state and its event history; answered with
+    /// [`ClientResponse::Events`]. A read: changes nothing.
+    Events {
+        /// Which task.
+        id: TaskId,
+        /// How fresh.
+        consistency: Consistency,
+    },
 }
 
 impl ClientRequest {
@@ -60,7 +68,8 @@ impl ClientRequest {
         match self {
             ClientRequest::Submit { id, .. }
             | ClientRequest::Get { id, .. }
-            | ClientRequest::Cancel { id } => *id,
+            | ClientRequest::Cancel { id }
+            | ClientRequest::Events { id, .. } => *id,
             ClientRequest::SubmitBatch { tasks } => tasks.first().map_or(TaskId(0), |t| t.0),
         }
     }
@@ -86,6 +95,16 @@ pub enum ClientResponse {
     AcceptedBatch {
         /// The tasks' ids.
         ids: Vec<TaskId>,
+    },
+    /// A task's state and event history (answer to
+    /// [`ClientRequest::Events`]), as of one read.
+    Events {
+        /// The task's id.
+        id: TaskId,
+        /// Its state.
+        state: TaskState,
+        /// What happened to it, oldest first.
+        history: TaskEvents,
     },
 }
 

@@ -36,5 +36,8 @@ pub use ids::{Epoch, NodeId, TaskId};
 pub use node::{BootError, Limits, LimitsError, Node, NodeRng, NodeStatus, Peers};
 pub use ring::{RingRefusal, RingRequest, RingView};
 pub use store::{StoreOp, Stored};
-pub use task::{Task, TaskOutcome, TaskState};
+pub use task::{
+    event_error, Task, TaskEvent, TaskEventKind, TaskEvents, TaskOutcome, TaskState,
+    TASK_EVENT_ERROR_BYTES_MAX,
+};
 pub use time::Time;

@@ -266,6 +266,10 @@ pub struct Limits {
     pub attempts_max: u32,
     /// Most tasks in one [`ClientRequest::SubmitBatch`].
     pub batch_tasks_max: usize,
+    /// Most events a task's history keeps (its submission and the latest
+    /// ones; see [`crate::TaskEvents`]). At least 2. The same on every
+    /// node: it shapes the replicated record.
+    pub task_events_max: usize,
 }
 
 impl Default for Limits {
@@ -279,6 +283,7 @@ impl Default for Limits {
             members_max: 10_000,
             attempts_max: 100,
             batch_tasks_max: 1_000,
+            task_events_max: 16,
         }
     }
 }
@@ -303,6 +308,9 @@ impl Limits {
         }
         if self.message_bytes_max <= self.payload_bytes_max {
             return Err(LimitsError::MessageSmallerThanPayload);
+        }
+        if self.task_events_max < 2 {
+            return Err(LimitsError::TaskEventsTooFew);
         }
         Ok(())
     }
@@ -393,6 +401,9 @@ pub enum LimitsError {
         /// The limit.
         limit: usize,
     },
+    /// `task_events_max` below 2 (a history keeps its first event and the latest).
+    #[error("task_events_max must be at least 2")]
+    TaskEventsTooFew,
     /// A limit or capacity that must be positive is zero.
     #[error("{what} must be positive")]
     Zero {

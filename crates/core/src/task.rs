@@ -1,6 +1,8 @@
 //! Tasks, their lifecycle and the outcome of one execution.
 
+use crate::action::SupersedeReason;
 use crate::ids::{Epoch, NodeId};
+use crate::time::Time;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -87,5 +89,242 @@ impl TaskState {
             TaskState::Failed { .. } => "failed",
             TaskState::Cancelled => "cancelled",
         }
+    }
+}
+
+/// One step in a task's life, as the cluster decided it: part of the
+/// replicated record, so every node that answers tells the same story.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TaskEvent {
+    /// When the deciding node proposed the step, on its clock (the
+    /// runtime's clock counts from the Unix epoch; the simulator's from
+    /// the run's start). Clocks of different nodes may disagree a little.
+    pub at: Time,
+    /// What happened.
+    pub what: TaskEventKind,
+}
+
+/// What happened to a task. The kinds tell a worker that died (or lost
+/// its lease) apart from a handler that returned an error.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TaskEventKind {
+    /// The task was made durable.
+    Submitted,
+    /// `node` was given the task under `epoch` (assigned by the leader, or
+    /// claimed by the node itself in leaderless mode).
+    Assigned {
+        /// The runner.
+        node: NodeId,
+        /// The assignment's fencing token.
+        epoch: Epoch,
+    },
+    /// The handler of `(node, epoch)` returned an error and the task has
+    /// attempts left: it is pending again.
+    AttemptFailed {
+        /// The runner.
+        node: NodeId,
+        /// The attempt's epoch.
+        epoch: Epoch,
+        /// The handler's error (at most [`TASK_EVENT_ERROR_BYTES_MAX`] bytes).
+        error: String,
+    },
+    /// The assignment `(node, epoch)` ended without a result because the
+    /// runner is gone: a later result from it is rejected (G3), and the
+    /// task is pending again. Does not count as an attempt.
+    RunnerLost {
+        /// The runner.
+        node: NodeId,
+        /// The assignment that ended.
+        epoch: Epoch,
+        /// Why it ended.
+        reason: SupersedeReason,
+    },
+    /// The handler of `(node, epoch)` returned a result: final.
+    Succeeded {
+        /// The runner.
+        node: NodeId,
+        /// The accepted execution's epoch.
+        epoch: Epoch,
+    },
+    /// The handler of `(node, epoch)` returned an error and no attempt is
+    /// left: final.
+    Failed {
+        /// The runner.
+        node: NodeId,
+        /// The last attempt's epoch.
+        epoch: Epoch,
+        /// The handler's error (at most [`TASK_EVENT_ERROR_BYTES_MAX`] bytes).
+        error: String,
+    },
+    /// A client cancelled the task: final.
+    Cancelled,
+}
+
+impl TaskEventKind {
+    /// A short snake-case name (`submitted`, `assigned`, ...).
+    pub fn name(&self) -> &'static str {
+        match self {
+            TaskEventKind::Submitted => "submitted",
+            TaskEventKind::Assigned { .. } => "assigned",
+            TaskEventKind::AttemptFailed { .. } => "attempt_failed",
+            TaskEventKind::RunnerLost { .. } => "runner_lost",
+            TaskEventKind::Succeeded { .. } => "succeeded",
+            TaskEventKind::Failed { .. } => "failed",
+            TaskEventKind::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Longest handler error an event keeps (the final state keeps it whole):
+/// a record holds up to `Limits::task_events_max` events, so each must be
+/// small.
+pub const TASK_EVENT_ERROR_BYTES_MAX: usize = 256;
+
+/// `error` cut to at most [`TASK_EVENT_ERROR_BYTES_MAX`] bytes, on a
+/// character boundary.
+pub fn event_error(error: &str) -> String {
+    if error.len() <= TASK_EVENT_ERROR_BYTES_MAX {
+        return error.to_string();
+    }
+    let mut end = TASK_EVENT_ERROR_BYTES_MAX;
+    while !error.is_char_boundary(end) {
+        end -= 1;
+    }
+    error[..end].to_string()
+}
+
+/// A task's bounded event history: the first event (its submission) and
+/// the latest ones, at most `events_max` in all; the ones dropped between
+/// them are counted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TaskEvents {
+    /// The events kept, oldest first.
+    pub events: Vec<TaskEvent>,
+    /// How many events were dropped (the oldest after the first).
+    pub dropped: u32,
+}
+
+impl TaskEvents {
+    /// Appends `event`, dropping the oldest event after the first when
+    /// more than `events_max` (at least 2) would be kept.
+    pub fn push(&mut self, event: TaskEvent, events_max: usize) {
+        assert!(events_max >= 2, "keep the first event and the latest");
+        self.events.push(event);
+        while self.events.len() > events_max {
+            self.events.remove(1);
+            self.dropped = self.dropped.saturating_add(1);
+        }
+    }
+}
+
+impl TaskEvents {
+    /// Checks that the history agrees with the task's `state`, as every
+    /// mode's record must: assignments take growing epochs; the last event
+    /// is the outcome of a final task (the same runner and epoch), the
+    /// assignment of a running one, and no assignment for a pending one.
+    /// A history may start after the submission (leaderless values keep
+    /// the submission beside them), so an empty one agrees with `Pending`.
+    pub fn check_against(&self, state: &TaskState) -> Result<(), String> {
+        let mut last_epoch = Epoch::ZERO;
+        for e in &self.events {
+            if let TaskEventKind::Assigned { epoch, .. } = e.what {
+                if epoch <= last_epoch {
+                    return Err(format!(
+                        "assignment epoch {epoch:?} after {last_epoch:?}: {self:?}"
+                    ));
+                }
+                last_epoch = epoch;
+            }
+        }
+        let last = self.events.last().map(|e| &e.what);
+        let agrees = match (state, last) {
+            (TaskState::Pending, None) => true,
+            (TaskState::Pending, Some(what)) => matches!(
+                what,
+                TaskEventKind::Submitted
+                    | TaskEventKind::AttemptFailed { .. }
+                    | TaskEventKind::RunnerLost { .. }
+            ),
+            (
+                TaskState::Running { node, epoch },
+                Some(TaskEventKind::Assigned { node: n, epoch: e }),
+            ) => node == n && epoch == e,
+            (
+                TaskState::Succeeded { node, epoch, .. },
+                Some(TaskEventKind::Succeeded { node: n, epoch: e }),
+            ) => node == n && epoch == e,
+            (TaskState::Failed { error, .. }, Some(TaskEventKind::Failed { error: kept, .. })) => {
+                event_error(error) == *kept
+            }
+            (TaskState::Cancelled, Some(TaskEventKind::Cancelled)) => true,
+            _ => false,
+        };
+        if agrees {
+            Ok(())
+        } else {
+            Err(format!("history {self:?} disagrees with state {state:?}"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(ms: u64) -> TaskEvent {
+        TaskEvent {
+            at: Time::from_millis(ms),
+            what: TaskEventKind::Cancelled,
+        }
+    }
+
+    #[test]
+    fn a_full_history_keeps_the_first_event_and_the_latest_and_counts_the_rest() {
+        let mut h = TaskEvents::default();
+        for ms in 0..10 {
+            h.push(ev(ms), 4);
+        }
+        let kept: Vec<u64> = h.events.iter().map(|e| e.at.as_millis()).collect();
+        assert_eq!(kept, vec![0, 7, 8, 9]);
+        assert_eq!(h.dropped, 6);
+    }
+
+    #[test]
+    fn an_event_error_is_cut_on_a_character_boundary() {
+        let long = "é".repeat(TASK_EVENT_ERROR_BYTES_MAX);
+        let cut = event_error(&long);
+        assert!(cut.len() <= TASK_EVENT_ERROR_BYTES_MAX);
+        assert!(cut.len() >= TASK_EVENT_ERROR_BYTES_MAX - 1);
+        assert_eq!(event_error("short"), "short");
+    }
+
+    #[test]
+    fn a_history_must_end_in_what_the_state_says() {
+        let (n, e) = (NodeId(2), Epoch(3));
+        let mut h = TaskEvents::default();
+        h.push(ev(1), 8); // cancelled
+        assert!(h.check_against(&TaskState::Cancelled).is_ok());
+        assert!(h.check_against(&TaskState::Pending).is_err());
+        let assigned = TaskEvent {
+            at: Time::from_millis(2),
+            what: TaskEventKind::Assigned { node: n, epoch: e },
+        };
+        let mut h = TaskEvents::default();
+        h.push(assigned.clone(), 8);
+        let running = TaskState::Running { node: n, epoch: e };
+        assert!(h.check_against(&running).is_ok());
+        let elsewhere = TaskState::Running {
+            node: NodeId(1),
+            epoch: e,
+        };
+        assert!(h.check_against(&elsewhere).is_err());
+        h.push(assigned, 8);
+        assert!(
+            h.check_against(&running).is_err(),
+            "the same epoch assigned twice"
+        );
+        assert!(TaskEvents::default()
+            .check_against(&TaskState::Pending)
+            .is_ok());
     }
 }

@@ -6,8 +6,10 @@ use std::ops::{Add, Sub};
 use std::time::Duration;
 
 /// An instant, in microseconds since an epoch chosen by the driver (the
-/// simulator's start, or the runtime's boot). Cores compare and add
-/// instants; they never read a clock.
+/// simulator's start; the runtime counts from the Unix epoch, read once at
+/// boot and advanced by the monotonic clock). Cores compare and add
+/// instants; they never read a clock. Instants of two nodes are
+/// comparable only as far as their clocks agree.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Time(pub u64);
 

@@ -228,6 +228,23 @@ struct Inflight {
     reclaim: BTreeSet<(TaskId, Epoch)>,
 }
 
+/// What a read returns.
+#[derive(Clone, Copy, Debug)]
+enum ReadOf {
+    /// The task's state.
+    State(TaskId),
+    /// Its state and event history.
+    Events(TaskId),
+}
+
+impl ReadOf {
+    fn id(self) -> TaskId {
+        match self {
+            ReadOf::State(id) | ReadOf::Events(id) => id,
+        }
+    }
+}
+
 /// Client requests waiting at this node.
 #[derive(Debug, Default)]
 struct Waiting {
@@ -237,10 +254,10 @@ struct Waiting {
     batches: BTreeMap<u64, RequestId>,
     /// Tasks in those batches (for `tasks_active_max`).
     batch_tasks: usize,
-    /// Read round ctx -> (request, task).
-    reads: BTreeMap<u64, (RequestId, TaskId)>,
+    /// Read round ctx -> (request, what it reads).
+    reads: BTreeMap<u64, (RequestId, ReadOf)>,
     /// Confirmed reads waiting for the apply index.
-    confirmed: Vec<(u64, RequestId, TaskId)>,
+    confirmed: Vec<(u64, RequestId, ReadOf)>,
     next_ctx: u64,
 }
 
@@ -306,7 +323,10 @@ impl Node for LeaderNode {
             peers: peers.clone(),
             cfg: config.clone(),
             raft,
-            sm: Scheduler::new(peers.limits.tasks_retained_max),
+            sm: Scheduler::new(
+                peers.limits.tasks_retained_max,
+                peers.limits.task_events_max,
+            ),
             applied: 0,
             actions: Vec::new(),
             executing: BTreeMap::new(),
@@ -528,19 +548,30 @@ impl LeaderNode {
     // ---- inputs ------------------------------------------------------
 
     fn client(&mut self, request: RequestId, req: ClientRequest) -> Result<(), ClientError> {
-        if let ClientRequest::Get {
-            id,
-            consistency: Consistency::Stale,
-        } = req
-        {
-            let reply = self.read_local(id);
-            self.reply(request, reply);
-            return Ok(());
+        match req {
+            ClientRequest::Get {
+                id,
+                consistency: Consistency::Stale,
+            } => {
+                let reply = self.read_local(ReadOf::State(id));
+                self.reply(request, reply);
+                return Ok(());
+            }
+            ClientRequest::Events {
+                id,
+                consistency: Consistency::Stale,
+            } => {
+                let reply = self.read_local(ReadOf::Events(id));
+                self.reply(request, reply);
+                return Ok(());
+            }
+            _ => {}
         }
         match &req {
             ClientRequest::Submit { task, .. } => self.peers.limits.check_task(task)?,
             ClientRequest::SubmitBatch { tasks } => self.peers.limits.check_batch(tasks)?,
             ClientRequest::Get { .. } | ClientRequest::Cancel { .. } => {}
+            ClientRequest::Events { .. } => {}
         }
         self.require_leader()?;
         if self.waiting.len() >= self.cfg.get().requests_waiting_max {
@@ -552,16 +583,12 @@ impl LeaderNode {
         match req {
             ClientRequest::Submit { id, task } => self.submit(request, id, task),
             ClientRequest::SubmitBatch { tasks } => self.submit_batch(request, tasks),
-            ClientRequest::Get { id, .. } => {
-                let ctx = self.waiting.next_ctx;
-                self.waiting.next_ctx += 1;
-                self.raft.read_index(self.now, ctx).map_err(unavailable)?;
-                self.waiting.reads.insert(ctx, (request, id));
-                Ok(())
-            }
+            ClientRequest::Get { id, .. } => self.read_linearizable(request, ReadOf::State(id)),
+            ClientRequest::Events { id, .. } => self.read_linearizable(request, ReadOf::Events(id)),
             ClientRequest::Cancel { id } => {
                 if let Some(rec) = self.sm.get(id) {
                     if rec.state.is_final() && self.raft.committed_in_term() {
+                        // Final in the applied state: committed, never changes.
                         let reply = Ok(ClientResponse::State {
                             id,
                             state: rec.state.clone(),
@@ -668,14 +695,32 @@ impl LeaderNode {
         }
     }
 
-    fn read_local(&self, id: TaskId) -> Result<ClientResponse, ClientError> {
-        match self.sm.get(id) {
-            Some(rec) => Ok(ClientResponse::State {
+    /// A read confirmed by a read index (ReadIndex): answered once that
+    /// index is applied.
+    fn read_linearizable(&mut self, request: RequestId, of: ReadOf) -> Result<(), ClientError> {
+        let ctx = self.waiting.next_ctx;
+        self.waiting.next_ctx += 1;
+        self.raft.read_index(self.now, ctx).map_err(unavailable)?;
+        self.waiting.reads.insert(ctx, (request, of));
+        Ok(())
+    }
+
+    fn read_local(&self, of: ReadOf) -> Result<ClientResponse, ClientError> {
+        let id = of.id();
+        let Some(rec) = self.sm.get(id) else {
+            return Err(ClientError::NotFound { id });
+        };
+        Ok(match of {
+            ReadOf::State(_) => ClientResponse::State {
                 id,
                 state: rec.state.clone(),
-            }),
-            None => Err(ClientError::NotFound { id }),
-        }
+            },
+            ReadOf::Events(_) => ClientResponse::Events {
+                id,
+                state: rec.state.clone(),
+                history: rec.history.clone(),
+            },
+        })
     }
 
     fn on_heartbeat(
@@ -879,9 +924,11 @@ impl LeaderNode {
 
     // ---- output ------------------------------------------------------
 
+    /// Proposes `cmd` stamped with this leader's clock: the time its
+    /// events carry, the same on every node that applies it.
     fn propose(&mut self, cmd: &Command) -> Result<u64, ClientError> {
         self.raft
-            .propose(self.now, encode(cmd))
+            .propose(self.now, encode(&(self.now, cmd)))
             .map_err(unavailable)
     }
 
@@ -939,8 +986,9 @@ impl LeaderNode {
             assert_eq!(e.index, self.applied + 1, "apply in order");
             self.applied = e.index;
             if let EntryKind::Command(bytes) = &e.kind {
-                let cmd: Command = decode(bytes, usize::MAX).expect("commands we encoded decode");
-                for note in self.sm.apply(e.index, &cmd) {
+                let (at, cmd): (Time, Command) =
+                    decode(bytes, usize::MAX).expect("commands we encoded decode");
+                for note in self.sm.apply(e.index, at, &cmd) {
                     self.actions.push(Action::Note(note));
                 }
                 self.after_apply(e.index, &cmd, &mut assigned_to_me);
@@ -1011,7 +1059,7 @@ impl LeaderNode {
             }
             Command::Cancel { id } => {
                 for request in self.waiting.cancels.remove(id).unwrap_or_default() {
-                    let reply = self.read_local(*id);
+                    let reply = self.read_local(ReadOf::State(*id));
                     self.reply(request, reply);
                 }
             }
@@ -1058,8 +1106,8 @@ impl LeaderNode {
             .into_iter()
             .partition(|(index, _, _)| *index <= applied);
         self.waiting.confirmed = wait;
-        for (_, request, id) in ready {
-            let reply = self.read_local(id);
+        for (_, request, of) in ready {
+            let reply = self.read_local(of);
             self.reply(request, reply);
         }
     }
@@ -1151,10 +1199,10 @@ impl LeaderNode {
             assert_eq!(e.index, self.applied + 1, "replay in order");
             self.applied = e.index;
             if let EntryKind::Command(bytes) = &e.kind {
-                let cmd: Command = decode(bytes, usize::MAX)
+                let (at, cmd): (Time, Command) = decode(bytes, usize::MAX)
                     .map_err(|err| BootError::corrupt(&crate::raft::log::log_key(e.index), err))?;
                 // Decided before the crash: the notes were emitted then.
-                let _ = self.sm.apply(e.index, &cmd);
+                let _ = self.sm.apply(e.index, at, &cmd);
             }
         }
         Ok(())

@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 /// converges (every node sees every node live) within this long.
 pub const CONVERGE_WITHIN_MS: u64 = 5_000;
 
-/// One value per Paxos instance, across every replica, over the whole run
+/// Every record's event history agrees with its state
+/// ([`cohort_core::TaskEvents::check_against`]); one value per Paxos
+/// instance, across every replica, over the whole run
 /// (a replica holding version `k` holds the value chosen in instance
 /// `k - 1`; a task's new replicas after a move hold the same values as
 /// its old ones); one ring per ring epoch across every node; membership
@@ -85,6 +87,12 @@ impl LeaderlessInvariants {
             // under an older ring that the creation fence left dead can
             // differ there; it never reaches version 1, where two live
             // records of a task would show.
+            for (task, _, value) in node.records() {
+                value
+                    .history
+                    .check_against(&value.state)
+                    .map_err(|e| format!("{task:?} at {}: {e}", cohort_core::Node::id(*node)))?;
+            }
             for (task, version, value) in node.records().filter(|r| r.1 > 0) {
                 match self.chosen.get(&(task, version)) {
                     Some(v) if v != value => {

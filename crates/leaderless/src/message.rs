@@ -3,7 +3,7 @@
 use crate::paxos::Ballot;
 use crate::record::{TaskHeader, TaskValue};
 use crate::ring::Ring;
-use cohort_core::TaskId;
+use cohort_core::{TaskId, Time};
 use serde::{Deserialize, Serialize};
 
 /// What a replica holds of a task, as answered to a read.
@@ -19,6 +19,8 @@ pub struct ReadState {
     /// `version`: that value may be chosen already, so a linearizable read
     /// must settle the instance before answering.
     pub in_doubt: bool,
+    /// When the replica stored the task (its submission time).
+    pub created_at: Time,
 }
 
 /// A peer message of the leaderless mode.

@@ -21,7 +21,8 @@ use crate::tasks::{Holders, Op, Ops, ReadProgress, ReadPurpose, SubmitVerdict};
 use cohort_core::{
     decode, encode, Action, BootError, ClientError, ClientRequest, ClientResponse, Consistency,
     Epoch, Node, NodeId, NodeRng, Note, Peers, RequestId, RingRefusal, RingRequest, RingView,
-    StoreOp, Stored, SupersedeReason, Task, TaskId, TaskOutcome, TaskState, Time, TimerToken,
+    StoreOp, Stored, SupersedeReason, Task, TaskEvent, TaskEventKind, TaskEvents, TaskId,
+    TaskOutcome, TaskState, Time, TimerToken,
 };
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -119,6 +120,10 @@ pub struct LeaderlessNode {
     /// Submits looking their task up first (the ring changed), by request.
     /// At most one per operation in flight (`requests_in_flight_max`).
     submit_lookups: BTreeMap<RequestId, Task>,
+    /// Reads that answer a task's event history rather than its state,
+    /// with the submission time once a replica told it. Removed when the
+    /// request is answered, so at most one per read in flight.
+    events_requests: BTreeMap<RequestId, Option<Time>>,
     /// Batch submits waiting for their tasks' submits.
     batches: crate::batch::Batches,
     /// Where the anti-entropy scan goes on from.
@@ -291,6 +296,7 @@ impl LeaderlessNode {
     }
 
     fn reply(&mut self, request: RequestId, reply: Result<ClientResponse, ClientError>) {
+        self.events_requests.remove(&request);
         match self.batches.reply(request, reply) {
             Err(reply) => self.out.push(Action::Reply { request, reply }),
             Ok(Some((request, reply))) => self.out.push(Action::Reply { request, reply }),
@@ -536,19 +542,17 @@ impl LeaderlessNode {
             version,
             value,
             in_doubt,
+            created_at,
         }) = best
         else {
             return self.reply(request, Err(ClientError::NotFound { id }));
         };
+        if let Some(slot) = self.events_requests.get_mut(&request) {
+            *slot = Some(created_at);
+        }
         match purpose {
             ReadPurpose::Submit => unreachable!("answered above"),
-            ReadPurpose::Get if !in_doubt => self.reply(
-                request,
-                Ok(ClientResponse::State {
-                    id,
-                    state: value.state,
-                }),
-            ),
+            ReadPurpose::Get if !in_doubt => self.answer_value(request, id, &value),
             ReadPurpose::Get => {
                 // A value accepted after `version` may be chosen already:
                 // finish that instance (or find it empty) before answering.
@@ -593,9 +597,44 @@ impl LeaderlessNode {
         }
     }
 
+    /// A task's state and history; linearizable like [`Self::get`].
+    fn events(&mut self, now: Time, request: RequestId, id: TaskId, consistency: Consistency) {
+        match consistency {
+            Consistency::Stale => {
+                let events_max = self.peers.limits.task_events_max;
+                let reply = match self.records.get(&id) {
+                    Some(r) => Ok(events_response(id, r.created_at, &r.value, events_max)),
+                    None => Err(ClientError::NotFound { id }),
+                };
+                self.reply(request, reply);
+            }
+            Consistency::Linearizable => {
+                self.events_requests.insert(request, None);
+                self.quorum_read(now, request, id, ReadPurpose::Get);
+            }
+        }
+    }
+
+    /// Answers a linearizable read with the chosen `value`: its state, or
+    /// its history if the request asked for that.
+    fn answer_value(&mut self, request: RequestId, id: TaskId, value: &TaskValue) {
+        let reply = match self.events_requests.get(&request) {
+            Some(created_at) => {
+                let first = value.history.events.first().map_or(Time::ZERO, |e| e.at);
+                let created_at = created_at.unwrap_or(first);
+                events_response(id, created_at, value, self.peers.limits.task_events_max)
+            }
+            None => ClientResponse::State {
+                id,
+                state: value.state.clone(),
+            },
+        };
+        self.reply(request, Ok(reply));
+    }
+
     // ---- replica side ------------------------------------------------------
 
-    fn on_write(&mut self, from: NodeId, op: u64, id: TaskId, header: TaskHeader) {
+    fn on_write(&mut self, now: Time, from: NodeId, op: u64, id: TaskId, header: TaskHeader) {
         if !header.replicas.contains(&self.me()) {
             return; // not ours: no answer
         }
@@ -616,7 +655,7 @@ impl LeaderlessNode {
                     return; // full: the coordinator times out, retryable
                 }
                 self.abandon_foreign_proposal(id, Some(&header));
-                self.records.insert(id, Record::new(header));
+                self.records.insert(id, Record::new(header, now));
                 self.persist_record(id);
                 true
             }
@@ -665,8 +704,13 @@ impl LeaderlessNode {
     /// exists with this header's task. A version-0 record written under
     /// an older ring than this node's is not created (the creation fence);
     /// a later version is (a value was chosen: the task lives).
+    ///
+    /// A replica that gets the task this way did not see it submitted: it
+    /// reports the submission at its first decided event's time, or now
+    /// if that is earlier (clocks differ).
     fn ensure_record(
         &mut self,
+        now: Time,
         id: TaskId,
         header: &TaskHeader,
         version: u64,
@@ -682,7 +726,9 @@ impl LeaderlessNode {
                     return false;
                 }
                 self.abandon_foreign_proposal(id, Some(header));
-                self.records.insert(id, Record::new(header.clone()));
+                let first = value.history.events.first().map_or(now, |e| e.at);
+                self.records
+                    .insert(id, Record::new(header.clone(), first.min(now)));
                 self.persist_record(id);
                 true
             }
@@ -699,7 +745,7 @@ impl LeaderlessNode {
         (version, base): (u64, TaskValue),
         ballot: Ballot,
     ) {
-        if !self.ensure_record(id, &header, version, &base) {
+        if !self.ensure_record(now, id, &header, version, &base) {
             return; // a different task under this id, or not a replica
         }
         let rec = self.records.get_mut(&id).expect("ensured");
@@ -774,7 +820,7 @@ impl LeaderlessNode {
         version: u64,
         value: TaskValue,
     ) {
-        if self.ensure_record(id, &header, version, &value) {
+        if self.ensure_record(now, id, &header, version, &value) {
             let rec = self.records.get_mut(&id).expect("ensured");
             if rec.learn(version, &value) {
                 self.persist_record(id);
@@ -905,7 +951,7 @@ impl LeaderlessNode {
             proposal.header.clone(),
             proposal.intent.clone(),
         );
-        if self.ensure_record(id, &header, version, &value) {
+        if self.ensure_record(now, id, &header, version, &value) {
             let rec = self.records.get_mut(&id).expect("ensured");
             if rec.learn(version, &value) {
                 self.persist_record(id);
@@ -983,13 +1029,7 @@ impl LeaderlessNode {
                 self.quorum_read(now, request, id, ReadPurpose::Get);
                 continue;
             }
-            self.reply(
-                request,
-                Ok(ClientResponse::State {
-                    id,
-                    state: value.state.clone(),
-                }),
-            );
+            self.answer_value(request, id, value);
         }
     }
 
@@ -1298,7 +1338,7 @@ impl LeaderlessNode {
                 if let Some(ring) = ring {
                     self.learn_ring(now, &ring);
                 }
-                self.on_write(from, op, id, header)
+                self.on_write(now, from, op, id, header)
             }
             LeaderlessMessage::WriteReply { op, id, same } => {
                 if let Some((request, id, verdict)) = self.ops.write_reply(op, from, id, same) {
@@ -1340,6 +1380,7 @@ impl LeaderlessNode {
                     version: r.version,
                     value: r.value.clone(),
                     in_doubt: r.accepted.is_some(),
+                    created_at: r.created_at,
                 });
                 self.send(
                     from,
@@ -1400,7 +1441,7 @@ impl LeaderlessNode {
             } => {
                 let o = self
                     .proposer
-                    .on_promise(from, id, version, ballot, accepted);
+                    .on_promise(now, from, id, version, ballot, accepted);
                 self.on_outcome(now, o);
             }
             LeaderlessMessage::Accept {
@@ -1737,6 +1778,31 @@ fn is_active(rec: &Record, me: NodeId) -> bool {
             || matches!(rec.value.state, TaskState::Running { node, .. } if node == me))
 }
 
+/// The answer to an events read: the submission (at `created_at`), then
+/// the chosen value's history, at most `events_max` events in all.
+fn events_response(
+    id: TaskId,
+    created_at: Time,
+    value: &TaskValue,
+    events_max: usize,
+) -> ClientResponse {
+    let mut history = TaskEvents::default();
+    let submitted = TaskEvent {
+        at: created_at,
+        what: TaskEventKind::Submitted,
+    };
+    history.push(submitted, events_max);
+    for e in &value.history.events {
+        history.push(e.clone(), events_max);
+    }
+    history.dropped = history.dropped.saturating_add(value.history.dropped);
+    ClientResponse::Events {
+        id,
+        state: value.state.clone(),
+        history,
+    }
+}
+
 /// The notes for the chosen transition `old` → `new` of `task`.
 fn transition_notes(task: TaskId, old: &TaskValue, new: &TaskValue) -> Vec<Note> {
     let mut notes = Vec::new();
@@ -1837,7 +1903,12 @@ impl Node for LeaderlessNode {
             rng,
             records,
             active,
-            proposer: Proposer::new(peers.id, generation, config.paxos_in_flight_max),
+            proposer: Proposer::new(
+                peers.id,
+                generation,
+                config.paxos_in_flight_max,
+                peers.limits.task_events_max,
+            ),
             ops: Ops::new(generation),
             executing: BTreeMap::new(),
             finished: BTreeMap::new(),
@@ -1847,6 +1918,7 @@ impl Node for LeaderlessNode {
             anti_entropy_cursor: None,
             pending_seen: BTreeMap::new(),
             submit_lookups: BTreeMap::new(),
+            events_requests: BTreeMap::new(),
             batches: crate::batch::Batches::default(),
             steals: 0,
             out: Vec::new(),
@@ -1887,6 +1959,7 @@ impl Node for LeaderlessNode {
             ClientRequest::Submit { id, task } => self.submit(now, request, id, task),
             ClientRequest::SubmitBatch { tasks } => self.submit_batch(now, request, tasks),
             ClientRequest::Get { id, consistency } => self.get(now, request, id, consistency),
+            ClientRequest::Events { id, consistency } => self.events(now, request, id, consistency),
             ClientRequest::Cancel { id } => self.quorum_read(now, request, id, ReadPurpose::Cancel),
         }
         self.flush(now);

@@ -4,7 +4,7 @@
 //! key so a record and its acceptor state change atomically.
 
 use crate::paxos::Ballot;
-use cohort_core::{Epoch, NodeId, Task, TaskId, TaskState};
+use cohort_core::{Epoch, NodeId, Task, TaskEvents, TaskId, TaskState, Time};
 use serde::{Deserialize, Serialize};
 
 /// Key prefix of task records in the node's store.
@@ -40,6 +40,11 @@ pub struct TaskValue {
     pub replicas: Vec<NodeId>,
     /// The ring epoch `replicas` were computed from; only grows.
     pub ring_epoch: u64,
+    /// What happened to the task since it was submitted, each event
+    /// stamped by the node that proposed it (the submission itself is the
+    /// record's [`Record::created_at`]: a version-0 value is written, not
+    /// chosen, and must be the same on every replica).
+    pub history: TaskEvents,
 }
 
 impl TaskValue {
@@ -53,6 +58,7 @@ impl TaskValue {
             runner_boot: 0,
             replicas: header.replicas.clone(),
             ring_epoch: header.ring_epoch,
+            history: TaskEvents::default(),
         }
     }
 }
@@ -85,17 +91,21 @@ pub struct Record {
     /// Acceptor state of the instance deciding `version + 1`: the value
     /// accepted, with its ballot.
     pub accepted: Option<(Ballot, TaskValue)>,
+    /// When this replica first stored the task, on its clock: the
+    /// submission time its event history reports.
+    pub created_at: Time,
 }
 
 impl Record {
-    /// A fresh record at version 0.
-    pub fn new(header: TaskHeader) -> Record {
+    /// A fresh record at version 0, stored at `created_at`.
+    pub fn new(header: TaskHeader, created_at: Time) -> Record {
         Record {
             value: TaskValue::initial(&header),
             header,
             version: 0,
             promised: Ballot::ZERO,
             accepted: None,
+            created_at,
         }
     }
 

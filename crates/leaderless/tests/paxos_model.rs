@@ -9,7 +9,9 @@
 //! in minutes with this state encoding; the random schedules cover the same
 //! moves.) More schedules: `SCHEDULES=1000000`.
 
-use cohort_core::{Epoch, NodeId, Task, TaskId, TaskState, Time};
+use cohort_core::{
+    Epoch, NodeId, Task, TaskEvent, TaskEventKind, TaskEvents, TaskId, TaskState, Time,
+};
 use cohort_leaderless::message::LeaderlessMessage;
 use cohort_leaderless::paxos::acceptor::{self, AcceptReply, PrepareReply};
 use cohort_leaderless::paxos::proposer::{Intent, Outcome, Proposer};
@@ -131,7 +133,7 @@ fn deliver(mut state: State, i: usize) -> State {
             ..
         } => {
             let (p, _) = state.proposers.get_mut(&to).expect("proposer");
-            let o = p.on_promise(from, TASK, version, ballot, accepted);
+            let o = p.on_promise(Time::ZERO, from, TASK, version, ballot, accepted);
             on_outcome(&mut state, to, o);
         }
         LeaderlessMessage::Accepted {
@@ -197,7 +199,7 @@ fn initial() -> State {
     let mut init = State {
         acceptors: [1, 2, 3]
             .into_iter()
-            .map(|n| (NodeId(n), Record::new(header())))
+            .map(|n| (NodeId(n), Record::new(header(), Time::ZERO)))
             .collect(),
         proposers: BTreeMap::new(),
         network: Vec::new(),
@@ -205,7 +207,7 @@ fn initial() -> State {
     };
     for n in [1, 2, 3] {
         let me = NodeId(n);
-        let mut p = Proposer::new(me, 0, 4);
+        let mut p = Proposer::new(me, 0, 4, 16);
         let msgs = p
             .start(Time::ZERO, TASK, header(), 0, base.clone(), Intent::Claim)
             .expect("starts");
@@ -216,6 +218,19 @@ fn initial() -> State {
 }
 
 fn running(n: u64) -> String {
+    // Proposals here run at Time::ZERO: the claim's event carries it.
+    let mut history = TaskEvents::default();
+    let what = TaskEventKind::Assigned {
+        node: NodeId(n),
+        epoch: Epoch(1),
+    };
+    history.push(
+        TaskEvent {
+            at: Time::ZERO,
+            what,
+        },
+        16,
+    );
     format!(
         "{:?}",
         TaskValue {
@@ -228,6 +243,7 @@ fn running(n: u64) -> String {
             runner_boot: 0,
             replicas: header().replicas,
             ring_epoch: 0,
+            history,
         }
     )
 }

@@ -39,6 +39,41 @@ impl TaskView {
     }
 }
 
+/// One event of a task's history, as `GET /v1/tasks/{id}/events` reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskEventView {
+    /// When the deciding node proposed it, in ms on its clock (since the
+    /// Unix epoch).
+    pub at_ms: u64,
+    /// `submitted`, `assigned`, `attempt_failed`, `runner_lost`,
+    /// `succeeded`, `failed` or `cancelled`.
+    pub event: String,
+    /// The runner, for every event about an assignment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<u64>,
+    /// The assignment's epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+    /// Why a runner was lost (`runner_lost`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The handler's error (`attempt_failed`, `failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A task with its event history (`GET /v1/tasks/{id}/events`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TaskEventsView {
+    /// The task's state.
+    #[serde(flatten)]
+    pub task: TaskView,
+    /// What happened to it, oldest first.
+    pub events: Vec<TaskEventView>,
+    /// Events dropped between the first and the latest kept.
+    pub events_dropped: u32,
+}
+
 /// One page of `GET /v1/tasks`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TaskPageView {
@@ -377,6 +412,13 @@ impl Client {
         if let Some(w) = wait {
             url.push_str(&format!("&wait={}ms", w.as_millis()));
         }
+        let r = self.send(reqwest::Method::GET, url, None).await?;
+        Self::decode(r).await
+    }
+
+    /// `GET /v1/tasks/{id}/events`: the task and its event history.
+    pub async fn events(&self, id: &str, stale: bool) -> Result<TaskEventsView, CallError> {
+        let url = format!("{}/v1/tasks/{id}/events?stale={stale}", self.base);
         let r = self.send(reqwest::Method::GET, url, None).await?;
         Self::decode(r).await
     }

@@ -128,6 +128,8 @@ pub(crate) struct EventLoop<N: Node> {
     pub config: Arc<RuntimeConfig>,
     pub storage: Arc<Storage>,
     pub boot: tokio::time::Instant,
+    /// The node's [`Time`] at `boot`: microseconds since the Unix epoch.
+    pub epoch_us: u64,
     pub timers: BTreeMap<(Time, u64), TimerToken>,
     pub timer_seq: u64,
     pub pending: BTreeMap<RequestId, Pending>,
@@ -159,7 +161,8 @@ pub(crate) type RingReply = (
 
 impl<N: Node + Send + 'static> EventLoop<N> {
     fn now(&self) -> Time {
-        Time(u64::try_from(self.boot.elapsed().as_micros()).unwrap_or(u64::MAX))
+        let since_boot_us = u64::try_from(self.boot.elapsed().as_micros()).unwrap_or(u64::MAX);
+        Time(self.epoch_us.saturating_add(since_boot_us))
     }
 
     fn take_actions(&mut self) {
@@ -185,7 +188,7 @@ impl<N: Node + Send + 'static> EventLoop<N> {
                 let rid = RequestId(self.next_request);
                 let kind = match &req {
                     ClientRequest::Submit { .. } | ClientRequest::SubmitBatch { .. } => "submit",
-                    ClientRequest::Get { .. } => "get",
+                    ClientRequest::Get { .. } | ClientRequest::Events { .. } => "get",
                     ClientRequest::Cancel { .. } => "cancel",
                 };
                 self.pending.insert(
@@ -300,9 +303,9 @@ impl<N: Node + Send + 'static> EventLoop<N> {
     }
 
     fn next_deadline(&self) -> Option<tokio::time::Instant> {
-        self.timers
-            .first_key_value()
-            .map(|(&(at, _), _)| self.boot + Duration::from_micros(at.0))
+        self.timers.first_key_value().map(|(&(at, _), _)| {
+            self.boot + Duration::from_micros(at.0.saturating_sub(self.epoch_us))
+        })
     }
 
     /// Runs until `stop` turns true or storage fails.

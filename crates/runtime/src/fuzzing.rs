@@ -111,5 +111,12 @@ pub fn boot_error_from_records<N: Node>(
         Limits::default(),
     )
     .expect("a valid 3-node cluster");
-    crate::boot_checked::<N>(&peers, config, &stored, NodeRng::seed_from_u64(1)).err()
+    crate::boot_checked::<N>(
+        &peers,
+        config,
+        &stored,
+        NodeRng::seed_from_u64(1),
+        cohort_core::Time::ZERO,
+    )
+    .err()
 }

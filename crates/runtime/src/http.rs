@@ -5,6 +5,7 @@
 //! | `POST /v1/tasks` | `202 {"id": "<32 hex>", "node": N}` once the core says the task is durable |
 //! | `POST /v1/tasks:batch` | `202 {"ids": [...], "node": N}` once every task of `{"tasks": [<submit body>, ...]}` is durable (see docs/RUNTIME.md for what holds per mode) |
 //! | `GET /v1/tasks/{id}` | `200` task JSON; linearizable; `?stale=true` for a local read; `?wait=10s` long-polls until final (`ms`, `s`, `m`; a bare number is seconds) |
+//! | `GET /v1/tasks/{id}/events` | `200` task JSON with `"events": [{"at_ms", "event", "node"?, "epoch"?, "reason"?, "error"?}, ...]` (oldest first) and `"events_dropped"`; linearizable; `?stale=true` for a local read |
 //! | `DELETE /v1/tasks/{id}` | `200` task JSON after cancelling |
 //! | `GET /v1/cluster` | cluster id, mode, this node, members with addresses and link state, task kinds |
 //! | `GET /v1/ring` | `200 {"node", "epoch", "members": [...], "in_flight": null \| {"op", "node"}}`: the ring this node knows (leaderless mode; `404 not_supported` in the others) |
@@ -56,7 +57,7 @@ use axum::{Json, Router};
 use base64::Engine;
 use cohort_core::{
     ClientError, ClientRequest, ClientResponse, Consistency, NodeId, NodeRng, RingRefusal,
-    RingRequest, RingView, Task, TaskId, TaskState,
+    RingRequest, RingView, Task, TaskEvent, TaskEventKind, TaskEvents, TaskId, TaskState,
 };
 use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
@@ -89,6 +90,7 @@ pub(crate) fn router(api: Arc<Api>) -> Router {
         .route("/v1/tasks", axum::routing::post(submit).get(list_tasks))
         .route("/v1/tasks:batch", axum::routing::post(submit_batch))
         .route("/v1/tasks/{id}", get(get_task).delete(cancel))
+        .route("/v1/tasks/{id}/events", get(task_events))
         .route("/v1/cluster", get(cluster))
         .route("/v1/ring", get(ring))
         .route(
@@ -690,7 +692,7 @@ async fn submit(
             Json(json!({"id": id.to_string(), "node": api.config.peers.id.0})),
         )
             .into_response()),
-        ClientResponse::AcceptedBatch { .. } => Err(ApiError::new(
+        ClientResponse::AcceptedBatch { .. } | ClientResponse::Events { .. } => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             "unexpected answer to a submit",
@@ -852,13 +854,90 @@ async fn get_task(
     }
 }
 
+/// `?stale=` of an events read.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    stale: Option<bool>,
+}
+
+async fn task_events(
+    State(api): State<Arc<Api>>,
+    Path(id): Path<String>,
+    q: Result<Query<EventsQuery>, QueryRejection>,
+    uri: axum::http::Uri,
+) -> Result<Response, ApiError> {
+    let Query(q) =
+        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed", e.body_text()))?;
+    let id = parse_id(&id)?;
+    let path = uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| format!("/v1/tasks/{id}/events"));
+    let consistency = if q.stale.unwrap_or(false) {
+        Consistency::Stale
+    } else {
+        Consistency::Linearizable
+    };
+    match api
+        .ask(ClientRequest::Events { id, consistency }, &path)
+        .await?
+    {
+        ClientResponse::Events { id, state, history } => {
+            Ok(Json(events_json(id, &state, &history)).into_response())
+        }
+        _ => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "unexpected answer to an events read",
+        )),
+    }
+}
+
+/// The JSON form of a task's state and history: [`state_json`] with
+/// `"events"` and `"events_dropped"`.
+pub fn events_json(id: TaskId, state: &TaskState, history: &TaskEvents) -> serde_json::Value {
+    let mut v = state_json(id, state);
+    let events: Vec<serde_json::Value> = history.events.iter().map(event_json).collect();
+    v["events"] = json!(events);
+    v["events_dropped"] = json!(history.dropped);
+    v
+}
+
+fn event_json(e: &TaskEvent) -> serde_json::Value {
+    let mut v = json!({"at_ms": e.at.as_millis(), "event": e.what.name()});
+    match &e.what {
+        TaskEventKind::Submitted | TaskEventKind::Cancelled => {}
+        TaskEventKind::Assigned { node, epoch } | TaskEventKind::Succeeded { node, epoch } => {
+            v["node"] = json!(node.0);
+            v["epoch"] = json!(epoch.0);
+        }
+        TaskEventKind::AttemptFailed { node, epoch, error }
+        | TaskEventKind::Failed { node, epoch, error } => {
+            v["node"] = json!(node.0);
+            v["epoch"] = json!(epoch.0);
+            v["error"] = json!(error);
+        }
+        TaskEventKind::RunnerLost {
+            node,
+            epoch,
+            reason,
+        } => {
+            v["node"] = json!(node.0);
+            v["epoch"] = json!(epoch.0);
+            v["reason"] = json!(reason.name());
+        }
+    }
+    v
+}
+
 async fn cancel(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let path = format!("/v1/tasks/{id}");
     match api.ask(ClientRequest::Cancel { id }, &path).await? {
         ClientResponse::State { id, state } => Ok(Json(state_json(id, &state)).into_response()),
         ClientResponse::Accepted { id } => Ok(Json(json!({"id": id.to_string()})).into_response()),
-        ClientResponse::AcceptedBatch { .. } => Err(ApiError::new(
+        ClientResponse::AcceptedBatch { .. } | ClientResponse::Events { .. } => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             "unexpected answer to a cancel",
@@ -1165,6 +1244,7 @@ mod tests {
         for path in [
             "/v1/tasks",
             "/v1/tasks/{id}",
+            "/v1/tasks/{id}/events",
             "/v1/cluster",
             "/v1/ring",
             "/v1/ring/members/{node}",

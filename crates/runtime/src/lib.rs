@@ -40,7 +40,7 @@ pub use error::RuntimeError;
 pub use handlers::{Handler, HandlerFuture, HandlerInput, Registry};
 pub use metrics::Metrics;
 
-use cohort_core::{Node, NodeId, NodeRng};
+use cohort_core::{Node, NodeId, NodeRng, Time};
 use rand::SeedableRng;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -214,12 +214,12 @@ pub async fn start<N: Node + Send + 'static>(
     let seed = options.rng_seed.unwrap_or_else(os_seed);
     let rng = NodeRng::seed_from_u64(seed);
     let boot = tokio::time::Instant::now();
-    let node = boot_checked::<N>(&config.peers, &mode_config, &stored, rng).map_err(|e| {
-        RuntimeError::CorruptFile {
+    let epoch_us = unix_micros_now();
+    let node = boot_checked::<N>(&config.peers, &mode_config, &stored, rng, Time(epoch_us))
+        .map_err(|e| RuntimeError::CorruptFile {
             path: path.clone(),
             reason: format!("the {} mode refuses it: {e}", config.mode),
-        }
-    })?;
+        })?;
     drop(stored);
     let (control_tx, control_rx) = mpsc::channel(4096);
     let (peer_tx, peer_rx) = mpsc::channel(config.transport.inbound_queue_len_max);
@@ -252,6 +252,7 @@ pub async fn start<N: Node + Send + 'static>(
         config: config.clone(),
         storage: Arc::new(storage),
         boot,
+        epoch_us,
         timers: BTreeMap::new(),
         timer_seq: 0,
         pending: BTreeMap::new(),
@@ -331,8 +332,19 @@ pub fn boot_checked<N: Node>(
     config: &N::Config,
     stored: &cohort_core::Stored,
     rng: NodeRng,
+    now: Time,
 ) -> Result<N, cohort_core::BootError> {
-    N::boot(peers, config, stored, rng, cohort_core::Time::ZERO)
+    N::boot(peers, config, stored, rng, now)
+}
+
+/// Microseconds since the Unix epoch on the system clock: where a node's
+/// [`Time`] starts. Read once at boot; the node's time then advances with
+/// the monotonic clock, so a clock step never moves it backwards, and the
+/// times it stamps on task events read as wall-clock times.
+fn unix_micros_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 /// Opens the data file on a blocking thread, retrying briefly while a

@@ -32,8 +32,9 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("cohort_meta");
 const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("cohort_kv");
 const META_KEY: &str = "identity";
 
-/// The on-disk format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The on-disk format this build writes and reads. 2: task records and
+/// leader log entries carry the tasks' event history and its times.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Who a data file belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

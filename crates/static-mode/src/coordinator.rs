@@ -4,8 +4,9 @@
 use crate::config::StaticConfig;
 use crate::message::StaticMessage;
 use cohort_core::{
-    Action, ClientError, ClientRequest, ClientResponse, Epoch, NodeId, Note, Peers, RequestId,
-    SupersedeReason, Task, TaskId, TaskOutcome, TaskState, Time,
+    event_error, Action, ClientError, ClientRequest, ClientResponse, Epoch, NodeId, Note, Peers,
+    RequestId, SupersedeReason, Task, TaskEvent, TaskEventKind, TaskEvents, TaskId, TaskOutcome,
+    TaskState, Time,
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -17,6 +18,14 @@ struct Record {
     attempts: u32,
     /// When the current assignment was sent (for re-sending lost ones).
     assigned_at: Time,
+    /// What happened to it (in memory, like everything here).
+    history: TaskEvents,
+}
+
+impl Record {
+    fn record(&mut self, at: Time, what: TaskEventKind, events_max: usize) {
+        self.history.push(TaskEvent { at, what }, events_max);
+    }
 }
 
 #[derive(Debug)]
@@ -115,7 +124,16 @@ impl Coordinator {
                     state: r.state.clone(),
                 })
                 .ok_or(ClientError::NotFound { id }),
-            ClientRequest::Cancel { id } => self.cancel(id, out),
+            ClientRequest::Events { id, .. } => self
+                .tasks
+                .get(&id)
+                .map(|r| ClientResponse::Events {
+                    id,
+                    state: r.state.clone(),
+                    history: r.history.clone(),
+                })
+                .ok_or(ClientError::NotFound { id }),
+            ClientRequest::Cancel { id } => self.cancel(now, id, out),
         };
         out.push(Action::Reply { request, reply });
     }
@@ -142,15 +160,15 @@ impl Coordinator {
             });
         }
         // The naive part: acknowledged from memory, never persisted.
-        self.tasks.insert(
-            id,
-            Record {
-                task,
-                state: TaskState::Pending,
-                attempts: 0,
-                assigned_at: now,
-            },
-        );
+        let mut record = Record {
+            task,
+            state: TaskState::Pending,
+            attempts: 0,
+            assigned_at: now,
+            history: TaskEvents::default(),
+        };
+        record.record(now, TaskEventKind::Submitted, self.events_max());
+        self.tasks.insert(id, record);
         self.active += 1;
         self.queue.push_back(id);
         self.schedule(now, out);
@@ -191,8 +209,21 @@ impl Coordinator {
         Ok(ClientResponse::AcceptedBatch { ids })
     }
 
-    fn cancel(&mut self, id: TaskId, out: &mut Out) -> Result<ClientResponse, ClientError> {
-        let record = self.tasks.get(&id).ok_or(ClientError::NotFound { id })?;
+    fn events_max(&self) -> usize {
+        self.peers.limits.task_events_max
+    }
+
+    fn cancel(
+        &mut self,
+        now: Time,
+        id: TaskId,
+        out: &mut Out,
+    ) -> Result<ClientResponse, ClientError> {
+        let events_max = self.events_max();
+        let record = self
+            .tasks
+            .get_mut(&id)
+            .ok_or(ClientError::NotFound { id })?;
         match record.state {
             TaskState::Pending => self.queue.retain(|t| *t != id),
             TaskState::Running { node, .. } => {
@@ -208,6 +239,7 @@ impl Coordinator {
                 })
             }
         }
+        record.record(now, TaskEventKind::Cancelled, events_max);
         self.finish(id, TaskState::Cancelled, out);
         Ok(ClientResponse::State {
             id,
@@ -230,6 +262,7 @@ impl Coordinator {
                 msg: StaticMessage::ResultAck { task, epoch },
             });
         }
+        let events_max = self.events_max();
         let Some(record) = self.tasks.get_mut(&task) else {
             return;
         };
@@ -239,22 +272,39 @@ impl Coordinator {
         if let Some(w) = self.workers.get_mut(&from) {
             w.running.remove(&task);
         }
+        let node = from;
         match outcome {
-            TaskOutcome::Success(result) => self.finish(
-                task,
-                TaskState::Succeeded {
-                    result,
-                    node: from,
-                    epoch,
-                },
-                out,
-            ),
+            TaskOutcome::Success(result) => {
+                record.record(now, TaskEventKind::Succeeded { node, epoch }, events_max);
+                self.finish(
+                    task,
+                    TaskState::Succeeded {
+                        result,
+                        node,
+                        epoch,
+                    },
+                    out,
+                )
+            }
             TaskOutcome::Failure(error) => {
                 record.attempts += 1;
+                let kept = event_error(&error);
                 if record.attempts >= record.task.max_attempts {
                     let attempts = record.attempts;
+                    let what = TaskEventKind::Failed {
+                        node,
+                        epoch,
+                        error: kept,
+                    };
+                    record.record(now, what, events_max);
                     self.finish(task, TaskState::Failed { error, attempts }, out);
                 } else {
+                    let what = TaskEventKind::AttemptFailed {
+                        node,
+                        epoch,
+                        error: kept,
+                    };
+                    record.record(now, what, events_max);
                     record.state = TaskState::Pending;
                     out.push(Action::Note(Note::Superseded {
                         task,
@@ -310,6 +360,7 @@ impl Coordinator {
     pub(crate) fn tick(&mut self, now: Time, out: &mut Out) {
         let timeout = self.config.worker_timeout();
         let me = self.peers.id;
+        let events_max = self.events_max();
         let dead: Vec<NodeId> = self
             .workers
             .iter()
@@ -327,11 +378,18 @@ impl Coordinator {
                 let TaskState::Running { epoch, .. } = record.state else {
                     unreachable!("worker.running lists only running tasks")
                 };
+                let reason = SupersedeReason::RunnerDeclaredDead;
+                let what = TaskEventKind::RunnerLost {
+                    node: id,
+                    epoch,
+                    reason,
+                };
+                record.record(now, what, events_max);
                 record.state = TaskState::Pending;
                 out.push(Action::Note(Note::Superseded {
                     task,
                     epoch,
-                    reason: SupersedeReason::RunnerDeclaredDead,
+                    reason,
                 }));
                 self.queue.push_back(task);
             }
@@ -342,6 +400,7 @@ impl Coordinator {
     /// Assigns pending tasks, in order, to the live worker with the lowest
     /// `running / capacity` (ties: lowest id), while any has room.
     fn schedule(&mut self, now: Time, out: &mut Out) {
+        let events_max = self.events_max();
         while let Some(&task) = self.queue.front() {
             let best = self
                 .workers
@@ -369,6 +428,7 @@ impl Coordinator {
             );
             record.state = TaskState::Running { node, epoch };
             record.assigned_at = now;
+            record.record(now, TaskEventKind::Assigned { node, epoch }, events_max);
             self.workers
                 .get_mut(&node)
                 .expect("chosen above")

@@ -11,7 +11,10 @@
 //! accepted only for the epoch currently running, and the first accepted
 //! result decides the task (G2).
 
-use cohort_core::{Epoch, NodeId, Note, SupersedeReason, Task, TaskId, TaskOutcome, TaskState};
+use cohort_core::{
+    event_error, Epoch, NodeId, Note, SupersedeReason, Task, TaskEvent, TaskEventKind, TaskEvents,
+    TaskId, TaskOutcome, TaskState, Time,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -92,6 +95,8 @@ pub struct TaskRecord {
     pub assigned_index: u64,
     /// Log index at which it last became pending (its queue position).
     pending_since: u64,
+    /// What happened to it, stamped with the proposing leader's clock.
+    pub history: TaskEvents,
 }
 
 /// The scheduler's replicated state. Encoded as the Raft snapshot.
@@ -108,14 +113,22 @@ pub struct Scheduler {
     finished: BTreeSet<(u64, TaskId)>,
     /// Most finished records retained.
     retained_max: usize,
+    /// Most events a record's history keeps (`Limits::task_events_max`).
+    events_max: usize,
 }
 
 impl Scheduler {
-    /// An empty state keeping at most `retained_max` finished tasks.
-    pub fn new(retained_max: usize) -> Scheduler {
+    /// An empty state keeping at most `retained_max` finished tasks and
+    /// `events_max` events per task.
+    pub fn new(retained_max: usize, events_max: usize) -> Scheduler {
         assert!(retained_max > 0, "retain at least one finished task");
+        assert!(
+            events_max >= 2,
+            "a history keeps its first event and the latest"
+        );
         Scheduler {
             retained_max,
+            events_max,
             ..Scheduler::default()
         }
     }
@@ -187,8 +200,16 @@ impl Scheduler {
     }
 
     /// Creates `id` as pending unless it exists (a resubmit is a no-op).
-    fn accept(&mut self, index: u64, id: TaskId, task: &Task) {
+    fn accept(&mut self, index: u64, at: Time, id: TaskId, task: &Task) {
         if let std::collections::btree_map::Entry::Vacant(slot) = self.tasks.entry(id) {
+            let mut history = TaskEvents::default();
+            history.push(
+                TaskEvent {
+                    at,
+                    what: TaskEventKind::Submitted,
+                },
+                self.events_max,
+            );
             slot.insert(TaskRecord {
                 task: task.clone(),
                 state: TaskState::Pending,
@@ -196,21 +217,29 @@ impl Scheduler {
                 attempts: 0,
                 assigned_index: 0,
                 pending_since: index,
+                history,
             });
             self.pending.insert((index, id));
         }
     }
 
-    /// Applies the command committed at `index`; returns the decisions it
-    /// made, for the history.
-    pub fn apply(&mut self, index: u64, cmd: &Command) -> Vec<Note> {
+    /// Appends an event to `id`'s history.
+    fn record(&mut self, id: TaskId, at: Time, what: TaskEventKind) {
+        let events_max = self.events_max;
+        let rec = self.tasks.get_mut(&id).expect("events of a known task");
+        rec.history.push(TaskEvent { at, what }, events_max);
+    }
+
+    /// Applies the command committed at `index`, proposed at `at` on the
+    /// leader's clock; returns the decisions it made, for the history.
+    pub fn apply(&mut self, index: u64, at: Time, cmd: &Command) -> Vec<Note> {
         let mut notes = Vec::new();
         match cmd {
-            Command::Submit { id, task } => self.accept(index, *id, task),
+            Command::Submit { id, task } => self.accept(index, at, *id, task),
             Command::SubmitBatch { tasks } => {
                 if self.batch_conflict(tasks).is_none() {
                     for (id, task) in tasks {
-                        self.accept(index, *id, task);
+                        self.accept(index, at, *id, task);
                     }
                 }
             }
@@ -235,6 +264,14 @@ impl Scheduler {
                 rec.epoch = *epoch;
                 rec.assigned_index = index;
                 self.running.entry(*node).or_default().insert(*id);
+                self.record(
+                    *id,
+                    at,
+                    TaskEventKind::Assigned {
+                        node: *node,
+                        epoch: *epoch,
+                    },
+                );
                 notes.push(Note::Assigned {
                     task: *id,
                     epoch: *epoch,
@@ -264,19 +301,38 @@ impl Scheduler {
                             node: *node,
                             epoch: *epoch,
                         };
+                        let what = TaskEventKind::Succeeded {
+                            node: *node,
+                            epoch: *epoch,
+                        };
+                        self.record(*id, at, what);
                         self.finish(index, *id, state, &mut notes);
                     }
                     TaskOutcome::Failure(error) => {
                         let rec = self.tasks.get_mut(id).expect("present");
                         rec.attempts += 1;
+                        let (node, epoch, error_kept) = (*node, *epoch, event_error(error));
                         if rec.attempts >= rec.task.max_attempts {
                             let state = TaskState::Failed {
                                 error: error.clone(),
                                 attempts: rec.attempts,
                             };
+                            let what = TaskEventKind::Failed {
+                                node,
+                                epoch,
+                                error: error_kept,
+                            };
+                            self.record(*id, at, what);
                             self.finish(index, *id, state, &mut notes);
                         } else {
-                            self.supersede(index, *id, SupersedeReason::AttemptFailed, &mut notes);
+                            let what = TaskEventKind::AttemptFailed {
+                                node,
+                                epoch,
+                                error: error_kept,
+                            };
+                            self.record(*id, at, what);
+                            let reason = SupersedeReason::AttemptFailed;
+                            self.supersede(index, at, *id, reason, &mut notes);
                         }
                     }
                 }
@@ -285,7 +341,8 @@ impl Scheduler {
                 self.dead.insert(*node);
                 let lost: Vec<TaskId> = self.running_on(*node).collect();
                 for id in lost {
-                    self.supersede(index, id, SupersedeReason::RunnerDeclaredDead, &mut notes);
+                    let reason = SupersedeReason::RunnerDeclaredDead;
+                    self.supersede(index, at, id, reason, &mut notes);
                 }
             }
             Command::WorkerAlive { node } => {
@@ -293,31 +350,55 @@ impl Scheduler {
             }
             Command::Reclaim { id, epoch } => {
                 if self.is_running(*id, *epoch) {
-                    self.supersede(index, *id, SupersedeReason::RunnerDeclaredDead, &mut notes);
+                    let reason = SupersedeReason::RunnerDeclaredDead;
+                    self.supersede(index, at, *id, reason, &mut notes);
                 }
             }
             Command::Cancel { id } => {
                 if self.tasks.get(id).is_some_and(|r| !r.state.is_final()) {
+                    self.record(*id, at, TaskEventKind::Cancelled);
                     self.finish(index, *id, TaskState::Cancelled, &mut notes);
                 }
             }
         }
         self.check();
+        for note in &notes {
+            let (Note::Assigned { task, .. }
+            | Note::Superseded { task, .. }
+            | Note::Decided { task, .. }) = note;
+            if let Some(rec) = self.tasks.get(task) {
+                if let Err(e) = rec.history.check_against(&rec.state) {
+                    panic!("task {task}: {e}");
+                }
+            }
+        }
         notes
     }
 
-    /// Ends the running assignment of `id` without a result: back to pending.
+    /// Ends the running assignment of `id` without a result: back to
+    /// pending. A lost runner is an event of its own; a failed attempt was
+    /// recorded with its error by the caller.
     fn supersede(
         &mut self,
         index: u64,
+        at: Time,
         id: TaskId,
         reason: SupersedeReason,
         notes: &mut Vec<Note>,
     ) {
-        let rec = self.tasks.get_mut(&id).expect("superseding a known task");
+        let rec = self.tasks.get(&id).expect("superseding a known task");
         let TaskState::Running { node, epoch } = rec.state else {
             panic!("superseding a task that is not running");
         };
+        if reason != SupersedeReason::AttemptFailed {
+            let what = TaskEventKind::RunnerLost {
+                node,
+                epoch,
+                reason,
+            };
+            self.record(id, at, what);
+        }
+        let rec = self.tasks.get_mut(&id).expect("superseding a known task");
         rec.state = TaskState::Pending;
         rec.assigned_index = 0;
         rec.pending_since = index;
@@ -390,15 +471,21 @@ mod tests {
         }
     }
 
+    /// Commands in these tests are proposed one millisecond per index.
+    fn at(index: u64) -> Time {
+        Time::from_millis(index)
+    }
+
     const T: TaskId = TaskId(7);
     const A: NodeId = NodeId(1);
     const B: NodeId = NodeId(2);
 
     #[test]
     fn stale_epoch_result_is_rejected_and_first_result_wins() {
-        let mut s = Scheduler::new(10);
+        let mut s = Scheduler::new(10, 16);
         s.apply(
             1,
+            at(1),
             &Command::Submit {
                 id: T,
                 task: task(),
@@ -406,13 +493,14 @@ mod tests {
         );
         s.apply(
             2,
+            at(2),
             &Command::Assign {
                 id: T,
                 epoch: Epoch(1),
                 node: A,
             },
         );
-        let notes = s.apply(3, &Command::WorkerDead { node: A });
+        let notes = s.apply(3, at(3), &Command::WorkerDead { node: A });
         assert!(matches!(
             notes[0],
             Note::Superseded {
@@ -422,6 +510,7 @@ mod tests {
         ));
         s.apply(
             4,
+            at(4),
             &Command::Assign {
                 id: T,
                 epoch: Epoch(2),
@@ -434,15 +523,18 @@ mod tests {
             node: A,
             outcome: TaskOutcome::Success(vec![1]),
         };
-        assert!(s.apply(5, &stale).is_empty(), "epoch 1 was superseded");
+        assert!(
+            s.apply(5, at(5), &stale).is_empty(),
+            "epoch 1 was superseded"
+        );
         let ok = Command::Result {
             id: T,
             epoch: Epoch(2),
             node: B,
             outcome: TaskOutcome::Success(vec![2]),
         };
-        assert_eq!(s.apply(6, &ok).len(), 1);
-        assert!(s.apply(7, &ok).is_empty(), "decided once");
+        assert_eq!(s.apply(6, at(6), &ok).len(), 1);
+        assert!(s.apply(7, at(7), &ok).is_empty(), "decided once");
         assert!(matches!(
             s.get(T).unwrap().state,
             TaskState::Succeeded {
@@ -454,9 +546,10 @@ mod tests {
 
     #[test]
     fn failures_retry_until_max_attempts_then_fail() {
-        let mut s = Scheduler::new(10);
+        let mut s = Scheduler::new(10, 16);
         s.apply(
             1,
+            at(1),
             &Command::Submit {
                 id: T,
                 task: task(),
@@ -465,6 +558,7 @@ mod tests {
         for (i, e) in [(2, 1), (4, 2)] {
             s.apply(
                 i,
+                at(i),
                 &Command::Assign {
                     id: T,
                     epoch: Epoch(e),
@@ -473,6 +567,7 @@ mod tests {
             );
             s.apply(
                 i + 1,
+                at(i + 1),
                 &Command::Result {
                     id: T,
                     epoch: Epoch(e),
@@ -492,9 +587,10 @@ mod tests {
 
     #[test]
     fn assignment_needs_the_next_epoch_and_a_pending_task() {
-        let mut s = Scheduler::new(10);
+        let mut s = Scheduler::new(10, 16);
         s.apply(
             1,
+            at(1),
             &Command::Submit {
                 id: T,
                 task: task(),
@@ -503,6 +599,7 @@ mod tests {
         assert!(s
             .apply(
                 2,
+                at(2),
                 &Command::Assign {
                     id: T,
                     epoch: Epoch(2),
@@ -513,6 +610,7 @@ mod tests {
         assert_eq!(
             s.apply(
                 3,
+                at(3),
                 &Command::Assign {
                     id: T,
                     epoch: Epoch(1),
@@ -525,6 +623,7 @@ mod tests {
         assert!(s
             .apply(
                 4,
+                at(4),
                 &Command::Assign {
                     id: T,
                     epoch: Epoch(2),
@@ -533,25 +632,128 @@ mod tests {
             )
             .is_empty());
         assert_eq!(s.load(A), 1);
-        s.apply(5, &Command::Cancel { id: T });
+        s.apply(5, at(5), &Command::Cancel { id: T });
         assert_eq!(s.get(T).unwrap().state, TaskState::Cancelled);
         assert_eq!(s.load(A), 0);
     }
 
     #[test]
     fn finished_records_beyond_the_retention_limit_are_dropped_oldest_first() {
-        let mut s = Scheduler::new(1);
+        let mut s = Scheduler::new(1, 16);
         for i in 0..3u128 {
             s.apply(
                 1 + 2 * i as u64,
+                at(1 + 2 * i as u64),
                 &Command::Submit {
                     id: TaskId(i),
                     task: task(),
                 },
             );
-            s.apply(2 + 2 * i as u64, &Command::Cancel { id: TaskId(i) });
+            s.apply(
+                2 + 2 * i as u64,
+                at(2 + 2 * i as u64),
+                &Command::Cancel { id: TaskId(i) },
+            );
         }
         assert_eq!(s.len(), 1);
         assert!(s.get(TaskId(2)).is_some());
+    }
+
+    fn kinds(s: &Scheduler, id: TaskId) -> Vec<(u64, TaskEventKind)> {
+        let h = &s.get(id).expect("known").history;
+        h.events
+            .iter()
+            .map(|e| (e.at.as_millis(), e.what.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn the_history_tells_a_dead_worker_from_a_failed_handler_with_the_leaders_times() {
+        let mut s = Scheduler::new(10, 16);
+        let task = Task {
+            max_attempts: 3,
+            ..task()
+        };
+        s.apply(1, at(1), &Command::Submit { id: T, task });
+        let assign = |epoch, node| Command::Assign {
+            id: T,
+            epoch: Epoch(epoch),
+            node,
+        };
+        s.apply(2, at(2), &assign(1, A));
+        s.apply(3, at(3), &Command::WorkerDead { node: A });
+        s.apply(4, at(4), &assign(2, B));
+        let fail = Command::Result {
+            id: T,
+            epoch: Epoch(2),
+            node: B,
+            outcome: TaskOutcome::Failure("boom".into()),
+        };
+        s.apply(5, at(5), &fail);
+        s.apply(6, at(6), &assign(3, B));
+        let ok = Command::Result {
+            id: T,
+            epoch: Epoch(3),
+            node: B,
+            outcome: TaskOutcome::Success(vec![9]),
+        };
+        s.apply(7, at(7), &ok);
+        s.apply(8, at(8), &ok); // a duplicate result records nothing
+        let (e1, e2, e3) = (Epoch(1), Epoch(2), Epoch(3));
+        assert_eq!(
+            kinds(&s, T),
+            vec![
+                (1, TaskEventKind::Submitted),
+                (2, TaskEventKind::Assigned { node: A, epoch: e1 }),
+                (
+                    3,
+                    TaskEventKind::RunnerLost {
+                        node: A,
+                        epoch: e1,
+                        reason: SupersedeReason::RunnerDeclaredDead
+                    }
+                ),
+                (4, TaskEventKind::Assigned { node: B, epoch: e2 }),
+                (
+                    5,
+                    TaskEventKind::AttemptFailed {
+                        node: B,
+                        epoch: e2,
+                        error: "boom".into()
+                    }
+                ),
+                (6, TaskEventKind::Assigned { node: B, epoch: e3 }),
+                (7, TaskEventKind::Succeeded { node: B, epoch: e3 }),
+            ]
+        );
+        assert_eq!(s.get(T).unwrap().history.dropped, 0);
+    }
+
+    #[test]
+    fn a_history_past_its_limit_keeps_the_submission_and_the_latest_events() {
+        let mut s = Scheduler::new(10, 3);
+        s.apply(
+            1,
+            at(1),
+            &Command::Submit {
+                id: T,
+                task: task(),
+            },
+        );
+        for i in 0..4u64 {
+            let node = if i % 2 == 0 { A } else { B };
+            let epoch = Epoch(i + 1);
+            s.apply(
+                2 + 2 * i,
+                at(2 + 2 * i),
+                &Command::Assign { id: T, epoch, node },
+            );
+            s.apply(3 + 2 * i, at(3 + 2 * i), &Command::WorkerDead { node });
+            s.apply(3 + 2 * i, at(3 + 2 * i), &Command::WorkerAlive { node });
+        }
+        let h = &s.get(T).unwrap().history;
+        let times: Vec<u64> = h.events.iter().map(|e| e.at.as_millis()).collect();
+        assert_eq!(times, vec![1, 8, 9], "the submission, then the last two");
+        assert_eq!(h.dropped, 6);
     }
 }

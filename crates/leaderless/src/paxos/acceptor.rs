@@ -96,16 +96,19 @@ mod tests {
     use cohort_core::{Epoch, NodeId, Task, TaskState};
 
     fn rec() -> Record {
-        Record::new(TaskHeader {
-            task: Task {
-                kind: "echo".into(),
-                payload: vec![],
-                timeout_ms: 10,
-                max_attempts: 1,
+        Record::new(
+            TaskHeader {
+                task: Task {
+                    kind: "echo".into(),
+                    payload: vec![],
+                    timeout_ms: 10,
+                    max_attempts: 1,
+                },
+                replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
+                ring_epoch: 0,
             },
-            replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
-            ring_epoch: 0,
-        })
+            cohort_core::Time::ZERO,
+        )
     }
 
     fn b(round: u64, node: u64) -> Ballot {
@@ -127,6 +130,7 @@ mod tests {
             runner_boot: 0,
             replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
             ring_epoch: 0,
+            history: Default::default(),
         }
     }
 

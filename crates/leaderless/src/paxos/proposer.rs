@@ -6,7 +6,10 @@
 use crate::message::LeaderlessMessage;
 use crate::paxos::{majority, Ballot};
 use crate::record::{TaskHeader, TaskValue};
-use cohort_core::{Epoch, NodeId, TaskId, TaskOutcome, TaskState, Time};
+use cohort_core::{
+    event_error, Epoch, NodeId, SupersedeReason, TaskEvent, TaskEventKind, TaskId, TaskOutcome,
+    TaskState, Time,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -133,6 +136,68 @@ impl Intent {
     }
 }
 
+impl Intent {
+    /// [`Intent::desired`] with the change recorded in the value's event
+    /// history, stamped `at` (the proposer's clock), keeping at most
+    /// `events_max` events.
+    pub fn desired_at(
+        &self,
+        me: NodeId,
+        boot: u64,
+        header: &TaskHeader,
+        base: &TaskValue,
+        at: Time,
+        events_max: usize,
+    ) -> Option<TaskValue> {
+        let mut value = self.desired(me, boot, header, base)?;
+        let mut events = Vec::new();
+        match self {
+            Intent::Claim => events.push(TaskEventKind::Assigned {
+                node: me,
+                epoch: value.epoch,
+            }),
+            Intent::Reclaim { owner, epoch } => {
+                events.push(TaskEventKind::RunnerLost {
+                    node: *owner,
+                    epoch: *epoch,
+                    reason: SupersedeReason::RunnerDeclaredDead,
+                });
+                events.push(TaskEventKind::Assigned {
+                    node: me,
+                    epoch: value.epoch,
+                });
+            }
+            Intent::Finish { epoch, outcome } => events.push(match (outcome, &value.state) {
+                (TaskOutcome::Success(_), _) => TaskEventKind::Succeeded {
+                    node: me,
+                    epoch: *epoch,
+                },
+                (TaskOutcome::Failure(error), TaskState::Failed { .. }) => TaskEventKind::Failed {
+                    node: me,
+                    epoch: *epoch,
+                    error: event_error(error),
+                },
+                (TaskOutcome::Failure(error), _) => TaskEventKind::AttemptFailed {
+                    node: me,
+                    epoch: *epoch,
+                    error: event_error(error),
+                },
+            }),
+            Intent::Release { epoch } => events.push(TaskEventKind::RunnerLost {
+                node: me,
+                epoch: *epoch,
+                reason: SupersedeReason::RunnerDeclaredDead,
+            }),
+            Intent::Cancel => events.push(TaskEventKind::Cancelled),
+            Intent::Move { .. } | Intent::Settle => {}
+        }
+        for what in events {
+            value.history.push(TaskEvent { at, what }, events_max);
+        }
+        Some(value)
+    }
+}
+
 fn claim(me: NodeId, boot: u64, base: &TaskValue) -> TaskValue {
     let epoch = base.epoch.next();
     TaskValue {
@@ -142,6 +207,7 @@ fn claim(me: NodeId, boot: u64, base: &TaskValue) -> TaskValue {
         runner_boot: boot,
         replicas: base.replicas.clone(),
         ring_epoch: base.ring_epoch,
+        history: base.history.clone(),
     }
 }
 
@@ -223,6 +289,8 @@ pub struct Proposer {
     generation: u64,
     proposals: BTreeMap<TaskId, Proposal>,
     in_flight_max: usize,
+    /// Most events a task's history keeps (`Limits::task_events_max`).
+    events_max: usize,
     /// The highest round this node has used or seen: new ballots go above.
     round_seen: u64,
 }
@@ -237,14 +305,17 @@ pub enum StartError {
 }
 
 impl Proposer {
-    /// An idle proposer for this boot (`generation`) of node `me`.
-    pub fn new(me: NodeId, generation: u64, in_flight_max: usize) -> Proposer {
+    /// An idle proposer for this boot (`generation`) of node `me`, whose
+    /// values keep at most `events_max` events per task.
+    pub fn new(me: NodeId, generation: u64, in_flight_max: usize, events_max: usize) -> Proposer {
         assert!(in_flight_max > 0);
+        assert!(events_max >= 2);
         Proposer {
             me,
             generation,
             proposals: BTreeMap::new(),
             in_flight_max,
+            events_max,
             round_seen: 0,
         }
     }
@@ -330,13 +401,14 @@ impl Proposer {
     /// A `Promise` from `from`.
     pub fn on_promise(
         &mut self,
+        now: Time,
         from: NodeId,
         id: TaskId,
         version: u64,
         ballot: Ballot,
         accepted: Option<(Ballot, TaskValue)>,
     ) -> Outcome {
-        let (me, boot) = (self.me, self.generation);
+        let (me, boot, events_max) = (self.me, self.generation, self.events_max);
         let Some(p) = self.proposals.get_mut(&id) else {
             return Outcome::Send(vec![]);
         };
@@ -359,7 +431,7 @@ impl Proposer {
             }
             None => p
                 .intent
-                .desired(me, boot, &p.header, &p.base)
+                .desired_at(me, boot, &p.header, &p.base, now, events_max)
                 .expect("checked at start; the base does not change within a proposal"),
         };
         p.phase = Phase::Accepting {
@@ -549,7 +621,7 @@ mod tests {
     }
 
     fn first_ballot(generation: u64) -> Ballot {
-        let mut p = Proposer::new(NodeId(1), generation, 4);
+        let mut p = Proposer::new(NodeId(1), generation, 4, 16);
         let msgs = p
             .start(
                 Time::ZERO,
@@ -579,7 +651,7 @@ mod tests {
 
     #[test]
     fn only_as_many_proposals_as_the_limit_run_and_one_per_task() {
-        let mut p = Proposer::new(NodeId(1), 0, 2);
+        let mut p = Proposer::new(NodeId(1), 0, 2, 16);
         let start = |p: &mut Proposer, id| {
             p.start(
                 Time::ZERO,
@@ -604,7 +676,7 @@ mod tests {
     /// is asked for a wait that knows how many rounds failed.
     #[test]
     fn a_round_that_times_out_or_is_pre_empted_backs_off_longer_each_time() {
-        let mut p = Proposer::new(NodeId(1), 0, 4);
+        let mut p = Proposer::new(NodeId(1), 0, 4, 16);
         let id = TaskId(1);
         let first = p
             .start(

@@ -179,10 +179,13 @@ impl Node for ToyNode {
                 }
                 None => Err(ClientError::NotFound { id }),
             },
-            // The toy takes no batches; its tests do not send them.
-            ClientRequest::SubmitBatch { .. } => Err(ClientError::InvalidTask {
-                reason: "the toy node takes no batches".into(),
-            }),
+            // The toy takes no batches and keeps no history; its tests
+            // send neither.
+            ClientRequest::SubmitBatch { .. } | ClientRequest::Events { .. } => {
+                Err(ClientError::InvalidTask {
+                    reason: "the toy node takes no batches and keeps no history".into(),
+                })
+            }
         };
         self.out.push(Action::Reply { request, reply });
     }

@@ -392,9 +392,10 @@ impl Node for CoordNode {
                 let state = self.tasks[&id].state.clone();
                 self.reply(request, Ok(ClientResponse::State { id, state }));
             }
-            // This test node takes no batches; its workloads send none.
-            ClientRequest::SubmitBatch { .. } => {
-                let reason = "the test coordinator takes no batches".into();
+            // This test node takes no batches and keeps no history; its
+            // workloads send neither.
+            ClientRequest::SubmitBatch { .. } | ClientRequest::Events { .. } => {
+                let reason = "the test coordinator takes no batches and keeps no history".into();
                 self.reply(request, Err(ClientError::InvalidTask { reason }));
             }
         }
