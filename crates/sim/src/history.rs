@@ -1,7 +1,9 @@
 //! The recorded history of a run: what clients saw and what nodes did and
 //! stated, in the order the simulator processed it. Checkers read only this.
 
-use cohort_core::{ClientError, Epoch, NodeId, Note, Task, TaskId, TaskOutcome, TaskState, Time};
+use cohort_core::{
+    ClientError, Epoch, NodeId, Note, SupersedeReason, Task, TaskId, TaskOutcome, TaskState, Time,
+};
 
 /// One fact of the history, stamped with the simulated time it happened.
 #[derive(Clone, Debug, PartialEq)]
@@ -100,5 +102,179 @@ impl History {
             assert!(last.at <= at, "history time went backwards");
         }
         self.records.push(Record { at, event });
+    }
+}
+
+/// What one task went through in a history, for scenario tests: the facts
+/// nodes stated, each listed once however many nodes stated it (every node
+/// of a replicated log notes what it applies), and the handler runs the
+/// simulator saw, every one of them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TaskTimeline {
+    /// Distinct `Note::Assigned` facts `(epoch, runner)`, first noted first.
+    pub assigned: Vec<(Epoch, NodeId)>,
+    /// Distinct `Note::Superseded` facts, first noted first.
+    pub superseded: Vec<(Epoch, SupersedeReason)>,
+    /// Distinct `Note::Decided` states, first noted first.
+    pub decided: Vec<TaskState>,
+    /// Every handler start `(when, runner, epoch)`.
+    pub executed: Vec<(Time, NodeId, Epoch)>,
+    /// Every handler return its node was told of `(when, runner, epoch,
+    /// outcome)`.
+    pub completed: Vec<(Time, NodeId, Epoch, TaskOutcome)>,
+    /// When a node first stated the decision, if one did.
+    pub decided_at: Option<Time>,
+}
+
+impl History {
+    /// The tasks clients created, in the order they were created.
+    pub fn tasks(&self) -> Vec<TaskId> {
+        self.records
+            .iter()
+            .filter_map(|r| match &r.event {
+                HistoryEvent::Submitted { task, .. } => Some(*task),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// What `task` went through.
+    pub fn timeline(&self, task: TaskId) -> TaskTimeline {
+        fn once<T: PartialEq>(v: &mut Vec<T>, x: T) {
+            if !v.contains(&x) {
+                v.push(x);
+            }
+        }
+        let mut t = TaskTimeline::default();
+        for r in &self.records {
+            match &r.event {
+                HistoryEvent::Noted { note, .. } => match note {
+                    Note::Assigned {
+                        task: id,
+                        epoch,
+                        node,
+                    } if *id == task => once(&mut t.assigned, (*epoch, *node)),
+                    Note::Superseded {
+                        task: id,
+                        epoch,
+                        reason,
+                    } if *id == task => once(&mut t.superseded, (*epoch, *reason)),
+                    Note::Decided { task: id, state } if *id == task => {
+                        t.decided_at.get_or_insert(r.at);
+                        once(&mut t.decided, state.clone());
+                    }
+                    _ => {}
+                },
+                HistoryEvent::Executed {
+                    node,
+                    task: id,
+                    epoch,
+                } if *id == task => t.executed.push((r.at, *node, *epoch)),
+                HistoryEvent::Completed {
+                    node,
+                    task: id,
+                    epoch,
+                    outcome,
+                } if *id == task => t.completed.push((r.at, *node, *epoch, outcome.clone())),
+                _ => {}
+            }
+        }
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkers::test_support::*;
+
+    #[test]
+    fn a_timeline_lists_each_stated_fact_once_and_every_run() {
+        let mut h = History::new();
+        h.push(
+            t(0),
+            HistoryEvent::Submitted {
+                task: T,
+                content: task(),
+            },
+        );
+        // Three nodes apply the same assignment; one replays it after a restart.
+        for node in [1, 2, 3, 2] {
+            note(&mut h, 1, node, assigned(1, 2));
+        }
+        let other = TaskId(7);
+        note(
+            &mut h,
+            1,
+            1,
+            Note::Assigned {
+                task: other,
+                epoch: Epoch(1),
+                node: NodeId(3),
+            },
+        );
+        for ms in [2, 3] {
+            h.push(
+                t(ms),
+                HistoryEvent::Executed {
+                    node: NodeId(2),
+                    task: T,
+                    epoch: Epoch(1),
+                },
+            );
+        }
+        for node in [1, 3] {
+            note(
+                &mut h,
+                5,
+                node,
+                Note::Superseded {
+                    task: T,
+                    epoch: Epoch(1),
+                    reason: SupersedeReason::RunnerDeclaredDead,
+                },
+            );
+        }
+        note(&mut h, 5, 1, assigned(2, 3));
+        h.push(
+            t(8),
+            HistoryEvent::Completed {
+                node: NodeId(3),
+                task: T,
+                epoch: Epoch(2),
+                outcome: TaskOutcome::Success(b"r".to_vec()),
+            },
+        );
+        for (ms, node) in [(10, 1), (11, 2)] {
+            note(
+                &mut h,
+                ms,
+                node,
+                Note::Decided {
+                    task: T,
+                    state: succeeded(b"r", 3, 2),
+                },
+            );
+        }
+        assert_eq!(h.tasks(), vec![T]);
+        let tl = h.timeline(T);
+        assert_eq!(
+            tl.assigned,
+            vec![(Epoch(1), NodeId(2)), (Epoch(2), NodeId(3))]
+        );
+        assert_eq!(
+            tl.superseded,
+            vec![(Epoch(1), SupersedeReason::RunnerDeclaredDead)]
+        );
+        assert_eq!(tl.decided, vec![succeeded(b"r", 3, 2)]);
+        assert_eq!(tl.decided_at, Some(t(10)));
+        // Runs are not facts: a second start of the same epoch is listed.
+        assert_eq!(
+            tl.executed,
+            vec![(t(2), NodeId(2), Epoch(1)), (t(3), NodeId(2), Epoch(1))]
+        );
+        assert_eq!(tl.completed.len(), 1);
+        assert_eq!(h.timeline(other).assigned, vec![(Epoch(1), NodeId(3))]);
+        assert_eq!(h.timeline(TaskId(8)), TaskTimeline::default());
     }
 }

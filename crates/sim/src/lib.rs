@@ -15,7 +15,8 @@
 //! G2 one outcome, G3 fencing, G4 liveness, G5 reads never go back in
 //! time; a mode adds its own invariants through [`Invariants`], checked
 //! after every event and once more at the end. Faults can also be scripted
-//! at fixed times ([`SimConfig::script`]) for scenario tests.
+//! at fixed times ([`SimConfig::script`]) for scenario tests; [`scenario`]
+//! helps such a test tell one task's story.
 //!
 //! # What the simulator does
 //!
@@ -99,6 +100,7 @@ mod config;
 mod driver;
 pub mod history;
 mod plan;
+pub mod scenario;
 pub mod trace;
 pub mod workload;
 
@@ -107,7 +109,7 @@ pub use config::{
     Fault, FaultKinds, FaultKindsError, ScriptedFault, ScriptedFaultError, SimConfig,
     SimConfigError, Workload,
 };
-pub use history::History;
+pub use history::{History, TaskTimeline};
 pub use plan::{FaultPlan, Recurring};
 
 use cohort_core::{Node, Time};

@@ -365,3 +365,37 @@ fn contract_breaches_are_reported_as_invariant_violations() {
         "nothing was ever acknowledged: {r}"
     );
 }
+
+#[test]
+fn a_scripted_run_is_the_unscripted_run_up_to_its_first_fault() {
+    let mut plain = config(5, "loss,reorder", vec![]);
+    plain.record_trace = true;
+    plain.safety_ms = 1_500;
+    let mut scripted = plain.clone();
+    scripted.script = vec![at(
+        1_000,
+        Fault::Crash {
+            node: NodeId(2),
+            down_ms: 100,
+        },
+    )];
+    let a = run::<Probe>(
+        &plain,
+        &Order::PersistThenSend,
+        &mut cohort_sim::NoInvariants,
+    );
+    let b = run::<Probe>(
+        &scripted,
+        &Order::PersistThenSend,
+        &mut cohort_sim::NoInvariants,
+    );
+    let fault = b
+        .trace
+        .iter()
+        .position(|l| l.contains("crash n2"))
+        .expect("the crash is in the trace");
+    assert!(fault > 1_000, "{fault} lines before the crash");
+    assert_eq!(a.trace[..fault], b.trace[..fault]);
+    assert_ne!(a.trace[fault], b.trace[fault]);
+    assert_ne!(a.trace_hash, b.trace_hash);
+}
