@@ -95,4 +95,9 @@ pub enum SupersedeReason {
     LeaseExpired,
     /// The handler failed and the task has attempts left.
     AttemptFailed,
+    /// The runner handed the assignment back without a result: it was
+    /// drained and its deadline passed, or it lost the execution and is no
+    /// longer a replica of the task (leaderless). (Last in the enum: the
+    /// encoding of the earlier variants stays as it was.)
+    Released,
 }
