@@ -75,6 +75,17 @@ pub enum Command {
         /// The tasks.
         tasks: Vec<(TaskId, Task)>,
     },
+    /// `node`, draining, hands the assignment `(id, epoch)` back without a
+    /// result: the task goes back to pending (a no-op unless `node` runs
+    /// that very assignment). Last in the enum, like `SubmitBatch`.
+    Release {
+        /// The task.
+        id: TaskId,
+        /// The assignment handed back.
+        epoch: Epoch,
+        /// Its runner, who hands it back.
+        node: NodeId,
+    },
 }
 
 /// One task as the cluster knows it.
@@ -294,6 +305,18 @@ impl Scheduler {
             Command::Reclaim { id, epoch } => {
                 if self.is_running(*id, *epoch) {
                     self.supersede(index, *id, SupersedeReason::RunnerDeclaredDead, &mut notes);
+                }
+            }
+            Command::Release { id, epoch, node } => {
+                let runs = self.tasks.get(id).is_some_and(|r| {
+                    r.state
+                        == TaskState::Running {
+                            node: *node,
+                            epoch: *epoch,
+                        }
+                });
+                if runs {
+                    self.supersede(index, *id, SupersedeReason::Released, &mut notes);
                 }
             }
             Command::Cancel { id } => {
@@ -536,6 +559,58 @@ mod tests {
         s.apply(5, &Command::Cancel { id: T });
         assert_eq!(s.get(T).unwrap().state, TaskState::Cancelled);
         assert_eq!(s.load(A), 0);
+    }
+
+    #[test]
+    fn only_the_runner_of_the_current_epoch_releases_a_task_and_it_goes_back_to_pending() {
+        let mut s = Scheduler::new(10);
+        s.apply(
+            1,
+            &Command::Submit {
+                id: T,
+                task: task(),
+            },
+        );
+        s.apply(
+            2,
+            &Command::Assign {
+                id: T,
+                epoch: Epoch(1),
+                node: A,
+            },
+        );
+        let by = |epoch, node| Command::Release {
+            id: T,
+            epoch: Epoch(epoch),
+            node,
+        };
+        assert!(s.apply(3, &by(1, B)).is_empty(), "not B's assignment");
+        assert!(s.apply(4, &by(2, A)).is_empty(), "not the current epoch");
+        assert_eq!(
+            s.apply(5, &by(1, A)),
+            vec![Note::Superseded {
+                task: T,
+                epoch: Epoch(1),
+                reason: SupersedeReason::Released,
+            }]
+        );
+        let rec = s.get(T).unwrap();
+        assert_eq!((rec.state.clone(), rec.attempts), (TaskState::Pending, 0));
+        assert_eq!(s.load(A), 0);
+        assert!(s.apply(6, &by(1, A)).is_empty(), "released once");
+        assert_eq!(
+            s.apply(
+                7,
+                &Command::Assign {
+                    id: T,
+                    epoch: Epoch(2),
+                    node: B,
+                }
+            )
+            .len(),
+            1,
+            "reassigned under the next epoch"
+        );
     }
 
     #[test]
