@@ -1,8 +1,8 @@
-//! `cohort submit / get / wait / cancel / list / members / ring`: clients of a node's HTTP API.
+//! `cohort submit / get / wait / cancel / list / members / ring / drain`: clients of a node's HTTP API.
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use cohort_runtime::client::{Client, ClientOptions, RingInfo, TaskView};
+use cohort_runtime::client::{Client, ClientOptions, DrainInfo, RingInfo, TaskView};
 use cohort_runtime::http::{parse_wait, SubmitBody};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -205,6 +205,31 @@ pub struct RingChangeArgs {
     /// change; non-zero exit if it does not by then.
     #[arg(long)]
     pub wait: Option<String>,
+}
+
+/// Drain a node: it takes no new work, lets its running tasks finish until
+/// the deadline, then hands what is left back to run elsewhere.
+#[derive(Args, Debug, Clone)]
+pub struct DrainArgs {
+    /// The node to drain, by id (its address is read from `--node`'s
+    /// `/v1/cluster`); without it, the node at `--node` itself.
+    pub member: Option<u64>,
+    /// Any node's HTTP address (the drained one when no id is given).
+    #[arg(long, default_value = "127.0.0.1:8001")]
+    pub node: String,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    /// How long running tasks may go on before they are handed back
+    /// (e.g. 30s; the node's default is 30s, its maximum 1h).
+    #[arg(long)]
+    pub deadline: Option<String>,
+    /// Then wait this long (e.g. 1m) until the node holds no task;
+    /// non-zero exit if it still does by then.
+    #[arg(long)]
+    pub wait: Option<String>,
+    /// Only show where the node's drain stands; change nothing.
+    #[arg(long, conflicts_with_all = ["deadline", "wait"])]
+    pub status: bool,
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -447,6 +472,74 @@ pub fn ring(args: RingArgs) -> anyhow::Result<()> {
 fn ring_show(t: RingTarget) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         print_ring(&t.auth.client(&t.node)?.ring().await?);
+        Ok(())
+    })
+}
+
+fn print_drain(d: &DrainInfo) {
+    if !d.draining {
+        println!("n{} is not draining", d.node);
+        return;
+    }
+    let held = d.held_count.unwrap_or(0);
+    if d.is_done() {
+        println!(
+            "n{} drained: it holds no task and takes no new work",
+            d.node
+        );
+    } else if d.handing_back == Some(true) {
+        println!("n{} draining: handing back {held} task(s)", d.node);
+    } else {
+        println!(
+            "n{} draining: {held} task(s) held, hand-back in {:.1}s",
+            d.node,
+            d.deadline_in_ms.unwrap_or(0) as f64 / 1000.0
+        );
+    }
+    for id in &d.held {
+        println!("  {id}");
+    }
+}
+
+/// How often `cohort drain --wait` asks the node again.
+const DRAIN_POLL: Duration = Duration::from_millis(200);
+
+/// `cohort drain`.
+pub fn drain(args: DrainArgs) -> anyhow::Result<()> {
+    let deadline = args.deadline.as_deref().map(wait_arg).transpose()?;
+    let wait = args.wait.as_deref().map(wait_arg).transpose()?;
+    runtime()?.block_on(async move {
+        let mut client = args.auth.client(&args.node)?;
+        if let Some(member) = args.member {
+            let addr = client
+                .member_addr(member)
+                .await?
+                .with_context(|| format!("{} lists no HTTP address for n{member}", args.node))?;
+            client = client.at(&addr);
+        }
+        if args.status {
+            print_drain(&client.drain_status().await?);
+            return Ok(());
+        }
+        let mut d = client.drain(deadline).await?;
+        if let Some(w) = wait {
+            let end = tokio::time::Instant::now() + w;
+            while !d.is_done() && tokio::time::Instant::now() < end {
+                tokio::time::sleep(DRAIN_POLL).await;
+                d = client.drain_status().await?;
+            }
+            print_drain(&d);
+            if !d.is_done() {
+                anyhow::bail!(
+                    "n{} still holds {} task(s) after {}",
+                    d.node,
+                    d.held_count.unwrap_or(0),
+                    args.wait.as_deref().unwrap_or_default()
+                );
+            }
+            return Ok(());
+        }
+        print_drain(&d);
         Ok(())
     })
 }

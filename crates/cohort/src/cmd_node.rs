@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Run one node. Settings come from flags, a TOML file (`--config`), or
 /// both (a flag wins over the file).
@@ -462,12 +463,26 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
             },
         );
         tokio::select! {
-            r = node.wait() => r.context("node stopped"),
-            _ = shutdown_signal() => {
-                eprintln!("shutting down");
-                node.shutdown().await.context("shutdown")
-            }
+            r = node.wait() => return r.context("node stopped"),
+            _ = shutdown_signal() => {}
         }
+        // Drain first: running tasks finish (or are handed back at the
+        // deadline) before the node stops; a second signal stops at once.
+        let deadline = Duration::from_millis(cohort_runtime::DRAIN_DEADLINE_MS_DEFAULT);
+        eprintln!(
+            "draining (deadline {}s; signal again to stop at once)",
+            deadline.as_secs()
+        );
+        tokio::select! {
+            r = node.drain_and_wait(deadline) => match r {
+                Ok(true) => eprintln!("drained"),
+                Ok(false) => eprintln!("drain: tasks still held after the deadline and grace"),
+                Err(e) => eprintln!("no drain: {e}"),
+            },
+            _ = shutdown_signal() => eprintln!("second signal: not waiting for the drain"),
+        }
+        eprintln!("shutting down");
+        node.shutdown().await.context("shutdown")
     })
 }
 

@@ -40,6 +40,8 @@ enum Command {
     Members(cmd_client::MembersArgs),
     /// Show or change the ring of a leaderless cluster.
     Ring(cmd_client::RingArgs),
+    /// Drain a node: no new work; running tasks finish or are handed back at a deadline.
+    Drain(cmd_client::DrainArgs),
     /// A 5-node cluster on loopback, nodes killed mid-run, then a table.
     Demo(cmd_demo::DemoArgs),
     /// Generate a development CA, node certificates and API tokens.
@@ -71,6 +73,7 @@ fn main() -> ExitCode {
         Command::Cancel(a) => done(cmd_client::cancel(a)),
         Command::Members(a) => done(cmd_client::members(a)),
         Command::Ring(a) => done(cmd_client::ring(a)),
+        Command::Drain(a) => done(cmd_client::drain(a)),
         Command::List(a) => done(cmd_client::list(a)),
         Command::Demo(a) => done(cmd_demo::run(a)),
         Command::Certs(a) => done(cmd_certs::run(a)),

@@ -310,6 +310,35 @@ fn a_paused_worker_is_declared_dead_and_its_late_result_is_fenced_off() {
         metrics.contains("cohort_notes_total{note=\"superseded\",reason=\"RunnerDeclaredDead\"}"),
         "{metrics}"
     );
+
+    // `cohort get --events` tells the lost runner apart from the outcome.
+    let out = cli(&["get", "--node", n1, &target, "--events"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let events = v["events"].as_array().unwrap();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "submitted",
+            "assigned",
+            "runner_lost",
+            "assigned",
+            "succeeded"
+        ],
+        "{v}"
+    );
+    assert_eq!(events[2]["node"], runner, "{v}");
+    assert_eq!(events[2]["epoch"], first_epoch, "{v}");
+    assert_eq!(events[2]["reason"], "runner_declared_dead", "{v}");
+    assert_eq!(events[4]["node"], done["node"], "{v}");
 }
 
 /// A plain HTTP/1.1 GET; returns the whole response.
@@ -412,4 +441,128 @@ fn a_spare_process_joins_the_ring_and_a_member_leaves_through_the_cli() {
     let out = cli(&["ring", "join", "n9", "--node", &l.http[0]]);
     assert!(!out.status.success());
     assert!(ring_ok(&["--node", &l.http[0]]).contains("epoch 2: n1 n3\n"));
+}
+
+/// A leader-mode submit through any node (the cluster may still be
+/// electing): retried until acknowledged; returns the id.
+fn leader_submit(l: &Layout, kind: &str, payload: &str) -> String {
+    let end = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < end {
+        for h in &l.http {
+            let out = cli(&["submit", "--node", h, "--kind", kind, "--payload", payload]);
+            if out.status.success() {
+                return String::from_utf8(out.stdout).unwrap().trim().to_string();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no node acknowledged the submit");
+}
+
+fn wait_task(http: &str, id: &str) -> serde_json::Value {
+    let out = cli(&["wait", "--node", http, id, "--timeout", "20s"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn cohort_drain_empties_a_node_by_id_and_sigterm_drains_before_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = layout(3);
+    let mut procs = Procs(Vec::new());
+    for id in 1..=3 {
+        procs.0.push(Some(spawn_mode(
+            &l,
+            id,
+            dir.path(),
+            "drain-test",
+            &["--mode", "leader"],
+        )));
+    }
+    for h in &l.http {
+        wait_healthy(h);
+    }
+    let ids: Vec<String> = (0..6).map(|_| leader_submit(&l, "sleep", "1500")).collect();
+    // A node running one of them.
+    let end = Instant::now() + Duration::from_secs(20);
+    let busy = loop {
+        let running = ids.iter().find_map(|id| {
+            let t = get_task(&l.http[0], id);
+            (t["state"] == "running").then(|| t["node"].as_u64().unwrap())
+        });
+        if let Some(n) = running {
+            break n;
+        }
+        assert!(Instant::now() < end, "nothing ran");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let status = |n: u64| cli(&["drain", &n.to_string(), "--node", &l.http[0], "--status"]);
+    let out = status(busy);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("is not draining"));
+    // By id, through another node's /v1/cluster; its tasks finish well
+    // before the 20 s deadline.
+    let out = cli(&[
+        "drain",
+        &busy.to_string(),
+        "--node",
+        &l.http[0],
+        "--deadline",
+        "20s",
+        "--wait",
+        "20s",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(&format!("n{busy} drained")), "{text}");
+    for id in &ids {
+        let t = wait_task(&l.http[0], id);
+        assert_eq!(t["state"], "succeeded", "{t}");
+        assert_eq!(
+            t["epoch"], 1,
+            "finished before the deadline: not rerun: {t}"
+        );
+    }
+    // New work goes elsewhere.
+    for _ in 0..4 {
+        let id = leader_submit(&l, "echo", "later");
+        let t = wait_task(&l.http[0], &id);
+        assert_ne!(t["node"].as_u64(), Some(busy), "{t}");
+    }
+    let out = status(busy);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("drained"));
+
+    // SIGTERM on a node while it runs a task: it drains (the task
+    // finishes there), then stops with status 0.
+    let id = leader_submit(&l, "sleep", "1000");
+    let end = Instant::now() + Duration::from_secs(20);
+    let runner = loop {
+        let t = get_task(&l.http[0], &id);
+        if t["state"] == "running" {
+            break t["node"].as_u64().unwrap();
+        }
+        assert!(Instant::now() < end, "the task never ran");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_ne!(runner, busy, "the drained node takes no work");
+    let child = procs.0[runner as usize - 1].take().unwrap();
+    signal(&child, "-TERM");
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {err}", out.status);
+    assert!(err.contains("draining") && err.contains("drained"), "{err}");
+    let live = &l.http[busy as usize - 1];
+    let t = wait_task(live, &id);
+    assert_eq!(
+        (t["node"].as_u64(), t["epoch"].as_u64()),
+        (Some(runner), Some(1)),
+        "{t}"
+    );
 }

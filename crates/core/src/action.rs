@@ -95,6 +95,11 @@ pub enum SupersedeReason {
     LeaseExpired,
     /// The handler failed and the task has attempts left.
     AttemptFailed,
+    /// The runner handed the assignment back without a result: it was
+    /// drained and its deadline passed, or it lost the execution and is no
+    /// longer a replica of the task (leaderless). (Last in the enum: the
+    /// encoding of the earlier variants stays as it was.)
+    Released,
 }
 
 impl SupersedeReason {
@@ -104,6 +109,7 @@ impl SupersedeReason {
             SupersedeReason::RunnerDeclaredDead => "runner_declared_dead",
             SupersedeReason::LeaseExpired => "lease_expired",
             SupersedeReason::AttemptFailed => "attempt_failed",
+            SupersedeReason::Released => "released",
         }
     }
 }

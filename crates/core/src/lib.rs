@@ -22,6 +22,7 @@
 pub mod action;
 pub mod client;
 pub mod codec;
+pub mod drain;
 pub mod ids;
 pub mod node;
 pub mod ring;
@@ -32,6 +33,7 @@ pub mod time;
 pub use action::{Action, Note, SupersedeReason, TimerToken};
 pub use client::{ClientError, ClientRequest, ClientResponse, Consistency, RequestId};
 pub use codec::{decode, encode, CodecError};
+pub use drain::{DrainRefusal, DrainStatus};
 pub use ids::{Epoch, NodeId, TaskId};
 pub use node::{BootError, Limits, LimitsError, Node, NodeRng, NodeStatus, Peers};
 pub use ring::{RingRefusal, RingRequest, RingView};

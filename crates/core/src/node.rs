@@ -2,6 +2,7 @@
 
 use crate::action::{Action, TimerToken};
 use crate::client::{ClientError, ClientRequest, RequestId};
+use crate::drain::{DrainRefusal, DrainStatus};
 use crate::ids::{Epoch, NodeId, TaskId};
 use crate::ring::{RingRefusal, RingRequest, RingView};
 use crate::store::Stored;
@@ -115,6 +116,26 @@ pub trait Node: Sized {
     /// was abandoned). A read: changes nothing.
     fn shutdown_ready(&self) -> bool {
         true
+    }
+
+    /// An operator drains this node: from now on it takes no new work; the
+    /// tasks it runs may finish until `deadline`; at `deadline` it stops
+    /// counting its handlers' results and hands every assignment it still
+    /// holds back to the cluster (noted as [`crate::SupersedeReason::Released`]),
+    /// so other nodes run them under the next epoch. A deadline at or
+    /// before `now` hands back at once. Idempotent; a second call may bring
+    /// the deadline earlier, never later. Like every input, its actions are
+    /// left in [`Node::actions`]. The default cannot drain and refuses,
+    /// changing nothing.
+    fn begin_drain(&mut self, now: Time, deadline: Time) -> Result<(), DrainRefusal> {
+        let _ = (now, deadline);
+        Err(DrainRefusal::NotSupported)
+    }
+
+    /// Where the drain begun by [`Node::begin_drain`] stands; `None` when
+    /// the node is not draining. A read: changes nothing.
+    fn drain_status(&self) -> Option<DrainStatus> {
+        None
     }
 
     /// The ring membership this node knows, in modes that have a ring

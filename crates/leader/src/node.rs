@@ -27,8 +27,8 @@ use crate::raft::{
 use crate::scheduler::{Command, Scheduler};
 use cohort_core::{
     decode, encode, Action, BootError, ClientError, ClientRequest, ClientResponse, Consistency,
-    Epoch, Node, NodeId, NodeRng, Peers, RequestId, Stored, Task, TaskId, TaskOutcome, TaskState,
-    Time, TimerToken,
+    DrainRefusal, DrainStatus, Epoch, Node, NodeId, NodeRng, Peers, RequestId, Stored, Task,
+    TaskId, TaskOutcome, TaskState, Time, TimerToken,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -208,6 +208,15 @@ pub enum LeaderMsg {
         /// What the handler returned.
         outcome: TaskOutcome,
     },
+    /// A draining worker hands `(task, epoch)` back without a result;
+    /// resent until the cluster has moved the task on. (Last in the enum:
+    /// the encoding of the earlier variants stays as it was.)
+    Release {
+        /// The task.
+        task: TaskId,
+        /// The assignment handed back.
+        epoch: Epoch,
+    },
 }
 
 /// What the leader knows of one worker (volatile, rebuilt by each leader).
@@ -226,6 +235,19 @@ struct Inflight {
     dead: BTreeSet<NodeId>,
     alive: BTreeSet<NodeId>,
     reclaim: BTreeSet<(TaskId, Epoch)>,
+    release: BTreeSet<(TaskId, Epoch)>,
+}
+
+/// Worker side: this node is draining (volatile: a restarted node is not).
+#[derive(Debug)]
+struct Drain {
+    deadline: Time,
+    /// The deadline passed: executions were handed back.
+    handing_back: bool,
+    /// Assignments handed back whose release is not yet applied here.
+    /// Listed as held in heartbeats, so the leader does not reclaim them
+    /// as lost meanwhile.
+    releasing: BTreeMap<TaskId, Epoch>,
 }
 
 /// What a read returns.
@@ -301,6 +323,8 @@ pub struct LeaderNode {
     /// Whether the driver calls [`Node::flush`] (from its first call on),
     /// so Raft may hold back sends until then.
     flushed: bool,
+    /// Draining: no new work, hand back what is left at the deadline.
+    drain: Option<Drain>,
 }
 
 const TIMER: u64 = 0;
@@ -339,6 +363,7 @@ impl Node for LeaderNode {
             snapshots_installed: 0,
             handing_over: None,
             flushed: false,
+            drain: None,
             greeted: None,
             armed: None,
             now,
@@ -362,6 +387,7 @@ impl Node for LeaderNode {
                 epoch,
                 outcome,
             } => self.on_result(from, task, epoch, outcome),
+            LeaderMsg::Release { task, epoch } => self.on_release(from, task, epoch),
         }
         self.after_input();
     }
@@ -400,7 +426,13 @@ impl Node for LeaderNode {
         if self.executing.get(&task) == Some(&epoch) {
             self.executing.remove(&task);
         }
-        if self.sm.is_running(task, epoch) {
+        let released = self
+            .drain
+            .as_ref()
+            .is_some_and(|d| d.releasing.get(&task) == Some(&epoch));
+        // A result of an assignment handed back does not count: another
+        // worker may run the task already.
+        if !released && self.sm.is_running(task, epoch) {
             self.results.insert((task, epoch), outcome.clone());
             self.report_result(task, epoch, outcome);
         }
@@ -476,6 +508,43 @@ impl Node for LeaderNode {
             crate::raft::Role::Leader => self.raft.transferring_to().is_none(),
             crate::raft::Role::PreCandidate | crate::raft::Role::Candidate => false,
         }
+    }
+
+    fn begin_drain(&mut self, now: Time, deadline: Time) -> Result<(), DrainRefusal> {
+        self.now = self.now.max(now);
+        match &mut self.drain {
+            Some(d) => d.deadline = d.deadline.min(deadline),
+            None => {
+                self.drain = Some(Drain {
+                    deadline,
+                    handing_back: false,
+                    releasing: BTreeMap::new(),
+                });
+                // The leader learns the capacity of 0 now, not a heartbeat
+                // period later.
+                self.worker_tick();
+            }
+        }
+        self.after_input();
+        Ok(())
+    }
+
+    fn drain_status(&self) -> Option<DrainStatus> {
+        let d = self.drain.as_ref()?;
+        let me = self.peers.id;
+        let held: BTreeSet<TaskId> = self
+            .executing
+            .keys()
+            .copied()
+            .chain(self.results.keys().map(|(t, _)| *t))
+            .chain(d.releasing.keys().copied())
+            .chain(self.sm.running_on(me))
+            .collect();
+        Some(cohort_core::drain::drain_status(
+            d.deadline,
+            d.handing_back,
+            held,
+        ))
     }
 
     fn status(&self) -> cohort_core::NodeStatus {
@@ -768,6 +837,69 @@ impl LeaderNode {
         }
     }
 
+    /// A draining worker hands `(task, epoch)` back: propose the release if
+    /// it runs that assignment in the applied state.
+    fn on_release(&mut self, from: NodeId, task: TaskId, epoch: Epoch) {
+        if !self.raft.is_leader() || self.inflight.release.contains(&(task, epoch)) {
+            return;
+        }
+        if !self.sm.is_running(task, epoch) || !self.sm.running_on(from).any(|t| t == task) {
+            return; // moved on already, or not applied here yet (resent)
+        }
+        let cmd = Command::Release {
+            id: task,
+            epoch,
+            node: from,
+        };
+        if self.propose(&cmd).is_ok() {
+            self.inflight.release.insert((task, epoch));
+        }
+    }
+
+    /// The capacity this worker advertises: none while draining, so the
+    /// leader assigns it nothing new.
+    fn capacity(&self) -> u32 {
+        if self.drain.is_some() {
+            0
+        } else {
+            self.peers.capacity_tasks
+        }
+    }
+
+    /// At the drain's deadline: every execution still running is handed
+    /// back (its result will not count).
+    fn check_drain(&mut self) {
+        let Some(d) = &mut self.drain else {
+            return;
+        };
+        if self.now < d.deadline {
+            return;
+        }
+        d.handing_back = true;
+        if self.executing.is_empty() {
+            return;
+        }
+        let running = std::mem::take(&mut self.executing);
+        d.releasing.extend(running);
+        self.send_releases();
+    }
+
+    /// Sends the leader every hand-back not yet applied (again each worker
+    /// tick, like results: a message may be lost, or the leader change).
+    fn send_releases(&mut self) {
+        let Some(d) = &self.drain else {
+            return;
+        };
+        let releasing: Vec<(TaskId, Epoch)> = d.releasing.iter().map(|(t, e)| (*t, *e)).collect();
+        for (task, epoch) in releasing {
+            match self.raft.leader() {
+                Some(l) if l == self.peers.id => self.on_release(l, task, epoch),
+                Some(l) => self.send(l, LeaderMsg::Release { task, epoch }),
+                None => {} // resent on the next worker tick
+            }
+        }
+    }
+
     fn on_result(&mut self, from: NodeId, task: TaskId, epoch: Epoch, outcome: TaskOutcome) {
         if !self.raft.is_leader() || self.inflight.results.contains(&(task, epoch)) {
             return;
@@ -794,8 +926,13 @@ impl LeaderNode {
             .iter()
             .map(|(t, e)| (*t, *e))
             .chain(self.results.keys().copied())
+            .chain(
+                self.drain
+                    .iter()
+                    .flat_map(|d| d.releasing.iter().map(|(t, e)| (*t, *e))),
+            )
             .collect();
-        let (capacity, applied) = (self.peers.capacity_tasks, self.applied);
+        let (capacity, applied) = (self.capacity(), self.applied);
         match self.raft.leader() {
             Some(l) if l == self.peers.id => self.on_heartbeat(l, capacity, applied, holding),
             Some(l) => self.send(
@@ -813,6 +950,7 @@ impl LeaderNode {
         for ((task, epoch), outcome) in pending {
             self.report_result(task, epoch, outcome);
         }
+        self.send_releases();
         if self.raft.is_leader() {
             self.leader_tick();
         }
@@ -943,6 +1081,7 @@ impl LeaderNode {
     /// After every input: drain Raft, apply, do the leader's duties, repeat
     /// until quiet; then arm the timer.
     fn after_input(&mut self) {
+        self.check_drain();
         for round in 0.. {
             assert!(round < 64, "after_input does not settle");
             if self.raft.is_leader() {
@@ -1014,6 +1153,9 @@ impl LeaderNode {
         let still_running = |s: &Scheduler, (t, e): &(TaskId, Epoch)| s.is_running(*t, *e);
         let sm = &self.sm;
         self.results.retain(|k, _| still_running(sm, k));
+        if let Some(d) = &mut self.drain {
+            d.releasing.retain(|t, e| still_running(sm, &(*t, *e)));
+        }
     }
 
     fn after_apply(
@@ -1081,6 +1223,9 @@ impl LeaderNode {
             Command::Reclaim { id, epoch } => {
                 self.inflight.reclaim.remove(&(*id, *epoch));
             }
+            Command::Release { id, epoch, .. } => {
+                self.inflight.release.remove(&(*id, *epoch));
+            }
         }
     }
 
@@ -1094,6 +1239,14 @@ impl LeaderNode {
                 epoch,
             };
         if mine && self.executing.get(&id) != Some(&epoch) {
+            if let Some(d) = &mut self.drain {
+                // Assigned before the leader learned of the drain: hand it
+                // back at once rather than start it.
+                if d.releasing.insert(id, epoch).is_none() {
+                    self.send_releases();
+                }
+                return;
+            }
             let task = rec.task.clone();
             self.executing.insert(id, epoch);
             self.actions.push(Action::Execute { id, epoch, task });
@@ -1130,8 +1283,9 @@ impl LeaderNode {
                 );
             }
             // Our own capacity is known without a heartbeat.
+            let capacity = self.capacity();
             if let Some(v) = self.workers.get_mut(&self.peers.id) {
-                v.capacity = Some(self.peers.capacity_tasks);
+                v.capacity = Some(capacity);
             }
         } else {
             let submits = std::mem::take(&mut self.waiting.submits);
@@ -1209,7 +1363,10 @@ impl LeaderNode {
     }
 
     fn arm_timer(&mut self) {
-        let next = self.raft.next_deadline().min(self.next_worker_tick);
+        let mut next = self.raft.next_deadline().min(self.next_worker_tick);
+        if let Some(d) = self.drain.as_ref().filter(|d| !d.handing_back) {
+            next = next.min(d.deadline);
+        }
         let earlier = match self.armed {
             Some(a) => next < a,
             None => true,

@@ -23,8 +23,7 @@
 use cohort_core::{Epoch, NodeId, SupersedeReason, TaskOutcome, TaskState, Time};
 use cohort_leader::raft::Role;
 use cohort_leader::{LeaderNode, RaftInvariants, ValidLeaderConfig};
-use cohort_sim::checkers::{g3, Violations};
-use cohort_sim::scenario::{decided_instead, one_task, FirstRun};
+use cohort_sim::scenario::{assert_g3_catches_the_stale_result, one_task, FirstRun};
 use cohort_sim::{run, Guarantee, Report, ScriptedFault, SimConfig, TaskTimeline};
 
 const NODES: usize = 3;
@@ -232,21 +231,7 @@ fn paused_past_its_lease(
     );
     // Fenced: no G3 violation. Had the leader accepted it, G3 would say so.
     assert_eq!(r.count_of(Guarantee::G3), 0, "{r}");
-    let accepted = decided_instead(
-        &r.history,
-        first.task,
-        leader,
-        TaskState::Succeeded {
-            result: stale_result,
-            node: first.runner,
-            epoch: first.epoch,
-        },
-    );
-    let mut v = Violations::new(10);
-    g3::check(&accepted, &mut v);
-    assert_eq!(v.count(), 1, "{:?}", v.kept());
-    let wanted = format!("highest epoch assigned was Some({e2:?})");
-    assert!(v.kept()[0].detail.contains(&wanted), "{:?}", v.kept());
+    assert_g3_catches_the_stale_result(&r.history, &first, leader, stale_result, e2);
     (t, first, second, resumed)
 }
 

@@ -20,9 +20,9 @@ use crate::ring::{self as ringp, Ring, RingChange, RingProposal, RingState, Ring
 use crate::tasks::{Holders, Op, Ops, ReadProgress, ReadPurpose, SubmitVerdict};
 use cohort_core::{
     decode, encode, Action, BootError, ClientError, ClientRequest, ClientResponse, Consistency,
-    Epoch, Node, NodeId, NodeRng, Note, Peers, RequestId, RingRefusal, RingRequest, RingView,
-    StoreOp, Stored, SupersedeReason, Task, TaskEvent, TaskEventKind, TaskEvents, TaskId,
-    TaskOutcome, TaskState, Time, TimerToken,
+    DrainRefusal, DrainStatus, Epoch, Node, NodeId, NodeRng, Note, Peers, RequestId, RingRefusal,
+    RingRequest, RingView, StoreOp, Stored, SupersedeReason, Task, TaskEvent, TaskEventKind,
+    TaskEvents, TaskId, TaskOutcome, TaskState, Time, TimerToken,
 };
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -30,6 +30,17 @@ use std::time::Duration;
 
 /// The node's housekeeping timer.
 const TICK: TimerToken = TimerToken(1);
+/// A drain's deadline.
+const DRAIN: TimerToken = TimerToken(2);
+
+/// This node is draining (volatile: a restarted node is not).
+#[derive(Clone, Copy, Debug)]
+struct Drain {
+    deadline: Time,
+    /// The deadline passed: executions were dropped, and every claim of
+    /// this node is released.
+    handing_back: bool,
+}
 
 type Out = Vec<Action<LeaderlessMessage>>;
 
@@ -131,6 +142,8 @@ pub struct LeaderlessNode {
     /// When this node first saw each pending task it is not the preferred
     /// claimer of still pending (at most one entry per active record).
     pending_seen: BTreeMap<TaskId, Time>,
+    /// Draining: no new claims, hand back what is left at the deadline.
+    drain: Option<Drain>,
     out: Out,
 }
 
@@ -847,7 +860,10 @@ impl LeaderlessNode {
             let done = self.finished.get(&id).map(|f| f.execution.epoch);
             // Run only a claim of this boot, newer than anything run here;
             // a claim of an earlier boot is re-claimed by `claim_work`.
+            // A draining node starts nothing new: a claim of its chosen
+            // after the drain began is released by `claim_work`.
             let fresh = !stale
+                && self.drain.is_none()
                 && node == self.me()
                 && value.runner_boot == self.generation
                 && current.is_none_or(|e| e < epoch)
@@ -1084,13 +1100,7 @@ impl LeaderlessNode {
         }
         self.expire_waiters(now);
         // Spread this node's load.
-        let running = u32::try_from(self.executing.len()).unwrap_or(u32::MAX);
-        self.membership.report_load(
-            now,
-            running,
-            self.peers.capacity_tasks,
-            Duration::from_millis(self.config.load_report_interval_ms),
-        );
+        self.report_load(now);
         // Join and re-join (every configured member: a spare outside the
         // ring is live too, so it can be added).
         let members = self.peers.members.clone();
@@ -1106,6 +1116,39 @@ impl LeaderlessNode {
         self.claim_work(now);
         self.rebalance(now);
         self.anti_entropy();
+    }
+
+    /// Spreads this node's load; a draining node reports no capacity, so
+    /// the other replicas claim its tasks without waiting for it.
+    fn report_load(&mut self, now: Time) {
+        let running = u32::try_from(self.executing.len()).unwrap_or(u32::MAX);
+        let capacity = if self.drain.is_some() {
+            0
+        } else {
+            self.peers.capacity_tasks
+        };
+        self.membership.report_load(
+            now,
+            running,
+            capacity,
+            Duration::from_millis(self.config.load_report_interval_ms),
+        );
+    }
+
+    /// At the drain's deadline: drops every execution (a handler's result
+    /// no longer counts) and releases every claim of this node by Paxos
+    /// (`claim_work` goes on releasing at each tick until chosen).
+    fn check_drain(&mut self, now: Time) {
+        let Some(d) = &mut self.drain else {
+            return;
+        };
+        if now < d.deadline || d.handing_back {
+            return;
+        }
+        d.handing_back = true;
+        self.executing.clear();
+        self.report_load(now);
+        self.claim_work(now);
     }
 
     /// Proposes the results of finished executions not yet committed.
@@ -1145,7 +1188,12 @@ impl LeaderlessNode {
     /// re-claims tasks whose runner is down (or is this node, restarted).
     fn claim_work(&mut self, now: Time) {
         let me = self.me();
-        let mut room = (self.peers.capacity_tasks as usize).saturating_sub(self.executing.len());
+        let draining = self.drain.is_some();
+        let mut room = if draining {
+            0
+        } else {
+            (self.peers.capacity_tasks as usize).saturating_sub(self.executing.len())
+        };
         let ids: Vec<TaskId> = self.active.iter().copied().collect();
         let records = &self.records;
         self.pending_seen.retain(|id, _| {
@@ -1205,7 +1253,7 @@ impl LeaderlessNode {
                     if !lost {
                         continue;
                     }
-                    if rec.is_replica(me) {
+                    if rec.is_replica(me) && !draining {
                         Intent::Reclaim { owner: node, epoch }
                     } else {
                         Intent::Release { epoch }
@@ -1823,7 +1871,7 @@ fn transition_notes(task: TaskId, old: &TaskValue, new: &TaskValue) -> Vec<Note>
             reason: if new.attempts > old.attempts {
                 SupersedeReason::AttemptFailed
             } else {
-                SupersedeReason::RunnerDeclaredDead // released
+                SupersedeReason::Released
             },
         }),
         _ => {}
@@ -1921,6 +1969,7 @@ impl Node for LeaderlessNode {
             events_requests: BTreeMap::new(),
             batches: crate::batch::Batches::default(),
             steals: 0,
+            drain: None,
             out: Vec::new(),
         };
         node.out.push(Action::Persist(vec![StoreOp::Put {
@@ -1948,8 +1997,11 @@ impl Node for LeaderlessNode {
         if Membership::owns(token) {
             self.membership.handle_timer(now, token, &mut self.out);
         } else if token == TICK {
+            self.check_drain(now);
             self.tick(now);
             self.arm_tick(now);
+        } else if token == DRAIN {
+            self.check_drain(now);
         }
         self.flush(now);
     }
@@ -2025,6 +2077,48 @@ impl Node for LeaderlessNode {
 
     fn id(&self) -> NodeId {
         self.peers.id
+    }
+
+    fn begin_drain(&mut self, now: Time, deadline: Time) -> Result<(), DrainRefusal> {
+        match &mut self.drain {
+            Some(d) => d.deadline = d.deadline.min(deadline),
+            None => {
+                self.drain = Some(Drain {
+                    deadline,
+                    handing_back: false,
+                })
+            }
+        }
+        self.out.push(Action::SetTimer {
+            token: DRAIN,
+            at: deadline,
+        });
+        self.report_load(now);
+        self.check_drain(now);
+        self.flush(now);
+        Ok(())
+    }
+
+    fn drain_status(&self) -> Option<DrainStatus> {
+        let d = self.drain?;
+        let me = self.me();
+        let claimed = self.active.iter().copied().filter(|id| {
+            self.records.get(id).is_some_and(
+                |r| matches!(r.value.state, TaskState::Running { node, .. } if node == me),
+            )
+        });
+        let held: BTreeSet<TaskId> = self
+            .executing
+            .keys()
+            .chain(self.finished.keys())
+            .copied()
+            .chain(claimed)
+            .collect();
+        Some(cohort_core::drain::drain_status(
+            d.deadline,
+            d.handing_back,
+            held,
+        ))
     }
 
     fn ring_view(&self) -> Option<RingView> {

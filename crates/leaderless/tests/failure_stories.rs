@@ -20,8 +20,7 @@
 
 use cohort_core::{Epoch, NodeId, SupersedeReason, TaskOutcome, TaskState, Time};
 use cohort_leaderless::{LeaderlessConfig, LeaderlessInvariants, LeaderlessNode};
-use cohort_sim::checkers::{g3, Violations};
-use cohort_sim::scenario::{decided_instead, one_task, FirstRun};
+use cohort_sim::scenario::{assert_g3_catches_the_stale_result, one_task, FirstRun};
 use cohort_sim::{run, Guarantee, Report, ScriptedFault, SimConfig, TaskTimeline};
 
 const NODES: usize = 5;
@@ -188,21 +187,7 @@ fn paused_past_its_lease(
     );
     // Fenced: no G3 violation. Had a replica accepted it, G3 would say so.
     assert_eq!(r.count_of(Guarantee::G3), 0, "{r}");
-    let accepted = decided_instead(
-        &r.history,
-        first.task,
-        second,
-        TaskState::Succeeded {
-            result: stale_result,
-            node: first.runner,
-            epoch: first.epoch,
-        },
-    );
-    let mut v = Violations::new(10);
-    g3::check(&accepted, &mut v);
-    assert_eq!(v.count(), 1, "{:?}", v.kept());
-    let wanted = format!("highest epoch assigned was Some({e2:?})");
-    assert!(v.kept()[0].detail.contains(&wanted), "{:?}", v.kept());
+    assert_g3_catches_the_stale_result(&r.history, &first, second, stale_result, e2);
     (t, first, second, resumed)
 }
 

@@ -259,5 +259,7 @@ mod tests {
             role_needed(&Method::DELETE, "/v1/ring/members/4"),
             Some(Role::Admin)
         );
+        assert_eq!(role_needed(&Method::GET, "/v1/drain"), Some(Role::Read));
+        assert_eq!(role_needed(&Method::POST, "/v1/drain"), Some(Role::Admin));
     }
 }

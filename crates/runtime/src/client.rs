@@ -118,6 +118,37 @@ pub struct RingInfo {
     pub reflected: Option<bool>,
 }
 
+/// A node's drain as the API reports it (`GET`/`POST /v1/drain`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainInfo {
+    /// The node that answered.
+    pub node: u64,
+    /// Whether it is draining; the other fields are set only then.
+    pub draining: bool,
+    /// How long until what it still runs is handed back (0 once begun).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_in_ms: Option<u64>,
+    /// The deadline has passed: what was left is being handed back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handing_back: Option<bool>,
+    /// How many tasks it still holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_count: Option<u64>,
+    /// The first of those tasks' ids (hex), ascending.
+    #[serde(default)]
+    pub held: Vec<String>,
+    /// It holds nothing any more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done: Option<bool>,
+}
+
+impl DrainInfo {
+    /// Whether the node is draining and holds nothing any more.
+    pub fn is_done(&self) -> bool {
+        self.draining && self.done == Some(true)
+    }
+}
+
 /// Most pages [`Client::list_all`] reads over all members before it stops
 /// and reports the listing truncated.
 pub const LIST_PAGES_READ_MAX: usize = 10_000;
@@ -582,6 +613,42 @@ impl Client {
         }
         let r = self.send(method, url, None).await?;
         Self::decode(r).await
+    }
+
+    /// `POST /v1/drain`: drains this node (admin role). Its running tasks
+    /// may finish within `deadline` (the node's default, 30 s, when
+    /// `None`), then what is left is handed back and runs elsewhere.
+    pub async fn drain(&self, deadline: Option<Duration>) -> Result<DrainInfo, CallError> {
+        let mut url = format!("{}/v1/drain", self.base);
+        if let Some(d) = deadline {
+            url.push_str(&format!("?deadline_ms={}", d.as_millis()));
+        }
+        let r = self.send(reqwest::Method::POST, url, None).await?;
+        Self::decode(r).await
+    }
+
+    /// `GET /v1/drain`: where this node's drain stands.
+    pub async fn drain_status(&self) -> Result<DrainInfo, CallError> {
+        let r = self
+            .send(
+                reqwest::Method::GET,
+                format!("{}/v1/drain", self.base),
+                None,
+            )
+            .await?;
+        Self::decode(r).await
+    }
+
+    /// The HTTP address (`host:port`) of member `node` as `GET
+    /// /v1/cluster` at this node lists it; `None` if it lists none.
+    pub async fn member_addr(&self, node: u64) -> Result<Option<String>, CallError> {
+        let cluster = self.cluster().await?;
+        Ok(cluster["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["id"].as_u64() == Some(node))
+            .and_then(|m| m["http_addr"].as_str().map(str::to_string)))
     }
 
     /// `GET /v1/health`.

@@ -27,8 +27,9 @@ use crate::storage::Storage;
 use crate::transport::Outbound;
 use crate::RuntimeError;
 use cohort_core::{
-    Action, ClientError, ClientRequest, ClientResponse, Epoch, Node, NodeId, Note, RequestId,
-    RingRefusal, RingRequest, RingView, StoreOp, TaskId, TaskOutcome, Time, TimerToken,
+    Action, ClientError, ClientRequest, ClientResponse, DrainRefusal, DrainStatus, Epoch, Node,
+    NodeId, Note, RequestId, RingRefusal, RingRequest, RingView, StoreOp, TaskId, TaskOutcome,
+    Time, TimerToken,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -100,6 +101,38 @@ pub enum Control {
         /// Where to send it.
         reply: tokio::sync::oneshot::Sender<cohort_core::NodeStatus>,
     },
+    /// Drain the node (see [`Node::begin_drain`]): `deadline` from now.
+    Drain {
+        /// How long running tasks may go on before they are handed back.
+        deadline: Duration,
+        /// The drain's status right after the call, or why it was refused.
+        reply: oneshot::Sender<Result<DrainReport, DrainRefusal>>,
+    },
+    /// Read where the node's drain stands (see [`Node::drain_status`]).
+    DrainStatus {
+        /// Where to send it.
+        reply: oneshot::Sender<DrainReport>,
+    },
+}
+
+/// A node's drain status with the node's clock, so a deadline can be told
+/// relative to now.
+#[derive(Clone, Debug)]
+pub struct DrainReport {
+    /// `None` when the node is not draining.
+    pub status: Option<DrainStatus>,
+    /// The node's clock when it was read.
+    pub now: Time,
+}
+
+impl DrainReport {
+    /// How long until the hand-back (zero once it has begun); `None` when
+    /// not draining.
+    pub fn deadline_in(&self) -> Option<Duration> {
+        self.status
+            .as_ref()
+            .map(|s| s.deadline.saturating_since(self.now))
+    }
 }
 
 /// Most tasks one listing request scans in the core, matching or not.
@@ -144,13 +177,36 @@ pub(crate) struct EventLoop<N: Node> {
     pub stop: watch::Receiver<bool>,
     /// Turns true when a graceful shutdown begins: the core hands over,
     /// then the loop ends (see [`EventLoop::run`]).
-    pub drain: watch::Receiver<bool>,
+    pub handover: watch::Receiver<bool>,
     pub batch: Vec<Action<N::Message>>,
     pub loopback: mpsc::Sender<(NodeId, N::Message)>,
     pub audit: Option<Arc<crate::audit::Audit>>,
     /// Answers to ring changes asked this turn, sent after its batch (at
     /// most `inputs_per_batch_max`: drained every turn).
     pub ring_replies: Vec<RingReply>,
+    /// When a drain's deadline passes and the handlers still running are
+    /// stopped (their assignments are handed back by the core).
+    pub handback_at: Option<tokio::time::Instant>,
+    /// Turns true at `handback_at`: every running handler is stopped.
+    pub handback: watch::Sender<bool>,
+}
+
+/// Aborts a spawned handler when the future awaiting it is dropped (the
+/// node stops, or hands the assignment back).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Returns once `rx` is true; never if its sender is gone (the guard
+/// `wait_for` returns is not `Send`).
+async fn turned_true(rx: &mut watch::Receiver<bool>) {
+    if rx.wait_for(|v| *v).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// An answer to [`Control::ChangeRing`] waiting for its turn's batch.
@@ -163,6 +219,11 @@ impl<N: Node + Send + 'static> EventLoop<N> {
     fn now(&self) -> Time {
         let since_boot_us = u64::try_from(self.boot.elapsed().as_micros()).unwrap_or(u64::MAX);
         Time(self.epoch_us.saturating_add(since_boot_us))
+    }
+
+    /// The monotonic instant of the node's time `at`.
+    fn instant_of(&self, at: Time) -> tokio::time::Instant {
+        self.boot + Duration::from_micros(at.0.saturating_sub(self.epoch_us))
     }
 
     fn take_actions(&mut self) {
@@ -208,6 +269,29 @@ impl<N: Node + Send + 'static> EventLoop<N> {
             }
             Control::Status { reply } => {
                 let _ = reply.send(self.node.status());
+            }
+            Control::Drain { deadline, reply } => {
+                self.metrics.inc("cohort_inputs_total", "kind=\"drain\"");
+                let at = now + deadline;
+                let r = self.node.begin_drain(now, at).map(|()| DrainReport {
+                    status: self.node.drain_status(),
+                    now,
+                });
+                if r.is_ok() {
+                    // The handlers still running at the deadline are
+                    // stopped then (see `execute`); a second drain may
+                    // only bring it earlier, as in the core.
+                    let at = self.instant_of(at);
+                    self.handback_at = Some(self.handback_at.map_or(at, |h| h.min(at)));
+                }
+                tracing::info!(node = %self.node.id(), deadline_ms = deadline.as_millis() as u64, outcome = ?r.as_ref().map(|_| ()), "drain asked");
+                let _ = reply.send(r);
+            }
+            Control::DrainStatus { reply } => {
+                let _ = reply.send(DrainReport {
+                    status: self.node.drain_status(),
+                    now,
+                });
             }
             Control::Ring { reply } => {
                 let _ = reply.send(self.node.ring_view());
@@ -303,9 +387,28 @@ impl<N: Node + Send + 'static> EventLoop<N> {
     }
 
     fn next_deadline(&self) -> Option<tokio::time::Instant> {
-        self.timers.first_key_value().map(|(&(at, _), _)| {
-            self.boot + Duration::from_micros(at.0.saturating_sub(self.epoch_us))
-        })
+        let timer = self
+            .timers
+            .first_key_value()
+            .map(|(&(at, _), _)| self.instant_of(at));
+        let handback = self.handback_at.filter(|_| !*self.handback.borrow());
+        match (timer, handback) {
+            (Some(t), Some(h)) => Some(t.min(h)),
+            (t, h) => t.or(h),
+        }
+    }
+
+    /// At a drain's deadline (after the core's timers for it fired, so the
+    /// core has handed the assignments back): stops the handlers still
+    /// running, whose results no longer count.
+    fn hand_back_handlers(&mut self) {
+        let due = self
+            .handback_at
+            .is_some_and(|at| tokio::time::Instant::now() >= at);
+        if due && !*self.handback.borrow() {
+            tracing::info!(node = %self.node.id(), "drain deadline: stopping the handlers still running");
+            let _ = self.handback.send(true);
+        }
     }
 
     /// Runs until `stop` turns true or storage fails.
@@ -320,7 +423,7 @@ impl<N: Node + Send + 'static> EventLoop<N> {
         self.flush();
         self.carry_out().await?;
         let mut stop = self.stop.clone();
-        let mut drain = self.drain.clone();
+        let mut handover = self.handover.clone();
         let mut draining_until: Option<tokio::time::Instant> = None;
         loop {
             if let Some(until) = draining_until {
@@ -349,7 +452,7 @@ impl<N: Node + Send + 'static> EventLoop<N> {
             tokio::select! {
                 biased;
                 _ = stop.changed() => break,
-                Ok(()) = drain.changed(), if draining_until.is_none() => {
+                Ok(()) = handover.changed(), if draining_until.is_none() => {
                     draining_until = Some(tokio::time::Instant::now() + self.config.shutdown_grace());
                     let now = self.now();
                     tracing::info!(node = %self.node.id(), "graceful shutdown: handing over");
@@ -378,6 +481,7 @@ impl<N: Node + Send + 'static> EventLoop<N> {
                 taken += 1;
             }
             self.fire_due_timers();
+            self.hand_back_handlers();
             self.flush();
             self.carry_out().await?;
             for (tx, r) in self.ring_replies.drain(..) {
@@ -527,6 +631,7 @@ impl<N: Node + Send + 'static> EventLoop<N> {
         let handler = self.registry.get(&task.kind);
         let node = self.node.id();
         let mut stop = self.stop.clone();
+        let mut handback = self.handback.subscribe();
         let audit = self.audit.clone();
         if let Some(a) = &audit {
             a.executed(id, epoch);
@@ -550,9 +655,10 @@ impl<N: Node + Send + 'static> EventLoop<N> {
                             node,
                             payload: task.payload,
                         });
-                        let joined =
-                            tokio::spawn(async move { tokio::time::timeout(timeout, fut).await })
-                                .await;
+                        let spawned =
+                            tokio::spawn(async move { tokio::time::timeout(timeout, fut).await });
+                        let _abort = AbortOnDrop(spawned.abort_handle());
+                        let joined = spawned.await;
                         match joined {
                             Ok(Ok(Ok(bytes))) => TaskOutcome::Success(bytes),
                             Ok(Ok(Err(e))) => TaskOutcome::Failure(e),
@@ -575,9 +681,12 @@ impl<N: Node + Send + 'static> EventLoop<N> {
                 metrics.inc("cohort_tasks_executed_total", label);
                 Some(outcome)
             };
+            // Stopping the node, or handing its assignments back at a
+            // drain's deadline, drops `run` and with it the handler.
             let outcome = tokio::select! {
                 o = run => o,
                 _ = stop.changed() => None,
+                _ = turned_true(&mut handback) => None,
             };
             if let Some(outcome) = outcome {
                 if let Some(a) = &audit {

@@ -11,6 +11,8 @@
 //! | `GET /v1/ring` | `200 {"node", "epoch", "members": [...], "in_flight": null \| {"op", "node"}}`: the ring this node knows (leaderless mode; `404 not_supported` in the others) |
 //! | `POST /v1/ring/members/{node}` | asks this node to propose that the configured member `node` joins the ring: `202` with the ring and `"reflected": false` once started, `200` with `"reflected": true` when the ring reflects it; `?wait=10s` waits for that (at most `wait_ms_max`) |
 //! | `DELETE /v1/ring/members/{node}` | the same for removing `node` from the ring |
+//! | `POST /v1/drain` | drains this node: it takes no new work, its running tasks may finish within `?deadline_ms=` (default [`crate::DRAIN_DEADLINE_MS_DEFAULT`], at most [`crate::DRAIN_DEADLINE_MS_MAX`]), then what is left is handed back to run elsewhere; `202` with the drain status (`404 not_supported` in modes that cannot drain) |
+//! | `GET /v1/drain` | `200 {"node", "draining", "deadline_in_ms"?, "handing_back"?, "held_count"?, "held"?, "done"?}`: this node's drain |
 //! | `GET /v1/health` | `200 {"status": "ok", ...}` |
 //! | `GET /v1/openapi.json` | the OpenAPI 3 document of this API (`crates/runtime/openapi.json`) |
 //! | `GET /metrics` | Prometheus text |
@@ -97,6 +99,7 @@ pub(crate) fn router(api: Arc<Api>) -> Router {
             "/v1/ring/members/{node}",
             axum::routing::post(ring_join).delete(ring_remove),
         )
+        .route("/v1/drain", get(drain_status).post(drain))
         .route("/v1/health", get(health))
         .route("/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
@@ -1193,6 +1196,76 @@ async fn change_ring(
     Ok((status, Json(body)).into_response())
 }
 
+/// Query of `POST /v1/drain`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrainQuery {
+    /// How long running tasks may go on before they are handed back.
+    #[serde(default)]
+    deadline_ms: Option<u64>,
+}
+
+/// The JSON form of a node's drain (`GET`/`POST /v1/drain`).
+fn drain_json(node: NodeId, report: &crate::driver::DrainReport) -> serde_json::Value {
+    let Some(status) = &report.status else {
+        return json!({"node": node.0, "draining": false});
+    };
+    let deadline_in_ms = report
+        .deadline_in()
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    json!({
+        "node": node.0,
+        "draining": true,
+        "deadline_in_ms": deadline_in_ms,
+        "handing_back": status.handing_back,
+        "held_count": status.held_count,
+        "held": status.held.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
+        "done": status.is_done(),
+    })
+}
+
+async fn drain(
+    State(api): State<Arc<Api>>,
+    q: Result<Query<DrainQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) =
+        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed", e.body_text()))?;
+    let deadline_ms = q.deadline_ms.unwrap_or(crate::DRAIN_DEADLINE_MS_DEFAULT);
+    if deadline_ms > crate::DRAIN_DEADLINE_MS_MAX {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            format!(
+                "deadline_ms must be at most {} (DRAIN_DEADLINE_MS_MAX)",
+                crate::DRAIN_DEADLINE_MS_MAX
+            ),
+        ));
+    }
+    let deadline = Duration::from_millis(deadline_ms);
+    let report = api
+        .read_core(|reply| Control::Drain { deadline, reply })
+        .await?
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_supported",
+                format!("{e} (this node runs the {} mode)", api.config.mode),
+            )
+        })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(drain_json(api.config.peers.id, &report)),
+    )
+        .into_response())
+}
+
+async fn drain_status(State(api): State<Arc<Api>>) -> Result<Response, ApiError> {
+    let report = api
+        .read_core(|reply| Control::DrainStatus { reply })
+        .await?;
+    Ok(Json(drain_json(api.config.peers.id, &report)).into_response())
+}
+
 async fn health(State(api): State<Arc<Api>>) -> Response {
     Json(json!({
         "status": "ok",
@@ -1248,6 +1321,7 @@ mod tests {
             "/v1/cluster",
             "/v1/ring",
             "/v1/ring/members/{node}",
+            "/v1/drain",
             "/v1/health",
             "/v1/openapi.json",
             "/metrics",
@@ -1298,6 +1372,24 @@ mod tests {
         assert_eq!(read.in_flight.unwrap().op, "remove");
         for k in shown.as_object().unwrap().keys() {
             assert!(ring.contains_key(k), "openapi misses ring field {k}");
+        }
+        let drain = doc["components"]["schemas"]["Drain"]["properties"]
+            .as_object()
+            .unwrap();
+        let report = crate::driver::DrainReport {
+            status: Some(cohort_core::drain::drain_status(
+                cohort_core::Time::from_millis(5),
+                false,
+                [TaskId(1)],
+            )),
+            now: cohort_core::Time::from_millis(2),
+        };
+        let shown = drain_json(NodeId(1), &report);
+        assert_eq!(shown["deadline_in_ms"], 3);
+        let read: crate::client::DrainInfo = serde_json::from_value(shown.clone()).unwrap();
+        assert_eq!(read.held_count, Some(1));
+        for k in shown.as_object().unwrap().keys() {
+            assert!(drain.contains_key(k), "openapi misses drain field {k}");
         }
     }
 

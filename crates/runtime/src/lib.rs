@@ -50,6 +50,15 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::task::JoinHandle;
 
+/// How long a drain lets running tasks go on when no deadline is given
+/// (`POST /v1/drain`, `cohort drain`, SIGTERM on `cohort node`).
+pub const DRAIN_DEADLINE_MS_DEFAULT: u64 = 30_000;
+/// The longest drain deadline accepted: a node that holds work longer is
+/// better shut down and its tasks reclaimed.
+pub const DRAIN_DEADLINE_MS_MAX: u64 = 3_600_000;
+/// How often [`RunningNode::drain_and_wait`] looks at the drain.
+const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// The sockets a node serves, bound by the caller (tests bind `127.0.0.1:0`).
 #[derive(Debug)]
 pub struct Listeners {
@@ -77,8 +86,9 @@ pub struct RunningNode {
     peer_addr: SocketAddr,
     metrics: Arc<Metrics>,
     stop: watch::Sender<bool>,
-    drain: watch::Sender<bool>,
+    handover: watch::Sender<bool>,
     grace: std::time::Duration,
+    control: mpsc::Sender<driver::Control>,
     event_loop: JoinHandle<Result<(), RuntimeError>>,
     http: JoinHandle<()>,
     /// Owns the peer listener: awaited on stop so that the port is free
@@ -141,7 +151,7 @@ impl RunningNode {
     /// handlers are dropped (their tasks are left to be reclaimed), sockets
     /// close.
     pub async fn shutdown(mut self) -> Result<(), RuntimeError> {
-        let _ = self.drain.send(true);
+        let _ = self.handover.send(true);
         let drained = tokio::select! {
             r = &mut self.event_loop => Some(r),
             // The loop ends by itself after the grace period; this bound
@@ -160,6 +170,60 @@ impl RunningNode {
         let _ = self.http.await;
         let _ = self.inbound.await;
         r
+    }
+
+    /// Drains the node (see [`cohort_core::Node::begin_drain`]): it takes
+    /// no new work; its running tasks may finish within `deadline`, then
+    /// what is left is handed back and its handlers are stopped.
+    pub async fn drain(
+        &self,
+        deadline: std::time::Duration,
+    ) -> Result<driver::DrainReport, RuntimeError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.control
+            .send(driver::Control::Drain { deadline, reply })
+            .await
+            .map_err(|_| RuntimeError::Stopped("event loop stopped".into()))?;
+        rx.await
+            .map_err(|_| RuntimeError::Stopped("event loop stopped".into()))?
+            .map_err(|e| RuntimeError::Stopped(format!("drain refused: {e}")))
+    }
+
+    /// Where the node's drain stands.
+    pub async fn drain_status(&self) -> Result<driver::DrainReport, RuntimeError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.control
+            .send(driver::Control::DrainStatus { reply })
+            .await
+            .map_err(|_| RuntimeError::Stopped("event loop stopped".into()))?;
+        rx.await
+            .map_err(|_| RuntimeError::Stopped("event loop stopped".into()))
+    }
+
+    /// Drains the node with `deadline` and waits until it holds no task,
+    /// at most `deadline` plus `shutdown_grace_ms` (for the hand-backs to
+    /// be decided). `Ok(true)` when it holds none; `Ok(false)` when the
+    /// wait ran out first. A mode that cannot drain is an error.
+    pub async fn drain_and_wait(
+        &self,
+        deadline: std::time::Duration,
+    ) -> Result<bool, RuntimeError> {
+        let until = tokio::time::Instant::now() + deadline + self.grace;
+        self.drain(deadline).await?;
+        loop {
+            let done = self
+                .drain_status()
+                .await?
+                .status
+                .is_none_or(|s| s.is_done());
+            if done {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= until {
+                return Ok(false);
+            }
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
     }
 
     /// Waits until the event loop stops by itself (a storage error) and returns why.
@@ -209,7 +273,8 @@ pub async fn start<N: Node + Send + 'static>(
     let peer_addr = listeners.peer.local_addr().map_err(io("peer listener"))?;
     let metrics = Arc::new(Metrics::default());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (drain_tx, drain_rx) = watch::channel(false);
+    let (handover_tx, handover_rx) = watch::channel(false);
+    let (handback_tx, _) = watch::channel(false);
     let grace = config.shutdown_grace();
     let seed = options.rng_seed.unwrap_or_else(os_seed);
     let rng = NodeRng::seed_from_u64(seed);
@@ -265,18 +330,20 @@ pub async fn start<N: Node + Send + 'static>(
         decided: decided.clone(),
         observer: options.note_observer,
         stop: stop_rx.clone(),
-        drain: drain_rx,
+        handover: handover_rx,
         batch: Vec::new(),
         loopback: peer_tx,
         audit,
         ring_replies: Vec::new(),
+        handback_at: None,
+        handback: handback_tx,
     };
     let event_loop = tokio::spawn(event_loop.run(control_rx, peer_rx, lost_rx));
     let api = Arc::new(http::Api {
         config: config.clone(),
         metrics: metrics.clone(),
         registry,
-        control: control_tx,
+        control: control_tx.clone(),
         decided,
         peer_status,
         id_rng: Mutex::new(NodeRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15)),
@@ -316,8 +383,9 @@ pub async fn start<N: Node + Send + 'static>(
         peer_addr,
         metrics,
         stop: stop_tx,
-        drain: drain_tx,
+        handover: handover_tx,
         grace,
+        control: control_tx,
         event_loop,
         http,
         inbound,

@@ -92,6 +92,38 @@ impl FirstRun {
     }
 }
 
+/// The negative control of a fenced-off stale result: had `by` accepted
+/// `first`'s result `result` instead of the outcome `history` records (the
+/// task having been assigned again under `later`), the G3 checker reports
+/// exactly that, once.
+///
+/// # Panics
+///
+/// If it does not: the checker would miss a stale result.
+pub fn assert_g3_catches_the_stale_result(
+    history: &History,
+    first: &FirstRun,
+    by: NodeId,
+    result: Vec<u8>,
+    later: Epoch,
+) {
+    let accepted = decided_instead(
+        history,
+        first.task,
+        by,
+        TaskState::Succeeded {
+            result,
+            node: first.runner,
+            epoch: first.epoch,
+        },
+    );
+    let mut v = crate::checkers::Violations::new(10);
+    crate::checkers::g3::check(&accepted, &mut v);
+    assert_eq!(v.count(), 1, "{:?}", v.kept());
+    let wanted = format!("highest epoch assigned was Some({later:?})");
+    assert!(v.kept()[0].detail.contains(&wanted), "{:?}", v.kept());
+}
+
 /// `history` as it would read had `by` decided `state` for `task` after
 /// everything else happened: every decision of `task` noted and every
 /// final state of it read is dropped, and `state` is decided at the end.

@@ -78,6 +78,17 @@ pub enum Command {
         /// The tasks.
         tasks: Vec<(TaskId, Task)>,
     },
+    /// `node`, draining, hands the assignment `(id, epoch)` back without a
+    /// result: the task goes back to pending (a no-op unless `node` runs
+    /// that very assignment). Last in the enum, like `SubmitBatch`.
+    Release {
+        /// The task.
+        id: TaskId,
+        /// The assignment handed back.
+        epoch: Epoch,
+        /// Its runner, who hands it back.
+        node: NodeId,
+    },
 }
 
 /// One task as the cluster knows it.
@@ -352,6 +363,18 @@ impl Scheduler {
                 if self.is_running(*id, *epoch) {
                     let reason = SupersedeReason::RunnerDeclaredDead;
                     self.supersede(index, at, *id, reason, &mut notes);
+                }
+            }
+            Command::Release { id, epoch, node } => {
+                let runs = self.tasks.get(id).is_some_and(|r| {
+                    r.state
+                        == TaskState::Running {
+                            node: *node,
+                            epoch: *epoch,
+                        }
+                });
+                if runs {
+                    self.supersede(index, at, *id, SupersedeReason::Released, &mut notes);
                 }
             }
             Command::Cancel { id } => {
@@ -635,6 +658,67 @@ mod tests {
         s.apply(5, at(5), &Command::Cancel { id: T });
         assert_eq!(s.get(T).unwrap().state, TaskState::Cancelled);
         assert_eq!(s.load(A), 0);
+    }
+
+    #[test]
+    fn only_the_runner_of_the_current_epoch_releases_a_task_and_it_goes_back_to_pending() {
+        let mut s = Scheduler::new(10, 16);
+        s.apply(
+            1,
+            at(1),
+            &Command::Submit {
+                id: T,
+                task: task(),
+            },
+        );
+        s.apply(
+            2,
+            at(2),
+            &Command::Assign {
+                id: T,
+                epoch: Epoch(1),
+                node: A,
+            },
+        );
+        let by = |epoch, node| Command::Release {
+            id: T,
+            epoch: Epoch(epoch),
+            node,
+        };
+        assert!(
+            s.apply(3, at(3), &by(1, B)).is_empty(),
+            "not B's assignment"
+        );
+        assert!(
+            s.apply(4, at(4), &by(2, A)).is_empty(),
+            "not the current epoch"
+        );
+        assert_eq!(
+            s.apply(5, at(5), &by(1, A)),
+            vec![Note::Superseded {
+                task: T,
+                epoch: Epoch(1),
+                reason: SupersedeReason::Released,
+            }]
+        );
+        let rec = s.get(T).unwrap();
+        assert_eq!((rec.state.clone(), rec.attempts), (TaskState::Pending, 0));
+        assert_eq!(s.load(A), 0);
+        assert!(s.apply(6, at(6), &by(1, A)).is_empty(), "released once");
+        assert_eq!(
+            s.apply(
+                7,
+                at(7),
+                &Command::Assign {
+                    id: T,
+                    epoch: Epoch(2),
+                    node: B,
+                }
+            )
+            .len(),
+            1,
+            "reassigned under the next epoch"
+        );
     }
 
     #[test]

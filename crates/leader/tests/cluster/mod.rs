@@ -137,6 +137,15 @@ impl Cluster {
         self.drain(to);
     }
 
+    /// Drains `id`: its running tasks may finish within `deadline_ms`.
+    pub fn begin_drain(&mut self, id: NodeId, deadline_ms: u64) {
+        let now = self.now;
+        let node = self.nodes.get_mut(&id).unwrap().as_mut().unwrap();
+        node.begin_drain(now, now + Duration::from_millis(deadline_ms))
+            .expect("leader mode drains");
+        self.drain(id);
+    }
+
     pub fn restart(&mut self, id: NodeId) {
         assert!(self.nodes[&id].is_none());
         self.start(id);

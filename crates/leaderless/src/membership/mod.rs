@@ -89,7 +89,7 @@ pub struct Membership {
     /// This node's load reports so far, this boot.
     load_seq: u64,
     /// What and when this node last reported.
-    last_load: Option<(u32, Time)>,
+    last_load: Option<((u32, u32), Time)>,
     generation: u64,
     runtime: AccumulatingRuntime<SwimId>,
     /// SWIM timers handed to the driver and not yet fired.
@@ -226,12 +226,13 @@ impl Membership {
             .copied()
     }
 
-    /// Broadcasts this node's load when it changed, or when the last
+    /// Broadcasts this node's load when it (or the capacity: a draining
+    /// node reports none) changed, or when the last
     /// report is older than `refresh`.
     pub fn report_load(&mut self, now: Time, running: u32, capacity: u32, refresh: Duration) {
         let due = match self.last_load {
             None => true,
-            Some((r, at)) => r != running || now.saturating_since(at) >= refresh,
+            Some((r, at)) => r != (running, capacity) || now.saturating_since(at) >= refresh,
         };
         if !due {
             return;
@@ -243,7 +244,7 @@ impl Membership {
             running,
             capacity,
         };
-        self.last_load = Some((running, now));
+        self.last_load = Some(((running, capacity), now));
         if self
             .foca
             .add_broadcast(&cohort_core::encode(&report))

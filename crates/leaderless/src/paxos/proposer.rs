@@ -186,7 +186,7 @@ impl Intent {
             Intent::Release { epoch } => events.push(TaskEventKind::RunnerLost {
                 node: me,
                 epoch: *epoch,
-                reason: SupersedeReason::RunnerDeclaredDead,
+                reason: SupersedeReason::Released,
             }),
             Intent::Cancel => events.push(TaskEventKind::Cancelled),
             Intent::Move { .. } | Intent::Settle => {}

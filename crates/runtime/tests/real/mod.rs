@@ -31,6 +31,23 @@ pub async fn cluster_with<N: Node + Send + 'static>(
     mode_config: N::Config,
     tweak: impl Fn(NodeId, &mut RuntimeConfig),
 ) -> Vec<RunningNode> {
+    cluster_with_options::<N>(dir, n, mode, mode_config, tweak, |id| NodeOptions {
+        registry: Registry::with_builtins(false),
+        rng_seed: Some(id.0),
+        ..NodeOptions::default()
+    })
+    .await
+}
+
+/// [`cluster_with`], with each node's handlers and observer from `options`.
+pub async fn cluster_with_options<N: Node + Send + 'static>(
+    dir: &std::path::Path,
+    n: u64,
+    mode: &str,
+    mode_config: N::Config,
+    tweak: impl Fn(NodeId, &mut RuntimeConfig),
+    options: impl Fn(NodeId) -> NodeOptions,
+) -> Vec<RunningNode> {
     let mut listeners = BTreeMap::new();
     let mut peer_addrs: BTreeMap<NodeId, SocketAddr> = BTreeMap::new();
     let mut http_addrs = BTreeMap::new();
@@ -52,15 +69,10 @@ pub async fn cluster_with<N: Node + Send + 'static>(
         let mut config = RuntimeConfig::new(format!("{mode}-test"), mode, peers, others, dir);
         config.http_addrs = http_addrs.clone();
         tweak(id, &mut config);
-        let options = NodeOptions {
-            registry: Registry::with_builtins(false),
-            rng_seed: Some(id.0),
-            ..NodeOptions::default()
-        };
         let node = cohort_runtime::start::<N>(
             config,
             mode_config.clone(),
-            options,
+            options(id),
             Listeners { peer, http },
         )
         .await

@@ -5,7 +5,10 @@
 //!     assigned to two different nodes (identical notes from several nodes,
 //!     or replayed after a restart, count once);
 //! (b) a new assignment `e2` of a task after `e1` has `e2 > e1` and comes
-//!     after a `Note::Superseded` of `e1`;
+//!     after a `Note::Superseded` of `e1`, whatever its reason: the runner
+//!     declared dead, its lease expired, its attempt failed, or it handed
+//!     the assignment back (`Released`: drained, or removed from the ring
+//!     after losing its execution);
 //! (c) a reported `Succeeded{result, node, epoch}` is the output of a real
 //!     handler completion of `(node, task, epoch)`, and when first reported
 //!     `epoch` is the highest epoch assigned for the task.
@@ -288,6 +291,47 @@ mod tests {
         assert_eq!(v.count(), 2, "{:?}", v.kept());
         assert!(v.kept()[0].detail.contains("it was assigned to n2"));
         assert!(v.kept()[1].detail.contains("never assigned"));
+    }
+
+    /// A drained runner hands `e1` back at its deadline; its handler
+    /// returns later, but the task is decided by the run under `e2`.
+    fn drained_history(hand_back: bool) -> History {
+        let mut h = History::new();
+        note(&mut h, 1, 1, assigned(1, 2));
+        executed(&mut h, 2, 2, 1);
+        if hand_back {
+            let released = Note::Superseded {
+                task: T,
+                epoch: Epoch(1),
+                reason: SupersedeReason::Released,
+            };
+            note(&mut h, 10, 1, released);
+        }
+        note(&mut h, 11, 1, assigned(2, 3));
+        executed(&mut h, 12, 3, 2);
+        completed(&mut h, 13, 2, 1, b"late");
+        completed(&mut h, 14, 3, 2, b"new");
+        let decided = Note::Decided {
+            task: T,
+            state: succeeded(b"new", 3, 2),
+        };
+        note(&mut h, 15, 1, decided);
+        h
+    }
+
+    #[test]
+    fn a_drained_runner_handing_its_assignment_back_ends_it_legitimately() {
+        let v = run(&drained_history(true));
+        assert_eq!(v.count(), 0, "{:?}", v.kept());
+    }
+
+    #[test]
+    fn a_rerun_without_a_hand_back_or_any_other_supersede_is_still_a_violation() {
+        let v = run(&drained_history(false));
+        assert_eq!(v.count(), 1, "{:?}", v.kept());
+        assert!(v.kept()[0]
+            .detail
+            .contains("e1 (to n2) was never superseded"));
     }
 
     #[test]
