@@ -82,6 +82,10 @@ pub struct NodeArgs {
     /// Largest task payload accepted, in bytes [default: 1048576].
     #[arg(long)]
     pub payload_bytes_max: Option<usize>,
+    /// Most events a task's history keeps: its submission and the latest
+    /// ones (at least 2; the same on every node) [default: 16].
+    #[arg(long)]
+    pub task_events_max: Option<usize>,
     /// On SIGINT/SIGTERM, how long a leader may take to hand leadership
     /// over before the node stops anyway, in milliseconds [default: 2000].
     #[arg(long)]
@@ -111,6 +115,7 @@ pub struct Settings {
     capacity: u32,
     allow_exec: bool,
     payload_bytes_max: usize,
+    task_events_max: usize,
     initial_ring: Option<String>,
     insecure: bool,
     tokens: Option<PathBuf>,
@@ -177,6 +182,10 @@ impl NodeArgs {
                 .payload_bytes_max
                 .or(file.payload_bytes_max)
                 .unwrap_or(Limits::default().payload_bytes_max),
+            task_events_max: self
+                .task_events_max
+                .or(file.task_events_max)
+                .unwrap_or(Limits::default().task_events_max),
             initial_ring: self.initial_ring.clone().or(file.initial_ring),
             insecure: self.insecure || file.insecure.unwrap_or(false),
             tokens: self.tokens.clone().or(file.tokens),
@@ -281,6 +290,7 @@ pub fn validate(args: &Settings) -> anyhow::Result<Validated> {
         message_bytes_max: Limits::default()
             .message_bytes_max
             .max(args.payload_bytes_max * 2),
+        task_events_max: args.task_events_max,
         ..Limits::default()
     };
     let peers = Peers::new(id, all.keys().copied(), args.capacity, limits)
@@ -692,6 +702,13 @@ mod tests {
                 .unwrap_err()
         );
         assert!(e.contains("frame_timeout"), "an unknown key is named: {e}");
+        let v = validate(&with("task_events_max = 5\n").settings().unwrap()).unwrap();
+        assert_eq!(v.config.peers.limits.task_events_max, 5);
+        let e = validate(&with("task_events_max = 1\n").settings().unwrap())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("task_events_max must be at least 2"), "{e}");
     }
 
     #[test]

@@ -129,6 +129,8 @@ pub struct NodeFile {
     pub capacity: Option<u32>,
     pub allow_exec: Option<bool>,
     pub payload_bytes_max: Option<usize>,
+    /// `Limits::task_events_max`.
+    pub task_events_max: Option<usize>,
     /// Leaderless mode: the ring at epoch 0, `"1,2,3"`.
     pub initial_ring: Option<String>,
     /// See [`RuntimeConfig::shutdown_grace_ms`].
