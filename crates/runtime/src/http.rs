@@ -809,6 +809,20 @@ pub fn state_json(id: TaskId, state: &TaskState) -> serde_json::Value {
     v
 }
 
+/// What a task read asks for: the path to redirect to (with its query:
+/// stale, wait) and how fresh it must be.
+fn read_of(uri: &axum::http::Uri, stale: Option<bool>) -> (String, Consistency) {
+    let path = uri
+        .path_and_query()
+        .map_or_else(|| uri.path().to_string(), |p| p.as_str().to_string());
+    let consistency = if stale.unwrap_or(false) {
+        Consistency::Stale
+    } else {
+        Consistency::Linearizable
+    };
+    (path, consistency)
+}
+
 async fn get_task(
     State(api): State<Arc<Api>>,
     Path(id): Path<String>,
@@ -818,16 +832,7 @@ async fn get_task(
     let Query(q) =
         q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed", e.body_text()))?;
     let id = parse_id(&id)?;
-    // A redirect keeps the query (stale, wait).
-    let path = uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| format!("/v1/tasks/{id}"));
-    let consistency = if q.stale.unwrap_or(false) {
-        Consistency::Stale
-    } else {
-        Consistency::Linearizable
-    };
+    let (path, consistency) = read_of(&uri, q.stale);
     let wait = bounded_wait(&api, q.wait.as_deref())?;
     let deadline = tokio::time::Instant::now() + wait;
     let mut interval = Duration::from_millis(5);
@@ -873,15 +878,7 @@ async fn task_events(
     let Query(q) =
         q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed", e.body_text()))?;
     let id = parse_id(&id)?;
-    let path = uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| format!("/v1/tasks/{id}/events"));
-    let consistency = if q.stale.unwrap_or(false) {
-        Consistency::Stale
-    } else {
-        Consistency::Linearizable
-    };
+    let (path, consistency) = read_of(&uri, q.stale);
     match api
         .ask(ClientRequest::Events { id, consistency }, &path)
         .await?
