@@ -29,6 +29,8 @@ fn task() -> Task {
         payload: vec![7u8; 256],
         timeout_ms: 30_000,
         max_attempts: 3,
+        not_before: cohort_core::Time::ZERO,
+        retry: cohort_core::RetryPolicy::default(),
     }
 }
 

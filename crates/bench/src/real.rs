@@ -96,6 +96,8 @@ pub(crate) fn body(id: TaskId) -> SubmitBody {
         payload_base64: None,
         timeout_ms: Some(5_000),
         max_attempts: Some(3),
+        not_before_ms: None,
+        retry: None,
     }
 }
 

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use cohort_runtime::client::{Client, ClientOptions, DrainInfo, RingInfo, TaskView};
-use cohort_runtime::http::{parse_wait, SubmitBody};
+use cohort_runtime::http::{parse_wait, RetryBody, SubmitBody};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -66,7 +66,7 @@ pub struct SubmitArgs {
     /// Submit many tasks in one `POST /v1/tasks:batch` instead: a file
     /// (`-` for stdin) with one submit body per line, e.g.
     /// `{"id":"a1","kind":"echo","payload":"hi"}`. Prints the ids in order.
-    #[arg(long, conflicts_with_all = ["kind", "id", "idempotency_key", "wait"])]
+    #[arg(long, conflicts_with_all = ["kind", "id", "idempotency_key", "wait", "not_before_ms", "delay", "backoff_initial_ms", "backoff_max_ms", "non_retryable"])]
     pub batch: Option<PathBuf>,
     /// Payload text (sleep: milliseconds or {"ms":N}; hash: {"rounds":N,"data":"..."}; exec: a command line).
     #[arg(long, default_value = "")]
@@ -85,6 +85,27 @@ pub struct SubmitArgs {
     /// Attempts before the task fails.
     #[arg(long)]
     pub max_attempts: Option<u32>,
+    /// Do not start the task before this instant, in ms since the Unix epoch.
+    #[arg(long, conflicts_with = "delay")]
+    pub not_before_ms: Option<u64>,
+    /// Do not start the task before this long from now (e.g. 30s). Sent as
+    /// an absolute `not_before_ms`, read from this machine's clock, so a
+    /// second run makes a different body: with --id or --idempotency-key,
+    /// give --not-before-ms instead.
+    #[arg(long)]
+    pub delay: Option<String>,
+    /// Retry backoff cap after the first failed attempt, doubling per
+    /// failed attempt (the delay is drawn uniformly below it); 0 retries at
+    /// once. Default 1000.
+    #[arg(long)]
+    pub backoff_initial_ms: Option<u64>,
+    /// Largest retry backoff cap. Default 60000.
+    #[arg(long)]
+    pub backoff_max_ms: Option<u64>,
+    /// An error class (the `class` of a `class: message` handler error)
+    /// that fails the task at once instead of retrying it; repeatable.
+    #[arg(long = "non-retryable", value_name = "CLASS")]
+    pub non_retryable: Vec<String>,
     /// Wait this long (e.g. 10s) for the outcome and print it.
     #[arg(long)]
     pub wait: Option<String>,
@@ -298,6 +319,24 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
             ),
             None => args.id,
         };
+        let not_before_ms = match &args.delay {
+            Some(d) => {
+                let delay = wait_arg(d).context("--delay")?;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .context("the clock is before the Unix epoch")?;
+                Some(u64::try_from((now + delay).as_millis()).context("--delay is too long")?)
+            }
+            None => args.not_before_ms,
+        };
+        let retry = (args.backoff_initial_ms.is_some()
+            || args.backoff_max_ms.is_some()
+            || !args.non_retryable.is_empty())
+        .then(|| RetryBody {
+            backoff_initial_ms: args.backoff_initial_ms,
+            backoff_max_ms: args.backoff_max_ms,
+            non_retryable: args.non_retryable.clone(),
+        });
         let body = SubmitBody {
             id,
             kind: args.kind.unwrap_or_default(),
@@ -305,6 +344,8 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
             payload_base64: None,
             timeout_ms: args.timeout_ms,
             max_attempts: args.max_attempts,
+            not_before_ms,
+            retry,
         };
         let id = client.submit(&body).await?;
         match wait {

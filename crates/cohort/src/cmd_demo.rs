@@ -346,6 +346,8 @@ async fn run_mode(mode: &'static Mode, args: &DemoArgs) -> anyhow::Result<Report
             payload_base64: None,
             timeout_ms: Some(5000),
             max_attempts: Some(3),
+            not_before_ms: None,
+            retry: None,
         };
         joins.push(tokio::spawn(async move {
             let _permit = permit;

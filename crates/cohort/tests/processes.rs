@@ -132,6 +132,53 @@ fn three_processes_survive_a_killed_worker_and_stop_on_sigterm() {
     let t = submit_and_wait(&l.http[1], "first");
     assert_eq!(t["state"], "succeeded", "{t}");
     assert_eq!(t["result"], "first");
+    // A delayed task with a retry policy from the CLI: its handler refuses
+    // the payload (`invalid_payload: ...`), a class named non-retryable, so
+    // it fails on its first attempt of four.
+    let policy = |class: &str| {
+        cli(&[
+            "submit",
+            "--node",
+            &l.http[0],
+            "--kind",
+            "sleep",
+            "--payload",
+            "not a duration",
+            "--max-attempts",
+            "4",
+            "--delay",
+            "200ms",
+            "--backoff-initial-ms",
+            "50",
+            "--non-retryable",
+            class,
+            "--wait",
+            "15s",
+        ])
+    };
+    let out = policy("invalid_payload");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (t["state"].as_str(), t["attempts"].as_u64()),
+        (Some("failed"), Some(1)),
+        "{t}"
+    );
+    assert!(
+        t["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid_payload: "),
+        "{t}"
+    );
+    let out = policy("Not A Class");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("non_retryable"), "{err}");
     let members = cli(&["members", "--node", &l.http[0]]);
     let text = String::from_utf8_lossy(&members.stdout);
     for n in ["n1", "n2", "n3"] {

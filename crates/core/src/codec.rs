@@ -58,6 +58,8 @@ mod tests {
             payload: vec![1, 2, 3],
             timeout_ms: 10,
             max_attempts: 3,
+            not_before: crate::Time::ZERO,
+            retry: crate::RetryPolicy::default(),
         };
         let bytes = encode(&t);
         assert_eq!(decode::<Task>(&bytes, 1024).unwrap(), t);

@@ -25,6 +25,7 @@ pub mod codec;
 pub mod drain;
 pub mod ids;
 pub mod node;
+pub mod retry;
 pub mod ring;
 pub mod store;
 pub mod task;
@@ -36,6 +37,7 @@ pub use codec::{decode, encode, CodecError};
 pub use drain::{DrainRefusal, DrainStatus};
 pub use ids::{Epoch, NodeId, TaskId};
 pub use node::{BootError, Limits, LimitsError, Node, NodeRng, NodeStatus, Peers};
+pub use retry::{after_failure, error_class, AfterFailure, RetryPolicy};
 pub use ring::{RingRefusal, RingRequest, RingView};
 pub use store::{StoreOp, Stored};
 pub use task::{

@@ -359,7 +359,9 @@ impl Limits {
                 reason: "timeout_ms must be positive".into(),
             });
         }
-        Ok(())
+        task.retry
+            .validate()
+            .map_err(|reason| ClientError::InvalidTask { reason })
     }
 
     /// Checks a submitted batch: its size, every task against
@@ -457,6 +459,8 @@ mod tests {
             payload: vec![0; 5],
             timeout_ms: 1,
             max_attempts: 1,
+            not_before: crate::Time::ZERO,
+            retry: crate::RetryPolicy::default(),
         };
         assert_eq!(
             limits.check_task(&task),

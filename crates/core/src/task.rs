@@ -2,6 +2,7 @@
 
 use crate::action::SupersedeReason;
 use crate::ids::{Epoch, NodeId};
+use crate::retry::RetryPolicy;
 use crate::time::Time;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -17,6 +18,13 @@ pub struct Task {
     pub timeout_ms: u64,
     /// How many failed executions before the task is failed for good.
     pub max_attempts: u32,
+    /// Not to start before this instant (`Time::ZERO`: at once). The
+    /// runtime's instants count from the Unix epoch; the simulator's from
+    /// the run's start. Compared with the clock of the node that assigns
+    /// or claims the task.
+    pub not_before: Time,
+    /// How failed executions are retried (backoff, non-retryable errors).
+    pub retry: RetryPolicy,
 }
 
 impl Task {
@@ -119,7 +127,8 @@ pub enum TaskEventKind {
         epoch: Epoch,
     },
     /// The handler of `(node, epoch)` returned an error and the task has
-    /// attempts left: it is pending again.
+    /// attempts left: it is pending again, not to start before `retry_at`
+    /// (its backoff, see [`crate::retry`]).
     AttemptFailed {
         /// The runner.
         node: NodeId,
@@ -127,6 +136,8 @@ pub enum TaskEventKind {
         epoch: Epoch,
         /// The handler's error (at most [`TASK_EVENT_ERROR_BYTES_MAX`] bytes).
         error: String,
+        /// When the task may run again, on the deciding node's clock.
+        retry_at: Time,
     },
     /// The assignment `(node, epoch)` ended without a result because the
     /// runner is gone: a later result from it is rejected (G3), and the
@@ -264,6 +275,45 @@ impl TaskEvents {
         } else {
             Err(format!("history {self:?} disagrees with state {state:?}"))
         }
+    }
+}
+
+impl TaskEvents {
+    /// Checks that the history kept the task's schedule and retry policy,
+    /// as every mode's record must: no assignment before `not_before`, or
+    /// before the `retry_at` of the failed attempt just before it; no
+    /// failed attempt retried when its error is not retryable.
+    pub fn check_policy(&self, task: &Task) -> Result<(), String> {
+        let mut retry_at = None;
+        for e in &self.events {
+            match &e.what {
+                TaskEventKind::Assigned { .. } => {
+                    if e.at < task.not_before {
+                        return Err(format!(
+                            "assigned at {} before not_before {}: {self:?}",
+                            e.at, task.not_before
+                        ));
+                    }
+                    if let Some(r) = retry_at.filter(|r| e.at < *r) {
+                        return Err(format!(
+                            "assigned at {} before its retry_at {r}: {self:?}",
+                            e.at
+                        ));
+                    }
+                    retry_at = None;
+                }
+                TaskEventKind::AttemptFailed {
+                    error, retry_at: r, ..
+                } => {
+                    if !task.retry.retries(error) {
+                        return Err(format!("non-retryable error retried: {self:?}"));
+                    }
+                    retry_at = Some(*r);
+                }
+                _ => retry_at = None,
+            }
+        }
+        Ok(())
     }
 }
 

@@ -30,6 +30,7 @@ use cohort_core::{
     DrainRefusal, DrainStatus, Epoch, Node, NodeId, NodeRng, Peers, RequestId, Stored, Task,
     TaskId, TaskOutcome, TaskState, Time, TimerToken,
 };
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -909,11 +910,16 @@ impl LeaderNode {
         {
             return; // stale or unknown here; the log decides anyway
         }
+        let jitter = match outcome {
+            TaskOutcome::Failure(_) => self.raft.rng().gen(),
+            TaskOutcome::Success(_) => 0,
+        };
         let cmd = Command::Result {
             id: task,
             epoch,
             node: from,
             outcome,
+            jitter,
         };
         if self.propose(&cmd).is_ok() {
             self.inflight.results.insert((task, epoch));
@@ -1035,7 +1041,7 @@ impl LeaderNode {
             .min(self.cfg.get().assignments_per_round_max);
         let todo: Vec<TaskId> = self
             .sm
-            .pending()
+            .ready(self.now)
             .filter(|t| !self.inflight.assign.contains_key(t))
             .take(take)
             .collect();
@@ -1238,7 +1244,11 @@ impl LeaderNode {
                 node: self.peers.id,
                 epoch,
             };
-        if mine && self.executing.get(&id) != Some(&epoch) {
+        // Its handler may have finished already, its result not yet
+        // committed: a duplicate `Assign` in the log (a no-op when applied)
+        // must not start it a second time.
+        let finished = self.results.contains_key(&(id, epoch));
+        if mine && !finished && self.executing.get(&id) != Some(&epoch) {
             if let Some(d) = &mut self.drain {
                 // Assigned before the leader learned of the drain: hand it
                 // back at once rather than start it.
@@ -1364,6 +1374,13 @@ impl LeaderNode {
 
     fn arm_timer(&mut self) {
         let mut next = self.raft.next_deadline().min(self.next_worker_tick);
+        if self.raft.is_leader() {
+            // A waiting task (not_before, retry backoff) is assigned when its
+            // wait ends, not at the next unrelated input.
+            if let Some(ready_at) = self.sm.next_ready_after(self.now) {
+                next = next.min(ready_at);
+            }
+        }
         if let Some(d) = self.drain.as_ref().filter(|d| !d.handing_back) {
             next = next.min(d.deadline);
         }

@@ -66,6 +66,25 @@ fn leader_mode_passes_all_checkers_with_all_faults_at_3_and_7_nodes() {
     }
 }
 
+/// Found by the retry-policy checker: a second `Assign` of the same
+/// assignment reached the log (a no-op when applied), and its runner, whose
+/// handler had already returned and whose result was not yet committed,
+/// started the handler again under the same epoch; the rerun's different
+/// outcome arrived after the first was decided.
+#[test]
+fn a_duplicate_assign_does_not_rerun_an_execution_whose_result_is_committing() {
+    let r = sim(1_000_010, 7);
+    assert!(r.passed(), "{r}\n{}", replay(1_000_010, 7));
+    let mut runs: BTreeMap<(NodeId, TaskId, cohort_core::Epoch), usize> = BTreeMap::new();
+    for rec in &r.history.records {
+        if let HistoryEvent::Executed { node, task, epoch } = rec.event {
+            *runs.entry((node, task, epoch)).or_default() += 1;
+        }
+    }
+    let twice: Vec<_> = runs.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "executed twice by one node: {twice:?}");
+}
+
 #[test]
 fn aggressive_compaction_ships_snapshots_and_passes_all_checkers() {
     let cfg = LeaderConfig {

@@ -13,8 +13,9 @@ use std::collections::BTreeMap;
 /// converges (every node sees every node live) within this long.
 pub const CONVERGE_WITHIN_MS: u64 = 5_000;
 
-/// Every record's event history agrees with its state
-/// ([`cohort_core::TaskEvents::check_against`]); one value per Paxos
+/// Every record's event history agrees with its state and kept its
+/// task's schedule and retry policy ([`cohort_core::TaskEvents::check_against`],
+/// [`cohort_core::TaskEvents::check_policy`]); one value per Paxos
 /// instance, across every replica, over the whole run
 /// (a replica holding version `k` holds the value chosen in instance
 /// `k - 1`; a task's new replicas after a move hold the same values as
@@ -88,9 +89,11 @@ impl LeaderlessInvariants {
             // differ there; it never reaches version 1, where two live
             // records of a task would show.
             for (task, _, value) in node.records() {
+                let body = node.task(task).expect("a record has its task");
                 value
                     .history
                     .check_against(&value.state)
+                    .and_then(|()| value.history.check_policy(body))
                     .map_err(|e| format!("{task:?} at {}: {e}", cohort_core::Node::id(*node)))?;
             }
             for (task, version, value) in node.records().filter(|r| r.1 > 0) {

@@ -58,6 +58,9 @@ struct Execution {
 struct Finished {
     execution: Execution,
     outcome: TaskOutcome,
+    /// Drawn when the handler returned: the retry jitter every proposal
+    /// of this result carries (see [`cohort_core::retry`]).
+    jitter: u32,
 }
 
 /// Why [`LeaderlessNode::steal`] did not start a claim. Nothing changed.
@@ -69,6 +72,12 @@ pub enum StealError {
     /// The task is not pending in this node's view.
     #[error("the task is not pending here")]
     NotPending,
+    /// The task may not start yet (`not_before` or a retry backoff).
+    #[error("the task may not start before {ready_at}")]
+    NotReady {
+        /// When it may.
+        ready_at: Time,
+    },
     /// A proposal for the task, or too many proposals, are in flight.
     #[error("a proposal is in flight")]
     Busy,
@@ -160,6 +169,11 @@ impl LeaderlessNode {
         self.records
             .iter()
             .map(|(&id, r)| (id, r.version, &r.value))
+    }
+
+    /// The submitted task `id`, if this node holds its record.
+    pub fn task(&self, id: TaskId) -> Option<&Task> {
+        self.records.get(&id).map(|r| &r.header.task)
     }
 
     /// The nodes this node sees as live.
@@ -262,6 +276,11 @@ impl LeaderlessNode {
         let rec = self.records.get(&id).ok_or(StealError::NotAReplica)?;
         if rec.value.state != TaskState::Pending {
             return Err(StealError::NotPending);
+        }
+        if now < rec.value.ready_at {
+            return Err(StealError::NotReady {
+                ready_at: rec.value.ready_at,
+            });
         }
         let (header, version, value) = (rec.header.clone(), rec.version, rec.value.clone());
         self.propose(now, id, header, version, value, Intent::Claim)
@@ -999,7 +1018,7 @@ impl LeaderlessNode {
         // are left to the next tick, which looks at liveness again.
         let again = matches!(intent, Intent::Finish { .. } | Intent::Cancel)
             && intent
-                .desired(self.me(), self.generation, &header, &value)
+                .desired(self.me(), self.generation, &header, &value, now)
                 .is_some();
         if again {
             if let Err(e) = self.propose(now, id, header, version, value.clone(), intent.clone()) {
@@ -1167,9 +1186,10 @@ impl LeaderlessNode {
             let intent = Intent::Finish {
                 epoch: f.execution.epoch,
                 outcome: f.outcome.clone(),
+                jitter: f.jitter,
             };
             if intent
-                .desired(self.me(), self.generation, &f.execution.header, &value)
+                .desired(self.me(), self.generation, &f.execution.header, &value, now)
                 .is_none()
             {
                 self.finished.remove(&id); // rejected: the assignment moved on
@@ -1213,6 +1233,9 @@ impl LeaderlessNode {
                 .iter()
                 .copied()
                 .find(|&n| self.membership.is_live(n));
+            if rec.value.state == TaskState::Pending && now < rec.value.ready_at {
+                continue; // not_before or a retry backoff: not yet
+            }
             let intent = match rec.value.state {
                 // A version-0 record written under an older ring may have
                 // missed a replica that now refuses to create it (the
@@ -2031,7 +2054,13 @@ impl Node for LeaderlessNode {
             return;
         }
         let execution = self.executing.remove(&task).expect("present above");
-        self.finished.insert(task, Finished { execution, outcome });
+        let jitter = self.rng.gen();
+        let finished = Finished {
+            execution,
+            outcome,
+            jitter,
+        };
+        self.finished.insert(task, finished);
         self.commit_results(now);
         self.flush(now);
     }

@@ -40,6 +40,9 @@ pub struct TaskValue {
     pub replicas: Vec<NodeId>,
     /// The ring epoch `replicas` were computed from; only grows.
     pub ring_epoch: u64,
+    /// Not to be claimed before this instant (on the claimer's clock): the
+    /// task's `not_before`, then the `retry_at` of its latest failed attempt.
+    pub ready_at: Time,
     /// What happened to the task since it was submitted, each event
     /// stamped by the node that proposed it (the submission itself is the
     /// record's [`Record::created_at`]: a version-0 value is written, not
@@ -58,6 +61,7 @@ impl TaskValue {
             runner_boot: 0,
             replicas: header.replicas.clone(),
             ring_epoch: header.ring_epoch,
+            ready_at: header.task.not_before,
             history: TaskEvents::default(),
         }
     }

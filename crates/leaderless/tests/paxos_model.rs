@@ -40,6 +40,8 @@ fn header() -> TaskHeader {
             payload: vec![],
             timeout_ms: 10,
             max_attempts: 1,
+            not_before: cohort_core::Time::ZERO,
+            retry: cohort_core::RetryPolicy::default(),
         },
         replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
         ring_epoch: 0,
@@ -243,6 +245,7 @@ fn running(n: u64) -> String {
             runner_boot: 0,
             replicas: header().replicas,
             ring_epoch: 0,
+            ready_at: cohort_core::Time::ZERO,
             history,
         }
     )

@@ -60,6 +60,10 @@ pub struct TaskEventView {
     /// The handler's error (`attempt_failed`, `failed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// When a failed attempt's task may run again (`attempt_failed`), in
+    /// ms since the Unix epoch on the deciding node's clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at_ms: Option<u64>,
 }
 
 /// A task with its event history (`GET /v1/tasks/{id}/events`).

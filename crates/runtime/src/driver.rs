@@ -645,7 +645,7 @@ impl<N: Node + Send + 'static> EventLoop<N> {
                 let timeout = task.timeout();
                 let outcome = match handler {
                     None => TaskOutcome::Failure(format!(
-                        "no handler for kind {:?} on {node}",
+                        "unknown_kind: no handler for kind {:?} on {node}",
                         task.kind
                     )),
                     Some(h) => {
@@ -663,13 +663,15 @@ impl<N: Node + Send + 'static> EventLoop<N> {
                             Ok(Ok(Ok(bytes))) => TaskOutcome::Success(bytes),
                             Ok(Ok(Err(e))) => TaskOutcome::Failure(e),
                             Ok(Err(_)) => TaskOutcome::Failure(format!(
-                                "timed out after {}ms",
+                                "timeout: timed out after {}ms",
                                 timeout.as_millis()
                             )),
                             Err(e) if e.is_panic() => {
-                                TaskOutcome::Failure("handler panicked".into())
+                                TaskOutcome::Failure("panic: handler panicked".into())
                             }
-                            Err(e) => TaskOutcome::Failure(format!("handler cancelled: {e}")),
+                            Err(e) => {
+                                TaskOutcome::Failure(format!("cancelled: handler cancelled: {e}"))
+                            }
                         }
                     }
                 };

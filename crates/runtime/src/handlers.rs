@@ -14,6 +14,11 @@
 //! environment so the command can fence its own side effects, and is killed
 //! when the task's timeout expires.
 //!
+//! Errors carry a class (`class: message`, see `cohort_core::retry`) that a
+//! task's retry policy can name as non-retryable: `invalid_payload` (the
+//! payload does not parse), `exit_status` (`exec`'s command failed); the
+//! runtime adds `timeout`, `panic`, `cancelled` and `unknown_kind`.
+//!
 //! A handler of your own:
 //!
 //! ```
@@ -118,7 +123,8 @@ pub struct Sleep;
 
 /// Parses a `sleep` payload: `{"ms": N}` or decimal text.
 pub fn parse_sleep_ms(payload: &[u8]) -> Result<u64, String> {
-    let text = std::str::from_utf8(payload).map_err(|_| "sleep payload is not UTF-8")?;
+    let text =
+        std::str::from_utf8(payload).map_err(|_| "invalid_payload: sleep payload is not UTF-8")?;
     if let Ok(ms) = text.trim().parse::<u64>() {
         return Ok(ms);
     }
@@ -126,9 +132,9 @@ pub fn parse_sleep_ms(payload: &[u8]) -> Result<u64, String> {
     struct P {
         ms: u64,
     }
-    serde_json::from_str::<P>(text)
-        .map(|p| p.ms)
-        .map_err(|e| format!("sleep payload must be {{\"ms\": N}} or decimal milliseconds: {e}"))
+    serde_json::from_str::<P>(text).map(|p| p.ms).map_err(|e| {
+        format!("invalid_payload: sleep payload must be {{\"ms\": N}} or decimal milliseconds: {e}")
+    })
 }
 
 impl Handler for Sleep {
@@ -162,7 +168,9 @@ impl Handler for Hash {
         };
         Box::pin(async move {
             if rounds > HASH_ROUNDS_MAX {
-                return Err(format!("rounds {rounds} exceeds {HASH_ROUNDS_MAX}"));
+                return Err(format!(
+                    "invalid_payload: rounds {rounds} exceeds {HASH_ROUNDS_MAX}"
+                ));
             }
             let stop = Arc::new(AtomicBool::new(false));
             let guard = StopOnDrop(stop.clone());
@@ -217,13 +225,13 @@ pub fn parse_exec_argv(payload: &[u8]) -> Result<Vec<String>, String> {
     let argv = match serde_json::from_slice::<P>(payload) {
         Ok(p) => p.argv,
         Err(_) => std::str::from_utf8(payload)
-            .map_err(|_| "exec payload is not UTF-8")?
+            .map_err(|_| "invalid_payload: exec payload is not UTF-8")?
             .split_whitespace()
             .map(str::to_string)
             .collect(),
     };
     if argv.is_empty() {
-        return Err("exec payload names no command".into());
+        return Err("invalid_payload: exec payload names no command".into());
     }
     Ok(argv)
 }
@@ -246,7 +254,7 @@ impl Handler for Exec {
                 Ok(out.stdout)
             } else {
                 Err(format!(
-                    "{:?} exited with {}: {}",
+                    "exit_status: {:?} exited with {}: {}",
                     argv[0],
                     out.status,
                     String::from_utf8_lossy(&out.stderr).trim()

@@ -58,8 +58,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use base64::Engine;
 use cohort_core::{
-    ClientError, ClientRequest, ClientResponse, Consistency, NodeId, NodeRng, RingRefusal,
-    RingRequest, RingView, Task, TaskEvent, TaskEventKind, TaskEvents, TaskId, TaskState,
+    ClientError, ClientRequest, ClientResponse, Consistency, NodeId, NodeRng, RetryPolicy,
+    RingRefusal, RingRequest, RingView, Task, TaskEvent, TaskEventKind, TaskEvents, TaskId,
+    TaskState, Time,
 };
 use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
@@ -72,6 +73,13 @@ use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 pub const TASK_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 /// Default `max_attempts` of a submitted task.
 pub const TASK_ATTEMPTS_DEFAULT: u32 = 3;
+/// Default `retry.backoff_initial_ms`: the backoff cap after the first
+/// failed attempt (it doubles per failed attempt; the delay drawn is
+/// uniform below it).
+pub const TASK_BACKOFF_INITIAL_MS_DEFAULT: u64 = 1_000;
+/// Default `retry.backoff_max_ms` (raised to `backoff_initial_ms` when that
+/// is given and larger).
+pub const TASK_BACKOFF_MAX_MS_DEFAULT: u64 = 60_000;
 
 /// What the API handlers share.
 pub(crate) struct Api {
@@ -388,6 +396,49 @@ pub struct SubmitBody {
     /// Attempts before the task fails.
     #[serde(default)]
     pub max_attempts: Option<u32>,
+    /// Not to start before this instant, in ms since the Unix epoch (on
+    /// the clock of the node that starts it). Absolute, so a resubmit of
+    /// the same body names the same task.
+    #[serde(default)]
+    pub not_before_ms: Option<u64>,
+    /// How failed attempts are retried; defaults apply to what is left out.
+    #[serde(default)]
+    pub retry: Option<RetryBody>,
+}
+
+/// The `retry` object of a submit body (see [`cohort_core::retry`]).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBody {
+    /// Backoff cap after the first failed attempt; 0 retries at once.
+    /// Default [`TASK_BACKOFF_INITIAL_MS_DEFAULT`].
+    #[serde(default)]
+    pub backoff_initial_ms: Option<u64>,
+    /// Largest backoff cap. Default [`TASK_BACKOFF_MAX_MS_DEFAULT`].
+    #[serde(default)]
+    pub backoff_max_ms: Option<u64>,
+    /// Error classes (the `class` of a `class: message` error) that fail
+    /// the task at once.
+    #[serde(default)]
+    pub non_retryable: Vec<String>,
+}
+
+impl RetryBody {
+    /// The policy, with defaults for what is left out.
+    pub fn policy(body: Option<&RetryBody>) -> RetryPolicy {
+        let body = body.cloned().unwrap_or_default();
+        let initial = body
+            .backoff_initial_ms
+            .unwrap_or(TASK_BACKOFF_INITIAL_MS_DEFAULT);
+        let max = body
+            .backoff_max_ms
+            .unwrap_or(TASK_BACKOFF_MAX_MS_DEFAULT.max(initial));
+        RetryPolicy {
+            backoff_initial_ms: initial,
+            backoff_max_ms: max,
+            non_retryable: body.non_retryable,
+        }
+    }
 }
 
 fn parse_id(s: &str) -> Result<TaskId, ApiError> {
@@ -499,8 +550,21 @@ fn submit_task(req: SubmitBody) -> Result<(Option<TaskId>, Task), ApiError> {
         payload,
         timeout_ms: req.timeout_ms.unwrap_or(TASK_TIMEOUT_MS_DEFAULT),
         max_attempts: req.max_attempts.unwrap_or(TASK_ATTEMPTS_DEFAULT),
+        not_before: not_before(req.not_before_ms)?,
+        retry: RetryBody::policy(req.retry.as_ref()),
     };
     Ok((id, task))
+}
+
+fn not_before(ms: Option<u64>) -> Result<Time, ApiError> {
+    let ms = ms.unwrap_or(0);
+    ms.checked_mul(1_000).map(Time).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            format!("not_before_ms {ms} is out of range"),
+        )
+    })
 }
 
 /// [`decode_submit`] for fuzzing and tests: the error is the message a
@@ -912,8 +976,18 @@ fn event_json(e: &TaskEvent) -> serde_json::Value {
             v["node"] = json!(node.0);
             v["epoch"] = json!(epoch.0);
         }
-        TaskEventKind::AttemptFailed { node, epoch, error }
-        | TaskEventKind::Failed { node, epoch, error } => {
+        TaskEventKind::AttemptFailed {
+            node,
+            epoch,
+            error,
+            retry_at,
+        } => {
+            v["node"] = json!(node.0);
+            v["epoch"] = json!(epoch.0);
+            v["error"] = json!(error);
+            v["retry_at_ms"] = json!(retry_at.as_millis());
+        }
+        TaskEventKind::Failed { node, epoch, error } => {
             v["node"] = json!(node.0);
             v["epoch"] = json!(epoch.0);
             v["error"] = json!(error);
@@ -1335,6 +1409,8 @@ mod tests {
             payload_base64: Some(String::new()),
             timeout_ms: Some(1),
             max_attempts: Some(1),
+            not_before_ms: None,
+            retry: None,
         })
         .unwrap();
         for k in body.as_object().unwrap().keys() {

@@ -33,8 +33,10 @@ const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("cohort_kv");
 const META_KEY: &str = "identity";
 
 /// The on-disk format this build writes and reads. 2: task records and
-/// leader log entries carry the tasks' event history and its times.
-pub const FORMAT_VERSION: u32 = 2;
+/// leader log entries carry the tasks' event history and its times. 3:
+/// tasks carry `not_before` and a retry policy, records when they may run
+/// again, and leader results the retry jitter.
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Who a data file belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,6 +18,8 @@ fn body(kind: &str, payload: &str) -> SubmitBody {
         payload_base64: None,
         timeout_ms: None,
         max_attempts: None,
+        not_before_ms: None,
+        retry: None,
     }
 }
 
@@ -220,10 +222,10 @@ async fn handler_timeouts_and_panics_become_failures_and_handlers_see_the_epoch(
     let id = client.submit(&slow).await.unwrap();
     let t = client.get(&id, false, WAIT).await.unwrap();
     assert_eq!(t.state, "failed");
-    assert_eq!(t.error.as_deref(), Some("timed out after 50ms"));
+    assert_eq!(t.error.as_deref(), Some("timeout: timed out after 50ms"));
     let id = client.submit(&body("panics", "")).await.unwrap();
     let t = client.get(&id, false, WAIT).await.unwrap();
-    assert_eq!(t.error.as_deref(), Some("handler panicked"));
+    assert_eq!(t.error.as_deref(), Some("panic: handler panicked"));
     let id = client.submit(&body("epochs", "")).await.unwrap();
     let t = client.get(&id, false, WAIT).await.unwrap();
     assert_eq!(t.result.as_deref(), Some("1@1"));

@@ -95,6 +95,8 @@ fn probe(ms: u64) -> SubmitBody {
         payload_base64: None,
         timeout_ms: Some(60_000),
         max_attempts: Some(1),
+        not_before_ms: None,
+        retry: None,
     }
 }
 

@@ -33,6 +33,8 @@ fn echo(payload: &str) -> SubmitBody {
         payload_base64: None,
         timeout_ms: None,
         max_attempts: None,
+        not_before_ms: None,
+        retry: None,
     }
 }
 
@@ -655,6 +657,8 @@ impl AckedWorkload {
                         payload: payload.clone().into_bytes(),
                         timeout_ms: cohort_runtime::http::TASK_TIMEOUT_MS_DEFAULT,
                         max_attempts: cohort_runtime::http::TASK_ATTEMPTS_DEFAULT,
+                        not_before: cohort_core::Time::ZERO,
+                        retry: cohort_runtime::http::RetryBody::policy(None),
                     };
                     recorder.push(HistoryEvent::Submitted {
                         task,

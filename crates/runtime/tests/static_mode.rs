@@ -19,6 +19,8 @@ fn body(kind: &str, payload: &str) -> SubmitBody {
         payload_base64: None,
         timeout_ms: None,
         max_attempts: None,
+        not_before_ms: None,
+        retry: None,
     }
 }
 

@@ -27,6 +27,8 @@ fn failing(max_attempts: u32) -> SubmitBody {
         kind: "sleep".into(),
         payload: Some("not a duration".into()),
         max_attempts: Some(max_attempts),
+        not_before_ms: None,
+        retry: None,
         ..echo("")
     }
 }

@@ -127,6 +127,8 @@ async fn hostile_peer_connections_are_closed_with_a_reason_and_the_node_keeps_ru
             payload_base64: None,
             timeout_ms: None,
             max_attempts: None,
+            not_before_ms: None,
+            retry: None,
         })
         .await
         .unwrap();
@@ -192,6 +194,8 @@ async fn a_peer_that_never_answers_fills_only_its_own_bounded_queue() {
             payload_base64: None,
             timeout_ms: None,
             max_attempts: None,
+            not_before_ms: None,
+            retry: None,
         })
         .await
         .unwrap();

@@ -332,6 +332,9 @@ impl fmt::Display for FaultKinds {
     }
 }
 
+/// The error class every simulated task lists as non-retryable.
+pub const FATAL_ERROR_CLASS: &str = "fatal";
+
 /// The simulated clients: one client per task, submitting it, retrying,
 /// then polling it with linearizable reads until it is final.
 #[derive(Clone, Debug, PartialEq)]
@@ -348,6 +351,17 @@ pub struct Workload {
     pub client_timeout_ms: u64,
     /// `Task::max_attempts` of every submitted task.
     pub max_attempts: u32,
+    /// `RetryPolicy::backoff_initial_ms` of every submitted task.
+    pub retry_backoff_initial_ms: u64,
+    /// `RetryPolicy::backoff_max_ms` of every submitted task.
+    pub retry_backoff_max_ms: u64,
+    /// Fraction of failed executions whose error is of the class every
+    /// task lists as non-retryable ([`FATAL_ERROR_CLASS`]).
+    pub fatal_failure_share: f64,
+    /// Fraction of tasks submitted with a `not_before` in the future.
+    pub delayed_rate: f64,
+    /// Longest delay of a delayed task's `not_before` after its submission.
+    pub delay_ms_max: u64,
     /// Shortest gap between two polls of a task.
     pub poll_ms_min: u64,
     /// Longest gap between two polls of a task.
@@ -380,6 +394,11 @@ impl Default for Workload {
             handler_failure_rate: 0.1,
             client_timeout_ms: 1_000,
             max_attempts: 3,
+            retry_backoff_initial_ms: 20,
+            retry_backoff_max_ms: 200,
+            fatal_failure_share: 0.25,
+            delayed_rate: 0.1,
+            delay_ms_max: 500,
             poll_ms_min: 200,
             poll_ms_max: 500,
             backoff_ms_min: 50,
@@ -426,6 +445,19 @@ impl Workload {
         }
         if self.max_attempts == 0 {
             return bad("max_attempts must be positive");
+        }
+        if !(0.0..=1.0).contains(&self.fatal_failure_share) {
+            return bad("fatal_failure_share must be within 0..=1");
+        }
+        if !(0.0..=1.0).contains(&self.delayed_rate) {
+            return bad("delayed_rate must be within 0..=1");
+        }
+        let retry = cohort_core::RetryPolicy::backoff(
+            self.retry_backoff_initial_ms,
+            self.retry_backoff_max_ms,
+        );
+        if let Err(e) = retry.validate() {
+            return bad(&e);
         }
         Ok(())
     }

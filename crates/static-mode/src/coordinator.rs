@@ -4,10 +4,11 @@
 use crate::config::StaticConfig;
 use crate::message::StaticMessage;
 use cohort_core::{
-    event_error, Action, ClientError, ClientRequest, ClientResponse, Epoch, NodeId, Note, Peers,
-    RequestId, SupersedeReason, Task, TaskEvent, TaskEventKind, TaskEvents, TaskId, TaskOutcome,
-    TaskState, Time,
+    after_failure, event_error, Action, AfterFailure, ClientError, ClientRequest, ClientResponse,
+    Epoch, NodeId, NodeRng, Note, Peers, RequestId, SupersedeReason, Task, TaskEvent,
+    TaskEventKind, TaskEvents, TaskId, TaskOutcome, TaskState, Time,
 };
+use rand::Rng;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 #[derive(Debug)]
@@ -18,6 +19,8 @@ struct Record {
     attempts: u32,
     /// When the current assignment was sent (for re-sending lost ones).
     assigned_at: Time,
+    /// Not to be assigned before: `not_before`, then the latest retry_at.
+    ready_at: Time,
     /// What happened to it (in memory, like everything here).
     history: TaskEvents,
 }
@@ -42,8 +45,14 @@ pub(crate) struct Coordinator {
     peers: Peers,
     config: StaticConfig,
     tasks: BTreeMap<TaskId, Record>,
-    /// Pending tasks in submission order.
+    /// Pending tasks that may run, in submission order.
     queue: VecDeque<TaskId>,
+    /// Pending tasks that may not run yet (not_before, retry backoff):
+    /// (ready_at, id). Moved to `queue` by the tick once due, so they
+    /// start within a heartbeat interval of `ready_at`.
+    waiting: BTreeSet<(Time, TaskId)>,
+    /// Draws retry jitter.
+    rng: NodeRng,
     /// Final tasks in the order they finished, for retention.
     finished: VecDeque<TaskId>,
     workers: BTreeMap<NodeId, WorkerView>,
@@ -72,7 +81,7 @@ impl Coordinator {
         }
     }
 
-    pub(crate) fn new(peers: Peers, config: StaticConfig, now: Time) -> Coordinator {
+    pub(crate) fn new(peers: Peers, config: StaticConfig, rng: NodeRng, now: Time) -> Coordinator {
         // Every worker starts alive with a full timeout of grace.
         let workers = peers
             .members
@@ -99,6 +108,8 @@ impl Coordinator {
             config,
             tasks: BTreeMap::new(),
             queue: VecDeque::new(),
+            waiting: BTreeSet::new(),
+            rng,
             finished: VecDeque::new(),
             workers,
             last_epoch: Epoch::ZERO,
@@ -161,6 +172,7 @@ impl Coordinator {
         }
         // The naive part: acknowledged from memory, never persisted.
         let mut record = Record {
+            ready_at: task.not_before,
             task,
             state: TaskState::Pending,
             attempts: 0,
@@ -170,7 +182,7 @@ impl Coordinator {
         record.record(now, TaskEventKind::Submitted, self.events_max());
         self.tasks.insert(id, record);
         self.active += 1;
-        self.queue.push_back(id);
+        self.enqueue(now, id);
         self.schedule(now, out);
         Ok(ClientResponse::Accepted { id })
     }
@@ -225,7 +237,10 @@ impl Coordinator {
             .get_mut(&id)
             .ok_or(ClientError::NotFound { id })?;
         match record.state {
-            TaskState::Pending => self.queue.retain(|t| *t != id),
+            TaskState::Pending => {
+                self.queue.retain(|t| *t != id);
+                self.waiting.remove(&(record.ready_at, id));
+            }
             TaskState::Running { node, .. } => {
                 // The runner's late result will be rejected: its epoch is no longer current.
                 if let Some(w) = self.workers.get_mut(&node) {
@@ -289,7 +304,25 @@ impl Coordinator {
             TaskOutcome::Failure(error) => {
                 record.attempts += 1;
                 let kept = event_error(&error);
-                if record.attempts >= record.task.max_attempts {
+                let jitter = self.rng.gen();
+                let after = after_failure(&record.task, record.attempts, &error, now, jitter);
+                if let AfterFailure::RetryAt(retry_at) = after {
+                    let what = TaskEventKind::AttemptFailed {
+                        node,
+                        epoch,
+                        error: kept,
+                        retry_at,
+                    };
+                    record.record(now, what, events_max);
+                    record.state = TaskState::Pending;
+                    record.ready_at = retry_at;
+                    out.push(Action::Note(Note::Superseded {
+                        task,
+                        epoch,
+                        reason: SupersedeReason::AttemptFailed,
+                    }));
+                    self.enqueue(now, task);
+                } else {
                     let attempts = record.attempts;
                     let what = TaskEventKind::Failed {
                         node,
@@ -298,20 +331,6 @@ impl Coordinator {
                     };
                     record.record(now, what, events_max);
                     self.finish(task, TaskState::Failed { error, attempts }, out);
-                } else {
-                    let what = TaskEventKind::AttemptFailed {
-                        node,
-                        epoch,
-                        error: kept,
-                    };
-                    record.record(now, what, events_max);
-                    record.state = TaskState::Pending;
-                    out.push(Action::Note(Note::Superseded {
-                        task,
-                        epoch,
-                        reason: SupersedeReason::AttemptFailed,
-                    }));
-                    self.queue.push_back(task);
                 }
             }
         }
@@ -394,7 +413,24 @@ impl Coordinator {
                 self.queue.push_back(task);
             }
         }
+        while let Some(&(at, task)) = self.waiting.first() {
+            if at > now {
+                break;
+            }
+            self.waiting.pop_first();
+            self.queue.push_back(task);
+        }
         self.schedule(now, out);
+    }
+
+    /// Queues pending `id`: waiting while its `ready_at` is after `now`.
+    fn enqueue(&mut self, now: Time, id: TaskId) {
+        let ready_at = self.tasks[&id].ready_at;
+        if ready_at > now {
+            self.waiting.insert((ready_at, id));
+        } else {
+            self.queue.push_back(id);
+        }
     }
 
     /// Assigns pending tasks, in order, to the live worker with the lowest

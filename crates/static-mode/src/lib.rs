@@ -70,14 +70,14 @@ impl Node for StaticNode {
         peers: &Peers,
         config: &StaticConfig,
         _stored: &Stored,
-        _rng: NodeRng,
+        rng: NodeRng,
         now: Time,
     ) -> Result<StaticNode, BootError> {
         // The baseline persists nothing, so `_stored` is always empty: a
         // restarted coordinator starts from an empty task table.
         let coordinator_id = config.coordinator_for(peers);
         let coordinator = (coordinator_id == peers.id)
-            .then(|| Coordinator::new(peers.clone(), config.clone(), now));
+            .then(|| Coordinator::new(peers.clone(), config.clone(), rng, now));
         let mut node = StaticNode {
             peers: peers.clone(),
             config: config.clone(),

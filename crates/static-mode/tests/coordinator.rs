@@ -31,6 +31,8 @@ fn task() -> Task {
         payload: vec![],
         timeout_ms: 1000,
         max_attempts: 2,
+        not_before: cohort_core::Time::ZERO,
+        retry: cohort_core::RetryPolicy::default(),
     }
 }
 

@@ -745,6 +745,8 @@ async fn submitter(ctx: Arc<Ctx>, k: usize) {
             payload: payload.clone().into_bytes(),
             timeout_ms: 10_000,
             max_attempts: 5,
+            not_before: cohort_core::Time::ZERO,
+            retry: cohort_core::RetryPolicy::default(),
         };
         submit(&ctx, id, task).await;
         // A read of an earlier task during the faults (G1, G2, G5).
@@ -778,6 +780,8 @@ async fn submit(ctx: &Ctx, id: TaskId, task: Task) {
         payload_base64: None,
         timeout_ms: Some(task.timeout_ms),
         max_attempts: Some(task.max_attempts),
+        not_before_ms: None,
+        retry: None,
     };
     let give_up = Instant::now() + SUBMIT_GIVE_UP;
     let mut node = (ctx.draw() % ctx.clients.len() as u64) as usize;

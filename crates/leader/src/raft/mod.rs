@@ -543,6 +543,13 @@ impl RaftNode {
     }
 
     /// The earliest time at which [`RaftNode::tick`] has something to do.
+    /// The node's seeded RNG, for the state machine's own draws (retry
+    /// jitter): one stream per node keeps a seeded run reproducible.
+    pub fn rng(&mut self) -> &mut NodeRng {
+        &mut self.rng
+    }
+
+    /// When the node next needs a timer.
     pub fn next_deadline(&self) -> Time {
         match self.role {
             Role::Leader => self.heartbeat_deadline.min(self.check_quorum_deadline),

@@ -12,8 +12,8 @@
 //! result decides the task (G2).
 
 use cohort_core::{
-    event_error, Epoch, NodeId, Note, SupersedeReason, Task, TaskEvent, TaskEventKind, TaskEvents,
-    TaskId, TaskOutcome, TaskState, Time,
+    after_failure, event_error, AfterFailure, Epoch, NodeId, Note, SupersedeReason, Task,
+    TaskEvent, TaskEventKind, TaskEvents, TaskId, TaskOutcome, TaskState, Time,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -47,6 +47,10 @@ pub enum Command {
         node: NodeId,
         /// What the handler returned.
         outcome: TaskOutcome,
+        /// Drawn by the proposing leader from its seeded RNG: the full
+        /// jitter of the retry backoff should the outcome be a retryable
+        /// failure (see [`cohort_core::retry`]).
+        jitter: u32,
     },
     /// `node` missed its heartbeats: its running tasks go back to pending.
     WorkerDead {
@@ -106,6 +110,9 @@ pub struct TaskRecord {
     pub assigned_index: u64,
     /// Log index at which it last became pending (its queue position).
     pending_since: u64,
+    /// Not to be assigned before this instant: the task's `not_before`,
+    /// then the `retry_at` of its latest failed attempt.
+    pub ready_at: Time,
     /// What happened to it, stamped with the proposing leader's clock.
     pub history: TaskEvents,
 }
@@ -114,8 +121,13 @@ pub struct TaskRecord {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Scheduler {
     tasks: BTreeMap<TaskId, TaskRecord>,
-    /// Pending tasks in queue order: (index it became pending, id).
+    /// Pending tasks that could run when they became pending, in queue
+    /// order: (index it became pending, id).
     pending: BTreeSet<(u64, TaskId)>,
+    /// Pending tasks that could not run yet when they became pending
+    /// (`not_before` or a retry backoff), by when they may: (ready_at, id).
+    /// Disjoint from `pending`; a task stays here until it is assigned.
+    waiting: BTreeSet<(Time, TaskId)>,
     /// Running tasks per runner.
     running: BTreeMap<NodeId, BTreeSet<TaskId>>,
     /// Workers declared dead and not yet back.
@@ -174,9 +186,29 @@ impl Scheduler {
         self.tasks.is_empty()
     }
 
-    /// Pending tasks in queue order.
+    /// Pending tasks that may be assigned at `now`: those whose wait
+    /// ended by `now` (earliest first), then the queue in order.
+    pub fn ready(&self, now: Time) -> impl Iterator<Item = TaskId> + '_ {
+        self.waiting
+            .iter()
+            .take_while(move |(t, _)| *t <= now)
+            .map(|(_, id)| *id)
+            .chain(self.pending.iter().map(|(_, id)| *id))
+    }
+
+    /// Every pending task, ready or waiting.
     pub fn pending(&self) -> impl Iterator<Item = TaskId> + '_ {
-        self.pending.iter().map(|(_, id)| *id)
+        self.waiting
+            .iter()
+            .map(|(_, id)| *id)
+            .chain(self.pending.iter().map(|(_, id)| *id))
+    }
+
+    /// The earliest instant after `now` at which a waiting task may be
+    /// assigned, if any waits that long.
+    pub fn next_ready_after(&self, now: Time) -> Option<Time> {
+        let after = (Time(now.as_micros().saturating_add(1)), TaskId(0));
+        self.waiting.range(after..).next().map(|(t, _)| *t)
     }
 
     /// Tasks running on `node`.
@@ -228,10 +260,31 @@ impl Scheduler {
                 attempts: 0,
                 assigned_index: 0,
                 pending_since: index,
+                ready_at: task.not_before,
                 history,
             });
+            self.enqueue(index, at, id);
+        }
+    }
+
+    /// Queues pending `id`: waiting when it may not run at `at` yet.
+    fn enqueue(&mut self, index: u64, at: Time, id: TaskId) {
+        let rec = self.tasks.get_mut(&id).expect("queueing a known task");
+        assert_eq!(rec.state, TaskState::Pending, "only pending tasks queue");
+        rec.pending_since = index;
+        if rec.ready_at > at {
+            self.waiting.insert((rec.ready_at, id));
+        } else {
             self.pending.insert((index, id));
         }
+    }
+
+    /// Takes pending `id` off whichever queue holds it.
+    fn dequeue(&mut self, id: TaskId) {
+        let rec = &self.tasks[&id];
+        let queued = self.pending.remove(&(rec.pending_since, id))
+            || self.waiting.remove(&(rec.ready_at, id));
+        assert!(queued, "a pending task is queued exactly once");
     }
 
     /// Appends an event to `id`'s history.
@@ -258,16 +311,19 @@ impl Scheduler {
                 if self.is_dead(*node) {
                     return notes;
                 }
-                let Some(rec) = self.tasks.get_mut(id) else {
+                let Some(rec) = self.tasks.get(id) else {
                     return notes;
                 };
-                if rec.state != TaskState::Pending || *epoch != rec.epoch.next() {
+                // Proposed before the task may run (a stale view): a no-op,
+                // so no assignment ever precedes not_before or a backoff.
+                if rec.state != TaskState::Pending
+                    || *epoch != rec.epoch.next()
+                    || at < rec.ready_at
+                {
                     return notes;
                 }
-                assert!(
-                    self.pending.remove(&(rec.pending_since, *id)),
-                    "pending is indexed"
-                );
+                self.dequeue(*id);
+                let rec = self.tasks.get_mut(id).expect("checked above");
                 rec.state = TaskState::Running {
                     node: *node,
                     epoch: *epoch,
@@ -294,6 +350,7 @@ impl Scheduler {
                 epoch,
                 node,
                 outcome,
+                jitter,
             } => {
                 if !self.is_running(*id, *epoch) {
                     return notes; // stale epoch or already decided: rejected (G3)
@@ -323,7 +380,19 @@ impl Scheduler {
                         let rec = self.tasks.get_mut(id).expect("present");
                         rec.attempts += 1;
                         let (node, epoch, error_kept) = (*node, *epoch, event_error(error));
-                        if rec.attempts >= rec.task.max_attempts {
+                        let after = after_failure(&rec.task, rec.attempts, error, at, *jitter);
+                        if let AfterFailure::RetryAt(retry_at) = after {
+                            rec.ready_at = retry_at;
+                            let what = TaskEventKind::AttemptFailed {
+                                node,
+                                epoch,
+                                error: error_kept,
+                                retry_at,
+                            };
+                            self.record(*id, at, what);
+                            let reason = SupersedeReason::AttemptFailed;
+                            self.supersede(index, at, *id, reason, &mut notes);
+                        } else {
                             let state = TaskState::Failed {
                                 error: error.clone(),
                                 attempts: rec.attempts,
@@ -335,15 +404,6 @@ impl Scheduler {
                             };
                             self.record(*id, at, what);
                             self.finish(index, *id, state, &mut notes);
-                        } else {
-                            let what = TaskEventKind::AttemptFailed {
-                                node,
-                                epoch,
-                                error: error_kept,
-                            };
-                            self.record(*id, at, what);
-                            let reason = SupersedeReason::AttemptFailed;
-                            self.supersede(index, at, *id, reason, &mut notes);
                         }
                     }
                 }
@@ -393,6 +453,9 @@ impl Scheduler {
                 if let Err(e) = rec.history.check_against(&rec.state) {
                     panic!("task {task}: {e}");
                 }
+                if let Err(e) = rec.history.check_policy(&rec.task) {
+                    panic!("task {task}: {e}");
+                }
             }
         }
         notes
@@ -424,8 +487,7 @@ impl Scheduler {
         let rec = self.tasks.get_mut(&id).expect("superseding a known task");
         rec.state = TaskState::Pending;
         rec.assigned_index = 0;
-        rec.pending_since = index;
-        self.pending.insert((index, id));
+        self.enqueue(index, at, id);
         self.unrun(node, id);
         notes.push(Note::Superseded {
             task: id,
@@ -436,23 +498,14 @@ impl Scheduler {
 
     fn finish(&mut self, index: u64, id: TaskId, state: TaskState, notes: &mut Vec<Note>) {
         assert!(state.is_final(), "finish with a final state");
-        let rec = self.tasks.get_mut(&id).expect("finishing a known task");
-        assert!(!rec.state.is_final(), "a final state never changes (G2)");
-        match rec.state {
-            TaskState::Pending => {
-                self.pending.remove(&(rec.pending_since, id));
-            }
-            TaskState::Running { node, .. } => {
-                self.running
-                    .get_mut(&node)
-                    .expect("runner indexed")
-                    .remove(&id);
-                if self.running[&node].is_empty() {
-                    self.running.remove(&node);
-                }
-            }
+        let current = self.tasks[&id].state.clone();
+        assert!(!current.is_final(), "a final state never changes (G2)");
+        match current {
+            TaskState::Pending => self.dequeue(id),
+            TaskState::Running { node, .. } => self.unrun(node, id),
             _ => unreachable!("not final"),
         }
+        let rec = self.tasks.get_mut(&id).expect("finishing a known task");
         rec.state = state.clone();
         rec.assigned_index = 0;
         self.finished.insert((index, id));
@@ -475,7 +528,8 @@ impl Scheduler {
     fn check(&self) {
         let running: usize = self.running.values().map(BTreeSet::len).sum();
         assert!(
-            self.pending.len() + running + self.finished.len() == self.tasks.len(),
+            self.pending.len() + self.waiting.len() + running + self.finished.len()
+                == self.tasks.len(),
             "every task is pending, running or finished, exactly once"
         );
     }
@@ -491,6 +545,8 @@ mod tests {
             payload: vec![1],
             timeout_ms: 100,
             max_attempts: 2,
+            not_before: cohort_core::Time::ZERO,
+            retry: cohort_core::RetryPolicy::default(),
         }
     }
 
@@ -545,6 +601,7 @@ mod tests {
             epoch: Epoch(1),
             node: A,
             outcome: TaskOutcome::Success(vec![1]),
+            jitter: 0,
         };
         assert!(
             s.apply(5, at(5), &stale).is_empty(),
@@ -555,6 +612,7 @@ mod tests {
             epoch: Epoch(2),
             node: B,
             outcome: TaskOutcome::Success(vec![2]),
+            jitter: 0,
         };
         assert_eq!(s.apply(6, at(6), &ok).len(), 1);
         assert!(s.apply(7, at(7), &ok).is_empty(), "decided once");
@@ -596,6 +654,7 @@ mod tests {
                     epoch: Epoch(e),
                     node: A,
                     outcome: TaskOutcome::Failure("boom".into()),
+                    jitter: 0,
                 },
             );
         }
@@ -772,6 +831,7 @@ mod tests {
             epoch: Epoch(2),
             node: B,
             outcome: TaskOutcome::Failure("boom".into()),
+            jitter: 0,
         };
         s.apply(5, at(5), &fail);
         s.apply(6, at(6), &assign(3, B));
@@ -780,6 +840,7 @@ mod tests {
             epoch: Epoch(3),
             node: B,
             outcome: TaskOutcome::Success(vec![9]),
+            jitter: 0,
         };
         s.apply(7, at(7), &ok);
         s.apply(8, at(8), &ok); // a duplicate result records nothing
@@ -803,7 +864,8 @@ mod tests {
                     TaskEventKind::AttemptFailed {
                         node: B,
                         epoch: e2,
-                        error: "boom".into()
+                        error: "boom".into(),
+                        retry_at: at(5),
                     }
                 ),
                 (6, TaskEventKind::Assigned { node: B, epoch: e3 }),
@@ -811,6 +873,80 @@ mod tests {
             ]
         );
         assert_eq!(s.get(T).unwrap().history.dropped, 0);
+    }
+
+    #[test]
+    fn a_task_waits_for_its_not_before_and_its_backoff_and_a_non_retryable_error_fails_it() {
+        let mut s = Scheduler::new(10, 16);
+        let task = Task {
+            max_attempts: 5,
+            not_before: at(10),
+            retry: cohort_core::RetryPolicy {
+                non_retryable: vec!["fatal".into()],
+                ..cohort_core::RetryPolicy::backoff(100, 100)
+            },
+            ..task()
+        };
+        s.apply(1, at(1), &Command::Submit { id: T, task });
+        assert_eq!(s.ready(at(9)).count(), 0, "waits for not_before");
+        assert_eq!(s.next_ready_after(at(1)), Some(at(10)));
+        assert_eq!(s.ready(at(10)).collect::<Vec<_>>(), vec![T]);
+        let assign = |epoch, node| Command::Assign {
+            id: T,
+            epoch: Epoch(epoch),
+            node,
+        };
+        s.apply(2, at(9), &assign(1, A));
+        assert_eq!(
+            s.get(T).unwrap().state,
+            TaskState::Pending,
+            "proposed too early: a no-op"
+        );
+        s.apply(3, at(10), &assign(1, A));
+        assert!(s.is_running(T, Epoch(1)));
+        let fail = |epoch, error: &str, jitter| Command::Result {
+            id: T,
+            epoch: Epoch(epoch),
+            node: A,
+            outcome: TaskOutcome::Failure(error.into()),
+            jitter,
+        };
+        // Half the jitter range: half the 100 ms cap.
+        s.apply(4, at(20), &fail(1, "io: flaky", u32::MAX / 2 + 1));
+        let retry_at = at(70);
+        assert_eq!(s.get(T).unwrap().ready_at, retry_at);
+        assert_eq!(s.next_ready_after(at(20)), Some(retry_at));
+        assert_eq!(s.ready(at(69)).count(), 0, "backing off");
+        s.apply(5, at(69), &assign(2, A));
+        assert_eq!(s.get(T).unwrap().state, TaskState::Pending);
+        s.apply(6, at(70), &assign(2, A));
+        assert!(s.is_running(T, Epoch(2)));
+        assert_eq!(s.next_ready_after(at(70)), None);
+        s.apply(7, at(80), &fail(2, "fatal: bad input", 0));
+        assert_eq!(
+            s.get(T).unwrap().state,
+            TaskState::Failed {
+                error: "fatal: bad input".into(),
+                attempts: 2
+            },
+            "not retried, with three attempts left"
+        );
+        assert_eq!(s.pending().count(), 0);
+    }
+
+    #[test]
+    fn a_waiting_task_can_be_cancelled() {
+        let mut s = Scheduler::new(10, 16);
+        let task = Task {
+            not_before: at(100),
+            ..task()
+        };
+        s.apply(1, at(1), &Command::Submit { id: T, task });
+        assert_eq!(s.pending().collect::<Vec<_>>(), vec![T]);
+        s.apply(2, at(2), &Command::Cancel { id: T });
+        assert_eq!(s.get(T).unwrap().state, TaskState::Cancelled);
+        assert_eq!(s.pending().count(), 0);
+        assert_eq!(s.next_ready_after(at(2)), None);
     }
 
     #[test]

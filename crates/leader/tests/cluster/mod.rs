@@ -74,6 +74,8 @@ pub fn task(kind: &str, payload: &[u8]) -> Task {
         payload: payload.to_vec(),
         timeout_ms: 1_000,
         max_attempts: 3,
+        not_before: cohort_core::Time::ZERO,
+        retry: cohort_core::RetryPolicy::default(),
     }
 }
 

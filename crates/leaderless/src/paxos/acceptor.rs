@@ -103,6 +103,8 @@ mod tests {
                     payload: vec![],
                     timeout_ms: 10,
                     max_attempts: 1,
+                    not_before: cohort_core::Time::ZERO,
+                    retry: cohort_core::RetryPolicy::default(),
                 },
                 replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
                 ring_epoch: 0,
@@ -130,6 +132,7 @@ mod tests {
             runner_boot: 0,
             replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
             ring_epoch: 0,
+            ready_at: cohort_core::Time::ZERO,
             history: Default::default(),
         }
     }

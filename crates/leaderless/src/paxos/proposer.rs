@@ -7,8 +7,8 @@ use crate::message::LeaderlessMessage;
 use crate::paxos::{majority, Ballot};
 use crate::record::{TaskHeader, TaskValue};
 use cohort_core::{
-    event_error, Epoch, NodeId, SupersedeReason, TaskEvent, TaskEventKind, TaskId, TaskOutcome,
-    TaskState, Time,
+    after_failure, event_error, AfterFailure, Epoch, NodeId, SupersedeReason, TaskEvent,
+    TaskEventKind, TaskId, TaskOutcome, TaskState, Time,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -27,13 +27,16 @@ pub enum Intent {
         /// Its assignment.
         epoch: Epoch,
     },
-    /// `Running { me, epoch }` → the outcome (final, or `Pending` again when
-    /// attempts are left).
+    /// `Running { me, epoch }` → the outcome (final, or `Pending` again
+    /// when the retry policy retries it).
     Finish {
         /// This node's assignment.
         epoch: Epoch,
         /// What the handler returned.
         outcome: TaskOutcome,
+        /// Drawn from the node's seeded RNG when the handler returned: the
+        /// full jitter of the retry backoff, should the outcome be retried.
+        jitter: u32,
     },
     /// Any state not final → `Cancelled`.
     Cancel,
@@ -61,26 +64,35 @@ pub enum Intent {
 }
 
 impl Intent {
-    /// The value this intent proposes on top of `base`, or `None` when the
-    /// compare part fails (the intent no longer applies).
-    /// `me` is this node in its boot `boot`.
+    /// The value this intent proposes on top of `base` at `at` (this
+    /// node's clock), or `None` when the compare part fails (the intent no
+    /// longer applies). `me` is this node in its boot `boot`. An intent
+    /// that applies at `at` still applies later on the same base.
     pub fn desired(
         &self,
         me: NodeId,
         boot: u64,
         header: &TaskHeader,
         base: &TaskValue,
+        at: Time,
     ) -> Option<TaskValue> {
         match (self, &base.state) {
-            (Intent::Claim, TaskState::Pending) => Some(claim(me, boot, base)),
+            (Intent::Claim, TaskState::Pending) if at >= base.ready_at => {
+                Some(claim(me, boot, base))
+            }
             (Intent::Reclaim { owner, epoch }, TaskState::Running { node, epoch: e })
                 if node == owner && e == epoch =>
             {
                 Some(claim(me, boot, base))
             }
-            (Intent::Finish { epoch, outcome }, TaskState::Running { node, epoch: e })
-                if *node == me && e == epoch =>
-            {
+            (
+                Intent::Finish {
+                    epoch,
+                    outcome,
+                    jitter,
+                },
+                TaskState::Running { node, epoch: e },
+            ) if *node == me && e == epoch => {
                 let state = match outcome {
                     TaskOutcome::Success(result) => TaskState::Succeeded {
                         result: result.clone(),
@@ -89,17 +101,19 @@ impl Intent {
                     },
                     TaskOutcome::Failure(error) => {
                         let attempts = base.attempts.saturating_add(1);
-                        if attempts >= header.task.max_attempts {
-                            TaskState::Failed {
+                        match after_failure(&header.task, attempts, error, at, *jitter) {
+                            AfterFailure::Fail => TaskState::Failed {
                                 error: error.clone(),
                                 attempts,
+                            },
+                            AfterFailure::RetryAt(ready_at) => {
+                                return Some(TaskValue {
+                                    state: TaskState::Pending,
+                                    attempts,
+                                    ready_at,
+                                    ..base.clone()
+                                });
                             }
-                        } else {
-                            return Some(TaskValue {
-                                state: TaskState::Pending,
-                                attempts,
-                                ..base.clone()
-                            });
                         }
                     }
                 };
@@ -149,7 +163,7 @@ impl Intent {
         at: Time,
         events_max: usize,
     ) -> Option<TaskValue> {
-        let mut value = self.desired(me, boot, header, base)?;
+        let mut value = self.desired(me, boot, header, base, at)?;
         let mut events = Vec::new();
         match self {
             Intent::Claim => events.push(TaskEventKind::Assigned {
@@ -167,7 +181,7 @@ impl Intent {
                     epoch: value.epoch,
                 });
             }
-            Intent::Finish { epoch, outcome } => events.push(match (outcome, &value.state) {
+            Intent::Finish { epoch, outcome, .. } => events.push(match (outcome, &value.state) {
                 (TaskOutcome::Success(_), _) => TaskEventKind::Succeeded {
                     node: me,
                     epoch: *epoch,
@@ -181,6 +195,7 @@ impl Intent {
                     node: me,
                     epoch: *epoch,
                     error: event_error(error),
+                    retry_at: value.ready_at,
                 },
             }),
             Intent::Release { epoch } => events.push(TaskEventKind::RunnerLost {
@@ -207,6 +222,7 @@ fn claim(me: NodeId, boot: u64, base: &TaskValue) -> TaskValue {
         runner_boot: boot,
         replicas: base.replicas.clone(),
         ring_epoch: base.ring_epoch,
+        ready_at: base.ready_at,
         history: base.history.clone(),
     }
 }
@@ -375,7 +391,7 @@ impl Proposer {
         assert!(
             intent == Intent::Settle
                 || intent
-                    .desired(self.me, self.generation, &header, &base)
+                    .desired(self.me, self.generation, &header, &base, now)
                     .is_some()
         );
         let ballot = self.next_ballot(Ballot::ZERO);
@@ -614,6 +630,8 @@ mod tests {
                 payload: vec![],
                 timeout_ms: 1,
                 max_attempts: 1,
+                not_before: cohort_core::Time::ZERO,
+                retry: cohort_core::RetryPolicy::default(),
             },
             replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
             ring_epoch: 0,

@@ -644,6 +644,8 @@ pub fn task(payload: &[u8]) -> Task {
         payload: payload.to_vec(),
         timeout_ms: 1_000,
         max_attempts: 3,
+        not_before: cohort_core::Time::ZERO,
+        retry: cohort_core::RetryPolicy::default(),
     }
 }
 

@@ -91,6 +91,8 @@ pub fn echo(payload: &str) -> SubmitBody {
         payload_base64: None,
         timeout_ms: None,
         max_attempts: None,
+        not_before_ms: None,
+        retry: None,
     }
 }
 

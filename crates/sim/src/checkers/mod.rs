@@ -8,6 +8,8 @@
 //! - [`g4`]: liveness after healing.
 //! - [`g5`]: linearizable reads: an assignment epoch once read never reads
 //!   older afterwards.
+//! - [`policy`]: schedule and retry policy: nothing starts before its
+//!   `not_before`; a non-retryable failure is never retried.
 
 use crate::history::History;
 use cohort_core::Time;
@@ -19,6 +21,7 @@ pub mod g2;
 pub mod g3;
 pub mod g4;
 pub mod g5;
+pub mod policy;
 
 /// Which guarantee a violation breaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -33,6 +36,9 @@ pub enum Guarantee {
     G4,
     /// Linearizable reads: a read older than one already answered.
     G5,
+    /// Schedule and retry policy: an execution before the task's
+    /// `not_before`, or a non-retryable failure retried.
+    Policy,
     /// A mode-specific invariant ([`crate::Invariants`]) or a broken contract.
     Invariant,
 }
@@ -45,6 +51,7 @@ impl fmt::Display for Guarantee {
             Guarantee::G3 => "G3",
             Guarantee::G4 => "G4",
             Guarantee::G5 => "G5",
+            Guarantee::Policy => "Policy",
             Guarantee::Invariant => "Invariant",
         })
     }
@@ -127,6 +134,7 @@ pub fn check_all(history: &History, end: Time, liveness_ended: bool, out: &mut V
     g2::check(history, out);
     g3::check(history, out);
     g5::check(history, out);
+    policy::check(history, out);
     if liveness_ended {
         g4::check(history, end, out);
     }
@@ -174,6 +182,8 @@ pub(crate) mod test_support {
             payload: vec![1],
             timeout_ms: 100,
             max_attempts: 2,
+            not_before: cohort_core::Time::ZERO,
+            retry: cohort_core::RetryPolicy::default(),
         }
     }
     pub fn acked(h: &mut History, ms: u64, node: u64) {

@@ -6,10 +6,11 @@ use crate::checkers::Guarantee;
 use crate::history::HistoryEvent;
 use crate::workload::SimPayload;
 use cohort_core::{
-    encode, ClientError, ClientRequest, ClientResponse, Consistency, Node, RequestId, Task, TaskId,
-    Time,
+    encode, ClientError, ClientRequest, ClientResponse, Consistency, Node, RequestId, RetryPolicy,
+    Task, TaskId, Time,
 };
 use rand::Rng;
+use std::time::Duration;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Phase {
@@ -117,6 +118,15 @@ impl<N: Node> Sim<'_, N> {
             .encode(),
             timeout_ms: hi * 2 + 100,
             max_attempts: w.max_attempts,
+            not_before: if self.rng.gen_bool(w.delayed_rate) {
+                self.now + Duration::from_millis(self.rng.gen_range(0..=w.delay_ms_max))
+            } else {
+                Time::ZERO
+            },
+            retry: RetryPolicy {
+                non_retryable: vec![crate::config::FATAL_ERROR_CLASS.into()],
+                ..RetryPolicy::backoff(w.retry_backoff_initial_ms, w.retry_backoff_max_ms)
+            },
         };
         let id = TaskId::random(&mut self.rng);
         let op = self.ops.len();

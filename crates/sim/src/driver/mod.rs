@@ -10,7 +10,7 @@ use clients::{ClientOp, Pending};
 use queue::Queue;
 
 use crate::checkers::{check_all, Guarantee, Violations};
-use crate::config::SimConfig;
+use crate::config::{SimConfig, FATAL_ERROR_CLASS};
 use crate::history::{History, HistoryEvent};
 use crate::plan::{FaultPlan, Recurring};
 use crate::trace::Fnv64;
@@ -777,10 +777,15 @@ impl<'a, N: Node> Sim<'a, N> {
                         body.timeout_ms,
                         TaskOutcome::Failure(format!("timed out after {} ms", body.timeout_ms)),
                     ),
-                    Some(p) if failed => (
-                        p.duration_ms,
-                        TaskOutcome::Failure("the handler failed".into()),
-                    ),
+                    Some(p) if failed => {
+                        let fatal = self.rng.gen_bool(self.cfg.workload.fatal_failure_share);
+                        let error = if fatal {
+                            format!("{FATAL_ERROR_CLASS}: the handler failed for good")
+                        } else {
+                            "the handler failed".to_string()
+                        };
+                        (p.duration_ms, TaskOutcome::Failure(error))
+                    }
                     Some(p) => (
                         p.duration_ms,
                         TaskOutcome::Success(result_bytes(task, epoch, id)),

@@ -127,8 +127,22 @@ impl CoordNode {
         }]));
     }
 
-    /// Ends the current assignment (if any) and starts the next one.
+    /// Ends the current assignment (if any) and starts the next one; before
+    /// the task's `not_before`, waits for it instead (a timer like a lease's).
     fn assign(&mut self, now: Time, id: TaskId, reason: SupersedeReason) {
+        let (epoch, not_before) = {
+            let rec = &self.tasks[&id];
+            (rec.epoch, rec.task.not_before)
+        };
+        if now < not_before {
+            self.next_token += 1;
+            self.leases.insert(self.next_token, (id, epoch));
+            self.out.push(Action::SetTimer {
+                token: TimerToken(self.next_token),
+                at: not_before,
+            });
+            return;
+        }
         let runner = self.members[self.next_runner % self.members.len()];
         self.next_runner += 1;
         let rec = self.tasks.get_mut(&id).expect("assigning a known task");
@@ -210,7 +224,7 @@ impl CoordNode {
                 if rec.state.is_final() {
                     return;
                 }
-                if rec.failures < rec.task.max_attempts {
+                if rec.failures < rec.task.max_attempts && rec.task.retry.retries(&error) {
                     return self.assign(now, id, SupersedeReason::AttemptFailed);
                 }
                 rec.state = TaskState::Failed {
