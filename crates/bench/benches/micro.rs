@@ -31,6 +31,7 @@ fn task() -> Task {
         max_attempts: 3,
         not_before: cohort_core::Time::ZERO,
         retry: cohort_core::RetryPolicy::default(),
+        schedule_to_start_ms: 0,
     }
 }
 
@@ -207,9 +208,7 @@ fn paxos(c: &mut Criterion) {
                     else {
                         unreachable!("fresh records promise")
                     };
-                    if let Outcome::Send(m) =
-                        proposer.on_promise(Time::ZERO, to, id, version, ballot, acc)
-                    {
+                    if let Outcome::Send(m) = proposer.on_promise(to, id, version, ballot, acc) {
                         accepts.extend(m);
                     }
                 }

@@ -98,6 +98,7 @@ pub(crate) fn body(id: TaskId) -> SubmitBody {
         max_attempts: Some(3),
         not_before_ms: None,
         retry: None,
+        schedule_to_start_ms: None,
     }
 }
 

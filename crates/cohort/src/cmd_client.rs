@@ -66,7 +66,7 @@ pub struct SubmitArgs {
     /// Submit many tasks in one `POST /v1/tasks:batch` instead: a file
     /// (`-` for stdin) with one submit body per line, e.g.
     /// `{"id":"a1","kind":"echo","payload":"hi"}`. Prints the ids in order.
-    #[arg(long, conflicts_with_all = ["kind", "id", "idempotency_key", "wait", "not_before_ms", "delay", "backoff_initial_ms", "backoff_max_ms", "non_retryable"])]
+    #[arg(long, conflicts_with_all = ["kind", "id", "idempotency_key", "wait", "not_before_ms", "delay", "backoff_initial_ms", "backoff_max_ms", "non_retryable", "schedule_to_start_ms"])]
     pub batch: Option<PathBuf>,
     /// Payload text (sleep: milliseconds or {"ms":N}; hash: {"rounds":N,"data":"..."}; exec: a command line).
     #[arg(long, default_value = "")]
@@ -106,6 +106,10 @@ pub struct SubmitArgs {
     /// that fails the task at once instead of retrying it; repeatable.
     #[arg(long = "non-retryable", value_name = "CLASS")]
     pub non_retryable: Vec<String>,
+    /// Fail the task (`not_started`) if no node has started it this long
+    /// after it could start; default: wait for ever.
+    #[arg(long)]
+    pub schedule_to_start_ms: Option<u64>,
     /// Wait this long (e.g. 10s) for the outcome and print it.
     #[arg(long)]
     pub wait: Option<String>,
@@ -346,6 +350,7 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
             max_attempts: args.max_attempts,
             not_before_ms,
             retry,
+            schedule_to_start_ms: args.schedule_to_start_ms,
         };
         let id = client.submit(&body).await?;
         match wait {

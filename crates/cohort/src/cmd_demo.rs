@@ -348,6 +348,7 @@ async fn run_mode(mode: &'static Mode, args: &DemoArgs) -> anyhow::Result<Report
             max_attempts: Some(3),
             not_before_ms: None,
             retry: None,
+            schedule_to_start_ms: None,
         };
         joins.push(tokio::spawn(async move {
             let _permit = permit;

@@ -60,6 +60,7 @@ mod tests {
             max_attempts: 3,
             not_before: crate::Time::ZERO,
             retry: crate::RetryPolicy::default(),
+            schedule_to_start_ms: 0,
         };
         let bytes = encode(&t);
         assert_eq!(decode::<Task>(&bytes, 1024).unwrap(), t);

@@ -359,6 +359,14 @@ impl Limits {
                 reason: "timeout_ms must be positive".into(),
             });
         }
+        if task.schedule_to_start_ms > crate::task::SCHEDULE_TO_START_MS_MAX {
+            return Err(ClientError::InvalidTask {
+                reason: format!(
+                    "schedule_to_start_ms must be at most {}",
+                    crate::task::SCHEDULE_TO_START_MS_MAX
+                ),
+            });
+        }
         task.retry
             .validate()
             .map_err(|reason| ClientError::InvalidTask { reason })
@@ -461,6 +469,7 @@ mod tests {
             max_attempts: 1,
             not_before: crate::Time::ZERO,
             retry: crate::RetryPolicy::default(),
+            schedule_to_start_ms: 0,
         };
         assert_eq!(
             limits.check_task(&task),

@@ -151,6 +151,7 @@ mod tests {
             max_attempts,
             not_before: Time::ZERO,
             retry,
+            schedule_to_start_ms: 0,
         }
     }
 

@@ -25,12 +25,33 @@ pub struct Task {
     pub not_before: Time,
     /// How failed executions are retried (backoff, non-retryable errors).
     pub retry: RetryPolicy,
+    /// The schedule-to-start timeout: a task still pending this long after
+    /// it could first start (its submission or `not_before`, a retry's
+    /// `retry_at`, a lost runner) fails instead of waiting on (0: waits for
+    /// ever). A task stuck behind a partition or full workers is thus
+    /// told apart from one that runs late.
+    pub schedule_to_start_ms: u64,
 }
 
 impl Task {
     /// The execution timeout as a duration.
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
+    }
+
+    /// When a task that became pending at `since` fails unless started
+    /// (see [`Task::schedule_to_start_ms`]): `None` without a timeout.
+    pub fn start_by(&self, since: Time, ready_at: Time) -> Option<Time> {
+        (self.schedule_to_start_ms > 0)
+            .then(|| since.max(ready_at) + Duration::from_millis(self.schedule_to_start_ms))
+    }
+
+    /// The error of a task that was not started in time.
+    pub fn not_started_error(&self) -> String {
+        format!(
+            "schedule_to_start: not started within {} ms",
+            self.schedule_to_start_ms
+        )
     }
 }
 
@@ -169,6 +190,12 @@ pub enum TaskEventKind {
     },
     /// A client cancelled the task: final.
     Cancelled,
+    /// The task was still pending at its schedule-to-start deadline: failed,
+    /// final, with `error`.
+    NotStarted {
+        /// The task's error (see [`Task::not_started_error`]).
+        error: String,
+    },
 }
 
 impl TaskEventKind {
@@ -182,9 +209,13 @@ impl TaskEventKind {
             TaskEventKind::Succeeded { .. } => "succeeded",
             TaskEventKind::Failed { .. } => "failed",
             TaskEventKind::Cancelled => "cancelled",
+            TaskEventKind::NotStarted { .. } => "not_started",
         }
     }
 }
+
+/// Longest schedule-to-start timeout a task may ask for: 30 days.
+pub const SCHEDULE_TO_START_MS_MAX: u64 = 30 * 24 * 60 * 60 * 1000;
 
 /// Longest handler error an event keeps (the final state keeps it whole):
 /// a record holds up to `Limits::task_events_max` events, so each must be
@@ -264,9 +295,13 @@ impl TaskEvents {
                 TaskState::Succeeded { node, epoch, .. },
                 Some(TaskEventKind::Succeeded { node: n, epoch: e }),
             ) => node == n && epoch == e,
-            (TaskState::Failed { error, .. }, Some(TaskEventKind::Failed { error: kept, .. })) => {
-                event_error(error) == *kept
-            }
+            (
+                TaskState::Failed { error, .. },
+                Some(
+                    TaskEventKind::Failed { error: kept, .. }
+                    | TaskEventKind::NotStarted { error: kept },
+                ),
+            ) => event_error(error) == *kept,
             (TaskState::Cancelled, Some(TaskEventKind::Cancelled)) => true,
             _ => false,
         };
@@ -282,10 +317,19 @@ impl TaskEvents {
     /// Checks that the history kept the task's schedule and retry policy,
     /// as every mode's record must: no assignment before `not_before`, or
     /// before the `retry_at` of the failed attempt just before it; no
-    /// failed attempt retried when its error is not retryable.
+    /// failed attempt retried when its error is not retryable; with a
+    /// schedule-to-start timeout, no assignment after the deadline counted
+    /// from the event that made the task pending, and no `not_started`
+    /// before it (pairs split by dropped events are not checked).
     pub fn check_policy(&self, task: &Task) -> Result<(), String> {
         let mut retry_at = None;
-        for e in &self.events {
+        // When the task last became pending, if the event just before is kept.
+        let mut pending_from = None;
+        for (i, e) in self.events.iter().enumerate() {
+            if i == 1 && self.dropped > 0 {
+                pending_from = None;
+            }
+            let deadline = pending_from.and_then(|from| task.start_by(from, from));
             match &e.what {
                 TaskEventKind::Assigned { .. } => {
                     if e.at < task.not_before {
@@ -300,7 +344,27 @@ impl TaskEvents {
                             e.at
                         ));
                     }
+                    if let Some(d) = deadline.filter(|d| e.at > *d) {
+                        return Err(format!(
+                            "assigned at {} after its schedule-to-start deadline {d}: {self:?}",
+                            e.at
+                        ));
+                    }
                     retry_at = None;
+                    pending_from = None;
+                }
+                TaskEventKind::NotStarted { .. } => {
+                    if task.schedule_to_start_ms == 0 {
+                        return Err(format!("not_started without a timeout: {self:?}"));
+                    }
+                    if let Some(d) = deadline.filter(|d| e.at <= *d) {
+                        return Err(format!(
+                            "not_started at {} before its deadline {d}: {self:?}",
+                            e.at
+                        ));
+                    }
+                    retry_at = None;
+                    pending_from = None;
                 }
                 TaskEventKind::AttemptFailed {
                     error, retry_at: r, ..
@@ -309,8 +373,22 @@ impl TaskEvents {
                         return Err(format!("non-retryable error retried: {self:?}"));
                     }
                     retry_at = Some(*r);
+                    pending_from = Some(e.at.max(*r));
                 }
-                _ => retry_at = None,
+                TaskEventKind::Submitted => {
+                    retry_at = None;
+                    pending_from = Some(e.at.max(task.not_before));
+                }
+                TaskEventKind::RunnerLost { .. } => {
+                    retry_at = None;
+                    pending_from = Some(e.at);
+                }
+                TaskEventKind::Succeeded { .. }
+                | TaskEventKind::Failed { .. }
+                | TaskEventKind::Cancelled => {
+                    retry_at = None;
+                    pending_from = None;
+                }
             }
         }
         Ok(())
@@ -346,6 +424,62 @@ mod tests {
         assert!(cut.len() <= TASK_EVENT_ERROR_BYTES_MAX);
         assert!(cut.len() >= TASK_EVENT_ERROR_BYTES_MAX - 1);
         assert_eq!(event_error("short"), "short");
+    }
+
+    #[test]
+    fn the_policy_check_catches_early_starts_late_starts_and_early_expiries() {
+        let task = Task {
+            kind: "k".into(),
+            payload: vec![],
+            timeout_ms: 1,
+            max_attempts: 3,
+            not_before: Time::from_millis(10),
+            retry: RetryPolicy::default(),
+            schedule_to_start_ms: 100,
+        };
+        let (node, epoch) = (NodeId(1), Epoch(1));
+        let history = |events: &[(u64, TaskEventKind)]| {
+            let mut h = TaskEvents::default();
+            for (ms, what) in events {
+                let at = Time::from_millis(*ms);
+                h.push(
+                    TaskEvent {
+                        at,
+                        what: what.clone(),
+                    },
+                    16,
+                );
+            }
+            h
+        };
+        let assigned = TaskEventKind::Assigned { node, epoch };
+        let not_started = TaskEventKind::NotStarted { error: "x".into() };
+        let submitted = TaskEventKind::Submitted;
+        // The deadline counts from not_before (10 ms): 110 ms.
+        assert!(history(&[(0, submitted.clone()), (110, assigned.clone())])
+            .check_policy(&task)
+            .is_ok());
+        assert!(history(&[(0, submitted.clone()), (9, assigned.clone())])
+            .check_policy(&task)
+            .is_err());
+        assert!(history(&[(0, submitted.clone()), (111, assigned)])
+            .check_policy(&task)
+            .is_err());
+        assert!(
+            history(&[(0, submitted.clone()), (111, not_started.clone())])
+                .check_policy(&task)
+                .is_ok()
+        );
+        assert!(history(&[(0, submitted), (110, not_started.clone())])
+            .check_policy(&task)
+            .is_err());
+        let no_timeout = Task {
+            schedule_to_start_ms: 0,
+            ..task
+        };
+        assert!(history(&[(500, not_started)])
+            .check_policy(&no_timeout)
+            .is_err());
     }
 
     #[test]

@@ -237,6 +237,7 @@ struct Inflight {
     alive: BTreeSet<NodeId>,
     reclaim: BTreeSet<(TaskId, Epoch)>,
     release: BTreeSet<(TaskId, Epoch)>,
+    expire: BTreeSet<TaskId>,
 }
 
 /// Worker side: this node is draining (volatile: a restarted node is not).
@@ -1002,6 +1003,26 @@ impl LeaderNode {
         }
     }
 
+    /// Fails pending tasks past their schedule-to-start deadline, at most
+    /// `assignments_per_round_max` proposals per round.
+    fn expire_overdue(&mut self) {
+        if !self.raft.is_leader() || !self.raft.committed_in_term() {
+            return;
+        }
+        let todo: Vec<TaskId> = self
+            .sm
+            .overdue(self.now)
+            .filter(|t| !self.inflight.expire.contains(t))
+            .take(self.cfg.get().assignments_per_round_max)
+            .collect();
+        for id in todo {
+            if self.propose(&Command::Expire { id }).is_err() {
+                break;
+            }
+            self.inflight.expire.insert(id);
+        }
+    }
+
     /// Assigns pending tasks to the least loaded live workers:
     /// `argmin(running / capacity)`, ties to the lowest id.
     fn assign_pending(&mut self) {
@@ -1043,6 +1064,12 @@ impl LeaderNode {
             .sm
             .ready(self.now)
             .filter(|t| !self.inflight.assign.contains_key(t))
+            // Past its schedule-to-start deadline: it is being failed, and
+            // an assignment now would be a no-op.
+            .filter(|t| {
+                let start_by = self.sm.get(*t).and_then(|r| r.start_by);
+                start_by.is_none_or(|d| self.now <= d)
+            })
             .take(take)
             .collect();
         for id in todo {
@@ -1091,6 +1118,7 @@ impl LeaderNode {
         for round in 0.. {
             assert!(round < 64, "after_input does not settle");
             if self.raft.is_leader() {
+                self.expire_overdue();
                 self.assign_pending();
             }
             self.maybe_compact();
@@ -1231,6 +1259,9 @@ impl LeaderNode {
             }
             Command::Release { id, epoch, .. } => {
                 self.inflight.release.remove(&(*id, *epoch));
+            }
+            Command::Expire { id } => {
+                self.inflight.expire.remove(id);
             }
         }
     }
@@ -1379,6 +1410,9 @@ impl LeaderNode {
             // wait ends, not at the next unrelated input.
             if let Some(ready_at) = self.sm.next_ready_after(self.now) {
                 next = next.min(ready_at);
+            }
+            if let Some(overdue) = self.sm.next_overdue_after(self.now) {
+                next = next.min(overdue);
             }
         }
         if let Some(d) = self.drain.as_ref().filter(|d| !d.handing_back) {

@@ -282,6 +282,9 @@ impl LeaderlessNode {
                 ready_at: rec.value.ready_at,
             });
         }
+        if rec.value.start_by.is_some_and(|d| now > d) {
+            return Err(StealError::NotPending);
+        }
         let (header, version, value) = (rec.header.clone(), rec.version, rec.value.clone());
         self.propose(now, id, header, version, value, Intent::Claim)
             .map_err(|_| StealError::Busy)?;
@@ -1236,7 +1239,26 @@ impl LeaderlessNode {
             if rec.value.state == TaskState::Pending && now < rec.value.ready_at {
                 continue; // not_before or a retry backoff: not yet
             }
+            // Past its schedule-to-start deadline: failed instead of claimed.
+            let overdue = (rec.value.state == TaskState::Pending)
+                .then(|| {
+                    let task = &rec.header.task;
+                    (rec.value.start_by).or_else(|| task.start_by(rec.created_at, task.not_before))
+                })
+                .flatten()
+                .filter(|deadline| now > *deadline);
             let intent = match rec.value.state {
+                TaskState::Pending if overdue.is_some() => {
+                    // The first live replica fails it, or any replica once
+                    // the first leaves it too long (as for claims).
+                    let since = *self.pending_seen.entry(id).or_insert(now);
+                    if first_live != Some(me) && now < since + fallback {
+                        continue;
+                    }
+                    Intent::Expire {
+                        deadline: overdue.expect("checked"),
+                    }
+                }
                 // A version-0 record written under an older ring may have
                 // missed a replica that now refuses to create it (the
                 // creation fence); if that one comes first it would wait
@@ -1512,7 +1534,7 @@ impl LeaderlessNode {
             } => {
                 let o = self
                     .proposer
-                    .on_promise(now, from, id, version, ballot, accepted);
+                    .on_promise(from, id, version, ballot, accepted);
                 self.on_outcome(now, o);
             }
             LeaderlessMessage::Accept {

@@ -43,6 +43,12 @@ pub struct TaskValue {
     /// Not to be claimed before this instant (on the claimer's clock): the
     /// task's `not_before`, then the `retry_at` of its latest failed attempt.
     pub ready_at: Time,
+    /// While pending again with a schedule-to-start timeout (after a failed
+    /// attempt or a hand-back): not to be claimed after this instant, but
+    /// failed. `None` at version 0, whose deadline each replica counts from
+    /// its [`Record::created_at`] (a written value must be the same
+    /// everywhere), and while running.
+    pub start_by: Option<Time>,
     /// What happened to the task since it was submitted, each event
     /// stamped by the node that proposed it (the submission itself is the
     /// record's [`Record::created_at`]: a version-0 value is written, not
@@ -62,6 +68,7 @@ impl TaskValue {
             replicas: header.replicas.clone(),
             ring_epoch: header.ring_epoch,
             ready_at: header.task.not_before,
+            start_by: None,
             history: TaskEvents::default(),
         }
     }

@@ -42,6 +42,7 @@ fn header() -> TaskHeader {
             max_attempts: 1,
             not_before: cohort_core::Time::ZERO,
             retry: cohort_core::RetryPolicy::default(),
+            schedule_to_start_ms: 0,
         },
         replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
         ring_epoch: 0,
@@ -135,7 +136,7 @@ fn deliver(mut state: State, i: usize) -> State {
             ..
         } => {
             let (p, _) = state.proposers.get_mut(&to).expect("proposer");
-            let o = p.on_promise(Time::ZERO, from, TASK, version, ballot, accepted);
+            let o = p.on_promise(from, TASK, version, ballot, accepted);
             on_outcome(&mut state, to, o);
         }
         LeaderlessMessage::Accepted {
@@ -246,6 +247,7 @@ fn running(n: u64) -> String {
             replicas: header().replicas,
             ring_epoch: 0,
             ready_at: cohort_core::Time::ZERO,
+            start_by: None,
             history,
         }
     )

@@ -404,6 +404,10 @@ pub struct SubmitBody {
     /// How failed attempts are retried; defaults apply to what is left out.
     #[serde(default)]
     pub retry: Option<RetryBody>,
+    /// Fail the task if it has not started this long after it could
+    /// (see `Task::schedule_to_start_ms`); absent or 0: wait for ever.
+    #[serde(default)]
+    pub schedule_to_start_ms: Option<u64>,
 }
 
 /// The `retry` object of a submit body (see [`cohort_core::retry`]).
@@ -552,6 +556,7 @@ fn submit_task(req: SubmitBody) -> Result<(Option<TaskId>, Task), ApiError> {
         max_attempts: req.max_attempts.unwrap_or(TASK_ATTEMPTS_DEFAULT),
         not_before: not_before(req.not_before_ms)?,
         retry: RetryBody::policy(req.retry.as_ref()),
+        schedule_to_start_ms: req.schedule_to_start_ms.unwrap_or(0),
     };
     Ok((id, task))
 }
@@ -972,6 +977,7 @@ fn event_json(e: &TaskEvent) -> serde_json::Value {
     let mut v = json!({"at_ms": e.at.as_millis(), "event": e.what.name()});
     match &e.what {
         TaskEventKind::Submitted | TaskEventKind::Cancelled => {}
+        TaskEventKind::NotStarted { error } => v["error"] = json!(error),
         TaskEventKind::Assigned { node, epoch } | TaskEventKind::Succeeded { node, epoch } => {
             v["node"] = json!(node.0);
             v["epoch"] = json!(epoch.0);
@@ -1411,6 +1417,7 @@ mod tests {
             max_attempts: Some(1),
             not_before_ms: None,
             retry: None,
+            schedule_to_start_ms: None,
         })
         .unwrap();
         for k in body.as_object().unwrap().keys() {

@@ -97,6 +97,7 @@ fn probe(ms: u64) -> SubmitBody {
         max_attempts: Some(1),
         not_before_ms: None,
         retry: None,
+        schedule_to_start_ms: None,
     }
 }
 

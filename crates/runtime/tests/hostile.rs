@@ -35,6 +35,7 @@ fn echo(payload: &str) -> SubmitBody {
         max_attempts: None,
         not_before_ms: None,
         retry: None,
+        schedule_to_start_ms: None,
     }
 }
 
@@ -659,6 +660,7 @@ impl AckedWorkload {
                         max_attempts: cohort_runtime::http::TASK_ATTEMPTS_DEFAULT,
                         not_before: cohort_core::Time::ZERO,
                         retry: cohort_runtime::http::RetryBody::policy(None),
+                        schedule_to_start_ms: 0,
                     };
                     recorder.push(HistoryEvent::Submitted {
                         task,

@@ -1,7 +1,9 @@
 //! Delayed tasks and retry policies on real clusters of every mode: no
 //! task starts before its `not_before_ms`; a failed attempt backs off
 //! until the `retry_at_ms` decided with it; a non-retryable error class
-//! fails the task at once; a malformed policy is refused.
+//! fails the task at once; a task no node starts within its
+//! schedule-to-start timeout fails `not_started`; a malformed policy is
+//! refused.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 mod real;
@@ -161,12 +163,44 @@ async fn policies_are_kept(nodes: &[RunningNode]) {
     );
 }
 
+/// With every node drained (none takes work), a task with a
+/// schedule-to-start timeout fails `not_started` once it passes, and one
+/// without waits on.
+async fn an_unstarted_task_fails_at_its_deadline(nodes: &[RunningNode]) {
+    let client = Client::new(&nodes[0].http_addr().to_string());
+    for n in nodes {
+        let c = Client::new(&n.http_addr().to_string());
+        c.drain(Some(Duration::from_secs(60))).await.unwrap();
+    }
+    let submitted_ms = unix_ms_now();
+    let bounded = SubmitBody {
+        schedule_to_start_ms: Some(300),
+        ..echo("never started")
+    };
+    let id = submit(&client, &bounded).await;
+    let waits = submit(&client, &echo("waits")).await;
+    let v = finished(&client, &id).await;
+    assert_eq!(kinds(&v), ["submitted", "not_started"], "{v:?}");
+    assert_eq!(v.task.state, "failed");
+    assert_eq!(
+        v.task.error.as_deref(),
+        Some("schedule_to_start: not started within 300 ms")
+    );
+    assert!(
+        v.events[1].at_ms >= submitted_ms + 300,
+        "expired early: {v:?}"
+    );
+    let t = client.get(&waits, false, None).await.unwrap();
+    assert_eq!(t.state, "pending", "no timeout: it waits for a worker");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_mode_keeps_delays_backoffs_and_non_retryable_errors() {
     let dir = tempfile::tempdir().unwrap();
     let nodes =
         real::cluster::<LeaderNode>(dir.path(), 3, "leader", ValidLeaderConfig::default(), 0).await;
     policies_are_kept(&nodes).await;
+    an_unstarted_task_fails_at_its_deadline(&nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,6 +215,7 @@ async fn leaderless_mode_keeps_delays_backoffs_and_non_retryable_errors() {
     )
     .await;
     policies_are_kept(&nodes).await;
+    an_unstarted_task_fails_at_its_deadline(&nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

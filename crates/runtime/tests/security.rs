@@ -39,6 +39,7 @@ fn body(kind: &str, payload: &str) -> SubmitBody {
         max_attempts: None,
         not_before_ms: None,
         retry: None,
+        schedule_to_start_ms: None,
     }
 }
 

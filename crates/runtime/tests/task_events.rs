@@ -29,6 +29,7 @@ fn failing(max_attempts: u32) -> SubmitBody {
         max_attempts: Some(max_attempts),
         not_before_ms: None,
         retry: None,
+        schedule_to_start_ms: None,
         ..echo("")
     }
 }

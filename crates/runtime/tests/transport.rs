@@ -129,6 +129,7 @@ async fn hostile_peer_connections_are_closed_with_a_reason_and_the_node_keeps_ru
             max_attempts: None,
             not_before_ms: None,
             retry: None,
+            schedule_to_start_ms: None,
         })
         .await
         .unwrap();
@@ -196,6 +197,7 @@ async fn a_peer_that_never_answers_fills_only_its_own_bounded_queue() {
             max_attempts: None,
             not_before_ms: None,
             retry: None,
+            schedule_to_start_ms: None,
         })
         .await
         .unwrap();

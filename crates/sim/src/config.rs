@@ -362,6 +362,10 @@ pub struct Workload {
     pub delayed_rate: f64,
     /// Longest delay of a delayed task's `not_before` after its submission.
     pub delay_ms_max: u64,
+    /// Fraction of tasks submitted with a schedule-to-start timeout.
+    pub schedule_to_start_rate: f64,
+    /// Their `Task::schedule_to_start_ms`.
+    pub schedule_to_start_ms: u64,
     /// Shortest gap between two polls of a task.
     pub poll_ms_min: u64,
     /// Longest gap between two polls of a task.
@@ -399,6 +403,8 @@ impl Default for Workload {
             fatal_failure_share: 0.25,
             delayed_rate: 0.1,
             delay_ms_max: 500,
+            schedule_to_start_rate: 0.1,
+            schedule_to_start_ms: 400,
             poll_ms_min: 200,
             poll_ms_max: 500,
             backoff_ms_min: 50,
@@ -451,6 +457,9 @@ impl Workload {
         }
         if !(0.0..=1.0).contains(&self.delayed_rate) {
             return bad("delayed_rate must be within 0..=1");
+        }
+        if !(0.0..=1.0).contains(&self.schedule_to_start_rate) {
+            return bad("schedule_to_start_rate must be within 0..=1");
         }
         let retry = cohort_core::RetryPolicy::backoff(
             self.retry_backoff_initial_ms,

@@ -21,6 +21,9 @@ struct Record {
     assigned_at: Time,
     /// Not to be assigned before: `not_before`, then the latest retry_at.
     ready_at: Time,
+    /// While pending with a schedule-to-start timeout: failed if not
+    /// assigned by then.
+    start_by: Option<Time>,
     /// What happened to it (in memory, like everything here).
     history: TaskEvents,
 }
@@ -51,6 +54,8 @@ pub(crate) struct Coordinator {
     /// (ready_at, id). Moved to `queue` by the tick once due, so they
     /// start within a heartbeat interval of `ready_at`.
     waiting: BTreeSet<(Time, TaskId)>,
+    /// Pending tasks with a schedule-to-start deadline: (start_by, id).
+    deadlines: BTreeSet<(Time, TaskId)>,
     /// Draws retry jitter.
     rng: NodeRng,
     /// Final tasks in the order they finished, for retention.
@@ -109,6 +114,7 @@ impl Coordinator {
             tasks: BTreeMap::new(),
             queue: VecDeque::new(),
             waiting: BTreeSet::new(),
+            deadlines: BTreeSet::new(),
             rng,
             finished: VecDeque::new(),
             workers,
@@ -173,6 +179,7 @@ impl Coordinator {
         // The naive part: acknowledged from memory, never persisted.
         let mut record = Record {
             ready_at: task.not_before,
+            start_by: None,
             task,
             state: TaskState::Pending,
             attempts: 0,
@@ -240,6 +247,9 @@ impl Coordinator {
             TaskState::Pending => {
                 self.queue.retain(|t| *t != id);
                 self.waiting.remove(&(record.ready_at, id));
+                if let Some(d) = record.start_by {
+                    self.deadlines.remove(&(d, id));
+                }
             }
             TaskState::Running { node, .. } => {
                 // The runner's late result will be rejected: its epoch is no longer current.
@@ -410,8 +420,14 @@ impl Coordinator {
                     epoch,
                     reason,
                 }));
-                self.queue.push_back(task);
+                self.enqueue(now, task);
             }
+        }
+        while let Some(&(deadline, task)) = self.deadlines.first() {
+            if deadline >= now {
+                break;
+            }
+            self.expire(now, task, out);
         }
         while let Some(&(at, task)) = self.waiting.first() {
             if at > now {
@@ -423,9 +439,37 @@ impl Coordinator {
         self.schedule(now, out);
     }
 
+    /// Fails pending `id`, past its schedule-to-start deadline.
+    fn expire(&mut self, now: Time, id: TaskId, out: &mut Out) {
+        let events_max = self.events_max();
+        let record = self.tasks.get_mut(&id).expect("a deadline of a known task");
+        assert_eq!(
+            record.state,
+            TaskState::Pending,
+            "only pending tasks expire"
+        );
+        let deadline = record.start_by.take().expect("indexed deadlines are set");
+        assert!(deadline < now, "expired after its deadline only");
+        self.deadlines.remove(&(deadline, id));
+        self.waiting.remove(&(record.ready_at, id));
+        self.queue.retain(|t| *t != id);
+        let error = record.task.not_started_error();
+        let what = TaskEventKind::NotStarted {
+            error: event_error(&error),
+        };
+        record.record(now, what, events_max);
+        let attempts = record.attempts;
+        self.finish(id, TaskState::Failed { error, attempts }, out);
+    }
+
     /// Queues pending `id`: waiting while its `ready_at` is after `now`.
     fn enqueue(&mut self, now: Time, id: TaskId) {
-        let ready_at = self.tasks[&id].ready_at;
+        let record = self.tasks.get_mut(&id).expect("queueing a known task");
+        let ready_at = record.ready_at;
+        record.start_by = record.task.start_by(now, ready_at);
+        if let Some(d) = record.start_by {
+            self.deadlines.insert((d, id));
+        }
         if ready_at > now {
             self.waiting.insert((ready_at, id));
         } else {
@@ -451,6 +495,16 @@ impl Coordinator {
                 .map(|(&id, _)| id);
             let Some(node) = best else { return };
             self.queue.pop_front();
+            if let Some(d) = self.tasks[&task].start_by {
+                if d < now {
+                    // The queue head went overdue before a worker had room.
+                    self.queue.push_front(task);
+                    self.expire(now, task, out);
+                    continue;
+                }
+                self.deadlines.remove(&(d, task));
+                self.tasks.get_mut(&task).expect("queued").start_by = None;
+            }
             self.last_epoch = self.last_epoch.next();
             let epoch = self.last_epoch;
             let record = self

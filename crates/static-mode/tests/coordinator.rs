@@ -33,6 +33,7 @@ fn task() -> Task {
         max_attempts: 2,
         not_before: cohort_core::Time::ZERO,
         retry: cohort_core::RetryPolicy::default(),
+        schedule_to_start_ms: 0,
     }
 }
 
@@ -273,4 +274,61 @@ fn a_restarted_coordinator_has_forgotten_everything() {
         reply_of(&drain(&mut c)),
         Err(ClientError::NotFound { id: TaskId(1) })
     );
+}
+
+#[test]
+fn a_task_no_worker_has_room_for_fails_at_its_schedule_to_start_deadline() {
+    let mut c = boot(1, 1);
+    drain(&mut c);
+    // Every worker (capacity 1 each) busy.
+    for i in 0..3 {
+        assert_eq!(assigned(&submit(&mut c, i, i as u64)).len(), 1);
+    }
+    let bounded = Task {
+        schedule_to_start_ms: 100,
+        ..task()
+    };
+    c.handle_client(
+        Time::ZERO,
+        RequestId(10),
+        ClientRequest::Submit {
+            id: TaskId(10),
+            task: bounded,
+        },
+    );
+    assert!(assigned(&drain(&mut c)).is_empty(), "no room");
+    let decided = |out: &[Action<StaticMessage>]| {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::Note(Note::Decided { task, state }) => Some((*task, state.clone())),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    c.handle_timer(Time::from_millis(100), TimerToken(1));
+    assert!(
+        decided(&drain(&mut c)).is_empty(),
+        "at the deadline: not yet"
+    );
+    c.handle_timer(Time::from_millis(101), TimerToken(1));
+    let error = "schedule_to_start: not started within 100 ms".to_string();
+    assert_eq!(
+        decided(&drain(&mut c)),
+        vec![(TaskId(10), TaskState::Failed { error, attempts: 0 })]
+    );
+    c.handle_client(
+        Time::from_millis(102),
+        RequestId(11),
+        ClientRequest::Events {
+            id: TaskId(10),
+            consistency: Consistency::Linearizable,
+        },
+    );
+    match reply_of(&drain(&mut c)) {
+        Ok(ClientResponse::Events { history, .. }) => {
+            let names: Vec<&str> = history.events.iter().map(|e| e.what.name()).collect();
+            assert_eq!(names, ["submitted", "not_started"]);
+        }
+        other => panic!("{other:?}"),
+    }
 }

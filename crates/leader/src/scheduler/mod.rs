@@ -93,6 +93,13 @@ pub enum Command {
         /// Its runner, who hands it back.
         node: NodeId,
     },
+    /// Fail a pending task whose schedule-to-start deadline passed (a
+    /// no-op unless it is pending and its deadline is before the entry's
+    /// time).
+    Expire {
+        /// The task.
+        id: TaskId,
+    },
 }
 
 /// One task as the cluster knows it.
@@ -113,6 +120,9 @@ pub struct TaskRecord {
     /// Not to be assigned before this instant: the task's `not_before`,
     /// then the `retry_at` of its latest failed attempt.
     pub ready_at: Time,
+    /// While pending with a schedule-to-start timeout: not to be assigned
+    /// after this instant, but failed (`Command::Expire`).
+    pub start_by: Option<Time>,
     /// What happened to it, stamped with the proposing leader's clock.
     pub history: TaskEvents,
 }
@@ -128,6 +138,8 @@ pub struct Scheduler {
     /// (`not_before` or a retry backoff), by when they may: (ready_at, id).
     /// Disjoint from `pending`; a task stays here until it is assigned.
     waiting: BTreeSet<(Time, TaskId)>,
+    /// Pending tasks with a schedule-to-start deadline: (start_by, id).
+    deadlines: BTreeSet<(Time, TaskId)>,
     /// Running tasks per runner.
     running: BTreeMap<NodeId, BTreeSet<TaskId>>,
     /// Workers declared dead and not yet back.
@@ -204,6 +216,24 @@ impl Scheduler {
             .chain(self.pending.iter().map(|(_, id)| *id))
     }
 
+    /// Pending tasks whose schedule-to-start deadline is before `now`.
+    pub fn overdue(&self, now: Time) -> impl Iterator<Item = TaskId> + '_ {
+        self.deadlines
+            .iter()
+            .take_while(move |(t, _)| *t < now)
+            .map(|(_, id)| *id)
+    }
+
+    /// The earliest instant after `now` at which a pending task is past
+    /// its schedule-to-start deadline, if any has one.
+    pub fn next_overdue_after(&self, now: Time) -> Option<Time> {
+        let from = (now, TaskId(0));
+        self.deadlines
+            .range(from..)
+            .next()
+            .map(|(t, _)| Time(t.as_micros().saturating_add(1)))
+    }
+
     /// The earliest instant after `now` at which a waiting task may be
     /// assigned, if any waits that long.
     pub fn next_ready_after(&self, now: Time) -> Option<Time> {
@@ -261,6 +291,7 @@ impl Scheduler {
                 assigned_index: 0,
                 pending_since: index,
                 ready_at: task.not_before,
+                start_by: None,
                 history,
             });
             self.enqueue(index, at, id);
@@ -272,6 +303,10 @@ impl Scheduler {
         let rec = self.tasks.get_mut(&id).expect("queueing a known task");
         assert_eq!(rec.state, TaskState::Pending, "only pending tasks queue");
         rec.pending_since = index;
+        rec.start_by = rec.task.start_by(at, rec.ready_at);
+        if let Some(d) = rec.start_by {
+            self.deadlines.insert((d, id));
+        }
         if rec.ready_at > at {
             self.waiting.insert((rec.ready_at, id));
         } else {
@@ -285,6 +320,9 @@ impl Scheduler {
         let queued = self.pending.remove(&(rec.pending_since, id))
             || self.waiting.remove(&(rec.ready_at, id));
         assert!(queued, "a pending task is queued exactly once");
+        if let Some(d) = rec.start_by {
+            assert!(self.deadlines.remove(&(d, id)), "deadlines are indexed");
+        }
     }
 
     /// Appends an event to `id`'s history.
@@ -319,6 +357,7 @@ impl Scheduler {
                 if rec.state != TaskState::Pending
                     || *epoch != rec.epoch.next()
                     || at < rec.ready_at
+                    || rec.start_by.is_some_and(|d| at > d)
                 {
                     return notes;
                 }
@@ -437,6 +476,22 @@ impl Scheduler {
                     self.supersede(index, at, *id, SupersedeReason::Released, &mut notes);
                 }
             }
+            Command::Expire { id } => {
+                let overdue = self.tasks.get(id).is_some_and(|r| {
+                    r.state == TaskState::Pending && r.start_by.is_some_and(|d| at > d)
+                });
+                if overdue {
+                    let rec = &self.tasks[id];
+                    let error = rec.task.not_started_error();
+                    let attempts = rec.attempts;
+                    let what = TaskEventKind::NotStarted {
+                        error: event_error(&error),
+                    };
+                    self.record(*id, at, what);
+                    let state = TaskState::Failed { error, attempts };
+                    self.finish(index, *id, state, &mut notes);
+                }
+            }
             Command::Cancel { id } => {
                 if self.tasks.get(id).is_some_and(|r| !r.state.is_final()) {
                     self.record(*id, at, TaskEventKind::Cancelled);
@@ -532,6 +587,10 @@ impl Scheduler {
                 == self.tasks.len(),
             "every task is pending, running or finished, exactly once"
         );
+        assert!(
+            self.deadlines.len() <= self.pending.len() + self.waiting.len(),
+            "only pending tasks have a schedule-to-start deadline"
+        );
     }
 }
 
@@ -547,6 +606,7 @@ mod tests {
             max_attempts: 2,
             not_before: cohort_core::Time::ZERO,
             retry: cohort_core::RetryPolicy::default(),
+            schedule_to_start_ms: 0,
         }
     }
 
@@ -932,6 +992,78 @@ mod tests {
             "not retried, with three attempts left"
         );
         assert_eq!(s.pending().count(), 0);
+    }
+
+    #[test]
+    fn a_task_not_started_by_its_deadline_fails_and_a_late_assignment_is_a_no_op() {
+        let mut s = Scheduler::new(10, 16);
+        let task = Task {
+            schedule_to_start_ms: 100,
+            not_before: at(50),
+            ..task()
+        };
+        s.apply(1, at(1), &Command::Submit { id: T, task });
+        // Counted from when it could start: not_before.
+        assert_eq!(s.get(T).unwrap().start_by, Some(at(150)));
+        assert_eq!(s.next_overdue_after(at(1)), Some(Time(at(150).0 + 1)));
+        assert_eq!(s.overdue(at(150)).count(), 0, "at the deadline: not yet");
+        s.apply(2, at(150), &Command::Expire { id: T });
+        assert_eq!(
+            s.get(T).unwrap().state,
+            TaskState::Pending,
+            "early: a no-op"
+        );
+        let assign = Command::Assign {
+            id: T,
+            epoch: Epoch(1),
+            node: A,
+        };
+        s.apply(3, at(151), &assign);
+        assert_eq!(s.get(T).unwrap().state, TaskState::Pending, "late: a no-op");
+        assert_eq!(s.overdue(at(151)).collect::<Vec<_>>(), vec![T]);
+        s.apply(4, at(151), &Command::Expire { id: T });
+        let rec = s.get(T).unwrap();
+        assert_eq!(
+            rec.state,
+            TaskState::Failed {
+                error: "schedule_to_start: not started within 100 ms".into(),
+                attempts: 0
+            }
+        );
+        assert!(matches!(
+            rec.history.events.last().unwrap().what,
+            TaskEventKind::NotStarted { .. }
+        ));
+        assert_eq!(s.overdue(at(1_000)).count(), 0);
+        assert_eq!(s.pending().count(), 0);
+    }
+
+    #[test]
+    fn a_lost_runner_restarts_the_schedule_to_start_clock_and_an_assignment_stops_it() {
+        let mut s = Scheduler::new(10, 16);
+        let task = Task {
+            schedule_to_start_ms: 100,
+            ..task()
+        };
+        s.apply(1, at(1), &Command::Submit { id: T, task });
+        let assign = |epoch| Command::Assign {
+            id: T,
+            epoch: Epoch(epoch),
+            node: A,
+        };
+        s.apply(2, at(101), &assign(1));
+        assert!(s.is_running(T, Epoch(1)), "at the deadline is in time");
+        assert_eq!(
+            s.get(T).unwrap().start_by,
+            Some(at(101)),
+            "kept, not indexed"
+        );
+        assert_eq!(s.overdue(at(10_000)).count(), 0, "running: no deadline");
+        s.apply(3, at(500), &Command::WorkerDead { node: A });
+        assert_eq!(s.get(T).unwrap().start_by, Some(at(600)));
+        s.apply(4, at(550), &Command::WorkerAlive { node: A });
+        s.apply(5, at(550), &assign(2));
+        assert!(s.is_running(T, Epoch(2)));
     }
 
     #[test]

@@ -76,6 +76,7 @@ pub fn task(kind: &str, payload: &[u8]) -> Task {
         max_attempts: 3,
         not_before: cohort_core::Time::ZERO,
         retry: cohort_core::RetryPolicy::default(),
+        schedule_to_start_ms: 0,
     }
 }
 

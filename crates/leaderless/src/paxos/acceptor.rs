@@ -105,6 +105,7 @@ mod tests {
                     max_attempts: 1,
                     not_before: cohort_core::Time::ZERO,
                     retry: cohort_core::RetryPolicy::default(),
+                    schedule_to_start_ms: 0,
                 },
                 replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
                 ring_epoch: 0,
@@ -133,6 +134,7 @@ mod tests {
             replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
             ring_epoch: 0,
             ready_at: cohort_core::Time::ZERO,
+            start_by: None,
             history: Default::default(),
         }
     }

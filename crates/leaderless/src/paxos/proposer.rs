@@ -57,6 +57,14 @@ pub enum Intent {
         /// The task's replicas under that ring.
         replicas: Vec<NodeId>,
     },
+    /// `Pending` → `Failed`: the task was not started by its schedule-to-start
+    /// deadline: the base's own, or `deadline` when the base has none (a
+    /// version-0 value, whose deadline the proposing replica counts from
+    /// when it stored the task).
+    Expire {
+        /// The deadline when the base names none.
+        deadline: Time,
+    },
     /// No change of its own: finish the instance on top of the base if a
     /// value was accepted in it (a linearizable read whose replicas are in
     /// doubt), else stop.
@@ -77,8 +85,22 @@ impl Intent {
         at: Time,
     ) -> Option<TaskValue> {
         match (self, &base.state) {
-            (Intent::Claim, TaskState::Pending) if at >= base.ready_at => {
+            (Intent::Claim, TaskState::Pending)
+                if at >= base.ready_at && base.start_by.is_none_or(|d| at <= d) =>
+            {
                 Some(claim(me, boot, base))
+            }
+            (Intent::Expire { deadline }, TaskState::Pending)
+                if at > base.start_by.unwrap_or(*deadline) =>
+            {
+                Some(TaskValue {
+                    state: TaskState::Failed {
+                        error: header.task.not_started_error(),
+                        attempts: base.attempts,
+                    },
+                    start_by: None,
+                    ..base.clone()
+                })
             }
             (Intent::Reclaim { owner, epoch }, TaskState::Running { node, epoch: e })
                 if node == owner && e == epoch =>
@@ -111,6 +133,7 @@ impl Intent {
                                     state: TaskState::Pending,
                                     attempts,
                                     ready_at,
+                                    start_by: header.task.start_by(at, ready_at),
                                     ..base.clone()
                                 });
                             }
@@ -127,6 +150,7 @@ impl Intent {
             {
                 Some(TaskValue {
                     state: TaskState::Pending,
+                    start_by: header.task.start_by(at, base.ready_at),
                     ..base.clone()
                 })
             }
@@ -204,6 +228,9 @@ impl Intent {
                 reason: SupersedeReason::Released,
             }),
             Intent::Cancel => events.push(TaskEventKind::Cancelled),
+            Intent::Expire { .. } => events.push(TaskEventKind::NotStarted {
+                error: event_error(&header.task.not_started_error()),
+            }),
             Intent::Move { .. } | Intent::Settle => {}
         }
         for what in events {
@@ -223,6 +250,7 @@ fn claim(me: NodeId, boot: u64, base: &TaskValue) -> TaskValue {
         replicas: base.replicas.clone(),
         ring_epoch: base.ring_epoch,
         ready_at: base.ready_at,
+        start_by: None,
         history: base.history.clone(),
     }
 }
@@ -258,6 +286,11 @@ pub struct Proposal {
     seen: Ballot,
     phase: Phase,
     round_started: Time,
+    /// When the proposal started: the time its intent was checked at, and
+    /// the time its value is computed and its events stamped at, so that
+    /// an intent bounded in time (a claim before a deadline) that applied
+    /// at the start still applies in phase 2.
+    started_at: Time,
     /// Rounds of this proposal that ended without a decision (pre-empted
     /// or timed out). Backoff grows with it, so proposers that keep
     /// pre-empting each other spread out instead of duelling for ever.
@@ -407,6 +440,7 @@ impl Proposer {
                 promises: BTreeMap::new(),
             },
             round_started: now,
+            started_at: now,
             failed_rounds: 0,
         };
         let msgs = prepare_msgs(id, &p);
@@ -417,7 +451,6 @@ impl Proposer {
     /// A `Promise` from `from`.
     pub fn on_promise(
         &mut self,
-        now: Time,
         from: NodeId,
         id: TaskId,
         version: u64,
@@ -447,7 +480,7 @@ impl Proposer {
             }
             None => p
                 .intent
-                .desired_at(me, boot, &p.header, &p.base, now, events_max)
+                .desired_at(me, boot, &p.header, &p.base, p.started_at, events_max)
                 .expect("checked at start; the base does not change within a proposal"),
         };
         p.phase = Phase::Accepting {
@@ -632,6 +665,7 @@ mod tests {
                 max_attempts: 1,
                 not_before: cohort_core::Time::ZERO,
                 retry: cohort_core::RetryPolicy::default(),
+                schedule_to_start_ms: 0,
             },
             replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
             ring_epoch: 0,

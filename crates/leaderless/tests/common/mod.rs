@@ -646,6 +646,7 @@ pub fn task(payload: &[u8]) -> Task {
         max_attempts: 3,
         not_before: cohort_core::Time::ZERO,
         retry: cohort_core::RetryPolicy::default(),
+        schedule_to_start_ms: 0,
     }
 }
 

@@ -93,6 +93,7 @@ pub fn echo(payload: &str) -> SubmitBody {
         max_attempts: None,
         not_before_ms: None,
         retry: None,
+        schedule_to_start_ms: None,
     }
 }
 

@@ -1,7 +1,10 @@
 //! Schedule and retry policy, as clients and runners saw them: no
 //! execution of a task starts before its `not_before`, and a failure whose
 //! error class the task lists as non-retryable is never decided as a
-//! retryable attempt failure (the task fails at once instead). The
+//! retryable attempt failure (the task fails at once instead). An
+//! assignment may run more than once (a duplicated message, at-least-once),
+//! so only an assignment whose every execution so far failed
+//! non-retryably must not be retried. The
 //! backoff's own bound is checked inside each mode, against the decided
 //! `retry_at` ([`cohort_core::TaskEvents::check_policy`]).
 
@@ -13,8 +16,9 @@ use std::collections::BTreeMap;
 /// Checks the schedule and retry policy over `history`.
 pub fn check(history: &History, out: &mut Violations) {
     let mut content: BTreeMap<TaskId, &Task> = BTreeMap::new();
-    // Executions whose handler returned a non-retryable error.
-    let mut fatal: BTreeMap<(TaskId, Epoch), &str> = BTreeMap::new();
+    // Per assignment that has completed: a non-retryable error, while every
+    // completion was one (`None` once any completion could be retried).
+    let mut fatal: BTreeMap<(TaskId, Epoch), Option<&str>> = BTreeMap::new();
     for r in &history.records {
         match &r.event {
             HistoryEvent::Submitted { task, content: c } => {
@@ -41,8 +45,15 @@ pub fn check(history: &History, out: &mut Violations) {
                 epoch,
                 outcome: TaskOutcome::Failure(error),
                 ..
-            } if content.get(task).is_some_and(|c| !c.retry.retries(error)) => {
-                fatal.insert((*task, *epoch), error);
+            } => {
+                let retryable = content.get(task).is_none_or(|c| c.retry.retries(error));
+                let entry = fatal.entry((*task, *epoch)).or_insert(Some(error));
+                if retryable {
+                    *entry = None;
+                }
+            }
+            HistoryEvent::Completed { task, epoch, .. } => {
+                fatal.insert((*task, *epoch), None);
             }
             HistoryEvent::Noted {
                 node,
@@ -53,7 +64,7 @@ pub fn check(history: &History, out: &mut Violations) {
                         reason: SupersedeReason::AttemptFailed,
                     },
             } => {
-                if let Some(error) = fatal.get(&(*task, *epoch)) {
+                if let Some(Some(error)) = fatal.get(&(*task, *epoch)) {
                     out.push(
                         Guarantee::Policy,
                         r.at,
@@ -86,6 +97,7 @@ mod tests {
                 non_retryable: vec!["fatal".into()],
                 ..RetryPolicy::default()
             },
+            schedule_to_start_ms: 0,
         }
     }
 
@@ -153,5 +165,11 @@ mod tests {
         h.push(at, completed(Epoch(2), "fatal: never again"));
         h.push(at, superseded(Epoch(2)));
         assert_eq!(run(&h).len(), 1);
+        // Run twice (a duplicated assignment): the retryable run may be the
+        // one the cluster heard.
+        h.push(at, completed(Epoch(3), "fatal: never again"));
+        h.push(at, completed(Epoch(3), "io: retry me"));
+        h.push(at, superseded(Epoch(3)));
+        assert_eq!(run(&h).len(), 1, "no new violation");
     }
 }

@@ -127,6 +127,11 @@ impl<N: Node> Sim<'_, N> {
                 non_retryable: vec![crate::config::FATAL_ERROR_CLASS.into()],
                 ..RetryPolicy::backoff(w.retry_backoff_initial_ms, w.retry_backoff_max_ms)
             },
+            schedule_to_start_ms: if self.rng.gen_bool(w.schedule_to_start_rate) {
+                w.schedule_to_start_ms
+            } else {
+                0
+            },
         };
         let id = TaskId::random(&mut self.rng);
         let op = self.ops.len();
