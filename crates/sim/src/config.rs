@@ -369,6 +369,16 @@ pub struct Workload {
     pub batch_rate: f64,
     /// Most tasks in one simulated batch.
     pub batch_tasks: usize,
+    /// Every `unique_every` arrivals, the last `unique_burst` submit under
+    /// a shared dedupe key ([`cohort_core::dedupe`]) instead of by id, and
+    /// race each other (0: never).
+    pub unique_every: u64,
+    /// See `unique_every`; at most `unique_every`.
+    pub unique_burst: u64,
+    /// Dedupe keys the dedupe submits rotate over.
+    pub unique_keys: u64,
+    /// `rounds_max` of each dedupe submit.
+    pub unique_rounds_max: u32,
 }
 
 impl Default for Workload {
@@ -389,6 +399,11 @@ impl Default for Workload {
             tasks_max: 100_000,
             batch_rate: 0.0,
             batch_tasks: 8,
+            // A tenth of the arrivals, in pairs of one key.
+            unique_every: 20,
+            unique_burst: 2,
+            unique_keys: 3,
+            unique_rounds_max: cohort_core::DEDUPE_ROUNDS_MAX_DEFAULT,
         }
     }
 }
@@ -426,6 +441,17 @@ impl Workload {
         }
         if self.max_attempts == 0 {
             return bad("max_attempts must be positive");
+        }
+        if self.unique_every > 0
+            && (self.unique_burst == 0
+                || self.unique_burst > self.unique_every
+                || self.unique_keys == 0
+                || self.unique_rounds_max == 0)
+        {
+            return bad(
+                "with unique_every set, unique_burst must be within 1..=unique_every and \
+                 unique_keys and unique_rounds_max positive",
+            );
         }
         Ok(())
     }

@@ -8,6 +8,7 @@
 //! - [`g4`]: liveness after healing.
 //! - [`g5`]: linearizable reads: an assignment epoch once read never reads
 //!   older afterwards.
+//! - [`unique`]: at most one pending-or-running task per dedupe key.
 
 use crate::history::History;
 use cohort_core::Time;
@@ -19,6 +20,7 @@ pub mod g2;
 pub mod g3;
 pub mod g4;
 pub mod g5;
+pub mod unique;
 
 /// Which guarantee a violation breaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -33,6 +35,8 @@ pub enum Guarantee {
     G4,
     /// Linearizable reads: a read older than one already answered.
     G5,
+    /// Unique tasks: two tasks of one dedupe key were alive together.
+    Unique,
     /// A mode-specific invariant ([`crate::Invariants`]) or a broken contract.
     Invariant,
 }
@@ -45,6 +49,7 @@ impl fmt::Display for Guarantee {
             Guarantee::G3 => "G3",
             Guarantee::G4 => "G4",
             Guarantee::G5 => "G5",
+            Guarantee::Unique => "Unique",
             Guarantee::Invariant => "Invariant",
         })
     }
@@ -127,6 +132,7 @@ pub fn check_all(history: &History, end: Time, liveness_ended: bool, out: &mut V
     g2::check(history, out);
     g3::check(history, out);
     g5::check(history, out);
+    unique::check(history, out);
     if liveness_ended {
         g4::check(history, end, out);
     }
