@@ -24,8 +24,8 @@
 //! is not final.
 //!
 //! *Proof*, by induction over the creations of generations (nothing else
-//! changes which generations exist, and a task never stops existing: there
-//! is no purging). Initially none exists. Let `id(K, g + 1)` be created at
+//! changes which generations exist, and a task never stops existing:
+//! records are not purged — see below for where they are). Initially none exists. Let `id(K, g + 1)` be created at
 //! time `t`. By R, a linearizable read found `g` final at some `t' < t`, so
 //! `g` existed at `t'` and, because a final state never changes (G2), `g` is
 //! final at `t` and ever after. P1 holds for `g + 1` because `g` exists, and
@@ -68,10 +68,12 @@
 //!   moment during the call; it may be final by the time the caller reads
 //!   it, and its body may differ from the caller's (the key, not the body,
 //!   is what is deduplicated).
-//! - The property rests on every generation staying readable for ever: a
-//!   retention policy that purged final tasks would break P1 (a purged `g`
-//!   reads as absent, and a new `g` could be created beside a live `g + 1`).
-//!   Nothing is purged today.
+//! - The property rests on every generation staying readable: purging a
+//!   final task breaks P1 (a purged `g` reads as absent, and a new `g`
+//!   could be created beside a live `g + 1`). Leaderless mode keeps every
+//!   record for ever; leader mode and the static baseline drop the oldest
+//!   finished records past `Limits::tasks_retained_max`, so there the
+//!   guarantee holds while fewer finished tasks than that have accumulated.
 //! - A task submitted by its id (not through a key) that happens to equal
 //!   some `id(K, g)` takes part in the chain; finding such an id needs a
 //!   SHA-256 preimage, so only a client that computes it on purpose can.
