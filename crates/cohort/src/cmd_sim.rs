@@ -264,6 +264,12 @@ fn run_single(args: &SimArgs, seed: u64) -> anyhow::Result<ExitCode> {
         report.events as f64 / secs,
         report.trace_hash
     );
+    if report.unique_submits > 0 {
+        println!(
+            "dedupe-key submits {}, of which deduplicated {}",
+            report.unique_submits, report.unique_deduplicated
+        );
+    }
     if let Some(path) = &args.trace {
         let mut file = std::io::BufWriter::new(
             std::fs::File::create(path)

@@ -34,6 +34,23 @@ fn static_mode_loses_acknowledged_tasks_when_its_coordinator_crashes() {
     assert!(caught >= 5, "G1 caught in only {caught} of 10 crash runs");
 }
 
+/// The negative control of the dedupe checker in real runs: a coordinator
+/// that forgets its tasks on a crash lets a dedupe key's chain restart at
+/// generation 0 after later generations existed, which `checkers::unique`
+/// reports; without crashes it reports nothing.
+#[test]
+fn static_mode_gives_a_dedupe_key_two_live_tasks_when_its_coordinator_crashes() {
+    let caught = (0..10)
+        .filter(|seed| sim(*seed, "crash", 30_000, 30_000).count_of(Guarantee::Unique) > 0)
+        .count();
+    assert!(caught >= 1, "Unique caught in none of 10 crash runs");
+    for seed in 0..10 {
+        let r = sim(seed, "none", 10_000, 10_000);
+        assert!(r.unique_submits > 0, "{r}");
+        assert_eq!(r.count_of(Guarantee::Unique), 0, "{r}");
+    }
+}
+
 #[test]
 fn crashing_the_static_coordinator_once_loses_what_it_had_acknowledged() {
     let mut c = SimConfig::new(5, 3);
