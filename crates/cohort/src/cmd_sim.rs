@@ -56,6 +56,11 @@ pub struct SimArgs {
     /// Print every violation of a failing seed, not only the first.
     #[arg(long)]
     verbose: bool,
+    /// Every this many client arrivals, the last two submit under one of
+    /// three shared dedupe keys instead of by id, racing each other; the
+    /// `Unique` checker watches them (0: never).
+    #[arg(long, default_value_t = cohort_sim::UNIQUE_EVERY_SIM)]
+    dedupe_every: u64,
 }
 
 impl SimArgs {
@@ -65,6 +70,8 @@ impl SimArgs {
         config.safety_ms = self.safety_ms;
         config.liveness_ms = self.liveness_ms;
         config.record_trace = self.trace.is_some();
+        config.workload.unique_every = self.dedupe_every;
+        config.workload.unique_burst = config.workload.unique_burst.min(self.dedupe_every);
         // Checkers run inside `run`; a sweep need not keep every history.
         config.keep_history = false;
         config
@@ -77,8 +84,8 @@ impl SimArgs {
             SimMode::Leaderless => "leaderless",
         };
         format!(
-            "cohort sim --mode {mode} --seed {seed} --nodes {} --faults {} --safety-ms {} --liveness-ms {}",
-            self.nodes, self.faults, self.safety_ms, self.liveness_ms
+            "cohort sim --mode {mode} --seed {seed} --nodes {} --faults {} --safety-ms {} --liveness-ms {} --dedupe-every {}",
+            self.nodes, self.faults, self.safety_ms, self.liveness_ms, self.dedupe_every
         )
     }
 

@@ -55,7 +55,9 @@ async fn post(node: &RunningNode, headers: &[(&str, &[u8])], body: &SubmitBody) 
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
 
-async fn check<N: Node + Send + 'static>(mode: &str, config: N::Config) {
+/// `leader`: every submit, wherever sent, is run by the leader (a
+/// follower redirects the whole submit there).
+async fn check<N: Node + Send + 'static>(mode: &str, config: N::Config, leader: bool) {
     let dir = tempfile::tempdir().unwrap();
     let nodes = real::cluster::<N>(dir.path(), 3, mode, config, 1_000).await;
     let key = DedupeKey::new(b"nightly-report").unwrap();
@@ -131,6 +133,17 @@ async fn check<N: Node + Send + 'static>(mode: &str, config: N::Config) {
         "{fifth:?}"
     );
 
+    // Sent to every node in turn; in leader mode run by one node, the leader.
+    let ran: Vec<u64> = [&first, &second, &third, &fourth, &fifth]
+        .iter()
+        .map(|r| r.node)
+        .collect();
+    if leader {
+        assert!(ran.iter().all(|n| *n == ran[0]), "{ran:?}");
+    } else {
+        assert_eq!(ran, vec![1, 3, 2, 1, 3], "each node runs what it receives");
+    }
+
     let listing = client(&nodes[0]).list_all(None, 1000).await.unwrap();
     let mut ids: Vec<String> = listing.tasks.into_iter().map(|t| t.id).collect();
     ids.sort();
@@ -144,10 +157,10 @@ async fn check<N: Node + Send + 'static>(mode: &str, config: N::Config) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dedupe_key_keeps_one_live_task_in_leader_mode() {
-    check::<LeaderNode>("leader", ValidLeaderConfig::default()).await;
+    check::<LeaderNode>("leader", ValidLeaderConfig::default(), true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dedupe_key_keeps_one_live_task_in_leaderless_mode() {
-    check::<LeaderlessNode>("leaderless", LeaderlessConfig::default()).await;
+    check::<LeaderlessNode>("leaderless", LeaderlessConfig::default(), false).await;
 }

@@ -332,6 +332,11 @@ impl fmt::Display for FaultKinds {
     }
 }
 
+/// The `unique_every` of `cohort sim` (and of tests that ask for dedupe
+/// submits): with the default `unique_burst` of 2, a tenth of the
+/// arrivals, in pairs of one key.
+pub const UNIQUE_EVERY_SIM: u64 = 20;
+
 /// The simulated clients: one client per task, submitting it, retrying,
 /// then polling it with linearizable reads until it is final.
 #[derive(Clone, Debug, PartialEq)]
@@ -371,7 +376,9 @@ pub struct Workload {
     pub batch_tasks: usize,
     /// Every `unique_every` arrivals, the last `unique_burst` submit under
     /// a shared dedupe key ([`cohort_core::dedupe`]) instead of by id, and
-    /// race each other (0: never).
+    /// race each other (0: never, the default, so that a seed's run stays
+    /// what it was before dedupe keys; `cohort sim` sets
+    /// [`UNIQUE_EVERY_SIM`]).
     pub unique_every: u64,
     /// See `unique_every`; at most `unique_every`.
     pub unique_burst: u64,
@@ -399,8 +406,7 @@ impl Default for Workload {
             tasks_max: 100_000,
             batch_rate: 0.0,
             batch_tasks: 8,
-            // A tenth of the arrivals, in pairs of one key.
-            unique_every: 20,
+            unique_every: 0,
             unique_burst: 2,
             unique_keys: 3,
             unique_rounds_max: cohort_core::DEDUPE_ROUNDS_MAX_DEFAULT,

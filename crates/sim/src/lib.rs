@@ -107,7 +107,7 @@ pub mod workload;
 pub use checkers::{Guarantee, Violation};
 pub use config::{
     Fault, FaultKinds, FaultKindsError, ScriptedFault, ScriptedFaultError, SimConfig,
-    SimConfigError, Workload,
+    SimConfigError, Workload, UNIQUE_EVERY_SIM,
 };
 pub use history::{History, TaskTimeline};
 pub use plan::{FaultPlan, Recurring};

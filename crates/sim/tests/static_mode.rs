@@ -5,11 +5,13 @@
 use cohort_core::{NodeId, Time};
 use cohort_sim::{
     run, Fault, FaultKinds, Guarantee, NoInvariants, Report, ScriptedFault, SimConfig,
+    UNIQUE_EVERY_SIM,
 };
 use cohort_static::{StaticConfig, StaticNode};
 
 fn sim(seed: u64, faults: &str, safety_ms: u64, liveness_ms: u64) -> Report {
     let mut c = SimConfig::new(seed, 3);
+    c.workload.unique_every = UNIQUE_EVERY_SIM;
     c.faults = faults.parse::<FaultKinds>().expect("fault list");
     c.safety_ms = safety_ms;
     c.liveness_ms = liveness_ms;
