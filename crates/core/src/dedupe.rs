@@ -24,9 +24,9 @@
 //! is not final.
 //!
 //! *Proof*, by induction over the creations of generations (nothing else
-//! changes which generations exist, and a task never stops existing:
-//! records are not purged — see below for where they are). Initially none exists. Let `id(K, g + 1)` be created at
-//! time `t`. By R, a linearizable read found `g` final at some `t' < t`, so
+//! changes which generations exist, and a task never stops existing while
+//! records are not purged; see below for where they are). Initially none
+//! exists. Let `id(K, g + 1)` be created at time `t`. By R, a linearizable read found `g` final at some `t' < t`, so
 //! `g` existed at `t'` and, because a final state never changes (G2), `g` is
 //! final at `t` and ever after. P1 holds for `g + 1` because `g` exists, and
 //! for `g` and below by induction. For P2: take any other generation `h`
@@ -74,6 +74,10 @@
 //!   record for ever; leader mode and the static baseline drop the oldest
 //!   finished records past `Limits::tasks_retained_max`, so there the
 //!   guarantee holds while fewer finished tasks than that have accumulated.
+//! - Progress rests on the mode settling racing creates of one id with
+//!   different bodies, which dedupe keys make routine. Leaderless mode
+//!   can leave a replica holding the losing body, and the task then never
+//!   runs (see docs/RUNTIME.md); uniqueness still holds.
 //! - A task submitted by its id (not through a key) that happens to equal
 //!   some `id(K, g)` takes part in the chain; finding such an id needs a
 //!   SHA-256 preimage, so only a client that computes it on purpose can.
