@@ -66,7 +66,7 @@ pub struct SubmitArgs {
     /// Submit many tasks in one `POST /v1/tasks:batch` instead: a file
     /// (`-` for stdin) with one submit body per line, e.g.
     /// `{"id":"a1","kind":"echo","payload":"hi"}`. Prints the ids in order.
-    #[arg(long, conflicts_with_all = ["kind", "id", "idempotency_key", "wait", "not_before_ms", "delay", "backoff_initial_ms", "backoff_max_ms", "non_retryable", "schedule_to_start_ms"])]
+    #[arg(long, conflicts_with_all = ["kind", "id", "idempotency_key", "dedupe_key", "wait", "not_before_ms", "delay", "backoff_initial_ms", "backoff_max_ms", "non_retryable", "schedule_to_start_ms"])]
     pub batch: Option<PathBuf>,
     /// Payload text (sleep: milliseconds or {"ms":N}; hash: {"rounds":N,"data":"..."}; exec: a command line).
     #[arg(long, default_value = "")]
@@ -79,6 +79,13 @@ pub struct SubmitArgs {
     /// (the same id as the HTTP `Idempotency-Key` header gives).
     #[arg(long)]
     pub idempotency_key: Option<String>,
+    /// A key (1-255 visible ASCII bytes) under which at most one task is
+    /// pending or running: while the key's last task is not final, its id
+    /// is printed (with `deduplicated`) and nothing is created; once it is
+    /// final, this submit creates the key's next task. Decided by the
+    /// cluster's consensus (the HTTP `Dedupe-Key` header).
+    #[arg(long, conflicts_with_all = ["id", "idempotency_key"])]
+    pub dedupe_key: Option<String>,
     /// Per-execution timeout.
     #[arg(long)]
     pub timeout_ms: Option<u64>,
@@ -352,7 +359,24 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
             retry,
             schedule_to_start_ms: args.schedule_to_start_ms,
         };
-        let id = client.submit(&body).await?;
+        let id = match &args.dedupe_key {
+            Some(key) => {
+                let r = client.submit_unique(key, &body).await?;
+                // The id on stdout as for any submit; whether it was
+                // deduplicated on stderr, for people and scripts alike.
+                if r.deduplicated {
+                    eprintln!(
+                        "deduplicated: generation {} of the key is {}",
+                        r.generation,
+                        r.state.as_deref().unwrap_or("not final")
+                    );
+                } else {
+                    eprintln!("created: generation {} of the key", r.generation);
+                }
+                r.id
+            }
+            None => client.submit(&body).await?,
+        };
         match wait {
             None => println!("{id}"),
             Some(w) => print_task(&wait_final(&client, &id, w).await?)?,

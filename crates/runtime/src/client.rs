@@ -213,6 +213,23 @@ impl CallError {
     }
 }
 
+/// The answer to [`Client::submit_unique`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UniqueSubmit {
+    /// The task's hex id: the one created, or the key's live one.
+    pub id: String,
+    /// The node that ran the submit.
+    pub node: u64,
+    /// `true`: the key's task was pending or running and nothing was
+    /// created; `false`: this body was made the key's new task.
+    pub deduplicated: bool,
+    /// The task's generation under its key (0 for the key's first task).
+    pub generation: u64,
+    /// When deduplicated: the task's state as read (`pending`, `running`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+}
+
 /// Most redirects a [`Client`] follows for one call.
 pub const REDIRECTS_MAX: usize = 5;
 
@@ -327,11 +344,25 @@ impl Client {
         url: String,
         body: Option<&[u8]>,
     ) -> Result<reqwest::Response, CallError> {
+        self.send_with(method, url, body, &[]).await
+    }
+
+    /// [`Client::send`] with more headers, sent again on every redirect.
+    async fn send_with(
+        &self,
+        method: reqwest::Method,
+        url: String,
+        body: Option<&[u8]>,
+        headers: &[(&str, &str)],
+    ) -> Result<reqwest::Response, CallError> {
         let mut url = url;
         for _ in 0..=REDIRECTS_MAX {
             let mut r = self.http.request(method.clone(), &url);
             if let Some(t) = &self.token {
                 r = r.bearer_auth(t);
+            }
+            for (name, value) in headers {
+                r = r.header(*name, *value);
             }
             if let Some(b) = body {
                 r = r
@@ -407,6 +438,28 @@ impl Client {
             )
             .await?;
         Self::decode::<Submitted>(r).await.map(|s| s.id)
+    }
+
+    /// `POST /v1/tasks` with a `Dedupe-Key`: creates the task unless the
+    /// key's previous task is still pending or running, in which case that
+    /// one is named instead (see [`cohort_core::dedupe`]). `body.id` must be
+    /// `None` (the key chooses the id); a bad key is refused by the node
+    /// (`400 malformed`). A `503 contention` is retryable.
+    pub async fn submit_unique(
+        &self,
+        dedupe_key: &str,
+        body: &SubmitBody,
+    ) -> Result<UniqueSubmit, CallError> {
+        let json = serde_json::to_vec(body).map_err(|e| CallError::Transport(e.to_string()))?;
+        let r = self
+            .send_with(
+                reqwest::Method::POST,
+                format!("{}/v1/tasks", self.base),
+                Some(&json),
+                &[(crate::http::DEDUPE_KEY_HEADER, dedupe_key)],
+            )
+            .await?;
+        Self::decode(r).await
     }
 
     /// `POST /v1/tasks:batch`; returns the tasks' ids in order once every

@@ -74,6 +74,10 @@ pub struct ClientLimits {
     /// of a reset. A larger body gets the `413` at once and the connection
     /// is closed.
     pub oversized_body_drain_bytes_max: usize,
+    /// Most submits one `POST /v1/tasks` with a `Dedupe-Key` makes before
+    /// it gives up with `503 contention` (each further one means another
+    /// submitter's generation was created and went final meanwhile).
+    pub dedupe_rounds_max: u32,
 }
 
 impl Default for ClientLimits {
@@ -86,6 +90,7 @@ impl Default for ClientLimits {
             http_connections_max: 1024,
             header_read_timeout_ms: 10_000,
             oversized_body_drain_bytes_max: 8 << 20,
+            dedupe_rounds_max: cohort_core::DEDUPE_ROUNDS_MAX_DEFAULT,
         }
     }
 }
@@ -279,6 +284,10 @@ impl RuntimeConfig {
                 self.client.http_connections_max as u64,
             ),
             ("header_read_timeout_ms", self.client.header_read_timeout_ms),
+            (
+                "dedupe_rounds_max",
+                u64::from(self.client.dedupe_rounds_max),
+            ),
         ] {
             if v == 0 {
                 return bad(format!("{what} must be positive"));

@@ -25,6 +25,15 @@
 //! [`crate::idempotency`]): a repeat returns the existing task's id, a repeat with another
 //! body is `409 id_conflict`; a body `id` naming another task is `400`.
 //!
+//! A `Dedupe-Key: <1..=255 visible ASCII>` header (see [`cohort_core::dedupe`])
+//! asks for a task unique by the key while one is pending or running: the
+//! answer is `202 {"id", "node", "deduplicated": false, "generation"}` when
+//! this body was made the key's new task, `202 {"id", "node",
+//! "deduplicated": true, "generation", "state"}` naming the key's pending or
+//! running task otherwise. Combined with `Idempotency-Key` or a body `id`
+//! it is `400 malformed`; `503 contention` (with `Retry-After`) when
+//! `dedupe_rounds_max` submits each found a newer generation already final.
+//!
 //! A task: `{"id", "state": "pending|running|succeeded|failed|cancelled", "node"?, "epoch"?,
 //! "result"? (when UTF-8), "result_base64"?, "error"?, "attempts"?}`.
 //!
@@ -57,6 +66,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use base64::Engine;
+use cohort_core::dedupe::{DedupeError, DedupeKey, DedupeOutcome, DedupeStep, DedupeSubmit};
 use cohort_core::{
     ClientError, ClientRequest, ClientResponse, Consistency, NodeId, NodeRng, RetryPolicy,
     RingRefusal, RingRequest, RingView, Task, TaskEvent, TaskEventKind, TaskEvents, TaskId,
@@ -68,6 +78,9 @@ use serde_json::json;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
+
+/// The HTTP header that carries a dedupe key.
+pub const DEDUPE_KEY_HEADER: &str = "dedupe-key";
 
 /// Default `timeout_ms` of a submitted task.
 pub const TASK_TIMEOUT_MS_DEFAULT: u64 = 30_000;
@@ -332,6 +345,17 @@ impl Api {
 
     /// Hands `req` to the core and waits for its reply.
     async fn ask(&self, req: ClientRequest, path: &str) -> Result<ClientResponse, ApiError> {
+        self.ask_core(req)
+            .await?
+            .map_err(|e| self.client_error(e, path))
+    }
+
+    /// Hands `req` to the core and waits for its reply, handing back the
+    /// core's own refusal as it is (the outer error: no answer at all).
+    async fn ask_core(
+        &self,
+        req: ClientRequest,
+    ) -> Result<Result<ClientResponse, ClientError>, ApiError> {
         let (tx, rx) = oneshot::channel();
         let timeout = Duration::from_millis(self.config.client.request_timeout_ms);
         let unavailable = || {
@@ -359,8 +383,7 @@ impl Api {
             }
         }
         match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(Ok(resp))) => Ok(resp),
-            Ok(Ok(Err(e))) => Err(self.client_error(e, path)),
+            Ok(Ok(reply)) => Ok(reply),
             Ok(Err(_)) => Err(unavailable()),
             Err(_) => Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -735,6 +758,30 @@ fn keyed_id(headers: &HeaderMap, body_id: Option<TaskId>) -> Result<Option<TaskI
     }
 }
 
+/// The dedupe key of a `Dedupe-Key` header, if one came; it excludes an
+/// `Idempotency-Key` and a body id (the key chooses the id).
+fn dedupe_key(headers: &HeaderMap, body_id: Option<TaskId>) -> Result<Option<DedupeKey>, ApiError> {
+    let Some(key) = headers.get(DEDUPE_KEY_HEADER) else {
+        return Ok(None);
+    };
+    let malformed = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "malformed", m);
+    if headers.contains_key(crate::idempotency::IDEMPOTENCY_KEY_HEADER) {
+        return Err(malformed(
+            "give Dedupe-Key or Idempotency-Key, not both: a dedupe key already makes a retry \
+             return the live task"
+                .into(),
+        ));
+    }
+    if let Some(id) = body_id {
+        return Err(malformed(format!(
+            "a Dedupe-Key chooses the task id; the body names {id}: leave it out"
+        )));
+    }
+    DedupeKey::new(key.as_bytes())
+        .map(Some)
+        .map_err(|e| malformed(e.to_string()))
+}
+
 async fn submit(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
@@ -742,6 +789,7 @@ async fn submit(
 ) -> Result<Response, ApiError> {
     let body = read_submit_body(&api.config, body).await?;
     let (id, task) = decode_submit(&body)?;
+    let dedupe = dedupe_key(&headers, id)?;
     let id = keyed_id(&headers, id)?;
     api.config
         .peers
@@ -750,6 +798,9 @@ async fn submit(
         .map_err(|e| api.client_error(e, "/v1/tasks"))?;
     if api.registry.get(&task.kind).is_none() {
         return Err(unknown_kind(&api, &task.kind));
+    }
+    if let Some(key) = dedupe {
+        return submit_unique(&api, key, task).await;
     }
     let id = match id {
         Some(id) => id,
@@ -770,6 +821,67 @@ async fn submit(
             "unexpected answer to a submit",
         )),
     }
+}
+
+/// A submit with a dedupe key: runs [`DedupeSubmit`] against this node.
+/// Its first request is a read, so a leader-mode follower redirects the
+/// whole submit to the leader before anything is decided; a redirect or
+/// refusal later (the leader changed) is passed on the same way, and the
+/// client's retry of the whole submit is safe (see [`cohort_core::dedupe`]).
+async fn submit_unique(api: &Api, key: DedupeKey, task: Task) -> Result<Response, ApiError> {
+    const PATH: &str = "/v1/tasks";
+    let mut machine = DedupeSubmit::new(key, task, api.config.client.dedupe_rounds_max);
+    let mut request = machine.request().expect("a new machine has a request");
+    let outcome = loop {
+        let reply = api.ask_core(request).await?;
+        match machine.handle_reply(reply) {
+            DedupeStep::Send(next) => request = next,
+            DedupeStep::Done(outcome) => break outcome,
+        }
+    };
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(DedupeError::Client(e)) => return Err(api.client_error(e, PATH)),
+        Err(e @ DedupeError::Contention { rounds }) => {
+            api.metrics
+                .inc("cohort_dedupe_submits_total", "outcome=\"contention\"");
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "contention",
+                e.to_string(),
+            )
+            .with("rounds", json!(rounds))
+            .retry());
+        }
+        Err(e @ DedupeError::Unexpected { .. }) => {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                e.to_string(),
+            ))
+        }
+    };
+    let mut body = json!({
+        "id": outcome.id().to_string(),
+        "node": api.config.peers.id.0,
+        "deduplicated": outcome.is_deduplicated(),
+    });
+    match &outcome {
+        DedupeOutcome::Created { generation, .. } => {
+            api.metrics
+                .inc("cohort_dedupe_submits_total", "outcome=\"created\"");
+            body["generation"] = json!(generation);
+        }
+        DedupeOutcome::Existing {
+            generation, state, ..
+        } => {
+            api.metrics
+                .inc("cohort_dedupe_submits_total", "outcome=\"existing\"");
+            body["generation"] = json!(generation);
+            body["state"] = json!(state.name());
+        }
+    }
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
 fn unknown_kind(api: &Api, kind: &str) -> ApiError {

@@ -335,6 +335,11 @@ impl fmt::Display for FaultKinds {
 /// The error class every simulated task lists as non-retryable.
 pub const FATAL_ERROR_CLASS: &str = "fatal";
 
+/// The `unique_every` of `cohort sim` (and of tests that ask for dedupe
+/// submits): with the default `unique_burst` of 2, a tenth of the
+/// arrivals, in pairs of one key.
+pub const UNIQUE_EVERY_SIM: u64 = 20;
+
 /// The simulated clients: one client per task, submitting it, retrying,
 /// then polling it with linearizable reads until it is final.
 #[derive(Clone, Debug, PartialEq)]
@@ -387,6 +392,18 @@ pub struct Workload {
     pub batch_rate: f64,
     /// Most tasks in one simulated batch.
     pub batch_tasks: usize,
+    /// Every `unique_every` arrivals, the last `unique_burst` submit under
+    /// a shared dedupe key ([`cohort_core::dedupe`]) instead of by id, and
+    /// race each other (0: never, the default, so that a seed's run stays
+    /// what it was before dedupe keys; `cohort sim` sets
+    /// [`UNIQUE_EVERY_SIM`]).
+    pub unique_every: u64,
+    /// See `unique_every`; at most `unique_every`.
+    pub unique_burst: u64,
+    /// Dedupe keys the dedupe submits rotate over.
+    pub unique_keys: u64,
+    /// `rounds_max` of each dedupe submit.
+    pub unique_rounds_max: u32,
 }
 
 impl Default for Workload {
@@ -414,6 +431,10 @@ impl Default for Workload {
             tasks_max: 100_000,
             batch_rate: 0.0,
             batch_tasks: 8,
+            unique_every: 0,
+            unique_burst: 2,
+            unique_keys: 3,
+            unique_rounds_max: cohort_core::DEDUPE_ROUNDS_MAX_DEFAULT,
         }
     }
 }
@@ -467,6 +488,17 @@ impl Workload {
         );
         if let Err(e) = retry.validate() {
             return bad(&e);
+        }
+        if self.unique_every > 0
+            && (self.unique_burst == 0
+                || self.unique_burst > self.unique_every
+                || self.unique_keys == 0
+                || self.unique_rounds_max == 0)
+        {
+            return bad(
+                "with unique_every set, unique_burst must be within 1..=unique_every and \
+                 unique_keys and unique_rounds_max positive",
+            );
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! The recorded history of a run: what clients saw and what nodes did and
 //! stated, in the order the simulator processed it. Checkers read only this.
 
+use cohort_core::dedupe::{DedupeKey, DedupeOutcome};
 use cohort_core::{
     ClientError, Epoch, NodeId, Note, SupersedeReason, Task, TaskId, TaskOutcome, TaskState, Time,
 };
@@ -73,6 +74,23 @@ pub enum HistoryEvent {
         epoch: Epoch,
         /// What it returned.
         outcome: TaskOutcome,
+    },
+    /// A client began a submit under a dedupe key (see
+    /// [`cohort_core::dedupe`]); its task id is only known once it ends.
+    UniqueSubmitted {
+        /// The dedupe key.
+        key: DedupeKey,
+        /// The content it asks for.
+        content: Task,
+    },
+    /// A submit under a dedupe key ended with this outcome.
+    UniqueAnswered {
+        /// The dedupe key.
+        key: DedupeKey,
+        /// The node that answered the last request.
+        node: NodeId,
+        /// What the submit made of it.
+        outcome: DedupeOutcome,
     },
     /// A node stated a fact ([`cohort_core::Action::Note`]).
     Noted {

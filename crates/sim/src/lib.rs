@@ -107,7 +107,7 @@ pub mod workload;
 pub use checkers::{Guarantee, Violation};
 pub use config::{
     Fault, FaultKinds, FaultKindsError, ScriptedFault, ScriptedFaultError, SimConfig,
-    SimConfigError, Workload,
+    SimConfigError, Workload, UNIQUE_EVERY_SIM,
 };
 pub use history::{History, TaskTimeline};
 pub use plan::{FaultPlan, Recurring};
@@ -188,8 +188,13 @@ pub struct Report {
     pub events: u64,
     /// Simulated time covered.
     pub simulated_ms: u64,
-    /// Tasks the clients created.
+    /// Tasks the clients created (a submit under a dedupe key that found
+    /// the key's task alive created none).
     pub tasks_submitted: u64,
+    /// Clients that submitted under a dedupe key ([`Workload::unique_every`]).
+    pub unique_submits: u64,
+    /// Of those, the ones answered with the key's live task.
+    pub unique_deduplicated: u64,
     /// Tasks acknowledged to their client.
     pub tasks_acked: u64,
     /// Of those, tasks acknowledged by a batch submit
@@ -244,6 +249,13 @@ impl fmt::Display for Report {
             self.message_bytes,
             self.faults_injected
         )?;
+        if self.unique_submits > 0 {
+            writeln!(
+                f,
+                "  dedupe keys: {} submits, {} deduplicated",
+                self.unique_submits, self.unique_deduplicated
+            )?;
+        }
         for v in &self.violations {
             writeln!(f, "  {v}")?;
         }

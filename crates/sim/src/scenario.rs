@@ -12,6 +12,7 @@
 
 use crate::config::{Fault, FaultKinds, ScriptedFault, SimConfig};
 use crate::history::{History, HistoryEvent};
+use cohort_core::dedupe::{DedupeKey, DedupeOutcome};
 use cohort_core::{Epoch, NodeId, Note, TaskId, TaskState, Time};
 
 /// A run of `nodes` nodes in which one client submits one task whose
@@ -33,6 +34,43 @@ pub fn one_task(seed: u64, nodes: usize, duration_ms: u64, safety_ms: u64) -> Si
     w.cancel_rate = 0.0;
     w.batch_rate = 0.0;
     c
+}
+
+/// A run in which `submitters` clients submit under one dedupe key (see
+/// [`cohort_core::dedupe`]) in a burst (about 20 a second), each a task
+/// whose handler runs `duration_ms` and succeeds; otherwise as
+/// [`one_task`]. With `duration_ms` longer than the burst, every submitter
+/// should be answered with the first one's task.
+pub fn one_key(
+    seed: u64,
+    nodes: usize,
+    submitters: u64,
+    duration_ms: u64,
+    safety_ms: u64,
+) -> SimConfig {
+    let mut c = one_task(seed, nodes, duration_ms, safety_ms);
+    let w = &mut c.workload;
+    w.arrivals_per_sec = 20.0;
+    w.tasks_max = submitters;
+    w.unique_every = 1;
+    w.unique_burst = 1;
+    w.unique_keys = 1;
+    c
+}
+
+/// The answers to the submits under dedupe keys in `history`, in the
+/// order they came.
+pub fn unique_answers(history: &History) -> Vec<(DedupeKey, DedupeOutcome)> {
+    history
+        .records
+        .iter()
+        .filter_map(|r| match &r.event {
+            HistoryEvent::UniqueAnswered { key, outcome, .. } => {
+                Some((key.clone(), outcome.clone()))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// The first handler run of a run's first task: whom a story strikes, and

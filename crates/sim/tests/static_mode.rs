@@ -5,11 +5,13 @@
 use cohort_core::{NodeId, Time};
 use cohort_sim::{
     run, Fault, FaultKinds, Guarantee, NoInvariants, Report, ScriptedFault, SimConfig,
+    UNIQUE_EVERY_SIM,
 };
 use cohort_static::{StaticConfig, StaticNode};
 
 fn sim(seed: u64, faults: &str, safety_ms: u64, liveness_ms: u64) -> Report {
     let mut c = SimConfig::new(seed, 3);
+    c.workload.unique_every = UNIQUE_EVERY_SIM;
     c.faults = faults.parse::<FaultKinds>().expect("fault list");
     c.safety_ms = safety_ms;
     c.liveness_ms = liveness_ms;
@@ -32,6 +34,23 @@ fn static_mode_loses_acknowledged_tasks_when_its_coordinator_crashes() {
         .filter(|seed| sim(*seed, "crash", 30_000, 30_000).count_of(Guarantee::G1) > 0)
         .count();
     assert!(caught >= 5, "G1 caught in only {caught} of 10 crash runs");
+}
+
+/// The negative control of the dedupe checker in real runs: a coordinator
+/// that forgets its tasks on a crash lets a dedupe key's chain restart at
+/// generation 0 after later generations existed, which `checkers::unique`
+/// reports; without crashes it reports nothing.
+#[test]
+fn static_mode_gives_a_dedupe_key_two_live_tasks_when_its_coordinator_crashes() {
+    let caught = (0..10)
+        .filter(|seed| sim(*seed, "crash", 30_000, 30_000).count_of(Guarantee::Unique) > 0)
+        .count();
+    assert!(caught >= 1, "Unique caught in none of 10 crash runs");
+    for seed in 0..10 {
+        let r = sim(seed, "none", 10_000, 10_000);
+        assert!(r.unique_submits > 0, "{r}");
+        assert_eq!(r.count_of(Guarantee::Unique), 0, "{r}");
+    }
 }
 
 #[test]

@@ -10,6 +10,7 @@
 //!   older afterwards.
 //! - [`policy`]: schedule and retry policy: nothing starts before its
 //!   `not_before`; a non-retryable failure is never retried.
+//! - [`unique`]: at most one pending-or-running task per dedupe key.
 
 use crate::history::History;
 use cohort_core::Time;
@@ -22,6 +23,7 @@ pub mod g3;
 pub mod g4;
 pub mod g5;
 pub mod policy;
+pub mod unique;
 
 /// Which guarantee a violation breaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -39,6 +41,8 @@ pub enum Guarantee {
     /// Schedule and retry policy: an execution before the task's
     /// `not_before`, or a non-retryable failure retried.
     Policy,
+    /// Unique tasks: two tasks of one dedupe key were alive together.
+    Unique,
     /// A mode-specific invariant ([`crate::Invariants`]) or a broken contract.
     Invariant,
 }
@@ -52,6 +56,7 @@ impl fmt::Display for Guarantee {
             Guarantee::G4 => "G4",
             Guarantee::G5 => "G5",
             Guarantee::Policy => "Policy",
+            Guarantee::Unique => "Unique",
             Guarantee::Invariant => "Invariant",
         })
     }
@@ -135,6 +140,7 @@ pub fn check_all(history: &History, end: Time, liveness_ended: bool, out: &mut V
     g3::check(history, out);
     g5::check(history, out);
     policy::check(history, out);
+    unique::check(history, out);
     if liveness_ended {
         g4::check(history, end, out);
     }

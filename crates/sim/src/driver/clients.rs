@@ -1,10 +1,14 @@
 //! The simulated clients: one per task, submitting, retrying, following
 //! redirects, then polling with linearizable reads until the task is final.
+//! Some submit under a shared dedupe key instead, through
+//! [`DedupeSubmit`] against one node (as the runtime does), then poll the
+//! task it names.
 
 use super::{Event, Reply, Sim, TAG_CLIENT, TAG_RESPONSE};
 use crate::checkers::Guarantee;
 use crate::history::HistoryEvent;
 use crate::workload::SimPayload;
+use cohort_core::dedupe::{DedupeKey, DedupeOutcome, DedupeStep, DedupeSubmit};
 use cohort_core::{
     encode, ClientError, ClientRequest, ClientResponse, Consistency, Node, RequestId, RetryPolicy,
     Task, TaskId, Time,
@@ -39,6 +43,11 @@ pub(super) struct ClientOp {
     pub(super) acked: bool,
     /// Acknowledged by a `SubmitBatch` (its own or one that carried it).
     pub(super) acked_in_batch: bool,
+    /// A submit under a dedupe key: `id` is known once it ends.
+    pub(super) unique: Option<Box<DedupeSubmit>>,
+    /// The submit under a dedupe key found the key's task alive: `id` is
+    /// that task, not one of this client's.
+    pub(super) deduplicated: bool,
 }
 
 /// What a client request asks.
@@ -49,6 +58,8 @@ pub(super) enum RequestKind {
     SubmitBatch,
     Get,
     Cancel,
+    /// The request of the op's [`DedupeSubmit`].
+    Unique,
 }
 
 pub(super) struct Pending {
@@ -133,18 +144,41 @@ impl<N: Node> Sim<'_, N> {
                 0
             },
         };
-        let id = TaskId::random(&mut self.rng);
         let op = self.ops.len();
-        self.hash_event(TAG_CLIENT, op as u64, &encode(&(id, &task)));
         let now = self.now;
-        self.line(|| format!("{now} client {id:?} arrives (client {op})"));
-        self.history.push(
-            self.now,
-            HistoryEvent::Submitted {
-                task: id,
-                content: task.clone(),
-            },
-        );
+        let (id, unique) = match unique_key(w, op as u64) {
+            None => {
+                let id = TaskId::random(&mut self.rng);
+                self.hash_event(TAG_CLIENT, op as u64, &encode(&(id, &task)));
+                self.line(|| format!("{now} client {id:?} arrives (client {op})"));
+                self.history.push(
+                    now,
+                    HistoryEvent::Submitted {
+                        task: id,
+                        content: task.clone(),
+                    },
+                );
+                (id, None)
+            }
+            Some(key) => {
+                self.hash_event(TAG_CLIENT, op as u64, &encode(&(key.as_bytes(), &task)));
+                let shown = String::from_utf8_lossy(key.as_bytes()).into_owned();
+                self.line(|| format!("{now} client {op} arrives with dedupe key {shown}"));
+                self.history.push(
+                    now,
+                    HistoryEvent::UniqueSubmitted {
+                        key: key.clone(),
+                        content: task.clone(),
+                    },
+                );
+                let rounds_max = w.unique_rounds_max;
+                self.unique_submits += 1;
+                // Until it ends, the op is named by its key's first id.
+                let placeholder = key.task_id(0);
+                let machine = DedupeSubmit::new(key, task.clone(), rounds_max);
+                (placeholder, Some(Box::new(machine)))
+            }
+        };
         self.ops.push(ClientOp {
             id,
             task,
@@ -154,6 +188,8 @@ impl<N: Node> Sim<'_, N> {
             redirects: 0,
             acked: false,
             acked_in_batch: false,
+            unique,
+            deduplicated: false,
         });
         self.ops_open += 1;
         let to = self.random_node();
@@ -166,12 +202,18 @@ impl<N: Node> Sim<'_, N> {
         self.next_request += 1;
         let w = &self.cfg.workload;
         let mut batch = Vec::new();
+        let unique = self.ops[op].phase == Phase::Submitting && self.ops[op].unique.is_some();
         if self.ops[op].phase == Phase::Submitting
+            && !unique
             && w.batch_rate > 0.0
             && self.rng.gen_bool(w.batch_rate)
         {
             batch = (0..self.ops.len())
-                .filter(|o| *o != op && self.ops[*o].phase == Phase::Submitting)
+                .filter(|o| {
+                    *o != op
+                        && self.ops[*o].phase == Phase::Submitting
+                        && self.ops[*o].unique.is_none()
+                })
                 .take(w.batch_tasks - 1)
                 .collect();
         }
@@ -185,27 +227,33 @@ impl<N: Node> Sim<'_, N> {
             );
         }
         let o = &mut self.ops[op];
-        let (req, kind) = match o.phase {
-            Phase::Submitting if !tasks.is_empty() => (
-                ClientRequest::SubmitBatch { tasks },
-                RequestKind::SubmitBatch,
+        let (req, kind) = match (o.phase, &o.unique) {
+            (Phase::Submitting, Some(m)) => (
+                m.request().expect("an open dedupe submit has a request"),
+                RequestKind::Unique,
             ),
-            Phase::Submitting => (
-                ClientRequest::Submit {
-                    id: o.id,
-                    task: o.task.clone(),
-                },
-                RequestKind::Submit,
-            ),
-            Phase::Polling => (
-                ClientRequest::Get {
-                    id: o.id,
-                    consistency: Consistency::Linearizable,
-                },
-                RequestKind::Get,
-            ),
-            Phase::Cancelling => (ClientRequest::Cancel { id: o.id }, RequestKind::Cancel),
-            Phase::Done | Phase::Refused => return,
+            _ => match o.phase {
+                Phase::Submitting if !tasks.is_empty() => (
+                    ClientRequest::SubmitBatch { tasks },
+                    RequestKind::SubmitBatch,
+                ),
+                Phase::Submitting => (
+                    ClientRequest::Submit {
+                        id: o.id,
+                        task: o.task.clone(),
+                    },
+                    RequestKind::Submit,
+                ),
+                Phase::Polling => (
+                    ClientRequest::Get {
+                        id: o.id,
+                        consistency: Consistency::Linearizable,
+                    },
+                    RequestKind::Get,
+                ),
+                Phase::Cancelling => (ClientRequest::Cancel { id: o.id }, RequestKind::Cancel),
+                Phase::Done | Phase::Refused => return,
+            },
         };
         o.current = Some(request);
         o.generation += 1;
@@ -317,6 +365,10 @@ impl<N: Node> Sim<'_, N> {
         self.hash_event(TAG_RESPONSE, node_id.0, &encode(&(request, &reply)));
         let p = &self.requests[&request];
         let (op, sent_at, kind) = (p.op, p.sent_at, p.kind);
+        if kind == RequestKind::Unique {
+            self.on_unique_response(op, node, request, sent_at, reply);
+            return;
+        }
         let mut reply = reply;
         if kind == RequestKind::SubmitBatch {
             let batch = p.batch.clone();
@@ -439,6 +491,138 @@ impl<N: Node> Sim<'_, N> {
             }
         }
     }
+}
+
+impl<N: Node> Sim<'_, N> {
+    /// The answer to a request of op's dedupe submit. Retryable errors are
+    /// not handed to the machine: its request is sent again (which its
+    /// contract allows), to the leader named or after a back-off.
+    fn on_unique_response(
+        &mut self,
+        op: usize,
+        node: usize,
+        request: RequestId,
+        sent_at: Time,
+        reply: Reply,
+    ) {
+        let now = self.now;
+        let node_id = self.slots[node].id;
+        let w = self.cfg.workload.clone();
+        self.line(|| format!("{now} client {op} <- {node_id} r{} {reply:?}", request.0));
+        let o = &self.ops[op];
+        let Some(machine) = o.unique.as_ref() else {
+            return;
+        };
+        if o.current != Some(request) || o.phase != Phase::Submitting {
+            return; // an answer to a request sent again since
+        }
+        let asked = machine
+            .request()
+            .expect("an open dedupe submit has a request");
+        if let ClientRequest::Get { id, .. } = asked {
+            let result = match &reply {
+                Ok(ClientResponse::State { id: read, state }) if *read == id => Ok(state.clone()),
+                Ok(_) => Err(ClientError::Unavailable {
+                    reason: "not an answer to the read".into(),
+                }),
+                Err(e) => Err(e.clone()),
+            };
+            if !matches!(&result, Err(e) if e.is_retryable()) {
+                self.history.push(
+                    now,
+                    HistoryEvent::Read {
+                        task: id,
+                        node: node_id,
+                        sent_at,
+                        result,
+                    },
+                );
+            }
+        }
+        match &reply {
+            Err(ClientError::NotLeader { leader: Some(l) })
+                if self.ops[op].redirects < w.redirects_max =>
+            {
+                self.ops[op].redirects += 1;
+                match self.index_of(*l) {
+                    Some(j) => self.client_send(op, j),
+                    None => self.client_wait(op, w.backoff_ms_min, w.backoff_ms_max),
+                }
+                return;
+            }
+            Err(e) if e.is_retryable() => {
+                self.ops[op].redirects = 0;
+                self.client_wait(op, w.backoff_ms_min, w.backoff_ms_max);
+                return;
+            }
+            _ => {}
+        }
+        self.ops[op].redirects = 0;
+        let machine = self.ops[op].unique.as_mut().expect("checked above");
+        let key = machine.key().clone();
+        match machine.handle_reply(reply) {
+            // The runtime runs the whole submit at the node it reached.
+            DedupeStep::Send(_) => self.client_send(op, node),
+            DedupeStep::Done(Ok(outcome)) => {
+                self.history.push(
+                    now,
+                    HistoryEvent::UniqueAnswered {
+                        key,
+                        node: node_id,
+                        outcome: outcome.clone(),
+                    },
+                );
+                let o = &mut self.ops[op];
+                let content = o.unique.take().expect("checked above").task().clone();
+                o.id = outcome.id();
+                o.phase = Phase::Polling;
+                o.deduplicated = outcome.is_deduplicated();
+                if let DedupeOutcome::Created { id, .. } = outcome {
+                    o.acked = true;
+                    self.history.push(
+                        now,
+                        HistoryEvent::Submitted {
+                            task: id,
+                            content: content.clone(),
+                        },
+                    );
+                    self.history.push(
+                        now,
+                        HistoryEvent::Acked {
+                            task: id,
+                            node: node_id,
+                            content,
+                        },
+                    );
+                }
+                self.client_wait(op, w.poll_ms_min, w.poll_ms_max);
+            }
+            DedupeStep::Done(Err(e)) if e.is_retryable() => {
+                // Contention: start over later.
+                let task = machine.task().clone();
+                **machine = DedupeSubmit::new(key, task, w.unique_rounds_max);
+                self.client_wait(op, w.backoff_ms_min, w.backoff_ms_max);
+            }
+            DedupeStep::Done(Err(e)) => {
+                let detail = format!("{node_id} failed a dedupe submit of client {op}: {e}");
+                self.violations.push(Guarantee::Invariant, now, detail);
+                self.client_finish(op, Phase::Refused);
+            }
+        }
+    }
+}
+
+/// The dedupe key op `op` submits under, if it is one of the workload's
+/// dedupe submits: the last `unique_burst` of every `unique_every` ops, so
+/// that a burst's submits of one key race each other; keys rotate over
+/// `unique_keys`. Chosen by position, not drawn, so a workload without
+/// dedupe submits draws exactly what it drew before they existed.
+fn unique_key(w: &crate::config::Workload, op: u64) -> Option<DedupeKey> {
+    if w.unique_every == 0 || op % w.unique_every < w.unique_every - w.unique_burst {
+        return None;
+    }
+    let k = (op / w.unique_every) % w.unique_keys;
+    Some(DedupeKey::new(format!("sim-key-{k}").as_bytes()).expect("a visible ASCII key"))
 }
 
 /// What a batch's refusal means for the task at index 0 (the sender's own):

@@ -164,6 +164,8 @@ pub(crate) struct Sim<'a, N: Node> {
     /// When an early stop becomes allowed.
     settled: Time,
     ops: Vec<ClientOp>,
+    /// Clients that submitted under a dedupe key.
+    unique_submits: u64,
     ops_open: usize,
     requests: BTreeMap<RequestId, Pending>,
     next_request: u64,
@@ -243,6 +245,7 @@ impl<'a, N: Node> Sim<'a, N> {
             healed: false,
             settled: Time::from_millis(cfg.safety_ms.saturating_add(cfg.settle_ms)),
             ops: Vec::new(),
+            unique_submits: 0,
             ops_open: 0,
             requests: BTreeMap::new(),
             next_request: 1,
@@ -412,7 +415,9 @@ impl<'a, N: Node> Sim<'a, N> {
             trace_hash: self.hash.finish(),
             events: self.events,
             simulated_ms: finished_at.as_millis(),
-            tasks_submitted: self.ops.len() as u64,
+            tasks_submitted: self.ops.iter().filter(|o| !o.deduplicated).count() as u64,
+            unique_submits: self.unique_submits,
+            unique_deduplicated: self.ops.iter().filter(|o| o.deduplicated).count() as u64,
             tasks_acked: self.ops.iter().filter(|o| o.acked).count() as u64,
             tasks_acked_in_batch: self.ops.iter().filter(|o| o.acked_in_batch).count() as u64,
             tasks_final: finals.len() as u64,
