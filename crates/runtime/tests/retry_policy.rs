@@ -14,15 +14,8 @@ use cohort_runtime::client::{CallError, Client, TaskEventsView};
 use cohort_runtime::http::{RetryBody, SubmitBody};
 use cohort_runtime::RunningNode;
 use cohort_static::{StaticConfig, StaticNode};
-use real::echo;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-fn unix_ms_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
+use real::{echo, unix_ms_now};
+use std::time::Duration;
 
 /// A `sleep` task whose payload its handler refuses (`invalid_payload:
 /// ...`): every attempt fails.

@@ -11,15 +11,8 @@ use cohort_runtime::client::{Client, TaskEventsView};
 use cohort_runtime::http::SubmitBody;
 use cohort_runtime::RunningNode;
 use cohort_static::{StaticConfig, StaticNode};
-use real::{echo, http_get};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-fn unix_ms_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
+use real::{echo, http_get, unix_ms_now};
+use std::time::Duration;
 
 /// A `sleep` task whose payload its handler refuses: every attempt fails.
 fn failing(max_attempts: u32) -> SubmitBody {

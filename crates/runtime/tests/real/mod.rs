@@ -258,3 +258,11 @@ pub async fn check_batch_semantics(addr: SocketAddr, max: usize) {
     }
     assert_eq!(listed(&client).await, expect);
 }
+
+/// Now, in ms since the Unix epoch (the runtime's event times).
+pub fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
