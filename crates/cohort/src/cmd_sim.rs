@@ -58,11 +58,7 @@ pub struct SimArgs {
     verbose: bool,
     /// Every this many client arrivals, the last two submit under one of
     /// three shared dedupe keys instead of by id, racing each other; the
-    /// `Unique` checker watches them (0: never). Default: 20 in static and
-    /// leader mode, 0 in leaderless mode, whose id-keyed create can leave
-    /// a replica holding a losing body when different bodies race for one
-    /// id, and the task then never runs (replay: --mode leaderless --seed
-    /// 215 --safety-ms 10000 --liveness-ms 20000 --dedupe-every 20).
+    /// `Unique` checker watches them (0: never). Default: 20 in every mode.
     #[arg(long)]
     dedupe_every: Option<u64>,
 }
@@ -95,10 +91,7 @@ impl SimArgs {
 
     /// `--dedupe-every`, or the mode's default.
     fn dedupe_every(&self) -> u64 {
-        self.dedupe_every.unwrap_or(match self.mode {
-            SimMode::Static | SimMode::Leader => cohort_sim::UNIQUE_EVERY_SIM,
-            SimMode::Leaderless => 0,
-        })
+        self.dedupe_every.unwrap_or(cohort_sim::UNIQUE_EVERY_SIM)
     }
 
     fn run_one(&self, seed: u64) -> Report {

@@ -75,9 +75,9 @@
 //!   finished records past `Limits::tasks_retained_max`, so there the
 //!   guarantee holds while fewer finished tasks than that have accumulated.
 //! - Progress rests on the mode settling racing creates of one id with
-//!   different bodies, which dedupe keys make routine. Leaderless mode
-//!   can leave a replica holding the losing body, and the task then never
-//!   runs (see docs/RUNTIME.md); uniqueness still holds.
+//!   different bodies, which dedupe keys make routine: one body is
+//!   acknowledged and runs (in leaderless mode a replica that stored the
+//!   losing body adopts the winner's once one of its values is chosen).
 //! - A task submitted by its id (not through a key) that happens to equal
 //!   some `id(K, g)` takes part in the chain; finding such an id needs a
 //!   SHA-256 preimage, so only a client that computes it on purpose can.

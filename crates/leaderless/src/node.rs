@@ -752,6 +752,19 @@ impl LeaderlessNode {
         value: &TaskValue,
     ) -> bool {
         match self.records.get(&id) {
+            Some(rec)
+                if rec.header.task != header.task && adopts(rec, version, value, self.me()) =>
+            {
+                // This replica's first write lost a race with another body:
+                // a value of that body is chosen, so that body is the task.
+                let first = value.history.events.first().map_or(now, |e| e.at);
+                let created_at = rec.created_at.min(first);
+                self.abandon_foreign_proposal(id, Some(header));
+                self.records
+                    .insert(id, Record::new(header.clone(), created_at));
+                self.persist_record(id);
+                true
+            }
             Some(rec) => rec.header.task == header.task,
             None => {
                 if !value.replicas.contains(&self.me()) {
@@ -840,7 +853,7 @@ impl LeaderlessNode {
                 promised,
             },
             AcceptReply::Ahead(version, value) => LeaderlessMessage::Ahead { id, version, value },
-            AcceptReply::Behind => return,
+            AcceptReply::Behind | AcceptReply::Unpromised => return,
         };
         self.send(from, msg);
     }
@@ -1859,6 +1872,17 @@ impl LeaderlessNode {
 /// (the creation fence), so it only moves on through its holders.
 fn fenced_first_write(rec: &Record, ring: &Ring) -> bool {
     rec.version == 0 && rec.header.ring_epoch < ring.epoch
+}
+
+/// Whether a replica holding `rec` adopts another body of the task for
+/// which `(version, value)` is chosen: `rec` is still at version 0 (its
+/// first write, never chosen) and the chosen value is past version 0 and
+/// names `me` a replica. A chosen value past version 0 was accepted by a
+/// majority of replicas holding that body (an acceptor accepts only a
+/// ballot it promised, and promises only for the body it holds), so no
+/// other body was ever acknowledged (see ALGORITHM.md, *Racing bodies*).
+fn adopts(rec: &Record, version: u64, value: &TaskValue, me: NodeId) -> bool {
+    rec.version == 0 && version > 0 && value.replicas.contains(&me)
 }
 
 /// Whether `me` has anything to do about the record: a task not final of

@@ -125,7 +125,7 @@ fn deliver(mut state: State, i: usize) -> State {
                     version,
                     value,
                 },
-                AcceptReply::Behind => return state,
+                AcceptReply::Behind | AcceptReply::Unpromised => return state,
             };
             state.network.push((to, from, msg));
         }

@@ -290,3 +290,30 @@ fn batch_submits_pass_the_simulator_with_every_fault_kind() {
     // G1 is checked for every task a batch acknowledged: there were some.
     assert!(in_batch > 0, "no task was acknowledged by a batch");
 }
+
+/// Regression (`cohort sim` seeds 25, 26 and 142, all faults, dedupe
+/// submits on): two submitters of one dedupe key race to create its next
+/// generation with different bodies; one replica stores the losing body
+/// while the other two store the winner's, which is acknowledged and
+/// claimed. The losing replica refused the winner's prepares and learns,
+/// but accepted its phase-2 values into its own record (an acceptor took
+/// any ballot at or above its promise), so it held the winner's chosen
+/// history under the losing body (`assigned before not_before`,
+/// `not_started without a timeout`), and it never caught up: the task
+/// lived on two of its three replicas only. Now an acceptor accepts only a
+/// ballot it promised, and a version-0 record adopts the body of a chosen
+/// value past version 0.
+#[test]
+fn racing_creates_of_one_id_with_different_bodies_leave_one_body_and_the_task_runs() {
+    for seed in [25, 26, 142] {
+        let mut c = SimConfig::new(seed, 5);
+        c.faults = FaultKinds::ALL;
+        c.safety_ms = 10_000;
+        c.liveness_ms = 20_000;
+        c.workload.unique_every = cohort_sim::UNIQUE_EVERY_SIM;
+        let r = run::<LeaderlessNode>(&c, &LeaderlessConfig::default(), &mut Checked::new(&c));
+        assert!(r.passed(), "seed {seed}: {r}");
+        assert_eq!(r.tasks_final, r.tasks_acked, "seed {seed}: {r}");
+        assert!(r.tasks_acked > 0, "seed {seed}: {r}");
+    }
+}

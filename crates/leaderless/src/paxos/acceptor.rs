@@ -32,6 +32,11 @@ pub enum AcceptReply {
     Ahead(u64, TaskValue),
     /// This acceptor is behind `version` and did not promise in it: no answer.
     Behind,
+    /// This acceptor never promised this ballot (its prepare did not reach
+    /// it, or it holds another body under the task's id and refused the
+    /// prepare): no answer. Accepting only what it promised keeps a value
+    /// proposed for one body out of a record holding another.
+    Unpromised,
 }
 
 /// Handles `Prepare` for the instance deciding `version + 1`, whose base
@@ -79,6 +84,9 @@ pub fn on_accept(
     }
     if ballot < rec.promised {
         return (AcceptReply::Reject(rec.promised), false);
+    }
+    if ballot > rec.promised {
+        return (AcceptReply::Unpromised, false);
     }
     let next = Some((ballot, value.clone()));
     if rec.promised == ballot && rec.accepted == next {
@@ -181,6 +189,31 @@ mod tests {
         assert_eq!(
             on_accept(&mut r, 2, b(9, 9), &v1),
             (AcceptReply::Behind, false)
+        );
+    }
+
+    #[test]
+    fn an_acceptor_accepts_only_a_ballot_it_promised() {
+        // A replica holding another body under the id never answers that
+        // body's prepares; its accept must not take that body's value.
+        let mut r = rec();
+        assert_eq!(
+            on_accept(&mut r, 0, b(1, 2), &running(2, 1)),
+            (AcceptReply::Unpromised, false)
+        );
+        assert_eq!(r.accepted, None);
+        let init = TaskValue::initial(&rec().header);
+        assert_eq!(
+            on_prepare(&mut r, 0, &init, b(1, 2)),
+            (PrepareReply::Promise(None), true)
+        );
+        assert_eq!(
+            on_accept(&mut r, 0, b(2, 3), &running(3, 1)),
+            (AcceptReply::Unpromised, false)
+        );
+        assert_eq!(
+            on_accept(&mut r, 0, b(1, 2), &running(2, 1)),
+            (AcceptReply::Accepted, true)
         );
     }
 
