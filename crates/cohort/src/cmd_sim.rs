@@ -65,6 +65,14 @@ pub struct SimArgs {
     /// 215 --safety-ms 10000 --liveness-ms 20000 --dedupe-every 20).
     #[arg(long)]
     dedupe_every: Option<u64>,
+    /// Fraction of submits sent as one batch that also carries other tasks
+    /// still waiting for their acknowledgement (0: never).
+    #[arg(long, default_value_t = 0.0)]
+    batch_rate: f64,
+    /// Mean client arrivals per second during the safety phase (default:
+    /// the simulator's workload).
+    #[arg(long)]
+    arrivals_per_sec: Option<f64>,
 }
 
 impl SimArgs {
@@ -76,6 +84,10 @@ impl SimArgs {
         config.record_trace = self.trace.is_some();
         config.workload.unique_every = self.dedupe_every();
         config.workload.unique_burst = config.workload.unique_burst.min(self.dedupe_every());
+        config.workload.batch_rate = self.batch_rate;
+        if let Some(rate) = self.arrivals_per_sec {
+            config.workload.arrivals_per_sec = rate;
+        }
         // Checkers run inside `run`; a sweep need not keep every history.
         config.keep_history = false;
         config
@@ -87,10 +99,17 @@ impl SimArgs {
             SimMode::Leader => "leader",
             SimMode::Leaderless => "leaderless",
         };
-        format!(
+        let mut cmd = format!(
             "cohort sim --mode {mode} --seed {seed} --nodes {} --faults {} --safety-ms {} --liveness-ms {} --dedupe-every {}",
             self.nodes, self.faults, self.safety_ms, self.liveness_ms, self.dedupe_every()
-        )
+        );
+        if self.batch_rate > 0.0 {
+            cmd.push_str(&format!(" --batch-rate {}", self.batch_rate));
+        }
+        if let Some(rate) = self.arrivals_per_sec {
+            cmd.push_str(&format!(" --arrivals-per-sec {rate}"));
+        }
+        cmd
     }
 
     /// `--dedupe-every`, or the mode's default.
@@ -194,6 +213,10 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
     if args.nodes == 0 {
         bail!("--nodes must be at least 1");
     }
+    // The workload flags, refused up front rather than by a panic per seed.
+    args.config(0)
+        .validate()
+        .context("invalid simulator settings")?;
     if let Some(seed) = args.seed {
         return run_single(&args, seed);
     }

@@ -239,3 +239,25 @@ fn batch_submits_pass_all_checkers_and_count_as_acknowledged() {
     // G1 is checked for every task a batch acknowledged: there were some.
     assert!(in_batch > 0, "no task was acknowledged by a batch");
 }
+
+/// Found by the batch workload with dedupe submits on (`cohort sim --mode
+/// leader --seed 2000185 --safety-ms 10000 --liveness-ms 20000
+/// --batch-rate 0.5 --arrivals-per-sec 60`; these four seeds of the first
+/// 300 failed): a leader deposed before its batch committed applied its
+/// successor's different batch at the same index and answered its own
+/// client with the successor's ids; the client's task, never created,
+/// counted as acknowledged (G1, then G4).
+#[test]
+fn a_deposed_leader_never_acknowledges_an_entry_another_leader_wrote_at_its_index() {
+    for seed in [2_000_039, 2_000_049, 2_000_185, 2_000_220] {
+        let mut c = config(seed, 5);
+        c.workload.batch_rate = 0.5;
+        c.workload.arrivals_per_sec = 60.0;
+        c.workload.unique_every = cohort_sim::UNIQUE_EVERY_SIM;
+        let mut raft = RaftInvariants::default();
+        let mut inv = |_now: Time, nodes: &[Option<&LeaderNode>]| raft.check(nodes);
+        let r = run::<LeaderNode>(&c, &ValidLeaderConfig::default(), &mut inv);
+        assert!(r.passed(), "{r}\n{}", replay(seed, 5));
+        assert!(r.tasks_acked_in_batch > 0, "{r}");
+    }
+}
