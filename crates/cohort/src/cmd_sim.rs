@@ -347,3 +347,51 @@ fn run_single(args: &SimArgs, seed: u64) -> anyhow::Result<ExitCode> {
         Ok(ExitCode::FAILURE)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        sim: SimArgs,
+    }
+
+    fn parse(args: &[&str]) -> SimArgs {
+        Cli::try_parse_from(std::iter::once("sim").chain(args.iter().copied()))
+            .expect("valid arguments")
+            .sim
+    }
+
+    #[test]
+    fn batch_flags_reach_the_workload_and_the_replay_command() {
+        let a = parse(&[
+            "--mode",
+            "leader",
+            "--batch-rate",
+            "0.5",
+            "--arrivals-per-sec",
+            "60",
+        ]);
+        let c = a.config(9);
+        assert_eq!(c.workload.batch_rate, 0.5);
+        assert_eq!(c.workload.arrivals_per_sec, 60.0);
+        let replay = a.replay_command(9);
+        assert!(
+            replay.ends_with("--batch-rate 0.5 --arrivals-per-sec 60"),
+            "{replay}"
+        );
+        let plain = parse(&["--mode", "leader"]);
+        assert_eq!(plain.config(9).workload.batch_rate, 0.0);
+        assert!(!plain.replay_command(9).contains("batch"));
+    }
+
+    #[test]
+    fn an_out_of_range_batch_rate_is_refused_before_any_seed_runs() {
+        let a = parse(&["--mode", "leader", "--seeds", "1", "--batch-rate", "1.5"]);
+        let err = run(a).expect_err("refused");
+        assert!(format!("{err:#}").contains("batch_rate"), "{err:#}");
+    }
+}
