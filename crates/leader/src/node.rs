@@ -12,7 +12,9 @@
 //! apply (G1); linearizable reads through ReadIndex; stale reads from the
 //! local state. A follower answers `NotLeader { leader }`; with no leader
 //! known, `Unavailable`. A leader that loses leadership answers its waiting
-//! requests with `Unavailable` (retrying a submit is idempotent).
+//! requests with `Unavailable` (retrying a submit is idempotent); so does a
+//! batch whose index turns out to hold another leader's entry, which a
+//! deposed leader can apply before it notices it lost leadership.
 //!
 //! Workers heartbeat the leader every `worker_heartbeat_ms` with their load,
 //! the index they have applied and the assignments they hold. The leader
