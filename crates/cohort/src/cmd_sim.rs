@@ -61,6 +61,14 @@ pub struct SimArgs {
     /// `Unique` checker watches them (0: never). Default: 20 in every mode.
     #[arg(long)]
     dedupe_every: Option<u64>,
+    /// Fraction of submits sent as one batch that also carries other tasks
+    /// still waiting for their acknowledgement (0: never).
+    #[arg(long, default_value_t = 0.0)]
+    batch_rate: f64,
+    /// Mean client arrivals per second during the safety phase (default:
+    /// the simulator's workload).
+    #[arg(long)]
+    arrivals_per_sec: Option<f64>,
 }
 
 impl SimArgs {
@@ -72,6 +80,10 @@ impl SimArgs {
         config.record_trace = self.trace.is_some();
         config.workload.unique_every = self.dedupe_every();
         config.workload.unique_burst = config.workload.unique_burst.min(self.dedupe_every());
+        config.workload.batch_rate = self.batch_rate;
+        if let Some(rate) = self.arrivals_per_sec {
+            config.workload.arrivals_per_sec = rate;
+        }
         // Checkers run inside `run`; a sweep need not keep every history.
         config.keep_history = false;
         config
@@ -83,10 +95,17 @@ impl SimArgs {
             SimMode::Leader => "leader",
             SimMode::Leaderless => "leaderless",
         };
-        format!(
+        let mut cmd = format!(
             "cohort sim --mode {mode} --seed {seed} --nodes {} --faults {} --safety-ms {} --liveness-ms {} --dedupe-every {}",
             self.nodes, self.faults, self.safety_ms, self.liveness_ms, self.dedupe_every()
-        )
+        );
+        if self.batch_rate > 0.0 {
+            cmd.push_str(&format!(" --batch-rate {}", self.batch_rate));
+        }
+        if let Some(rate) = self.arrivals_per_sec {
+            cmd.push_str(&format!(" --arrivals-per-sec {rate}"));
+        }
+        cmd
     }
 
     /// `--dedupe-every`, or the mode's default.
@@ -187,6 +206,10 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
     if args.nodes == 0 {
         bail!("--nodes must be at least 1");
     }
+    // The workload flags, refused up front rather than by a panic per seed.
+    args.config(0)
+        .validate()
+        .context("invalid simulator settings")?;
     if let Some(seed) = args.seed {
         return run_single(&args, seed);
     }
@@ -315,5 +338,53 @@ fn run_single(args: &SimArgs, seed: u64) -> anyhow::Result<ExitCode> {
             args.replay_command(seed)
         );
         Ok(ExitCode::FAILURE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        sim: SimArgs,
+    }
+
+    fn parse(args: &[&str]) -> SimArgs {
+        Cli::try_parse_from(std::iter::once("sim").chain(args.iter().copied()))
+            .expect("valid arguments")
+            .sim
+    }
+
+    #[test]
+    fn batch_flags_reach_the_workload_and_the_replay_command() {
+        let a = parse(&[
+            "--mode",
+            "leader",
+            "--batch-rate",
+            "0.5",
+            "--arrivals-per-sec",
+            "60",
+        ]);
+        let c = a.config(9);
+        assert_eq!(c.workload.batch_rate, 0.5);
+        assert_eq!(c.workload.arrivals_per_sec, 60.0);
+        let replay = a.replay_command(9);
+        assert!(
+            replay.ends_with("--batch-rate 0.5 --arrivals-per-sec 60"),
+            "{replay}"
+        );
+        let plain = parse(&["--mode", "leader"]);
+        assert_eq!(plain.config(9).workload.batch_rate, 0.0);
+        assert!(!plain.replay_command(9).contains("batch"));
+    }
+
+    #[test]
+    fn an_out_of_range_batch_rate_is_refused_before_any_seed_runs() {
+        let a = parse(&["--mode", "leader", "--seeds", "1", "--batch-rate", "1.5"]);
+        let err = run(a).expect_err("refused");
+        assert!(format!("{err:#}").contains("batch_rate"), "{err:#}");
     }
 }

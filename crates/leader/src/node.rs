@@ -12,7 +12,9 @@
 //! apply (G1); linearizable reads through ReadIndex; stale reads from the
 //! local state. A follower answers `NotLeader { leader }`; with no leader
 //! known, `Unavailable`. A leader that loses leadership answers its waiting
-//! requests with `Unavailable` (retrying a submit is idempotent).
+//! requests with `Unavailable` (retrying a submit is idempotent); so does a
+//! batch whose index turns out to hold another leader's entry, which a
+//! deposed leader can apply before it notices it lost leadership.
 //!
 //! Workers heartbeat the leader every `worker_heartbeat_ms` with their load,
 //! the index they have applied and the assignments they hold. The leader
@@ -269,13 +271,33 @@ impl ReadOf {
     }
 }
 
+/// A batch proposed by this leader, waiting for its entry to apply.
+#[derive(Debug)]
+struct WaitingBatch {
+    request: RequestId,
+    /// The term the entry was proposed in: the entry applied at its index
+    /// is this batch's own only if it has this term (Log Matching). A
+    /// deposed leader's uncommitted entry can be replaced by a successor's
+    /// different entry at the same index, which this node then applies.
+    term: u64,
+    /// The batch's ids, to check the entry answered is the batch's own.
+    ids: Vec<TaskId>,
+}
+
 /// Client requests waiting at this node.
+///
+/// Submits and cancels wait by task id, not by log index: whichever
+/// entry for that id commits (this node's or, after a leadership change, a
+/// successor's), the answer is read from the applied, hence committed,
+/// state, so it is right whoever proposed the entry. Batches wait by index
+/// and term (see [`WaitingBatch`]); reads by a read index that a quorum
+/// confirmed while this node led, served from the applied state.
 #[derive(Debug, Default)]
 struct Waiting {
     submits: BTreeMap<TaskId, Vec<(RequestId, Task)>>,
     cancels: BTreeMap<TaskId, Vec<RequestId>>,
-    /// Batches proposed by this leader: log index -> request.
-    batches: BTreeMap<u64, RequestId>,
+    /// Batches proposed by this leader, by log index.
+    batches: BTreeMap<u64, WaitingBatch>,
     /// Tasks in those batches (for `tasks_active_max`).
     batch_tasks: usize,
     /// Read round ctx -> (request, what it reads).
@@ -747,10 +769,12 @@ impl LeaderNode {
                 limit: active_max,
             });
         }
-        let count = tasks.len();
+        let ids: Vec<TaskId> = tasks.iter().map(|(id, _)| *id).collect();
+        let term = self.raft.term();
         let index = self.propose(&Command::SubmitBatch { tasks })?;
-        self.waiting.batches.insert(index, request);
-        self.waiting.batch_tasks += count;
+        self.waiting.batch_tasks += ids.len();
+        let waiter = WaitingBatch { request, term, ids };
+        self.waiting.batches.insert(index, waiter);
         Ok(())
     }
 
@@ -1158,13 +1182,28 @@ impl LeaderNode {
         for e in ready.committed {
             assert_eq!(e.index, self.applied + 1, "apply in order");
             self.applied = e.index;
+            // A batch waiting at this index is answered here, whatever the
+            // entry: its own (same term) or one that replaced it.
+            let batch = self.waiting.batches.remove(&e.index);
+            if let Some(w) = &batch {
+                self.waiting.batch_tasks = self.waiting.batch_tasks.saturating_sub(w.ids.len());
+            }
+            let batch = batch.and_then(|w| {
+                if w.term == e.term {
+                    return Some(w);
+                }
+                self.reply(w.request, Err(lost_leadership()));
+                None
+            });
             if let EntryKind::Command(bytes) = &e.kind {
                 let (at, cmd): (Time, Command) =
                     decode(bytes, usize::MAX).expect("commands we encoded decode");
                 for note in self.sm.apply(e.index, at, &cmd) {
                     self.actions.push(Action::Note(note));
                 }
-                self.after_apply(e.index, &cmd, &mut assigned_to_me);
+                self.after_apply(batch, &cmd, &mut assigned_to_me);
+            } else {
+                assert!(batch.is_none(), "a batch's own entry is a command");
             }
         }
         for (id, epoch) in assigned_to_me {
@@ -1192,18 +1231,23 @@ impl LeaderNode {
         }
     }
 
+    /// `batch`: the batch whose own entry `cmd` is (same index and term).
     fn after_apply(
         &mut self,
-        index: u64,
+        batch: Option<WaitingBatch>,
         cmd: &Command,
         assigned_to_me: &mut Vec<(TaskId, Epoch)>,
     ) {
+        if let Some(w) = &batch {
+            let own = matches!(cmd, Command::SubmitBatch { tasks }
+                if tasks.iter().map(|(id, _)| *id).eq(w.ids.iter().copied()));
+            assert!(own, "an entry of the batch's index and term is the batch");
+        }
         match cmd {
             Command::SubmitBatch { tasks } => {
-                let Some(request) = self.waiting.batches.remove(&index) else {
+                let Some(WaitingBatch { request, .. }) = batch else {
                     return;
                 };
-                self.waiting.batch_tasks = self.waiting.batch_tasks.saturating_sub(tasks.len());
                 let reply = match self.sm.batch_conflict(tasks) {
                     Some(id) => Err(ClientError::BatchItem {
                         index: tasks.iter().position(|t| t.0 == id).unwrap_or(0),
@@ -1339,8 +1383,8 @@ impl LeaderNode {
             }
             let batches = std::mem::take(&mut self.waiting.batches);
             self.waiting.batch_tasks = 0;
-            for request in batches.into_values() {
-                self.reply(request, Err(lost_leadership()));
+            for w in batches.into_values() {
+                self.reply(w.request, Err(lost_leadership()));
             }
             let reads = std::mem::take(&mut self.waiting.reads);
             for (request, _) in reads.into_values() {
@@ -1354,8 +1398,15 @@ impl LeaderNode {
     }
 
     /// The state jumped (snapshot): waiting submits and cancels may have
-    /// been decided inside it.
+    /// been decided inside it. A batch whose index it covers cannot tell
+    /// whether its own entry is in it: its client retries (idempotently).
     fn after_state_jump(&mut self) {
+        let rest = self.waiting.batches.split_off(&(self.applied + 1));
+        let covered = std::mem::replace(&mut self.waiting.batches, rest);
+        for w in covered.into_values() {
+            self.waiting.batch_tasks = self.waiting.batch_tasks.saturating_sub(w.ids.len());
+            self.reply(w.request, Err(lost_leadership()));
+        }
         let ids: Vec<TaskId> = self.waiting.submits.keys().copied().collect();
         for id in ids {
             if self.sm.get(id).is_some() {
@@ -1363,7 +1414,7 @@ impl LeaderNode {
                     id,
                     task: self.waiting.submits[&id][0].1.clone(),
                 };
-                self.after_apply(0, &cmd, &mut Vec::new());
+                self.after_apply(None, &cmd, &mut Vec::new());
             }
         }
     }

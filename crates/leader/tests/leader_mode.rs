@@ -683,3 +683,68 @@ fn snapshots_wait_for_as_many_entries_as_the_state_holds_records() {
         "the leader compacted its log"
     );
 }
+
+fn batch(c: &mut Cluster, at: NodeId, ids: &[u128]) -> cohort_core::RequestId {
+    let tasks = ids
+        .iter()
+        .map(|i| (TaskId(*i), task("echo", &[*i as u8])))
+        .collect();
+    c.request(at, ClientRequest::SubmitBatch { tasks })
+}
+
+/// A leader deposed with uncommitted entries learns of its successor from
+/// an append that replaces them and commits the successor's entries at the
+/// same indices, in one input: the successor's batch at the index of the
+/// old leader's batch must not answer the old leader's client (it would
+/// acknowledge tasks that were never created: G1).
+#[test]
+fn a_deposed_leader_never_acknowledges_a_batch_another_leader_wrote_at_its_index() {
+    let mut c = Cluster::new(14, 3, cfg());
+    let old = c.elect(3_000);
+    c.run_for(300);
+    let others: Vec<NodeId> = ids(3).into_iter().filter(|i| *i != old).collect();
+    // Cut off, the old leader takes an entry it cannot commit (at L+1,
+    // where its successor puts its no-op) and leads on until check-quorum
+    // notices; the others elect meanwhile.
+    c.partition(&[old], &others);
+    let lost = c.submit(old, TaskId(1), task("echo", b"lost"));
+    let mut new = None;
+    for _ in 0..100 {
+        c.run_for(5);
+        new = others
+            .iter()
+            .copied()
+            .find(|o| c.node(*o).raft_status().role == cohort_leader::raft::Role::Leader);
+        if new.is_some() {
+            break;
+        }
+    }
+    let new = new.expect("the others elect");
+    assert_eq!(
+        c.node(old).raft_status().role,
+        cohort_leader::raft::Role::Leader,
+        "the old leader has not noticed yet"
+    );
+    // The successor's first entry after its no-op (L+2) is a batch; the
+    // old leader, still leading, takes another batch at L+2.
+    let theirs = batch(&mut c, new, &[20, 21]);
+    let mine = batch(&mut c, old, &[10, 11]);
+    c.run_for(20);
+    assert!(matches!(
+        c.replies.get(&theirs),
+        Some(Ok(ClientResponse::AcceptedBatch { .. }))
+    ));
+    // The old leader hears of the new term by an append of those entries.
+    c.cut.clear();
+    c.run_for(1_000);
+    for r in [lost, mine] {
+        assert!(
+            matches!(c.replies.get(&r), Some(Err(e)) if e.is_retryable()),
+            "{:?}",
+            c.replies.get(&r)
+        );
+    }
+    let d = c.check_history();
+    assert!(!d.contains_key(&TaskId(10)) && !d.contains_key(&TaskId(11)));
+    assert!(d.contains_key(&TaskId(20)) && d.contains_key(&TaskId(21)));
+}
