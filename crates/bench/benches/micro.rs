@@ -32,6 +32,7 @@ fn task() -> Task {
         not_before: cohort_core::Time::ZERO,
         retry: cohort_core::RetryPolicy::default(),
         schedule_to_start_ms: 0,
+        priority: 0,
     }
 }
 

@@ -99,6 +99,7 @@ pub(crate) fn body(id: TaskId) -> SubmitBody {
         not_before_ms: None,
         retry: None,
         schedule_to_start_ms: None,
+        priority: None,
     }
 }
 

@@ -66,7 +66,7 @@ pub struct SubmitArgs {
     /// Submit many tasks in one `POST /v1/tasks:batch` instead: a file
     /// (`-` for stdin) with one submit body per line, e.g.
     /// `{"id":"a1","kind":"echo","payload":"hi"}`. Prints the ids in order.
-    #[arg(long, conflicts_with_all = ["kind", "id", "idempotency_key", "dedupe_key", "wait", "not_before_ms", "delay", "backoff_initial_ms", "backoff_max_ms", "non_retryable", "schedule_to_start_ms"])]
+    #[arg(long, conflicts_with_all = ["kind", "id", "idempotency_key", "dedupe_key", "wait", "not_before_ms", "delay", "backoff_initial_ms", "backoff_max_ms", "non_retryable", "schedule_to_start_ms", "priority"])]
     pub batch: Option<PathBuf>,
     /// Payload text (sleep: milliseconds or {"ms":N}; hash: {"rounds":N,"data":"..."}; exec: a command line).
     #[arg(long, default_value = "")]
@@ -117,6 +117,10 @@ pub struct SubmitArgs {
     /// after it could start; default: wait for ever.
     #[arg(long)]
     pub schedule_to_start_ms: Option<u64>,
+    /// Among tasks that may start, a higher priority starts first
+    /// (-128 to 127; default 0).
+    #[arg(long, allow_hyphen_values = true)]
+    pub priority: Option<i8>,
     /// Wait this long (e.g. 10s) for the outcome and print it.
     #[arg(long)]
     pub wait: Option<String>,
@@ -358,6 +362,7 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
             not_before_ms,
             retry,
             schedule_to_start_ms: args.schedule_to_start_ms,
+            priority: args.priority,
         };
         let id = match &args.dedupe_key {
             Some(key) => {

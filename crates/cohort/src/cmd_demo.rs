@@ -349,6 +349,7 @@ async fn run_mode(mode: &'static Mode, args: &DemoArgs) -> anyhow::Result<Report
             not_before_ms: None,
             retry: None,
             schedule_to_start_ms: None,
+            priority: None,
         };
         joins.push(tokio::spawn(async move {
             let _permit = permit;

@@ -140,6 +140,7 @@ fn the_harness_checkers_report_a_lost_task_a_stale_result_and_an_unfinished_task
         not_before: cohort_core::Time::ZERO,
         retry: cohort_core::RetryPolicy::default(),
         schedule_to_start_ms: 0,
+        priority: 0,
     };
     let at = |ms: u64| start + ms * 1000;
     let mut client = vec![

@@ -61,6 +61,7 @@ mod tests {
             not_before: crate::Time::ZERO,
             retry: crate::RetryPolicy::default(),
             schedule_to_start_ms: 0,
+            priority: 0,
         };
         let bytes = encode(&t);
         assert_eq!(decode::<Task>(&bytes, 1024).unwrap(), t);

@@ -89,7 +89,8 @@
 //! use cohort_core::{ClientError, ClientRequest, ClientResponse, Task, Time};
 //!
 //! let task = Task { kind: "echo".into(), payload: vec![], timeout_ms: 1000, max_attempts: 1,
-//!                    not_before: Time::ZERO, retry: Default::default(), schedule_to_start_ms: 0 };
+//!                    not_before: Time::ZERO, retry: Default::default(), schedule_to_start_ms: 0,
+//!                    priority: 0 };
 //! let key = DedupeKey::new(b"nightly-report").unwrap();
 //! let mut submit = DedupeSubmit::new(key, task, 8);
 //! // An empty cluster: generation 0 does not exist, so it is submitted.
@@ -569,6 +570,7 @@ mod tests {
             not_before: crate::Time::ZERO,
             retry: crate::RetryPolicy::default(),
             schedule_to_start_ms: 0,
+            priority: 0,
         }
     }
 

@@ -470,6 +470,7 @@ mod tests {
             not_before: crate::Time::ZERO,
             retry: crate::RetryPolicy::default(),
             schedule_to_start_ms: 0,
+            priority: 0,
         };
         assert_eq!(
             limits.check_task(&task),

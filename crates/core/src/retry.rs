@@ -152,6 +152,7 @@ mod tests {
             not_before: Time::ZERO,
             retry,
             schedule_to_start_ms: 0,
+            priority: 0,
         }
     }
 

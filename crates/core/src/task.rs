@@ -31,6 +31,11 @@ pub struct Task {
     /// ever). A task stuck behind a partition or full workers is thus
     /// told apart from one that runs late.
     pub schedule_to_start_ms: u64,
+    /// Among tasks that may start, a higher priority starts first (ties:
+    /// first come, first served in leader and static mode; by id among a
+    /// leaderless replica's own). Not preemptive: a running task is not
+    /// stopped for a higher one.
+    pub priority: i8,
 }
 
 impl Task {
@@ -44,6 +49,12 @@ impl Task {
     pub fn start_by(&self, since: Time, ready_at: Time) -> Option<Time> {
         (self.schedule_to_start_ms > 0)
             .then(|| since.max(ready_at) + Duration::from_millis(self.schedule_to_start_ms))
+    }
+
+    /// The priority as a queue rank: 0 for the highest priority (127), 255
+    /// for the lowest (-128), so that ascending order runs higher first.
+    pub fn rank(&self) -> u8 {
+        u8::try_from(127 - i16::from(self.priority)).expect("127 - i8 is within 0..=255")
     }
 
     /// The error of a task that was not started in time.
@@ -436,6 +447,7 @@ mod tests {
             not_before: Time::from_millis(10),
             retry: RetryPolicy::default(),
             schedule_to_start_ms: 100,
+            priority: 0,
         };
         let (node, epoch) = (NodeId(1), Epoch(1));
         let history = |events: &[(u64, TaskEventKind)]| {
@@ -475,6 +487,7 @@ mod tests {
             .is_err());
         let no_timeout = Task {
             schedule_to_start_ms: 0,
+            priority: 0,
             ..task
         };
         assert!(history(&[(500, not_started)])

@@ -1230,7 +1230,13 @@ impl LeaderlessNode {
         } else {
             (self.peers.capacity_tasks as usize).saturating_sub(self.executing.len())
         };
-        let ids: Vec<TaskId> = self.active.iter().copied().collect();
+        // Higher priorities claim first (a stable sort: by id within one).
+        let mut ids: Vec<TaskId> = self.active.iter().copied().collect();
+        ids.sort_by_key(|id| {
+            self.records
+                .get(id)
+                .map_or(u8::MAX, |r| r.header.task.rank())
+        });
         let records = &self.records;
         self.pending_seen.retain(|id, _| {
             records

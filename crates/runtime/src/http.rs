@@ -431,6 +431,10 @@ pub struct SubmitBody {
     /// (see `Task::schedule_to_start_ms`); absent or 0: wait for ever.
     #[serde(default)]
     pub schedule_to_start_ms: Option<u64>,
+    /// Among tasks that may start, a higher priority starts first
+    /// (-128 to 127; default 0).
+    #[serde(default)]
+    pub priority: Option<i8>,
 }
 
 /// The `retry` object of a submit body (see [`cohort_core::retry`]).
@@ -580,6 +584,7 @@ fn submit_task(req: SubmitBody) -> Result<(Option<TaskId>, Task), ApiError> {
         not_before: not_before(req.not_before_ms)?,
         retry: RetryBody::policy(req.retry.as_ref()),
         schedule_to_start_ms: req.schedule_to_start_ms.unwrap_or(0),
+        priority: req.priority.unwrap_or(0),
     };
     Ok((id, task))
 }
@@ -1530,6 +1535,7 @@ mod tests {
             not_before_ms: None,
             retry: None,
             schedule_to_start_ms: None,
+            priority: None,
         })
         .unwrap();
         for k in body.as_object().unwrap().keys() {

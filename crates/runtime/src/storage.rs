@@ -34,7 +34,8 @@ const META_KEY: &str = "identity";
 
 /// The on-disk format this build writes and reads. 2: task records and
 /// leader log entries carry the tasks' event history and its times. 3:
-/// tasks carry `not_before` and a retry policy, records when they may run
+/// tasks carry `not_before`, a retry policy, a schedule-to-start timeout
+/// and a priority, records when they may run
 /// again, and leader results the retry jitter.
 pub const FORMAT_VERSION: u32 = 3;
 

@@ -98,6 +98,7 @@ fn probe(ms: u64) -> SubmitBody {
         not_before_ms: None,
         retry: None,
         schedule_to_start_ms: None,
+        priority: None,
     }
 }
 

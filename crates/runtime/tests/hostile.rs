@@ -36,6 +36,7 @@ fn echo(payload: &str) -> SubmitBody {
         not_before_ms: None,
         retry: None,
         schedule_to_start_ms: None,
+        priority: None,
     }
 }
 
@@ -661,6 +662,7 @@ impl AckedWorkload {
                         not_before: cohort_core::Time::ZERO,
                         retry: cohort_runtime::http::RetryBody::policy(None),
                         schedule_to_start_ms: 0,
+                        priority: 0,
                     };
                     recorder.push(HistoryEvent::Submitted {
                         task,

@@ -22,6 +22,7 @@ fn body(kind: &str, payload: &str) -> SubmitBody {
         not_before_ms: None,
         retry: None,
         schedule_to_start_ms: None,
+        priority: None,
     }
 }
 

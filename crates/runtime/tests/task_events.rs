@@ -23,6 +23,7 @@ fn failing(max_attempts: u32) -> SubmitBody {
         not_before_ms: None,
         retry: None,
         schedule_to_start_ms: None,
+        priority: None,
         ..echo("")
     }
 }

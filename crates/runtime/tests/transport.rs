@@ -130,6 +130,7 @@ async fn hostile_peer_connections_are_closed_with_a_reason_and_the_node_keeps_ru
             not_before_ms: None,
             retry: None,
             schedule_to_start_ms: None,
+            priority: None,
         })
         .await
         .unwrap();
@@ -198,6 +199,7 @@ async fn a_peer_that_never_answers_fills_only_its_own_bounded_queue() {
             not_before_ms: None,
             retry: None,
             schedule_to_start_ms: None,
+            priority: None,
         })
         .await
         .unwrap();

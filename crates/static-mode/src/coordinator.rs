@@ -48,7 +48,8 @@ pub(crate) struct Coordinator {
     peers: Peers,
     config: StaticConfig,
     tasks: BTreeMap<TaskId, Record>,
-    /// Pending tasks that may run, in submission order.
+    /// Pending tasks that may run, by priority, then in the order they
+    /// could run.
     queue: VecDeque<TaskId>,
     /// Pending tasks that may not run yet (not_before, retry backoff):
     /// (ready_at, id). Moved to `queue` by the tick once due, so they
@@ -434,7 +435,7 @@ impl Coordinator {
                 break;
             }
             self.waiting.pop_first();
-            self.queue.push_back(task);
+            self.queue_in_order(task);
         }
         self.schedule(now, out);
     }
@@ -462,6 +463,17 @@ impl Coordinator {
         self.finish(id, TaskState::Failed { error, attempts }, out);
     }
 
+    /// Puts `id` in the queue behind every task of its priority or higher.
+    fn queue_in_order(&mut self, id: TaskId) {
+        let rank = self.tasks[&id].task.rank();
+        let at = self
+            .queue
+            .iter()
+            .position(|t| self.tasks[t].task.rank() > rank)
+            .unwrap_or(self.queue.len());
+        self.queue.insert(at, id);
+    }
+
     /// Queues pending `id`: waiting while its `ready_at` is after `now`.
     fn enqueue(&mut self, now: Time, id: TaskId) {
         let record = self.tasks.get_mut(&id).expect("queueing a known task");
@@ -473,7 +485,7 @@ impl Coordinator {
         if ready_at > now {
             self.waiting.insert((ready_at, id));
         } else {
-            self.queue.push_back(id);
+            self.queue_in_order(id);
         }
     }
 

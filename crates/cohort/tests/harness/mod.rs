@@ -748,6 +748,7 @@ async fn submitter(ctx: Arc<Ctx>, k: usize) {
             not_before: cohort_core::Time::ZERO,
             retry: cohort_core::RetryPolicy::default(),
             schedule_to_start_ms: 0,
+            priority: 0,
         };
         submit(&ctx, id, task).await;
         // A read of an earlier task during the faults (G1, G2, G5).
@@ -784,6 +785,7 @@ async fn submit(ctx: &Ctx, id: TaskId, task: Task) {
         not_before_ms: None,
         retry: None,
         schedule_to_start_ms: None,
+        priority: None,
     };
     let give_up = Instant::now() + SUBMIT_GIVE_UP;
     let mut node = (ctx.draw() % ctx.clients.len() as u64) as usize;

@@ -132,8 +132,9 @@ pub struct TaskRecord {
 pub struct Scheduler {
     tasks: BTreeMap<TaskId, TaskRecord>,
     /// Pending tasks that could run when they became pending, in queue
-    /// order: (index it became pending, id).
-    pending: BTreeSet<(u64, TaskId)>,
+    /// order: (priority rank, index it became pending, id), so a higher
+    /// priority goes first, then first come first served.
+    pending: BTreeSet<(u8, u64, TaskId)>,
     /// Pending tasks that could not run yet when they became pending
     /// (`not_before` or a retry backoff), by when they may: (ready_at, id).
     /// Disjoint from `pending`; a task stays here until it is assigned.
@@ -199,13 +200,14 @@ impl Scheduler {
     }
 
     /// Pending tasks that may be assigned at `now`: those whose wait
-    /// ended by `now` (earliest first), then the queue in order.
+    /// (`not_before`, a retry backoff) ended by `now`, earliest first,
+    /// then the queue by priority and age.
     pub fn ready(&self, now: Time) -> impl Iterator<Item = TaskId> + '_ {
         self.waiting
             .iter()
             .take_while(move |(t, _)| *t <= now)
             .map(|(_, id)| *id)
-            .chain(self.pending.iter().map(|(_, id)| *id))
+            .chain(self.pending.iter().map(|(_, _, id)| *id))
     }
 
     /// Every pending task, ready or waiting.
@@ -213,7 +215,7 @@ impl Scheduler {
         self.waiting
             .iter()
             .map(|(_, id)| *id)
-            .chain(self.pending.iter().map(|(_, id)| *id))
+            .chain(self.pending.iter().map(|(_, _, id)| *id))
     }
 
     /// Pending tasks whose schedule-to-start deadline is before `now`.
@@ -310,14 +312,16 @@ impl Scheduler {
         if rec.ready_at > at {
             self.waiting.insert((rec.ready_at, id));
         } else {
-            self.pending.insert((index, id));
+            self.pending.insert((rec.task.rank(), index, id));
         }
     }
 
     /// Takes pending `id` off whichever queue holds it.
     fn dequeue(&mut self, id: TaskId) {
         let rec = &self.tasks[&id];
-        let queued = self.pending.remove(&(rec.pending_since, id))
+        let queued = self
+            .pending
+            .remove(&(rec.task.rank(), rec.pending_since, id))
             || self.waiting.remove(&(rec.ready_at, id));
         assert!(queued, "a pending task is queued exactly once");
         if let Some(d) = rec.start_by {
@@ -607,6 +611,7 @@ mod tests {
             not_before: cohort_core::Time::ZERO,
             retry: cohort_core::RetryPolicy::default(),
             schedule_to_start_ms: 0,
+            priority: 0,
         }
     }
 

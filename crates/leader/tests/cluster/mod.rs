@@ -77,6 +77,7 @@ pub fn task(kind: &str, payload: &[u8]) -> Task {
         not_before: cohort_core::Time::ZERO,
         retry: cohort_core::RetryPolicy::default(),
         schedule_to_start_ms: 0,
+        priority: 0,
     }
 }
 

@@ -666,6 +666,7 @@ mod tests {
                 not_before: cohort_core::Time::ZERO,
                 retry: cohort_core::RetryPolicy::default(),
                 schedule_to_start_ms: 0,
+                priority: 0,
             },
             replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
             ring_epoch: 0,

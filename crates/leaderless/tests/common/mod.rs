@@ -647,6 +647,7 @@ pub fn task(payload: &[u8]) -> Task {
         not_before: cohort_core::Time::ZERO,
         retry: cohort_core::RetryPolicy::default(),
         schedule_to_start_ms: 0,
+        priority: 0,
     }
 }
 

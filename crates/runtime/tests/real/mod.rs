@@ -94,6 +94,7 @@ pub fn echo(payload: &str) -> SubmitBody {
         not_before_ms: None,
         retry: None,
         schedule_to_start_ms: None,
+        priority: None,
     }
 }
 

@@ -191,6 +191,7 @@ pub(crate) mod test_support {
             not_before: cohort_core::Time::ZERO,
             retry: cohort_core::RetryPolicy::default(),
             schedule_to_start_ms: 0,
+            priority: 0,
         }
     }
     pub fn acked(h: &mut History, ms: u64, node: u64) {

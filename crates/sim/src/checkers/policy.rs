@@ -98,6 +98,7 @@ mod tests {
                 ..RetryPolicy::default()
             },
             schedule_to_start_ms: 0,
+            priority: 0,
         }
     }
 

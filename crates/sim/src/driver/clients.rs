@@ -143,6 +143,7 @@ impl<N: Node> Sim<'_, N> {
             } else {
                 0
             },
+            priority: 0,
         };
         let op = self.ops.len();
         let now = self.now;
