@@ -86,7 +86,7 @@ async fn hostile_api_requests_get_typed_json_errors_and_the_node_keeps_serving()
         ("deep nesting", nested.into_bytes(), 400, "malformed"),
         (
             "unknown field",
-            br#"{"kind":"echo","priority":9}"#.to_vec(),
+            br#"{"kind":"echo","colour":9}"#.to_vec(),
             400,
             "malformed",
         ),
