@@ -33,6 +33,7 @@ fn task() -> Task {
         retry: cohort_core::RetryPolicy::default(),
         schedule_to_start_ms: 0,
         priority: 0,
+        heartbeat_timeout_ms: 0,
     }
 }
 

@@ -100,6 +100,7 @@ pub(crate) fn body(id: TaskId) -> SubmitBody {
         retry: None,
         schedule_to_start_ms: None,
         priority: None,
+        heartbeat_timeout_ms: None,
     }
 }
 

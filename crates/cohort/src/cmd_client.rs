@@ -363,6 +363,7 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
             retry,
             schedule_to_start_ms: args.schedule_to_start_ms,
             priority: args.priority,
+            heartbeat_timeout_ms: None,
         };
         let id = match &args.dedupe_key {
             Some(key) => {

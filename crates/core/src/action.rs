@@ -84,6 +84,16 @@ pub enum Note {
         /// Its final state.
         state: TaskState,
     },
+    /// The cluster recorded a heartbeat of the assignment `(task, epoch)`
+    /// on `node`, which held the task when it was decided.
+    Heartbeat {
+        /// The task.
+        task: TaskId,
+        /// The assignment.
+        epoch: Epoch,
+        /// Its runner.
+        node: NodeId,
+    },
 }
 
 /// Why an assignment ended without an accepted result.

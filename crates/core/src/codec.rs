@@ -62,6 +62,7 @@ mod tests {
             retry: crate::RetryPolicy::default(),
             schedule_to_start_ms: 0,
             priority: 0,
+            heartbeat_timeout_ms: 0,
         };
         let bytes = encode(&t);
         assert_eq!(decode::<Task>(&bytes, 1024).unwrap(), t);

@@ -41,12 +41,12 @@ pub use dedupe::{
 };
 pub use drain::{DrainRefusal, DrainStatus};
 pub use ids::{Epoch, NodeId, TaskId};
-pub use node::{BootError, Limits, LimitsError, Node, NodeRng, NodeStatus, Peers};
+pub use node::{BootError, HeartbeatReply, Limits, LimitsError, Node, NodeRng, NodeStatus, Peers};
 pub use retry::{after_failure, error_class, AfterFailure, RetryPolicy};
 pub use ring::{RingRefusal, RingRequest, RingView};
 pub use store::{StoreOp, Stored};
 pub use task::{
-    event_error, Task, TaskEvent, TaskEventKind, TaskEvents, TaskOutcome, TaskState,
-    TASK_EVENT_ERROR_BYTES_MAX,
+    event_error, event_progress, Task, TaskEvent, TaskEventKind, TaskEvents, TaskOutcome,
+    TaskState, HEARTBEAT_TIMEOUT_MS_MAX, PROGRESS_BYTES_MAX, TASK_EVENT_ERROR_BYTES_MAX,
 };
 pub use time::Time;

@@ -103,6 +103,29 @@ pub trait Node: Sized {
         let _ = (now, peer);
     }
 
+    /// The handler running `(task, epoch)` on this node sends a heartbeat:
+    /// it is alive, and (when `progress` is given) this is how far it got,
+    /// to be recorded in the task's history as a
+    /// [`crate::TaskEventKind::Heartbeat`] decided like any change of the
+    /// task (the runtime throttles how often it asks). Recording is best
+    /// effort: a heartbeat is dropped rather than queued when one of the
+    /// task's changes is in flight, or when `(task, epoch)` no longer holds
+    /// the task. The reply tells the handler whether to go on, from this
+    /// node's own view (which may lag the cluster's decision, never lead
+    /// it): a cancelled task or an assignment that ended is told to stop
+    /// (cooperative cancellation; its result would be rejected anyway).
+    /// The default records nothing and always says go on.
+    fn handle_heartbeat(
+        &mut self,
+        now: Time,
+        task: TaskId,
+        epoch: Epoch,
+        progress: Option<String>,
+    ) -> HeartbeatReply {
+        let _ = (now, task, epoch, progress);
+        HeartbeatReply::Continue
+    }
+
     /// A graceful shutdown begins: hand over whatever can be handed over
     /// (a leader transfers leadership). The driver keeps feeding the node
     /// its inputs until [`Node::shutdown_ready`] or its grace period ends.
@@ -162,6 +185,44 @@ pub trait Node: Sized {
             role: "member",
             leader: None,
             term: None,
+        }
+    }
+}
+
+/// What a heartbeat tells the handler; see [`Node::handle_heartbeat`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum HeartbeatReply {
+    /// The execution still holds the task: go on.
+    Continue,
+    /// The task was cancelled: stop; a result would be rejected.
+    Cancelled,
+    /// The execution no longer holds the task (its lease ended: the runner
+    /// was declared dead, handed it back, or the task moved on); another
+    /// execution may run it. Stop; a result would be rejected.
+    Superseded,
+}
+
+impl HeartbeatReply {
+    /// `continue`, `cancelled` or `superseded`.
+    pub fn name(self) -> &'static str {
+        match self {
+            HeartbeatReply::Continue => "continue",
+            HeartbeatReply::Cancelled => "cancelled",
+            HeartbeatReply::Superseded => "superseded",
+        }
+    }
+
+    /// The reply for the execution `(node, epoch)` when this node's view of
+    /// the task is `state` (`None`: unknown here).
+    pub fn for_state(state: Option<&TaskState>, node: NodeId, epoch: Epoch) -> HeartbeatReply {
+        match state {
+            Some(TaskState::Running { node: n, epoch: e }) if *n == node && *e == epoch => {
+                HeartbeatReply::Continue
+            }
+            Some(TaskState::Cancelled) => HeartbeatReply::Cancelled,
+            // Unknown here (not applied yet): no reason to stop it.
+            None => HeartbeatReply::Continue,
+            Some(_) => HeartbeatReply::Superseded,
         }
     }
 }
@@ -367,6 +428,14 @@ impl Limits {
                 ),
             });
         }
+        if task.heartbeat_timeout_ms > crate::task::HEARTBEAT_TIMEOUT_MS_MAX {
+            return Err(ClientError::InvalidTask {
+                reason: format!(
+                    "heartbeat_timeout_ms must be at most {}",
+                    crate::task::HEARTBEAT_TIMEOUT_MS_MAX
+                ),
+            });
+        }
         task.retry
             .validate()
             .map_err(|reason| ClientError::InvalidTask { reason })
@@ -471,6 +540,7 @@ mod tests {
             retry: crate::RetryPolicy::default(),
             schedule_to_start_ms: 0,
             priority: 0,
+            heartbeat_timeout_ms: 0,
         };
         assert_eq!(
             limits.check_task(&task),

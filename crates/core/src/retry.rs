@@ -153,6 +153,7 @@ mod tests {
             retry,
             schedule_to_start_ms: 0,
             priority: 0,
+            heartbeat_timeout_ms: 0,
         }
     }
 

@@ -36,6 +36,14 @@ pub struct Task {
     /// leaderless replica's own). Not preemptive: a running task is not
     /// stopped for a higher one.
     pub priority: i8,
+    /// The heartbeat timeout: a handler of this task that goes this long
+    /// (from its start or its latest heartbeat) without a heartbeat is
+    /// stopped by its runner and the attempt fails with class
+    /// `heartbeat_timeout`, to be retried under the next epoch like any
+    /// failed attempt (0: the handler need not heartbeat). At most
+    /// [`HEARTBEAT_TIMEOUT_MS_MAX`]. (Last in the struct, like every field
+    /// added since the first data-file format.)
+    pub heartbeat_timeout_ms: u64,
 }
 
 impl Task {
@@ -55,6 +63,14 @@ impl Task {
     /// for the lowest (-128), so that ascending order runs higher first.
     pub fn rank(&self) -> u8 {
         u8::try_from(127 - i16::from(self.priority)).expect("127 - i8 is within 0..=255")
+    }
+
+    /// The error of an attempt whose handler missed its heartbeat timeout.
+    pub fn heartbeat_timeout_error(&self) -> String {
+        format!(
+            "heartbeat_timeout: no heartbeat within {} ms",
+            self.heartbeat_timeout_ms
+        )
     }
 
     /// The error of a task that was not started in time.
@@ -207,6 +223,20 @@ pub enum TaskEventKind {
         /// The task's error (see [`Task::not_started_error`]).
         error: String,
     },
+    /// The handler of `(node, epoch)` reported it is alive, with
+    /// `progress` (at most [`PROGRESS_BYTES_MAX`] bytes). Recorded at most
+    /// every so often (the runner's `heartbeat_record_interval_ms`), and
+    /// only while `(node, epoch)` is the task's assignment; a heartbeat
+    /// recorded right after another of the same assignment replaces it, so
+    /// a long task's history keeps its latest progress and not a flood.
+    Heartbeat {
+        /// The runner.
+        node: NodeId,
+        /// The assignment's epoch.
+        epoch: Epoch,
+        /// What the handler said about its progress.
+        progress: String,
+    },
 }
 
 impl TaskEventKind {
@@ -221,12 +251,37 @@ impl TaskEventKind {
             TaskEventKind::Failed { .. } => "failed",
             TaskEventKind::Cancelled => "cancelled",
             TaskEventKind::NotStarted { .. } => "not_started",
+            TaskEventKind::Heartbeat { .. } => "heartbeat",
         }
     }
 }
 
 /// Longest schedule-to-start timeout a task may ask for: 30 days.
 pub const SCHEDULE_TO_START_MS_MAX: u64 = 30 * 24 * 60 * 60 * 1000;
+
+/// Longest heartbeat timeout a task may ask for: 1 day.
+pub const HEARTBEAT_TIMEOUT_MS_MAX: u64 = 24 * 60 * 60 * 1000;
+
+/// Longest progress a heartbeat records (longer is cut on a character
+/// boundary): a record keeps the latest one in its history.
+pub const PROGRESS_BYTES_MAX: usize = 1024;
+
+/// `progress` cut to at most [`PROGRESS_BYTES_MAX`] bytes, on a character
+/// boundary.
+pub fn event_progress(progress: &str) -> String {
+    cut(progress, PROGRESS_BYTES_MAX)
+}
+
+fn cut(text: &str, bytes_max: usize) -> String {
+    if text.len() <= bytes_max {
+        return text.to_string();
+    }
+    let mut end = bytes_max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
 
 /// Longest handler error an event keeps (the final state keeps it whole):
 /// a record holds up to `Limits::task_events_max` events, so each must be
@@ -236,14 +291,7 @@ pub const TASK_EVENT_ERROR_BYTES_MAX: usize = 256;
 /// `error` cut to at most [`TASK_EVENT_ERROR_BYTES_MAX`] bytes, on a
 /// character boundary.
 pub fn event_error(error: &str) -> String {
-    if error.len() <= TASK_EVENT_ERROR_BYTES_MAX {
-        return error.to_string();
-    }
-    let mut end = TASK_EVENT_ERROR_BYTES_MAX;
-    while !error.is_char_boundary(end) {
-        end -= 1;
-    }
-    error[..end].to_string()
+    cut(error, TASK_EVENT_ERROR_BYTES_MAX)
 }
 
 /// A task's bounded event history: the first event (its submission) and
@@ -259,9 +307,26 @@ pub struct TaskEvents {
 
 impl TaskEvents {
     /// Appends `event`, dropping the oldest event after the first when
-    /// more than `events_max` (at least 2) would be kept.
+    /// more than `events_max` (at least 2) would be kept. A heartbeat
+    /// right after a heartbeat of the same assignment replaces it.
     pub fn push(&mut self, event: TaskEvent, events_max: usize) {
         assert!(events_max >= 2, "keep the first event and the latest");
+        if let (
+            TaskEventKind::Heartbeat { node, epoch, .. },
+            Some(TaskEvent {
+                what:
+                    TaskEventKind::Heartbeat {
+                        node: n, epoch: e, ..
+                    },
+                ..
+            }),
+        ) = (&event.what, self.events.last())
+        {
+            if node == n && epoch == e && self.events.len() > 1 {
+                *self.events.last_mut().expect("matched above") = event;
+                return;
+            }
+        }
         self.events.push(event);
         while self.events.len() > events_max {
             self.events.remove(1);
@@ -279,14 +344,36 @@ impl TaskEvents {
     /// the submission beside them), so an empty one agrees with `Pending`.
     pub fn check_against(&self, state: &TaskState) -> Result<(), String> {
         let mut last_epoch = Epoch::ZERO;
-        for e in &self.events {
-            if let TaskEventKind::Assigned { epoch, .. } = e.what {
-                if epoch <= last_epoch {
-                    return Err(format!(
-                        "assignment epoch {epoch:?} after {last_epoch:?}: {self:?}"
-                    ));
+        // The assignment a heartbeat may come from: the latest one, until
+        // an event ends it. Unknown when dropped events hid it.
+        let mut live: Option<(NodeId, Epoch)> = None;
+        let mut known = true;
+        for (i, e) in self.events.iter().enumerate() {
+            if i == 1 && self.dropped > 0 {
+                known = false;
+            }
+            match &e.what {
+                TaskEventKind::Assigned { node, epoch } => {
+                    if *epoch <= last_epoch {
+                        return Err(format!(
+                            "assignment epoch {epoch:?} after {last_epoch:?}: {self:?}"
+                        ));
+                    }
+                    last_epoch = *epoch;
+                    live = Some((*node, *epoch));
+                    known = true;
                 }
-                last_epoch = epoch;
+                TaskEventKind::Heartbeat { node, epoch, .. } => {
+                    if known && live != Some((*node, *epoch)) {
+                        return Err(format!(
+                            "heartbeat of ({node}, {epoch:?}) recorded while {live:?} held the task: {self:?}"
+                        ));
+                    }
+                }
+                _ => {
+                    live = None;
+                    known = true;
+                }
             }
         }
         let last = self.events.last().map(|e| &e.what);
@@ -300,7 +387,12 @@ impl TaskEvents {
             ),
             (
                 TaskState::Running { node, epoch },
-                Some(TaskEventKind::Assigned { node: n, epoch: e }),
+                Some(
+                    TaskEventKind::Assigned { node: n, epoch: e }
+                    | TaskEventKind::Heartbeat {
+                        node: n, epoch: e, ..
+                    },
+                ),
             ) => node == n && epoch == e,
             (
                 TaskState::Succeeded { node, epoch, .. },
@@ -400,6 +492,7 @@ impl TaskEvents {
                     retry_at = None;
                     pending_from = None;
                 }
+                TaskEventKind::Heartbeat { .. } => {}
             }
         }
         Ok(())
@@ -429,6 +522,119 @@ mod tests {
     }
 
     #[test]
+    fn heartbeats_of_one_assignment_coalesce_and_keep_the_latest_progress() {
+        let (a, b) = (NodeId(1), NodeId(2));
+        let beat = |ms: u64, node, epoch: u64, progress: &str| TaskEvent {
+            at: Time::from_millis(ms),
+            what: TaskEventKind::Heartbeat {
+                node,
+                epoch: Epoch(epoch),
+                progress: progress.into(),
+            },
+        };
+        let assigned = |ms: u64, node, epoch: u64| TaskEvent {
+            at: Time::from_millis(ms),
+            what: TaskEventKind::Assigned {
+                node,
+                epoch: Epoch(epoch),
+            },
+        };
+        let mut h = TaskEvents::default();
+        h.push(ev(0), 16);
+        h.push(assigned(1, a, 1), 16);
+        for ms in 2..100 {
+            h.push(beat(ms, a, 1, &format!("{ms}%")), 16);
+        }
+        assert_eq!(h.events.len(), 3, "one heartbeat kept: {h:?}");
+        assert_eq!(h.events[2], beat(99, a, 1, "99%"));
+        assert_eq!(h.dropped, 0);
+        let running = TaskState::Running {
+            node: a,
+            epoch: Epoch(1),
+        };
+        h.check_against(&running).unwrap();
+        // The next assignment's heartbeat does not replace the last one's.
+        h.push(
+            TaskEvent {
+                at: Time::from_millis(100),
+                what: TaskEventKind::RunnerLost {
+                    node: a,
+                    epoch: Epoch(1),
+                    reason: SupersedeReason::RunnerDeclaredDead,
+                },
+            },
+            16,
+        );
+        h.push(assigned(101, b, 2), 16);
+        h.push(beat(102, b, 2, "x"), 16);
+        assert_eq!(h.events.len(), 6);
+        h.check_against(&TaskState::Running {
+            node: b,
+            epoch: Epoch(2),
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn a_heartbeat_recorded_for_an_assignment_that_ended_is_caught() {
+        let a = NodeId(1);
+        let mut h = TaskEvents::default();
+        h.push(ev(0), 16);
+        h.events.clear();
+        let at = Time::from_millis(1);
+        for what in [
+            TaskEventKind::Submitted,
+            TaskEventKind::Assigned {
+                node: a,
+                epoch: Epoch(1),
+            },
+            TaskEventKind::RunnerLost {
+                node: a,
+                epoch: Epoch(1),
+                reason: SupersedeReason::RunnerDeclaredDead,
+            },
+            TaskEventKind::Heartbeat {
+                node: a,
+                epoch: Epoch(1),
+                progress: String::new(),
+            },
+        ] {
+            h.push(TaskEvent { at, what }, 16);
+        }
+        let err = h.check_against(&TaskState::Pending).unwrap_err();
+        assert!(err.contains("heartbeat of"), "{err}");
+        // A heartbeat of a stale epoch while another assignment holds it.
+        let mut h = TaskEvents::default();
+        for what in [
+            TaskEventKind::Submitted,
+            TaskEventKind::Assigned {
+                node: a,
+                epoch: Epoch(2),
+            },
+            TaskEventKind::Heartbeat {
+                node: a,
+                epoch: Epoch(1),
+                progress: String::new(),
+            },
+        ] {
+            h.push(TaskEvent { at, what }, 16);
+        }
+        assert!(h
+            .check_against(&TaskState::Running {
+                node: a,
+                epoch: Epoch(2)
+            })
+            .is_err());
+    }
+
+    #[test]
+    fn progress_is_cut_on_a_character_boundary() {
+        let long = "é".repeat(PROGRESS_BYTES_MAX);
+        let cut = event_progress(&long);
+        assert!(cut.len() <= PROGRESS_BYTES_MAX && cut.len() >= PROGRESS_BYTES_MAX - 1);
+    }
+
+    #[test]
     fn an_event_error_is_cut_on_a_character_boundary() {
         let long = "é".repeat(TASK_EVENT_ERROR_BYTES_MAX);
         let cut = event_error(&long);
@@ -448,6 +654,7 @@ mod tests {
             retry: RetryPolicy::default(),
             schedule_to_start_ms: 100,
             priority: 0,
+            heartbeat_timeout_ms: 0,
         };
         let (node, epoch) = (NodeId(1), Epoch(1));
         let history = |events: &[(u64, TaskEventKind)]| {

@@ -28,9 +28,9 @@ use crate::raft::{
 };
 use crate::scheduler::{Command, Scheduler};
 use cohort_core::{
-    decode, encode, Action, BootError, ClientError, ClientRequest, ClientResponse, Consistency,
-    DrainRefusal, DrainStatus, Epoch, Node, NodeId, NodeRng, Peers, RequestId, Stored, Task,
-    TaskId, TaskOutcome, TaskState, Time, TimerToken,
+    decode, encode, event_progress, Action, BootError, ClientError, ClientRequest, ClientResponse,
+    Consistency, DrainRefusal, DrainStatus, Epoch, HeartbeatReply, Node, NodeId, NodeRng, Peers,
+    RequestId, Stored, Task, TaskId, TaskOutcome, TaskState, Time, TimerToken,
 };
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -220,6 +220,17 @@ pub enum LeaderMsg {
         /// The assignment handed back.
         epoch: Epoch,
     },
+    /// Worker → leader: the handler of `(task, epoch)` is alive and reports
+    /// `progress`, to record. Not resent: the next heartbeat carries newer
+    /// progress. Last in the enum, like `Release`.
+    Progress {
+        /// The task.
+        task: TaskId,
+        /// The assignment.
+        epoch: Epoch,
+        /// What the handler reported.
+        progress: String,
+    },
 }
 
 /// What the leader knows of one worker (volatile, rebuilt by each leader).
@@ -240,6 +251,9 @@ struct Inflight {
     reclaim: BTreeSet<(TaskId, Epoch)>,
     release: BTreeSet<(TaskId, Epoch)>,
     expire: BTreeSet<TaskId>,
+    /// At most one heartbeat per task in flight: later ones are dropped
+    /// until it applies (they carry progress only, never a decision).
+    progress: BTreeSet<TaskId>,
 }
 
 /// Worker side: this node is draining (volatile: a restarted node is not).
@@ -412,6 +426,11 @@ impl Node for LeaderNode {
                 outcome,
             } => self.on_result(from, task, epoch, outcome),
             LeaderMsg::Release { task, epoch } => self.on_release(from, task, epoch),
+            LeaderMsg::Progress {
+                task,
+                epoch,
+                progress,
+            } => self.on_progress(from, task, epoch, progress),
         }
         self.after_input();
     }
@@ -461,6 +480,44 @@ impl Node for LeaderNode {
             self.report_result(task, epoch, outcome);
         }
         self.after_input();
+    }
+
+    fn handle_heartbeat(
+        &mut self,
+        now: Time,
+        task: TaskId,
+        epoch: Epoch,
+        progress: Option<String>,
+    ) -> HeartbeatReply {
+        self.now = self.now.max(now);
+        let handed_back = self
+            .drain
+            .as_ref()
+            .is_some_and(|d| d.releasing.get(&task) == Some(&epoch));
+        let state = self.sm.get(task).map(|r| &r.state);
+        let reply = match HeartbeatReply::for_state(state, self.peers.id, epoch) {
+            HeartbeatReply::Continue if handed_back => HeartbeatReply::Superseded,
+            r => r,
+        };
+        if reply == HeartbeatReply::Continue && self.executing.get(&task) == Some(&epoch) {
+            if let Some(progress) = progress {
+                let progress = event_progress(&progress);
+                match self.raft.leader() {
+                    Some(l) if l == self.peers.id => self.on_progress(l, task, epoch, progress),
+                    Some(l) => self.send(
+                        l,
+                        LeaderMsg::Progress {
+                            task,
+                            epoch,
+                            progress,
+                        },
+                    ),
+                    None => {} // dropped: the next heartbeat reports newer progress
+                }
+            }
+        }
+        self.after_input();
+        reply
     }
 
     fn flush(&mut self, now: Time) {
@@ -879,6 +936,32 @@ impl LeaderNode {
         };
         if self.propose(&cmd).is_ok() {
             self.inflight.release.insert((task, epoch));
+        }
+    }
+
+    /// A worker's handler of `(task, epoch)` reports progress: propose
+    /// recording it if that worker runs that assignment in the applied
+    /// state and no heartbeat of the task is in flight (else it is dropped:
+    /// heartbeats decide nothing, and the next one carries newer progress).
+    fn on_progress(&mut self, from: NodeId, task: TaskId, epoch: Epoch, progress: String) {
+        if !self.raft.is_leader() || self.inflight.progress.contains(&task) {
+            return;
+        }
+        let runs = self
+            .sm
+            .get(task)
+            .is_some_and(|r| r.state == TaskState::Running { node: from, epoch });
+        if !runs {
+            return;
+        }
+        let cmd = Command::Heartbeat {
+            id: task,
+            epoch,
+            node: from,
+            progress: event_progress(&progress),
+        };
+        if self.propose(&cmd).is_ok() {
+            self.inflight.progress.insert(task);
         }
     }
 
@@ -1306,6 +1389,9 @@ impl LeaderNode {
             }
             Command::Expire { id } => {
                 self.inflight.expire.remove(id);
+            }
+            Command::Heartbeat { id, .. } => {
+                self.inflight.progress.remove(id);
             }
         }
     }

@@ -19,10 +19,10 @@ use crate::record::{record_key, Record, TaskHeader, TaskValue, RECORD_PREFIX};
 use crate::ring::{self as ringp, Ring, RingChange, RingProposal, RingState, RingStep, RING_KEY};
 use crate::tasks::{Holders, Op, Ops, ReadProgress, ReadPurpose, SubmitVerdict};
 use cohort_core::{
-    decode, encode, Action, BootError, ClientError, ClientRequest, ClientResponse, Consistency,
-    DrainRefusal, DrainStatus, Epoch, Node, NodeId, NodeRng, Note, Peers, RequestId, RingRefusal,
-    RingRequest, RingView, StoreOp, Stored, SupersedeReason, Task, TaskEvent, TaskEventKind,
-    TaskEvents, TaskId, TaskOutcome, TaskState, Time, TimerToken,
+    decode, encode, event_progress, Action, BootError, ClientError, ClientRequest, ClientResponse,
+    Consistency, DrainRefusal, DrainStatus, Epoch, HeartbeatReply, Node, NodeId, NodeRng, Note,
+    Peers, RequestId, RingRefusal, RingRequest, RingView, StoreOp, Stored, SupersedeReason, Task,
+    TaskEvent, TaskEventKind, TaskEvents, TaskId, TaskOutcome, TaskState, Time, TimerToken,
 };
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -1013,20 +1013,25 @@ impl LeaderlessNode {
             for note in transition_notes(id, &proposal.base, &value) {
                 self.out.push(Action::Note(note));
             }
-            // The old replicas (who then answer older prepares with this
-            // version) and, after a move, the new ones.
-            let mut to_learn: BTreeSet<NodeId> = proposal.base.replicas.iter().copied().collect();
-            to_learn.extend(value.replicas.iter().copied());
-            for &to in to_learn.iter().filter(|&&n| n != self.peers.id) {
-                self.out.push(Action::Send {
-                    to,
-                    msg: LeaderlessMessage::Learn {
-                        id,
-                        header: header.clone(),
-                        version,
-                        value: value.clone(),
-                    },
-                });
+            // The value chosen may be another proposer's (adopted in
+            // phase 1): noted only when it records this very heartbeat.
+            if let Intent::Heartbeat { epoch, .. } = &intent {
+                let me = self.me();
+                let recorded = value.state
+                    == TaskState::Running {
+                        node: me,
+                        epoch: *epoch,
+                    }
+                    && matches!(value.history.events.last(),
+                        Some(TaskEvent { what: TaskEventKind::Heartbeat { node, epoch: e, .. }, .. })
+                            if *node == me && e == epoch);
+                if recorded {
+                    self.out.push(Action::Note(Note::Heartbeat {
+                        task: id,
+                        epoch: *epoch,
+                        node: me,
+                    }));
+                }
             }
         }
         self.on_learned(now, id, &header, version, &value);
@@ -2115,6 +2120,38 @@ impl Node for LeaderlessNode {
         self.finished.insert(task, finished);
         self.commit_results(now);
         self.flush(now);
+    }
+
+    fn handle_heartbeat(
+        &mut self,
+        now: Time,
+        task: TaskId,
+        epoch: Epoch,
+        progress: Option<String>,
+    ) -> HeartbeatReply {
+        let state = self.records.get(&task).map(|r| &r.value.state);
+        let mut reply = HeartbeatReply::for_state(state, self.me(), epoch);
+        let holds = self.executing.get(&task).is_some_and(|e| e.epoch == epoch);
+        if reply == HeartbeatReply::Continue && !holds {
+            // Handed back (a drain's deadline) or started by an earlier
+            // incarnation: this node no longer counts its result.
+            reply = HeartbeatReply::Superseded;
+        }
+        if let (HeartbeatReply::Continue, Some(progress)) = (reply, progress) {
+            // Dropped while another change of the task is in flight.
+            if !self.proposer.is_running(task) {
+                if let Some(r) = self.records.get(&task) {
+                    let (header, version, value) = (r.header.clone(), r.version, r.value.clone());
+                    let intent = Intent::Heartbeat {
+                        epoch,
+                        progress: event_progress(&progress),
+                    };
+                    let _ = self.propose(now, task, header, version, value, intent);
+                }
+            }
+        }
+        self.flush(now);
+        reply
     }
 
     fn actions(&mut self) -> std::vec::Drain<'_, Action<LeaderlessMessage>> {

@@ -44,6 +44,7 @@ fn header() -> TaskHeader {
             retry: cohort_core::RetryPolicy::default(),
             schedule_to_start_ms: 0,
             priority: 0,
+            heartbeat_timeout_ms: 0,
         },
         replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
         ring_epoch: 0,

@@ -211,7 +211,14 @@ pub struct RuntimeConfig {
     /// Where to write the audit log of executions, completions and notes
     /// (for fault-test harnesses); off by default.
     pub audit: Option<crate::audit::AuditConfig>,
+    /// Most often one execution's heartbeat progress is recorded in its
+    /// task's history (each record is a decision of the cluster: a log
+    /// entry, a Paxos round); beats in between only keep it alive.
+    pub heartbeat_record_interval_ms: u64,
 }
+
+/// Default of [`RuntimeConfig::heartbeat_record_interval_ms`].
+pub const HEARTBEAT_RECORD_INTERVAL_MS_DEFAULT: u64 = 1000;
 
 impl RuntimeConfig {
     /// A configuration with default limits.
@@ -235,6 +242,7 @@ impl RuntimeConfig {
             shutdown_grace_ms: SHUTDOWN_GRACE_MS_DEFAULT,
             security: SecurityConfig::default(),
             audit: None,
+            heartbeat_record_interval_ms: HEARTBEAT_RECORD_INTERVAL_MS_DEFAULT,
         }
     }
 
@@ -263,6 +271,9 @@ impl RuntimeConfig {
             if let Some(other) = seen.insert(*addr, *id) {
                 return bad(format!("members {other} and {id} share the address {addr}"));
             }
+        }
+        if self.heartbeat_record_interval_ms == 0 {
+            return bad("heartbeat_record_interval_ms must be positive".into());
         }
         let t = &self.transport;
         for (what, v) in [

@@ -21,7 +21,7 @@
 //! reply can only be delayed by it, which the contract allows.
 
 use crate::config::RuntimeConfig;
-use crate::handlers::{HandlerInput, Registry};
+use crate::handlers::{HandlerInput, Heartbeat, Registry};
 use crate::metrics::Metrics;
 use crate::storage::Storage;
 use crate::transport::Outbound;
@@ -66,6 +66,17 @@ pub enum Control {
         epoch: Epoch,
         /// What it returned.
         outcome: TaskOutcome,
+    },
+    /// A handler beats (see [`Node::handle_heartbeat`]).
+    Heartbeat {
+        /// The task.
+        id: TaskId,
+        /// The execution's epoch.
+        epoch: Epoch,
+        /// Progress to record, when due.
+        progress: Option<String>,
+        /// What to tell the handler.
+        reply: oneshot::Sender<cohort_core::HeartbeatReply>,
     },
     /// List the tasks the node holds (see [`Node::visit_tasks`]).
     List {
@@ -266,6 +277,21 @@ impl<N: Node + Send + 'static> EventLoop<N> {
                 self.metrics
                     .inc("cohort_inputs_total", "kind=\"task_finished\"");
                 self.node.handle_task_finished(now, id, epoch, outcome);
+            }
+            Control::Heartbeat {
+                id,
+                epoch,
+                progress,
+                reply,
+            } => {
+                let label = if progress.is_some() {
+                    "kind=\"heartbeat_progress\""
+                } else {
+                    "kind=\"heartbeat\""
+                };
+                self.metrics.inc("cohort_inputs_total", label);
+                let said = self.node.handle_heartbeat(now, id, epoch, progress);
+                let _ = reply.send(said);
             }
             Control::Status { reply } => {
                 let _ = reply.send(self.node.status());
@@ -614,6 +640,10 @@ impl<N: Node + Send + 'static> EventLoop<N> {
                 self.decided.notify_waiters();
                 format!("note=\"decided\",state=\"{}\"", state.name())
             }
+            Note::Heartbeat { task, epoch, node } => {
+                tracing::trace!(node = %me, ?task, %epoch, runner = %node, "heartbeat recorded");
+                "note=\"heartbeat\"".to_string()
+            }
         };
         self.metrics.inc("cohort_notes_total", &label);
         if let Some(a) = &self.audit {
@@ -633,6 +663,10 @@ impl<N: Node + Send + 'static> EventLoop<N> {
         let mut stop = self.stop.clone();
         let mut handback = self.handback.subscribe();
         let audit = self.audit.clone();
+        let beat_timeout = (task.heartbeat_timeout_ms > 0)
+            .then(|| Duration::from_millis(task.heartbeat_timeout_ms));
+        let record_interval = Duration::from_millis(self.config.heartbeat_record_interval_ms);
+        let missed_error = task.heartbeat_timeout_error();
         if let Some(a) = &audit {
             a.executed(id, epoch);
         }
@@ -649,16 +683,27 @@ impl<N: Node + Send + 'static> EventLoop<N> {
                         task.kind
                     )),
                     Some(h) => {
+                        // Counted from the start, not from the wait for a slot.
+                        let heartbeat =
+                            Heartbeat::new(id, epoch, ctl.clone(), beat_timeout, record_interval);
+                        let watchdog = heartbeat.clone();
                         let fut = h.run(HandlerInput {
                             id,
                             epoch,
                             node,
                             payload: task.payload,
+                            heartbeat,
                         });
                         let spawned =
                             tokio::spawn(async move { tokio::time::timeout(timeout, fut).await });
                         let _abort = AbortOnDrop(spawned.abort_handle());
-                        let joined = spawned.await;
+                        // A handler that misses its heartbeat timeout is
+                        // stopped (dropping `spawned` aborts it) and the
+                        // attempt fails, to be retried like any other.
+                        let joined = tokio::select! {
+                            j = spawned => j,
+                            _ = watchdog.missed() => Ok(Ok(Err(missed_error))),
+                        };
                         match joined {
                             Ok(Ok(Ok(bytes))) => TaskOutcome::Success(bytes),
                             Ok(Ok(Err(e))) => TaskOutcome::Failure(e),

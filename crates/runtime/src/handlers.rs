@@ -19,6 +19,15 @@
 //! payload does not parse), `exit_status` (`exec`'s command failed); the
 //! runtime adds `timeout`, `panic`, `cancelled` and `unknown_kind`.
 //!
+//! A long handler heartbeats through `input.heartbeat`: each beat keeps a
+//! task with a heartbeat timeout alive (a handler that misses it is stopped
+//! and the attempt fails with class `heartbeat_timeout`), may carry progress
+//! (recorded in the task's history at most every
+//! `heartbeat_record_interval_ms`), and answers whether to go on: a
+//! cancelled task, or an execution whose lease ended, is told to stop
+//! (cooperative cancellation). `sleep` heartbeats while it sleeps and stops
+//! when told to.
+//!
 //! A handler of your own:
 //!
 //! ```
@@ -38,7 +47,8 @@
 //! assert_eq!(registry.kinds(), ["echo", "hash", "sleep", "upper"]);
 //! ```
 
-use cohort_core::{Epoch, NodeId, TaskId};
+use crate::driver::Control;
+use cohort_core::{Epoch, HeartbeatReply, NodeId, TaskId};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -59,6 +69,152 @@ pub struct HandlerInput {
     pub node: NodeId,
     /// The task's payload.
     pub payload: Vec<u8>,
+    /// Beats to keep the execution alive, report progress and hear of a
+    /// cancel.
+    pub heartbeat: Heartbeat,
+}
+
+/// Most often a handler's beats reach the node: beats closer together are
+/// answered with the previous answer (they keep the execution alive all
+/// the same).
+pub const HEARTBEAT_ASK_INTERVAL_MIN_MS: u64 = 20;
+
+/// A handler's heartbeat: see the module docs. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Heartbeat {
+    inner: Option<Arc<Beating>>,
+}
+
+#[derive(Debug)]
+struct Beating {
+    id: TaskId,
+    epoch: Epoch,
+    control: tokio::sync::mpsc::Sender<Control>,
+    timeout: Option<Duration>,
+    record_interval: Duration,
+    state: std::sync::Mutex<BeatState>,
+}
+
+#[derive(Debug)]
+struct BeatState {
+    /// The latest beat (or the start): what the watchdog measures from.
+    last_beat: tokio::time::Instant,
+    /// When progress was last sent to be recorded.
+    last_recorded: Option<tokio::time::Instant>,
+    /// When the node was last asked, and what it said.
+    last_asked: Option<(tokio::time::Instant, HeartbeatReply)>,
+}
+
+impl Heartbeat {
+    /// A heartbeat connected to nothing: every beat says go on. For
+    /// calling handlers outside a node (tests).
+    pub fn detached() -> Heartbeat {
+        Heartbeat { inner: None }
+    }
+
+    pub(crate) fn new(
+        id: TaskId,
+        epoch: Epoch,
+        control: tokio::sync::mpsc::Sender<Control>,
+        timeout: Option<Duration>,
+        record_interval: Duration,
+    ) -> Heartbeat {
+        Heartbeat {
+            inner: Some(Arc::new(Beating {
+                id,
+                epoch,
+                control,
+                timeout,
+                record_interval,
+                state: std::sync::Mutex::new(BeatState {
+                    last_beat: tokio::time::Instant::now(),
+                    last_recorded: None,
+                    last_asked: None,
+                }),
+            })),
+        }
+    }
+
+    /// The task's heartbeat timeout, if it has one: beat well within it
+    /// (a third of it is a good pace).
+    pub fn timeout(&self) -> Option<Duration> {
+        self.inner.as_ref().and_then(|b| b.timeout)
+    }
+
+    /// A beat with no progress to report.
+    pub async fn beat(&self) -> HeartbeatReply {
+        self.send(None).await
+    }
+
+    /// A beat reporting `progress` (cut to
+    /// [`cohort_core::PROGRESS_BYTES_MAX`] bytes when recorded).
+    pub async fn progress(&self, progress: impl Into<String>) -> HeartbeatReply {
+        self.send(Some(progress.into())).await
+    }
+
+    async fn send(&self, progress: Option<String>) -> HeartbeatReply {
+        let Some(b) = &self.inner else {
+            return HeartbeatReply::Continue;
+        };
+        let now = tokio::time::Instant::now();
+        let progress = {
+            let mut st = b.state.lock().expect("heartbeat state is never poisoned");
+            st.last_beat = now;
+            if let Some((at, reply)) = st.last_asked {
+                let soon =
+                    now.duration_since(at) < Duration::from_millis(HEARTBEAT_ASK_INTERVAL_MIN_MS);
+                if soon || reply != HeartbeatReply::Continue {
+                    return reply; // a stop is final for this execution
+                }
+            }
+            let due = st
+                .last_recorded
+                .is_none_or(|r| now.duration_since(r) >= b.record_interval);
+            let progress = progress.filter(|_| due);
+            if progress.is_some() {
+                st.last_recorded = Some(now);
+            }
+            progress
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let asked = b
+            .control
+            .send(Control::Heartbeat {
+                id: b.id,
+                epoch: b.epoch,
+                progress,
+                reply: tx,
+            })
+            .await;
+        // A node that is stopping answers nothing: go on, it stops the
+        // handler itself.
+        let reply = match asked {
+            Ok(()) => rx.await.unwrap_or(HeartbeatReply::Continue),
+            Err(_) => HeartbeatReply::Continue,
+        };
+        let mut st = b.state.lock().expect("heartbeat state is never poisoned");
+        st.last_asked = Some((now, reply));
+        reply
+    }
+
+    /// When the handler misses its heartbeat timeout: never without one.
+    /// Returns once the latest beat is older than the timeout.
+    pub(crate) async fn missed(&self) {
+        let Some((b, timeout)) = self.inner.as_ref().and_then(|b| Some((b, b.timeout?))) else {
+            return std::future::pending().await;
+        };
+        loop {
+            let last = b
+                .state
+                .lock()
+                .expect("heartbeat state is never poisoned")
+                .last_beat;
+            if last.elapsed() >= timeout {
+                return;
+            }
+            tokio::time::sleep_until(last + timeout).await;
+        }
+    }
 }
 
 /// A handler's result: the output bytes or an error message.
@@ -137,11 +293,43 @@ pub fn parse_sleep_ms(payload: &[u8]) -> Result<u64, String> {
     })
 }
 
+/// How often `sleep` heartbeats when its task has no heartbeat timeout.
+pub const SLEEP_BEAT_INTERVAL_MS: u64 = 1000;
+
 impl Handler for Sleep {
     fn run(&self, input: HandlerInput) -> HandlerFuture {
         Box::pin(async move {
             let ms = parse_sleep_ms(&input.payload)?;
-            tokio::time::sleep(Duration::from_millis(ms)).await;
+            let total = Duration::from_millis(ms);
+            let pace = input
+                .heartbeat
+                .timeout()
+                .map_or(Duration::from_millis(SLEEP_BEAT_INTERVAL_MS), |t| {
+                    (t / 3).max(Duration::from_millis(1))
+                });
+            let start = tokio::time::Instant::now();
+            loop {
+                let slept = start.elapsed();
+                if slept >= total {
+                    break;
+                }
+                tokio::time::sleep(pace.min(total - slept)).await;
+                let slept = start.elapsed().min(total);
+                if slept >= total {
+                    break;
+                }
+                let said = input
+                    .heartbeat
+                    .progress(format!("slept {} of {ms} ms", slept.as_millis()))
+                    .await;
+                if said != HeartbeatReply::Continue {
+                    return Err(format!(
+                        "cancelled: told to stop ({}) after {} of {ms} ms",
+                        said.name(),
+                        slept.as_millis()
+                    ));
+                }
+            }
             Ok(format!("slept {ms}ms").into_bytes())
         })
     }
@@ -274,6 +462,7 @@ mod tests {
             epoch: Epoch(3),
             node: NodeId(1),
             payload: payload.to_vec(),
+            heartbeat: Heartbeat::detached(),
         }
     }
 

@@ -435,6 +435,10 @@ pub struct SubmitBody {
     /// (-128 to 127; default 0).
     #[serde(default)]
     pub priority: Option<i8>,
+    /// A handler that goes this long without a heartbeat is stopped and
+    /// the attempt fails (class `heartbeat_timeout`); absent or 0: none.
+    #[serde(default)]
+    pub heartbeat_timeout_ms: Option<u64>,
 }
 
 /// The `retry` object of a submit body (see [`cohort_core::retry`]).
@@ -585,6 +589,7 @@ fn submit_task(req: SubmitBody) -> Result<(Option<TaskId>, Task), ApiError> {
         retry: RetryBody::policy(req.retry.as_ref()),
         schedule_to_start_ms: req.schedule_to_start_ms.unwrap_or(0),
         priority: req.priority.unwrap_or(0),
+        heartbeat_timeout_ms: req.heartbeat_timeout_ms.unwrap_or(0),
     };
     Ok((id, task))
 }
@@ -1124,6 +1129,15 @@ fn event_json(e: &TaskEvent) -> serde_json::Value {
             v["epoch"] = json!(epoch.0);
             v["reason"] = json!(reason.name());
         }
+        TaskEventKind::Heartbeat {
+            node,
+            epoch,
+            progress,
+        } => {
+            v["node"] = json!(node.0);
+            v["epoch"] = json!(epoch.0);
+            v["progress"] = json!(progress);
+        }
     }
     v
 }
@@ -1536,6 +1550,7 @@ mod tests {
             retry: None,
             schedule_to_start_ms: None,
             priority: None,
+            heartbeat_timeout_ms: None,
         })
         .unwrap();
         for k in body.as_object().unwrap().keys() {

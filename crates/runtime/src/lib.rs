@@ -37,7 +37,7 @@ pub mod transport;
 pub use config::{ClientLimits, RuntimeConfig, SecurityConfig, TransportLimits};
 pub use driver::NoteObserver;
 pub use error::RuntimeError;
-pub use handlers::{Handler, HandlerFuture, HandlerInput, Registry};
+pub use handlers::{Handler, HandlerFuture, HandlerInput, Heartbeat, Registry};
 pub use metrics::Metrics;
 
 use cohort_core::{Node, NodeId, NodeRng, Time};

@@ -36,8 +36,9 @@ const META_KEY: &str = "identity";
 /// leader log entries carry the tasks' event history and its times. 3:
 /// tasks carry `not_before`, a retry policy, a schedule-to-start timeout
 /// and a priority, records when they may run
-/// again, and leader results the retry jitter.
-pub const FORMAT_VERSION: u32 = 3;
+/// again, and leader results the retry jitter. 4: tasks carry a
+/// heartbeat timeout, histories may hold heartbeats.
+pub const FORMAT_VERSION: u32 = 4;
 
 /// Who a data file belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

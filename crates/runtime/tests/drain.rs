@@ -99,6 +99,7 @@ fn probe(ms: u64) -> SubmitBody {
         retry: None,
         schedule_to_start_ms: None,
         priority: None,
+        heartbeat_timeout_ms: None,
     }
 }
 

@@ -37,6 +37,7 @@ fn echo(payload: &str) -> SubmitBody {
         retry: None,
         schedule_to_start_ms: None,
         priority: None,
+        heartbeat_timeout_ms: None,
     }
 }
 
@@ -663,6 +664,7 @@ impl AckedWorkload {
                         retry: cohort_runtime::http::RetryBody::policy(None),
                         schedule_to_start_ms: 0,
                         priority: 0,
+                        heartbeat_timeout_ms: 0,
                     };
                     recorder.push(HistoryEvent::Submitted {
                         task,

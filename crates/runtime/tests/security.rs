@@ -41,6 +41,7 @@ fn body(kind: &str, payload: &str) -> SubmitBody {
         retry: None,
         schedule_to_start_ms: None,
         priority: None,
+        heartbeat_timeout_ms: None,
     }
 }
 

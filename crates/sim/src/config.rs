@@ -371,6 +371,16 @@ pub struct Workload {
     pub schedule_to_start_rate: f64,
     /// Their `Task::schedule_to_start_ms`.
     pub schedule_to_start_ms: u64,
+    /// Fraction of tasks submitted with a heartbeat timeout: their
+    /// handlers beat (with progress) every third of it.
+    pub heartbeat_rate: f64,
+    /// Their `Task::heartbeat_timeout_ms`.
+    pub heartbeat_timeout_ms: u64,
+    /// Fraction of the executions of those tasks that hang at a random
+    /// point: they stop beating, and their runner stops them a heartbeat
+    /// timeout after the last beat (the attempt fails, class
+    /// `heartbeat_timeout`).
+    pub hang_rate: f64,
     /// Shortest gap between two polls of a task.
     pub poll_ms_min: u64,
     /// Longest gap between two polls of a task.
@@ -422,6 +432,9 @@ impl Default for Workload {
             delay_ms_max: 500,
             schedule_to_start_rate: 0.1,
             schedule_to_start_ms: 400,
+            heartbeat_rate: 0.2,
+            heartbeat_timeout_ms: 90,
+            hang_rate: 0.2,
             poll_ms_min: 200,
             poll_ms_max: 500,
             backoff_ms_min: 50,
@@ -481,6 +494,16 @@ impl Workload {
         }
         if !(0.0..=1.0).contains(&self.schedule_to_start_rate) {
             return bad("schedule_to_start_rate must be within 0..=1");
+        }
+        if !(0.0..=1.0).contains(&self.heartbeat_rate) || !(0.0..=1.0).contains(&self.hang_rate) {
+            return bad("heartbeat_rate and hang_rate must be within 0..=1");
+        }
+        if self.heartbeat_rate > 0.0
+            && !(1..=cohort_core::HEARTBEAT_TIMEOUT_MS_MAX).contains(&self.heartbeat_timeout_ms)
+        {
+            return bad(
+                "with heartbeat_rate set, heartbeat_timeout_ms must be positive and at most a day",
+            );
         }
         let retry = cohort_core::RetryPolicy::backoff(
             self.retry_backoff_initial_ms,

@@ -33,6 +33,7 @@ pub fn one_task(seed: u64, nodes: usize, duration_ms: u64, safety_ms: u64) -> Si
     w.handler_failure_rate = 0.0;
     w.cancel_rate = 0.0;
     w.batch_rate = 0.0;
+    w.heartbeat_rate = 0.0;
     c
 }
 

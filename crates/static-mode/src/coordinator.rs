@@ -4,9 +4,10 @@
 use crate::config::StaticConfig;
 use crate::message::StaticMessage;
 use cohort_core::{
-    after_failure, event_error, Action, AfterFailure, ClientError, ClientRequest, ClientResponse,
-    Epoch, NodeId, NodeRng, Note, Peers, RequestId, SupersedeReason, Task, TaskEvent,
-    TaskEventKind, TaskEvents, TaskId, TaskOutcome, TaskState, Time,
+    after_failure, event_error, event_progress, Action, AfterFailure, ClientError, ClientRequest,
+    ClientResponse, Epoch, HeartbeatReply, NodeId, NodeRng, Note, Peers, RequestId,
+    SupersedeReason, Task, TaskEvent, TaskEventKind, TaskEvents, TaskId, TaskOutcome, TaskState,
+    Time,
 };
 use rand::Rng;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -252,10 +253,22 @@ impl Coordinator {
                     self.deadlines.remove(&(d, id));
                 }
             }
-            TaskState::Running { node, .. } => {
+            TaskState::Running { node, epoch } => {
                 // The runner's late result will be rejected: its epoch is no longer current.
                 if let Some(w) = self.workers.get_mut(&node) {
                     w.running.remove(&id);
+                }
+                // Its handler is told at its next heartbeat (best effort:
+                // its progress is answered the same way).
+                if node != self.peers.id {
+                    out.push(Action::Send {
+                        to: node,
+                        msg: StaticMessage::Stop {
+                            task: id,
+                            epoch,
+                            reply: HeartbeatReply::Cancelled,
+                        },
+                    });
                 }
             }
             _ => {
@@ -271,6 +284,48 @@ impl Coordinator {
             id,
             state: TaskState::Cancelled,
         })
+    }
+
+    /// The handler of `(task, epoch)` on `from` heartbeats with `progress`
+    /// (`None`: a liveness question only). Recorded when that execution
+    /// holds the task; otherwise the runner is told to stop it. Returns
+    /// what to tell the handler.
+    pub(crate) fn progress(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        task: TaskId,
+        epoch: Epoch,
+        progress: Option<String>,
+        out: &mut Out,
+    ) -> HeartbeatReply {
+        let events_max = self.events_max();
+        let state = self.tasks.get(&task).map(|r| &r.state);
+        let reply = HeartbeatReply::for_state(state, from, epoch);
+        match (reply, progress) {
+            (HeartbeatReply::Continue, Some(progress)) => {
+                if let Some(record) = self.tasks.get_mut(&task) {
+                    let what = TaskEventKind::Heartbeat {
+                        node: from,
+                        epoch,
+                        progress: event_progress(&progress),
+                    };
+                    record.record(now, what, events_max);
+                    out.push(Action::Note(Note::Heartbeat {
+                        task,
+                        epoch,
+                        node: from,
+                    }));
+                }
+            }
+            (HeartbeatReply::Continue, None) => {}
+            (reply, _) if from != self.peers.id => out.push(Action::Send {
+                to: from,
+                msg: StaticMessage::Stop { task, epoch, reply },
+            }),
+            _ => {}
+        }
+        reply
     }
 
     pub(crate) fn result(

@@ -22,8 +22,8 @@ pub use config::{StaticConfig, StaticConfigError};
 pub use message::StaticMessage;
 
 use cohort_core::{
-    Action, BootError, ClientError, ClientRequest, Epoch, Node, NodeId, NodeRng, NodeStatus, Peers,
-    RequestId, Stored, TaskId, TaskOutcome, Time, TimerToken,
+    Action, BootError, ClientError, ClientRequest, Epoch, HeartbeatReply, Node, NodeId, NodeRng,
+    NodeStatus, Peers, RequestId, Stored, TaskId, TaskOutcome, Time, TimerToken,
 };
 use coordinator::Coordinator;
 use worker::Worker;
@@ -98,6 +98,20 @@ impl Node for StaticNode {
                 }
             }
             StaticMessage::ResultAck { task, epoch } => self.worker.acked(task, epoch),
+            StaticMessage::Stop { task, epoch, reply } => {
+                if from == self.coordinator_id {
+                    self.worker.stop(task, epoch, reply);
+                }
+            }
+            StaticMessage::Progress {
+                task,
+                epoch,
+                progress,
+            } => {
+                if let Some(c) = self.coordinator.as_mut() {
+                    c.progress(now, from, task, epoch, Some(progress), &mut self.out);
+                }
+            }
             StaticMessage::Result {
                 task,
                 epoch,
@@ -158,6 +172,24 @@ impl Node for StaticNode {
             None => self
                 .worker
                 .finished(task, epoch, outcome, self.coordinator_id, &mut self.out),
+        }
+    }
+
+    fn handle_heartbeat(
+        &mut self,
+        now: Time,
+        task: TaskId,
+        epoch: Epoch,
+        progress: Option<String>,
+    ) -> HeartbeatReply {
+        let me = self.peers.id;
+        match self.coordinator.as_mut() {
+            // The coordinator's own executions are in its table.
+            Some(c) => c.progress(now, me, task, epoch, progress, &mut self.out),
+            None => {
+                self.worker
+                    .heartbeat(task, epoch, progress, self.coordinator_id, &mut self.out)
+            }
         }
     }
 

@@ -1,6 +1,6 @@
 //! What the nodes of a `static` cluster send each other.
 
-use cohort_core::{Epoch, Task, TaskId, TaskOutcome};
+use cohort_core::{Epoch, HeartbeatReply, Task, TaskId, TaskOutcome};
 use serde::{Deserialize, Serialize};
 
 /// A peer message of the `static` mode.
@@ -40,5 +40,28 @@ pub enum StaticMessage {
         held: Vec<(TaskId, Epoch)>,
         /// How many tasks it runs at once.
         capacity_tasks: u32,
+    },
+    /// Worker → coordinator: the handler of `(task, epoch)` is alive and
+    /// reports `progress`, to record. Not re-sent: the next carries newer
+    /// progress.
+    Progress {
+        /// The task.
+        task: TaskId,
+        /// The execution's epoch.
+        epoch: Epoch,
+        /// What the handler reported.
+        progress: String,
+    },
+    /// Coordinator → worker: the execution `(task, epoch)` no longer holds
+    /// the task (`reply` says why); its handler is told to stop at its next
+    /// heartbeat. Sent when a task is cancelled and in answer to progress
+    /// of an execution that ended.
+    Stop {
+        /// The task.
+        task: TaskId,
+        /// The execution's epoch.
+        epoch: Epoch,
+        /// `Cancelled` or `Superseded`.
+        reply: HeartbeatReply,
     },
 }

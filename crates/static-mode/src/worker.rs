@@ -2,13 +2,14 @@
 //! report results until they are acknowledged.
 
 use crate::message::StaticMessage;
-use cohort_core::{Action, Epoch, NodeId, Task, TaskId, TaskOutcome};
+use cohort_core::{Action, Epoch, HeartbeatReply, NodeId, Task, TaskId, TaskOutcome};
 use std::collections::BTreeMap;
 
 #[derive(Debug)]
 pub(crate) struct Worker {
-    /// Assignments whose handler is running.
-    running: BTreeMap<(TaskId, Epoch), ()>,
+    /// Assignments whose handler is running, with what the coordinator
+    /// last said about each (`Continue` until it says stop).
+    running: BTreeMap<(TaskId, Epoch), HeartbeatReply>,
     /// Finished executions whose result the coordinator has not acknowledged.
     unacked: BTreeMap<(TaskId, Epoch), TaskOutcome>,
     /// Bound on `running` + `unacked`.
@@ -51,7 +52,7 @@ impl Worker {
         if self.running.len() + self.unacked.len() >= self.held_max {
             return; // the coordinator re-sends; refusing keeps memory bounded
         }
-        self.running.insert(key, ());
+        self.running.insert(key, HeartbeatReply::Continue);
         out.push(Action::Execute {
             id: task,
             epoch,
@@ -79,6 +80,39 @@ impl Worker {
             },
         });
         self.unacked.insert((task, epoch), outcome);
+    }
+
+    /// The handler of `(task, epoch)` heartbeats: what to tell it, and
+    /// its progress sent on to the coordinator.
+    pub(crate) fn heartbeat(
+        &mut self,
+        task: TaskId,
+        epoch: Epoch,
+        progress: Option<String>,
+        coordinator: NodeId,
+        out: &mut Vec<Action<StaticMessage>>,
+    ) -> HeartbeatReply {
+        let Some(reply) = self.running.get(&(task, epoch)).copied() else {
+            return HeartbeatReply::Superseded; // not started by this incarnation
+        };
+        if let (HeartbeatReply::Continue, Some(progress)) = (reply, progress) {
+            out.push(Action::Send {
+                to: coordinator,
+                msg: StaticMessage::Progress {
+                    task,
+                    epoch,
+                    progress,
+                },
+            });
+        }
+        reply
+    }
+
+    /// The coordinator says the execution `(task, epoch)` is over.
+    pub(crate) fn stop(&mut self, task: TaskId, epoch: Epoch, reply: HeartbeatReply) {
+        if let Some(r) = self.running.get_mut(&(task, epoch)) {
+            *r = reply;
+        }
     }
 
     pub(crate) fn acked(&mut self, task: TaskId, epoch: Epoch) {

@@ -749,6 +749,7 @@ async fn submitter(ctx: Arc<Ctx>, k: usize) {
             retry: cohort_core::RetryPolicy::default(),
             schedule_to_start_ms: 0,
             priority: 0,
+            heartbeat_timeout_ms: 0,
         };
         submit(&ctx, id, task).await;
         // A read of an earlier task during the faults (G1, G2, G5).
@@ -786,6 +787,7 @@ async fn submit(ctx: &Ctx, id: TaskId, task: Task) {
         retry: None,
         schedule_to_start_ms: None,
         priority: None,
+        heartbeat_timeout_ms: None,
     };
     let give_up = Instant::now() + SUBMIT_GIVE_UP;
     let mut node = (ctx.draw() % ctx.clients.len() as u64) as usize;

@@ -12,8 +12,8 @@
 //! result decides the task (G2).
 
 use cohort_core::{
-    after_failure, event_error, AfterFailure, Epoch, NodeId, Note, SupersedeReason, Task,
-    TaskEvent, TaskEventKind, TaskEvents, TaskId, TaskOutcome, TaskState, Time,
+    after_failure, event_error, event_progress, AfterFailure, Epoch, NodeId, Note, SupersedeReason,
+    Task, TaskEvent, TaskEventKind, TaskEvents, TaskId, TaskOutcome, TaskState, Time,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -99,6 +99,19 @@ pub enum Command {
     Expire {
         /// The task.
         id: TaskId,
+    },
+    /// The handler of `(id, epoch)` on `node` is alive and reports
+    /// `progress`: recorded in the task's history (a no-op unless `node`
+    /// runs that very assignment). Last in the enum, like `SubmitBatch`.
+    Heartbeat {
+        /// The task.
+        id: TaskId,
+        /// The assignment.
+        epoch: Epoch,
+        /// Its runner.
+        node: NodeId,
+        /// At most [`cohort_core::PROGRESS_BYTES_MAX`] bytes (cut when applied).
+        progress: String,
     },
 }
 
@@ -496,6 +509,33 @@ impl Scheduler {
                     self.finish(index, *id, state, &mut notes);
                 }
             }
+            Command::Heartbeat {
+                id,
+                epoch,
+                node,
+                progress,
+            } => {
+                let runs = self.tasks.get(id).is_some_and(|r| {
+                    r.state
+                        == TaskState::Running {
+                            node: *node,
+                            epoch: *epoch,
+                        }
+                });
+                if runs {
+                    let what = TaskEventKind::Heartbeat {
+                        node: *node,
+                        epoch: *epoch,
+                        progress: event_progress(progress),
+                    };
+                    self.record(*id, at, what);
+                    notes.push(Note::Heartbeat {
+                        task: *id,
+                        epoch: *epoch,
+                        node: *node,
+                    });
+                }
+            }
             Command::Cancel { id } => {
                 if self.tasks.get(id).is_some_and(|r| !r.state.is_final()) {
                     self.record(*id, at, TaskEventKind::Cancelled);
@@ -507,7 +547,8 @@ impl Scheduler {
         for note in &notes {
             let (Note::Assigned { task, .. }
             | Note::Superseded { task, .. }
-            | Note::Decided { task, .. }) = note;
+            | Note::Decided { task, .. }
+            | Note::Heartbeat { task, .. }) = note;
             if let Some(rec) = self.tasks.get(task) {
                 if let Err(e) = rec.history.check_against(&rec.state) {
                     panic!("task {task}: {e}");
@@ -612,6 +653,7 @@ mod tests {
             retry: cohort_core::RetryPolicy::default(),
             schedule_to_start_ms: 0,
             priority: 0,
+            heartbeat_timeout_ms: 0,
         }
     }
 

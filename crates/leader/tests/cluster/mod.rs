@@ -78,6 +78,7 @@ pub fn task(kind: &str, payload: &[u8]) -> Task {
         retry: cohort_core::RetryPolicy::default(),
         schedule_to_start_ms: 0,
         priority: 0,
+        heartbeat_timeout_ms: 0,
     }
 }
 
@@ -422,6 +423,13 @@ impl Cluster {
                 Note::Decided { task, state } => {
                     let prev = decided.entry(*task).or_insert_with(|| state.clone());
                     assert_eq!(prev, state, "G2: {task:?} decided twice differently");
+                }
+                Note::Heartbeat { task, epoch, node } => {
+                    assert_eq!(
+                        assigned.get(&(*task, *epoch)),
+                        Some(node),
+                        "G3: a heartbeat recorded for an assignment never made"
+                    );
                 }
             }
         }

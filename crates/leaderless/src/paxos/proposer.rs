@@ -7,8 +7,8 @@ use crate::message::LeaderlessMessage;
 use crate::paxos::{majority, Ballot};
 use crate::record::{TaskHeader, TaskValue};
 use cohort_core::{
-    after_failure, event_error, AfterFailure, Epoch, NodeId, SupersedeReason, TaskEvent,
-    TaskEventKind, TaskId, TaskOutcome, TaskState, Time,
+    after_failure, event_error, event_progress, AfterFailure, Epoch, NodeId, SupersedeReason,
+    TaskEvent, TaskEventKind, TaskId, TaskOutcome, TaskState, Time,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -64,6 +64,16 @@ pub enum Intent {
     Expire {
         /// The deadline when the base names none.
         deadline: Time,
+    },
+    /// `Running { me, epoch }` → the same state, with a heartbeat of the
+    /// handler and its `progress` in the history. Not retried when another
+    /// change wins the instance: the next heartbeat carries newer progress.
+    Heartbeat {
+        /// This node's assignment.
+        epoch: Epoch,
+        /// What the handler reported (at most
+        /// [`cohort_core::PROGRESS_BYTES_MAX`] bytes).
+        progress: String,
     },
     /// No change of its own: finish the instance on top of the base if a
     /// value was accepted in it (a linearizable read whose replicas are in
@@ -154,6 +164,11 @@ impl Intent {
                     ..base.clone()
                 })
             }
+            (Intent::Heartbeat { epoch, .. }, TaskState::Running { node, epoch: e })
+                if *node == me && e == epoch =>
+            {
+                Some(base.clone())
+            }
             (Intent::Cancel, s) if !s.is_final() => Some(TaskValue {
                 state: TaskState::Cancelled,
                 ..base.clone()
@@ -230,6 +245,11 @@ impl Intent {
             Intent::Cancel => events.push(TaskEventKind::Cancelled),
             Intent::Expire { .. } => events.push(TaskEventKind::NotStarted {
                 error: event_error(&header.task.not_started_error()),
+            }),
+            Intent::Heartbeat { epoch, progress } => events.push(TaskEventKind::Heartbeat {
+                node: me,
+                epoch: *epoch,
+                progress: event_progress(progress),
             }),
             Intent::Move { .. } | Intent::Settle => {}
         }
@@ -667,6 +687,7 @@ mod tests {
                 retry: cohort_core::RetryPolicy::default(),
                 schedule_to_start_ms: 0,
                 priority: 0,
+                heartbeat_timeout_ms: 0,
             },
             replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
             ring_epoch: 0,

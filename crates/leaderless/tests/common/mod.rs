@@ -438,6 +438,23 @@ impl Sim {
                 );
             }
             Note::Superseded { .. } => {}
+            Note::Heartbeat { task, epoch, node } => {
+                // Chosen only on the assignment it names, while it holds
+                // the task (noted once, by the proposer, when chosen).
+                assert_eq!(
+                    self.assigned.get(&(*task, *epoch)),
+                    Some(node),
+                    "G3: heartbeat of {task:?} {epoch} on {node}, never assigned"
+                );
+                let ended = self.notes.iter().any(|(_, _, n)| {
+                    matches!(n, Note::Superseded { task: t, epoch: e, .. } if t == task && e == epoch)
+                });
+                assert!(!ended, "G3: heartbeat of {task:?} {epoch} after it ended");
+                assert!(
+                    !self.decided.contains_key(task),
+                    "G3: heartbeat of {task:?} after it was decided"
+                );
+            }
         }
     }
 
@@ -648,6 +665,7 @@ pub fn task(payload: &[u8]) -> Task {
         retry: cohort_core::RetryPolicy::default(),
         schedule_to_start_ms: 0,
         priority: 0,
+        heartbeat_timeout_ms: 0,
     }
 }
 

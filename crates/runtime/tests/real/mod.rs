@@ -95,6 +95,7 @@ pub fn echo(payload: &str) -> SubmitBody {
         retry: None,
         schedule_to_start_ms: None,
         priority: None,
+        heartbeat_timeout_ms: None,
     }
 }
 

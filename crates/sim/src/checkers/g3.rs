@@ -11,7 +11,12 @@
 //!     after losing its execution);
 //! (c) a reported `Succeeded{result, node, epoch}` is the output of a real
 //!     handler completion of `(node, task, epoch)`, and when first reported
-//!     `epoch` is the highest epoch assigned for the task.
+//!     `epoch` is the highest epoch assigned for the task;
+//! (d) a recorded heartbeat `(task, epoch, node)` is of an assignment of
+//!     that very `(task, epoch, node)` (that it was recorded while the
+//!     assignment held the task is checked in log order, where it is
+//!     decided: every mode asserts `TaskEvents::check_against` on its
+//!     records).
 
 use super::{Guarantee, Violations};
 use crate::history::{History, HistoryEvent};
@@ -49,6 +54,17 @@ pub fn check(history: &History, out: &mut Violations) {
                         },
                 } => s.result_reported(out, r.at, *by, "decided", *task, result, *node, *epoch),
                 Note::Decided { .. } => {}
+                Note::Heartbeat { task, epoch, node } => {
+                    if s.assigned.get(&(*task, *epoch)) != Some(node) {
+                        out.push(
+                            Guarantee::G3,
+                            r.at,
+                            format!(
+                                "task {task:?}: {by} recorded a heartbeat of {node} under {epoch}, which never held it"
+                            ),
+                        );
+                    }
+                }
             },
             HistoryEvent::Read {
                 task,

@@ -192,6 +192,7 @@ pub(crate) mod test_support {
             retry: cohort_core::RetryPolicy::default(),
             schedule_to_start_ms: 0,
             priority: 0,
+            heartbeat_timeout_ms: 0,
         }
     }
     pub fn acked(h: &mut History, ms: u64, node: u64) {

@@ -65,7 +65,8 @@ pub fn check(history: &History, out: &mut Violations) {
             HistoryEvent::Noted { note, .. } => match note {
                 Note::Assigned { task, .. }
                 | Note::Superseded { task, .. }
-                | Note::Decided { task, .. } => seen(task, r.at),
+                | Note::Decided { task, .. }
+                | Note::Heartbeat { task, .. } => seen(task, r.at),
             },
             HistoryEvent::Read {
                 task,

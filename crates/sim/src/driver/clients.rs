@@ -144,6 +144,13 @@ impl<N: Node> Sim<'_, N> {
                 0
             },
             priority: 0,
+            // Drawn only when asked for: a workload without heartbeats
+            // replays the runs it replayed before they existed.
+            heartbeat_timeout_ms: if w.heartbeat_rate > 0.0 && self.rng.gen_bool(w.heartbeat_rate) {
+                w.heartbeat_timeout_ms
+            } else {
+                0
+            },
         };
         let op = self.ops.len();
         let now = self.now;

@@ -17,8 +17,8 @@ use crate::trace::Fnv64;
 use crate::workload::{result_bytes, SimPayload};
 use crate::{Invariants, Report};
 use cohort_core::{
-    decode, encode, Action, ClientError, ClientRequest, ClientResponse, Epoch, Node, NodeId, Peers,
-    RequestId, StoreOp, Stored, TaskId, TaskOutcome, Time, TimerToken,
+    decode, encode, Action, ClientError, ClientRequest, ClientResponse, Epoch, HeartbeatReply,
+    Node, NodeId, Peers, RequestId, StoreOp, Stored, TaskId, TaskOutcome, Time, TimerToken,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -52,6 +52,17 @@ enum Event {
         task: TaskId,
         epoch: Epoch,
         outcome: TaskOutcome,
+        /// The execution (see `Sim::live`).
+        exec: u64,
+    },
+    /// The handler of execution `exec` beats for the `n`-th time.
+    Beat {
+        node: usize,
+        inc: u64,
+        task: TaskId,
+        epoch: Epoch,
+        exec: u64,
+        n: u32,
     },
     FsyncDone {
         node: usize,
@@ -108,6 +119,7 @@ impl Event {
             Event::Deliver { to, .. } | Event::PeerLost { to, .. } => Some(*to),
             Event::Timer { node, .. }
             | Event::TaskDone { node, .. }
+            | Event::Beat { node, .. }
             | Event::FsyncDone { node, .. }
             | Event::Request { node, .. } => Some(*node),
             _ => None,
@@ -119,6 +131,7 @@ impl Event {
         match self {
             Event::Timer { inc, .. }
             | Event::TaskDone { inc, .. }
+            | Event::Beat { inc, .. }
             | Event::FsyncDone { inc, .. } => Some(*inc),
             _ => None,
         }
@@ -176,6 +189,10 @@ pub(crate) struct Sim<'a, N: Node> {
     trace: Vec<String>,
     events: u64,
     executions: u64,
+    /// Executions whose handler has not returned (by a sequence number):
+    /// a handler told to stop by a heartbeat returns early, and its
+    /// scheduled completion is then void.
+    live: BTreeSet<u64>,
     messages: u64,
     message_bytes: u64,
     faults: u64,
@@ -198,6 +215,7 @@ const TAG_EXECUTE: u8 = 18;
 const TAG_REPLY: u8 = 19;
 const TAG_SET_TIMER: u8 = 20;
 const TAG_NOTE: u8 = 21;
+const TAG_BEAT: u8 = 22;
 
 impl<'a, N: Node> Sim<'a, N> {
     pub(crate) fn new(cfg: &'a SimConfig, node_cfg: &'a N::Config) -> Sim<'a, N> {
@@ -256,6 +274,7 @@ impl<'a, N: Node> Sim<'a, N> {
             trace: Vec::new(),
             events: 0,
             executions: 0,
+            live: BTreeSet::new(),
             messages: 0,
             message_bytes: 0,
             faults: 0,
@@ -563,6 +582,7 @@ impl<'a, N: Node> Sim<'a, N> {
             | Event::PeerLost { .. }
             | Event::Timer { .. }
             | Event::TaskDone { .. }
+            | Event::Beat { .. }
             | Event::FsyncDone { .. }
             | Event::Request { .. } => unreachable!("node-bound events are routed above"),
         }
@@ -583,6 +603,9 @@ impl<'a, N: Node> Sim<'a, N> {
             None
         };
         if let Some(why) = why {
+            if let Event::TaskDone { exec, .. } = &event {
+                self.live.remove(exec); // died with its node
+            }
             self.hash_event(TAG_DROP, i as u64, why.as_bytes());
             let now = self.now;
             self.line(|| format!("{now} n{} dropped ({why}): {event:?}", i + 1));
@@ -630,8 +653,12 @@ impl<'a, N: Node> Sim<'a, N> {
                 task,
                 epoch,
                 outcome,
+                exec,
                 ..
             } => {
+                if !self.live.remove(&exec) {
+                    return; // it returned early, told to stop
+                }
                 self.hash_event(TAG_TASK_DONE, id.0, &encode(&(task, epoch, &outcome)));
                 self.line(|| format!("{now} {id} finished {task:?} {epoch} {outcome:?}"));
                 self.history.push(
@@ -645,6 +672,40 @@ impl<'a, N: Node> Sim<'a, N> {
                 );
                 self.node_mut(i)
                     .handle_task_finished(now, task, epoch, outcome);
+            }
+            Event::Beat {
+                task,
+                epoch,
+                exec,
+                n,
+                ..
+            } => {
+                if !self.live.contains(&exec) {
+                    return;
+                }
+                self.hash_event(TAG_BEAT, id.0, &encode(&(task, epoch, n)));
+                let progress = format!("beat {n}");
+                let said = self
+                    .node_mut(i)
+                    .handle_heartbeat(now, task, epoch, Some(progress));
+                self.line(|| format!("{now} {id} beat {task:?} {epoch} #{n}: {}", said.name()));
+                if said != HeartbeatReply::Continue {
+                    // A cooperative handler stops when told to.
+                    self.live.remove(&exec);
+                    let outcome =
+                        TaskOutcome::Failure(format!("cancelled: told to stop ({})", said.name()));
+                    self.history.push(
+                        now,
+                        HistoryEvent::Completed {
+                            node: id,
+                            task,
+                            epoch,
+                            outcome: outcome.clone(),
+                        },
+                    );
+                    self.node_mut(i)
+                        .handle_task_finished(now, task, epoch, outcome);
+                }
             }
             Event::FsyncDone { .. } => {
                 self.hash_event(TAG_FSYNC, id.0, &[]);
@@ -797,6 +858,42 @@ impl<'a, N: Node> Sim<'a, N> {
                     ),
                 };
                 let inc = self.slots[i].inc;
+                let exec = self.executions;
+                self.live.insert(exec);
+                let (mut ms, mut outcome) = (ms, outcome);
+                if body.heartbeat_timeout_ms > 0 {
+                    // Beats every third of the timeout while it runs; a
+                    // hung handler stops beating, and its runner's
+                    // watchdog fails it a timeout after its last beat.
+                    let timeout_ms = body.heartbeat_timeout_ms;
+                    let pace_ms = (timeout_ms / 3).max(1);
+                    // The last instant it beats at (inclusive).
+                    let mut beat_until_ms = ms.saturating_sub(1);
+                    if self.rng.gen_bool(self.cfg.workload.hang_rate) && ms > 0 {
+                        let hang_ms = self.rng.gen_range(0..ms);
+                        let last_beat_ms = hang_ms / pace_ms * pace_ms;
+                        if last_beat_ms + timeout_ms < ms {
+                            ms = last_beat_ms + timeout_ms;
+                            outcome = TaskOutcome::Failure(body.heartbeat_timeout_error());
+                            beat_until_ms = last_beat_ms;
+                        }
+                    }
+                    let mut n = 1u32;
+                    while u64::from(n) * pace_ms <= beat_until_ms {
+                        self.schedule_in(
+                            u64::from(n) * pace_ms * 1000,
+                            Event::Beat {
+                                node: i,
+                                inc,
+                                task,
+                                epoch,
+                                exec,
+                                n,
+                            },
+                        );
+                        n += 1;
+                    }
+                }
                 self.schedule_in(
                     ms * 1000,
                     Event::TaskDone {
@@ -805,6 +902,7 @@ impl<'a, N: Node> Sim<'a, N> {
                         task,
                         epoch,
                         outcome,
+                        exec,
                     },
                 );
             }
