@@ -64,6 +64,10 @@ pub struct TaskEventView {
     /// ms since the Unix epoch on the deciding node's clock.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_at_ms: Option<u64>,
+    /// What the handler reported in its latest recorded heartbeat
+    /// (`heartbeat`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
 }
 
 /// A task with its event history (`GET /v1/tasks/{id}/events`).
