@@ -1033,6 +1033,21 @@ impl LeaderlessNode {
                     }));
                 }
             }
+            // The old replicas (who then answer older prepares with this
+            // version) and, after a move, the new ones.
+            let mut to_learn: BTreeSet<NodeId> = proposal.base.replicas.iter().copied().collect();
+            to_learn.extend(value.replicas.iter().copied());
+            for &to in to_learn.iter().filter(|&&n| n != self.peers.id) {
+                self.out.push(Action::Send {
+                    to,
+                    msg: LeaderlessMessage::Learn {
+                        id,
+                        header: header.clone(),
+                        version,
+                        value: value.clone(),
+                    },
+                });
+            }
         }
         self.on_learned(now, id, &header, version, &value);
         // Results and cancels go on until their compare part fails; claims
