@@ -1,4 +1,4 @@
-//! `cohort submit / get / wait / cancel / list / members / ring / drain`: clients of a node's HTTP API.
+//! `cohort submit / get / wait / cancel / list / members / ring / drain / schedule`: clients of a node's HTTP API.
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -66,7 +66,7 @@ pub struct SubmitArgs {
     /// Submit many tasks in one `POST /v1/tasks:batch` instead: a file
     /// (`-` for stdin) with one submit body per line, e.g.
     /// `{"id":"a1","kind":"echo","payload":"hi"}`. Prints the ids in order.
-    #[arg(long, conflicts_with_all = ["kind", "id", "idempotency_key", "dedupe_key", "wait", "not_before_ms", "delay", "backoff_initial_ms", "backoff_max_ms", "non_retryable", "schedule_to_start_ms", "priority"])]
+    #[arg(long, conflicts_with_all = ["kind", "id", "idempotency_key", "dedupe_key", "wait", "not_before_ms", "delay", "backoff_initial_ms", "backoff_max_ms", "non_retryable", "schedule_to_start_ms", "priority", "heartbeat_timeout_ms"])]
     pub batch: Option<PathBuf>,
     /// Payload text (sleep: milliseconds or {"ms":N}; hash: {"rounds":N,"data":"..."}; exec: a command line).
     #[arg(long, default_value = "")]
@@ -121,6 +121,10 @@ pub struct SubmitArgs {
     /// (-128 to 127; default 0).
     #[arg(long, allow_hyphen_values = true)]
     pub priority: Option<i8>,
+    /// Stop a handler that goes this long without a heartbeat and fail the
+    /// attempt (class `heartbeat_timeout`); default: none.
+    #[arg(long)]
+    pub heartbeat_timeout_ms: Option<u64>,
     /// Wait this long (e.g. 10s) for the outcome and print it.
     #[arg(long)]
     pub wait: Option<String>,
@@ -363,7 +367,7 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
             retry,
             schedule_to_start_ms: args.schedule_to_start_ms,
             priority: args.priority,
-            heartbeat_timeout_ms: None,
+            heartbeat_timeout_ms: args.heartbeat_timeout_ms,
         };
         let id = match &args.dedupe_key {
             Some(key) => {
@@ -616,6 +620,124 @@ pub fn drain(args: DrainArgs) -> anyhow::Result<()> {
             return Ok(());
         }
         print_drain(&d);
+        Ok(())
+    })
+}
+
+/// Create, read or delete a schedule stored in the cluster.
+#[derive(Args, Debug, Clone)]
+pub struct ScheduleArgs {
+    #[command(subcommand)]
+    pub command: ScheduleCommand,
+}
+
+/// What `cohort schedule` does.
+#[derive(Subcommand, Debug, Clone)]
+pub enum ScheduleCommand {
+    /// Store a schedule: each tick fires one task, exactly once.
+    Create(ScheduleCreateArgs),
+    /// Show a schedule: its definition, whether it is deleted, its next tick.
+    Get(ScheduleNameArgs),
+    /// Delete a schedule: no tick fires once its links see the deletion.
+    Delete(ScheduleNameArgs),
+}
+
+/// A schedule by name.
+#[derive(Args, Debug, Clone)]
+pub struct ScheduleNameArgs {
+    /// The schedule's name.
+    pub name: String,
+    #[command(flatten)]
+    pub target: RingTarget,
+}
+
+/// `cohort schedule create`.
+#[derive(Args, Debug, Clone)]
+pub struct ScheduleCreateArgs {
+    /// The schedule's name (1-128 bytes of a-z A-Z 0-9 _ . -).
+    pub name: String,
+    #[command(flatten)]
+    pub target: RingTarget,
+    /// A fixed interval (e.g. 500ms, 10s, 5m).
+    #[arg(long, required_unless_present = "cron", conflicts_with = "cron")]
+    pub every: Option<String>,
+    /// The first tick of --every, in ms since the Unix epoch (default 0:
+    /// ticks at the multiples of the interval).
+    #[arg(long, requires = "every")]
+    pub start_ms: Option<u64>,
+    /// A 5-field UTC cron expression, e.g. "*/15 9-17 * * 1-5".
+    #[arg(long)]
+    pub cron: Option<String>,
+    /// What a tick does while the previous firing is not final: skip
+    /// (default), buffer_one or allow.
+    #[arg(long)]
+    pub overlap: Option<String>,
+    /// How late a tick may still fire (e.g. 1m; default 1m).
+    #[arg(long)]
+    pub catch_up_window: Option<String>,
+    /// The fired task's handler kind.
+    #[arg(long)]
+    pub kind: String,
+    /// The fired task's payload text.
+    #[arg(long, default_value = "")]
+    pub payload: String,
+    /// The fired task's per-execution timeout.
+    #[arg(long)]
+    pub timeout_ms: Option<u64>,
+    /// The fired task's attempts.
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
+}
+
+/// `cohort schedule`.
+pub fn schedule(args: ScheduleArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(async move {
+        match args.command {
+            ScheduleCommand::Create(a) => {
+                let ms = |d: &str, what: &str| -> anyhow::Result<u64> {
+                    let d = wait_arg(d).with_context(|| what.to_string())?;
+                    u64::try_from(d.as_millis()).with_context(|| format!("{what} is too long"))
+                };
+                let body = cohort_runtime::http::ScheduleBody {
+                    name: a.name.clone(),
+                    every_ms: a.every.as_deref().map(|e| ms(e, "--every")).transpose()?,
+                    start_ms: a.start_ms,
+                    cron: a.cron,
+                    overlap: a.overlap,
+                    catch_up_window_ms: a
+                        .catch_up_window
+                        .as_deref()
+                        .map(|w| ms(w, "--catch-up-window"))
+                        .transpose()?,
+                    task: SubmitBody {
+                        id: None,
+                        kind: a.kind,
+                        payload: Some(a.payload),
+                        payload_base64: None,
+                        timeout_ms: a.timeout_ms,
+                        max_attempts: a.max_attempts,
+                        not_before_ms: None,
+                        retry: None,
+                        schedule_to_start_ms: None,
+                        priority: None,
+                        heartbeat_timeout_ms: None,
+                    },
+                };
+                let client = a.target.auth.client(&a.target.node)?;
+                let id = client.schedule_create(&body).await?;
+                println!("schedule {} stored (definition task {id})", a.name);
+            }
+            ScheduleCommand::Get(a) => {
+                let client = a.target.auth.client(&a.target.node)?;
+                let v = client.schedule_get(&a.name).await?;
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            }
+            ScheduleCommand::Delete(a) => {
+                let client = a.target.auth.client(&a.target.node)?;
+                client.schedule_delete(&a.name).await?;
+                println!("schedule {} deleted", a.name);
+            }
+        }
         Ok(())
     })
 }

@@ -65,10 +65,20 @@ pub struct SimArgs {
     /// still waiting for their acknowledgement (0: never).
     #[arg(long, default_value_t = 0.0)]
     batch_rate: f64,
+    /// Fraction of tasks submitted with a heartbeat timeout: their
+    /// simulated handlers beat with progress, and a fifth of their
+    /// executions hang and are stopped at the timeout (0: none).
+    #[arg(long, default_value_t = 0.0)]
+    heartbeat_rate: f64,
     /// Mean client arrivals per second during the safety phase (default:
     /// the simulator's workload).
     #[arg(long)]
     arrivals_per_sec: Option<f64>,
+    /// Run one schedule ticking every this many ms (overlap `allow`), its
+    /// links run by the nodes; the `Schedule` checker sees every tick
+    /// fired once healed (0: none, the default).
+    #[arg(long, default_value_t = 0)]
+    schedule_every_ms: u64,
 }
 
 impl SimArgs {
@@ -81,6 +91,8 @@ impl SimArgs {
         config.workload.unique_every = self.dedupe_every();
         config.workload.unique_burst = config.workload.unique_burst.min(self.dedupe_every());
         config.workload.batch_rate = self.batch_rate;
+        config.workload.heartbeat_rate = self.heartbeat_rate;
+        config.workload.schedule_every_ms = self.schedule_every_ms;
         if let Some(rate) = self.arrivals_per_sec {
             config.workload.arrivals_per_sec = rate;
         }
@@ -104,6 +116,12 @@ impl SimArgs {
         }
         if let Some(rate) = self.arrivals_per_sec {
             cmd.push_str(&format!(" --arrivals-per-sec {rate}"));
+        }
+        if self.schedule_every_ms > 0 {
+            cmd.push_str(&format!(" --schedule-every-ms {}", self.schedule_every_ms));
+        }
+        if self.heartbeat_rate > 0.0 {
+            cmd.push_str(&format!(" --heartbeat-rate {}", self.heartbeat_rate));
         }
         cmd
     }

@@ -42,6 +42,8 @@ enum Command {
     Ring(cmd_client::RingArgs),
     /// Drain a node: no new work; running tasks finish or are handed back at a deadline.
     Drain(cmd_client::DrainArgs),
+    /// Create, show or delete a schedule stored in the cluster (one firing per tick).
+    Schedule(cmd_client::ScheduleArgs),
     /// A 5-node cluster on loopback, nodes killed mid-run, then a table.
     Demo(cmd_demo::DemoArgs),
     /// Generate a development CA, node certificates and API tokens.
@@ -74,6 +76,7 @@ fn main() -> ExitCode {
         Command::Members(a) => done(cmd_client::members(a)),
         Command::Ring(a) => done(cmd_client::ring(a)),
         Command::Drain(a) => done(cmd_client::drain(a)),
+        Command::Schedule(a) => done(cmd_client::schedule(a)),
         Command::List(a) => done(cmd_client::list(a)),
         Command::Demo(a) => done(cmd_demo::run(a)),
         Command::Certs(a) => done(cmd_certs::run(a)),

@@ -684,3 +684,97 @@ fn cohort_submit_with_a_dedupe_key_names_the_live_task_then_creates_the_next() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot be used with"), "{err}");
 }
+
+/// `cohort schedule ...`, retried while the cluster elects a leader.
+fn schedule_ok(args: &[&str]) -> String {
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = cli(args);
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(Instant::now() < end, "{args:?} failed: {err}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn cohort_schedule_creates_fires_shows_and_deletes_a_schedule() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = layout(3);
+    let mut procs = Procs(Vec::new());
+    for id in 1..=3 {
+        let flags = ["--mode", "leader"];
+        procs.0.push(Some(spawn_mode(
+            &l,
+            id,
+            dir.path(),
+            "schedule-test",
+            &flags,
+        )));
+    }
+    for h in &l.http {
+        wait_healthy(h);
+    }
+    let create = [
+        "schedule",
+        "create",
+        "ticker",
+        "--node",
+        &l.http[0],
+        "--every",
+        "200ms",
+        "--overlap",
+        "allow",
+        "--kind",
+        "echo",
+        "--payload",
+        "tick",
+    ];
+    let said = schedule_ok(&create);
+    assert!(said.contains("schedule ticker stored"), "{said}");
+    // Started once its definition ran: the next tick's firing is named.
+    let end = Instant::now() + Duration::from_secs(20);
+    let view = loop {
+        let v: serde_json::Value = serde_json::from_str(&schedule_ok(&[
+            "schedule", "get", "ticker", "--node", &l.http[1],
+        ]))
+        .unwrap();
+        if v["started"] == true {
+            break v;
+        }
+        assert!(Instant::now() < end, "never started: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(view["definition"]["every_ms"], 200, "{view}");
+    assert_eq!(view["definition"]["overlap"], "allow", "{view}");
+    let firing = view["next_firing_id"].as_str().unwrap().to_string();
+    // It exists once its tick came (a few hundred ms from now).
+    let end = Instant::now() + Duration::from_secs(20);
+    while !cli(&["get", "--node", &l.http[2], &firing])
+        .status
+        .success()
+    {
+        assert!(Instant::now() < end, "the next tick never fired");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let done = wait_task(&l.http[2], &firing);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["result"], "tick", "{done}");
+    // The reserved kind cannot be submitted directly.
+    let out = cli(&["submit", "--node", &l.http[0], "--kind", "cohort.schedule"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("reserved_kind"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = schedule_ok(&["schedule", "delete", "ticker", "--node", &l.http[2]]);
+    assert!(said.contains("schedule ticker deleted"), "{said}");
+    let v: serde_json::Value = serde_json::from_str(&schedule_ok(&[
+        "schedule", "get", "ticker", "--node", &l.http[0],
+    ]))
+    .unwrap();
+    assert_eq!(v["deleted"], true, "{v}");
+}

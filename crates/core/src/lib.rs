@@ -28,6 +28,7 @@ pub mod ids;
 pub mod node;
 pub mod retry;
 pub mod ring;
+pub mod schedule;
 pub mod store;
 pub mod task;
 pub mod time;

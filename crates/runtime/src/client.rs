@@ -82,6 +82,32 @@ pub struct TaskEventsView {
     pub events_dropped: u32,
 }
 
+/// A schedule as `GET /v1/schedules/{name}` reports it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ScheduleView {
+    /// Its name.
+    pub name: String,
+    /// The id of its definition task.
+    pub id: String,
+    /// Whether it was deleted (its tombstone exists).
+    pub deleted: bool,
+    /// Whether its definition ran and started the chain.
+    pub started: bool,
+    /// The definition, as `POST /v1/schedules` takes it (once started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<serde_json::Value>,
+    /// The chain's first tick (once started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_tick_ms: Option<u64>,
+    /// The next tick after now by the answering node's clock (once
+    /// started, unless deleted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_tick_ms: Option<u64>,
+    /// The id of that tick's firing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_firing_id: Option<String>,
+}
+
 /// One page of `GET /v1/tasks`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TaskPageView {
@@ -491,6 +517,41 @@ impl Client {
             )
             .await?;
         Self::decode::<SubmittedBatch>(r).await.map(|s| s.ids)
+    }
+
+    /// `POST /v1/schedules`: stores a schedule (see
+    /// [`cohort_core::schedule`]); returns the id of its definition task.
+    /// The same body again is answered the same (safe to retry); another
+    /// definition under the name is `409 schedule_exists`, a deleted name
+    /// `409 schedule_deleted`.
+    pub async fn schedule_create(
+        &self,
+        body: &crate::http::ScheduleBody,
+    ) -> Result<String, CallError> {
+        let json = serde_json::to_vec(body).map_err(|e| CallError::Transport(e.to_string()))?;
+        let r = self
+            .send(
+                reqwest::Method::POST,
+                format!("{}/v1/schedules", self.base),
+                Some(&json),
+            )
+            .await?;
+        Self::decode::<Submitted>(r).await.map(|s| s.id)
+    }
+
+    /// `GET /v1/schedules/{name}`.
+    pub async fn schedule_get(&self, name: &str) -> Result<ScheduleView, CallError> {
+        let url = format!("{}/v1/schedules/{name}", self.base);
+        let r = self.send(reqwest::Method::GET, url, None).await?;
+        Self::decode(r).await
+    }
+
+    /// `DELETE /v1/schedules/{name}`: no tick fires once a link has read
+    /// the tombstone this writes (see [`cohort_core::schedule`]).
+    pub async fn schedule_delete(&self, name: &str) -> Result<(), CallError> {
+        let url = format!("{}/v1/schedules/{name}", self.base);
+        let r = self.send(reqwest::Method::DELETE, url, None).await?;
+        Self::decode::<serde_json::Value>(r).await.map(|_| ())
     }
 
     /// `GET /v1/tasks/{id}`, optionally stale and/or long-polling.

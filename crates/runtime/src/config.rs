@@ -78,6 +78,9 @@ pub struct ClientLimits {
     /// it gives up with `503 contention` (each further one means another
     /// submitter's generation was created and went final meanwhile).
     pub dedupe_rounds_max: u32,
+    /// Most ticks one run of a schedule's link fires or skips; the rest
+    /// are left to the next link, which is due at once.
+    pub schedule_firings_per_run_max: usize,
 }
 
 impl Default for ClientLimits {
@@ -91,6 +94,8 @@ impl Default for ClientLimits {
             header_read_timeout_ms: 10_000,
             oversized_body_drain_bytes_max: 8 << 20,
             dedupe_rounds_max: cohort_core::DEDUPE_ROUNDS_MAX_DEFAULT,
+            schedule_firings_per_run_max:
+                cohort_core::schedule::SCHEDULE_FIRINGS_PER_RUN_MAX_DEFAULT,
         }
     }
 }
@@ -298,6 +303,10 @@ impl RuntimeConfig {
             (
                 "dedupe_rounds_max",
                 u64::from(self.client.dedupe_rounds_max),
+            ),
+            (
+                "schedule_firings_per_run_max",
+                self.client.schedule_firings_per_run_max as u64,
             ),
         ] {
             if v == 0 {

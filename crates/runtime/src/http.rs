@@ -13,6 +13,10 @@
 //! | `DELETE /v1/ring/members/{node}` | the same for removing `node` from the ring |
 //! | `POST /v1/drain` | drains this node: it takes no new work, its running tasks may finish within `?deadline_ms=` (default [`crate::DRAIN_DEADLINE_MS_DEFAULT`], at most [`crate::DRAIN_DEADLINE_MS_MAX`]), then what is left is handed back to run elsewhere; `202` with the drain status (`404 not_supported` in modes that cannot drain) |
 //! | `GET /v1/drain` | `200 {"node", "draining", "deadline_in_ms"?, "handing_back"?, "held_count"?, "held"?, "done"?}`: this node's drain |
+//! | `POST /v1/schedules` | stores a schedule (`{name, every_ms? \| cron?, start_ms?, overlap?, catch_up_window_ms?, task}`): `201 {"name", "id", "node"}`; see [`cohort_core::schedule`] and docs/RUNTIME.md |
+//! | `GET /v1/schedules/{name}` | `200 {"name", "id", "deleted", "started", "definition"?, "first_tick_ms"?, "next_tick_ms"?, "next_firing_id"?}` |
+//! | `DELETE /v1/schedules/{name}` | `200 {"name", "deleted": true}` once its tombstone is durable |
+//! | `POST /v1/internal/client` | (admin) a postcard `ClientRequest` handed to the core, answered with the postcard result: where a schedule link on a non-deciding node forwards to |
 //! | `GET /v1/health` | `200 {"status": "ok", ...}` |
 //! | `GET /v1/openapi.json` | the OpenAPI 3 document of this API (`crates/runtime/openapi.json`) |
 //! | `GET /metrics` | Prometheus text |
@@ -67,6 +71,10 @@ use axum::routing::get;
 use axum::{Json, Router};
 use base64::Engine;
 use cohort_core::dedupe::{DedupeError, DedupeKey, DedupeOutcome, DedupeStep, DedupeSubmit};
+use cohort_core::schedule::{
+    CronExpr, IdTag, Overlap, Schedule, ScheduleName, Spec, CATCH_UP_WINDOW_MS_DEFAULT,
+    SCHEDULE_KIND, SCHEDULE_TICK_MS_MAX,
+};
 use cohort_core::{
     ClientError, ClientRequest, ClientResponse, Consistency, NodeId, NodeRng, RetryPolicy,
     RingRefusal, RingRequest, RingView, Task, TaskEvent, TaskEventKind, TaskEvents, TaskId,
@@ -121,6 +129,15 @@ pub(crate) fn router(api: Arc<Api>) -> Router {
             axum::routing::post(ring_join).delete(ring_remove),
         )
         .route("/v1/drain", get(drain_status).post(drain))
+        .route("/v1/schedules", axum::routing::post(schedule_create))
+        .route(
+            "/v1/schedules/{name}",
+            get(schedule_get).delete(schedule_delete),
+        )
+        .route(
+            crate::schedule::INTERNAL_CLIENT_PATH,
+            axum::routing::post(internal_client),
+        )
         .route("/v1/health", get(health))
         .route("/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
@@ -806,6 +823,9 @@ async fn submit(
         .limits
         .check_task(&task)
         .map_err(|e| api.client_error(e, "/v1/tasks"))?;
+    if task.kind == SCHEDULE_KIND {
+        return Err(reserved_kind());
+    }
     if api.registry.get(&task.kind).is_none() {
         return Err(unknown_kind(&api, &task.kind));
     }
@@ -894,6 +914,14 @@ async fn submit_unique(api: &Api, key: DedupeKey, task: Task) -> Result<Response
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
+fn reserved_kind() -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "reserved_kind",
+        format!("kind {SCHEDULE_KIND:?} is reserved for schedules: use POST /v1/schedules"),
+    )
+}
+
 fn unknown_kind(api: &Api, kind: &str) -> ApiError {
     ApiError::new(
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -923,9 +951,14 @@ async fn submit_batch(State(api): State<Arc<Api>>, body: Body) -> Result<Respons
         .map_err(|e| api.client_error(e, PATH))?;
     if let Some(index) = tasks
         .iter()
-        .position(|(_, t)| api.registry.get(&t.kind).is_none())
+        .position(|(_, t)| api.registry.get(&t.kind).is_none() || t.kind == SCHEDULE_KIND)
     {
-        let err = unknown_kind(&api, &tasks[index].1.kind);
+        let kind = &tasks[index].1.kind;
+        let err = if kind == SCHEDULE_KIND {
+            reserved_kind()
+        } else {
+            unknown_kind(&api, kind)
+        };
         let message = format!("batch task {index}: {}", err.message);
         return Err(ApiError { message, ..err }.with("index", json!(index)));
     }
@@ -1515,6 +1548,325 @@ async fn metrics(State(api): State<Arc<Api>>) -> Response {
         .into_response()
 }
 
+/// The body of `POST /v1/schedules`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleBody {
+    /// 1 to 128 bytes of `a-z A-Z 0-9 _ . -`; every id of the schedule
+    /// derives from it.
+    pub name: String,
+    /// A fixed interval (give this or `cron`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every_ms: Option<u64>,
+    /// The first tick of a fixed interval, in ms since the Unix epoch
+    /// (default 0: ticks at the multiples of `every_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_ms: Option<u64>,
+    /// A 5-field UTC cron expression (give this or `every_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+    /// `skip` (default), `buffer_one` or `allow`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlap: Option<String>,
+    /// How late a tick may still fire (default
+    /// [`CATCH_UP_WINDOW_MS_DEFAULT`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catch_up_window_ms: Option<u64>,
+    /// The task each tick fires: a submit body without `id` and
+    /// `not_before_ms` (the tick sets both).
+    pub task: SubmitBody,
+}
+
+fn invalid_schedule(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_schedule", message)
+}
+
+/// A schedule body, checked (but for its task's size and kind).
+fn decode_schedule(body: ScheduleBody, link_attempts: u32) -> Result<Schedule, ApiError> {
+    let name = ScheduleName::new(&body.name).map_err(|e| invalid_schedule(e.to_string()))?;
+    let spec = match (body.every_ms, body.cron, body.start_ms) {
+        (Some(every_ms), None, start_ms) => Spec::Every {
+            every_ms,
+            start_ms: start_ms.unwrap_or(0),
+        },
+        (None, Some(cron), None) => {
+            Spec::Cron(CronExpr::parse(&cron).map_err(|e| invalid_schedule(e.to_string()))?)
+        }
+        (None, Some(_), Some(_)) => {
+            return Err(invalid_schedule("start_ms goes with every_ms, not cron"))
+        }
+        _ => return Err(invalid_schedule("give exactly one of every_ms and cron")),
+    };
+    let overlap = match body.overlap.as_deref() {
+        None => Overlap::Skip,
+        Some(o) => Overlap::parse(o).ok_or_else(|| {
+            invalid_schedule(format!(
+                "overlap {o:?} is not one of skip, buffer_one, allow"
+            ))
+        })?,
+    };
+    if body.task.id.is_some() || body.task.not_before_ms.is_some() {
+        return Err(invalid_schedule(
+            "a schedule's task has no id or not_before_ms: each tick sets them",
+        ));
+    }
+    let (_, task) = submit_task(body.task)?;
+    if task.kind == SCHEDULE_KIND {
+        return Err(reserved_kind());
+    }
+    let schedule = Schedule {
+        name,
+        spec,
+        overlap,
+        catch_up_window_ms: body
+            .catch_up_window_ms
+            .unwrap_or(CATCH_UP_WINDOW_MS_DEFAULT),
+        task,
+        link_attempts,
+    };
+    schedule
+        .validate()
+        .map_err(|e| invalid_schedule(e.to_string()))?;
+    Ok(schedule)
+}
+
+/// [`decode_schedule`] of a JSON body, for tests and fuzzing: the error
+/// is what a client would get in a `400`.
+pub fn parse_schedule(body: &[u8], link_attempts: u32) -> Result<Schedule, String> {
+    serde_json::from_slice::<ScheduleBody>(body)
+        .map_err(|e| format!("400 malformed: bad JSON: {e}"))
+        .and_then(|b| {
+            decode_schedule(b, link_attempts)
+                .map_err(|e| format!("{} {}: {}", e.status.as_u16(), e.code, e.message))
+        })
+}
+
+/// The JSON form of a schedule's definition (the body that creates it).
+pub fn schedule_json(s: &Schedule) -> serde_json::Value {
+    let task = &s.task;
+    let mut v = json!({
+        "name": s.name.as_str(),
+        "overlap": s.overlap.name(),
+        "catch_up_window_ms": s.catch_up_window_ms,
+        "task": {
+            "kind": task.kind,
+            "payload_base64": base64::engine::general_purpose::STANDARD.encode(&task.payload),
+            "timeout_ms": task.timeout_ms,
+            "max_attempts": task.max_attempts,
+            "retry": {
+                "backoff_initial_ms": task.retry.backoff_initial_ms,
+                "backoff_max_ms": task.retry.backoff_max_ms,
+                "non_retryable": task.retry.non_retryable,
+            },
+            "schedule_to_start_ms": task.schedule_to_start_ms,
+            "priority": task.priority,
+        },
+    });
+    match &s.spec {
+        Spec::Every { every_ms, start_ms } => {
+            v["every_ms"] = json!(every_ms);
+            v["start_ms"] = json!(start_ms);
+        }
+        Spec::Cron(c) => v["cron"] = json!(c.text),
+    }
+    v
+}
+
+/// Reads one of a schedule's tasks linearizably: `None` when absent.
+async fn read_schedule_task(
+    api: &Api,
+    id: TaskId,
+    path: &str,
+) -> Result<Option<TaskState>, ApiError> {
+    let req = ClientRequest::Get {
+        id,
+        consistency: Consistency::Linearizable,
+    };
+    match api.ask_core(req).await? {
+        Ok(ClientResponse::State { state, .. }) => Ok(Some(state)),
+        Err(ClientError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(api.client_error(e, path)),
+        Ok(_) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "unexpected answer to a read",
+        )),
+    }
+}
+
+/// `POST /v1/schedules`: stores the definition, whose first run starts the
+/// chain. The same body again is answered the same; another definition
+/// under the name is `409 schedule_exists`; a deleted name is `409
+/// schedule_deleted` (names are not reused).
+async fn schedule_create(State(api): State<Arc<Api>>, body: Body) -> Result<Response, ApiError> {
+    const PATH: &str = "/v1/schedules";
+    let body = read_submit_body(&api.config, body).await?;
+    let body: ScheduleBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            format!("bad JSON: {e}"),
+        )
+    })?;
+    let limits = &api.config.peers.limits;
+    let schedule = decode_schedule(body, limits.attempts_max)?;
+    limits
+        .check_task(&schedule.firing(0))
+        .map_err(|e| api.client_error(e, PATH))?;
+    // The largest task of the chain must fit too: a link carries the
+    // definition.
+    limits
+        .check_task(&schedule.link_task(SCHEDULE_TICK_MS_MAX, Some(SCHEDULE_TICK_MS_MAX)))
+        .map_err(|e| api.client_error(e, PATH))?;
+    if api.registry.get(&schedule.task.kind).is_none() {
+        return Err(unknown_kind(&api, &schedule.task.kind));
+    }
+    let name = schedule.name.clone();
+    // First, so that a follower redirects the whole create to the leader.
+    if read_schedule_task(&api, name.task_id(IdTag::Deleted), PATH)
+        .await?
+        .is_some()
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "schedule_deleted",
+            format!(
+                "schedule {:?} was deleted; a name is not reused",
+                name.as_str()
+            ),
+        ));
+    }
+    let id = name.task_id(IdTag::Spec);
+    let req = ClientRequest::Submit {
+        id,
+        task: schedule.spec_task(),
+    };
+    match api.ask_core(req).await? {
+        Ok(_) => Ok((
+            StatusCode::CREATED,
+            Json(json!({
+                "name": name.as_str(),
+                "id": id.to_string(),
+                "node": api.config.peers.id.0,
+            })),
+        )
+            .into_response()),
+        Err(ClientError::IdConflict { .. }) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "schedule_exists",
+            format!(
+                "schedule {:?} exists with another definition",
+                name.as_str()
+            ),
+        )),
+        Err(e) => Err(api.client_error(e, PATH)),
+    }
+}
+
+fn parse_schedule_name(name: &str) -> Result<ScheduleName, ApiError> {
+    ScheduleName::new(name).map_err(|e| invalid_schedule(e.to_string()))
+}
+
+/// `GET /v1/schedules/{name}`: the definition (once its first run
+/// started the chain: the definition task's result), whether it is
+/// deleted, and the next tick after now by this node's clock.
+async fn schedule_get(
+    State(api): State<Arc<Api>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let name = parse_schedule_name(&name)?;
+    let path = format!("/v1/schedules/{}", name.as_str());
+    let Some(state) = read_schedule_task(&api, name.task_id(IdTag::Spec), &path).await? else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no schedule {:?}", name.as_str()),
+        ));
+    };
+    let deleted = read_schedule_task(&api, name.task_id(IdTag::Deleted), &path)
+        .await?
+        .is_some();
+    let mut v = json!({
+        "name": name.as_str(),
+        "id": name.task_id(IdTag::Spec).to_string(),
+        "deleted": deleted,
+        "started": matches!(state, TaskState::Succeeded { .. }),
+    });
+    if let TaskState::Succeeded { result, .. } = &state {
+        if let Ok(started) = serde_json::from_slice::<serde_json::Value>(result) {
+            v["definition"] = started["definition"].clone();
+            v["first_tick_ms"] = started["first_tick_ms"].clone();
+        }
+    }
+    if let Some(schedule) = v.get("definition").and_then(|d| definition_of(&name, d)) {
+        if !deleted {
+            let next = schedule.spec.next_after(crate::schedule::unix_ms_now());
+            v["next_tick_ms"] = json!(next);
+            v["next_firing_id"] = json!(next.map(|t| name.task_id(IdTag::Fire(t)).to_string()));
+        }
+    }
+    Ok(Json(v).into_response())
+}
+
+/// The schedule a definition's JSON (as [`schedule_json`] writes it) names.
+fn definition_of(name: &ScheduleName, d: &serde_json::Value) -> Option<Schedule> {
+    let mut body: ScheduleBody = serde_json::from_value(d.clone()).ok()?;
+    body.name = name.as_str().to_string();
+    // Only its ticks are used: the links' attempts do not matter here.
+    decode_schedule(body, 1).ok()
+}
+
+/// `DELETE /v1/schedules/{name}`: writes the tombstone every link reads
+/// before it fires. Asking again is answered the same.
+async fn schedule_delete(
+    State(api): State<Arc<Api>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let name = parse_schedule_name(&name)?;
+    let path = format!("/v1/schedules/{}", name.as_str());
+    if read_schedule_task(&api, name.task_id(IdTag::Spec), &path)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no schedule {:?}", name.as_str()),
+        ));
+    }
+    let req = ClientRequest::Submit {
+        id: name.task_id(IdTag::Deleted),
+        task: Schedule::tombstone_task(),
+    };
+    match api.ask_core(req).await? {
+        Ok(_) => Ok(Json(json!({"name": name.as_str(), "deleted": true})).into_response()),
+        Err(e) => Err(api.client_error(e, &path)),
+    }
+}
+
+/// `POST /v1/internal/client` (role `admin`): a postcard `ClientRequest`
+/// handed to this node's core as it is, answered with the postcard
+/// `Result<ClientResponse, ClientError>`. What a node's schedule handler
+/// forwards when its own node does not decide (see [`crate::schedule`]).
+async fn internal_client(State(api): State<Arc<Api>>, body: Body) -> Result<Response, ApiError> {
+    let body = read_submit_body(&api.config, body).await?;
+    let req: ClientRequest = cohort_core::decode(&body, api.config.peers.limits.message_bytes_max)
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed",
+                format!("not a client request: {e}"),
+            )
+        })?;
+    let reply = api.ask_core(req).await?;
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        cohort_core::encode(&reply),
+    )
+        .into_response())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1530,6 +1882,9 @@ mod tests {
             "/v1/ring",
             "/v1/ring/members/{node}",
             "/v1/drain",
+            "/v1/schedules",
+            "/v1/schedules/{name}",
+            "/v1/internal/client",
             "/v1/health",
             "/v1/openapi.json",
             "/metrics",

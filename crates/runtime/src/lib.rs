@@ -30,6 +30,7 @@ pub mod http;
 pub mod idempotency;
 pub mod kind;
 pub mod metrics;
+pub mod schedule;
 pub mod storage;
 pub mod tls;
 pub mod transport;
@@ -310,7 +311,15 @@ pub async fn start<N: Node + Send + 'static>(
             }
         })?)),
     };
-    let registry = Arc::new(options.registry);
+    let mut registry = options.registry;
+    registry.register(
+        cohort_core::schedule::SCHEDULE_KIND,
+        schedule::ScheduleHandler::new(
+            schedule::InNodeClient::new(control_tx.clone(), config.clone()),
+            config.client.schedule_firings_per_run_max,
+        ),
+    );
+    let registry = Arc::new(registry);
     let decided = Arc::new(Notify::new());
     let event_loop = driver::EventLoop {
         node,

@@ -66,7 +66,16 @@ async fn a_cluster_listing_merges_every_replica_and_survives_two_dead_members() 
     // Two members gone: every task still has a live replica (R=3).
     nodes.pop().unwrap().kill().await;
     nodes.pop().unwrap().kill().await;
-    let listing = client.list_all(Some("succeeded"), 1000).await.unwrap();
+    // A surviving replica may not have learned a task's final value yet
+    // (the Learn is in flight, or comes by anti-entropy): wait for it.
+    let mut listing = client.list_all(Some("succeeded"), 1000).await.unwrap();
+    for _ in 0..100 {
+        if listing.tasks.len() == ids.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        listing = client.list_all(Some("succeeded"), 1000).await.unwrap();
+    }
     let listed: Vec<String> = listing.tasks.iter().map(|t| t.id.clone()).collect();
     assert_eq!(listed, ids);
     let mut gone: Vec<u64> = listing.unreachable.iter().map(|(n, _)| *n).collect();

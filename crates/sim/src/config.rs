@@ -414,6 +414,13 @@ pub struct Workload {
     pub unique_keys: u64,
     /// `rounds_max` of each dedupe submit.
     pub unique_rounds_max: u32,
+    /// The interval of one schedule ([`cohort_core::schedule`], overlap
+    /// `allow`, a catch-up window longer than any run) whose first link a
+    /// client submits at the start; its links run through the nodes as the
+    /// runtime's handler runs them, and the `Schedule` checker sees every
+    /// tick fired once healed (0: no schedule, the default, so that a
+    /// seed's run stays what it was before schedules).
+    pub schedule_every_ms: u64,
 }
 
 impl Default for Workload {
@@ -432,7 +439,9 @@ impl Default for Workload {
             delay_ms_max: 500,
             schedule_to_start_rate: 0.1,
             schedule_to_start_ms: 400,
-            heartbeat_rate: 0.2,
+            // Off by default so a seed's run stays what it was before
+            // heartbeats (`cohort sim --heartbeat-rate` turns them on).
+            heartbeat_rate: 0.0,
             heartbeat_timeout_ms: 90,
             hang_rate: 0.2,
             poll_ms_min: 200,
@@ -448,6 +457,7 @@ impl Default for Workload {
             unique_burst: 2,
             unique_keys: 3,
             unique_rounds_max: cohort_core::DEDUPE_ROUNDS_MAX_DEFAULT,
+            schedule_every_ms: 0,
         }
     }
 }
@@ -467,6 +477,13 @@ impl Workload {
         }
         if self.batch_tasks == 0 {
             return bad("batch_tasks must be positive");
+        }
+        if self.schedule_every_ms != 0
+            && !(cohort_core::schedule::SCHEDULE_EVERY_MS_MIN
+                ..=cohort_core::schedule::SCHEDULE_EVERY_MS_MAX)
+                .contains(&self.schedule_every_ms)
+        {
+            return bad("schedule_every_ms must be 0 or a valid schedule interval");
         }
         if !(0.0..=1.0).contains(&self.cancel_rate) {
             return bad("cancel_rate must be within 0..=1");

@@ -18,6 +18,16 @@ pub struct Record {
 /// What can happen in a history.
 #[derive(Clone, Debug, PartialEq)]
 pub enum HistoryEvent {
+    /// The run's schedule (see `Workload::schedule_every_ms`): every tick
+    /// from its first to `checked_until_ms` must have a final firing.
+    ScheduleChecked {
+        /// The schedule.
+        schedule: Box<cohort_core::schedule::Schedule>,
+        /// Its first tick.
+        first_tick_ms: u64,
+        /// The last tick the run lasted long enough after healing for.
+        checked_until_ms: u64,
+    },
     /// A client created a task and sent its first `Submit`.
     Submitted {
         /// The task's id.

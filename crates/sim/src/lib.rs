@@ -204,6 +204,8 @@ pub struct Report {
     pub tasks_final: u64,
     /// Handler executions started.
     pub executions: u64,
+    /// Heartbeats handlers sent (and replies `Continue` among them).
+    pub heartbeats: (u64, u64),
     /// Peer messages sent.
     pub messages: u64,
     /// Encoded bytes of the peer messages sent.

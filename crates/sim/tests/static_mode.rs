@@ -109,3 +109,27 @@ fn a_restarted_static_coordinator_decides_a_task_twice() {
         "the reused epochs show up as G3"
     );
 }
+
+/// The negative control of the schedule checker: a coordinator that
+/// forgets its tasks on a crash forgets the schedule's pending link, so
+/// the chain ends and later ticks never fire, which `checkers::schedule`
+/// reports; without crashes it reports nothing.
+#[test]
+fn static_mode_loses_a_schedules_chain_when_its_coordinator_crashes() {
+    let with_schedule = |seed: u64, faults: &str| {
+        let mut c = SimConfig::new(seed, 3);
+        c.faults = faults.parse::<FaultKinds>().expect("fault list");
+        c.safety_ms = 10_000;
+        c.liveness_ms = 30_000;
+        c.workload.schedule_every_ms = 300;
+        run::<StaticNode>(&c, &StaticConfig::default(), &mut NoInvariants)
+    };
+    let caught = (0..10)
+        .filter(|seed| with_schedule(*seed, "crash").count_of(Guarantee::Schedule) > 0)
+        .count();
+    assert!(caught >= 1, "Schedule caught in none of 10 crash runs");
+    for seed in 0..5 {
+        let r = with_schedule(seed, "none");
+        assert!(r.passed(), "{r}");
+    }
+}

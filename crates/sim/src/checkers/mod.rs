@@ -11,6 +11,7 @@
 //! - [`policy`]: schedule and retry policy: nothing starts before its
 //!   `not_before`; a non-retryable failure is never retried.
 //! - [`unique`]: at most one pending-or-running task per dedupe key.
+//! - [`schedule`]: every tick of a schedule fired (none missed once healed).
 
 use crate::history::History;
 use cohort_core::Time;
@@ -23,6 +24,7 @@ pub mod g3;
 pub mod g4;
 pub mod g5;
 pub mod policy;
+pub mod schedule;
 pub mod unique;
 
 /// Which guarantee a violation breaks.
@@ -43,6 +45,8 @@ pub enum Guarantee {
     Policy,
     /// Unique tasks: two tasks of one dedupe key were alive together.
     Unique,
+    /// Schedules: a tick of a schedule never fired once healed.
+    Schedule,
     /// A mode-specific invariant ([`crate::Invariants`]) or a broken contract.
     Invariant,
 }
@@ -57,6 +61,7 @@ impl fmt::Display for Guarantee {
             Guarantee::G5 => "G5",
             Guarantee::Policy => "Policy",
             Guarantee::Unique => "Unique",
+            Guarantee::Schedule => "Schedule",
             Guarantee::Invariant => "Invariant",
         })
     }
@@ -141,6 +146,7 @@ pub fn check_all(history: &History, end: Time, liveness_ended: bool, out: &mut V
     g5::check(history, out);
     policy::check(history, out);
     unique::check(history, out);
+    schedule::check(history, out);
     if liveness_ended {
         g4::check(history, end, out);
     }

@@ -70,6 +70,9 @@ pub(super) struct Pending {
     pub(super) answered: bool,
     /// The other ops whose tasks a `SubmitBatch` carries.
     pub(super) batch: Vec<usize>,
+    /// A request of a schedule link's run (see `schedules.rs`), not of a
+    /// client: `op` means nothing.
+    pub(super) runner: Option<u64>,
 }
 
 impl Phase {
@@ -274,6 +277,7 @@ impl<N: Node> Sim<'_, N> {
                 kind,
                 answered: false,
                 batch,
+                runner: None,
             },
         );
         let lost = self.lost();
@@ -372,6 +376,10 @@ impl<N: Node> Sim<'_, N> {
         let node_id = self.slots[node].id;
         self.hash_event(TAG_RESPONSE, node_id.0, &encode(&(request, &reply)));
         let p = &self.requests[&request];
+        if let Some(r) = p.runner {
+            self.on_link_response(r, request, reply);
+            return;
+        }
         let (op, sent_at, kind) = (p.op, p.sent_at, p.kind);
         if kind == RequestKind::Unique {
             self.on_unique_response(op, node, request, sent_at, reply);
@@ -413,8 +421,10 @@ impl<N: Node> Sim<'_, N> {
                         return;
                     }
                     self.ops[op].redirects = 0;
-                    // Some clients cancel their task, racing its execution.
-                    if w.cancel_rate > 0.0 && self.rng.gen_bool(w.cancel_rate) {
+                    // Some clients cancel their task, racing its execution
+                    // (not the schedule's: that would end its chain).
+                    let link = self.ops[op].task.kind == cohort_core::schedule::SCHEDULE_KIND;
+                    if !link && w.cancel_rate > 0.0 && self.rng.gen_bool(w.cancel_rate) {
                         self.ops[op].phase = Phase::Cancelling;
                         self.client_wait(op, 1, w.task_ms_max.max(1));
                     } else {

@@ -5,6 +5,7 @@
 mod clients;
 mod faults;
 mod queue;
+mod schedules;
 
 use clients::{ClientOp, Pending};
 use queue::Queue;
@@ -87,6 +88,11 @@ enum Event {
     ClientWake {
         op: usize,
         generation: u64,
+    },
+    /// A request of a schedule link's run went unanswered.
+    LinkTimeout {
+        runner: u64,
+        request: RequestId,
     },
     Arrival,
     Crash,
@@ -182,6 +188,9 @@ pub(crate) struct Sim<'a, N: Node> {
     ops_open: usize,
     requests: BTreeMap<RequestId, Pending>,
     next_request: u64,
+    /// Schedule links being run, by runner number.
+    links: BTreeMap<u64, schedules::LinkRunner>,
+    next_runner: u64,
     history: History,
     violations: Violations,
     hash: Fnv64,
@@ -189,6 +198,7 @@ pub(crate) struct Sim<'a, N: Node> {
     trace: Vec<String>,
     events: u64,
     executions: u64,
+    heartbeats: (u64, u64),
     /// Executions whose handler has not returned (by a sequence number):
     /// a handler told to stop by a heartbeat returns early, and its
     /// scheduled completion is then void.
@@ -261,12 +271,22 @@ impl<'a, N: Node> Sim<'a, N> {
             partition: None,
             partitions: 0,
             healed: false,
-            settled: Time::from_millis(cfg.safety_ms.saturating_add(cfg.settle_ms)),
+            // A schedule's ticks are checked only as far as the run went
+            // on after healing: long enough for the chain to catch up.
+            settled: Time::from_millis(cfg.safety_ms.saturating_add(
+                if cfg.workload.schedule_every_ms > 0 {
+                    cfg.settle_ms.max(schedules::SCHEDULE_CATCH_UP_SLACK_MS * 2)
+                } else {
+                    cfg.settle_ms
+                },
+            )),
             ops: Vec::new(),
             unique_submits: 0,
             ops_open: 0,
             requests: BTreeMap::new(),
             next_request: 1,
+            links: BTreeMap::new(),
+            next_runner: 0,
             history: History::new(),
             violations: Violations::new(cfg.violations_max),
             hash: Fnv64::new(),
@@ -274,6 +294,7 @@ impl<'a, N: Node> Sim<'a, N> {
             trace: Vec::new(),
             events: 0,
             executions: 0,
+            heartbeats: (0, 0),
             live: BTreeSet::new(),
             messages: 0,
             message_bytes: 0,
@@ -288,6 +309,9 @@ impl<'a, N: Node> Sim<'a, N> {
         if self.cfg.workload.arrivals_per_sec > 0.0 {
             let gap = self.arrival_gap_us();
             self.schedule_in(gap, Event::Arrival);
+        }
+        if self.cfg.workload.schedule_every_ms > 0 {
+            self.start_schedule();
         }
         if let Some(r) = self.plan.crash {
             let gap = self.exp_us(r.every_us);
@@ -354,6 +378,24 @@ impl<'a, N: Node> Sim<'a, N> {
                     format!("at the end: {detail}"),
                 );
             }
+        }
+        let schedule_checked_until = finished_at
+            .as_millis()
+            .checked_sub(schedules::SCHEDULE_CATCH_UP_SLACK_MS)
+            .filter(|_| liveness_ended && finished_at >= self.safety_end);
+        if let Some(until) =
+            schedule_checked_until.filter(|_| self.cfg.workload.schedule_every_ms > 0)
+        {
+            let schedule = Box::new(self.sim_schedule());
+            let first_tick_ms = self.schedule_first_tick_ms();
+            self.history.push(
+                finished_at,
+                HistoryEvent::ScheduleChecked {
+                    schedule,
+                    first_tick_ms,
+                    checked_until_ms: until,
+                },
+            );
         }
         check_all(
             &self.history,
@@ -441,6 +483,7 @@ impl<'a, N: Node> Sim<'a, N> {
             tasks_acked_in_batch: self.ops.iter().filter(|o| o.acked_in_batch).count() as u64,
             tasks_final: finals.len() as u64,
             executions: self.executions,
+            heartbeats: self.heartbeats,
             messages: self.messages,
             message_bytes: self.message_bytes,
             faults_injected: self.faults,
@@ -546,6 +589,7 @@ impl<'a, N: Node> Sim<'a, N> {
             } => self.on_response(node, request, reply),
             Event::ClientTimeout { op, request } => self.on_client_timeout(op, request),
             Event::ClientWake { op, generation } => self.on_client_wake(op, generation),
+            Event::LinkTimeout { runner, request } => self.on_link_timeout(runner, request),
             Event::Arrival => self.on_arrival(),
             Event::Crash => self.on_crash(),
             Event::Restart { node, inc } => {
@@ -689,6 +733,8 @@ impl<'a, N: Node> Sim<'a, N> {
                     .node_mut(i)
                     .handle_heartbeat(now, task, epoch, Some(progress));
                 self.line(|| format!("{now} {id} beat {task:?} {epoch} #{n}: {}", said.name()));
+                self.heartbeats.0 += 1;
+                self.heartbeats.1 += u64::from(said == HeartbeatReply::Continue);
                 if said != HeartbeatReply::Continue {
                     // A cooperative handler stops when told to.
                     self.live.remove(&exec);
@@ -833,6 +879,10 @@ impl<'a, N: Node> Sim<'a, N> {
                         epoch,
                     },
                 );
+                if body.kind == cohort_core::schedule::SCHEDULE_KIND {
+                    self.start_link(i, task, epoch, &body);
+                    return;
+                }
                 let failed = self.rng.gen_bool(self.cfg.workload.handler_failure_rate);
                 let (ms, outcome) = match SimPayload::decode(&body.payload) {
                     None => (
