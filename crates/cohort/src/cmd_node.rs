@@ -86,6 +86,18 @@ pub struct NodeArgs {
     /// ones (at least 2; the same on every node) [default: 16].
     #[arg(long)]
     pub task_events_max: Option<usize>,
+    /// How long a succeeded task's record is kept after it finished, in
+    /// milliseconds; then it is purged and its id may be used again (the
+    /// same on every node) [default: 86400000, a day].
+    #[arg(long)]
+    pub succeeded_retained_ms: Option<u64>,
+    /// Like --succeeded-retained-ms, for failed tasks [default: 604800000,
+    /// a week].
+    #[arg(long)]
+    pub failed_retained_ms: Option<u64>,
+    /// Like --succeeded-retained-ms, for cancelled tasks [default: 86400000].
+    #[arg(long)]
+    pub cancelled_retained_ms: Option<u64>,
     /// On SIGINT/SIGTERM, how long a leader may take to hand leadership
     /// over before the node stops anyway, in milliseconds [default: 2000].
     #[arg(long)]
@@ -116,6 +128,9 @@ pub struct Settings {
     allow_exec: bool,
     payload_bytes_max: usize,
     task_events_max: usize,
+    succeeded_retained_ms: u64,
+    failed_retained_ms: u64,
+    cancelled_retained_ms: u64,
     initial_ring: Option<String>,
     insecure: bool,
     tokens: Option<PathBuf>,
@@ -186,6 +201,18 @@ impl NodeArgs {
                 .task_events_max
                 .or(file.task_events_max)
                 .unwrap_or(Limits::default().task_events_max),
+            succeeded_retained_ms: self
+                .succeeded_retained_ms
+                .or(file.succeeded_retained_ms)
+                .unwrap_or(Limits::default().succeeded_retained_ms),
+            failed_retained_ms: self
+                .failed_retained_ms
+                .or(file.failed_retained_ms)
+                .unwrap_or(Limits::default().failed_retained_ms),
+            cancelled_retained_ms: self
+                .cancelled_retained_ms
+                .or(file.cancelled_retained_ms)
+                .unwrap_or(Limits::default().cancelled_retained_ms),
             initial_ring: self.initial_ring.clone().or(file.initial_ring),
             insecure: self.insecure || file.insecure.unwrap_or(false),
             tokens: self.tokens.clone().or(file.tokens),
@@ -291,6 +318,9 @@ pub fn validate(args: &Settings) -> anyhow::Result<Validated> {
             .message_bytes_max
             .max(args.payload_bytes_max * 2),
         task_events_max: args.task_events_max,
+        succeeded_retained_ms: args.succeeded_retained_ms,
+        failed_retained_ms: args.failed_retained_ms,
+        cancelled_retained_ms: args.cancelled_retained_ms,
         ..Limits::default()
     };
     let peers = Peers::new(id, all.keys().copied(), args.capacity, limits)
@@ -709,6 +739,33 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("task_events_max must be at least 2"), "{e}");
+        let v = validate(
+            &with(
+                "failed_retained_ms = 60000
+",
+            )
+            .settings()
+            .unwrap(),
+        )
+        .unwrap();
+        let limits = &v.config.peers.limits;
+        assert_eq!(limits.failed_retained_ms, 60_000);
+        assert_eq!(
+            limits.succeeded_retained_ms,
+            Limits::default().succeeded_retained_ms
+        );
+        let e = validate(
+            &with(
+                "cancelled_retained_ms = 0
+",
+            )
+            .settings()
+            .unwrap(),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("cancelled_retained_ms must be 1..="), "{e}");
     }
 
     #[test]

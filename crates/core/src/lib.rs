@@ -42,7 +42,10 @@ pub use dedupe::{
 };
 pub use drain::{DrainRefusal, DrainStatus};
 pub use ids::{Epoch, NodeId, TaskId};
-pub use node::{BootError, HeartbeatReply, Limits, LimitsError, Node, NodeRng, NodeStatus, Peers};
+pub use node::{
+    BootError, HeartbeatReply, Limits, LimitsError, Node, NodeRng, NodeStatus, Peers, Retention,
+    FAILED_RETAINED_MS_DEFAULT, RETAINED_MS_MAX, SUCCEEDED_RETAINED_MS_DEFAULT,
+};
 pub use retry::{after_failure, error_class, AfterFailure, RetryPolicy};
 pub use ring::{RingRefusal, RingRequest, RingView};
 pub use store::{StoreOp, Stored};

@@ -352,7 +352,64 @@ pub struct Limits {
     /// ones; see [`crate::TaskEvents`]). At least 2. The same on every
     /// node: it shapes the replicated record.
     pub task_events_max: usize,
+    /// How long a succeeded task's record is kept after it finished, in
+    /// milliseconds; then it is purged (and its id may be used again).
+    /// The same on every node.
+    pub succeeded_retained_ms: u64,
+    /// Like [`Limits::succeeded_retained_ms`], for failed tasks (kept
+    /// longer by default: they are what an operator inspects and retries).
+    pub failed_retained_ms: u64,
+    /// Like [`Limits::succeeded_retained_ms`], for cancelled tasks.
+    pub cancelled_retained_ms: u64,
 }
+
+/// How long final task records are kept, per final state
+/// ([`Limits::succeeded_retained_ms`] and its siblings).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retention {
+    /// Succeeded tasks, in milliseconds.
+    pub succeeded_ms: u64,
+    /// Failed tasks, in milliseconds.
+    pub failed_ms: u64,
+    /// Cancelled tasks, in milliseconds.
+    pub cancelled_ms: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Retention {
+        Limits::default().retention()
+    }
+}
+
+impl Retention {
+    /// How long a task that reached the final `state` is kept, in
+    /// milliseconds (`None` for a state that is not final).
+    pub fn retained_ms(&self, state: &TaskState) -> Option<u64> {
+        match state {
+            TaskState::Succeeded { .. } => Some(self.succeeded_ms),
+            TaskState::Failed { .. } => Some(self.failed_ms),
+            TaskState::Cancelled => Some(self.cancelled_ms),
+            TaskState::Pending | TaskState::Running { .. } => None,
+        }
+    }
+
+    /// When a task that reached the final `state` at `final_at` is purged
+    /// (`None` while it is not final).
+    pub fn purge_at(&self, state: &TaskState, final_at: Time) -> Option<Time> {
+        self.retained_ms(state)
+            .map(|ms| final_at + core::time::Duration::from_millis(ms))
+    }
+}
+
+/// Default [`Limits::succeeded_retained_ms`] and
+/// [`Limits::cancelled_retained_ms`]: one day.
+pub const SUCCEEDED_RETAINED_MS_DEFAULT: u64 = 24 * 3_600_000;
+
+/// Default [`Limits::failed_retained_ms`]: a week.
+pub const FAILED_RETAINED_MS_DEFAULT: u64 = 7 * 24 * 3_600_000;
+
+/// Longest retention accepted for any final state: ten years.
+pub const RETAINED_MS_MAX: u64 = 10 * 365 * 24 * 3_600_000;
 
 impl Default for Limits {
     fn default() -> Limits {
@@ -366,6 +423,9 @@ impl Default for Limits {
             attempts_max: 100,
             batch_tasks_max: 1_000,
             task_events_max: 16,
+            succeeded_retained_ms: SUCCEEDED_RETAINED_MS_DEFAULT,
+            failed_retained_ms: FAILED_RETAINED_MS_DEFAULT,
+            cancelled_retained_ms: SUCCEEDED_RETAINED_MS_DEFAULT,
         }
     }
 }
@@ -394,7 +454,32 @@ impl Limits {
         if self.task_events_max < 2 {
             return Err(LimitsError::TaskEventsTooFew);
         }
+        for (what, v) in [
+            ("succeeded_retained_ms", self.succeeded_retained_ms),
+            ("failed_retained_ms", self.failed_retained_ms),
+            ("cancelled_retained_ms", self.cancelled_retained_ms),
+        ] {
+            if v == 0 || v > RETAINED_MS_MAX {
+                return Err(LimitsError::Retention { what });
+            }
+        }
         Ok(())
+    }
+
+    /// When a task that reached the final `state` at `final_at` is purged
+    /// (`None` while it is not final). Every replica computes the same
+    /// instant from the same decided record.
+    pub fn purge_at(&self, state: &TaskState, final_at: Time) -> Option<Time> {
+        self.retention().purge_at(state, final_at)
+    }
+
+    /// The retention settings alone.
+    pub fn retention(&self) -> Retention {
+        Retention {
+            succeeded_ms: self.succeeded_retained_ms,
+            failed_ms: self.failed_retained_ms,
+            cancelled_ms: self.cancelled_retained_ms,
+        }
     }
 
     /// Checks a submitted task against the limits. Changes nothing.
@@ -504,6 +589,12 @@ pub enum LimitsError {
     /// `task_events_max` below 2 (a history keeps its first event and the latest).
     #[error("task_events_max must be at least 2")]
     TaskEventsTooFew,
+    /// A retention (`*_retained_ms`) is zero or above [`RETAINED_MS_MAX`].
+    #[error("{what} must be 1..={max} ms", max = RETAINED_MS_MAX)]
+    Retention {
+        /// Which setting.
+        what: &'static str,
+    },
     /// A limit or capacity that must be positive is zero.
     #[error("{what} must be positive")]
     Zero {

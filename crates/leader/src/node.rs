@@ -254,6 +254,8 @@ struct Inflight {
     /// At most one heartbeat per task in flight: later ones are dropped
     /// until it applies (they carry progress only, never a decision).
     progress: BTreeSet<TaskId>,
+    /// A `Command::Purge` is proposed and not yet applied.
+    purge: bool,
 }
 
 /// Worker side: this node is draining (volatile: a restarted node is not).
@@ -388,7 +390,8 @@ impl Node for LeaderNode {
             sm: Scheduler::new(
                 peers.limits.tasks_retained_max,
                 peers.limits.task_events_max,
-            ),
+            )
+            .with_retention(peers.limits.retention()),
             applied: 0,
             actions: Vec::new(),
             executing: BTreeMap::new(),
@@ -1130,6 +1133,20 @@ impl LeaderNode {
         }
     }
 
+    /// Purges finished records whose retention ended: every applied entry
+    /// does, at its own time; when one is due and no entry is on its way,
+    /// an empty `Command::Purge` carries the time.
+    fn purge_expired(&mut self) {
+        if !self.raft.is_leader() || !self.raft.committed_in_term() || self.inflight.purge {
+            return;
+        }
+        if self.sm.next_purge_at().is_some_and(|due| due <= self.now)
+            && self.propose(&Command::Purge).is_ok()
+        {
+            self.inflight.purge = true;
+        }
+    }
+
     /// Assigns pending tasks to the least loaded live workers:
     /// `argmin(running / capacity)`, ties to the lowest id.
     fn assign_pending(&mut self) {
@@ -1226,6 +1243,7 @@ impl LeaderNode {
             assert!(round < 64, "after_input does not settle");
             if self.raft.is_leader() {
                 self.expire_overdue();
+                self.purge_expired();
                 self.assign_pending();
             }
             self.maybe_compact();
@@ -1393,6 +1411,9 @@ impl LeaderNode {
             Command::Heartbeat { id, .. } => {
                 self.inflight.progress.remove(id);
             }
+            Command::Purge => {
+                self.inflight.purge = false;
+            }
         }
     }
 
@@ -1550,6 +1571,9 @@ impl LeaderNode {
             }
             if let Some(overdue) = self.sm.next_overdue_after(self.now) {
                 next = next.min(overdue);
+            }
+            if let Some(due) = self.sm.next_purge_at().filter(|&due| due > self.now) {
+                next = next.min(due);
             }
         }
         if let Some(d) = self.drain.as_ref().filter(|d| !d.handing_back) {

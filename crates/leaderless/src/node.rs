@@ -121,6 +121,8 @@ pub struct LeaderlessNode {
     records: BTreeMap<TaskId, Record>,
     /// Ids of `records` whose state is not final.
     active: BTreeSet<TaskId>,
+    /// Final records by when their retention ends: (purge_at, id).
+    expiring: BTreeSet<(Time, TaskId)>,
     proposer: Proposer,
     ops: Ops,
     /// Handlers running here, by task.
@@ -319,6 +321,41 @@ impl LeaderlessNode {
             self.active.remove(&id);
         } else {
             self.active.insert(id);
+        }
+        if let Some(due) = purge_at(&self.peers.limits, rec) {
+            self.expiring.insert((due, id));
+        }
+    }
+
+    /// Drops the final records whose retention ended by `now` (on this
+    /// node's clock, from the time the final value records: every replica
+    /// purges at about the same time, and none takes a purged record back
+    /// from one that has not yet, see [`Self::ensure_record`]).
+    fn purge_expired(&mut self, now: Time) {
+        let mut deletes = Vec::new();
+        while let Some(&(due, id)) = self.expiring.first() {
+            if due > now {
+                break;
+            }
+            self.expiring.pop_first();
+            let Some(rec) = self.records.get(&id) else {
+                continue; // dropped since (a forget, a move away)
+            };
+            if purge_at(&self.peers.limits, rec) != Some(due) {
+                continue; // an entry of a record since replaced
+            }
+            self.records.remove(&id);
+            self.active.remove(&id);
+            self.proposer.abandon(id);
+            deletes.push(StoreOp::Delete {
+                key: record_key(id),
+            });
+            if deletes.len() >= PURGES_PER_TICK_MAX {
+                break; // the rest at the next tick
+            }
+        }
+        if !deletes.is_empty() {
+            self.out.push(Action::Persist(deletes));
         }
     }
 
@@ -573,15 +610,30 @@ impl LeaderlessNode {
             return self.write(now, request, id, found.header);
         }
         let Some(ReadState {
-            header,
-            version,
-            value,
-            in_doubt,
+            mut header,
+            mut version,
+            mut value,
+            mut in_doubt,
             created_at,
         }) = best
         else {
             return self.reply(request, Err(ClientError::NotFound { id }));
         };
+        // This replica may have learned a later chosen value while the
+        // read was out (its own proposal ended): answer from that one. A
+        // settle on the older base would be for a moot instance, and if
+        // the read found a body that lost the race for the id, for a
+        // record no replica answers any more, so it would never end and
+        // would hold the task's proposer slot here for ever. Nothing later
+        // was chosen before the read began: its majority would have
+        // accepted on top of this version, and one of them would have
+        // answered with it.
+        if let Some(rec) = self.records.get(&id).filter(|r| r.version > version) {
+            header = rec.header.clone();
+            version = rec.version;
+            value = rec.value.clone();
+            in_doubt = false;
+        }
         if let Some(slot) = self.events_requests.get_mut(&request) {
             *slot = Some(created_at);
         }
@@ -771,6 +823,15 @@ impl LeaderlessNode {
                     return false;
                 }
                 if version == 0 && header.ring_epoch < self.ring.ring.epoch {
+                    return false;
+                }
+                let final_at = value.history.events.last().map(|e| e.at);
+                let expired = final_at
+                    .and_then(|at| self.peers.limits.purge_at(&value.state, at))
+                    .is_some_and(|due| due <= now);
+                if expired {
+                    // Purged here (or never held): a replica whose clock is
+                    // behind must not hand it back.
                     return false;
                 }
                 self.abandon_foreign_proposal(id, Some(header));
@@ -1129,6 +1190,18 @@ impl LeaderlessNode {
                 Err(Self::unavailable("no decision on the task in time")),
             );
         }
+        // A settle exists only for the reads waiting on it: with none
+        // left it is dropped, so it cannot hold the task's proposer slot
+        // (and block the runner's result here) if its acceptors never
+        // answer it. Another read or decision settles the instance later.
+        let moot: Vec<TaskId> = self
+            .proposer
+            .ids_with(|intent| *intent == Intent::Settle)
+            .filter(|id| !self.read_waiters.contains_key(id))
+            .collect();
+        for id in moot {
+            self.proposer.abandon(id);
+        }
     }
 
     fn tick(&mut self, now: Time) {
@@ -1154,6 +1227,7 @@ impl LeaderlessNode {
             );
         }
         self.expire_waiters(now);
+        self.purge_expired(now);
         // Spread this node's load.
         self.report_load(now);
         // Join and re-join (every configured member: a spare outside the
@@ -1915,6 +1989,23 @@ fn adopts(rec: &Record, version: u64, value: &TaskValue, me: NodeId) -> bool {
 /// which it is a replica, or one it runs (a node removed from the ring
 /// finishes, or releases, what it was running). A record kept after its
 /// task moved away is otherwise history.
+/// Most final records one tick purges: a backlog (a node back after a
+/// long stop) is cleared over several ticks, not in one long input.
+const PURGES_PER_TICK_MAX: usize = 4096;
+
+/// When `rec` is purged: its final state's retention after the time its
+/// final value records (the last event: the outcome). `None` while it is
+/// not final.
+fn purge_at(limits: &cohort_core::Limits, rec: &Record) -> Option<Time> {
+    let final_at = rec
+        .value
+        .history
+        .events
+        .last()
+        .map_or(rec.created_at, |e| e.at);
+    limits.purge_at(&rec.value.state, final_at)
+}
+
 fn is_active(rec: &Record, me: NodeId) -> bool {
     !rec.value.state.is_final()
         && (rec.is_replica(me)
@@ -2010,6 +2101,7 @@ impl Node for LeaderlessNode {
         let swim_rng = NodeRng::seed_from_u64(rng.gen());
         let mut records = BTreeMap::new();
         let mut active = BTreeSet::new();
+        let mut expiring = BTreeSet::new();
         for (key, value) in stored.scan_prefix(RECORD_PREFIX) {
             let rec: Record = decode(value, usize::MAX).map_err(|e| BootError::corrupt(key, e))?;
             let id = TaskId(u128::from_be_bytes(
@@ -2019,6 +2111,9 @@ impl Node for LeaderlessNode {
             ));
             if is_active(&rec, peers.id) {
                 active.insert(id);
+            }
+            if let Some(due) = purge_at(&peers.limits, &rec) {
+                expiring.insert((due, id));
             }
             records.insert(id, rec);
         }
@@ -2046,6 +2141,7 @@ impl Node for LeaderlessNode {
             rng,
             records,
             active,
+            expiring,
             proposer: Proposer::new(
                 peers.id,
                 generation,

@@ -356,3 +356,25 @@ fn heartbeats_keep_every_guarantee_under_all_faults() {
     }
     assert!(beats > 100, "{beats} heartbeats");
 }
+
+/// Found by a sweep with a schedule on: two bodies raced for one id and
+/// the first won. A linearizable read, sent before its coordinator (also
+/// the runner) learned the winner's claim, found both bodies at version 0
+/// and settled the loser's: a proposal no replica answers (they hold the
+/// winner), retried for ever, so the task's proposer slot on the runner
+/// stayed busy and the runner's result was never proposed (G4). Now a
+/// read answers from a later value its coordinator learned meanwhile, and
+/// a settle no read waits for any more is dropped.
+#[test]
+fn regression_a_settle_of_a_losing_body_never_blocks_the_winners_result() {
+    let mut c = SimConfig::new(1_796_297_426_729_456_378, 5);
+    c.faults = "crash,pause,loss,dup,reorder,partition"
+        .parse::<FaultKinds>()
+        .unwrap();
+    c.safety_ms = 30_000;
+    c.liveness_ms = 30_000;
+    c.workload.unique_every = 20;
+    c.workload.schedule_every_ms = 200;
+    let r = run::<LeaderlessNode>(&c, &LeaderlessConfig::default(), &mut Checked::new(&c));
+    assert!(r.passed(), "{r}");
+}

@@ -234,6 +234,14 @@ pub enum CallError {
 }
 
 impl CallError {
+    /// The HTTP status of an answered call (`None`: no answer).
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            CallError::Api { status, .. } => Some(*status),
+            CallError::Transport(_) => None,
+        }
+    }
+
     /// Whether the same call may succeed later or elsewhere.
     pub fn is_retryable(&self) -> bool {
         match self {

@@ -141,6 +141,12 @@ pub struct NodeFile {
     pub payload_bytes_max: Option<usize>,
     /// `Limits::task_events_max`.
     pub task_events_max: Option<usize>,
+    /// `Limits::succeeded_retained_ms`.
+    pub succeeded_retained_ms: Option<u64>,
+    /// `Limits::failed_retained_ms`.
+    pub failed_retained_ms: Option<u64>,
+    /// `Limits::cancelled_retained_ms`.
+    pub cancelled_retained_ms: Option<u64>,
     /// Leaderless mode: the ring at epoch 0, `"1,2,3"`.
     pub initial_ring: Option<String>,
     /// See [`RuntimeConfig::shutdown_grace_ms`].

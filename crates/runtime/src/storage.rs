@@ -37,8 +37,9 @@ const META_KEY: &str = "identity";
 /// tasks carry `not_before`, a retry policy, a schedule-to-start timeout
 /// and a priority, records when they may run
 /// again, and leader results the retry jitter. 4: tasks carry a
-/// heartbeat timeout, histories may hold heartbeats.
-pub const FORMAT_VERSION: u32 = 4;
+/// heartbeat timeout, histories may hold heartbeats. 5: leader snapshots
+/// carry each final record's purge time and the retention settings.
+pub const FORMAT_VERSION: u32 = 5;
 
 /// Who a data file belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,7 +15,7 @@ use cohort_runtime::client::{Client, TaskEventsView};
 use cohort_runtime::http::{RetryBody, SubmitBody};
 use cohort_runtime::{Handler, HandlerFuture, HandlerInput, NodeOptions, Registry, RunningNode};
 use cohort_static::{StaticConfig, StaticNode};
-use real::echo;
+use real::{echo, finished, submit};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -80,26 +80,6 @@ fn options(told: Arc<Mutex<Vec<HeartbeatReply>>>) -> impl Fn(NodeId) -> NodeOpti
             ..NodeOptions::default()
         }
     }
-}
-
-async fn submit(client: &Client, body: &SubmitBody) -> String {
-    for _ in 0..200 {
-        match client.submit(body).await {
-            Ok(id) => return id,
-            Err(e) if e.is_retryable() => tokio::time::sleep(Duration::from_millis(50)).await,
-            Err(e) => panic!("submit refused: {e}"),
-        }
-    }
-    panic!("no submit acknowledged within 10 s");
-}
-
-async fn finished(client: &Client, id: &str) -> TaskEventsView {
-    let t = client
-        .get(id, false, Some(Duration::from_secs(20)))
-        .await
-        .unwrap();
-    assert!(t.is_final(), "{t:?}");
-    client.events(id, false).await.unwrap()
 }
 
 fn kinds(v: &TaskEventsView) -> Vec<&str> {

@@ -11,27 +11,13 @@ use cohort_runtime::client::{Client, TaskEventsView};
 use cohort_runtime::http::SubmitBody;
 use cohort_runtime::RunningNode;
 use cohort_static::{StaticConfig, StaticNode};
-use real::echo;
+use real::{echo, submit};
 use std::time::Duration;
 
-async fn submit(client: &Client, body: &SubmitBody) -> String {
-    for _ in 0..200 {
-        match client.submit(body).await {
-            Ok(id) => return id,
-            Err(e) if e.is_retryable() => tokio::time::sleep(Duration::from_millis(50)).await,
-            Err(e) => panic!("submit refused: {e}"),
-        }
-    }
-    panic!("no submit acknowledged within 10 s");
-}
-
 async fn finished(client: &Client, id: &str) -> TaskEventsView {
-    let t = client
-        .get(id, false, Some(Duration::from_secs(20)))
-        .await
-        .unwrap();
-    assert_eq!(t.state, "succeeded", "{t:?}");
-    client.events(id, false).await.unwrap()
+    let v = real::finished(client, id).await;
+    assert_eq!(v.task.state, "succeeded", "{v:?}");
+    v
 }
 
 fn at_ms(v: &TaskEventsView, event: &str) -> u64 {

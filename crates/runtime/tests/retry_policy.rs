@@ -14,7 +14,7 @@ use cohort_runtime::client::{CallError, Client, TaskEventsView};
 use cohort_runtime::http::{RetryBody, SubmitBody};
 use cohort_runtime::RunningNode;
 use cohort_static::{StaticConfig, StaticNode};
-use real::{echo, unix_ms_now};
+use real::{echo, finished, submit, unix_ms_now};
 use std::time::Duration;
 
 /// A `sleep` task whose payload its handler refuses (`invalid_payload:
@@ -30,26 +30,6 @@ fn failing(max_attempts: u32, retry: RetryBody) -> SubmitBody {
 }
 
 /// Submits `body`, retrying while the cluster forms; returns the id.
-async fn submit(client: &Client, body: &SubmitBody) -> String {
-    for _ in 0..200 {
-        match client.submit(body).await {
-            Ok(id) => return id,
-            Err(e) if e.is_retryable() => tokio::time::sleep(Duration::from_millis(50)).await,
-            Err(e) => panic!("submit refused: {e}"),
-        }
-    }
-    panic!("no submit acknowledged within 10 s");
-}
-
-async fn finished(client: &Client, id: &str) -> TaskEventsView {
-    let t = client
-        .get(id, false, Some(Duration::from_secs(20)))
-        .await
-        .unwrap();
-    assert!(t.is_final(), "{t:?}");
-    client.events(id, false).await.unwrap()
-}
-
 fn kinds(v: &TaskEventsView) -> Vec<&str> {
     v.events.iter().map(|e| e.event.as_str()).collect()
 }

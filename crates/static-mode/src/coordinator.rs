@@ -27,6 +27,8 @@ struct Record {
     start_by: Option<Time>,
     /// What happened to it (in memory, like everything here).
     history: TaskEvents,
+    /// Once final: its place in `finished` and when it is purged.
+    purge: Option<(u64, Time)>,
 }
 
 impl Record {
@@ -60,8 +62,13 @@ pub(crate) struct Coordinator {
     deadlines: BTreeSet<(Time, TaskId)>,
     /// Draws retry jitter.
     rng: NodeRng,
-    /// Final tasks in the order they finished, for retention.
-    finished: VecDeque<TaskId>,
+    /// Final tasks in the order they finished, for retention:
+    /// (sequence, id).
+    finished: BTreeSet<(u64, TaskId)>,
+    /// The sequence number of the next task to finish.
+    finished_seq: u64,
+    /// Final tasks by when their retention ends: (purge_at, sequence, id).
+    expiring: BTreeSet<(Time, u64, TaskId)>,
     workers: BTreeMap<NodeId, WorkerView>,
     /// The last epoch handed out. In memory only, like everything here: a
     /// restarted coordinator starts again from zero, which is one of the
@@ -118,7 +125,9 @@ impl Coordinator {
             waiting: BTreeSet::new(),
             deadlines: BTreeSet::new(),
             rng,
-            finished: VecDeque::new(),
+            finished: BTreeSet::new(),
+            finished_seq: 0,
+            expiring: BTreeSet::new(),
             workers,
             last_epoch: Epoch::ZERO,
             active: 0,
@@ -187,6 +196,7 @@ impl Coordinator {
             attempts: 0,
             assigned_at: now,
             history: TaskEvents::default(),
+            purge: None,
         };
         record.record(now, TaskEventKind::Submitted, self.events_max());
         self.tasks.insert(id, record);
@@ -279,7 +289,7 @@ impl Coordinator {
             }
         }
         record.record(now, TaskEventKind::Cancelled, events_max);
-        self.finish(id, TaskState::Cancelled, out);
+        self.finish(now, id, TaskState::Cancelled, out);
         Ok(ClientResponse::State {
             id,
             state: TaskState::Cancelled,
@@ -358,6 +368,7 @@ impl Coordinator {
             TaskOutcome::Success(result) => {
                 record.record(now, TaskEventKind::Succeeded { node, epoch }, events_max);
                 self.finish(
+                    now,
                     task,
                     TaskState::Succeeded {
                         result,
@@ -396,7 +407,7 @@ impl Coordinator {
                         error: kept,
                     };
                     record.record(now, what, events_max);
-                    self.finish(task, TaskState::Failed { error, attempts }, out);
+                    self.finish(now, task, TaskState::Failed { error, attempts }, out);
                 }
             }
         }
@@ -492,6 +503,7 @@ impl Coordinator {
             self.waiting.pop_first();
             self.queue_in_order(task);
         }
+        self.purge(now);
         self.schedule(now, out);
     }
 
@@ -515,7 +527,7 @@ impl Coordinator {
         };
         record.record(now, what, events_max);
         let attempts = record.attempts;
-        self.finish(id, TaskState::Failed { error, attempts }, out);
+        self.finish(now, id, TaskState::Failed { error, attempts }, out);
     }
 
     /// Puts `id` in the queue behind every task of its priority or higher.
@@ -608,17 +620,40 @@ impl Coordinator {
         }
     }
 
-    fn finish(&mut self, task: TaskId, state: TaskState, out: &mut Out) {
+    fn finish(&mut self, now: Time, task: TaskId, state: TaskState, out: &mut Out) {
         assert!(state.is_final());
+        let purge_at = self.peers.limits.purge_at(&state, now).expect("final");
+        let seq = self.finished_seq;
+        self.finished_seq += 1;
         let record = self.tasks.get_mut(&task).expect("finishing a known task");
         assert!(!record.state.is_final(), "a final state never changes");
         record.state = state.clone();
+        record.purge = Some((seq, purge_at));
         self.active -= 1;
         out.push(Action::Note(Note::Decided { task, state }));
-        self.finished.push_back(task);
+        self.finished.insert((seq, task));
+        self.expiring.insert((purge_at, seq, task));
         while self.finished.len() > self.peers.limits.tasks_retained_max {
-            let old = self.finished.pop_front().expect("non-empty");
-            self.tasks.remove(&old);
+            let (seq, old) = self.finished.pop_first().expect("non-empty");
+            let rec = self.tasks.remove(&old).expect("finished tasks are known");
+            let (_, due) = rec.purge.expect("finished records have a purge time");
+            assert!(self.expiring.remove(&(due, seq, old)), "indexed");
+        }
+    }
+
+    /// Drops the finished records whose retention ended by `now`.
+    fn purge(&mut self, now: Time) {
+        while let Some(&(due, seq, id)) = self.expiring.first() {
+            if due > now {
+                break;
+            }
+            self.expiring.pop_first();
+            assert!(
+                self.finished.remove(&(seq, id)),
+                "expiring tasks are finished"
+            );
+            let rec = self.tasks.remove(&id).expect("finished tasks are known");
+            assert!(rec.state.is_final(), "only final records are purged");
         }
     }
 }

@@ -12,8 +12,9 @@
 //! result decides the task (G2).
 
 use cohort_core::{
-    after_failure, event_error, event_progress, AfterFailure, Epoch, NodeId, Note, SupersedeReason,
-    Task, TaskEvent, TaskEventKind, TaskEvents, TaskId, TaskOutcome, TaskState, Time,
+    after_failure, event_error, event_progress, AfterFailure, Epoch, NodeId, Note, Retention,
+    SupersedeReason, Task, TaskEvent, TaskEventKind, TaskEvents, TaskId, TaskOutcome, TaskState,
+    Time,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -113,6 +114,11 @@ pub enum Command {
         /// At most [`cohort_core::PROGRESS_BYTES_MAX`] bytes (cut when applied).
         progress: String,
     },
+    /// Nothing but the entry's time: final records whose retention ended
+    /// by then are purged, as before every command. The leader proposes it
+    /// when a purge is due and nothing else was committed. Last in the
+    /// enum, like `SubmitBatch`.
+    Purge,
 }
 
 /// One task as the cluster knows it.
@@ -138,6 +144,9 @@ pub struct TaskRecord {
     pub start_by: Option<Time>,
     /// What happened to it, stamped with the proposing leader's clock.
     pub history: TaskEvents,
+    /// Once final: when the record is purged (its state's retention after
+    /// the entry that made it final).
+    pub purge_at: Option<Time>,
 }
 
 /// The scheduler's replicated state. Encoded as the Raft snapshot.
@@ -160,8 +169,12 @@ pub struct Scheduler {
     dead: BTreeSet<NodeId>,
     /// Final tasks in the order they finished: (index, id), for retention.
     finished: BTreeSet<(u64, TaskId)>,
+    /// Final tasks by when they are purged: (purge_at, index, id).
+    expiring: BTreeSet<(Time, u64, TaskId)>,
     /// Most finished records retained.
     retained_max: usize,
+    /// How long finished records are retained, per final state.
+    retention: Retention,
     /// Most events a record's history keeps (`Limits::task_events_max`).
     events_max: usize,
 }
@@ -179,6 +192,33 @@ impl Scheduler {
             retained_max,
             events_max,
             ..Scheduler::default()
+        }
+    }
+
+    /// The same, keeping finished records for `retention`.
+    pub fn with_retention(mut self, retention: Retention) -> Scheduler {
+        self.retention = retention;
+        self
+    }
+
+    /// When the next finished record is due to be purged.
+    pub fn next_purge_at(&self) -> Option<Time> {
+        self.expiring.first().map(|&(at, _, _)| at)
+    }
+
+    /// Drops the finished records whose retention ended by `at`.
+    fn purge(&mut self, at: Time) {
+        while let Some(&(due, index, id)) = self.expiring.first() {
+            if due > at {
+                break;
+            }
+            self.expiring.pop_first();
+            assert!(
+                self.finished.remove(&(index, id)),
+                "expiring tasks are finished"
+            );
+            let rec = self.tasks.remove(&id).expect("finished tasks are known");
+            assert!(rec.state.is_final(), "only final records are purged");
         }
     }
 
@@ -308,6 +348,7 @@ impl Scheduler {
                 ready_at: task.not_before,
                 start_by: None,
                 history,
+                purge_at: None,
             });
             self.enqueue(index, at, id);
         }
@@ -353,7 +394,9 @@ impl Scheduler {
     /// leader's clock; returns the decisions it made, for the history.
     pub fn apply(&mut self, index: u64, at: Time, cmd: &Command) -> Vec<Note> {
         let mut notes = Vec::new();
+        self.purge(at);
         match cmd {
+            Command::Purge => {}
             Command::Submit { id, task } => self.accept(index, at, *id, task),
             Command::SubmitBatch { tasks } => {
                 if self.batch_conflict(tasks).is_none() {
@@ -430,7 +473,7 @@ impl Scheduler {
                             epoch: *epoch,
                         };
                         self.record(*id, at, what);
-                        self.finish(index, *id, state, &mut notes);
+                        self.finish(index, at, *id, state, &mut notes);
                     }
                     TaskOutcome::Failure(error) => {
                         let rec = self.tasks.get_mut(id).expect("present");
@@ -459,7 +502,7 @@ impl Scheduler {
                                 error: error_kept,
                             };
                             self.record(*id, at, what);
-                            self.finish(index, *id, state, &mut notes);
+                            self.finish(index, at, *id, state, &mut notes);
                         }
                     }
                 }
@@ -506,7 +549,7 @@ impl Scheduler {
                     };
                     self.record(*id, at, what);
                     let state = TaskState::Failed { error, attempts };
-                    self.finish(index, *id, state, &mut notes);
+                    self.finish(index, at, *id, state, &mut notes);
                 }
             }
             Command::Heartbeat {
@@ -539,7 +582,7 @@ impl Scheduler {
             Command::Cancel { id } => {
                 if self.tasks.get(id).is_some_and(|r| !r.state.is_final()) {
                     self.record(*id, at, TaskEventKind::Cancelled);
-                    self.finish(index, *id, TaskState::Cancelled, &mut notes);
+                    self.finish(index, at, *id, TaskState::Cancelled, &mut notes);
                 }
             }
         }
@@ -596,7 +639,14 @@ impl Scheduler {
         });
     }
 
-    fn finish(&mut self, index: u64, id: TaskId, state: TaskState, notes: &mut Vec<Note>) {
+    fn finish(
+        &mut self,
+        index: u64,
+        at: Time,
+        id: TaskId,
+        state: TaskState,
+        notes: &mut Vec<Note>,
+    ) {
         assert!(state.is_final(), "finish with a final state");
         let current = self.tasks[&id].state.clone();
         assert!(!current.is_final(), "a final state never changes (G2)");
@@ -606,13 +656,18 @@ impl Scheduler {
             _ => unreachable!("not final"),
         }
         let rec = self.tasks.get_mut(&id).expect("finishing a known task");
+        let purge_at = self.retention.purge_at(&state, at).expect("final");
         rec.state = state.clone();
         rec.assigned_index = 0;
+        rec.purge_at = Some(purge_at);
         self.finished.insert((index, id));
+        self.expiring.insert((purge_at, index, id));
         notes.push(Note::Decided { task: id, state });
         while self.finished.len() > self.retained_max {
-            let (_, old) = self.finished.pop_first().expect("non-empty");
-            self.tasks.remove(&old);
+            let (index, old) = self.finished.pop_first().expect("non-empty");
+            let rec = self.tasks.remove(&old).expect("finished tasks are known");
+            let due = rec.purge_at.expect("finished records have a purge time");
+            assert!(self.expiring.remove(&(due, index, old)), "indexed");
         }
     }
 
@@ -631,6 +686,11 @@ impl Scheduler {
             self.pending.len() + self.waiting.len() + running + self.finished.len()
                 == self.tasks.len(),
             "every task is pending, running or finished, exactly once"
+        );
+        assert_eq!(
+            self.expiring.len(),
+            self.finished.len(),
+            "every finished task has a purge time"
         );
         assert!(
             self.deadlines.len() <= self.pending.len() + self.waiting.len(),
@@ -907,6 +967,95 @@ mod tests {
         }
         assert_eq!(s.len(), 1);
         assert!(s.get(TaskId(2)).is_some());
+    }
+
+    #[test]
+    fn finished_records_are_purged_by_the_first_entry_after_their_states_retention() {
+        let retention = Retention {
+            succeeded_ms: 100,
+            failed_ms: 300,
+            cancelled_ms: 50,
+        };
+        let mut s = Scheduler::new(10, 16).with_retention(retention);
+        let submit = |id| Command::Submit {
+            id: TaskId(id),
+            task: task(),
+        };
+        s.apply(1, at(1), &submit(1));
+        s.apply(2, at(2), &submit(2));
+        s.apply(3, at(3), &submit(3));
+        s.apply(4, at(4), &Command::Cancel { id: TaskId(1) });
+        for (index, node) in [(5, A), (6, B)] {
+            let (id, epoch) = (TaskId(index as u128 - 3), Epoch(1));
+            s.apply(index, at(index), &Command::Assign { id, epoch, node });
+        }
+        let result = |id, node, outcome| Command::Result {
+            id: TaskId(id),
+            epoch: Epoch(1),
+            node,
+            outcome,
+            jitter: 0,
+        };
+        s.apply(7, at(7), &result(2, A, TaskOutcome::Success(vec![])));
+        // Task 3 may run twice: its first failure is retried, not final.
+        s.apply(8, at(8), &result(3, B, TaskOutcome::Failure("boom".into())));
+        assert!(!s.get(TaskId(3)).unwrap().state.is_final());
+        s.apply(
+            9,
+            at(30),
+            &Command::Assign {
+                id: TaskId(3),
+                epoch: Epoch(2),
+                node: A,
+            },
+        );
+        s.apply(
+            10,
+            at(31),
+            &Command::Result {
+                id: TaskId(3),
+                epoch: Epoch(2),
+                node: A,
+                outcome: TaskOutcome::Failure("boom".into()),
+                jitter: 0,
+            },
+        );
+        assert_eq!(s.get(TaskId(1)).unwrap().purge_at, Some(at(54)));
+        assert_eq!(s.get(TaskId(2)).unwrap().purge_at, Some(at(107)));
+        assert_eq!(s.get(TaskId(3)).unwrap().purge_at, Some(at(331)));
+        assert_eq!(s.next_purge_at(), Some(at(54)));
+        // Not a moment early.
+        s.apply(11, at(53), &Command::Purge);
+        assert!(s.get(TaskId(1)).is_some());
+        // Any entry purges what is due at its time, then applies.
+        s.apply(12, at(54), &submit(4));
+        assert!(s.get(TaskId(1)).is_none());
+        assert_eq!(s.next_purge_at(), Some(at(107)));
+        s.apply(13, at(200), &Command::Purge);
+        assert!(s.get(TaskId(2)).is_none());
+        assert!(s.get(TaskId(3)).is_some(), "failures are kept longer");
+        s.apply(14, at(331), &Command::Purge);
+        assert!(s.get(TaskId(3)).is_none());
+        assert_eq!(s.next_purge_at(), None);
+        assert_eq!(s.len(), 1, "the pending task is never purged");
+        // A purged id is free: submitting it again creates a new task.
+        s.apply(15, at(332), &submit(1));
+        assert_eq!(s.get(TaskId(1)).unwrap().state, TaskState::Pending);
+    }
+
+    #[test]
+    fn a_count_purge_also_forgets_the_records_retention() {
+        let mut s = Scheduler::new(1, 16);
+        for i in 0..3u128 {
+            let index = 1 + 2 * i as u64;
+            let id = TaskId(i);
+            s.apply(index, at(index), &Command::Submit { id, task: task() });
+            s.apply(index + 1, at(index + 1), &Command::Cancel { id });
+        }
+        // Only the last is left, and only its purge is pending.
+        assert_eq!(s.len(), 1);
+        let due = s.get(TaskId(2)).unwrap().purge_at;
+        assert_eq!(s.next_purge_at(), due);
     }
 
     fn kinds(s: &Scheduler, id: TaskId) -> Vec<(u64, TaskEventKind)> {

@@ -399,6 +399,18 @@ impl Proposer {
         self.proposals.get(&id).map(|p| &p.intent)
     }
 
+    /// The tasks of the running proposals whose intent passes `pred`, in
+    /// id order.
+    pub fn ids_with<'a>(
+        &'a self,
+        pred: impl Fn(&Intent) -> bool + 'a,
+    ) -> impl Iterator<Item = TaskId> + 'a {
+        self.proposals
+            .iter()
+            .filter(move |(_, p)| pred(&p.intent))
+            .map(|(&id, _)| id)
+    }
+
     /// How many proposals run.
     pub fn len(&self) -> usize {
         self.proposals.len()

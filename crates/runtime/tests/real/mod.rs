@@ -99,6 +99,34 @@ pub fn echo(payload: &str) -> SubmitBody {
     }
 }
 
+/// Submits `body` through `client`, retrying what may succeed later
+/// (no leader yet, a replica set still forming) for up to 10 s.
+pub async fn submit(client: &cohort_runtime::client::Client, body: &SubmitBody) -> String {
+    for _ in 0..200 {
+        match client.submit(body).await {
+            Ok(id) => return id,
+            Err(e) if e.is_retryable() => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("submit refused: {e}"),
+        }
+    }
+    panic!("no submit acknowledged within 10 s");
+}
+
+/// Waits up to 20 s for `id` to be final; its state and history.
+pub async fn finished(
+    client: &cohort_runtime::client::Client,
+    id: &str,
+) -> cohort_runtime::client::TaskEventsView {
+    let t = client
+        .get(id, false, Some(std::time::Duration::from_secs(20)))
+        .await
+        .unwrap();
+    assert!(t.is_final(), "{t:?}");
+    client.events(id, false).await.unwrap()
+}
+
 /// A plain GET: status and body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let r = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
