@@ -88,14 +88,13 @@ pub struct NodeArgs {
     pub task_events_max: Option<usize>,
     /// How long a succeeded task's record is kept after it finished, in
     /// milliseconds; then it is purged and its id may be used again (the
-    /// same on every node) [default: 86400000, a day].
+    /// same on every node) [default: 604800000, a week].
     #[arg(long)]
     pub succeeded_retained_ms: Option<u64>,
-    /// Like --succeeded-retained-ms, for failed tasks [default: 604800000,
-    /// a week].
+    /// Like --succeeded-retained-ms, for failed tasks [default: 604800000].
     #[arg(long)]
     pub failed_retained_ms: Option<u64>,
-    /// Like --succeeded-retained-ms, for cancelled tasks [default: 86400000].
+    /// Like --succeeded-retained-ms, for cancelled tasks [default: 604800000].
     #[arg(long)]
     pub cancelled_retained_ms: Option<u64>,
     /// On SIGINT/SIGTERM, how long a leader may take to hand leadership

@@ -44,7 +44,7 @@ pub use drain::{DrainRefusal, DrainStatus};
 pub use ids::{Epoch, NodeId, TaskId};
 pub use node::{
     BootError, HeartbeatReply, Limits, LimitsError, Node, NodeRng, NodeStatus, Peers, Retention,
-    FAILED_RETAINED_MS_DEFAULT, RETAINED_MS_MAX, SUCCEEDED_RETAINED_MS_DEFAULT,
+    RETAINED_MS_DEFAULT, RETAINED_MS_MAX,
 };
 pub use retry::{after_failure, error_class, AfterFailure, RetryPolicy};
 pub use ring::{RingRefusal, RingRequest, RingView};

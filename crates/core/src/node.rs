@@ -356,8 +356,7 @@ pub struct Limits {
     /// milliseconds; then it is purged (and its id may be used again).
     /// The same on every node.
     pub succeeded_retained_ms: u64,
-    /// Like [`Limits::succeeded_retained_ms`], for failed tasks (kept
-    /// longer by default: they are what an operator inspects and retries).
+    /// Like [`Limits::succeeded_retained_ms`], for failed tasks.
     pub failed_retained_ms: u64,
     /// Like [`Limits::succeeded_retained_ms`], for cancelled tasks.
     pub cancelled_retained_ms: u64,
@@ -393,20 +392,26 @@ impl Retention {
         }
     }
 
-    /// When a task that reached the final `state` at `final_at` is purged
-    /// (`None` while it is not final).
-    pub fn purge_at(&self, state: &TaskState, final_at: Time) -> Option<Time> {
+    /// When `task`, which reached the final `state` at `final_at`, is
+    /// purged: `None` while it is not final, and for the records a
+    /// schedule needs for as long as its name exists (its definition and
+    /// its tombstone, one each per schedule, see
+    /// [`crate::schedule::kept_for_ever`]). Every replica computes the
+    /// same instant from the same decided record.
+    pub fn purge_at(&self, task: &Task, state: &TaskState, final_at: Time) -> Option<Time> {
+        if crate::schedule::kept_for_ever(task) {
+            return None;
+        }
         self.retained_ms(state)
             .map(|ms| final_at + core::time::Duration::from_millis(ms))
     }
 }
 
-/// Default [`Limits::succeeded_retained_ms`] and
-/// [`Limits::cancelled_retained_ms`]: one day.
-pub const SUCCEEDED_RETAINED_MS_DEFAULT: u64 = 24 * 3_600_000;
-
-/// Default [`Limits::failed_retained_ms`]: a week.
-pub const FAILED_RETAINED_MS_DEFAULT: u64 = 7 * 24 * 3_600_000;
+/// Default of [`Limits::succeeded_retained_ms`] and its siblings: a week.
+/// The same for every state, so records are purged in the order their
+/// tasks finished (which keeps a dedupe key's chain whole for longest,
+/// see docs/RUNTIME.md *Retention*).
+pub const RETAINED_MS_DEFAULT: u64 = 7 * 24 * 3_600_000;
 
 /// Longest retention accepted for any final state: ten years.
 pub const RETAINED_MS_MAX: u64 = 10 * 365 * 24 * 3_600_000;
@@ -423,9 +428,9 @@ impl Default for Limits {
             attempts_max: 100,
             batch_tasks_max: 1_000,
             task_events_max: 16,
-            succeeded_retained_ms: SUCCEEDED_RETAINED_MS_DEFAULT,
-            failed_retained_ms: FAILED_RETAINED_MS_DEFAULT,
-            cancelled_retained_ms: SUCCEEDED_RETAINED_MS_DEFAULT,
+            succeeded_retained_ms: RETAINED_MS_DEFAULT,
+            failed_retained_ms: RETAINED_MS_DEFAULT,
+            cancelled_retained_ms: RETAINED_MS_DEFAULT,
         }
     }
 }
@@ -466,11 +471,9 @@ impl Limits {
         Ok(())
     }
 
-    /// When a task that reached the final `state` at `final_at` is purged
-    /// (`None` while it is not final). Every replica computes the same
-    /// instant from the same decided record.
-    pub fn purge_at(&self, state: &TaskState, final_at: Time) -> Option<Time> {
-        self.retention().purge_at(state, final_at)
+    /// See [`Retention::purge_at`].
+    pub fn purge_at(&self, task: &Task, state: &TaskState, final_at: Time) -> Option<Time> {
+        self.retention().purge_at(task, state, final_at)
     }
 
     /// The retention settings alone.

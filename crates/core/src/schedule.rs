@@ -71,8 +71,9 @@
 //! reads the tombstone. A deleted name is not reused (the tombstone stays).
 //!
 //! Like dedupe keys, the scheme needs the tombstone and the definition to
-//! stay readable: leader mode drops the oldest finished records past
-//! `Limits::tasks_retained_max`.
+//! stay readable: retention never purges them ([`kept_for_ever`]), but
+//! leader mode drops the oldest finished records past
+//! `Limits::tasks_retained_max`, whatever they are.
 
 use crate::client::{ClientError, ClientRequest, ClientResponse, Consistency};
 use crate::ids::TaskId;
@@ -428,6 +429,19 @@ fn reserved_task(payload: &SchedulePayload, not_before: Time, attempts: u32) -> 
         priority: i8::MAX,
         heartbeat_timeout_ms: 0,
     }
+}
+
+/// Whether `task` is a schedule's definition or tombstone. Those are never
+/// purged by retention: a link of a weekly schedule may run long after the
+/// tombstone was written and must still find it, and the definition is
+/// what `GET /v1/schedules/{name}` reads. They are one of each per
+/// schedule name; the per-tick links and firings are purged like any task.
+pub fn kept_for_ever(task: &Task) -> bool {
+    task.kind == SCHEDULE_KIND
+        && matches!(
+            crate::codec::decode::<SchedulePayload>(&task.payload, task.payload.len()),
+            Ok(SchedulePayload::Spec(_) | SchedulePayload::Deleted)
+        )
 }
 
 /// The payload of a task of kind [`SCHEDULE_KIND`].
@@ -1395,6 +1409,28 @@ mod tests {
             .run(ScheduleRun::link(s.clone(), 1_000, None, 0, 1_200, 16))
             .unwrap();
         assert_eq!(r.fired_ms, vec![1_000, 1_100, 1_200]);
+    }
+
+    #[test]
+    fn retention_keeps_a_schedules_definition_and_tombstone_and_purges_its_ticks() {
+        let s = schedule(100, Overlap::Allow, 10_000);
+        let r = crate::Limits::default().retention();
+        let done = TaskState::Succeeded {
+            result: vec![],
+            node: crate::NodeId(1),
+            epoch: crate::Epoch(1),
+        };
+        let at = Time::from_millis(5);
+        assert_eq!(r.purge_at(&s.spec_task(), &done, at), None);
+        assert_eq!(r.purge_at(&Schedule::tombstone_task(), &done, at), None);
+        let due = at + core::time::Duration::from_millis(r.succeeded_ms);
+        assert_eq!(r.purge_at(&s.link_task(1_100, None), &done, at), Some(due));
+        assert_eq!(r.purge_at(&s.firing(1_100), &done, at), Some(due));
+        // A user's task of another kind with the same payload is purged.
+        let mut lookalike = s.spec_task();
+        lookalike.kind = "echo".into();
+        assert_eq!(r.purge_at(&lookalike, &done, at), Some(due));
+        assert!(!kept_for_ever(&s.firing(1_100)));
     }
 
     #[test]

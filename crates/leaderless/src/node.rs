@@ -827,7 +827,7 @@ impl LeaderlessNode {
                 }
                 let final_at = value.history.events.last().map(|e| e.at);
                 let expired = final_at
-                    .and_then(|at| self.peers.limits.purge_at(&value.state, at))
+                    .and_then(|at| self.peers.limits.purge_at(&header.task, &value.state, at))
                     .is_some_and(|due| due <= now);
                 if expired {
                     // Purged here (or never held): a replica whose clock is
@@ -2003,7 +2003,7 @@ fn purge_at(limits: &cohort_core::Limits, rec: &Record) -> Option<Time> {
         .events
         .last()
         .map_or(rec.created_at, |e| e.at);
-    limits.purge_at(&rec.value.state, final_at)
+    limits.purge_at(&rec.header.task, &rec.value.state, final_at)
 }
 
 fn is_active(rec: &Record, me: NodeId) -> bool {

@@ -27,8 +27,11 @@ struct Record {
     start_by: Option<Time>,
     /// What happened to it (in memory, like everything here).
     history: TaskEvents,
-    /// Once final: its place in `finished` and when it is purged.
-    purge: Option<(u64, Time)>,
+    /// Once final: its place in `finished`.
+    finished_seq: u64,
+    /// Once final: when it is purged (`None`: kept, see
+    /// [`cohort_core::Retention::purge_at`]).
+    purge_at: Option<Time>,
 }
 
 impl Record {
@@ -196,7 +199,8 @@ impl Coordinator {
             attempts: 0,
             assigned_at: now,
             history: TaskEvents::default(),
-            purge: None,
+            finished_seq: 0,
+            purge_at: None,
         };
         record.record(now, TaskEventKind::Submitted, self.events_max());
         self.tasks.insert(id, record);
@@ -622,22 +626,26 @@ impl Coordinator {
 
     fn finish(&mut self, now: Time, task: TaskId, state: TaskState, out: &mut Out) {
         assert!(state.is_final());
-        let purge_at = self.peers.limits.purge_at(&state, now).expect("final");
         let seq = self.finished_seq;
         self.finished_seq += 1;
         let record = self.tasks.get_mut(&task).expect("finishing a known task");
+        let purge_at = self.peers.limits.purge_at(&record.task, &state, now);
         assert!(!record.state.is_final(), "a final state never changes");
         record.state = state.clone();
-        record.purge = Some((seq, purge_at));
+        record.purge_at = purge_at;
         self.active -= 1;
         out.push(Action::Note(Note::Decided { task, state }));
         self.finished.insert((seq, task));
-        self.expiring.insert((purge_at, seq, task));
+        record.finished_seq = seq;
+        if let Some(due) = purge_at {
+            self.expiring.insert((due, seq, task));
+        }
         while self.finished.len() > self.peers.limits.tasks_retained_max {
             let (seq, old) = self.finished.pop_first().expect("non-empty");
             let rec = self.tasks.remove(&old).expect("finished tasks are known");
-            let (_, due) = rec.purge.expect("finished records have a purge time");
-            assert!(self.expiring.remove(&(due, seq, old)), "indexed");
+            if let Some(due) = rec.purge_at {
+                assert!(self.expiring.remove(&(due, seq, old)), "indexed");
+            }
         }
     }
 
