@@ -176,6 +176,30 @@ pub struct CancelArgs {
     pub id: String,
 }
 
+/// Run failed or cancelled tasks again, each as a new task with the same
+/// body (at most one live retry per task).
+#[derive(Args, Debug, Clone)]
+pub struct RetryArgs {
+    /// Any node's HTTP address.
+    #[arg(long, default_value = "127.0.0.1:8001")]
+    pub node: String,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    /// The tasks to retry.
+    #[arg(required_unless_present = "failed", conflicts_with = "failed")]
+    pub ids: Vec<String>,
+    /// Retry every failed task of the cluster (bulk retry).
+    #[arg(long)]
+    pub failed: bool,
+    /// With --failed: only tasks whose error's class is this (the text
+    /// before ": ", e.g. `timeout`, `heartbeat_timeout`).
+    #[arg(long, requires = "failed")]
+    pub error_class: Option<String>,
+    /// With --failed: look at most this many failed tasks.
+    #[arg(long, default_value_t = 1000, requires = "failed")]
+    pub limit: usize,
+}
+
 /// List the cluster's tasks.
 #[derive(Args, Debug, Clone)]
 pub struct ListArgs {
@@ -428,7 +452,48 @@ pub fn cancel(args: CancelArgs) -> anyhow::Result<()> {
         .block_on(async move { print_task(&args.auth.client(&args.node)?.cancel(&args.id).await?) })
 }
 
-/// `cohort members`.
+/// `cohort retry`: prints `RETRIED-ID  new|existing  RETRY-ID` per task;
+/// fails if any retry was refused.
+pub fn retry(args: RetryArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(async move {
+        let client = args.auth.client(&args.node)?;
+        let answers = if args.failed {
+            client
+                .retry_failed(args.error_class.as_deref(), args.limit)
+                .await?
+        } else {
+            let mut out = Vec::new();
+            for id in &args.ids {
+                out.push((id.clone(), client.retry(id).await));
+            }
+            out
+        };
+        let mut refused = 0;
+        for (id, answer) in &answers {
+            match answer {
+                Ok(r) => {
+                    let how = if r.deduplicated { "existing" } else { "new" };
+                    println!("{id}  {how:<8}  {}", r.id);
+                }
+                Err(e) => {
+                    refused += 1;
+                    eprintln!("{id}  refused: {e}");
+                }
+            }
+        }
+        if args.failed && answers.is_empty() {
+            eprintln!("no failed task to retry");
+        }
+        anyhow::ensure!(
+            refused == 0,
+            "{refused} of {} retries refused",
+            answers.len()
+        );
+        Ok(())
+    })
+}
+
+/// `cohort list`.
 pub fn list(args: ListArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         let client = args.auth.client(&args.node)?;

@@ -34,6 +34,8 @@ enum Command {
     Wait(cmd_client::WaitArgs),
     /// Cancel a task.
     Cancel(cmd_client::CancelArgs),
+    /// Run failed or cancelled tasks again (one id, several, or --failed).
+    Retry(cmd_client::RetryArgs),
     /// List the cluster's tasks (merging every member's view where needed).
     List(cmd_client::ListArgs),
     /// Show the cluster as a node sees it.
@@ -73,6 +75,7 @@ fn main() -> ExitCode {
         Command::Get(a) => done(cmd_client::get(a)),
         Command::Wait(a) => done(cmd_client::wait(a)),
         Command::Cancel(a) => done(cmd_client::cancel(a)),
+        Command::Retry(a) => done(cmd_client::retry(a)),
         Command::Members(a) => done(cmd_client::members(a)),
         Command::Ring(a) => done(cmd_client::ring(a)),
         Command::Drain(a) => done(cmd_client::drain(a)),

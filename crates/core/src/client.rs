@@ -105,6 +105,9 @@ pub enum ClientResponse {
         state: TaskState,
         /// What happened to it, oldest first.
         history: TaskEvents,
+        /// What was submitted (for inspection, and a manual retry); boxed
+        /// so the other answers stay small.
+        task: Box<Task>,
     },
 }
 

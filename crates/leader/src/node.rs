@@ -874,6 +874,7 @@ impl LeaderNode {
                 id,
                 state: rec.state.clone(),
                 history: rec.history.clone(),
+                task: Box::new(rec.task.clone()),
             },
         })
     }

@@ -639,7 +639,7 @@ impl LeaderlessNode {
         }
         match purpose {
             ReadPurpose::Submit => unreachable!("answered above"),
-            ReadPurpose::Get if !in_doubt => self.answer_value(request, id, &value),
+            ReadPurpose::Get if !in_doubt => self.answer_value(request, id, &header.task, &value),
             ReadPurpose::Get => {
                 // A value accepted after `version` may be chosen already:
                 // finish that instance (or find it empty) before answering.
@@ -690,7 +690,13 @@ impl LeaderlessNode {
             Consistency::Stale => {
                 let events_max = self.peers.limits.task_events_max;
                 let reply = match self.records.get(&id) {
-                    Some(r) => Ok(events_response(id, r.created_at, &r.value, events_max)),
+                    Some(r) => Ok(events_response(
+                        id,
+                        &r.header.task,
+                        r.created_at,
+                        &r.value,
+                        events_max,
+                    )),
                     None => Err(ClientError::NotFound { id }),
                 };
                 self.reply(request, reply);
@@ -704,12 +710,13 @@ impl LeaderlessNode {
 
     /// Answers a linearizable read with the chosen `value`: its state, or
     /// its history if the request asked for that.
-    fn answer_value(&mut self, request: RequestId, id: TaskId, value: &TaskValue) {
+    fn answer_value(&mut self, request: RequestId, id: TaskId, task: &Task, value: &TaskValue) {
         let reply = match self.events_requests.get(&request) {
             Some(created_at) => {
                 let first = value.history.events.first().map_or(Time::ZERO, |e| e.at);
                 let created_at = created_at.unwrap_or(first);
-                events_response(id, created_at, value, self.peers.limits.task_events_max)
+                let events_max = self.peers.limits.task_events_max;
+                events_response(id, task, created_at, value, events_max)
             }
             None => ClientResponse::State {
                 id,
@@ -1053,7 +1060,8 @@ impl LeaderlessNode {
             Outcome::Settled { proposal } => {
                 // Nothing was in doubt: the base is the latest chosen value.
                 let base = proposal.base.clone();
-                self.answer_reads(now, proposal.id, &base, &base.replicas);
+                let task = proposal.header.task.clone();
+                self.answer_reads(now, proposal.id, &task, &base, &base.replicas);
                 return;
             }
             Outcome::Send(_) => unreachable!("not an end"),
@@ -1118,12 +1126,13 @@ impl LeaderlessNode {
                 .desired(self.me(), self.generation, &header, &value, now)
                 .is_some();
         if again {
-            if let Err(e) = self.propose(now, id, header, version, value.clone(), intent.clone()) {
+            let (h, v) = (header.clone(), value.clone());
+            if let Err(e) = self.propose(now, id, h, version, v, intent.clone()) {
                 assert_eq!(e, StartError::Full, "the proposal for this task just ended");
             }
         }
         let read_set = proposal.base.replicas.clone();
-        self.answer_reads(now, id, &value, &read_set);
+        self.answer_reads(now, id, &header.task, &value, &read_set);
         if !self.proposer.is_running(id) {
             if let Some(waiters) = self.cancel_waiters.remove(&id) {
                 for (request, _) in waiters {
@@ -1154,14 +1163,21 @@ impl LeaderlessNode {
     /// least as new as any value chosen before those reads began, unless it
     /// moved the task to other replicas, who may have chosen later values:
     /// then the reads start again (and find it there).
-    fn answer_reads(&mut self, now: Time, id: TaskId, value: &TaskValue, read_set: &[NodeId]) {
+    fn answer_reads(
+        &mut self,
+        now: Time,
+        id: TaskId,
+        task: &Task,
+        value: &TaskValue,
+        read_set: &[NodeId],
+    ) {
         let waiters = self.read_waiters.remove(&id).unwrap_or_default();
         for (request, _) in waiters {
             if value.replicas != read_set {
                 self.quorum_read(now, request, id, ReadPurpose::Get);
                 continue;
             }
-            self.answer_value(request, id, value);
+            self.answer_value(request, id, task, value);
         }
     }
 
@@ -2016,6 +2032,7 @@ fn is_active(rec: &Record, me: NodeId) -> bool {
 /// the chosen value's history, at most `events_max` events in all.
 fn events_response(
     id: TaskId,
+    task: &Task,
     created_at: Time,
     value: &TaskValue,
     events_max: usize,
@@ -2034,6 +2051,7 @@ fn events_response(
         id,
         state: value.state.clone(),
         history,
+        task: Box::new(task.clone()),
     }
 }
 

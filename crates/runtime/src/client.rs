@@ -80,6 +80,29 @@ pub struct TaskEventsView {
     pub events: Vec<TaskEventView>,
     /// Events dropped between the first and the latest kept.
     pub events_dropped: u32,
+    /// What was submitted: the fields of a submit body (`kind`,
+    /// `payload`/`payload_base64`, `timeout_ms`, ...).
+    #[serde(rename = "task", default)]
+    pub body: serde_json::Value,
+}
+
+/// The answer to [`Client::retry`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryView {
+    /// The retry's hex id: the one created, or the live one found.
+    pub id: String,
+    /// The task retried.
+    pub retry_of: String,
+    /// The node that ran the retry.
+    pub node: u64,
+    /// `true`: a retry of this task was pending or running and nothing was
+    /// created.
+    pub deduplicated: bool,
+    /// How many retries of this task came before this one.
+    pub generation: u64,
+    /// When deduplicated: the live retry's state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
 }
 
 /// A schedule as `GET /v1/schedules/{name}` reports it.
@@ -498,6 +521,38 @@ impl Client {
             )
             .await?;
         Self::decode(r).await
+    }
+
+    /// `POST /v1/tasks/{id}/retry`: runs a failed or cancelled task again,
+    /// as a new task with the same body (`409 not_retryable` for a task in
+    /// another state). While a retry of `id` is pending or running, that
+    /// one is named instead of creating another.
+    pub async fn retry(&self, id: &str) -> Result<RetryView, CallError> {
+        let url = format!("{}/v1/tasks/{id}/retry", self.base);
+        let r = self.send(reqwest::Method::POST, url, None).await?;
+        Self::decode(r).await
+    }
+
+    /// Bulk retry: every failed task of the cluster (up to `max`) whose
+    /// error's class is `error_class` (any class if `None`; see
+    /// [`cohort_core::error_class`]) is retried with [`Client::retry`].
+    /// Each task's answer, in id order; a listing error stops it.
+    pub async fn retry_failed(
+        &self,
+        error_class: Option<&str>,
+        max: usize,
+    ) -> Result<Vec<(String, Result<RetryView, CallError>)>, CallError> {
+        let listing = self.list_all(Some("failed"), max).await?;
+        let mut out = Vec::new();
+        for t in listing.tasks {
+            let class = t.error.as_deref().and_then(cohort_core::error_class);
+            if error_class.is_some_and(|want| class != Some(want)) {
+                continue;
+            }
+            let answer = self.retry(&t.id).await;
+            out.push((t.id, answer));
+        }
+        Ok(out)
     }
 
     /// `POST /v1/tasks:batch`; returns the tasks' ids in order once every

@@ -122,6 +122,7 @@ pub(crate) fn router(api: Arc<Api>) -> Router {
         .route("/v1/tasks:batch", axum::routing::post(submit_batch))
         .route("/v1/tasks/{id}", get(get_task).delete(cancel))
         .route("/v1/tasks/{id}/events", get(task_events))
+        .route("/v1/tasks/{id}/retry", axum::routing::post(retry_task))
         .route("/v1/cluster", get(cluster))
         .route("/v1/ring", get(ring))
         .route(
@@ -859,7 +860,18 @@ async fn submit(
 /// refusal later (the leader changed) is passed on the same way, and the
 /// client's retry of the whole submit is safe (see [`cohort_core::dedupe`]).
 async fn submit_unique(api: &Api, key: DedupeKey, task: Task) -> Result<Response, ApiError> {
-    const PATH: &str = "/v1/tasks";
+    let body = unique_submit(api, key, task, "/v1/tasks").await?;
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// Runs [`DedupeSubmit`] for `key` and `task` against this node; the
+/// answer's JSON body.
+async fn unique_submit(
+    api: &Api,
+    key: DedupeKey,
+    task: Task,
+    path: &str,
+) -> Result<serde_json::Value, ApiError> {
     let mut machine = DedupeSubmit::new(key, task, api.config.client.dedupe_rounds_max);
     let mut request = machine.request().expect("a new machine has a request");
     let outcome = loop {
@@ -871,7 +883,7 @@ async fn submit_unique(api: &Api, key: DedupeKey, task: Task) -> Result<Response
     };
     let outcome = match outcome {
         Ok(o) => o,
-        Err(DedupeError::Client(e)) => return Err(api.client_error(e, PATH)),
+        Err(DedupeError::Client(e)) => return Err(api.client_error(e, path)),
         Err(e @ DedupeError::Contention { rounds }) => {
             api.metrics
                 .inc("cohort_dedupe_submits_total", "outcome=\"contention\"");
@@ -911,7 +923,7 @@ async fn submit_unique(api: &Api, key: DedupeKey, task: Task) -> Result<Response
             body["state"] = json!(state.name());
         }
     }
-    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+    Ok(body)
 }
 
 fn reserved_kind() -> ApiError {
@@ -1107,8 +1119,15 @@ async fn task_events(
         .ask(ClientRequest::Events { id, consistency }, &path)
         .await?
     {
-        ClientResponse::Events { id, state, history } => {
-            Ok(Json(events_json(id, &state, &history)).into_response())
+        ClientResponse::Events {
+            id,
+            state,
+            history,
+            task,
+        } => {
+            let mut v = events_json(id, &state, &history);
+            v["task"] = task_json(&task);
+            Ok(Json(v).into_response())
         }
         _ => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -1116,6 +1135,84 @@ async fn task_events(
             "unexpected answer to an events read",
         )),
     }
+}
+
+/// The JSON form of a submitted task: a submit body that would submit it
+/// again (the payload as text when it is UTF-8, else as base64).
+pub fn task_json(task: &Task) -> serde_json::Value {
+    let mut v = json!({
+        "kind": task.kind,
+        "timeout_ms": task.timeout_ms,
+        "max_attempts": task.max_attempts,
+        "not_before_ms": task.not_before.as_millis(),
+        "retry": {
+            "backoff_initial_ms": task.retry.backoff_initial_ms,
+            "backoff_max_ms": task.retry.backoff_max_ms,
+            "non_retryable": task.retry.non_retryable,
+        },
+        "schedule_to_start_ms": task.schedule_to_start_ms,
+        "priority": task.priority,
+        "heartbeat_timeout_ms": task.heartbeat_timeout_ms,
+    });
+    match std::str::from_utf8(&task.payload) {
+        Ok(text) => v["payload"] = json!(text),
+        Err(_) => {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(&task.payload);
+            v["payload_base64"] = json!(b64);
+        }
+    }
+    v
+}
+
+/// The dedupe key under which the retries of `id` are chained: at most one
+/// of them is pending or running at a time.
+pub fn retry_key(id: TaskId) -> DedupeKey {
+    DedupeKey::new(format!("cohort.retry/{id}").as_bytes()).expect("a valid key")
+}
+
+/// `POST /v1/tasks/{id}/retry`: a manual retry of a failed or cancelled
+/// task, as a new task with the same body. The retries of one task are a
+/// dedupe-key chain ([`retry_key`]): while one is pending or running,
+/// retrying again names it (`"deduplicated": true`) instead of creating
+/// another; once it is final, retrying again creates the next.
+async fn retry_task(
+    State(api): State<Arc<Api>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let path = format!("/v1/tasks/{id}/retry");
+    let consistency = Consistency::Linearizable;
+    let (state, task) = match api
+        .ask(ClientRequest::Events { id, consistency }, &path)
+        .await?
+    {
+        ClientResponse::Events { state, task, .. } => (state, *task),
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "unexpected answer to an events read",
+            ))
+        }
+    };
+    if !matches!(state, TaskState::Failed { .. } | TaskState::Cancelled) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_retryable",
+            format!(
+                "only a failed or cancelled task can be retried; {id} is {}",
+                state.name()
+            ),
+        )
+        .with("state", json!(state.name())));
+    }
+    if task.kind == SCHEDULE_KIND {
+        return Err(reserved_kind());
+    }
+    let mut body = unique_submit(&api, retry_key(id), task, &path).await?;
+    body["retry_of"] = json!(id.to_string());
+    api.metrics.inc("cohort_retries_total", "");
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
 /// The JSON form of a task's state and history: [`state_json`] with
@@ -1878,6 +1975,7 @@ mod tests {
             "/v1/tasks",
             "/v1/tasks/{id}",
             "/v1/tasks/{id}/events",
+            "/v1/tasks/{id}/retry",
             "/v1/cluster",
             "/v1/ring",
             "/v1/ring/members/{node}",

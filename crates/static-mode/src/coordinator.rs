@@ -162,6 +162,7 @@ impl Coordinator {
                     id,
                     state: r.state.clone(),
                     history: r.history.clone(),
+                    task: Box::new(r.task.clone()),
                 })
                 .ok_or(ClientError::NotFound { id }),
             ClientRequest::Cancel { id } => self.cancel(now, id, out),
