@@ -2001,10 +2001,6 @@ fn adopts(rec: &Record, version: u64, value: &TaskValue, me: NodeId) -> bool {
     rec.version == 0 && version > 0 && value.replicas.contains(&me)
 }
 
-/// Whether `me` has anything to do about the record: a task not final of
-/// which it is a replica, or one it runs (a node removed from the ring
-/// finishes, or releases, what it was running). A record kept after its
-/// task moved away is otherwise history.
 /// Most final records one tick purges: a backlog (a node back after a
 /// long stop) is cleared over several ticks, not in one long input.
 const PURGES_PER_TICK_MAX: usize = 4096;
@@ -2022,6 +2018,10 @@ fn purge_at(limits: &cohort_core::Limits, rec: &Record) -> Option<Time> {
     limits.purge_at(&rec.header.task, &rec.value.state, final_at)
 }
 
+/// Whether `me` has anything to do about the record: a task not final of
+/// which it is a replica, or one it runs (a node removed from the ring
+/// finishes, or releases, what it was running). A record kept after its
+/// task moved away is otherwise history.
 fn is_active(rec: &Record, me: NodeId) -> bool {
     !rec.value.state.is_final()
         && (rec.is_replica(me)
