@@ -920,8 +920,11 @@ impl LeaderlessNode {
                 ballot,
                 promised,
             },
-            AcceptReply::Ahead(version, value) => LeaderlessMessage::Ahead { id, version, value },
-            AcceptReply::Behind | AcceptReply::Unpromised => return,
+            // No answer: an `Ahead` names no body, and this replica may
+            // hold another body under the id than the proposer's (an accept,
+            // unlike a prepare, does not say whose). The proposer's round
+            // times out and its next prepare, which does, gets the answer.
+            AcceptReply::Ahead(..) | AcceptReply::Behind | AcceptReply::Unpromised => return,
         };
         self.send(from, msg);
     }
@@ -1008,7 +1011,18 @@ impl LeaderlessNode {
                 }
             }
         }
-        if let Some(o) = self.proposer.on_ahead(id, version, value.clone()) {
+        // A later value of this very task ends this node's proposal on it;
+        // a value of another body under the id means the proposal's body
+        // lost the id: it is dropped, and never given that value.
+        if self
+            .proposer
+            .header(id)
+            .is_some_and(|h| h.task != header.task)
+        {
+            if version > 0 {
+                self.proposer.abandon(id);
+            }
+        } else if let Some(o) = self.proposer.on_ahead(id, version, value.clone()) {
             self.proposal_over(now, o);
         }
     }

@@ -378,3 +378,23 @@ fn regression_a_settle_of_a_losing_body_never_blocks_the_winners_result() {
     let r = run::<LeaderlessNode>(&c, &LeaderlessConfig::default(), &mut Checked::new(&c));
     assert!(r.passed(), "{r}");
 }
+
+/// Found by the CI gate's seeds with heartbeats on: two bodies raced for
+/// one id while the ring changed, and a replica holding the losing body
+/// took the winner's chosen value into its record (`not_started without
+/// a timeout`: the winner's history under the loser's body). The value
+/// came without its body: an `Ahead` answer to an accept, or a learned
+/// value of the other body ending this node's proposal for its own. Now
+/// an accept is never answered `Ahead`, and a learned value of another
+/// body drops the proposal instead of ending it with that value.
+#[test]
+fn regression_a_value_of_the_winning_body_never_lands_in_a_record_of_the_losing_one() {
+    let mut c = SimConfig::new(855, 5);
+    c.faults = FaultKinds::ALL;
+    c.safety_ms = 10_000;
+    c.liveness_ms = 20_000;
+    c.workload.unique_every = 20;
+    c.workload.heartbeat_rate = 0.2;
+    let r = run::<LeaderlessNode>(&c, &LeaderlessConfig::default(), &mut Checked::new(&c));
+    assert!(r.passed(), "{r}");
+}
