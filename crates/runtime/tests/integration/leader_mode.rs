@@ -3,7 +3,7 @@
 //! shows tasks by state and the core's election counters.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
-mod real;
+use crate::real;
 
 use cohort_leader::{LeaderNode, ValidLeaderConfig};
 use cohort_runtime::client::Client;

@@ -6,7 +6,7 @@
 //! refused.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
-mod real;
+use crate::real;
 
 use cohort_leader::{LeaderNode, ValidLeaderConfig};
 use cohort_leaderless::{LeaderlessConfig, LeaderlessNode};

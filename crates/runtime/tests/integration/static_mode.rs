@@ -2,7 +2,7 @@
 //! coordinator, typed 503 when its API address is unknown, long-polls.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
-mod real;
+use crate::real;
 
 use cohort_core::NodeId;
 use cohort_runtime::client::Client;

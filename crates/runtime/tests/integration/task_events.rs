@@ -3,7 +3,7 @@
 //! attempt's runner and epoch, and carries wall-clock times.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
-mod real;
+use crate::real;
 
 use cohort_leader::{LeaderNode, ValidLeaderConfig};
 use cohort_leaderless::{LeaderlessConfig, LeaderlessNode};

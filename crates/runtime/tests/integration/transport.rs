@@ -2,7 +2,7 @@
 //! reason, and the node keeps serving clients and its real peers.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
-mod common;
+use crate::common;
 
 use cohort_core::{Limits, NodeId};
 use cohort_runtime::client::Client;

@@ -4,7 +4,7 @@
 //! elsewhere under the next epoch, and every task finishes exactly once.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
-mod real;
+use crate::real;
 
 use cohort_core::{Node, NodeId, Note, SupersedeReason};
 use cohort_leader::{LeaderNode, ValidLeaderConfig};

@@ -4,7 +4,7 @@
 //! errors and change nothing; modes without a ring refuse.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
-mod real;
+use crate::real;
 
 use cohort_core::NodeId;
 use cohort_leader::{LeaderNode, ValidLeaderConfig};

@@ -1,7 +1,7 @@
 //! The runtime driving a small mode over real sockets and files.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
-mod common;
+use crate::common;
 
 use cohort_core::{Limits, NodeId};
 use cohort_runtime::client::{CallError, Client};
@@ -319,8 +319,10 @@ async fn a_killed_peer_is_seen_down_and_reconnected_after_restart() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(down, "n1 still thinks n2 is connected");
-    let n2 = c.start(NodeId(2), Registry::with_builtins(false)).await;
+    // Read the count before the restart: n1 may reconnect before `start`
+    // returns, and a count read after that would wait for a second connect.
     let before = m1.counter("cohort_peer_connects_total", "peer=\"n2\"");
+    let n2 = c.start(NodeId(2), Registry::with_builtins(false)).await;
     assert!(
         eventually(Duration::from_secs(5), || m1
             .counter("cohort_peer_connects_total", "peer=\"n2\"")

@@ -6,7 +6,7 @@
 //! running handler in its heartbeat reply (cooperative cancellation).
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
-mod real;
+use crate::real;
 
 use cohort_core::{HeartbeatReply, NodeId};
 use cohort_leader::{LeaderNode, ValidLeaderConfig};

@@ -4,7 +4,7 @@
 //! refused and creates nothing.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
-mod real;
+use crate::real;
 
 use cohort_core::Node;
 use cohort_leader::{LeaderNode, ValidLeaderConfig};

@@ -2,7 +2,7 @@
 //! tasks it replicates, and a cluster-wide listing merges every member's.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
-mod real;
+use crate::real;
 
 use cohort_leaderless::{LeaderlessConfig, LeaderlessNode};
 use cohort_runtime::client::Client;

@@ -6,7 +6,7 @@
 //! another definition under a name, a deleted name).
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
-mod real;
+use crate::real;
 
 use cohort_core::schedule::{IdTag, ScheduleName, SCHEDULE_KIND};
 use cohort_leader::{LeaderNode, ValidLeaderConfig};

@@ -5,7 +5,7 @@
 //! combined with an `Idempotency-Key` are refused and create nothing.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
-mod real;
+use crate::real;
 
 use cohort_core::dedupe::DedupeKey;
 use cohort_core::Node;

@@ -5,7 +5,7 @@
 //! clocks differ), and its id may be used again.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
-mod real;
+use crate::real;
 
 use cohort_core::NodeId;
 use cohort_leader::{LeaderNode, ValidLeaderConfig};

@@ -7,7 +7,7 @@
 //! checker confirms no acknowledged task was lost.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
-mod common;
+use crate::common;
 
 use cohort_core::{ClientError, Epoch, Limits, NodeId, Task, TaskId, TaskState, Time};
 use cohort_runtime::client::{CallError, Client, TaskView};

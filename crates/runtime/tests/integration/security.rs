@@ -3,7 +3,7 @@
 //! the handshake), TLS on the API, and a secure 3-node cluster running a task.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
-mod common;
+use crate::common;
 
 use cohort_core::{Limits, NodeId, Peers};
 use cohort_runtime::auth::Tokens;

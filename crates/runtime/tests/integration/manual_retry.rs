@@ -5,7 +5,7 @@
 //! their error's class. The task's body is shown by its events read.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
-mod real;
+use crate::real;
 
 use cohort_core::NodeId;
 use cohort_leader::{LeaderNode, ValidLeaderConfig};
