@@ -2149,10 +2149,10 @@ impl Node for LeaderlessNode {
             }
             records.insert(id, rec);
         }
-        let ring = stored.get(RING_KEY).map_or_else(
-            || RingState::initial(config.ring_zero(peers)),
-            |b| decode(b, usize::MAX).expect("a stored ring decodes"),
-        );
+        let ring = match stored.get(RING_KEY) {
+            None => RingState::initial(config.ring_zero(peers)),
+            Some(b) => decode(b, usize::MAX).map_err(|e| BootError::corrupt(RING_KEY, e))?,
+        };
         let mut node = LeaderlessNode {
             peers: peers.clone(),
             config: config.clone(),

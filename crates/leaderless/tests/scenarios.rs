@@ -1143,3 +1143,33 @@ fn a_read_that_finds_only_a_dead_first_copy_and_learns_a_newer_ring_looks_again_
         sim.reply(read)
     );
 }
+
+#[test]
+fn a_corrupt_stored_ring_or_record_is_a_typed_boot_error_not_a_panic() {
+    use cohort_core::{BootError, Limits, Node, NodeRng, Peers, StoreOp, Stored, Time};
+    use rand::SeedableRng;
+    let members = vec![NodeId(1), NodeId(2), NodeId(3)];
+    let peers = Peers::new(NodeId(1), members, 4, Limits::default()).expect("valid peers");
+    let config = LeaderlessConfig::default();
+    for key in [b"lless/ring".to_vec(), record_key(tid(7))] {
+        let mut stored = Stored::new();
+        stored.apply(&[StoreOp::Put {
+            key: key.clone(),
+            value: vec![0xff; 9],
+        }]);
+        let booted = cohort_leaderless::LeaderlessNode::boot(
+            &peers,
+            &config,
+            &stored,
+            NodeRng::seed_from_u64(1),
+            Time::ZERO,
+        );
+        match booted {
+            Err(BootError::Corrupt { record, .. }) => {
+                assert_eq!(record, key.escape_ascii().to_string())
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("booted from a corrupt {}", key.escape_ascii()),
+        }
+    }
+}
