@@ -369,6 +369,19 @@ pub struct LeaderNode {
 
 const TIMER: u64 = 0;
 
+/// Whether every command an append carries decodes, as applying it will.
+/// Commands come from a leader of this cluster, but what a peer sends is
+/// checked before it can crash this node.
+fn commands_decode(m: &RaftMsg) -> bool {
+    let RaftMsg::Append { entries, .. } = m else {
+        return true;
+    };
+    entries.iter().all(|e| match &e.kind {
+        EntryKind::Command(bytes) => decode::<(Time, Command)>(bytes, usize::MAX).is_ok(),
+        EntryKind::Noop | EntryKind::Config(_) => true,
+    })
+}
+
 impl Node for LeaderNode {
     type Message = LeaderMsg;
     type Config = ValidLeaderConfig;
@@ -417,6 +430,9 @@ impl Node for LeaderNode {
     fn handle_message(&mut self, now: Time, from: NodeId, msg: LeaderMsg) {
         self.now = self.now.max(now);
         match msg {
+            // A command that does not decode would panic when applied:
+            // refuse the whole append before it reaches the log.
+            LeaderMsg::Raft(m) if !commands_decode(&m) => {}
             LeaderMsg::Raft(m) => self.raft.step(self.now, from, m),
             LeaderMsg::Heartbeat {
                 capacity,

@@ -748,3 +748,47 @@ fn a_deposed_leader_never_acknowledges_a_batch_another_leader_wrote_at_its_index
     assert!(!d.contains_key(&TaskId(10)) && !d.contains_key(&TaskId(11)));
     assert!(d.contains_key(&TaskId(20)) && d.contains_key(&TaskId(21)));
 }
+
+#[test]
+fn an_append_carrying_a_command_that_does_not_decode_is_refused_not_applied() {
+    use cohort_leader::raft::{Entry, EntryKind, RaftMsg};
+    use cohort_leader::LeaderMsg;
+    let mut c = Cluster::new(7, 3, cfg());
+    let l = c.elect(3_000);
+    c.run_for(300);
+    let f = *c.members.iter().find(|&&n| n != l).expect("a follower");
+    let (term, last, last_term, commit) = {
+        let n = c.node(f);
+        let st = n.raft_status();
+        (
+            st.term,
+            n.raft_log().last_index(),
+            n.raft_log().last_term(),
+            st.commit,
+        )
+    };
+    let forged = LeaderMsg::Raft(RaftMsg::Append {
+        term,
+        prev_index: last,
+        prev_term: last_term,
+        entries: vec![Entry {
+            index: last + 1,
+            term,
+            kind: EntryKind::Command(vec![0xff; 7]),
+        }],
+        commit: last + 1,
+        read_seq: 0,
+    });
+    c.deliver_now(l, f, forged);
+    let node = c.node(f);
+    assert_eq!(node.raft_log().last_index(), last, "nothing appended");
+    assert_eq!(node.raft_status().commit, commit, "nothing committed");
+    // The cluster goes on: a task submitted now is acknowledged and runs.
+    assert!(c.submit_until_accepted(TaskId(1), task("echo", b"x"), 3_000));
+    c.run_for(2_000);
+    let states = c.check_history();
+    assert!(matches!(
+        states.get(&TaskId(1)),
+        Some(TaskState::Succeeded { .. })
+    ));
+}

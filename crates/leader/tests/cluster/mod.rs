@@ -398,6 +398,13 @@ impl Cluster {
         }
     }
 
+    /// Delivers `msg` from `from` to `to` at once, as if it came off the
+    /// wire (a forged or corrupt message, say).
+    pub fn deliver_now(&mut self, from: NodeId, to: NodeId, msg: LeaderMsg) {
+        let ev = Event::Deliver { from, to, msg };
+        self.dispatch(ev);
+    }
+
     fn push(&mut self, at: Time, ev: Event) {
         self.seq += 1;
         self.queue.insert((at, self.seq), ev);
