@@ -378,7 +378,7 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         .then(|| RetryBody {
             backoff_initial_ms: args.backoff_initial_ms,
             backoff_max_ms: args.backoff_max_ms,
-            non_retryable: args.non_retryable.clone(),
+            non_retryable: (!args.non_retryable.is_empty()).then(|| args.non_retryable.clone()),
         });
         let body = SubmitBody {
             id,

@@ -144,6 +144,7 @@ pub struct Settings {
     inputs_per_batch_max: Option<usize>,
     transport: cohort_runtime::config::TransportLimits,
     client: cohort_runtime::config::ClientLimits,
+    kinds: BTreeMap<String, cohort_runtime::config::KindPolicy>,
     leaderless: Option<toml::Table>,
 }
 
@@ -232,6 +233,7 @@ impl NodeArgs {
             inputs_per_batch_max: file.inputs_per_batch_max,
             transport: file.transport.unwrap_or_default(),
             client: file.client.unwrap_or_default(),
+            kinds: file.kinds.unwrap_or_default(),
             leaderless: file.leaderless,
         })
     }
@@ -350,6 +352,7 @@ pub fn validate(args: &Settings) -> anyhow::Result<Validated> {
     config.shutdown_grace_ms = args.shutdown_grace_ms;
     config.transport = args.transport.clone();
     config.client = args.client.clone();
+    config.kind_policies = args.kinds.clone();
     if let Some(n) = args.inputs_per_batch_max {
         config.inputs_per_batch_max = n;
     }
@@ -710,6 +713,39 @@ mod tests {
         );
         assert_eq!(v.config.client.list_page_max, 50);
         assert_eq!(v.config.inputs_per_batch_max, 64);
+        let v = validate(
+            &with("[kinds.sleep]\nmax_attempts = 7\nnon_retryable = [\"invalid_payload\"]\n")
+                .settings()
+                .unwrap(),
+        )
+        .unwrap();
+        let policy = &v.config.kind_policies["sleep"];
+        assert_eq!(policy.max_attempts, Some(7));
+        assert_eq!(policy.backoff_initial_ms, None, "left out: the default");
+        assert_eq!(
+            policy.non_retryable.as_deref(),
+            Some(&["invalid_payload".to_string()][..])
+        );
+        let e = validate(
+            &with("[kinds.sleep]\nmax_attempts = 0\n")
+                .settings()
+                .unwrap(),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            e.contains("kind \"sleep\": ") && e.contains("max_attempts"),
+            "{e}"
+        );
+        let e = with("[kinds.sleep]\nattempts = 2\n")
+            .settings()
+            .err()
+            .unwrap();
+        assert!(
+            format!("{e:#}").contains("unknown field `attempts`"),
+            "{e:#}"
+        );
         let e = validate(&with("[client]\nlist_page_max = 0\n").settings().unwrap())
             .err()
             .unwrap()

@@ -100,6 +100,33 @@ impl Default for ClientLimits {
     }
 }
 
+/// A task kind's retry policy: what a submit of the kind gets for each of
+/// these fields it leaves out (`[kinds.NAME]` in a `cohort node --config`
+/// file). A field the policy leaves out too gets the node-wide default. The
+/// resolved values are stored in the task when it is created (decided with
+/// it, by consensus), so a policy changed later applies to new submits only.
+/// Every node should carry the same policies: a client's resubmit of the
+/// same body to another node must resolve to the same task.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KindPolicy {
+    /// Attempts before the task fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// Backoff cap after the first failed attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_initial_ms: Option<u64>,
+    /// Largest backoff cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_max_ms: Option<u64>,
+    /// Error classes that fail the task at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub non_retryable: Option<Vec<String>>,
+}
+
+/// Most kinds given a [`KindPolicy`] on one node.
+pub const KIND_POLICIES_MAX: usize = 256;
+
 /// Authentication and encryption of a node; everything is off by default.
 #[derive(Clone, Debug, Default)]
 pub struct SecurityConfig {
@@ -166,6 +193,8 @@ pub struct NodeFile {
     pub transport: Option<TransportLimits>,
     /// The `[client]` table: client API limits.
     pub client: Option<ClientLimits>,
+    /// The `[kinds.NAME]` tables: each kind's retry policy.
+    pub kinds: Option<BTreeMap<String, KindPolicy>>,
     /// The `[leaderless]` table: the leaderless mode's settings, by the
     /// names of `cohort_leaderless::LeaderlessConfig` (checked where the
     /// mode is started, not here).
@@ -226,6 +255,9 @@ pub struct RuntimeConfig {
     /// task's history (each record is a decision of the cluster: a log
     /// entry, a Paxos round); beats in between only keep it alive.
     pub heartbeat_record_interval_ms: u64,
+    /// Retry policies by task kind, at most [`KIND_POLICIES_MAX`]; each
+    /// kind must have a handler on this node (checked at start).
+    pub kind_policies: BTreeMap<String, KindPolicy>,
 }
 
 /// Default of [`RuntimeConfig::heartbeat_record_interval_ms`].
@@ -254,6 +286,7 @@ impl RuntimeConfig {
             security: SecurityConfig::default(),
             audit: None,
             heartbeat_record_interval_ms: HEARTBEAT_RECORD_INTERVAL_MS_DEFAULT,
+            kind_policies: BTreeMap::new(),
         }
     }
 
@@ -326,6 +359,19 @@ impl RuntimeConfig {
         }
         if t.connect_backoff_ms_max < t.connect_backoff_ms_min {
             return bad("connect_backoff_ms_max must be >= connect_backoff_ms_min".into());
+        }
+        if self.kind_policies.len() > KIND_POLICIES_MAX {
+            return bad(format!(
+                "{} kind policies given; at most {KIND_POLICIES_MAX}",
+                self.kind_policies.len()
+            ));
+        }
+        for (kind, policy) in &self.kind_policies {
+            // The policy must resolve to a task the node would accept.
+            let task = crate::http::kind_policy_task(kind, policy);
+            if let Err(e) = self.peers.limits.check_task(&task) {
+                return bad(format!("kind {kind:?}: {e}"));
+            }
         }
         if u32::try_from(self.peers.limits.message_bytes_max).is_err() {
             return bad("message_bytes_max must fit a 32-bit frame length".into());

@@ -7,7 +7,7 @@
 //! | `GET /v1/tasks/{id}` | `200` task JSON; linearizable; `?stale=true` for a local read; `?wait=10s` long-polls until final (`ms`, `s`, `m`; a bare number is seconds) |
 //! | `GET /v1/tasks/{id}/events` | `200` task JSON with `"events": [{"at_ms", "event", "node"?, "epoch"?, "reason"?, "error"?}, ...]` (oldest first) and `"events_dropped"`; linearizable; `?stale=true` for a local read |
 //! | `DELETE /v1/tasks/{id}` | `200` task JSON after cancelling |
-//! | `GET /v1/cluster` | cluster id, mode, this node, members with addresses and link state, task kinds |
+//! | `GET /v1/cluster` | cluster id, mode, this node, members with addresses and link state, task kinds and their retry policies |
 //! | `GET /v1/ring` | `200 {"node", "epoch", "members": [...], "in_flight": null \| {"op", "node"}}`: the ring this node knows (leaderless mode; `404 not_supported` in the others) |
 //! | `POST /v1/ring/members/{node}` | asks this node to propose that the configured member `node` joins the ring: `202` with the ring and `"reflected": false` once started, `200` with `"reflected": true` when the ring reflects it; `?wait=10s` waits for that (at most `wait_ms_max`) |
 //! | `DELETE /v1/ring/members/{node}` | the same for removing `node` from the ring |
@@ -57,7 +57,7 @@
 //! `Retry-After`). A `timeout` on submit means the outcome is unknown:
 //! retry with the same id.
 
-use crate::config::RuntimeConfig;
+use crate::config::{KindPolicy, RuntimeConfig};
 use crate::driver::Control;
 use crate::handlers::Registry;
 use crate::metrics::Metrics;
@@ -83,6 +83,7 @@ use cohort_core::{
 use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
@@ -471,26 +472,57 @@ pub struct RetryBody {
     #[serde(default)]
     pub backoff_max_ms: Option<u64>,
     /// Error classes (the `class` of a `class: message` error) that fail
-    /// the task at once.
-    #[serde(default)]
-    pub non_retryable: Vec<String>,
+    /// the task at once. Absent: the kind's policy, else none; `[]`: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub non_retryable: Option<Vec<String>>,
 }
 
 impl RetryBody {
-    /// The policy, with defaults for what is left out.
-    pub fn policy(body: Option<&RetryBody>) -> RetryPolicy {
+    /// The policy: what the body leaves out comes from the kind's policy,
+    /// and what that leaves out from the node-wide defaults.
+    pub fn policy(body: Option<&RetryBody>, kind: Option<&KindPolicy>) -> RetryPolicy {
         let body = body.cloned().unwrap_or_default();
+        let kind = kind.cloned().unwrap_or_default();
         let initial = body
             .backoff_initial_ms
+            .or(kind.backoff_initial_ms)
             .unwrap_or(TASK_BACKOFF_INITIAL_MS_DEFAULT);
         let max = body
             .backoff_max_ms
+            .or(kind.backoff_max_ms)
             .unwrap_or(TASK_BACKOFF_MAX_MS_DEFAULT.max(initial));
         RetryPolicy {
             backoff_initial_ms: initial,
             backoff_max_ms: max,
-            non_retryable: body.non_retryable,
+            non_retryable: body
+                .non_retryable
+                .or(kind.non_retryable)
+                .unwrap_or_default(),
         }
+    }
+}
+
+/// What a submit of `kind` that leaves out every policy field resolves to
+/// under `policy` (checked against the limits when a node starts).
+pub fn kind_policy_task(kind: &str, policy: &KindPolicy) -> Task {
+    let mut policies = BTreeMap::new();
+    policies.insert(kind.to_string(), policy.clone());
+    let body = SubmitBody {
+        id: None,
+        kind: kind.to_string(),
+        payload: None,
+        payload_base64: None,
+        timeout_ms: None,
+        max_attempts: None,
+        not_before_ms: None,
+        retry: None,
+        schedule_to_start_ms: None,
+        priority: None,
+        heartbeat_timeout_ms: None,
+    };
+    match submit_task(body, &policies) {
+        Ok((_, task)) => task,
+        Err(_) => unreachable!("a body without payload or times decodes"),
     }
 }
 
@@ -513,7 +545,7 @@ fn parse_id(s: &str) -> Result<TaskId, ApiError> {
 
 /// Decodes a submit body into the optional client id and the task (before
 /// limits and kinds are checked).
-fn decode_submit(body: &[u8]) -> Result<(Option<TaskId>, Task), ApiError> {
+fn decode_submit(body: &[u8], policies: &KindPolicies) -> Result<(Option<TaskId>, Task), ApiError> {
     let req: SubmitBody = serde_json::from_slice(body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -521,7 +553,7 @@ fn decode_submit(body: &[u8]) -> Result<(Option<TaskId>, Task), ApiError> {
             format!("bad JSON: {e}"),
         )
     })?;
-    submit_task(req)
+    submit_task(req, policies)
 }
 
 /// The body of `POST /v1/tasks:batch`.
@@ -533,7 +565,10 @@ pub struct BatchBody {
 }
 
 /// Decodes a batch body; a bad task is refused with its `index`.
-fn decode_batch(body: &[u8]) -> Result<Vec<(Option<TaskId>, Task)>, ApiError> {
+fn decode_batch(
+    body: &[u8],
+    policies: &KindPolicies,
+) -> Result<Vec<(Option<TaskId>, Task)>, ApiError> {
     let malformed = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "malformed", m);
     let batch: BatchBody = match serde_json::from_slice(body) {
         Ok(b) => b,
@@ -560,7 +595,7 @@ fn decode_batch(body: &[u8]) -> Result<Vec<(Option<TaskId>, Task)>, ApiError> {
         .into_iter()
         .enumerate()
         .map(|(index, t)| {
-            submit_task(t).map_err(|e| {
+            submit_task(t, policies).map_err(|e| {
                 let message = format!("batch task {index}: {}", e.message);
                 ApiError { message, ..e }.with("index", json!(index))
             })
@@ -571,12 +606,21 @@ fn decode_batch(body: &[u8]) -> Result<Vec<(Option<TaskId>, Task)>, ApiError> {
 /// [`decode_batch`] for fuzzing and tests: the error is the message a
 /// client would get in a `400`.
 pub fn parse_batch(body: &[u8]) -> Result<Vec<(Option<TaskId>, Task)>, String> {
-    decode_batch(body).map_err(|e| format!("{} {}: {}", e.status.as_u16(), e.code, e.message))
+    decode_batch(body, &KindPolicies::new())
+        .map_err(|e| format!("{} {}: {}", e.status.as_u16(), e.code, e.message))
 }
 
+/// Retry policies by kind (see [`KindPolicy`]).
+type KindPolicies = BTreeMap<String, KindPolicy>;
+
 /// A decoded submit body: the optional client id and the task (before
-/// limits and kinds are checked).
-fn submit_task(req: SubmitBody) -> Result<(Option<TaskId>, Task), ApiError> {
+/// limits and kinds are checked), what it leaves out filled in from its
+/// kind's policy and the defaults.
+fn submit_task(
+    req: SubmitBody,
+    policies: &KindPolicies,
+) -> Result<(Option<TaskId>, Task), ApiError> {
+    let policy = policies.get(&req.kind);
     let payload = match (req.payload, req.payload_base64) {
         (Some(_), Some(_)) => {
             return Err(ApiError::new(
@@ -602,9 +646,12 @@ fn submit_task(req: SubmitBody) -> Result<(Option<TaskId>, Task), ApiError> {
         kind: req.kind,
         payload,
         timeout_ms: req.timeout_ms.unwrap_or(TASK_TIMEOUT_MS_DEFAULT),
-        max_attempts: req.max_attempts.unwrap_or(TASK_ATTEMPTS_DEFAULT),
+        max_attempts: req
+            .max_attempts
+            .or(policy.and_then(|p| p.max_attempts))
+            .unwrap_or(TASK_ATTEMPTS_DEFAULT),
         not_before: not_before(req.not_before_ms)?,
-        retry: RetryBody::policy(req.retry.as_ref()),
+        retry: RetryBody::policy(req.retry.as_ref(), policy),
         schedule_to_start_ms: req.schedule_to_start_ms.unwrap_or(0),
         priority: req.priority.unwrap_or(0),
         heartbeat_timeout_ms: req.heartbeat_timeout_ms.unwrap_or(0),
@@ -626,7 +673,8 @@ fn not_before(ms: Option<u64>) -> Result<Time, ApiError> {
 /// [`decode_submit`] for fuzzing and tests: the error is the message a
 /// client would get in a `400`.
 pub fn parse_submit(body: &[u8]) -> Result<(Option<TaskId>, Task), String> {
-    decode_submit(body).map_err(|e| format!("{} {}: {}", e.status.as_u16(), e.code, e.message))
+    decode_submit(body, &KindPolicies::new())
+        .map_err(|e| format!("{} {}: {}", e.status.as_u16(), e.code, e.message))
 }
 
 /// Largest request body read: a payload at the limit, base64-encoded, and
@@ -816,7 +864,7 @@ async fn submit(
     body: Body,
 ) -> Result<Response, ApiError> {
     let body = read_submit_body(&api.config, body).await?;
-    let (id, task) = decode_submit(&body)?;
+    let (id, task) = decode_submit(&body, &api.config.kind_policies)?;
     let dedupe = dedupe_key(&headers, id)?;
     let id = keyed_id(&headers, id)?;
     api.config
@@ -948,7 +996,7 @@ fn unknown_kind(api: &Api, kind: &str) -> ApiError {
 async fn submit_batch(State(api): State<Arc<Api>>, body: Body) -> Result<Response, ApiError> {
     const PATH: &str = "/v1/tasks:batch";
     let body = read_submit_body(&api.config, body).await?;
-    let items = decode_batch(&body)?;
+    let items = decode_batch(&body, &api.config.kind_policies)?;
     let tasks: Vec<(TaskId, Task)> = {
         let mut rng = api.id_rng.lock().expect("id rng lock");
         items
@@ -1388,6 +1436,7 @@ async fn cluster(State(api): State<Arc<Api>>) -> Response {
         "capacity_tasks": c.peers.capacity_tasks,
         "members": members,
         "kinds": api.registry.kinds(),
+        "kind_policies": api.config.kind_policies,
     }))
     .into_response()
 }
@@ -1679,7 +1728,11 @@ fn invalid_schedule(message: impl Into<String>) -> ApiError {
 }
 
 /// A schedule body, checked (but for its task's size and kind).
-fn decode_schedule(body: ScheduleBody, link_attempts: u32) -> Result<Schedule, ApiError> {
+fn decode_schedule(
+    body: ScheduleBody,
+    link_attempts: u32,
+    policies: &KindPolicies,
+) -> Result<Schedule, ApiError> {
     let name = ScheduleName::new(&body.name).map_err(|e| invalid_schedule(e.to_string()))?;
     let spec = match (body.every_ms, body.cron, body.start_ms) {
         (Some(every_ms), None, start_ms) => Spec::Every {
@@ -1707,7 +1760,7 @@ fn decode_schedule(body: ScheduleBody, link_attempts: u32) -> Result<Schedule, A
             "a schedule's task has no id or not_before_ms: each tick sets them",
         ));
     }
-    let (_, task) = submit_task(body.task)?;
+    let (_, task) = submit_task(body.task, policies)?;
     if task.kind == SCHEDULE_KIND {
         return Err(reserved_kind());
     }
@@ -1733,7 +1786,7 @@ pub fn parse_schedule(body: &[u8], link_attempts: u32) -> Result<Schedule, Strin
     serde_json::from_slice::<ScheduleBody>(body)
         .map_err(|e| format!("400 malformed: bad JSON: {e}"))
         .and_then(|b| {
-            decode_schedule(b, link_attempts)
+            decode_schedule(b, link_attempts, &KindPolicies::new())
                 .map_err(|e| format!("{} {}: {}", e.status.as_u16(), e.code, e.message))
         })
 }
@@ -1806,7 +1859,7 @@ async fn schedule_create(State(api): State<Arc<Api>>, body: Body) -> Result<Resp
         )
     })?;
     let limits = &api.config.peers.limits;
-    let schedule = decode_schedule(body, limits.attempts_max)?;
+    let schedule = decode_schedule(body, limits.attempts_max, &api.config.kind_policies)?;
     limits
         .check_task(&schedule.firing(0))
         .map_err(|e| api.client_error(e, PATH))?;
@@ -1909,8 +1962,9 @@ async fn schedule_get(
 fn definition_of(name: &ScheduleName, d: &serde_json::Value) -> Option<Schedule> {
     let mut body: ScheduleBody = serde_json::from_value(d.clone()).ok()?;
     body.name = name.as_str().to_string();
-    // Only its ticks are used: the links' attempts do not matter here.
-    decode_schedule(body, 1).ok()
+    // Only its ticks are used: the links' attempts and the task's
+    // policy do not matter here.
+    decode_schedule(body, 1, &KindPolicies::new()).ok()
 }
 
 /// `DELETE /v1/schedules/{name}`: writes the tombstone every link reads

@@ -260,6 +260,16 @@ pub async fn start<N: Node + Send + 'static>(
     listeners: Listeners,
 ) -> Result<RunningNode, RuntimeError> {
     config.validate()?;
+    if let Some(kind) = config
+        .kind_policies
+        .keys()
+        .find(|k| options.registry.get(k).is_none())
+    {
+        return Err(RuntimeError::Config(format!(
+            "a retry policy is given for kind {kind:?}, which has no handler here (kinds: {})",
+            options.registry.kinds().join(", ")
+        )));
+    }
     tls::install_default_provider();
     let config = Arc::new(config);
     let id = config.peers.id;

@@ -127,7 +127,7 @@ async fn heartbeats_keep_report_and_cancel(
         retry: Some(RetryBody {
             backoff_initial_ms: Some(10),
             backoff_max_ms: Some(10),
-            non_retryable: vec![],
+            non_retryable: None,
         }),
         ..echo("")
     };

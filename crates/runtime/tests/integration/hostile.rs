@@ -661,7 +661,7 @@ impl AckedWorkload {
                         timeout_ms: cohort_runtime::http::TASK_TIMEOUT_MS_DEFAULT,
                         max_attempts: cohort_runtime::http::TASK_ATTEMPTS_DEFAULT,
                         not_before: cohort_core::Time::ZERO,
-                        retry: cohort_runtime::http::RetryBody::policy(None),
+                        retry: cohort_runtime::http::RetryBody::policy(None, None),
                         schedule_to_start_ms: 0,
                         priority: 0,
                         heartbeat_timeout_ms: 0,

@@ -14,6 +14,7 @@ mod fuzz_corpus;
 mod heartbeats;
 mod hostile;
 mod idempotency;
+mod kind_policy;
 mod leader_mode;
 mod leaderless_mode;
 mod manual_retry;

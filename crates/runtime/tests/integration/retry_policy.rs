@@ -55,7 +55,7 @@ async fn policies_are_kept(nodes: &[RunningNode]) {
     let backoff = RetryBody {
         backoff_initial_ms: Some(400),
         backoff_max_ms: Some(400),
-        non_retryable: vec![],
+        non_retryable: None,
     };
     let id = submit(&client, &failing(2, backoff)).await;
     let v = finished(&client, &id).await;
@@ -88,7 +88,7 @@ async fn policies_are_kept(nodes: &[RunningNode]) {
 
     // A non-retryable class fails the task at once, attempts left or not.
     let fatal = RetryBody {
-        non_retryable: vec!["invalid_payload".into()],
+        non_retryable: Some(vec!["invalid_payload".into()]),
         ..RetryBody::default()
     };
     let id = submit(&client, &failing(5, fatal)).await;
@@ -100,7 +100,7 @@ async fn policies_are_kept(nodes: &[RunningNode]) {
     for (retry, says) in [
         (
             RetryBody {
-                non_retryable: vec!["Not A Class".into()],
+                non_retryable: Some(vec!["Not A Class".into()]),
                 ..RetryBody::default()
             },
             "non_retryable",
