@@ -770,6 +770,15 @@ fn cohort_schedule_creates_fires_shows_and_deletes_a_schedule() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let listed = schedule_ok(&["schedule", "list", "--node", &l.http[1]]);
+    let row = listed
+        .lines()
+        .find(|r| r.starts_with("ticker "))
+        .unwrap_or_else(|| panic!("ticker not listed: {listed}"));
+    assert!(
+        row.contains(" started ") && row.contains(" 200ms "),
+        "{listed}"
+    );
     let said = schedule_ok(&["schedule", "delete", "ticker", "--node", &l.http[2]]);
     assert!(said.contains("schedule ticker deleted"), "{said}");
     let v: serde_json::Value = serde_json::from_str(&schedule_ok(&[
@@ -777,4 +786,11 @@ fn cohort_schedule_creates_fires_shows_and_deletes_a_schedule() {
     ]))
     .unwrap();
     assert_eq!(v["deleted"], true, "{v}");
+    let listed = schedule_ok(&["schedule", "list", "--node", &l.http[0]]);
+    assert!(
+        listed
+            .lines()
+            .any(|r| r.starts_with("ticker ") && r.contains(" deleted ")),
+        "{listed}"
+    );
 }

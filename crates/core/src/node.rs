@@ -73,7 +73,8 @@ pub trait Node: Sized {
     /// This node's id.
     fn id(&self) -> NodeId;
 
-    /// Visits the tasks this node holds, in ascending id order, starting
+    /// Visits the tasks this node holds (each with what was submitted and
+    /// its state), in ascending id order, starting
     /// strictly after `after`, until `visit` returns false. What a node
     /// holds depends on the mode (every applied task in leader mode, the
     /// records it replicates in leaderless mode); the states are this
@@ -82,7 +83,7 @@ pub trait Node: Sized {
     fn visit_tasks(
         &self,
         after: Option<TaskId>,
-        visit: &mut dyn FnMut(TaskId, &TaskState) -> bool,
+        visit: &mut dyn FnMut(TaskId, &Task, &TaskState) -> bool,
     ) {
         let _ = (after, visit);
     }

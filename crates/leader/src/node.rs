@@ -560,10 +560,10 @@ impl Node for LeaderNode {
     fn visit_tasks(
         &self,
         after: Option<TaskId>,
-        visit: &mut dyn FnMut(TaskId, &cohort_core::TaskState) -> bool,
+        visit: &mut dyn FnMut(TaskId, &Task, &cohort_core::TaskState) -> bool,
     ) {
         for (id, rec) in self.sm.tasks_after(after) {
-            if !visit(*id, &rec.state) {
+            if !visit(*id, &rec.task, &rec.state) {
                 break;
             }
         }

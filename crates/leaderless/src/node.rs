@@ -2325,12 +2325,12 @@ impl Node for LeaderlessNode {
     fn visit_tasks(
         &self,
         after: Option<TaskId>,
-        visit: &mut dyn FnMut(TaskId, &cohort_core::TaskState) -> bool,
+        visit: &mut dyn FnMut(TaskId, &Task, &cohort_core::TaskState) -> bool,
     ) {
         use std::ops::Bound;
         let from = after.map_or(Bound::Unbounded, Bound::Excluded);
         for (id, rec) in self.records.range((from, Bound::Unbounded)) {
-            if !visit(*id, &rec.value.state) {
+            if !visit(*id, &rec.header.task, &rec.value.state) {
                 break;
             }
         }

@@ -131,6 +131,33 @@ pub struct ScheduleView {
     pub next_firing_id: Option<String>,
 }
 
+/// One page of `GET /v1/schedules`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SchedulePageView {
+    /// The node that answered.
+    pub node: u64,
+    /// Whether its view covers every schedule of the cluster.
+    pub complete: bool,
+    /// The schedules, ascending by definition id.
+    pub schedules: Vec<ScheduleView>,
+    /// The `after` of the next page, if there may be more.
+    #[serde(default)]
+    pub next: Option<String>,
+}
+
+/// Every schedule of the cluster, merged from every member's view where
+/// one node's is not complete.
+#[derive(Clone, Debug, Default)]
+pub struct ScheduleListing {
+    /// The schedules, by name, each once.
+    pub schedules: Vec<ScheduleView>,
+    /// Members that could not be listed.
+    pub unreachable: Vec<(u64, String)>,
+    /// Whether `schedules` stopped at the caller's limit or at
+    /// `LIST_PAGES_READ_MAX` pages of one node.
+    pub truncated: bool,
+}
+
 /// One page of `GET /v1/tasks`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TaskPageView {
@@ -607,6 +634,74 @@ impl Client {
         let url = format!("{}/v1/schedules/{name}", self.base);
         let r = self.send(reqwest::Method::GET, url, None).await?;
         Self::decode(r).await
+    }
+
+    /// `GET /v1/schedules`: one page of the schedules this node holds.
+    pub async fn schedule_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<SchedulePageView, CallError> {
+        let mut url = format!("{}/v1/schedules?limit={limit}", self.base);
+        if let Some(a) = after {
+            url.push_str(&format!("&after={a}"));
+        }
+        let r = self.send(reqwest::Method::GET, url, None).await?;
+        Self::decode(r).await
+    }
+
+    /// Every schedule of the cluster, up to `max`. Where the asked node's
+    /// view is not complete (leaderless mode), every member listed by `GET
+    /// /v1/cluster` is listed and the views merged by name (each view is
+    /// read linearizably, so any member's is current).
+    pub async fn schedules(&self, max: usize) -> Result<ScheduleListing, CallError> {
+        const PAGE: usize = 100;
+        let first = self.schedule_page(None, PAGE).await?;
+        let mut sources = vec![(first.node, self.clone(), Some(first))];
+        if !sources[0].2.as_ref().is_some_and(|p| p.complete) {
+            let cluster = self.cluster().await?;
+            for m in cluster["members"].as_array().into_iter().flatten() {
+                let (Some(id), Some(addr)) = (m["id"].as_u64(), m["http_addr"].as_str()) else {
+                    continue;
+                };
+                if id != sources[0].0 {
+                    sources.push((id, self.at(addr), None));
+                }
+            }
+        }
+        let mut merged: std::collections::BTreeMap<String, ScheduleView> = Default::default();
+        let mut listing = ScheduleListing::default();
+        for (node, client, mut page) in sources {
+            let mut after: Option<String> = None;
+            let mut read = 0usize;
+            loop {
+                let p = match page.take() {
+                    Some(p) => p,
+                    None => match client.schedule_page(after.as_deref(), PAGE).await {
+                        Ok(p) => p,
+                        Err(e) => {
+                            listing.unreachable.push((node, e.to_string()));
+                            break;
+                        }
+                    },
+                };
+                for v in p.schedules {
+                    merged.entry(v.name.clone()).or_insert(v);
+                }
+                read += 1;
+                match p.next {
+                    Some(n) if read < LIST_PAGES_READ_MAX => after = Some(n),
+                    Some(_) => {
+                        listing.truncated = true;
+                        break;
+                    }
+                    None => break,
+                }
+            }
+        }
+        listing.truncated |= merged.len() > max;
+        listing.schedules = merged.into_values().take(max).collect();
+        Ok(listing)
     }
 
     /// `DELETE /v1/schedules/{name}`: no tick fires once a link has read

@@ -89,6 +89,16 @@ pub enum Control {
         /// Where to send the page.
         reply: oneshot::Sender<TaskPage>,
     },
+    /// List the schedule definitions the node holds (tasks of the
+    /// reserved kind whose payload is a definition).
+    Schedules {
+        /// Start strictly after this id.
+        after: Option<TaskId>,
+        /// Most definitions in the page.
+        limit: usize,
+        /// Where to send the page.
+        reply: oneshot::Sender<SchedulePage>,
+    },
     /// Count the tasks the node holds by state, and read its protocol
     /// counters (for `/metrics`).
     Inspect {
@@ -154,6 +164,15 @@ pub const LIST_SCAN_MAX: usize = 100_000;
 pub struct TaskPage {
     /// The tasks, ascending by id.
     pub tasks: Vec<(TaskId, cohort_core::TaskState)>,
+    /// Where the next page starts (`after`), if there may be more.
+    pub next: Option<TaskId>,
+}
+
+/// A page of a schedule listing.
+#[derive(Debug, Default)]
+pub struct SchedulePage {
+    /// The definitions, ascending by their task's id.
+    pub schedules: Vec<cohort_core::schedule::Schedule>,
     /// Where the next page starts (`after`), if there may be more.
     pub next: Option<TaskId>,
 }
@@ -343,7 +362,7 @@ impl<N: Node + Send + 'static> EventLoop<N> {
                 let mut page = TaskPage::default();
                 let mut scanned = 0usize;
                 let mut last_scanned = None;
-                self.node.visit_tasks(after, &mut |id, s| {
+                self.node.visit_tasks(after, &mut |id, _, s| {
                     if scanned == LIST_SCAN_MAX {
                         // A sparse filter must not hold the event loop for
                         // a whole scan: the client continues from here.
@@ -365,9 +384,46 @@ impl<N: Node + Send + 'static> EventLoop<N> {
                 });
                 let _ = reply.send(page);
             }
+            Control::Schedules {
+                after,
+                limit,
+                reply,
+            } => {
+                use cohort_core::schedule::{IdTag, SchedulePayload, SCHEDULE_KIND};
+                let mut page = SchedulePage::default();
+                let mut scanned = 0usize;
+                let mut last_scanned = None;
+                let payload_max = self.config.peers.limits.payload_bytes_max;
+                self.node.visit_tasks(after, &mut |id, task, _| {
+                    if scanned == LIST_SCAN_MAX {
+                        page.next = last_scanned;
+                        return false;
+                    }
+                    scanned += 1;
+                    last_scanned = Some(id);
+                    if task.kind != SCHEDULE_KIND {
+                        return true;
+                    }
+                    let Ok(SchedulePayload::Spec(schedule)) =
+                        cohort_core::decode::<SchedulePayload>(&task.payload, payload_max)
+                    else {
+                        return true;
+                    };
+                    if schedule.name.task_id(IdTag::Spec) != id {
+                        return true; // not where its name puts it: not a definition
+                    }
+                    if page.schedules.len() == limit {
+                        page.next = page.schedules.last().map(|s| s.name.task_id(IdTag::Spec));
+                        return false;
+                    }
+                    page.schedules.push(schedule);
+                    true
+                });
+                let _ = reply.send(page);
+            }
             Control::Inspect { reply } => {
                 let mut tasks_by_state = BTreeMap::new();
-                self.node.visit_tasks(None, &mut |_, s| {
+                self.node.visit_tasks(None, &mut |_, _, s| {
                     *tasks_by_state.entry(s.name()).or_insert(0) += 1;
                     true
                 });

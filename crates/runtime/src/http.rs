@@ -16,6 +16,7 @@
 //! | `POST /v1/schedules` | stores a schedule (`{name, every_ms? \| cron?, start_ms?, overlap?, catch_up_window_ms?, task}`): `201 {"name", "id", "node"}`; see [`cohort_core::schedule`] and docs/RUNTIME.md |
 //! | `GET /v1/schedules/{name}` | `200 {"name", "id", "deleted", "started", "definition"?, "first_tick_ms"?, "next_tick_ms"?, "next_firing_id"?}` |
 //! | `DELETE /v1/schedules/{name}` | `200 {"name", "deleted": true}` once its tombstone is durable |
+//! | `GET /v1/schedules?after=&limit=` | `200 {"node", "role", "complete", "schedules": [...], "next"}`: the definitions this node holds, each as `GET /v1/schedules/{name}` shows it |
 //! | `POST /v1/internal/client` | (admin) a postcard `ClientRequest` handed to the core, answered with the postcard result: where a schedule link on a non-deciding node forwards to |
 //! | `GET /v1/health` | `200 {"status": "ok", ...}` |
 //! | `GET /v1/openapi.json` | the OpenAPI 3 document of this API (`crates/runtime/openapi.json`) |
@@ -131,7 +132,10 @@ pub(crate) fn router(api: Arc<Api>) -> Router {
             axum::routing::post(ring_join).delete(ring_remove),
         )
         .route("/v1/drain", get(drain_status).post(drain))
-        .route("/v1/schedules", axum::routing::post(schedule_create))
+        .route(
+            "/v1/schedules",
+            axum::routing::post(schedule_create).get(schedule_list),
+        )
         .route(
             "/v1/schedules/{name}",
             get(schedule_get).delete(schedule_delete),
@@ -1385,23 +1389,26 @@ async fn list_tasks(
         })
         .await?;
     let status = api.read_core(|reply| Control::Status { reply }).await?;
-    // Whether this node's view covers every task of the cluster: in leader
-    // mode every node applies every task (a follower may lag the leader);
-    // the static coordinator holds them all; a leaderless node holds only
-    // the tasks it replicates, so a full listing merges every member's.
-    let complete = match api.config.mode.as_str() {
-        "leaderless" => false,
-        "static" => status.role == "coordinator",
-        _ => true,
-    };
     Ok(Json(json!({
         "node": api.config.peers.id.0,
         "role": status.role,
-        "complete": complete,
+        "complete": view_is_complete(&api.config.mode, status.role),
         "tasks": page.tasks.iter().map(|(id, s)| state_json(*id, s)).collect::<Vec<_>>(),
         "next": page.next.map(|n| n.to_string()),
     }))
     .into_response())
+}
+
+/// Whether a node's view covers every task of the cluster: in leader mode
+/// every node applies every task (a follower may lag the leader); the
+/// static coordinator holds them all; a leaderless node holds only the
+/// tasks it replicates, so a full listing merges every member's.
+fn view_is_complete(mode: &str, role: &str) -> bool {
+    match mode {
+        "leaderless" => false,
+        "static" => role == "coordinator",
+        _ => true,
+    }
 }
 
 async fn cluster(State(api): State<Arc<Api>>) -> Response {
@@ -1926,14 +1933,27 @@ async fn schedule_get(
 ) -> Result<Response, ApiError> {
     let name = parse_schedule_name(&name)?;
     let path = format!("/v1/schedules/{}", name.as_str());
-    let Some(state) = read_schedule_task(&api, name.task_id(IdTag::Spec), &path).await? else {
-        return Err(ApiError::new(
+    match schedule_view(&api, &name, &path).await? {
+        Some(v) => Ok(Json(v).into_response()),
+        None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("no schedule {:?}", name.as_str()),
-        ));
+        )),
+    }
+}
+
+/// A schedule as `GET /v1/schedules/{name}` shows it, from linearizable
+/// reads of its definition and tombstone; `None` if it has no definition.
+async fn schedule_view(
+    api: &Api,
+    name: &ScheduleName,
+    path: &str,
+) -> Result<Option<serde_json::Value>, ApiError> {
+    let Some(state) = read_schedule_task(api, name.task_id(IdTag::Spec), path).await? else {
+        return Ok(None);
     };
-    let deleted = read_schedule_task(&api, name.task_id(IdTag::Deleted), &path)
+    let deleted = read_schedule_task(api, name.task_id(IdTag::Deleted), path)
         .await?
         .is_some();
     let mut v = json!({
@@ -1948,14 +1968,70 @@ async fn schedule_get(
             v["first_tick_ms"] = started["first_tick_ms"].clone();
         }
     }
-    if let Some(schedule) = v.get("definition").and_then(|d| definition_of(&name, d)) {
+    if let Some(schedule) = v.get("definition").and_then(|d| definition_of(name, d)) {
         if !deleted {
             let next = schedule.spec.next_after(crate::schedule::unix_ms_now());
             v["next_tick_ms"] = json!(next);
             v["next_firing_id"] = json!(next.map(|t| name.task_id(IdTag::Fire(t)).to_string()));
         }
     }
-    Ok(Json(v).into_response())
+    Ok(Some(v))
+}
+
+/// Query of `GET /v1/schedules`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleListQuery {
+    /// Start strictly after this definition id (the previous page's `next`).
+    pub after: Option<String>,
+    /// Most schedules in the page (default 100, at most `list_page_max`).
+    pub limit: Option<usize>,
+}
+
+/// `GET /v1/schedules`: the schedules whose definitions this node holds,
+/// each as `GET /v1/schedules/{name}` shows it (so each costs two
+/// linearizable reads). Like `GET /v1/tasks`, `complete` says whether this
+/// node's view covers the cluster (not in leaderless mode: merge every
+/// member's, as `Client::schedules` does).
+async fn schedule_list(
+    State(api): State<Arc<Api>>,
+    q: Result<Query<ScheduleListQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "malformed", m);
+    let Query(q) = q.map_err(|e| bad(e.body_text()))?;
+    let after = q.after.as_deref().map(parse_id).transpose()?;
+    let max = api.config.client.list_page_max;
+    let limit = q.limit.unwrap_or(LIST_PAGE_DEFAULT.min(max));
+    if limit == 0 || limit > max {
+        return Err(bad(format!("limit must be 1..={max}")));
+    }
+    let page = api
+        .read_core(|reply| Control::Schedules {
+            after,
+            limit,
+            reply,
+        })
+        .await?;
+    let status = api.read_core(|reply| Control::Status { reply }).await?;
+    // Where a redirect to the node that answers reads points: this page.
+    let mut path = format!("/v1/schedules?limit={limit}");
+    if let Some(a) = after {
+        path.push_str(&format!("&after={a}"));
+    }
+    let mut schedules = Vec::with_capacity(page.schedules.len());
+    for schedule in &page.schedules {
+        if let Some(v) = schedule_view(&api, &schedule.name, &path).await? {
+            schedules.push(v);
+        }
+    }
+    Ok(Json(json!({
+        "node": api.config.peers.id.0,
+        "role": status.role,
+        "complete": view_is_complete(&api.config.mode, status.role),
+        "schedules": schedules,
+        "next": page.next.map(|n| n.to_string()),
+    }))
+    .into_response())
 }
 
 /// The schedule a definition's JSON (as [`schedule_json`] writes it) names.

@@ -87,12 +87,12 @@ impl Coordinator {
     pub fn visit_tasks(
         &self,
         after: Option<TaskId>,
-        visit: &mut dyn FnMut(TaskId, &TaskState) -> bool,
+        visit: &mut dyn FnMut(TaskId, &Task, &TaskState) -> bool,
     ) {
         use std::ops::Bound;
         let from = after.map_or(Bound::Unbounded, Bound::Excluded);
         for (id, rec) in self.tasks.range((from, Bound::Unbounded)) {
-            if !visit(*id, &rec.state) {
+            if !visit(*id, &rec.task, &rec.state) {
                 break;
             }
         }

@@ -200,7 +200,7 @@ impl Node for StaticNode {
     fn visit_tasks(
         &self,
         after: Option<TaskId>,
-        visit: &mut dyn FnMut(TaskId, &cohort_core::TaskState) -> bool,
+        visit: &mut dyn FnMut(TaskId, &cohort_core::Task, &cohort_core::TaskState) -> bool,
     ) {
         if let Some(c) = &self.coordinator {
             c.visit_tasks(after, visit);

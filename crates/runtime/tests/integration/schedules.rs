@@ -251,9 +251,33 @@ async fn schedules_fire_once_per_tick(nodes: &[RunningNode]) {
     wait_fired(&client, "skip", firsts[0], 2).await;
     wait_fired(&client, "buffer", firsts[1], 2).await;
     wait_fired(&client, "allow", firsts[2], 5).await;
+    // The listing names every schedule once, from any node.
+    let names = |l: &cohort_runtime::client::ScheduleListing| -> Vec<String> {
+        l.schedules.iter().map(|v| v.name.clone()).collect()
+    };
+    let all_names = ["allow", "buffer", "each-tick", "skip"];
+    let listed = elsewhere.schedules(100).await.unwrap();
+    assert_eq!(names(&listed), all_names, "{listed:?}");
+    assert!(listed.unreachable.is_empty() && !listed.truncated);
+    for v in &listed.schedules {
+        assert!(v.started && !v.deleted && v.next_tick_ms.is_some(), "{v:?}");
+        assert!(v.definition.is_some(), "{v:?}");
+    }
+    let short = client.schedules(2).await.unwrap();
+    assert_eq!(names(&short), all_names[..2], "{short:?}");
+    assert!(short.truncated);
     for b in [&each, &skip, &buffer, &allow] {
         elsewhere.schedule_delete(&b.name).await.unwrap();
     }
+    let listed = client.schedules(100).await.unwrap();
+    assert_eq!(names(&listed), all_names, "{listed:?}");
+    assert!(
+        listed
+            .schedules
+            .iter()
+            .all(|v| v.deleted && v.next_tick_ms.is_none()),
+        "{listed:?}"
+    );
     let deleted_at = unix_ms_now();
     let view = client.schedule_get("each-tick").await.unwrap();
     assert!(view.deleted && view.next_tick_ms.is_none(), "{view:?}");
