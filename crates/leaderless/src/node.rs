@@ -134,6 +134,11 @@ pub struct LeaderlessNode {
     /// Clients whose linearizable read waits for this node's proposal on
     /// the task to end.
     read_waiters: BTreeMap<TaskId, Vec<(RequestId, Time)>>,
+    /// Clients whose linearizable read found the task in doubt while this
+    /// node ran another proposal for it: read again once that one ends.
+    reread_waiters: BTreeMap<TaskId, Vec<(RequestId, Time)>>,
+    /// Reads put into `reread_waiters`, ever (a counter).
+    reads_again: u64,
     /// Messages to this node itself, handled before the input returns.
     loopback: VecDeque<LeaderlessMessage>,
     /// Claims this node started for tasks whose preferred live replica was
@@ -651,6 +656,19 @@ impl LeaderlessNode {
                             .or_default()
                             .push((request, deadline));
                     }
+                    // This node's own proposal for the task is under way
+                    // (a claim, a result): a read that ends with it may
+                    // not be linearizable (it may have been chosen, and
+                    // overtaken, before this read began), so read again
+                    // once it ends instead of refusing the client.
+                    Err(StartError::Busy) => {
+                        self.reads_again += 1;
+                        let deadline = now + self.config.request_timeout();
+                        self.reread_waiters
+                            .entry(id)
+                            .or_default()
+                            .push((request, deadline));
+                    }
                     Err(e) => {
                         let refused = self.refusal(e);
                         self.reply(request, Err(refused));
@@ -1076,6 +1094,7 @@ impl LeaderlessNode {
                 let base = proposal.base.clone();
                 let task = proposal.header.task.clone();
                 self.answer_reads(now, proposal.id, &task, &base, &base.replicas);
+                self.reread(now, proposal.id);
                 return;
             }
             Outcome::Send(_) => unreachable!("not an end"),
@@ -1147,6 +1166,7 @@ impl LeaderlessNode {
         }
         let read_set = proposal.base.replicas.clone();
         self.answer_reads(now, id, &header.task, &value, &read_set);
+        self.reread(now, id);
         if !self.proposer.is_running(id) {
             if let Some(waiters) = self.cancel_waiters.remove(&id) {
                 for (request, _) in waiters {
@@ -1202,7 +1222,11 @@ impl LeaderlessNode {
     /// goes on; a cancel may still take effect.
     fn expire_waiters(&mut self, now: Time) {
         let mut expired = Vec::new();
-        for waiters in [&mut self.cancel_waiters, &mut self.read_waiters] {
+        for waiters in [
+            &mut self.cancel_waiters,
+            &mut self.read_waiters,
+            &mut self.reread_waiters,
+        ] {
             for list in waiters.values_mut() {
                 list.retain(|&(request, deadline)| {
                     let keep = now < deadline;
@@ -1234,7 +1258,23 @@ impl LeaderlessNode {
         }
     }
 
+    /// Starts again the reads that waited for this node's proposal on `id`
+    /// to end, once none runs (it ended, or was dropped).
+    fn reread(&mut self, now: Time, id: TaskId) {
+        if self.proposer.is_running(id) {
+            return;
+        }
+        for (request, _) in self.reread_waiters.remove(&id).unwrap_or_default() {
+            self.quorum_read(now, request, id, ReadPurpose::Get);
+        }
+    }
+
     fn tick(&mut self, now: Time) {
+        // Reads waiting on a proposal that was dropped rather than ended.
+        let waiting: Vec<TaskId> = self.reread_waiters.keys().copied().collect();
+        for id in waiting {
+            self.reread(now, id);
+        }
         // Retry Paxos rounds.
         let (rng, config) = (&mut self.rng, &self.config);
         let msgs = self
@@ -2185,6 +2225,8 @@ impl Node for LeaderlessNode {
             finished: BTreeMap::new(),
             cancel_waiters: BTreeMap::new(),
             read_waiters: BTreeMap::new(),
+            reread_waiters: BTreeMap::new(),
+            reads_again: 0,
             loopback: VecDeque::new(),
             anti_entropy_cursor: None,
             pending_seen: BTreeMap::new(),
@@ -2305,6 +2347,7 @@ impl Node for LeaderlessNode {
         let c = self.membership.counters();
         vec![
             ("suspicions_raised", c.suspicions_raised),
+            ("reads_read_again", self.reads_again),
             ("members_declared_down", c.members_declared_down),
             ("declared_down_while_alive", c.declared_down_while_alive),
             (

@@ -5,7 +5,7 @@
 mod common;
 
 use cohort_core::{
-    ClientError, ClientRequest, ClientResponse, Consistency, Epoch, NodeId, TaskState,
+    ClientError, ClientRequest, ClientResponse, Consistency, Epoch, Node, NodeId, TaskState,
 };
 use cohort_leaderless::{placement, LeaderlessConfig, RingChange};
 use common::{task, tid, Sim};
@@ -1146,7 +1146,7 @@ fn a_read_that_finds_only_a_dead_first_copy_and_learns_a_newer_ring_looks_again_
 
 #[test]
 fn a_corrupt_stored_ring_or_record_is_a_typed_boot_error_not_a_panic() {
-    use cohort_core::{BootError, Limits, Node, NodeRng, Peers, StoreOp, Stored, Time};
+    use cohort_core::{BootError, Limits, NodeRng, Peers, StoreOp, Stored, Time};
     use rand::SeedableRng;
     let members = vec![NodeId(1), NodeId(2), NodeId(3)];
     let peers = Peers::new(NodeId(1), members, 4, Limits::default()).expect("valid peers");
@@ -1172,4 +1172,49 @@ fn a_corrupt_stored_ring_or_record_is_a_typed_boot_error_not_a_panic() {
             Ok(_) => panic!("booted from a corrupt {}", key.escape_ascii()),
         }
     }
+}
+
+#[test]
+fn a_read_that_finds_the_task_in_doubt_during_this_nodes_own_proposal_reads_again_instead_of_refusing(
+) {
+    // A cancel makes its node propose; a linearizable read at that node a
+    // few ms later finds the cancel accepted but not known chosen (in
+    // doubt), and this node cannot settle it while its own proposal runs.
+    // It used to answer 503; now it reads again once the proposal ends.
+    let mut read_again = 0;
+    for seed in 0..40u64 {
+        let mut sim = Sim::new(100 + seed, 3, LeaderlessConfig::default());
+        sim.run_for(1_000);
+        let id = tid(70);
+        sim.handlers.hang.insert(id);
+        sim.submit(NodeId(1), id, b"x");
+        assert!(sim.run_until(500, |s| !s.executions_of(id).is_empty()));
+        let at = NodeId(1 + seed % 3);
+        let c = sim.client(at, ClientRequest::Cancel { id });
+        sim.run_for(2 + seed % 7);
+        let g = sim.get(at, id, Consistency::Linearizable);
+        assert!(sim.run_until(2_000, |s| s.reply(g).is_some() && s.reply(c).is_some()));
+        // Concurrent with the cancel: either state, but an answer.
+        assert!(
+            matches!(
+                sim.reply(g),
+                Some(Ok(ClientResponse::State {
+                    state: TaskState::Running { .. } | TaskState::Cancelled,
+                    ..
+                }))
+            ),
+            "seed {seed}: {:?}",
+            sim.reply(g)
+        );
+        read_again += sim
+            .node(at)
+            .counters()
+            .iter()
+            .find(|(name, _)| *name == "reads_read_again")
+            .map_or(0, |(_, n)| *n);
+    }
+    assert!(
+        read_again > 0,
+        "no read met this node's own proposal in doubt"
+    );
 }
