@@ -657,18 +657,11 @@ impl Client {
     pub async fn schedules(&self, max: usize) -> Result<ScheduleListing, CallError> {
         const PAGE: usize = 100;
         let first = self.schedule_page(None, PAGE).await?;
-        let mut sources = vec![(first.node, self.clone(), Some(first))];
-        if !sources[0].2.as_ref().is_some_and(|p| p.complete) {
-            let cluster = self.cluster().await?;
-            for m in cluster["members"].as_array().into_iter().flatten() {
-                let (Some(id), Some(addr)) = (m["id"].as_u64(), m["http_addr"].as_str()) else {
-                    continue;
-                };
-                if id != sources[0].0 {
-                    sources.push((id, self.at(addr), None));
-                }
-            }
+        let mut sources = vec![(first.node, self.clone(), None)];
+        if !first.complete {
+            sources.extend(self.other_members(first.node).await?);
         }
+        sources[0].2 = Some(first);
         let mut merged: std::collections::BTreeMap<String, ScheduleView> = Default::default();
         let mut listing = ScheduleListing::default();
         for (node, client, mut page) in sources {
@@ -772,18 +765,11 @@ impl Client {
     pub async fn list_all(&self, state: Option<&str>, max: usize) -> Result<Listing, CallError> {
         const PAGE: usize = 500;
         let first = self.list_page(state, None, PAGE).await?;
-        let mut sources = vec![(first.node, self.clone(), Some(first))];
-        if !sources[0].2.as_ref().is_some_and(|p| p.complete) {
-            let cluster = self.cluster().await?;
-            for m in cluster["members"].as_array().into_iter().flatten() {
-                let (Some(id), Some(addr)) = (m["id"].as_u64(), m["http_addr"].as_str()) else {
-                    continue;
-                };
-                if id != sources[0].0 {
-                    sources.push((id, self.at(addr), None));
-                }
-            }
+        let mut sources = vec![(first.node, self.clone(), None)];
+        if !first.complete {
+            sources.extend(self.other_members(first.node).await?);
         }
+        sources[0].2 = Some(first);
         let mut merged: std::collections::BTreeMap<u128, TaskView> = Default::default();
         let mut listing = Listing::default();
         let mut read = 0usize;
@@ -826,6 +812,25 @@ impl Client {
         listing.truncated |= merged.len() > max;
         listing.tasks = merged.into_values().take(max).collect();
         Ok(listing)
+    }
+
+    /// Every member `GET /v1/cluster` names but `node`, each with a client
+    /// of it and no page read yet: where a listing merges every view.
+    async fn other_members<P>(
+        &self,
+        node: u64,
+    ) -> Result<Vec<(u64, Client, Option<P>)>, CallError> {
+        let cluster = self.cluster().await?;
+        let mut others = Vec::new();
+        for m in cluster["members"].as_array().into_iter().flatten() {
+            let (Some(id), Some(addr)) = (m["id"].as_u64(), m["http_addr"].as_str()) else {
+                continue;
+            };
+            if id != node {
+                others.push((id, self.at(addr), None));
+            }
+        }
+        Ok(others)
     }
 
     /// A client of another node (`host:port`) with the same credentials

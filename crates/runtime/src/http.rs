@@ -1374,12 +1374,7 @@ async fn list_tasks(
                 })?,
         ),
     };
-    let after = q.after.as_deref().map(parse_id).transpose()?;
-    let max = api.config.client.list_page_max;
-    let limit = q.limit.unwrap_or(LIST_PAGE_DEFAULT.min(max));
-    if limit == 0 || limit > max {
-        return Err(bad(format!("limit must be 1..={max}")));
-    }
+    let (after, limit) = page_bounds(&api, q.after.as_deref(), q.limit)?;
     let page = api
         .read_core(|reply| Control::List {
             after,
@@ -1397,6 +1392,26 @@ async fn list_tasks(
         "next": page.next.map(|n| n.to_string()),
     }))
     .into_response())
+}
+
+/// A listing's `after` and `limit` (default [`LIST_PAGE_DEFAULT`], at
+/// most `list_page_max`), checked.
+fn page_bounds(
+    api: &Api,
+    after: Option<&str>,
+    limit: Option<usize>,
+) -> Result<(Option<TaskId>, usize), ApiError> {
+    let after = after.map(parse_id).transpose()?;
+    let max = api.config.client.list_page_max;
+    let limit = limit.unwrap_or(LIST_PAGE_DEFAULT.min(max));
+    if limit == 0 || limit > max {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            format!("limit must be 1..={max}"),
+        ));
+    }
+    Ok((after, limit))
 }
 
 /// Whether a node's view covers every task of the cluster: in leader mode
@@ -1999,12 +2014,7 @@ async fn schedule_list(
 ) -> Result<Response, ApiError> {
     let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "malformed", m);
     let Query(q) = q.map_err(|e| bad(e.body_text()))?;
-    let after = q.after.as_deref().map(parse_id).transpose()?;
-    let max = api.config.client.list_page_max;
-    let limit = q.limit.unwrap_or(LIST_PAGE_DEFAULT.min(max));
-    if limit == 0 || limit > max {
-        return Err(bad(format!("limit must be 1..={max}")));
-    }
+    let (after, limit) = page_bounds(&api, q.after.as_deref(), q.limit)?;
     let page = api
         .read_core(|reply| Control::Schedules {
             after,
