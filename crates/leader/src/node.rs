@@ -394,8 +394,11 @@ impl Node for LeaderNode {
         now: Time,
     ) -> Result<Self, BootError> {
         let initial = Membership::initial(&peers.members, config.get().voters_max);
-        let (raft, boot) =
+        let (mut raft, boot) =
             RaftNode::restore(peers.id, initial, config.raft(peers), stored, rng, now)?;
+        // Installing a snapshot that does not decode would panic when it
+        // is applied: the Raft core drops it before it touches the log.
+        raft.check_snapshots_with(|data| decode::<Scheduler>(data, usize::MAX).is_ok());
         let mut node = LeaderNode {
             peers: peers.clone(),
             cfg: config.clone(),

@@ -792,3 +792,47 @@ fn an_append_carrying_a_command_that_does_not_decode_is_refused_not_applied() {
         Some(TaskState::Succeeded { .. })
     ));
 }
+
+#[test]
+fn a_snapshot_whose_state_does_not_decode_is_dropped_not_installed() {
+    use cohort_leader::raft::{RaftMsg, SnapshotMeta};
+    use cohort_leader::LeaderMsg;
+    let mut c = Cluster::new(8, 3, cfg());
+    let l = c.elect(3_000);
+    c.run_for(300);
+    let f = *c.members.iter().find(|&&n| n != l).expect("a follower");
+    let (term, last, commit, installed) = {
+        let n = c.node(f);
+        (
+            n.raft_status().term,
+            n.raft_log().last_index(),
+            n.raft_status().commit,
+            n.snapshots_installed(),
+        )
+    };
+    let membership = cohort_leader::raft::Membership::initial(&c.members, 7);
+    let forged = LeaderMsg::Raft(RaftMsg::Snapshot {
+        term,
+        meta: SnapshotMeta {
+            index: last + 100,
+            term,
+            membership,
+        },
+        offset: 0,
+        chunk: vec![0xff; 13],
+        done: true,
+    });
+    c.deliver_now(l, f, forged);
+    let node = c.node(f);
+    assert_eq!(node.snapshots_installed(), installed, "nothing installed");
+    assert_eq!(node.raft_log().last_index(), last, "the log is untouched");
+    assert_eq!(node.raft_status().commit, commit);
+    // The cluster goes on.
+    assert!(c.submit_until_accepted(TaskId(2), task("echo", b"y"), 3_000));
+    c.run_for(2_000);
+    let states = c.check_history();
+    assert!(matches!(
+        states.get(&TaskId(2)),
+        Some(TaskState::Succeeded { .. })
+    ));
+}

@@ -425,6 +425,9 @@ pub struct RaftNode {
     /// The leader last heard of, for [`RaftCounters::leader_changes_seen`].
     leader_seen: Option<NodeId>,
     incoming_snapshot: Option<(SnapshotMeta, Vec<u8>)>,
+    /// Whether an assembled incoming snapshot is one the state machine can
+    /// restore; one that is not is dropped before it touches the log.
+    snapshot_check: fn(&[u8]) -> bool,
     /// Whether the leader holds back the appends that proposals, acks and
     /// commit advances call for until [`RaftNode::flush`] (see
     /// [`RaftNode::defer_sends`]).
@@ -512,6 +515,7 @@ impl RaftNode {
             counters: RaftCounters::default(),
             leader_seen: None,
             incoming_snapshot: None,
+            snapshot_check: |_| true,
             defer: false,
             commit_unsent: false,
             clock: now,
