@@ -10,13 +10,11 @@ use crate::real;
 
 use cohort_core::{Limits, NodeId, Peers};
 use cohort_leader::{LeaderNode, ValidLeaderConfig};
-use cohort_leaderless::{LeaderlessConfig, LeaderlessNode};
 use cohort_runtime::client::{Client, TaskEventsView};
 use cohort_runtime::config::KindPolicy;
 use cohort_runtime::http::{RetryBody, SubmitBody};
 use cohort_runtime::{Listeners, NodeOptions, Registry, RunningNode, RuntimeConfig};
-use cohort_static::{StaticConfig, StaticNode};
-use real::{echo, finished, submit};
+use real::{echo, finished, submit, Mode};
 use std::collections::BTreeMap;
 
 /// `sleep` tasks: at most 3 attempts, retried at once, and a refused
@@ -128,37 +126,21 @@ async fn kinds_keep_their_policies(nodes: &[RunningNode]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_mode_applies_each_kinds_retry_policy() {
     let dir = tempfile::tempdir().unwrap();
-    let nodes = real::cluster_with::<LeaderNode>(
-        dir.path(),
-        3,
-        "leader",
-        ValidLeaderConfig::default(),
-        tweak,
-    )
-    .await;
+    let nodes = real::three(dir.path(), Mode::Leader, tweak, real::builtins).await;
     kinds_keep_their_policies(&nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaderless_mode_applies_each_kinds_retry_policy() {
     let dir = tempfile::tempdir().unwrap();
-    let nodes = real::cluster_with::<LeaderlessNode>(
-        dir.path(),
-        3,
-        "leaderless",
-        LeaderlessConfig::default(),
-        tweak,
-    )
-    .await;
+    let nodes = real::three(dir.path(), Mode::Leaderless, tweak, real::builtins).await;
     kinds_keep_their_policies(&nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_mode_applies_each_kinds_retry_policy() {
     let dir = tempfile::tempdir().unwrap();
-    let nodes =
-        real::cluster_with::<StaticNode>(dir.path(), 3, "static", StaticConfig::default(), tweak)
-            .await;
+    let nodes = real::three(dir.path(), Mode::Static, tweak, real::builtins).await;
     kinds_keep_their_policies(&nodes).await;
 }
 

@@ -8,13 +8,10 @@
 use crate::real;
 
 use cohort_core::NodeId;
-use cohort_leader::{LeaderNode, ValidLeaderConfig};
-use cohort_leaderless::{LeaderlessConfig, LeaderlessNode};
 use cohort_runtime::client::{CallError, Client};
 use cohort_runtime::http::SubmitBody;
 use cohort_runtime::{Handler, HandlerFuture, HandlerInput, NodeOptions, Registry, RunningNode};
-use cohort_static::{StaticConfig, StaticNode};
-use real::{echo, finished, submit};
+use real::{echo, finished, submit, Mode};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -156,53 +153,41 @@ async fn manual_and_bulk_retry(nodes: &[RunningNode]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_mode_retries_failed_tasks_by_hand_and_in_bulk() {
     let dir = tempfile::tempdir().unwrap();
-    let nodes = real::cluster_with_options::<LeaderNode>(
+    let nodes = real::three(
         dir.path(),
-        3,
-        "leader",
-        ValidLeaderConfig::default(),
+        Mode::Leader,
         |_, c| c.shutdown_grace_ms = 0,
         options(),
     )
     .await;
     manual_and_bulk_retry(&nodes).await;
-    for n in nodes {
-        n.shutdown().await.unwrap();
-    }
+    real::shutdown_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leaderless_mode_retries_failed_tasks_by_hand_and_in_bulk() {
     let dir = tempfile::tempdir().unwrap();
-    let nodes = real::cluster_with_options::<LeaderlessNode>(
+    let nodes = real::three(
         dir.path(),
-        3,
-        "leaderless",
-        LeaderlessConfig::default(),
+        Mode::Leaderless,
         |_, c| c.shutdown_grace_ms = 0,
         options(),
     )
     .await;
     manual_and_bulk_retry(&nodes).await;
-    for n in nodes {
-        n.shutdown().await.unwrap();
-    }
+    real::shutdown_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn static_mode_retries_failed_tasks_by_hand_and_in_bulk() {
     let dir = tempfile::tempdir().unwrap();
-    let nodes = real::cluster_with_options::<StaticNode>(
+    let nodes = real::three(
         dir.path(),
-        3,
-        "static",
-        StaticConfig::default(),
+        Mode::Static,
         |_, c| c.shutdown_grace_ms = 0,
         options(),
     )
     .await;
     manual_and_bulk_retry(&nodes).await;
-    for n in nodes {
-        n.shutdown().await.unwrap();
-    }
+    real::shutdown_all(nodes).await;
 }

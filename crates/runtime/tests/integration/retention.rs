@@ -8,15 +8,12 @@
 use crate::real;
 
 use cohort_core::NodeId;
-use cohort_leader::{LeaderNode, ValidLeaderConfig};
-use cohort_leaderless::{LeaderlessConfig, LeaderlessNode};
 use cohort_runtime::client::Client;
 use cohort_runtime::http::SubmitBody;
 use cohort_runtime::{
     Handler, HandlerFuture, HandlerInput, NodeOptions, Registry, RunningNode, RuntimeConfig,
 };
-use cohort_static::{StaticConfig, StaticNode};
-use real::{echo, finished, submit};
+use real::{echo, finished, submit, Mode};
 use std::time::{Duration, Instant};
 
 const SUCCEEDED_MS: u64 = 600;
@@ -125,53 +122,23 @@ async fn records_are_purged_after_their_retention(nodes: &[RunningNode]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_mode_purges_final_records_after_their_retention() {
     let dir = tempfile::tempdir().unwrap();
-    let nodes = real::cluster_with_options::<LeaderNode>(
-        dir.path(),
-        3,
-        "leader",
-        ValidLeaderConfig::default(),
-        short_retention,
-        options,
-    )
-    .await;
+    let nodes = real::three(dir.path(), Mode::Leader, short_retention, options).await;
     records_are_purged_after_their_retention(&nodes).await;
-    for n in nodes {
-        n.shutdown().await.unwrap();
-    }
+    real::shutdown_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leaderless_mode_purges_final_records_after_their_retention() {
     let dir = tempfile::tempdir().unwrap();
-    let nodes = real::cluster_with_options::<LeaderlessNode>(
-        dir.path(),
-        3,
-        "leaderless",
-        LeaderlessConfig::default(),
-        short_retention,
-        options,
-    )
-    .await;
+    let nodes = real::three(dir.path(), Mode::Leaderless, short_retention, options).await;
     records_are_purged_after_their_retention(&nodes).await;
-    for n in nodes {
-        n.shutdown().await.unwrap();
-    }
+    real::shutdown_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn static_mode_purges_final_records_after_their_retention() {
     let dir = tempfile::tempdir().unwrap();
-    let nodes = real::cluster_with_options::<StaticNode>(
-        dir.path(),
-        3,
-        "static",
-        StaticConfig::default(),
-        short_retention,
-        options,
-    )
-    .await;
+    let nodes = real::three(dir.path(), Mode::Static, short_retention, options).await;
     records_are_purged_after_their_retention(&nodes).await;
-    for n in nodes {
-        n.shutdown().await.unwrap();
-    }
+    real::shutdown_all(nodes).await;
 }

@@ -31,12 +31,7 @@ pub async fn cluster_with<N: Node + Send + 'static>(
     mode_config: N::Config,
     tweak: impl Fn(NodeId, &mut RuntimeConfig),
 ) -> Vec<RunningNode> {
-    cluster_with_options::<N>(dir, n, mode, mode_config, tweak, |id| NodeOptions {
-        registry: Registry::with_builtins(false),
-        rng_seed: Some(id.0),
-        ..NodeOptions::default()
-    })
-    .await
+    cluster_with_options::<N>(dir, n, mode, mode_config, tweak, builtins).await
 }
 
 /// [`cluster_with`], with each node's handlers and observer from `options`.
@@ -80,6 +75,76 @@ pub async fn cluster_with_options<N: Node + Send + 'static>(
         nodes.push(node);
     }
     nodes
+}
+
+/// A mode, for tests that run one body on a cluster of each.
+#[derive(Clone, Copy, Debug)]
+pub enum Mode {
+    Leader,
+    Leaderless,
+    Static,
+}
+
+/// Three nodes of `mode`, with its default settings, under `dir`
+/// ([`cluster_with_options`]).
+pub async fn three(
+    dir: &std::path::Path,
+    mode: Mode,
+    tweak: impl Fn(NodeId, &mut RuntimeConfig),
+    options: impl Fn(NodeId) -> NodeOptions,
+) -> Vec<RunningNode> {
+    match mode {
+        Mode::Leader => {
+            cluster_with_options::<cohort_leader::LeaderNode>(
+                dir,
+                3,
+                "leader",
+                cohort_leader::ValidLeaderConfig::default(),
+                tweak,
+                options,
+            )
+            .await
+        }
+        Mode::Leaderless => {
+            cluster_with_options::<cohort_leaderless::LeaderlessNode>(
+                dir,
+                3,
+                "leaderless",
+                cohort_leaderless::LeaderlessConfig::default(),
+                tweak,
+                options,
+            )
+            .await
+        }
+        Mode::Static => {
+            cluster_with_options::<cohort_static::StaticNode>(
+                dir,
+                3,
+                "static",
+                cohort_static::StaticConfig::default(),
+                tweak,
+                options,
+            )
+            .await
+        }
+    }
+}
+
+/// The options [`cluster_with`] gives each node: the built-in handlers
+/// and RNG seed `id`.
+pub fn builtins(id: NodeId) -> NodeOptions {
+    NodeOptions {
+        registry: Registry::with_builtins(false),
+        rng_seed: Some(id.0),
+        ..NodeOptions::default()
+    }
+}
+
+/// Shuts every node down.
+pub async fn shutdown_all(nodes: Vec<RunningNode>) {
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
 }
 
 /// An `echo` task.
