@@ -530,6 +530,16 @@ pub fn kind_policy_task(kind: &str, policy: &KindPolicy) -> Task {
     }
 }
 
+/// The core answered a request with a response of another request's kind:
+/// a bug, reported as a `500`.
+fn unexpected(to_what: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        format!("unexpected answer to {to_what}"),
+    )
+}
+
 fn parse_id(s: &str) -> Result<TaskId, ApiError> {
     if s.is_empty() || s.len() > 32 {
         return Err(ApiError::new(
@@ -898,11 +908,9 @@ async fn submit(
             Json(json!({"id": id.to_string(), "node": api.config.peers.id.0})),
         )
             .into_response()),
-        ClientResponse::AcceptedBatch { .. } | ClientResponse::Events { .. } => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "unexpected answer to a submit",
-        )),
+        ClientResponse::AcceptedBatch { .. } | ClientResponse::Events { .. } => {
+            Err(unexpected("a submit"))
+        }
     }
 }
 
@@ -1035,11 +1043,7 @@ async fn submit_batch(State(api): State<Arc<Api>>, body: Body) -> Result<Respons
             })),
         )
             .into_response()),
-        _ => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "unexpected answer to a batch",
-        )),
+        _ => Err(unexpected("a batch")),
     }
 }
 
@@ -1132,11 +1136,7 @@ async fn get_task(
             .ask(ClientRequest::Get { id, consistency }, &path)
             .await?;
         let ClientResponse::State { id, state } = resp else {
-            return Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "unexpected answer to a read",
-            ));
+            return Err(unexpected("a read"));
         };
         if state.is_final() || tokio::time::Instant::now() >= deadline {
             return Ok(Json(state_json(id, &state)).into_response());
@@ -1181,11 +1181,7 @@ async fn task_events(
             v["task"] = task_json(&task);
             Ok(Json(v).into_response())
         }
-        _ => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "unexpected answer to an events read",
-        )),
+        _ => Err(unexpected("an events read")),
     }
 }
 
@@ -1239,13 +1235,7 @@ async fn retry_task(
         .await?
     {
         ClientResponse::Events { state, task, .. } => (state, *task),
-        _ => {
-            return Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "unexpected answer to an events read",
-            ))
-        }
+        _ => return Err(unexpected("an events read")),
     };
     if !matches!(state, TaskState::Failed { .. } | TaskState::Cancelled) {
         return Err(ApiError::new(
@@ -1330,11 +1320,9 @@ async fn cancel(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Result<R
     match api.ask(ClientRequest::Cancel { id }, &path).await? {
         ClientResponse::State { id, state } => Ok(Json(state_json(id, &state)).into_response()),
         ClientResponse::Accepted { id } => Ok(Json(json!({"id": id.to_string()})).into_response()),
-        ClientResponse::AcceptedBatch { .. } | ClientResponse::Events { .. } => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "unexpected answer to a cancel",
-        )),
+        ClientResponse::AcceptedBatch { .. } | ClientResponse::Events { .. } => {
+            Err(unexpected("a cancel"))
+        }
     }
 }
 
@@ -1858,11 +1846,7 @@ async fn read_schedule_task(
         Ok(ClientResponse::State { state, .. }) => Ok(Some(state)),
         Err(ClientError::NotFound { .. }) => Ok(None),
         Err(e) => Err(api.client_error(e, path)),
-        Ok(_) => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "unexpected answer to a read",
-        )),
+        Ok(_) => Err(unexpected("a read")),
     }
 }
 
