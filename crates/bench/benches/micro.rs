@@ -34,6 +34,7 @@ fn task() -> Task {
         schedule_to_start_ms: 0,
         priority: 0,
         heartbeat_timeout_ms: 0,
+        labels: Vec::new(),
     }
 }
 

@@ -101,6 +101,7 @@ pub(crate) fn body(id: TaskId) -> SubmitBody {
         schedule_to_start_ms: None,
         priority: None,
         heartbeat_timeout_ms: None,
+        labels: None,
     }
 }
 

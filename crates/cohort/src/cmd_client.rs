@@ -66,7 +66,7 @@ pub struct SubmitArgs {
     /// Submit many tasks in one `POST /v1/tasks:batch` instead: a file
     /// (`-` for stdin) with one submit body per line, e.g.
     /// `{"id":"a1","kind":"echo","payload":"hi"}`. Prints the ids in order.
-    #[arg(long, conflicts_with_all = ["kind", "id", "idempotency_key", "dedupe_key", "wait", "not_before_ms", "delay", "backoff_initial_ms", "backoff_max_ms", "non_retryable", "schedule_to_start_ms", "priority", "heartbeat_timeout_ms"])]
+    #[arg(long, conflicts_with_all = ["kind", "id", "idempotency_key", "dedupe_key", "wait", "not_before_ms", "delay", "backoff_initial_ms", "backoff_max_ms", "non_retryable", "schedule_to_start_ms", "priority", "heartbeat_timeout_ms", "labels"])]
     pub batch: Option<PathBuf>,
     /// Payload text (sleep: milliseconds or {"ms":N}; hash: {"rounds":N,"data":"..."}; exec: a command line).
     #[arg(long, default_value = "")]
@@ -125,6 +125,11 @@ pub struct SubmitArgs {
     /// attempt (class `heartbeat_timeout`); default: none.
     #[arg(long)]
     pub heartbeat_timeout_ms: Option<u64>,
+    /// Routing: a worker label a node must carry to run the task (repeat
+    /// for more; a node must carry every one). A queue is a label its
+    /// workers carry (`--label queue=reports`).
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
     /// Wait this long (e.g. 10s) for the outcome and print it.
     #[arg(long)]
     pub wait: Option<String>,
@@ -392,6 +397,7 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
             schedule_to_start_ms: args.schedule_to_start_ms,
             priority: args.priority,
             heartbeat_timeout_ms: args.heartbeat_timeout_ms,
+            labels: (!args.labels.is_empty()).then(|| args.labels.clone()),
         };
         let id = match &args.dedupe_key {
             Some(key) => {
@@ -799,6 +805,7 @@ pub fn schedule(args: ScheduleArgs) -> anyhow::Result<()> {
                         schedule_to_start_ms: None,
                         priority: None,
                         heartbeat_timeout_ms: None,
+                        labels: None,
                     },
                 };
                 let client = a.target.auth.client(&a.target.node)?;

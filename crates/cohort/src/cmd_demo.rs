@@ -351,6 +351,7 @@ async fn run_mode(mode: &'static Mode, args: &DemoArgs) -> anyhow::Result<Report
             schedule_to_start_ms: None,
             priority: None,
             heartbeat_timeout_ms: None,
+            labels: None,
         };
         joins.push(tokio::spawn(async move {
             let _permit = permit;

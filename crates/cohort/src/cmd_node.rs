@@ -44,6 +44,11 @@ pub struct NodeArgs {
     /// Tasks this node runs at once [default: 4].
     #[arg(long)]
     pub capacity: Option<u32>,
+    /// A worker label this node carries (repeat for more): it runs only
+    /// tasks whose labels it carries, every one. A queue is a label its
+    /// workers carry (`--label queue=reports`).
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
     /// Register the `exec` handler (runs commands from task payloads). Refused
     /// unless clients must authenticate (--tokens, or --http-client-ca) or
     /// --insecure is given.
@@ -124,6 +129,7 @@ pub struct Settings {
     mode: String,
     cluster_id: String,
     capacity: u32,
+    labels: Vec<String>,
     allow_exec: bool,
     payload_bytes_max: usize,
     task_events_max: usize,
@@ -192,6 +198,12 @@ impl NodeArgs {
                 .or(file.cluster_id)
                 .unwrap_or_else(|| "cohort".into()),
             capacity: self.capacity.or(file.capacity).unwrap_or(4),
+            // The flags, when any, replace the file's list.
+            labels: if self.labels.is_empty() {
+                file.labels.clone().unwrap_or_default()
+            } else {
+                self.labels.clone()
+            },
             allow_exec: self.allow_exec || file.allow_exec.unwrap_or(false),
             payload_bytes_max: self
                 .payload_bytes_max
@@ -325,6 +337,7 @@ pub fn validate(args: &Settings) -> anyhow::Result<Validated> {
         ..Limits::default()
     };
     let peers = Peers::new(id, all.keys().copied(), args.capacity, limits)
+        .and_then(|p| p.with_labels(args.labels.clone()))
         .map_err(|e| anyhow::anyhow!("invalid cluster: {e}"))?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create --data-dir {}", args.data_dir.display()))?;
@@ -675,6 +688,25 @@ mod tests {
         assert_eq!(v.config.cluster_id, "from-file");
         assert_eq!(v.config.peers.capacity_tasks, 2, "the flag wins");
         assert_eq!(v.peer_bind, "127.0.0.1:7002".parse().unwrap());
+        assert!(v.config.peers.labels.is_empty());
+        // Labels: the file's list, replaced by --label flags when given.
+        let labelled = format!(
+            "id = 2\npeers = \"1=127.0.0.1:7001,2=127.0.0.1:7002\"\ndata_dir = {:?}\nlabels = [\"gpu\", \"queue=render\"]\n",
+            dir.path()
+        );
+        std::fs::write(&file, &labelled).unwrap();
+        let mut a = NodeArgs {
+            config: Some(file.clone()),
+            ..NodeArgs::default()
+        };
+        let v = validate(&a.settings().unwrap()).unwrap();
+        assert_eq!(v.config.peers.labels, ["gpu", "queue=render"]);
+        a.labels = vec!["ssd".into()];
+        let v = validate(&a.settings().unwrap()).unwrap();
+        assert_eq!(v.config.peers.labels, ["ssd"], "the flags win");
+        a.labels = vec!["no spaces".into()];
+        let e = validate(&a.settings().unwrap()).err().unwrap().to_string();
+        assert!(e.contains("label"), "{e}");
         std::fs::write(&file, "id = 2\ncolour = \"blue\"\n").unwrap();
         let a = NodeArgs {
             config: Some(file),

@@ -70,6 +70,10 @@ pub struct SimArgs {
     /// executions hang and are stopped at the timeout (0: none).
     #[arg(long, default_value_t = 0.0)]
     heartbeat_rate: f64,
+    /// Fraction of tasks submitted with the worker label that only n1
+    /// carries; the `Policy` checker sees each run only on n1 (0: none).
+    #[arg(long, default_value_t = 0.0)]
+    labelled_rate: f64,
     /// Mean client arrivals per second during the safety phase (default:
     /// the simulator's workload).
     #[arg(long)]
@@ -92,6 +96,7 @@ impl SimArgs {
         config.workload.unique_burst = config.workload.unique_burst.min(self.dedupe_every());
         config.workload.batch_rate = self.batch_rate;
         config.workload.heartbeat_rate = self.heartbeat_rate;
+        config.workload.labelled_rate = self.labelled_rate;
         config.workload.schedule_every_ms = self.schedule_every_ms;
         if let Some(rate) = self.arrivals_per_sec {
             config.workload.arrivals_per_sec = rate;
@@ -122,6 +127,9 @@ impl SimArgs {
         }
         if self.heartbeat_rate > 0.0 {
             cmd.push_str(&format!(" --heartbeat-rate {}", self.heartbeat_rate));
+        }
+        if self.labelled_rate > 0.0 {
+            cmd.push_str(&format!(" --labelled-rate {}", self.labelled_rate));
         }
         cmd
     }

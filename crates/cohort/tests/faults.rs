@@ -142,6 +142,7 @@ fn the_harness_checkers_report_a_lost_task_a_stale_result_and_an_unfinished_task
         schedule_to_start_ms: 0,
         priority: 0,
         heartbeat_timeout_ms: 0,
+        labels: Vec::new(),
     };
     let at = |ms: u64| start + ms * 1000;
     let mut client = vec![

@@ -63,6 +63,7 @@ mod tests {
             schedule_to_start_ms: 0,
             priority: 0,
             heartbeat_timeout_ms: 0,
+            labels: Vec::new(),
         };
         let bytes = encode(&t);
         assert_eq!(decode::<Task>(&bytes, 1024).unwrap(), t);

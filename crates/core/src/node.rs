@@ -287,6 +287,9 @@ pub struct Peers {
     pub capacity_tasks: u32,
     /// Limits on everything that grows.
     pub limits: Limits,
+    /// The worker labels this node carries: it runs a task only if it
+    /// carries every label the task names ([`crate::Task::runs_on`]).
+    pub labels: Vec<String>,
 }
 
 impl Peers {
@@ -320,7 +323,16 @@ impl Peers {
             members,
             capacity_tasks,
             limits,
+            labels: Vec::new(),
         })
+    }
+
+    /// These peers, with this node carrying the worker `labels` (at most
+    /// [`crate::task::TASK_LABELS_MAX`], each a [`crate::task::valid_label`]).
+    pub fn with_labels(mut self, labels: Vec<String>) -> Result<Peers, LimitsError> {
+        crate::task::valid_labels(&labels).map_err(|reason| LimitsError::Labels { reason })?;
+        self.labels = labels;
+        Ok(self)
     }
 
     /// Every member but this node.
@@ -525,6 +537,8 @@ impl Limits {
                 ),
             });
         }
+        crate::task::valid_labels(&task.labels)
+            .map_err(|reason| ClientError::InvalidTask { reason })?;
         task.retry
             .validate()
             .map_err(|reason| ClientError::InvalidTask { reason })
@@ -608,6 +622,12 @@ pub enum LimitsError {
     /// A message must be able to carry a maximal payload.
     #[error("message_bytes_max must exceed payload_bytes_max")]
     MessageSmallerThanPayload,
+    /// The node's worker labels are not valid.
+    #[error("labels: {reason}")]
+    Labels {
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 #[cfg(test)]
@@ -636,6 +656,7 @@ mod tests {
             schedule_to_start_ms: 0,
             priority: 0,
             heartbeat_timeout_ms: 0,
+            labels: Vec::new(),
         };
         assert_eq!(
             limits.check_task(&task),

@@ -154,6 +154,7 @@ mod tests {
             schedule_to_start_ms: 0,
             priority: 0,
             heartbeat_timeout_ms: 0,
+            labels: Vec::new(),
         }
     }
 

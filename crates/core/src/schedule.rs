@@ -428,6 +428,7 @@ fn reserved_task(payload: &SchedulePayload, not_before: Time, attempts: u32) -> 
         schedule_to_start_ms: 0,
         priority: i8::MAX,
         heartbeat_timeout_ms: 0,
+        labels: Vec::new(),
     }
 }
 
@@ -1030,6 +1031,7 @@ mod tests {
                 schedule_to_start_ms: 0,
                 priority: 0,
                 heartbeat_timeout_ms: 0,
+                labels: Vec::new(),
             },
         }
     }

@@ -44,6 +44,10 @@ pub struct Task {
     /// [`HEARTBEAT_TIMEOUT_MS_MAX`]. (Last in the struct, like every field
     /// added since the first data-file format.)
     pub heartbeat_timeout_ms: u64,
+    /// Routing: the worker labels a node must carry, every one of them, to
+    /// run this task (empty: any node). A queue is a label its workers
+    /// carry. At most [`TASK_LABELS_MAX`], each a [`valid_label`].
+    pub labels: Vec<String>,
 }
 
 impl Task {
@@ -71,6 +75,12 @@ impl Task {
             "heartbeat_timeout: no heartbeat within {} ms",
             self.heartbeat_timeout_ms
         )
+    }
+
+    /// Whether a node carrying `node_labels` may run this task: it carries
+    /// every label the task names.
+    pub fn runs_on(&self, node_labels: &[String]) -> bool {
+        self.labels.iter().all(|l| node_labels.contains(l))
     }
 
     /// The error of a task that was not started in time.
@@ -261,6 +271,63 @@ pub const SCHEDULE_TO_START_MS_MAX: u64 = 30 * 24 * 60 * 60 * 1000;
 
 /// Longest heartbeat timeout a task may ask for: 1 day.
 pub const HEARTBEAT_TIMEOUT_MS_MAX: u64 = 24 * 60 * 60 * 1000;
+
+/// The most worker labels a task may require, and a node may carry.
+pub const TASK_LABELS_MAX: usize = 16;
+
+/// The longest worker label, in bytes.
+pub const LABEL_BYTES_MAX: usize = 64;
+
+/// The most bytes all of one task's (or one node's) worker labels take
+/// together: a leaderless node gossips its labels with its load, and a
+/// load report must stay a small part of a SWIM packet.
+pub const LABELS_BYTES_MAX: usize = 256;
+
+/// Checks one worker label: 1 to [`LABEL_BYTES_MAX`] bytes of ASCII
+/// letters, digits and `_ - . : = /`, so that it reads the same in a URL,
+/// a config file and a log line.
+pub fn valid_label(label: &str) -> Result<(), String> {
+    if label.is_empty() || label.len() > LABEL_BYTES_MAX {
+        return Err(format!(
+            "a label must be 1..={LABEL_BYTES_MAX} bytes, got {}",
+            label.len()
+        ));
+    }
+    if let Some(c) = label
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "_-.:=/".contains(*c)))
+    {
+        return Err(format!(
+            "label {label:?} holds {c:?}: only ASCII letters, digits and _ - . : = / are allowed"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a set of worker labels (a task's or a node's): at most
+/// [`TASK_LABELS_MAX`], each valid, none twice, [`LABELS_BYTES_MAX`] in
+/// all.
+pub fn valid_labels(labels: &[String]) -> Result<(), String> {
+    if labels.len() > TASK_LABELS_MAX {
+        return Err(format!(
+            "at most {TASK_LABELS_MAX} labels, got {}",
+            labels.len()
+        ));
+    }
+    let bytes: usize = labels.iter().map(String::len).sum();
+    if bytes > LABELS_BYTES_MAX {
+        return Err(format!(
+            "labels take {bytes} bytes in all, more than {LABELS_BYTES_MAX}"
+        ));
+    }
+    for (i, l) in labels.iter().enumerate() {
+        valid_label(l)?;
+        if labels[..i].contains(l) {
+            return Err(format!("label {l:?} appears twice"));
+        }
+    }
+    Ok(())
+}
 
 /// Longest progress a heartbeat records (longer is cut on a character
 /// boundary): a record keeps the latest one in its history.
@@ -655,6 +722,7 @@ mod tests {
             schedule_to_start_ms: 100,
             priority: 0,
             heartbeat_timeout_ms: 0,
+            labels: Vec::new(),
         };
         let (node, epoch) = (NodeId(1), Epoch(1));
         let history = |events: &[(u64, TaskEventKind)]| {
@@ -700,6 +768,47 @@ mod tests {
         assert!(history(&[(500, not_started)])
             .check_policy(&no_timeout)
             .is_err());
+    }
+
+    #[test]
+    fn labels_are_checked_for_count_length_characters_repeats_and_total_size() {
+        let l = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(valid_labels(&l(&["gpu", "queue=reports", "zone:eu-west/1", "a_b.c"])).is_ok());
+        assert!(valid_labels(&[]).is_ok());
+        assert!(valid_labels(&l(&[""])).is_err());
+        assert!(valid_labels(&l(&["has space"])).is_err());
+        assert!(valid_labels(&l(&["é"])).is_err());
+        assert!(valid_labels(&l(&["gpu", "gpu"])).is_err());
+        assert!(valid_labels(&["x".repeat(LABEL_BYTES_MAX)]).is_ok());
+        assert!(valid_labels(&["x".repeat(LABEL_BYTES_MAX + 1)]).is_err());
+        let many: Vec<String> = (0..=TASK_LABELS_MAX).map(|i| format!("l{i}")).collect();
+        assert!(valid_labels(&many).is_err());
+        let big: Vec<String> = (0..5).map(|i| format!("{i}{}", "x".repeat(60))).collect();
+        assert!(big.iter().map(String::len).sum::<usize>() > LABELS_BYTES_MAX);
+        assert!(valid_labels(&big).is_err());
+    }
+
+    #[test]
+    fn a_task_runs_on_a_node_carrying_every_label_it_names() {
+        let mut t = Task {
+            kind: "echo".into(),
+            payload: Vec::new(),
+            timeout_ms: 1,
+            max_attempts: 1,
+            not_before: Time::ZERO,
+            retry: RetryPolicy::default(),
+            schedule_to_start_ms: 0,
+            priority: 0,
+            heartbeat_timeout_ms: 0,
+            labels: Vec::new(),
+        };
+        let node = vec!["gpu".to_string(), "eu".to_string()];
+        assert!(t.runs_on(&[]), "an unlabelled task runs anywhere");
+        t.labels = vec!["eu".into(), "gpu".into()];
+        assert!(t.runs_on(&node));
+        t.labels.push("ssd".into());
+        assert!(!t.runs_on(&node));
+        assert!(!t.runs_on(&[]));
     }
 
     #[test]

@@ -201,6 +201,9 @@ pub enum LeaderMsg {
         applied: u64,
         /// Assignments it runs or holds an unreported result for.
         holding: Vec<(TaskId, Epoch)>,
+        /// The worker labels it carries (tasks naming others are not
+        /// assigned to it).
+        labels: Vec<String>,
     },
     /// A worker's result for `(task, epoch)`, resent until committed.
     Result {
@@ -238,6 +241,7 @@ pub enum LeaderMsg {
 struct WorkerView {
     last_heard: Time,
     capacity: Option<u32>,
+    labels: Vec<String>,
 }
 
 /// Leader-only bookkeeping of proposals not yet applied, so nothing is
@@ -369,6 +373,11 @@ pub struct LeaderNode {
 
 const TIMER: u64 = 0;
 
+/// How many ready tasks one assignment round may look at, per assignment
+/// it can make: tasks whose labels no worker with room carries are passed
+/// over, and this bounds that walk.
+pub const LABELLED_SCAN_FACTOR: usize = 8;
+
 /// Whether every command an append carries decodes, as applying it will.
 /// Commands come from a leader of this cluster, but what a peer sends is
 /// checked before it can crash this node.
@@ -441,7 +450,8 @@ impl Node for LeaderNode {
                 capacity,
                 applied,
                 holding,
-            } => self.on_heartbeat(from, capacity, applied, holding),
+                labels,
+            } => self.on_heartbeat(from, capacity, applied, holding, labels),
             LeaderMsg::Result {
                 task,
                 epoch,
@@ -904,17 +914,27 @@ impl LeaderNode {
         capacity: u32,
         applied: u64,
         holding: Vec<(TaskId, Epoch)>,
+        labels: Vec<String>,
     ) {
         if !self.raft.is_leader() || !self.peers.members.contains(&from) {
             return;
         }
+        // A peer's labels go through the checks of the node's own: at most
+        // TASK_LABELS_MAX, each valid. Invalid ones match nothing labelled.
+        let labels = if cohort_core::task::valid_labels(&labels).is_ok() {
+            labels
+        } else {
+            Vec::new()
+        };
         let now = self.now;
         let view = self.workers.entry(from).or_insert(WorkerView {
             last_heard: now,
             capacity: None,
+            labels: Vec::new(),
         });
         view.last_heard = now;
         view.capacity = Some(capacity);
+        view.labels = labels;
         if !self.raft.committed_in_term() {
             return;
         }
@@ -1070,14 +1090,18 @@ impl LeaderNode {
             )
             .collect();
         let (capacity, applied) = (self.capacity(), self.applied);
+        let labels = self.peers.labels.clone();
         match self.raft.leader() {
-            Some(l) if l == self.peers.id => self.on_heartbeat(l, capacity, applied, holding),
+            Some(l) if l == self.peers.id => {
+                self.on_heartbeat(l, capacity, applied, holding, labels)
+            }
             Some(l) => self.send(
                 l,
                 LeaderMsg::Heartbeat {
                     capacity,
                     applied,
                     holding,
+                    labels,
                 },
             ),
             None => {}
@@ -1167,14 +1191,18 @@ impl LeaderNode {
         }
     }
 
-    /// Assigns pending tasks to the least loaded live workers:
-    /// `argmin(running / capacity)`, ties to the lowest id.
+    /// Assigns pending tasks to the least loaded live workers that carry
+    /// their labels: `argmin(running / capacity)`, ties to the lowest id.
+    /// A task no worker with room can run is passed over, not waited on:
+    /// at most [`LABELLED_SCAN_FACTOR`] times the round's assignments are
+    /// looked at, so a backlog of such tasks costs a bounded walk.
     fn assign_pending(&mut self) {
         if !self.raft.is_leader() || !self.raft.committed_in_term() {
             return;
         }
         let deadline = self.cfg.worker_timeout();
         let mut load: BTreeMap<NodeId, (u64, u64)> = BTreeMap::new();
+        let mut labels: BTreeMap<NodeId, Vec<String>> = BTreeMap::new();
         for (w, v) in &self.workers {
             // A runner must replicate the log: it learns its assignments by
             // applying them.
@@ -1184,6 +1212,7 @@ impl LeaderNode {
                 && self.now <= v.last_heard + deadline;
             if let (true, Some(cap)) = (live, v.capacity) {
                 load.insert(*w, (self.sm.load(*w) as u64, u64::from(cap)));
+                labels.insert(*w, v.labels.clone());
             }
         }
         for w in self.inflight.assign.values() {
@@ -1204,27 +1233,37 @@ impl LeaderNode {
         let take = usize::try_from(free)
             .unwrap_or(usize::MAX)
             .min(self.cfg.get().assignments_per_round_max);
-        let todo: Vec<TaskId> = self
+        let todo: Vec<(TaskId, Vec<String>)> = self
             .sm
             .ready(self.now)
             .filter(|t| !self.inflight.assign.contains_key(t))
             // Past its schedule-to-start deadline: it is being failed, and
             // an assignment now would be a no-op.
-            .filter(|t| {
-                let start_by = self.sm.get(*t).and_then(|r| r.start_by);
-                start_by.is_none_or(|d| self.now <= d)
+            .filter_map(|t| {
+                let rec = self.sm.get(t)?;
+                rec.start_by
+                    .is_none_or(|d| self.now <= d)
+                    .then(|| (t, rec.task.labels.clone()))
             })
-            .take(take)
+            .take(take.saturating_mul(LABELLED_SCAN_FACTOR))
             .collect();
-        for id in todo {
+        let mut assigned = 0;
+        for (id, wants) in todo {
+            if assigned == take {
+                break;
+            }
             let best = load
                 .iter()
-                .filter(|(_, (run, cap))| run < cap)
+                .filter(|(w, (run, cap))| run < cap && wants.iter().all(|l| labels[*w].contains(l)))
                 .min_by(|(a, (ra, ca)), (b, (rb, cb))| (ra * cb).cmp(&(rb * ca)).then(a.cmp(b)))
                 .map(|(w, _)| *w);
             let Some(w) = best else {
-                break;
+                if wants.is_empty() {
+                    break; // no worker has room
+                }
+                continue; // none of those with room carries its labels
             };
+            assigned += 1;
             let epoch = self.sm.get(id).expect("pending is known").epoch.next();
             if self
                 .propose(&Command::Assign { id, epoch, node: w })
@@ -1491,6 +1530,7 @@ impl LeaderNode {
                     WorkerView {
                         last_heard: self.now,
                         capacity: None,
+                        labels: Vec::new(),
                     },
                 );
             }
@@ -1498,6 +1538,7 @@ impl LeaderNode {
             let capacity = self.capacity();
             if let Some(v) = self.workers.get_mut(&self.peers.id) {
                 v.capacity = Some(capacity);
+                v.labels = self.peers.labels.clone();
             }
         } else {
             let submits = std::mem::take(&mut self.waiting.submits);

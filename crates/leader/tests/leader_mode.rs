@@ -10,6 +10,7 @@ use cohort_core::{
 };
 use cohort_leader::{LeaderConfig, ValidLeaderConfig};
 use rand::Rng;
+use std::collections::BTreeSet;
 
 fn cfg() -> ValidLeaderConfig {
     ValidLeaderConfig::default()
@@ -835,4 +836,66 @@ fn a_snapshot_whose_state_does_not_decode_is_dropped_not_installed() {
         states.get(&TaskId(2)),
         Some(TaskState::Succeeded { .. })
     ));
+}
+
+/// Routing: the leader assigns a labelled task only to a worker whose
+/// heartbeats carry every label it names (here n3, the one `gpu` worker),
+/// and a labelled task no worker with room can run does not hold up the
+/// unlabelled tasks queued behind it. Once n3 fills up, the `gpu` tasks
+/// wait for it rather than run elsewhere.
+#[test]
+fn labelled_tasks_run_only_on_workers_carrying_their_labels_and_do_not_block_the_queue() {
+    let mut c = Cluster::new(23, 3, cfg());
+    c.labels.insert(NodeId(3), vec!["gpu".into()]);
+    c.crash(NodeId(3));
+    c.restart(NodeId(3));
+    c.elect(5_000);
+    c.run_for(500);
+    c.exec_ms = 200;
+    let labelled = |n: u64| {
+        let mut t = task("echo", &n.to_be_bytes());
+        t.labels = vec!["gpu".into()];
+        t
+    };
+    // More gpu tasks than n3 runs at once (4), then unlabelled ones, and
+    // one asking for a label no node carries.
+    let mut gpu = Vec::new();
+    for n in 0..10u64 {
+        let id = TaskId(1_000 + u128::from(n));
+        assert!(c.submit_until_accepted(id, labelled(n), 5_000));
+        gpu.push(id);
+    }
+    let mut nowhere = task("echo", b"tpu");
+    nowhere.labels = vec!["tpu".into()];
+    assert!(c.submit_until_accepted(TaskId(2_000), nowhere, 5_000));
+    let mut plain = Vec::new();
+    for n in 0..10u64 {
+        let id = TaskId(3_000 + u128::from(n));
+        assert!(c.submit_until_accepted(id, task("echo", &n.to_be_bytes()), 5_000));
+        plain.push(id);
+    }
+    c.run_for(5_000);
+    let states = c.check_history();
+    for id in gpu.iter().chain(&plain) {
+        assert!(
+            matches!(states.get(id), Some(TaskState::Succeeded { .. })),
+            "{id:?}: {:?}",
+            states.get(id)
+        );
+    }
+    assert_eq!(states.get(&TaskId(2_000)), None, "never decided");
+    let mut plain_runners = BTreeSet::new();
+    for (_, node, id, _) in &c.executed {
+        if gpu.contains(id) {
+            assert_eq!(*node, NodeId(3), "{id:?} ran on {node}");
+        }
+        assert_ne!(*id, TaskId(2_000), "nobody carries tpu");
+        if plain.contains(id) {
+            plain_runners.insert(*node);
+        }
+    }
+    assert!(
+        plain_runners.len() > 1,
+        "unlabelled tasks spread: {plain_runners:?}"
+    );
 }

@@ -77,6 +77,10 @@ pub struct LeaderlessConfig {
     /// preferred one may lack the record (a first write that missed it and
     /// that the creation fence keeps it from creating) or hold a dead one.
     pub pending_claim_fallback_ms: u64,
+    /// A pending task whose worker labels no live replica with room
+    /// carries is offered to a live node that carries them; the offer is
+    /// made again after this long while the task stays pending.
+    pub offer_interval_ms: u64,
 }
 
 impl Default for LeaderlessConfig {
@@ -105,6 +109,7 @@ impl Default for LeaderlessConfig {
             rebalance_per_tick_max: 64,
             ring_gossip_interval_ms: 1_000,
             pending_claim_fallback_ms: 2_000,
+            offer_interval_ms: 500,
         }
     }
 }
@@ -156,6 +161,7 @@ impl LeaderlessConfig {
             ("rebalance_per_tick_max", self.rebalance_per_tick_max as u64),
             ("ring_gossip_interval_ms", self.ring_gossip_interval_ms),
             ("pending_claim_fallback_ms", self.pending_claim_fallback_ms),
+            ("offer_interval_ms", self.offer_interval_ms),
         ];
         for (what, v) in positive {
             if v == 0 {

@@ -233,4 +233,19 @@ pub enum LeaderlessMessage {
         /// The sender's ring epoch.
         epoch: u64,
     },
+    /// Replica → a node carrying the task's worker labels (which no live
+    /// replica with room carries): claim this pending task, if you have
+    /// room. The receiver proposes the claim itself, to the replicas;
+    /// Paxos chooses at most one claim per version. (Last in the enum: the
+    /// encoding of the earlier variants stays as it was.)
+    Offer {
+        /// The task.
+        id: TaskId,
+        /// Body and replicas.
+        header: TaskHeader,
+        /// The chosen version the offer is based on.
+        version: u64,
+        /// Its value (pending).
+        value: TaskValue,
+    },
 }

@@ -158,6 +158,15 @@ pub struct LeaderlessNode {
     /// When this node first saw each pending task it is not the preferred
     /// claimer of still pending (at most one entry per active record).
     pending_seen: BTreeMap<TaskId, Time>,
+    /// When this node last offered each pending task to a node carrying
+    /// its worker labels (at most one entry per active record).
+    offered: BTreeMap<TaskId, Time>,
+    /// Claims this node proposes because it was offered the task (at most
+    /// its capacity: an offer beyond it is declined).
+    offer_claims: BTreeSet<TaskId>,
+    /// Offers sent and offers taken (a claim proposed), ever.
+    offers_sent: u64,
+    offers_taken: u64,
     /// Draining: no new claims, hand back what is left at the deadline.
     drain: Option<Drain>,
     out: Out,
@@ -264,6 +273,12 @@ impl LeaderlessNode {
     /// reported itself full (work stealing), since boot.
     pub fn steals(&self) -> u64 {
         self.steals
+    }
+
+    /// Offers of labelled tasks this node sent, and offers it took (a claim
+    /// proposed), since boot.
+    pub fn offers(&self) -> (u64, u64) {
+        (self.offers_sent, self.offers_taken)
     }
 
     /// The latest load `(running, capacity)` this node heard from `node`.
@@ -844,7 +859,12 @@ impl LeaderlessNode {
             }
             Some(rec) => rec.header.task == header.task,
             None => {
-                if !value.replicas.contains(&self.me()) {
+                // A replica holds the record; so does a node that runs the
+                // task without being one (it took an offer), so that it
+                // finishes, or after a restart releases, its claim.
+                let runs_it =
+                    matches!(value.state, TaskState::Running { node, .. } if node == self.me());
+                if !value.replicas.contains(&self.me()) && !runs_it {
                     return false;
                 }
                 if version == 0 && header.ring_epoch < self.ring.ring.epoch {
@@ -1330,6 +1350,7 @@ impl LeaderlessNode {
             now,
             running,
             capacity,
+            &self.peers.labels,
             Duration::from_millis(self.config.load_report_interval_ms),
         );
     }
@@ -1407,12 +1428,40 @@ impl LeaderlessNode {
                 .get(id)
                 .is_some_and(|r| r.value.state == TaskState::Pending)
         });
+        self.offered.retain(|id, _| {
+            records
+                .get(id)
+                .is_some_and(|r| r.value.state == TaskState::Pending)
+        });
+        // Offers made this round, by target: they count as load.
+        let mut offered_to: BTreeMap<NodeId, u32> = BTreeMap::new();
+        // An offer claim nobody answers (its acceptors hold another body,
+        // or a forged offer named the wrong ones) would hold a slot for
+        // ever: dropped after a while, if nothing of it can be chosen.
+        let stuck_after = Duration::from_millis(4 * self.config.offer_interval_ms);
+        let stuck: Vec<TaskId> = self
+            .offer_claims
+            .iter()
+            .copied()
+            .filter(|t| {
+                self.proposer
+                    .started_at(*t)
+                    .is_some_and(|at| now >= at + stuck_after)
+            })
+            .collect();
+        for t in stuck {
+            self.proposer.abandon_unaccepted(t);
+        }
+        let proposer = &self.proposer;
+        self.offer_claims.retain(|t| proposer.is_running(*t));
         let fallback = Duration::from_millis(self.config.pending_claim_fallback_ms);
         for id in ids {
             if self.proposer.is_running(id) {
                 continue;
             }
             let rec = &self.records[&id];
+            let labelled = !rec.header.task.labels.is_empty();
+            let i_carry = rec.header.task.runs_on(&self.peers.labels);
             let first_live = rec
                 .value
                 .replicas
@@ -1446,10 +1495,12 @@ impl LeaderlessNode {
                 // missed a replica that now refuses to create it (the
                 // creation fence); if that one comes first it would wait
                 // for ever, so any holder claims.
-                TaskState::Pending if room > 0 && fenced_first_write(rec, &self.ring.ring) => {
+                TaskState::Pending
+                    if room > 0 && i_carry && fenced_first_write(rec, &self.ring.ring) =>
+                {
                     Intent::Claim
                 }
-                TaskState::Pending if room > 0 => {
+                TaskState::Pending if room > 0 && i_carry => {
                     // The first live replica with room claims: a replica
                     // ahead of this one that reports itself full leaves the
                     // task to the next (work stealing, by gossiped load).
@@ -1459,9 +1510,7 @@ impl LeaderlessNode {
                         .iter()
                         .copied()
                         .filter(|&n| self.membership.is_live(n))
-                        .find(|&n| {
-                            n == me || !self.membership.load(n).is_some_and(|l| l.is_full())
-                        });
+                        .find(|&n| n == me || self.may_claim(n, &rec.header.task));
                     if claimer != Some(me) {
                         // Unless the preferred replica leaves it pending too
                         // long (it may lack the record, or hold a dead one).
@@ -1475,22 +1524,87 @@ impl LeaderlessNode {
                     }
                     Intent::Claim
                 }
+                TaskState::Pending if labelled => {
+                    // This node cannot claim it (it lacks a label, or room).
+                    // While a live replica that can is there, that one
+                    // claims; otherwise a node carrying the labels is
+                    // offered it, by the first live replica. Once the task
+                    // waits too long (that replica may lack the record),
+                    // any replica offers it, to any node that can run it.
+                    let since = *self.pending_seen.entry(id).or_insert(now);
+                    let waited = now >= since + fallback;
+                    let replica_can = rec.value.replicas.iter().any(|&n| {
+                        n != me && self.membership.is_live(n) && self.may_claim(n, &rec.header.task)
+                    });
+                    if !waited && (replica_can || first_live != Some(me)) {
+                        continue;
+                    }
+                    let interval = Duration::from_millis(self.config.offer_interval_ms);
+                    if self.offered.get(&id).is_some_and(|at| now < *at + interval) {
+                        continue;
+                    }
+                    let Some(to) = self.offer_target(&rec.header.task, &offered_to) else {
+                        continue; // no live node with room carries them: later
+                    };
+                    let msg = LeaderlessMessage::Offer {
+                        id,
+                        header: rec.header.clone(),
+                        version: rec.version,
+                        value: rec.value.clone(),
+                    };
+                    *offered_to.entry(to).or_default() += 1;
+                    self.offered.insert(id, now);
+                    self.offers_sent += 1;
+                    self.send(to, msg);
+                    continue;
+                }
                 TaskState::Running { node, epoch } if node == me => {
                     let lost = self.executing.get(&id).map(|e| e.epoch) != Some(epoch)
                         && self.finished.get(&id).map(|f| f.execution.epoch) != Some(epoch);
                     if !lost {
                         continue;
                     }
-                    if rec.is_replica(me) && !draining {
+                    if rec.is_replica(me) && i_carry && !draining {
                         Intent::Reclaim { owner: node, epoch }
                     } else {
                         Intent::Release { epoch }
                     }
                 }
+                // A runner that is not a replica (it took an offer) and
+                // restarted since its claim lost the execution, and holds
+                // no record to release it by if the claim's outcome never
+                // reached it: its gossiped boot generation says so.
                 TaskState::Running { node, epoch }
-                    if !self.membership.is_live(node) && first_live == Some(me) && room > 0 =>
+                    if node != me
+                        && !rec.value.replicas.contains(&node)
+                        && first_live == Some(me)
+                        && self
+                            .membership
+                            .load(node)
+                            .is_some_and(|l| l.seq.0 > rec.value.runner_boot) =>
+                {
+                    if !i_carry {
+                        Intent::Requeue { owner: node, epoch }
+                    } else if room > 0 {
+                        Intent::Reclaim { owner: node, epoch }
+                    } else {
+                        continue;
+                    }
+                }
+                TaskState::Running { node, epoch }
+                    if !self.membership.is_live(node)
+                        && first_live == Some(me)
+                        && room > 0
+                        && i_carry =>
                 {
                     Intent::Reclaim { owner: node, epoch }
+                }
+                // The runner is down and this replica cannot run the task:
+                // back to pending, to be offered to a node that can.
+                TaskState::Running { node, epoch }
+                    if !self.membership.is_live(node) && first_live == Some(me) && !i_carry =>
+                {
+                    Intent::Requeue { owner: node, epoch }
                 }
                 _ => continue,
             };
@@ -1504,6 +1618,104 @@ impl LeaderlessNode {
             {
                 return;
             }
+        }
+    }
+
+    /// Whether `node` (not this one) may claim `task`, as its gossiped
+    /// load says: it is not full and carries the task's labels. A node not
+    /// heard from yet may claim an unlabelled task only.
+    fn may_claim(&self, node: NodeId, task: &Task) -> bool {
+        match self.membership.load(node) {
+            Some(l) => !l.is_full() && task.runs_on(&l.labels),
+            None => task.labels.is_empty(),
+        }
+    }
+
+    /// The live node, other than this one, that carries `task`'s labels
+    /// and is least loaded (`running / capacity`, counting the offers
+    /// `offered_to` made this round; ties to the lowest id), if any has
+    /// room.
+    fn offer_target(&self, task: &Task, offered_to: &BTreeMap<NodeId, u32>) -> Option<NodeId> {
+        let me = self.me();
+        self.membership
+            .live()
+            .into_iter()
+            .filter(|&n| n != me)
+            .filter_map(|n| {
+                let l = self.membership.load(n)?;
+                let running =
+                    u64::from(l.running) + u64::from(offered_to.get(&n).copied().unwrap_or(0));
+                let capacity = u64::from(l.capacity);
+                (running < capacity && task.runs_on(&l.labels)).then_some((n, running, capacity))
+            })
+            .min_by(|(a, ra, ca), (b, rb, cb)| (ra * cb).cmp(&(rb * ca)).then(a.cmp(b)))
+            .map(|(n, _, _)| n)
+    }
+
+    /// An offer of pending `id`: claims it for this node if it carries the
+    /// task's labels and has room. The claim goes through Paxos among the
+    /// task's replicas like any other, so two nodes offered the same task
+    /// (or a replica claiming it meanwhile) end with one claim chosen; a
+    /// forged or stale offer is at worst a claim that loses.
+    fn on_offer(
+        &mut self,
+        now: Time,
+        id: TaskId,
+        header: TaskHeader,
+        version: u64,
+        value: TaskValue,
+    ) {
+        // A proposal of this node for another body of the task (two first
+        // writes raced under the id: this node holds, or was offered, the
+        // other) whose acceptors may never answer it: the offer replaces
+        // it, unless an acceptor may hold its value already.
+        if self.proposer.header(id).is_some_and(|h| *h != header) {
+            self.proposer.abandon_unaccepted(id);
+        }
+        self.offer_claims.retain(|t| self.proposer.is_running(*t));
+        let room = (self.peers.capacity_tasks as usize)
+            .saturating_sub(self.executing.len() + self.offer_claims.len());
+        let wanted = self.drain.is_none()
+            && room > 0
+            && value.state == TaskState::Pending
+            && !value.replicas.is_empty()
+            && header.task.runs_on(&self.peers.labels)
+            && self.peers.limits.check_task(&header.task).is_ok()
+            && !self.proposer.is_running(id)
+            && !self.executing.contains_key(&id);
+        if !wanted {
+            return;
+        }
+        // This node's own record, when newer (it is a replica, or ran it).
+        let (version, value) = match self.records.get(&id) {
+            // A value of this node's body is chosen: the offer's lost the id.
+            Some(r) if r.header.task != header.task && r.version > 0 => return,
+            // Two first writes raced under the id and neither body is chosen
+            // yet; this node holds the other one. The claim decides among
+            // the offer's replicas, which hold the offer's body (when it is
+            // chosen this record adopts it, as after any such race).
+            Some(r) if r.header.task != header.task => {
+                self.abandon_foreign_proposal(id, Some(&header));
+                (version, value)
+            }
+            // At the same version the offerer's value stands: the offer's
+            // replicas hold it, while this node's may be a first write
+            // placed under another ring (the creation fence keeps one).
+            Some(r) if r.version > version => (r.version, r.value.clone()),
+            _ => (version, value),
+        };
+        if Intent::Claim
+            .desired(self.me(), self.generation, &header, &value, now)
+            .is_none()
+        {
+            return; // not ready yet, or past its deadline
+        }
+        if self
+            .propose(now, id, header, version, value, Intent::Claim)
+            .is_ok()
+        {
+            self.offer_claims.insert(id);
+            self.offers_taken += 1;
         }
     }
 
@@ -1605,6 +1817,12 @@ impl LeaderlessNode {
     fn on_message(&mut self, now: Time, from: NodeId, msg: LeaderlessMessage) {
         match msg {
             LeaderlessMessage::Swim(data) => self.membership.handle_data(now, &data, &mut self.out),
+            LeaderlessMessage::Offer {
+                id,
+                header,
+                version,
+                value,
+            } => self.on_offer(now, id, header, version, value),
             LeaderlessMessage::Write {
                 op,
                 id,
@@ -2230,6 +2448,10 @@ impl Node for LeaderlessNode {
             loopback: VecDeque::new(),
             anti_entropy_cursor: None,
             pending_seen: BTreeMap::new(),
+            offered: BTreeMap::new(),
+            offer_claims: BTreeSet::new(),
+            offers_sent: 0,
+            offers_taken: 0,
             submit_lookups: BTreeMap::new(),
             events_requests: BTreeMap::new(),
             batches: crate::batch::Batches::default(),
@@ -2348,6 +2570,8 @@ impl Node for LeaderlessNode {
         vec![
             ("suspicions_raised", c.suspicions_raised),
             ("reads_read_again", self.reads_again),
+            ("offers_sent", self.offers_sent),
+            ("offers_taken", self.offers_taken),
             ("members_declared_down", c.members_declared_down),
             ("declared_down_while_alive", c.declared_down_while_alive),
             (

@@ -1218,3 +1218,56 @@ fn a_read_that_finds_the_task_in_doubt_during_this_nodes_own_proposal_reads_agai
         "no read met this node's own proposal in doubt"
     );
 }
+
+/// Routing: a labelled task placed on replicas that lack its label is
+/// offered to the node that carries it (n5), which claims it through Paxos
+/// among the replicas and runs it. When n5 dies mid-run, a replica cannot
+/// take the task over (it lacks the label): it puts the task back to
+/// pending, and n5 runs it again once back, under the next epoch. No
+/// replica ever runs it.
+#[test]
+fn a_labelled_task_on_replicas_without_its_label_is_offered_to_its_carrier_and_requeued_when_it_dies(
+) {
+    let mut sim = Sim::with_labels(7, 5, LeaderlessConfig::default(), &[(5, "gpu")]);
+    sim.run_for(1_000);
+    let carrier = NodeId(5);
+    let id = (1..)
+        .map(tid)
+        .find(|id| !sim.node(NodeId(1)).replicas_of(*id).contains(&carrier))
+        .expect("some task is placed away from n5");
+    let replicas = sim.node(NodeId(1)).replicas_of(id);
+    sim.handlers.hang.insert(id);
+    let mut t = task(b"x");
+    t.labels = vec!["gpu".into()];
+    let r = sim.client(NodeId(1), ClientRequest::Submit { id, task: t });
+    assert!(sim.run_until(3_000, |s| !s.executions_of(id).is_empty()));
+    assert!(accepted(&sim, r));
+    assert_eq!(sim.executions_of(id), vec![(carrier, Epoch(1))]);
+    assert!(sim.node(carrier).offers().1 >= 1, "n5 took an offer");
+    sim.handlers.hang.clear();
+    sim.crash(carrier);
+    let back_to_pending = |s: &Sim| {
+        replicas.iter().any(|&n| {
+            s.node(n)
+                .record(id)
+                .is_some_and(|(_, v)| v.state == TaskState::Pending && v.epoch == Epoch(1))
+        })
+    };
+    assert!(
+        sim.run_until(10_000, back_to_pending),
+        "requeued by a replica"
+    );
+    assert_eq!(sim.executions_of(id).len(), 1, "no replica runs it");
+    sim.restart(carrier);
+    assert!(sim.run_until(10_000, |s| s.decided(id).is_some()));
+    assert_eq!(
+        sim.executions_of(id),
+        vec![(carrier, Epoch(1)), (carrier, Epoch(2))]
+    );
+    match sim.decided(id) {
+        Some(TaskState::Succeeded { node, epoch, .. }) => {
+            assert_eq!((*node, *epoch), (carrier, Epoch(2)));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}

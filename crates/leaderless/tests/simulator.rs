@@ -398,3 +398,81 @@ fn regression_a_value_of_the_winning_body_never_lands_in_a_record_of_the_losing_
     let r = run::<LeaderlessNode>(&c, &LeaderlessConfig::default(), &mut Checked::new(&c));
     assert!(r.passed(), "{r}");
 }
+
+/// A seed run as `cohort sim --mode leaderless` runs it (ring changes on
+/// every third seed), with labelled tasks: 30 % of them need the label
+/// only n1 carries, so 4 in 10 of them are placed on replicas that cannot
+/// run them and are offered to n1.
+fn labelled_sim(seed: u64) -> Report {
+    let mut c = SimConfig::new(seed, 5);
+    c.faults = FaultKinds::ALL;
+    c.safety_ms = 10_000;
+    c.liveness_ms = 20_000;
+    c.workload.unique_every = 20;
+    c.workload.heartbeat_rate = 0.2;
+    c.workload.labelled_rate = 0.3;
+    match RingOperator::for_seed(seed, 5, 1_000) {
+        Some(operator) => {
+            let mode = LeaderlessConfig {
+                initial_ring: Some(operator.initial_ring()),
+                ..LeaderlessConfig::default()
+            };
+            let mut hooks = WithRingChanges(LeaderlessInvariants::new(c.safety_ms), operator);
+            run::<LeaderlessNode>(&c, &mode, &mut hooks)
+        }
+        None => run::<LeaderlessNode>(&c, &LeaderlessConfig::default(), &mut Checked::new(&c)),
+    }
+}
+
+/// Routing: every execution of a labelled task runs on n1, the one node
+/// carrying its label (the `Policy` checker), whether a replica claims it
+/// or n1 takes an offer, and every acknowledged task still finishes once
+/// healed (G4) under every fault kind.
+#[test]
+fn labelled_tasks_run_only_on_a_node_carrying_their_labels_under_every_fault() {
+    for seed in 0..12 {
+        let r = labelled_sim(seed);
+        assert!(r.passed(), "seed {seed}: {r}");
+        assert!(r.tasks_acked > 0, "seed {seed}: {r}");
+    }
+}
+
+/// Found while building offers (`cohort sim --labelled-rate 0.3` seed
+/// 97): two bodies raced for one id, and the only node carrying the
+/// winner's label held the loser's record; it refused the offers of the
+/// winner, which nobody else could run (G4).
+#[test]
+fn regression_the_only_carrier_holding_the_losing_body_still_takes_the_winners_offer() {
+    let r = labelled_sim(97);
+    assert!(r.passed(), "{r}");
+}
+
+/// Found while building offers (seed 169): as above, but the carrier, a
+/// replica, kept proposing a claim of its own losing body, which its
+/// co-replicas never answer, and so refused every offer as busy (G4).
+#[test]
+fn regression_a_carriers_unanswerable_claim_of_the_losing_body_gives_way_to_an_offer() {
+    let r = labelled_sim(169);
+    assert!(r.passed(), "{r}");
+}
+
+/// Found while building offers (seed 18, with ring changes): the carrier
+/// held the task's first write placed under a newer ring (a version-0
+/// value the creation fence left dead) and proposed the offer's claim on
+/// its own value, which the offering replicas answer as foreign (G4).
+#[test]
+fn regression_an_offer_is_claimed_on_the_offerers_value_not_a_fenced_first_write() {
+    let r = labelled_sim(18);
+    assert!(r.passed(), "{r}");
+}
+
+/// Found while building offers (seed 172): a replica holding the losing
+/// body of a first-write race offered it to the carrier, whose claim of it
+/// the other replicas never answer; the carrier stayed busy with it and
+/// refused the winner's offers (G4). Now an offer of another body replaces
+/// a claim no acceptor holds, and such a claim is dropped after a while.
+#[test]
+fn regression_an_offer_of_the_losing_body_does_not_keep_the_carrier_from_the_winner() {
+    let r = labelled_sim(172);
+    assert!(r.passed(), "{r}");
+}

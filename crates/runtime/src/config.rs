@@ -164,6 +164,8 @@ pub struct NodeFile {
     pub mode: Option<String>,
     pub cluster_id: Option<String>,
     pub capacity: Option<u32>,
+    /// The worker labels this node carries (`labels = ["gpu", "queue=reports"]`).
+    pub labels: Option<Vec<String>>,
     pub allow_exec: Option<bool>,
     pub payload_bytes_max: Option<usize>,
     /// `Limits::task_events_max`.

@@ -462,6 +462,11 @@ pub struct SubmitBody {
     /// the attempt fails (class `heartbeat_timeout`); absent or 0: none.
     #[serde(default)]
     pub heartbeat_timeout_ms: Option<u64>,
+    /// Routing: the worker labels a node must carry, every one, to run the
+    /// task (absent or empty: any node). A queue is a label its workers
+    /// carry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
 }
 
 /// The `retry` object of a submit body (see [`cohort_core::retry`]).
@@ -523,6 +528,7 @@ pub fn kind_policy_task(kind: &str, policy: &KindPolicy) -> Task {
         schedule_to_start_ms: None,
         priority: None,
         heartbeat_timeout_ms: None,
+        labels: None,
     };
     match submit_task(body, &policies) {
         Ok((_, task)) => task,
@@ -669,6 +675,7 @@ fn submit_task(
         schedule_to_start_ms: req.schedule_to_start_ms.unwrap_or(0),
         priority: req.priority.unwrap_or(0),
         heartbeat_timeout_ms: req.heartbeat_timeout_ms.unwrap_or(0),
+        labels: req.labels.unwrap_or_default(),
     };
     Ok((id, task))
 }
@@ -1201,6 +1208,7 @@ pub fn task_json(task: &Task) -> serde_json::Value {
         "schedule_to_start_ms": task.schedule_to_start_ms,
         "priority": task.priority,
         "heartbeat_timeout_ms": task.heartbeat_timeout_ms,
+        "labels": task.labels,
     });
     match std::str::from_utf8(&task.payload) {
         Ok(text) => v["payload"] = json!(text),
@@ -1444,6 +1452,7 @@ async fn cluster(State(api): State<Arc<Api>>) -> Response {
         "leader": status.as_ref().and_then(|s| s.leader).map(|l| l.0),
         "term": status.as_ref().and_then(|s| s.term),
         "capacity_tasks": c.peers.capacity_tasks,
+        "labels": c.peers.labels,
         "members": members,
         "kinds": api.registry.kinds(),
         "kind_policies": api.config.kind_policies,
@@ -2128,6 +2137,7 @@ mod tests {
             schedule_to_start_ms: None,
             priority: None,
             heartbeat_timeout_ms: None,
+            labels: None,
         })
         .unwrap();
         for k in body.as_object().unwrap().keys() {

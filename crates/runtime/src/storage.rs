@@ -38,8 +38,9 @@ const META_KEY: &str = "identity";
 /// and a priority, records when they may run
 /// again, and leader results the retry jitter. 4: tasks carry a
 /// heartbeat timeout, histories may hold heartbeats. 5: leader snapshots
-/// carry each final record's purge time and the retention settings.
-pub const FORMAT_VERSION: u32 = 5;
+/// carry each final record's purge time and the retention settings. 6:
+/// tasks carry the worker labels that route them.
+pub const FORMAT_VERSION: u32 = 6;
 
 /// Who a data file belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,6 +12,10 @@ use cohort_core::{
 use rand::Rng;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+/// How many queued tasks one scheduling pass may pass over because no
+/// worker with room carries their labels.
+pub const LABELLED_SKIPPED_MAX: usize = 1024;
+
 #[derive(Debug)]
 struct Record {
     task: Task,
@@ -43,6 +47,8 @@ impl Record {
 #[derive(Debug)]
 struct WorkerView {
     capacity_tasks: u32,
+    /// The worker labels it carries, as its latest heartbeat said.
+    labels: Vec<String>,
     alive: bool,
     last_seen: Time,
     /// Tasks this worker runs, by the coordinator's table.
@@ -104,15 +110,16 @@ impl Coordinator {
             .members
             .iter()
             .map(|&id| {
-                let capacity_tasks = if id == peers.id {
-                    peers.capacity_tasks
+                let (capacity_tasks, labels) = if id == peers.id {
+                    (peers.capacity_tasks, peers.labels.clone())
                 } else {
-                    1
+                    (1, Vec::new())
                 };
                 (
                     id,
                     WorkerView {
                         capacity_tasks,
+                        labels,
                         alive: true,
                         last_seen: now,
                         running: BTreeSet::new(),
@@ -425,6 +432,7 @@ impl Coordinator {
         from: NodeId,
         held: &[(TaskId, Epoch)],
         capacity_tasks: u32,
+        labels: Vec<String>,
         out: &mut Out,
     ) {
         let Some(w) = self.workers.get_mut(&from) else {
@@ -433,6 +441,12 @@ impl Coordinator {
         w.alive = true;
         w.last_seen = now;
         w.capacity_tasks = capacity_tasks.max(1);
+        // Checked like the node's own; invalid ones match nothing labelled.
+        w.labels = if cohort_core::task::valid_labels(&labels).is_ok() {
+            labels
+        } else {
+            Vec::new()
+        };
         // Re-send assignments the worker does not hold: the Assign was lost.
         let resend_after = self.config.heartbeat_interval();
         for &task in &w.running {
@@ -562,14 +576,24 @@ impl Coordinator {
     }
 
     /// Assigns pending tasks, in order, to the live worker with the lowest
-    /// `running / capacity` (ties: lowest id), while any has room.
+    /// `running / capacity` (ties: lowest id) among those carrying the
+    /// task's labels, while any has room. A task none of the workers with
+    /// room can run is passed over, at most [`LABELLED_SKIPPED_MAX`] of
+    /// them per call, so such a backlog costs a bounded walk.
     fn schedule(&mut self, now: Time, out: &mut Out) {
         let events_max = self.events_max();
-        while let Some(&task) = self.queue.front() {
+        // Tasks ahead of `at` in the queue were passed over.
+        let mut at = 0;
+        while let Some(&task) = self.queue.get(at) {
+            if at >= LABELLED_SKIPPED_MAX {
+                return;
+            }
+            let want = &self.tasks[&task].task;
             let best = self
                 .workers
                 .iter()
                 .filter(|(_, w)| w.alive && (w.running.len() as u64) < u64::from(w.capacity_tasks))
+                .filter(|(_, w)| want.runs_on(&w.labels))
                 .min_by(|(a_id, a), (b_id, b)| {
                     // running_a / cap_a vs running_b / cap_b, without floats.
                     let lhs = a.running.len() as u64 * u64::from(b.capacity_tasks);
@@ -577,12 +601,19 @@ impl Coordinator {
                     lhs.cmp(&rhs).then(a_id.cmp(b_id))
                 })
                 .map(|(&id, _)| id);
-            let Some(node) = best else { return };
-            self.queue.pop_front();
+            let Some(node) = best else {
+                if want.labels.is_empty() {
+                    return; // no worker has room
+                }
+                at += 1; // no worker with room carries its labels
+                continue;
+            };
+            let popped = self.queue.remove(at);
+            assert_eq!(popped, Some(task));
             if let Some(d) = self.tasks[&task].start_by {
                 if d < now {
-                    // The queue head went overdue before a worker had room.
-                    self.queue.push_front(task);
+                    // It went overdue before a worker had room.
+                    self.queue.insert(at, task);
                     self.expire(now, task, out);
                     continue;
                 }

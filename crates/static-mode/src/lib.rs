@@ -124,9 +124,10 @@ impl Node for StaticNode {
             StaticMessage::Heartbeat {
                 held,
                 capacity_tasks,
+                labels,
             } => {
                 if let Some(c) = self.coordinator.as_mut() {
-                    c.heartbeat(now, from, &held, capacity_tasks, &mut self.out);
+                    c.heartbeat(now, from, &held, capacity_tasks, labels, &mut self.out);
                 }
             }
         }
@@ -141,6 +142,7 @@ impl Node for StaticNode {
             None => self.worker.tick(
                 self.coordinator_id,
                 self.peers.capacity_tasks,
+                &self.peers.labels,
                 &mut self.out,
             ),
         }

@@ -40,6 +40,9 @@ pub enum StaticMessage {
         held: Vec<(TaskId, Epoch)>,
         /// How many tasks it runs at once.
         capacity_tasks: u32,
+        /// The worker labels it carries (tasks naming others are not
+        /// assigned to it).
+        labels: Vec<String>,
     },
     /// Worker → coordinator: the handler of `(task, epoch)` is alive and
     /// reports `progress`, to record. Not re-sent: the next carries newer

@@ -123,6 +123,7 @@ impl Worker {
         &mut self,
         coordinator: NodeId,
         capacity_tasks: u32,
+        labels: &[String],
         out: &mut Vec<Action<StaticMessage>>,
     ) {
         let held = self
@@ -136,6 +137,7 @@ impl Worker {
             msg: StaticMessage::Heartbeat {
                 held,
                 capacity_tasks,
+                labels: labels.to_vec(),
             },
         });
         for (&(task, epoch), outcome) in &self.unacked {

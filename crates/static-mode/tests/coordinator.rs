@@ -36,6 +36,7 @@ fn task() -> Task {
         schedule_to_start_ms: 0,
         priority: 0,
         heartbeat_timeout_ms: 0,
+        labels: Vec::new(),
     }
 }
 
@@ -100,6 +101,7 @@ fn assignment_goes_to_the_least_loaded_worker_ties_by_id() {
             StaticMessage::Heartbeat {
                 held: vec![],
                 capacity_tasks: 4,
+                labels: vec![],
             },
         );
         drain(&mut c);
@@ -167,6 +169,7 @@ fn a_dead_workers_result_is_rejected_after_reassignment() {
         StaticMessage::Heartbeat {
             held: vec![],
             capacity_tasks: 1,
+            labels: vec![],
         },
     );
     drain(&mut c);
@@ -333,4 +336,66 @@ fn a_task_no_worker_has_room_for_fails_at_its_schedule_to_start_deadline() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// Routing: the coordinator assigns a labelled task only to a worker whose
+/// heartbeat carries its labels, least loaded among those, and passes over
+/// a labelled task no worker with room can run instead of stopping the
+/// queue at it.
+#[test]
+fn labelled_tasks_go_only_to_workers_carrying_their_labels_and_do_not_block_the_queue() {
+    let mut c = boot(1, 1);
+    drain(&mut c);
+    for (w, labels) in [(2, vec!["gpu".to_string()]), (3, vec![])] {
+        c.handle_message(
+            Time::ZERO,
+            NodeId(w),
+            StaticMessage::Heartbeat {
+                held: vec![],
+                capacity_tasks: 1,
+                labels,
+            },
+        );
+        drain(&mut c);
+    }
+    let submit_labelled = |c: &mut StaticNode, id: u128, labels: &[&str]| {
+        let mut t = task();
+        t.labels = labels.iter().map(|l| l.to_string()).collect();
+        c.handle_client(
+            Time::ZERO,
+            RequestId(id as u64),
+            ClientRequest::Submit {
+                id: TaskId(id),
+                task: t,
+            },
+        );
+        assigned(&drain(c))
+    };
+    // The gpu task goes to n2, the only carrier, though n1 is first by id.
+    assert_eq!(
+        submit_labelled(&mut c, 1, &["gpu"]),
+        vec![(TaskId(1), Epoch(1), NodeId(2))]
+    );
+    // n2 is full: a second gpu task waits, and the unlabelled tasks behind
+    // it still go to n1 and n3.
+    assert_eq!(submit_labelled(&mut c, 2, &["gpu"]), vec![]);
+    assert_eq!(
+        submit_labelled(&mut c, 3, &[]),
+        vec![(TaskId(3), Epoch(2), NodeId(1))]
+    );
+    assert_eq!(
+        submit_labelled(&mut c, 4, &[]),
+        vec![(TaskId(4), Epoch(3), NodeId(3))]
+    );
+    // n2 finishes: the waiting gpu task goes to it.
+    c.handle_message(
+        Time::ZERO,
+        NodeId(2),
+        StaticMessage::Result {
+            task: TaskId(1),
+            epoch: Epoch(1),
+            outcome: TaskOutcome::Success(vec![]),
+        },
+    );
+    assert!(assigned(&drain(&mut c)).contains(&(TaskId(2), Epoch(4), NodeId(2))));
 }

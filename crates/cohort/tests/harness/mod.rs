@@ -750,6 +750,7 @@ async fn submitter(ctx: Arc<Ctx>, k: usize) {
             schedule_to_start_ms: 0,
             priority: 0,
             heartbeat_timeout_ms: 0,
+            labels: Vec::new(),
         };
         submit(&ctx, id, task).await;
         // A read of an earlier task during the faults (G1, G2, G5).
@@ -788,6 +789,7 @@ async fn submit(ctx: &Ctx, id: TaskId, task: Task) {
         schedule_to_start_ms: None,
         priority: None,
         heartbeat_timeout_ms: None,
+        labels: None,
     };
     let give_up = Instant::now() + SUBMIT_GIVE_UP;
     let mut node = (ctx.draw() % ctx.clients.len() as u64) as usize;

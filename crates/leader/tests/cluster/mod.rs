@@ -62,6 +62,8 @@ pub struct Cluster {
     /// Failures left per task for the `flaky` kind.
     pub flaky: BTreeMap<TaskId, u32>,
     pub max_log_len: usize,
+    /// The worker labels each node starts with (none when absent).
+    pub labels: BTreeMap<NodeId, Vec<String>>,
 }
 
 pub fn ids(n: u64) -> Vec<NodeId> {
@@ -79,6 +81,7 @@ pub fn task(kind: &str, payload: &[u8]) -> Task {
         schedule_to_start_ms: 0,
         priority: 0,
         heartbeat_timeout_ms: 0,
+        labels: Vec::new(),
     }
 }
 
@@ -107,6 +110,7 @@ impl Cluster {
             next_request: 0,
             flaky: BTreeMap::new(),
             max_log_len: 0,
+            labels: BTreeMap::new(),
         };
         for id in c.members.clone() {
             c.stored.insert(id, Stored::new());
@@ -116,7 +120,9 @@ impl Cluster {
     }
 
     fn start(&mut self, id: NodeId) {
-        let peers = Peers::new(id, self.members.clone(), 4, self.limits.clone()).unwrap();
+        let peers = Peers::new(id, self.members.clone(), 4, self.limits.clone())
+            .and_then(|p| p.with_labels(self.labels.get(&id).cloned().unwrap_or_default()))
+            .unwrap();
         let rng = NodeRng::seed_from_u64(self.rng.gen());
         let node = LeaderNode::boot(&peers, &self.cfg, &self.stored[&id], rng, self.now)
             .expect("a node boots from its own store");

@@ -1,6 +1,6 @@
 //! Node load, spread through foca's custom broadcasts.
 //!
-//! Each node broadcasts `(node, seq, running, capacity)` when its load
+//! Each node broadcasts `(node, seq, running, capacity, labels)` when its load
 //! changes (and at least every `load_report_interval_ms`); foca piggybacks
 //! the reports on its SWIM traffic. A report replaces every older report of
 //! the same node, so stale loads stop spreading.
@@ -10,8 +10,14 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+/// The largest encoded load report accepted: the fixed fields and at most
+/// [`cohort_core::task::LABELS_BYTES_MAX`] bytes of labels, each with its
+/// length prefix.
+pub const LOAD_REPORT_BYTES_MAX: usize =
+    64 + cohort_core::task::LABELS_BYTES_MAX + 2 * cohort_core::task::TASK_LABELS_MAX;
+
 /// One node's load at one moment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoadReport {
     /// The node.
     pub node: NodeId,
@@ -21,6 +27,9 @@ pub struct LoadReport {
     pub running: u32,
     /// Tasks it can run at once.
     pub capacity: u32,
+    /// The worker labels it carries: replicas offer it pending tasks that
+    /// name them.
+    pub labels: Vec<String>,
 }
 
 impl LoadReport {
@@ -74,8 +83,9 @@ impl<T> foca::BroadcastHandler<T> for LoadHandler {
         data: &[u8],
         _sender: Option<&T>,
     ) -> Result<Option<LoadKey>, LoadError> {
-        let report: LoadReport =
-            cohort_core::decode(data, 64).map_err(|e| LoadError(e.to_string()))?;
+        let report: LoadReport = cohort_core::decode(data, LOAD_REPORT_BYTES_MAX)
+            .map_err(|e| LoadError(e.to_string()))?;
+        cohort_core::task::valid_labels(&report.labels).map_err(LoadError)?;
         let mut table = self.table.lock().expect("single-threaded: never poisoned");
         let newer = table
             .get(&report.node)
@@ -86,10 +96,11 @@ impl<T> foca::BroadcastHandler<T> for LoadHandler {
         if !table.contains_key(&report.node) && table.len() >= self.members_max {
             return Ok(None);
         }
-        table.insert(report.node, report);
-        Ok(Some(LoadKey {
+        let key = LoadKey {
             node: report.node,
             seq: report.seq,
-        }))
+        };
+        table.insert(report.node, report);
+        Ok(Some(key))
     }
 }

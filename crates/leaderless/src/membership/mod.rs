@@ -223,13 +223,20 @@ impl Membership {
             .lock()
             .expect("never poisoned")
             .get(&node)
-            .copied()
+            .cloned()
     }
 
     /// Broadcasts this node's load when it (or the capacity: a draining
     /// node reports none) changed, or when the last
     /// report is older than `refresh`.
-    pub fn report_load(&mut self, now: Time, running: u32, capacity: u32, refresh: Duration) {
+    pub fn report_load(
+        &mut self,
+        now: Time,
+        running: u32,
+        capacity: u32,
+        labels: &[String],
+        refresh: Duration,
+    ) {
         let due = match self.last_load {
             None => true,
             Some((r, at)) => r != (running, capacity) || now.saturating_since(at) >= refresh,
@@ -243,6 +250,7 @@ impl Membership {
             seq: (self.generation, self.load_seq),
             running,
             capacity,
+            labels: labels.to_vec(),
         };
         self.last_load = Some(((running, capacity), now));
         if self

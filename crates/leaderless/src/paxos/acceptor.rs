@@ -116,6 +116,7 @@ mod tests {
                     schedule_to_start_ms: 0,
                     priority: 0,
                     heartbeat_timeout_ms: 0,
+                    labels: Vec::new(),
                 },
                 replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
                 ring_epoch: 0,

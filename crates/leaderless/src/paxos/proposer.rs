@@ -48,6 +48,17 @@ pub enum Intent {
         /// This node's lost assignment.
         epoch: Epoch,
     },
+    /// `Running { owner, epoch }` → `Pending` (attempts unchanged): the
+    /// owner was declared down and the proposing replica does not carry
+    /// the task's worker labels, so it hands the task back for a node
+    /// that does (epoch + 1 comes with the next claim: the owner's result
+    /// is rejected, as after a reclaim).
+    Requeue {
+        /// The runner declared down.
+        owner: NodeId,
+        /// Its assignment.
+        epoch: Epoch,
+    },
     /// Any state → the same state on the task's replicas under a newer
     /// ring (`ring_epoch`), if it is not on them already. Chosen by the old
     /// replicas' majority; later instances run among `replicas`.
@@ -169,6 +180,15 @@ impl Intent {
             {
                 Some(base.clone())
             }
+            (Intent::Requeue { owner, epoch }, TaskState::Running { node, epoch: e })
+                if node == owner && e == epoch =>
+            {
+                Some(TaskValue {
+                    state: TaskState::Pending,
+                    start_by: header.task.start_by(at, base.ready_at),
+                    ..base.clone()
+                })
+            }
             (Intent::Cancel, s) if !s.is_final() => Some(TaskValue {
                 state: TaskState::Cancelled,
                 ..base.clone()
@@ -241,6 +261,11 @@ impl Intent {
                 node: me,
                 epoch: *epoch,
                 reason: SupersedeReason::Released,
+            }),
+            Intent::Requeue { owner, epoch } => events.push(TaskEventKind::RunnerLost {
+                node: *owner,
+                epoch: *epoch,
+                reason: SupersedeReason::RunnerDeclaredDead,
             }),
             Intent::Cancel => events.push(TaskEventKind::Cancelled),
             Intent::Expire { .. } => events.push(TaskEventKind::NotStarted {
@@ -315,6 +340,9 @@ pub struct Proposal {
     /// or timed out). Backoff grows with it, so proposers that keep
     /// pre-empting each other spread out instead of duelling for ever.
     failed_rounds: u32,
+    /// Whether any round of it sent `Accept`: until then no acceptor holds
+    /// its value, so nothing of it can be chosen, ever.
+    accepts_sent: bool,
 }
 
 /// What a reply led to.
@@ -474,6 +502,7 @@ impl Proposer {
             round_started: now,
             started_at: now,
             failed_rounds: 0,
+            accepts_sent: false,
         };
         let msgs = prepare_msgs(id, &p);
         self.proposals.insert(id, p);
@@ -519,6 +548,7 @@ impl Proposer {
             value: value.clone(),
             accepted: BTreeSet::new(),
         };
+        p.accepts_sent = true;
         let msgs = p
             .base
             .replicas
@@ -617,6 +647,25 @@ impl Proposer {
         self.proposals.remove(&id)
     }
 
+    /// Abandons the proposal on `id` if none of its rounds sent `Accept`
+    /// (so its value can never be chosen: abandoning it loses nothing
+    /// decided). Returns whether a proposal on `id` is left running.
+    pub fn abandon_unaccepted(&mut self, id: TaskId) -> bool {
+        match self.proposals.get(&id) {
+            Some(p) if !p.accepts_sent => {
+                self.proposals.remove(&id);
+                false
+            }
+            Some(_) => true,
+            None => false,
+        }
+    }
+
+    /// When the proposal on `id` started, if one runs.
+    pub fn started_at(&self, id: TaskId) -> Option<Time> {
+        self.proposals.get(&id).map(|p| p.started_at)
+    }
+
     /// The header of the record this node's proposal on `id` was made for.
     pub fn header(&self, id: TaskId) -> Option<&TaskHeader> {
         self.proposals.get(&id).map(|p| &p.header)
@@ -700,6 +749,7 @@ mod tests {
                 schedule_to_start_ms: 0,
                 priority: 0,
                 heartbeat_timeout_ms: 0,
+                labels: Vec::new(),
             },
             replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
             ring_epoch: 0,

@@ -123,6 +123,8 @@ pub struct Sim {
     /// A running hash of every event, for determinism checks.
     pub trace_hash: u64,
     pub events: u64,
+    /// The worker labels each node boots with (none when absent).
+    pub labels: BTreeMap<NodeId, Vec<String>>,
 }
 
 impl Sim {
@@ -164,9 +166,23 @@ impl Sim {
             sent: BTreeMap::new(),
             trace_hash: 0xcbf2_9ce4_8422_2325,
             events: 0,
+            labels: BTreeMap::new(),
         };
         for m in members {
             sim.boot(m);
+        }
+        sim
+    }
+
+    /// Like [`Sim::new`], with node `n` carrying worker label `l` for each
+    /// `(n, l)` of `labels` (those nodes restart at once to take them).
+    pub fn with_labels(seed: u64, n: u64, config: LeaderlessConfig, labels: &[(u64, &str)]) -> Sim {
+        let mut sim = Sim::new(seed, n, config);
+        for (node, label) in labels {
+            let node = NodeId(*node);
+            sim.labels.entry(node).or_default().push(label.to_string());
+            sim.crash(node);
+            sim.restart(node);
         }
         sim
     }
@@ -194,6 +210,7 @@ impl Sim {
             self.capacity_tasks,
             cohort_core::Limits::default(),
         )
+        .and_then(|p| p.with_labels(self.labels.get(&id).cloned().unwrap_or_default()))
         .expect("valid peers")
     }
 
@@ -666,6 +683,7 @@ pub fn task(payload: &[u8]) -> Task {
         schedule_to_start_ms: 0,
         priority: 0,
         heartbeat_timeout_ms: 0,
+        labels: Vec::new(),
     }
 }
 

@@ -100,6 +100,7 @@ fn probe(ms: u64) -> SubmitBody {
         schedule_to_start_ms: None,
         priority: None,
         heartbeat_timeout_ms: None,
+        labels: None,
     }
 }
 

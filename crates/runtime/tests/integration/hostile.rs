@@ -38,6 +38,7 @@ fn echo(payload: &str) -> SubmitBody {
         schedule_to_start_ms: None,
         priority: None,
         heartbeat_timeout_ms: None,
+        labels: None,
     }
 }
 
@@ -665,6 +666,7 @@ impl AckedWorkload {
                         schedule_to_start_ms: 0,
                         priority: 0,
                         heartbeat_timeout_ms: 0,
+                        labels: Vec::new(),
                     };
                     recorder.push(HistoryEvent::Submitted {
                         task,

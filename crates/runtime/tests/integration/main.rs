@@ -15,6 +15,7 @@ mod heartbeats;
 mod hostile;
 mod idempotency;
 mod kind_policy;
+mod labels;
 mod leader_mode;
 mod leaderless_mode;
 mod manual_retry;

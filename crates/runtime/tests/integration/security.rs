@@ -42,6 +42,7 @@ fn body(kind: &str, payload: &str) -> SubmitBody {
         schedule_to_start_ms: None,
         priority: None,
         heartbeat_timeout_ms: None,
+        labels: None,
     }
 }
 

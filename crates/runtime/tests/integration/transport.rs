@@ -132,6 +132,7 @@ async fn hostile_peer_connections_are_closed_with_a_reason_and_the_node_keeps_ru
             schedule_to_start_ms: None,
             priority: None,
             heartbeat_timeout_ms: None,
+            labels: None,
         })
         .await
         .unwrap();
@@ -202,6 +203,7 @@ async fn a_peer_that_never_answers_fills_only_its_own_bounded_queue() {
             schedule_to_start_ms: None,
             priority: None,
             heartbeat_timeout_ms: None,
+            labels: None,
         })
         .await
         .unwrap();

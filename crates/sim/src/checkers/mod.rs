@@ -199,6 +199,7 @@ pub(crate) mod test_support {
             schedule_to_start_ms: 0,
             priority: 0,
             heartbeat_timeout_ms: 0,
+            labels: Vec::new(),
         }
     }
     pub fn acked(h: &mut History, ms: u64, node: u64) {

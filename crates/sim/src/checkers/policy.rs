@@ -1,5 +1,6 @@
-//! Schedule and retry policy, as clients and runners saw them: no
-//! execution of a task starts before its `not_before`, and a failure whose
+//! Schedule, routing and retry policy, as clients and runners saw them: no
+//! execution of a task starts before its `not_before` or on a node that
+//! lacks one of its worker labels, and a failure whose
 //! error class the task lists as non-retryable is never decided as a
 //! retryable attempt failure (the task fails at once instead). An
 //! assignment may run more than once (a duplicated message, at-least-once),
@@ -28,6 +29,18 @@ pub fn check(history: &History, out: &mut Violations) {
                 let Some(c) = content.get(task) else {
                     continue;
                 };
+                let labels = crate::config::node_labels(*node);
+                if !c.runs_on(&labels) {
+                    out.push(
+                        Guarantee::Policy,
+                        r.at,
+                        format!(
+                            "task {task:?} labelled {:?} ran on {node} under {epoch}, which \
+                             carries {labels:?}",
+                            c.labels
+                        ),
+                    );
+                }
                 if r.at < c.not_before {
                     out.push(
                         Guarantee::Policy,
@@ -100,6 +113,7 @@ mod tests {
             schedule_to_start_ms: 0,
             priority: 0,
             heartbeat_timeout_ms: 0,
+            labels: Vec::new(),
         }
     }
 

@@ -154,6 +154,12 @@ impl<N: Node> Sim<'_, N> {
             } else {
                 0
             },
+            // Drawn only when asked for, like heartbeats.
+            labels: if w.labelled_rate > 0.0 && self.rng.gen_bool(w.labelled_rate) {
+                vec![crate::config::SIM_LABEL.to_string()]
+            } else {
+                Vec::new()
+            },
         };
         let op = self.ops.len();
         let now = self.now;

@@ -237,6 +237,7 @@ impl<'a, N: Node> Sim<'a, N> {
             .iter()
             .map(|id| {
                 Peers::new(*id, members.clone(), cfg.capacity_tasks, cfg.limits.clone())
+                    .and_then(|p| p.with_labels(crate::config::node_labels(*id)))
                     .expect("validated configuration")
             })
             .collect();

@@ -61,6 +61,7 @@ impl<N: Node> Sim<'_, N> {
                 schedule_to_start_ms: 0,
                 priority: 0,
                 heartbeat_timeout_ms: 0,
+                labels: Vec::new(),
             },
             link_attempts: self.cfg.limits.attempts_max,
         }

@@ -161,6 +161,7 @@ pub fn echo(payload: &str) -> SubmitBody {
         schedule_to_start_ms: None,
         priority: None,
         heartbeat_timeout_ms: None,
+        labels: None,
     }
 }
 
