@@ -100,7 +100,7 @@ impl Default for ClientLimits {
     }
 }
 
-/// A task kind's retry policy: what a submit of the kind gets for each of
+/// A task kind's retry policy and queue: what a submit of the kind gets for each of
 /// these fields it leaves out (`[kinds.NAME]` in a `cohort node --config`
 /// file). A field the policy leaves out too gets the node-wide default. The
 /// resolved values are stored in the task when it is created (decided with
@@ -122,6 +122,10 @@ pub struct KindPolicy {
     /// Error classes that fail the task at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub non_retryable: Option<Vec<String>>,
+    /// The kind's queue: the worker labels its tasks need when a submit
+    /// leaves `labels` out (`"labels": []` in a body says none, and wins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
 }
 
 /// Most kinds given a [`KindPolicy`] on one node.

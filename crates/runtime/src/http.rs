@@ -675,7 +675,10 @@ fn submit_task(
         schedule_to_start_ms: req.schedule_to_start_ms.unwrap_or(0),
         priority: req.priority.unwrap_or(0),
         heartbeat_timeout_ms: req.heartbeat_timeout_ms.unwrap_or(0),
-        labels: req.labels.unwrap_or_default(),
+        labels: req
+            .labels
+            .or_else(|| policy.and_then(|p| p.labels.clone()))
+            .unwrap_or_default(),
     };
     Ok((id, task))
 }

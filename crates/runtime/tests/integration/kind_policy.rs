@@ -25,6 +25,7 @@ fn sleep_policy() -> BTreeMap<String, KindPolicy> {
         backoff_initial_ms: Some(0),
         backoff_max_ms: Some(0),
         non_retryable: Some(vec!["invalid_payload".into()]),
+        labels: None,
     };
     BTreeMap::from([("sleep".to_string(), policy)])
 }
@@ -160,6 +161,14 @@ async fn a_policy_for_a_kind_without_a_handler_or_out_of_limits_stops_the_start(
                 ..KindPolicy::default()
             },
             "max_attempts must be",
+        ),
+        (
+            "sleep",
+            KindPolicy {
+                labels: Some(vec!["no spaces".into()]),
+                ..KindPolicy::default()
+            },
+            "label \"no spaces\"",
         ),
     ] {
         let peers = Peers::new(NodeId(1), [NodeId(1)], 2, Limits::default()).unwrap();

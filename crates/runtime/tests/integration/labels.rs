@@ -10,11 +10,21 @@ use crate::real;
 
 use cohort_core::{NodeId, TaskId};
 use cohort_runtime::client::Client;
+use cohort_runtime::config::KindPolicy;
 use cohort_runtime::http::SubmitBody;
 use cohort_runtime::RuntimeConfig;
 use real::{echo, finished, submit, Mode};
+use std::collections::BTreeMap;
 
+/// Every node: `sleep` is queued for `gpu` workers by its kind's policy.
 fn tweak(id: NodeId, c: &mut RuntimeConfig) {
+    c.kind_policies = BTreeMap::from([(
+        "sleep".to_string(),
+        KindPolicy {
+            labels: Some(vec!["gpu".into()]),
+            ..KindPolicy::default()
+        },
+    )]);
     if id == NodeId(3) {
         c.peers = c
             .peers
@@ -100,6 +110,25 @@ async fn labelled_tasks_run_on_the_carrier(nodes: &[cohort_runtime::RunningNode]
     let plain = submit(&clients[0], &echo("plain")).await;
     let v = finished(&clients[1], &plain).await;
     assert_eq!(v.task.state, "succeeded", "{v:?}");
+    assert_eq!(v.body["labels"], serde_json::json!([]), "{}", v.body);
+
+    // A kind's policy queues it: `sleep` without labels gets `gpu` and runs
+    // on n3; `"labels": []` in the body says none and wins.
+    let sleep = |labels: Option<Vec<String>>| SubmitBody {
+        kind: "sleep".into(),
+        payload: Some("1".into()),
+        labels,
+        ..echo("")
+    };
+    for i in 0..clients.len() {
+        let id = submit(&clients[i], &sleep(None)).await;
+        let v = finished(&clients[0], &id).await;
+        assert_eq!(v.task.state, "succeeded", "{v:?}");
+        assert_eq!(v.task.node, Some(3), "{v:?}");
+        assert_eq!(v.body["labels"], serde_json::json!(["gpu"]), "{}", v.body);
+    }
+    let id = submit(&clients[0], &sleep(Some(vec![]))).await;
+    let v = finished(&clients[0], &id).await;
     assert_eq!(v.body["labels"], serde_json::json!([]), "{}", v.body);
 
     for bad in [
