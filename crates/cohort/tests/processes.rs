@@ -794,3 +794,79 @@ fn cohort_schedule_creates_fires_shows_and_deletes_a_schedule() {
         "{listed}"
     );
 }
+
+/// Routing through the CLI: `cohort node --label gpu` on n2 alone, then
+/// `cohort submit --label gpu`: the task runs on n2 whichever node took
+/// it, and `cohort get --events` shows its labels.
+#[test]
+fn cohort_submit_with_a_label_runs_on_the_node_started_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = layout(3);
+    let mut procs = Procs(Vec::new());
+    for id in 1..=3 {
+        let mut flags = vec!["--mode", "leader"];
+        if id == 2 {
+            flags.extend(["--label", "gpu"]);
+        }
+        procs
+            .0
+            .push(Some(spawn_mode(&l, id, dir.path(), "label-test", &flags)));
+    }
+    for h in &l.http {
+        wait_healthy(h);
+    }
+    for (i, h) in l.http.iter().enumerate() {
+        let end = Instant::now() + Duration::from_secs(20);
+        let id = loop {
+            let out = cli(&[
+                "submit",
+                "--node",
+                h,
+                "--kind",
+                "echo",
+                "--payload",
+                "hi",
+                "--label",
+                "gpu",
+            ]);
+            if out.status.success() {
+                break String::from_utf8(out.stdout).unwrap().trim().to_string();
+            }
+            assert!(
+                Instant::now() < end,
+                "n{} never took the submit: {}",
+                i + 1,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let t = wait_task(h, &id);
+        assert_eq!(t["state"], "succeeded", "{t}");
+        assert_eq!(t["node"], 2, "{t}");
+        let out = cli(&["get", "--node", h, &id, "--events"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["task"]["labels"], serde_json::json!(["gpu"]), "{v}");
+    }
+    let out = cli(&[
+        "submit",
+        "--node",
+        &l.http[0],
+        "--kind",
+        "echo",
+        "--payload",
+        "x",
+        "--label",
+        "bad label",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("label"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
