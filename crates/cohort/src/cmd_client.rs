@@ -771,6 +771,10 @@ pub struct ScheduleCreateArgs {
     /// The fired task's attempts.
     #[arg(long)]
     pub max_attempts: Option<u32>,
+    /// A worker label the fired tasks need (repeat for more): they run
+    /// only on nodes carrying every one.
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
 }
 
 /// `cohort schedule`.
@@ -805,7 +809,7 @@ pub fn schedule(args: ScheduleArgs) -> anyhow::Result<()> {
                         schedule_to_start_ms: None,
                         priority: None,
                         heartbeat_timeout_ms: None,
-                        labels: None,
+                        labels: (!a.labels.is_empty()).then(|| a.labels.clone()),
                     },
                 };
                 let client = a.target.auth.client(&a.target.node)?;

@@ -705,7 +705,8 @@ fn cohort_schedule_creates_fires_shows_and_deletes_a_schedule() {
     let l = layout(3);
     let mut procs = Procs(Vec::new());
     for id in 1..=3 {
-        let flags = ["--mode", "leader"];
+        // Every node carries the label the schedule's firings need.
+        let flags = ["--mode", "leader", "--label", "tick"];
         procs.0.push(Some(spawn_mode(
             &l,
             id,
@@ -731,6 +732,8 @@ fn cohort_schedule_creates_fires_shows_and_deletes_a_schedule() {
         "echo",
         "--payload",
         "tick",
+        "--label",
+        "tick",
     ];
     let said = schedule_ok(&create);
     assert!(said.contains("schedule ticker stored"), "{said}");
@@ -749,6 +752,11 @@ fn cohort_schedule_creates_fires_shows_and_deletes_a_schedule() {
     };
     assert_eq!(view["definition"]["every_ms"], 200, "{view}");
     assert_eq!(view["definition"]["overlap"], "allow", "{view}");
+    assert_eq!(
+        view["definition"]["task"]["labels"],
+        serde_json::json!(["tick"]),
+        "{view}"
+    );
     let firing = view["next_firing_id"].as_str().unwrap().to_string();
     // It exists once its tick came (a few hundred ms from now).
     let end = Instant::now() + Duration::from_secs(20);
@@ -762,6 +770,15 @@ fn cohort_schedule_creates_fires_shows_and_deletes_a_schedule() {
     let done = wait_task(&l.http[2], &firing);
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(done["result"], "tick", "{done}");
+    // The firing carries the schedule's labels.
+    let out = cli(&["get", "--node", &l.http[2], &firing, "--events"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["task"]["labels"], serde_json::json!(["tick"]), "{v}");
     // The reserved kind cannot be submitted directly.
     let out = cli(&["submit", "--node", &l.http[0], "--kind", "cohort.schedule"]);
     assert!(!out.status.success());

@@ -1832,6 +1832,8 @@ pub fn schedule_json(s: &Schedule) -> serde_json::Value {
             },
             "schedule_to_start_ms": task.schedule_to_start_ms,
             "priority": task.priority,
+            "heartbeat_timeout_ms": task.heartbeat_timeout_ms,
+            "labels": task.labels,
         },
     });
     match &s.spec {
