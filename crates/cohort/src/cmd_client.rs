@@ -706,7 +706,7 @@ pub struct ScheduleArgs {
 #[derive(Subcommand, Debug, Clone)]
 pub enum ScheduleCommand {
     /// Store a schedule: each tick fires one task, exactly once.
-    Create(ScheduleCreateArgs),
+    Create(Box<ScheduleCreateArgs>),
     /// Show a schedule: its definition, whether it is deleted, its next tick.
     Get(ScheduleNameArgs),
     /// Delete a schedule: no tick fires once its links see the deletion.
