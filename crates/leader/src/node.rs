@@ -1194,8 +1194,10 @@ impl LeaderNode {
     /// Assigns pending tasks to the least loaded live workers that carry
     /// their labels: `argmin(running / capacity)`, ties to the lowest id.
     /// A task no worker with room can run is passed over, not waited on:
-    /// at most [`LABELLED_SCAN_FACTOR`] times the round's assignments are
-    /// looked at, so a backlog of such tasks costs a bounded walk.
+    /// the queue skips such label sets whole ([`Scheduler::ready_for`]),
+    /// and of the tasks it yields (which the round's own assignments may
+    /// make unplaceable) at most [`LABELLED_SCAN_FACTOR`] times the
+    /// round's assignments are looked at.
     fn assign_pending(&mut self) {
         if !self.raft.is_leader() || !self.raft.committed_in_term() {
             return;
@@ -1233,9 +1235,14 @@ impl LeaderNode {
         let take = usize::try_from(free)
             .unwrap_or(usize::MAX)
             .min(self.cfg.get().assignments_per_round_max);
+        // Label sets no worker with room carries are skipped whole.
+        let runnable = |wants: &[String]| {
+            load.iter()
+                .any(|(w, (run, cap))| run < cap && wants.iter().all(|l| labels[w].contains(l)))
+        };
         let todo: Vec<(TaskId, Vec<String>)> = self
             .sm
-            .ready(self.now)
+            .ready_for(self.now, runnable)
             .filter(|t| !self.inflight.assign.contains_key(t))
             // Past its schedule-to-start deadline: it is being failed, and
             // an assignment now would be a no-op.

@@ -10,11 +10,21 @@ use cohort_core::{
     Time,
 };
 use rand::Rng;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 
-/// How many queued tasks one scheduling pass may pass over because no
-/// worker with room carries their labels.
-pub const LABELLED_SKIPPED_MAX: usize = 1024;
+/// Pending tasks by the labels they need, each in queue order.
+type Queue = BTreeMap<Vec<String>, BTreeSet<(u8, u64, TaskId)>>;
+
+/// Takes `key` off `queue`'s set for `labels`, if it is there (keeping no
+/// empty set).
+fn unqueue(queue: &mut Queue, labels: &[String], key: (u8, u64, TaskId)) {
+    if let Some(q) = queue.get_mut(labels) {
+        q.remove(&key);
+        if q.is_empty() {
+            queue.remove(labels);
+        }
+    }
+}
 
 #[derive(Debug)]
 struct Record {
@@ -36,6 +46,8 @@ struct Record {
     /// Once final: when it is purged (`None`: kept, see
     /// [`cohort_core::Retention::purge_at`]).
     purge_at: Option<Time>,
+    /// While in `queue`: its place there, (priority rank, queue sequence).
+    queued: (u8, u64),
 }
 
 impl Record {
@@ -60,9 +72,14 @@ pub(crate) struct Coordinator {
     peers: Peers,
     config: StaticConfig,
     tasks: BTreeMap<TaskId, Record>,
-    /// Pending tasks that may run, by priority, then in the order they
-    /// could run.
-    queue: VecDeque<TaskId>,
+    /// Pending tasks that may run, by the worker labels they need (none:
+    /// the empty list), each by priority, then in the order they could
+    /// run: (rank, queue sequence, id). Split by labels so that a label set
+    /// no worker with room carries is skipped whole, and a backlog waiting
+    /// for its workers holds up no other task. No empty set is kept.
+    queue: Queue,
+    /// The next queue sequence number.
+    queue_seq: u64,
     /// Pending tasks that may not run yet (not_before, retry backoff):
     /// (ready_at, id). Moved to `queue` by the tick once due, so they
     /// start within a heartbeat interval of `ready_at`.
@@ -131,7 +148,8 @@ impl Coordinator {
             peers,
             config,
             tasks: BTreeMap::new(),
-            queue: VecDeque::new(),
+            queue: BTreeMap::new(),
+            queue_seq: 0,
             waiting: BTreeSet::new(),
             deadlines: BTreeSet::new(),
             rng,
@@ -209,6 +227,7 @@ impl Coordinator {
             history: TaskEvents::default(),
             finished_seq: 0,
             purge_at: None,
+            queued: (0, 0),
         };
         record.record(now, TaskEventKind::Submitted, self.events_max());
         self.tasks.insert(id, record);
@@ -269,7 +288,8 @@ impl Coordinator {
             .ok_or(ClientError::NotFound { id })?;
         match record.state {
             TaskState::Pending => {
-                self.queue.retain(|t| *t != id);
+                let key = (record.queued.0, record.queued.1, id);
+                unqueue(&mut self.queue, &record.task.labels, key);
                 self.waiting.remove(&(record.ready_at, id));
                 if let Some(d) = record.start_by {
                     self.deadlines.remove(&(d, id));
@@ -539,7 +559,8 @@ impl Coordinator {
         assert!(deadline < now, "expired after its deadline only");
         self.deadlines.remove(&(deadline, id));
         self.waiting.remove(&(record.ready_at, id));
-        self.queue.retain(|t| *t != id);
+        let key = (record.queued.0, record.queued.1, id);
+        unqueue(&mut self.queue, &record.task.labels, key);
         let error = record.task.not_started_error();
         let what = TaskEventKind::NotStarted {
             error: event_error(&error),
@@ -551,13 +572,25 @@ impl Coordinator {
 
     /// Puts `id` in the queue behind every task of its priority or higher.
     fn queue_in_order(&mut self, id: TaskId) {
-        let rank = self.tasks[&id].task.rank();
-        let at = self
+        let seq = self.queue_seq;
+        self.queue_seq += 1;
+        let record = self.tasks.get_mut(&id).expect("queueing a known task");
+        record.queued = (record.task.rank(), seq);
+        let fresh = self
             .queue
-            .iter()
-            .position(|t| self.tasks[t].task.rank() > rank)
-            .unwrap_or(self.queue.len());
-        self.queue.insert(at, id);
+            .entry(record.task.labels.clone())
+            .or_default()
+            .insert((record.queued.0, seq, id));
+        assert!(fresh, "a task is queued once");
+    }
+
+    /// Whether a live worker with room carries every one of `labels`.
+    fn room_for(&self, labels: &[String]) -> bool {
+        self.workers.values().any(|w| {
+            w.alive
+                && (w.running.len() as u64) < u64::from(w.capacity_tasks)
+                && labels.iter().all(|l| w.labels.contains(l))
+        })
     }
 
     /// Queues pending `id`: waiting while its `ready_at` is after `now`.
@@ -577,17 +610,23 @@ impl Coordinator {
 
     /// Assigns pending tasks, in order, to the live worker with the lowest
     /// `running / capacity` (ties: lowest id) among those carrying the
-    /// task's labels, while any has room. A task none of the workers with
-    /// room can run is passed over, at most [`LABELLED_SKIPPED_MAX`] of
-    /// them per call, so such a backlog costs a bounded walk.
+    /// task's labels, while any has room. The tasks of a label set no
+    /// worker with room carries are passed over, at the cost of one look
+    /// per label set.
     fn schedule(&mut self, now: Time, out: &mut Out) {
         let events_max = self.events_max();
-        // Tasks ahead of `at` in the queue were passed over.
-        let mut at = 0;
-        while let Some(&task) = self.queue.get(at) {
-            if at >= LABELLED_SKIPPED_MAX {
+        loop {
+            // The first task in queue order among the label sets some
+            // worker with room carries.
+            let next = self
+                .queue
+                .iter()
+                .filter(|(labels, _)| self.room_for(labels))
+                .filter_map(|(_, q)| q.first().copied())
+                .min();
+            let Some((rank, seq, task)) = next else {
                 return;
-            }
+            };
             let want = &self.tasks[&task].task;
             let best = self
                 .workers
@@ -601,19 +640,11 @@ impl Coordinator {
                     lhs.cmp(&rhs).then(a_id.cmp(b_id))
                 })
                 .map(|(&id, _)| id);
-            let Some(node) = best else {
-                if want.labels.is_empty() {
-                    return; // no worker has room
-                }
-                at += 1; // no worker with room carries its labels
-                continue;
-            };
-            let popped = self.queue.remove(at);
-            assert_eq!(popped, Some(task));
+            let node = best.expect("room_for found a worker");
+            unqueue(&mut self.queue, &want.labels, (rank, seq, task));
             if let Some(d) = self.tasks[&task].start_by {
                 if d < now {
                     // It went overdue before a worker had room.
-                    self.queue.insert(at, task);
                     self.expire(now, task, out);
                     continue;
                 }

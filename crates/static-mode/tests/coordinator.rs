@@ -340,8 +340,8 @@ fn a_task_no_worker_has_room_for_fails_at_its_schedule_to_start_deadline() {
 
 /// Routing: the coordinator assigns a labelled task only to a worker whose
 /// heartbeat carries its labels, least loaded among those, and passes over
-/// a labelled task no worker with room can run instead of stopping the
-/// queue at it.
+/// labelled tasks no worker with room can run (here two thousand of them)
+/// instead of stopping the queue at them.
 #[test]
 fn labelled_tasks_go_only_to_workers_carrying_their_labels_and_do_not_block_the_queue() {
     let mut c = boot(1, 1);
@@ -379,6 +379,10 @@ fn labelled_tasks_go_only_to_workers_carrying_their_labels_and_do_not_block_the_
     // n2 is full: a second gpu task waits, and the unlabelled tasks behind
     // it still go to n1 and n3.
     assert_eq!(submit_labelled(&mut c, 2, &["gpu"]), vec![]);
+    // A backlog for a label no worker carries is skipped whole.
+    for id in 10_000..12_000 {
+        assert_eq!(submit_labelled(&mut c, id, &["tpu"]), vec![]);
+    }
     assert_eq!(
         submit_labelled(&mut c, 3, &[]),
         vec![(TaskId(3), Epoch(2), NodeId(1))]

@@ -154,10 +154,14 @@ pub struct TaskRecord {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Scheduler {
     tasks: BTreeMap<TaskId, TaskRecord>,
-    /// Pending tasks that could run when they became pending, in queue
+    /// Pending tasks that could run when they became pending, by the
+    /// worker labels they need (none: the empty list), each in queue
     /// order: (priority rank, index it became pending, id), so a higher
-    /// priority goes first, then first come first served.
-    pending: BTreeSet<(u8, u64, TaskId)>,
+    /// priority goes first, then first come first served. Split by labels
+    /// so that an assignment round skips, at no cost, every task whose
+    /// labels no worker with room carries (a backlog for workers that are
+    /// down does not hold up the others). No empty set is kept.
+    pending: BTreeMap<Vec<String>, BTreeSet<(u8, u64, TaskId)>>,
     /// Pending tasks that could not run yet when they became pending
     /// (`not_before` or a retry backoff), by when they may: (ready_at, id).
     /// Disjoint from `pending`; a task stays here until it is assigned.
@@ -257,11 +261,41 @@ impl Scheduler {
     /// (`not_before`, a retry backoff) ended by `now`, earliest first,
     /// then the queue by priority and age.
     pub fn ready(&self, now: Time) -> impl Iterator<Item = TaskId> + '_ {
-        self.waiting
+        self.ready_for(now, |_| true)
+    }
+
+    /// [`Scheduler::ready`], keeping only tasks whose labels `runnable`
+    /// accepts. The queued tasks of a label set it refuses are skipped
+    /// whole, at the cost of one call per label set; waiting tasks whose
+    /// wait ended are looked at one by one.
+    pub fn ready_for<'a>(
+        &'a self,
+        now: Time,
+        mut runnable: impl FnMut(&[String]) -> bool + 'a,
+    ) -> impl Iterator<Item = TaskId> + 'a {
+        let mut queues: Vec<_> = self
+            .pending
+            .iter()
+            .filter(|(labels, _)| runnable(labels))
+            .map(|(_, q)| q.iter().peekable())
+            .collect();
+        let waiting = self
+            .waiting
             .iter()
             .take_while(move |(t, _)| *t <= now)
             .map(|(_, id)| *id)
-            .chain(self.pending.iter().map(|(_, _, id)| *id))
+            .filter(move |id| runnable(&self.tasks[id].task.labels));
+        // The queues merged in queue order: priority, then age.
+        let queued = std::iter::from_fn(move || {
+            let next = queues
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(i, q)| q.peek().map(|k| (**k, i)))
+                .min()?;
+            queues[next.1].next();
+            Some(next.0 .2)
+        });
+        waiting.chain(queued)
     }
 
     /// Every pending task, ready or waiting.
@@ -269,7 +303,11 @@ impl Scheduler {
         self.waiting
             .iter()
             .map(|(_, id)| *id)
-            .chain(self.pending.iter().map(|(_, _, id)| *id))
+            .chain(self.pending.values().flatten().map(|(_, _, id)| *id))
+    }
+
+    fn pending_len(&self) -> usize {
+        self.pending.values().map(BTreeSet::len).sum()
     }
 
     /// Pending tasks whose schedule-to-start deadline is before `now`.
@@ -367,17 +405,30 @@ impl Scheduler {
         if rec.ready_at > at {
             self.waiting.insert((rec.ready_at, id));
         } else {
-            self.pending.insert((rec.task.rank(), index, id));
+            let key = (rec.task.rank(), index, id);
+            self.pending
+                .entry(rec.task.labels.clone())
+                .or_default()
+                .insert(key);
         }
     }
 
     /// Takes pending `id` off whichever queue holds it.
     fn dequeue(&mut self, id: TaskId) {
         let rec = &self.tasks[&id];
-        let queued = self
+        let key = (rec.task.rank(), rec.pending_since, id);
+        let in_queue = self
             .pending
-            .remove(&(rec.task.rank(), rec.pending_since, id))
-            || self.waiting.remove(&(rec.ready_at, id));
+            .get_mut(&rec.task.labels)
+            .is_some_and(|q| q.remove(&key));
+        if self
+            .pending
+            .get(&rec.task.labels)
+            .is_some_and(BTreeSet::is_empty)
+        {
+            self.pending.remove(&rec.task.labels);
+        }
+        let queued = in_queue || self.waiting.remove(&(rec.ready_at, id));
         assert!(queued, "a pending task is queued exactly once");
         if let Some(d) = rec.start_by {
             assert!(self.deadlines.remove(&(d, id)), "deadlines are indexed");
@@ -687,7 +738,7 @@ impl Scheduler {
     fn check(&self) {
         let running: usize = self.running.values().map(BTreeSet::len).sum();
         assert!(
-            self.pending.len() + self.waiting.len() + running + self.finished.len()
+            self.pending_len() + self.waiting.len() + running + self.finished.len()
                 == self.tasks.len(),
             "every task is pending, running or finished, exactly once"
         );
@@ -696,7 +747,7 @@ impl Scheduler {
             "only finished tasks are purged"
         );
         assert!(
-            self.deadlines.len() <= self.pending.len() + self.waiting.len(),
+            self.deadlines.len() <= self.pending_len() + self.waiting.len(),
             "only pending tasks have a schedule-to-start deadline"
         );
     }
