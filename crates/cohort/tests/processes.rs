@@ -296,6 +296,17 @@ fn get_task(http: &str, id: &str) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// `cohort get ID --events`: the task, its history and its body.
+fn get_events(http: &str, id: &str) -> serde_json::Value {
+    let out = cli(&["get", "--node", http, id, "--events"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn signal(child: &Child, sig: &str) {
     let pid = child.id().to_string();
     assert!(Command::new("kill")
@@ -771,13 +782,7 @@ fn cohort_schedule_creates_fires_shows_and_deletes_a_schedule() {
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(done["result"], "tick", "{done}");
     // The firing carries the schedule's labels.
-    let out = cli(&["get", "--node", &l.http[2], &firing, "--events"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = get_events(&l.http[2], &firing);
     assert_eq!(v["task"]["labels"], serde_json::json!(["tick"]), "{v}");
     // The reserved kind cannot be submitted directly.
     let out = cli(&["submit", "--node", &l.http[0], "--kind", "cohort.schedule"]);
@@ -860,13 +865,7 @@ fn cohort_submit_with_a_label_runs_on_the_node_started_with_it() {
         let t = wait_task(h, &id);
         assert_eq!(t["state"], "succeeded", "{t}");
         assert_eq!(t["node"], 2, "{t}");
-        let out = cli(&["get", "--node", h, &id, "--events"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let v = get_events(h, &id);
         assert_eq!(v["task"]["labels"], serde_json::json!(["gpu"]), "{v}");
     }
     let out = cli(&[
