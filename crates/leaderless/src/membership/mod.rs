@@ -568,7 +568,13 @@ impl Membership {
                     self.raise_local_health();
                 }
                 OwnedNotification::MemberUp(id) => self.note_up(id.node),
-                OwnedNotification::Rename(_, id) => self.note_up(id.node),
+                // foca renames a member it holds down too (a newer
+                // generation heard of, not heard from): live only if active.
+                OwnedNotification::Rename(_, id)
+                    if self.foca.iter_members().any(|m| *m.id() == id) =>
+                {
+                    self.note_up(id.node)
+                }
                 OwnedNotification::MemberDown(id) => {
                     self.note_down(id.node);
                     self.counters.members_declared_down += 1;
