@@ -80,7 +80,7 @@ impl Task {
     /// Whether a node carrying `node_labels` may run this task: it carries
     /// every label the task names.
     pub fn runs_on(&self, node_labels: &[String]) -> bool {
-        self.labels.iter().all(|l| node_labels.contains(l))
+        carries(node_labels, &self.labels)
     }
 
     /// The error of a task that was not started in time.
@@ -302,6 +302,11 @@ pub fn valid_label(label: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Whether a node carrying `node_labels` carries every one of `wanted`.
+pub fn carries(node_labels: &[String], wanted: &[String]) -> bool {
+    wanted.iter().all(|l| node_labels.contains(l))
 }
 
 /// Checks a set of worker labels (a task's or a node's): at most

@@ -27,6 +27,7 @@ use crate::raft::{
     RaftNode, RaftStatus, Ready,
 };
 use crate::scheduler::{Command, Scheduler};
+use cohort_core::task::carries;
 use cohort_core::{
     decode, encode, event_progress, Action, BootError, ClientError, ClientRequest, ClientResponse,
     Consistency, DrainRefusal, DrainStatus, Epoch, HeartbeatReply, Node, NodeId, NodeRng, Peers,
@@ -1238,7 +1239,7 @@ impl LeaderNode {
         // Label sets no worker with room carries are skipped whole.
         let runnable = |wants: &[String]| {
             load.iter()
-                .any(|(w, (run, cap))| run < cap && wants.iter().all(|l| labels[w].contains(l)))
+                .any(|(w, (run, cap))| run < cap && carries(&labels[w], wants))
         };
         let todo: Vec<(TaskId, Vec<String>)> = self
             .sm
@@ -1261,7 +1262,7 @@ impl LeaderNode {
             }
             let best = load
                 .iter()
-                .filter(|(w, (run, cap))| run < cap && wants.iter().all(|l| labels[*w].contains(l)))
+                .filter(|(w, (run, cap))| run < cap && carries(&labels[*w], &wants))
                 .min_by(|(a, (ra, ca)), (b, (rb, cb))| (ra * cb).cmp(&(rb * ca)).then(a.cmp(b)))
                 .map(|(w, _)| *w);
             let Some(w) = best else {

@@ -589,7 +589,7 @@ impl Coordinator {
         self.workers.values().any(|w| {
             w.alive
                 && (w.running.len() as u64) < u64::from(w.capacity_tasks)
-                && labels.iter().all(|l| w.labels.contains(l))
+                && cohort_core::task::carries(&w.labels, labels)
         })
     }
 
