@@ -35,6 +35,7 @@ fn task() -> Task {
         priority: 0,
         heartbeat_timeout_ms: 0,
         labels: Vec::new(),
+        limit: None,
     }
 }
 

@@ -102,6 +102,7 @@ pub(crate) fn body(id: TaskId) -> SubmitBody {
         priority: None,
         heartbeat_timeout_ms: None,
         labels: None,
+        limit: None,
     }
 }
 

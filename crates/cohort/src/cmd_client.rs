@@ -66,7 +66,7 @@ pub struct SubmitArgs {
     /// Submit many tasks in one `POST /v1/tasks:batch` instead: a file
     /// (`-` for stdin) with one submit body per line, e.g.
     /// `{"id":"a1","kind":"echo","payload":"hi"}`. Prints the ids in order.
-    #[arg(long, conflicts_with_all = ["kind", "id", "idempotency_key", "dedupe_key", "wait", "not_before_ms", "delay", "backoff_initial_ms", "backoff_max_ms", "non_retryable", "schedule_to_start_ms", "priority", "heartbeat_timeout_ms", "labels"])]
+    #[arg(long, conflicts_with_all = ["kind", "id", "idempotency_key", "dedupe_key", "wait", "not_before_ms", "delay", "backoff_initial_ms", "backoff_max_ms", "non_retryable", "schedule_to_start_ms", "priority", "heartbeat_timeout_ms", "labels", "limit_key"])]
     pub batch: Option<PathBuf>,
     /// Payload text (sleep: milliseconds or {"ms":N}; hash: {"rounds":N,"data":"..."}; exec: a command line).
     #[arg(long, default_value = "")]
@@ -130,6 +130,8 @@ pub struct SubmitArgs {
     /// workers carry (`--label queue=reports`).
     #[arg(long = "label")]
     pub labels: Vec<String>,
+    #[command(flatten)]
+    pub limit: LimitArgs,
     /// Wait this long (e.g. 10s) for the outcome and print it.
     #[arg(long)]
     pub wait: Option<String>,
@@ -398,6 +400,7 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
             priority: args.priority,
             heartbeat_timeout_ms: args.heartbeat_timeout_ms,
             labels: (!args.labels.is_empty()).then(|| args.labels.clone()),
+            limit: args.limit.body(),
         };
         let id = match &args.dedupe_key {
             Some(key) => {
@@ -775,6 +778,41 @@ pub struct ScheduleCreateArgs {
     /// only on nodes carrying every one.
     #[arg(long = "label")]
     pub labels: Vec<String>,
+    #[command(flatten)]
+    pub limit: LimitArgs,
+}
+
+/// A task's concurrency and rate limit (leader and static modes; the
+/// leaderless mode refuses it).
+#[derive(Args, Debug, Clone, Default)]
+pub struct LimitArgs {
+    /// Count the task under this limit key (a tenant, a customer, an API
+    /// to call), shared with every task naming it; replaces the kind's
+    /// limit. Needs --concurrency-max or --rate-max.
+    #[arg(long)]
+    pub limit_key: Option<String>,
+    /// At most this many tasks of the key run at once, cluster-wide.
+    #[arg(long, requires = "limit_key")]
+    pub concurrency_max: Option<u32>,
+    /// At most this many tasks of the key start within --rate-window-ms,
+    /// cluster-wide.
+    #[arg(long, requires = "limit_key")]
+    pub rate_max: Option<u32>,
+    /// The rate limit's window (default 1000).
+    #[arg(long, requires = "rate_max")]
+    pub rate_window_ms: Option<u64>,
+}
+
+impl LimitArgs {
+    /// The submit body's `limit`, if a key is given.
+    fn body(&self) -> Option<cohort_runtime::http::LimitBody> {
+        Some(cohort_runtime::http::LimitBody {
+            key: self.limit_key.clone()?,
+            concurrency_max: self.concurrency_max,
+            rate_max: self.rate_max,
+            rate_window_ms: self.rate_window_ms,
+        })
+    }
 }
 
 /// `cohort schedule`.
@@ -810,6 +848,7 @@ pub fn schedule(args: ScheduleArgs) -> anyhow::Result<()> {
                         priority: None,
                         heartbeat_timeout_ms: None,
                         labels: (!a.labels.is_empty()).then(|| a.labels.clone()),
+                        limit: a.limit.body(),
                     },
                 };
                 let client = a.target.auth.client(&a.target.node)?;

@@ -352,6 +352,7 @@ async fn run_mode(mode: &'static Mode, args: &DemoArgs) -> anyhow::Result<Report
             priority: None,
             heartbeat_timeout_ms: None,
             labels: None,
+            limit: None,
         };
         joins.push(tokio::spawn(async move {
             let _permit = permit;

@@ -143,6 +143,7 @@ fn the_harness_checkers_report_a_lost_task_a_stale_result_and_an_unfinished_task
         priority: 0,
         heartbeat_timeout_ms: 0,
         labels: Vec::new(),
+        limit: None,
     };
     let at = |ms: u64| start + ms * 1000;
     let mut client = vec![
@@ -200,6 +201,7 @@ fn the_harness_checkers_report_a_lost_task_a_stale_result_and_an_unfinished_task
                 task: t,
                 epoch: Epoch(1),
                 node: NodeId(2),
+                at: Time::from_millis(5),
             }),
         ),
         rec(
@@ -226,6 +228,7 @@ fn the_harness_checkers_report_a_lost_task_a_stale_result_and_an_unfinished_task
                 task: t,
                 epoch: Epoch(2),
                 node: NodeId(3),
+                at: Time::from_millis(9),
             }),
         ),
         rec(

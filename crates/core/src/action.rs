@@ -66,6 +66,10 @@ pub enum Note {
         epoch: Epoch,
         /// The runner.
         node: NodeId,
+        /// When it was decided, on the deciding node's clock (the leader
+        /// that proposed it, the static coordinator, the leaderless
+        /// claimer): the start a rate limit counts.
+        at: Time,
     },
     /// The cluster decided that the assignment `(task, epoch)` is over without
     /// an accepted result; a later assignment may follow.

@@ -64,6 +64,7 @@ mod tests {
             priority: 0,
             heartbeat_timeout_ms: 0,
             labels: Vec::new(),
+            limit: None,
         };
         let bytes = encode(&t);
         assert_eq!(decode::<Task>(&bytes, 1024).unwrap(), t);

@@ -90,7 +90,7 @@
 //!
 //! let task = Task { kind: "echo".into(), payload: vec![], timeout_ms: 1000, max_attempts: 1,
 //!                    not_before: Time::ZERO, retry: Default::default(), schedule_to_start_ms: 0,
-//!                    priority: 0, heartbeat_timeout_ms: 0, labels: vec![] };
+//!                    priority: 0, heartbeat_timeout_ms: 0, labels: vec![], limit: None };
 //! let key = DedupeKey::new(b"nightly-report").unwrap();
 //! let mut submit = DedupeSubmit::new(key, task, 8);
 //! // An empty cluster: generation 0 does not exist, so it is submitted.
@@ -573,6 +573,7 @@ mod tests {
             priority: 0,
             heartbeat_timeout_ms: 0,
             labels: Vec::new(),
+            limit: None,
         }
     }
 

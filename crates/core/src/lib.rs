@@ -25,6 +25,7 @@ pub mod codec;
 pub mod dedupe;
 pub mod drain;
 pub mod ids;
+pub mod limit;
 pub mod node;
 pub mod retry;
 pub mod ring;
@@ -42,6 +43,7 @@ pub use dedupe::{
 };
 pub use drain::{DrainRefusal, DrainStatus};
 pub use ids::{Epoch, NodeId, TaskId};
+pub use limit::LimitCounts;
 pub use node::{
     BootError, HeartbeatReply, Limits, LimitsError, Node, NodeRng, NodeStatus, Peers, Retention,
     RETAINED_MS_DEFAULT, RETAINED_MS_MAX,
@@ -50,7 +52,8 @@ pub use retry::{after_failure, error_class, AfterFailure, RetryPolicy};
 pub use ring::{RingRefusal, RingRequest, RingView};
 pub use store::{StoreOp, Stored};
 pub use task::{
-    event_error, event_progress, Task, TaskEvent, TaskEventKind, TaskEvents, TaskOutcome,
-    TaskState, HEARTBEAT_TIMEOUT_MS_MAX, PROGRESS_BYTES_MAX, TASK_EVENT_ERROR_BYTES_MAX,
+    event_error, event_progress, Task, TaskEvent, TaskEventKind, TaskEvents, TaskLimit,
+    TaskOutcome, TaskState, HEARTBEAT_TIMEOUT_MS_MAX, PROGRESS_BYTES_MAX,
+    TASK_EVENT_ERROR_BYTES_MAX,
 };
 pub use time::Time;

@@ -539,6 +539,11 @@ impl Limits {
         }
         crate::task::valid_labels(&task.labels)
             .map_err(|reason| ClientError::InvalidTask { reason })?;
+        if let Some(limit) = &task.limit {
+            limit
+                .validate()
+                .map_err(|reason| ClientError::InvalidTask { reason })?;
+        }
         task.retry
             .validate()
             .map_err(|reason| ClientError::InvalidTask { reason })
@@ -657,6 +662,7 @@ mod tests {
             priority: 0,
             heartbeat_timeout_ms: 0,
             labels: Vec::new(),
+            limit: None,
         };
         assert_eq!(
             limits.check_task(&task),

@@ -155,6 +155,7 @@ mod tests {
             priority: 0,
             heartbeat_timeout_ms: 0,
             labels: Vec::new(),
+            limit: None,
         }
     }
 

@@ -429,6 +429,7 @@ fn reserved_task(payload: &SchedulePayload, not_before: Time, attempts: u32) -> 
         priority: i8::MAX,
         heartbeat_timeout_ms: 0,
         labels: Vec::new(),
+        limit: None,
     }
 }
 
@@ -1032,6 +1033,7 @@ mod tests {
                 priority: 0,
                 heartbeat_timeout_ms: 0,
                 labels: Vec::new(),
+                limit: None,
             },
         }
     }

@@ -48,6 +48,91 @@ pub struct Task {
     /// run this task (empty: any node). A queue is a label its workers
     /// carry. At most [`TASK_LABELS_MAX`], each a [`valid_label`].
     pub labels: Vec<String>,
+    /// A concurrency and rate limit shared with every task naming the
+    /// same key, enforced by the coordinator (leader and static mode) when
+    /// it starts the task (`None`: no limit).
+    pub limit: Option<TaskLimit>,
+}
+
+/// A cluster-wide limit on the tasks that name one key: a per-kind limit
+/// names the kind (what a kind's policy sets), a per-key limit any key the
+/// client picks (a customer, a tenant, an API to call).
+///
+/// Each task carries its limit and is started only when that limit allows
+/// it, counted over every task of the key: tasks sharing a key should
+/// carry the same numbers. The coordinator decides starts in its
+/// replicated log (leader mode) or its own state (static mode), so a
+/// limit holds across failovers; the counts are of the cluster's record
+/// (an assignment is running from its decision until its outcome or its
+/// supersession), not of handlers a partitioned runner may still be
+/// running.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TaskLimit {
+    /// The key the limit counts under: 1 to [`LIMIT_KEY_BYTES_MAX`] bytes,
+    /// a [`valid_label`]'s characters.
+    pub key: String,
+    /// At most this many tasks of `key` run at once (0: no concurrency
+    /// limit). At most [`CONCURRENCY_MAX`].
+    pub concurrency_max: u32,
+    /// At most this many tasks of `key` start within any `rate_window_ms`
+    /// (0: no rate limit). At most [`RATE_MAX`].
+    pub rate_max: u32,
+    /// The rate limit's sliding window, 1 to [`RATE_WINDOW_MS_MAX`] when
+    /// `rate_max` is set (0 otherwise). Starts are stamped with the
+    /// deciding coordinator's clock.
+    pub rate_window_ms: u64,
+}
+
+/// The longest limit key, in bytes.
+pub const LIMIT_KEY_BYTES_MAX: usize = 128;
+
+/// The highest concurrency limit a task may carry.
+pub const CONCURRENCY_MAX: u32 = 1_000_000;
+
+/// The highest rate limit a task may carry: the coordinator keeps the
+/// latest starts of each rate-limited key, at most this many.
+pub const RATE_MAX: u32 = 10_000;
+
+/// The longest rate window: 1 day. The coordinator forgets a key's starts
+/// once they are this old.
+pub const RATE_WINDOW_MS_MAX: u64 = 24 * 60 * 60 * 1000;
+
+impl TaskLimit {
+    /// Checks the limit's key and numbers.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.key.is_empty() || self.key.len() > LIMIT_KEY_BYTES_MAX {
+            return Err(format!(
+                "a limit key must be 1..={LIMIT_KEY_BYTES_MAX} bytes, got {}",
+                self.key.len()
+            ));
+        }
+        if let Some(c) = self.key.chars().find(|c| !label_char(*c)) {
+            return Err(format!(
+                "limit key {:?} holds {c:?}: only ASCII letters, digits and _ - . : = / are allowed",
+                self.key
+            ));
+        }
+        if self.concurrency_max == 0 && self.rate_max == 0 {
+            return Err("a limit needs concurrency_max or rate_max above 0".into());
+        }
+        if self.concurrency_max > CONCURRENCY_MAX {
+            return Err(format!(
+                "concurrency_max {} is above {CONCURRENCY_MAX}",
+                self.concurrency_max
+            ));
+        }
+        if self.rate_max > RATE_MAX {
+            return Err(format!("rate_max {} is above {RATE_MAX}", self.rate_max));
+        }
+        match (self.rate_max, self.rate_window_ms) {
+            (0, 0) => Ok(()),
+            (0, _) => Err("rate_window_ms is set without rate_max".into()),
+            (_, w) if w == 0 || w > RATE_WINDOW_MS_MAX => Err(format!(
+                "rate_window_ms must be 1..={RATE_WINDOW_MS_MAX} with rate_max, got {w}"
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Task {
@@ -293,15 +378,17 @@ pub fn valid_label(label: &str) -> Result<(), String> {
             label.len()
         ));
     }
-    if let Some(c) = label
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || "_-.:=/".contains(*c)))
-    {
+    if let Some(c) = label.chars().find(|c| !label_char(*c)) {
         return Err(format!(
             "label {label:?} holds {c:?}: only ASCII letters, digits and _ - . : = / are allowed"
         ));
     }
     Ok(())
+}
+
+/// Whether `c` may appear in a label or a limit key.
+fn label_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "_-.:=/".contains(c)
 }
 
 /// Whether a node carrying `node_labels` carries every one of `wanted`.
@@ -728,6 +815,7 @@ mod tests {
             priority: 0,
             heartbeat_timeout_ms: 0,
             labels: Vec::new(),
+            limit: None,
         };
         let (node, epoch) = (NodeId(1), Epoch(1));
         let history = |events: &[(u64, TaskEventKind)]| {
@@ -806,6 +894,7 @@ mod tests {
             priority: 0,
             heartbeat_timeout_ms: 0,
             labels: Vec::new(),
+            limit: None,
         };
         let node = vec!["gpu".to_string(), "eu".to_string()];
         assert!(t.runs_on(&[]), "an unlabelled task runs anywhere");

@@ -30,8 +30,9 @@ use crate::scheduler::{Command, Scheduler};
 use cohort_core::task::carries;
 use cohort_core::{
     decode, encode, event_progress, Action, BootError, ClientError, ClientRequest, ClientResponse,
-    Consistency, DrainRefusal, DrainStatus, Epoch, HeartbeatReply, Node, NodeId, NodeRng, Peers,
-    RequestId, Stored, Task, TaskId, TaskOutcome, TaskState, Time, TimerToken,
+    Consistency, DrainRefusal, DrainStatus, Epoch, HeartbeatReply, LimitCounts, Node, NodeId,
+    NodeRng, Peers, RequestId, Stored, Task, TaskId, TaskLimit, TaskOutcome, TaskState, Time,
+    TimerToken,
 };
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -1194,8 +1195,10 @@ impl LeaderNode {
 
     /// Assigns pending tasks to the least loaded live workers that carry
     /// their labels: `argmin(running / capacity)`, ties to the lowest id.
-    /// A task no worker with room can run is passed over, not waited on:
-    /// the queue skips such label sets whole ([`Scheduler::ready_for`]),
+    /// A task no worker with room can run, or whose limit is reached
+    /// (counting the starts on their way), is passed over, not waited on:
+    /// the queue skips such label sets and limits whole
+    /// ([`Scheduler::ready_for`]),
     /// and of the tasks it yields (which the round's own assignments may
     /// make unplaceable) at most [`LABELLED_SCAN_FACTOR`] times the
     /// round's assignments are looked at.
@@ -1236,12 +1239,27 @@ impl LeaderNode {
         let take = usize::try_from(free)
             .unwrap_or(usize::MAX)
             .min(self.cfg.get().assignments_per_round_max);
-        // Label sets no worker with room carries are skipped whole.
-        let runnable = |wants: &[String]| {
-            load.iter()
-                .any(|(w, (run, cap))| run < cap && carries(&labels[w], wants))
+        // Starts of limited keys proposed and not yet applied.
+        let mut extra: BTreeMap<String, u32> = BTreeMap::new();
+        for t in self.inflight.assign.keys() {
+            if let Some(l) = self.sm.get(*t).and_then(|r| r.task.limit.as_ref()) {
+                *extra.entry(l.key.clone()).or_default() += 1;
+            }
+        }
+        let (counts, now) = (self.sm.limit_counts(), self.now);
+        // Label sets no worker with room carries, and limits reached, are
+        // skipped whole.
+        let runnable = |wants: &[String], limit: Option<&TaskLimit>| {
+            let placeable = load
+                .iter()
+                .any(|(w, (run, cap))| run < cap && carries(&labels[w], wants));
+            match limit {
+                _ if !placeable => 0,
+                None => usize::MAX,
+                Some(l) => room_left(counts, l, now, &extra),
+            }
         };
-        let todo: Vec<(TaskId, Vec<String>)> = self
+        let todo: Vec<(TaskId, Vec<String>, Option<TaskLimit>)> = self
             .sm
             .ready_for(self.now, runnable)
             .filter(|t| !self.inflight.assign.contains_key(t))
@@ -1251,14 +1269,22 @@ impl LeaderNode {
                 let rec = self.sm.get(t)?;
                 rec.start_by
                     .is_none_or(|d| self.now <= d)
-                    .then(|| (t, rec.task.labels.clone()))
+                    .then(|| (t, rec.task.labels.clone(), rec.task.limit.clone()))
             })
             .take(take.saturating_mul(LABELLED_SCAN_FACTOR))
             .collect();
         let mut assigned = 0;
-        for (id, wants) in todo {
+        for (id, wants, limit) in todo {
             if assigned == take {
                 break;
+            }
+            // This round's own starts may have used up the limit's room.
+            let counts = self.sm.limit_counts();
+            if limit
+                .as_ref()
+                .is_some_and(|l| room_left(counts, l, self.now, &extra) == 0)
+            {
+                continue;
             }
             let best = load
                 .iter()
@@ -1281,6 +1307,9 @@ impl LeaderNode {
             }
             self.inflight.assign.insert(id, w);
             load.get_mut(&w).expect("chosen from load").0 += 1;
+            if let Some(l) = limit {
+                *extra.entry(l.key).or_default() += 1;
+            }
         }
     }
 
@@ -1638,6 +1667,11 @@ impl LeaderNode {
             if let Some(ready_at) = self.sm.next_ready_after(self.now) {
                 next = next.min(ready_at);
             }
+            // A task held back by its rate limit is assigned when the
+            // window lets it.
+            if let Some(free) = self.sm.next_rate_free_after(self.now) {
+                next = next.min(free);
+            }
             if let Some(overdue) = self.sm.next_overdue_after(self.now) {
                 next = next.min(overdue);
             }
@@ -1660,6 +1694,18 @@ impl LeaderNode {
             });
         }
     }
+}
+
+/// How many more tasks under `limit` may start at `now`, counting the
+/// starts this leader has proposed and not yet applied (`extra`).
+fn room_left(
+    counts: &LimitCounts,
+    limit: &TaskLimit,
+    now: Time,
+    extra: &BTreeMap<String, u32>,
+) -> usize {
+    let on_way = extra.get(&limit.key).copied().unwrap_or(0);
+    usize::try_from(counts.room(limit, now, on_way)).unwrap_or(usize::MAX)
 }
 
 fn unavailable(e: RaftError) -> ClientError {

@@ -18,6 +18,7 @@ use crate::placement;
 use crate::record::{record_key, Record, TaskHeader, TaskValue, RECORD_PREFIX};
 use crate::ring::{self as ringp, Ring, RingChange, RingProposal, RingState, RingStep, RING_KEY};
 use crate::tasks::{Holders, Op, Ops, ReadProgress, ReadPurpose, SubmitVerdict};
+use cohort_core::limit::refuse_limit;
 use cohort_core::{
     decode, encode, event_progress, Action, BootError, ClientError, ClientRequest, ClientResponse,
     Consistency, DrainRefusal, DrainStatus, Epoch, HeartbeatReply, Node, NodeId, NodeRng, Note,
@@ -399,7 +400,13 @@ impl LeaderlessNode {
     /// Checks the whole batch (a refusal changes nothing), then submits
     /// each task on its own; see [`crate::batch`] for what holds.
     fn submit_batch(&mut self, now: Time, request: RequestId, tasks: Vec<(TaskId, Task)>) {
-        if let Err(e) = self.peers.limits.check_batch(&tasks) {
+        let unenforced = tasks.iter().enumerate().find_map(|(index, (_, task))| {
+            refuse_limit(task).err().map(|e| ClientError::BatchItem {
+                index,
+                error: Box::new(e),
+            })
+        });
+        if let Some(e) = self.peers.limits.check_batch(&tasks).err().or(unenforced) {
             return self.reply(request, Err(e));
         }
         if self.ops.len() + tasks.len() > self.config.requests_in_flight_max {
@@ -437,7 +444,12 @@ impl LeaderlessNode {
     // ---- client requests -------------------------------------------------
 
     fn submit(&mut self, now: Time, request: RequestId, id: TaskId, task: Task) {
-        if let Err(e) = self.peers.limits.check_task(&task) {
+        if let Err(e) = self
+            .peers
+            .limits
+            .check_task(&task)
+            .and_then(|()| refuse_limit(&task))
+        {
             return self.reply(request, Err(e));
         }
         if self.ops.len() >= self.config.requests_in_flight_max {
@@ -2357,6 +2369,17 @@ fn transition_notes(task: TaskId, old: &TaskValue, new: &TaskValue) -> Vec<Note>
             task,
             epoch: *epoch,
             node: *node,
+            // The claim's own event, stamped by the claimer.
+            at: new
+                .history
+                .events
+                .iter()
+                .rev()
+                .find_map(|e| match e.what {
+                    TaskEventKind::Assigned { epoch: e2, .. } if e2 == *epoch => Some(e.at),
+                    _ => None,
+                })
+                .unwrap_or(Time::ZERO),
         }),
         s if s.is_final() => notes.push(Note::Decided {
             task,

@@ -46,6 +46,7 @@ fn header() -> TaskHeader {
             priority: 0,
             heartbeat_timeout_ms: 0,
             labels: Vec::new(),
+            limit: None,
         },
         replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
         ring_epoch: 0,

@@ -234,6 +234,7 @@ mod tests {
                 task: t,
                 epoch: Epoch(2),
                 node: NodeId(3),
+                at: cohort_core::Time::from_millis(7),
             });
             a.executed(t, Epoch(2));
             a.completed(t, Epoch(2), &TaskOutcome::Success(b"ok".to_vec()));

@@ -126,6 +126,41 @@ pub struct KindPolicy {
     /// leaves `labels` out (`"labels": []` in a body says none, and wins).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<Vec<String>>,
+    /// At most this many tasks of the kind run at once, cluster-wide (a
+    /// limit keyed `kind:NAME`; a submit's own `limit` replaces it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_max: Option<u32>,
+    /// At most this many tasks of the kind start within `rate_window_ms`,
+    /// cluster-wide (same key as `concurrency_max`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_max: Option<u32>,
+    /// The rate limit's window (default 1000 with `rate_max`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_window_ms: Option<u64>,
+}
+
+impl KindPolicy {
+    /// The limit the policy puts on tasks of `kind`, if it sets one.
+    pub fn limit(&self, kind: &str) -> Option<cohort_core::TaskLimit> {
+        if self.concurrency_max.is_none()
+            && self.rate_max.is_none()
+            && self.rate_window_ms.is_none()
+        {
+            return None;
+        }
+        let body = crate::http::LimitBody {
+            key: kind_limit_key(kind),
+            concurrency_max: self.concurrency_max,
+            rate_max: self.rate_max,
+            rate_window_ms: self.rate_window_ms,
+        };
+        Some(body.limit())
+    }
+}
+
+/// The limit key of a kind's policy limit.
+pub fn kind_limit_key(kind: &str) -> String {
+    format!("kind:{kind}")
 }
 
 /// Most kinds given a [`KindPolicy`] on one node.
@@ -377,6 +412,12 @@ impl RuntimeConfig {
             let task = crate::http::kind_policy_task(kind, policy);
             if let Err(e) = self.peers.limits.check_task(&task) {
                 return bad(format!("kind {kind:?}: {e}"));
+            }
+            if self.mode == "leaderless" && task.limit.is_some() {
+                return bad(format!(
+                    "kind {kind:?}: {}",
+                    cohort_core::limit::LIMITS_NEED_A_COORDINATOR
+                ));
             }
         }
         if u32::try_from(self.peers.limits.message_bytes_max).is_err() {

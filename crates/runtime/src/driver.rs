@@ -679,7 +679,9 @@ impl<N: Node + Send + 'static> EventLoop<N> {
     fn note(&self, note: Note) {
         let me = self.node.id();
         let label = match &note {
-            Note::Assigned { task, epoch, node } => {
+            Note::Assigned {
+                task, epoch, node, ..
+            } => {
                 tracing::debug!(node = %me, ?task, %epoch, runner = %node, "assigned");
                 "note=\"assigned\"".to_string()
             }

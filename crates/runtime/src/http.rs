@@ -79,7 +79,7 @@ use cohort_core::schedule::{
 use cohort_core::{
     ClientError, ClientRequest, ClientResponse, Consistency, NodeId, NodeRng, RetryPolicy,
     RingRefusal, RingRequest, RingView, Task, TaskEvent, TaskEventKind, TaskEvents, TaskId,
-    TaskState, Time,
+    TaskLimit, TaskState, Time,
 };
 use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
@@ -467,6 +467,51 @@ pub struct SubmitBody {
     /// carry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<Vec<String>>,
+    /// A concurrency and rate limit shared with every task naming the same
+    /// key (absent: the kind's limit, if its policy sets one). Enforced by
+    /// the leader and static modes; the leaderless mode refuses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<LimitBody>,
+}
+
+/// The `limit` object of a submit body (see [`TaskLimit`]).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitBody {
+    /// The key the limit counts under.
+    pub key: String,
+    /// At most this many tasks of the key run at once (absent or 0: no
+    /// concurrency limit).
+    #[serde(default)]
+    pub concurrency_max: Option<u32>,
+    /// At most this many tasks of the key start within `rate_window_ms`
+    /// (absent or 0: no rate limit).
+    #[serde(default)]
+    pub rate_max: Option<u32>,
+    /// The rate limit's window (default 1000 with `rate_max`).
+    #[serde(default)]
+    pub rate_window_ms: Option<u64>,
+}
+
+/// The rate window of a limit that sets `rate_max` and leaves the window
+/// out: a rate per second.
+pub const RATE_WINDOW_MS_DEFAULT: u64 = 1_000;
+
+impl LimitBody {
+    /// The limit the body names (checked with the rest of the task).
+    pub fn limit(&self) -> TaskLimit {
+        let rate_max = self.rate_max.unwrap_or(0);
+        TaskLimit {
+            key: self.key.clone(),
+            concurrency_max: self.concurrency_max.unwrap_or(0),
+            rate_max,
+            rate_window_ms: self.rate_window_ms.unwrap_or(if rate_max > 0 {
+                RATE_WINDOW_MS_DEFAULT
+            } else {
+                0
+            }),
+        }
+    }
 }
 
 /// The `retry` object of a submit body (see [`cohort_core::retry`]).
@@ -529,6 +574,7 @@ pub fn kind_policy_task(kind: &str, policy: &KindPolicy) -> Task {
         priority: None,
         heartbeat_timeout_ms: None,
         labels: None,
+        limit: None,
     };
     match submit_task(body, &policies) {
         Ok((_, task)) => task,
@@ -662,6 +708,10 @@ fn submit_task(
         (None, None) => Vec::new(),
     };
     let id = req.id.as_deref().map(parse_id).transpose()?;
+    let limit = match req.limit {
+        Some(body) => Some(body.limit()),
+        None => policy.and_then(|p| p.limit(&req.kind)),
+    };
     let task = Task {
         kind: req.kind,
         payload,
@@ -679,6 +729,7 @@ fn submit_task(
             .labels
             .or_else(|| policy.and_then(|p| p.labels.clone()))
             .unwrap_or_default(),
+        limit,
     };
     Ok((id, task))
 }
@@ -1195,6 +1246,16 @@ async fn task_events(
     }
 }
 
+/// The JSON form of a task's limit: the `limit` object of a submit body.
+fn limit_json(l: &TaskLimit) -> serde_json::Value {
+    json!({
+        "key": l.key,
+        "concurrency_max": l.concurrency_max,
+        "rate_max": l.rate_max,
+        "rate_window_ms": l.rate_window_ms,
+    })
+}
+
 /// The JSON form of a submitted task: a submit body that would submit it
 /// again (the payload as text when it is UTF-8, else as base64).
 pub fn task_json(task: &Task) -> serde_json::Value {
@@ -1213,6 +1274,9 @@ pub fn task_json(task: &Task) -> serde_json::Value {
         "heartbeat_timeout_ms": task.heartbeat_timeout_ms,
         "labels": task.labels,
     });
+    if let Some(limit) = &task.limit {
+        v["limit"] = limit_json(limit);
+    }
     match std::str::from_utf8(&task.payload) {
         Ok(text) => v["payload"] = json!(text),
         Err(_) => {
@@ -1836,6 +1900,9 @@ pub fn schedule_json(s: &Schedule) -> serde_json::Value {
             "labels": task.labels,
         },
     });
+    if let Some(limit) = &task.limit {
+        v["task"]["limit"] = limit_json(limit);
+    }
     match &s.spec {
         Spec::Every { every_ms, start_ms } => {
             v["every_ms"] = json!(every_ms);
@@ -1890,6 +1957,10 @@ async fn schedule_create(State(api): State<Arc<Api>>, body: Body) -> Result<Resp
         .map_err(|e| api.client_error(e, PATH))?;
     if api.registry.get(&schedule.task.kind).is_none() {
         return Err(unknown_kind(&api, &schedule.task.kind));
+    }
+    if api.config.mode == "leaderless" {
+        // The firings would be refused one by one; refuse the schedule.
+        cohort_core::limit::refuse_limit(&schedule.task).map_err(|e| api.client_error(e, PATH))?;
     }
     let name = schedule.name.clone();
     // First, so that a follower redirects the whole create to the leader.
@@ -2143,6 +2214,7 @@ mod tests {
             priority: None,
             heartbeat_timeout_ms: None,
             labels: None,
+            limit: None,
         })
         .unwrap();
         for k in body.as_object().unwrap().keys() {

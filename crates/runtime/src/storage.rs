@@ -39,8 +39,9 @@ const META_KEY: &str = "identity";
 /// again, and leader results the retry jitter. 4: tasks carry a
 /// heartbeat timeout, histories may hold heartbeats. 5: leader snapshots
 /// carry each final record's purge time and the retention settings. 6:
-/// tasks carry the worker labels that route them.
-pub const FORMAT_VERSION: u32 = 6;
+/// tasks carry the worker labels that route them. 7: tasks carry their
+/// concurrency and rate limit, the leader's state the limits' counts.
+pub const FORMAT_VERSION: u32 = 7;
 
 /// Who a data file belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -181,6 +181,7 @@ impl History {
                         task: id,
                         epoch,
                         node,
+                        ..
                     } if *id == task => once(&mut t.assigned, (*epoch, *node)),
                     Note::Superseded {
                         task: id,
@@ -239,6 +240,7 @@ mod tests {
                 task: other,
                 epoch: Epoch(1),
                 node: NodeId(3),
+                at: Time::ZERO,
             },
         );
         for ms in [2, 3] {

@@ -5,23 +5,32 @@ use crate::config::StaticConfig;
 use crate::message::StaticMessage;
 use cohort_core::{
     after_failure, event_error, event_progress, Action, AfterFailure, ClientError, ClientRequest,
-    ClientResponse, Epoch, HeartbeatReply, NodeId, NodeRng, Note, Peers, RequestId,
-    SupersedeReason, Task, TaskEvent, TaskEventKind, TaskEvents, TaskId, TaskOutcome, TaskState,
-    Time,
+    ClientResponse, Epoch, HeartbeatReply, LimitCounts, NodeId, NodeRng, Note, Peers, RequestId,
+    SupersedeReason, Task, TaskEvent, TaskEventKind, TaskEvents, TaskId, TaskLimit, TaskOutcome,
+    TaskState, Time,
 };
 use rand::Rng;
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Pending tasks by the labels they need, each in queue order.
-type Queue = BTreeMap<Vec<String>, BTreeSet<(u8, u64, TaskId)>>;
+/// What a queue's tasks have in common: the labels they need and the
+/// limit they carry.
+type QueueKey = (Vec<String>, Option<TaskLimit>);
 
-/// Takes `key` off `queue`'s set for `labels`, if it is there (keeping no
-/// empty set).
-fn unqueue(queue: &mut Queue, labels: &[String], key: (u8, u64, TaskId)) {
-    if let Some(q) = queue.get_mut(labels) {
+/// Pending tasks by the labels they need and limit they carry, each in
+/// queue order.
+type Queue = BTreeMap<QueueKey, BTreeSet<(u8, u64, TaskId)>>;
+
+fn queue_key(task: &Task) -> QueueKey {
+    (task.labels.clone(), task.limit.clone())
+}
+
+/// Takes `key` off `task`'s queue, if it is there (keeping no empty set).
+fn unqueue(queue: &mut Queue, task: &Task, key: (u8, u64, TaskId)) {
+    let queue_key = queue_key(task);
+    if let Some(q) = queue.get_mut(&queue_key) {
         q.remove(&key);
         if q.is_empty() {
-            queue.remove(labels);
+            queue.remove(&queue_key);
         }
     }
 }
@@ -73,11 +82,16 @@ pub(crate) struct Coordinator {
     config: StaticConfig,
     tasks: BTreeMap<TaskId, Record>,
     /// Pending tasks that may run, by the worker labels they need (none:
-    /// the empty list), each by priority, then in the order they could
-    /// run: (rank, queue sequence, id). Split by labels so that a label set
-    /// no worker with room carries is skipped whole, and a backlog waiting
-    /// for its workers holds up no other task. No empty set is kept.
+    /// the empty list) and the limit they carry, each by priority, then in
+    /// the order they could run: (rank, queue sequence, id). Split so that
+    /// a label set no worker with room carries, or a limit reached, is
+    /// skipped whole, and a backlog waiting for its workers or its limit
+    /// holds up no other task. No empty set is kept.
     queue: Queue,
+    /// Running tasks and recent starts per limit key: a start the limit
+    /// does not allow waits (in its queue) until an outcome or the rate
+    /// window makes room, looked at again on every tick.
+    limits: LimitCounts,
     /// The next queue sequence number.
     queue_seq: u64,
     /// Pending tasks that may not run yet (not_before, retry backoff):
@@ -149,6 +163,7 @@ impl Coordinator {
             config,
             tasks: BTreeMap::new(),
             queue: BTreeMap::new(),
+            limits: LimitCounts::default(),
             queue_seq: 0,
             waiting: BTreeSet::new(),
             deadlines: BTreeSet::new(),
@@ -289,7 +304,7 @@ impl Coordinator {
         match record.state {
             TaskState::Pending => {
                 let key = (record.queued.0, record.queued.1, id);
-                unqueue(&mut self.queue, &record.task.labels, key);
+                unqueue(&mut self.queue, &record.task, key);
                 self.waiting.remove(&(record.ready_at, id));
                 if let Some(d) = record.start_by {
                     self.deadlines.remove(&(d, id));
@@ -299,6 +314,9 @@ impl Coordinator {
                 // The runner's late result will be rejected: its epoch is no longer current.
                 if let Some(w) = self.workers.get_mut(&node) {
                     w.running.remove(&id);
+                }
+                if let Some(limit) = &record.task.limit {
+                    self.limits.stopped(limit);
                 }
                 // Its handler is told at its next heartbeat (best effort:
                 // its progress is answered the same way).
@@ -322,6 +340,8 @@ impl Coordinator {
         }
         record.record(now, TaskEventKind::Cancelled, events_max);
         self.finish(now, id, TaskState::Cancelled, out);
+        // A cancelled runner's room (and its limit's) is free at once.
+        self.schedule(now, out);
         Ok(ClientResponse::State {
             id,
             state: TaskState::Cancelled,
@@ -394,6 +414,9 @@ impl Coordinator {
         }
         if let Some(w) = self.workers.get_mut(&from) {
             w.running.remove(&task);
+        }
+        if let Some(limit) = &record.task.limit {
+            self.limits.stopped(limit);
         }
         let node = from;
         match outcome {
@@ -513,6 +536,9 @@ impl Coordinator {
                 let TaskState::Running { epoch, .. } = record.state else {
                     unreachable!("worker.running lists only running tasks")
                 };
+                if let Some(limit) = &record.task.limit {
+                    self.limits.stopped(limit);
+                }
                 let reason = SupersedeReason::RunnerDeclaredDead;
                 let what = TaskEventKind::RunnerLost {
                     node: id,
@@ -560,7 +586,7 @@ impl Coordinator {
         self.deadlines.remove(&(deadline, id));
         self.waiting.remove(&(record.ready_at, id));
         let key = (record.queued.0, record.queued.1, id);
-        unqueue(&mut self.queue, &record.task.labels, key);
+        unqueue(&mut self.queue, &record.task, key);
         let error = record.task.not_started_error();
         let what = TaskEventKind::NotStarted {
             error: event_error(&error),
@@ -578,14 +604,18 @@ impl Coordinator {
         record.queued = (record.task.rank(), seq);
         let fresh = self
             .queue
-            .entry(record.task.labels.clone())
+            .entry(queue_key(&record.task))
             .or_default()
             .insert((record.queued.0, seq, id));
         assert!(fresh, "a task is queued once");
     }
 
-    /// Whether a live worker with room carries every one of `labels`.
-    fn room_for(&self, labels: &[String]) -> bool {
+    /// Whether a task of `queue` may start at `now`: its limit allows it
+    /// and a live worker with room carries every one of its labels.
+    fn room_for(&self, (labels, limit): &QueueKey, now: Time) -> bool {
+        if limit.as_ref().is_some_and(|l| !self.limits.allows(l, now)) {
+            return false;
+        }
         self.workers.values().any(|w| {
             w.alive
                 && (w.running.len() as u64) < u64::from(w.capacity_tasks)
@@ -612,7 +642,7 @@ impl Coordinator {
     /// `running / capacity` (ties: lowest id) among those carrying the
     /// task's labels, while any has room. The tasks of a label set no
     /// worker with room carries are passed over, at the cost of one look
-    /// per label set.
+    /// per label set, and so are those of a limit reached.
     fn schedule(&mut self, now: Time, out: &mut Out) {
         let events_max = self.events_max();
         loop {
@@ -621,7 +651,7 @@ impl Coordinator {
             let next = self
                 .queue
                 .iter()
-                .filter(|(labels, _)| self.room_for(labels))
+                .filter(|(queue, _)| self.room_for(queue, now))
                 .filter_map(|(_, q)| q.first().copied())
                 .min();
             let Some((rank, seq, task)) = next else {
@@ -641,7 +671,7 @@ impl Coordinator {
                 })
                 .map(|(&id, _)| id);
             let node = best.expect("room_for found a worker");
-            unqueue(&mut self.queue, &want.labels, (rank, seq, task));
+            unqueue(&mut self.queue, want, (rank, seq, task));
             if let Some(d) = self.tasks[&task].start_by {
                 if d < now {
                     // It went overdue before a worker had room.
@@ -662,6 +692,9 @@ impl Coordinator {
                 TaskState::Pending,
                 "only pending tasks are queued"
             );
+            if let Some(limit) = &record.task.limit {
+                self.limits.started(limit, now);
+            }
             record.state = TaskState::Running { node, epoch };
             record.assigned_at = now;
             record.record(now, TaskEventKind::Assigned { node, epoch }, events_max);
@@ -670,7 +703,12 @@ impl Coordinator {
                 .expect("chosen above")
                 .running
                 .insert(task);
-            out.push(Action::Note(Note::Assigned { task, epoch, node }));
+            out.push(Action::Note(Note::Assigned {
+                task,
+                epoch,
+                node,
+                at: now,
+            }));
             let body = record.task.clone();
             if node == self.peers.id {
                 out.push(Action::Execute {
@@ -714,6 +752,7 @@ impl Coordinator {
 
     /// Drops the finished records whose retention ended by `now`.
     fn purge(&mut self, now: Time) {
+        self.limits.sweep(now);
         while let Some(&(due, seq, id)) = self.expiring.first() {
             if due > now {
                 break;

@@ -37,6 +37,7 @@ fn task() -> Task {
         priority: 0,
         heartbeat_timeout_ms: 0,
         labels: Vec::new(),
+        limit: None,
     }
 }
 
@@ -70,7 +71,9 @@ fn assigned(actions: &[Action<StaticMessage>]) -> Vec<(TaskId, Epoch, NodeId)> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Note(Note::Assigned { task, epoch, node }) => Some((*task, *epoch, *node)),
+            Action::Note(Note::Assigned {
+                task, epoch, node, ..
+            }) => Some((*task, *epoch, *node)),
             _ => None,
         })
         .collect()
@@ -402,4 +405,128 @@ fn labelled_tasks_go_only_to_workers_carrying_their_labels_and_do_not_block_the_
         },
     );
     assert!(assigned(&drain(&mut c)).contains(&(TaskId(2), Epoch(4), NodeId(2))));
+}
+
+/// Workers 2 and 3 say they are alive, with room for 10 tasks each.
+fn heartbeats(c: &mut StaticNode, now: Time) -> Vec<Action<StaticMessage>> {
+    let mut out = Vec::new();
+    for w in [2, 3] {
+        c.handle_message(
+            now,
+            NodeId(w),
+            StaticMessage::Heartbeat {
+                held: vec![],
+                capacity_tasks: 10,
+                labels: vec![],
+            },
+        );
+        out.extend(drain(c));
+    }
+    out
+}
+
+fn submit_limited(
+    c: &mut StaticNode,
+    now: Time,
+    id: u128,
+    limit: Option<cohort_core::TaskLimit>,
+) -> Vec<(TaskId, Epoch, NodeId)> {
+    let mut t = task();
+    t.limit = limit;
+    c.handle_client(
+        now,
+        RequestId(id as u64),
+        ClientRequest::Submit {
+            id: TaskId(id),
+            task: t,
+        },
+    );
+    assigned(&drain(c))
+}
+
+#[test]
+fn a_concurrency_limit_holds_back_its_key_only_and_frees_on_an_outcome() {
+    let mut c = boot(1, 10);
+    drain(&mut c);
+    heartbeats(&mut c, Time::ZERO);
+    let limit = cohort_core::TaskLimit {
+        key: "tenant-7".into(),
+        concurrency_max: 2,
+        rate_max: 0,
+        rate_window_ms: 0,
+    };
+    let mut started = Vec::new();
+    for id in 1..=5 {
+        started.extend(submit_limited(&mut c, Time::ZERO, id, Some(limit.clone())));
+    }
+    assert_eq!(started.len(), 2, "two of the key run at once: {started:?}");
+    // Other keys and unlimited tasks are not held up by the backlog.
+    assert_eq!(submit_limited(&mut c, Time::ZERO, 100, None).len(), 1);
+    let other = cohort_core::TaskLimit {
+        key: "tenant-8".into(),
+        ..limit.clone()
+    };
+    assert_eq!(
+        submit_limited(&mut c, Time::ZERO, 101, Some(other)).len(),
+        1
+    );
+    // An outcome makes room for exactly one more.
+    let (task, epoch, node) = started[0];
+    c.handle_message(
+        Time::ZERO,
+        node,
+        StaticMessage::Result {
+            task,
+            epoch,
+            outcome: TaskOutcome::Success(vec![]),
+        },
+    );
+    let next = assigned(&drain(&mut c));
+    assert_eq!(next.len(), 1, "{next:?}");
+    assert_eq!(next[0].0, TaskId(3), "the key's queue keeps its order");
+    // A cancel of a running one makes room too.
+    let (task, _, _) = started[1];
+    c.handle_client(
+        Time::ZERO,
+        RequestId(900),
+        ClientRequest::Cancel { id: task },
+    );
+    let after_cancel = assigned(&drain(&mut c));
+    assert_eq!(after_cancel.len(), 1, "{after_cancel:?}");
+    assert_eq!(after_cancel[0].0, TaskId(4));
+}
+
+#[test]
+fn a_rate_limit_spreads_the_starts_of_its_key_over_the_window() {
+    let mut c = boot(1, 10);
+    drain(&mut c);
+    heartbeats(&mut c, Time::ZERO);
+    let limit = cohort_core::TaskLimit {
+        key: "api.example.com".into(),
+        concurrency_max: 0,
+        rate_max: 2,
+        rate_window_ms: 1_000,
+    };
+    let mut started = 0;
+    for id in 1..=5 {
+        started += submit_limited(&mut c, Time::ZERO, id, Some(limit.clone())).len();
+    }
+    assert_eq!(started, 2, "two starts in the first second");
+    // Finishing does not free a rate limit: the window does.
+    let tick = |c: &mut StaticNode, at_ms: u64| {
+        let now = Time::from_millis(at_ms);
+        let mut out = heartbeats(c, now);
+        c.handle_timer(now, TimerToken(1));
+        out.extend(drain(c));
+        assigned(&out).len()
+    };
+    assert_eq!(tick(&mut c, 500), 0);
+    assert_eq!(tick(&mut c, 999), 0);
+    assert_eq!(
+        tick(&mut c, 1_000),
+        2,
+        "the window has moved past both starts"
+    );
+    assert_eq!(tick(&mut c, 1_500), 0);
+    assert_eq!(tick(&mut c, 2_000), 1, "the last one");
 }

@@ -751,6 +751,7 @@ async fn submitter(ctx: Arc<Ctx>, k: usize) {
             priority: 0,
             heartbeat_timeout_ms: 0,
             labels: Vec::new(),
+            limit: None,
         };
         submit(&ctx, id, task).await;
         // A read of an earlier task during the faults (G1, G2, G5).
@@ -790,6 +791,7 @@ async fn submit(ctx: &Ctx, id: TaskId, task: Task) {
         priority: None,
         heartbeat_timeout_ms: None,
         labels: None,
+        limit: None,
     };
     let give_up = Instant::now() + SUBMIT_GIVE_UP;
     let mut node = (ctx.draw() % ctx.clients.len() as u64) as usize;

@@ -12,9 +12,9 @@
 //! result decides the task (G2).
 
 use cohort_core::{
-    after_failure, event_error, event_progress, AfterFailure, Epoch, NodeId, Note, Retention,
-    SupersedeReason, Task, TaskEvent, TaskEventKind, TaskEvents, TaskId, TaskOutcome, TaskState,
-    Time,
+    after_failure, event_error, event_progress, AfterFailure, Epoch, LimitCounts, NodeId, Note,
+    Retention, SupersedeReason, Task, TaskEvent, TaskEventKind, TaskEvents, TaskId, TaskLimit,
+    TaskOutcome, TaskState, Time,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -150,18 +150,25 @@ pub struct TaskRecord {
     pub purge_at: Option<Time>,
 }
 
+/// What a pending queue holds in common: the worker labels its tasks
+/// need and the limit they carry.
+pub type QueueKey = (Vec<String>, Option<TaskLimit>);
+
 /// The scheduler's replicated state. Encoded as the Raft snapshot.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Scheduler {
     tasks: BTreeMap<TaskId, TaskRecord>,
     /// Pending tasks that could run when they became pending, by the
-    /// worker labels they need (none: the empty list), each in queue
-    /// order: (priority rank, index it became pending, id), so a higher
-    /// priority goes first, then first come first served. Split by labels
-    /// so that an assignment round skips, at no cost, every task whose
-    /// labels no worker with room carries (a backlog for workers that are
-    /// down does not hold up the others). No empty set is kept.
-    pending: BTreeMap<Vec<String>, BTreeSet<(u8, u64, TaskId)>>,
+    /// worker labels they need (none: the empty list) and the limit they
+    /// carry, each in queue order: (priority rank, index it became
+    /// pending, id), so a higher priority goes first, then first come
+    /// first served. Split so that an assignment round skips, at no cost,
+    /// every task whose labels no worker with room carries or whose limit
+    /// is reached (a backlog for workers that are down, or of a limited
+    /// key, does not hold up the others). No empty set is kept.
+    pending: BTreeMap<QueueKey, BTreeSet<(u8, u64, TaskId)>>,
+    /// Running tasks and recent starts per limit key.
+    limits: LimitCounts,
     /// Pending tasks that could not run yet when they became pending
     /// (`not_before` or a retry backoff), by when they may: (ready_at, id).
     /// Disjoint from `pending`; a task stays here until it is assigned.
@@ -213,6 +220,7 @@ impl Scheduler {
 
     /// Drops the finished records whose retention ended by `at`.
     fn purge(&mut self, at: Time) {
+        self.limits.sweep(at);
         while let Some(&(due, index, id)) = self.expiring.first() {
             if due > at {
                 break;
@@ -261,41 +269,70 @@ impl Scheduler {
     /// (`not_before`, a retry backoff) ended by `now`, earliest first,
     /// then the queue by priority and age.
     pub fn ready(&self, now: Time) -> impl Iterator<Item = TaskId> + '_ {
-        self.ready_for(now, |_| true)
+        self.ready_for(now, |_, _| usize::MAX)
     }
 
-    /// [`Scheduler::ready`], keeping only tasks whose labels `runnable`
-    /// accepts. The queued tasks of a label set it refuses are skipped
-    /// whole, at the cost of one call per label set; waiting tasks whose
-    /// wait ended are looked at one by one.
+    /// [`Scheduler::ready`], taking from each queue at most as many tasks
+    /// as `runnable` allows for its labels and limit. The queued tasks of
+    /// a queue it gives 0 are skipped whole, at the cost of one call per
+    /// queue; waiting tasks whose wait ended are looked at one by one
+    /// (kept when `runnable` gives them more than 0).
     pub fn ready_for<'a>(
         &'a self,
         now: Time,
-        mut runnable: impl FnMut(&[String]) -> bool + 'a,
+        mut runnable: impl FnMut(&[String], Option<&TaskLimit>) -> usize + 'a,
     ) -> impl Iterator<Item = TaskId> + 'a {
         let mut queues: Vec<_> = self
             .pending
             .iter()
-            .filter(|(labels, _)| runnable(labels))
-            .map(|(_, q)| q.iter().peekable())
+            .map(|((labels, limit), q)| (runnable(labels, limit.as_ref()), q))
+            .filter(|(budget, _)| *budget > 0)
+            .map(|(budget, q)| (budget, q.iter().peekable()))
             .collect();
         let waiting = self
             .waiting
             .iter()
             .take_while(move |(t, _)| *t <= now)
             .map(|(_, id)| *id)
-            .filter(move |id| runnable(&self.tasks[id].task.labels));
+            .filter(move |id| {
+                let task = &self.tasks[id].task;
+                runnable(&task.labels, task.limit.as_ref()) > 0
+            });
         // The queues merged in queue order: priority, then age.
         let queued = std::iter::from_fn(move || {
             let next = queues
                 .iter_mut()
                 .enumerate()
-                .filter_map(|(i, q)| q.peek().map(|k| (**k, i)))
+                .filter(|(_, (budget, _))| *budget > 0)
+                .filter_map(|(i, (_, q))| q.peek().map(|k| (**k, i)))
                 .min()?;
-            queues[next.1].next();
+            let (budget, q) = &mut queues[next.1];
+            q.next();
+            *budget -= 1;
             Some(next.0 .2)
         });
         waiting.chain(queued)
+    }
+
+    /// What the limits count (see [`LimitCounts`]).
+    pub fn limit_counts(&self) -> &LimitCounts {
+        &self.limits
+    }
+
+    /// The earliest instant after `now` at which a pending task held back
+    /// by its rate limit may start, if one is.
+    pub fn next_rate_free_after(&self, now: Time) -> Option<Time> {
+        let queued = self.pending.keys().filter_map(|(_, l)| l.as_ref());
+        let waited = self
+            .waiting
+            .iter()
+            .take_while(|(t, _)| *t <= now)
+            .filter_map(|(_, id)| self.tasks[id].task.limit.as_ref());
+        queued
+            .chain(waited)
+            .filter_map(|l| self.limits.rate_frees_at(l, now))
+            .filter(|t| *t > now)
+            .min()
     }
 
     /// Every pending task, ready or waiting.
@@ -407,7 +444,7 @@ impl Scheduler {
         } else {
             let key = (rec.task.rank(), index, id);
             self.pending
-                .entry(rec.task.labels.clone())
+                .entry(queue_key(&rec.task))
                 .or_default()
                 .insert(key);
         }
@@ -417,16 +454,10 @@ impl Scheduler {
     fn dequeue(&mut self, id: TaskId) {
         let rec = &self.tasks[&id];
         let key = (rec.task.rank(), rec.pending_since, id);
-        let in_queue = self
-            .pending
-            .get_mut(&rec.task.labels)
-            .is_some_and(|q| q.remove(&key));
-        if self
-            .pending
-            .get(&rec.task.labels)
-            .is_some_and(BTreeSet::is_empty)
-        {
-            self.pending.remove(&rec.task.labels);
+        let queue = queue_key(&rec.task);
+        let in_queue = self.pending.get_mut(&queue).is_some_and(|q| q.remove(&key));
+        if self.pending.get(&queue).is_some_and(BTreeSet::is_empty) {
+            self.pending.remove(&queue);
         }
         let queued = in_queue || self.waiting.remove(&(rec.ready_at, id));
         assert!(queued, "a pending task is queued exactly once");
@@ -473,6 +504,14 @@ impl Scheduler {
                 {
                     return notes;
                 }
+                // Proposed from a view that missed other starts of its key:
+                // a no-op, so the log alone keeps every limit.
+                if let Some(limit) = &rec.task.limit {
+                    if !self.limits.allows(limit, at) {
+                        return notes;
+                    }
+                    self.limits.started(limit, at);
+                }
                 self.dequeue(*id);
                 let rec = self.tasks.get_mut(id).expect("checked above");
                 rec.state = TaskState::Running {
@@ -494,6 +533,7 @@ impl Scheduler {
                     task: *id,
                     epoch: *epoch,
                     node: *node,
+                    at,
                 });
             }
             Command::Result {
@@ -727,6 +767,9 @@ impl Scheduler {
     }
 
     fn unrun(&mut self, node: NodeId, id: TaskId) {
+        if let Some(limit) = &self.tasks[&id].task.limit {
+            self.limits.stopped(limit);
+        }
         let set = self.running.get_mut(&node).expect("runner indexed");
         assert!(set.remove(&id), "task indexed under its runner");
         if set.is_empty() {
@@ -753,6 +796,11 @@ impl Scheduler {
     }
 }
 
+/// The pending queue a task waits in.
+fn queue_key(task: &Task) -> QueueKey {
+    (task.labels.clone(), task.limit.clone())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -769,6 +817,7 @@ mod tests {
             priority: 0,
             heartbeat_timeout_ms: 0,
             labels: Vec::new(),
+            limit: None,
         }
     }
 
@@ -1000,6 +1049,126 @@ mod tests {
             1,
             "reassigned under the next epoch"
         );
+    }
+
+    fn limited(key: &str, concurrency_max: u32, rate_max: u32) -> Task {
+        Task {
+            limit: Some(TaskLimit {
+                key: key.into(),
+                concurrency_max,
+                rate_max,
+                rate_window_ms: if rate_max > 0 { 100 } else { 0 },
+            }),
+            ..task()
+        }
+    }
+
+    fn assign(s: &mut Scheduler, index: u64, id: u128, epoch: u64, node: NodeId) -> bool {
+        let cmd = Command::Assign {
+            id: TaskId(id),
+            epoch: Epoch(epoch),
+            node,
+        };
+        !s.apply(index, at(index), &cmd).is_empty()
+    }
+
+    #[test]
+    fn a_concurrency_limit_is_kept_by_the_log_alone_and_freed_by_every_way_out() {
+        let mut s = Scheduler::new(10, 16);
+        for id in 1..=5 {
+            let task = limited("k", 2, 0);
+            s.apply(
+                id as u64,
+                at(id as u64),
+                &Command::Submit {
+                    id: TaskId(id),
+                    task,
+                },
+            );
+        }
+        s.apply(
+            6,
+            at(6),
+            &Command::Submit {
+                id: TaskId(6),
+                task: task(),
+            },
+        );
+        // A leader asking for room gets at most the limit's room from the
+        // key's queue, and the unlimited queue whole.
+        let budget = |s: &Scheduler, now| {
+            s.ready_for(now, |_, l| {
+                l.map_or(usize::MAX, |l| s.limit_counts().room(l, now, 0) as usize)
+            })
+            .collect::<Vec<_>>()
+        };
+        assert_eq!(budget(&s, at(7)), vec![TaskId(1), TaskId(2), TaskId(6)]);
+        assert!(assign(&mut s, 7, 1, 1, A));
+        assert!(assign(&mut s, 8, 2, 1, B));
+        assert_eq!(budget(&s, at(9)), vec![TaskId(6)]);
+        // An assignment proposed from a stale view is a no-op when applied.
+        assert!(!assign(&mut s, 9, 3, 1, A), "over the limit");
+        assert_eq!(s.get(TaskId(3)).unwrap().state, TaskState::Pending);
+        assert_eq!(s.limit_counts().running("k"), 2);
+        // An outcome, a dead runner, a cancel and a release each free one.
+        let result = Command::Result {
+            id: TaskId(1),
+            epoch: Epoch(1),
+            node: A,
+            outcome: TaskOutcome::Success(vec![]),
+            jitter: 0,
+        };
+        s.apply(10, at(10), &result);
+        assert_eq!(s.limit_counts().running("k"), 1);
+        assert!(assign(&mut s, 11, 3, 1, A));
+        s.apply(12, at(12), &Command::WorkerDead { node: A });
+        assert_eq!(s.limit_counts().running("k"), 1, "3 went back to pending");
+        s.apply(13, at(13), &Command::Cancel { id: TaskId(2) });
+        assert_eq!(s.limit_counts().running("k"), 0);
+        assert!(assign(&mut s, 14, 4, 1, B));
+        let release = Command::Release {
+            id: TaskId(4),
+            epoch: Epoch(1),
+            node: B,
+        };
+        s.apply(15, at(15), &release);
+        assert_eq!(s.limit_counts().running("k"), 0);
+        // What the log decided is what every replica counts.
+        let copy: Scheduler = cohort_core::decode(&cohort_core::encode(&s), usize::MAX).unwrap();
+        assert_eq!(copy.limit_counts(), s.limit_counts());
+    }
+
+    #[test]
+    fn a_rate_limit_counts_starts_by_the_leaders_stamp_and_names_when_it_frees() {
+        let mut s = Scheduler::new(10, 16);
+        for id in 1..=3 {
+            let task = limited("api", 0, 2);
+            s.apply(
+                id as u64,
+                at(id as u64),
+                &Command::Submit {
+                    id: TaskId(id),
+                    task,
+                },
+            );
+        }
+        assert!(assign(&mut s, 4, 1, 1, A));
+        assert!(assign(&mut s, 5, 2, 1, A));
+        assert!(!assign(&mut s, 6, 3, 1, A), "two starts within 100 ms");
+        // The first start (at 4 ms) leaves the 100 ms window at 104 ms.
+        assert_eq!(s.next_rate_free_after(at(6)), Some(at(104)));
+        let result = Command::Result {
+            id: TaskId(1),
+            epoch: Epoch(1),
+            node: A,
+            outcome: TaskOutcome::Success(vec![]),
+            jitter: 0,
+        };
+        s.apply(7, at(7), &result);
+        assert!(!assign(&mut s, 8, 3, 1, A), "an outcome frees no rate");
+        assert!(!assign(&mut s, 103, 3, 1, A));
+        assert!(assign(&mut s, 104, 3, 1, A));
+        assert_eq!(s.next_rate_free_after(at(104)), None, "nothing held back");
     }
 
     #[test]

@@ -82,6 +82,7 @@ pub fn task(kind: &str, payload: &[u8]) -> Task {
         priority: 0,
         heartbeat_timeout_ms: 0,
         labels: Vec::new(),
+        limit: None,
     }
 }
 
@@ -423,7 +424,9 @@ impl Cluster {
         let mut superseded: BTreeSet<(TaskId, Epoch)> = BTreeSet::new();
         for (_, _, note) in &self.notes {
             match note {
-                Note::Assigned { task, epoch, node } => {
+                Note::Assigned {
+                    task, epoch, node, ..
+                } => {
                     let prev = assigned.insert((*task, *epoch), *node);
                     assert!(
                         prev.is_none() || prev == Some(*node),

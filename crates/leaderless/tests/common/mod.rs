@@ -421,7 +421,9 @@ impl Sim {
 
     fn check_note(&mut self, id: NodeId, note: &Note) {
         match note {
-            Note::Assigned { task, epoch, node } => {
+            Note::Assigned {
+                task, epoch, node, ..
+            } => {
                 // A task runs again only after its previous assignment ended.
                 if *epoch > Epoch(1) {
                     let prev_epoch = Epoch(epoch.0 - 1);
@@ -684,6 +686,7 @@ pub fn task(payload: &[u8]) -> Task {
         priority: 0,
         heartbeat_timeout_ms: 0,
         labels: Vec::new(),
+        limit: None,
     }
 }
 

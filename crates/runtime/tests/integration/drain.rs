@@ -101,6 +101,7 @@ fn probe(ms: u64) -> SubmitBody {
         priority: None,
         heartbeat_timeout_ms: None,
         labels: None,
+        limit: None,
     }
 }
 

@@ -39,6 +39,7 @@ fn echo(payload: &str) -> SubmitBody {
         priority: None,
         heartbeat_timeout_ms: None,
         labels: None,
+        limit: None,
     }
 }
 
@@ -667,6 +668,7 @@ impl AckedWorkload {
                         priority: 0,
                         heartbeat_timeout_ms: 0,
                         labels: Vec::new(),
+                        limit: None,
                     };
                     recorder.push(HistoryEvent::Submitted {
                         task,

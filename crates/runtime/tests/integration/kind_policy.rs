@@ -25,7 +25,7 @@ fn sleep_policy() -> BTreeMap<String, KindPolicy> {
         backoff_initial_ms: Some(0),
         backoff_max_ms: Some(0),
         non_retryable: Some(vec!["invalid_payload".into()]),
-        labels: None,
+        ..KindPolicy::default()
     };
     BTreeMap::from([("sleep".to_string(), policy)])
 }

@@ -43,6 +43,7 @@ fn body(kind: &str, payload: &str) -> SubmitBody {
         priority: None,
         heartbeat_timeout_ms: None,
         labels: None,
+        limit: None,
     }
 }
 

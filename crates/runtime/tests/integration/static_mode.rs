@@ -25,6 +25,7 @@ fn body(kind: &str, payload: &str) -> SubmitBody {
         priority: None,
         heartbeat_timeout_ms: None,
         labels: None,
+        limit: None,
     }
 }
 

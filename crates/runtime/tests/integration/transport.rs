@@ -133,6 +133,7 @@ async fn hostile_peer_connections_are_closed_with_a_reason_and_the_node_keeps_ru
             priority: None,
             heartbeat_timeout_ms: None,
             labels: None,
+            limit: None,
         })
         .await
         .unwrap();
@@ -204,6 +205,7 @@ async fn a_peer_that_never_answers_fills_only_its_own_bounded_queue() {
             priority: None,
             heartbeat_timeout_ms: None,
             labels: None,
+            limit: None,
         })
         .await
         .unwrap();

@@ -38,7 +38,9 @@ pub fn check(history: &History, out: &mut Violations) {
     for r in &history.records {
         match &r.event {
             HistoryEvent::Noted { node: by, note } => match note {
-                Note::Assigned { task, epoch, node } => {
+                Note::Assigned {
+                    task, epoch, node, ..
+                } => {
                     s.assigned_note(out, r.at, *by, *task, *epoch, *node);
                 }
                 Note::Superseded { task, epoch, .. } => {

@@ -200,6 +200,7 @@ pub(crate) mod test_support {
             priority: 0,
             heartbeat_timeout_ms: 0,
             labels: Vec::new(),
+            limit: None,
         }
     }
     pub fn acked(h: &mut History, ms: u64, node: u64) {
@@ -237,6 +238,7 @@ pub(crate) mod test_support {
             task: T,
             epoch: Epoch(epoch),
             node: NodeId(node),
+            at: Time::ZERO,
         }
     }
     pub fn succeeded(result: &[u8], node: u64, epoch: u64) -> TaskState {

@@ -215,6 +215,7 @@ mod tests {
                 task: k.task_id(2),
                 epoch: cohort_core::Epoch(1),
                 node: NodeId(3),
+                at: Time::ZERO,
             },
         );
         read(&mut h, 6, 7, k.task_id(1), TaskState::Pending);

@@ -160,6 +160,7 @@ impl<N: Node> Sim<'_, N> {
             } else {
                 Vec::new()
             },
+            limit: None,
         };
         let op = self.ops.len();
         let now = self.now;

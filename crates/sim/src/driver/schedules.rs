@@ -62,6 +62,7 @@ impl<N: Node> Sim<'_, N> {
                 priority: 0,
                 heartbeat_timeout_ms: 0,
                 labels: Vec::new(),
+                limit: None,
             },
             link_attempts: self.cfg.limits.attempts_max,
         }

@@ -167,6 +167,7 @@ impl CoordNode {
             task: id,
             epoch,
             node: runner,
+            at: cohort_core::Time::ZERO,
         }));
         if runner == self.id {
             self.out.push(Action::Execute {

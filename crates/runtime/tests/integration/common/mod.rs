@@ -68,6 +68,7 @@ impl ToyNode {
             task: id,
             epoch,
             node: self.id,
+            at: cohort_core::Time::ZERO,
         }));
         self.out.push(Action::Execute { id, epoch, task });
     }

@@ -162,6 +162,7 @@ pub fn echo(payload: &str) -> SubmitBody {
         priority: None,
         heartbeat_timeout_ms: None,
         labels: None,
+        limit: None,
     }
 }
 
