@@ -74,6 +74,12 @@ pub struct SimArgs {
     /// carries; the `Policy` checker sees each run only on n1 (0: none).
     #[arg(long, default_value_t = 0.0)]
     labelled_rate: f64,
+    /// Fraction of tasks submitted with a concurrency limit of 1 and a
+    /// rate limit of 2 per 500 ms on one of two keys; the `Limits` checker
+    /// sees neither exceeded (0: none; leader and static modes, as the
+    /// leaderless mode refuses limits).
+    #[arg(long, default_value_t = 0.0)]
+    limited_rate: f64,
     /// Mean client arrivals per second during the safety phase (default:
     /// the simulator's workload).
     #[arg(long)]
@@ -97,6 +103,7 @@ impl SimArgs {
         config.workload.batch_rate = self.batch_rate;
         config.workload.heartbeat_rate = self.heartbeat_rate;
         config.workload.labelled_rate = self.labelled_rate;
+        config.workload.limited_rate = self.limited_rate;
         config.workload.schedule_every_ms = self.schedule_every_ms;
         if let Some(rate) = self.arrivals_per_sec {
             config.workload.arrivals_per_sec = rate;
@@ -130,6 +137,9 @@ impl SimArgs {
         }
         if self.labelled_rate > 0.0 {
             cmd.push_str(&format!(" --labelled-rate {}", self.labelled_rate));
+        }
+        if self.limited_rate > 0.0 {
+            cmd.push_str(&format!(" --limited-rate {}", self.limited_rate));
         }
         cmd
     }
@@ -236,6 +246,12 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
     args.config(0)
         .validate()
         .context("invalid simulator settings")?;
+    if args.mode == SimMode::Leaderless && args.limited_rate > 0.0 {
+        bail!(
+            "--limited-rate needs the leader or static mode: {}",
+            cohort_core::limit::LIMITS_NEED_A_COORDINATOR
+        );
+    }
     if let Some(seed) = args.seed {
         return run_single(&args, seed);
     }
@@ -412,5 +428,28 @@ mod tests {
         let a = parse(&["--mode", "leader", "--seeds", "1", "--batch-rate", "1.5"]);
         let err = run(a).expect_err("refused");
         assert!(format!("{err:#}").contains("batch_rate"), "{err:#}");
+    }
+
+    #[test]
+    fn limited_tasks_reach_the_workload_and_the_replay_but_not_the_leaderless_mode() {
+        let a = parse(&["--mode", "static", "--limited-rate", "0.3"]);
+        assert_eq!(a.config(3).workload.limited_rate, 0.3);
+        assert!(a.replay_command(3).ends_with("--limited-rate 0.3"));
+        let leaderless = parse(&[
+            "--mode",
+            "leaderless",
+            "--seeds",
+            "1",
+            "--limited-rate",
+            "0.3",
+        ]);
+        let err = run(leaderless).expect_err("refused");
+        assert!(
+            format!("{err:#}").contains("leader or static mode"),
+            "{err:#}"
+        );
+        let out_of_range = parse(&["--mode", "leader", "--seeds", "1", "--limited-rate", "2"]);
+        let err = run(out_of_range).expect_err("refused");
+        assert!(format!("{err:#}").contains("limited_rate"), "{err:#}");
     }
 }

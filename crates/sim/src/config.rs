@@ -379,6 +379,18 @@ pub struct Workload {
     /// Fraction of tasks submitted with the worker label [`SIM_LABEL`],
     /// which only n1 carries ([`node_labels`]).
     pub labelled_rate: f64,
+    /// Fraction of tasks submitted with a concurrency and rate limit, on
+    /// one of `limit_keys` keys drawn at random (0: none). Tasks submitted
+    /// under a dedupe key carry none.
+    pub limited_rate: f64,
+    /// Limit keys the limited tasks spread over.
+    pub limit_keys: u64,
+    /// Their `TaskLimit::concurrency_max`.
+    pub limit_concurrency_max: u32,
+    /// Their `TaskLimit::rate_max`.
+    pub limit_rate_max: u32,
+    /// Their `TaskLimit::rate_window_ms`.
+    pub limit_rate_window_ms: u64,
     /// Fraction of the executions of those tasks that hang at a random
     /// point: they stop beating, and their runner stops them a heartbeat
     /// timeout after the last beat (the attempt fails, class
@@ -465,6 +477,15 @@ impl Default for Workload {
             // Off by default so a seed's run stays what it was before
             // labels (`cohort sim --labelled-rate` turns them on).
             labelled_rate: 0.0,
+            // Off by default, like labels (`cohort sim --limited-rate`).
+            // Tight enough to bind at the default arrival rate: a key
+            // gets about 5 starts a second when half the tasks are
+            // limited, and runs last up to 200 ms.
+            limited_rate: 0.0,
+            limit_keys: 2,
+            limit_concurrency_max: 1,
+            limit_rate_max: 2,
+            limit_rate_window_ms: 500,
             hang_rate: 0.2,
             poll_ms_min: 200,
             poll_ms_max: 500,
@@ -485,6 +506,16 @@ impl Default for Workload {
 }
 
 impl Workload {
+    /// The limit a limited task of `key` carries.
+    pub fn limit(&self, key: String) -> cohort_core::TaskLimit {
+        cohort_core::TaskLimit {
+            key,
+            concurrency_max: self.limit_concurrency_max,
+            rate_max: self.limit_rate_max,
+            rate_window_ms: self.limit_rate_window_ms,
+        }
+    }
+
     /// Refuses a workload the simulator cannot run. Changes nothing.
     pub fn validate(&self) -> Result<(), SimConfigError> {
         let bad = |what: &str| Err(SimConfigError::Invalid(what.to_string()));
@@ -536,6 +567,18 @@ impl Workload {
         }
         if !(0.0..=1.0).contains(&self.labelled_rate) {
             return bad("labelled_rate must be within 0..=1");
+        }
+        if !(0.0..=1.0).contains(&self.limited_rate) {
+            return bad("limited_rate must be within 0..=1");
+        }
+        if self.limited_rate > 0.0 {
+            if self.limit_keys == 0 {
+                return bad("with limited_rate set, limit_keys must be positive");
+            }
+            let limit = self.limit("k".into());
+            if let Err(e) = limit.validate() {
+                return bad(&format!("the workload's limit: {e}"));
+            }
         }
         if !(0.0..=1.0).contains(&self.heartbeat_rate) || !(0.0..=1.0).contains(&self.hang_rate) {
             return bad("heartbeat_rate and hang_rate must be within 0..=1");

@@ -28,6 +28,25 @@ fn static_mode_passes_clean_without_faults_over_200_seeds() {
     }
 }
 
+/// The coordinator keeps concurrency and rate limits: half the tasks
+/// carry one on one of two keys, some wait for a place, none is exceeded.
+#[test]
+fn static_mode_keeps_concurrency_and_rate_limits_without_faults() {
+    let mut held_back = 0;
+    for seed in 0..20 {
+        let mut c = SimConfig::new(seed, 3);
+        c.faults = FaultKinds::NONE;
+        c.safety_ms = 5_000;
+        c.liveness_ms = 10_000;
+        c.workload.limited_rate = 0.5;
+        let r = run::<StaticNode>(&c, &StaticConfig::default(), &mut NoInvariants);
+        assert!(r.passed(), "{r}");
+        assert_eq!(r.tasks_final, r.tasks_submitted, "{r}");
+        held_back += cohort_sim::checkers::limits::held_back(&r.history);
+    }
+    assert!(held_back > 20, "only {held_back} tasks waited for a place");
+}
+
 #[test]
 fn static_mode_loses_acknowledged_tasks_when_its_coordinator_crashes() {
     let caught = (0..10)

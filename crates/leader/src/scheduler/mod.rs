@@ -1072,6 +1072,18 @@ mod tests {
         !s.apply(index, at(index), &cmd).is_empty()
     }
 
+    /// Applies, at log index `index`, the success of `id`'s run `epoch` on `node`.
+    fn succeed(s: &mut Scheduler, index: u64, id: u128, epoch: u64, node: NodeId) {
+        let cmd = Command::Result {
+            id: TaskId(id),
+            epoch: Epoch(epoch),
+            node,
+            outcome: TaskOutcome::Success(vec![]),
+            jitter: 0,
+        };
+        s.apply(index, at(index), &cmd);
+    }
+
     #[test]
     fn a_concurrency_limit_is_kept_by_the_log_alone_and_freed_by_every_way_out() {
         let mut s = Scheduler::new(10, 16);
@@ -1111,14 +1123,7 @@ mod tests {
         assert_eq!(s.get(TaskId(3)).unwrap().state, TaskState::Pending);
         assert_eq!(s.limit_counts().running("k"), 2);
         // An outcome, a dead runner, a cancel and a release each free one.
-        let result = Command::Result {
-            id: TaskId(1),
-            epoch: Epoch(1),
-            node: A,
-            outcome: TaskOutcome::Success(vec![]),
-            jitter: 0,
-        };
-        s.apply(10, at(10), &result);
+        succeed(&mut s, 10, 1, 1, A);
         assert_eq!(s.limit_counts().running("k"), 1);
         assert!(assign(&mut s, 11, 3, 1, A));
         s.apply(12, at(12), &Command::WorkerDead { node: A });
@@ -1157,14 +1162,7 @@ mod tests {
         assert!(!assign(&mut s, 6, 3, 1, A), "two starts within 100 ms");
         // The first start (at 4 ms) leaves the 100 ms window at 104 ms.
         assert_eq!(s.next_rate_free_after(at(6)), Some(at(104)));
-        let result = Command::Result {
-            id: TaskId(1),
-            epoch: Epoch(1),
-            node: A,
-            outcome: TaskOutcome::Success(vec![]),
-            jitter: 0,
-        };
-        s.apply(7, at(7), &result);
+        succeed(&mut s, 7, 1, 1, A);
         assert!(!assign(&mut s, 8, 3, 1, A), "an outcome frees no rate");
         assert!(!assign(&mut s, 103, 3, 1, A));
         assert!(assign(&mut s, 104, 3, 1, A));

@@ -12,6 +12,7 @@
 //!   `not_before`; a non-retryable failure is never retried.
 //! - [`unique`]: at most one pending-or-running task per dedupe key.
 //! - [`schedule`]: every tick of a schedule fired (none missed once healed).
+//! - [`limits`]: concurrency and rate limits never exceeded.
 
 use crate::history::History;
 use cohort_core::Time;
@@ -23,6 +24,7 @@ pub mod g2;
 pub mod g3;
 pub mod g4;
 pub mod g5;
+pub mod limits;
 pub mod policy;
 pub mod schedule;
 pub mod unique;
@@ -47,6 +49,9 @@ pub enum Guarantee {
     Unique,
     /// Schedules: a tick of a schedule never fired once healed.
     Schedule,
+    /// Limits: more runs of a limit live at once than its
+    /// `concurrency_max`, or more starts in one window than its `rate_max`.
+    Limits,
     /// A mode-specific invariant ([`crate::Invariants`]) or a broken contract.
     Invariant,
 }
@@ -62,6 +67,7 @@ impl fmt::Display for Guarantee {
             Guarantee::Policy => "Policy",
             Guarantee::Unique => "Unique",
             Guarantee::Schedule => "Schedule",
+            Guarantee::Limits => "Limits",
             Guarantee::Invariant => "Invariant",
         })
     }
@@ -147,6 +153,7 @@ pub fn check_all(history: &History, end: Time, liveness_ended: bool, out: &mut V
     policy::check(history, out);
     unique::check(history, out);
     schedule::check(history, out);
+    limits::check(history, out);
     if liveness_ended {
         g4::check(history, end, out);
     }

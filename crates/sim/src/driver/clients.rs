@@ -123,7 +123,7 @@ impl<N: Node> Sim<'_, N> {
             return;
         }
         let (lo, hi) = (w.task_ms_min, w.task_ms_max);
-        let task = Task {
+        let mut task = Task {
             kind: "sleep".into(),
             payload: SimPayload {
                 duration_ms: self.rng.gen_range(lo..=hi),
@@ -160,11 +160,22 @@ impl<N: Node> Sim<'_, N> {
             } else {
                 Vec::new()
             },
-            limit: None,
+            // Drawn only when asked for, like heartbeats.
+            limit: if w.limited_rate > 0.0 && self.rng.gen_bool(w.limited_rate) {
+                let key = self.rng.gen_range(0..w.limit_keys);
+                Some(w.limit(format!("key{key}")))
+            } else {
+                None
+            },
         };
         let op = self.ops.len();
         let now = self.now;
-        let (id, unique) = match unique_key(w, op as u64) {
+        let dedupe = unique_key(w, op as u64);
+        if dedupe.is_some() {
+            // The `Limits` checker follows tasks by id alone.
+            task.limit = None;
+        }
+        let (id, unique) = match dedupe {
             None => {
                 let id = TaskId::random(&mut self.rng);
                 self.hash_event(TAG_CLIENT, op as u64, &encode(&(id, &task)));
