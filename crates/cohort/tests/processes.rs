@@ -817,11 +817,12 @@ fn cohort_schedule_creates_fires_shows_and_deletes_a_schedule() {
     );
 }
 
-/// Routing through the CLI: `cohort node --label gpu` on n2 alone, then
-/// `cohort submit --label gpu`: the task runs on n2 whichever node took
-/// it, and `cohort get --events` shows its labels.
+/// Routing and limits through the CLI: `cohort node --label gpu` on n2
+/// alone, then `cohort submit --label gpu`: the task runs on n2 whichever
+/// node took it, and `cohort get --events` shows its labels; `cohort
+/// submit --limit-key ...` stores the limit with the task.
 #[test]
-fn cohort_submit_with_a_label_runs_on_the_node_started_with_it() {
+fn cohort_submit_routes_by_label_and_stores_a_limit_with_the_task() {
     let dir = tempfile::tempdir().unwrap();
     let l = layout(3);
     let mut procs = Procs(Vec::new());
@@ -882,6 +883,54 @@ fn cohort_submit_with_a_label_runs_on_the_node_started_with_it() {
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("label"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&[
+        "submit",
+        "--node",
+        &l.http[1],
+        "--kind",
+        "echo",
+        "--payload",
+        "limited",
+        "--limit-key",
+        "tenant-a",
+        "--concurrency-max",
+        "1",
+        "--rate-max",
+        "5",
+        "--rate-window-ms",
+        "2000",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(wait_task(&l.http[0], &id)["state"], "succeeded");
+    let v = get_events(&l.http[0], &id);
+    assert_eq!(
+        v["task"]["limit"],
+        serde_json::json!({"key": "tenant-a", "concurrency_max": 1, "rate_max": 5, "rate_window_ms": 2000}),
+        "{v}"
+    );
+    // A number without a key is refused before anything is sent.
+    let out = cli(&[
+        "submit",
+        "--node",
+        &l.http[0],
+        "--kind",
+        "echo",
+        "--payload",
+        "x",
+        "--rate-max",
+        "5",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--limit-key"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

@@ -170,6 +170,15 @@ async fn a_policy_for_a_kind_without_a_handler_or_out_of_limits_stops_the_start(
             },
             "label \"no spaces\"",
         ),
+        (
+            "sleep",
+            KindPolicy {
+                concurrency_max: Some(1),
+                rate_window_ms: Some(500),
+                ..KindPolicy::default()
+            },
+            "rate_window_ms is set without rate_max",
+        ),
     ] {
         let peers = Peers::new(NodeId(1), [NodeId(1)], 2, Limits::default()).unwrap();
         let mut config =
@@ -194,4 +203,44 @@ async fn a_policy_for_a_kind_without_a_handler_or_out_of_limits_stops_the_start(
         };
         assert!(e.to_string().contains(says), "{e}");
     }
+}
+
+/// A leaderless node does not start with a kind policy that limits its
+/// kind: it would refuse every task of the kind, so the config is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaderless_node_refuses_a_kind_policy_with_a_limit_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let peers = Peers::new(NodeId(1), [NodeId(1)], 2, Limits::default()).unwrap();
+    let mut config = RuntimeConfig::new(
+        "policy-test",
+        "leaderless",
+        peers,
+        BTreeMap::new(),
+        dir.path(),
+    );
+    config.kind_policies = BTreeMap::from([(
+        "sleep".to_string(),
+        KindPolicy {
+            concurrency_max: Some(4),
+            ..KindPolicy::default()
+        },
+    )]);
+    let listeners = Listeners {
+        peer: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        http: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    };
+    let started = cohort_runtime::start::<cohort_leaderless::LeaderlessNode>(
+        config,
+        cohort_leaderless::LeaderlessConfig::default(),
+        NodeOptions {
+            registry: Registry::with_builtins(false),
+            ..NodeOptions::default()
+        },
+        listeners,
+    )
+    .await;
+    let Err(e) = started else {
+        panic!("a leaderless node started with a limited kind policy");
+    };
+    assert!(e.to_string().contains("need a coordinator"), "{e}");
 }

@@ -18,6 +18,7 @@ mod kind_policy;
 mod labels;
 mod leader_mode;
 mod leaderless_mode;
+mod limits;
 mod manual_retry;
 mod priority;
 mod retention;
