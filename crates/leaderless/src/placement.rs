@@ -8,14 +8,14 @@
 
 use cohort_core::{NodeId, TaskId};
 
-/// FNV-1a, 64 bits, over `bytes`.
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut h = OFFSET;
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// FNV-1a, 64 bits, over `bytes`, continuing from the state `h`.
+fn fnv1a64_from(mut h: u64, bytes: &[u8]) -> u64 {
     for b in bytes {
         h ^= u64::from(*b);
-        h = h.wrapping_mul(PRIME);
+        h = h.wrapping_mul(FNV_PRIME);
     }
     h
 }
@@ -28,26 +28,61 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The FNV state after the task id's bytes: the part of every member's
+/// score the task alone decides, hashed once per placement rather than
+/// once per member.
+fn task_state(task: TaskId) -> u64 {
+    fnv1a64_from(FNV_OFFSET, &task.0.to_be_bytes())
+}
+
+/// The score of `node` from the task's FNV state.
+fn score_from(task_state: u64, node: NodeId) -> u64 {
+    mix(fnv1a64_from(task_state, &node.0.to_be_bytes()))
+}
+
 /// The rendezvous score of `node` for `task`.
 pub fn score(task: TaskId, node: NodeId) -> u64 {
-    let mut buf = [0u8; 24];
-    buf[..16].copy_from_slice(&task.0.to_be_bytes());
-    buf[16..].copy_from_slice(&node.0.to_be_bytes());
-    mix(fnv1a64(&buf))
+    score_from(task_state(task), node)
+}
+
+/// Whether `a` comes before `b` in a preference list: higher score first,
+/// ties by node id.
+fn before(a: (u64, NodeId), b: (u64, NodeId)) -> bool {
+    a.0 > b.0 || (a.0 == b.0 && a.1 < b.1)
 }
 
 /// Every member of `ring`, most preferred first, for `task`.
 pub fn preference_list(task: TaskId, ring: &[NodeId]) -> Vec<NodeId> {
-    let mut scored: Vec<(u64, NodeId)> = ring.iter().map(|&n| (score(task, n), n)).collect();
+    let state = task_state(task);
+    let mut scored: Vec<(u64, NodeId)> = ring.iter().map(|&n| (score_from(state, n), n)).collect();
     scored.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
     scored.dedup_by_key(|(_, n)| *n);
     scored.into_iter().map(|(_, n)| n).collect()
 }
 
 /// The task's first `r` members of the preference list: its replicas.
+/// Selected in one pass that keeps the best `r` seen (`r` is the
+/// replication factor, a handful), not by sorting the whole ring: this
+/// runs for every task a node places, over every member.
 pub fn replicas(task: TaskId, ring: &[NodeId], r: usize) -> Vec<NodeId> {
-    let mut list = preference_list(task, ring);
-    list.truncate(r);
+    let state = task_state(task);
+    let mut best: Vec<(u64, NodeId)> = Vec::with_capacity(r + 1);
+    for &n in ring {
+        let s = (score_from(state, n), n);
+        if best.len() == r && !best.last().is_some_and(|last| before(s, *last)) {
+            continue;
+        }
+        if best.iter().any(|(_, m)| *m == n) {
+            continue; // a member listed twice counts once
+        }
+        let at = best
+            .iter()
+            .position(|b| before(s, *b))
+            .unwrap_or(best.len());
+        best.insert(at, s);
+        best.truncate(r);
+    }
+    let list: Vec<NodeId> = best.into_iter().map(|(_, n)| n).collect();
     assert!(list.len() == r.min(ring.len()));
     list
 }
@@ -72,6 +107,34 @@ mod tests {
         let mut sorted = a.clone();
         sorted.sort();
         assert_eq!(sorted, ring(7));
+    }
+
+    /// The one-pass selection is the sorted list's prefix, and the score
+    /// is FNV-1a over the task and node bytes as it always was (a change
+    /// would move every task of a running cluster).
+    #[test]
+    fn replicas_are_the_preference_lists_first_members_and_scores_keep_their_hash() {
+        let r = ring(40);
+        for i in 0..300u128 {
+            let t = TaskId(i.wrapping_mul(0x9e37_79b9_7f4a_7c15_0123_4567));
+            let full = preference_list(t, &r);
+            for k in [1, 3, 5, 40] {
+                assert_eq!(replicas(t, &r, k), full[..k].to_vec(), "{t:?} r={k}");
+            }
+        }
+        // A member listed twice counts once.
+        let twice = [NodeId(1), NodeId(2), NodeId(2), NodeId(3), NodeId(1)];
+        let t = TaskId(42);
+        assert_eq!(replicas(t, &twice, 3), preference_list(t, &twice));
+        // FNV-1a 64 over the 24 bytes task ++ node, then splitmix64's finish.
+        let mut bytes = [0u8; 24];
+        bytes[..16].copy_from_slice(&7u128.to_be_bytes());
+        bytes[16..].copy_from_slice(&9u64.to_be_bytes());
+        let mut h = FNV_OFFSET;
+        for b in bytes {
+            h = (h ^ u64::from(b)).wrapping_mul(FNV_PRIME);
+        }
+        assert_eq!(score(TaskId(7), NodeId(9)), mix(h));
     }
 
     #[test]
