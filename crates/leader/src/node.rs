@@ -76,7 +76,8 @@ pub struct LeaderConfig {
     pub snapshot_chunk_bytes: usize,
     /// Most client requests waiting for commit or a read round at one node.
     pub requests_waiting_max: usize,
-    /// Most assignments proposed per scheduling round.
+    /// Most assignments proposed per scheduling round (one log entry),
+    /// and most results packed in one log entry.
     pub assignments_per_round_max: usize,
 }
 
@@ -190,6 +191,14 @@ impl Default for ValidLeaderConfig {
     }
 }
 
+/// The bytes an outcome adds to a log entry, near enough to bound one.
+fn outcome_bytes(outcome: &TaskOutcome) -> usize {
+    match outcome {
+        TaskOutcome::Success(result) => result.len(),
+        TaskOutcome::Failure(error) => error.len(),
+    }
+}
+
 /// Messages between leader-mode nodes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LeaderMsg {
@@ -252,6 +261,9 @@ struct WorkerView {
 struct Inflight {
     assign: BTreeMap<TaskId, NodeId>,
     results: BTreeSet<(TaskId, Epoch)>,
+    /// Results taken during this input, proposed together as one entry
+    /// before it settles (each is in `results` already).
+    results_unproposed: Vec<Command>,
     dead: BTreeSet<NodeId>,
     alive: BTreeSet<NodeId>,
     reclaim: BTreeSet<(TaskId, Epoch)>,
@@ -1074,8 +1086,50 @@ impl LeaderNode {
             outcome,
             jitter,
         };
-        if self.propose(&cmd).is_ok() {
-            self.inflight.results.insert((task, epoch));
+        self.inflight.results.insert((task, epoch));
+        self.inflight.results_unproposed.push(cmd);
+    }
+
+    /// Proposes the results taken since the last call, packed into as few
+    /// entries as fit: at most `assignments_per_round_max` per entry, and
+    /// at most `payload_bytes_max` bytes of outcomes (a larger one goes
+    /// alone, as it always did), so an entry stays replicable.
+    fn propose_results(&mut self) {
+        let results = std::mem::take(&mut self.inflight.results_unproposed);
+        let (count_max, bytes_max) = (
+            self.cfg.get().assignments_per_round_max,
+            self.peers.limits.payload_bytes_max,
+        );
+        let mut entry: Vec<Command> = Vec::new();
+        let mut bytes = 0;
+        let mut failed = false;
+        for cmd in results {
+            let size = match &cmd {
+                Command::Result { outcome, .. } => outcome_bytes(outcome),
+                _ => unreachable!("only results wait here"),
+            };
+            if !entry.is_empty() && (entry.len() == count_max || bytes + size > bytes_max) {
+                failed = failed || self.propose_many(&entry).is_err();
+                self.forget_results_if(failed, &entry);
+                entry.clear();
+                bytes = 0;
+            }
+            bytes += size;
+            entry.push(cmd);
+        }
+        failed = failed || self.propose_many(&entry).is_err();
+        self.forget_results_if(failed, &entry);
+    }
+
+    /// Results not proposed (`failed`) are taken again when resent.
+    fn forget_results_if(&mut self, failed: bool, results: &[Command]) {
+        if !failed {
+            return;
+        }
+        for cmd in results {
+            if let Command::Result { id, epoch, .. } = cmd {
+                self.inflight.results.remove(&(*id, *epoch));
+            }
         }
     }
 
@@ -1274,6 +1328,7 @@ impl LeaderNode {
             .take(take.saturating_mul(LABELLED_SCAN_FACTOR))
             .collect();
         let mut assigned = 0;
+        let mut assigns = Vec::new();
         for (id, wants, limit) in todo {
             if assigned == take {
                 break;
@@ -1299,16 +1354,18 @@ impl LeaderNode {
             };
             assigned += 1;
             let epoch = self.sm.get(id).expect("pending is known").epoch.next();
-            if self
-                .propose(&Command::Assign { id, epoch, node: w })
-                .is_err()
-            {
-                break;
-            }
-            self.inflight.assign.insert(id, w);
+            assigns.push(Command::Assign { id, epoch, node: w });
             load.get_mut(&w).expect("chosen from load").0 += 1;
             if let Some(l) = limit {
                 *extra.entry(l.key).or_default() += 1;
+            }
+        }
+        // The round's assignments, as one entry.
+        if self.propose_many(&assigns).is_ok() {
+            for cmd in assigns {
+                if let Command::Assign { id, node, .. } = cmd {
+                    self.inflight.assign.insert(id, node);
+                }
             }
         }
     }
@@ -1321,6 +1378,20 @@ impl LeaderNode {
         self.raft
             .propose(self.now, encode(&(self.now, cmd)))
             .map_err(unavailable)
+    }
+
+    /// Proposes `commands` as one entry: alone, or packed in a
+    /// [`Command::Many`]. Nothing to propose is not an error.
+    fn propose_many(&mut self, commands: &[Command]) -> Result<(), ClientError> {
+        match commands {
+            [] => Ok(()),
+            [one] => self.propose(one).map(|_| ()),
+            _ => self
+                .propose(&Command::Many {
+                    commands: commands.to_vec(),
+                })
+                .map(|_| ()),
+        }
     }
 
     fn send(&mut self, to: NodeId, msg: LeaderMsg) {
@@ -1338,6 +1409,7 @@ impl LeaderNode {
         for round in 0.. {
             assert!(round < 64, "after_input does not settle");
             if self.raft.is_leader() {
+                self.propose_results();
                 self.expire_overdue();
                 self.purge_expired();
                 self.assign_pending();
@@ -1509,6 +1581,11 @@ impl LeaderNode {
             }
             Command::Purge => {
                 self.inflight.purge = false;
+            }
+            Command::Many { commands } => {
+                for c in commands {
+                    self.after_apply(None, c, assigned_to_me);
+                }
             }
         }
     }

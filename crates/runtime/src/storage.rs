@@ -40,8 +40,9 @@ const META_KEY: &str = "identity";
 /// heartbeat timeout, histories may hold heartbeats. 5: leader snapshots
 /// carry each final record's purge time and the retention settings. 6:
 /// tasks carry the worker labels that route them. 7: tasks carry their
-/// concurrency and rate limit, the leader's state the limits' counts.
-pub const FORMAT_VERSION: u32 = 7;
+/// concurrency and rate limit, the leader's state the limits' counts. 8:
+/// a leader log entry may pack several commands (`Command::Many`).
+pub const FORMAT_VERSION: u32 = 8;
 
 /// Who a data file belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

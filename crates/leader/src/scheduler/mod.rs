@@ -119,6 +119,15 @@ pub enum Command {
     /// when a purge is due and nothing else was committed. Last in the
     /// enum, like `SubmitBatch`.
     Purge,
+    /// Several commands in one log entry, applied in order with its index
+    /// and time, each exactly as if alone: the leader packs the
+    /// assignments of one round, and the results that arrived together,
+    /// so that a busy cluster writes, replicates and fsyncs one entry for
+    /// many. Never nested. Last in the enum, like `SubmitBatch`.
+    Many {
+        /// At most `LeaderConfig::assignments_per_round_max`.
+        commands: Vec<Command>,
+    },
 }
 
 /// One task as the cluster knows it.
@@ -476,10 +485,30 @@ impl Scheduler {
     /// Applies the command committed at `index`, proposed at `at` on the
     /// leader's clock; returns the decisions it made, for the history.
     pub fn apply(&mut self, index: u64, at: Time, cmd: &Command) -> Vec<Note> {
-        let mut notes = Vec::new();
         self.purge(at);
         match cmd {
+            Command::Many { commands } => {
+                let mut notes = Vec::new();
+                for c in commands {
+                    // Only the leader builds these, from single commands.
+                    assert!(
+                        !matches!(c, Command::Many { .. }),
+                        "a Many entry holds no Many"
+                    );
+                    notes.extend(self.apply_one(index, at, c));
+                }
+                notes
+            }
+            _ => self.apply_one(index, at, cmd),
+        }
+    }
+
+    /// [`Scheduler::apply`] of one command, after the purge.
+    fn apply_one(&mut self, index: u64, at: Time, cmd: &Command) -> Vec<Note> {
+        let mut notes = Vec::new();
+        match cmd {
             Command::Purge => {}
+            Command::Many { .. } => unreachable!("applied by apply"),
             Command::Submit { id, task } => self.accept(index, at, *id, task),
             Command::SubmitBatch { tasks } => {
                 if self.batch_conflict(tasks).is_none() {
@@ -1082,6 +1111,74 @@ mod tests {
             jitter: 0,
         };
         s.apply(index, at(index), &cmd);
+    }
+
+    /// A `Many` entry decides exactly what its commands decide one entry
+    /// each: the same notes in the same order and the same state, a no-op
+    /// among them still a no-op (here a limit's second start).
+    #[test]
+    fn a_many_entry_applies_like_its_commands_one_by_one() {
+        let setup = || {
+            let mut s = Scheduler::new(10, 16);
+            for id in 1..=3 {
+                let task = limited("k", 1, 0);
+                s.apply(
+                    id as u64,
+                    at(1),
+                    &Command::Submit {
+                        id: TaskId(id),
+                        task,
+                    },
+                );
+            }
+            s.apply(
+                4,
+                at(4),
+                &Command::Submit {
+                    id: TaskId(4),
+                    task: task(),
+                },
+            );
+            s
+        };
+        let assign = |id, node| Command::Assign {
+            id: TaskId(id),
+            epoch: Epoch(1),
+            node,
+        };
+        let result = Command::Result {
+            id: TaskId(1),
+            epoch: Epoch(1),
+            node: A,
+            outcome: TaskOutcome::Success(b"r".to_vec()),
+            jitter: 0,
+        };
+        let commands = vec![
+            assign(1, A),
+            assign(2, B),
+            assign(4, B),
+            result,
+            assign(3, B),
+        ];
+        let mut one_by_one = setup();
+        let mut notes = Vec::new();
+        for c in &commands {
+            notes.extend(one_by_one.apply(5, at(5), c));
+        }
+        let mut packed = setup();
+        let many = packed.apply(5, at(5), &Command::Many { commands });
+        assert_eq!(many, notes);
+        assert_eq!(cohort_core::encode(&packed), cohort_core::encode(&one_by_one));
+        assert_eq!(
+            packed.get(TaskId(2)).unwrap().state,
+            TaskState::Pending,
+            "over its limit"
+        );
+        assert!(
+            packed.is_running(TaskId(3), Epoch(1)),
+            "room once 1 finished"
+        );
+        assert!(packed.is_running(TaskId(4), Epoch(1)));
     }
 
     #[test]
