@@ -135,10 +135,27 @@ impl TaskLimit {
     }
 }
 
+/// How long past a running task's start-to-close timeout (`timeout_ms`)
+/// a coordinator waits for its runner's outcome before it ends the lease
+/// itself (reason `LeaseExpired`) and the task runs again under the next
+/// epoch. The runner stops its handler at the timeout and reports a
+/// failure, and a runner that is lost is declared dead within `alpha *
+/// worker_heartbeat_ms`: the lease ends a task only when neither
+/// happened, e.g. a live runner whose handler could not be stopped. A
+/// constant, not a setting: in leader mode every node computes the same
+/// lease from the same log.
+pub const LEASE_GRACE_MS: u64 = 10_000;
+
 impl Task {
     /// The execution timeout as a duration.
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
+    }
+
+    /// When the lease of an assignment of this task decided at
+    /// `assigned_at` ends, unless its runner reported an outcome.
+    pub fn lease_ends(&self, assigned_at: Time) -> Time {
+        assigned_at + self.timeout() + Duration::from_millis(LEASE_GRACE_MS)
     }
 
     /// When a task that became pending at `since` fails unless started

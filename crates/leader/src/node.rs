@@ -269,6 +269,8 @@ struct Inflight {
     reclaim: BTreeSet<(TaskId, Epoch)>,
     release: BTreeSet<(TaskId, Epoch)>,
     expire: BTreeSet<TaskId>,
+    /// `Command::ExpireLease` proposed, not yet applied.
+    leases: BTreeSet<(TaskId, Epoch)>,
     /// At most one heartbeat per task in flight: later ones are dropped
     /// until it applies (they carry progress only, never a decision).
     progress: BTreeSet<TaskId>,
@@ -1213,8 +1215,9 @@ impl LeaderNode {
         }
     }
 
-    /// Fails pending tasks past their schedule-to-start deadline, at most
-    /// `assignments_per_round_max` proposals per round.
+    /// Fails pending tasks past their schedule-to-start deadline, and ends
+    /// the leases of running tasks whose runner reported nothing in time,
+    /// at most `assignments_per_round_max` of each per round.
     fn expire_overdue(&mut self) {
         if !self.raft.is_leader() || !self.raft.committed_in_term() {
             return;
@@ -1230,6 +1233,20 @@ impl LeaderNode {
                 break;
             }
             self.inflight.expire.insert(id);
+        }
+        // Leases whose runner reported nothing, as one entry.
+        let ended: Vec<(TaskId, Epoch)> = self
+            .sm
+            .leases_ended(self.now)
+            .filter(|a| !self.inflight.leases.contains(a))
+            .take(self.cfg.get().assignments_per_round_max)
+            .collect();
+        let commands: Vec<Command> = ended
+            .iter()
+            .map(|&(id, epoch)| Command::ExpireLease { id, epoch })
+            .collect();
+        if self.propose_many(&commands).is_ok() {
+            self.inflight.leases.extend(ended);
         }
     }
 
@@ -1570,6 +1587,9 @@ impl LeaderNode {
             Command::Reclaim { id, epoch } => {
                 self.inflight.reclaim.remove(&(*id, *epoch));
             }
+            Command::ExpireLease { id, epoch } => {
+                self.inflight.leases.remove(&(*id, *epoch));
+            }
             Command::Release { id, epoch, .. } => {
                 self.inflight.release.remove(&(*id, *epoch));
             }
@@ -1751,6 +1771,9 @@ impl LeaderNode {
             }
             if let Some(overdue) = self.sm.next_overdue_after(self.now) {
                 next = next.min(overdue);
+            }
+            if let Some(lease_end) = self.sm.next_lease_end_after(self.now) {
+                next = next.min(lease_end);
             }
             if let Some(due) = self.sm.next_purge_at().filter(|&due| due > self.now) {
                 next = next.min(due);

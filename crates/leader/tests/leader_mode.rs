@@ -207,6 +207,40 @@ fn worker_paused_beyond_timeout_is_declared_dead_and_its_late_result_rejected() 
     );
 }
 
+/// A live runner whose handler outlives its start-to-close timeout and is
+/// never stopped (here: the harness's runner does not enforce timeouts,
+/// as a runtime could not stop a blocking handler): its worker heartbeats
+/// go on, so it is never declared dead, and the cluster itself ends the
+/// lease `LEASE_GRACE_MS` after the timeout; the task runs again under
+/// the next epoch and the hung handler's late result is rejected.
+#[test]
+fn a_hung_handler_on_a_live_runner_loses_its_lease_and_its_late_result_is_rejected() {
+    let mut c = Cluster::new(12, 3, cfg());
+    c.exec_ms = 13_000; // timeout 1 s + grace 10 s < 13 s
+    let l = c.elect(3_000);
+    c.run_for(300);
+    c.submit(l, TaskId(1), task("echo", b"x"));
+    c.run_for(100);
+    let first = c.executed.clone();
+    assert_eq!(first.len(), 1, "{first:?}");
+    c.exec_ms = 20; // the next attempt returns at once
+    c.run_for(10_000);
+    assert_eq!(
+        c.superseded(SupersedeReason::LeaseExpired),
+        0,
+        "within the lease"
+    );
+    c.run_for(1_500);
+    assert_eq!(c.superseded(SupersedeReason::LeaseExpired), 1);
+    assert_eq!(c.superseded(SupersedeReason::RunnerDeclaredDead), 0);
+    c.run_for(3_000); // past the hung handler's return at 13 s
+    match &c.check_history()[&TaskId(1)] {
+        TaskState::Succeeded { epoch, .. } => assert_eq!(epoch.0, 2),
+        s => panic!("ended {s:?}"),
+    }
+    assert_eq!(c.executed.len(), 2);
+}
+
 #[test]
 fn leader_crash_new_leader_resumes_and_assigns_without_mass_reassignment() {
     let mut c = Cluster::new(8, 5, cfg());

@@ -518,7 +518,6 @@ impl Coordinator {
     pub(crate) fn tick(&mut self, now: Time, out: &mut Out) {
         let timeout = self.config.worker_timeout();
         let me = self.peers.id;
-        let events_max = self.events_max();
         let dead: Vec<NodeId> = self
             .workers
             .iter()
@@ -529,31 +528,21 @@ impl Coordinator {
             let w = self.workers.get_mut(&id).expect("listed above");
             w.alive = false;
             for task in std::mem::take(&mut w.running) {
-                let record = self
-                    .tasks
-                    .get_mut(&task)
-                    .expect("a running task is in the table");
-                let TaskState::Running { epoch, .. } = record.state else {
-                    unreachable!("worker.running lists only running tasks")
-                };
-                if let Some(limit) = &record.task.limit {
-                    self.limits.stopped(limit);
-                }
-                let reason = SupersedeReason::RunnerDeclaredDead;
-                let what = TaskEventKind::RunnerLost {
-                    node: id,
-                    epoch,
-                    reason,
-                };
-                record.record(now, what, events_max);
-                record.state = TaskState::Pending;
-                out.push(Action::Note(Note::Superseded {
-                    task,
-                    epoch,
-                    reason,
-                }));
-                self.enqueue(now, task);
+                self.lose(now, id, task, SupersedeReason::RunnerDeclaredDead, out);
             }
+        }
+        // Leases no outcome came back for (a live runner's hung handler).
+        let tasks = &self.tasks;
+        let ended: Vec<(NodeId, TaskId)> = self
+            .workers
+            .iter()
+            .flat_map(|(id, w)| w.running.iter().map(move |t| (*id, *t)))
+            .filter(|(_, t)| now > tasks[t].task.lease_ends(tasks[t].assigned_at))
+            .collect();
+        for (id, task) in ended {
+            let w = self.workers.get_mut(&id).expect("listed above");
+            w.running.remove(&task);
+            self.lose(now, id, task, SupersedeReason::LeaseExpired, out);
         }
         while let Some(&(deadline, task)) = self.deadlines.first() {
             if deadline >= now {
@@ -570,6 +559,43 @@ impl Coordinator {
         }
         self.purge(now);
         self.schedule(now, out);
+    }
+
+    /// Running `task`, taken off its runner `node`'s list by the caller,
+    /// lost its runner for `reason`: pending again, the runner's late
+    /// result rejected (its epoch is no longer current).
+    fn lose(
+        &mut self,
+        now: Time,
+        node: NodeId,
+        task: TaskId,
+        reason: SupersedeReason,
+        out: &mut Out,
+    ) {
+        let events_max = self.events_max();
+        let record = self
+            .tasks
+            .get_mut(&task)
+            .expect("a running task is in the table");
+        let TaskState::Running { epoch, .. } = record.state else {
+            unreachable!("worker.running lists only running tasks")
+        };
+        if let Some(limit) = &record.task.limit {
+            self.limits.stopped(limit);
+        }
+        let what = TaskEventKind::RunnerLost {
+            node,
+            epoch,
+            reason,
+        };
+        record.record(now, what, events_max);
+        record.state = TaskState::Pending;
+        out.push(Action::Note(Note::Superseded {
+            task,
+            epoch,
+            reason,
+        }));
+        self.enqueue(now, task);
     }
 
     /// Fails pending `id`, past its schedule-to-start deadline.

@@ -233,6 +233,58 @@ fn a_dead_workers_result_is_rejected_after_reassignment() {
     );
 }
 
+/// A hung handler on a live runner (here the coordinator's own, never
+/// declared dead): `LEASE_GRACE_MS` after its timeout the coordinator ends
+/// the lease, runs the task again under the next epoch and rejects the
+/// late result.
+#[test]
+fn a_hung_handler_loses_its_lease_after_the_timeout_and_its_grace() {
+    let mut c = boot(1, 1);
+    drain(&mut c);
+    assert_eq!(
+        assigned(&submit(&mut c, 1, 1)),
+        vec![(TaskId(1), Epoch(1), NodeId(1))]
+    );
+    let ends = task().lease_ends(Time::ZERO);
+    assert_eq!(
+        ends,
+        Time::from_millis(1_000 + cohort_core::task::LEASE_GRACE_MS)
+    );
+    c.handle_timer(ends, TimerToken(1));
+    let out = drain(&mut c);
+    assert!(assigned(&out).is_empty(), "not past it yet: {out:?}");
+    let late = Time::from_millis(ends.as_millis() + 1);
+    c.handle_timer(late, TimerToken(1));
+    let out = drain(&mut c);
+    assert!(out.contains(&Action::Note(Note::Superseded {
+        task: TaskId(1),
+        epoch: Epoch(1),
+        reason: cohort_core::SupersedeReason::LeaseExpired
+    })));
+    assert_eq!(assigned(&out), vec![(TaskId(1), Epoch(2), NodeId(1))]);
+    // The hung handler returns at last: its epoch is over.
+    c.handle_task_finished(late, TaskId(1), Epoch(1), TaskOutcome::Success(vec![1]));
+    drain(&mut c);
+    c.handle_client(
+        late,
+        RequestId(9),
+        ClientRequest::Get {
+            id: TaskId(1),
+            consistency: Consistency::Linearizable,
+        },
+    );
+    assert_eq!(
+        reply_of(&drain(&mut c)),
+        Ok(ClientResponse::State {
+            id: TaskId(1),
+            state: TaskState::Running {
+                node: NodeId(1),
+                epoch: Epoch(2)
+            }
+        })
+    );
+}
+
 #[test]
 fn failures_are_retried_up_to_max_attempts_then_failed() {
     let mut c = boot(1, 1);

@@ -128,6 +128,18 @@ pub enum Command {
         /// At most `LeaderConfig::assignments_per_round_max`.
         commands: Vec<Command>,
     },
+    /// The lease of `(id, epoch)` ended with no outcome from its runner
+    /// ([`Task::lease_ends`]): a no-op
+    /// unless that assignment still runs and its lease ended by the
+    /// entry's time; else it is superseded (`LeaseExpired`) and the task
+    /// is pending again, its runner's late result rejected. Last in the
+    /// enum, like `SubmitBatch`.
+    ExpireLease {
+        /// The task.
+        id: TaskId,
+        /// The assignment whose lease ended.
+        epoch: Epoch,
+    },
 }
 
 /// One task as the cluster knows it.
@@ -157,6 +169,9 @@ pub struct TaskRecord {
     /// the entry that made it final; `None` for a schedule's definition
     /// and tombstone, kept for ever).
     pub purge_at: Option<Time>,
+    /// While running: when the cluster ends the assignment's lease if its
+    /// runner has reported nothing ([`Task::lease_ends`]).
+    pub lease_until: Option<Time>,
 }
 
 /// What a pending queue holds in common: the worker labels its tasks
@@ -184,6 +199,8 @@ pub struct Scheduler {
     waiting: BTreeSet<(Time, TaskId)>,
     /// Pending tasks with a schedule-to-start deadline: (start_by, id).
     deadlines: BTreeSet<(Time, TaskId)>,
+    /// Running tasks by when their lease ends: (lease_until, id).
+    leases: BTreeSet<(Time, TaskId)>,
     /// Running tasks per runner.
     running: BTreeMap<NodeId, BTreeSet<TaskId>>,
     /// Workers declared dead and not yet back.
@@ -364,6 +381,23 @@ impl Scheduler {
             .map(|(_, id)| *id)
     }
 
+    /// Running assignments whose lease ended before `now`, earliest first.
+    pub fn leases_ended(&self, now: Time) -> impl Iterator<Item = (TaskId, Epoch)> + '_ {
+        self.leases
+            .iter()
+            .take_while(move |(t, _)| *t < now)
+            .map(|(_, id)| (*id, self.tasks[id].epoch))
+    }
+
+    /// The earliest instant after `now` at which a running task's lease
+    /// has ended, if any runs.
+    pub fn next_lease_end_after(&self, now: Time) -> Option<Time> {
+        self.leases
+            .range((now, TaskId(0))..)
+            .next()
+            .map(|(t, _)| Time(t.as_micros().saturating_add(1)))
+    }
+
     /// The earliest instant after `now` at which a pending task is past
     /// its schedule-to-start deadline, if any has one.
     pub fn next_overdue_after(&self, now: Time) -> Option<Time> {
@@ -434,6 +468,7 @@ impl Scheduler {
                 start_by: None,
                 history,
                 purge_at: None,
+                lease_until: None,
             });
             self.enqueue(index, at, id);
         }
@@ -549,6 +584,9 @@ impl Scheduler {
                 };
                 rec.epoch = *epoch;
                 rec.assigned_index = index;
+                let lease_until = rec.task.lease_ends(at);
+                rec.lease_until = Some(lease_until);
+                self.leases.insert((lease_until, *id));
                 self.running.entry(*node).or_default().insert(*id);
                 self.record(
                     *id,
@@ -638,6 +676,14 @@ impl Scheduler {
             }
             Command::WorkerAlive { node } => {
                 self.dead.remove(node);
+            }
+            Command::ExpireLease { id, epoch } => {
+                let ended = self.is_running(*id, *epoch)
+                    && self.tasks[id].lease_until.is_some_and(|until| at > until);
+                if ended {
+                    let reason = SupersedeReason::LeaseExpired;
+                    self.supersede(index, at, *id, reason, &mut notes);
+                }
             }
             Command::Reclaim { id, epoch } => {
                 if self.is_running(*id, *epoch) {
@@ -799,6 +845,12 @@ impl Scheduler {
         if let Some(limit) = &self.tasks[&id].task.limit {
             self.limits.stopped(limit);
         }
+        let rec = self.tasks.get_mut(&id).expect("a running task is known");
+        let lease_until = rec
+            .lease_until
+            .take()
+            .expect("a running task holds a lease");
+        assert!(self.leases.remove(&(lease_until, id)), "leases are indexed");
         let set = self.running.get_mut(&node).expect("runner indexed");
         assert!(set.remove(&id), "task indexed under its runner");
         if set.is_empty() {
@@ -821,6 +873,11 @@ impl Scheduler {
         assert!(
             self.deadlines.len() <= self.pending_len() + self.waiting.len(),
             "only pending tasks have a schedule-to-start deadline"
+        );
+        assert_eq!(
+            self.leases.len(),
+            running,
+            "every running task holds one lease"
         );
     }
 }
@@ -1113,6 +1170,66 @@ mod tests {
         s.apply(index, at(index), &cmd);
     }
 
+    /// A lease ends `LEASE_GRACE_MS` after the start-to-close timeout, for
+    /// the assignment it was given to only: an `ExpireLease` before then,
+    /// or of an older epoch, is a no-op; after it, the task is pending
+    /// again and its runner's late result is rejected.
+    #[test]
+    fn a_lease_ends_after_the_timeout_and_its_grace_and_fences_the_late_result() {
+        let mut s = Scheduler::new(10, 16);
+        s.apply(
+            1,
+            at(1),
+            &Command::Submit {
+                id: TaskId(1),
+                task: task(),
+            },
+        );
+        assert!(assign(&mut s, 2, 1, 1, A));
+        let grace = std::time::Duration::from_millis(cohort_core::task::LEASE_GRACE_MS);
+        let until = at(2) + task().timeout() + grace;
+        assert_eq!(s.get(TaskId(1)).unwrap().lease_until, Some(until));
+        assert_eq!(s.leases_ended(until).count(), 0);
+        assert_eq!(
+            s.next_lease_end_after(at(2)),
+            Some(Time(until.as_micros() + 1))
+        );
+        let expire = |epoch| Command::ExpireLease {
+            id: TaskId(1),
+            epoch: Epoch(epoch),
+        };
+        assert!(s.apply(3, until, &expire(1)).is_empty(), "not past it yet");
+        let late = Time(until.as_micros() + 1);
+        assert_eq!(
+            s.leases_ended(Time(late.as_micros() + 1))
+                .collect::<Vec<_>>(),
+            vec![(TaskId(1), Epoch(1))]
+        );
+        assert!(
+            s.apply(4, late, &expire(0)).is_empty(),
+            "another assignment's"
+        );
+        let notes = s.apply(5, late, &expire(1));
+        assert_eq!(
+            notes,
+            vec![Note::Superseded {
+                task: TaskId(1),
+                epoch: Epoch(1),
+                reason: SupersedeReason::LeaseExpired
+            }]
+        );
+        assert_eq!(s.get(TaskId(1)).unwrap().state, TaskState::Pending);
+        assert_eq!(s.get(TaskId(1)).unwrap().lease_until, None);
+        assert_eq!(s.next_lease_end_after(late), None);
+        succeed(&mut s, 6, 1, 1, A);
+        assert_eq!(
+            s.get(TaskId(1)).unwrap().state,
+            TaskState::Pending,
+            "fenced off"
+        );
+        assert!(assign(&mut s, 7, 1, 2, B));
+    }
+
     /// A `Many` entry decides exactly what its commands decide one entry
     /// each: the same notes in the same order and the same state, a no-op
     /// among them still a no-op (here a limit's second start).
@@ -1168,7 +1285,10 @@ mod tests {
         let mut packed = setup();
         let many = packed.apply(5, at(5), &Command::Many { commands });
         assert_eq!(many, notes);
-        assert_eq!(cohort_core::encode(&packed), cohort_core::encode(&one_by_one));
+        assert_eq!(
+            cohort_core::encode(&packed),
+            cohort_core::encode(&one_by_one)
+        );
         assert_eq!(
             packed.get(TaskId(2)).unwrap().state,
             TaskState::Pending,
