@@ -41,7 +41,8 @@ const META_KEY: &str = "identity";
 /// carry each final record's purge time and the retention settings. 6:
 /// tasks carry the worker labels that route them. 7: tasks carry their
 /// concurrency and rate limit, the leader's state the limits' counts. 8:
-/// a leader log entry may pack several commands (`Command::Many`).
+/// a leader log entry may pack several commands (`Command::Many`), and
+/// a leader snapshot holds each running task's lease.
 pub const FORMAT_VERSION: u32 = 8;
 
 /// Who a data file belongs to.
