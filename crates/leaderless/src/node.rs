@@ -1577,7 +1577,11 @@ impl LeaderlessNode {
                         continue;
                     }
                     if rec.is_replica(me) && i_carry && !draining {
-                        Intent::Reclaim { owner: node, epoch }
+                        Intent::Reclaim {
+                            owner: node,
+                            epoch,
+                            reason: SupersedeReason::RunnerDeclaredDead,
+                        }
                     } else {
                         Intent::Release { epoch }
                     }
@@ -1596,9 +1600,17 @@ impl LeaderlessNode {
                             .is_some_and(|l| l.seq.0 > rec.value.runner_boot) =>
                 {
                     if !i_carry {
-                        Intent::Requeue { owner: node, epoch }
+                        Intent::Requeue {
+                            owner: node,
+                            epoch,
+                            reason: SupersedeReason::RunnerDeclaredDead,
+                        }
                     } else if room > 0 {
-                        Intent::Reclaim { owner: node, epoch }
+                        Intent::Reclaim {
+                            owner: node,
+                            epoch,
+                            reason: SupersedeReason::RunnerDeclaredDead,
+                        }
                     } else {
                         continue;
                     }
@@ -1609,14 +1621,53 @@ impl LeaderlessNode {
                         && room > 0
                         && i_carry =>
                 {
-                    Intent::Reclaim { owner: node, epoch }
+                    Intent::Reclaim {
+                        owner: node,
+                        epoch,
+                        reason: SupersedeReason::RunnerDeclaredDead,
+                    }
                 }
                 // The runner is down and this replica cannot run the task:
                 // back to pending, to be offered to a node that can.
                 TaskState::Running { node, epoch }
                     if !self.membership.is_live(node) && first_live == Some(me) && !i_carry =>
                 {
-                    Intent::Requeue { owner: node, epoch }
+                    Intent::Requeue {
+                        owner: node,
+                        epoch,
+                        reason: SupersedeReason::RunnerDeclaredDead,
+                    }
+                }
+                // A live runner that reported no outcome by the end of its
+                // lease (its handler could not be stopped, or its results
+                // never arrive): the first other live replica ends it.
+                TaskState::Running { node, epoch }
+                    if node != me
+                        && lease_ended(&rec.header.task, &rec.value, now)
+                        && rec
+                            .value
+                            .replicas
+                            .iter()
+                            .copied()
+                            .find(|&n| n != node && self.membership.is_live(n))
+                            == Some(me) =>
+                {
+                    let reason = SupersedeReason::LeaseExpired;
+                    if !i_carry {
+                        Intent::Requeue {
+                            owner: node,
+                            epoch,
+                            reason,
+                        }
+                    } else if room > 0 {
+                        Intent::Reclaim {
+                            owner: node,
+                            epoch,
+                            reason,
+                        }
+                    } else {
+                        continue;
+                    }
                 }
                 _ => continue,
             };
@@ -2339,18 +2390,54 @@ fn events_response(
     }
 }
 
+/// Whether the lease of `value`'s running assignment ended by `now`: the
+/// latest event of the assignment in the record, its claim or a recorded
+/// heartbeat (stamped by the claimer, by the runner), is older than the
+/// task's start-to-close timeout and [`cohort_core::task::LEASE_GRACE_MS`].
+/// The history always keeps its latest events, so the latest of these is
+/// there.
+fn lease_ended(task: &Task, value: &TaskValue, now: Time) -> bool {
+    let TaskState::Running { epoch, .. } = value.state else {
+        return false;
+    };
+    let renewed_at = value
+        .history
+        .events
+        .iter()
+        .rev()
+        .find_map(|e| match e.what {
+            TaskEventKind::Assigned { epoch: e2, .. }
+            | TaskEventKind::Heartbeat { epoch: e2, .. }
+                if e2 == epoch =>
+            {
+                Some(e.at)
+            }
+            _ => None,
+        });
+    renewed_at.is_some_and(|at| now > task.lease_ends(at))
+}
+
 /// The notes for the chosen transition `old` → `new` of `task`.
 fn transition_notes(task: TaskId, old: &TaskValue, new: &TaskValue) -> Vec<Note> {
     let mut notes = Vec::new();
     if old.state == new.state {
         return notes; // a move: the state and its assignment go on
     }
+    // Why the runner lost it, as the change recorded it.
+    let lost_for = |epoch: Epoch| {
+        new.history.events.iter().rev().find_map(|e| match e.what {
+            TaskEventKind::RunnerLost {
+                epoch: e2, reason, ..
+            } if e2 == epoch => Some(reason),
+            _ => None,
+        })
+    };
     match (&old.state, &new.state) {
         (TaskState::Running { epoch, .. }, TaskState::Running { .. }) => {
             notes.push(Note::Superseded {
                 task,
                 epoch: *epoch,
-                reason: SupersedeReason::RunnerDeclaredDead,
+                reason: lost_for(*epoch).unwrap_or(SupersedeReason::RunnerDeclaredDead),
             })
         }
         (TaskState::Running { epoch, .. }, TaskState::Pending) => notes.push(Note::Superseded {
@@ -2359,7 +2446,7 @@ fn transition_notes(task: TaskId, old: &TaskValue, new: &TaskValue) -> Vec<Note>
             reason: if new.attempts > old.attempts {
                 SupersedeReason::AttemptFailed
             } else {
-                SupersedeReason::Released
+                lost_for(*epoch).unwrap_or(SupersedeReason::Released)
             },
         }),
         _ => {}

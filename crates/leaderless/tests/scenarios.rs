@@ -5,7 +5,8 @@
 mod common;
 
 use cohort_core::{
-    ClientError, ClientRequest, ClientResponse, Consistency, Epoch, Node, NodeId, TaskState,
+    ClientError, ClientRequest, ClientResponse, Consistency, Epoch, Node, NodeId, Note,
+    SupersedeReason, TaskOutcome, TaskState,
 };
 use cohort_leaderless::{placement, LeaderlessConfig, RingChange};
 use common::{task, tid, Sim};
@@ -211,6 +212,59 @@ fn when_the_owner_crashes_mid_run_the_next_live_replica_reclaims_with_a_higher_e
     match sim.decided(id) {
         Some(TaskState::Succeeded { node, epoch, .. }) => {
             assert_eq!((*node, *epoch), (second, Epoch(2)));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// A live owner whose handler hangs past the task's timeout and is never
+/// stopped: SWIM keeps it alive, so only its lease can end the run. The
+/// first other live replica reclaims it (`LeaseExpired`) once
+/// `LEASE_GRACE_MS` past the timeout, the task runs under epoch 2, and
+/// the hung handler's result, when it comes at last, is rejected.
+#[test]
+fn a_hung_handler_on_a_live_owner_loses_its_lease_and_its_late_result_is_rejected() {
+    let mut sim = Sim::new(7, 5, LeaderlessConfig::default());
+    sim.run_for(1_000);
+    let id = tid(41);
+    sim.handlers.hang.insert(id);
+    sim.submit(NodeId(3), id, b"x");
+    assert!(sim.run_until(500, |s| !s.executions_of(id).is_empty()));
+    let (owner, epoch) = sim.executions_of(id)[0];
+    assert_eq!(epoch, Epoch(1));
+    sim.handlers.hang.clear(); // the next run returns
+    let lease_ms = 1_000 + cohort_core::task::LEASE_GRACE_MS;
+    sim.run_for(lease_ms - 600);
+    assert!(sim.superseded(id).is_empty(), "within its lease");
+    assert!(
+        sim.run_until(5_000, |s| s.decided(id).is_some()),
+        "reclaimed and finished"
+    );
+    let reasons: Vec<SupersedeReason> = sim
+        .notes
+        .iter()
+        .filter_map(|(_, _, n)| match n {
+            Note::Superseded { task, reason, .. } if *task == id => Some(*reason),
+            _ => None,
+        })
+        .collect();
+    assert!(!reasons.is_empty());
+    assert!(
+        reasons.iter().all(|r| *r == SupersedeReason::LeaseExpired),
+        "{reasons:?}"
+    );
+    let runs = sim.executions_of(id);
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_eq!(runs[1].1, Epoch(2));
+    // The hung handler returns at last: its epoch is over.
+    sim.with_node(owner, |n, now| {
+        n.handle_task_finished(now, id, Epoch(1), TaskOutcome::Success(b"late".to_vec()))
+    });
+    sim.run_for(1_000);
+    match sim.decided(id) {
+        Some(TaskState::Succeeded { epoch, result, .. }) => {
+            assert_eq!(*epoch, Epoch(2));
+            assert_ne!(result, b"late");
         }
         other => panic!("unexpected {other:?}"),
     }

@@ -43,6 +43,9 @@ struct Record {
     attempts: u32,
     /// When the current assignment was sent (for re-sending lost ones).
     assigned_at: Time,
+    /// When its lease was last renewed: the assignment, then each
+    /// recorded heartbeat.
+    renewed_at: Time,
     /// Not to be assigned before: `not_before`, then the latest retry_at.
     ready_at: Time,
     /// While pending with a schedule-to-start timeout: failed if not
@@ -239,6 +242,7 @@ impl Coordinator {
             state: TaskState::Pending,
             attempts: 0,
             assigned_at: now,
+            renewed_at: now,
             history: TaskEvents::default(),
             finished_seq: 0,
             purge_at: None,
@@ -373,6 +377,7 @@ impl Coordinator {
                         progress: event_progress(&progress),
                     };
                     record.record(now, what, events_max);
+                    record.renewed_at = now;
                     out.push(Action::Note(Note::Heartbeat {
                         task,
                         epoch,
@@ -537,7 +542,7 @@ impl Coordinator {
             .workers
             .iter()
             .flat_map(|(id, w)| w.running.iter().map(move |t| (*id, *t)))
-            .filter(|(_, t)| now > tasks[t].task.lease_ends(tasks[t].assigned_at))
+            .filter(|(_, t)| now > tasks[t].task.lease_ends(tasks[t].renewed_at))
             .collect();
         for (id, task) in ended {
             let w = self.workers.get_mut(&id).expect("listed above");
@@ -723,6 +728,7 @@ impl Coordinator {
             }
             record.state = TaskState::Running { node, epoch };
             record.assigned_at = now;
+            record.renewed_at = now;
             record.record(now, TaskEventKind::Assigned { node, epoch }, events_max);
             self.workers
                 .get_mut(&node)

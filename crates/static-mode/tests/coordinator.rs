@@ -285,6 +285,27 @@ fn a_hung_handler_loses_its_lease_after_the_timeout_and_its_grace() {
     );
 }
 
+/// A heartbeat with progress, recorded, renews the lease.
+#[test]
+fn a_recorded_heartbeat_renews_the_lease() {
+    let mut c = boot(1, 1);
+    drain(&mut c);
+    submit(&mut c, 1, 1);
+    let beat = Time::from_millis(5_000);
+    c.handle_heartbeat(beat, TaskId(1), Epoch(1), Some("half".into()));
+    drain(&mut c);
+    let superseded = |out: &[Action<StaticMessage>]| {
+        out.iter()
+            .any(|a| matches!(a, Action::Note(Note::Superseded { .. })))
+    };
+    let first = task().lease_ends(Time::ZERO);
+    c.handle_timer(Time::from_millis(first.as_millis() + 1), TimerToken(1));
+    assert!(!superseded(&drain(&mut c)), "renewed at 5 s");
+    let renewed = task().lease_ends(beat);
+    c.handle_timer(Time::from_millis(renewed.as_millis() + 1), TimerToken(1));
+    assert!(superseded(&drain(&mut c)));
+}
+
 #[test]
 fn failures_are_retried_up_to_max_attempts_then_failed() {
     let mut c = boot(1, 1);

@@ -170,7 +170,8 @@ pub struct TaskRecord {
     /// and tombstone, kept for ever).
     pub purge_at: Option<Time>,
     /// While running: when the cluster ends the assignment's lease if its
-    /// runner has reported nothing ([`Task::lease_ends`]).
+    /// runner has reported nothing ([`Task::lease_ends`] of the assignment
+    /// or of its latest recorded heartbeat).
     pub lease_until: Option<Time>,
 }
 
@@ -739,6 +740,12 @@ impl Scheduler {
                         progress: event_progress(progress),
                     };
                     self.record(*id, at, what);
+                    // A recorded heartbeat renews the lease.
+                    let rec = self.tasks.get_mut(id).expect("runs");
+                    let renewed = rec.task.lease_ends(at);
+                    let old = rec.lease_until.replace(renewed).expect("running");
+                    assert!(self.leases.remove(&(old, *id)), "leases are indexed");
+                    self.leases.insert((renewed, *id));
                     notes.push(Note::Heartbeat {
                         task: *id,
                         epoch: *epoch,
@@ -1228,6 +1235,41 @@ mod tests {
             "fenced off"
         );
         assert!(assign(&mut s, 7, 1, 2, B));
+    }
+
+    /// A recorded heartbeat of the running assignment renews its lease;
+    /// one of another epoch or runner does not.
+    #[test]
+    fn a_recorded_heartbeat_renews_the_lease() {
+        let mut s = Scheduler::new(10, 16);
+        s.apply(
+            1,
+            at(1),
+            &Command::Submit {
+                id: TaskId(1),
+                task: task(),
+            },
+        );
+        assert!(assign(&mut s, 2, 1, 1, A));
+        let beat = |epoch, node| Command::Heartbeat {
+            id: TaskId(1),
+            epoch: Epoch(epoch),
+            node,
+            progress: "half".into(),
+        };
+        s.apply(3, at(500), &beat(1, B));
+        s.apply(4, at(600), &beat(2, A));
+        assert_eq!(
+            s.get(TaskId(1)).unwrap().lease_until,
+            Some(task().lease_ends(at(2)))
+        );
+        s.apply(5, at(700), &beat(1, A));
+        let renewed = task().lease_ends(at(700));
+        assert_eq!(s.get(TaskId(1)).unwrap().lease_until, Some(renewed));
+        assert_eq!(
+            s.next_lease_end_after(at(700)),
+            Some(Time(renewed.as_micros() + 1))
+        );
     }
 
     /// A `Many` entry decides exactly what its commands decide one entry

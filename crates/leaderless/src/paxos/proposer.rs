@@ -20,12 +20,15 @@ pub enum Intent {
     /// `Pending` → `Running { me, epoch + 1 }`.
     Claim,
     /// `Running { owner, epoch }` → `Running { me, epoch + 1 }`: the owner was
-    /// declared down (or is this node, restarted).
+    /// declared down (or is this node, restarted), or its lease ended.
     Reclaim {
         /// The runner being replaced.
         owner: NodeId,
         /// Its assignment.
         epoch: Epoch,
+        /// Why, as the history records it (`RunnerDeclaredDead` or
+        /// `LeaseExpired`).
+        reason: SupersedeReason,
     },
     /// `Running { me, epoch }` → the outcome (final, or `Pending` again
     /// when the retry policy retries it).
@@ -58,6 +61,8 @@ pub enum Intent {
         owner: NodeId,
         /// Its assignment.
         epoch: Epoch,
+        /// Why, as for [`Intent::Reclaim`].
+        reason: SupersedeReason,
     },
     /// Any state → the same state on the task's replicas under a newer
     /// ring (`ring_epoch`), if it is not on them already. Chosen by the old
@@ -123,7 +128,7 @@ impl Intent {
                     ..base.clone()
                 })
             }
-            (Intent::Reclaim { owner, epoch }, TaskState::Running { node, epoch: e })
+            (Intent::Reclaim { owner, epoch, .. }, TaskState::Running { node, epoch: e })
                 if node == owner && e == epoch =>
             {
                 Some(claim(me, boot, base))
@@ -180,7 +185,7 @@ impl Intent {
             {
                 Some(base.clone())
             }
-            (Intent::Requeue { owner, epoch }, TaskState::Running { node, epoch: e })
+            (Intent::Requeue { owner, epoch, .. }, TaskState::Running { node, epoch: e })
                 if node == owner && e == epoch =>
             {
                 Some(TaskValue {
@@ -229,11 +234,15 @@ impl Intent {
                 node: me,
                 epoch: value.epoch,
             }),
-            Intent::Reclaim { owner, epoch } => {
+            Intent::Reclaim {
+                owner,
+                epoch,
+                reason,
+            } => {
                 events.push(TaskEventKind::RunnerLost {
                     node: *owner,
                     epoch: *epoch,
-                    reason: SupersedeReason::RunnerDeclaredDead,
+                    reason: *reason,
                 });
                 events.push(TaskEventKind::Assigned {
                     node: me,
@@ -262,10 +271,14 @@ impl Intent {
                 epoch: *epoch,
                 reason: SupersedeReason::Released,
             }),
-            Intent::Requeue { owner, epoch } => events.push(TaskEventKind::RunnerLost {
+            Intent::Requeue {
+                owner,
+                epoch,
+                reason,
+            } => events.push(TaskEventKind::RunnerLost {
                 node: *owner,
                 epoch: *epoch,
-                reason: SupersedeReason::RunnerDeclaredDead,
+                reason: *reason,
             }),
             Intent::Cancel => events.push(TaskEventKind::Cancelled),
             Intent::Expire { .. } => events.push(TaskEventKind::NotStarted {
