@@ -259,7 +259,7 @@ struct WorkerView {
 /// proposed twice. Cleared whenever leadership changes.
 #[derive(Debug, Default)]
 struct Inflight {
-    assign: BTreeMap<TaskId, NodeId>,
+    assign: InflightAssigns,
     results: BTreeSet<(TaskId, Epoch)>,
     /// Results taken during this input, proposed together as one entry
     /// before it settles (each is in `results` already).
@@ -276,6 +276,49 @@ struct Inflight {
     progress: BTreeSet<TaskId>,
     /// A `Command::Purge` is proposed and not yet applied.
     purge: bool,
+}
+
+/// Assignments proposed and not yet applied, counted per runner and per
+/// limit key as they come and go: a scheduling round, which runs after
+/// every input, reads the counts instead of walking every one.
+#[derive(Debug, Default)]
+struct InflightAssigns {
+    by_task: BTreeMap<TaskId, (NodeId, Option<String>)>,
+    per_node: BTreeMap<NodeId, u64>,
+    per_key: BTreeMap<String, u32>,
+}
+
+impl InflightAssigns {
+    fn insert(&mut self, id: TaskId, node: NodeId, key: Option<String>) {
+        if let Some(k) = &key {
+            *self.per_key.entry(k.clone()).or_default() += 1;
+        }
+        *self.per_node.entry(node).or_default() += 1;
+        let before = self.by_task.insert(id, (node, key));
+        assert!(before.is_none(), "one assignment of a task in flight");
+    }
+
+    fn remove(&mut self, id: TaskId) {
+        let Some((node, key)) = self.by_task.remove(&id) else {
+            return;
+        };
+        let n = self.per_node.get_mut(&node).expect("counted when inserted");
+        *n -= 1;
+        if *n == 0 {
+            self.per_node.remove(&node);
+        }
+        if let Some(k) = key {
+            let c = self.per_key.get_mut(&k).expect("counted when inserted");
+            *c -= 1;
+            if *c == 0 {
+                self.per_key.remove(&k);
+            }
+        }
+    }
+
+    fn contains(&self, id: TaskId) -> bool {
+        self.by_task.contains_key(&id)
+    }
 }
 
 /// Worker side: this node is draining (volatile: a restarted node is not).
@@ -1292,9 +1335,9 @@ impl LeaderNode {
                 labels.insert(*w, v.labels.clone());
             }
         }
-        for w in self.inflight.assign.values() {
+        for (w, n) in &self.inflight.assign.per_node {
             if let Some(l) = load.get_mut(w) {
-                l.0 += 1;
+                l.0 += n;
             }
         }
         // Runs after every input: with every worker full (the usual case
@@ -1311,12 +1354,7 @@ impl LeaderNode {
             .unwrap_or(usize::MAX)
             .min(self.cfg.get().assignments_per_round_max);
         // Starts of limited keys proposed and not yet applied.
-        let mut extra: BTreeMap<String, u32> = BTreeMap::new();
-        for t in self.inflight.assign.keys() {
-            if let Some(l) = self.sm.get(*t).and_then(|r| r.task.limit.as_ref()) {
-                *extra.entry(l.key.clone()).or_default() += 1;
-            }
-        }
+        let mut extra = self.inflight.assign.per_key.clone();
         let (counts, now) = (self.sm.limit_counts(), self.now);
         // Label sets no worker with room carries, and limits reached, are
         // skipped whole.
@@ -1333,7 +1371,7 @@ impl LeaderNode {
         let todo: Vec<(TaskId, Vec<String>, Option<TaskLimit>)> = self
             .sm
             .ready_for(self.now, runnable)
-            .filter(|t| !self.inflight.assign.contains_key(t))
+            .filter(|t| !self.inflight.assign.contains(*t))
             // Past its schedule-to-start deadline: it is being failed, and
             // an assignment now would be a no-op.
             .filter_map(|t| {
@@ -1346,6 +1384,7 @@ impl LeaderNode {
             .collect();
         let mut assigned = 0;
         let mut assigns = Vec::new();
+        let mut keys = Vec::new();
         for (id, wants, limit) in todo {
             if assigned == take {
                 break;
@@ -1373,15 +1412,17 @@ impl LeaderNode {
             let epoch = self.sm.get(id).expect("pending is known").epoch.next();
             assigns.push(Command::Assign { id, epoch, node: w });
             load.get_mut(&w).expect("chosen from load").0 += 1;
-            if let Some(l) = limit {
-                *extra.entry(l.key).or_default() += 1;
+            let key = limit.map(|l| l.key);
+            if let Some(k) = &key {
+                *extra.entry(k.clone()).or_default() += 1;
             }
+            keys.push(key);
         }
         // The round's assignments, as one entry.
         if self.propose_many(&assigns).is_ok() {
-            for cmd in assigns {
+            for (cmd, key) in assigns.into_iter().zip(keys) {
                 if let Command::Assign { id, node, .. } = cmd {
-                    self.inflight.assign.insert(id, node);
+                    self.inflight.assign.insert(id, node, key);
                 }
             }
         }
@@ -1570,7 +1611,7 @@ impl LeaderNode {
                 }
             }
             Command::Assign { id, epoch, node } => {
-                self.inflight.assign.remove(id);
+                self.inflight.assign.remove(*id);
                 if *node == self.peers.id {
                     assigned_to_me.push((*id, *epoch));
                 }
