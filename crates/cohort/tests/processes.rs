@@ -869,23 +869,8 @@ fn cohort_submit_routes_by_label_and_stores_a_limit_with_the_task() {
         let v = get_events(h, &id);
         assert_eq!(v["task"]["labels"], serde_json::json!(["gpu"]), "{v}");
     }
-    let out = cli(&[
-        "submit",
-        "--node",
-        &l.http[0],
-        "--kind",
-        "echo",
-        "--payload",
-        "x",
-        "--label",
-        "bad label",
-    ]);
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("label"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let bad_label = ["--label", "bad label"];
+    cli_refused(&[&submit_x(&l.http[0])[..], &bad_label].concat(), "label");
     let out = cli(&[
         "submit",
         "--node",
@@ -917,21 +902,22 @@ fn cohort_submit_routes_by_label_and_stores_a_limit_with_the_task() {
         "{v}"
     );
     // A number without a key is refused before anything is sent.
-    let out = cli(&[
-        "submit",
-        "--node",
-        &l.http[0],
-        "--kind",
-        "echo",
-        "--payload",
-        "x",
-        "--rate-max",
-        "5",
-    ]);
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("--limit-key"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let keyless = ["--rate-max", "5"];
+    cli_refused(
+        &[&submit_x(&l.http[0])[..], &keyless].concat(),
+        "--limit-key",
     );
+}
+
+/// `cohort submit --node NODE --kind echo --payload x`, to add flags to.
+fn submit_x(node: &str) -> [&str; 7] {
+    ["submit", "--node", node, "--kind", "echo", "--payload", "x"]
+}
+
+/// Runs `cohort ARGS`, which must fail saying `says`.
+fn cli_refused(args: &[&str], says: &str) {
+    let out = cli(args);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(says), "{args:?}: {err}");
 }

@@ -1177,22 +1177,25 @@ mod tests {
         s.apply(index, at(index), &cmd);
     }
 
+    /// Task 1, assigned to `A` under epoch 1 at log index 2.
+    fn running_on_a() -> Scheduler {
+        let mut s = Scheduler::new(10, 16);
+        let submit = Command::Submit {
+            id: TaskId(1),
+            task: task(),
+        };
+        s.apply(1, at(1), &submit);
+        assert!(assign(&mut s, 2, 1, 1, A));
+        s
+    }
+
     /// A lease ends `LEASE_GRACE_MS` after the start-to-close timeout, for
     /// the assignment it was given to only: an `ExpireLease` before then,
     /// or of an older epoch, is a no-op; after it, the task is pending
     /// again and its runner's late result is rejected.
     #[test]
     fn a_lease_ends_after_the_timeout_and_its_grace_and_fences_the_late_result() {
-        let mut s = Scheduler::new(10, 16);
-        s.apply(
-            1,
-            at(1),
-            &Command::Submit {
-                id: TaskId(1),
-                task: task(),
-            },
-        );
-        assert!(assign(&mut s, 2, 1, 1, A));
+        let mut s = running_on_a();
         let grace = std::time::Duration::from_millis(cohort_core::task::LEASE_GRACE_MS);
         let until = at(2) + task().timeout() + grace;
         assert_eq!(s.get(TaskId(1)).unwrap().lease_until, Some(until));
@@ -1241,16 +1244,7 @@ mod tests {
     /// one of another epoch or runner does not.
     #[test]
     fn a_recorded_heartbeat_renews_the_lease() {
-        let mut s = Scheduler::new(10, 16);
-        s.apply(
-            1,
-            at(1),
-            &Command::Submit {
-                id: TaskId(1),
-                task: task(),
-            },
-        );
-        assert!(assign(&mut s, 2, 1, 1, A));
+        let mut s = running_on_a();
         let beat = |epoch, node| Command::Heartbeat {
             id: TaskId(1),
             epoch: Epoch(epoch),

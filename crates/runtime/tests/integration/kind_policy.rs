@@ -180,28 +180,15 @@ async fn a_policy_for_a_kind_without_a_handler_or_out_of_limits_stops_the_start(
             "rate_window_ms is set without rate_max",
         ),
     ] {
-        let peers = Peers::new(NodeId(1), [NodeId(1)], 2, Limits::default()).unwrap();
-        let mut config =
-            RuntimeConfig::new("policy-test", "leader", peers, BTreeMap::new(), dir.path());
-        config.kind_policies = BTreeMap::from([(kind.to_string(), policy)]);
-        let listeners = Listeners {
-            peer: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-            http: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        };
-        let started = cohort_runtime::start::<LeaderNode>(
-            config,
+        let e = refused_start::<LeaderNode>(
+            dir.path(),
+            "leader",
             ValidLeaderConfig::default(),
-            NodeOptions {
-                registry: Registry::with_builtins(false),
-                ..NodeOptions::default()
-            },
-            listeners,
+            kind,
+            policy,
         )
         .await;
-        let Err(e) = started else {
-            panic!("started with a policy for {kind:?} it should refuse");
-        };
-        assert!(e.to_string().contains(says), "{e}");
+        assert!(e.contains(says), "{e}");
     }
 }
 
@@ -210,28 +197,40 @@ async fn a_policy_for_a_kind_without_a_handler_or_out_of_limits_stops_the_start(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leaderless_node_refuses_a_kind_policy_with_a_limit_at_start() {
     let dir = tempfile::tempdir().unwrap();
-    let peers = Peers::new(NodeId(1), [NodeId(1)], 2, Limits::default()).unwrap();
-    let mut config = RuntimeConfig::new(
-        "policy-test",
-        "leaderless",
-        peers,
-        BTreeMap::new(),
+    let policy = KindPolicy {
+        concurrency_max: Some(4),
+        ..KindPolicy::default()
+    };
+    let e = refused_start::<cohort_leaderless::LeaderlessNode>(
         dir.path(),
-    );
-    config.kind_policies = BTreeMap::from([(
-        "sleep".to_string(),
-        KindPolicy {
-            concurrency_max: Some(4),
-            ..KindPolicy::default()
-        },
-    )]);
+        "leaderless",
+        cohort_leaderless::LeaderlessConfig::default(),
+        "sleep",
+        policy,
+    )
+    .await;
+    assert!(e.contains("need a coordinator"), "{e}");
+}
+
+/// Starts a one-node cluster of `mode` whose config gives `kind` the
+/// `policy`, which it must refuse; the error.
+async fn refused_start<N: cohort_core::Node + Send + 'static>(
+    dir: &std::path::Path,
+    mode: &str,
+    mode_config: N::Config,
+    kind: &str,
+    policy: KindPolicy,
+) -> String {
+    let peers = Peers::new(NodeId(1), [NodeId(1)], 2, Limits::default()).unwrap();
+    let mut config = RuntimeConfig::new("policy-test", mode, peers, BTreeMap::new(), dir);
+    config.kind_policies = BTreeMap::from([(kind.to_string(), policy)]);
     let listeners = Listeners {
         peer: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
         http: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
     };
-    let started = cohort_runtime::start::<cohort_leaderless::LeaderlessNode>(
+    let started = cohort_runtime::start::<N>(
         config,
-        cohort_leaderless::LeaderlessConfig::default(),
+        mode_config,
         NodeOptions {
             registry: Registry::with_builtins(false),
             ..NodeOptions::default()
@@ -239,8 +238,8 @@ async fn a_leaderless_node_refuses_a_kind_policy_with_a_limit_at_start() {
         listeners,
     )
     .await;
-    let Err(e) = started else {
-        panic!("a leaderless node started with a limited kind policy");
-    };
-    assert!(e.to_string().contains("need a coordinator"), "{e}");
+    match started {
+        Ok(_) => panic!("a {mode} node started with a policy for {kind:?} it should refuse"),
+        Err(e) => e.to_string(),
+    }
 }
