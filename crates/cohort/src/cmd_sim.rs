@@ -80,6 +80,12 @@ pub struct SimArgs {
     /// leaderless mode refuses limits).
     #[arg(long, default_value_t = 0.0)]
     limited_rate: f64,
+    /// Fraction of executions whose handler ignores its timeout and
+    /// returns 12 s later, past its lease: the cluster ends the lease
+    /// (`lease_expired`) while the runner is alive, and the late result is
+    /// rejected (0: none).
+    #[arg(long, default_value_t = 0.0)]
+    stuck_rate: f64,
     /// Mean client arrivals per second during the safety phase (default:
     /// the simulator's workload).
     #[arg(long)]
@@ -104,6 +110,7 @@ impl SimArgs {
         config.workload.heartbeat_rate = self.heartbeat_rate;
         config.workload.labelled_rate = self.labelled_rate;
         config.workload.limited_rate = self.limited_rate;
+        config.workload.stuck_rate = self.stuck_rate;
         config.workload.schedule_every_ms = self.schedule_every_ms;
         if let Some(rate) = self.arrivals_per_sec {
             config.workload.arrivals_per_sec = rate;
@@ -140,6 +147,9 @@ impl SimArgs {
         }
         if self.limited_rate > 0.0 {
             cmd.push_str(&format!(" --limited-rate {}", self.limited_rate));
+        }
+        if self.stuck_rate > 0.0 {
+            cmd.push_str(&format!(" --stuck-rate {}", self.stuck_rate));
         }
         cmd
     }
@@ -432,9 +442,19 @@ mod tests {
 
     #[test]
     fn limited_tasks_reach_the_workload_and_the_replay_but_not_the_leaderless_mode() {
-        let a = parse(&["--mode", "static", "--limited-rate", "0.3"]);
+        let a = parse(&[
+            "--mode",
+            "static",
+            "--limited-rate",
+            "0.3",
+            "--stuck-rate",
+            "0.1",
+        ]);
         assert_eq!(a.config(3).workload.limited_rate, 0.3);
-        assert!(a.replay_command(3).ends_with("--limited-rate 0.3"));
+        assert_eq!(a.config(3).workload.stuck_rate, 0.1);
+        assert!(a
+            .replay_command(3)
+            .ends_with("--limited-rate 0.3 --stuck-rate 0.1"));
         let leaderless = parse(&[
             "--mode",
             "leaderless",

@@ -318,3 +318,21 @@ fn limits_are_never_exceeded_across_leader_changes_under_all_faults() {
     }
     assert!(held_back > 20, "only {held_back} tasks waited for a place");
 }
+
+/// Handlers that cannot be stopped (2% of executions in the safety phase
+/// ignore their timeout and return 12 s later) under every fault: the
+/// cluster ends their leases (`lease_expired`) though their runners are
+/// alive, reruns them, rejects the late results; every check passes.
+#[test]
+fn stuck_handlers_lose_their_leases_under_all_faults() {
+    let mut expired = 0;
+    for seed in 0..seeds(8) {
+        let mut c = config(seed, 5);
+        c.faults = "all".parse().expect("fault list");
+        c.workload.stuck_rate = 0.02;
+        let r = sim_with(&c);
+        assert!(r.passed(), "seed {seed}: {r}\n{}", replay(seed, 5));
+        expired += r.history.superseded_for(SupersedeReason::LeaseExpired);
+    }
+    assert!(expired > 5, "only {expired} leases ended");
+}

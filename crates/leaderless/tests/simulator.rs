@@ -493,3 +493,24 @@ fn regression_a_rename_of_a_member_held_down_does_not_make_it_live() {
     let r = labelled_sim_at(40_202, 0.5);
     assert!(r.passed(), "{r}");
 }
+
+/// Handlers that cannot be stopped (2% of executions in the safety phase
+/// ignore their timeout and return 12 s later) under every fault: a
+/// replica ends their leases by a Paxos reclaim (`lease_expired`) though
+/// their runners are alive; every check passes.
+#[test]
+fn stuck_handlers_lose_their_leases_under_every_fault_kind() {
+    let mut expired = 0;
+    for seed in 0..8 {
+        let mut c = SimConfig::new(seed, 5);
+        c.safety_ms = 10_000;
+        c.liveness_ms = 30_000;
+        c.workload.stuck_rate = 0.02;
+        let r = run::<LeaderlessNode>(&c, &LeaderlessConfig::default(), &mut Checked::new(&c));
+        assert!(r.passed(), "seed {seed}: {r}");
+        expired += r
+            .history
+            .superseded_for(cohort_core::SupersedeReason::LeaseExpired);
+    }
+    assert!(expired > 5, "only {expired} leases ended");
+}

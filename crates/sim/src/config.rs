@@ -396,6 +396,15 @@ pub struct Workload {
     /// timeout after the last beat (the attempt fails, class
     /// `heartbeat_timeout`).
     pub hang_rate: f64,
+    /// Fraction of executions whose handler cannot be stopped: it ignores
+    /// its timeout and returns (successfully) only `stuck_ms` after it
+    /// started, past its lease (`timeout_ms` plus
+    /// [`cohort_core::task::LEASE_GRACE_MS`]), so the cluster must end the
+    /// lease while its runner is alive (0: none, the default). Drawn in
+    /// the safety phase only, like faults.
+    pub stuck_rate: f64,
+    /// How long a stuck handler runs.
+    pub stuck_ms: u64,
     /// Shortest gap between two polls of a task.
     pub poll_ms_min: u64,
     /// Longest gap between two polls of a task.
@@ -487,6 +496,9 @@ impl Default for Workload {
             limit_rate_max: 2,
             limit_rate_window_ms: 500,
             hang_rate: 0.2,
+            // Off by default, like labels (`cohort sim --stuck-rate`).
+            stuck_rate: 0.0,
+            stuck_ms: 12_000,
             poll_ms_min: 200,
             poll_ms_max: 500,
             backoff_ms_min: 50,
@@ -567,6 +579,9 @@ impl Workload {
         }
         if !(0.0..=1.0).contains(&self.labelled_rate) {
             return bad("labelled_rate must be within 0..=1");
+        }
+        if !(0.0..=1.0).contains(&self.stuck_rate) {
+            return bad("stuck_rate must be within 0..=1");
         }
         if !(0.0..=1.0).contains(&self.limited_rate) {
             return bad("limited_rate must be within 0..=1");

@@ -166,6 +166,29 @@ impl History {
             .collect()
     }
 
+    /// Assignments `(task, epoch)` some node stated superseded for
+    /// `reason`, each counted once.
+    pub fn superseded_for(&self, reason: SupersedeReason) -> usize {
+        let mut seen = std::collections::BTreeSet::new();
+        for r in &self.records {
+            if let HistoryEvent::Noted {
+                note:
+                    Note::Superseded {
+                        task,
+                        epoch,
+                        reason: why,
+                    },
+                ..
+            } = &r.event
+            {
+                if *why == reason {
+                    seen.insert((*task, *epoch));
+                }
+            }
+        }
+        seen.len()
+    }
+
     /// What `task` went through.
     pub fn timeline(&self, task: TaskId) -> TaskTimeline {
         fn once<T: PartialEq>(v: &mut Vec<T>, x: T) {

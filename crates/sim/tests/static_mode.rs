@@ -47,6 +47,26 @@ fn static_mode_keeps_concurrency_and_rate_limits_without_faults() {
     assert!(held_back > 20, "only {held_back} tasks waited for a place");
 }
 
+/// Handlers that cannot be stopped: the coordinator ends their leases.
+#[test]
+fn static_mode_ends_the_leases_of_stuck_handlers() {
+    let mut expired = 0;
+    for seed in 0..10 {
+        let mut c = SimConfig::new(seed, 3);
+        c.faults = FaultKinds::NONE;
+        c.safety_ms = 10_000;
+        c.liveness_ms = 20_000;
+        c.workload.stuck_rate = 0.02;
+        let r = run::<StaticNode>(&c, &StaticConfig::default(), &mut NoInvariants);
+        assert!(r.passed(), "{r}");
+        assert_eq!(r.tasks_final, r.tasks_submitted, "{r}");
+        expired += r
+            .history
+            .superseded_for(cohort_core::SupersedeReason::LeaseExpired);
+    }
+    assert!(expired > 5, "only {expired} leases ended");
+}
+
 #[test]
 fn static_mode_loses_acknowledged_tasks_when_its_coordinator_crashes() {
     let caught = (0..10)

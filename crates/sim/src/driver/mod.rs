@@ -908,6 +908,18 @@ impl<'a, N: Node> Sim<'a, N> {
                         TaskOutcome::Success(result_bytes(task, epoch, id)),
                     ),
                 };
+                // Drawn only when asked for: a workload without stuck
+                // handlers replays the runs it replayed before. A fault like
+                // the others: none once healed.
+                let stuck = self.cfg.workload.stuck_rate > 0.0
+                    && now < self.safety_end
+                    && self.rng.gen_bool(self.cfg.workload.stuck_rate);
+                let (ms, outcome) = if stuck {
+                    let ms = self.cfg.workload.stuck_ms;
+                    (ms, TaskOutcome::Success(result_bytes(task, epoch, id)))
+                } else {
+                    (ms, outcome)
+                };
                 let inc = self.slots[i].inc;
                 let exec = self.executions;
                 self.live.insert(exec);
