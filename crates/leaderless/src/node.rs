@@ -1434,17 +1434,15 @@ impl LeaderlessNode {
                 .get(id)
                 .map_or(u8::MAX, |r| r.header.task.rank())
         });
+        // What is kept per pending task goes with its pending state.
         let records = &self.records;
-        self.pending_seen.retain(|id, _| {
+        let pending = |id: &TaskId| {
             records
                 .get(id)
                 .is_some_and(|r| r.value.state == TaskState::Pending)
-        });
-        self.offered.retain(|id, _| {
-            records
-                .get(id)
-                .is_some_and(|r| r.value.state == TaskState::Pending)
-        });
+        };
+        self.pending_seen.retain(|id, _| pending(id));
+        self.offered.retain(|id, _| pending(id));
         // Offers made this round, by target: they count as load.
         let mut offered_to: BTreeMap<NodeId, u32> = BTreeMap::new();
         // An offer claim nobody answers (its acceptors hold another body,
