@@ -309,11 +309,7 @@ fn heartbeats_keep_every_guarantee_under_all_faults() {
 fn limits_are_never_exceeded_across_leader_changes_under_all_faults() {
     let mut held_back = 0;
     for seed in 0..seeds(8) {
-        let mut c = config(seed, 5);
-        c.faults = "all".parse().expect("fault list");
-        c.workload.limited_rate = 0.5;
-        let r = sim_with(&c);
-        assert!(r.passed(), "seed {seed}: {r}\n{}", replay(seed, 5));
+        let r = passes_all_faults(seed, |w| w.limited_rate = 0.5);
         held_back += cohort_sim::checkers::limits::held_back(&r.history);
     }
     assert!(held_back > 20, "only {held_back} tasks waited for a place");
@@ -327,12 +323,19 @@ fn limits_are_never_exceeded_across_leader_changes_under_all_faults() {
 fn stuck_handlers_lose_their_leases_under_all_faults() {
     let mut expired = 0;
     for seed in 0..seeds(8) {
-        let mut c = config(seed, 5);
-        c.faults = "all".parse().expect("fault list");
-        c.workload.stuck_rate = 0.02;
-        let r = sim_with(&c);
-        assert!(r.passed(), "seed {seed}: {r}\n{}", replay(seed, 5));
+        let r = passes_all_faults(seed, |w| w.stuck_rate = 0.02);
         expired += r.history.superseded_for(SupersedeReason::LeaseExpired);
     }
     assert!(expired > 5, "only {expired} leases ended");
+}
+
+/// A 5-node run of the workload `tweak` sets under every fault, which
+/// passes every check.
+fn passes_all_faults(seed: u64, tweak: impl FnOnce(&mut cohort_sim::Workload)) -> Report {
+    let mut c = config(seed, 5);
+    c.faults = "all".parse().expect("fault list");
+    tweak(&mut c.workload);
+    let r = sim_with(&c);
+    assert!(r.passed(), "seed {seed}: {r}\n{}", replay(seed, 5));
+    r
 }

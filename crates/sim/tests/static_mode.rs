@@ -28,20 +28,32 @@ fn static_mode_passes_clean_without_faults_over_200_seeds() {
     }
 }
 
+/// A 3-node run without faults of the workload `tweak` sets, which
+/// passes every check and finishes every task.
+fn clean_run(
+    seed: u64,
+    safety_ms: u64,
+    liveness_ms: u64,
+    tweak: impl FnOnce(&mut cohort_sim::Workload),
+) -> Report {
+    let mut c = SimConfig::new(seed, 3);
+    c.faults = FaultKinds::NONE;
+    c.safety_ms = safety_ms;
+    c.liveness_ms = liveness_ms;
+    tweak(&mut c.workload);
+    let r = run::<StaticNode>(&c, &StaticConfig::default(), &mut NoInvariants);
+    assert!(r.passed(), "{r}");
+    assert_eq!(r.tasks_final, r.tasks_submitted, "{r}");
+    r
+}
+
 /// The coordinator keeps concurrency and rate limits: half the tasks
 /// carry one on one of two keys, some wait for a place, none is exceeded.
 #[test]
 fn static_mode_keeps_concurrency_and_rate_limits_without_faults() {
     let mut held_back = 0;
     for seed in 0..20 {
-        let mut c = SimConfig::new(seed, 3);
-        c.faults = FaultKinds::NONE;
-        c.safety_ms = 5_000;
-        c.liveness_ms = 10_000;
-        c.workload.limited_rate = 0.5;
-        let r = run::<StaticNode>(&c, &StaticConfig::default(), &mut NoInvariants);
-        assert!(r.passed(), "{r}");
-        assert_eq!(r.tasks_final, r.tasks_submitted, "{r}");
+        let r = clean_run(seed, 5_000, 10_000, |w| w.limited_rate = 0.5);
         held_back += cohort_sim::checkers::limits::held_back(&r.history);
     }
     assert!(held_back > 20, "only {held_back} tasks waited for a place");
@@ -52,14 +64,7 @@ fn static_mode_keeps_concurrency_and_rate_limits_without_faults() {
 fn static_mode_ends_the_leases_of_stuck_handlers() {
     let mut expired = 0;
     for seed in 0..10 {
-        let mut c = SimConfig::new(seed, 3);
-        c.faults = FaultKinds::NONE;
-        c.safety_ms = 10_000;
-        c.liveness_ms = 20_000;
-        c.workload.stuck_rate = 0.02;
-        let r = run::<StaticNode>(&c, &StaticConfig::default(), &mut NoInvariants);
-        assert!(r.passed(), "{r}");
-        assert_eq!(r.tasks_final, r.tasks_submitted, "{r}");
+        let r = clean_run(seed, 10_000, 20_000, |w| w.stuck_rate = 0.02);
         expired += r
             .history
             .superseded_for(cohort_core::SupersedeReason::LeaseExpired);

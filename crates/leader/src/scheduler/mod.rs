@@ -1165,6 +1165,15 @@ mod tests {
         !s.apply(index, at(index), &cmd).is_empty()
     }
 
+    /// Applies, at log index `index`, the submit of `task` as `id`.
+    fn submit(s: &mut Scheduler, index: u64, id: u128, task: Task) {
+        let cmd = Command::Submit {
+            id: TaskId(id),
+            task,
+        };
+        s.apply(index, at(index), &cmd);
+    }
+
     /// Applies, at log index `index`, the success of `id`'s run `epoch` on `node`.
     fn succeed(s: &mut Scheduler, index: u64, id: u128, epoch: u64, node: NodeId) {
         let cmd = Command::Result {
@@ -1180,11 +1189,7 @@ mod tests {
     /// Task 1, assigned to `A` under epoch 1 at log index 2.
     fn running_on_a() -> Scheduler {
         let mut s = Scheduler::new(10, 16);
-        let submit = Command::Submit {
-            id: TaskId(1),
-            task: task(),
-        };
-        s.apply(1, at(1), &submit);
+        submit(&mut s, 1, 1, task());
         assert!(assign(&mut s, 2, 1, 1, A));
         s
     }
@@ -1274,24 +1279,9 @@ mod tests {
         let setup = || {
             let mut s = Scheduler::new(10, 16);
             for id in 1..=3 {
-                let task = limited("k", 1, 0);
-                s.apply(
-                    id as u64,
-                    at(1),
-                    &Command::Submit {
-                        id: TaskId(id),
-                        task,
-                    },
-                );
+                submit(&mut s, id as u64, id, limited("k", 1, 0));
             }
-            s.apply(
-                4,
-                at(4),
-                &Command::Submit {
-                    id: TaskId(4),
-                    task: task(),
-                },
-            );
+            submit(&mut s, 4, 4, task());
             s
         };
         let assign = |id, node| Command::Assign {
@@ -1341,24 +1331,9 @@ mod tests {
     fn a_concurrency_limit_is_kept_by_the_log_alone_and_freed_by_every_way_out() {
         let mut s = Scheduler::new(10, 16);
         for id in 1..=5 {
-            let task = limited("k", 2, 0);
-            s.apply(
-                id as u64,
-                at(id as u64),
-                &Command::Submit {
-                    id: TaskId(id),
-                    task,
-                },
-            );
+            submit(&mut s, id as u64, id, limited("k", 2, 0));
         }
-        s.apply(
-            6,
-            at(6),
-            &Command::Submit {
-                id: TaskId(6),
-                task: task(),
-            },
-        );
+        submit(&mut s, 6, 6, task());
         // A leader asking for room gets at most the limit's room from the
         // key's queue, and the unlimited queue whole.
         let budget = |s: &Scheduler, now| {
@@ -1400,15 +1375,7 @@ mod tests {
     fn a_rate_limit_counts_starts_by_the_leaders_stamp_and_names_when_it_frees() {
         let mut s = Scheduler::new(10, 16);
         for id in 1..=3 {
-            let task = limited("api", 0, 2);
-            s.apply(
-                id as u64,
-                at(id as u64),
-                &Command::Submit {
-                    id: TaskId(id),
-                    task,
-                },
-            );
+            submit(&mut s, id as u64, id, limited("api", 0, 2));
         }
         assert!(assign(&mut s, 4, 1, 1, A));
         assert!(assign(&mut s, 5, 2, 1, A));
