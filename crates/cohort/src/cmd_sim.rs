@@ -81,9 +81,9 @@ pub struct SimArgs {
     #[arg(long, default_value_t = 0.0)]
     limited_rate: f64,
     /// Fraction of executions whose handler ignores its timeout and
-    /// returns 12 s later, past its lease: the cluster ends the lease
-    /// (`lease_expired`) while the runner is alive, and the late result is
-    /// rejected (0: none).
+    /// returns 12 s later, past its lease: the cluster ends the lease (a
+    /// failed attempt, `lease_expired`) while the runner is alive, and the
+    /// late result is rejected (0: none).
     #[arg(long, default_value_t = 0.0)]
     stuck_rate: f64,
     /// Mean client arrivals per second during the safety phase (default:

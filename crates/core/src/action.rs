@@ -105,7 +105,8 @@ pub enum Note {
 pub enum SupersedeReason {
     /// The runner was declared dead (missed heartbeats).
     RunnerDeclaredDead,
-    /// The runner's lease ran out.
+    /// The runner's lease ran out: a failed attempt (error class
+    /// `lease_expired`) with attempts left.
     LeaseExpired,
     /// The handler failed and the task has attempts left.
     AttemptFailed,

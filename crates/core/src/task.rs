@@ -137,14 +137,22 @@ impl TaskLimit {
 
 /// How long past a running task's start-to-close timeout (`timeout_ms`)
 /// a coordinator waits for its runner's outcome before it ends the lease
-/// itself (reason `LeaseExpired`) and the task runs again under the next
-/// epoch. The runner stops its handler at the timeout and reports a
+/// itself (note reason `LeaseExpired`). The ended lease is a failed
+/// attempt, of error class `lease_expired` ([`Task::lease_expired_error`]):
+/// it counts against `max_attempts` and is retried, under the next epoch,
+/// after the retry policy's backoff, so a handler that hangs on every
+/// attempt fails its task instead of holding a runner for ever. The
+/// runner stops its handler at the timeout and reports a
 /// failure, and a runner that is lost is declared dead within `alpha *
 /// worker_heartbeat_ms`: the lease ends a task only when neither
 /// happened, e.g. a live runner whose handler could not be stopped. A
 /// constant, not a setting: in leader mode every node computes the same
 /// lease from the same log.
 pub const LEASE_GRACE_MS: u64 = 10_000;
+
+/// The error class of an attempt whose lease the cluster ended
+/// ([`Task::lease_expired_error`]). A task may list it as non-retryable.
+pub const LEASE_EXPIRED_CLASS: &str = "lease_expired";
 
 impl Task {
     /// The execution timeout as a duration.
@@ -185,7 +193,18 @@ impl Task {
         carries(node_labels, &self.labels)
     }
 
-    /// The error of a task that was not started in time.
+    /// The error of an attempt whose lease the cluster ended (see
+    /// [`LEASE_GRACE_MS`]).
+    pub fn lease_expired_error(&self) -> String {
+        format!(
+            "{LEASE_EXPIRED_CLASS}: no outcome within {} ms ({} ms timeout and {} ms grace) of the assignment or its latest recorded heartbeat",
+            self.timeout_ms + LEASE_GRACE_MS,
+            self.timeout_ms,
+            LEASE_GRACE_MS
+        )
+    }
+
+    /// The error of a task not started by its schedule-to-start deadline.
     pub fn not_started_error(&self) -> String {
         format!(
             "schedule_to_start: not started within {} ms",

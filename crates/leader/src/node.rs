@@ -1286,7 +1286,11 @@ impl LeaderNode {
             .collect();
         let commands: Vec<Command> = ended
             .iter()
-            .map(|&(id, epoch)| Command::ExpireLease { id, epoch })
+            .map(|&(id, epoch)| Command::ExpireLease {
+                id,
+                epoch,
+                jitter: self.raft.rng().gen(),
+            })
             .collect();
         if self.propose_many(&commands).is_ok() {
             self.inflight.leases.extend(ended);
@@ -1628,7 +1632,7 @@ impl LeaderNode {
             Command::Reclaim { id, epoch } => {
                 self.inflight.reclaim.remove(&(*id, *epoch));
             }
-            Command::ExpireLease { id, epoch } => {
+            Command::ExpireLease { id, epoch, .. } => {
                 self.inflight.leases.remove(&(*id, *epoch));
             }
             Command::Release { id, epoch, .. } => {

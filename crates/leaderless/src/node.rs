@@ -19,11 +19,13 @@ use crate::record::{record_key, Record, TaskHeader, TaskValue, RECORD_PREFIX};
 use crate::ring::{self as ringp, Ring, RingChange, RingProposal, RingState, RingStep, RING_KEY};
 use crate::tasks::{Holders, Op, Ops, ReadProgress, ReadPurpose, SubmitVerdict};
 use cohort_core::limit::refuse_limit;
+use cohort_core::task::LEASE_EXPIRED_CLASS;
 use cohort_core::{
-    decode, encode, event_progress, Action, BootError, ClientError, ClientRequest, ClientResponse,
-    Consistency, DrainRefusal, DrainStatus, Epoch, HeartbeatReply, Node, NodeId, NodeRng, Note,
-    Peers, RequestId, RingRefusal, RingRequest, RingView, StoreOp, Stored, SupersedeReason, Task,
-    TaskEvent, TaskEventKind, TaskEvents, TaskId, TaskOutcome, TaskState, Time, TimerToken,
+    decode, encode, error_class, event_progress, Action, BootError, ClientError, ClientRequest,
+    ClientResponse, Consistency, DrainRefusal, DrainStatus, Epoch, HeartbeatReply, Node, NodeId,
+    NodeRng, Note, Peers, RequestId, RingRefusal, RingRequest, RingView, StoreOp, Stored,
+    SupersedeReason, Task, TaskEvent, TaskEventKind, TaskEvents, TaskId, TaskOutcome, TaskState,
+    Time, TimerToken,
 };
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -1638,7 +1640,8 @@ impl LeaderlessNode {
                 }
                 // A live runner that reported no outcome by the end of its
                 // lease (its handler could not be stopped, or its results
-                // never arrive): the first other live replica ends it.
+                // never arrive): the first other live replica ends it, as
+                // a failed attempt retried after its backoff by a claim.
                 TaskState::Running { node, epoch }
                     if node != me
                         && lease_ended(&rec.header.task, &rec.value, now)
@@ -1650,21 +1653,10 @@ impl LeaderlessNode {
                             .find(|&n| n != node && self.membership.is_live(n))
                             == Some(me) =>
                 {
-                    let reason = SupersedeReason::LeaseExpired;
-                    if !i_carry {
-                        Intent::Requeue {
-                            owner: node,
-                            epoch,
-                            reason,
-                        }
-                    } else if room > 0 {
-                        Intent::Reclaim {
-                            owner: node,
-                            epoch,
-                            reason,
-                        }
-                    } else {
-                        continue;
+                    Intent::EndLease {
+                        owner: node,
+                        epoch,
+                        jitter: self.rng.gen(),
                     }
                 }
                 _ => continue,
@@ -2430,6 +2422,19 @@ fn transition_notes(task: TaskId, old: &TaskValue, new: &TaskValue) -> Vec<Note>
             _ => None,
         })
     };
+    // A failed attempt's: its lease ended when the cluster recorded the
+    // failure under the `lease_expired` class (`Intent::EndLease`).
+    let failed_for = |epoch: Epoch| {
+        let lease = new.history.events.iter().rev().any(|e| {
+            matches!(&e.what, TaskEventKind::AttemptFailed { epoch: e2, error, .. }
+                if *e2 == epoch && error_class(error) == Some(LEASE_EXPIRED_CLASS))
+        });
+        if lease {
+            SupersedeReason::LeaseExpired
+        } else {
+            SupersedeReason::AttemptFailed
+        }
+    };
     match (&old.state, &new.state) {
         (TaskState::Running { epoch, .. }, TaskState::Running { .. }) => {
             notes.push(Note::Superseded {
@@ -2442,7 +2447,7 @@ fn transition_notes(task: TaskId, old: &TaskValue, new: &TaskValue) -> Vec<Note>
             task,
             epoch: *epoch,
             reason: if new.attempts > old.attempts {
-                SupersedeReason::AttemptFailed
+                failed_for(*epoch)
             } else {
                 lost_for(*epoch).unwrap_or(SupersedeReason::Released)
             },

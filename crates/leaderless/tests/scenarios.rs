@@ -219,8 +219,8 @@ fn when_the_owner_crashes_mid_run_the_next_live_replica_reclaims_with_a_higher_e
 
 /// A live owner whose handler hangs past the task's timeout and is never
 /// stopped: SWIM keeps it alive, so only its lease can end the run. The
-/// first other live replica reclaims it (`LeaseExpired`) once
-/// `LEASE_GRACE_MS` past the timeout, the task runs under epoch 2, and
+/// first other live replica ends it (`LeaseExpired`, a failed attempt)
+/// once `LEASE_GRACE_MS` past the timeout, the task runs under epoch 2, and
 /// the hung handler's result, when it comes at last, is rejected.
 #[test]
 fn a_hung_handler_on_a_live_owner_loses_its_lease_and_its_late_result_is_rejected() {
@@ -268,6 +268,34 @@ fn a_hung_handler_on_a_live_owner_loses_its_lease_and_its_late_result_is_rejecte
         }
         other => panic!("unexpected {other:?}"),
     }
+}
+
+/// An ended lease is a failed attempt: a task with one attempt whose
+/// handler hangs fails with the `lease_expired` error instead of running
+/// again.
+#[test]
+fn an_ended_lease_on_the_last_attempt_fails_the_task() {
+    let mut sim = Sim::new(7, 5, LeaderlessConfig::default());
+    sim.run_for(1_000);
+    let id = tid(42);
+    sim.handlers.hang.insert(id);
+    let task = cohort_core::Task {
+        max_attempts: 1,
+        ..task(b"x")
+    };
+    let submit = ClientRequest::Submit {
+        id,
+        task: task.clone(),
+    };
+    sim.client(NodeId(3), submit);
+    let lease_ms = 1_000 + cohort_core::task::LEASE_GRACE_MS;
+    assert!(sim.run_until(lease_ms + 5_000, |s| s.decided(id).is_some()));
+    let failed = TaskState::Failed {
+        error: task.lease_expired_error(),
+        attempts: 1,
+    };
+    assert_eq!(sim.decided(id), Some(&failed));
+    assert_eq!(sim.executions_of(id).len(), 1, "not run again");
 }
 
 #[test]

@@ -42,8 +42,9 @@ const META_KEY: &str = "identity";
 /// tasks carry the worker labels that route them. 7: tasks carry their
 /// concurrency and rate limit, the leader's state the limits' counts. 8:
 /// a leader log entry may pack several commands (`Command::Many`), and
-/// a leader snapshot holds each running task's lease.
-pub const FORMAT_VERSION: u32 = 8;
+/// a leader snapshot holds each running task's lease. 9: an ended lease
+/// (`Command::ExpireLease`) carries the jitter of its retry backoff.
+pub const FORMAT_VERSION: u32 = 9;
 
 /// Who a data file belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -439,39 +439,61 @@ impl Coordinator {
                 )
             }
             TaskOutcome::Failure(error) => {
-                record.attempts += 1;
-                let kept = event_error(&error);
-                let jitter = self.rng.gen();
-                let after = after_failure(&record.task, record.attempts, &error, now, jitter);
-                if let AfterFailure::RetryAt(retry_at) = after {
-                    let what = TaskEventKind::AttemptFailed {
-                        node,
-                        epoch,
-                        error: kept,
-                        retry_at,
-                    };
-                    record.record(now, what, events_max);
-                    record.state = TaskState::Pending;
-                    record.ready_at = retry_at;
-                    out.push(Action::Note(Note::Superseded {
-                        task,
-                        epoch,
-                        reason: SupersedeReason::AttemptFailed,
-                    }));
-                    self.enqueue(now, task);
-                } else {
-                    let attempts = record.attempts;
-                    let what = TaskEventKind::Failed {
-                        node,
-                        epoch,
-                        error: kept,
-                    };
-                    record.record(now, what, events_max);
-                    self.finish(now, task, TaskState::Failed { error, attempts }, out);
-                }
+                let reason = SupersedeReason::AttemptFailed;
+                self.fail_attempt(now, task, error, reason, out);
             }
         }
         self.schedule(now, out);
+    }
+
+    /// Fails the running attempt of `task`, already off its runner's list
+    /// and its limit, with `error`: a handler's (`AttemptFailed`) or an
+    /// ended lease's (`LeaseExpired`). Counted against `max_attempts`;
+    /// retried after the policy's backoff (noted superseded for `reason`)
+    /// or failed for good.
+    fn fail_attempt(
+        &mut self,
+        now: Time,
+        task: TaskId,
+        error: String,
+        reason: SupersedeReason,
+        out: &mut Out,
+    ) {
+        let events_max = self.events_max();
+        let jitter = self.rng.gen();
+        let record = self.tasks.get_mut(&task).expect("failing a known task");
+        let TaskState::Running { node, epoch } = record.state else {
+            panic!("failing an attempt that is not running");
+        };
+        record.attempts += 1;
+        let kept = event_error(&error);
+        let after = after_failure(&record.task, record.attempts, &error, now, jitter);
+        if let AfterFailure::RetryAt(retry_at) = after {
+            let what = TaskEventKind::AttemptFailed {
+                node,
+                epoch,
+                error: kept,
+                retry_at,
+            };
+            record.record(now, what, events_max);
+            record.state = TaskState::Pending;
+            record.ready_at = retry_at;
+            out.push(Action::Note(Note::Superseded {
+                task,
+                epoch,
+                reason,
+            }));
+            self.enqueue(now, task);
+        } else {
+            let attempts = record.attempts;
+            let what = TaskEventKind::Failed {
+                node,
+                epoch,
+                error: kept,
+            };
+            record.record(now, what, events_max);
+            self.finish(now, task, TaskState::Failed { error, attempts }, out);
+        }
     }
 
     pub(crate) fn heartbeat(
@@ -547,7 +569,12 @@ impl Coordinator {
         for (id, task) in ended {
             let w = self.workers.get_mut(&id).expect("listed above");
             w.running.remove(&task);
-            self.lose(now, id, task, SupersedeReason::LeaseExpired, out);
+            let record = &self.tasks[&task];
+            if let Some(limit) = &record.task.limit {
+                self.limits.stopped(limit);
+            }
+            let error = record.task.lease_expired_error();
+            self.fail_attempt(now, task, error, SupersedeReason::LeaseExpired, out);
         }
         while let Some(&(deadline, task)) = self.deadlines.first() {
             if deadline >= now {

@@ -236,7 +236,7 @@ fn a_dead_workers_result_is_rejected_after_reassignment() {
 /// A hung handler on a live runner (here the coordinator's own, never
 /// declared dead): `LEASE_GRACE_MS` after its timeout the coordinator ends
 /// the lease, runs the task again under the next epoch and rejects the
-/// late result.
+/// late result; the ended lease counts as a failed attempt.
 #[test]
 fn a_hung_handler_loses_its_lease_after_the_timeout_and_its_grace() {
     let mut c = boot(1, 1);
@@ -282,6 +282,23 @@ fn a_hung_handler_loses_its_lease_after_the_timeout_and_its_grace() {
                 epoch: Epoch(2)
             }
         })
+    );
+    // The ended lease was a failed attempt: the second hangs too, and
+    // with `max_attempts` 2 the task fails instead of running again.
+    let last = Time::from_millis(task().lease_ends(late).as_millis() + 1);
+    c.handle_timer(last, TimerToken(1));
+    let out = drain(&mut c);
+    assert!(assigned(&out).is_empty(), "{out:?}");
+    let failed = TaskState::Failed {
+        error: task().lease_expired_error(),
+        attempts: 2,
+    };
+    assert!(
+        out.contains(&Action::Note(Note::Decided {
+            task: TaskId(1),
+            state: failed
+        })),
+        "{out:?}"
     );
 }
 

@@ -131,14 +131,18 @@ pub enum Command {
     /// The lease of `(id, epoch)` ended with no outcome from its runner
     /// ([`Task::lease_ends`]): a no-op
     /// unless that assignment still runs and its lease ended by the
-    /// entry's time; else it is superseded (`LeaseExpired`) and the task
-    /// is pending again, its runner's late result rejected. Last in the
-    /// enum, like `SubmitBatch`.
+    /// entry's time; else the attempt failed
+    /// ([`Task::lease_expired_error`]): retried like a handler's failure
+    /// (noted superseded, `LeaseExpired`) or failed, its runner's late
+    /// result rejected. Last in the enum, like `SubmitBatch`.
     ExpireLease {
         /// The task.
         id: TaskId,
         /// The assignment whose lease ended.
         epoch: Epoch,
+        /// Drawn by the proposing leader: the full jitter of the retry
+        /// backoff, as in `Result`.
+        jitter: u32,
     },
 }
 
@@ -636,34 +640,9 @@ impl Scheduler {
                         self.finish(index, at, *id, state, &mut notes);
                     }
                     TaskOutcome::Failure(error) => {
-                        let rec = self.tasks.get_mut(id).expect("present");
-                        rec.attempts += 1;
-                        let (node, epoch, error_kept) = (*node, *epoch, event_error(error));
-                        let after = after_failure(&rec.task, rec.attempts, error, at, *jitter);
-                        if let AfterFailure::RetryAt(retry_at) = after {
-                            rec.ready_at = retry_at;
-                            let what = TaskEventKind::AttemptFailed {
-                                node,
-                                epoch,
-                                error: error_kept,
-                                retry_at,
-                            };
-                            self.record(*id, at, what);
-                            let reason = SupersedeReason::AttemptFailed;
-                            self.supersede(index, at, *id, reason, &mut notes);
-                        } else {
-                            let state = TaskState::Failed {
-                                error: error.clone(),
-                                attempts: rec.attempts,
-                            };
-                            let what = TaskEventKind::Failed {
-                                node,
-                                epoch,
-                                error: error_kept,
-                            };
-                            self.record(*id, at, what);
-                            self.finish(index, at, *id, state, &mut notes);
-                        }
+                        let reason = SupersedeReason::AttemptFailed;
+                        let failure = (error.as_str(), *jitter, reason);
+                        self.fail_attempt(index, at, *id, failure, &mut notes);
                     }
                 }
             }
@@ -678,12 +657,13 @@ impl Scheduler {
             Command::WorkerAlive { node } => {
                 self.dead.remove(node);
             }
-            Command::ExpireLease { id, epoch } => {
+            Command::ExpireLease { id, epoch, jitter } => {
                 let ended = self.is_running(*id, *epoch)
                     && self.tasks[id].lease_until.is_some_and(|until| at > until);
                 if ended {
-                    let reason = SupersedeReason::LeaseExpired;
-                    self.supersede(index, at, *id, reason, &mut notes);
+                    let error = self.tasks[id].task.lease_expired_error();
+                    let failure = (error.as_str(), *jitter, SupersedeReason::LeaseExpired);
+                    self.fail_attempt(index, at, *id, failure, &mut notes);
                 }
             }
             Command::Reclaim { id, epoch } => {
@@ -778,6 +758,50 @@ impl Scheduler {
         notes
     }
 
+    /// Fails the running attempt of `id` with `(error, jitter, reason)`:
+    /// a handler's error (`AttemptFailed`) or an ended lease
+    /// (`LeaseExpired`). Counted against `max_attempts`; retried after the
+    /// policy's backoff (noted superseded for `reason`) or failed for good.
+    fn fail_attempt(
+        &mut self,
+        index: u64,
+        at: Time,
+        id: TaskId,
+        (error, jitter, reason): (&str, u32, SupersedeReason),
+        notes: &mut Vec<Note>,
+    ) {
+        let rec = self.tasks.get_mut(&id).expect("failing a known task");
+        let TaskState::Running { node, epoch } = rec.state else {
+            panic!("failing an attempt that is not running");
+        };
+        rec.attempts += 1;
+        let error_kept = event_error(error);
+        let after = after_failure(&rec.task, rec.attempts, error, at, jitter);
+        if let AfterFailure::RetryAt(retry_at) = after {
+            rec.ready_at = retry_at;
+            let what = TaskEventKind::AttemptFailed {
+                node,
+                epoch,
+                error: error_kept,
+                retry_at,
+            };
+            self.record(id, at, what);
+            self.supersede(index, at, id, reason, notes);
+        } else {
+            let state = TaskState::Failed {
+                error: error.to_string(),
+                attempts: rec.attempts,
+            };
+            let what = TaskEventKind::Failed {
+                node,
+                epoch,
+                error: error_kept,
+            };
+            self.record(id, at, what);
+            self.finish(index, at, id, state, notes);
+        }
+    }
+
     /// Ends the running assignment of `id` without a result: back to
     /// pending. A lost runner is an event of its own; a failed attempt was
     /// recorded with its error by the caller.
@@ -793,7 +817,13 @@ impl Scheduler {
         let TaskState::Running { node, epoch } = rec.state else {
             panic!("superseding a task that is not running");
         };
-        if reason != SupersedeReason::AttemptFailed {
+        // A failed attempt (a handler's error, an ended lease) was recorded
+        // with its error by `fail_attempt`.
+        let failed = [
+            SupersedeReason::AttemptFailed,
+            SupersedeReason::LeaseExpired,
+        ];
+        if !failed.contains(&reason) {
             let what = TaskEventKind::RunnerLost {
                 node,
                 epoch,
@@ -897,6 +927,7 @@ fn queue_key(task: &Task) -> QueueKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cohort_core::error_class;
 
     fn task() -> Task {
         Task {
@@ -1196,8 +1227,9 @@ mod tests {
 
     /// A lease ends `LEASE_GRACE_MS` after the start-to-close timeout, for
     /// the assignment it was given to only: an `ExpireLease` before then,
-    /// or of an older epoch, is a no-op; after it, the task is pending
-    /// again and its runner's late result is rejected.
+    /// or of an older epoch, is a no-op; after it, the attempt failed
+    /// (`lease_expired`), the task is pending again and its runner's late
+    /// result is rejected.
     #[test]
     fn a_lease_ends_after_the_timeout_and_its_grace_and_fences_the_late_result() {
         let mut s = running_on_a();
@@ -1212,6 +1244,7 @@ mod tests {
         let expire = |epoch| Command::ExpireLease {
             id: TaskId(1),
             epoch: Epoch(epoch),
+            jitter: 0,
         };
         assert!(s.apply(3, until, &expire(1)).is_empty(), "not past it yet");
         let late = Time(until.as_micros() + 1);
@@ -1233,8 +1266,16 @@ mod tests {
                 reason: SupersedeReason::LeaseExpired
             }]
         );
-        assert_eq!(s.get(TaskId(1)).unwrap().state, TaskState::Pending);
-        assert_eq!(s.get(TaskId(1)).unwrap().lease_until, None);
+        let rec = s.get(TaskId(1)).unwrap();
+        assert_eq!(rec.state, TaskState::Pending);
+        assert_eq!(rec.attempts, 1, "an ended lease is a failed attempt");
+        let last = &rec.history.events.last().unwrap().what;
+        assert!(
+            matches!(last, TaskEventKind::AttemptFailed { node, epoch: Epoch(1), error, .. }
+                if *node == A && error_class(error) == Some("lease_expired")),
+            "{last:?}"
+        );
+        assert_eq!(rec.lease_until, None);
         assert_eq!(s.next_lease_end_after(late), None);
         succeed(&mut s, 6, 1, 1, A);
         assert_eq!(
@@ -1242,7 +1283,50 @@ mod tests {
             TaskState::Pending,
             "fenced off"
         );
-        assert!(assign(&mut s, 7, 1, 2, B));
+        let again = Command::Assign {
+            id: TaskId(1),
+            epoch: Epoch(2),
+            node: B,
+        };
+        assert!(!s.apply(7, late, &again).is_empty(), "the next epoch runs");
+    }
+
+    /// An ended lease counts against `max_attempts`: a handler that hangs
+    /// on its last attempt fails the task with the `lease_expired` error
+    /// instead of being handed out again.
+    #[test]
+    fn an_ended_lease_on_the_last_attempt_fails_the_task() {
+        let mut s = Scheduler::new(10, 16);
+        submit(
+            &mut s,
+            1,
+            1,
+            Task {
+                max_attempts: 1,
+                ..task()
+            },
+        );
+        assert!(assign(&mut s, 2, 1, 1, A));
+        let late = Time(task().lease_ends(at(2)).as_micros() + 1);
+        let expire = Command::ExpireLease {
+            id: TaskId(1),
+            epoch: Epoch(1),
+            jitter: 0,
+        };
+        let notes = s.apply(3, late, &expire);
+        let failed = TaskState::Failed {
+            error: task().lease_expired_error(),
+            attempts: 1,
+        };
+        assert_eq!(
+            notes,
+            vec![Note::Decided {
+                task: TaskId(1),
+                state: failed.clone()
+            }]
+        );
+        assert_eq!(s.get(TaskId(1)).unwrap().state, failed);
+        assert_eq!(s.leases_ended(Time(late.as_micros() + 1)).count(), 0);
     }
 
     /// A recorded heartbeat of the running assignment renews its lease;

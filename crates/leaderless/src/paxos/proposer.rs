@@ -26,8 +26,7 @@ pub enum Intent {
         owner: NodeId,
         /// Its assignment.
         epoch: Epoch,
-        /// Why, as the history records it (`RunnerDeclaredDead` or
-        /// `LeaseExpired`).
+        /// Why, as the history records it (`RunnerDeclaredDead`).
         reason: SupersedeReason,
     },
     /// `Running { me, epoch }` → the outcome (final, or `Pending` again
@@ -39,6 +38,19 @@ pub enum Intent {
         outcome: TaskOutcome,
         /// Drawn from the node's seeded RNG when the handler returned: the
         /// full jitter of the retry backoff, should the outcome be retried.
+        jitter: u32,
+    },
+    /// `Running { owner, epoch }` → a failed attempt
+    /// ([`cohort_core::Task::lease_expired_error`]): `Pending` after the
+    /// retry policy's backoff, or `Failed` when no attempt is left. The
+    /// owner is live but reported no outcome by the end of its lease.
+    EndLease {
+        /// The runner whose lease ended.
+        owner: NodeId,
+        /// Its assignment.
+        epoch: Epoch,
+        /// Drawn from the proposing node's seeded RNG: the full jitter of
+        /// the retry backoff.
         jitter: u32,
     },
     /// Any state not final → `Cancelled`.
@@ -148,28 +160,24 @@ impl Intent {
                         epoch: *epoch,
                     },
                     TaskOutcome::Failure(error) => {
-                        let attempts = base.attempts.saturating_add(1);
-                        match after_failure(&header.task, attempts, error, at, *jitter) {
-                            AfterFailure::Fail => TaskState::Failed {
-                                error: error.clone(),
-                                attempts,
-                            },
-                            AfterFailure::RetryAt(ready_at) => {
-                                return Some(TaskValue {
-                                    state: TaskState::Pending,
-                                    attempts,
-                                    ready_at,
-                                    start_by: header.task.start_by(at, ready_at),
-                                    ..base.clone()
-                                });
-                            }
-                        }
+                        return Some(failed_attempt(header, base, error, at, *jitter));
                     }
                 };
                 Some(TaskValue {
                     state,
                     ..base.clone()
                 })
+            }
+            (
+                Intent::EndLease {
+                    owner,
+                    epoch,
+                    jitter,
+                },
+                TaskState::Running { node, epoch: e },
+            ) if node == owner && e == epoch => {
+                let error = header.task.lease_expired_error();
+                Some(failed_attempt(header, base, &error, at, *jitter))
             }
             (Intent::Release { epoch }, TaskState::Running { node, epoch: e })
                 if *node == me && e == epoch =>
@@ -249,23 +257,17 @@ impl Intent {
                     epoch: value.epoch,
                 });
             }
-            Intent::Finish { epoch, outcome, .. } => events.push(match (outcome, &value.state) {
-                (TaskOutcome::Success(_), _) => TaskEventKind::Succeeded {
+            Intent::Finish { epoch, outcome, .. } => events.push(match outcome {
+                TaskOutcome::Success(_) => TaskEventKind::Succeeded {
                     node: me,
                     epoch: *epoch,
                 },
-                (TaskOutcome::Failure(error), TaskState::Failed { .. }) => TaskEventKind::Failed {
-                    node: me,
-                    epoch: *epoch,
-                    error: event_error(error),
-                },
-                (TaskOutcome::Failure(error), _) => TaskEventKind::AttemptFailed {
-                    node: me,
-                    epoch: *epoch,
-                    error: event_error(error),
-                    retry_at: value.ready_at,
-                },
+                TaskOutcome::Failure(error) => failure_event(me, *epoch, error, &value),
             }),
+            Intent::EndLease { owner, epoch, .. } => {
+                let error = header.task.lease_expired_error();
+                events.push(failure_event(*owner, *epoch, &error, &value));
+            }
             Intent::Release { epoch } => events.push(TaskEventKind::RunnerLost {
                 node: me,
                 epoch: *epoch,
@@ -295,6 +297,52 @@ impl Intent {
             value.history.push(TaskEvent { at, what }, events_max);
         }
         Some(value)
+    }
+}
+
+/// `base`, running, after its attempt failed with `error` at `at`:
+/// counted, then pending again after the retry policy's backoff, or failed.
+fn failed_attempt(
+    header: &TaskHeader,
+    base: &TaskValue,
+    error: &str,
+    at: Time,
+    jitter: u32,
+) -> TaskValue {
+    let attempts = base.attempts.saturating_add(1);
+    match after_failure(&header.task, attempts, error, at, jitter) {
+        AfterFailure::Fail => TaskValue {
+            state: TaskState::Failed {
+                error: error.to_string(),
+                attempts,
+            },
+            ..base.clone()
+        },
+        AfterFailure::RetryAt(ready_at) => TaskValue {
+            state: TaskState::Pending,
+            attempts,
+            ready_at,
+            start_by: header.task.start_by(at, ready_at),
+            ..base.clone()
+        },
+    }
+}
+
+/// The event of `node`'s attempt under `epoch` failing with `error`, as
+/// `value` (the outcome) decided it: retried or failed for good.
+fn failure_event(node: NodeId, epoch: Epoch, error: &str, value: &TaskValue) -> TaskEventKind {
+    match value.state {
+        TaskState::Failed { .. } => TaskEventKind::Failed {
+            node,
+            epoch,
+            error: event_error(error),
+        },
+        _ => TaskEventKind::AttemptFailed {
+            node,
+            epoch,
+            error: event_error(error),
+            retry_at: value.ready_at,
+        },
     }
 }
 
