@@ -350,8 +350,8 @@ pub async fn throughput_sweep(
                 let window = Duration::from_secs_f64(o.throughput_s);
                 let p = real::throughput(mode, n, c, b, window).await?;
                 progress(&format!(
-                    "{}: {n} nodes, {c} clients x {b} tasks: {:.0} submits/s, {:.0} completions/s, {} refused",
-                    mode.name, p.submits_per_s, p.completions_per_s, p.refused
+                    "{}: {n} nodes, {c} clients x {b} tasks: {:.0} submits/s, {:.0} completions/s, {} refused ({} overloaded)",
+                    mode.name, p.submits_per_s, p.completions_per_s, p.refused, p.overloaded
                 ));
                 throughput.push(p);
             }

@@ -291,6 +291,10 @@ pub struct ThroughputPoint {
     pub completions_per_s: f64,
     /// Submits refused or timed out after retries.
     pub refused: u64,
+    /// Of `refused`, those answered `429 overloaded`: the cluster's
+    /// backpressure (e.g. `tasks_active_max` reached while completions lag
+    /// submits), not a fault.
+    pub overloaded: u64,
 }
 
 /// The JSON of a batch of `n` fresh echo tasks, written by hand: the
@@ -331,6 +335,7 @@ pub async fn throughput(
     };
     let acked = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
+    let overloaded = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let stop_at = start + window;
     let mut workers = Vec::new();
@@ -338,6 +343,7 @@ pub async fn throughput(
         let clients = cluster.clients.clone();
         let first = leader.map_or(w, |l| (l.0 - 1) as usize);
         let (acked, refused) = (acked.clone(), refused.clone());
+        let overloaded = overloaded.clone();
         workers.push(tokio::spawn(async move {
             while Instant::now() < stop_at {
                 let (n, r) = if batch_tasks <= 1 {
@@ -353,7 +359,12 @@ pub async fn throughput(
                 };
                 match r {
                     Ok(()) => acked.fetch_add(n, Ordering::Relaxed),
-                    Err(_) => refused.fetch_add(n, Ordering::Relaxed),
+                    Err(e) => {
+                        if e.status() == Some(429) {
+                            overloaded.fetch_add(n, Ordering::Relaxed);
+                        }
+                        refused.fetch_add(n, Ordering::Relaxed)
+                    }
                 };
             }
         }));
@@ -373,6 +384,7 @@ pub async fn throughput(
         submits_per_s: acked.load(Ordering::Relaxed) as f64 / seconds,
         completions_per_s: completions as f64 / seconds,
         refused: refused.load(Ordering::Relaxed),
+        overloaded: overloaded.load(Ordering::Relaxed),
     })
 }
 
