@@ -52,8 +52,8 @@ pub use retry::{after_failure, error_class, AfterFailure, RetryPolicy};
 pub use ring::{RingRefusal, RingRequest, RingView};
 pub use store::{StoreOp, Stored};
 pub use task::{
-    event_error, event_progress, Task, TaskEvent, TaskEventKind, TaskEvents, TaskLimit,
-    TaskOutcome, TaskState, HEARTBEAT_TIMEOUT_MS_MAX, PROGRESS_BYTES_MAX,
+    event_error, event_progress, failure_event, Task, TaskEvent, TaskEventKind, TaskEvents,
+    TaskLimit, TaskOutcome, TaskState, HEARTBEAT_TIMEOUT_MS_MAX, PROGRESS_BYTES_MAX,
     TASK_EVENT_ERROR_BYTES_MAX,
 };
 pub use time::Time;

@@ -489,6 +489,27 @@ pub fn event_error(error: &str) -> String {
     cut(error, TASK_EVENT_ERROR_BYTES_MAX)
 }
 
+/// The event of `node`'s attempt under `epoch` failing with `error`, as
+/// the retry policy decided it ([`crate::after_failure`]): retried, or
+/// failed for good. Every mode records a failed attempt this way.
+pub fn failure_event(
+    node: NodeId,
+    epoch: Epoch,
+    error: &str,
+    after: crate::AfterFailure,
+) -> TaskEventKind {
+    let error = event_error(error);
+    match after {
+        crate::AfterFailure::RetryAt(retry_at) => TaskEventKind::AttemptFailed {
+            node,
+            epoch,
+            error,
+            retry_at,
+        },
+        crate::AfterFailure::Fail => TaskEventKind::Failed { node, epoch, error },
+    }
+}
+
 /// A task's bounded event history: the first event (its submission) and
 /// the latest ones, at most `events_max` in all; the ones dropped between
 /// them are counted.

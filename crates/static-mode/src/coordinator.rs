@@ -4,10 +4,10 @@
 use crate::config::StaticConfig;
 use crate::message::StaticMessage;
 use cohort_core::{
-    after_failure, event_error, event_progress, Action, AfterFailure, ClientError, ClientRequest,
-    ClientResponse, Epoch, HeartbeatReply, LimitCounts, NodeId, NodeRng, Note, Peers, RequestId,
-    SupersedeReason, Task, TaskEvent, TaskEventKind, TaskEvents, TaskId, TaskLimit, TaskOutcome,
-    TaskState, Time,
+    after_failure, event_error, event_progress, failure_event, Action, AfterFailure, ClientError,
+    ClientRequest, ClientResponse, Epoch, HeartbeatReply, LimitCounts, NodeId, NodeRng, Note,
+    Peers, RequestId, SupersedeReason, Task, TaskEvent, TaskEventKind, TaskEvents, TaskId,
+    TaskLimit, TaskOutcome, TaskState, Time,
 };
 use rand::Rng;
 use std::collections::{BTreeMap, BTreeSet};
@@ -466,16 +466,9 @@ impl Coordinator {
             panic!("failing an attempt that is not running");
         };
         record.attempts += 1;
-        let kept = event_error(&error);
         let after = after_failure(&record.task, record.attempts, &error, now, jitter);
+        record.record(now, failure_event(node, epoch, &error, after), events_max);
         if let AfterFailure::RetryAt(retry_at) = after {
-            let what = TaskEventKind::AttemptFailed {
-                node,
-                epoch,
-                error: kept,
-                retry_at,
-            };
-            record.record(now, what, events_max);
             record.state = TaskState::Pending;
             record.ready_at = retry_at;
             out.push(Action::Note(Note::Superseded {
@@ -486,12 +479,6 @@ impl Coordinator {
             self.enqueue(now, task);
         } else {
             let attempts = record.attempts;
-            let what = TaskEventKind::Failed {
-                node,
-                epoch,
-                error: kept,
-            };
-            record.record(now, what, events_max);
             self.finish(now, task, TaskState::Failed { error, attempts }, out);
         }
     }

@@ -12,9 +12,9 @@
 //! result decides the task (G2).
 
 use cohort_core::{
-    after_failure, event_error, event_progress, AfterFailure, Epoch, LimitCounts, NodeId, Note,
-    Retention, SupersedeReason, Task, TaskEvent, TaskEventKind, TaskEvents, TaskId, TaskLimit,
-    TaskOutcome, TaskState, Time,
+    after_failure, event_error, event_progress, failure_event, AfterFailure, Epoch, LimitCounts,
+    NodeId, Note, Retention, SupersedeReason, Task, TaskEvent, TaskEventKind, TaskEvents, TaskId,
+    TaskLimit, TaskOutcome, TaskState, Time,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -775,30 +775,19 @@ impl Scheduler {
             panic!("failing an attempt that is not running");
         };
         rec.attempts += 1;
-        let error_kept = event_error(error);
         let after = after_failure(&rec.task, rec.attempts, error, at, jitter);
+        let attempts = rec.attempts;
         if let AfterFailure::RetryAt(retry_at) = after {
             rec.ready_at = retry_at;
-            let what = TaskEventKind::AttemptFailed {
-                node,
-                epoch,
-                error: error_kept,
-                retry_at,
-            };
-            self.record(id, at, what);
-            self.supersede(index, at, id, reason, notes);
-        } else {
-            let state = TaskState::Failed {
-                error: error.to_string(),
-                attempts: rec.attempts,
-            };
-            let what = TaskEventKind::Failed {
-                node,
-                epoch,
-                error: error_kept,
-            };
-            self.record(id, at, what);
-            self.finish(index, at, id, state, notes);
+        }
+        self.record(id, at, failure_event(node, epoch, error, after));
+        match after {
+            AfterFailure::RetryAt(_) => self.supersede(index, at, id, reason, notes),
+            AfterFailure::Fail => {
+                let error = error.to_string();
+                let state = TaskState::Failed { error, attempts };
+                self.finish(index, at, id, state, notes);
+            }
         }
     }
 

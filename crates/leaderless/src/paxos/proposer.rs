@@ -331,19 +331,11 @@ fn failed_attempt(
 /// The event of `node`'s attempt under `epoch` failing with `error`, as
 /// `value` (the outcome) decided it: retried or failed for good.
 fn failure_event(node: NodeId, epoch: Epoch, error: &str, value: &TaskValue) -> TaskEventKind {
-    match value.state {
-        TaskState::Failed { .. } => TaskEventKind::Failed {
-            node,
-            epoch,
-            error: event_error(error),
-        },
-        _ => TaskEventKind::AttemptFailed {
-            node,
-            epoch,
-            error: event_error(error),
-            retry_at: value.ready_at,
-        },
-    }
+    let after = match value.state {
+        TaskState::Failed { .. } => AfterFailure::Fail,
+        _ => AfterFailure::RetryAt(value.ready_at),
+    };
+    cohort_core::failure_event(node, epoch, error, after)
 }
 
 fn claim(me: NodeId, boot: u64, base: &TaskValue) -> TaskValue {
