@@ -260,7 +260,7 @@ struct WorkerView {
 #[derive(Debug, Default)]
 struct Inflight {
     assign: InflightAssigns,
-    results: BTreeSet<(TaskId, Epoch)>,
+    results: InflightResults,
     /// Results taken during this input, proposed together as one entry
     /// before it settles (each is in `results` already).
     results_unproposed: Vec<Command>,
@@ -318,6 +318,39 @@ impl InflightAssigns {
 
     fn contains(&self, id: TaskId) -> bool {
         self.by_task.contains_key(&id)
+    }
+}
+
+/// Results taken and not yet applied, counted per runner: its handler has
+/// returned, so the slot it held is free for the next assignment now
+/// rather than a commit later (under load that halves how long a no-op
+/// task holds a slot: assignment round, then the result's round).
+#[derive(Debug, Default)]
+struct InflightResults {
+    by_attempt: BTreeMap<(TaskId, Epoch), NodeId>,
+    per_node: BTreeMap<NodeId, u64>,
+}
+
+impl InflightResults {
+    fn insert(&mut self, attempt: (TaskId, Epoch), node: NodeId) {
+        let before = self.by_attempt.insert(attempt, node);
+        assert!(before.is_none(), "one result of an attempt in flight");
+        *self.per_node.entry(node).or_default() += 1;
+    }
+
+    fn remove(&mut self, attempt: &(TaskId, Epoch)) {
+        let Some(node) = self.by_attempt.remove(attempt) else {
+            return;
+        };
+        let n = self.per_node.get_mut(&node).expect("counted when inserted");
+        *n -= 1;
+        if *n == 0 {
+            self.per_node.remove(&node);
+        }
+    }
+
+    fn contains(&self, attempt: &(TaskId, Epoch)) -> bool {
+        self.by_attempt.contains_key(attempt)
     }
 }
 
@@ -1131,8 +1164,31 @@ impl LeaderNode {
             outcome,
             jitter,
         };
-        self.inflight.results.insert((task, epoch));
+        self.inflight.results.insert((task, epoch), from);
         self.inflight.results_unproposed.push(cmd);
+    }
+
+    /// Forgets the results taken whose attempt the record ended otherwise
+    /// (a lease expiry or reclaim committed first): the runner's count no
+    /// longer holds them, so they must not free a slot twice. Their
+    /// `Command::Result`, if proposed, applies as a no-op; a resend is
+    /// refused by `on_result`. Once per applied batch, not per input.
+    fn forget_ended_results(&mut self) {
+        let sm = &self.sm;
+        let ended: Vec<(TaskId, Epoch)> = self
+            .inflight
+            .results
+            .by_attempt
+            .iter()
+            .filter(|((id, epoch), runner)| {
+                !matches!(sm.get(*id).map(|r| &r.state),
+                    Some(TaskState::Running { node, epoch: e }) if node == *runner && e == epoch)
+            })
+            .map(|(attempt, _)| *attempt)
+            .collect();
+        for attempt in ended {
+            self.inflight.results.remove(&attempt);
+        }
     }
 
     /// Proposes the results taken since the last call, packed into as few
@@ -1344,6 +1400,13 @@ impl LeaderNode {
                 l.0 += n;
             }
         }
+        // Each still `Running` on its runner in the record (`on_result`,
+        // `forget_ended_results`): its handler has returned.
+        for (w, n) in &self.inflight.results.per_node {
+            if let Some(l) = load.get_mut(w) {
+                l.0 = l.0.saturating_sub(*n);
+            }
+        }
         // Runs after every input: with every worker full (the usual case
         // under load) it must not walk the pending tasks, and it takes no
         // more of them than can be placed (the loop below stops there).
@@ -1510,6 +1573,7 @@ impl LeaderNode {
             self.after_state_jump();
         }
         let mut assigned_to_me = Vec::new();
+        let applied_any = !ready.committed.is_empty();
         for e in ready.committed {
             assert_eq!(e.index, self.applied + 1, "apply in order");
             self.applied = e.index;
@@ -1536,6 +1600,9 @@ impl LeaderNode {
             } else {
                 assert!(batch.is_none(), "a batch's own entry is a command");
             }
+        }
+        if applied_any {
+            self.forget_ended_results();
         }
         for (id, epoch) in assigned_to_me {
             self.maybe_execute(id, epoch);

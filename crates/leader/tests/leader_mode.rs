@@ -939,3 +939,53 @@ fn labelled_tasks_run_only_on_workers_carrying_their_labels_and_do_not_block_the
         "unlabelled tasks spread: {plain_runners:?}"
     );
 }
+
+/// A result the leader holds frees its runner's slot before the result
+/// commits: with every slot full and the leader cut off from its
+/// followers, the results of its own handlers cannot commit, yet the task
+/// waiting for a slot is proposed to it at once (before, it waited a
+/// commit round, which under load halved completions/s).
+#[test]
+fn a_result_the_leader_holds_frees_its_runners_slot_before_it_commits() {
+    use cohort_leader::scheduler::Command;
+    let mut c = Cluster::new(21, 3, cfg());
+    c.exec_ms = 200;
+    let l = c.elect(3_000);
+    c.run_for(300);
+    // 3 workers x capacity 4 = 12 slots, and one task more.
+    for i in 0..13u128 {
+        c.submit(l, TaskId(i), task("echo", b""));
+    }
+    c.run_for(100);
+    assert_eq!(c.executed.len(), 12, "every slot busy");
+    let others: Vec<NodeId> = cluster::ids(3).into_iter().filter(|n| *n != l).collect();
+    c.partition(&[l], &others);
+    let commit = c.node(l).raft_status().commit;
+    c.run_for(150); // the leader's handlers return
+    let status = c.node(l).raft_status();
+    assert_eq!(status.role, cohort_leader::raft::Role::Leader);
+    assert_eq!(status.commit, commit, "nothing commits without a quorum");
+    let log = c.node(l).raft_log();
+    let mut proposed = Vec::new();
+    for e in log.range(commit, log.last_index()) {
+        if let cohort_leader::raft::EntryKind::Command(bytes) = &e.kind {
+            let (_, cmd): (cohort_core::Time, Command) =
+                cohort_core::decode(bytes, usize::MAX).unwrap();
+            match cmd {
+                Command::Many { commands } => proposed.extend(commands),
+                one => proposed.push(one),
+            }
+        }
+    }
+    let results = proposed
+        .iter()
+        .filter(|c| matches!(c, Command::Result { node, .. } if *node == l))
+        .count();
+    assert!(results > 0, "the leader's own results are proposed");
+    assert!(
+        proposed
+            .iter()
+            .any(|c| matches!(c, Command::Assign { id: TaskId(12), node, .. } if *node == l)),
+        "the waiting task goes to the slot a held result freed: {proposed:?}"
+    );
+}
