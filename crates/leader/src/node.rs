@@ -354,6 +354,27 @@ impl InflightResults {
     }
 }
 
+/// Whether applying `cmd` may end a running attempt other than by that
+/// attempt's own result. Exhaustive, so that a new command must answer.
+fn may_end_another_attempt(cmd: &Command) -> bool {
+    match cmd {
+        Command::WorkerDead { .. }
+        | Command::Reclaim { .. }
+        | Command::Cancel { .. }
+        | Command::Release { .. }
+        | Command::ExpireLease { .. } => true,
+        Command::Submit { .. }
+        | Command::SubmitBatch { .. }
+        | Command::Assign { .. }
+        | Command::Result { .. }
+        | Command::WorkerAlive { .. }
+        | Command::Expire { .. }
+        | Command::Heartbeat { .. }
+        | Command::Purge => false,
+        Command::Many { commands } => commands.iter().any(may_end_another_attempt),
+    }
+}
+
 /// Worker side: this node is draining (volatile: a restarted node is not).
 #[derive(Debug)]
 struct Drain {
@@ -1172,7 +1193,8 @@ impl LeaderNode {
     /// (a lease expiry or reclaim committed first): the runner's count no
     /// longer holds them, so they must not free a slot twice. Their
     /// `Command::Result`, if proposed, applies as a no-op; a resend is
-    /// refused by `on_result`. Once per applied batch, not per input.
+    /// refused by `on_result`. Only after a batch that may have ended one
+    /// ([`may_end_another_attempt`]): it walks every result taken.
     fn forget_ended_results(&mut self) {
         let sm = &self.sm;
         let ended: Vec<(TaskId, Epoch)> = self
@@ -1573,7 +1595,7 @@ impl LeaderNode {
             self.after_state_jump();
         }
         let mut assigned_to_me = Vec::new();
-        let applied_any = !ready.committed.is_empty();
+        let mut may_have_ended = false;
         for e in ready.committed {
             assert_eq!(e.index, self.applied + 1, "apply in order");
             self.applied = e.index;
@@ -1596,12 +1618,13 @@ impl LeaderNode {
                 for note in self.sm.apply(e.index, at, &cmd) {
                     self.actions.push(Action::Note(note));
                 }
+                may_have_ended = may_have_ended || may_end_another_attempt(&cmd);
                 self.after_apply(batch, &cmd, &mut assigned_to_me);
             } else {
                 assert!(batch.is_none(), "a batch's own entry is a command");
             }
         }
-        if applied_any {
+        if may_have_ended && !self.inflight.results.by_attempt.is_empty() {
             self.forget_ended_results();
         }
         for (id, epoch) in assigned_to_me {

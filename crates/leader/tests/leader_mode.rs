@@ -989,3 +989,42 @@ fn a_result_the_leader_holds_frees_its_runners_slot_before_it_commits() {
         "the waiting task goes to the slot a held result freed: {proposed:?}"
     );
 }
+
+/// A result the leader holds frees its slot only while the record still
+/// runs that attempt: a cancel committed before the result ends the
+/// attempt too, and must not free the slot a second time. With one leader
+/// throughout, no worker ever runs more attempts in the record than its
+/// capacity (4 in this harness), whatever lands between result and commit.
+#[test]
+fn a_held_result_whose_attempt_was_cancelled_does_not_free_its_slot_twice() {
+    for seed in 0..20 {
+        let mut c = Cluster::new(300 + seed, 3, cfg());
+        c.exec_ms = 3;
+        let l = c.elect(3_000);
+        c.run_for(300);
+        let term = c.node(l).raft_status().term;
+        let mut next = 0u128;
+        for step in 0..600u64 {
+            // Keep the workers full, and cancel tasks just as they run.
+            for _ in 0..3 {
+                c.submit(l, TaskId(next), task("echo", b""));
+                next += 1;
+            }
+            if let Some(&(_, _, t, _)) = c.executed.last() {
+                if step % 2 == 0 {
+                    c.request(l, ClientRequest::Cancel { id: t });
+                }
+            }
+            c.run_for(1);
+            assert_eq!(
+                c.node(l).raft_status().term,
+                term,
+                "seed {seed}: one leader"
+            );
+            for w in cluster::ids(3) {
+                let load = c.node(l).scheduler().load(w);
+                assert!(load <= 4, "seed {seed} step {step}: {w} runs {load} > 4");
+            }
+        }
+    }
+}
