@@ -671,8 +671,10 @@ impl Node for LeaderNode {
             self.flushed = true;
             self.raft.defer_sends();
         }
+        // The duties first: what they propose goes out with this flush.
+        self.settle(true);
         self.raft.flush(self.now);
-        self.after_input();
+        self.settle(false);
     }
 
     fn actions(&mut self) -> std::vec::Drain<'_, Action<LeaderMsg>> {
@@ -1549,13 +1551,24 @@ impl LeaderNode {
         self.actions.push(Action::Reply { request, reply });
     }
 
-    /// After every input: drain Raft, apply, do the leader's duties, repeat
-    /// until quiet; then arm the timer.
+    /// After every input: drain Raft, apply, do the leader's duties (here
+    /// or at the batch's `flush`), repeat until quiet; then arm the timer.
     fn after_input(&mut self) {
+        // A driver that ends its batches with `flush` gets the leader's
+        // duties once per batch rather than once per input: a scheduling
+        // round walks the assignments in flight at the head of the queue,
+        // and results taken from many inputs pack into one entry.
+        self.settle(!self.flushed);
+    }
+
+    /// Drains Raft and applies until quiet, doing the leader's duties
+    /// (results, expiries, purges, assignments) in each round when
+    /// `duties`; then arms the timer.
+    fn settle(&mut self, duties: bool) {
         self.check_drain();
         for round in 0.. {
             assert!(round < 64, "after_input does not settle");
-            if self.raft.is_leader() {
+            if duties && self.raft.is_leader() {
                 self.propose_results();
                 self.expire_overdue();
                 self.purge_expired();
