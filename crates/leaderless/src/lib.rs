@@ -21,6 +21,7 @@
 //! and why they are safe.
 #![deny(missing_docs)]
 
+pub mod active;
 pub mod batch;
 pub mod config;
 pub mod membership;

@@ -7,6 +7,7 @@
 //! returns, so their `Persist` precedes, in the same batch, anything that
 //! depends on it.
 
+use crate::active::ActiveSet;
 use crate::config::LeaderlessConfig;
 use crate::membership::{Membership, GENERATION_KEY};
 use crate::message::{LeaderlessMessage, ReadState};
@@ -122,8 +123,8 @@ pub struct LeaderlessNode {
     membership: Membership,
     /// Records of the tasks this node is a replica of.
     records: BTreeMap<TaskId, Record>,
-    /// Ids of `records` whose state is not final.
-    active: BTreeSet<TaskId>,
+    /// Ids of `records` whose state is not final, in claim order.
+    active: ActiveSet,
     /// Final records by when their retention ends: (purge_at, id).
     expiring: BTreeSet<(Time, TaskId)>,
     proposer: Proposer,
@@ -341,9 +342,9 @@ impl LeaderlessNode {
             self.rebalanced_epoch = None;
         }
         if !is_active(rec, self.peers.id) {
-            self.active.remove(&id);
+            self.active.remove(id);
         } else {
-            self.active.insert(id);
+            self.active.insert(id, rec.header.task.rank());
         }
         if let Some(due) = purge_at(&self.peers.limits, rec) {
             self.expiring.insert((due, id));
@@ -368,7 +369,7 @@ impl LeaderlessNode {
                 continue; // an entry of a record since replaced
             }
             self.records.remove(&id);
-            self.active.remove(&id);
+            self.active.remove(id);
             self.proposer.abandon(id);
             deletes.push(StoreOp::Delete {
                 key: record_key(id),
@@ -816,7 +817,7 @@ impl LeaderlessNode {
         });
         if dead {
             self.records.remove(&id);
-            self.active.remove(&id);
+            self.active.remove(id);
             self.out.push(Action::Persist(vec![StoreOp::Delete {
                 key: record_key(id),
             }]));
@@ -1429,13 +1430,8 @@ impl LeaderlessNode {
         } else {
             (self.peers.capacity_tasks as usize).saturating_sub(self.executing.len())
         };
-        // Higher priorities claim first (a stable sort: by id within one).
-        let mut ids: Vec<TaskId> = self.active.iter().copied().collect();
-        ids.sort_by_key(|id| {
-            self.records
-                .get(id)
-                .map_or(u8::MAX, |r| r.header.task.rank())
-        });
+        // Higher priorities claim first, by id within one.
+        let ids: Vec<TaskId> = self.active.in_claim_order().collect();
         // What is kept per pending task goes with its pending state.
         let records = &self.records;
         let pending = |id: &TaskId| {
@@ -2503,7 +2499,7 @@ impl Node for LeaderlessNode {
         };
         let swim_rng = NodeRng::seed_from_u64(rng.gen());
         let mut records = BTreeMap::new();
-        let mut active = BTreeSet::new();
+        let mut active = ActiveSet::default();
         let mut expiring = BTreeSet::new();
         for (key, value) in stored.scan_prefix(RECORD_PREFIX) {
             let rec: Record = decode(value, usize::MAX).map_err(|e| BootError::corrupt(key, e))?;
@@ -2513,7 +2509,7 @@ impl Node for LeaderlessNode {
                     .map_err(|_| BootError::corrupt(key, "not a 16-byte task id"))?,
             ));
             if is_active(&rec, peers.id) {
-                active.insert(id);
+                active.insert(id, rec.header.task.rank());
             }
             if let Some(due) = purge_at(&peers.limits, &rec) {
                 expiring.insert((due, id));
@@ -2743,7 +2739,7 @@ impl Node for LeaderlessNode {
     fn drain_status(&self) -> Option<DrainStatus> {
         let d = self.drain?;
         let me = self.me();
-        let claimed = self.active.iter().copied().filter(|id| {
+        let claimed = self.active.ids().filter(|id| {
             self.records.get(id).is_some_and(
                 |r| matches!(r.value.state, TaskState::Running { node, .. } if node == me),
             )
