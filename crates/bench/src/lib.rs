@@ -155,7 +155,7 @@ impl BenchOptions {
         BenchOptions {
             preset: "full".into(),
             throughput_nodes: vec![3, 5],
-            concurrencies: vec![1, 8, 32, 128],
+            concurrencies: vec![1, 8, 32, 128, 256],
             batch_tasks: vec![1, 500],
             throughput_s: 5.0,
 
