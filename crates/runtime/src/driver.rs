@@ -541,8 +541,8 @@ impl<N: Node + Send + 'static> EventLoop<N> {
                     self.node.begin_shutdown(now);
                     self.take_actions();
                 }
-                Some(c) = control_rx.recv() => self.input_control(c),
                 Some((from, m)) = peer_rx.recv() => self.input_message(from, m),
+                Some(c) = control_rx.recv() => self.input_control(c),
                 Some(peer) = lost_rx.recv() => {
                     self.metrics.inc("cohort_inputs_total", "kind=\"peer_lost\"");
                     let now = self.now();
@@ -551,12 +551,19 @@ impl<N: Node + Send + 'static> EventLoop<N> {
                 }
                 _ = sleep_until_opt(deadline) => {}
             }
+            // Peers' messages before clients' requests, here and in the
+            // select above: they finish work already accepted (commits,
+            // results, claims) and keep leadership and membership alive,
+            // while new requests wait, which is the backpressure a client
+            // flood should meet. Control first let a flood of submits
+            // starve completions (3 nodes, 256 clients, single submits:
+            // completions 10,830-11,537 -> 12,563-14,085/s).
             let mut taken = 1;
             while taken < self.config.inputs_per_batch_max {
-                if let Ok(c) = control_rx.try_recv() {
-                    self.input_control(c);
-                } else if let Ok((from, m)) = peer_rx.try_recv() {
+                if let Ok((from, m)) = peer_rx.try_recv() {
                     self.input_message(from, m);
+                } else if let Ok(c) = control_rx.try_recv() {
+                    self.input_control(c);
                 } else {
                     break;
                 }
