@@ -7,7 +7,7 @@
 //! returns, so their `Persist` precedes, in the same batch, anything that
 //! depends on it.
 
-use crate::active::ActiveSet;
+use crate::active::{ActiveSet, ClaimKey};
 use crate::config::LeaderlessConfig;
 use crate::membership::{Membership, GENERATION_KEY};
 use crate::message::{LeaderlessMessage, ReadState};
@@ -118,6 +118,9 @@ pub struct LeaderlessNode {
     /// Where the rebalancing scan goes on from, and the ring epoch for
     /// which a whole pass found every record on its replicas.
     rebalance_cursor: Option<TaskId>,
+    /// Where the next tick's window over the pending records past the
+    /// head starts (see `claim_scan`).
+    claim_cursor: Option<ClaimKey>,
     rebalanced_epoch: Option<u64>,
     rng: NodeRng,
     membership: Membership,
@@ -344,7 +347,8 @@ impl LeaderlessNode {
         if !is_active(rec, self.peers.id) {
             self.active.remove(id);
         } else {
-            self.active.insert(id, rec.header.task.rank());
+            let running = matches!(rec.value.state, TaskState::Running { .. });
+            self.active.insert(id, rec.header.task.rank(), running);
         }
         if let Some(due) = purge_at(&self.peers.limits, rec) {
             self.expiring.insert((due, id));
@@ -1430,8 +1434,7 @@ impl LeaderlessNode {
         } else {
             (self.peers.capacity_tasks as usize).saturating_sub(self.executing.len())
         };
-        // Higher priorities claim first, by id within one.
-        let ids: Vec<TaskId> = self.active.in_claim_order().collect();
+        let ids = self.claim_scan();
         // What is kept per pending task goes with its pending state.
         let records = &self.records;
         let pending = |id: &TaskId| {
@@ -1668,6 +1671,40 @@ impl LeaderlessNode {
                 return;
             }
         }
+    }
+
+    /// The records this tick's `claim_work` looks at, in claim order
+    /// (higher priorities first, by id within one): every running one, the
+    /// first `claim_scan_per_tick_max` pending ones, and as many again from
+    /// a window past those that moves on each tick and wraps around, so a
+    /// backlog larger than the head is covered over several ticks.
+    fn claim_scan(&mut self) -> Vec<TaskId> {
+        let budget = self.config.claim_scan_per_tick_max;
+        let mut keys: Vec<ClaimKey> = self
+            .active
+            .running()
+            .filter_map(|id| self.active.key_of(id))
+            .collect();
+        let head_start = keys.len();
+        keys.extend(self.active.pending_after(None).take(budget));
+        let head_end = keys.get(head_start..).and_then(|h| h.last()).copied();
+        if keys.len() - head_start == budget {
+            let from = match (self.claim_cursor, head_end) {
+                (Some(c), Some(h)) if c > h => Some(c),
+                _ => head_end,
+            };
+            let window: Vec<ClaimKey> = self.active.pending_after(from).take(budget).collect();
+            self.claim_cursor = if window.len() < budget {
+                None // the end: the next window starts past the head again
+            } else {
+                window.last().copied()
+            };
+            keys.extend(window);
+        } else {
+            self.claim_cursor = None;
+        }
+        keys.sort_unstable();
+        keys.into_iter().map(|(_, id)| id).collect()
     }
 
     /// Whether `node` (not this one) may claim `task`, as its gossiped
@@ -2509,7 +2546,8 @@ impl Node for LeaderlessNode {
                     .map_err(|_| BootError::corrupt(key, "not a 16-byte task id"))?,
             ));
             if is_active(&rec, peers.id) {
-                active.insert(id, rec.header.task.rank());
+                let running = matches!(rec.value.state, TaskState::Running { .. });
+                active.insert(id, rec.header.task.rank(), running);
             }
             if let Some(due) = purge_at(&peers.limits, &rec) {
                 expiring.insert((due, id));
@@ -2529,6 +2567,7 @@ impl Node for LeaderlessNode {
             ring_gossiped_at: None,
             ring_round_seen: 0,
             rebalance_cursor: None,
+            claim_cursor: None,
             rebalanced_epoch: None,
             membership: Membership::new(
                 peers.id,

@@ -1353,3 +1353,50 @@ fn a_labelled_task_on_replicas_without_its_label_is_offered_to_its_carrier_and_r
         other => panic!("unexpected {other:?}"),
     }
 }
+
+/// A backlog larger than one tick's claim scan (`claim_scan_per_tick_max`)
+/// is covered over several ticks: every task runs once, and the task last
+/// in claim order, whose schedule-to-start deadline passes while 29 tasks
+/// wait ahead of it, is failed soon after that deadline by the window that
+/// moves through the backlog, not only once it reaches the head.
+#[test]
+fn a_backlog_larger_than_the_claim_scan_is_covered_over_several_ticks() {
+    let config = LeaderlessConfig {
+        claim_scan_per_tick_max: 2,
+        ..LeaderlessConfig::default()
+    };
+    let mut sim = Sim::with_capacity(7, 3, config, 1);
+    sim.handlers.run_ms = (200, 200);
+    sim.run_for(1_000);
+    let ids: Vec<cohort_core::TaskId> = (0..30).map(tid).collect();
+    let last = *ids.iter().max().unwrap();
+    let submitted_at = sim.now;
+    for (i, &id) in ids.iter().enumerate() {
+        let mut t = task(b"x");
+        if id == last {
+            t.schedule_to_start_ms = 300;
+        }
+        let node = NodeId(1 + i as u64 % 3);
+        sim.client(node, ClientRequest::Submit { id, task: t });
+    }
+    assert!(sim.run_until(1_400, |s| s.decided(last).is_some()));
+    assert!(
+        matches!(sim.decided(last), Some(TaskState::Failed { .. })),
+        "{:?}",
+        sim.decided(last)
+    );
+    let failed_after = sim.now.saturating_since(submitted_at);
+    assert!(
+        ids.iter().filter(|&&id| sim.decided(id).is_none()).count() > 3,
+        "the backlog had not cleared when it failed ({failed_after:?})"
+    );
+    assert!(sim.run_until(10_000, |s| ids.iter().all(|&id| s.decided(id).is_some())));
+    for &id in &ids {
+        if id == last {
+            assert!(sim.executions_of(id).is_empty());
+        } else {
+            assert!(matches!(sim.decided(id), Some(TaskState::Succeeded { .. })));
+            assert_eq!(sim.executions_of(id).len(), 1, "{id:?} ran once");
+        }
+    }
+}
