@@ -302,22 +302,27 @@ impl InflightAssigns {
         let Some((node, key)) = self.by_task.remove(&id) else {
             return;
         };
-        let n = self.per_node.get_mut(&node).expect("counted when inserted");
-        *n -= 1;
-        if *n == 0 {
-            self.per_node.remove(&node);
-        }
+        uncount(&mut self.per_node, &node);
         if let Some(k) = key {
-            let c = self.per_key.get_mut(&k).expect("counted when inserted");
-            *c -= 1;
-            if *c == 0 {
-                self.per_key.remove(&k);
-            }
+            uncount(&mut self.per_key, &k);
         }
     }
 
     fn contains(&self, id: TaskId) -> bool {
         self.by_task.contains_key(&id)
+    }
+}
+
+/// Takes one off `key`'s count, dropping the key at zero (so a count's
+/// map holds only what is in flight).
+fn uncount<K: Ord, N: Copy + PartialEq + std::ops::SubAssign + From<u8>>(
+    counts: &mut BTreeMap<K, N>,
+    key: &K,
+) {
+    let n = counts.get_mut(key).expect("counted when inserted");
+    *n -= N::from(1);
+    if *n == N::from(0) {
+        counts.remove(key);
     }
 }
 
@@ -339,13 +344,8 @@ impl InflightResults {
     }
 
     fn remove(&mut self, attempt: &(TaskId, Epoch)) {
-        let Some(node) = self.by_attempt.remove(attempt) else {
-            return;
-        };
-        let n = self.per_node.get_mut(&node).expect("counted when inserted");
-        *n -= 1;
-        if *n == 0 {
-            self.per_node.remove(&node);
+        if let Some(node) = self.by_attempt.remove(attempt) {
+            uncount(&mut self.per_node, &node);
         }
     }
 

@@ -7,7 +7,8 @@
 //! and walking them all O(n): with a backlog of 100,000 pending tasks that
 //! took most of a node's CPU and starved completions.
 
-use cohort_core::TaskId;
+use crate::record::Record;
+use cohort_core::{TaskId, TaskState};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
@@ -33,6 +34,13 @@ impl ActiveSet {
         if running {
             self.running.insert(id);
         }
+    }
+
+    /// Adds `id` as `rec` stands (its task's rank, whether it runs), or
+    /// updates it.
+    pub fn insert_record(&mut self, id: TaskId, rec: &Record) {
+        let running = matches!(rec.value.state, TaskState::Running { .. });
+        self.insert(id, rec.header.task.rank(), running);
     }
 
     /// Removes `id` if present.

@@ -347,8 +347,7 @@ impl LeaderlessNode {
         if !is_active(rec, self.peers.id) {
             self.active.remove(id);
         } else {
-            let running = matches!(rec.value.state, TaskState::Running { .. });
-            self.active.insert(id, rec.header.task.rank(), running);
+            self.active.insert_record(id, rec);
         }
         if let Some(due) = purge_at(&self.peers.limits, rec) {
             self.expiring.insert((due, id));
@@ -2546,8 +2545,7 @@ impl Node for LeaderlessNode {
                     .map_err(|_| BootError::corrupt(key, "not a 16-byte task id"))?,
             ));
             if is_active(&rec, peers.id) {
-                let running = matches!(rec.value.state, TaskState::Running { .. });
-                active.insert(id, rec.header.task.rank(), running);
+                active.insert_record(id, &rec);
             }
             if let Some(due) = purge_at(&peers.limits, &rec) {
                 expiring.insert((due, id));
