@@ -30,6 +30,12 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     postcard::to_stdvec(value).expect("postcard encoding of a cohort type")
 }
 
+/// The length of `value`'s encoding, without making it.
+pub fn encoded_len<T: Serialize>(value: &T) -> usize {
+    postcard::serialize_with_flavor(value, postcard::ser_flavors::Size::default())
+        .expect("postcard encoding of a cohort type")
+}
+
 /// Decodes a complete value of at most `limit_bytes` bytes.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit_bytes: usize) -> Result<T, CodecError> {
     if bytes.len() > limit_bytes {

@@ -36,7 +36,7 @@ pub mod time;
 
 pub use action::{Action, Note, SupersedeReason, TimerToken};
 pub use client::{ClientError, ClientRequest, ClientResponse, Consistency, RequestId};
-pub use codec::{decode, encode, CodecError};
+pub use codec::{decode, encode, encoded_len, CodecError};
 pub use dedupe::{
     DedupeError, DedupeKey, DedupeKeyError, DedupeOutcome, DedupeStep, DedupeSubmit,
     DEDUPE_KEY_BYTES_MAX, DEDUPE_ROUNDS_MAX_DEFAULT,

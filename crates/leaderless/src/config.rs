@@ -89,6 +89,11 @@ pub struct LeaderlessConfig {
     /// carries is offered to a live node that carries them; the offer is
     /// made again after this long while the task stays pending.
     pub offer_interval_ms: u64,
+    /// Most messages for one peer packed into one bundle at the end of a
+    /// driver batch (also bounded by the peer's `message_bytes_max`). A
+    /// bundle with more is refused by its receiver, so it must be the same
+    /// on every node.
+    pub bundle_messages_max: usize,
 }
 
 impl Default for LeaderlessConfig {
@@ -119,6 +124,7 @@ impl Default for LeaderlessConfig {
             ring_gossip_interval_ms: 1_000,
             pending_claim_fallback_ms: 2_000,
             offer_interval_ms: 500,
+            bundle_messages_max: 1_024,
         }
     }
 }
@@ -175,6 +181,7 @@ impl LeaderlessConfig {
             ("ring_gossip_interval_ms", self.ring_gossip_interval_ms),
             ("pending_claim_fallback_ms", self.pending_claim_fallback_ms),
             ("offer_interval_ms", self.offer_interval_ms),
+            ("bundle_messages_max", self.bundle_messages_max as u64),
         ];
         for (what, v) in positive {
             if v == 0 {

@@ -248,4 +248,9 @@ pub enum LeaderlessMessage {
         /// Its value (pending).
         value: TaskValue,
     },
+    /// Several messages for one peer, made at the end of a driver batch
+    /// (see `LeaderlessNode::flush`): the receiver handles each in order as
+    /// if it had come alone. Never nested; at most `bundle_messages_max`.
+    /// (After `Offer`: the encoding of the earlier variants stays as it was.)
+    Bundle(Vec<LeaderlessMessage>),
 }

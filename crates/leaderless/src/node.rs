@@ -148,6 +148,15 @@ pub struct LeaderlessNode {
     reads_again: u64,
     /// Messages to this node itself, handled before the input returns.
     loopback: VecDeque<LeaderlessMessage>,
+    /// Set by the driver's first [`Node::flush`]: from then on, messages
+    /// to peers wait in `outbox` until the batch ends and go out bundled.
+    bundling: bool,
+    /// Messages held for each peer until the batch's flush. Emptied at
+    /// every flush, so it holds at most one batch's sends.
+    outbox: BTreeMap<NodeId, Vec<LeaderlessMessage>>,
+    /// Bundles from peers dropped as malformed (too many messages, or a
+    /// bundle inside), since boot.
+    bundles_refused: u64,
     /// Claims this node started for tasks whose preferred live replica was
     /// full (work stealing).
     steals: u64,
@@ -272,7 +281,7 @@ impl LeaderlessNode {
         let p = RingProposal::new(change, self.ring.ring.clone(), ballot, now);
         self.ring_prepare(&p);
         self.ring_proposal = Some(p);
-        self.flush(now);
+        self.run_loopback(now);
         Ok(())
     }
 
@@ -291,6 +300,12 @@ impl LeaderlessNode {
     /// The latest load `(running, capacity)` this node heard from `node`.
     pub fn load_of(&self, node: NodeId) -> Option<(u32, u32)> {
         self.membership.load(node).map(|l| (l.running, l.capacity))
+    }
+
+    /// Bundles from peers this node dropped whole as malformed (too many
+    /// messages, or a bundle inside), since boot.
+    pub fn bundles_refused(&self) -> u64 {
+        self.bundles_refused
     }
 
     /// Paxos proposals this node runs now.
@@ -317,7 +332,7 @@ impl LeaderlessNode {
         let (header, version, value) = (rec.header.clone(), rec.version, rec.value.clone());
         self.propose(now, id, header, version, value, Intent::Claim)
             .map_err(|_| StealError::Busy)?;
-        self.flush(now);
+        self.run_loopback(now);
         Ok(())
     }
 
@@ -328,8 +343,40 @@ impl LeaderlessNode {
     fn send(&mut self, to: NodeId, msg: LeaderlessMessage) {
         if to == self.me() {
             self.loopback.push_back(msg);
+        } else if self.bundling {
+            self.outbox.entry(to).or_default().push(msg);
         } else {
             self.out.push(Action::Send { to, msg });
+        }
+    }
+
+    /// Sends what this batch's inputs held back for each peer, as few
+    /// [`LeaderlessMessage::Bundle`]s as fit `bundle_messages_max` and the
+    /// peer's `message_bytes_max` (a lone message goes as it is).
+    fn send_bundles(&mut self) {
+        // Room for the variant tag and the list's length (varints).
+        let bytes_max = self.peers.limits.message_bytes_max.saturating_sub(16);
+        for (to, msgs) in std::mem::take(&mut self.outbox) {
+            for bundle in bundles(msgs, self.config.bundle_messages_max, bytes_max) {
+                self.out.push(Action::Send { to, msg: bundle });
+            }
+        }
+    }
+
+    /// Handles each message of a peer's bundle in order, as if it had come
+    /// on its own. A bundle over `bundle_messages_max`, and a bundle inside
+    /// a bundle, come from no correct peer: they are dropped whole.
+    fn on_bundle(&mut self, now: Time, from: NodeId, msgs: Vec<LeaderlessMessage>) {
+        if msgs.len() > self.config.bundle_messages_max
+            || msgs
+                .iter()
+                .any(|m| matches!(m, LeaderlessMessage::Bundle(_)))
+        {
+            self.bundles_refused += 1;
+            return;
+        }
+        for msg in msgs {
+            self.on_message(now, from, msg);
         }
     }
 
@@ -387,7 +434,7 @@ impl LeaderlessNode {
     }
 
     /// Handles the messages this node sent itself.
-    fn flush(&mut self, now: Time) {
+    fn run_loopback(&mut self, now: Time) {
         let me = self.me();
         while let Some(msg) = self.loopback.pop_front() {
             self.on_message(now, me, msg);
@@ -1177,16 +1224,15 @@ impl LeaderlessNode {
             // version) and, after a move, the new ones.
             let mut to_learn: BTreeSet<NodeId> = proposal.base.replicas.iter().copied().collect();
             to_learn.extend(value.replicas.iter().copied());
-            for &to in to_learn.iter().filter(|&&n| n != self.peers.id) {
-                self.out.push(Action::Send {
-                    to,
-                    msg: LeaderlessMessage::Learn {
-                        id,
-                        header: header.clone(),
-                        version,
-                        value: value.clone(),
-                    },
-                });
+            to_learn.remove(&self.peers.id);
+            for to in to_learn {
+                let msg = LeaderlessMessage::Learn {
+                    id,
+                    header: header.clone(),
+                    version,
+                    value: value.clone(),
+                };
+                self.send(to, msg);
             }
         }
         self.on_learned(now, id, &header, version, &value);
@@ -1901,6 +1947,7 @@ impl LeaderlessNode {
 
     fn on_message(&mut self, now: Time, from: NodeId, msg: LeaderlessMessage) {
         match msg {
+            LeaderlessMessage::Bundle(msgs) => self.on_bundle(now, from, msgs),
             LeaderlessMessage::Swim(data) => self.membership.handle_data(now, &data, &mut self.out),
             LeaderlessMessage::Offer {
                 id,
@@ -2592,6 +2639,9 @@ impl Node for LeaderlessNode {
             reread_waiters: BTreeMap::new(),
             reads_again: 0,
             loopback: VecDeque::new(),
+            bundling: false,
+            outbox: BTreeMap::new(),
+            bundles_refused: 0,
             anti_entropy_cursor: None,
             pending_seen: BTreeMap::new(),
             offered: BTreeMap::new(),
@@ -2623,7 +2673,19 @@ impl Node for LeaderlessNode {
 
     fn handle_message(&mut self, now: Time, from: NodeId, msg: LeaderlessMessage) {
         self.on_message(now, from, msg);
-        self.flush(now);
+        self.run_loopback(now);
+    }
+
+    /// The batch's end: what its inputs held back for each peer goes out
+    /// bundled. Every Paxos round, write and learn stays per task, but a
+    /// tick that claims a hundred tasks sends each co-replica one message
+    /// instead of a hundred, and the replica answers with one: the
+    /// per-message costs (framing, queues, one driver input each) are paid
+    /// per peer and batch.
+    fn flush(&mut self, now: Time) {
+        self.bundling = true;
+        self.run_loopback(now);
+        self.send_bundles();
     }
 
     fn handle_timer(&mut self, now: Time, token: TimerToken) {
@@ -2636,7 +2698,7 @@ impl Node for LeaderlessNode {
         } else if token == DRAIN {
             self.check_drain(now);
         }
-        self.flush(now);
+        self.run_loopback(now);
     }
 
     fn handle_client(&mut self, now: Time, request: RequestId, req: ClientRequest) {
@@ -2647,7 +2709,7 @@ impl Node for LeaderlessNode {
             ClientRequest::Events { id, consistency } => self.events(now, request, id, consistency),
             ClientRequest::Cancel { id } => self.quorum_read(now, request, id, ReadPurpose::Cancel),
         }
-        self.flush(now);
+        self.run_loopback(now);
     }
 
     fn handle_task_finished(
@@ -2672,7 +2734,7 @@ impl Node for LeaderlessNode {
         };
         self.finished.insert(task, finished);
         self.commit_results(now);
-        self.flush(now);
+        self.run_loopback(now);
     }
 
     fn handle_heartbeat(
@@ -2703,7 +2765,7 @@ impl Node for LeaderlessNode {
                 }
             }
         }
-        self.flush(now);
+        self.run_loopback(now);
         reply
     }
 
@@ -2732,7 +2794,7 @@ impl Node for LeaderlessNode {
             return;
         }
         self.membership.suspect_closed(now, peer, &mut self.out);
-        self.flush(now);
+        self.run_loopback(now);
     }
 
     fn visit_tasks(
@@ -2769,7 +2831,7 @@ impl Node for LeaderlessNode {
         });
         self.report_load(now);
         self.check_drain(now);
-        self.flush(now);
+        self.run_loopback(now);
         Ok(())
     }
 
@@ -2831,6 +2893,38 @@ impl Node for LeaderlessNode {
     }
 }
 
+/// Packs `msgs` (for one peer, in order) into as few messages as hold at
+/// most `count_max` messages and `bytes_max` encoded bytes each; a message
+/// that fits no bundle goes on its own, as it would unbundled.
+fn bundles(
+    msgs: Vec<LeaderlessMessage>,
+    count_max: usize,
+    bytes_max: usize,
+) -> Vec<LeaderlessMessage> {
+    assert!(count_max > 0, "bundle_messages_max is validated positive");
+    let mut out = Vec::new();
+    let mut open: Vec<LeaderlessMessage> = Vec::new();
+    let mut open_bytes = 0usize;
+    let close =
+        |open: &mut Vec<LeaderlessMessage>, out: &mut Vec<LeaderlessMessage>| match open.len() {
+            0 => {}
+            1 => out.push(open.pop().expect("one message")),
+            _ => out.push(LeaderlessMessage::Bundle(std::mem::take(open))),
+        };
+    for msg in msgs {
+        debug_assert!(!matches!(msg, LeaderlessMessage::Bundle(_)));
+        let bytes = cohort_core::encoded_len(&msg);
+        if open.len() == count_max || open_bytes + bytes > bytes_max {
+            close(&mut open, &mut out);
+            open_bytes = 0;
+        }
+        open_bytes += bytes;
+        open.push(msg);
+    }
+    close(&mut open, &mut out);
+    out
+}
+
 /// The contract's name for a ring change.
 fn ring_request(change: RingChange) -> RingRequest {
     match change {
@@ -2858,6 +2952,39 @@ fn paxos_backoff_ms(config: &LeaderlessConfig, failed_rounds: u32, rng: &mut imp
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bundles_keep_order_and_stay_within_count_and_bytes() {
+        let digest = |n: u64| LeaderlessMessage::Digest {
+            entries: vec![(TaskId(n.into()), n)],
+        };
+        let msgs: Vec<_> = (0..10).map(digest).collect();
+        let one = cohort_core::encoded_len(&msgs[0]);
+        let unpack = |out: &[LeaderlessMessage]| -> Vec<LeaderlessMessage> {
+            out.iter()
+                .flat_map(|m| match m {
+                    LeaderlessMessage::Bundle(inner) => inner.clone(),
+                    m => vec![m.clone()],
+                })
+                .collect()
+        };
+        // By count: 4 + 4 + 2.
+        let out = bundles(msgs.clone(), 4, usize::MAX);
+        assert_eq!(out.len(), 3);
+        assert_eq!(unpack(&out), msgs, "order kept");
+        // By bytes: three messages fit, a fourth does not.
+        let out = bundles(msgs.clone(), 100, 3 * one + one / 2);
+        assert_eq!(out.len(), 4);
+        for b in &out {
+            assert!(cohort_core::encoded_len(b) <= 3 * one + 16, "{b:?}");
+        }
+        assert_eq!(unpack(&out), msgs);
+        // A lone message, and one too large for any bundle, go unbundled.
+        let out = bundles(vec![digest(1)], 4, usize::MAX);
+        assert_eq!(out, vec![digest(1)]);
+        let out = bundles(vec![digest(1), digest(2)], 4, one - 1);
+        assert_eq!(out, vec![digest(1), digest(2)]);
+    }
 
     #[test]
     fn the_paxos_backoff_window_doubles_with_each_failed_round_up_to_its_limit() {

@@ -1400,3 +1400,108 @@ fn a_backlog_larger_than_the_claim_scan_is_covered_over_several_ticks() {
         }
     }
 }
+
+// ---- bundles -----------------------------------------------------------------
+
+/// Runs `n` tasks submitted as one batch at n1 to the end, flushing after
+/// every input (bundling) or not; returns the messages sent by kind.
+fn batch_to_the_end(flush_inputs: bool, n: u64) -> std::collections::BTreeMap<String, u64> {
+    let mut sim = Sim::with_capacity(31, 5, LeaderlessConfig::default(), 64);
+    sim.flush_inputs = flush_inputs;
+    sim.run_for(1_000);
+    let ids: Vec<_> = (1..=n).map(tid).collect();
+    let r = sim.client(
+        NodeId(1),
+        ClientRequest::SubmitBatch {
+            tasks: ids.iter().map(|&id| (id, task(b"b"))).collect(),
+        },
+    );
+    assert!(sim.run_until(5_000, |s| ids
+        .iter()
+        .all(|&id| matches!(s.decided(id), Some(TaskState::Succeeded { .. })))));
+    assert!(
+        matches!(sim.reply(r), Some(Ok(ClientResponse::AcceptedBatch { .. }))),
+        "{:?}",
+        sim.reply(r)
+    );
+    for &id in &ids {
+        assert_eq!(sim.executions_of(id).len(), 1, "{id:?} ran once");
+    }
+    let mut by_kind = std::collections::BTreeMap::new();
+    for ((_, kind), count) in &sim.sent {
+        *by_kind.entry(kind.clone()).or_insert(0) += count;
+    }
+    by_kind
+}
+
+/// A node flushed after every input (as the runtime flushes after every
+/// batch) sends each peer one bundle of what the input made for it: a batch
+/// of 200 tasks reaches the same end with far fewer messages. (Here each
+/// finished task is an input of its own, so its result round is not
+/// bundled; the runtime's batches bundle those too.)
+#[test]
+fn a_flushed_node_bundles_what_one_input_sends_each_peer() {
+    let plain = batch_to_the_end(false, 200);
+    let bundled = batch_to_the_end(true, 200);
+    assert_eq!(plain.get("Bundle"), None, "nothing bundled without a flush");
+    assert!(
+        bundled.get("Bundle").copied().unwrap_or(0) > 0,
+        "{bundled:?}"
+    );
+    let total = |m: &std::collections::BTreeMap<String, u64>| {
+        m.iter()
+            .filter(|(kind, _)| kind.as_str() != "Swim")
+            .map(|(_, n)| n)
+            .sum::<u64>()
+    };
+    // The batch's writes and their replies all travel in bundles.
+    assert_eq!(bundled.get("Write"), None, "{bundled:?}");
+    assert_eq!(bundled.get("WriteReply"), None, "{bundled:?}");
+    assert!(
+        total(&bundled) * 2 < total(&plain),
+        "bundled {bundled:?}, plain {plain:?}"
+    );
+}
+
+/// A bundle inside a bundle, or one over `bundle_messages_max`, comes from
+/// no correct peer: it is dropped whole and changes nothing, while the
+/// same write in a well-formed bundle creates the record.
+#[test]
+fn a_malformed_bundle_is_dropped_whole_and_changes_nothing() {
+    let config = LeaderlessConfig {
+        bundle_messages_max: 4,
+        ..LeaderlessConfig::default()
+    };
+    let mut sim = Sim::new(32, 5, config);
+    sim.run_for(1_000);
+    let id = tid(77);
+    let replicas = sim.node(NodeId(1)).replicas_of(id);
+    let (to, from) = (replicas[0], replicas[1]);
+    let write = cohort_leaderless::LeaderlessMessage::Write {
+        op: 1,
+        id,
+        header: cohort_leaderless::record::TaskHeader {
+            task: task(b"w"),
+            replicas: replicas.clone(),
+            ring_epoch: 0,
+        },
+        ring: None,
+    };
+    let bundle = cohort_leaderless::LeaderlessMessage::Bundle;
+    let nested = bundle(vec![bundle(vec![write.clone()])]);
+    let too_many = bundle(vec![write.clone(); 5]);
+    for bad in [nested, too_many] {
+        sim.with_node(to, |n, now| n.handle_message(now, from, bad));
+    }
+    assert_eq!(sim.node(to).bundles_refused(), 2);
+    assert!(sim.node(to).record(id).is_none(), "nothing was written");
+    assert!(sim.store(to).get(&record_key(id)).is_none());
+    sim.with_node(to, |n, now| {
+        n.handle_message(now, from, bundle(vec![write.clone(), write]))
+    });
+    assert_eq!(sim.node(to).bundles_refused(), 2);
+    assert!(
+        sim.node(to).record(id).is_some(),
+        "a well-formed bundle is handled"
+    );
+}

@@ -125,6 +125,9 @@ pub struct Sim {
     pub events: u64,
     /// The worker labels each node boots with (none when absent).
     pub labels: BTreeMap<NodeId, Vec<String>>,
+    /// Call [`Node::flush`] after every input, as the runtime does after
+    /// every batch: the nodes then bundle what one input sends each peer.
+    pub flush_inputs: bool,
 }
 
 impl Sim {
@@ -167,6 +170,7 @@ impl Sim {
             trace_hash: 0xcbf2_9ce4_8422_2325,
             events: 0,
             labels: BTreeMap::new(),
+            flush_inputs: false,
         };
         for m in members {
             sim.boot(m);
@@ -346,8 +350,14 @@ impl Sim {
     }
 
     fn drain(&mut self, id: NodeId) {
+        let (now, flush) = (self.now, self.flush_inputs);
         let actions: Vec<Action<LeaderlessMessage>> = match self.nodes.get_mut(&id) {
-            Some(n) => n.actions().collect(),
+            Some(n) => {
+                if flush {
+                    n.flush(now);
+                }
+                n.actions().collect()
+            }
             None => return,
         };
         let incarnation = self.incarnation[&id];
