@@ -308,6 +308,10 @@ impl InflightAssigns {
         }
     }
 
+    fn len(&self) -> usize {
+        self.by_task.len()
+    }
+
     fn contains(&self, id: TaskId) -> bool {
         self.by_task.contains_key(&id)
     }
@@ -1404,39 +1408,64 @@ impl LeaderNode {
         if !self.raft.is_leader() || !self.raft.committed_in_term() {
             return;
         }
-        let deadline = self.cfg.worker_timeout();
-        let mut load: BTreeMap<NodeId, (u64, u64)> = BTreeMap::new();
-        let mut labels: BTreeMap<NodeId, Vec<String>> = BTreeMap::new();
-        for (w, v) in &self.workers {
-            // A runner must replicate the log: it learns its assignments by
-            // applying them.
-            let live = self.raft.membership().is_member(*w)
-                && !self.sm.is_dead(*w)
-                && !self.inflight.dead.contains(w)
-                && self.now <= v.last_heard + deadline;
-            if let (true, Some(cap)) = (live, v.capacity) {
-                load.insert(*w, (self.sm.load(*w) as u64, u64::from(cap)));
-                labels.insert(*w, v.labels.clone());
-            }
+        // Runs after every batch: with nothing to assign it must not walk
+        // the workers (at 150 nodes that walk was over half the leader's
+        // time in the simulator, as every heartbeat reply is a batch).
+        // Ready tasks whose assignment is in flight do not count; looking
+        // past them costs at most one step per assignment in flight, so
+        // that look is taken only when it is the shorter walk.
+        if !self.sm.any_ready(self.now) {
+            return;
         }
+        if self.inflight.assign.len() < self.workers.len()
+            && self
+                .sm
+                .ready(self.now)
+                .all(|t| self.inflight.assign.contains(t))
+        {
+            return;
+        }
+        let deadline = self.cfg.worker_timeout();
+        // Live workers with a capacity, in id order: (id, running, capacity,
+        // labels). A vector borrowing the labels, not maps of clones: this
+        // walk is the round's cost at thousands of workers.
+        let mut load: Vec<(NodeId, u64, u64, &[String])> = self
+            .workers
+            .iter()
+            .filter(|(w, v)| {
+                // A runner must replicate the log: it learns its
+                // assignments by applying them.
+                self.now <= v.last_heard + deadline
+                    && !self.sm.is_dead(**w)
+                    && !self.inflight.dead.contains(*w)
+                    && self.raft.membership().is_member(**w)
+            })
+            .filter_map(|(w, v)| {
+                let cap = v.capacity?;
+                Some((*w, self.sm.load(*w) as u64, u64::from(cap), &v.labels[..]))
+            })
+            .collect();
+        let at = |load: &[(NodeId, u64, u64, &[String])], w: &NodeId| {
+            load.binary_search_by_key(w, |l| l.0).ok()
+        };
         for (w, n) in &self.inflight.assign.per_node {
-            if let Some(l) = load.get_mut(w) {
-                l.0 += n;
+            if let Some(i) = at(&load, w) {
+                load[i].1 += n;
             }
         }
         // Each still `Running` on its runner in the record (`on_result`,
         // `forget_ended_results`): its handler has returned.
         for (w, n) in &self.inflight.results.per_node {
-            if let Some(l) = load.get_mut(w) {
-                l.0 = l.0.saturating_sub(*n);
+            if let Some(i) = at(&load, w) {
+                load[i].1 = load[i].1.saturating_sub(*n);
             }
         }
         // Runs after every input: with every worker full (the usual case
         // under load) it must not walk the pending tasks, and it takes no
         // more of them than can be placed (the loop below stops there).
         let free: u64 = load
-            .values()
-            .map(|(run, cap)| cap.saturating_sub(*run))
+            .iter()
+            .map(|(_, run, cap, _)| cap.saturating_sub(*run))
             .sum();
         if free == 0 {
             return;
@@ -1452,7 +1481,7 @@ impl LeaderNode {
         let runnable = |wants: &[String], limit: Option<&TaskLimit>| {
             let placeable = load
                 .iter()
-                .any(|(w, (run, cap))| run < cap && carries(&labels[w], wants));
+                .any(|(_, run, cap, labels)| run < cap && carries(labels, wants));
             match limit {
                 _ if !placeable => 0,
                 None => usize::MAX,
@@ -1490,10 +1519,13 @@ impl LeaderNode {
             }
             let best = load
                 .iter()
-                .filter(|(w, (run, cap))| run < cap && carries(&labels[*w], &wants))
-                .min_by(|(a, (ra, ca)), (b, (rb, cb))| (ra * cb).cmp(&(rb * ca)).then(a.cmp(b)))
-                .map(|(w, _)| *w);
-            let Some(w) = best else {
+                .enumerate()
+                .filter(|(_, (_, run, cap, labels))| run < cap && carries(labels, &wants))
+                .min_by(|(_, (a, ra, ca, _)), (_, (b, rb, cb, _))| {
+                    (ra * cb).cmp(&(rb * ca)).then(a.cmp(b))
+                })
+                .map(|(i, _)| i);
+            let Some(i) = best else {
                 if wants.is_empty() {
                     break; // no worker has room
                 }
@@ -1501,8 +1533,12 @@ impl LeaderNode {
             };
             assigned += 1;
             let epoch = self.sm.get(id).expect("pending is known").epoch.next();
-            assigns.push(Command::Assign { id, epoch, node: w });
-            load.get_mut(&w).expect("chosen from load").0 += 1;
+            assigns.push(Command::Assign {
+                id,
+                epoch,
+                node: load[i].0,
+            });
+            load[i].1 += 1;
             let key = limit.map(|l| l.key);
             if let Some(k) = &key {
                 *extra.entry(k.clone()).or_default() += 1;

@@ -38,7 +38,7 @@ mod tests;
 
 use cohort_core::{decode, encode, NodeId, NodeRng, StoreOp, Stored, Time};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 pub use log::{LogError, RaftLog};
@@ -435,6 +435,11 @@ pub struct RaftNode {
     /// The commit index advanced since the last flush: followers that get
     /// no append in the flush get a heartbeat to learn it.
     commit_unsent: bool,
+    /// The term and last index the previous flush sent up to: while they
+    /// hold, only followers heard from since then can be sent anything new.
+    flushed: (u64, u64),
+    /// Followers whose messages arrived since the last flush.
+    flush_touched: BTreeSet<NodeId>,
     /// The `now` of the latest input.
     clock: Time,
     ready: Ready,
@@ -518,6 +523,8 @@ impl RaftNode {
             snapshot_check: |_| true,
             defer: false,
             commit_unsent: false,
+            flushed: (0, 0),
+            flush_touched: BTreeSet::new(),
             clock: now,
             ready: Ready::default(),
         };
@@ -613,6 +620,9 @@ impl RaftNode {
         if !self.handle_term(now, from, &msg) {
             return;
         }
+        if self.defer && self.role == Role::Leader {
+            self.flush_touched.insert(from);
+        }
         match msg {
             RaftMsg::PreVote {
                 term,
@@ -696,10 +706,23 @@ impl RaftNode {
     pub fn flush(&mut self, now: Time) {
         self.clock = self.clock.max(now);
         let commit_unsent = std::mem::take(&mut self.commit_unsent);
+        let touched = std::mem::take(&mut self.flush_touched);
         if self.role != Role::Leader {
             return;
         }
-        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+        // With no new entry, no new commit index and no new term, a
+        // follower can be owed an append only if its own message (an ack
+        // that opens its window, a reject, a snapshot's end) changed its
+        // progress; the heartbeat tick walks every follower regardless.
+        // Walking all of them per batch made a leader's work grow with the
+        // square of the cluster (every ack is a batch).
+        let now_at = (self.term, self.log.last_index());
+        let peers: Vec<NodeId> = if commit_unsent || self.flushed != now_at {
+            self.progress.keys().copied().collect()
+        } else {
+            touched.into_iter().collect()
+        };
+        self.flushed = now_at;
         for to in peers {
             let before = self.ready.messages.len();
             self.replicate_to(to);

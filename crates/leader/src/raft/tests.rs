@@ -608,3 +608,68 @@ fn deferred_proposals_share_one_append_per_follower_until_flush() {
         "one append per follower carrying all ten entries"
     );
 }
+
+#[test]
+fn a_flush_with_nothing_new_still_sends_to_the_follower_whose_ack_opened_its_window() {
+    let cfg = super::RaftConfig {
+        appends_inflight_max: 1,
+        append_entries_max: 2,
+        ..super::RaftConfig::default()
+    };
+    let mut net = Net::with(32, Membership::initial(&ids(5), 5), cfg);
+    let leader = net.elect(2_000);
+    assert_eq!(propose_many(&mut net, 2, 1), 2);
+    net.run_for(200);
+    let raft = net.raft(leader);
+    let now = raft.clock;
+    let (term, base) = (raft.status().term, raft.status().last_index);
+    raft.defer_sends();
+    for i in 0..6u8 {
+        raft.propose(now, vec![9, i])
+            .expect("the leader takes proposals");
+    }
+    let _ = raft.take_ready();
+    raft.flush(now);
+    let first = raft.take_ready();
+    assert_eq!(
+        first.messages.len(),
+        4,
+        "one append per follower: a window of one"
+    );
+    // One follower acknowledges its two entries: no quorum, so no new
+    // commit index, and no new entry: only its own message changed anything.
+    let acker = first.messages[0].0;
+    let ack = super::RaftMsg::AppendResp {
+        term,
+        outcome: super::AppendOutcome::Success {
+            match_index: base + 2,
+        },
+        read_seq: 0,
+    };
+    raft.step(now, acker, ack);
+    assert_eq!(raft.status().commit, base, "one ack of five is no quorum");
+    raft.flush(now);
+    let sent = raft.take_ready();
+    let appends: Vec<(NodeId, u64, usize)> = sent
+        .messages
+        .iter()
+        .map(|(to, m)| match m {
+            super::RaftMsg::Append {
+                prev_index,
+                entries,
+                ..
+            } => (*to, *prev_index, entries.len()),
+            other => panic!("only appends are sent, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        appends,
+        vec![(acker, base + 2, 2)],
+        "the acknowledging follower gets its next entries; the others' windows are still full"
+    );
+    raft.flush(now);
+    assert!(
+        raft.take_ready().messages.is_empty(),
+        "nothing is owed twice"
+    );
+}

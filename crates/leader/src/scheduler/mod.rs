@@ -303,6 +303,13 @@ impl Scheduler {
         self.ready_for(now, |_, _| usize::MAX)
     }
 
+    /// Whether any pending task may be assigned at `now` (labels and
+    /// limits aside): O(queues), where [`Scheduler::ready`] would collect.
+    pub fn any_ready(&self, now: Time) -> bool {
+        self.waiting.first().is_some_and(|(t, _)| *t <= now)
+            || self.pending.values().any(|q| !q.is_empty())
+    }
+
     /// [`Scheduler::ready`], taking from each queue at most as many tasks
     /// as `runnable` allows for its labels and limit. The queued tasks of
     /// a queue it gives 0 are skipped whole, at the cost of one call per
@@ -1660,8 +1667,10 @@ mod tests {
         };
         s.apply(1, at(1), &Command::Submit { id: T, task });
         assert_eq!(s.ready(at(9)).count(), 0, "waits for not_before");
+        assert!(!s.any_ready(at(9)));
         assert_eq!(s.next_ready_after(at(1)), Some(at(10)));
         assert_eq!(s.ready(at(10)).collect::<Vec<_>>(), vec![T]);
+        assert!(s.any_ready(at(10)));
         let assign = |epoch, node| Command::Assign {
             id: T,
             epoch: Epoch(epoch),
@@ -1688,11 +1697,13 @@ mod tests {
         assert_eq!(s.get(T).unwrap().ready_at, retry_at);
         assert_eq!(s.next_ready_after(at(20)), Some(retry_at));
         assert_eq!(s.ready(at(69)).count(), 0, "backing off");
+        assert!(!s.any_ready(at(69)));
         s.apply(5, at(69), &assign(2, A));
         assert_eq!(s.get(T).unwrap().state, TaskState::Pending);
         s.apply(6, at(70), &assign(2, A));
         assert!(s.is_running(T, Epoch(2)));
         assert_eq!(s.next_ready_after(at(70)), None);
+        assert!(!s.any_ready(at(70)), "running, so not pending");
         s.apply(7, at(80), &fail(2, "fatal: bad input", 0));
         assert_eq!(
             s.get(T).unwrap().state,
