@@ -46,7 +46,7 @@ pub use ids::{Epoch, NodeId, TaskId};
 pub use limit::LimitCounts;
 pub use node::{
     BootError, HeartbeatReply, Limits, LimitsError, Node, NodeRng, NodeStatus, Peers, Retention,
-    RETAINED_MS_DEFAULT, RETAINED_MS_MAX,
+    WorkerInfo, RETAINED_MS_DEFAULT, RETAINED_MS_MAX,
 };
 pub use retry::{after_failure, error_class, AfterFailure, RetryPolicy};
 pub use ring::{RingRefusal, RingRequest, RingView};

@@ -178,6 +178,15 @@ pub trait Node: Sized {
         Err(RingRefusal::NotSupported)
     }
 
+    /// The workers this node places work on, as it last heard of them, in
+    /// ascending id order: a leader's or static coordinator's view of every
+    /// worker, a leaderless member's gossiped loads. A node that places no
+    /// work (a follower, a static worker) knows none. For operators
+    /// (`/v1/cluster`); a read: changes nothing. At most one per member.
+    fn workers(&self) -> Vec<WorkerInfo> {
+        Vec::new()
+    }
+
     /// What this node believes about its role, for operators (`/v1/cluster`)
     /// and drivers (the demo kills the leader). A read: changes nothing.
     fn status(&self) -> NodeStatus {
@@ -274,6 +283,22 @@ pub struct NodeStatus {
     pub leader: Option<NodeId>,
     /// Its current term, in modes that have terms.
     pub term: Option<u64>,
+}
+
+/// What a node has heard of one worker; see [`Node::workers`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    /// The worker.
+    pub id: NodeId,
+    /// Whether this node counts it live, so that it may be given work.
+    pub live: bool,
+    /// Tasks it runs, as this node counts them.
+    pub running: u64,
+    /// Tasks it runs at once, as it last said (`None`: not said yet, or
+    /// draining).
+    pub capacity: Option<u32>,
+    /// The worker labels it carries, as it last said.
+    pub labels: Vec<String>,
 }
 
 /// Who the node is and who its peers are: the same for every mode.

@@ -779,6 +779,27 @@ impl Node for LeaderNode {
         ))
     }
 
+    /// The leader's view; other nodes place no work, so they list none.
+    fn workers(&self) -> Vec<cohort_core::WorkerInfo> {
+        if !self.raft.is_leader() {
+            return Vec::new();
+        }
+        let deadline = self.cfg.worker_timeout();
+        self.workers
+            .iter()
+            .map(|(w, v)| cohort_core::WorkerInfo {
+                id: *w,
+                live: self.now <= v.last_heard + deadline
+                    && !self.sm.is_dead(*w)
+                    && !self.inflight.dead.contains(w)
+                    && self.raft.membership().is_member(*w),
+                running: self.sm.load(*w) as u64,
+                capacity: v.capacity,
+                labels: v.labels.clone(),
+            })
+            .collect()
+    }
+
     fn status(&self) -> cohort_core::NodeStatus {
         let st = self.raft_status();
         let role = match st.role {

@@ -2857,6 +2857,21 @@ impl Node for LeaderlessNode {
         ))
     }
 
+    /// The gossiped loads this member holds (its own included).
+    fn workers(&self) -> Vec<cohort_core::WorkerInfo> {
+        self.membership
+            .loads()
+            .into_iter()
+            .map(|l| cohort_core::WorkerInfo {
+                id: l.node,
+                live: self.membership.is_live(l.node),
+                running: u64::from(l.running),
+                capacity: Some(l.capacity),
+                labels: l.labels,
+            })
+            .collect()
+    }
+
     fn ring_view(&self) -> Option<RingView> {
         Some(RingView {
             epoch: self.ring.ring.epoch,

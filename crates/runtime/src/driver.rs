@@ -122,6 +122,11 @@ pub enum Control {
         /// Where to send it.
         reply: tokio::sync::oneshot::Sender<cohort_core::NodeStatus>,
     },
+    /// The workers this node places work on (see [`Node::workers`]).
+    Workers {
+        /// Where to send them.
+        reply: tokio::sync::oneshot::Sender<Vec<cohort_core::WorkerInfo>>,
+    },
     /// Drain the node (see [`Node::begin_drain`]): `deadline` from now.
     Drain {
         /// How long running tasks may go on before they are handed back.
@@ -314,6 +319,9 @@ impl<N: Node + Send + 'static> EventLoop<N> {
             }
             Control::Status { reply } => {
                 let _ = reply.send(self.node.status());
+            }
+            Control::Workers { reply } => {
+                let _ = reply.send(self.node.workers());
             }
             Control::Drain { deadline, reply } => {
                 self.metrics.inc("cohort_inputs_total", "kind=\"drain\"");

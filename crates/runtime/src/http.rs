@@ -1511,6 +1511,23 @@ async fn cluster(State(api): State<Arc<Api>>) -> Response {
         Ok(()) => rx.await.ok(),
         Err(_) => None,
     };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let workers = match api.control.send(Control::Workers { reply: tx }).await {
+        Ok(()) => rx.await.unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    let workers: Vec<serde_json::Value> = workers
+        .into_iter()
+        .map(|w| {
+            json!({
+                "id": w.id.0,
+                "live": w.live,
+                "running": w.running,
+                "capacity_tasks": w.capacity,
+                "labels": w.labels,
+            })
+        })
+        .collect();
     Json(json!({
         "cluster_id": c.cluster_id,
         "mode": c.mode,
@@ -1521,6 +1538,7 @@ async fn cluster(State(api): State<Arc<Api>>) -> Response {
         "capacity_tasks": c.peers.capacity_tasks,
         "labels": c.peers.labels,
         "members": members,
+        "workers": workers,
         "kinds": api.registry.kinds(),
         "kind_policies": api.config.kind_policies,
     }))

@@ -123,6 +123,20 @@ pub(crate) struct Coordinator {
 type Out = Vec<Action<StaticMessage>>;
 
 impl Coordinator {
+    /// Every worker as this coordinator last heard of it.
+    pub fn workers(&self) -> Vec<cohort_core::WorkerInfo> {
+        self.workers
+            .iter()
+            .map(|(id, w)| cohort_core::WorkerInfo {
+                id: *id,
+                live: w.alive,
+                running: w.running.len() as u64,
+                capacity: Some(w.capacity_tasks),
+                labels: w.labels.clone(),
+            })
+            .collect()
+    }
+
     /// See [`cohort_core::Node::visit_tasks`].
     pub fn visit_tasks(
         &self,

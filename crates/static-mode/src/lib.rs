@@ -213,6 +213,13 @@ impl Node for StaticNode {
         self.peers.id
     }
 
+    fn workers(&self) -> Vec<cohort_core::WorkerInfo> {
+        self.coordinator
+            .as_ref()
+            .map(Coordinator::workers)
+            .unwrap_or_default()
+    }
+
     fn status(&self) -> NodeStatus {
         let role = if self.is_coordinator() {
             "coordinator"

@@ -226,6 +226,16 @@ impl Membership {
             .cloned()
     }
 
+    /// Every load report held, in ascending node order.
+    pub fn loads(&self) -> Vec<LoadReport> {
+        self.loads
+            .lock()
+            .expect("never poisoned")
+            .values()
+            .cloned()
+            .collect()
+    }
+
     /// Broadcasts this node's load when it (or the capacity: a draining
     /// node reports none) changed, or when the last
     /// report is older than `refresh`.

@@ -107,6 +107,27 @@ async fn labelled_tasks_run_on_the_carrier(nodes: &[cohort_runtime::RunningNode]
             "n3 took the offers of the tasks placed away from it: {taken}"
         );
     }
+    // Whoever places work lists n3 with its labels; a node that places
+    // none (a follower, a static worker) lists nobody.
+    let mut listed = 0;
+    for c in &clients {
+        let cluster = c.cluster().await.unwrap();
+        let workers = cluster["workers"].as_array().expect("a list").clone();
+        for w in &workers {
+            if w["id"] == 3 {
+                listed += 1;
+                assert_eq!(
+                    w["labels"],
+                    serde_json::json!(["gpu", "queue=render"]),
+                    "{cluster}"
+                );
+                assert_eq!(w["live"], true, "{cluster}");
+            } else {
+                assert_eq!(w["labels"], serde_json::json!([]), "{cluster}");
+            }
+        }
+    }
+    assert!(listed >= 1, "some node lists n3 among its workers");
     let plain = submit(&clients[0], &echo("plain")).await;
     let v = finished(&clients[1], &plain).await;
     assert_eq!(v.task.state, "succeeded", "{v:?}");
