@@ -185,11 +185,27 @@ impl SimArgs {
                 if let Some(ring) = &adapter.ring {
                     mode.initial_ring = Some(ring.initial_ring());
                 }
+                // Budgets small enough to bind in a simulated backlog, on
+                // some seeds: a tick's claim scan covers the pending
+                // records through its moving window, and a batch's sends
+                // go in many small bundles.
+                if seed % 2 == 0 {
+                    mode.claim_scan_per_tick_max = SIM_CLAIM_SCAN_PER_TICK_MAX;
+                }
+                if seed % 4 == 1 {
+                    mode.bundle_messages_max = SIM_BUNDLE_MESSAGES_MAX;
+                }
                 cohort_sim::run::<cohort_leaderless::LeaderlessNode>(&config, &mode, &mut adapter)
             }
         }
     }
 }
+
+/// `claim_scan_per_tick_max` on even seeds (default 2,048).
+const SIM_CLAIM_SCAN_PER_TICK_MAX: usize = 4;
+
+/// `bundle_messages_max` on seeds of the form 4k + 1 (default 1,024).
+const SIM_BUNDLE_MESSAGES_MAX: usize = 2;
 
 /// The leaderless mode's hooks into the simulator: its invariants after
 /// every event, and on every third seed (at least 4 nodes) ring changes
