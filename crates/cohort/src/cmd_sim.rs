@@ -189,7 +189,7 @@ impl SimArgs {
                 // some seeds: a tick's claim scan covers the pending
                 // records through its moving window, and a batch's sends
                 // go in many small bundles.
-                if seed % 2 == 0 {
+                if seed.is_multiple_of(2) {
                     mode.claim_scan_per_tick_max = SIM_CLAIM_SCAN_PER_TICK_MAX;
                 }
                 if seed % 4 == 1 {
