@@ -157,6 +157,11 @@ pub struct LeaderlessNode {
     /// Bundles from peers dropped as malformed (too many messages, or a
     /// bundle inside), since boot.
     bundles_refused: u64,
+    /// A handler returned or a new record arrived since the last claim
+    /// scan: the batch's flush claims, `claim_interval_ms` allowing.
+    claim_soon: bool,
+    /// When the last claim scan ran.
+    claimed_at: Option<Time>,
     /// Claims this node started for tasks whose preferred live replica was
     /// full (work stealing).
     steals: u64,
@@ -849,6 +854,7 @@ impl LeaderlessNode {
                 self.abandon_foreign_proposal(id, Some(&header));
                 self.records.insert(id, Record::new(header, now));
                 self.persist_record(id);
+                self.claim_soon = true;
                 true
             }
         };
@@ -1472,6 +1478,8 @@ impl LeaderlessNode {
     /// Claims pending tasks this node is the first live replica of, and
     /// re-claims tasks whose runner is down (or is this node, restarted).
     fn claim_work(&mut self, now: Time) {
+        self.claim_soon = false;
+        self.claimed_at = Some(now);
         let me = self.me();
         let draining = self.drain.is_some();
         let mut room = if draining {
@@ -2642,6 +2650,8 @@ impl Node for LeaderlessNode {
             bundling: false,
             outbox: BTreeMap::new(),
             bundles_refused: 0,
+            claim_soon: false,
+            claimed_at: None,
             anti_entropy_cursor: None,
             pending_seen: BTreeMap::new(),
             offered: BTreeMap::new(),
@@ -2684,6 +2694,19 @@ impl Node for LeaderlessNode {
     /// per peer and batch.
     fn flush(&mut self, now: Time) {
         self.bundling = true;
+        let spaced = self
+            .claimed_at
+            .is_none_or(|at| now >= at + Duration::from_millis(self.config.claim_interval_ms));
+        // With every slot taken there is nothing to claim before the tick
+        // (which also makes the offers, fallbacks and deadline failures);
+        // and with a backlog, scans between ticks cost more CPU than the
+        // slots gain: the tick keeps them busy then.
+        let room =
+            self.drain.is_none() && self.executing.len() < self.peers.capacity_tasks as usize;
+        let small = self.active.len() <= self.config.claim_early_active_max;
+        if self.claim_soon && spaced && room && small {
+            self.claim_work(now);
+        }
         self.run_loopback(now);
         self.send_bundles();
     }
@@ -2726,6 +2749,7 @@ impl Node for LeaderlessNode {
             return;
         }
         let execution = self.executing.remove(&task).expect("present above");
+        self.claim_soon = true; // its slot is free
         let jitter = self.rng.gen();
         let finished = Finished {
             execution,

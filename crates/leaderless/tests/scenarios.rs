@@ -1505,3 +1505,65 @@ fn a_malformed_bundle_is_dropped_whole_and_changes_nothing() {
         "a well-formed bundle is handled"
     );
 }
+
+/// With a tick of a whole second, a node claims a new task, and the next
+/// task in a slot its handler just freed, at the end of the batch that
+/// brought it (`claim_interval_ms`), not at its next tick: each of ten
+/// tasks submitted one after another starts within 50 ms of its
+/// acknowledgement, and the backlog a one-slot cluster is given drains at
+/// far more than one task per slot and tick. Without a flush (a driver
+/// that never ends its batches), claims wait for the tick.
+#[test]
+fn a_freed_slot_and_a_new_task_are_claimed_at_the_batch_end_not_the_next_tick() {
+    let config = LeaderlessConfig {
+        tick_interval_ms: 1_000,
+        ..LeaderlessConfig::default()
+    };
+    let starts_after_ack = |flush_inputs: bool| -> Vec<u64> {
+        let mut sim = Sim::with_capacity(41, 3, config.clone(), 1);
+        sim.flush_inputs = flush_inputs;
+        sim.handlers.run_ms = (1, 2);
+        sim.run_for(2_000);
+        let mut waits = Vec::new();
+        for i in 0..10 {
+            let id = tid(900 + i);
+            let r = sim.submit(NodeId(1 + i % 3), id, b"t");
+            assert!(sim.run_until(1_000, |s| s.reply(r).is_some()));
+            assert!(matches!(sim.reply(r), Some(Ok(_))), "{:?}", sim.reply(r));
+            let acked = sim.now;
+            assert!(sim.run_until(3_000, |s| !s.executions_of(id).is_empty()));
+            waits.push((sim.now.0 - acked.0) / 1_000);
+        }
+        waits
+    };
+    let flushed = starts_after_ack(true);
+    assert!(flushed.iter().all(|&ms| ms < 50), "{flushed:?}");
+    let unflushed = starts_after_ack(false);
+    assert!(
+        unflushed.iter().filter(|&&ms| ms >= 50).count() >= 5,
+        "without a flush the claim waits for the tick: {unflushed:?}"
+    );
+
+    // A backlog of 30 tasks on three one-slot nodes.
+    let mut sim = Sim::with_capacity(42, 3, config, 1);
+    sim.flush_inputs = true;
+    sim.handlers.run_ms = (1, 2);
+    sim.run_for(2_000);
+    let ids: Vec<_> = (1..=30).map(|i| tid(1_000 + i)).collect();
+    let r = sim.client(
+        NodeId(1),
+        ClientRequest::SubmitBatch {
+            tasks: ids.iter().map(|&id| (id, task(b"b"))).collect(),
+        },
+    );
+    assert!(sim.run_until(1_000, |s| s.reply(r).is_some()));
+    let start = sim.now;
+    assert!(sim.run_until(10_000, |s| ids
+        .iter()
+        .all(|&id| matches!(s.decided(id), Some(TaskState::Succeeded { .. })))));
+    let took_ms = (sim.now.0 - start.0) / 1_000;
+    assert!(
+        took_ms < 2_000,
+        "30 tasks on 3 slots took {took_ms} ms: at one task per slot and 1 s tick it would be 10 s"
+    );
+}
