@@ -2440,8 +2440,9 @@ fn is_active(rec: &Record, me: NodeId) -> bool {
             || matches!(rec.value.state, TaskState::Running { node, .. } if node == me))
 }
 
-/// The answer to an events read: the submission (at `created_at`), then
-/// the chosen value's history, at most `events_max` events in all.
+/// The answer to an events read: the submission (at `created_at`, or at
+/// the first event's time when that is earlier), then the chosen value's
+/// history, at most `events_max` events in all.
 fn events_response(
     id: TaskId,
     task: &Task,
@@ -2450,8 +2451,12 @@ fn events_response(
     events_max: usize,
 ) -> ClientResponse {
     let mut history = TaskEvents::default();
+    // `created_at` is when the answering replica stored the record, which
+    // may be after another replica (the submit's coordinator) claimed it:
+    // the submission is never shown after what followed it.
+    let first = value.history.events.first().map(|e| e.at);
     let submitted = TaskEvent {
-        at: created_at,
+        at: first.map_or(created_at, |f| f.min(created_at)),
         what: TaskEventKind::Submitted,
     };
     history.push(submitted, events_max);
@@ -2991,6 +2996,50 @@ fn paxos_backoff_ms(config: &LeaderlessConfig, failed_rounds: u32, rng: &mut imp
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the runtime's events test once claims came within a
+    /// millisecond of the write: the answering replica stored the record
+    /// after the coordinator had claimed it.
+    #[test]
+    fn a_history_never_shows_the_submission_after_the_first_assignment() {
+        let task = Task {
+            kind: "echo".into(),
+            payload: b"x".to_vec(),
+            timeout_ms: 1_000,
+            max_attempts: 3,
+            not_before: Time::ZERO,
+            retry: cohort_core::RetryPolicy::default(),
+            schedule_to_start_ms: 0,
+            priority: 0,
+            heartbeat_timeout_ms: 0,
+            labels: Vec::new(),
+            limit: None,
+        };
+        let header = TaskHeader {
+            task: task.clone(),
+            replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
+            ring_epoch: 0,
+        };
+        let mut value = TaskValue::initial(&header);
+        let assigned = TaskEvent {
+            at: Time(1_000),
+            what: TaskEventKind::Assigned {
+                node: NodeId(1),
+                epoch: Epoch(1),
+            },
+        };
+        value.history.push(assigned, 16);
+        let times =
+            |created_at: u64| match events_response(TaskId(1), &task, Time(created_at), &value, 16)
+            {
+                ClientResponse::Events { history, .. } => {
+                    history.events.iter().map(|e| e.at.0).collect::<Vec<_>>()
+                }
+                other => panic!("{other:?}"),
+            };
+        assert_eq!(times(1_200), vec![1_000, 1_000], "stored after the claim");
+        assert_eq!(times(900), vec![900, 1_000], "stored before it: as stored");
+    }
 
     #[test]
     fn bundles_keep_order_and_stay_within_count_and_bytes() {
