@@ -562,6 +562,38 @@ pub fn members(args: MembersArgs) -> anyhow::Result<()> {
                 m["http_addr"].as_str().unwrap_or("-"),
             );
         }
+        let workers = c["workers"].as_array().cloned().unwrap_or_default();
+        if workers.is_empty() {
+            println!("n{} places no work, so it lists no workers", c["node"]);
+            return Ok(());
+        }
+        println!("workers as n{} last heard of them:", c["node"]);
+        println!(
+            "{:>6}  {:<5} {:>8} {:>9}  labels",
+            "node", "live", "running", "capacity"
+        );
+        for w in &workers {
+            let labels: Vec<&str> = w["labels"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|l| l.as_str())
+                .collect();
+            println!(
+                "{:>6}  {:<5} {:>8} {:>9}  {}",
+                format!("n{}", w["id"]),
+                if w["live"] == true { "yes" } else { "no" },
+                w["running"],
+                w["capacity_tasks"]
+                    .as_u64()
+                    .map_or("-".to_string(), |c| c.to_string()),
+                if labels.is_empty() {
+                    "-".to_string()
+                } else {
+                    labels.join(",")
+                },
+            );
+        }
         Ok(())
     })
 }

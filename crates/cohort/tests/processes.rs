@@ -184,6 +184,17 @@ fn three_processes_survive_a_killed_worker_and_stop_on_sigterm() {
     for n in ["n1", "n2", "n3"] {
         assert!(text.contains(n), "{text}");
     }
+    // n1 coordinates: it lists the workers it places tasks on, all live.
+    let listed: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("workers as n1"))
+        .skip(2)
+        .collect();
+    assert_eq!(listed.len(), 3, "{text}");
+    for (line, n) in listed.iter().zip(["n1", "n2", "n3"]) {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cols[..2], [n, "yes"], "{text}");
+    }
     // The static mode has no ring: a typed refusal, non-zero exit.
     let ring = cli(&["ring", "--node", &l.http[0]]);
     assert!(!ring.status.success());
