@@ -30,6 +30,17 @@ pub struct BenchArgs {
     /// Simulate these cluster sizes instead of the preset's (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub scale_nodes: Vec<usize>,
+    /// Override the simulated ms of each scale run.
+    #[arg(long)]
+    pub scale_simulated_ms: Option<u64>,
+    /// Override when, in simulated ms, the scale run crashes its last node
+    /// (after a cold start of 500 or more leaderless nodes membership is
+    /// still forming 1 s in: a later crash times detection alone).
+    #[arg(long)]
+    pub scale_crash_at_ms: Option<u64>,
+    /// Override how long, in simulated ms, the crashed node stays down.
+    #[arg(long)]
+    pub scale_down_ms: Option<u64>,
     /// Run only the loopback throughput sweep and print its points as JSON
     /// lines (for profiling one point at a time).
     #[arg(long)]
@@ -94,6 +105,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     if !args.scale_nodes.is_empty() {
         options.scale_nodes = args.scale_nodes.clone();
+    }
+    if let Some(ms) = args.scale_simulated_ms {
+        options.scale_simulated_ms = ms;
+    }
+    if let Some(ms) = args.scale_crash_at_ms {
+        options.scale_crash_at_ms = ms;
+    }
+    if let Some(ms) = args.scale_down_ms {
+        options.scale_down_ms = ms;
     }
     // The partition and SIGSTOP scenarios run this binary as `cohort node`.
     options.node_binary = std::env::current_exe().ok();
