@@ -784,15 +784,11 @@ impl Node for LeaderNode {
         if !self.raft.is_leader() {
             return Vec::new();
         }
-        let deadline = self.cfg.worker_timeout();
         self.workers
             .iter()
             .map(|(w, v)| cohort_core::WorkerInfo {
                 id: *w,
-                live: self.now <= v.last_heard + deadline
-                    && !self.sm.is_dead(*w)
-                    && !self.inflight.dead.contains(w)
-                    && self.raft.membership().is_member(*w),
+                live: self.is_live_worker(*w, v),
                 running: self.sm.load(*w) as u64,
                 capacity: v.capacity,
                 labels: v.labels.clone(),
@@ -1425,6 +1421,16 @@ impl LeaderNode {
     /// and of the tasks it yields (which the round's own assignments may
     /// make unplaceable) at most [`LABELLED_SCAN_FACTOR`] times the
     /// round's assignments are looked at.
+    /// Whether this leader may give `w` work: heard from within the
+    /// worker timeout, not declared dead (nor being declared), and a
+    /// member, since a runner learns its assignments by applying the log.
+    fn is_live_worker(&self, w: NodeId, v: &WorkerView) -> bool {
+        self.now <= v.last_heard + self.cfg.worker_timeout()
+            && !self.sm.is_dead(w)
+            && !self.inflight.dead.contains(&w)
+            && self.raft.membership().is_member(w)
+    }
+
     fn assign_pending(&mut self) {
         if !self.raft.is_leader() || !self.raft.committed_in_term() {
             return;
@@ -1446,21 +1452,13 @@ impl LeaderNode {
         {
             return;
         }
-        let deadline = self.cfg.worker_timeout();
         // Live workers with a capacity, in id order: (id, running, capacity,
         // labels). A vector borrowing the labels, not maps of clones: this
         // walk is the round's cost at thousands of workers.
         let mut load: Vec<(NodeId, u64, u64, &[String])> = self
             .workers
             .iter()
-            .filter(|(w, v)| {
-                // A runner must replicate the log: it learns its
-                // assignments by applying them.
-                self.now <= v.last_heard + deadline
-                    && !self.sm.is_dead(**w)
-                    && !self.inflight.dead.contains(*w)
-                    && self.raft.membership().is_member(**w)
-            })
+            .filter(|(w, v)| self.is_live_worker(**w, v))
             .filter_map(|(w, v)| {
                 let cap = v.capacity?;
                 Some((*w, self.sm.load(*w) as u64, u64::from(cap), &v.labels[..]))

@@ -3002,24 +3002,8 @@ mod tests {
     /// after the coordinator had claimed it.
     #[test]
     fn a_history_never_shows_the_submission_after_the_first_assignment() {
-        let task = Task {
-            kind: "echo".into(),
-            payload: b"x".to_vec(),
-            timeout_ms: 1_000,
-            max_attempts: 3,
-            not_before: Time::ZERO,
-            retry: cohort_core::RetryPolicy::default(),
-            schedule_to_start_ms: 0,
-            priority: 0,
-            heartbeat_timeout_ms: 0,
-            labels: Vec::new(),
-            limit: None,
-        };
-        let header = TaskHeader {
-            task: task.clone(),
-            replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
-            ring_epoch: 0,
-        };
+        let header = crate::record::test_header(1_000);
+        let task = header.task.clone();
         let mut value = TaskValue::initial(&header);
         let assigned = TaskEvent {
             at: Time(1_000),

@@ -146,3 +146,26 @@ impl Record {
         true
     }
 }
+
+/// A header for unit tests: an `echo` task with `timeout_ms`, one
+/// attempt, on replicas n1, n2, n3 of ring epoch 0.
+#[cfg(test)]
+pub(crate) fn test_header(timeout_ms: u64) -> TaskHeader {
+    TaskHeader {
+        task: Task {
+            kind: "echo".into(),
+            payload: vec![],
+            timeout_ms,
+            max_attempts: 1,
+            not_before: Time::ZERO,
+            retry: cohort_core::RetryPolicy::default(),
+            schedule_to_start_ms: 0,
+            priority: 0,
+            heartbeat_timeout_ms: 0,
+            labels: Vec::new(),
+            limit: None,
+        },
+        replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
+        ring_epoch: 0,
+    }
+}

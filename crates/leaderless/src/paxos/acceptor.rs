@@ -100,30 +100,10 @@ pub fn on_accept(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::TaskHeader;
-    use cohort_core::{Epoch, NodeId, Task, TaskState};
+    use cohort_core::{Epoch, NodeId, TaskState};
 
     fn rec() -> Record {
-        Record::new(
-            TaskHeader {
-                task: Task {
-                    kind: "echo".into(),
-                    payload: vec![],
-                    timeout_ms: 10,
-                    max_attempts: 1,
-                    not_before: cohort_core::Time::ZERO,
-                    retry: cohort_core::RetryPolicy::default(),
-                    schedule_to_start_ms: 0,
-                    priority: 0,
-                    heartbeat_timeout_ms: 0,
-                    labels: Vec::new(),
-                    limit: None,
-                },
-                replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
-                ring_epoch: 0,
-            },
-            cohort_core::Time::ZERO,
-        )
+        Record::new(crate::record::test_header(10), cohort_core::Time::ZERO)
     }
 
     fn b(round: u64, node: u64) -> Ballot {

@@ -788,26 +788,9 @@ fn prepare_msgs(id: TaskId, p: &Proposal) -> Vec<(NodeId, LeaderlessMessage)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cohort_core::Task;
 
     fn header() -> TaskHeader {
-        TaskHeader {
-            task: Task {
-                kind: "echo".into(),
-                payload: vec![],
-                timeout_ms: 1,
-                max_attempts: 1,
-                not_before: cohort_core::Time::ZERO,
-                retry: cohort_core::RetryPolicy::default(),
-                schedule_to_start_ms: 0,
-                priority: 0,
-                heartbeat_timeout_ms: 0,
-                labels: Vec::new(),
-                limit: None,
-            },
-            replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
-            ring_epoch: 0,
-        }
+        crate::record::test_header(1)
     }
 
     fn first_ballot(generation: u64) -> Ballot {
