@@ -194,7 +194,14 @@ fn paxos(c: &mut Criterion) {
             |(id, mut recs)| {
                 let base = TaskValue::initial(&header);
                 let prepares = proposer
-                    .start(Time::ZERO, id, header.clone(), 0, base, Intent::Claim)
+                    .start(
+                        Time::ZERO,
+                        id,
+                        header.clone(),
+                        0,
+                        base,
+                        Intent::Claim { permit: None },
+                    )
                     .expect("a free proposer");
                 let mut accepts = Vec::new();
                 for (to, msg) in prepares {

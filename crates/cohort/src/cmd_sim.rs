@@ -76,8 +76,7 @@ pub struct SimArgs {
     labelled_rate: f64,
     /// Fraction of tasks submitted with a concurrency limit of 1 and a
     /// rate limit of 2 per 500 ms on one of two keys; the `Limits` checker
-    /// sees neither exceeded (0: none; leader and static modes, as the
-    /// leaderless mode refuses limits).
+    /// sees neither exceeded (0: none).
     #[arg(long, default_value_t = 0.0)]
     limited_rate: f64,
     /// Fraction of executions whose handler ignores its timeout and
@@ -272,12 +271,6 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
     args.config(0)
         .validate()
         .context("invalid simulator settings")?;
-    if args.mode == SimMode::Leaderless && args.limited_rate > 0.0 {
-        bail!(
-            "--limited-rate needs the leader or static mode: {}",
-            cohort_core::limit::LIMITS_NEED_A_COORDINATOR
-        );
-    }
     if let Some(seed) = args.seed {
         return run_single(&args, seed);
     }
@@ -457,7 +450,7 @@ mod tests {
     }
 
     #[test]
-    fn limited_tasks_reach_the_workload_and_the_replay_but_not_the_leaderless_mode() {
+    fn limited_tasks_reach_the_workload_and_the_replay_in_every_mode() {
         let a = parse(&[
             "--mode",
             "static",
@@ -471,6 +464,7 @@ mod tests {
         assert!(a
             .replay_command(3)
             .ends_with("--limited-rate 0.3 --stuck-rate 0.1"));
+        // The leaderless mode keeps limits too (its permit records).
         let leaderless = parse(&[
             "--mode",
             "leaderless",
@@ -479,11 +473,10 @@ mod tests {
             "--limited-rate",
             "0.3",
         ]);
-        let err = run(leaderless).expect_err("refused");
-        assert!(
-            format!("{err:#}").contains("leader or static mode"),
-            "{err:#}"
-        );
+        assert_eq!(leaderless.config(1).workload.limited_rate, 0.3);
+        let replay = leaderless.replay_command(1);
+        assert!(replay.contains("--mode leaderless"), "{replay}");
+        assert!(replay.contains("--limited-rate 0.3"), "{replay}");
         let out_of_range = parse(&["--mode", "leader", "--seeds", "1", "--limited-rate", "2"]);
         let err = run(out_of_range).expect_err("refused");
         assert!(format!("{err:#}").contains("limited_rate"), "{err:#}");

@@ -6,29 +6,11 @@
 //! Deterministic: ordered maps only, and times are the coordinator's
 //! stamps, handed in.
 
-use crate::client::ClientError;
-use crate::task::{Task, TaskLimit, RATE_MAX, RATE_WINDOW_MS_MAX};
+use crate::task::{TaskLimit, RATE_MAX, RATE_WINDOW_MS_MAX};
 use crate::time::Time;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
-
-/// Why a mode without a coordinator refuses a task that carries a limit:
-/// counting starts cluster-wide needs one place that decides them in
-/// order, and the leaderless mode decides each task on its own replicas.
-pub const LIMITS_NEED_A_COORDINATOR: &str = "concurrency and rate limits need a coordinator: \
-     the leaderless mode does not enforce them (use the leader or static mode, or drop the limit)";
-
-/// Refuses a task carrying a limit, for a mode that cannot enforce it: a
-/// refusal rather than a limit silently not kept.
-pub fn refuse_limit(task: &Task) -> Result<(), ClientError> {
-    match task.limit {
-        Some(_) => Err(ClientError::InvalidTask {
-            reason: LIMITS_NEED_A_COORDINATOR.into(),
-        }),
-        None => Ok(()),
-    }
-}
 
 /// One key's use.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -106,6 +106,29 @@ pub struct LeaderlessConfig {
     /// bundle with more is refused by its receiver, so it must be the same
     /// on every node.
     pub bundle_messages_max: usize,
+    /// The highest `concurrency_max` a task's limit may carry here: a
+    /// permit record holds at most this many places (a higher one is
+    /// refused at submit).
+    pub permit_holders_max: u32,
+    /// The highest `rate_max` a task's limit may carry here: a permit
+    /// record keeps at most this many start stamps.
+    pub permit_starts_max: u32,
+    /// How long a claimer waits for a keeper's grant before it asks again
+    /// (the keeper may be down, or the key full); also how often a keeper
+    /// tries again to write a permit record it lacks.
+    pub permit_ask_interval_ms: u64,
+    /// How often a keeper checks the places held in its permit records
+    /// against their tasks, giving back those whose run ended unreported.
+    pub permit_sweep_interval_ms: u64,
+    /// A grant is claimed with only this soon after its stamp (the start
+    /// its rate limit counts, and the one its history shows); later, the
+    /// claimer asks for it again and the keeper stamps it anew.
+    pub permit_grant_use_ms: u64,
+    /// A grant whose claim has not come this long after it was stamped is
+    /// fenced (the task's epoch moved past it), then given back.
+    pub permit_fence_after_ms: u64,
+    /// Most asks a keeper holds queued or in proposals, all keys.
+    pub permit_asks_max: usize,
 }
 
 impl Default for LeaderlessConfig {
@@ -139,6 +162,13 @@ impl Default for LeaderlessConfig {
             pending_claim_fallback_ms: 2_000,
             offer_interval_ms: 500,
             bundle_messages_max: 1_024,
+            permit_holders_max: 1_024,
+            permit_starts_max: 1_024,
+            permit_ask_interval_ms: 200,
+            permit_sweep_interval_ms: 500,
+            permit_grant_use_ms: 1_000,
+            permit_fence_after_ms: 2_000,
+            permit_asks_max: 4_096,
         }
     }
 }
@@ -198,6 +228,13 @@ impl LeaderlessConfig {
             ("pending_claim_fallback_ms", self.pending_claim_fallback_ms),
             ("offer_interval_ms", self.offer_interval_ms),
             ("bundle_messages_max", self.bundle_messages_max as u64),
+            ("permit_holders_max", u64::from(self.permit_holders_max)),
+            ("permit_starts_max", u64::from(self.permit_starts_max)),
+            ("permit_ask_interval_ms", self.permit_ask_interval_ms),
+            ("permit_sweep_interval_ms", self.permit_sweep_interval_ms),
+            ("permit_grant_use_ms", self.permit_grant_use_ms),
+            ("permit_fence_after_ms", self.permit_fence_after_ms),
+            ("permit_asks_max", self.permit_asks_max as u64),
         ];
         for (what, v) in positive {
             if v == 0 {

@@ -8,6 +8,7 @@
 //! Layout:
 //! - [`placement`]: rendezvous hashing, preference lists.
 //! - [`record`]: what a replica stores per task (value + acceptor state).
+//! - [`permit`]: concurrency and rate limits, one permit record per key.
 //! - [`ring`]: the ring membership, changed by Paxos among the ring.
 //! - [`paxos`]: ballots, the acceptor, the proposer.
 //! - [`membership`]: foca driven through the node contract.
@@ -29,6 +30,7 @@ pub mod message;
 pub mod node;
 pub mod operator;
 pub mod paxos;
+pub mod permit;
 pub mod placement;
 pub mod record;
 pub mod ring;

@@ -1,9 +1,10 @@
 //! What the nodes of a leaderless cluster send each other.
 
 use crate::paxos::Ballot;
+use crate::permit::Ask;
 use crate::record::{TaskHeader, TaskValue};
 use crate::ring::Ring;
-use cohort_core::{TaskId, Time};
+use cohort_core::{Epoch, TaskId, TaskLimit, Time};
 use serde::{Deserialize, Serialize};
 
 /// What a replica holds of a task, as answered to a read.
@@ -247,10 +248,28 @@ pub enum LeaderlessMessage {
         version: u64,
         /// Its value (pending).
         value: TaskValue,
+        /// A limited task's grant for the claim ([`crate::permit`]).
+        permit: Option<(Epoch, Time)>,
     },
     /// Several messages for one peer, made at the end of a driver batch
     /// (see `LeaderlessNode::flush`): the receiver handles each in order as
     /// if it had come alone. Never nested; at most `bundle_messages_max`.
     /// (After `Offer`: the encoding of the earlier variants stays as it was.)
     Bundle(Vec<LeaderlessMessage>),
+    /// Claimer → the keeper of a limit key's permit record (its first live
+    /// replica): places wanted before claims, places given back.
+    PermitAsk {
+        /// The limit key.
+        key: String,
+        /// Places wanted, each under its task's limit (whose key is `key`).
+        acquire: Vec<(Ask, TaskLimit)>,
+        /// Places given back: each task's run under that epoch ended.
+        release: Vec<Ask>,
+    },
+    /// Keeper → claimer: the asks granted, with their stamps (an ask not
+    /// named is refused for now, and asked again later).
+    PermitAnswer {
+        /// The places granted.
+        granted: Vec<(Ask, Time)>,
+    },
 }

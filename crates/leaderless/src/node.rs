@@ -19,7 +19,6 @@ use crate::placement;
 use crate::record::{record_key, Record, TaskHeader, TaskValue, RECORD_PREFIX};
 use crate::ring::{self as ringp, Ring, RingChange, RingProposal, RingState, RingStep, RING_KEY};
 use crate::tasks::{Holders, Op, Ops, ReadProgress, ReadPurpose, SubmitVerdict};
-use cohort_core::limit::refuse_limit;
 use cohort_core::task::LEASE_EXPIRED_CLASS;
 use cohort_core::{
     decode, encode, error_class, event_progress, Action, BootError, ClientError, ClientRequest,
@@ -85,6 +84,10 @@ pub enum StealError {
     /// A proposal for the task, or too many proposals, are in flight.
     #[error("a proposal is in flight")]
     Busy,
+    /// The task carries a limit and this node holds no place for it yet
+    /// (a claim asks its keeper first).
+    #[error("the task is limited and no place in its limit is held here")]
+    NoPermit,
 }
 
 /// Why [`LeaderlessNode::propose_ring_change`] did not start. Nothing changed.
@@ -97,6 +100,8 @@ pub enum RingError {
     #[error("a ring change is in flight here")]
     Busy,
 }
+
+mod limits;
 
 /// A node of a leaderless cluster.
 #[derive(Debug)]
@@ -190,6 +195,8 @@ pub struct LeaderlessNode {
     offers_taken: u64,
     /// Draining: no new claims, hand back what is left at the deadline.
     drain: Option<Drain>,
+    /// Concurrency and rate limits: grants, asks, permit records kept.
+    limiter: limits::Limiter,
     out: Out,
 }
 
@@ -334,8 +341,12 @@ impl LeaderlessNode {
         if rec.value.start_by.is_some_and(|d| now > d) {
             return Err(StealError::NotPending);
         }
+        let permit = self.grant_for(now, id, rec.value.epoch.next());
+        if rec.header.task.limit.is_some() && permit.is_none() {
+            return Err(StealError::NoPermit);
+        }
         let (header, version, value) = (rec.header.clone(), rec.version, rec.value.clone());
-        self.propose(now, id, header, version, value, Intent::Claim)
+        self.propose(now, id, header, version, value, Intent::Claim { permit })
             .map_err(|_| StealError::Busy)?;
         self.run_loopback(now);
         Ok(())
@@ -387,6 +398,9 @@ impl LeaderlessNode {
 
     fn persist_record(&mut self, id: TaskId) {
         let rec = self.records.get(&id).expect("persisting a held record");
+        if crate::permit::permit_key(&rec.header.task).is_some() {
+            self.limiter.held_records.insert(id);
+        }
         self.out.push(Action::Persist(vec![StoreOp::Put {
             key: record_key(id),
             value: encode(rec),
@@ -447,6 +461,9 @@ impl LeaderlessNode {
     }
 
     fn reply(&mut self, request: RequestId, reply: Result<ClientResponse, ClientError>) {
+        if self.internal_reply(request) {
+            return;
+        }
         self.events_requests.remove(&request);
         match self.batches.reply(request, reply) {
             Err(reply) => self.out.push(Action::Reply { request, reply }),
@@ -459,10 +476,12 @@ impl LeaderlessNode {
     /// each task on its own; see [`crate::batch`] for what holds.
     fn submit_batch(&mut self, now: Time, request: RequestId, tasks: Vec<(TaskId, Task)>) {
         let unenforced = tasks.iter().enumerate().find_map(|(index, (_, task))| {
-            refuse_limit(task).err().map(|e| ClientError::BatchItem {
-                index,
-                error: Box::new(e),
-            })
+            self.refuse_unenforceable(task)
+                .err()
+                .map(|e| ClientError::BatchItem {
+                    index,
+                    error: Box::new(e),
+                })
         });
         if let Some(e) = self.peers.limits.check_batch(&tasks).err().or(unenforced) {
             return self.reply(request, Err(e));
@@ -481,6 +500,25 @@ impl LeaderlessNode {
             .open(request, tasks.iter().map(|(id, _)| *id).collect());
         for (sub, (id, task)) in subs.into_iter().zip(tasks) {
             self.submit(now, sub, id, task);
+        }
+    }
+
+    /// Refuses a task this mode cannot run as asked: one of the permit
+    /// records' reserved kind, or a limit above what a permit record holds.
+    fn refuse_unenforceable(&self, task: &Task) -> Result<(), ClientError> {
+        if task.kind == crate::permit::PERMIT_KIND {
+            return Err(ClientError::InvalidTask {
+                reason: format!(
+                    "task kind {:?} is reserved for the cluster's limit records",
+                    crate::permit::PERMIT_KIND
+                ),
+            });
+        }
+        match &task.limit {
+            Some(limit) => self
+                .limit_enforceable(limit)
+                .map_err(|reason| ClientError::InvalidTask { reason }),
+            None => Ok(()),
         }
     }
 
@@ -506,7 +544,7 @@ impl LeaderlessNode {
             .peers
             .limits
             .check_task(&task)
-            .and_then(|()| refuse_limit(&task))
+            .and_then(|()| self.refuse_unenforceable(&task))
         {
             return self.reply(request, Err(e));
         }
@@ -652,6 +690,9 @@ impl LeaderlessNode {
         read_epoch: u64,
         holders: Holders,
     ) {
+        if purpose == ReadPurpose::Permit {
+            return self.permit_check_done(now, request, best);
+        }
         if purpose == ReadPurpose::Submit {
             let Some(task) = self.submit_lookups.remove(&request) else {
                 return; // answered already (expired)
@@ -674,7 +715,18 @@ impl LeaderlessNode {
                 // more. Held by a majority it lives on (and is claimed
                 // soon); held by fewer once all answered, it is dead.
                 let held = holders.holding.len();
-                if held < majority(holders.of) && holders.heard == holders.of {
+                // A permit record's first write holds no place yet, and
+                // none can be chosen on it once a majority of its replicas
+                // refuse to create it: a majority heard is enough to write
+                // it anew (a task's needs them all, or it could forget one
+                // a client was told is durable). The keeper must not wait
+                // on a replica that left the ring for good.
+                let heard_enough = if crate::permit::permit_key(&task).is_some() {
+                    holders.heard >= majority(holders.of)
+                } else {
+                    holders.heard == holders.of
+                };
+                if held < majority(holders.of) && heard_enough {
                     for &n in &holders.holding {
                         let header = found.header.clone();
                         self.send(n, LeaderlessMessage::Forget { id, header });
@@ -728,7 +780,7 @@ impl LeaderlessNode {
             *slot = Some(created_at);
         }
         match purpose {
-            ReadPurpose::Submit => unreachable!("answered above"),
+            ReadPurpose::Submit | ReadPurpose::Permit => unreachable!("answered above"),
             ReadPurpose::Get if !in_doubt => self.answer_value(request, id, &header.task, &value),
             ReadPurpose::Get => {
                 // A value accepted after `version` may be chosen already:
@@ -1206,6 +1258,7 @@ impl LeaderlessNode {
             for note in transition_notes(id, &proposal.base, &value) {
                 self.out.push(Action::Note(note));
             }
+            self.after_limited_change(id, &header, &proposal.base, &value);
             // The value chosen may be another proposer's (adopted in
             // phase 1): noted only when it records this very heartbeat.
             if let Intent::Heartbeat { epoch, .. } = &intent {
@@ -1242,6 +1295,9 @@ impl LeaderlessNode {
             }
         }
         self.on_learned(now, id, &header, version, &value);
+        if matches!(intent, Intent::Permits(_)) {
+            self.permits_over(id, &value);
+        }
         // Results and cancels go on until their compare part fails; claims
         // are left to the next tick, which looks at liveness again.
         let again = matches!(intent, Intent::Finish { .. } | Intent::Cancel)
@@ -1403,6 +1459,9 @@ impl LeaderlessNode {
         self.ring_tick(now);
         self.commit_results(now);
         self.claim_work(now);
+        self.sweep_permits(now);
+        self.pump_permits(now);
+        self.send_permit_asks();
         self.rebalance(now);
         self.anti_entropy();
     }
@@ -1488,6 +1547,7 @@ impl LeaderlessNode {
             (self.peers.capacity_tasks as usize).saturating_sub(self.executing.len())
         };
         let ids = self.claim_scan();
+        self.prune_grants(now);
         // What is kept per pending task goes with its pending state.
         let records = &self.records;
         let pending = |id: &TaskId| {
@@ -1562,7 +1622,7 @@ impl LeaderlessNode {
                 TaskState::Pending
                     if room > 0 && i_carry && fenced_first_write(rec, &self.ring.ring) =>
                 {
-                    Intent::Claim
+                    Intent::Claim { permit: None }
                 }
                 TaskState::Pending if room > 0 && i_carry => {
                     // The first live replica with room claims: a replica
@@ -1586,7 +1646,7 @@ impl LeaderlessNode {
                     if first_live != Some(me) {
                         self.steals += 1;
                     }
-                    Intent::Claim
+                    Intent::Claim { permit: None }
                 }
                 TaskState::Pending if labelled => {
                     // This node cannot claim it (it lacks a label, or room).
@@ -1610,11 +1670,19 @@ impl LeaderlessNode {
                     let Some(to) = self.offer_target(&rec.header.task, &offered_to) else {
                         continue; // no live node with room carries them: later
                     };
+                    // A limited task is offered with a place held for it.
+                    let want = rec.value.epoch.next();
+                    let permit = self.grant_for(now, id, want);
+                    if let (Some(limit), None) = (rec.header.task.limit.clone(), permit) {
+                        self.ask_permit(now, id, want, &limit);
+                        continue;
+                    }
                     let msg = LeaderlessMessage::Offer {
                         id,
                         header: rec.header.clone(),
                         version: rec.version,
                         value: rec.value.clone(),
+                        permit,
                     };
                     *offered_to.entry(to).or_default() += 1;
                     self.offered.insert(id, now);
@@ -1633,6 +1701,7 @@ impl LeaderlessNode {
                             owner: node,
                             epoch,
                             reason: SupersedeReason::RunnerDeclaredDead,
+                            permit: None,
                         }
                     } else {
                         Intent::Release { epoch }
@@ -1662,6 +1731,7 @@ impl LeaderlessNode {
                             owner: node,
                             epoch,
                             reason: SupersedeReason::RunnerDeclaredDead,
+                            permit: None,
                         }
                     } else {
                         continue;
@@ -1677,6 +1747,7 @@ impl LeaderlessNode {
                         owner: node,
                         epoch,
                         reason: SupersedeReason::RunnerDeclaredDead,
+                        permit: None,
                     }
                 }
                 // The runner is down and this replica cannot run the task:
@@ -1714,8 +1785,22 @@ impl LeaderlessNode {
                 _ => continue,
             };
             let (header, version, value) = (rec.header.clone(), rec.version, rec.value.clone());
-            if matches!(intent, Intent::Claim | Intent::Reclaim { .. }) {
+            let mut intent = intent;
+            if let Intent::Claim { permit } | Intent::Reclaim { permit, .. } = &mut intent {
                 room = room.saturating_sub(1);
+                // A limited task is claimed only with a place held for the
+                // epoch the claim takes: asked for first, claimed once
+                // granted (a later scan).
+                if let Some(limit) = &header.task.limit {
+                    let want = value.epoch.next();
+                    match self.grant_for(now, id, want) {
+                        Some(grant) => *permit = Some(grant),
+                        None => {
+                            self.ask_permit(now, id, want, limit);
+                            continue;
+                        }
+                    }
+                }
             }
             if self
                 .propose(now, id, header, version, value, intent)
@@ -1803,6 +1888,7 @@ impl LeaderlessNode {
         header: TaskHeader,
         version: u64,
         value: TaskValue,
+        permit: Option<(Epoch, Time)>,
     ) {
         // A proposal of this node for another body of the task (two first
         // writes raced under the id: this node holds, or was offered, the
@@ -1843,16 +1929,16 @@ impl LeaderlessNode {
             Some(r) if r.version > version => (r.version, r.value.clone()),
             _ => (version, value),
         };
-        if Intent::Claim
+        // A limited task comes with the offerer's grant; without one (or
+        // with one for another epoch) the claim cannot apply.
+        let claim = Intent::Claim { permit };
+        if claim
             .desired(self.me(), self.generation, &header, &value, now)
             .is_none()
         {
-            return; // not ready yet, or past its deadline
+            return; // not ready yet, past its deadline, or no place held
         }
-        if self
-            .propose(now, id, header, version, value, Intent::Claim)
-            .is_ok()
-        {
+        if self.propose(now, id, header, version, value, claim).is_ok() {
             self.offer_claims.insert(id);
             self.offers_taken += 1;
         }
@@ -1962,7 +2048,14 @@ impl LeaderlessNode {
                 header,
                 version,
                 value,
-            } => self.on_offer(now, id, header, version, value),
+                permit,
+            } => self.on_offer(now, id, header, version, value, permit),
+            LeaderlessMessage::PermitAsk {
+                key,
+                acquire,
+                release,
+            } => self.on_permit_ask(from, key, acquire, release),
+            LeaderlessMessage::PermitAnswer { granted } => self.on_permit_answer(granted),
             LeaderlessMessage::Write {
                 op,
                 id,
@@ -2435,7 +2528,9 @@ fn purge_at(limits: &cohort_core::Limits, rec: &Record) -> Option<Time> {
 /// finishes, or releases, what it was running). A record kept after its
 /// task moved away is otherwise history.
 fn is_active(rec: &Record, me: NodeId) -> bool {
+    // A permit record stays pending for ever; nothing claims it.
     !rec.value.state.is_final()
+        && crate::permit::permit_key(&rec.header.task).is_none()
         && (rec.is_replica(me)
             || matches!(rec.value.state, TaskState::Running { node, .. } if node == me))
 }
@@ -2499,6 +2594,21 @@ fn lease_ended(task: &Task, value: &TaskValue, now: Time) -> bool {
     renewed_at.is_some_and(|at| now > task.lease_ends(at))
 }
 
+/// Why `value` ended the failed attempt under `epoch`: its lease ended
+/// when the cluster recorded the failure under the `lease_expired` class
+/// (`Intent::EndLease`), else its handler failed.
+fn failed_reason(value: &TaskValue, epoch: Epoch) -> SupersedeReason {
+    let lease = value.history.events.iter().rev().any(|e| {
+        matches!(&e.what, TaskEventKind::AttemptFailed { epoch: e2, error, .. }
+            if *e2 == epoch && error_class(error) == Some(LEASE_EXPIRED_CLASS))
+    });
+    if lease {
+        SupersedeReason::LeaseExpired
+    } else {
+        SupersedeReason::AttemptFailed
+    }
+}
+
 /// The notes for the chosen transition `old` → `new` of `task`.
 fn transition_notes(task: TaskId, old: &TaskValue, new: &TaskValue) -> Vec<Note> {
     let mut notes = Vec::new();
@@ -2514,19 +2624,7 @@ fn transition_notes(task: TaskId, old: &TaskValue, new: &TaskValue) -> Vec<Note>
             _ => None,
         })
     };
-    // A failed attempt's: its lease ended when the cluster recorded the
-    // failure under the `lease_expired` class (`Intent::EndLease`).
-    let failed_for = |epoch: Epoch| {
-        let lease = new.history.events.iter().rev().any(|e| {
-            matches!(&e.what, TaskEventKind::AttemptFailed { epoch: e2, error, .. }
-                if *e2 == epoch && error_class(error) == Some(LEASE_EXPIRED_CLASS))
-        });
-        if lease {
-            SupersedeReason::LeaseExpired
-        } else {
-            SupersedeReason::AttemptFailed
-        }
-    };
+    let failed_for = |epoch: Epoch| failed_reason(new, epoch);
     match (&old.state, &new.state) {
         (TaskState::Running { epoch, .. }, TaskState::Running { .. }) => {
             notes.push(Note::Superseded {
@@ -2551,17 +2649,22 @@ fn transition_notes(task: TaskId, old: &TaskValue, new: &TaskValue) -> Vec<Note>
             task,
             epoch: *epoch,
             node: *node,
-            // The claim's own event, stamped by the claimer.
-            at: new
-                .history
-                .events
-                .iter()
-                .rev()
-                .find_map(|e| match e.what {
-                    TaskEventKind::Assigned { epoch: e2, .. } if e2 == *epoch => Some(e.at),
-                    _ => None,
-                })
-                .unwrap_or(Time::ZERO),
+            // A limited task's start is its grant's stamp, which its rate
+            // limit counted (the claim comes a little later); any other's
+            // is the claim's own event, stamped by the claimer.
+            at: match new.granted {
+                Some((e, at)) if e == *epoch => at,
+                _ => new
+                    .history
+                    .events
+                    .iter()
+                    .rev()
+                    .find_map(|e| match e.what {
+                        TaskEventKind::Assigned { epoch: e2, .. } if e2 == *epoch => Some(e.at),
+                        _ => None,
+                    })
+                    .unwrap_or(Time::ZERO),
+            },
         }),
         s if s.is_final() => notes.push(Note::Decided {
             task,
@@ -2597,6 +2700,7 @@ impl Node for LeaderlessNode {
         let mut records = BTreeMap::new();
         let mut active = ActiveSet::default();
         let mut expiring = BTreeSet::new();
+        let mut limiter = limits::Limiter::default();
         for (key, value) in stored.scan_prefix(RECORD_PREFIX) {
             let rec: Record = decode(value, usize::MAX).map_err(|e| BootError::corrupt(key, e))?;
             let id = TaskId(u128::from_be_bytes(
@@ -2609,6 +2713,9 @@ impl Node for LeaderlessNode {
             }
             if let Some(due) = purge_at(&peers.limits, &rec) {
                 expiring.insert((due, id));
+            }
+            if crate::permit::permit_key(&rec.header.task).is_some() {
+                limiter.held_records.insert(id);
             }
             records.insert(id, rec);
         }
@@ -2668,6 +2775,7 @@ impl Node for LeaderlessNode {
             batches: crate::batch::Batches::default(),
             steals: 0,
             drain: None,
+            limiter,
             out: Vec::new(),
         };
         node.out.push(Action::Persist(vec![StoreOp::Put {
@@ -2712,6 +2820,8 @@ impl Node for LeaderlessNode {
         if self.claim_soon && spaced && room && small {
             self.claim_work(now);
         }
+        self.pump_permits(now);
+        self.send_permit_asks();
         self.run_loopback(now);
         self.send_bundles();
     }
@@ -2809,6 +2919,8 @@ impl Node for LeaderlessNode {
             ("reads_read_again", self.reads_again),
             ("offers_sent", self.offers_sent),
             ("offers_taken", self.offers_taken),
+            self.limit_counters()[0],
+            self.limit_counters()[1],
             ("members_declared_down", c.members_declared_down),
             ("declared_down_while_alive", c.declared_down_while_alive),
             (
@@ -2834,6 +2946,9 @@ impl Node for LeaderlessNode {
         use std::ops::Bound;
         let from = after.map_or(Bound::Unbounded, Bound::Excluded);
         for (id, rec) in self.records.range((from, Bound::Unbounded)) {
+            if crate::permit::permit_key(&rec.header.task).is_some() {
+                continue; // the cluster's own, not a client's task
+            }
             if !visit(*id, &rec.header.task, &rec.value.state) {
                 break;
             }

@@ -4,6 +4,7 @@
 //! key so a record and its acceptor state change atomically.
 
 use crate::paxos::Ballot;
+use crate::permit::Permits;
 use cohort_core::{Epoch, NodeId, Task, TaskEvents, TaskId, TaskState, Time};
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +55,14 @@ pub struct TaskValue {
     /// record's [`Record::created_at`]: a version-0 value is written, not
     /// chosen, and must be the same on every replica).
     pub history: TaskEvents,
+    /// A permit record's places and starts ([`crate::permit`]); empty in
+    /// a task's value.
+    pub permits: Box<Permits>,
+    /// A limited task's latest claim: its epoch and the stamp of the grant
+    /// it used, the start its rate limit counted (every node that notes
+    /// the claim reads it here: the proposer that gets it chosen may not be
+    /// the claimer).
+    pub granted: Option<(Epoch, Time)>,
 }
 
 impl TaskValue {
@@ -70,6 +79,8 @@ impl TaskValue {
             ready_at: header.task.not_before,
             start_by: None,
             history: TaskEvents::default(),
+            permits: Box::default(),
+            granted: None,
         }
     }
 }

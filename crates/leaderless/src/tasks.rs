@@ -18,6 +18,9 @@ pub enum ReadPurpose {
     /// task wherever it lives before creating it (so a resubmit under a
     /// newer ring does not start a second record on other replicas).
     Submit,
+    /// A permit keeper's check of a task a place is held for
+    /// ([`crate::permit`]).
+    Permit,
 }
 
 /// One client operation waiting on replicas.

@@ -216,7 +216,14 @@ fn initial() -> State {
         let me = NodeId(n);
         let mut p = Proposer::new(me, 0, 4, 16);
         let msgs = p
-            .start(Time::ZERO, TASK, header(), 0, base.clone(), Intent::Claim)
+            .start(
+                Time::ZERO,
+                TASK,
+                header(),
+                0,
+                base.clone(),
+                Intent::Claim { permit: None },
+            )
             .expect("starts");
         init.proposers.insert(me, (p, 0));
         send_all(&mut init, me, msgs);
@@ -253,6 +260,8 @@ fn running(n: u64) -> String {
             ready_at: cohort_core::Time::ZERO,
             start_by: None,
             history,
+            permits: Default::default(),
+            granted: None,
         }
     )
 }

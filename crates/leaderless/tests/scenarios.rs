@@ -1567,3 +1567,179 @@ fn a_freed_slot_and_a_new_task_are_claimed_at_the_batch_end_not_the_next_tick() 
         "30 tasks on 3 slots took {took_ms} ms: at one task per slot and 1 s tick it would be 10 s"
     );
 }
+
+/// A limited task submitted on `node`.
+fn submit_limited(
+    sim: &mut Sim,
+    node: NodeId,
+    id: cohort_core::TaskId,
+    limit: cohort_core::TaskLimit,
+) -> cohort_core::RequestId {
+    sim.client(
+        node,
+        ClientRequest::Submit {
+            id,
+            task: cohort_core::Task {
+                limit: Some(limit),
+                ..task(b"limited")
+            },
+        },
+    )
+}
+
+/// Per assignment of `ids`, the sim times it was live in the cluster's
+/// record: from its first `Assigned` note to the first note that ended it.
+fn live_spans(sim: &Sim, ids: &[cohort_core::TaskId]) -> Vec<(u64, u64, cohort_core::TaskId)> {
+    use std::collections::BTreeMap;
+    let mut start: BTreeMap<(cohort_core::TaskId, Epoch), u64> = BTreeMap::new();
+    let mut spans = Vec::new();
+    for (at, _, note) in &sim.notes {
+        let ms = at.as_millis();
+        match note {
+            Note::Assigned { task, epoch, .. } if ids.contains(task) => {
+                start.entry((*task, *epoch)).or_insert(ms);
+            }
+            Note::Superseded { task, epoch, .. } => {
+                if let Some(from) = start.remove(&(*task, *epoch)) {
+                    spans.push((from, ms, *task));
+                }
+            }
+            Note::Decided { task, .. } => {
+                let ended: Vec<_> = start.keys().filter(|(t, _)| t == task).copied().collect();
+                for k in ended {
+                    let from = start.remove(&k).expect("listed");
+                    spans.push((from, ms, *task));
+                }
+            }
+            _ => {}
+        }
+    }
+    spans.sort();
+    spans
+}
+
+#[test]
+fn a_concurrency_limit_of_one_runs_its_keys_tasks_one_at_a_time_whichever_node_claims() {
+    let mut sim = Sim::new(41, 5, LeaderlessConfig::default());
+    sim.handlers.run_ms = (100, 100);
+    sim.run_for(1_000);
+    let one = cohort_core::TaskLimit {
+        key: "tenant-a".into(),
+        concurrency_max: 1,
+        rate_max: 0,
+        rate_window_ms: 0,
+    };
+    // Spread over the hash space: different replicas claim them.
+    let limited: Vec<_> = (0..6).map(|n| tid(100 + n)).collect();
+    let free: Vec<_> = (0..6).map(|n| tid(200 + n)).collect();
+    for (i, (&l, &f)) in limited.iter().zip(&free).enumerate() {
+        let node = NodeId(1 + i as u64 % 5);
+        submit_limited(&mut sim, node, l, one.clone());
+        sim.submit(node, f, b"free");
+    }
+    let all: Vec<_> = limited.iter().chain(&free).copied().collect();
+    assert!(
+        sim.run_until(10_000, |s| all.iter().all(|&id| s.decided(id).is_some())),
+        "every task finishes"
+    );
+    for &id in &all {
+        assert!(matches!(sim.decided(id), Some(TaskState::Succeeded { .. })));
+    }
+    let runs = live_spans(&sim, &limited);
+    assert_eq!(runs.len(), limited.len(), "one run each: {runs:?}");
+    for pair in runs.windows(2) {
+        assert!(
+            pair[0].1 <= pair[1].0,
+            "two runs of tenant-a overlap: {runs:?}"
+        );
+    }
+    // The unlimited tasks were not held back behind them.
+    let free_runs = live_spans(&sim, &free);
+    let last_free_end = free_runs.iter().map(|r| r.1).max().expect("ran");
+    let last_limited_end = runs.last().expect("ran").1;
+    assert!(
+        last_free_end < last_limited_end,
+        "free tasks ran beside the limited ones: {free_runs:?} {runs:?}"
+    );
+    // Every place was given back: the keeper's record holds none.
+    let pid = cohort_leaderless::permit::permit_id("tenant-a");
+    assert!(sim.run_until(2_000, |s| {
+        s.members().iter().all(|&n| {
+            s.node(n)
+                .record(pid)
+                .is_none_or(|(_, v)| v.permits.held.is_empty())
+        })
+    }));
+}
+
+#[test]
+fn a_limited_tasks_runner_crashing_mid_run_hands_its_place_to_the_reclaim_and_the_key_goes_on() {
+    let mut sim = Sim::new(43, 5, LeaderlessConfig::default());
+    sim.run_for(1_000);
+    let one = cohort_core::TaskLimit {
+        key: "tenant-b".into(),
+        concurrency_max: 1,
+        rate_max: 0,
+        rate_window_ms: 0,
+    };
+    let (a, b) = (tid(300), tid(301));
+    sim.handlers.hang.insert(a);
+    submit_limited(&mut sim, NodeId(2), a, one.clone());
+    assert!(sim.run_until(1_000, |s| !s.executions_of(a).is_empty()));
+    submit_limited(&mut sim, NodeId(3), b, one);
+    sim.run_for(1_000);
+    assert!(
+        sim.executions_of(b).is_empty(),
+        "b waits while a holds the only place"
+    );
+    let (owner, _) = sim.executions_of(a)[0];
+    sim.handlers.hang.clear();
+    sim.crash(owner);
+    // The key is full, yet a's re-claim moves a's own place to epoch 2
+    // (a dead runner's place does not block its task), then b runs.
+    assert!(
+        sim.run_until(10_000, |s| s.decided(a).is_some() && s.decided(b).is_some()),
+        "both finish"
+    );
+    let runs_a = sim.executions_of(a);
+    assert_eq!(runs_a.len(), 2, "{runs_a:?}");
+    assert_eq!(runs_a[1].1, Epoch(2));
+    let runs = live_spans(&sim, &[a, b]);
+    for pair in runs.windows(2) {
+        assert!(pair[0].1 <= pair[1].0, "runs overlap: {runs:?}");
+    }
+}
+
+#[test]
+fn a_limit_above_what_a_permit_record_holds_and_the_reserved_kind_are_refused() {
+    let mut sim = Sim::new(44, 3, LeaderlessConfig::default());
+    sim.run_for(500);
+    let big = cohort_core::TaskLimit {
+        key: "k".into(),
+        concurrency_max: 5_000,
+        rate_max: 0,
+        rate_window_ms: 0,
+    };
+    let r = submit_limited(&mut sim, NodeId(1), tid(1), big);
+    let reserved = sim.client(
+        NodeId(1),
+        ClientRequest::Submit {
+            id: tid(2),
+            task: cohort_core::Task {
+                kind: cohort_leaderless::permit::PERMIT_KIND.into(),
+                ..task(b"k")
+            },
+        },
+    );
+    sim.run_for(50);
+    for (r, says) in [(r, "permit_holders_max"), (reserved, "reserved")] {
+        match sim.reply(r) {
+            Some(Err(ClientError::InvalidTask { reason })) => {
+                assert!(reason.contains(says), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(sim.node(NodeId(1)).record(tid(1)).is_none());
+    assert!(sim.node(NodeId(1)).record(tid(2)).is_none());
+}

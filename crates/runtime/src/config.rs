@@ -413,12 +413,6 @@ impl RuntimeConfig {
             if let Err(e) = self.peers.limits.check_task(&task) {
                 return bad(format!("kind {kind:?}: {e}"));
             }
-            if self.mode == "leaderless" && task.limit.is_some() {
-                return bad(format!(
-                    "kind {kind:?}: {}",
-                    cohort_core::limit::LIMITS_NEED_A_COORDINATOR
-                ));
-            }
         }
         if u32::try_from(self.peers.limits.message_bytes_max).is_err() {
             return bad("message_bytes_max must fit a 32-bit frame length".into());

@@ -43,8 +43,10 @@ const META_KEY: &str = "identity";
 /// concurrency and rate limit, the leader's state the limits' counts. 8:
 /// a leader log entry may pack several commands (`Command::Many`), and
 /// a leader snapshot holds each running task's lease. 9: an ended lease
-/// (`Command::ExpireLease`) carries the jitter of its retry backoff.
-pub const FORMAT_VERSION: u32 = 9;
+/// (`Command::ExpireLease`) carries the jitter of its retry backoff. 10:
+/// leaderless records carry a permit record's places and a limited
+/// task's grant.
+pub const FORMAT_VERSION: u32 = 10;
 
 /// Who a data file belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

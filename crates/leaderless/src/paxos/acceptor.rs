@@ -128,6 +128,8 @@ mod tests {
             ready_at: cohort_core::Time::ZERO,
             start_by: None,
             history: Default::default(),
+            permits: Default::default(),
+            granted: None,
         }
     }
 

@@ -5,6 +5,7 @@
 
 use crate::message::LeaderlessMessage;
 use crate::paxos::{majority, Ballot};
+use crate::permit::PermitChange;
 use crate::record::{TaskHeader, TaskValue};
 use cohort_core::{
     after_failure, event_error, event_progress, AfterFailure, Epoch, NodeId, SupersedeReason,
@@ -18,7 +19,12 @@ use std::time::Duration;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Intent {
     /// `Pending` → `Running { me, epoch + 1 }`.
-    Claim,
+    Claim {
+        /// A limited task's grant ([`crate::permit`]): the epoch it is
+        /// good for, which the claim must take, and its stamp. A limited
+        /// task is never claimed without one.
+        permit: Option<(Epoch, Time)>,
+    },
     /// `Running { owner, epoch }` → `Running { me, epoch + 1 }`: the owner was
     /// declared down (or is this node, restarted), or its lease ended.
     Reclaim {
@@ -28,6 +34,8 @@ pub enum Intent {
         epoch: Epoch,
         /// Why, as the history records it (`RunnerDeclaredDead`).
         reason: SupersedeReason,
+        /// A limited task's grant, as for [`Intent::Claim`].
+        permit: Option<(Epoch, Time)>,
     },
     /// `Running { me, epoch }` → the outcome (final, or `Pending` again
     /// when the retry policy retries it).
@@ -107,6 +115,30 @@ pub enum Intent {
     /// value was accepted in it (a linearizable read whose replicas are in
     /// doubt), else stop.
     Settle,
+    /// A permit record's places given back and asked for
+    /// ([`crate::permit::Permits::apply`]); applies while something changes.
+    Permits(PermitChange),
+    /// `Pending` with an epoch below `epoch` → the same, with its epoch at
+    /// `epoch`: a claim under `epoch` (a grant never used, whose claim
+    /// may still be in flight) can no longer be chosen, so the grant's
+    /// place can be given back.
+    Fence {
+        /// The epoch of the unused grant.
+        epoch: Epoch,
+    },
+}
+
+/// Whether a claim taking `base.epoch + 1` of `header`'s task may go
+/// ahead with `permit`: any claim of an unlimited task, and a limited
+/// task's only with a grant for exactly that epoch.
+fn permitted(header: &TaskHeader, base: &TaskValue, permit: Option<(Epoch, Time)>) -> bool {
+    match (&header.task.limit, permit) {
+        (None, _) => true,
+        // Stamped no earlier than the task may start: the stamp is the
+        // start the history and the rate limit show.
+        (Some(_), Some((epoch, at))) => epoch == base.epoch.next() && at >= base.ready_at,
+        (Some(_), None) => false,
+    }
 }
 
 impl Intent {
@@ -123,10 +155,12 @@ impl Intent {
         at: Time,
     ) -> Option<TaskValue> {
         match (self, &base.state) {
-            (Intent::Claim, TaskState::Pending)
-                if at >= base.ready_at && base.start_by.is_none_or(|d| at <= d) =>
+            (Intent::Claim { permit }, TaskState::Pending)
+                if at >= base.ready_at
+                    && base.start_by.is_none_or(|d| at <= d)
+                    && permitted(header, base, *permit) =>
             {
-                Some(claim(me, boot, base))
+                Some(claim(me, boot, base, *permit))
             }
             (Intent::Expire { deadline }, TaskState::Pending)
                 if at > base.start_by.unwrap_or(*deadline) =>
@@ -140,10 +174,16 @@ impl Intent {
                     ..base.clone()
                 })
             }
-            (Intent::Reclaim { owner, epoch, .. }, TaskState::Running { node, epoch: e })
-                if node == owner && e == epoch =>
-            {
-                Some(claim(me, boot, base))
+            (
+                Intent::Reclaim {
+                    owner,
+                    epoch,
+                    permit,
+                    ..
+                },
+                TaskState::Running { node, epoch: e },
+            ) if node == owner && e == epoch && permitted(header, base, *permit) => {
+                Some(claim(me, boot, base, *permit))
             }
             (
                 Intent::Finish {
@@ -217,6 +257,19 @@ impl Intent {
                 ring_epoch: *ring_epoch,
                 ..base.clone()
             }),
+            (Intent::Permits(change), TaskState::Pending) => {
+                let permits = base.permits.apply(change, at)?;
+                Some(TaskValue {
+                    permits: Box::new(permits),
+                    ..base.clone()
+                })
+            }
+            (Intent::Fence { epoch }, TaskState::Pending) if base.epoch < *epoch => {
+                Some(TaskValue {
+                    epoch: *epoch,
+                    ..base.clone()
+                })
+            }
             _ => None,
         }
     }
@@ -238,7 +291,7 @@ impl Intent {
         let mut value = self.desired(me, boot, header, base, at)?;
         let mut events = Vec::new();
         match self {
-            Intent::Claim => events.push(TaskEventKind::Assigned {
+            Intent::Claim { .. } => events.push(TaskEventKind::Assigned {
                 node: me,
                 epoch: value.epoch,
             }),
@@ -246,6 +299,7 @@ impl Intent {
                 owner,
                 epoch,
                 reason,
+                ..
             } => {
                 events.push(TaskEventKind::RunnerLost {
                     node: *owner,
@@ -291,8 +345,20 @@ impl Intent {
                 epoch: *epoch,
                 progress: event_progress(progress),
             }),
-            Intent::Move { .. } | Intent::Settle => {}
+            Intent::Move { .. } | Intent::Settle | Intent::Permits(_) | Intent::Fence { .. } => {}
         }
+        // A limited task's claim is stamped at its grant: the start its
+        // rate limit counted, and what its events show.
+        let at = match self {
+            Intent::Claim {
+                permit: Some((_, granted)),
+            }
+            | Intent::Reclaim {
+                permit: Some((_, granted)),
+                ..
+            } => *granted,
+            _ => at,
+        };
         for what in events {
             value.history.push(TaskEvent { at, what }, events_max);
         }
@@ -338,7 +404,7 @@ fn failure_event(node: NodeId, epoch: Epoch, error: &str, value: &TaskValue) -> 
     cohort_core::failure_event(node, epoch, error, after)
 }
 
-fn claim(me: NodeId, boot: u64, base: &TaskValue) -> TaskValue {
+fn claim(me: NodeId, boot: u64, base: &TaskValue, permit: Option<(Epoch, Time)>) -> TaskValue {
     let epoch = base.epoch.next();
     TaskValue {
         state: TaskState::Running { node: me, epoch },
@@ -350,6 +416,8 @@ fn claim(me: NodeId, boot: u64, base: &TaskValue) -> TaskValue {
         ready_at: base.ready_at,
         start_by: None,
         history: base.history.clone(),
+        permits: base.permits.clone(),
+        granted: permit.or(base.granted),
     }
 }
 
@@ -802,7 +870,7 @@ mod tests {
                 header(),
                 0,
                 TaskValue::initial(&header()),
-                Intent::Claim,
+                Intent::Claim { permit: None },
             )
             .expect("starts");
         match &msgs[0].1 {
@@ -832,7 +900,7 @@ mod tests {
                 header(),
                 0,
                 TaskValue::initial(&header()),
-                Intent::Claim,
+                Intent::Claim { permit: None },
             )
         };
         assert!(start(&mut p, 1).is_ok());
@@ -858,7 +926,7 @@ mod tests {
                 header(),
                 0,
                 TaskValue::initial(&header()),
-                Intent::Claim,
+                Intent::Claim { permit: None },
             )
             .expect("starts");
         let LeaderlessMessage::Prepare { ballot, .. } = first[0].1 else {

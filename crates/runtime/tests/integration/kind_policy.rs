@@ -192,26 +192,6 @@ async fn a_policy_for_a_kind_without_a_handler_or_out_of_limits_stops_the_start(
     }
 }
 
-/// A leaderless node does not start with a kind policy that limits its
-/// kind: it would refuse every task of the kind, so the config is refused.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_leaderless_node_refuses_a_kind_policy_with_a_limit_at_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let policy = KindPolicy {
-        concurrency_max: Some(4),
-        ..KindPolicy::default()
-    };
-    let e = refused_start::<cohort_leaderless::LeaderlessNode>(
-        dir.path(),
-        "leaderless",
-        cohort_leaderless::LeaderlessConfig::default(),
-        "sleep",
-        policy,
-    )
-    .await;
-    assert!(e.contains("need a coordinator"), "{e}");
-}
-
 /// Starts a one-node cluster of `mode` whose config gives `kind` the
 /// `policy`, which it must refuse; the error.
 async fn refused_start<N: cohort_core::Node + Send + 'static>(

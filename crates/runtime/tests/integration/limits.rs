@@ -2,8 +2,9 @@
 //! the runs of a key never overlap beyond its `concurrency_max` and its
 //! starts keep to `rate_max` per window, by the decision stamps in each
 //! task's events, while tasks of other keys run beside them; a kind's
-//! policy limit shows on its tasks. The leaderless mode refuses a limit
-//! with a 400 rather than accept one it would not keep.
+//! policy limit shows on its tasks. The leaderless mode keeps them too,
+//! through a permit record per key; it refuses a limit larger than a
+//! permit record holds.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 use crate::real;
@@ -217,25 +218,23 @@ async fn static_mode_keeps_concurrency_and_rate_limits_per_key() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn leaderless_mode_refuses_a_limit_it_would_not_keep() {
+async fn leaderless_mode_keeps_concurrency_and_rate_limits_per_key() {
     let dir = tempfile::tempdir().unwrap();
-    let nodes = real::three(dir.path(), Mode::Leaderless, |_, _| {}, real::builtins).await;
+    let nodes = real::three(dir.path(), Mode::Leaderless, tweak, real::builtins).await;
+    limits_hold_back_their_key_only(&nodes).await;
+    // A limit above what a permit record holds is refused, not kept
+    // loosely.
     let client = Client::new(&nodes[0].http_addr().to_string());
     let body = limited(
         echo("x"),
         LimitBody {
             key: "tenant".into(),
-            concurrency_max: Some(1),
+            concurrency_max: Some(5_000),
             ..LimitBody::default()
         },
     );
-    // Refused as invalid whatever the cluster's state: retrying cannot help.
     let e = client.submit(&body).await.unwrap_err();
     assert!(!e.is_retryable(), "{e}");
-    assert!(e.to_string().contains("need a coordinator"), "{e}");
-    assert_eq!(real::listed(&client).await, Vec::<String>::new());
-    // The same task without its limit is taken.
-    let id = submit(&client, &echo("x")).await;
-    assert_eq!(finished(&client, &id).await.task.state, "succeeded");
+    assert!(e.to_string().contains("permit_holders_max"), "{e}");
     real::shutdown_all(nodes).await;
 }
