@@ -1743,3 +1743,55 @@ fn a_limit_above_what_a_permit_record_holds_and_the_reserved_kind_are_refused() 
     assert!(sim.node(NodeId(1)).record(tid(1)).is_none());
     assert!(sim.node(NodeId(1)).record(tid(2)).is_none());
 }
+
+/// A grant its claimer never used (it was cut off right after the grant,
+/// and no other node carries the task's label) would hold the key's only
+/// place for ever; the keeper's sweep fences the task (its epoch moves
+/// past the grant, so the claim could no longer apply) and gives the
+/// place back, and another task of the key runs.
+#[test]
+fn an_unused_grant_is_fenced_and_its_place_given_back_to_the_next_task_of_the_key() {
+    let mut sim = Sim::with_labels(45, 3, LeaderlessConfig::default(), &[(1, "x")]);
+    sim.run_for(1_000);
+    let one = cohort_core::TaskLimit {
+        key: "k".into(),
+        concurrency_max: 1,
+        rate_max: 0,
+        rate_window_ms: 0,
+    };
+    let (t, t2) = (tid(400), tid(401));
+    sim.client(
+        NodeId(1),
+        ClientRequest::Submit {
+            id: t,
+            task: cohort_core::Task {
+                labels: vec!["x".into()],
+                limit: Some(one.clone()),
+                ..task(b"only n1")
+            },
+        },
+    );
+    let pid = cohort_leaderless::permit::permit_id("k");
+    let held = |s: &Sim| {
+        s.members().iter().any(|&n| {
+            s.node(n)
+                .record(pid)
+                .is_some_and(|(_, v)| v.permits.held.contains_key(&t))
+        })
+    };
+    assert!(sim.run_until(2_000, held), "t's place granted");
+    sim.isolate(NodeId(1));
+    submit_limited(&mut sim, NodeId(2), t2, one);
+    assert!(
+        sim.run_until(15_000, |s| s.decided(t2).is_some()),
+        "t2 runs once t's unused place is fenced and given back"
+    );
+    assert!(sim.executions_of(t).is_empty(), "t never ran");
+    let (_, value) = sim.node(NodeId(2)).record(t).expect("a replica");
+    assert_eq!(value.state, TaskState::Pending);
+    assert_eq!(value.epoch, Epoch(1), "fenced past its grant");
+    // Once n1 is back, t runs under the next epoch.
+    sim.heal();
+    assert!(sim.run_until(15_000, |s| s.decided(t).is_some()));
+    assert_eq!(sim.executions_of(t), vec![(NodeId(1), Epoch(2))]);
+}
