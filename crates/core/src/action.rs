@@ -68,7 +68,8 @@ pub enum Note {
         node: NodeId,
         /// When it was decided, on the deciding node's clock (the leader
         /// that proposed it, the static coordinator, the leaderless
-        /// claimer): the start a rate limit counts.
+        /// claimer; for a limited leaderless task, the keeper that stamped
+        /// its grant): the start a rate limit counts.
         at: Time,
     },
     /// The cluster decided that the assignment `(task, epoch)` is over without

@@ -49,8 +49,9 @@ pub struct Task {
     /// carry. At most [`TASK_LABELS_MAX`], each a [`valid_label`].
     pub labels: Vec<String>,
     /// A concurrency and rate limit shared with every task naming the
-    /// same key, enforced by the coordinator (leader and static mode) when
-    /// it starts the task (`None`: no limit).
+    /// same key, enforced when the task starts: by the coordinator (leader
+    /// and static mode) or by the key's permit record (leaderless mode)
+    /// (`None`: no limit).
     pub limit: Option<TaskLimit>,
 }
 
@@ -61,7 +62,8 @@ pub struct Task {
 /// Each task carries its limit and is started only when that limit allows
 /// it, counted over every task of the key: tasks sharing a key should
 /// carry the same numbers. The coordinator decides starts in its
-/// replicated log (leader mode) or its own state (static mode), so a
+/// replicated log (leader mode) or its own state (static mode), and the
+/// leaderless mode in a permit record per key decided by Paxos, so a
 /// limit holds across failovers; the counts are of the cluster's record
 /// (an assignment is running from its decision until its outcome or its
 /// supersession), not of handlers a partitioned runner may still be

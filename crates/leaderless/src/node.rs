@@ -341,7 +341,9 @@ impl LeaderlessNode {
         if rec.value.start_by.is_some_and(|d| now > d) {
             return Err(StealError::NotPending);
         }
-        let permit = self.grant_for(now, id, rec.value.epoch.next());
+        let permit = self
+            .grant_for(now, id, rec.value.epoch.next())
+            .filter(|(_, at)| *at >= rec.value.ready_at);
         if rec.header.task.limit.is_some() && permit.is_none() {
             return Err(StealError::NoPermit);
         }
@@ -1672,7 +1674,9 @@ impl LeaderlessNode {
                     };
                     // A limited task is offered with a place held for it.
                     let want = rec.value.epoch.next();
-                    let permit = self.grant_for(now, id, want);
+                    let permit = self
+                        .grant_for(now, id, want)
+                        .filter(|(_, at)| *at >= rec.value.ready_at);
                     if let (Some(limit), None) = (rec.header.task.limit.clone(), permit) {
                         self.ask_permit(now, id, want, &limit);
                         continue;
@@ -1793,9 +1797,16 @@ impl LeaderlessNode {
                 // granted (a later scan).
                 if let Some(limit) = &header.task.limit {
                     let want = value.epoch.next();
-                    match self.grant_for(now, id, want) {
+                    // A grant stamped before the task may start (it was
+                    // asked for before a retry's backoff) cannot be used:
+                    // its stamp would be the start. Asked for again.
+                    let grant = self
+                        .grant_for(now, id, want)
+                        .filter(|(_, at)| *at >= value.ready_at);
+                    match grant {
                         Some(grant) => *permit = Some(grant),
                         None => {
+                            self.drop_grant(id);
                             self.ask_permit(now, id, want, limit);
                             continue;
                         }
@@ -2054,7 +2065,7 @@ impl LeaderlessNode {
                 key,
                 acquire,
                 release,
-            } => self.on_permit_ask(from, key, acquire, release),
+            } => self.on_permit_ask(now, from, key, acquire, release),
             LeaderlessMessage::PermitAnswer { granted } => self.on_permit_answer(granted),
             LeaderlessMessage::Write {
                 op,

@@ -97,7 +97,7 @@ pub struct Permits {
 }
 
 /// One ask of a permit record.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Ask {
     /// The task.
     pub task: TaskId,

@@ -26,8 +26,12 @@ const PERMIT_REQUEST_BIT: u64 = 1 << 62;
 pub(super) struct KeeperQueue {
     /// The limit key.
     key: String,
-    /// Places asked for, by whom, under which limit.
+    /// Places asked for, by whom, under which limit. An ask that does not
+    /// fit yet waits here (granted as soon as a place frees) until
+    /// `2 * permit_ask_interval_ms` after it was last made.
     acquire: Vec<(NodeId, Ask, TaskLimit)>,
+    /// When each ask of `acquire` was last made.
+    asked_at: BTreeMap<(NodeId, Ask), Time>,
     /// Places given back.
     release: Vec<Ask>,
     /// What the proposal running on the record carries.
@@ -149,6 +153,11 @@ impl LeaderlessNode {
             .filter(|(e, at)| *e == epoch && now < *at + use_within)
     }
 
+    /// Forgets the grant held for `id`, if any.
+    pub(super) fn drop_grant(&mut self, id: TaskId) {
+        self.limiter.grants.remove(&id);
+    }
+
     /// Asks for a place for `id` under `epoch` (sent at the batch's end),
     /// unless asked recently.
     pub(super) fn ask_permit(&mut self, now: Time, id: TaskId, epoch: Epoch, limit: &TaskLimit) {
@@ -220,6 +229,7 @@ impl LeaderlessNode {
     /// back. Queued, and proposed at the batch's end.
     pub(super) fn on_permit_ask(
         &mut self,
+        now: Time,
         from: NodeId,
         key: String,
         acquire: Vec<(Ask, TaskLimit)>,
@@ -255,8 +265,9 @@ impl LeaderlessNode {
         for (ask, limit) in acquire {
             let queued = |(n, a, _): &(NodeId, Ask, TaskLimit)| *n == from && *a == ask;
             if !q.acquire.iter().any(queued) && !q.proposing.iter().any(queued) {
-                q.acquire.push((from, ask, limit));
+                q.acquire.push((from, ask.clone(), limit));
             }
+            q.asked_at.insert((from, ask), now);
         }
         for ask in release {
             if !q.release.contains(&ask) && !q.proposing_release.contains(&ask) {
@@ -363,8 +374,28 @@ impl LeaderlessNode {
                 .desired(self.me(), self.generation, &header, &base, now)
                 .is_some();
             if !changes {
-                // Every ask is settled by the record as it is.
-                self.answer_asks(&base, acquire);
+                // The record settles every ask as it is: those it grants
+                // are answered; the rest wait for a place to free (a
+                // release, a rate window passing) while their askers still
+                // want them.
+                let keep_for = Duration::from_millis(2 * self.config.permit_ask_interval_ms);
+                let (granted, waiting): (Vec<_>, Vec<_>) = acquire
+                    .into_iter()
+                    .partition(|(_, ask, _)| base.permits.grant_of(ask.task, ask.epoch).is_some());
+                self.answer_asks(&base, granted);
+                let q = self.limiter.queues.get_mut(&pid).expect("listed");
+                let asked_at = &q.asked_at;
+                q.acquire = waiting
+                    .into_iter()
+                    .filter(|(n, ask, _)| {
+                        asked_at
+                            .get(&(*n, ask.clone()))
+                            .is_some_and(|at| now < *at + keep_for)
+                    })
+                    .collect();
+                let acquire = &q.acquire;
+                q.asked_at
+                    .retain(|(n, ask), _| acquire.iter().any(|(m, a, _)| m == n && a == ask));
                 continue;
             }
             match self.propose(now, pid, header, version, base, intent) {
