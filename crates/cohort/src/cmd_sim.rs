@@ -481,4 +481,40 @@ mod tests {
         let err = run(out_of_range).expect_err("refused");
         assert!(format!("{err:#}").contains("limited_rate"), "{err:#}");
     }
+
+    /// Found by the leaderless limits gate (seed 732): a task's first write
+    /// went out under three rings in turn (two coordinators' fenced
+    /// retries), so three version-0 records of it, each on one replica,
+    /// none on a majority. A replica holds one record per id, so every
+    /// lookup's write of the newest was refused by the two holding older
+    /// ones, and their `Forget`s had been lost: the submit was retried for
+    /// ever and the task never finished (G4). A lookup now finds the older
+    /// ones dead (too few of their replicas left that could still create
+    /// them) and has their holders forget them.
+    #[test]
+    fn regression_older_first_writes_of_one_task_never_block_its_newest_forever() {
+        let gate = parse(&[
+            "--mode",
+            "leaderless",
+            "--nodes",
+            "5",
+            "--faults",
+            "all",
+            "--safety-ms",
+            "10000",
+            "--liveness-ms",
+            "20000",
+            "--heartbeat-rate",
+            "0.2",
+            "--labelled-rate",
+            "0.3",
+            "--limited-rate",
+            "0.3",
+            "--stuck-rate",
+            "0.02",
+        ]);
+        let r = gate.run_one(732);
+        assert!(r.passed(), "{r}");
+        assert!(r.tasks_acked > 0, "{r}");
+    }
 }

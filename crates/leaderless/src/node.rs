@@ -12,7 +12,6 @@ use crate::config::LeaderlessConfig;
 use crate::membership::{Membership, GENERATION_KEY};
 use crate::message::{LeaderlessMessage, ReadState};
 use crate::paxos::acceptor::{self, AcceptReply, PrepareReply};
-use crate::paxos::majority;
 use crate::paxos::proposer::{Intent, Outcome, Proposal, Proposer, StartError};
 use crate::paxos::Ballot;
 use crate::placement;
@@ -711,24 +710,22 @@ impl LeaderlessNode {
                 };
                 return self.reply(request, reply);
             }
+            // Older first writes of the task that can never be chosen are
+            // dropped by whoever holds them: a replica holds one record per
+            // id, so they would refuse the live one's write for ever.
+            for (header, holding) in &holders.others_dead {
+                for &n in holding {
+                    let (id, header) = (id, header.clone());
+                    self.send(n, LeaderlessMessage::Forget { id, header });
+                }
+            }
             if found.header.ring_epoch < read_epoch {
                 // Created under an older ring than the one every replica
                 // that answered now knows: none of them creates it any
                 // more. Held by a majority it lives on (and is claimed
-                // soon); held by fewer once all answered, it is dead.
+                // soon); dead once too few are left that could hold it.
                 let held = holders.holding.len();
-                // A permit record's first write holds no place yet, and
-                // none can be chosen on it once a majority of its replicas
-                // refuse to create it: a majority heard is enough to write
-                // it anew (a task's needs them all, or it could forget one
-                // a client was told is durable). The keeper must not wait
-                // on a replica that left the ring for good.
-                let heard_enough = if crate::permit::permit_key(&task).is_some() {
-                    holders.heard >= majority(holders.of)
-                } else {
-                    holders.heard == holders.of
-                };
-                if held < majority(holders.of) && heard_enough {
+                if holders.dead {
                     for &n in &holders.holding {
                         let header = found.header.clone();
                         self.send(n, LeaderlessMessage::Forget { id, header });

@@ -4,6 +4,7 @@
 
 use crate::message::ReadState;
 use crate::paxos::majority;
+use crate::record::TaskHeader;
 use cohort_core::{NodeId, RequestId, Task, TaskId, Time};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -118,10 +119,44 @@ pub enum ReadProgress {
 pub struct Holders {
     /// Replicas that answered holding it (same header, version 0).
     pub holding: Vec<NodeId>,
-    /// How many of its replicas answered at all.
-    pub heard: usize,
     /// How many replicas it has.
     pub of: usize,
+    /// Whether it can never be chosen (see [`dead_first_write`]).
+    pub dead: bool,
+    /// Other version-0 records of the task, under older rings, found dead
+    /// the same way, each with the replicas that answered holding it: a
+    /// submit's lookup has them forget it, or they would go on refusing
+    /// the live record's write (a replica holds one record per id).
+    pub others_dead: Vec<(TaskHeader, Vec<NodeId>)>,
+}
+
+/// Whether the version-0 record `header`, created under an older ring
+/// than `read_epoch`, can never be chosen, judging by the `replies` to a
+/// read that carried the newer ring. Each replica of it that answered
+/// without it learned that ring before answering, so the creation fence
+/// keeps it from ever creating the record; once those leave fewer than a
+/// majority of its replicas that could hold it, no proposal on it can
+/// gather a quorum. Such a record was never acknowledged: that takes
+/// `W` > R/2 replicas holding it, and a holder drops it only on a
+/// `Forget` sent once it was found dead.
+pub fn dead_first_write(
+    header: &TaskHeader,
+    replies: &BTreeMap<NodeId, Option<ReadState>>,
+    read_epoch: u64,
+) -> bool {
+    if header.ring_epoch >= read_epoch {
+        return false;
+    }
+    let without = header
+        .replicas
+        .iter()
+        .filter(|n| {
+            replies
+                .get(n)
+                .is_some_and(|a| a.as_ref().is_none_or(|a| a.header != *header))
+        })
+        .count();
+    header.replicas.len() - without < majority(header.replicas.len())
 }
 
 /// The operations in flight at this node, by operation number.
@@ -235,10 +270,28 @@ impl Ops {
             return ReadProgress::Waiting; // a reply to an operation of an earlier boot
         }
         replies.insert(from, found);
+        // Among version-0 records of the task under several rings, one
+        // a majority of its replicas hold (it may have been acknowledged),
+        // else the newest ring's: the others are older first writes that
+        // a lookup finds dead, or partial ones of a concurrent submit.
+        let held_by_majority = |h: &TaskHeader| {
+            replies
+                .values()
+                .flatten()
+                .filter(|a| a.header == *h)
+                .count()
+                >= majority(h.replicas.len())
+        };
         let best = replies
             .values()
             .flatten()
-            .max_by_key(|a| a.version)
+            .max_by_key(|a| {
+                if a.version == 0 {
+                    (0, held_by_majority(&a.header), a.header.ring_epoch)
+                } else {
+                    (a.version, false, 0)
+                }
+            })
             .cloned();
         match best {
             Some(mut best) => {
@@ -269,7 +322,27 @@ impl Ops {
                     if !everywhere {
                         return ReadProgress::Waiting;
                     }
+                    let mut others: Vec<&TaskHeader> = Vec::new();
+                    for a in replies.values().flatten() {
+                        if a.header != best.header && !others.contains(&&a.header) {
+                            others.push(&a.header);
+                        }
+                    }
+                    let others_dead = others
+                        .into_iter()
+                        .filter(|h| dead_first_write(h, replies, *ring_epoch))
+                        .map(|h| {
+                            let holding = replies
+                                .iter()
+                                .filter(|(_, a)| a.as_ref().is_some_and(|a| a.header == *h))
+                                .map(|(n, _)| *n)
+                                .collect();
+                            (h.clone(), holding)
+                        })
+                        .collect();
                     holders = Holders {
+                        dead: dead_first_write(&best.header, replies, *ring_epoch),
+                        others_dead,
                         holding: set
                             .iter()
                             .copied()
@@ -280,17 +353,16 @@ impl Ops {
                                 })
                             })
                             .collect(),
-                        heard,
                         of: set.len(),
                     };
                     // A submit's lookup that found a record created under an
                     // older ring must know whether it is durable (held by a
-                    // majority) or dead (every replica answered, fewer
-                    // hold it); until then it waits.
+                    // majority) or dead; until then it waits.
                     let older = best.header.ring_epoch < *ring_epoch;
                     if *purpose == ReadPurpose::Submit
                         && older
                         && holders.holding.len() < majority(set.len())
+                        && !holders.dead
                         && heard < set.len()
                     {
                         return ReadProgress::Waiting;
@@ -367,5 +439,144 @@ impl Ops {
         due.into_iter()
             .map(|n| self.ops.remove(&n).expect("listed above"))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{test_header, TaskValue};
+
+    fn header(ring_epoch: u64, replicas: [u64; 3]) -> TaskHeader {
+        TaskHeader {
+            replicas: replicas.iter().map(|&n| NodeId(n)).collect(),
+            ring_epoch,
+            ..test_header(1_000)
+        }
+    }
+
+    fn holding(header: &TaskHeader) -> Option<ReadState> {
+        Some(ReadState {
+            header: header.clone(),
+            version: 0,
+            value: TaskValue::initial(header),
+            in_doubt: false,
+            created_at: Time::ZERO,
+        })
+    }
+
+    /// Seed 732 of the leaderless limits gate: one task's first write under
+    /// three rings, each held by one replica.
+    fn three_first_writes() -> [TaskHeader; 3] {
+        [
+            header(0, [2, 3, 1]),
+            header(1, [5, 2, 3]),
+            header(2, [5, 2, 3]),
+        ]
+    }
+
+    #[test]
+    fn a_first_write_is_dead_once_too_few_of_its_replicas_could_still_hold_it() {
+        let [e0, e1, e2] = three_first_writes();
+        let mut replies = BTreeMap::new();
+        replies.insert(NodeId(2), holding(&e0));
+        replies.insert(NodeId(3), holding(&e1));
+        // n1 has not answered: it could still hold e0 with n2.
+        assert!(!dead_first_write(&e0, &replies, 2));
+        replies.insert(NodeId(1), None);
+        assert!(dead_first_write(&e0, &replies, 2));
+        // e1's replicas n5 and n2 have not both answered without it yet.
+        assert!(!dead_first_write(&e1, &replies, 2));
+        replies.insert(NodeId(5), holding(&e2));
+        assert!(dead_first_write(&e1, &replies, 2));
+        // The read's own ring: its replicas may create it yet.
+        assert!(!dead_first_write(&e2, &replies, 2));
+        // Held by a majority of its replicas, a record is never dead.
+        replies.insert(NodeId(3), holding(&e0));
+        assert!(!dead_first_write(&e0, &replies, 2));
+    }
+
+    /// A submit's lookup of the task, at ring epoch 2, answered in order.
+    fn lookup(answers: Vec<(u64, Option<ReadState>)>) -> (ReadState, Holders) {
+        let [e0, _, e2] = three_first_writes();
+        let mut ops = Ops::new(1);
+        let op = ops.insert(Op::Read {
+            request: RequestId(7),
+            id: TaskId(9),
+            purpose: ReadPurpose::Submit,
+            replies: BTreeMap::new(),
+            asked: [1, 2, 3, 5].into_iter().map(NodeId).collect(),
+            candidates: vec![e2.replicas.clone(), e0.replicas.clone()],
+            ring_epoch: 2,
+            deadline: Time::from_millis(10_000),
+        });
+        for (n, found) in answers {
+            if let ReadProgress::Done(_, _, _, best, _, holders) =
+                ops.read_reply(op, NodeId(n), TaskId(9), found)
+            {
+                return (best.expect("a record found"), holders);
+            }
+        }
+        panic!("the read is not over");
+    }
+
+    /// A lookup that finds older first writes dead names their holders
+    /// (who are sent a `Forget`), clearing the way for the newest: in seed
+    /// 732 every write of it was refused for ever by n2 and n3.
+    #[test]
+    fn a_submit_lookup_names_the_holders_of_every_dead_older_first_write() {
+        let [e0, e1, e2] = three_first_writes();
+        let all = vec![
+            (1, None),
+            (2, holding(&e0)),
+            (3, holding(&e1)),
+            (5, holding(&e2)),
+        ];
+        let (best, holders) = lookup(all);
+        assert_eq!(best.header, e2, "the newest ring's first write");
+        assert!(!holders.dead, "the read's own ring");
+        assert_eq!(holders.holding, vec![NodeId(5)]);
+        assert_eq!(
+            holders.others_dead,
+            vec![(e0.clone(), vec![NodeId(2)]), (e1.clone(), vec![NodeId(3)])]
+        );
+        // Over before n1 answered: n1 and n2 could still create e0.
+        let (best, holders) = lookup(vec![
+            (2, holding(&e0)),
+            (3, holding(&e1)),
+            (5, holding(&e2)),
+        ]);
+        assert_eq!(best.header, e2);
+        assert_eq!(holders.others_dead, vec![(e1, vec![NodeId(3)])]);
+    }
+
+    #[test]
+    fn a_first_write_held_by_a_majority_is_preferred_to_a_newer_partial_one() {
+        let old = header(0, [1, 2, 3]);
+        let new = header(1, [1, 2, 5]);
+        let mut ops = Ops::new(1);
+        let op = ops.insert(Op::Read {
+            request: RequestId(7),
+            id: TaskId(9),
+            purpose: ReadPurpose::Submit,
+            replies: BTreeMap::new(),
+            asked: [1, 2, 3, 5].into_iter().map(NodeId).collect(),
+            candidates: vec![new.replicas.clone(), old.replicas.clone()],
+            ring_epoch: 1,
+            deadline: Time::from_millis(10_000),
+        });
+        let mut progress = ReadProgress::Waiting;
+        // Without the preference the read would end on n1's answer with
+        // the newer, partial record, and its write would make a second one.
+        for (n, found) in [(5, holding(&new)), (1, holding(&old)), (2, holding(&old))] {
+            progress = ops.read_reply(op, NodeId(n), TaskId(9), found);
+        }
+        let ReadProgress::Done(_, _, _, Some(best), _, holders) = progress else {
+            panic!("the read is over: {progress:?}");
+        };
+        assert_eq!(best.header, old);
+        assert_eq!(holders.holding, vec![NodeId(1), NodeId(2)]);
+        assert!(!holders.dead);
+        assert!(holders.others_dead.is_empty(), "{holders:?}");
     }
 }
