@@ -735,6 +735,7 @@ impl LeaderlessNode {
                 let reply = if found.header.task != task {
                     Err(ClientError::IdConflict { id })
                 } else if held >= self.config.write_quorum_for(holders.of) {
+                    self.note_durable_first_write(request, &found.header);
                     Ok(ClientResponse::Accepted { id })
                 } else {
                     Err(Self::unavailable(

@@ -67,6 +67,13 @@ pub(super) struct Limiter {
     /// task's place (permit id, task, epoch).
     creates: BTreeMap<RequestId, TaskId>,
     checks: BTreeMap<RequestId, (TaskId, Ask)>,
+    /// Permit records whose first write under an older ring a lookup found
+    /// held by `W` of its replicas, by id, with that ring: a proposal on
+    /// it can gather a majority, so the keeper proposes on it again. A
+    /// move would take it past version 0, but none comes when the new
+    /// ring places it on the same replicas. At most one entry per record
+    /// this node keeps; dropped once the record is past version 0 or gone.
+    durable_first_writes: BTreeMap<TaskId, u64>,
     next_request: u64,
     /// Asks a keeper dropped (queue full, or malformed), ever.
     pub(super) asks_dropped: u64,
@@ -317,10 +324,16 @@ impl LeaderlessNode {
     pub(super) fn pump_permits(&mut self, now: Time) {
         let pids: Vec<TaskId> = self.limiter.queues.keys().copied().collect();
         for pid in pids {
-            let stale_first_write = self
+            let durable = self.limiter.durable_first_writes.get(&pid).copied();
+            let older_first_write = self
                 .records
                 .get(&pid)
-                .is_some_and(|r| r.version == 0 && r.header.ring_epoch < self.ring.ring.epoch);
+                .filter(|r| r.version == 0 && r.header.ring_epoch < self.ring.ring.epoch)
+                .map(|r| r.header.ring_epoch);
+            if older_first_write.is_none() || older_first_write != durable {
+                self.limiter.durable_first_writes.remove(&pid);
+            }
+            let stale_first_write = older_first_write.is_some() && older_first_write != durable;
             let own = matches!(self.proposer.intent(pid), Some(Intent::Permits(_)));
             if own && stale_first_write {
                 // Started before the ring changed, on a first write a
@@ -473,6 +486,24 @@ impl LeaderlessNode {
         let request = self.limiter.request();
         self.limiter.creates.insert(request, pid);
         self.submit_or_look_up(now, request, pid, task);
+    }
+
+    /// A submit lookup found `header`, a first write under an older ring,
+    /// held by `W` of its replicas: if `request` is this keeper's creation
+    /// of that very record, a proposal on it can gather a majority again.
+    pub(super) fn note_durable_first_write(&mut self, request: RequestId, header: &TaskHeader) {
+        let Some(&pid) = self.limiter.creates.get(&request) else {
+            return;
+        };
+        if self
+            .records
+            .get(&pid)
+            .is_some_and(|r| r.version == 0 && r.header == *header)
+        {
+            self.limiter
+                .durable_first_writes
+                .insert(pid, header.ring_epoch);
+        }
     }
 
     /// Takes the answer to an internal request; `false` if `request` is
