@@ -68,6 +68,12 @@ pub struct BenchOptions {
     pub batch_tasks: Vec<usize>,
     /// Seconds per throughput point.
     pub throughput_s: f64,
+    /// The limits point: the single-submit point at `nodes` and the
+    /// highest concurrency again, with every task under a concurrency
+    /// limit of one of this many keys, set never to bind
+    /// ([`real::LIMIT_CONCURRENCY_MAX`]): the difference is what keeping
+    /// a limit costs. 0 skips it.
+    pub limit_keys: usize,
 
     /// Nodes for the latency and crash scenarios.
     pub nodes: u64,
@@ -126,6 +132,7 @@ impl BenchOptions {
             concurrencies: vec![4, 32],
             batch_tasks: vec![1, 500],
             throughput_s: 1.5,
+            limit_keys: 8,
 
             nodes: 3,
             latency_load_share: 0.5,
@@ -158,6 +165,7 @@ impl BenchOptions {
             concurrencies: vec![1, 8, 32, 128, 256],
             batch_tasks: vec![1, 500],
             throughput_s: 5.0,
+            limit_keys: 8,
 
             nodes: 3,
             latency_load_share: 0.5,
@@ -232,6 +240,8 @@ pub struct ModeReport {
     pub durable: bool,
     /// Closed-loop throughput sweep.
     pub throughput: Vec<ThroughputPoint>,
+    /// The limits point (see [`BenchOptions::limit_keys`]).
+    pub limited: Option<ThroughputPoint>,
     /// Open-loop latency.
     pub latency: LatencyResult,
     /// Crash repetitions.
@@ -351,7 +361,7 @@ pub async fn throughput_sweep(
         for &b in &o.batch_tasks {
             for &c in &o.concurrencies {
                 let window = Duration::from_secs_f64(o.throughput_s);
-                let p = real::throughput(mode, n, c, b, window).await?;
+                let p = real::throughput(mode, n, c, b, 0, window).await?;
                 progress(&format!(
                     "{}: {n} nodes, {c} clients x {b} tasks: {:.0} submits/s, {:.0} completions/s, {} refused ({} overloaded)",
                     mode.name, p.submits_per_s, p.completions_per_s, p.refused, p.overloaded
@@ -369,6 +379,18 @@ async fn run_mode(
     progress: Progress<'_>,
 ) -> Result<ModeReport, BenchError> {
     let throughput = throughput_sweep(o, mode, &mut *progress).await?;
+    let limited = match (o.limit_keys, o.concurrencies.iter().max()) {
+        (0, _) | (_, None) => None,
+        (keys, Some(&c)) => {
+            let window = Duration::from_secs_f64(o.throughput_s);
+            let p = real::throughput(mode, o.nodes, c, 1, keys, window).await?;
+            progress(&format!(
+                "{}: {} nodes, {c} clients x 1 tasks, limited ({keys} keys): {:.0} submits/s, {:.0} completions/s, {} refused ({} overloaded)",
+                mode.name, o.nodes, p.submits_per_s, p.completions_per_s, p.refused, p.overloaded
+            ));
+            Some(p)
+        }
+    };
     // The latency load is half the best single-submit rate: the latency
     // scenario submits one task per request.
     let best = throughput
@@ -414,6 +436,7 @@ async fn run_mode(
         mode: mode.name.into(),
         durable: mode.durable,
         throughput,
+        limited,
         latency,
         crash,
         faults,
@@ -542,6 +565,20 @@ pub fn table(report: &BenchReport) -> String {
                 );
             }
         }
+    }
+    if let (keys @ 1.., Some(&c)) = (
+        report.options.limit_keys,
+        report.options.concurrencies.iter().max(),
+    ) {
+        let n = report.options.nodes;
+        row(
+            format!("{n} nodes, {c} clients x 1 tasks, limited ({keys} keys): submits/s / done/s"),
+            &|m| {
+                m.limited.as_ref().map_or("-".into(), |p| {
+                    format!("{:.0} / {:.0}", p.submits_per_s, p.completions_per_s)
+                })
+            },
+        );
     }
     row("latency: offered submits/s".into(), &|m| {
         format!("{:.0}", m.latency.offered_per_s)

@@ -88,6 +88,23 @@ pub(crate) fn next_task() -> TaskId {
     TaskId(u128::from(NEXT_TASK.fetch_add(1, Ordering::Relaxed)) << 64 | 0xbe)
 }
 
+/// The concurrency limit of the limits point: the most a permit record
+/// holds, so it never binds and what the point shows is the limit's cost.
+pub const LIMIT_CONCURRENCY_MAX: u32 = 1_024;
+
+/// [`body`] under a concurrency limit of `key` ([`LIMIT_CONCURRENCY_MAX`]).
+fn limited_body(id: TaskId, key: String) -> SubmitBody {
+    SubmitBody {
+        limit: Some(cohort_runtime::http::LimitBody {
+            key,
+            concurrency_max: Some(LIMIT_CONCURRENCY_MAX),
+            rate_max: None,
+            rate_window_ms: None,
+        }),
+        ..body(id)
+    }
+}
+
 pub(crate) fn body(id: TaskId) -> SubmitBody {
     SubmitBody {
         id: Some(id.to_string()),
@@ -283,6 +300,9 @@ pub struct ThroughputPoint {
     /// Tasks per submit: 1 is `POST /v1/tasks`, more is one
     /// `POST /v1/tasks:batch` of that many.
     pub batch_tasks: usize,
+    /// 0: no limits; else every task is under a concurrency limit of one
+    /// of this many keys, in turn (single submits only).
+    pub limit_keys: usize,
     /// Seconds measured.
     pub seconds: f64,
     /// Acknowledged (durable where the mode is) submits per second.
@@ -318,7 +338,8 @@ fn batch_json(n: usize) -> Vec<u8> {
 }
 
 /// Runs `concurrency` clients in a closed loop for `window`, each
-/// submitting `batch_tasks` tasks at a time (1: single submits). Clients
+/// submitting `batch_tasks` tasks at a time (1: single submits), under
+/// limits of `limit_keys` keys if not 0 (single submits only). Clients
 /// send to the leader where the mode has one (a client that knows where
 /// to go), spread over the nodes otherwise.
 pub async fn throughput(
@@ -326,8 +347,14 @@ pub async fn throughput(
     nodes: u64,
     concurrency: usize,
     batch_tasks: usize,
+    limit_keys: usize,
     window: Duration,
 ) -> Result<ThroughputPoint, BenchError> {
+    if limit_keys > 0 && batch_tasks > 1 {
+        return Err(BenchError::Options(
+            "limited tasks are measured with single submits".into(),
+        ));
+    }
     let cluster = Cluster::start(mode, nodes).await?;
     let leader = match mode.victim {
         Victim::Leader => cluster.leader().await,
@@ -345,9 +372,17 @@ pub async fn throughput(
         let (acked, refused) = (acked.clone(), refused.clone());
         let overloaded = overloaded.clone();
         workers.push(tokio::spawn(async move {
+            let mut sent = 0usize;
             while Instant::now() < stop_at {
                 let (n, r) = if batch_tasks <= 1 {
-                    (1, submit(&clients, first, &body(next_task())).await)
+                    let body = if limit_keys > 0 {
+                        let key = format!("bench-{}", (w + sent) % limit_keys);
+                        limited_body(next_task(), key)
+                    } else {
+                        body(next_task())
+                    };
+                    sent += 1;
+                    (1, submit(&clients, first, &body).await)
                 } else {
                     let json = batch_json(batch_tasks);
                     let json = &json;
@@ -380,6 +415,7 @@ pub async fn throughput(
         nodes,
         concurrency,
         batch_tasks,
+        limit_keys,
         seconds,
         submits_per_s: acked.load(Ordering::Relaxed) as f64 / seconds,
         completions_per_s: completions as f64 / seconds,

@@ -135,6 +135,55 @@ impl<N: Node> Node for Counted<N> {
         self.inner.status()
     }
 
+    fn visit_tasks(
+        &self,
+        after: Option<TaskId>,
+        visit: &mut dyn FnMut(TaskId, &cohort_core::Task, &cohort_core::TaskState) -> bool,
+    ) {
+        self.inner.visit_tasks(after, visit);
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        self.inner.counters()
+    }
+
+    // A crash in the simulator closes the victim's connections, as a
+    // killed process's are: without this the wrapped node never heard of
+    // it and found every crash by probing alone.
+    fn handle_peer_lost(&mut self, now: Time, peer: NodeId) {
+        self.inner.handle_peer_lost(now, peer);
+    }
+
+    fn handle_heartbeat(
+        &mut self,
+        now: Time,
+        task: TaskId,
+        epoch: Epoch,
+        progress: Option<String>,
+    ) -> cohort_core::HeartbeatReply {
+        self.inner.handle_heartbeat(now, task, epoch, progress)
+    }
+
+    fn begin_shutdown(&mut self, now: Time) {
+        self.inner.begin_shutdown(now);
+    }
+
+    fn shutdown_ready(&self) -> bool {
+        self.inner.shutdown_ready()
+    }
+
+    fn begin_drain(&mut self, now: Time, deadline: Time) -> Result<(), cohort_core::DrainRefusal> {
+        self.inner.begin_drain(now, deadline)
+    }
+
+    fn drain_status(&self) -> Option<cohort_core::DrainStatus> {
+        self.inner.drain_status()
+    }
+
+    fn workers(&self) -> Vec<cohort_core::WorkerInfo> {
+        self.inner.workers()
+    }
+
     fn ring_view(&self) -> Option<cohort_core::RingView> {
         self.inner.ring_view()
     }

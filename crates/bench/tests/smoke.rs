@@ -26,6 +26,7 @@ fn tiny() -> BenchOptions {
         concurrencies: vec![2],
         batch_tasks: vec![1, 20],
         throughput_s: 0.3,
+        limit_keys: 2,
         nodes: 3,
         latency_load_share: 0.5,
         latency_rate_bounds: (20.0, 200.0),
@@ -100,6 +101,13 @@ fn a_tiny_run_reports_every_scenario_and_mode_and_writes_its_plots() {
             .collect::<Vec<_>>(),
         vec![1, 20]
     );
+    let limited = m.limited.as_ref().expect("the limits point ran");
+    assert_eq!((limited.limit_keys, limited.batch_tasks), (2, 1));
+    assert!(
+        limited.submits_per_s > 0.0,
+        "limited submits were acknowledged: {limited:?}"
+    );
+    assert!(m.throughput.iter().all(|p| p.limit_keys == 0));
     assert!(m.latency.ack.count > 0);
     assert!(m.latency.ack.p50_ms <= m.latency.ack.p99_ms);
     assert!(m.latency.ack.p99_ms <= m.latency.ack.p999_ms);

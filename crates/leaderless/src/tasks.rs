@@ -496,9 +496,13 @@ mod tests {
         assert!(!dead_first_write(&e0, &replies, 2));
     }
 
-    /// A submit's lookup of the task, at ring epoch 2, answered in order.
-    fn lookup(answers: Vec<(u64, Option<ReadState>)>) -> (ReadState, Holders) {
-        let [e0, _, e2] = three_first_writes();
+    /// A submit's lookup of the task at `ring_epoch`, whose placements
+    /// are those of `candidates`, answered in order.
+    fn lookup(
+        ring_epoch: u64,
+        candidates: [&TaskHeader; 2],
+        answers: Vec<(u64, Option<ReadState>)>,
+    ) -> (ReadState, Holders) {
         let mut ops = Ops::new(1);
         let op = ops.insert(Op::Read {
             request: RequestId(7),
@@ -506,8 +510,8 @@ mod tests {
             purpose: ReadPurpose::Submit,
             replies: BTreeMap::new(),
             asked: [1, 2, 3, 5].into_iter().map(NodeId).collect(),
-            candidates: vec![e2.replicas.clone(), e0.replicas.clone()],
-            ring_epoch: 2,
+            candidates: candidates.map(|h| h.replicas.clone()).to_vec(),
+            ring_epoch,
             deadline: Time::from_millis(10_000),
         });
         for (n, found) in answers {
@@ -532,7 +536,7 @@ mod tests {
             (3, holding(&e1)),
             (5, holding(&e2)),
         ];
-        let (best, holders) = lookup(all);
+        let (best, holders) = lookup(2, [&e2, &e0], all);
         assert_eq!(best.header, e2, "the newest ring's first write");
         assert!(!holders.dead, "the read's own ring");
         assert_eq!(holders.holding, vec![NodeId(5)]);
@@ -541,11 +545,11 @@ mod tests {
             vec![(e0.clone(), vec![NodeId(2)]), (e1.clone(), vec![NodeId(3)])]
         );
         // Over before n1 answered: n1 and n2 could still create e0.
-        let (best, holders) = lookup(vec![
-            (2, holding(&e0)),
-            (3, holding(&e1)),
-            (5, holding(&e2)),
-        ]);
+        let (best, holders) = lookup(
+            2,
+            [&e2, &e0],
+            vec![(2, holding(&e0)), (3, holding(&e1)), (5, holding(&e2))],
+        );
         assert_eq!(best.header, e2);
         assert_eq!(holders.others_dead, vec![(e1, vec![NodeId(3)])]);
     }
@@ -554,26 +558,10 @@ mod tests {
     fn a_first_write_held_by_a_majority_is_preferred_to_a_newer_partial_one() {
         let old = header(0, [1, 2, 3]);
         let new = header(1, [1, 2, 5]);
-        let mut ops = Ops::new(1);
-        let op = ops.insert(Op::Read {
-            request: RequestId(7),
-            id: TaskId(9),
-            purpose: ReadPurpose::Submit,
-            replies: BTreeMap::new(),
-            asked: [1, 2, 3, 5].into_iter().map(NodeId).collect(),
-            candidates: vec![new.replicas.clone(), old.replicas.clone()],
-            ring_epoch: 1,
-            deadline: Time::from_millis(10_000),
-        });
-        let mut progress = ReadProgress::Waiting;
         // Without the preference the read would end on n1's answer with
         // the newer, partial record, and its write would make a second one.
-        for (n, found) in [(5, holding(&new)), (1, holding(&old)), (2, holding(&old))] {
-            progress = ops.read_reply(op, NodeId(n), TaskId(9), found);
-        }
-        let ReadProgress::Done(_, _, _, Some(best), _, holders) = progress else {
-            panic!("the read is over: {progress:?}");
-        };
+        let answers = vec![(5, holding(&new)), (1, holding(&old)), (2, holding(&old))];
+        let (best, holders) = lookup(1, [&new, &old], answers);
         assert_eq!(best.header, old);
         assert_eq!(holders.holding, vec![NodeId(1), NodeId(2)]);
         assert!(!holders.dead);
