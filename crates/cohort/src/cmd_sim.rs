@@ -490,9 +490,8 @@ mod tests {
     /// ones, and their `Forget`s had been lost: the submit was retried for
     /// ever and the task never finished (G4). A lookup now finds the older
     /// ones dead (too few of their replicas left that could still create
-    /// them) and has their holders forget them. Found under the SWIM
-    /// timings of the time (1 s probe period and suspicion timeout), so the
-    /// seed now takes another course; the unit tests in
+    /// them) and has their holders forget them. Any change to the timings
+    /// sends the seed another way; the unit tests in
     /// `crates/leaderless/src/tasks.rs` replay the state it reached.
     #[test]
     fn regression_older_first_writes_of_one_task_never_block_its_newest_forever() {
@@ -501,8 +500,9 @@ mod tests {
         assert!(r.tasks_acked > 0, "{r}");
     }
 
-    /// Found by the leaderless limits gate (seed 525, once SWIM's probe
-    /// period and suspicion timeout went to 700 ms): a key's permit record
+    /// Found by the leaderless limits gate (seed 525, with SWIM's probe
+    /// period and suspicion timeout at 700 ms, tried and not kept; see
+    /// `crates/leaderless/ALGORITHM.md`): a key's permit record
     /// was first written under ring 1 and the ring then lost a member that
     /// was not one of its replicas. Its keeper proposes nothing on a first
     /// write under an older ring (it may be dead) and looks it up instead;
@@ -510,6 +510,7 @@ mod tests {
     /// but the new ring placed it on the same replicas, so no move came:
     /// the key's tasks waited for ever (G4). A keeper now proposes again
     /// on a first write its lookup found held by `W` of its replicas.
+    /// With the 1 s timings the seed takes another way; it still must pass.
     #[test]
     fn regression_a_permit_record_first_written_under_an_older_ring_serves_again_when_held() {
         let r = limits_gate().run_one(525);
