@@ -330,7 +330,7 @@ impl LeaderlessNode {
                 .get(&pid)
                 .filter(|r| r.version == 0 && r.header.ring_epoch < self.ring.ring.epoch)
                 .map(|r| r.header.ring_epoch);
-            if older_first_write.is_none() || older_first_write != durable {
+            if older_first_write != durable {
                 self.limiter.durable_first_writes.remove(&pid);
             }
             let stale_first_write = older_first_write.is_some() && older_first_write != durable;
