@@ -518,6 +518,34 @@ mod tests {
         assert!(r.tasks_acked > 0, "{r}");
     }
 
+    /// Found by the leaderless limits gate (seed 385, once refused asks
+    /// kept their turn): a limited task's first write reached only n1,
+    /// which got a place for it and kept trying to claim it, cut off from
+    /// the other replicas. The keeper's check heard those two without the
+    /// task and gave the place back; a resubmit then made the task
+    /// durable, n1's claim (under its 5 s old grant) was chosen, and two
+    /// tasks of a concurrency-1 key ran at once (`Limits`). A check now
+    /// finds a task gone only when no replica holds it, and a claim whose
+    /// grant is past its use window is dropped unless it sent `Accept`.
+    #[test]
+    fn regression_a_claim_under_an_old_grant_never_runs_after_its_place_was_given_back() {
+        let r = limits_gate().run_one(385);
+        assert!(r.passed(), "{r}");
+        assert!(r.tasks_acked > 0, "{r}");
+    }
+
+    /// Found by the leaderless limits gate (seed 574): a keeper put the
+    /// asks a proposal did not grant behind those that came while it ran,
+    /// so under a steady flow of tasks a concurrency-1 key served its
+    /// oldest last, and two of them were still pending when the liveness
+    /// phase ended (G4). Refused asks now keep their turn.
+    #[test]
+    fn regression_a_limited_keys_waiting_tasks_are_not_overtaken_by_newer_ones() {
+        let r = limits_gate().run_one(574);
+        assert!(r.passed(), "{r}");
+        assert!(r.tasks_acked > 0, "{r}");
+    }
+
     /// The leaderless limits gate's flags (`.ci/sim-gates`).
     fn limits_gate() -> SimArgs {
         parse(&[

@@ -1421,6 +1421,23 @@ impl LeaderlessNode {
         for id in waiting {
             self.reread(now, id);
         }
+        // A limited task's claim is made within `permit_grant_use_ms` of
+        // its grant's stamp: past that the keeper may fence the grant, or
+        // give its place back if no replica holds the task, so a claim
+        // still without a single `Accept` sent (nothing of it can be
+        // chosen) is dropped rather than retried; the task asks again.
+        let use_within = Duration::from_millis(self.config.permit_grant_use_ms);
+        let stale: Vec<TaskId> = self
+            .proposer
+            .ids_with(move |i| {
+                matches!(i, Intent::Claim { permit: Some((_, at)) } if now >= *at + use_within)
+            })
+            .collect();
+        for id in stale {
+            if !self.proposer.abandon_unaccepted(id) {
+                self.drop_grant(id);
+            }
+        }
         // Retry Paxos rounds.
         let (rng, config) = (&mut self.rng, &self.config);
         let msgs = self

@@ -246,7 +246,8 @@ impl Ops {
     /// version is then the latest chosen, or the next one is in doubt:
     /// `in_doubt` if any of them accepted a value in the next instance), or,
     /// when nobody holds the task, once a majority of every candidate
-    /// replica set answered.
+    /// replica set answered (a permit keeper's check: once every replica
+    /// asked did).
     pub fn read_reply(
         &mut self,
         op: u64,
@@ -376,9 +377,19 @@ impl Ops {
                 self.finish_read(op, Some(best), holders)
             }
             None => {
-                let everywhere = candidates.iter().all(|c| {
-                    c.iter().filter(|n| replies.contains_key(n)).count() >= majority(c.len())
-                });
+                let everywhere = if *purpose == ReadPurpose::Permit {
+                    // A keeper gives a place back on this answer. A first
+                    // write that reached only a minority (and a claim of
+                    // it under the place's grant, waiting for promises)
+                    // may still become durable and chosen: only a record
+                    // no replica holds is gone (seed 385 of the limits
+                    // gate ran two tasks of a concurrency-1 key at once).
+                    asked.iter().all(|n| replies.contains_key(n))
+                } else {
+                    candidates.iter().all(|c| {
+                        c.iter().filter(|n| replies.contains_key(n)).count() >= majority(c.len())
+                    })
+                };
                 if everywhere {
                     self.finish_read(op, None, Holders::default())
                 } else {
@@ -552,6 +563,53 @@ mod tests {
         );
         assert_eq!(best.header, e2);
         assert_eq!(holders.others_dead, vec![(e1, vec![NodeId(3)])]);
+    }
+
+    /// Seed 385 of the leaderless limits gate: a limited task's first
+    /// write reached only n1, which got a place for it and kept trying to
+    /// claim it, cut off from n2 and n3. The keeper's check heard n2 and
+    /// n3 without it and gave the place back; a resubmit made the task
+    /// durable and n1's claim was chosen while another task of the
+    /// concurrency-1 key ran. A check ends without the task only once
+    /// every replica asked answered without it.
+    #[test]
+    fn a_permit_check_finds_a_task_gone_only_once_no_replica_holds_it() {
+        let h = header(0, [1, 2, 3]);
+        let mut ops = Ops::new(1);
+        let op = ops.insert(Op::Read {
+            request: RequestId(7),
+            id: TaskId(9),
+            purpose: ReadPurpose::Permit,
+            replies: BTreeMap::new(),
+            asked: [1, 2, 3].into_iter().map(NodeId).collect(),
+            candidates: vec![h.replicas.clone()],
+            ring_epoch: 0,
+            deadline: Time::from_millis(10_000),
+        });
+        for n in [2, 3] {
+            let progress = ops.read_reply(op, NodeId(n), TaskId(9), None);
+            assert!(matches!(progress, ReadProgress::Waiting), "n1 unheard");
+        }
+        match ops.read_reply(op, NodeId(1), TaskId(9), holding(&h)) {
+            ReadProgress::Done(_, _, _, best, _, _) => {
+                assert_eq!(best.expect("n1's record").header, h);
+            }
+            other => panic!("{other:?}"),
+        }
+        // With every replica answering without it, it is gone.
+        let op = ops.insert(Op::Read {
+            request: RequestId(8),
+            id: TaskId(9),
+            purpose: ReadPurpose::Permit,
+            replies: BTreeMap::new(),
+            asked: [1, 2, 3].into_iter().map(NodeId).collect(),
+            candidates: vec![h.replicas.clone()],
+            ring_epoch: 0,
+            deadline: Time::from_millis(10_000),
+        });
+        let last = [1, 2, 3].map(|n| ops.read_reply(op, NodeId(n), TaskId(9), None));
+        assert!(matches!(last[1], ReadProgress::Waiting));
+        assert!(matches!(last[2], ReadProgress::Done(_, _, _, None, _, _)));
     }
 
     #[test]

@@ -81,6 +81,29 @@ pub(super) struct Limiter {
     pub(super) fences: u64,
 }
 
+impl KeeperQueue {
+    /// Queues `from`'s ask for a place at the back, unless it is queued
+    /// or being proposed already (an ask made again because its answer
+    /// was lost, or it waits): such an ask keeps its turn.
+    fn ask(&mut self, now: Time, from: NodeId, ask: Ask, limit: TaskLimit) {
+        let queued = |(n, a, _): &(NodeId, Ask, TaskLimit)| *n == from && *a == ask;
+        if !self.acquire.iter().any(queued) && !self.proposing.iter().any(queued) {
+            self.acquire.push((from, ask.clone(), limit));
+        }
+        self.asked_at.insert((from, ask), now);
+    }
+
+    /// Puts the asks a proposal carried and did not grant back in the
+    /// queue, ahead of those that came while it ran, so asks are granted
+    /// in the order they first came. (Behind them, as it once was, every
+    /// round let the newcomers overtake the waiting: a concurrency-1 key
+    /// under a steady flow of tasks served its oldest last, seed 574 of
+    /// the leaderless limits gate.)
+    fn refused(&mut self, rest: Vec<(NodeId, Ask, TaskLimit)>) {
+        self.acquire.splice(0..0, rest);
+    }
+}
+
 impl Limiter {
     /// Asks queued or being proposed at this keeper, all records.
     fn queued(&self) -> usize {
@@ -267,14 +290,8 @@ impl LeaderlessNode {
         }
         let q = self.limiter.queues.entry(pid).or_default();
         q.key = key;
-        // An ask made again (its answer was lost, or it was refused) is
-        // queued once.
         for (ask, limit) in acquire {
-            let queued = |(n, a, _): &(NodeId, Ask, TaskLimit)| *n == from && *a == ask;
-            if !q.acquire.iter().any(queued) && !q.proposing.iter().any(queued) {
-                q.acquire.push((from, ask.clone(), limit));
-            }
-            q.asked_at.insert((from, ask), now);
+            q.ask(now, from, ask, limit);
         }
         for ask in release {
             if !q.release.contains(&ask) && !q.proposing_release.contains(&ask) {
@@ -464,7 +481,7 @@ impl LeaderlessNode {
         };
         let releases: Vec<Ask> = releases.into_iter().filter(stale).collect();
         let q = self.limiter.queues.get_mut(&pid).expect("present");
-        q.acquire.extend(rest);
+        q.refused(rest);
         q.release.extend(releases);
         self.answer_asks(value, granted);
     }
@@ -633,8 +650,16 @@ impl LeaderlessNode {
         granted_at: Time,
         found: Option<ReadState>,
     ) {
+        let fence_after = Duration::from_millis(self.config.permit_fence_after_ms);
         let Some(found) = found else {
-            self.queue_release(key, ask);
+            // No replica holds the task (purged, or a first write that
+            // reached none). A claim under the grant could still create
+            // it through its `Prepare` until its claimer drops it, once
+            // the grant's use window passed: given back only after the
+            // fence delay, like an unused grant.
+            if now >= granted_at + fence_after {
+                self.queue_release(key, ask);
+            }
             return;
         };
         if permit_key(&found.header.task).is_some() || found.header.task.limit.is_none() {
@@ -650,7 +675,6 @@ impl LeaderlessNode {
             self.queue_release(key, ask);
             return;
         }
-        let fence_after = Duration::from_millis(self.config.permit_fence_after_ms);
         let unused = found.value.state == TaskState::Pending && found.value.epoch < ask.epoch;
         if unused && now >= granted_at + fence_after && !self.proposer.is_running(ask.task) {
             let ReadState {
@@ -702,5 +726,58 @@ impl LeaderlessNode {
             ("permit_asks_dropped", self.limiter.asks_dropped),
             ("permit_fences", self.limiter.fences),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ask(task: u128) -> Ask {
+        Ask {
+            task: TaskId(task),
+            epoch: Epoch(1),
+        }
+    }
+
+    fn limit() -> TaskLimit {
+        TaskLimit {
+            key: "k".into(),
+            concurrency_max: 1,
+            rate_max: 0,
+            rate_window_ms: 0,
+        }
+    }
+
+    fn order(q: &KeeperQueue) -> Vec<u128> {
+        q.acquire.iter().map(|(_, a, _)| a.task.0).collect()
+    }
+
+    /// Asks 1, 2, 3 are proposed; 1 is granted; 4 comes (and 2 is asked
+    /// again) while the proposal runs. The refused 2 and 3 keep their turn
+    /// ahead of 4.
+    #[test]
+    fn asks_a_proposal_refused_keep_their_turn_ahead_of_those_that_came_meanwhile() {
+        let mut q = KeeperQueue::default();
+        for (n, t) in [(1, 1), (2, 2), (3, 3)] {
+            q.ask(Time(0), NodeId(n), ask(t), limit());
+        }
+        assert_eq!(order(&q), vec![1, 2, 3]);
+        q.proposing = std::mem::take(&mut q.acquire);
+        q.ask(Time(10), NodeId(4), ask(4), limit());
+        q.ask(Time(10), NodeId(2), ask(2), limit());
+        assert_eq!(
+            order(&q),
+            vec![4],
+            "an ask being proposed is not queued twice"
+        );
+        let proposed = std::mem::take(&mut q.proposing);
+        let rest: Vec<_> = proposed
+            .into_iter()
+            .filter(|(_, a, _)| a.task.0 != 1)
+            .collect();
+        q.refused(rest);
+        assert_eq!(order(&q), vec![2, 3, 4]);
+        assert_eq!(q.asked_at[&(NodeId(2), ask(2))], Time(10), "asked again");
     }
 }
