@@ -18,6 +18,11 @@ use std::collections::BTreeMap;
 /// requests from 1 upwards and never come near it.
 const SUB_REQUEST_BIT: u64 = 1 << 63;
 
+/// Whether `request` is one task's sub-request of a batch.
+pub fn is_sub_request(request: RequestId) -> bool {
+    request.0 & SUB_REQUEST_BIT != 0
+}
+
 /// One batch waiting for its tasks.
 #[derive(Debug)]
 struct Batch {

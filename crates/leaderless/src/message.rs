@@ -272,4 +272,15 @@ pub enum LeaderlessMessage {
         /// The places granted.
         granted: Vec<(Ask, Time)>,
     },
+    /// Replica → coordinator: refused to create the record because this
+    /// replica holds `tasks_active_max` active tasks already. The
+    /// coordinator answers `429 overloaded` once `W` can no longer be
+    /// reached, instead of timing out. (Last in the enum: the encoding of
+    /// the earlier variants stays as it was.)
+    WriteFull {
+        /// The operation answered.
+        op: u64,
+        /// The task written (checked against the operation).
+        id: TaskId,
+    },
 }

@@ -17,7 +17,7 @@ use crate::paxos::Ballot;
 use crate::placement;
 use crate::record::{record_key, Record, TaskHeader, TaskValue, RECORD_PREFIX};
 use crate::ring::{self as ringp, Ring, RingChange, RingProposal, RingState, RingStep, RING_KEY};
-use crate::tasks::{Holders, Op, Ops, ReadProgress, ReadPurpose, SubmitVerdict};
+use crate::tasks::{Holders, Op, Ops, ReadProgress, ReadPurpose, SubmitVerdict, WriteAnswer};
 use cohort_core::task::LEASE_EXPIRED_CLASS;
 use cohort_core::{
     decode, encode, error_class, event_progress, Action, BootError, ClientError, ClientRequest,
@@ -496,6 +496,11 @@ impl LeaderlessNode {
                 }),
             );
         }
+        if self.active.len() + tasks.len() > self.peers.limits.tasks_active_max {
+            // As full as its replicas will be (tasks spread evenly): they
+            // would refuse most of the batch.
+            return self.reply(request, Err(self.full()));
+        }
         let subs = self
             .batches
             .open(request, tasks.iter().map(|(id, _)| *id).collect());
@@ -558,7 +563,36 @@ impl LeaderlessNode {
                 }),
             );
         }
+        // A batch's tasks were admitted as a whole.
+        if !crate::batch::is_sub_request(request)
+            && self.active.len() >= self.peers.limits.tasks_active_max
+        {
+            // As full as its replicas will be (tasks spread evenly).
+            return self.reply(request, Err(self.full()));
+        }
         self.submit_or_look_up(now, request, id, task);
+    }
+
+    /// A replica answered submit `op`'s write.
+    fn write_answered(&mut self, from: NodeId, op: u64, id: TaskId, answer: WriteAnswer) {
+        let Some((request, id, verdict)) = self.ops.write_reply(op, from, id, answer) else {
+            return;
+        };
+        match verdict {
+            SubmitVerdict::Waiting => {}
+            SubmitVerdict::Durable => self.reply(request, Ok(ClientResponse::Accepted { id })),
+            SubmitVerdict::Conflict => self.reply(request, Err(ClientError::IdConflict { id })),
+            SubmitVerdict::Full => self.reply(request, Err(self.full())),
+        }
+    }
+
+    /// The refusal of a submit while replicas hold `tasks_active_max`
+    /// active tasks.
+    fn full(&self) -> ClientError {
+        ClientError::Overloaded {
+            what: "tasks_active_max".into(),
+            limit: self.peers.limits.tasks_active_max,
+        }
     }
 
     fn submit_or_look_up(&mut self, now: Time, request: RequestId, id: TaskId, task: Task) {
@@ -594,7 +628,7 @@ impl LeaderlessNode {
             task: header.task.clone(),
             ring_epoch: header.ring_epoch,
             acks: BTreeSet::new(),
-            conflicts: BTreeSet::new(),
+            refused: BTreeMap::new(),
             replicas: replicas.len(),
             w,
             deadline: now + self.config.request_timeout(),
@@ -901,7 +935,7 @@ impl LeaderlessNode {
                     return self.send(from, LeaderlessMessage::WriteFenced { op, id, ring });
                 }
                 if self.active.len() >= self.peers.limits.tasks_active_max {
-                    return; // full: the coordinator times out, retryable
+                    return self.send(from, LeaderlessMessage::WriteFull { op, id });
                 }
                 self.abandon_foreign_proposal(id, Some(&header));
                 self.records.insert(id, Record::new(header, now));
@@ -2094,17 +2128,15 @@ impl LeaderlessNode {
                 self.on_write(now, from, op, id, header)
             }
             LeaderlessMessage::WriteReply { op, id, same } => {
-                if let Some((request, id, verdict)) = self.ops.write_reply(op, from, id, same) {
-                    match verdict {
-                        SubmitVerdict::Waiting => {}
-                        SubmitVerdict::Durable => {
-                            self.reply(request, Ok(ClientResponse::Accepted { id }))
-                        }
-                        SubmitVerdict::Conflict => {
-                            self.reply(request, Err(ClientError::IdConflict { id }))
-                        }
-                    }
-                }
+                let answer = if same {
+                    WriteAnswer::Same
+                } else {
+                    WriteAnswer::Other
+                };
+                self.write_answered(from, op, id, answer);
+            }
+            LeaderlessMessage::WriteFull { op, id } => {
+                self.write_answered(from, op, id, WriteAnswer::Full);
             }
             LeaderlessMessage::WriteFenced { op, id, ring } => {
                 self.learn_ring(now, &ring);

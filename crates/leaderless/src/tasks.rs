@@ -39,8 +39,9 @@ pub enum Op {
         ring_epoch: u64,
         /// Replicas that persisted the same task.
         acks: BTreeSet<NodeId>,
-        /// Replicas holding a different task under the id.
-        conflicts: BTreeSet<NodeId>,
+        /// Replicas that refused it: `Other` (they hold a different task
+        /// under the id) or `Full`.
+        refused: BTreeMap<NodeId, WriteAnswer>,
         /// Replicas asked.
         replicas: usize,
         /// The write quorum.
@@ -81,6 +82,20 @@ pub enum SubmitVerdict {
     Durable,
     /// Too many replicas hold a different task for `W` to be reached.
     Conflict,
+    /// Too many replicas are full (`tasks_active_max`), or hold a
+    /// different task, for `W` to be reached, and at least one is full.
+    Full,
+}
+
+/// A replica's answer to a write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteAnswer {
+    /// It holds the task (stored now, or already).
+    Same,
+    /// It holds a different task under the id.
+    Other,
+    /// It is full (`tasks_active_max`) and did not store it.
+    Full,
 }
 
 /// Where a read stands after an answer.
@@ -180,6 +195,10 @@ impl Ops {
         }
     }
 
+    fn remove(&mut self, op: u64) -> Option<Op> {
+        self.ops.remove(&op)
+    }
+
     /// How many are waiting.
     pub fn len(&self) -> usize {
         self.ops.len()
@@ -205,13 +224,13 @@ impl Ops {
         op: u64,
         from: NodeId,
         task: TaskId,
-        same: bool,
+        reply: WriteAnswer,
     ) -> Option<(RequestId, TaskId, SubmitVerdict)> {
         let Some(Op::Submit {
             request,
             id,
             acks,
-            conflicts,
+            refused,
             replicas,
             w,
             ..
@@ -222,21 +241,35 @@ impl Ops {
         if *id != task {
             return None; // a reply to an operation of an earlier boot
         }
-        if same {
-            acks.insert(from);
-        } else {
-            conflicts.insert(from);
+        match reply {
+            // A duplicated write may find room the first did not: a
+            // replica counts by its latest answer.
+            WriteAnswer::Same => {
+                acks.insert(from);
+                refused.remove(&from);
+            }
+            refusal => {
+                if !acks.contains(&from) {
+                    refused.insert(from, refusal);
+                }
+            }
         }
+        let conflicts = refused
+            .values()
+            .filter(|a| **a == WriteAnswer::Other)
+            .count();
         let verdict = if acks.len() >= *w {
             SubmitVerdict::Durable
-        } else if *replicas - conflicts.len() < *w {
+        } else if *replicas - conflicts < *w {
             SubmitVerdict::Conflict
+        } else if *replicas - refused.len() < *w {
+            SubmitVerdict::Full
         } else {
             SubmitVerdict::Waiting
         };
         let (request, id) = (*request, *id);
         if verdict != SubmitVerdict::Waiting {
-            self.ops.remove(&op);
+            self.remove(op);
         }
         Some((request, id, verdict))
     }
@@ -406,7 +439,7 @@ impl Ops {
             purpose,
             ring_epoch,
             ..
-        }) = self.ops.remove(&op)
+        }) = self.remove(op)
         else {
             unreachable!("a read in flight")
         };
@@ -425,7 +458,7 @@ impl Ops {
             Some(Op::Submit { id, .. }) if *id == task => {}
             _ => return None,
         }
-        match self.ops.remove(&op) {
+        match self.remove(op) {
             Some(Op::Submit {
                 request,
                 id,
@@ -448,7 +481,7 @@ impl Ops {
             .map(|(&n, _)| n)
             .collect();
         due.into_iter()
-            .map(|n| self.ops.remove(&n).expect("listed above"))
+            .map(|n| self.remove(n).expect("listed above"))
             .collect()
     }
 }

@@ -1795,3 +1795,81 @@ fn an_unused_grant_is_fenced_and_its_place_given_back_to_the_next_task_of_the_ke
     assert!(sim.run_until(15_000, |s| s.decided(t).is_some()));
     assert_eq!(sim.executions_of(t), vec![(NodeId(1), Epoch(2))]);
 }
+
+/// A replica holding `tasks_active_max` active tasks refuses a new one and
+/// says so: the submit is answered `429 overloaded` (`tasks_active_max`) as
+/// soon as `W` can no longer be reached, not `503` after
+/// `request_timeout_ms`, and nothing is created. (It used to stay silent:
+/// `cohort bench`'s leaderless batch point answered thousands of batches
+/// `503 batch_incomplete` a second late.) A coordinator as full refuses
+/// before writing.
+#[test]
+fn a_submit_to_full_replicas_is_refused_as_overloaded_at_once() {
+    let limits = cohort_core::Limits {
+        tasks_active_max: 1,
+        ..cohort_core::Limits::default()
+    };
+    let mut sim = Sim::with_limits(62, 5, LeaderlessConfig::default(), limits);
+    sim.run_for(1_000);
+    let later = |payload: &[u8]| cohort_core::Task {
+        not_before: cohort_core::Time::from_millis(3_600_000),
+        ..task(payload)
+    };
+    let members = sim.members().to_vec();
+    let a = tid(1);
+    let replicas = placement::replicas(a, &members, 3);
+    let r = sim.client(
+        replicas[0],
+        ClientRequest::Submit {
+            id: a,
+            task: later(b"a"),
+        },
+    );
+    assert!(sim.run_until(2_000, |s| accepted(s, r)));
+    assert!(sim.run_until(2_000, |s| replicas
+        .iter()
+        .all(|&n| s.node(n).record(a).is_some())));
+    // Another task on the same (full) replicas, submitted through a node
+    // that is none of them and holds nothing.
+    let c = (2..10_000)
+        .map(tid)
+        .find(|&t| placement::replicas(t, &members, 3) == replicas)
+        .expect("an id placed on the same replicas");
+    let coordinator = *members
+        .iter()
+        .find(|n| !replicas.contains(n))
+        .expect("5 nodes, 3 replicas");
+    let start = sim.now;
+    let r = sim.client(
+        coordinator,
+        ClientRequest::Submit {
+            id: c,
+            task: later(b"c"),
+        },
+    );
+    assert!(sim.run_until(2_000, |s| s.reply(r).is_some()));
+    assert!(
+        matches!(sim.reply(r), Some(Err(ClientError::Overloaded { what, limit: 1 })) if what == "tasks_active_max"),
+        "{:?}",
+        sim.reply(r)
+    );
+    let took = sim.now.saturating_since(start);
+    assert!(
+        took < std::time::Duration::from_millis(LeaderlessConfig::default().request_timeout_ms / 2),
+        "answered after {took:?}"
+    );
+    assert!(members.iter().all(|&n| sim.node(n).record(c).is_none()));
+    // The coordinator of `a` is full itself: it refuses without writing.
+    let r = sim.client(
+        replicas[0],
+        ClientRequest::Submit {
+            id: tid(20_000),
+            task: later(b"d"),
+        },
+    );
+    assert!(sim.run_until(100, |s| s.reply(r).is_some()));
+    assert!(matches!(
+        sim.reply(r),
+        Some(Err(ClientError::Overloaded { .. }))
+    ));
+}

@@ -128,6 +128,8 @@ pub struct Sim {
     /// Call [`Node::flush`] after every input, as the runtime does after
     /// every batch: the nodes then bundle what one input sends each peer.
     pub flush_inputs: bool,
+    /// The limits every node boots with.
+    limits: cohort_core::Limits,
 }
 
 impl Sim {
@@ -171,6 +173,7 @@ impl Sim {
             events: 0,
             labels: BTreeMap::new(),
             flush_inputs: false,
+            limits: cohort_core::Limits::default(),
         };
         for m in members {
             sim.boot(m);
@@ -185,6 +188,23 @@ impl Sim {
         for (node, label) in labels {
             let node = NodeId(*node);
             sim.labels.entry(node).or_default().push(label.to_string());
+            sim.crash(node);
+            sim.restart(node);
+        }
+        sim
+    }
+
+    /// Like [`Sim::new`], every node with `limits` (they restart at once
+    /// to take them).
+    pub fn with_limits(
+        seed: u64,
+        n: u64,
+        config: LeaderlessConfig,
+        limits: cohort_core::Limits,
+    ) -> Sim {
+        let mut sim = Sim::new(seed, n, config);
+        sim.limits = limits;
+        for node in sim.members.clone() {
             sim.crash(node);
             sim.restart(node);
         }
@@ -212,7 +232,7 @@ impl Sim {
             id,
             self.members.clone(),
             self.capacity_tasks,
-            cohort_core::Limits::default(),
+            self.limits.clone(),
         )
         .and_then(|p| p.with_labels(self.labels.get(&id).cloned().unwrap_or_default()))
         .expect("valid peers")
