@@ -137,20 +137,27 @@ impl TaskLimit {
     }
 }
 
-/// How long past a running task's start-to-close timeout (`timeout_ms`)
-/// a coordinator waits for its runner's outcome before it ends the lease
-/// itself (note reason `LeaseExpired`). The ended lease is a failed
-/// attempt, of error class `lease_expired` ([`Task::lease_expired_error`]):
-/// it counts against `max_attempts` and is retried, under the next epoch,
-/// after the retry policy's backoff, so a handler that hangs on every
-/// attempt fails its task instead of holding a runner for ever. The
-/// runner stops its handler at the timeout and reports a
-/// failure, and a runner that is lost is declared dead within `alpha *
-/// worker_heartbeat_ms`: the lease ends a task only when neither
-/// happened, e.g. a live runner whose handler could not be stopped. A
-/// constant, not a setting: in leader mode every node computes the same
-/// lease from the same log.
+/// The longest a coordinator waits past a running task's start-to-close
+/// timeout (`timeout_ms`) for its runner's outcome before it ends the
+/// lease itself (note reason `LeaseExpired`); a task's own grace is its
+/// timeout within [`LEASE_GRACE_MIN_MS`]..=this ([`Task::lease_grace_ms`]).
+/// The ended lease is a failed attempt, of error class `lease_expired`
+/// ([`Task::lease_expired_error`]): it counts against `max_attempts` and is
+/// retried, under the next epoch, after the retry policy's backoff, so a
+/// handler that hangs on every attempt fails its task instead of holding a
+/// runner for ever. The runner stops its handler at the timeout and
+/// reports a failure, and a runner that is lost is declared dead within
+/// `alpha * worker_heartbeat_ms`: the lease ends a task only when neither
+/// happened, e.g. a live runner whose handler could not be stopped.
+/// Constants and the task's own timeout, not settings: every node computes
+/// the same lease from the same record.
 pub const LEASE_GRACE_MS: u64 = 10_000;
+
+/// The shortest grace past the timeout (see [`LEASE_GRACE_MS`]): time for
+/// the runner's own timeout report to be decided, and for the clocks of
+/// the node that stamped the assignment and the one that ends the lease
+/// to differ.
+pub const LEASE_GRACE_MIN_MS: u64 = 1_000;
 
 /// The error class of an attempt whose lease the cluster ended
 /// ([`Task::lease_expired_error`]). A task may list it as non-retryable.
@@ -162,10 +169,21 @@ impl Task {
         Duration::from_millis(self.timeout_ms)
     }
 
-    /// When the lease of an assignment of this task decided at
-    /// `assigned_at` ends, unless its runner reported an outcome.
+    /// How long past its timeout a lease of this task lasts: the timeout
+    /// again, at least [`LEASE_GRACE_MIN_MS`] and at most
+    /// [`LEASE_GRACE_MS`]. A handler that cannot be stopped holds its
+    /// slot, and a limited task its key's place, that long past its
+    /// timeout: a flat 10 s held a 500 ms task's concurrency-1 key for 21
+    /// times its run (`cohort sim` leaderless limits seeds 1571 and 1728).
+    pub fn lease_grace_ms(&self) -> u64 {
+        self.timeout_ms.clamp(LEASE_GRACE_MIN_MS, LEASE_GRACE_MS)
+    }
+
+    /// When the lease of an assignment of this task decided (or last
+    /// renewed) at `assigned_at` ends, unless its runner reported an
+    /// outcome.
     pub fn lease_ends(&self, assigned_at: Time) -> Time {
-        assigned_at + self.timeout() + Duration::from_millis(LEASE_GRACE_MS)
+        assigned_at + self.timeout() + Duration::from_millis(self.lease_grace_ms())
     }
 
     /// When a task that became pending at `since` fails unless started
@@ -200,9 +218,9 @@ impl Task {
     pub fn lease_expired_error(&self) -> String {
         format!(
             "{LEASE_EXPIRED_CLASS}: no outcome within {} ms ({} ms timeout and {} ms grace) of the assignment or its latest recorded heartbeat",
-            self.timeout_ms + LEASE_GRACE_MS,
+            self.timeout_ms.saturating_add(self.lease_grace_ms()),
             self.timeout_ms,
-            LEASE_GRACE_MS
+            self.lease_grace_ms()
         )
     }
 
@@ -726,6 +744,40 @@ mod tests {
             at: Time::from_millis(ms),
             what: TaskEventKind::Cancelled,
         }
+    }
+
+    /// A lease lasts its timeout again past the timeout, within 1 s..=10 s:
+    /// a stuck 500 ms attempt holds its slot 1.5 s, not 10.5 s.
+    #[test]
+    fn a_leases_grace_is_its_timeout_within_one_and_ten_seconds() {
+        let with = |timeout_ms| Task {
+            kind: "k".into(),
+            payload: Vec::new(),
+            timeout_ms,
+            max_attempts: 1,
+            not_before: Time::ZERO,
+            retry: RetryPolicy::default(),
+            schedule_to_start_ms: 0,
+            priority: 0,
+            heartbeat_timeout_ms: 0,
+            labels: Vec::new(),
+            limit: None,
+        };
+        assert_eq!(with(500).lease_grace_ms(), LEASE_GRACE_MIN_MS);
+        assert_eq!(with(3_000).lease_grace_ms(), 3_000);
+        assert_eq!(with(3_600_000).lease_grace_ms(), LEASE_GRACE_MS);
+        assert_eq!(
+            with(500).lease_ends(Time::from_millis(100)),
+            Time::from_millis(1_600)
+        );
+        assert_eq!(
+            with(u64::MAX).lease_ends(Time::from_millis(1)),
+            Time(u64::MAX),
+            "saturates"
+        );
+        assert!(with(500)
+            .lease_expired_error()
+            .contains("1500 ms (500 ms timeout and 1000 ms grace)"));
     }
 
     #[test]

@@ -5,7 +5,7 @@ mod cluster;
 
 use cluster::{ids, task, Cluster};
 use cohort_core::{
-    ClientError, ClientRequest, ClientResponse, Consistency, NodeId, SupersedeReason, TaskId,
+    ClientError, ClientRequest, ClientResponse, Consistency, NodeId, SupersedeReason, Task, TaskId,
     TaskState,
 };
 use cohort_leader::{LeaderConfig, ValidLeaderConfig};
@@ -211,20 +211,25 @@ fn worker_paused_beyond_timeout_is_declared_dead_and_its_late_result_rejected() 
 /// never stopped (here: the harness's runner does not enforce timeouts,
 /// as a runtime could not stop a blocking handler): its worker heartbeats
 /// go on, so it is never declared dead, and the cluster itself ends the
-/// lease `LEASE_GRACE_MS` after the timeout; the task runs again under
+/// lease its grace after the timeout; the task runs again under
 /// the next epoch and the hung handler's late result is rejected.
 #[test]
 fn a_hung_handler_on_a_live_runner_loses_its_lease_and_its_late_result_is_rejected() {
     let mut c = Cluster::new(12, 3, cfg());
-    c.exec_ms = 13_000; // timeout 1 s + grace 10 s < 13 s
+    c.exec_ms = 4_000; // timeout 1 s + grace 1 s < 4 s
+    let t = Task {
+        timeout_ms: 1_000,
+        ..task("echo", b"x")
+    };
+    assert_eq!(t.lease_grace_ms(), 1_000);
     let l = c.elect(3_000);
     c.run_for(300);
-    c.submit(l, TaskId(1), task("echo", b"x"));
+    c.submit(l, TaskId(1), t);
     c.run_for(100);
     let first = c.executed.clone();
     assert_eq!(first.len(), 1, "{first:?}");
     c.exec_ms = 20; // the next attempt returns at once
-    c.run_for(10_000);
+    c.run_for(1_400);
     assert_eq!(
         c.superseded(SupersedeReason::LeaseExpired),
         0,
@@ -233,7 +238,7 @@ fn a_hung_handler_on_a_live_runner_loses_its_lease_and_its_late_result_is_reject
     c.run_for(1_500);
     assert_eq!(c.superseded(SupersedeReason::LeaseExpired), 1);
     assert_eq!(c.superseded(SupersedeReason::RunnerDeclaredDead), 0);
-    c.run_for(3_000); // past the hung handler's return at 13 s
+    c.run_for(3_000); // past the hung handler's return at 4 s
     match &c.check_history()[&TaskId(1)] {
         TaskState::Succeeded { epoch, .. } => assert_eq!(epoch.0, 2),
         s => panic!("ended {s:?}"),

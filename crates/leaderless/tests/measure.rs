@@ -135,21 +135,23 @@ fn crash_figures(death: Death, seeds: u64) -> (Vec<u64>, Vec<u64>) {
 fn a_killed_node_is_marked_down_everywhere_within_two_seconds_median() {
     let (downs, reclaims) = crash_figures(Death::Kill, env_u64("SEEDS", 40));
     // Stated bounds: the closed connection raises the suspicion at once,
-    // so down comes one suspicion timeout (1 s) plus gossip later.
+    // so down comes one suspicion timeout (700 ms) plus gossip later.
     assert!(percentile(&downs, 0.5) < 2_000, "{downs:?}");
     assert!(*downs.last().expect("seeds") <= 2_500, "{downs:?}");
     assert!(*reclaims.last().expect("seeds") <= 3_000, "{reclaims:?}");
 }
 
 #[test]
-fn a_silent_crash_is_found_by_probing_within_stated_bounds() {
+fn a_silent_crash_is_marked_down_everywhere_within_two_seconds_median() {
     let (downs, reclaims) = crash_figures(Death::Silent, env_u64("SEEDS", 40));
-    // Stated bound: each live node probes every other once per round of
-    // n - 1 = 4 probe periods (1 s), so up to a round passes before one
-    // probes it; one more period to suspect it, the suspicion timeout
-    // (1 s), then gossip.
-    assert!(*downs.last().expect("seeds") <= 7_500, "{downs:?}");
-    assert!(*reclaims.last().expect("seeds") <= 8_000, "{reclaims:?}");
+    // Stated bounds: each live node probes every other once per round of
+    // n - 1 = 4 probe periods (700 ms), so up to a round passes before one
+    // probes it, under one on average; one more period to suspect it, the
+    // suspicion timeout (700 ms), then gossip. The median is the issue's
+    // target for a crash.
+    assert!(percentile(&downs, 0.5) < 2_000, "{downs:?}");
+    assert!(*downs.last().expect("seeds") <= 5_500, "{downs:?}");
+    assert!(*reclaims.last().expect("seeds") <= 6_000, "{reclaims:?}");
 }
 
 /// SWIM messages each node sends per second at rest (no tasks), after the

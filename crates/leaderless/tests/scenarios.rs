@@ -220,7 +220,7 @@ fn when_the_owner_crashes_mid_run_the_next_live_replica_reclaims_with_a_higher_e
 /// A live owner whose handler hangs past the task's timeout and is never
 /// stopped: SWIM keeps it alive, so only its lease can end the run. The
 /// first other live replica ends it (`LeaseExpired`, a failed attempt)
-/// once `LEASE_GRACE_MS` past the timeout, the task runs under epoch 2, and
+/// once its grace (`Task::lease_grace_ms`) past the timeout, the task runs under epoch 2, and
 /// the hung handler's result, when it comes at last, is rejected.
 #[test]
 fn a_hung_handler_on_a_live_owner_loses_its_lease_and_its_late_result_is_rejected() {
@@ -228,12 +228,22 @@ fn a_hung_handler_on_a_live_owner_loses_its_lease_and_its_late_result_is_rejecte
     sim.run_for(1_000);
     let id = tid(41);
     sim.handlers.hang.insert(id);
-    sim.submit(NodeId(3), id, b"x");
+    let t = cohort_core::Task {
+        timeout_ms: 1_000,
+        ..task(b"x")
+    };
+    sim.client(
+        NodeId(3),
+        ClientRequest::Submit {
+            id,
+            task: t.clone(),
+        },
+    );
     assert!(sim.run_until(500, |s| !s.executions_of(id).is_empty()));
     let (owner, epoch) = sim.executions_of(id)[0];
     assert_eq!(epoch, Epoch(1));
     sim.handlers.hang.clear(); // the next run returns
-    let lease_ms = 1_000 + cohort_core::task::LEASE_GRACE_MS;
+    let lease_ms = t.timeout_ms + t.lease_grace_ms();
     sim.run_for(lease_ms - 600);
     assert!(sim.superseded(id).is_empty(), "within its lease");
     assert!(
@@ -281,6 +291,7 @@ fn an_ended_lease_on_the_last_attempt_fails_the_task() {
     sim.handlers.hang.insert(id);
     let task = cohort_core::Task {
         max_attempts: 1,
+        timeout_ms: 1_000,
         ..task(b"x")
     };
     let submit = ClientRequest::Submit {
@@ -288,7 +299,7 @@ fn an_ended_lease_on_the_last_attempt_fails_the_task() {
         task: task.clone(),
     };
     sim.client(NodeId(3), submit);
-    let lease_ms = 1_000 + cohort_core::task::LEASE_GRACE_MS;
+    let lease_ms = task.timeout_ms + task.lease_grace_ms();
     assert!(sim.run_until(lease_ms + 5_000, |s| s.decided(id).is_some()));
     let failed = TaskState::Failed {
         error: task.lease_expired_error(),

@@ -398,10 +398,12 @@ pub struct Workload {
     pub hang_rate: f64,
     /// Fraction of executions whose handler cannot be stopped: it ignores
     /// its timeout and returns (successfully) only `stuck_ms` after it
-    /// started, past its lease (`timeout_ms` plus
-    /// [`cohort_core::task::LEASE_GRACE_MS`]), so the cluster must end the
-    /// lease while its runner is alive (0: none, the default). Drawn in
-    /// the safety phase only, like faults.
+    /// started, past its lease (`timeout_ms` plus its grace,
+    /// [`cohort_core::Task::lease_grace_ms`]), so the cluster must end the
+    /// lease while its runner is alive (0: none, the default). Blocked, it
+    /// does not beat: with a heartbeat timeout its runner's watchdog fails
+    /// the attempt at that timeout instead. Drawn in the safety phase
+    /// only, like faults.
     pub stuck_rate: f64,
     /// How long a stuck handler runs.
     pub stuck_ms: u64,

@@ -29,7 +29,7 @@ fn task() -> Task {
     Task {
         kind: "sleep".into(),
         payload: vec![],
-        timeout_ms: 1000,
+        timeout_ms: 10_000,
         max_attempts: 2,
         not_before: cohort_core::Time::ZERO,
         retry: cohort_core::RetryPolicy::default(),
@@ -234,7 +234,7 @@ fn a_dead_workers_result_is_rejected_after_reassignment() {
 }
 
 /// A hung handler on a live runner (here the coordinator's own, never
-/// declared dead): `LEASE_GRACE_MS` after its timeout the coordinator ends
+/// declared dead): its grace after its timeout the coordinator ends
 /// the lease, runs the task again under the next epoch and rejects the
 /// late result; the ended lease counts as a failed attempt.
 #[test]
@@ -248,7 +248,7 @@ fn a_hung_handler_loses_its_lease_after_the_timeout_and_its_grace() {
     let ends = task().lease_ends(Time::ZERO);
     assert_eq!(
         ends,
-        Time::from_millis(1_000 + cohort_core::task::LEASE_GRACE_MS)
+        Time::from_millis(10_000 + cohort_core::task::LEASE_GRACE_MS)
     );
     c.handle_timer(ends, TimerToken(1));
     let out = drain(&mut c);

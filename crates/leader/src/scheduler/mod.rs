@@ -1221,7 +1221,7 @@ mod tests {
         s
     }
 
-    /// A lease ends `LEASE_GRACE_MS` after the start-to-close timeout, for
+    /// A lease ends its grace after the start-to-close timeout, for
     /// the assignment it was given to only: an `ExpireLease` before then,
     /// or of an older epoch, is a no-op; after it, the attempt failed
     /// (`lease_expired`), the task is pending again and its runner's late
@@ -1229,7 +1229,7 @@ mod tests {
     #[test]
     fn a_lease_ends_after_the_timeout_and_its_grace_and_fences_the_late_result() {
         let mut s = running_on_a();
-        let grace = std::time::Duration::from_millis(cohort_core::task::LEASE_GRACE_MS);
+        let grace = std::time::Duration::from_millis(task().lease_grace_ms());
         let until = at(2) + task().timeout() + grace;
         assert_eq!(s.get(TaskId(1)).unwrap().lease_until, Some(until));
         assert_eq!(s.leases_ended(until).count(), 0);

@@ -708,7 +708,10 @@ pub fn task(payload: &[u8]) -> Task {
     Task {
         kind: "echo".into(),
         payload: payload.to_vec(),
-        timeout_ms: 1_000,
+        // Past any handler duration the tests set (`handlers.run_ms`): the
+        // harness's runner never stops a handler at its timeout, and a
+        // handler past it loses its lease once the grace ends too.
+        timeout_ms: 10_000,
         max_attempts: 3,
         not_before: cohort_core::Time::ZERO,
         retry: cohort_core::RetryPolicy::default(),

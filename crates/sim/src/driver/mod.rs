@@ -924,7 +924,17 @@ impl<'a, N: Node> Sim<'a, N> {
                 let exec = self.executions;
                 self.live.insert(exec);
                 let (mut ms, mut outcome) = (ms, outcome);
-                if body.heartbeat_timeout_ms > 0 {
+                if stuck && body.heartbeat_timeout_ms > 0 {
+                    // Stuck is blocked: it cannot beat either (a handler
+                    // that beats awaits, and its runner stops it at its
+                    // timeout there), so its runner's watchdog, which
+                    // runs beside it, fails the attempt a heartbeat
+                    // timeout after it started. Beating on past its
+                    // timeout, as it once did here, renewed its lease for
+                    // all of `stuck_ms`: no runtime runner does that.
+                    ms = body.heartbeat_timeout_ms;
+                    outcome = TaskOutcome::Failure(body.heartbeat_timeout_error());
+                } else if body.heartbeat_timeout_ms > 0 {
                     // Beats every third of the timeout while it runs; a
                     // hung handler stops beating, and its runner's
                     // watchdog fails it a timeout after its last beat.
