@@ -495,9 +495,7 @@ mod tests {
     /// `crates/leaderless/src/tasks.rs` replay the state it reached.
     #[test]
     fn regression_older_first_writes_of_one_task_never_block_its_newest_forever() {
-        let r = limits_gate().run_one(732);
-        assert!(r.passed(), "{r}");
-        assert!(r.tasks_acked > 0, "{r}");
+        passes_limits_gate(732);
     }
 
     /// Found by the leaderless limits gate (seed 525, with SWIM's probe
@@ -514,9 +512,7 @@ mod tests {
     /// pass.
     #[test]
     fn regression_a_permit_record_first_written_under_an_older_ring_serves_again_when_held() {
-        let r = limits_gate().run_one(525);
-        assert!(r.passed(), "{r}");
-        assert!(r.tasks_acked > 0, "{r}");
+        passes_limits_gate(525);
     }
 
     /// Found by the leaderless limits gate (seed 385, once refused asks
@@ -530,9 +526,7 @@ mod tests {
     /// grant is past its use window is dropped unless it sent `Accept`.
     #[test]
     fn regression_a_claim_under_an_old_grant_never_runs_after_its_place_was_given_back() {
-        let r = limits_gate().run_one(385);
-        assert!(r.passed(), "{r}");
-        assert!(r.tasks_acked > 0, "{r}");
+        passes_limits_gate(385);
     }
 
     /// Found by the leaderless limits gate (seed 574): a keeper put the
@@ -542,9 +536,7 @@ mod tests {
     /// phase ended (G4). Refused asks now keep their turn.
     #[test]
     fn regression_a_limited_keys_waiting_tasks_are_not_overtaken_by_newer_ones() {
-        let r = limits_gate().run_one(574);
-        assert!(r.passed(), "{r}");
-        assert!(r.tasks_acked > 0, "{r}");
+        passes_limits_gate(574);
     }
 
     /// Found by the leaderless limits gate (seeds 1571 and 1728, outside
@@ -555,9 +547,7 @@ mod tests {
     /// 1-10 s (`Task::lease_grace_ms`).
     #[test]
     fn regression_a_stuck_short_task_frees_its_keys_place_within_its_own_grace() {
-        let r = limits_gate().run_one(1571);
-        assert!(r.passed(), "{r}");
-        assert!(r.tasks_acked > 0, "{r}");
+        passes_limits_gate(1571);
     }
 
     /// Found by the leaderless limits gate (seed 1397, outside the CI
@@ -568,7 +558,13 @@ mod tests {
     /// and its runner's watchdog fails it at its heartbeat timeout.
     #[test]
     fn regression_a_stuck_handler_does_not_beat_its_lease_alive() {
-        let r = limits_gate().run_one(1397);
+        passes_limits_gate(1397);
+    }
+
+    /// Seed `seed` of the leaderless limits gate acknowledges tasks and
+    /// passes every checker.
+    fn passes_limits_gate(seed: u64) {
+        let r = limits_gate().run_one(seed);
         assert!(r.passed(), "{r}");
         assert!(r.tasks_acked > 0, "{r}");
     }

@@ -751,17 +751,8 @@ mod tests {
     #[test]
     fn a_leases_grace_is_its_timeout_within_one_and_ten_seconds() {
         let with = |timeout_ms| Task {
-            kind: "k".into(),
-            payload: Vec::new(),
             timeout_ms,
-            max_attempts: 1,
-            not_before: Time::ZERO,
-            retry: RetryPolicy::default(),
-            schedule_to_start_ms: 0,
-            priority: 0,
-            heartbeat_timeout_ms: 0,
-            labels: Vec::new(),
-            limit: None,
+            ..plain()
         };
         assert_eq!(with(500).lease_grace_ms(), LEASE_GRACE_MIN_MS);
         assert_eq!(with(3_000).lease_grace_ms(), 3_000);
@@ -992,9 +983,9 @@ mod tests {
         assert!(valid_labels(&big).is_err());
     }
 
-    #[test]
-    fn a_task_runs_on_a_node_carrying_every_label_it_names() {
-        let mut t = Task {
+    /// A task with every optional part left out.
+    fn plain() -> Task {
+        Task {
             kind: "echo".into(),
             payload: Vec::new(),
             timeout_ms: 1,
@@ -1006,7 +997,12 @@ mod tests {
             heartbeat_timeout_ms: 0,
             labels: Vec::new(),
             limit: None,
-        };
+        }
+    }
+
+    #[test]
+    fn a_task_runs_on_a_node_carrying_every_label_it_names() {
+        let mut t = plain();
         let node = vec!["gpu".to_string(), "eu".to_string()];
         assert!(t.runs_on(&[]), "an unlabelled task runs anywhere");
         t.labels = vec!["eu".into(), "gpu".into()];

@@ -609,16 +609,19 @@ mod tests {
     fn a_permit_check_finds_a_task_gone_only_once_no_replica_holds_it() {
         let h = header(0, [1, 2, 3]);
         let mut ops = Ops::new(1);
-        let op = ops.insert(Op::Read {
-            request: RequestId(7),
-            id: TaskId(9),
-            purpose: ReadPurpose::Permit,
-            replies: BTreeMap::new(),
-            asked: [1, 2, 3].into_iter().map(NodeId).collect(),
-            candidates: vec![h.replicas.clone()],
-            ring_epoch: 0,
-            deadline: Time::from_millis(10_000),
-        });
+        let check = |ops: &mut Ops| {
+            ops.insert(Op::Read {
+                request: RequestId(7),
+                id: TaskId(9),
+                purpose: ReadPurpose::Permit,
+                replies: BTreeMap::new(),
+                asked: [1, 2, 3].into_iter().map(NodeId).collect(),
+                candidates: vec![h.replicas.clone()],
+                ring_epoch: 0,
+                deadline: Time::from_millis(10_000),
+            })
+        };
+        let op = check(&mut ops);
         for n in [2, 3] {
             let progress = ops.read_reply(op, NodeId(n), TaskId(9), None);
             assert!(matches!(progress, ReadProgress::Waiting), "n1 unheard");
@@ -630,16 +633,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // With every replica answering without it, it is gone.
-        let op = ops.insert(Op::Read {
-            request: RequestId(8),
-            id: TaskId(9),
-            purpose: ReadPurpose::Permit,
-            replies: BTreeMap::new(),
-            asked: [1, 2, 3].into_iter().map(NodeId).collect(),
-            candidates: vec![h.replicas.clone()],
-            ring_epoch: 0,
-            deadline: Time::from_millis(10_000),
-        });
+        let op = check(&mut ops);
         let last = [1, 2, 3].map(|n| ops.read_reply(op, NodeId(n), TaskId(9), None));
         assert!(matches!(last[1], ReadProgress::Waiting));
         assert!(matches!(last[2], ReadProgress::Done(_, _, _, None, _, _)));
