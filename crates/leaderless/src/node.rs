@@ -496,9 +496,7 @@ impl LeaderlessNode {
                 }),
             );
         }
-        if self.active.len() + tasks.len() > self.peers.limits.tasks_active_max {
-            // As full as its replicas will be (tasks spread evenly): they
-            // would refuse most of the batch.
+        if self.too_full_for(tasks.len()) {
             return self.reply(request, Err(self.full()));
         }
         let subs = self
@@ -564,10 +562,7 @@ impl LeaderlessNode {
             );
         }
         // A batch's tasks were admitted as a whole.
-        if !crate::batch::is_sub_request(request)
-            && self.active.len() >= self.peers.limits.tasks_active_max
-        {
-            // As full as its replicas will be (tasks spread evenly).
+        if !crate::batch::is_sub_request(request) && self.too_full_for(1) {
             return self.reply(request, Err(self.full()));
         }
         self.submit_or_look_up(now, request, id, task);
@@ -584,6 +579,13 @@ impl LeaderlessNode {
             SubmitVerdict::Conflict => self.reply(request, Err(ClientError::IdConflict { id })),
             SubmitVerdict::Full => self.reply(request, Err(self.full())),
         }
+    }
+
+    /// Whether this node, coordinating `tasks` new ones, would hold more
+    /// than `tasks_active_max` active tasks: its replicas are about as
+    /// full (tasks spread evenly) and would refuse them.
+    fn too_full_for(&self, tasks: usize) -> bool {
+        self.active.len() + tasks > self.peers.limits.tasks_active_max
     }
 
     /// The refusal of a submit while replicas hold `tasks_active_max`

@@ -195,10 +195,6 @@ impl Ops {
         }
     }
 
-    fn remove(&mut self, op: u64) -> Option<Op> {
-        self.ops.remove(&op)
-    }
-
     /// How many are waiting.
     pub fn len(&self) -> usize {
         self.ops.len()
@@ -269,7 +265,7 @@ impl Ops {
         };
         let (request, id) = (*request, *id);
         if verdict != SubmitVerdict::Waiting {
-            self.remove(op);
+            self.ops.remove(&op);
         }
         Some((request, id, verdict))
     }
@@ -439,7 +435,7 @@ impl Ops {
             purpose,
             ring_epoch,
             ..
-        }) = self.remove(op)
+        }) = self.ops.remove(&op)
         else {
             unreachable!("a read in flight")
         };
@@ -458,7 +454,7 @@ impl Ops {
             Some(Op::Submit { id, .. }) if *id == task => {}
             _ => return None,
         }
-        match self.remove(op) {
+        match self.ops.remove(&op) {
             Some(Op::Submit {
                 request,
                 id,
@@ -481,7 +477,7 @@ impl Ops {
             .map(|(&n, _)| n)
             .collect();
         due.into_iter()
-            .map(|n| self.remove(n).expect("listed above"))
+            .map(|n| self.ops.remove(&n).expect("listed above"))
             .collect()
     }
 }
