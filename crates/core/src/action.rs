@@ -16,8 +16,9 @@ pub struct TimerToken(pub u64);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action<M> {
     /// Make these writes durable (fsync) before carrying out any later action
-    /// of the batch. If the node crashes first, the writes may be lost, and
-    /// so are the later actions.
+    /// of the batch (a send the node marks with
+    /// [`crate::Node::may_precede_persist`] excepted). If the node crashes
+    /// first, the writes may be lost, and so are the later actions.
     Persist(Vec<StoreOp>),
     /// Send `msg` to peer `to`. Delivery is not guaranteed.
     Send {

@@ -66,6 +66,22 @@ pub trait Node: Sized {
         let _ = now;
     }
 
+    /// Whether `msg`, a [`Action::Send`] of the batch the last
+    /// [`Node::flush`] ended, may go out before that batch's
+    /// [`Action::Persist`] writes are durable, so the peer's work overlaps
+    /// this node's fsync. A node may say yes only for a message whose
+    /// content needs none of the batch's writes to survive a crash (a Raft
+    /// leader's AppendEntries: its term is already durable, and an entry a
+    /// follower stores before the leader does is what Raft allows), and it
+    /// may rely on the driver taking no new input until the writes are
+    /// durable (so an answer to the early message is handled only then).
+    /// A driver that never calls [`Node::flush`] must not send early. The
+    /// default says no: every send waits for the batch's writes.
+    fn may_precede_persist(&self, msg: &Self::Message) -> bool {
+        let _ = msg;
+        false
+    }
+
     /// Drains the output batch. The iterator borrows the node: no new input
     /// can be handed in until the batch has been taken.
     fn actions(&mut self) -> std::vec::Drain<'_, Action<Self::Message>>;

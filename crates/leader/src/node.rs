@@ -681,6 +681,13 @@ impl Node for LeaderNode {
         self.settle(false);
     }
 
+    fn may_precede_persist(&self, msg: &LeaderMsg) -> bool {
+        match msg {
+            LeaderMsg::Raft(m) => self.raft.may_precede_persist(m),
+            _ => false,
+        }
+    }
+
     fn actions(&mut self) -> std::vec::Drain<'_, Action<LeaderMsg>> {
         self.actions.drain(..)
     }

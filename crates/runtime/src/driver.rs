@@ -625,6 +625,32 @@ impl<N: Node + Send + 'static> EventLoop<N> {
                 persists += 1;
             }
         }
+        // Sends the node marks as needing none of the batch's writes go out
+        // before the fsync, so the peers' work overlaps it (leader mode: the
+        // followers store and acknowledge an append while the leader stores
+        // it). Their answers wait in the channels until the writes are
+        // durable: no input is taken before this returns.
+        let mut sent_by_type: BTreeMap<&'static str, u64> = BTreeMap::new();
+        if persists > 0 {
+            let me = self.node.id();
+            let node = &self.node;
+            let (early, later): (Vec<_>, Vec<_>) = actions.into_iter().partition(|a| {
+                matches!(a, Action::Send { to, msg } if *to != me && node.may_precede_persist(msg))
+            });
+            actions = later;
+            if !early.is_empty() {
+                self.metrics
+                    .add("cohort_sends_before_fsync_total", "", early.len() as u64);
+            }
+            for a in early {
+                if let Action::Send { to, msg } = a {
+                    *sent_by_type
+                        .entry(crate::kind::message_kind(&msg))
+                        .or_default() += 1;
+                    self.outbound.send(to, cohort_core::encode(&msg));
+                }
+            }
+        }
         if persists > 0 {
             let storage = self.storage.clone();
             let n = ops.len() as u64;
@@ -643,7 +669,6 @@ impl<N: Node + Send + 'static> EventLoop<N> {
                 .add("cohort_persist_actions_total", "", persists);
         }
         // Counted per batch: a label per message would cost an allocation each.
-        let mut sent_by_type: BTreeMap<&'static str, u64> = BTreeMap::new();
         for a in actions {
             match a {
                 Action::Persist(_) => {}

@@ -440,6 +440,14 @@ pub struct RaftNode {
     flushed: (u64, u64),
     /// Followers whose messages arrived since the last flush.
     flush_touched: BTreeSet<NodeId>,
+    /// The term and last log index as the previous flush ended: the driver
+    /// made that batch's writes durable before handing in this batch's
+    /// inputs, so this term (and the vote in it) and the log up to this
+    /// index are on disk (see [`RaftNode::may_precede_persist`]).
+    durable: (u64, u64),
+    /// The term and last log index as the latest flush ended, durable from
+    /// the next flush on.
+    flushed_at_end: (u64, u64),
     /// The `now` of the latest input.
     clock: Time,
     ready: Ready,
@@ -525,6 +533,8 @@ impl RaftNode {
             commit_unsent: false,
             flushed: (0, 0),
             flush_touched: BTreeSet::new(),
+            durable: (0, 0),
+            flushed_at_end: (0, 0),
             clock: now,
             ready: Ready::default(),
         };
@@ -705,6 +715,8 @@ impl RaftNode {
     /// [`RaftNode::defer_sends`]).
     pub fn flush(&mut self, now: Time) {
         self.clock = self.clock.max(now);
+        self.durable = self.flushed_at_end;
+        self.flushed_at_end = (self.term, self.log.last_index());
         let commit_unsent = std::mem::take(&mut self.commit_unsent);
         let touched = std::mem::take(&mut self.flush_touched);
         if self.role != Role::Leader {
@@ -730,6 +742,25 @@ impl RaftNode {
                 self.send_heartbeat(to, false);
             }
         }
+    }
+
+    /// Whether `msg`, made in the batch the last [`RaftNode::flush`] ended,
+    /// may be sent before that batch's writes are durable: only an append
+    /// of a term that was durable before the batch began, naming a commit
+    /// index the leader's durable log holds. Its entries need not be on the
+    /// leader's disk yet (Raft thesis 10.2.1: the leader may write its log
+    /// in parallel with replicating it): with other voters, a commit needs
+    /// their acks, which the driver hands in only after the batch's writes
+    /// are durable, for entries appended in earlier, durable batches. A
+    /// lone voter commits its own entries in the batch that appends them:
+    /// their commit index must wait for the write, or a crash could leave a
+    /// learner applying an entry its leader lost. And a lone voter elects
+    /// itself and appends in one batch: if it crashed before its term
+    /// reached disk it could lead that term again with other entries.
+    pub fn may_precede_persist(&self, msg: &RaftMsg) -> bool {
+        let (term_durable, index_durable) = self.durable;
+        matches!(msg, RaftMsg::Append { term, commit, .. }
+            if *term == term_durable && *commit <= index_durable)
     }
 
     /// A status for checkers and operators.

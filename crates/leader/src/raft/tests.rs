@@ -610,6 +610,98 @@ fn deferred_proposals_share_one_append_per_follower_until_flush() {
 }
 
 #[test]
+fn an_append_may_precede_the_leaders_own_write_only_once_its_term_is_durable() {
+    use super::RaftMsg;
+    let mut net = Net::new(32, 3);
+    let leader = net.elect(2_000);
+    net.run_for(200);
+    let raft = net.raft(leader);
+    let now = raft.clock;
+    let term = raft.term();
+    raft.defer_sends();
+    let appends_of = |raft: &mut super::RaftNode| -> Vec<RaftMsg> {
+        raft.take_ready()
+            .messages
+            .into_iter()
+            .map(|(_, m)| m)
+            .filter(|m| matches!(m, RaftMsg::Append { .. }))
+            .collect()
+    };
+    // This node never flushed before: the term it leads was reached in a
+    // batch whose writes it cannot know durable yet.
+    raft.propose(now, vec![1])
+        .expect("the leader takes proposals");
+    raft.flush(now);
+    let first = appends_of(raft);
+    assert_eq!(first.len(), 2, "one append per follower");
+    assert!(
+        first.iter().all(|m| !raft.may_precede_persist(m)),
+        "an append of a term not yet durable waits for the batch's writes"
+    );
+    // The next batch: the driver made the previous one durable first.
+    raft.propose(now, vec![2])
+        .expect("the leader takes proposals");
+    raft.flush(now);
+    let second = appends_of(raft);
+    assert_eq!(second.len(), 2, "one append per follower");
+    assert!(
+        second.iter().all(|m| raft.may_precede_persist(m)),
+        "an append of a durable term needs none of the batch's writes"
+    );
+    // What answers or asks for a vote always waits: it promises something
+    // this node must not forget.
+    for m in [
+        RaftMsg::VoteResp {
+            term,
+            granted: true,
+        },
+        RaftMsg::Vote {
+            term,
+            last_index: 0,
+            last_term: 0,
+            transfer: false,
+        },
+    ] {
+        assert!(!raft.may_precede_persist(&m), "{m:?} went out early");
+    }
+}
+
+#[test]
+fn a_lone_voters_append_naming_a_commit_not_yet_on_its_disk_waits_for_the_write() {
+    use super::RaftMsg;
+    // One voter and a learner: the voter commits what it appends at once.
+    let mut net = Net::with(33, Membership::initial(&ids(2), 1), RaftConfig::default());
+    let leader = net.elect(2_000);
+    assert_eq!(leader, n(1));
+    net.run_for(200);
+    let raft = net.raft(leader);
+    let now = raft.clock;
+    raft.defer_sends();
+    raft.flush(now);
+    raft.take_ready();
+    raft.flush(now);
+    raft.take_ready();
+    // The term and the log so far are durable now; this batch appends and
+    // commits an entry the learner would apply.
+    let index = raft
+        .propose(now, vec![1])
+        .expect("the leader takes proposals");
+    raft.flush(now);
+    let appends: Vec<RaftMsg> = raft
+        .take_ready()
+        .messages
+        .into_iter()
+        .map(|(_, m)| m)
+        .filter(|m| matches!(m, RaftMsg::Append { commit, .. } if *commit >= index))
+        .collect();
+    assert_eq!(appends.len(), 1, "the learner is told of the commit");
+    assert!(
+        !raft.may_precede_persist(&appends[0]),
+        "a commit index beyond the durable log waits for the write"
+    );
+}
+
+#[test]
 fn a_flush_with_nothing_new_still_sends_to_the_follower_whose_ack_opened_its_window() {
     let cfg = super::RaftConfig {
         appends_inflight_max: 1,
