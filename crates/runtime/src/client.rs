@@ -3,6 +3,7 @@
 
 use crate::http::SubmitBody;
 use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A task as the API reports it.
@@ -318,15 +319,34 @@ pub struct UniqueSubmit {
     pub state: Option<String>,
 }
 
+/// `scheme://host:port` of `url` (all of it if it has no path).
+fn origin_of(url: &str) -> String {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    match url[after_scheme..].find('/') {
+        Some(i) => url[..after_scheme + i].to_string(),
+        None => url.to_string(),
+    }
+}
+
 /// Most redirects a [`Client`] follows for one call.
 pub const REDIRECTS_MAX: usize = 5;
 
 /// A client of one node.
+///
+/// Submits follow the coordinator: once a submit was redirected to the
+/// leader (`307 not_leader`), the client sends the next submits there
+/// directly, as etcd's and Consul's clients keep to the leader, instead of
+/// paying the node's redirect on every call. It goes back to its own node
+/// when the leader it keeps to fails to answer, answers `503`, or redirects
+/// again (then to where that redirect points). Every other call goes to
+/// the node the client was made for.
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
+    /// The origin (`scheme://host:port`) the last submit was redirected to.
+    coordinator: Arc<Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -420,6 +440,7 @@ impl Client {
             http,
             base,
             token: options.token,
+            coordinator: Arc::default(),
         })
     }
 
@@ -443,7 +464,45 @@ impl Client {
         body: Option<&[u8]>,
         headers: &[(&str, &str)],
     ) -> Result<reqwest::Response, CallError> {
+        self.send_following(method, url, body, headers)
+            .await
+            .map(|(r, _)| r)
+    }
+
+    /// A submit at `path`: sent to the coordinator the last redirect named,
+    /// if any, else to this client's node (see [`Client`]).
+    async fn send_submit(
+        &self,
+        path: &str,
+        body: &[u8],
+        headers: &[(&str, &str)],
+    ) -> Result<reqwest::Response, CallError> {
+        let pinned = self.coordinator.lock().expect("coordinator lock").clone();
+        let origin = pinned.as_deref().unwrap_or(&self.base);
+        let url = format!("{origin}{path}");
+        let answer = self
+            .send_following(reqwest::Method::POST, url, Some(body), headers)
+            .await;
+        let keep = match &answer {
+            Ok((_, Some(moved))) => Some(moved.clone()),
+            Ok((r, None)) if r.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE => pinned,
+            _ => None,
+        };
+        *self.coordinator.lock().expect("coordinator lock") = keep;
+        answer.map(|(r, _)| r)
+    }
+
+    /// Sends the request, following redirects (see [`Client::send`]); also
+    /// returns the origin of the last redirect followed, if any.
+    async fn send_following(
+        &self,
+        method: reqwest::Method,
+        url: String,
+        body: Option<&[u8]>,
+        headers: &[(&str, &str)],
+    ) -> Result<(reqwest::Response, Option<String>), CallError> {
         let mut url = url;
+        let mut moved = None;
         for _ in 0..=REDIRECTS_MAX {
             let mut r = self.http.request(method.clone(), &url);
             if let Some(t) = &self.token {
@@ -459,7 +518,7 @@ impl Client {
             }
             let resp = r.send().await.map_err(Self::transport)?;
             if !matches!(resp.status().as_u16(), 307 | 308) {
-                return Ok(resp);
+                return Ok((resp, moved));
             }
             let scheme = |u: &str| u.split_once("://").map(|(s, _)| s.to_string());
             match resp
@@ -469,8 +528,9 @@ impl Client {
             {
                 Some(loc) if scheme(loc).is_some() && scheme(loc) == scheme(&url) => {
                     url = loc.to_string();
+                    moved = Some(origin_of(&url));
                 }
-                _ => return Ok(resp),
+                _ => return Ok((resp, moved)),
             }
         }
         Err(CallError::Transport(format!(
@@ -518,13 +578,7 @@ impl Client {
     /// `POST /v1/tasks`; returns the task's id.
     pub async fn submit(&self, body: &SubmitBody) -> Result<String, CallError> {
         let json = serde_json::to_vec(body).map_err(|e| CallError::Transport(e.to_string()))?;
-        let r = self
-            .send(
-                reqwest::Method::POST,
-                format!("{}/v1/tasks", self.base),
-                Some(&json),
-            )
-            .await?;
+        let r = self.send_submit("/v1/tasks", &json, &[]).await?;
         Self::decode::<Submitted>(r).await.map(|s| s.id)
     }
 
@@ -540,10 +594,9 @@ impl Client {
     ) -> Result<UniqueSubmit, CallError> {
         let json = serde_json::to_vec(body).map_err(|e| CallError::Transport(e.to_string()))?;
         let r = self
-            .send_with(
-                reqwest::Method::POST,
-                format!("{}/v1/tasks", self.base),
-                Some(&json),
+            .send_submit(
+                "/v1/tasks",
+                &json,
                 &[(crate::http::DEDUPE_KEY_HEADER, dedupe_key)],
             )
             .await?;
@@ -599,13 +652,7 @@ impl Client {
     /// [`Client::submit_batch`] with the body already encoded (benchmarks
     /// resend one body).
     pub async fn submit_batch_json(&self, json: &[u8]) -> Result<Vec<String>, CallError> {
-        let r = self
-            .send(
-                reqwest::Method::POST,
-                format!("{}/v1/tasks:batch", self.base),
-                Some(json),
-            )
-            .await?;
+        let r = self.send_submit("/v1/tasks:batch", json, &[]).await?;
         Self::decode::<SubmittedBatch>(r).await.map(|s| s.ids)
     }
 
@@ -841,6 +888,7 @@ impl Client {
             http: self.http.clone(),
             base: format!("{scheme}://{addr}"),
             token: self.token.clone(),
+            coordinator: Arc::default(),
         }
     }
 

@@ -230,3 +230,60 @@ async fn a_batch_is_one_entry_all_or_nothing_and_idempotent() {
         n.kill().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_keeps_to_the_leader_a_submit_was_redirected_to_until_it_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = leader_cluster(dir.path(), 3_000).await;
+    let leader = wait_for_leader(&nodes).await;
+    let follower = (leader + 1) % nodes.len();
+    let asked = |n: &RunningNode| {
+        n.metrics()
+            .counter("cohort_inputs_total", "kind=\"client\"")
+    };
+    let client = Client::new(&nodes[follower].http_addr().to_string());
+    client.submit(&echo("redirected")).await.unwrap();
+    let (at_follower, at_leader) = (asked(&nodes[follower]), asked(&nodes[leader]));
+    assert_eq!(at_follower, 1, "the first submit went to the follower");
+    for i in 0..5 {
+        client.submit(&echo(&format!("direct {i}"))).await.unwrap();
+    }
+    assert_eq!(
+        asked(&nodes[follower]),
+        at_follower,
+        "later submits skip the follower's redirect"
+    );
+    assert_eq!(asked(&nodes[leader]), at_leader + 5);
+    // Every other call still goes to the node the client was made for.
+    let view = client.cluster().await.unwrap();
+    assert_eq!(view["role"], "follower", "{view}");
+
+    // The leader dies: the client goes back to its own node, which
+    // redirects to (or, until one is elected, names no) new leader.
+    nodes.remove(leader).kill().await;
+    let follower = nodes
+        .iter()
+        .position(|n| n.http_addr().to_string() == client.base().trim_start_matches("http://"))
+        .expect("the client's node still runs");
+    let before = asked(&nodes[follower]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match client.submit(&echo("after the leader died")).await {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no submit accepted 10 s after the leader died: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    assert!(
+        asked(&nodes[follower]) > before,
+        "after the kept leader failed the client asked its own node again"
+    );
+    for n in nodes {
+        n.kill().await;
+    }
+}
