@@ -58,6 +58,11 @@ pub struct BenchArgs {
     /// Override the seconds per throughput point.
     #[arg(long)]
     pub throughput_s: Option<f64>,
+    /// Run only the open-loop latency scenario at this many submits/s (on
+    /// the preset's cluster size, for the preset's window) and print its
+    /// result as JSON lines (for profiling one load at a time).
+    #[arg(long)]
+    pub latency_only_rate: Option<f64>,
 }
 
 fn real_mode(m: &Mode) -> RealMode {
@@ -142,6 +147,26 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             for p in points {
                 println!("{}", serde_json::json!({"mode": mode.name, "point": p}));
             }
+        }
+        return Ok(());
+    }
+    if let Some(rate) = args.latency_only_rate {
+        anyhow::ensure!(
+            rate.is_finite() && rate > 0.0,
+            "--latency-only-rate must be a positive number of submits/s"
+        );
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        let window = std::time::Duration::from_secs_f64(options.latency_s);
+        for mode in &real {
+            let r = rt.block_on(cohort_bench::real::latency(
+                mode,
+                options.nodes,
+                rate,
+                window,
+            ))?;
+            println!("{}", serde_json::json!({"mode": mode.name, "latency": r}));
         }
         return Ok(());
     }
