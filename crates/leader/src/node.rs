@@ -68,6 +68,10 @@ pub struct LeaderConfig {
     /// entries, records being bounded by `tasks_retained_max` and
     /// `tasks_active_max`.
     pub snapshot_entries_per_record: u64,
+    /// Snapshot also once the log's entries hold more than this many
+    /// payload bytes (`Entry::payload_bytes`), whatever the two rules above
+    /// say: the log lives in memory, and a restart replays it.
+    pub snapshot_log_bytes_max: usize,
     /// Most entries per AppendEntries.
     pub append_entries_max: usize,
     /// Most AppendEntries in flight per follower.
@@ -92,7 +96,13 @@ impl Default for LeaderConfig {
             voters_max: 5,
             snapshot_entries_threshold: 1_000,
             snapshot_keep_entries: 100,
-            snapshot_entries_per_record: 1,
+            // Eight entries per record: a snapshot stalls the event loop
+            // while it encodes and writes the whole state, and at one per
+            // record those stalls made the submit->ack p99 (3 nodes,
+            // 3,000 submits/s open loop, two runs each: 29 / 57 ms at 1,
+            // 15 / 10 ms at 8).
+            snapshot_entries_per_record: 8,
+            snapshot_log_bytes_max: 128 << 20,
             append_entries_max: 64,
             appends_inflight_max: 8,
             snapshot_chunk_bytes: 64 << 10,
@@ -132,6 +142,7 @@ impl LeaderConfig {
             ("append_entries_max", self.append_entries_max as u64),
             ("appends_inflight_max", self.appends_inflight_max as u64),
             ("snapshot_chunk_bytes", self.snapshot_chunk_bytes as u64),
+            ("snapshot_log_bytes_max", self.snapshot_log_bytes_max as u64),
             ("requests_waiting_max", self.requests_waiting_max as u64),
             (
                 "assignments_per_round_max",
@@ -1937,13 +1948,19 @@ impl LeaderNode {
         let amortized = c
             .snapshot_entries_per_record
             .saturating_mul(self.sm.len() as u64);
-        if held > c.snapshot_entries_threshold.max(amortized) + c.snapshot_keep_entries {
+        let keep = c.snapshot_keep_entries;
+        let over_entries = held > c.snapshot_entries_threshold.max(amortized) + keep;
+        // Still at least `threshold` entries apart: a log whose kept or
+        // unapplied entries alone pass the bound must not snapshot per entry.
+        let over_bytes = self.raft.log().bytes() > c.snapshot_log_bytes_max
+            && held > c.snapshot_entries_threshold + keep;
+        if over_entries || over_bytes {
             assert_eq!(
                 self.raft.status().applied,
                 self.applied,
                 "snapshot the applied state"
             );
-            self.raft.compact(encode(&self.sm), c.snapshot_keep_entries);
+            self.raft.compact(encode(&self.sm), keep);
         }
     }
 

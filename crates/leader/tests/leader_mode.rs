@@ -724,6 +724,37 @@ fn snapshots_wait_for_as_many_entries_as_the_state_holds_records() {
     );
 }
 
+#[test]
+fn snapshots_also_come_once_the_log_passes_its_byte_bound() {
+    let run = |log_bytes_max: usize| {
+        let cfg = LeaderConfig {
+            snapshot_entries_threshold: 20,
+            snapshot_keep_entries: 5,
+            // Never reached here: only the byte bound can cut the log.
+            snapshot_entries_per_record: 1_000,
+            snapshot_log_bytes_max: log_bytes_max,
+            ..LeaderConfig::default()
+        }
+        .validate()
+        .unwrap();
+        let mut c = Cluster::new(16, 3, cfg);
+        let l = c.elect(3_000);
+        for i in 0..100u128 {
+            c.submit(l, TaskId(i), task("echo", b""));
+            c.run_for(5);
+        }
+        c.run_for(1_000);
+        assert_eq!(c.check_history().len(), 100);
+        (c.max_log_len, c.node(l).raft_status().log_offset)
+    };
+    let (unbounded_len, unbounded_offset) = run(usize::MAX);
+    assert_eq!(unbounded_offset, 0, "nothing else cuts the log");
+    assert!(unbounded_len > 250, "about three entries per task: {unbounded_len}");
+    let (bounded_len, bounded_offset) = run(4_000);
+    assert!(bounded_offset > 0, "the byte bound cut the log");
+    assert!(bounded_len <= 100, "the log grew to {bounded_len} entries");
+}
+
 fn batch(c: &mut Cluster, at: NodeId, ids: &[u128]) -> cohort_core::RequestId {
     let tasks = ids
         .iter()

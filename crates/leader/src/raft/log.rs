@@ -84,6 +84,8 @@ pub struct RaftLog {
     offset: u64,
     offset_term: u64,
     entries: Vec<Entry>,
+    /// [`Entry::payload_bytes`] summed over `entries`.
+    bytes: usize,
 }
 
 impl RaftLog {
@@ -101,6 +103,7 @@ impl RaftLog {
             offset,
             offset_term,
             entries: Vec::new(),
+            bytes: 0,
         };
         for (k, v) in stored.scan_prefix(LOG_PREFIX) {
             let e: Entry = decode(v, limit_bytes).map_err(|e| LogError::Malformed {
@@ -116,9 +119,15 @@ impl RaftLog {
                     index: log.last_index() + 1,
                 });
             }
+            log.bytes += e.payload_bytes();
             log.entries.push(e);
         }
         Ok(log)
+    }
+
+    /// The entries' payload bytes ([`Entry::payload_bytes`]), summed.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Index of the last compacted entry (0 when nothing was compacted).
@@ -236,6 +245,7 @@ impl RaftLog {
                 key: log_key(e.index),
                 value: encode(e),
             });
+            self.bytes += e.payload_bytes();
             self.entries.push(e.clone());
         }
     }
@@ -246,7 +256,9 @@ impl RaftLog {
         if index > self.last_index() {
             return;
         }
-        self.entries.truncate((index - self.offset - 1) as usize);
+        for e in self.entries.drain((index - self.offset - 1) as usize..) {
+            self.bytes -= e.payload_bytes();
+        }
         ops.push(StoreOp::DeleteRange {
             start: log_key(index),
             end: log_key_end(),
@@ -262,7 +274,9 @@ impl RaftLog {
         let term = self
             .term_at(index)
             .expect("compacting to an entry the log holds");
-        self.entries.drain(..(index - self.offset) as usize);
+        for e in self.entries.drain(..(index - self.offset) as usize) {
+            self.bytes -= e.payload_bytes();
+        }
         self.offset = index;
         self.offset_term = term;
         ops.push(StoreOp::Put {
@@ -279,6 +293,7 @@ impl RaftLog {
     /// when a snapshot replaces a log that does not contain its last entry).
     pub fn reset_to(&mut self, index: u64, term: u64, ops: &mut Vec<StoreOp>) {
         self.entries.clear();
+        self.bytes = 0;
         self.offset = index;
         self.offset_term = term;
         ops.push(StoreOp::Put {
@@ -322,6 +337,30 @@ mod tests {
         assert_eq!(back.term_at(4), Some(3));
         assert_eq!(back.term_at(1), None);
         assert_eq!(back.range(2, 4), log.range(2, 4));
+    }
+
+    #[test]
+    fn the_byte_count_follows_appends_truncations_compactions_and_restores() {
+        let sum = |log: &RaftLog| {
+            log.range(log.offset(), log.last_index())
+                .iter()
+                .map(Entry::payload_bytes)
+                .sum::<usize>()
+        };
+        let mut log = RaftLog::default();
+        let mut ops = Vec::new();
+        log.append(&[e(1, 1), e(2, 1), e(3, 2), e(4, 2)], &mut ops);
+        assert_eq!(log.bytes(), 4 * e(1, 1).payload_bytes());
+        log.truncate_from(4, &mut ops);
+        assert_eq!(log.bytes(), sum(&log));
+        log.compact_to(2, &mut ops);
+        assert_eq!(log.bytes(), sum(&log));
+        assert_eq!(log.bytes(), e(3, 2).payload_bytes());
+        let mut stored = Stored::new();
+        stored.apply(&ops);
+        assert_eq!(RaftLog::restore(&stored, 1 << 20).unwrap().bytes(), log.bytes());
+        log.reset_to(9, 3, &mut ops);
+        assert_eq!(log.bytes(), 0);
     }
 
     #[test]
