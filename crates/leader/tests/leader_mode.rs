@@ -695,6 +695,20 @@ fn raft_invariants_checker_catches_diverging_committed_entries() {
     assert!(err.contains("different entry at 2"), "{err}");
 }
 
+/// A 3-node cluster under `cfg` runs 100 tasks to their outcome; returns
+/// it and its leader.
+fn hundred_tasks(seed: u64, cfg: ValidLeaderConfig) -> (Cluster, NodeId) {
+    let mut c = Cluster::new(seed, 3, cfg);
+    let l = c.elect(3_000);
+    for i in 0..100u128 {
+        c.submit(l, TaskId(i), task("echo", b""));
+        c.run_for(5);
+    }
+    c.run_for(1_000);
+    assert_eq!(c.check_history().len(), 100);
+    (c, l)
+}
+
 #[test]
 fn snapshots_wait_for_as_many_entries_as_the_state_holds_records() {
     let cfg = LeaderConfig {
@@ -705,14 +719,7 @@ fn snapshots_wait_for_as_many_entries_as_the_state_holds_records() {
     }
     .validate()
     .unwrap();
-    let mut c = Cluster::new(15, 3, cfg);
-    let l = c.elect(3_000);
-    for i in 0..100u128 {
-        c.submit(l, TaskId(i), task("echo", b""));
-        c.run_for(5);
-    }
-    c.run_for(1_000);
-    assert_eq!(c.check_history().len(), 100);
+    let (c, l) = hundred_tasks(15, cfg);
     // Each task takes about three entries (submit, assign, result), so the
     // log outgrows the 20-entry threshold while records accumulate, yet a
     // snapshot is still taken once it holds as many entries as records.
@@ -737,19 +744,15 @@ fn snapshots_also_come_once_the_log_passes_its_byte_bound() {
         }
         .validate()
         .unwrap();
-        let mut c = Cluster::new(16, 3, cfg);
-        let l = c.elect(3_000);
-        for i in 0..100u128 {
-            c.submit(l, TaskId(i), task("echo", b""));
-            c.run_for(5);
-        }
-        c.run_for(1_000);
-        assert_eq!(c.check_history().len(), 100);
+        let (c, l) = hundred_tasks(16, cfg);
         (c.max_log_len, c.node(l).raft_status().log_offset)
     };
     let (unbounded_len, unbounded_offset) = run(usize::MAX);
     assert_eq!(unbounded_offset, 0, "nothing else cuts the log");
-    assert!(unbounded_len > 250, "about three entries per task: {unbounded_len}");
+    assert!(
+        unbounded_len > 250,
+        "about three entries per task: {unbounded_len}"
+    );
     let (bounded_len, bounded_offset) = run(4_000);
     assert!(bounded_offset > 0, "the byte bound cut the log");
     assert!(bounded_len <= 100, "the log grew to {bounded_len} entries");

@@ -358,7 +358,10 @@ mod tests {
         assert_eq!(log.bytes(), e(3, 2).payload_bytes());
         let mut stored = Stored::new();
         stored.apply(&ops);
-        assert_eq!(RaftLog::restore(&stored, 1 << 20).unwrap().bytes(), log.bytes());
+        assert_eq!(
+            RaftLog::restore(&stored, 1 << 20).unwrap().bytes(),
+            log.bytes()
+        );
         log.reset_to(9, 3, &mut ops);
         assert_eq!(log.bytes(), 0);
     }

@@ -609,6 +609,16 @@ fn deferred_proposals_share_one_append_per_follower_until_flush() {
     );
 }
 
+/// Takes the node's ready batch and keeps its appends.
+fn appends_taken(raft: &mut super::RaftNode) -> Vec<super::RaftMsg> {
+    raft.take_ready()
+        .messages
+        .into_iter()
+        .map(|(_, m)| m)
+        .filter(|m| matches!(m, super::RaftMsg::Append { .. }))
+        .collect()
+}
+
 #[test]
 fn an_append_may_precede_the_leaders_own_write_only_once_its_term_is_durable() {
     use super::RaftMsg;
@@ -619,20 +629,12 @@ fn an_append_may_precede_the_leaders_own_write_only_once_its_term_is_durable() {
     let now = raft.clock;
     let term = raft.term();
     raft.defer_sends();
-    let appends_of = |raft: &mut super::RaftNode| -> Vec<RaftMsg> {
-        raft.take_ready()
-            .messages
-            .into_iter()
-            .map(|(_, m)| m)
-            .filter(|m| matches!(m, RaftMsg::Append { .. }))
-            .collect()
-    };
     // This node never flushed before: the term it leads was reached in a
     // batch whose writes it cannot know durable yet.
     raft.propose(now, vec![1])
         .expect("the leader takes proposals");
     raft.flush(now);
-    let first = appends_of(raft);
+    let first = appends_taken(raft);
     assert_eq!(first.len(), 2, "one append per follower");
     assert!(
         first.iter().all(|m| !raft.may_precede_persist(m)),
@@ -642,7 +644,7 @@ fn an_append_may_precede_the_leaders_own_write_only_once_its_term_is_durable() {
     raft.propose(now, vec![2])
         .expect("the leader takes proposals");
     raft.flush(now);
-    let second = appends_of(raft);
+    let second = appends_taken(raft);
     assert_eq!(second.len(), 2, "one append per follower");
     assert!(
         second.iter().all(|m| raft.may_precede_persist(m)),
@@ -687,11 +689,8 @@ fn a_lone_voters_append_naming_a_commit_not_yet_on_its_disk_waits_for_the_write(
         .propose(now, vec![1])
         .expect("the leader takes proposals");
     raft.flush(now);
-    let appends: Vec<RaftMsg> = raft
-        .take_ready()
-        .messages
+    let appends: Vec<RaftMsg> = appends_taken(raft)
         .into_iter()
-        .map(|(_, m)| m)
         .filter(|m| matches!(m, RaftMsg::Append { commit, .. } if *commit >= index))
         .collect();
     assert_eq!(appends.len(), 1, "the learner is told of the commit");
