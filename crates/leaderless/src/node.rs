@@ -496,7 +496,7 @@ impl LeaderlessNode {
                 }),
             );
         }
-        if self.too_full_for(tasks.len()) {
+        if self.too_full_for(tasks.iter().map(|(id, _)| *id)) {
             return self.reply(request, Err(self.full()));
         }
         let subs = self
@@ -562,7 +562,7 @@ impl LeaderlessNode {
             );
         }
         // A batch's tasks were admitted as a whole.
-        if !crate::batch::is_sub_request(request) && self.too_full_for(1) {
+        if !crate::batch::is_sub_request(request) && self.too_full_for(std::iter::once(id)) {
             return self.reply(request, Err(self.full()));
         }
         self.submit_or_look_up(now, request, id, task);
@@ -581,11 +581,16 @@ impl LeaderlessNode {
         }
     }
 
-    /// Whether this node, coordinating `tasks` new ones, would hold more
-    /// than `tasks_active_max` active tasks: its replicas are about as
-    /// full (tasks spread evenly) and would refuse them.
-    fn too_full_for(&self, tasks: usize) -> bool {
-        self.active.len() + tasks > self.peers.limits.tasks_active_max
+    /// Whether this node, coordinating the new tasks `ids`, would hold
+    /// more than `tasks_active_max` active tasks with those it is a replica
+    /// of: it would refuse its own write of them, so it refuses before
+    /// writing. Tasks it is no replica of are left to their replicas, which
+    /// answer [`LeaderlessMessage::WriteFull`] when full: a full coordinator
+    /// does not speak for replicas with room.
+    fn too_full_for(&self, ids: impl Iterator<Item = TaskId>) -> bool {
+        let me = self.peers.id;
+        let mine = ids.filter(|id| self.replicas_of(*id).contains(&me)).count();
+        mine > 0 && self.active.len() + mine > self.peers.limits.tasks_active_max
     }
 
     /// The refusal of a submit while replicas hold `tasks_active_max`

@@ -83,7 +83,7 @@ fn a_submit_whose_replicas_cannot_reach_w_is_a_retryable_unavailable() {
         .members()
         .iter()
         .find(|n| !replicas.contains(n))
-        .expect("5 nodes, 3 replicas");
+        .expect("6 nodes, 3 replicas");
     sim.crash(replicas[0]);
     sim.crash(replicas[1]);
     let r = sim.submit(coordinator, id, b"x");
@@ -1820,7 +1820,8 @@ fn a_submit_to_full_replicas_is_refused_as_overloaded_at_once() {
         tasks_active_max: 1,
         ..cohort_core::Limits::default()
     };
-    let mut sim = Sim::with_limits(62, 5, LeaderlessConfig::default(), limits);
+    // Six nodes: some tasks are placed on none of `a`'s three replicas.
+    let mut sim = Sim::with_limits(62, 6, LeaderlessConfig::default(), limits);
     sim.run_for(1_000);
     let later = |payload: &[u8]| cohort_core::Task {
         not_before: cohort_core::Time::from_millis(3_600_000),
@@ -1870,11 +1871,17 @@ fn a_submit_to_full_replicas_is_refused_as_overloaded_at_once() {
         "answered after {took:?}"
     );
     assert!(members.iter().all(|&n| sim.node(n).record(c).is_none()));
-    // The coordinator of `a` is full itself: it refuses without writing.
+    // The coordinator of `a` is full itself: it refuses a task it would
+    // hold at once, without writing.
+    let placed = |t: cohort_core::TaskId| placement::replicas(t, &members, 3);
+    let d = (20_000..30_000)
+        .map(tid)
+        .find(|&t| placed(t).contains(&replicas[0]))
+        .expect("an id placed on the full coordinator");
     let r = sim.client(
         replicas[0],
         ClientRequest::Submit {
-            id: tid(20_000),
+            id: d,
             task: later(b"d"),
         },
     );
@@ -1883,4 +1890,23 @@ fn a_submit_to_full_replicas_is_refused_as_overloaded_at_once() {
         sim.reply(r),
         Some(Err(ClientError::Overloaded { .. }))
     ));
+    assert!(members.iter().all(|&n| sim.node(n).record(d).is_none()));
+    // But a task placed only on nodes with room is theirs to take: the full
+    // coordinator writes it and it is accepted.
+    let e = (30_000..40_000)
+        .map(tid)
+        .find(|&t| placed(t).iter().all(|n| !replicas.contains(n)))
+        .expect("an id placed on the other three nodes");
+    let r = sim.client(
+        replicas[0],
+        ClientRequest::Submit {
+            id: e,
+            task: later(b"e"),
+        },
+    );
+    assert!(
+        sim.run_until(2_000, |s| accepted(s, r)),
+        "{:?}",
+        sim.reply(r)
+    );
 }
