@@ -82,6 +82,16 @@ pub trait Node: Sized {
         false
     }
 
+    /// Whether the [`Action::Reply`] to `request`, in the batch the last
+    /// [`Node::flush`] ended, may reach its client before that batch's
+    /// writes are durable: the answer states only what was durable before
+    /// (a Raft entry committed in an earlier batch). Same rules as
+    /// [`Node::may_precede_persist`]. The default says no.
+    fn reply_may_precede_persist(&self, request: RequestId) -> bool {
+        let _ = request;
+        false
+    }
+
     /// Drains the output batch. The iterator borrows the node: no new input
     /// can be handed in until the batch has been taken.
     fn actions(&mut self) -> std::vec::Drain<'_, Action<Self::Message>>;

@@ -497,6 +497,12 @@ pub struct LeaderNode {
     flushed: bool,
     /// Draining: no new work, hand back what is left at the deadline.
     drain: Option<Drain>,
+    /// Replies that may precede their batch's writes (see
+    /// [`Node::reply_may_precede_persist`]), with the flush count of their
+    /// batch; at most one batch's worth is held.
+    early_replies: BTreeMap<RequestId, u64>,
+    /// Flushes so far.
+    flushes: u64,
 }
 
 const TIMER: u64 = 0;
@@ -558,6 +564,8 @@ impl Node for LeaderNode {
             handing_over: None,
             flushed: false,
             drain: None,
+            early_replies: BTreeMap::new(),
+            flushes: 0,
             greeted: None,
             armed: None,
             now,
@@ -682,6 +690,9 @@ impl Node for LeaderNode {
 
     fn flush(&mut self, now: Time) {
         self.now = self.now.max(now);
+        // Earlier batches' replies are long carried out.
+        let this_batch = self.flushes;
+        self.early_replies.retain(|_, batch| *batch == this_batch);
         if !self.flushed {
             self.flushed = true;
             self.raft.defer_sends();
@@ -690,6 +701,14 @@ impl Node for LeaderNode {
         self.settle(true);
         self.raft.flush(self.now);
         self.settle(false);
+        self.flushes += 1;
+    }
+
+    fn reply_may_precede_persist(&self, request: RequestId) -> bool {
+        // Counted before this batch's flush ended.
+        self.flushes
+            .checked_sub(1)
+            .is_some_and(|batch| self.early_replies.get(&request) == Some(&batch))
     }
 
     fn may_precede_persist(&self, msg: &LeaderMsg) -> bool {
@@ -1705,7 +1724,19 @@ impl LeaderNode {
                     self.actions.push(Action::Note(note));
                 }
                 may_have_ended = may_have_ended || may_end_another_attempt(&cmd);
+                let before = self.actions.len();
                 self.after_apply(batch, &cmd, &mut assigned_to_me);
+                // An entry the leader's durable log holds is committed on
+                // disks that do not depend on this batch's writes: answers
+                // about it need not wait for them. (A lone voter commits
+                // entries of this very batch: those wait.)
+                if self.flushed && e.index <= self.raft.durable_index() {
+                    for a in &self.actions[before..] {
+                        if let Action::Reply { request, .. } = a {
+                            self.early_replies.insert(*request, self.flushes);
+                        }
+                    }
+                }
             } else {
                 assert!(batch.is_none(), "a batch's own entry is a command");
             }

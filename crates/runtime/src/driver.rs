@@ -625,29 +625,43 @@ impl<N: Node + Send + 'static> EventLoop<N> {
                 persists += 1;
             }
         }
-        // Sends the node marks as needing none of the batch's writes go out
-        // before the fsync, so the peers' work overlaps it (leader mode: the
-        // followers store and acknowledge an append while the leader stores
-        // it). Their answers wait in the channels until the writes are
-        // durable: no input is taken before this returns.
+        // Sends and replies the node marks as needing none of the batch's
+        // writes go out before the fsync, so the peers' work overlaps it
+        // (leader mode: the followers store and acknowledge an append while
+        // the leader stores it) and a client told of an earlier commit does
+        // not wait for it. Peers' answers wait in the channels until the
+        // writes are durable: no input is taken before this returns.
         let mut sent_by_type: BTreeMap<&'static str, u64> = BTreeMap::new();
         if persists > 0 {
             let me = self.node.id();
             let node = &self.node;
-            let (early, later): (Vec<_>, Vec<_>) = actions.into_iter().partition(|a| {
-                matches!(a, Action::Send { to, msg } if *to != me && node.may_precede_persist(msg))
+            let (early, later): (Vec<_>, Vec<_>) = actions.into_iter().partition(|a| match a {
+                Action::Send { to, msg } => *to != me && node.may_precede_persist(msg),
+                Action::Reply { request, .. } => node.reply_may_precede_persist(*request),
+                _ => false,
             });
             actions = later;
-            if !early.is_empty() {
-                self.metrics
-                    .add("cohort_sends_before_fsync_total", "", early.len() as u64);
-            }
+            let replies = early
+                .iter()
+                .filter(|a| matches!(a, Action::Reply { .. }))
+                .count() as u64;
+            self.metrics.add(
+                "cohort_sends_before_fsync_total",
+                "",
+                early.len() as u64 - replies,
+            );
+            self.metrics
+                .add("cohort_replies_before_fsync_total", "", replies);
             for a in early {
-                if let Action::Send { to, msg } = a {
-                    *sent_by_type
-                        .entry(crate::kind::message_kind(&msg))
-                        .or_default() += 1;
-                    self.outbound.send(to, cohort_core::encode(&msg));
+                match a {
+                    Action::Send { to, msg } => {
+                        *sent_by_type
+                            .entry(crate::kind::message_kind(&msg))
+                            .or_default() += 1;
+                        self.outbound.send(to, cohort_core::encode(&msg));
+                    }
+                    Action::Reply { request, reply } => self.answer(request, reply),
+                    _ => unreachable!("only sends and replies are taken early"),
                 }
             }
         }
@@ -683,22 +697,7 @@ impl<N: Node + Send + 'static> EventLoop<N> {
                     }
                 }
                 Action::Execute { id, epoch, task } => self.execute(id, epoch, task),
-                Action::Reply { request, reply } => {
-                    let label = match &reply {
-                        Ok(_) => "outcome=\"ok\"",
-                        Err(_) => "outcome=\"error\"",
-                    };
-                    self.metrics.inc("cohort_client_replies_total", label);
-                    if let Some(p) = self.pending.remove(&request) {
-                        let name = match p.kind {
-                            "submit" => "cohort_client_submit_seconds",
-                            "get" => "cohort_client_get_seconds",
-                            _ => "cohort_client_cancel_seconds",
-                        };
-                        self.metrics.observe(name, p.since.elapsed());
-                        let _ = p.tx.send(reply);
-                    }
-                }
+                Action::Reply { request, reply } => self.answer(request, reply),
                 Action::SetTimer { token, at } => {
                     self.timer_seq += 1;
                     self.timers.insert((at, self.timer_seq), token);
@@ -714,6 +713,24 @@ impl<N: Node + Send + 'static> EventLoop<N> {
             );
         }
         Ok(())
+    }
+
+    /// Hands `reply` to the client waiting on `request`, if it still waits.
+    fn answer(&mut self, request: RequestId, reply: Result<ClientResponse, ClientError>) {
+        let label = match &reply {
+            Ok(_) => "outcome=\"ok\"",
+            Err(_) => "outcome=\"error\"",
+        };
+        self.metrics.inc("cohort_client_replies_total", label);
+        if let Some(p) = self.pending.remove(&request) {
+            let name = match p.kind {
+                "submit" => "cohort_client_submit_seconds",
+                "get" => "cohort_client_get_seconds",
+                _ => "cohort_client_cancel_seconds",
+            };
+            self.metrics.observe(name, p.since.elapsed());
+            let _ = p.tx.send(reply);
+        }
     }
 
     fn note(&self, note: Note) {

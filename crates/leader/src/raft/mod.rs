@@ -763,6 +763,12 @@ impl RaftNode {
             if *term == term_durable && *commit <= index_durable)
     }
 
+    /// The last log index known durable: the log's end as the previous
+    /// [`RaftNode::flush`] ended (see [`RaftNode::may_precede_persist`]).
+    pub fn durable_index(&self) -> u64 {
+        self.durable.1
+    }
+
     /// A status for checkers and operators.
     pub fn status(&self) -> RaftStatus {
         RaftStatus {

@@ -287,3 +287,49 @@ async fn a_client_keeps_to_the_leader_a_submit_was_redirected_to_until_it_fails(
         n.kill().await;
     }
 }
+
+/// A leader answers a submit committed by its followers' acks without
+/// waiting for the fsync of the batch that learns of the commit (the entry
+/// is on a majority of disks already), and appends go out before its own
+/// fsync; a lone voter, which commits entries of the very batch it writes,
+/// answers only after the write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_precede_a_batchs_fsync_only_for_entries_already_durable() {
+    let early = |n: &RunningNode| {
+        let m = n.metrics();
+        (
+            m.counter("cohort_replies_before_fsync_total", ""),
+            m.counter("cohort_sends_before_fsync_total", ""),
+        )
+    };
+    for size in [3, 1] {
+        let dir = tempfile::tempdir().unwrap();
+        let nodes = real::cluster::<LeaderNode>(
+            dir.path(),
+            size,
+            "leader",
+            ValidLeaderConfig::default(),
+            3_000,
+        )
+        .await;
+        let leader = wait_for_leader(&nodes).await;
+        let client = Client::new(&nodes[leader].http_addr().to_string());
+        for i in 0..20 {
+            client.submit(&echo(&format!("{size} {i}"))).await.unwrap();
+        }
+        let (replies, sends) = early(&nodes[leader]);
+        if size > 1 {
+            assert!(replies > 0, "no reply went out before its batch's fsync");
+            assert!(sends > 0, "no append went out before the leader's fsync");
+        } else {
+            assert_eq!(
+                (replies, sends),
+                (0, 0),
+                "a lone voter waits for its writes"
+            );
+        }
+        for n in nodes {
+            n.kill().await;
+        }
+    }
+}
