@@ -102,6 +102,11 @@ pub struct NodeArgs {
     /// Like --succeeded-retained-ms, for cancelled tasks [default: 604800000].
     #[arg(long)]
     pub cancelled_retained_ms: Option<u64>,
+    /// Most finished task records kept, oldest finished purged first
+    /// whatever their retention: per cluster in leader and static mode, per
+    /// node in leaderless mode [default: 1000000].
+    #[arg(long)]
+    pub tasks_retained_max: Option<usize>,
     /// On SIGINT/SIGTERM, how long a leader may take to hand leadership
     /// over before the node stops anyway, in milliseconds [default: 2000].
     #[arg(long)]
@@ -136,6 +141,7 @@ pub struct Settings {
     succeeded_retained_ms: u64,
     failed_retained_ms: u64,
     cancelled_retained_ms: u64,
+    tasks_retained_max: usize,
     initial_ring: Option<String>,
     insecure: bool,
     tokens: Option<PathBuf>,
@@ -225,6 +231,10 @@ impl NodeArgs {
                 .cancelled_retained_ms
                 .or(file.cancelled_retained_ms)
                 .unwrap_or(Limits::default().cancelled_retained_ms),
+            tasks_retained_max: self
+                .tasks_retained_max
+                .or(file.tasks_retained_max)
+                .unwrap_or(Limits::default().tasks_retained_max),
             initial_ring: self.initial_ring.clone().or(file.initial_ring),
             insecure: self.insecure || file.insecure.unwrap_or(false),
             tokens: self.tokens.clone().or(file.tokens),
@@ -334,6 +344,7 @@ pub fn validate(args: &Settings) -> anyhow::Result<Validated> {
         succeeded_retained_ms: args.succeeded_retained_ms,
         failed_retained_ms: args.failed_retained_ms,
         cancelled_retained_ms: args.cancelled_retained_ms,
+        tasks_retained_max: args.tasks_retained_max,
         ..Limits::default()
     };
     let peers = Peers::new(id, all.keys().copied(), args.capacity, limits)
@@ -833,6 +844,13 @@ mod tests {
         .unwrap()
         .to_string();
         assert!(e.contains("cancelled_retained_ms must be 1..="), "{e}");
+        let v = validate(&with("tasks_retained_max = 5\n").settings().unwrap()).unwrap();
+        assert_eq!(v.config.peers.limits.tasks_retained_max, 5);
+        let e = validate(&with("tasks_retained_max = 0\n").settings().unwrap())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("tasks_retained_max"), "{e}");
     }
 
     #[test]

@@ -70,10 +70,12 @@
 //!   is what is deduplicated).
 //! - The property rests on every generation staying readable: purging a
 //!   final task breaks P1 (a purged `g` reads as absent, and a new `g`
-//!   could be created beside a live `g + 1`). Leaderless mode keeps every
-//!   record for ever; leader mode and the static baseline drop the oldest
-//!   finished records past `Limits::tasks_retained_max`, so there the
-//!   guarantee holds while fewer finished tasks than that have accumulated.
+//!   could be created beside a live `g + 1`). Every mode purges final
+//!   records after their retention (`Limits::*_retained_ms`) and drops the
+//!   oldest past `Limits::tasks_retained_max` (per cluster in leader mode
+//!   and the static baseline, per node in leaderless mode), so the
+//!   guarantee holds while a key's chain has lost nothing to either
+//!   (docs/RUNTIME.md, *Dedupe keys*).
 //! - Progress rests on the mode settling racing creates of one id with
 //!   different bodies, which dedupe keys make routine: one body is
 //!   acknowledged and runs (in leaderless mode a replica that stored the

@@ -404,7 +404,11 @@ pub struct Limits {
     pub message_bytes_max: usize,
     /// Most tasks not yet final that a node tracks.
     pub tasks_active_max: usize,
-    /// Most finished task records retained.
+    /// Most finished task records retained, the oldest finished purged
+    /// first whatever their retention: in the replicated state (leader
+    /// mode) or the coordinator's (static mode), and on each node in
+    /// leaderless mode (of the records it holds as a replica; schedule
+    /// definitions and tombstones are not counted there).
     pub tasks_retained_max: usize,
     /// Most members in a cluster.
     pub members_max: usize,

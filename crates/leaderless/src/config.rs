@@ -129,6 +129,13 @@ pub struct LeaderlessConfig {
     pub permit_fence_after_ms: u64,
     /// Most asks a keeper holds queued or in proposals, all keys.
     pub permit_asks_max: usize,
+    /// Most tombstones a node keeps (one per record it purged, a few dozen
+    /// bytes each, see [`crate::retention`]); past it the oldest goes.
+    pub tombstones_max: usize,
+    /// How long a node keeps a tombstone after the purge. A replica cut
+    /// off for longer than this that still holds the record not final can
+    /// bring the task back (it should be wiped before it rejoins).
+    pub tombstone_retained_ms: u64,
 }
 
 impl Default for LeaderlessConfig {
@@ -169,6 +176,8 @@ impl Default for LeaderlessConfig {
             permit_grant_use_ms: 1_000,
             permit_fence_after_ms: 2_000,
             permit_asks_max: 4_096,
+            tombstones_max: 1_000_000,
+            tombstone_retained_ms: 7 * 24 * 3_600_000,
         }
     }
 }
@@ -235,6 +244,8 @@ impl LeaderlessConfig {
             ("permit_grant_use_ms", self.permit_grant_use_ms),
             ("permit_fence_after_ms", self.permit_fence_after_ms),
             ("permit_asks_max", self.permit_asks_max as u64),
+            ("tombstones_max", self.tombstones_max as u64),
+            ("tombstone_retained_ms", self.tombstone_retained_ms),
         ];
         for (what, v) in positive {
             if v == 0 {

@@ -8,6 +8,8 @@
 //! Layout:
 //! - [`placement`]: rendezvous hashing, preference lists.
 //! - [`record`]: what a replica stores per task (value + acceptor state).
+//! - [`retention`]: which final records a replica purges (by time and
+//!   count), and the tombstones they leave.
 //! - [`permit`]: concurrency and rate limits, one permit record per key.
 //! - [`ring`]: the ring membership, changed by Paxos among the ring.
 //! - [`paxos`]: ballots, the acceptor, the proposer.
@@ -33,6 +35,7 @@ pub mod paxos;
 pub mod permit;
 pub mod placement;
 pub mod record;
+pub mod retention;
 pub mod ring;
 pub mod tasks;
 

@@ -283,4 +283,14 @@ pub enum LeaderlessMessage {
         /// The task written (checked against the operation).
         id: TaskId,
     },
+    /// Replica → a node that sent it a copy of a task it purged (a
+    /// proposal, a learn, a repair): the copy is refused; its holder drops
+    /// it when `tombstone` covers it (`crate::retention`). Last in the
+    /// enum, like `WriteFull`.
+    Purged {
+        /// The task.
+        id: TaskId,
+        /// What the purge left.
+        tombstone: crate::retention::Tombstone,
+    },
 }

@@ -16,6 +16,9 @@ use crate::paxos::proposer::{Intent, Outcome, Proposal, Proposer, StartError};
 use crate::paxos::Ballot;
 use crate::placement;
 use crate::record::{record_key, Record, TaskHeader, TaskValue, RECORD_PREFIX};
+use crate::retention::{
+    tombstone_key, Retained, Tombstone, Tombstones, HORIZON_KEY, TOMBSTONE_PREFIX,
+};
 use crate::ring::{self as ringp, Ring, RingChange, RingProposal, RingState, RingStep, RING_KEY};
 use crate::tasks::{Holders, Op, Ops, ReadProgress, ReadPurpose, SubmitVerdict, WriteAnswer};
 use cohort_core::task::LEASE_EXPIRED_CLASS;
@@ -132,8 +135,10 @@ pub struct LeaderlessNode {
     records: BTreeMap<TaskId, Record>,
     /// Ids of `records` whose state is not final, in claim order.
     active: ActiveSet,
-    /// Final records by when their retention ends: (purge_at, id).
-    expiring: BTreeSet<(Time, TaskId)>,
+    /// Final records by when their retention ends, and the purge horizon.
+    retained: Retained,
+    /// What the records purged here left (see [`crate::retention`]).
+    tombstones: Tombstones,
     proposer: Proposer,
     ops: Ops,
     /// Handlers running here, by task.
@@ -205,6 +210,11 @@ impl LeaderlessNode {
     /// `k` of a task must hold the same value at `k`.
     pub fn record(&self, id: TaskId) -> Option<(u64, &TaskValue)> {
         self.records.get(&id).map(|r| (r.version, &r.value))
+    }
+
+    /// How many tombstones of purged records this node keeps.
+    pub fn tombstones_held(&self) -> usize {
+        self.tombstones.len()
     }
 
     /// Every record this node holds: `(task, version, value)` in task order.
@@ -416,41 +426,88 @@ impl LeaderlessNode {
         } else {
             self.active.insert_record(id, rec);
         }
-        if let Some(due) = purge_at(&self.peers.limits, rec) {
-            self.expiring.insert((due, id));
-        }
+        self.retained.set(id, purge_at(&self.peers.limits, rec));
     }
 
     /// Drops the final records whose retention ended by `now` (on this
     /// node's clock, from the time the final value records: every replica
-    /// purges at about the same time, and none takes a purged record back
-    /// from one that has not yet, see [`Self::ensure_record`]).
+    /// purges at about the same time), and the ones due soonest while more
+    /// than `Limits::tasks_retained_max` are held. None is taken back from
+    /// a replica that has not purged it yet, see [`Self::ensure_record`]
+    /// and [`crate::retention`].
     fn purge_expired(&mut self, now: Time) {
+        let horizon = self.retained.horizon();
+        let kept_max = self.peers.limits.tasks_retained_max;
         let mut deletes = Vec::new();
-        while let Some(&(due, id)) = self.expiring.first() {
-            if due > now {
-                break;
-            }
-            self.expiring.pop_first();
-            let Some(rec) = self.records.get(&id) else {
-                continue; // dropped since (a forget, a move away)
+        while deletes.len() < PURGES_PER_TICK_MAX {
+            let Some((id, due)) = self.retained.next_purge(now, kept_max) else {
+                break; // the rest (if any) at the next tick
             };
-            if purge_at(&self.peers.limits, rec) != Some(due) {
-                continue; // an entry of a record since replaced
-            }
-            self.records.remove(&id);
-            self.active.remove(id);
-            self.proposer.abandon(id);
+            let rec = self.records.get(&id).expect("indexed records are held");
+            assert_eq!(
+                purge_at(&self.peers.limits, rec),
+                Some(due),
+                "every change of a record is persisted, and indexed with it"
+            );
+            let tombstone = Tombstone::of(rec, now);
+            self.drop_record(id, tombstone, &mut deletes);
+        }
+        while deletes.len() < PURGES_PER_TICK_MAX {
+            let c = &self.config;
+            let Some(id) =
+                self.tombstones
+                    .next_evicted(now, c.tombstone_retained_ms, c.tombstones_max)
+            else {
+                break;
+            };
             deletes.push(StoreOp::Delete {
-                key: record_key(id),
+                key: tombstone_key(id),
             });
-            if deletes.len() >= PURGES_PER_TICK_MAX {
-                break; // the rest at the next tick
-            }
+        }
+        if self.retained.horizon() != horizon {
+            deletes.push(StoreOp::Put {
+                key: HORIZON_KEY.to_vec(),
+                value: encode(&self.retained.horizon()),
+            });
         }
         if !deletes.is_empty() {
             self.out.push(Action::Persist(deletes));
         }
+    }
+
+    /// Drops `id`'s record for good, leaving `tombstone` (the store ops go
+    /// to `ops`, to be persisted in one batch).
+    fn drop_record(&mut self, id: TaskId, tombstone: Tombstone, ops: &mut Vec<StoreOp>) {
+        self.records.remove(&id).expect("dropping a held record");
+        self.active.remove(id);
+        self.retained.set(id, None);
+        self.proposer.abandon(id);
+        ops.push(StoreOp::Delete {
+            key: record_key(id),
+        });
+        ops.push(StoreOp::Put {
+            key: tombstone_key(id),
+            value: encode(&tombstone),
+        });
+        self.tombstones.insert(id, tombstone);
+    }
+
+    /// A replica that purged `id` refused this node's copy of it: drop the
+    /// copy too, when it is the purged task's and was left behind.
+    fn on_purged(&mut self, id: TaskId, tombstone: Tombstone, now: Time) {
+        let Some(rec) = self.records.get(&id) else {
+            return;
+        };
+        if !tombstone.drops(&rec.header, rec.version, &rec.value) {
+            return; // a new task under the id, or up to date
+        }
+        let tombstone = Tombstone {
+            made_at: now,
+            ..tombstone
+        };
+        let mut ops = Vec::new();
+        self.drop_record(id, tombstone, &mut ops);
+        self.out.push(Action::Persist(ops));
     }
 
     /// Handles the messages this node sent itself.
@@ -944,6 +1001,12 @@ impl LeaderlessNode {
                 if self.active.len() >= self.peers.limits.tasks_active_max {
                     return self.send(from, LeaderlessMessage::WriteFull { op, id });
                 }
+                if self.tombstones.remove(id) {
+                    // A purged id used again: a new task.
+                    self.out.push(Action::Persist(vec![StoreOp::Delete {
+                        key: tombstone_key(id),
+                    }]));
+                }
                 self.abandon_foreign_proposal(id, Some(&header));
                 self.records.insert(id, Record::new(header, now));
                 self.persist_record(id);
@@ -967,6 +1030,7 @@ impl LeaderlessNode {
         if dead {
             self.records.remove(&id);
             self.active.remove(id);
+            self.retained.set(id, None);
             self.out.push(Action::Persist(vec![StoreOp::Delete {
                 key: record_key(id),
             }]));
@@ -1002,6 +1066,7 @@ impl LeaderlessNode {
     fn ensure_record(
         &mut self,
         now: Time,
+        from: Option<NodeId>,
         id: TaskId,
         header: &TaskHeader,
         version: u64,
@@ -1034,13 +1099,30 @@ impl LeaderlessNode {
                 if version == 0 && header.ring_epoch < self.ring.ring.epoch {
                     return false;
                 }
+                if let Some(t) = self.tombstones.get(id) {
+                    if t.covers(header, version, value) {
+                        // Purged here: never vote on it again; its holder
+                        // drops a copy left behind.
+                        if let Some(from) = from.filter(|&f| f != self.me()) {
+                            let tombstone = t.clone();
+                            self.send(from, LeaderlessMessage::Purged { id, tombstone });
+                        }
+                        return false;
+                    }
+                    // A new task under a purged id.
+                    self.tombstones.remove(id);
+                    self.out.push(Action::Persist(vec![StoreOp::Delete {
+                        key: tombstone_key(id),
+                    }]));
+                }
                 let final_at = value.history.events.last().map(|e| e.at);
                 let expired = final_at
                     .and_then(|at| self.peers.limits.purge_at(&header.task, &value.state, at))
-                    .is_some_and(|due| due <= now);
+                    .is_some_and(|due| self.retained.expired(due, now));
                 if expired {
                     // Purged here (or never held): a replica whose clock is
-                    // behind must not hand it back.
+                    // behind, or that holds fewer records, must not hand it
+                    // back.
                     return false;
                 }
                 self.abandon_foreign_proposal(id, Some(header));
@@ -1063,7 +1145,7 @@ impl LeaderlessNode {
         (version, base): (u64, TaskValue),
         ballot: Ballot,
     ) {
-        if !self.ensure_record(now, id, &header, version, &base) {
+        if !self.ensure_record(now, Some(from), id, &header, version, &base) {
             return; // a different task under this id, or not a replica
         }
         let rec = self.records.get_mut(&id).expect("ensured");
@@ -1136,12 +1218,13 @@ impl LeaderlessNode {
     fn on_learn(
         &mut self,
         now: Time,
+        from: NodeId,
         id: TaskId,
         header: TaskHeader,
         version: u64,
         value: TaskValue,
     ) {
-        if self.ensure_record(now, id, &header, version, &value) {
+        if self.ensure_record(now, Some(from), id, &header, version, &value) {
             let rec = self.records.get_mut(&id).expect("ensured");
             if rec.learn(version, &value) {
                 self.persist_record(id);
@@ -1288,7 +1371,7 @@ impl LeaderlessNode {
             proposal.header.clone(),
             proposal.intent.clone(),
         );
-        if self.ensure_record(now, id, &header, version, &value) {
+        if self.ensure_record(now, None, id, &header, version, &value) {
             let rec = self.records.get_mut(&id).expect("ensured");
             if rec.learn(version, &value) {
                 self.persist_record(id);
@@ -2272,7 +2355,8 @@ impl LeaderlessNode {
                 header,
                 version,
                 value,
-            } => self.on_learn(now, id, header, version, value),
+            } => self.on_learn(now, from, id, header, version, value),
+            LeaderlessMessage::Purged { id, tombstone } => self.on_purged(id, tombstone, now),
             LeaderlessMessage::Digest { entries } => self.on_digest(from, entries),
             LeaderlessMessage::Pull { ids } => self.on_pull(from, ids),
             LeaderlessMessage::RingPrepare { base, ballot } => {
@@ -2764,7 +2848,21 @@ impl Node for LeaderlessNode {
         let swim_rng = NodeRng::seed_from_u64(rng.gen());
         let mut records = BTreeMap::new();
         let mut active = ActiveSet::default();
-        let mut expiring = BTreeSet::new();
+        let horizon = match stored.get(HORIZON_KEY) {
+            Some(b) => decode(b, 16).map_err(|e| BootError::corrupt(HORIZON_KEY, e))?,
+            None => Time::ZERO,
+        };
+        let mut retained = Retained::with_horizon(horizon);
+        let mut tombstones = Tombstones::new();
+        for (key, value) in stored.scan_prefix(TOMBSTONE_PREFIX) {
+            let t: Tombstone = decode(value, 64).map_err(|e| BootError::corrupt(key, e))?;
+            let id = TaskId(u128::from_be_bytes(
+                key[TOMBSTONE_PREFIX.len()..]
+                    .try_into()
+                    .map_err(|_| BootError::corrupt(key, "not a 16-byte task id"))?,
+            ));
+            tombstones.insert(id, t);
+        }
         let mut limiter = limits::Limiter::default();
         for (key, value) in stored.scan_prefix(RECORD_PREFIX) {
             let rec: Record = decode(value, usize::MAX).map_err(|e| BootError::corrupt(key, e))?;
@@ -2776,9 +2874,7 @@ impl Node for LeaderlessNode {
             if is_active(&rec, peers.id) {
                 active.insert_record(id, &rec);
             }
-            if let Some(due) = purge_at(&peers.limits, &rec) {
-                expiring.insert((due, id));
-            }
+            retained.set(id, purge_at(&peers.limits, &rec));
             if crate::permit::permit_key(&rec.header.task).is_some() {
                 limiter.held_records.insert(id);
             }
@@ -2809,7 +2905,8 @@ impl Node for LeaderlessNode {
             rng,
             records,
             active,
-            expiring,
+            retained,
+            tombstones,
             proposer: Proposer::new(
                 peers.id,
                 generation,

@@ -21,7 +21,8 @@
 use cohort_core::{Epoch, NodeId, SupersedeReason, TaskOutcome, TaskState, Time};
 use cohort_leaderless::{LeaderlessConfig, LeaderlessInvariants, LeaderlessNode};
 use cohort_sim::scenario::{assert_g3_catches_the_stale_result, one_task, FirstRun};
-use cohort_sim::{run, Guarantee, Report, ScriptedFault, SimConfig, TaskTimeline};
+use cohort_sim::{run, Fault, Guarantee, Report, ScriptedFault, SimConfig, TaskTimeline};
+use std::time::Duration;
 
 const NODES: usize = 5;
 const SEED: u64 = 21;
@@ -208,4 +209,46 @@ fn a_paused_worker_that_wakes_while_its_successor_runs_has_its_result_rejected()
     assert_eq!(node, second);
     assert!(started < resumed, "{t:?}");
     assert!(t.decided_at.expect("decided") > resumed, "{t:?}");
+}
+
+/// Found while bounding retention by count: the runner is cut off just
+/// before its handler returns, for long enough that the other replicas
+/// re-claim the task, finish it and purge its record (a 1 s retention).
+/// At the heal the runner still holds the task running under its own
+/// epoch. Before tombstones the purging replicas took its copy back as a
+/// task they had never held: it ran a third time and a second outcome was
+/// chosen (G2, and two values in one instance). Now they refuse it and
+/// the runner drops its copy.
+#[test]
+fn a_runner_cut_off_until_its_finished_task_was_purged_does_not_bring_it_back() {
+    let duration_ms = 1_000;
+    let (mut c, _, first) = unstruck(duration_ms);
+    c.limits.succeeded_retained_ms = 1_000;
+    let cut_ms = 4 * heartbeat_timeout_ms();
+    c.script = vec![ScriptedFault {
+        at_ms: first.at_ms(duration_ms - 50),
+        fault: Fault::Isolate {
+            node: first.runner,
+            for_ms: cut_ms,
+        },
+    }];
+    let r = simulate(&c);
+    assert!(r.passed(), "seed {}: {r}", c.seed);
+    let t = r.history.timeline(first.task);
+    let healed = Time::from_millis(first.at_ms(duration_ms - 50) + cut_ms);
+    assert!(
+        t.decided_at.expect("decided") + Duration::from_millis(1_000) < healed,
+        "purged before the heal: {t:?}"
+    );
+    assert_eq!(t.decided.len(), 1, "{t:?}");
+    assert_eq!(t.assigned.len(), 2, "re-claimed once, never again: {t:?}");
+    assert_eq!(r.executions, 2, "{r}");
+    // The runner was told, and dropped its copy.
+    let told = format!("{} <- ", first.runner);
+    assert!(
+        r.trace
+            .iter()
+            .any(|l| l.contains(&told) && l.contains("Purged {")),
+        "no replica refused the runner's copy"
+    );
 }

@@ -215,6 +215,8 @@ pub struct NodeFile {
     pub failed_retained_ms: Option<u64>,
     /// `Limits::cancelled_retained_ms`.
     pub cancelled_retained_ms: Option<u64>,
+    /// `Limits::tasks_retained_max`.
+    pub tasks_retained_max: Option<usize>,
     /// Leaderless mode: the ring at epoch 0, `"1,2,3"`.
     pub initial_ring: Option<String>,
     /// See [`RuntimeConfig::shutdown_grace_ms`].

@@ -128,8 +128,10 @@ pub struct Sim {
     /// Call [`Node::flush`] after every input, as the runtime does after
     /// every batch: the nodes then bundle what one input sends each peer.
     pub flush_inputs: bool,
-    /// The limits every node boots with.
+    /// The limits every node boots with...
     limits: cohort_core::Limits,
+    /// ...but these (see [`Sim::set_limits`]).
+    node_limits: BTreeMap<NodeId, cohort_core::Limits>,
 }
 
 impl Sim {
@@ -174,6 +176,7 @@ impl Sim {
             labels: BTreeMap::new(),
             flush_inputs: false,
             limits: cohort_core::Limits::default(),
+            node_limits: BTreeMap::new(),
         };
         for m in members {
             sim.boot(m);
@@ -211,6 +214,13 @@ impl Sim {
         sim
     }
 
+    /// Gives node `id` its own `limits` (it restarts at once to take them).
+    pub fn set_limits(&mut self, id: NodeId, limits: cohort_core::Limits) {
+        self.node_limits.insert(id, limits);
+        self.crash(id);
+        self.restart(id);
+    }
+
     pub fn members(&self) -> &[NodeId] {
         &self.members
     }
@@ -232,7 +242,7 @@ impl Sim {
             id,
             self.members.clone(),
             self.capacity_tasks,
-            self.limits.clone(),
+            self.node_limits.get(&id).unwrap_or(&self.limits).clone(),
         )
         .and_then(|p| p.with_labels(self.labels.get(&id).cloned().unwrap_or_default()))
         .expect("valid peers")

@@ -45,6 +45,22 @@ fn short_retention(_: NodeId, c: &mut RuntimeConfig) {
     c.peers.limits.cancelled_retained_ms = SUCCEEDED_MS;
 }
 
+fn three_retained(_: NodeId, c: &mut RuntimeConfig) {
+    c.shutdown_grace_ms = 0;
+    c.peers.limits.tasks_retained_max = 3;
+}
+
+/// Whether every node's own view (a stale read) has a record of `id`.
+async fn held_everywhere(nodes: &[RunningNode], id: &str) -> bool {
+    for n in nodes {
+        let c = Client::new(&n.http_addr().to_string());
+        if c.get(id, true, None).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
 /// Whether every node's own view (a stale read) has no record of `id`.
 async fn gone_everywhere(nodes: &[RunningNode], id: &str) -> bool {
     for n in nodes {
@@ -117,6 +133,54 @@ async fn records_are_purged_after_their_retention(nodes: &[RunningNode]) {
     let submitted = t.events.iter().filter(|e| e.event == "submitted").count();
     let assigned = t.events.iter().filter(|e| e.event == "assigned").count();
     assert_eq!((submitted, assigned), (1, 1), "a new record: {t:?}");
+}
+
+/// `tasks_retained_max` (3 here) bounds the finished records however
+/// young: the oldest finished go first, on every node (in leaderless mode
+/// each node counts its own, and with three nodes every node is a replica
+/// of every task).
+async fn only_the_newest_finished_records_are_kept(nodes: &[RunningNode]) {
+    let client = Client::new(&nodes[0].http_addr().to_string());
+    let ids: Vec<String> = (1..=6u128).map(|i| format!("{:032x}", 0xc0 + i)).collect();
+    for id in &ids {
+        let body = SubmitBody {
+            id: Some(id.clone()),
+            ..echo("one of six")
+        };
+        submit(&client, &body).await;
+        assert_eq!(finished(&client, id).await.task.state, "succeeded");
+    }
+    let (old, kept) = ids.split_at(3);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut settled = true;
+        for id in old {
+            settled &= gone_everywhere(nodes, id).await;
+        }
+        for id in kept {
+            settled &= held_everywhere(nodes, id).await;
+        }
+        if settled {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never settled on the newest three"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let listed = real::listed(&client).await;
+    assert!(old.iter().all(|id| !listed.contains(id)), "{listed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_mode_keeps_only_the_newest_tasks_retained_max_finished_records() {
+    for mode in [Mode::Leader, Mode::Leaderless, Mode::Static] {
+        let dir = tempfile::tempdir().unwrap();
+        let nodes = real::three(dir.path(), mode, three_retained, options).await;
+        only_the_newest_finished_records_are_kept(&nodes).await;
+        real::shutdown_all(nodes).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

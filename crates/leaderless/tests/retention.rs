@@ -1,0 +1,96 @@
+//! Retention by count in leaderless mode (`Limits::tasks_retained_max`,
+//! per node): a node over the bound purges the final records due soonest,
+//! and takes none of them back from a replica that kept them.
+
+mod common;
+
+use cohort_core::{ClientResponse, Limits, NodeId, TaskId, TaskState};
+use cohort_leaderless::LeaderlessConfig;
+use common::{tid, Sim};
+
+/// Where a node keeps its purge horizon (`retention::HORIZON_KEY`).
+const HORIZON_KEY: &[u8] = b"lless/purge_horizon";
+
+fn holds(sim: &Sim, node: NodeId, id: TaskId) -> bool {
+    sim.node(node).record(id).is_some()
+}
+
+fn finals(sim: &Sim, node: NodeId) -> Vec<TaskId> {
+    sim.node(node)
+        .records()
+        .filter(|(_, _, v)| v.state.is_final())
+        .map(|(id, _, _)| id)
+        .collect()
+}
+
+#[test]
+fn a_node_keeps_at_most_tasks_retained_max_final_records_and_takes_no_purged_one_back() {
+    let (n1, n2, n3) = (NodeId(1), NodeId(2), NodeId(3));
+    let three = Limits {
+        tasks_retained_max: 3,
+        ..Limits::default()
+    };
+    // Three nodes, three replicas: every node holds every task. n3 may keep
+    // many more than n1 and n2.
+    let mut sim = Sim::with_limits(71, 3, LeaderlessConfig::default(), three.clone());
+    sim.set_limits(
+        n3,
+        Limits {
+            tasks_retained_max: 100,
+            ..Limits::default()
+        },
+    );
+    sim.run_for(1_000);
+    let ids: Vec<TaskId> = (1..=6).map(tid).collect();
+    // One after the other: they finish, and come due, in this order.
+    for (i, &id) in ids.iter().enumerate() {
+        let r = sim.submit(NodeId(1 + i as u64 % 3), id, b"x");
+        assert!(sim.run_until(5_000, |s| matches!(
+            s.reply(r),
+            Some(Ok(ClientResponse::Accepted { .. }))
+        )));
+        assert!(sim.run_until(5_000, |s| s.members().iter().all(|&n| s
+            .node(n)
+            .record(id)
+            .is_some_and(|(_, v)| v.state.is_final()))));
+        assert!(matches!(sim.decided(id), Some(TaskState::Succeeded { .. })));
+    }
+    sim.run_for(1_000); // a few ticks
+    let (old, kept) = ids.split_at(3);
+    for n in [n1, n2] {
+        assert_eq!(finals(&sim, n), {
+            let mut k = kept.to_vec();
+            k.sort();
+            k
+        });
+        assert!(sim.store(n).get(HORIZON_KEY).is_some(), "{n}: horizon kept");
+    }
+    assert_eq!(finals(&sim, n3).len(), 6, "n3 is under its own bound");
+
+    // n3 offers the purged records back (anti-entropy) for a long while; n1
+    // and n2 take none of them at any moment, before and after a restart.
+    let took_back = |s: &Sim| {
+        [n1, n2]
+            .iter()
+            .any(|&n| s.is_up(n) && old.iter().any(|&id| holds(s, n, id)))
+    };
+    assert!(
+        !sim.run_until(10_000, took_back),
+        "a purged record came back"
+    );
+    sim.crash(n1);
+    sim.restart(n1);
+    assert!(
+        !sim.run_until(10_000, took_back),
+        "a purged record came back after a restart"
+    );
+    for n in [n1, n2] {
+        for &id in old {
+            // `record::record_key`: the prefix, then the id big-endian.
+            let key = [&b"lless/task/"[..], &id.0.to_be_bytes()].concat();
+            assert!(sim.store(n).get(&key).is_none(), "{n} stored {id:?} again");
+        }
+        assert_eq!(finals(&sim, n).len(), 3);
+    }
+    assert_eq!(finals(&sim, n3).len(), 6);
+}
