@@ -94,6 +94,22 @@ pub struct SimArgs {
     /// fired once healed (0: none, the default).
     #[arg(long, default_value_t = 0)]
     schedule_every_ms: u64,
+    /// Keep a final task's record this long (every final state), then
+    /// purge it: the checkers take `NotFound` after a node's `Purged` note
+    /// as retention, and a purge before the outcome as a loss (default:
+    /// the nodes' default, a week, so nothing is purged).
+    #[arg(long)]
+    retained_ms: Option<u64>,
+    /// Most final task records kept (per cluster in leader and static
+    /// mode, per node in leaderless mode), oldest purged first.
+    #[arg(long)]
+    tasks_retained_max: Option<usize>,
+    /// A client with no `Accepted` this long after it arrived abandons its
+    /// submit (0: never). With a short --retained-ms, keep it well under
+    /// the retention: a retry that arrives after its task was purged
+    /// creates a new task under the same id, as documented.
+    #[arg(long, default_value_t = 0)]
+    submit_deadline_ms: u64,
 }
 
 impl SimArgs {
@@ -111,6 +127,18 @@ impl SimArgs {
         config.workload.limited_rate = self.limited_rate;
         config.workload.stuck_rate = self.stuck_rate;
         config.workload.schedule_every_ms = self.schedule_every_ms;
+        if let Some(ms) = self.retained_ms {
+            let l = &mut config.limits;
+            (
+                l.succeeded_retained_ms,
+                l.failed_retained_ms,
+                l.cancelled_retained_ms,
+            ) = (ms, ms, ms);
+        }
+        if let Some(max) = self.tasks_retained_max {
+            config.limits.tasks_retained_max = max;
+        }
+        config.workload.submit_deadline_ms = self.submit_deadline_ms;
         if let Some(rate) = self.arrivals_per_sec {
             config.workload.arrivals_per_sec = rate;
         }
@@ -149,6 +177,18 @@ impl SimArgs {
         }
         if self.stuck_rate > 0.0 {
             cmd.push_str(&format!(" --stuck-rate {}", self.stuck_rate));
+        }
+        if let Some(ms) = self.retained_ms {
+            cmd.push_str(&format!(" --retained-ms {ms}"));
+        }
+        if let Some(max) = self.tasks_retained_max {
+            cmd.push_str(&format!(" --tasks-retained-max {max}"));
+        }
+        if self.submit_deadline_ms > 0 {
+            cmd.push_str(&format!(
+                " --submit-deadline-ms {}",
+                self.submit_deadline_ms
+            ));
         }
         cmd
     }
@@ -440,6 +480,41 @@ mod tests {
         let plain = parse(&["--mode", "leader"]);
         assert_eq!(plain.config(9).workload.batch_rate, 0.0);
         assert!(!plain.replay_command(9).contains("batch"));
+    }
+
+    #[test]
+    fn retention_flags_reach_the_limits_the_workload_and_the_replay_command() {
+        let a = parse(&[
+            "--mode",
+            "leaderless",
+            "--retained-ms",
+            "5000",
+            "--tasks-retained-max",
+            "60",
+            "--submit-deadline-ms",
+            "1000",
+        ]);
+        let c = a.config(4);
+        let l = &c.limits;
+        assert_eq!(
+            (
+                l.succeeded_retained_ms,
+                l.failed_retained_ms,
+                l.cancelled_retained_ms
+            ),
+            (5_000, 5_000, 5_000)
+        );
+        assert_eq!(l.tasks_retained_max, 60);
+        assert_eq!(c.workload.submit_deadline_ms, 1_000);
+        let replay = a.replay_command(4);
+        assert!(
+            replay
+                .ends_with("--retained-ms 5000 --tasks-retained-max 60 --submit-deadline-ms 1000"),
+            "{replay}"
+        );
+        let plain = parse(&["--mode", "leaderless"]).config(4);
+        assert_eq!(plain.limits, cohort_core::Limits::default());
+        assert_eq!(plain.workload.submit_deadline_ms, 0);
     }
 
     #[test]

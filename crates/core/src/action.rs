@@ -100,6 +100,15 @@ pub enum Note {
         /// Its runner.
         node: NodeId,
     },
+    /// The record of `task`, final, was purged (its retention ended, or
+    /// `Limits::tasks_retained_max` was passed): reads may answer
+    /// `NotFound` from now on, and the id may be used again. In leaderless
+    /// mode each replica states it for its own copy. (Last in the enum: the
+    /// encoding of the earlier variants stays as it was.)
+    Purged {
+        /// The task.
+        task: TaskId,
+    },
 }
 
 /// Why an assignment ended without an accepted result.

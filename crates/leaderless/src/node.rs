@@ -451,6 +451,7 @@ impl LeaderlessNode {
             );
             let tombstone = Tombstone::of(rec, now);
             self.drop_record(id, tombstone, &mut deletes);
+            self.out.push(Action::Note(Note::Purged { task: id }));
         }
         while deletes.len() < PURGES_PER_TICK_MAX {
             let c = &self.config;
@@ -482,6 +483,10 @@ impl LeaderlessNode {
         self.active.remove(id);
         self.retained.set(id, None);
         self.proposer.abandon(id);
+        // A result of it waiting to be committed never will be (see
+        // `commit_results`); a handler still running is told at its next
+        // heartbeat.
+        self.finished.remove(&id);
         ops.push(StoreOp::Delete {
             key: record_key(id),
         });
@@ -498,7 +503,7 @@ impl LeaderlessNode {
         let Some(rec) = self.records.get(&id) else {
             return;
         };
-        if !tombstone.drops(&rec.header, rec.version, &rec.value) {
+        if !tombstone.drops(rec) {
             return; // a new task under the id, or up to date
         }
         let tombstone = Tombstone {
@@ -1646,6 +1651,12 @@ impl LeaderlessNode {
         let ids: Vec<TaskId> = self.finished.keys().copied().collect();
         for id in ids {
             if self.proposer.is_running(id) {
+                continue;
+            }
+            if !self.records.contains_key(&id) && self.tombstones.get(id).is_some() {
+                // Purged (or dropped as a purged task's copy) while its
+                // handler ran: its replicas refuse any proposal on it.
+                self.finished.remove(&id);
                 continue;
             }
             let f = self.finished[&id].clone();

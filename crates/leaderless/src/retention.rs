@@ -35,8 +35,9 @@
 //! reuses a purged id (allowed once the record is gone) writes version 0
 //! anew and clears the tombstone; a replica that missed that write tells
 //! the new task apart by its events, all after the old task's end (up to
-//! the clocks' skew). A version-0 copy has no events: it is refused but
-//! not dropped, since a reused id's first write looks the same.
+//! the clocks' skew). A version-0 copy has no events: its holder drops it
+//! when it stored it before the purged task's end (a reused id's first
+//! write comes after the purge), again up to the clocks' skew.
 //!
 //! Tombstones are bounded by `LeaderlessConfig::tombstones_max` and kept
 //! `tombstone_retained_ms` (a week): a replica cut off longer than that
@@ -103,13 +104,15 @@ impl Tombstone {
                 .is_none_or(|e| e.at <= self.final_at)
     }
 
-    /// Whether the holder of `(header, version, value)` should drop it: a
-    /// covered copy that was claimed at least once (a version-0 copy is
-    /// indistinguishable from a reused id's first write).
-    pub(crate) fn drops(&self, header: &TaskHeader, version: u64, value: &TaskValue) -> bool {
-        !value.history.events.is_empty()
-            && !value.state.is_final()
-            && self.covers(header, version, value)
+    /// Whether the holder of `rec` should drop it: a covered copy, not
+    /// final, that was claimed at least once or, never claimed, was
+    /// written before the purged task ended (a reused id's first write
+    /// comes after the purge, and so after that end).
+    pub(crate) fn drops(&self, rec: &Record) -> bool {
+        let value = &rec.value;
+        !value.state.is_final()
+            && self.covers(&rec.header, rec.version, value)
+            && (!value.history.events.is_empty() || rec.created_at <= self.final_at)
     }
 }
 

@@ -759,6 +759,10 @@ impl<N: Node + Send + 'static> EventLoop<N> {
                 tracing::trace!(node = %me, ?task, %epoch, runner = %node, "heartbeat recorded");
                 "note=\"heartbeat\"".to_string()
             }
+            Note::Purged { task } => {
+                tracing::trace!(node = %me, ?task, "purged");
+                "note=\"purged\"".to_string()
+            }
         };
         self.metrics.inc("cohort_notes_total", &label);
         if let Some(a) = &self.audit {

@@ -354,6 +354,12 @@ pub struct Workload {
     pub handler_failure_rate: f64,
     /// A client gives up waiting for a reply after this long and retries.
     pub client_timeout_ms: u64,
+    /// A client that has had no `Accepted` this long after it arrived
+    /// abandons its submit (0: it retries until the run ends). Runs that
+    /// purge records need it shorter than their retention, less the
+    /// longest a request may be held (a paused node): a retry arriving
+    /// after its task was purged creates a new task under the same id.
+    pub submit_deadline_ms: u64,
     /// `Task::max_attempts` of every submitted task.
     pub max_attempts: u32,
     /// `RetryPolicy::backoff_initial_ms` of every submitted task.
@@ -473,6 +479,7 @@ impl Default for Workload {
             task_ms_max: 200,
             handler_failure_rate: 0.1,
             client_timeout_ms: 1_000,
+            submit_deadline_ms: 0,
             max_attempts: 3,
             retry_backoff_initial_ms: 20,
             retry_backoff_max_ms: 200,

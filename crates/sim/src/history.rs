@@ -35,6 +35,12 @@ pub enum HistoryEvent {
         /// Its content.
         content: Task,
     },
+    /// A client gave up submitting: no `Accepted` came within its deadline
+    /// (`Workload::submit_deadline_ms`), and it sends no submit again.
+    SubmitAbandoned {
+        /// The task.
+        task: TaskId,
+    },
     /// A client received `Accepted` for its `Submit`.
     Acked {
         /// The task.

@@ -590,7 +590,7 @@ impl Coordinator {
             self.waiting.pop_first();
             self.queue_in_order(task);
         }
-        self.purge(now);
+        self.purge(now, out);
         self.schedule(now, out);
     }
 
@@ -807,11 +807,12 @@ impl Coordinator {
             if let Some(due) = rec.purge_at {
                 assert!(self.expiring.remove(&(due, seq, old)), "indexed");
             }
+            out.push(Action::Note(Note::Purged { task: old }));
         }
     }
 
     /// Drops the finished records whose retention ended by `now`.
-    fn purge(&mut self, now: Time) {
+    fn purge(&mut self, now: Time, out: &mut Out) {
         self.limits.sweep(now);
         while let Some(&(due, seq, id)) = self.expiring.first() {
             if due > now {
@@ -824,6 +825,7 @@ impl Coordinator {
             );
             let rec = self.tasks.remove(&id).expect("finished tasks are known");
             assert!(rec.state.is_final(), "only final records are purged");
+            out.push(Action::Note(Note::Purged { task: id }));
         }
     }
 }

@@ -250,7 +250,7 @@ impl Scheduler {
     }
 
     /// Drops the finished records whose retention ended by `at`.
-    fn purge(&mut self, at: Time) {
+    fn purge(&mut self, at: Time, notes: &mut Vec<Note>) {
         self.limits.sweep(at);
         while let Some(&(due, index, id)) = self.expiring.first() {
             if due > at {
@@ -263,6 +263,7 @@ impl Scheduler {
             );
             let rec = self.tasks.remove(&id).expect("finished tasks are known");
             assert!(rec.state.is_final(), "only final records are purged");
+            notes.push(Note::Purged { task: id });
         }
     }
 
@@ -532,10 +533,10 @@ impl Scheduler {
     /// Applies the command committed at `index`, proposed at `at` on the
     /// leader's clock; returns the decisions it made, for the history.
     pub fn apply(&mut self, index: u64, at: Time, cmd: &Command) -> Vec<Note> {
-        self.purge(at);
+        let mut notes = Vec::new();
+        self.purge(at, &mut notes);
         match cmd {
             Command::Many { commands } => {
-                let mut notes = Vec::new();
                 for c in commands {
                     // Only the leader builds these, from single commands.
                     assert!(
@@ -544,10 +545,10 @@ impl Scheduler {
                     );
                     notes.extend(self.apply_one(index, at, c));
                 }
-                notes
             }
-            _ => self.apply_one(index, at, cmd),
+            _ => notes.extend(self.apply_one(index, at, cmd)),
         }
+        notes
     }
 
     /// [`Scheduler::apply`] of one command, after the purge.
@@ -752,7 +753,8 @@ impl Scheduler {
             let (Note::Assigned { task, .. }
             | Note::Superseded { task, .. }
             | Note::Decided { task, .. }
-            | Note::Heartbeat { task, .. }) = note;
+            | Note::Heartbeat { task, .. }
+            | Note::Purged { task }) = note;
             if let Some(rec) = self.tasks.get(task) {
                 if let Err(e) = rec.history.check_against(&rec.state) {
                     panic!("task {task}: {e}");
@@ -871,6 +873,7 @@ impl Scheduler {
             if let Some(due) = rec.purge_at {
                 assert!(self.expiring.remove(&(due, index, old)), "indexed");
             }
+            notes.push(Note::Purged { task: old });
         }
     }
 

@@ -450,6 +450,12 @@ impl Cluster {
                         "G3: a heartbeat recorded for an assignment never made"
                     );
                 }
+                Note::Purged { task } => {
+                    assert!(
+                        decided.contains_key(task),
+                        "G1: {task:?} purged before its outcome was decided"
+                    );
+                }
             }
         }
         for (task, state) in &decided {

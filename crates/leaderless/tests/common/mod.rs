@@ -497,6 +497,10 @@ impl Sim {
                 );
             }
             Note::Superseded { .. } => {}
+            Note::Purged { task } => assert!(
+                self.decided.contains_key(task),
+                "G1: {task:?} purged by {id} before its outcome was decided"
+            ),
             Note::Heartbeat { task, epoch, node } => {
                 // Chosen only on the assignment it names, while it holds
                 // the task (noted once, by the proposer, when chosen).

@@ -6,18 +6,43 @@
 //! is the client's own, and the node no longer knows its content.
 //!
 //! A lost task is reported once, at the first read that shows it lost.
+//!
+//! Retention is not loss: a read may answer `NotFound` once some node
+//! stated `Note::Purged` for the task, but a purge of a task whose final
+//! state was never decided (`Note::Decided`) is one.
 
 use super::{Guarantee, Violations};
 use crate::history::{History, HistoryEvent};
-use cohort_core::{ClientError, NodeId, TaskId, Time};
+use cohort_core::{ClientError, NodeId, Note, TaskId, Time};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Checks G1 over `history`.
 pub fn check(history: &History, out: &mut Violations) {
     let mut acked: BTreeMap<TaskId, (Time, NodeId)> = BTreeMap::new();
     let mut lost: BTreeSet<TaskId> = BTreeSet::new();
+    let mut decided: BTreeSet<TaskId> = BTreeSet::new();
+    let mut purged: BTreeSet<TaskId> = BTreeSet::new();
     for r in &history.records {
         match &r.event {
+            HistoryEvent::Noted {
+                note: Note::Decided { task, state },
+                ..
+            } if state.is_final() => {
+                decided.insert(*task);
+            }
+            HistoryEvent::Noted {
+                node,
+                note: Note::Purged { task },
+            } => {
+                if !decided.contains(task) && lost.insert(*task) {
+                    out.push(
+                        Guarantee::G1,
+                        r.at,
+                        format!("task {task:?}: {node} purged it before its outcome was decided"),
+                    );
+                }
+                purged.insert(*task);
+            }
             HistoryEvent::Acked { task, node, .. } => {
                 acked.entry(*task).or_insert((r.at, *node));
             }
@@ -30,6 +55,9 @@ pub fn check(history: &History, out: &mut Violations) {
                 let Some((ack_at, ack_node)) = acked.get(task) else {
                     continue;
                 };
+                if purged.contains(task) {
+                    continue;
+                }
                 if sent_at >= ack_at && lost.insert(*task) {
                     out.push(
                         Guarantee::G1,
@@ -108,5 +136,44 @@ mod tests {
         check(&h, &mut v);
         assert_eq!(v.count(), 1);
         assert_eq!(v.kept()[0].guarantee, Guarantee::G1);
+    }
+
+    fn noted(h: &mut History, at: u64, note: Note) {
+        h.push(
+            t(at),
+            HistoryEvent::Noted {
+                node: NodeId(2),
+                note,
+            },
+        );
+    }
+
+    #[test]
+    fn not_found_after_a_purge_of_the_decided_task_is_retention_not_loss() {
+        let mut h = History::new();
+        acked(&mut h, 3, 1);
+        let state = TaskState::Cancelled;
+        noted(&mut h, 4, Note::Decided { task: T, state });
+        noted(&mut h, 5, Note::Purged { task: T });
+        read(&mut h, 6, 7, 2, Err(ClientError::NotFound { id: T }));
+        let mut v = Violations::new(10);
+        check(&h, &mut v);
+        assert_eq!(v.count(), 0, "{:?}", v.kept());
+    }
+
+    #[test]
+    fn a_purge_before_the_outcome_is_a_violation() {
+        let mut h = History::new();
+        acked(&mut h, 3, 1);
+        noted(&mut h, 5, Note::Purged { task: T });
+        read(&mut h, 6, 7, 2, Err(ClientError::NotFound { id: T }));
+        let mut v = Violations::new(10);
+        check(&h, &mut v);
+        assert_eq!(v.count(), 1, "{:?}", v.kept());
+        let text = v.kept()[0].to_string();
+        assert!(
+            text.contains("purged it before its outcome was decided"),
+            "{text}"
+        );
     }
 }

@@ -55,7 +55,7 @@ pub fn check(history: &History, out: &mut Violations) {
                             epoch,
                         },
                 } => s.result_reported(out, r.at, *by, "decided", *task, result, *node, *epoch),
-                Note::Decided { .. } => {}
+                Note::Decided { .. } | Note::Purged { .. } => {}
                 Note::Heartbeat { task, epoch, node } => {
                     if s.assigned.get(&(*task, *epoch)) != Some(node) {
                         out.push(

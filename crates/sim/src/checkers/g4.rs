@@ -13,6 +13,7 @@ pub fn check(history: &History, end: Time, out: &mut Violations) {
     let mut acked: BTreeMap<TaskId, (Time, NodeId)> = BTreeMap::new();
     let mut refused: BTreeMap<TaskId, (NodeId, ClientError)> = BTreeMap::new();
     let mut finals: BTreeSet<TaskId> = BTreeSet::new();
+    let mut abandoned: BTreeSet<TaskId> = BTreeSet::new();
     for r in &history.records {
         match &r.event {
             HistoryEvent::Submitted { task, .. } => {
@@ -23,6 +24,9 @@ pub fn check(history: &History, end: Time, out: &mut Violations) {
             }
             HistoryEvent::SubmitRefused { task, node, error } => {
                 refused.insert(*task, (*node, error.clone()));
+            }
+            HistoryEvent::SubmitAbandoned { task } => {
+                abandoned.insert(*task);
             }
             HistoryEvent::Noted {
                 note: Note::Decided { task, state },
@@ -41,7 +45,7 @@ pub fn check(history: &History, end: Time, out: &mut Violations) {
         }
     }
     for (task, at) in &submitted {
-        if acked.contains_key(task) {
+        if acked.contains_key(task) || abandoned.contains(task) {
             continue;
         }
         let why = match refused.get(task) {

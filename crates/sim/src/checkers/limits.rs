@@ -129,7 +129,7 @@ fn check_counting(history: &History, out: &mut Violations) -> u64 {
                     }
                 }
             }
-            Note::Heartbeat { .. } => {}
+            Note::Heartbeat { .. } | Note::Purged { .. } => {}
         }
     }
     for (limit, mut stamps) in starts {

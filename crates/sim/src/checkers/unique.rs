@@ -67,6 +67,7 @@ pub fn check(history: &History, out: &mut Violations) {
                 | Note::Superseded { task, .. }
                 | Note::Decided { task, .. }
                 | Note::Heartbeat { task, .. } => seen(task, r.at),
+                Note::Purged { .. } => {}
             },
             HistoryEvent::Read {
                 task,

@@ -48,6 +48,8 @@ pub(super) struct ClientOp {
     /// The submit under a dedupe key found the key's task alive: `id` is
     /// that task, not one of this client's.
     pub(super) deduplicated: bool,
+    /// When the client arrived (its submit deadline counts from here).
+    pub(super) arrived_at: Time,
 }
 
 /// What a client request asks.
@@ -219,6 +221,7 @@ impl<N: Node> Sim<'_, N> {
             acked_in_batch: false,
             unique,
             deduplicated: false,
+            arrived_at: now,
         });
         self.ops_open += 1;
         let to = self.random_node();
@@ -227,6 +230,23 @@ impl<N: Node> Sim<'_, N> {
 
     /// Sends op's next request (a `Submit` or a linearizable `Get`) to `node`.
     pub(super) fn client_send(&mut self, op: usize, node: usize) {
+        let deadline_ms = self.cfg.workload.submit_deadline_ms;
+        let o = &self.ops[op];
+        if deadline_ms > 0
+            && o.phase == Phase::Submitting
+            && o.unique.is_none()
+            && o.task.kind != cohort_core::schedule::SCHEDULE_KIND
+            && self.now >= o.arrived_at + Duration::from_millis(deadline_ms)
+        {
+            // Past its deadline: the client gives up (as one would), and
+            // never sends this submit again.
+            let (now, task) = (self.now, o.id);
+            self.line(|| format!("{now} client {task:?} abandons its submit"));
+            self.history
+                .push(now, HistoryEvent::SubmitAbandoned { task });
+            self.client_finish(op, Phase::Refused);
+            return;
+        }
         let request = RequestId(self.next_request);
         self.next_request += 1;
         let w = &self.cfg.workload;
@@ -435,6 +455,15 @@ impl<N: Node> Sim<'_, N> {
                         },
                     );
                     self.ops[op].acked = true;
+                    if self.ops[op].phase == Phase::Refused {
+                        // A late ack after the client gave up (its deadline,
+                        // or a refusal from another node): the task exists,
+                        // so the client watches it after all.
+                        self.ops_open += 1;
+                        self.ops[op].phase = Phase::Polling;
+                        self.client_wait(op, w.poll_ms_min, w.poll_ms_max);
+                        return;
+                    }
                     if self.ops[op].phase != Phase::Submitting {
                         return;
                     }

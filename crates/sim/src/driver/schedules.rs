@@ -99,6 +99,7 @@ impl<N: Node> Sim<'_, N> {
             acked_in_batch: false,
             unique: None,
             deduplicated: false,
+            arrived_at: self.now,
         });
         self.ops_open += 1;
         let to = self.random_node();
