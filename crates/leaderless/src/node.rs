@@ -197,6 +197,12 @@ pub struct LeaderlessNode {
     /// Offers sent and offers taken (a claim proposed), ever.
     offers_sent: u64,
     offers_taken: u64,
+    /// Final records purged here (retention, or `tasks_retained_max`).
+    records_purged: u64,
+    /// Copies of purged tasks refused (and their holders told).
+    purged_copies_refused: u64,
+    /// Copies of purged tasks this node held and dropped when told.
+    purged_copies_dropped: u64,
     /// Draining: no new claims, hand back what is left at the deadline.
     drain: Option<Drain>,
     /// Concurrency and rate limits: grants, asks, permit records kept.
@@ -451,6 +457,7 @@ impl LeaderlessNode {
             );
             let tombstone = Tombstone::of(rec, now);
             self.drop_record(id, tombstone, &mut deletes);
+            self.records_purged += 1;
             self.out.push(Action::Note(Note::Purged { task: id }));
         }
         while deletes.len() < PURGES_PER_TICK_MAX {
@@ -512,6 +519,7 @@ impl LeaderlessNode {
         };
         let mut ops = Vec::new();
         self.drop_record(id, tombstone, &mut ops);
+        self.purged_copies_dropped += 1;
         self.out.push(Action::Persist(ops));
     }
 
@@ -1108,6 +1116,7 @@ impl LeaderlessNode {
                     if t.covers(header, version, value) {
                         // Purged here: never vote on it again; its holder
                         // drops a copy left behind.
+                        self.purged_copies_refused += 1;
                         if let Some(from) = from.filter(|&f| f != self.me()) {
                             let tombstone = t.clone();
                             self.send(from, LeaderlessMessage::Purged { id, tombstone });
@@ -2943,6 +2952,9 @@ impl Node for LeaderlessNode {
             offer_claims: BTreeSet::new(),
             offers_sent: 0,
             offers_taken: 0,
+            records_purged: 0,
+            purged_copies_refused: 0,
+            purged_copies_dropped: 0,
             submit_lookups: BTreeMap::new(),
             events_requests: BTreeMap::new(),
             batches: crate::batch::Batches::default(),
@@ -3092,6 +3104,9 @@ impl Node for LeaderlessNode {
             ("reads_read_again", self.reads_again),
             ("offers_sent", self.offers_sent),
             ("offers_taken", self.offers_taken),
+            ("records_purged", self.records_purged),
+            ("purged_copies_refused", self.purged_copies_refused),
+            ("purged_copies_dropped", self.purged_copies_dropped),
             self.limit_counters()[0],
             self.limit_counters()[1],
             ("members_declared_down", c.members_declared_down),

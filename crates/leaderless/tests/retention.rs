@@ -4,7 +4,7 @@
 
 mod common;
 
-use cohort_core::{ClientResponse, Limits, NodeId, TaskId, TaskState};
+use cohort_core::{ClientResponse, Limits, Node, NodeId, TaskId, TaskState};
 use cohort_leaderless::LeaderlessConfig;
 use common::{tid, Sim};
 
@@ -91,6 +91,15 @@ fn a_node_keeps_at_most_tasks_retained_max_final_records_and_takes_no_purged_one
             assert!(sim.store(n).get(&key).is_none(), "{n} stored {id:?} again");
         }
         assert_eq!(finals(&sim, n).len(), 3);
+        assert_eq!(sim.node(n).tombstones_held(), 3, "{n}");
     }
     assert_eq!(finals(&sim, n3).len(), 6);
+    // What an operator sees (counters start at boot, and n1 restarted).
+    let counters: std::collections::BTreeMap<_, _> = sim.node(n2).counters().into_iter().collect();
+    assert_eq!(counters["records_purged"], 3);
+    assert!(counters["purged_copies_refused"] > 0, "{counters:?}");
+    assert_eq!(
+        counters["purged_copies_dropped"], 0,
+        "n3's copies are final"
+    );
 }
