@@ -508,6 +508,18 @@ impl LeaderlessNode {
     /// copy too, when it is the purged task's and was left behind.
     fn on_purged(&mut self, id: TaskId, tombstone: Tombstone, now: Time) {
         let Some(rec) = self.records.get(&id) else {
+            // A reader told by a replica that purged it: kept in memory, to
+            // judge the copies other replicas answer (`answer_read`).
+            if self.tombstones.get(id).is_none() {
+                let made_at = now;
+                self.tombstones.insert(
+                    id,
+                    Tombstone {
+                        made_at,
+                        ..tombstone
+                    },
+                );
+            }
             return;
         };
         if !tombstone.drops(rec) {
@@ -521,6 +533,37 @@ impl LeaderlessNode {
         self.drop_record(id, tombstone, &mut ops);
         self.purged_copies_dropped += 1;
         self.out.push(Action::Persist(ops));
+    }
+
+    /// A read's newest copy, unless it is a copy of a purged task left
+    /// behind (a replica told this node so): then the task reads as
+    /// absent, and the replicas of that copy are told.
+    fn unless_purged(
+        &mut self,
+        now: Time,
+        id: TaskId,
+        best: Option<ReadState>,
+    ) -> Option<ReadState> {
+        let b = best?;
+        let Some(t) = self.tombstones.get(id) else {
+            return Some(b);
+        };
+        if !t.drops_copy(&b.header, b.version, &b.value, b.created_at) {
+            return Some(b);
+        }
+        let tombstone = t.clone();
+        let mut told: Vec<NodeId> = Vec::new();
+        for &n in b.value.replicas.iter().chain(&b.header.replicas) {
+            if n != self.me() && !told.contains(&n) {
+                told.push(n);
+                let tombstone = tombstone.clone();
+                self.send(n, LeaderlessMessage::Purged { id, tombstone });
+            }
+        }
+        if self.records.contains_key(&id) {
+            self.on_purged(id, tombstone, now);
+        }
+        None
     }
 
     /// Handles the messages this node sent itself.
@@ -2277,6 +2320,15 @@ impl LeaderlessNode {
                     in_doubt: r.accepted.is_some(),
                     created_at: r.created_at,
                 });
+                if let (None, Some(t)) = (&found, self.tombstones.get(id)) {
+                    // Purged here: the reader learns it before this answer
+                    // (one bundle), so a copy another replica left behind
+                    // does not read as the task.
+                    if from != self.me() {
+                        let tombstone = t.clone();
+                        self.send(from, LeaderlessMessage::Purged { id, tombstone });
+                    }
+                }
                 self.send(
                     from,
                     LeaderlessMessage::ReadReply {
@@ -2317,6 +2369,7 @@ impl LeaderlessNode {
                         self.quorum_read(now, request, id, purpose)
                     }
                     ReadProgress::Done(request, id, purpose, best, epoch, holders) => {
+                        let best = self.unless_purged(now, id, best);
                         self.read_done(now, request, id, purpose, best, epoch, holders)
                     }
                 }

@@ -109,10 +109,20 @@ impl Tombstone {
     /// written before the purged task ended (a reused id's first write
     /// comes after the purge, and so after that end).
     pub(crate) fn drops(&self, rec: &Record) -> bool {
-        let value = &rec.value;
+        self.drops_copy(&rec.header, rec.version, &rec.value, rec.created_at)
+    }
+
+    /// [`Self::drops`] of a copy stored at `created_at` (a read's answer).
+    pub(crate) fn drops_copy(
+        &self,
+        header: &TaskHeader,
+        version: u64,
+        value: &TaskValue,
+        created_at: Time,
+    ) -> bool {
         !value.state.is_final()
-            && self.covers(&rec.header, rec.version, value)
-            && (!value.history.events.is_empty() || rec.created_at <= self.final_at)
+            && self.covers(header, version, value)
+            && (!value.history.events.is_empty() || created_at <= self.final_at)
     }
 }
 
