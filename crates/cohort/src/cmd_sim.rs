@@ -646,7 +646,12 @@ mod tests {
 
     /// The leaderless limits gate's flags (`.ci/sim-gates`).
     fn limits_gate() -> SimArgs {
-        parse(&[
+        leaderless_gate("10000", &["--limited-rate", "0.3"])
+    }
+
+    /// The flags the leaderless gates share, with `safety_ms` and `extra`.
+    fn leaderless_gate(safety_ms: &str, extra: &[&str]) -> SimArgs {
+        let mut args = vec![
             "--mode",
             "leaderless",
             "--nodes",
@@ -654,18 +659,18 @@ mod tests {
             "--faults",
             "all",
             "--safety-ms",
-            "10000",
+            safety_ms,
             "--liveness-ms",
             "20000",
             "--heartbeat-rate",
             "0.2",
             "--labelled-rate",
             "0.3",
-            "--limited-rate",
-            "0.3",
             "--stuck-rate",
             "0.02",
-        ])
+        ];
+        args.extend_from_slice(extra);
+        parse(&args)
     }
 
     /// Found with the retention gate's flags at a 2.5 s retention (seeds
@@ -687,23 +692,7 @@ mod tests {
     /// The leaderless retention gate's flags (`.ci/sim-gates`) with
     /// `retained_ms` and `deadline_ms`.
     fn retention_gate(retained_ms: &str, deadline_ms: &str) -> SimArgs {
-        parse(&[
-            "--mode",
-            "leaderless",
-            "--nodes",
-            "5",
-            "--faults",
-            "all",
-            "--safety-ms",
-            "20000",
-            "--liveness-ms",
-            "20000",
-            "--heartbeat-rate",
-            "0.2",
-            "--labelled-rate",
-            "0.3",
-            "--stuck-rate",
-            "0.02",
+        let extra = [
             "--dedupe-every",
             "0",
             "--retained-ms",
@@ -712,6 +701,7 @@ mod tests {
             "60",
             "--submit-deadline-ms",
             deadline_ms,
-        ])
+        ];
+        leaderless_gate("20000", &extra)
     }
 }
