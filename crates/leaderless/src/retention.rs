@@ -36,8 +36,8 @@
 //! anew and clears the tombstone; a replica that missed that write tells
 //! the new task apart by its events, all after the old task's end (up to
 //! the clocks' skew). A version-0 copy has no events: its holder drops it
-//! when it stored it before the purged task's end (a reused id's first
-//! write comes after the purge), again up to the clocks' skew.
+//! when it stored it before the purge (a reused id's first write comes
+//! after it), again up to the clocks' skew.
 //!
 //! Tombstones are bounded by `LeaderlessConfig::tombstones_max` and kept
 //! `tombstone_retained_ms` (a week): a replica cut off longer than that
@@ -70,6 +70,9 @@ pub struct Tombstone {
     pub final_at: Time,
     /// [`header_digest`] of the record's body.
     pub header_digest: u64,
+    /// When the record was purged, on the purging node's clock (kept when
+    /// the tombstone is passed on).
+    pub purged_at: Time,
     /// When this node made (or took) it, on its clock: it goes
     /// `tombstone_retained_ms` later.
     pub made_at: Time,
@@ -88,6 +91,7 @@ impl Tombstone {
                 .last()
                 .map_or(rec.created_at, |e| e.at),
             header_digest: header_digest(&rec.header),
+            purged_at: now,
             made_at: now,
         }
     }
@@ -106,8 +110,7 @@ impl Tombstone {
 
     /// Whether the holder of `rec` should drop it: a covered copy, not
     /// final, that was claimed at least once or, never claimed, was
-    /// written before the purged task ended (a reused id's first write
-    /// comes after the purge, and so after that end).
+    /// written before the purge (a reused id's first write comes after it).
     pub(crate) fn drops(&self, rec: &Record) -> bool {
         self.drops_copy(&rec.header, rec.version, &rec.value, rec.created_at)
     }
@@ -122,7 +125,7 @@ impl Tombstone {
     ) -> bool {
         !value.state.is_final()
             && self.covers(header, version, value)
-            && (!value.history.events.is_empty() || created_at <= self.final_at)
+            && (!value.history.events.is_empty() || created_at <= self.purged_at)
     }
 }
 
@@ -281,6 +284,7 @@ mod tests {
             version: 3,
             final_at: Time::ZERO,
             header_digest: 7,
+            purged_at: Time::ZERO,
             made_at: Time::from_millis(made_ms),
         };
         for (id, made) in [(1, 30), (2, 10), (3, 20)] {
