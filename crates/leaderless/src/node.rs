@@ -15,7 +15,7 @@ use crate::paxos::acceptor::{self, AcceptReply, PrepareReply};
 use crate::paxos::proposer::{Intent, Outcome, Proposal, Proposer, StartError};
 use crate::paxos::Ballot;
 use crate::placement;
-use crate::record::{record_key, Record, TaskHeader, TaskValue, RECORD_PREFIX};
+use crate::record::{record_key, task_of_key, Record, TaskHeader, TaskValue, RECORD_PREFIX};
 use crate::retention::{
     tombstone_key, Retained, Tombstone, Tombstones, HORIZON_KEY, TOMBSTONE_PREFIX,
 };
@@ -502,6 +502,15 @@ impl LeaderlessNode {
             value: encode(&tombstone),
         });
         self.tombstones.insert(id, tombstone);
+    }
+
+    /// Forgets `id`'s tombstone, if any: a new task under a purged id.
+    fn clear_tombstone(&mut self, id: TaskId) {
+        if self.tombstones.remove(id) {
+            self.out.push(Action::Persist(vec![StoreOp::Delete {
+                key: tombstone_key(id),
+            }]));
+        }
     }
 
     /// A replica that purged `id` refused this node's copy of it: drop the
@@ -1057,12 +1066,7 @@ impl LeaderlessNode {
                 if self.active.len() >= self.peers.limits.tasks_active_max {
                     return self.send(from, LeaderlessMessage::WriteFull { op, id });
                 }
-                if self.tombstones.remove(id) {
-                    // A purged id used again: a new task.
-                    self.out.push(Action::Persist(vec![StoreOp::Delete {
-                        key: tombstone_key(id),
-                    }]));
-                }
+                self.clear_tombstone(id); // a purged id used again: a new task
                 self.abandon_foreign_proposal(id, Some(&header));
                 self.records.insert(id, Record::new(header, now));
                 self.persist_record(id);
@@ -1167,10 +1171,7 @@ impl LeaderlessNode {
                         return false;
                     }
                     // A new task under a purged id.
-                    self.tombstones.remove(id);
-                    self.out.push(Action::Persist(vec![StoreOp::Delete {
-                        key: tombstone_key(id),
-                    }]));
+                    self.clear_tombstone(id);
                 }
                 let final_at = value.history.events.last().map(|e| e.at);
                 let expired = final_at
@@ -2929,21 +2930,15 @@ impl Node for LeaderlessNode {
         let mut tombstones = Tombstones::new();
         for (key, value) in stored.scan_prefix(TOMBSTONE_PREFIX) {
             let t: Tombstone = decode(value, 64).map_err(|e| BootError::corrupt(key, e))?;
-            let id = TaskId(u128::from_be_bytes(
-                key[TOMBSTONE_PREFIX.len()..]
-                    .try_into()
-                    .map_err(|_| BootError::corrupt(key, "not a 16-byte task id"))?,
-            ));
+            let id = task_of_key(TOMBSTONE_PREFIX, key)
+                .ok_or_else(|| BootError::corrupt(key, "not a 16-byte task id"))?;
             tombstones.insert(id, t);
         }
         let mut limiter = limits::Limiter::default();
         for (key, value) in stored.scan_prefix(RECORD_PREFIX) {
             let rec: Record = decode(value, usize::MAX).map_err(|e| BootError::corrupt(key, e))?;
-            let id = TaskId(u128::from_be_bytes(
-                key[RECORD_PREFIX.len()..]
-                    .try_into()
-                    .map_err(|_| BootError::corrupt(key, "not a 16-byte task id"))?,
-            ));
+            let id = task_of_key(RECORD_PREFIX, key)
+                .ok_or_else(|| BootError::corrupt(key, "not a 16-byte task id"))?;
             if is_active(&rec, peers.id) {
                 active.insert_record(id, &rec);
             }

@@ -14,9 +14,20 @@ pub(crate) const RECORD_PREFIX: &[u8] = b"lless/task/";
 /// The store key of `id`'s record (prefix, then the id big-endian, so the
 /// store's key order is the task id order).
 pub(crate) fn record_key(id: TaskId) -> Vec<u8> {
-    let mut k = RECORD_PREFIX.to_vec();
+    task_key(RECORD_PREFIX, id)
+}
+
+/// A per-task store key: `prefix`, then the id big-endian.
+pub(crate) fn task_key(prefix: &[u8], id: TaskId) -> Vec<u8> {
+    let mut k = prefix.to_vec();
     k.extend_from_slice(&id.0.to_be_bytes());
     k
+}
+
+/// The task id of a [`task_key`] under `prefix` (`None`: not 16 bytes).
+pub(crate) fn task_of_key(prefix: &[u8], key: &[u8]) -> Option<TaskId> {
+    let bytes = key.strip_prefix(prefix)?.try_into().ok()?;
+    Some(TaskId(u128::from_be_bytes(bytes)))
 }
 
 /// The replicated value of a task: what each Paxos instance decides.

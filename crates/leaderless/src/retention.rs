@@ -56,9 +56,7 @@ pub(crate) const TOMBSTONE_PREFIX: &[u8] = b"lless/tomb/";
 
 /// The store key of `id`'s tombstone.
 pub(crate) fn tombstone_key(id: TaskId) -> Vec<u8> {
-    let mut k = TOMBSTONE_PREFIX.to_vec();
-    k.extend_from_slice(&id.0.to_be_bytes());
-    k
+    crate::record::task_key(TOMBSTONE_PREFIX, id)
 }
 
 /// What a purged record leaves behind (see the module docs).
