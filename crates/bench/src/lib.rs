@@ -21,6 +21,7 @@
 // An IO shell like the runtime: it reads the wall clock to measure.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
+pub mod disk;
 mod error;
 pub mod faults;
 pub mod machine;
@@ -402,12 +403,15 @@ async fn run_mode(
     let rate = (best * o.latency_load_share).clamp(lo, hi);
     let latency = real::latency(mode, o.nodes, rate, Duration::from_secs_f64(o.latency_s)).await?;
     progress(&format!(
-        "{}: latency at {rate:.0}/s: ack p50 {:.1} p99 {:.1} ms, finish p50 {:.1} p99 {:.1} ms",
+        "{}: latency at {rate:.0}/s: ack p50 {:.1} p99 {:.1} ms (outside disk stalls {:.1}), finish p50 {:.1} p99 {:.1} ms; disk stalls {} ({:.0} ms)",
         mode.name,
         latency.ack.p50_ms,
         latency.ack.p99_ms,
+        latency.ack_outside_disk_stalls.p99_ms,
         latency.finish.p50_ms,
-        latency.finish.p99_ms
+        latency.finish.p99_ms,
+        latency.disk.stalls,
+        latency.disk.stalled_ms
     ));
     let mut crash = Vec::new();
     for rep in 0..o.crash_reps {
@@ -587,6 +591,26 @@ pub fn table(report: &BenchReport) -> String {
         let a = &m.latency.ack;
         format!("{:.1}/{:.1}/{:.1}", a.p50_ms, a.p99_ms, a.p999_ms)
     });
+    row("  outside disk stalls, p50/p99/p99.9 ms".into(), &|m| {
+        let a = &m.latency.ack_outside_disk_stalls;
+        format!("{:.1}/{:.1}/{:.1}", a.p50_ms, a.p99_ms, a.p999_ms)
+    });
+    row(
+        format!(
+            "  disk: fsync p50/p99/max ms, stalls >= {} ms",
+            disk::STALL_MS
+        ),
+        &|m| {
+            let d = &m.latency.disk;
+            match &d.error {
+                Some(_) => "unavailable".into(),
+                None => format!(
+                    "{:.2}/{:.1}/{:.0}, {} ({:.0} ms)",
+                    d.fsync.p50_ms, d.fsync.p99_ms, d.fsync.max_ms, d.stalls, d.stalled_ms
+                ),
+            }
+        },
+    );
     row("submit->finish p50/p99/p99.9 ms".into(), &|m| {
         let a = &m.latency.finish;
         format!("{:.1}/{:.1}/{:.1}", a.p50_ms, a.p99_ms, a.p999_ms)

@@ -1,6 +1,7 @@
 //! Real nodes in this process on loopback: throughput, open-loop latency and
 //! a coordinator crash, for any mode given as a start function.
 
+use crate::disk::{DiskProbe, DiskResult};
 use crate::BenchError;
 use cohort_core::{Limits, NodeId, Note, Peers, TaskId};
 use cohort_runtime::client::{CallError, Client};
@@ -478,6 +479,16 @@ pub struct LatencyResult {
     pub refused: u64,
     /// Acknowledged tasks not decided by the end of the drain.
     pub unfinished: u64,
+    /// The disk's own fsync latency during the window, and its stalls.
+    pub disk: DiskResult,
+    /// Submit → acknowledgement of the submits whose wait (from due to
+    /// acknowledged) overlapped no disk stall: what is left of the
+    /// figure once the disk's hiccups, which no durable acknowledgement
+    /// can hide, are set aside. Read it beside [`LatencyResult::ack`],
+    /// never instead of it.
+    pub ack_outside_disk_stalls: Percentiles,
+    /// Acknowledged submits whose wait overlapped a disk stall.
+    pub acks_in_disk_stalls: u64,
 }
 
 struct OpenLoop {
@@ -577,14 +588,27 @@ pub async fn latency(
     window: Duration,
 ) -> Result<LatencyResult, BenchError> {
     let mut cluster = Cluster::start(mode, nodes).await?;
+    let probe = DiskProbe::start(cluster._dir.path());
     let run = open_loop(&mut cluster, mode, rate, window, None).await;
+    let origin = probe.started();
+    let disk = tokio::task::spawn_blocking(move || probe.finish())
+        .await
+        .unwrap_or_else(|e| DiskResult::unavailable(format!("the probe's task failed: {e}")));
     let acked: Vec<TaskId> = run.acks.iter().map(|a| a.0).collect();
     let unfinished = drain(&cluster.record, &acked, Duration::from_secs(2)).await;
-    let (mut ack, mut finish) = (histogram(), histogram());
+    let (mut ack, mut finish, mut calm) = (histogram(), histogram(), histogram());
+    let mut acks_in_disk_stalls = 0;
     {
         let decided = cluster.record.decided.lock().expect("record lock");
+        let ms = |t: Instant| t.saturating_duration_since(origin).as_secs_f64() * 1000.0;
         for (id, due, at) in &run.acks {
-            ack.saturating_record(at.duration_since(*due).as_micros() as u64);
+            let waited = at.duration_since(*due).as_micros() as u64;
+            ack.saturating_record(waited);
+            if disk.overlaps_stall(ms(*due), ms(*at)) {
+                acks_in_disk_stalls += 1;
+            } else {
+                calm.saturating_record(waited);
+            }
             if let Some(d) = decided.get(id) {
                 finish.saturating_record(d.saturating_duration_since(*due).as_micros() as u64);
             }
@@ -599,6 +623,9 @@ pub async fn latency(
         finish: percentiles(&finish),
         refused: run.refused,
         unfinished,
+        disk,
+        ack_outside_disk_stalls: percentiles(&calm),
+        acks_in_disk_stalls,
     })
 }
 

@@ -112,6 +112,14 @@ fn a_tiny_run_reports_every_scenario_and_mode_and_writes_its_plots() {
     assert!(m.latency.ack.p50_ms <= m.latency.ack.p99_ms);
     assert!(m.latency.ack.p99_ms <= m.latency.ack.p999_ms);
     assert!(!m.latency.ack.cdf.is_empty());
+    // The disk probe ran beside the window, and every acknowledged submit
+    // is either in a stall or in the figure outside them.
+    assert_eq!(m.latency.disk.error, None);
+    assert!(m.latency.disk.fsync.count > 0);
+    assert_eq!(
+        m.latency.ack_outside_disk_stalls.count + m.latency.acks_in_disk_stalls,
+        m.latency.ack.count
+    );
     assert_eq!(m.crash.len(), 1);
     assert_eq!(m.crash[0].victim, 1, "static's coordinator is killed");
     assert!(!m.crash[0].completions_per_bin.is_empty());
