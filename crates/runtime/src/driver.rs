@@ -9,8 +9,9 @@
 //! merge what the batch's inputs would send to each peer (leader mode: one
 //! AppendEntries per follower carrying every entry the batch proposed).
 //!
-//! 1. every [`Action::Persist`] of the batch, in order, in one redb
-//!    transaction, committed with fsync (group commit);
+//! 1. every [`Action::Persist`] of the batch, in order, as one record of
+//!    the write-ahead log, synced with one `fdatasync` (group commit;
+//!    [`crate::storage`]);
 //! 2. then, in order: `Send` to the transport, `Execute` to the executor,
 //!    `Reply` to the waiting request, `SetTimer` into the timer map, `Note`
 //!    to the log, metrics and observer.

@@ -34,6 +34,7 @@ pub mod schedule;
 pub mod storage;
 pub mod tls;
 pub mod transport;
+pub mod wal;
 
 pub use config::{ClientLimits, RuntimeConfig, SecurityConfig, TransportLimits};
 pub use driver::NoteObserver;

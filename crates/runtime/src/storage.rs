@@ -1,4 +1,7 @@
-//! One redb file per node holding the core's key-value space ([`StoreOp`]).
+//! One redb file per node holding the core's key-value space ([`StoreOp`]),
+//! with a write-ahead log beside it (`node-N.wal`, [`crate::wal`]): a
+//! batch is durable once appended there, and redb commits durably every
+//! [`crate::wal::CHECKPOINT_BYTES`] of log (and at a clean close).
 //!
 //! The file has two tables: `meta` (one record: format version, cluster id,
 //! node id) and `kv` (the core's keys). A new file is built under a
@@ -23,10 +26,13 @@
 //! ```
 
 use crate::error::RuntimeError;
+use crate::wal::{wal_file, Wal};
 use cohort_core::{NodeId, StoreOp, Stored};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("cohort_meta");
 const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("cohort_kv");
@@ -45,8 +51,10 @@ const META_KEY: &str = "identity";
 /// a leader snapshot holds each running task's lease. 9: an ended lease
 /// (`Command::ExpireLease`) carries the jitter of its retry backoff. 10:
 /// leaderless records carry a permit record's places and a limited
-/// task's grant.
-pub const FORMAT_VERSION: u32 = 10;
+/// task's grant. 11: the latest writes may be only in the write-ahead log
+/// beside the file (which a build of 10 would not read), and the identity
+/// record carries the number that binds that log to the file.
+pub const FORMAT_VERSION: u32 = 11;
 
 /// Who a data file belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,10 +62,38 @@ struct Meta {
     format_version: u32,
     cluster_id: String,
     node: u64,
+    /// Drawn when the file was created: its write-ahead log names it.
+    instance: u64,
+}
+
+/// The identity record of format versions 1 to 10, read only to say which
+/// version a file is.
+#[derive(Deserialize)]
+struct MetaBefore11 {
+    format_version: u32,
+    cluster_id: String,
+    node: u64,
 }
 
 fn decode_meta(bytes: &[u8]) -> Result<Meta, postcard::Error> {
-    postcard::from_bytes(bytes)
+    postcard::from_bytes(bytes).or_else(|e| match postcard::from_bytes::<MetaBefore11>(bytes) {
+        Ok(m) if m.format_version < 11 => Ok(Meta {
+            format_version: m.format_version,
+            cluster_id: m.cluster_id,
+            node: m.node,
+            instance: 0,
+        }),
+        _ => Err(e),
+    })
+}
+
+/// The digest of an identity record that the file's write-ahead log
+/// carries (FNV-1a 64 of its encoding).
+fn identity_digest(meta: &Meta) -> u64 {
+    let bytes = postcard::to_stdvec(meta).expect("an identity record encodes");
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// Decodes a data file's identity record: `(format version, cluster id,
@@ -72,6 +108,10 @@ pub fn decode_identity(bytes: &[u8]) -> Result<(u32, String, NodeId), String> {
 pub struct Storage {
     db: Database,
     path: PathBuf,
+    wal: Mutex<Wal>,
+    /// Whether closing checkpoints: only once open succeeded, and never
+    /// after a failed write (the log keeps what redb may lack).
+    checkpoint_on_close: AtomicBool,
 }
 
 impl std::fmt::Debug for Storage {
@@ -96,10 +136,11 @@ impl Storage {
         cluster_id: &str,
         node: NodeId,
     ) -> Result<(Storage, Stored), RuntimeError> {
-        let want = Meta {
+        let mut want = Meta {
             format_version: FORMAT_VERSION,
             cluster_id: cluster_id.to_string(),
             node: node.0,
+            instance: 0,
         };
         if !path.exists() {
             create_new(path, &want)?;
@@ -120,11 +161,7 @@ impl Storage {
             },
             other => corrupt(other.to_string()),
         })?;
-        let storage = Storage {
-            db,
-            path: path.to_path_buf(),
-        };
-        let have = storage.read_meta()?;
+        let have = read_meta(&db, path)?;
         match have {
             None => {
                 return Err(corrupt(
@@ -155,9 +192,21 @@ impl Storage {
                     reason: format!("it belongs to node {}, not {}", NodeId(have.node), node),
                 })
             }
-            Some(_) => {}
+            Some(have) => want.instance = have.instance,
         }
+        let (wal, batches) = Wal::open(&wal_file(path), identity_digest(&want))?;
+        let storage = Storage {
+            db,
+            path: path.to_path_buf(),
+            wal: Mutex::new(wal),
+            checkpoint_on_close: AtomicBool::new(false),
+        };
+        // What the log holds goes into redb durably before the log starts
+        // over, and before anything is read: the state is redb's alone then.
+        storage.apply(&batches.concat(), Durability::Immediate)?;
+        storage.wal.lock().expect("wal lock").reset()?;
         let stored = storage.load()?;
+        storage.checkpoint_on_close.store(true, Ordering::Relaxed);
         Ok((storage, stored))
     }
 
@@ -171,23 +220,6 @@ impl Storage {
             path: self.path.clone(),
             reason: e.to_string(),
         }
-    }
-
-    fn read_meta(&self) -> Result<Option<Meta>, RuntimeError> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
-        let table = match txn.open_table(META) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(self.err(e)),
-        };
-        let Some(bytes) = table.get(META_KEY).map_err(|e| self.err(e))? else {
-            return Ok(None);
-        };
-        let meta = decode_meta(bytes.value()).map_err(|e| RuntimeError::CorruptFile {
-            path: self.path.clone(),
-            reason: format!("unreadable identity record: {e}"),
-        })?;
-        Ok(Some(meta))
     }
 
     fn load(&self) -> Result<Stored, RuntimeError> {
@@ -214,11 +246,34 @@ impl Storage {
         Ok(stored)
     }
 
-    /// Applies `ops` in order in one transaction and makes it durable (fsync)
-    /// before returning. On error the node must stop: whether the
-    /// transaction is durable is unknown.
+    /// Applies `ops` in order, atomically, and makes them durable (one
+    /// append to the write-ahead log and its `fdatasync`) before
+    /// returning. On error the node must stop: whether the batch is
+    /// durable is unknown.
     pub fn persist(&self, ops: &[StoreOp]) -> Result<(), RuntimeError> {
-        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        let mut wal = self.wal.lock().expect("wal lock");
+        let written = wal.append(ops).and_then(|()| {
+            self.apply(ops, Durability::None)?;
+            if wal.wants_checkpoint() {
+                self.checkpoint(&mut wal)?;
+            }
+            Ok(())
+        });
+        if written.is_err() {
+            self.checkpoint_on_close.store(false, Ordering::Relaxed);
+        }
+        written
+    }
+
+    /// Makes redb durable up to the log's end, then starts the log over.
+    fn checkpoint(&self, wal: &mut Wal) -> Result<(), RuntimeError> {
+        self.apply(&[], Durability::Immediate)?;
+        wal.reset()
+    }
+
+    fn apply(&self, ops: &[StoreOp], durability: Durability) -> Result<(), RuntimeError> {
+        let mut txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        txn.set_durability(durability).map_err(|e| self.err(e))?;
         {
             let mut table = txn.open_table(KV).map_err(|e| self.err(e))?;
             for op in ops {
@@ -245,6 +300,63 @@ impl Storage {
         }
         txn.commit().map_err(|e| self.err(e))
     }
+
+    /// Closes without the checkpoint of a clean close: what a crash leaves
+    /// (the latest batches only in the log). For tests.
+    #[doc(hidden)]
+    pub fn close_as_if_crashed(self) {
+        self.checkpoint_on_close.store(false, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        // A clean close leaves redb complete and the log empty; if this
+        // fails, the log still holds the batches and the next open
+        // applies them.
+        if !self.checkpoint_on_close.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Ok(mut wal) = self.wal.lock() {
+            if let Err(e) = self.checkpoint(&mut wal) {
+                tracing::warn!(path = %self.path.display(), error = %e, "checkpoint at close failed");
+            }
+        }
+    }
+}
+
+/// A number for a new file that no earlier file under its name had (in
+/// all likelihood: 64 bits of the OS's per-process hash keys and the
+/// time), and never 0, which marks identity records before version 11.
+fn fresh_instance() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    if let Ok(d) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        h.write_u128(d.as_nanos());
+    }
+    h.finish().max(1)
+}
+
+fn read_meta(db: &Database, path: &Path) -> Result<Option<Meta>, RuntimeError> {
+    let err = |e: &dyn std::fmt::Display| RuntimeError::Storage {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let txn = db.begin_read().map_err(|e| err(&e))?;
+    let table = match txn.open_table(META) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(err(&e)),
+    };
+    let Some(bytes) = table.get(META_KEY).map_err(|e| err(&e))? else {
+        return Ok(None);
+    };
+    let meta = decode_meta(bytes.value()).map_err(|e| RuntimeError::CorruptFile {
+        path: path.to_path_buf(),
+        reason: format!("unreadable identity record: {e}"),
+    })?;
+    Ok(Some(meta))
 }
 
 /// Builds a new file under a temporary name, with its identity record
@@ -258,6 +370,18 @@ fn create_new(path: &Path, meta: &Meta) -> Result<(), RuntimeError> {
     std::fs::create_dir_all(dir).map_err(|e| io("creating the directory of", e))?;
     let tmp = path.with_extension("redb.new");
     let _ = std::fs::remove_file(&tmp);
+    let meta = &Meta {
+        instance: fresh_instance(),
+        ..meta.clone()
+    };
+    // A log left by an earlier file under this name (deleted to start the
+    // node afresh) must not be applied to this one; its digest would
+    // refuse it anyway, but the node should start, not fail.
+    match std::fs::remove_file(wal_file(path)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("removing the old write-ahead log of", e)),
+    }
     let err = |e: &dyn std::fmt::Display| RuntimeError::Storage {
         path: tmp.clone(),
         reason: e.to_string(),
@@ -382,5 +506,112 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let err = Storage::open(&path, "c1", NodeId(5)).unwrap_err();
         assert!(matches!(err, RuntimeError::CorruptFile { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_batch_only_in_the_write_ahead_log_survives_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = data_file(dir.path(), NodeId(6));
+        let durable = dir.path().join("redb-as-synced");
+        {
+            let (s, _) = Storage::open(&path, "c1", NodeId(6)).unwrap();
+            s.persist(&[put(b"a", b"1")]).unwrap();
+            // Make redb durable up to here, and keep that file as it is.
+            s.checkpoint(&mut s.wal.lock().unwrap()).unwrap();
+            std::fs::copy(&path, &durable).unwrap();
+            s.persist(&[put(b"b", b"2"), put(b"a", b"3")]).unwrap();
+            s.persist(&[StoreOp::Delete { key: b"b".to_vec() }, put(b"c", b"4")])
+                .unwrap();
+            s.close_as_if_crashed();
+        }
+        // The crash kept none of redb's unsynced commits: the file is as
+        // it was at the checkpoint, and the log holds the two batches.
+        std::fs::copy(&durable, &path).unwrap();
+        let (s, stored) = Storage::open(&path, "c1", NodeId(6)).unwrap();
+        let all: Vec<(&[u8], &[u8])> = stored.iter().collect();
+        assert_eq!(all, vec![(&b"a"[..], &b"3"[..]), (&b"c"[..], &b"4"[..])]);
+        // Opening applied them durably and emptied the log: a second crash
+        // right away loses nothing either.
+        s.close_as_if_crashed();
+        let (_s, again) = Storage::open(&path, "c1", NodeId(6)).unwrap();
+        assert_eq!(again, stored);
+    }
+
+    #[test]
+    fn replaying_a_log_over_a_file_that_already_holds_it_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = data_file(dir.path(), NodeId(7));
+        let wal = dir.path().join("wal-before-reset");
+        {
+            let (s, _) = Storage::open(&path, "c1", NodeId(7)).unwrap();
+            s.persist(&[put(b"a", b"1"), put(b"b", b"2")]).unwrap();
+            s.persist(&[StoreOp::DeleteRange {
+                start: b"a".to_vec(),
+                end: b"b".to_vec(),
+            }])
+            .unwrap();
+            std::fs::copy(wal_file(&path), &wal).unwrap();
+            // A crash between redb's durable commit and the log's reset.
+            s.apply(&[], Durability::Immediate).unwrap();
+            s.close_as_if_crashed();
+        }
+        std::fs::copy(&wal, wal_file(&path)).unwrap();
+        let (_s, stored) = Storage::open(&path, "c1", NodeId(7)).unwrap();
+        let all: Vec<(&[u8], &[u8])> = stored.iter().collect();
+        assert_eq!(all, vec![(&b"b"[..], &b"2"[..])]);
+    }
+
+    #[test]
+    fn a_log_left_by_a_deleted_data_file_is_not_applied_to_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = data_file(dir.path(), NodeId(8));
+        {
+            let (s, _) = Storage::open(&path, "c1", NodeId(8)).unwrap();
+            s.persist(&[put(b"old", b"1")]).unwrap();
+            s.close_as_if_crashed();
+        }
+        std::fs::remove_file(&path).unwrap();
+        let (_s, stored) = Storage::open(&path, "c1", NodeId(8)).unwrap();
+        assert!(stored.is_empty(), "{stored:?}");
+    }
+
+    #[test]
+    fn another_files_log_put_beside_this_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (one, two) = (
+            data_file(dir.path(), NodeId(1)),
+            data_file(dir.path(), NodeId(2)),
+        );
+        drop(Storage::open(&one, "c1", NodeId(1)).unwrap());
+        {
+            let (s, _) = Storage::open(&two, "c1", NodeId(2)).unwrap();
+            s.persist(&[put(b"k", b"v")]).unwrap();
+            s.close_as_if_crashed();
+        }
+        std::fs::copy(wal_file(&two), wal_file(&one)).unwrap();
+        let err = Storage::open(&one, "c1", NodeId(1)).unwrap_err();
+        assert!(matches!(err, RuntimeError::ForeignFile { .. }), "{err}");
+        assert!(err.to_string().contains("node-1.wal"), "{err}");
+    }
+
+    #[test]
+    fn a_file_of_an_earlier_format_is_refused_naming_its_version() {
+        #[derive(Serialize)]
+        struct Old(u32, String, u64);
+        let dir = tempfile::tempdir().unwrap();
+        let path = data_file(dir.path(), NodeId(9));
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut t = txn.open_table(META).unwrap();
+                let bytes = postcard::to_stdvec(&Old(10, "c1".into(), 9)).unwrap();
+                t.insert(META_KEY, bytes.as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let err = Storage::open(&path, "c1", NodeId(9)).unwrap_err();
+        assert!(matches!(err, RuntimeError::ForeignFile { .. }), "{err}");
+        assert!(err.to_string().contains("format version 10"), "{err}");
     }
 }

@@ -1,0 +1,481 @@
+//! The write-ahead log in front of a node's redb file.
+//!
+//! A redb commit rewrites about nine scattered pages and syncs them (0.88 ms
+//! per commit of 40 small keys on the 2-core machine, 1.9 ms with three
+//! nodes committing at once), while an append to a preallocated file and
+//! one `fdatasync` take 0.29 / 0.48 ms. So a batch of writes is made durable
+//! here first, as one record appended to `node-N.wal`, then applied to redb
+//! without a sync; every [`CHECKPOINT_BYTES`] of log, redb commits durably
+//! (which makes every earlier unsynced commit durable too) and the log
+//! starts over. At open, whatever records the log still holds are applied
+//! again before the node reads its state.
+//!
+//! Applying a record again is harmless: a batch's writes set or remove
+//! keys, so the state after a sequence of batches does not depend on
+//! whether some prefix of them was already applied (the last write of each
+//! key decides it). A crash between redb's durable commit and the log's
+//! reset therefore loses nothing and doubles nothing.
+//!
+//! The log is bound to its redb file: its header holds a digest of the
+//! file's identity, including a number drawn when the file was created, so
+//! a log left beside a newer file (or copied next to another node's) is
+//! never applied to it.
+//!
+//! Layout: a 24-byte header (`MAGIC`, the identity digest, the length the
+//! file was extended to: a file shorter than that was cut short), then records
+//! of a 16-byte head (payload length u32, sequence number u64, CRC-32 of
+//! the sequence number and payload u32, all little-endian) and the
+//! payload (the batch, postcard). The rest of the file is zeros (it is
+//! preallocated by extending it). Only the last record can be torn, since
+//! an append starts only once the previous one is durable: a bad record
+//! followed by nothing but zeros is that torn append, never acknowledged,
+//! and is dropped; a bad record with anything after it is corruption, and
+//! the node refuses to start.
+
+use crate::error::RuntimeError;
+use cohort_core::StoreOp;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// Log bytes after which redb commits durably and the log starts over: the
+/// most a crash makes a node replay at its next open.
+pub const CHECKPOINT_BYTES: u64 = 32 << 20;
+
+/// How far the file is extended ahead of the appends, so an append
+/// rewrites allocated length and its sync is a data sync only.
+const PREALLOCATE_BYTES: u64 = CHECKPOINT_BYTES + (4 << 20);
+
+const MAGIC: &[u8; 8] = b"cohwal01";
+const HEADER_BYTES: u64 = 24;
+const RECORD_HEAD_BYTES: u64 = 16;
+
+/// The log file of the data file `data_file`.
+pub fn wal_file(data_file: &Path) -> PathBuf {
+    data_file.with_extension("wal")
+}
+
+/// An open log, positioned after its last record.
+#[derive(Debug)]
+pub struct Wal {
+    file: File,
+    path: PathBuf,
+    identity: u64,
+    /// Where the next record goes.
+    end: u64,
+    /// The next record's sequence number.
+    seq: u64,
+    /// The length a reset extends the file to.
+    preallocate_bytes: u64,
+}
+
+impl Wal {
+    /// Opens (or creates) the log at `path` of the data file whose
+    /// identity digest is `identity`, and returns it with the batches it
+    /// holds, in order. The log is not reset here: the caller applies the
+    /// batches durably first, then calls [`Wal::reset`].
+    pub fn open(path: &Path, identity: u64) -> Result<(Wal, Vec<Vec<StoreOp>>), RuntimeError> {
+        Wal::open_preallocating(path, identity, PREALLOCATE_BYTES)
+    }
+
+    fn open_preallocating(
+        path: &Path,
+        identity: u64,
+        preallocate_bytes: u64,
+    ) -> Result<(Wal, Vec<Vec<StoreOp>>), RuntimeError> {
+        let io = |what: &str| {
+            let what = format!("{what} {}", path.display());
+            move |source| RuntimeError::Io { what, source }
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io("opening"))?;
+        let bytes = std::fs::read(path).map_err(io("reading"))?;
+        let mut wal = Wal {
+            file,
+            path: path.to_path_buf(),
+            identity,
+            end: HEADER_BYTES,
+            seq: 1,
+            preallocate_bytes,
+        };
+        let batches = wal.replay(&bytes)?;
+        Ok((wal, batches))
+    }
+
+    fn corrupt(&self, reason: String) -> RuntimeError {
+        RuntimeError::CorruptFile {
+            path: self.path.clone(),
+            reason,
+        }
+    }
+
+    fn replay(&mut self, bytes: &[u8]) -> Result<Vec<Vec<StoreOp>>, RuntimeError> {
+        if bytes.len() <= HEADER_BYTES as usize {
+            // Created, or reset, and cut short at or in its header:
+            // nothing was appended to it yet.
+            return Ok(Vec::new());
+        }
+        let header = &bytes[..HEADER_BYTES as usize];
+        if header.iter().all(|b| *b == 0) {
+            if bytes.iter().any(|b| *b != 0) {
+                return Err(self.corrupt("a log without a header holds data".into()));
+            }
+            return Ok(Vec::new());
+        }
+        if &header[..8] != MAGIC {
+            return Err(self.corrupt("not a cohort write-ahead log".into()));
+        }
+        let owner = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+        if owner != self.identity {
+            return Err(RuntimeError::ForeignFile {
+                path: self.path.clone(),
+                reason: "the write-ahead log belongs to another data file".into(),
+            });
+        }
+        let given = u64::from_le_bytes(header[16..24].try_into().expect("8 bytes"));
+        if (bytes.len() as u64) < given {
+            return Err(self.corrupt(format!(
+                "cut short: {} bytes of the {given} it was given",
+                bytes.len()
+            )));
+        }
+        let mut batches = Vec::new();
+        let mut at = HEADER_BYTES as usize;
+        loop {
+            match read_record(bytes, at, self.seq) {
+                Record::Batch(ops, next) => {
+                    batches.push(ops);
+                    self.seq += 1;
+                    at = next;
+                }
+                Record::End => break,
+                Record::Bad { why, extent } => {
+                    if bytes[extent.min(bytes.len())..].iter().any(|b| *b != 0) {
+                        return Err(self.corrupt(format!(
+                            "record {} at byte {at}: {why}, and data follows it",
+                            self.seq
+                        )));
+                    }
+                    // The torn last append: never durable, never
+                    // acknowledged. Zeroed, so that a shorter append over
+                    // it does not leave its remains after the new end.
+                    let torn = extent.min(bytes.len()) - at;
+                    self.file
+                        .write_all_at(&vec![0u8; torn], at as u64)
+                        .and_then(|()| self.file.sync_data())
+                        .map_err(|e| self.storage_err(e))?;
+                    break;
+                }
+            }
+        }
+        self.end = at as u64;
+        Ok(batches)
+    }
+
+    /// Appends `ops` as one record and makes it durable.
+    pub fn append(&mut self, ops: &[StoreOp]) -> Result<(), RuntimeError> {
+        let payload = postcard::to_stdvec(ops).map_err(|e| self.storage_err(e))?;
+        let len = u32::try_from(payload.len())
+            .map_err(|_| self.storage_err("a batch of 4 GiB or more"))?;
+        let seq = self.seq.to_le_bytes();
+        let mut record = Vec::with_capacity(RECORD_HEAD_BYTES as usize + payload.len());
+        record.extend_from_slice(&len.to_le_bytes());
+        record.extend_from_slice(&seq);
+        record.extend_from_slice(&crc32(&[&seq, &payload]).to_le_bytes());
+        record.extend_from_slice(&payload);
+        self.file
+            .write_all_at(&record, self.end)
+            .and_then(|()| self.file.sync_data())
+            .map_err(|e| self.storage_err(e))?;
+        self.end += record.len() as u64;
+        self.seq += 1;
+        Ok(())
+    }
+
+    /// Whether the log holds enough that the caller should checkpoint.
+    pub fn wants_checkpoint(&self) -> bool {
+        self.end >= CHECKPOINT_BYTES
+    }
+
+    /// Starts the log over, empty. Only once everything it held is durable
+    /// elsewhere.
+    pub fn reset(&mut self) -> Result<(), RuntimeError> {
+        let mut header = [0u8; HEADER_BYTES as usize];
+        header[..8].copy_from_slice(MAGIC);
+        header[8..16].copy_from_slice(&self.identity.to_le_bytes());
+        header[16..].copy_from_slice(&self.preallocate_bytes.to_le_bytes());
+        // Truncation zeroes what the file held: no record of before the
+        // reset can follow the new ones.
+        self.file
+            .set_len(0)
+            .and_then(|()| self.file.write_all_at(&header, 0))
+            .and_then(|()| self.file.set_len(self.preallocate_bytes))
+            .and_then(|()| self.file.sync_all())
+            .map_err(|e| self.storage_err(e))?;
+        self.end = HEADER_BYTES;
+        self.seq = 1;
+        Ok(())
+    }
+
+    fn storage_err(&self, e: impl std::fmt::Display) -> RuntimeError {
+        RuntimeError::Storage {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        }
+    }
+}
+
+enum Record {
+    /// A batch and where the next record starts.
+    Batch(Vec<StoreOp>, usize),
+    /// Zeros: no more records.
+    End,
+    /// Not a valid record; `extent` is where it would end if its length
+    /// can be believed (else just past its head).
+    Bad { why: String, extent: usize },
+}
+
+fn read_record(bytes: &[u8], at: usize, want_seq: u64) -> Record {
+    let head_end = at + RECORD_HEAD_BYTES as usize;
+    let Some(head) = bytes.get(at..head_end) else {
+        return if bytes[at.min(bytes.len())..].iter().all(|b| *b == 0) {
+            Record::End
+        } else {
+            Record::Bad {
+                why: "cut short in its head".into(),
+                extent: bytes.len(),
+            }
+        };
+    };
+    if head.iter().all(|b| *b == 0) {
+        return Record::End;
+    }
+    let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize;
+    let seq = u64::from_le_bytes(head[4..12].try_into().expect("8 bytes"));
+    let crc = u32::from_le_bytes(head[12..16].try_into().expect("4 bytes"));
+    let Some(payload) = bytes.get(head_end..head_end + len) else {
+        return Record::Bad {
+            why: format!("a length of {len} bytes past the end of the file"),
+            extent: head_end,
+        };
+    };
+    let extent = head_end + len;
+    if crc32(&[&head[4..12], payload]) != crc {
+        return Record::Bad {
+            why: "checksum mismatch".into(),
+            extent,
+        };
+    }
+    if seq != want_seq {
+        return Record::Bad {
+            why: format!("sequence number {seq}, expected {want_seq}"),
+            extent,
+        };
+    }
+    match postcard::from_bytes::<Vec<StoreOp>>(payload) {
+        Ok(ops) => Record::Batch(ops, extent),
+        Err(e) => Record::Bad {
+            why: format!("undecodable batch: {e}"),
+            extent,
+        },
+    }
+}
+
+/// CRC-32 (IEEE, as zlib's) of the concatenated parts.
+fn crc32(parts: &[&[u8]]) -> u32 {
+    let mut c = !0u32;
+    for part in parts {
+        for b in *part {
+            c = CRC_TABLE[((c ^ u32::from(*b)) & 0xFF) as usize] ^ (c >> 8);
+        }
+    }
+    !c
+}
+
+const CRC_TABLE: [u32; 256] = {
+    let mut table = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut c = i as u32;
+        let mut k = 0;
+        while k < 8 {
+            c = if c & 1 == 1 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+            k += 1;
+        }
+        table[i] = c;
+        i += 1;
+    }
+    table
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(k: &[u8], v: &[u8]) -> StoreOp {
+        StoreOp::Put {
+            key: k.to_vec(),
+            value: v.to_vec(),
+        }
+    }
+
+    #[test]
+    fn crc32_is_the_ieee_one() {
+        assert_eq!(crc32(&[b"123456789"]), 0xCBF4_3926);
+        assert_eq!(crc32(&[b"1234", b"56789"]), 0xCBF4_3926);
+    }
+
+    /// What the tests' logs are extended to: small files, same rules.
+    const SMALL: u64 = 8192;
+
+    fn open(path: &Path, identity: u64) -> Result<(Wal, Vec<Vec<StoreOp>>), RuntimeError> {
+        Wal::open_preallocating(path, identity, SMALL)
+    }
+
+    fn written(dir: &Path, batches: &[Vec<StoreOp>]) -> PathBuf {
+        let path = dir.join("n.wal");
+        let (mut wal, held) = open(&path, 42).unwrap();
+        assert!(held.is_empty());
+        wal.reset().unwrap();
+        for b in batches {
+            wal.append(b).unwrap();
+        }
+        path
+    }
+
+    #[test]
+    fn appended_batches_come_back_in_order_and_appends_continue_after_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let batches = vec![
+            vec![put(b"a", b"1")],
+            vec![put(b"b", b"2"), put(b"a", b"3")],
+        ];
+        let path = written(dir.path(), &batches);
+        let (mut wal, held) = open(&path, 42).unwrap();
+        assert_eq!(held, batches);
+        wal.append(&[put(b"c", b"4")]).unwrap();
+        let (mut wal, held) = open(&path, 42).unwrap();
+        assert_eq!(held.len(), 3);
+        assert_eq!(held[2], vec![put(b"c", b"4")]);
+        wal.reset().unwrap();
+        assert!(open(&path, 42).unwrap().1.is_empty());
+    }
+
+    #[test]
+    fn a_torn_last_append_is_dropped_and_what_came_before_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let batches = vec![vec![put(b"a", b"1")], vec![put(b"b", &[9; 300])]];
+        let path = written(dir.path(), &batches);
+        let mut bytes = std::fs::read(&path).unwrap();
+        // Cut the last record's payload short, as a crash mid-write would.
+        let last = HEADER_BYTES as usize
+            + RECORD_HEAD_BYTES as usize
+            + postcard::to_stdvec(&batches[0]).unwrap().len();
+        let tail = last + RECORD_HEAD_BYTES as usize + 100;
+        bytes[tail..].iter_mut().for_each(|b| *b = 0);
+        std::fs::write(&path, &bytes).unwrap();
+        let (mut wal, held) = open(&path, 42).unwrap();
+        assert_eq!(held, batches[..1].to_vec());
+        // The next append overwrites the torn one.
+        wal.append(&[put(b"c", b"3")]).unwrap();
+        let held = open(&path, 42).unwrap().1;
+        assert_eq!(held, vec![batches[0].clone(), vec![put(b"c", b"3")]]);
+    }
+
+    #[test]
+    fn a_damaged_record_with_records_after_it_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let batches = vec![vec![put(b"a", &[1; 50])], vec![put(b"b", b"2")]];
+        let path = written(dir.path(), &batches);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[HEADER_BYTES as usize + RECORD_HEAD_BYTES as usize + 20] ^= 0x40;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = open(&path, 42).unwrap_err();
+        assert!(matches!(err, RuntimeError::CorruptFile { .. }), "{err}");
+        assert!(err.to_string().contains("n.wal"), "{err}");
+        assert!(err.to_string().contains("checksum"), "{err}");
+    }
+
+    #[test]
+    fn a_log_of_another_data_file_or_not_a_log_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = written(dir.path(), &[vec![put(b"a", b"1")]]);
+        let err = open(&path, 43).unwrap_err();
+        assert!(matches!(err, RuntimeError::ForeignFile { .. }), "{err}");
+        std::fs::write(&path, b"garbage that is not a log at all").unwrap();
+        let err = open(&path, 42).unwrap_err();
+        assert!(matches!(err, RuntimeError::CorruptFile { .. }), "{err}");
+    }
+
+    #[test]
+    fn no_damage_to_a_log_makes_open_panic_or_return_a_batch_it_did_not_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let batches: Vec<Vec<StoreOp>> = (0..6u8)
+            .map(|i| vec![put(&[i], &vec![i; 20 + usize::from(i) * 30])])
+            .collect();
+        let path = written(dir.path(), &batches);
+        let good = std::fs::read(&path).unwrap();
+        let used = good.iter().rposition(|b| *b != 0).unwrap() + 1;
+        // A fixed xorshift: the same damages every run.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut opened = 0;
+        for round in 0..400 {
+            let mut bytes = good.clone();
+            match round % 4 {
+                0 => bytes.truncate((next() as usize) % (used + 64)),
+                1 => {
+                    let at = (next() as usize) % used;
+                    bytes[at] ^= 1 << (next() % 8);
+                }
+                2 => {
+                    let at = (next() as usize) % used;
+                    let n = (next() as usize) % 64;
+                    for b in bytes.iter_mut().skip(at).take(n) {
+                        *b = next() as u8;
+                    }
+                }
+                _ => bytes = (0..(next() as usize % 512)).map(|_| next() as u8).collect(),
+            }
+            std::fs::write(&path, &bytes).unwrap();
+            if let Ok((_, held)) = open(&path, 42) {
+                opened += 1;
+                // Whatever comes back is a prefix of what was appended:
+                // a damaged log never yields a batch of its own making.
+                assert!(held.len() <= batches.len(), "round {round}");
+                assert_eq!(held[..], batches[..held.len()], "round {round}");
+            }
+        }
+        // Some damages (to the last record, or cuts within a header) open.
+        assert!(opened > 0);
+    }
+
+    #[test]
+    fn a_log_shorter_than_it_was_extended_to_is_refused_as_cut_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = written(dir.path(), &[vec![put(b"a", b"1")], vec![put(b"b", b"2")]]);
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len() as u64, SMALL);
+        // Cut after the first record: the second's loss would be silent
+        // if a short file passed for a torn append.
+        let first = HEADER_BYTES as usize + RECORD_HEAD_BYTES as usize + 12;
+        std::fs::write(&path, &bytes[..first + 4]).unwrap();
+        let err = open(&path, 42).unwrap_err();
+        assert!(matches!(err, RuntimeError::CorruptFile { .. }), "{err}");
+        assert!(err.to_string().contains("cut short"), "{err}");
+    }
+}
