@@ -932,3 +932,55 @@ fn cli_refused(args: &[&str], says: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(says), "{args:?}: {err}");
 }
+
+#[test]
+fn a_lone_leader_killed_with_sigkill_restarts_with_every_acknowledged_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = layout(1);
+    let mut procs = Procs(vec![Some(spawn_mode(
+        &l,
+        1,
+        dir.path(),
+        "wal-test",
+        &["--mode", "leader"],
+    ))]);
+    wait_healthy(&l.http[0]);
+    let ids: Vec<String> = (0..30)
+        .map(|i| leader_submit(&l, "echo", &format!("kept-{i}")))
+        .collect();
+    // No clean close: the batches since the last checkpoint are only in
+    // the write-ahead log, which the restart must apply.
+    let mut n1 = procs.0[0].take().unwrap();
+    n1.kill().unwrap();
+    n1.wait().unwrap();
+    let wal = std::fs::read(dir.path().join("node-1.wal")).unwrap();
+    assert!(
+        wal.iter().skip(24).any(|b| *b != 0),
+        "the killed node's log holds its latest batches"
+    );
+    procs.0[0] = Some(spawn_mode(
+        &l,
+        1,
+        dir.path(),
+        "wal-test",
+        &["--mode", "leader"],
+    ));
+    wait_healthy(&l.http[0]);
+    // Serving once it has elected itself again.
+    let end = Instant::now() + Duration::from_secs(20);
+    while !cli(&["get", "--node", &l.http[0], &ids[0]])
+        .status
+        .success()
+    {
+        assert!(
+            Instant::now() < end,
+            "the restarted node never served a read"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let t = wait_task(&l.http[0], id);
+        assert_eq!(t["state"], "succeeded", "{t}");
+        assert_eq!(t["result"], format!("kept-{i}"), "{t}");
+    }
+}
