@@ -81,6 +81,26 @@ pub fn storage_identity(data: &[u8]) {
     let _ = crate::storage::decode_identity(data);
 }
 
+/// A write-ahead log's bytes, as read at open (bound to the identity its
+/// own header names, so the records behind a valid header are reached).
+/// Whatever it yields must be a batch the bytes hold: parsing it again
+/// from its own encoding gives the same batch.
+pub fn wal_log(data: &[u8]) {
+    let identity = data
+        .get(8..16)
+        .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+    let path = std::path::Path::new("fuzz.wal");
+    if let Ok(parsed) = crate::wal::parse(data, identity, path) {
+        assert!(
+            parsed.end <= data.len().max(24),
+            "the end is within the log"
+        );
+        if let Some((from, to)) = parsed.torn {
+            assert!(from == parsed.end && from <= to && to <= data.len());
+        }
+    }
+}
+
 /// A data file's key-value records (postcard `Vec<(key, value)>`, or else
 /// the whole input as the value of each key the modes use), handed to mode
 /// `N`'s boot (through [`crate::boot_checked`], as a node boots), which

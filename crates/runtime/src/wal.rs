@@ -107,74 +107,20 @@ impl Wal {
         Ok((wal, batches))
     }
 
-    fn corrupt(&self, reason: String) -> RuntimeError {
-        RuntimeError::CorruptFile {
-            path: self.path.clone(),
-            reason,
-        }
-    }
-
     fn replay(&mut self, bytes: &[u8]) -> Result<Vec<Vec<StoreOp>>, RuntimeError> {
-        if bytes.len() <= HEADER_BYTES as usize {
-            // Created, or reset, and cut short at or in its header:
-            // nothing was appended to it yet.
-            return Ok(Vec::new());
+        let parsed = parse(bytes, self.identity, &self.path)?;
+        if let Some((from, to)) = parsed.torn {
+            // The torn last append: never durable, never acknowledged.
+            // Zeroed, so that a shorter append over it does not leave its
+            // remains after the new end.
+            self.file
+                .write_all_at(&vec![0u8; to - from], from as u64)
+                .and_then(|()| self.file.sync_data())
+                .map_err(|e| self.storage_err(e))?;
         }
-        let header = &bytes[..HEADER_BYTES as usize];
-        if header.iter().all(|b| *b == 0) {
-            if bytes.iter().any(|b| *b != 0) {
-                return Err(self.corrupt("a log without a header holds data".into()));
-            }
-            return Ok(Vec::new());
-        }
-        if &header[..8] != MAGIC {
-            return Err(self.corrupt("not a cohort write-ahead log".into()));
-        }
-        let owner = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
-        if owner != self.identity {
-            return Err(RuntimeError::ForeignFile {
-                path: self.path.clone(),
-                reason: "the write-ahead log belongs to another data file".into(),
-            });
-        }
-        let given = u64::from_le_bytes(header[16..24].try_into().expect("8 bytes"));
-        if (bytes.len() as u64) < given {
-            return Err(self.corrupt(format!(
-                "cut short: {} bytes of the {given} it was given",
-                bytes.len()
-            )));
-        }
-        let mut batches = Vec::new();
-        let mut at = HEADER_BYTES as usize;
-        loop {
-            match read_record(bytes, at, self.seq) {
-                Record::Batch(ops, next) => {
-                    batches.push(ops);
-                    self.seq += 1;
-                    at = next;
-                }
-                Record::End => break,
-                Record::Bad { why, extent } => {
-                    if bytes[extent.min(bytes.len())..].iter().any(|b| *b != 0) {
-                        return Err(self.corrupt(format!(
-                            "record {} at byte {at}: {why}, and data follows it",
-                            self.seq
-                        )));
-                    }
-                    // The torn last append: never durable, never
-                    // acknowledged. Zeroed, so that a shorter append over
-                    // it does not leave its remains after the new end.
-                    let torn = extent.min(bytes.len()) - at;
-                    self.file
-                        .write_all_at(&vec![0u8; torn], at as u64)
-                        .and_then(|()| self.file.sync_data())
-                        .map_err(|e| self.storage_err(e))?;
-                    break;
-                }
-            }
-        }
-        self.end = at as u64;
-        Ok(batches)
+        self.end = parsed.end as u64;
+        self.seq = parsed.batches.len() as u64 + 1;
+        Ok(parsed.batches)
     }
 
     /// Appends `ops` as one record and makes it durable.
@@ -228,6 +174,89 @@ impl Wal {
             reason: e.to_string(),
         }
     }
+}
+
+/// What a log's bytes hold.
+#[derive(Debug)]
+pub struct Parsed {
+    /// The batches, in order.
+    pub batches: Vec<Vec<StoreOp>>,
+    /// Where the next record goes.
+    pub end: usize,
+    /// The byte range of a torn last append, to be zeroed.
+    pub torn: Option<(usize, usize)>,
+}
+
+/// Reads the log `bytes` of the data file whose identity digest is
+/// `identity` (`path` names the log in errors): its batches, or why it is
+/// refused. Public for fuzzing; [`Wal::open`] is the way to open a log.
+pub fn parse(bytes: &[u8], identity: u64, path: &Path) -> Result<Parsed, RuntimeError> {
+    let corrupt = |reason: String| RuntimeError::CorruptFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let empty = Parsed {
+        batches: Vec::new(),
+        end: HEADER_BYTES as usize,
+        torn: None,
+    };
+    if bytes.len() <= HEADER_BYTES as usize {
+        // Created, or reset, and cut short at or in its header: nothing
+        // was appended to it yet.
+        return Ok(empty);
+    }
+    let header = &bytes[..HEADER_BYTES as usize];
+    if header.iter().all(|b| *b == 0) {
+        if bytes.iter().any(|b| *b != 0) {
+            return Err(corrupt("a log without a header holds data".into()));
+        }
+        return Ok(empty);
+    }
+    if &header[..8] != MAGIC {
+        return Err(corrupt("not a cohort write-ahead log".into()));
+    }
+    let owner = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+    if owner != identity {
+        return Err(RuntimeError::ForeignFile {
+            path: path.to_path_buf(),
+            reason: "the write-ahead log belongs to another data file".into(),
+        });
+    }
+    let given = u64::from_le_bytes(header[16..24].try_into().expect("8 bytes"));
+    if (bytes.len() as u64) < given {
+        return Err(corrupt(format!(
+            "cut short: {} bytes of the {given} it was given",
+            bytes.len()
+        )));
+    }
+    let mut batches = Vec::new();
+    let mut at = HEADER_BYTES as usize;
+    let mut torn = None;
+    loop {
+        let seq = batches.len() as u64 + 1;
+        match read_record(bytes, at, seq) {
+            Record::Batch(ops, next) => {
+                batches.push(ops);
+                at = next;
+            }
+            Record::End => break,
+            Record::Bad { why, extent } => {
+                let extent = extent.min(bytes.len());
+                if bytes[extent..].iter().any(|b| *b != 0) {
+                    return Err(corrupt(format!(
+                        "record {seq} at byte {at}: {why}, and data follows it"
+                    )));
+                }
+                torn = Some((at, extent));
+                break;
+            }
+        }
+    }
+    Ok(Parsed {
+        batches,
+        end: at,
+        torn,
+    })
 }
 
 enum Record {
@@ -477,5 +506,28 @@ mod tests {
         let err = open(&path, 42).unwrap_err();
         assert!(matches!(err, RuntimeError::CorruptFile { .. }), "{err}");
         assert!(err.to_string().contains("cut short"), "{err}");
+    }
+
+    #[test]
+    fn the_fuzz_corpus_seeds_hold_what_their_names_say() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/wal_log");
+        let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+        let at = Path::new("seed.wal");
+        let valid = parse(&read("valid-two-batches"), 42, at).unwrap();
+        assert_eq!(
+            valid.batches,
+            vec![
+                vec![put(b"a", b"1")],
+                vec![put(b"b", b"2"), StoreOp::Delete { key: b"a".to_vec() }]
+            ]
+        );
+        let torn = parse(&read("torn-last-append"), 42, at).unwrap();
+        assert_eq!(torn.batches.len(), 1);
+        assert!(torn.torn.is_some());
+        assert!(parse(&read("header-only"), 42, at)
+            .unwrap()
+            .batches
+            .is_empty());
+        assert!(parse(&read("flipped-first-record"), 42, at).is_err());
     }
 }

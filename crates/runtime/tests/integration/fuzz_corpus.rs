@@ -30,6 +30,7 @@ fn run(target: &str, data: &[u8]) {
                 &Default::default(),
             );
         }
+        "wal_log" => fuzzing::wal_log(data),
         other => panic!("fuzz/corpus/{other} has no replay here: add its target to this match"),
     }
 }
@@ -51,7 +52,7 @@ fn every_fuzz_corpus_input_decodes_without_panicking() {
             inputs += 1;
         }
     }
-    assert_eq!(targets, 8, "one corpus per fuzz target");
+    assert_eq!(targets, 9, "one corpus per fuzz target");
     assert!(inputs >= targets, "empty corpora");
 }
 
