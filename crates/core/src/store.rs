@@ -30,6 +30,16 @@ pub enum StoreOp {
     },
 }
 
+impl StoreOp {
+    /// A [`StoreOp::Put`] of copies of `key` and `value`.
+    pub fn put(key: &[u8], value: &[u8]) -> StoreOp {
+        StoreOp::Put {
+            key: key.to_vec(),
+            value: value.to_vec(),
+        }
+    }
+}
+
 /// Everything a node persisted, as handed back to [`crate::Node::boot`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stored {
@@ -107,10 +117,7 @@ mod tests {
     use super::*;
 
     fn put(k: &[u8], v: &[u8]) -> StoreOp {
-        StoreOp::Put {
-            key: k.to_vec(),
-            value: v.to_vec(),
-        }
+        StoreOp::put(k, v)
     }
 
     #[test]

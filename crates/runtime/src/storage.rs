@@ -411,10 +411,7 @@ mod tests {
     use super::*;
 
     fn put(k: &[u8], v: &[u8]) -> StoreOp {
-        StoreOp::Put {
-            key: k.to_vec(),
-            value: v.to_vec(),
-        }
+        StoreOp::put(k, v)
     }
 
     #[test]
