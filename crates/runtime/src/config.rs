@@ -33,6 +33,10 @@ pub struct TransportLimits {
     /// arrived; a peer that starts a frame and stalls is disconnected
     /// (`reason="frame_timeout"`). An idle link between frames is fine.
     pub frame_read_timeout_ms: u64,
+    /// Most client requests forwarded to a peer and not answered yet, and
+    /// most a node serves for its peers at once (`crate::forward`; a
+    /// schedule link on a node that does not decide forwards its requests).
+    pub forwards_in_flight_max: usize,
 }
 
 impl Default for TransportLimits {
@@ -45,6 +49,7 @@ impl Default for TransportLimits {
             connect_backoff_ms_max: 1000,
             handshake_timeout_ms: 2000,
             frame_read_timeout_ms: 10_000,
+            forwards_in_flight_max: 256,
         }
     }
 }
@@ -370,6 +375,7 @@ impl RuntimeConfig {
             ("connect_backoff_ms_min", t.connect_backoff_ms_min),
             ("handshake_timeout_ms", t.handshake_timeout_ms),
             ("frame_read_timeout_ms", t.frame_read_timeout_ms),
+            ("forwards_in_flight_max", t.forwards_in_flight_max as u64),
             ("request_timeout_ms", self.client.request_timeout_ms),
             (
                 "requests_in_flight_max",

@@ -203,7 +203,7 @@ pub(crate) struct EventLoop<N: Node> {
     pub timer_seq: u64,
     pub pending: BTreeMap<RequestId, Pending>,
     pub next_request: u64,
-    pub outbound: Outbound,
+    pub outbound: Arc<Outbound>,
     pub control_tx: mpsc::Sender<Control>,
     pub executor: Arc<Semaphore>,
     pub registry: Arc<Registry>,
@@ -659,7 +659,8 @@ impl<N: Node + Send + 'static> EventLoop<N> {
                         *sent_by_type
                             .entry(crate::kind::message_kind(&msg))
                             .or_default() += 1;
-                        self.outbound.send(to, cohort_core::encode(&msg));
+                        self.outbound
+                            .send(to, crate::transport::encode_message(&msg));
                     }
                     Action::Reply { request, reply } => self.answer(request, reply),
                     _ => unreachable!("only sends and replies are taken early"),
@@ -694,7 +695,8 @@ impl<N: Node + Send + 'static> EventLoop<N> {
                     if to == self.node.id() {
                         let _ = self.loopback.try_send((to, msg));
                     } else {
-                        self.outbound.send(to, cohort_core::encode(&msg));
+                        self.outbound
+                            .send(to, crate::transport::encode_message(&msg));
                     }
                 }
                 Action::Execute { id, epoch, task } => self.execute(id, epoch, task),

@@ -41,14 +41,17 @@ pub fn peer_handshake(data: &[u8]) {
 }
 
 /// A peer's byte stream after the handshake: length-prefixed frames, each
-/// decoded as a message of mode `M`, until the input ends or a frame is bad.
-/// Returns how many messages decoded.
+/// decoded as a [`crate::transport::PeerFrame`] of mode `M`, until the
+/// input ends or a frame is bad. Returns how many frames decoded.
 pub fn peer_frames<M: DeserializeOwned>(data: &[u8]) -> usize {
     let mut r = data;
     let mut n = 0;
     loop {
         match ready(read_frame(&mut r, FUZZ_FRAME_BYTES_MAX)) {
-            Ok(frame) => match cohort_core::decode::<M>(&frame, FUZZ_FRAME_BYTES_MAX) {
+            Ok(frame) => match cohort_core::decode::<crate::transport::PeerFrame<M>>(
+                &frame,
+                FUZZ_FRAME_BYTES_MAX,
+            ) {
                 Ok(_) => n += 1,
                 Err(_) => return n,
             },

@@ -17,7 +17,6 @@
 //! | `GET /v1/schedules/{name}` | `200 {"name", "id", "deleted", "started", "definition"?, "first_tick_ms"?, "next_tick_ms"?, "next_firing_id"?}` |
 //! | `DELETE /v1/schedules/{name}` | `200 {"name", "deleted": true}` once its tombstone is durable |
 //! | `GET /v1/schedules?after=&limit=` | `200 {"node", "role", "complete", "schedules": [...], "next"}`: the definitions this node holds, each as `GET /v1/schedules/{name}` shows it |
-//! | `POST /v1/internal/client` | (admin) a postcard `ClientRequest` handed to the core, answered with the postcard result: where a schedule link on a non-deciding node forwards to |
 //! | `GET /v1/health` | `200 {"status": "ok", ...}` |
 //! | `GET /v1/openapi.json` | the OpenAPI 3 document of this API (`crates/runtime/openapi.json`) |
 //! | `GET /metrics` | Prometheus text |
@@ -139,10 +138,6 @@ pub(crate) fn router(api: Arc<Api>) -> Router {
         .route(
             "/v1/schedules/{name}",
             get(schedule_get).delete(schedule_delete),
-        )
-        .route(
-            crate::schedule::INTERNAL_CLIENT_PATH,
-            axum::routing::post(internal_client),
         )
         .route("/v1/health", get(health))
         .route("/v1/openapi.json", get(openapi))
@@ -2164,29 +2159,6 @@ async fn schedule_delete(
     }
 }
 
-/// `POST /v1/internal/client` (role `admin`): a postcard `ClientRequest`
-/// handed to this node's core as it is, answered with the postcard
-/// `Result<ClientResponse, ClientError>`. What a node's schedule handler
-/// forwards when its own node does not decide (see [`crate::schedule`]).
-async fn internal_client(State(api): State<Arc<Api>>, body: Body) -> Result<Response, ApiError> {
-    let body = read_submit_body(&api.config, body).await?;
-    let req: ClientRequest = cohort_core::decode(&body, api.config.peers.limits.message_bytes_max)
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "malformed",
-                format!("not a client request: {e}"),
-            )
-        })?;
-    let reply = api.ask_core(req).await?;
-    Ok((
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/octet-stream")],
-        cohort_core::encode(&reply),
-    )
-        .into_response())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2205,7 +2177,6 @@ mod tests {
             "/v1/drain",
             "/v1/schedules",
             "/v1/schedules/{name}",
-            "/v1/internal/client",
             "/v1/health",
             "/v1/openapi.json",
             "/metrics",

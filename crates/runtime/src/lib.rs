@@ -24,6 +24,7 @@ pub mod client;
 pub mod config;
 pub mod driver;
 pub mod error;
+pub mod forward;
 pub mod fuzzing;
 pub mod handlers;
 pub mod http;
@@ -300,17 +301,31 @@ pub async fn start<N: Node + Send + 'static>(
     drop(stored);
     let (control_tx, control_rx) = mpsc::channel(4096);
     let (peer_tx, peer_rx) = mpsc::channel(config.transport.inbound_queue_len_max);
-    let outbound = transport::start_outbound(&config, metrics.clone(), stop_rx.clone());
+    let outbound = Arc::new(transport::start_outbound(
+        &config,
+        metrics.clone(),
+        stop_rx.clone(),
+    ));
     let peer_status = outbound.status.clone();
     // Small: a lost connection is a hint, and a burst of them says no more
     // than the first few.
     let (lost_tx, lost_rx) = mpsc::channel(64);
+    let forwarding = Arc::new(forward::Forwarding::new(
+        id,
+        control_tx.clone(),
+        outbound.clone(),
+        metrics.clone(),
+        std::time::Duration::from_millis(config.client.request_timeout_ms),
+        config.peers.limits.message_bytes_max,
+        config.transport.forwards_in_flight_max,
+    ));
     let inbound = tokio::spawn(transport::run_inbound::<N::Message>(
         listeners.peer,
         config.clone(),
         metrics.clone(),
         peer_tx.clone(),
         lost_tx,
+        forwarding.clone(),
         stop_rx.clone(),
     ));
     let audit = match &config.audit {
@@ -326,7 +341,7 @@ pub async fn start<N: Node + Send + 'static>(
     registry.register(
         cohort_core::schedule::SCHEDULE_KIND,
         schedule::ScheduleHandler::new(
-            schedule::InNodeClient::new(control_tx.clone(), config.clone()),
+            schedule::InNodeClient::new(forwarding, config.peers.limits.payload_bytes_max),
             config.client.schedule_firings_per_run_max,
         ),
     );

@@ -51,6 +51,7 @@ fn help(name: &str) -> &'static str {
             "Peer connections closed for a reason, by reason."
         }
         "cohort_peer_connects_total" => "Outbound peer connections established.",
+        "cohort_forwards_total" => "Client requests forwarded over the peer transport, by outcome: sent, timed_out, unmatched_reply (this node's), served, refused_busy (peers').",
         "cohort_messages_sent_by_type_total" => "Peer messages handed to the transport, by type.",
         "cohort_messages_received_by_type_total" => "Peer messages received, by type.",
         "cohort_client_submit_seconds" => "Submit latency inside the node: request in to reply out (includes fsync and, by mode, replication).",

@@ -7,128 +7,47 @@
 //! goes to the node's event loop the way an HTTP request does, so no API
 //! token is needed. A node that does not decide (a leader-mode follower, a
 //! static worker) answers `NotLeader`; the request is then forwarded once
-//! to the deciding node's `POST /v1/internal/client` (its API address from
-//! `--http-peers`). That endpoint needs the `admin` role, which a node
-//! cannot present: in a cluster with API tokens or client certificates, or
-//! with TLS on its API, a link that runs on a follower fails (retryably)
-//! and is retried until it runs where the decisions are made.
+//! to the deciding node over the peer transport ([`crate::forward`]), which
+//! needs no API credential either: a link runs wherever it is assigned, in
+//! a cluster with API tokens, client certificates or TLS on its API too.
 
-use crate::config::RuntimeConfig;
-use crate::driver::Control;
+use crate::forward::Forwarding;
 use crate::handlers::{Handler, HandlerFuture, HandlerInput};
 use cohort_core::schedule::{RunStep, SchedulePayload, ScheduleRun, SCHEDULE_KIND};
-use cohort_core::{ClientError, ClientRequest, ClientResponse, NodeId};
+use cohort_core::{ClientError, ClientRequest, ClientResponse};
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
-
-/// The path of the internal endpoint a follower forwards to.
-pub const INTERNAL_CLIENT_PATH: &str = "/v1/internal/client";
 
 /// Sends client requests to this node's event loop, and forwards those it
 /// does not decide to the node that does.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct InNodeClient {
-    control: mpsc::Sender<Control>,
-    config: Arc<RuntimeConfig>,
-    http: Option<reqwest::Client>,
-}
-
-impl std::fmt::Debug for InNodeClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InNodeClient")
-            .field("node", &self.config.peers.id)
-            .finish()
-    }
+    forwarding: Arc<Forwarding>,
+    payload_bytes_max: usize,
 }
 
 impl InNodeClient {
-    pub(crate) fn new(control: mpsc::Sender<Control>, config: Arc<RuntimeConfig>) -> InNodeClient {
-        // Forwarding needs no credentials only where the API asks none.
-        let plain = !config.security.client_auth() && config.security.http_tls.is_none();
-        let http = plain
-            .then(|| {
-                reqwest::Client::builder()
-                    .timeout(Duration::from_millis(config.client.request_timeout_ms))
-                    .connect_timeout(Duration::from_secs(2))
-                    .redirect(reqwest::redirect::Policy::none())
-                    .build()
-                    .ok()
-            })
-            .flatten();
+    pub(crate) fn new(forwarding: Arc<Forwarding>, payload_bytes_max: usize) -> InNodeClient {
         InNodeClient {
-            control,
-            config,
-            http,
+            forwarding,
+            payload_bytes_max,
         }
-    }
-
-    fn timeout(&self) -> Duration {
-        Duration::from_millis(self.config.client.request_timeout_ms)
     }
 
     /// Hands `req` to this node's core and waits for its reply (at most
     /// the request timeout: then `Unavailable`, the outcome unknown).
     pub async fn ask_local(&self, req: ClientRequest) -> Result<ClientResponse, ClientError> {
-        let unavailable = |reason: &str| ClientError::Unavailable {
-            reason: reason.into(),
-        };
-        let (tx, rx) = oneshot::channel();
-        let asked = async {
-            self.control
-                .send(Control::Client { req, reply: tx })
-                .await
-                .map_err(|_| unavailable("node is stopping"))?;
-            rx.await.map_err(|_| unavailable("node is stopping"))?
-        };
-        match tokio::time::timeout(self.timeout(), asked).await {
-            Ok(r) => r,
-            Err(_) => Err(unavailable(
-                "no answer from the node in time; outcome unknown",
-            )),
-        }
+        self.forwarding.ask_local(req).await
     }
 
     /// [`InNodeClient::ask_local`], forwarded once to the deciding node
-    /// when this one answers `NotLeader` naming it.
+    /// when this one answers `NotLeader` naming another.
     pub async fn ask(&self, req: ClientRequest) -> Result<ClientResponse, ClientError> {
         match self.ask_local(req.clone()).await {
-            Err(ClientError::NotLeader { leader: Some(l) }) if l != self.config.peers.id => {
-                self.forward(l, req).await
+            Err(ClientError::NotLeader { leader: Some(l) }) => {
+                self.forwarding.forward(l, req).await
             }
             r => r,
         }
-    }
-
-    async fn forward(&self, to: NodeId, req: ClientRequest) -> Result<ClientResponse, ClientError> {
-        let not_leader = Err(ClientError::NotLeader { leader: Some(to) });
-        let (Some(http), Some(addr)) = (&self.http, self.config.http_addrs.get(&to)) else {
-            return not_leader;
-        };
-        let unavailable = |reason: String| ClientError::Unavailable { reason };
-        let resp = http
-            .post(format!("http://{addr}{INTERNAL_CLIENT_PATH}"))
-            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-            .body(cohort_core::encode(&req))
-            .send()
-            .await
-            .map_err(|e| unavailable(format!("forwarding to {to}: {e}")))?;
-        let status = resp.status();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| unavailable(format!("forwarding to {to}: {e}")))?;
-        if !status.is_success() {
-            return Err(unavailable(format!(
-                "forwarding to {to}: {status}: {}",
-                String::from_utf8_lossy(&bytes)
-            )));
-        }
-        cohort_core::decode::<Result<ClientResponse, ClientError>>(
-            &bytes,
-            self.config.peers.limits.message_bytes_max,
-        )
-        .map_err(|e| unavailable(format!("forwarding to {to}: bad answer: {e}")))?
     }
 }
 
@@ -159,7 +78,7 @@ impl Handler for ScheduleHandler {
         let client = self.client.clone();
         let firings_max = self.firings_max;
         Box::pin(async move {
-            let limit = client.config.peers.limits.payload_bytes_max;
+            let limit = client.payload_bytes_max;
             let payload: SchedulePayload = cohort_core::decode(&input.payload, limit)
                 .map_err(|e| format!("invalid_payload: not a schedule payload: {e}"))?;
             let now = unix_ms_now();

@@ -8,8 +8,12 @@
 //! dialer                                  acceptor
 //!   Hello{magic, version, cluster, from, to}  -->
 //!                                         <--  HelloReply::Accepted | Rejected(reason)
-//!   frame(Message) ...                     -->
+//!   frame(PeerFrame) ...                   -->
 //! ```
+//!
+//! A frame after the handshake is a [`PeerFrame`]: a protocol message of
+//! the node's mode, or a client request forwarded to this node, or the
+//! answer to one this node forwarded ([`crate::forward`]).
 //!
 //! The acceptor closes a connection, logs why and counts it under
 //! `cohort_peer_connections_rejected_total{reason=...}` on: a bad magic or
@@ -26,9 +30,10 @@
 //! log); the dialer checks the acceptor presents `node-<to>`.
 
 use crate::config::RuntimeConfig;
+use crate::forward::Forwarding;
 use crate::metrics::Metrics;
 use crate::tls::PeerTls;
-use cohort_core::NodeId;
+use cohort_core::{ClientError, ClientRequest, ClientResponse, NodeId};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -45,8 +50,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> PeerIo for T {}
 
 /// First bytes of every handshake.
 pub const MAGIC: [u8; 4] = *b"CHRT";
-/// The peer protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The peer protocol version this build speaks. 2: frames are
+/// [`PeerFrame`]s (1 carried bare protocol messages).
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Largest handshake frame.
 pub const HANDSHAKE_BYTES_MAX: usize = 1024;
 
@@ -72,6 +78,39 @@ pub enum HelloReply {
     Accepted,
     /// The connection is closed; why.
     Rejected(String),
+}
+
+/// What one frame after the handshake carries.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum PeerFrame<M> {
+    /// A message of the mode's protocol, for the core.
+    Protocol(M),
+    /// A client request the sender forwards to this node's core (see
+    /// [`crate::forward`]).
+    Forward {
+        /// The sender's number for it, echoed in the answer.
+        request_id: u64,
+        /// The request.
+        request: ClientRequest,
+    },
+    /// The answer to a [`PeerFrame::Forward`] this node sent.
+    ForwardReply {
+        /// The forward's number.
+        request_id: u64,
+        /// The core's answer.
+        reply: Result<ClientResponse, ClientError>,
+    },
+}
+
+/// The encoding of `PeerFrame::Protocol(msg)`, without cloning `msg`.
+pub fn encode_message<M: Serialize>(msg: &M) -> Vec<u8> {
+    // Serde encodes by variant index, not name: this is `PeerFrame`'s
+    // first variant (a test checks they agree).
+    #[derive(Serialize)]
+    enum Borrowed<'a, M> {
+        Protocol(&'a M),
+    }
+    cohort_core::encode(&Borrowed::Protocol(msg))
 }
 
 /// Whether each peer's outbound connection is up.
@@ -418,6 +457,7 @@ pub async fn run_inbound<M: DeserializeOwned + Serialize + Send + 'static>(
     metrics: Arc<Metrics>,
     deliver: mpsc::Sender<(NodeId, M)>,
     lost: mpsc::Sender<NodeId>,
+    forwarding: Arc<Forwarding>,
     mut stop: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(Semaphore::new(config.transport.inbound_connections_max));
@@ -446,11 +486,17 @@ pub async fn run_inbound<M: DeserializeOwned + Serialize + Send + 'static>(
         let metrics = metrics.clone();
         let deliver = deliver.clone();
         let lost = lost.clone();
+        let forwarding = forwarding.clone();
         let mut stop = stop.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let sinks = Sinks {
+                deliver: &deliver,
+                lost: &lost,
+                forwarding: &forwarding,
+            };
             tokio::select! {
-                (reason, why) = accept_inbound(stream, &config, &metrics, &deliver, &lost) => {
+                (reason, why) = accept_inbound(stream, &config, &metrics, sinks) => {
                     metrics.inc("cohort_peer_connections_rejected_total", &format!("reason=\"{reason}\""));
                     if reason == "closed" {
                         tracing::debug!(%remote, "peer connection closed: {why}");
@@ -464,19 +510,35 @@ pub async fn run_inbound<M: DeserializeOwned + Serialize + Send + 'static>(
     }
 }
 
+/// Where an inbound connection's frames go.
+struct Sinks<'a, M> {
+    /// Protocol messages, to the event loop.
+    deliver: &'a mpsc::Sender<(NodeId, M)>,
+    /// The hint that a peer's connection closed.
+    lost: &'a mpsc::Sender<NodeId>,
+    /// Forwarded requests and answers.
+    forwarding: &'a Arc<Forwarding>,
+}
+
+impl<M> Clone for Sinks<'_, M> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<M> Copy for Sinks<'_, M> {}
+
 /// Runs the TLS handshake (when the node has peer TLS), then serves the
 /// connection; returns why it ended (a metric label and a message).
 async fn accept_inbound<M: DeserializeOwned + Serialize>(
     tcp: TcpStream,
     config: &RuntimeConfig,
     metrics: &Metrics,
-    deliver: &mpsc::Sender<(NodeId, M)>,
-    lost: &mpsc::Sender<NodeId>,
+    sinks: Sinks<'_, M>,
 ) -> (&'static str, String) {
     let _ = tcp.set_nodelay(true);
     let deadline = tokio::time::Instant::now() + config.handshake_timeout();
     match &config.security.peer_tls {
-        None => serve_inbound(tcp, None, deadline, config, metrics, deliver, lost).await,
+        None => serve_inbound(tcp, None, deadline, config, metrics, sinks).await,
         Some(tls) => match tokio::time::timeout_at(deadline, tls.acceptor.accept(tcp)).await {
             Err(_) => ("handshake_timeout", "no TLS handshake in time".into()),
             Ok(Err(e)) => ("tls_refused", format!("TLS handshake failed: {e}")),
@@ -490,7 +552,7 @@ async fn accept_inbound<M: DeserializeOwned + Serialize>(
                 match cert {
                     None => ("tls_refused", "no client certificate".into()),
                     Some(cert) => {
-                        serve_inbound(s, Some(cert), deadline, config, metrics, deliver, lost).await
+                        serve_inbound(s, Some(cert), deadline, config, metrics, sinks).await
                     }
                 }
             }
@@ -506,9 +568,13 @@ async fn serve_inbound<M: DeserializeOwned + Serialize>(
     deadline: tokio::time::Instant,
     config: &RuntimeConfig,
     metrics: &Metrics,
-    deliver: &mpsc::Sender<(NodeId, M)>,
-    lost: &mpsc::Sender<NodeId>,
+    sinks: Sinks<'_, M>,
 ) -> (&'static str, String) {
+    let Sinks {
+        deliver,
+        lost,
+        forwarding,
+    } = sinks;
     let hello =
         tokio::time::timeout_at(deadline, read_frame(&mut stream, HANDSHAKE_BYTES_MAX)).await;
     let hello = match hello {
@@ -603,8 +669,19 @@ async fn serve_inbound<M: DeserializeOwned + Serialize>(
             "",
             4 + frame.len() as u64,
         );
-        let msg = match cohort_core::decode::<M>(&frame, limit) {
-            Ok(m) => m,
+        let msg = match cohort_core::decode::<PeerFrame<M>>(&frame, limit) {
+            Ok(PeerFrame::Protocol(m)) => m,
+            Ok(PeerFrame::Forward {
+                request_id,
+                request,
+            }) => {
+                forwarding.serve(from, request_id, request);
+                continue;
+            }
+            Ok(PeerFrame::ForwardReply { request_id, reply }) => {
+                forwarding.complete(from, request_id, reply);
+                continue;
+            }
             Err(e) => {
                 return (
                     "malformed_frame",
@@ -626,5 +703,40 @@ async fn serve_inbound<M: DeserializeOwned + Serialize>(
                 "reason=\"inbound_full\"",
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cohort_core::TaskId;
+
+    #[test]
+    fn a_borrowed_protocol_message_encodes_as_the_frames_protocol_variant() {
+        let msg = (7u64, String::from("message"));
+        let bytes = encode_message(&msg);
+        assert_eq!(
+            bytes,
+            cohort_core::encode(&PeerFrame::Protocol(msg.clone()))
+        );
+        let back: PeerFrame<(u64, String)> = cohort_core::decode(&bytes, 1024).unwrap();
+        assert_eq!(back, PeerFrame::Protocol(msg));
+    }
+
+    #[test]
+    fn forwarding_frames_decode_whatever_the_modes_message_type() {
+        let reply: PeerFrame<()> = PeerFrame::ForwardReply {
+            request_id: 9,
+            reply: Err(ClientError::NotFound { id: TaskId(3) }),
+        };
+        let bytes = cohort_core::encode(&reply);
+        let back: PeerFrame<(u64, String)> = cohort_core::decode(&bytes, 1024).unwrap();
+        assert_eq!(
+            back,
+            PeerFrame::ForwardReply {
+                request_id: 9,
+                reply: Err(ClientError::NotFound { id: TaskId(3) }),
+            }
+        );
     }
 }

@@ -392,11 +392,14 @@ async fn a_plain_http_client_against_a_tls_api_fails_cleanly_and_a_tls_client_ge
     n.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_secure_three_node_static_cluster_runs_a_task() {
-    let dir = tempfile::tempdir().unwrap();
+/// Three static nodes with API tokens, TLS on the API and mutual TLS
+/// between peers, `coordinator` deciding.
+async fn secure_static_cluster(
+    dir: &std::path::Path,
+    certs: &DevCerts,
+    coordinator: NodeId,
+) -> Vec<RunningNode> {
     let ids = [NodeId(1), NodeId(2), NodeId(3)];
-    let certs = DevCerts::generate("secure", &ids, &[]).unwrap();
     let mut listeners = BTreeMap::new();
     let mut peer_addrs: BTreeMap<NodeId, SocketAddr> = BTreeMap::new();
     let mut http_addrs = BTreeMap::new();
@@ -415,7 +418,7 @@ async fn a_secure_three_node_static_cluster_runs_a_task() {
             .filter(|(k, _)| **k != id)
             .map(|(k, v)| (*k, *v))
             .collect();
-        let mut config = RuntimeConfig::new("secure", "static", peers, others, dir.path());
+        let mut config = RuntimeConfig::new("secure", "static", peers, others, dir);
         config.http_addrs = http_addrs.clone();
         let pem = certs.node_pem(id).unwrap();
         config.security.tokens = Some(tokens());
@@ -425,10 +428,14 @@ async fn a_secure_three_node_static_cluster_runs_a_task() {
             registry: Registry::with_builtins(false),
             ..NodeOptions::default()
         };
+        let static_config = StaticConfig {
+            coordinator: Some(coordinator),
+            ..StaticConfig::default()
+        };
         nodes.push(
             cohort_runtime::start::<StaticNode>(
                 config,
-                StaticConfig::default(),
+                static_config,
                 options,
                 Listeners { peer, http },
             )
@@ -436,6 +443,14 @@ async fn a_secure_three_node_static_cluster_runs_a_task() {
             .unwrap(),
         );
     }
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secure_three_node_static_cluster_runs_a_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = DevCerts::generate("secure", &[NodeId(1), NodeId(2), NodeId(3)], &[]).unwrap();
+    let nodes = secure_static_cluster(dir.path(), &certs, NodeId(1)).await;
     let client = |node: &RunningNode| {
         Client::with_options(
             &node.http_addr().to_string(),
@@ -470,6 +485,105 @@ async fn a_secure_three_node_static_cluster_runs_a_task() {
             ),
             0
         );
+        n.shutdown().await.unwrap();
+    }
+}
+
+/// A schedule's links run on whichever node they are assigned to. On one
+/// that does not decide they forward their requests to the coordinator
+/// over the (mutually authenticated) peer transport: before, they went to
+/// its HTTP API, which in a cluster with tokens and TLS refused a node that
+/// holds no credential, so every link on a worker failed and ticks fired
+/// only when one happened to run on the coordinator. Here the coordinator
+/// is node 3 and idle ties go to node 1, so links run on a worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedule_links_on_a_worker_of_a_secure_cluster_forward_over_the_peer_transport() {
+    use cohort_core::schedule::{IdTag, ScheduleName};
+    use cohort_runtime::http::ScheduleBody;
+
+    const EVERY_MS: u64 = 200;
+    const TICKS: u64 = 6;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = DevCerts::generate("secure", &[NodeId(1), NodeId(2), NodeId(3)], &[]).unwrap();
+    let coordinator = NodeId(3);
+    let nodes = secure_static_cluster(dir.path(), &certs, coordinator).await;
+    let admin = Client::with_options(
+        &nodes[0].http_addr().to_string(),
+        ClientOptions {
+            token: Some(ADMIN.into()),
+            ca_pem: Some(certs.ca_cert.clone().into_bytes()),
+            identity_pem: None,
+        },
+    )
+    .unwrap();
+    let schedule = ScheduleBody {
+        name: "secure-tick".into(),
+        every_ms: Some(EVERY_MS),
+        start_ms: None,
+        cron: None,
+        overlap: Some("allow".into()),
+        catch_up_window_ms: Some(60_000),
+        task: body("echo", "tick"),
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let pause = || async {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the schedule did not fire its ticks within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    while let Err(e) = admin.schedule_create(&schedule).await {
+        assert!(e.is_retryable(), "create refused: {e}");
+        pause().await;
+    }
+    let from = loop {
+        match admin.schedule_get("secure-tick").await {
+            Ok(v) if v.started => break v.first_tick_ms.expect("a started schedule's first tick"),
+            _ => pause().await,
+        }
+    };
+    let name = ScheduleName::new("secure-tick").unwrap();
+    let ticks: Vec<u64> = (0..TICKS).map(|i| from + i * EVERY_MS).collect();
+    for &t in &ticks {
+        let id = name.task_id(IdTag::Fire(t)).to_string();
+        while admin.get(&id, false, None).await.is_err() {
+            pause().await;
+        }
+    }
+    // The links that fired them (a late link fires every tick due, so
+    // not every tick has one of its own) succeeded at their first attempt.
+    let links = std::iter::once(IdTag::First).chain(ticks[1..].iter().map(|&t| IdTag::Link(t)));
+    let mut runners = Vec::new();
+    for tag in links {
+        let id = name.task_id(tag).to_string();
+        let v = match admin.get(&id, false, Some(Duration::from_secs(10))).await {
+            Err(CallError::Api { status: 404, .. }) => continue,
+            r => r.unwrap(),
+        };
+        assert_eq!(v.state, "succeeded", "{v:?}");
+        let events = admin.events(&id, false).await.unwrap();
+        assert!(
+            events.events.iter().all(|e| e.event != "attempt_failed"),
+            "a link failed an attempt: {events:?}"
+        );
+        runners.extend(
+            events
+                .events
+                .iter()
+                .filter(|e| e.event == "assigned")
+                .filter_map(|e| e.node),
+        );
+    }
+    assert!(
+        runners.iter().any(|&n| n != coordinator.0),
+        "no link ran on a worker: {runners:?}"
+    );
+    let served = nodes[2]
+        .metrics()
+        .counter("cohort_forwards_total", "outcome=\"served\"");
+    assert!(served > 0, "the coordinator served no forwarded request");
+    for n in nodes {
         n.shutdown().await.unwrap();
     }
 }
