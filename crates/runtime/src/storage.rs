@@ -1,7 +1,7 @@
 //! One redb file per node holding the core's key-value space ([`StoreOp`]),
 //! with a write-ahead log beside it (`node-N.wal`, [`crate::wal`]): a
 //! batch is durable once appended there, and redb commits durably every
-//! [`crate::wal::CHECKPOINT_BYTES`] of log (and at a clean close).
+//! [`crate::wal::CHECKPOINT_BYTES`] of log on average (and at a clean close).
 //!
 //! The file has two tables: `meta` (one record: format version, cluster id,
 //! node id) and `kv` (the core's keys). A new file is built under a

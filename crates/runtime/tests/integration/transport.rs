@@ -267,3 +267,86 @@ async fn silent_connections_time_out_and_excess_connections_are_refused() {
     assert_eq!(reply, HelloReply::Accepted);
     n1.shutdown().await.unwrap();
 }
+
+/// The forwarding frames on a raw peer link: a member's `Forward` is
+/// answered from the node's core with a `ForwardReply` on the node's own
+/// connection to that member; an answer to nothing the node asked is
+/// ignored and counted; the node keeps serving its clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_request_is_answered_on_the_nodes_own_link_and_a_stray_answer_is_ignored() {
+    use cohort_core::{ClientError, ClientRequest, Consistency, TaskId};
+    use cohort_runtime::transport::PeerFrame;
+    type Frame = PeerFrame<()>;
+
+    let mut c = Cluster::new(2, Limits::default()).await;
+    let peer_addr = c.peer_addrs[&NodeId(1)];
+    // This test plays node 2: it holds its listener, where node 1 dials.
+    let n2_listener = c.peer_listeners.remove(&NodeId(2)).unwrap();
+    let n1 = c.start(NodeId(1), Registry::with_builtins(false)).await;
+    let m = n1.metrics();
+    let (mut back, _) = tokio::time::timeout(Duration::from_secs(5), n2_listener.accept())
+        .await
+        .expect("node 1 dials its peer")
+        .unwrap();
+    let hello_in = read_frame(&mut back, 1024).await.unwrap();
+    let hello_in: Hello = cohort_core::decode(&hello_in, 1024).unwrap();
+    assert_eq!((hello_in.from, hello_in.to), (NodeId(1), NodeId(2)));
+    write_frame(&mut back, &cohort_core::encode(&HelloReply::Accepted))
+        .await
+        .unwrap();
+
+    let (mut s, reply) = handshake(peer_addr, &hello("test-cluster", PROTOCOL_VERSION, 2)).await;
+    assert_eq!(reply, HelloReply::Accepted);
+    // A stray answer first: nothing was asked under this number.
+    let stray = Frame::ForwardReply {
+        request_id: 77,
+        reply: Err(ClientError::NotFound { id: TaskId(1) }),
+    };
+    write_frame(&mut s, &cohort_core::encode(&stray))
+        .await
+        .unwrap();
+    let missing = TaskId(0xfeed);
+    let ask = Frame::Forward {
+        request_id: 5,
+        request: ClientRequest::Get {
+            id: missing,
+            consistency: Consistency::Linearizable,
+        },
+    };
+    write_frame(&mut s, &cohort_core::encode(&ask))
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let f = read_frame(&mut back, 1 << 20).await.unwrap();
+            // Node 1's link may carry its protocol messages too.
+            if let Ok(f @ Frame::ForwardReply { .. }) = cohort_core::decode::<Frame>(&f, 1 << 20) {
+                return f;
+            }
+        }
+    })
+    .await
+    .expect("the forward is answered");
+    assert_eq!(
+        answer,
+        Frame::ForwardReply {
+            request_id: 5,
+            reply: Err(ClientError::NotFound { id: missing }),
+        }
+    );
+    assert_eq!(
+        m.counter("cohort_forwards_total", "outcome=\"unmatched_reply\""),
+        1
+    );
+    assert_eq!(m.counter("cohort_forwards_total", "outcome=\"served\""), 1);
+    // The connection is still open and the node serves clients.
+    assert_eq!(
+        m.counter_sum("cohort_peer_connections_rejected_total"),
+        0,
+        "a forwarding frame closed the connection"
+    );
+    let client = Client::new(&n1.http_addr().to_string());
+    assert!(client.health().await.is_ok());
+    drop(s);
+    n1.shutdown().await.unwrap();
+}
