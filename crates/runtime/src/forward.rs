@@ -25,6 +25,7 @@
 //! [`PeerFrame::Forward`]: crate::transport::PeerFrame::Forward
 //! [`PeerFrame::ForwardReply`]: crate::transport::PeerFrame::ForwardReply
 
+use crate::config::RuntimeConfig;
 use crate::driver::Control;
 use crate::metrics::Metrics;
 use crate::transport::{Outbound, PeerFrame};
@@ -72,23 +73,22 @@ impl std::fmt::Debug for Forwarding {
 }
 
 impl Forwarding {
-    /// Forwarding for node `me`, sending through `outbound`.
+    /// Forwarding for the node of `config`, asking its core through
+    /// `control` and sending through `outbound`.
     pub(crate) fn new(
-        me: NodeId,
+        config: &RuntimeConfig,
         control: mpsc::Sender<Control>,
         outbound: Arc<Outbound>,
         metrics: Arc<Metrics>,
-        request_timeout: Duration,
-        message_bytes_max: usize,
-        in_flight_max: usize,
     ) -> Forwarding {
+        let in_flight_max = config.transport.forwards_in_flight_max;
         Forwarding {
-            me,
+            me: config.peers.id,
             control,
             outbound,
             metrics,
-            request_timeout,
-            message_bytes_max,
+            request_timeout: Duration::from_millis(config.client.request_timeout_ms),
+            message_bytes_max: config.peers.limits.message_bytes_max,
             in_flight_max,
             pending: Mutex::new(Pending::default()),
             serving: Arc::new(Semaphore::new(in_flight_max)),

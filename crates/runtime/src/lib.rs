@@ -311,13 +311,10 @@ pub async fn start<N: Node + Send + 'static>(
     // than the first few.
     let (lost_tx, lost_rx) = mpsc::channel(64);
     let forwarding = Arc::new(forward::Forwarding::new(
-        id,
+        &config,
         control_tx.clone(),
         outbound.clone(),
         metrics.clone(),
-        std::time::Duration::from_millis(config.client.request_timeout_ms),
-        config.peers.limits.message_bytes_max,
-        config.transport.forwards_in_flight_max,
     ));
     let inbound = tokio::spawn(transport::run_inbound::<N::Message>(
         listeners.peer,
