@@ -121,6 +121,7 @@ pub(crate) fn body(id: TaskId) -> SubmitBody {
         heartbeat_timeout_ms: None,
         labels: None,
         limit: None,
+        lease_grace_ms: None,
     }
 }
 

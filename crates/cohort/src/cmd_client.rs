@@ -66,7 +66,7 @@ pub struct SubmitArgs {
     /// Submit many tasks in one `POST /v1/tasks:batch` instead: a file
     /// (`-` for stdin) with one submit body per line, e.g.
     /// `{"id":"a1","kind":"echo","payload":"hi"}`. Prints the ids in order.
-    #[arg(long, conflicts_with_all = ["kind", "id", "idempotency_key", "dedupe_key", "wait", "not_before_ms", "delay", "backoff_initial_ms", "backoff_max_ms", "non_retryable", "schedule_to_start_ms", "priority", "heartbeat_timeout_ms", "labels", "limit_key"])]
+    #[arg(long, conflicts_with_all = ["kind", "id", "idempotency_key", "dedupe_key", "wait", "not_before_ms", "delay", "backoff_initial_ms", "backoff_max_ms", "non_retryable", "schedule_to_start_ms", "priority", "heartbeat_timeout_ms", "lease_grace_ms", "labels", "limit_key"])]
     pub batch: Option<PathBuf>,
     /// Payload text (sleep: milliseconds or {"ms":N}; hash: {"rounds":N,"data":"..."}; exec: a command line).
     #[arg(long, default_value = "")]
@@ -125,6 +125,11 @@ pub struct SubmitArgs {
     /// attempt (class `heartbeat_timeout`); default: none.
     #[arg(long)]
     pub heartbeat_timeout_ms: Option<u64>,
+    /// How long past its timeout the cluster waits for an attempt's
+    /// outcome before it ends the lease itself (1000 to 3600000; default:
+    /// the kind's, else the timeout again within 1 to 10 s).
+    #[arg(long)]
+    pub lease_grace_ms: Option<u64>,
     /// Routing: a worker label a node must carry to run the task (repeat
     /// for more; a node must carry every one). A queue is a label its
     /// workers carry (`--label queue=reports`).
@@ -401,6 +406,7 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
             heartbeat_timeout_ms: args.heartbeat_timeout_ms,
             labels: (!args.labels.is_empty()).then(|| args.labels.clone()),
             limit: args.limit.body(),
+            lease_grace_ms: args.lease_grace_ms,
         };
         let id = match &args.dedupe_key {
             Some(key) => {
@@ -881,6 +887,7 @@ pub fn schedule(args: ScheduleArgs) -> anyhow::Result<()> {
                         heartbeat_timeout_ms: None,
                         labels: (!a.labels.is_empty()).then(|| a.labels.clone()),
                         limit: a.limit.body(),
+                        lease_grace_ms: None,
                     },
                 };
                 let client = a.target.auth.client(&a.target.node)?;

@@ -353,6 +353,7 @@ async fn run_mode(mode: &'static Mode, args: &DemoArgs) -> anyhow::Result<Report
             heartbeat_timeout_ms: None,
             labels: None,
             limit: None,
+            lease_grace_ms: None,
         };
         joins.push(tokio::spawn(async move {
             let _permit = permit;

@@ -619,7 +619,7 @@ mod tests {
     /// held its concurrency-1 key's only place for 10.5 s, the flat lease
     /// grace, and the key's backlog could not drain in what was left of
     /// the liveness phase (G4). The grace is now the task's timeout within
-    /// 1-10 s (`Task::lease_grace_ms`).
+    /// 1-10 s (`Task::effective_lease_grace_ms`).
     #[test]
     fn regression_a_stuck_short_task_frees_its_keys_place_within_its_own_grace() {
         passes_limits_gate(1571);

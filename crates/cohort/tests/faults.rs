@@ -144,6 +144,8 @@ fn the_harness_checkers_report_a_lost_task_a_stale_result_and_an_unfinished_task
         heartbeat_timeout_ms: 0,
         labels: Vec::new(),
         limit: None,
+        lease_grace_ms: 0,
+        retry_of: None,
     };
     let at = |ms: u64| start + ms * 1000;
     let mut client = vec![

@@ -71,6 +71,8 @@ mod tests {
             heartbeat_timeout_ms: 0,
             labels: Vec::new(),
             limit: None,
+            lease_grace_ms: 0,
+            retry_of: None,
         };
         let bytes = encode(&t);
         assert_eq!(decode::<Task>(&bytes, 1024).unwrap(), t);

@@ -92,7 +92,8 @@
 //!
 //! let task = Task { kind: "echo".into(), payload: vec![], timeout_ms: 1000, max_attempts: 1,
 //!                    not_before: Time::ZERO, retry: Default::default(), schedule_to_start_ms: 0,
-//!                    priority: 0, heartbeat_timeout_ms: 0, labels: vec![], limit: None };
+//!                    priority: 0, heartbeat_timeout_ms: 0, labels: vec![], limit: None,
+//!                    lease_grace_ms: 0, retry_of: None };
 //! let key = DedupeKey::new(b"nightly-report").unwrap();
 //! let mut submit = DedupeSubmit::new(key, task, 8);
 //! // An empty cluster: generation 0 does not exist, so it is submitted.
@@ -576,6 +577,8 @@ mod tests {
             heartbeat_timeout_ms: 0,
             labels: Vec::new(),
             limit: None,
+            lease_grace_ms: 0,
+            retry_of: None,
         }
     }
 

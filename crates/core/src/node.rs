@@ -592,6 +592,18 @@ impl Limits {
                 ),
             });
         }
+        if task.lease_grace_ms > 0
+            && !(crate::task::LEASE_GRACE_MIN_MS..=crate::task::LEASE_GRACE_SETTING_MS_MAX)
+                .contains(&task.lease_grace_ms)
+        {
+            return Err(ClientError::InvalidTask {
+                reason: format!(
+                    "lease_grace_ms must be {}..={} (or 0 for the default)",
+                    crate::task::LEASE_GRACE_MIN_MS,
+                    crate::task::LEASE_GRACE_SETTING_MS_MAX
+                ),
+            });
+        }
         crate::task::valid_labels(&task.labels)
             .map_err(|reason| ClientError::InvalidTask { reason })?;
         if let Some(limit) = &task.limit {
@@ -718,6 +730,8 @@ mod tests {
             heartbeat_timeout_ms: 0,
             labels: Vec::new(),
             limit: None,
+            lease_grace_ms: 0,
+            retry_of: None,
         };
         assert_eq!(
             limits.check_task(&task),

@@ -430,6 +430,8 @@ fn reserved_task(payload: &SchedulePayload, not_before: Time, attempts: u32) -> 
         heartbeat_timeout_ms: 0,
         labels: Vec::new(),
         limit: None,
+        lease_grace_ms: 0,
+        retry_of: None,
     }
 }
 
@@ -1034,6 +1036,8 @@ mod tests {
                 heartbeat_timeout_ms: 0,
                 labels: Vec::new(),
                 limit: None,
+                lease_grace_ms: 0,
+                retry_of: None,
             },
         }
     }

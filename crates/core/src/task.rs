@@ -53,6 +53,19 @@ pub struct Task {
     /// and static mode) or by the key's permit record (leaderless mode)
     /// (`None`: no limit).
     pub limit: Option<TaskLimit>,
+    /// How long past its timeout an assignment's lease lasts before the
+    /// cluster ends it (0: the default, see [`Task::effective_lease_grace_ms`];
+    /// otherwise [`LEASE_GRACE_MIN_MS`] to [`LEASE_GRACE_SETTING_MS_MAX`]).
+    /// A handler its runner cannot stop holds its slot, and a limited task
+    /// its key's place, this long past its timeout; a longer grace gives a
+    /// runner slow to report (a large result, a slow disk) more time before
+    /// its attempt is counted as failed.
+    pub lease_grace_ms: u64,
+    /// A manual retry's link: the failed or cancelled task this one was
+    /// created to run again (`None`: a task submitted as itself). Set by the
+    /// retry endpoint, not by a submit body, and decided with the task like
+    /// the rest of its body.
+    pub retry_of: Option<crate::ids::TaskId>,
 }
 
 /// A cluster-wide limit on the tasks that name one key: a per-kind limit
@@ -140,7 +153,8 @@ impl TaskLimit {
 /// The longest a coordinator waits past a running task's start-to-close
 /// timeout (`timeout_ms`) for its runner's outcome before it ends the
 /// lease itself (note reason `LeaseExpired`); a task's own grace is its
-/// timeout within [`LEASE_GRACE_MIN_MS`]..=this ([`Task::lease_grace_ms`]).
+/// timeout within [`LEASE_GRACE_MIN_MS`]..=this unless it sets its own
+/// ([`Task::effective_lease_grace_ms`]).
 /// The ended lease is a failed attempt, of error class `lease_expired`
 /// ([`Task::lease_expired_error`]): it counts against `max_attempts` and is
 /// retried, under the next epoch, after the retry policy's backoff, so a
@@ -149,9 +163,15 @@ impl TaskLimit {
 /// reports a failure, and a runner that is lost is declared dead within
 /// `alpha * worker_heartbeat_ms`: the lease ends a task only when neither
 /// happened, e.g. a live runner whose handler could not be stopped.
-/// Constants and the task's own timeout, not settings: every node computes
-/// the same lease from the same record.
+/// Constants and the task's own fields: every node computes the same lease
+/// from the same record.
 pub const LEASE_GRACE_MS: u64 = 10_000;
+
+/// The longest grace a task may set for itself ([`Task::lease_grace_ms`]):
+/// an hour. A runner lost to the cluster is dealt with by failure
+/// detection, not by the grace, so a longer one only delays the end of a
+/// stuck handler's lease.
+pub const LEASE_GRACE_SETTING_MS_MAX: u64 = 60 * 60 * 1000;
 
 /// The shortest grace past the timeout (see [`LEASE_GRACE_MS`]): time for
 /// the runner's own timeout report to be decided, and for the clocks of
@@ -169,13 +189,17 @@ impl Task {
         Duration::from_millis(self.timeout_ms)
     }
 
-    /// How long past its timeout a lease of this task lasts: the timeout
-    /// again, at least [`LEASE_GRACE_MIN_MS`] and at most
-    /// [`LEASE_GRACE_MS`]. A handler that cannot be stopped holds its
-    /// slot, and a limited task its key's place, that long past its
-    /// timeout: a flat 10 s held a 500 ms task's concurrency-1 key for 21
-    /// times its run (`cohort sim` leaderless limits seeds 1571 and 1728).
-    pub fn lease_grace_ms(&self) -> u64 {
+    /// How long past its timeout a lease of this task lasts: its own
+    /// [`Task::lease_grace_ms`] when set, else the timeout again, at least
+    /// [`LEASE_GRACE_MIN_MS`] and at most [`LEASE_GRACE_MS`]. A handler
+    /// that cannot be stopped holds its slot, and a limited task its key's
+    /// place, that long past its timeout: a flat 10 s held a 500 ms task's
+    /// concurrency-1 key for 21 times its run (`cohort sim` leaderless
+    /// limits seeds 1571 and 1728).
+    pub fn effective_lease_grace_ms(&self) -> u64 {
+        if self.lease_grace_ms > 0 {
+            return self.lease_grace_ms;
+        }
         self.timeout_ms.clamp(LEASE_GRACE_MIN_MS, LEASE_GRACE_MS)
     }
 
@@ -183,7 +207,7 @@ impl Task {
     /// renewed) at `assigned_at` ends, unless its runner reported an
     /// outcome.
     pub fn lease_ends(&self, assigned_at: Time) -> Time {
-        assigned_at + self.timeout() + Duration::from_millis(self.lease_grace_ms())
+        assigned_at + self.timeout() + Duration::from_millis(self.effective_lease_grace_ms())
     }
 
     /// When a task that became pending at `since` fails unless started
@@ -218,9 +242,9 @@ impl Task {
     pub fn lease_expired_error(&self) -> String {
         format!(
             "{LEASE_EXPIRED_CLASS}: no outcome within {} ms ({} ms timeout and {} ms grace) of the assignment or its latest recorded heartbeat",
-            self.timeout_ms.saturating_add(self.lease_grace_ms()),
+            self.timeout_ms.saturating_add(self.effective_lease_grace_ms()),
             self.timeout_ms,
-            self.lease_grace_ms()
+            self.effective_lease_grace_ms()
         )
     }
 
@@ -754,9 +778,9 @@ mod tests {
             timeout_ms,
             ..plain()
         };
-        assert_eq!(with(500).lease_grace_ms(), LEASE_GRACE_MIN_MS);
-        assert_eq!(with(3_000).lease_grace_ms(), 3_000);
-        assert_eq!(with(3_600_000).lease_grace_ms(), LEASE_GRACE_MS);
+        assert_eq!(with(500).effective_lease_grace_ms(), LEASE_GRACE_MIN_MS);
+        assert_eq!(with(3_000).effective_lease_grace_ms(), 3_000);
+        assert_eq!(with(3_600_000).effective_lease_grace_ms(), LEASE_GRACE_MS);
         assert_eq!(
             with(500).lease_ends(Time::from_millis(100)),
             Time::from_millis(1_600)
@@ -769,6 +793,27 @@ mod tests {
         assert!(with(500)
             .lease_expired_error()
             .contains("1500 ms (500 ms timeout and 1000 ms grace)"));
+    }
+
+    /// A task's own grace replaces the derived one, whatever its timeout;
+    /// 0 keeps the derived one.
+    #[test]
+    fn a_tasks_own_lease_grace_replaces_the_derived_one() {
+        let with = |timeout_ms, lease_grace_ms| Task {
+            timeout_ms,
+            lease_grace_ms,
+            ..plain()
+        };
+        assert_eq!(with(500, 0).effective_lease_grace_ms(), LEASE_GRACE_MIN_MS);
+        assert_eq!(with(500, 30_000).effective_lease_grace_ms(), 30_000);
+        assert_eq!(with(3_600_000, 2_000).effective_lease_grace_ms(), 2_000);
+        assert_eq!(
+            with(500, 30_000).lease_ends(Time::from_millis(100)),
+            Time::from_millis(30_600)
+        );
+        assert!(with(500, 30_000)
+            .lease_expired_error()
+            .contains("30500 ms (500 ms timeout and 30000 ms grace)"));
     }
 
     #[test]
@@ -918,6 +963,8 @@ mod tests {
             heartbeat_timeout_ms: 0,
             labels: Vec::new(),
             limit: None,
+            lease_grace_ms: 0,
+            retry_of: None,
         };
         let (node, epoch) = (NodeId(1), Epoch(1));
         let history = |events: &[(u64, TaskEventKind)]| {
@@ -997,6 +1044,8 @@ mod tests {
             heartbeat_timeout_ms: 0,
             labels: Vec::new(),
             limit: None,
+            lease_grace_ms: 0,
+            retry_of: None,
         }
     }
 

@@ -48,7 +48,8 @@
 //! let task = Task { kind: "echo".into(), payload: b"hi".to_vec(), timeout_ms: 1_000, max_attempts: 3,
 //!                   not_before: cohort_core::Time::ZERO, retry: Default::default(),
 //!                   schedule_to_start_ms: 0, priority: 0,
-//!                   heartbeat_timeout_ms: 0, labels: vec![], limit: None };
+//!                   heartbeat_timeout_ms: 0, labels: vec![], limit: None,
+//!                   lease_grace_ms: 0, retry_of: None };
 //! node.handle_client(Time::from_millis(400), RequestId(1), ClientRequest::Submit { id: TaskId(1), task });
 //! let out = carry_out(&mut node, &mut timers);
 //! assert!(out.contains(&Action::Reply {

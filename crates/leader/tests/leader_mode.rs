@@ -221,7 +221,7 @@ fn a_hung_handler_on_a_live_runner_loses_its_lease_and_its_late_result_is_reject
         timeout_ms: 1_000,
         ..task("echo", b"x")
     };
-    assert_eq!(t.lease_grace_ms(), 1_000);
+    assert_eq!(t.effective_lease_grace_ms(), 1_000);
     let l = c.elect(3_000);
     c.run_for(300);
     c.submit(l, TaskId(1), t);

@@ -2793,7 +2793,7 @@ fn events_response(
 /// Whether the lease of `value`'s running assignment ended by `now`: the
 /// latest event of the assignment in the record, its claim or a recorded
 /// heartbeat (stamped by the claimer, by the runner), is older than the
-/// task's start-to-close timeout and its grace ([`Task::lease_grace_ms`]).
+/// task's start-to-close timeout and its grace ([`Task::effective_lease_grace_ms`]).
 /// The history always keeps its latest events, so the latest of these is
 /// there.
 fn lease_ended(task: &Task, value: &TaskValue, now: Time) -> bool {

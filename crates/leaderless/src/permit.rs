@@ -67,6 +67,8 @@ pub fn permit_task(key: &str) -> Task {
         heartbeat_timeout_ms: 0,
         labels: Vec::new(),
         limit: None,
+        lease_grace_ms: 0,
+        retry_of: None,
     }
 }
 

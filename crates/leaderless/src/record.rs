@@ -186,6 +186,8 @@ pub(crate) fn test_header(timeout_ms: u64) -> TaskHeader {
             heartbeat_timeout_ms: 0,
             labels: Vec::new(),
             limit: None,
+            lease_grace_ms: 0,
+            retry_of: None,
         },
         replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
         ring_epoch: 0,

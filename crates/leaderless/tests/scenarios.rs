@@ -220,18 +220,33 @@ fn when_the_owner_crashes_mid_run_the_next_live_replica_reclaims_with_a_higher_e
 /// A live owner whose handler hangs past the task's timeout and is never
 /// stopped: SWIM keeps it alive, so only its lease can end the run. The
 /// first other live replica ends it (`LeaseExpired`, a failed attempt)
-/// once its grace (`Task::lease_grace_ms`) past the timeout, the task runs under epoch 2, and
+/// once its grace (`Task::effective_lease_grace_ms`) past the timeout, the task runs under epoch 2, and
 /// the hung handler's result, when it comes at last, is rejected.
 #[test]
 fn a_hung_handler_on_a_live_owner_loses_its_lease_and_its_late_result_is_rejected() {
+    hung_handler_loses_its_lease(0);
+}
+
+/// The same with the task's own lease grace (6 s, where the derived one
+/// would be 1 s): the lease holds until that grace has passed.
+#[test]
+fn a_tasks_own_lease_grace_holds_a_hung_handlers_lease_that_long() {
+    hung_handler_loses_its_lease(6_000);
+}
+
+fn hung_handler_loses_its_lease(lease_grace_ms: u64) {
     let mut sim = Sim::new(7, 5, LeaderlessConfig::default());
     sim.run_for(1_000);
     let id = tid(41);
     sim.handlers.hang.insert(id);
     let t = cohort_core::Task {
         timeout_ms: 1_000,
+        lease_grace_ms,
         ..task(b"x")
     };
+    if lease_grace_ms > 0 {
+        assert_eq!(t.effective_lease_grace_ms(), lease_grace_ms);
+    }
     sim.client(
         NodeId(3),
         ClientRequest::Submit {
@@ -243,7 +258,7 @@ fn a_hung_handler_on_a_live_owner_loses_its_lease_and_its_late_result_is_rejecte
     let (owner, epoch) = sim.executions_of(id)[0];
     assert_eq!(epoch, Epoch(1));
     sim.handlers.hang.clear(); // the next run returns
-    let lease_ms = t.timeout_ms + t.lease_grace_ms();
+    let lease_ms = t.timeout_ms + t.effective_lease_grace_ms();
     sim.run_for(lease_ms - 600);
     assert!(sim.superseded(id).is_empty(), "within its lease");
     assert!(
@@ -299,7 +314,7 @@ fn an_ended_lease_on_the_last_attempt_fails_the_task() {
         task: task.clone(),
     };
     sim.client(NodeId(3), submit);
-    let lease_ms = task.timeout_ms + task.lease_grace_ms();
+    let lease_ms = task.timeout_ms + task.effective_lease_grace_ms();
     assert!(sim.run_until(lease_ms + 5_000, |s| s.decided(id).is_some()));
     let failed = TaskState::Failed {
         error: task.lease_expired_error(),

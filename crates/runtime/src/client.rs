@@ -81,6 +81,10 @@ pub struct TaskEventsView {
     pub events: Vec<TaskEventView>,
     /// Events dropped between the first and the latest kept.
     pub events_dropped: u32,
+    /// A manual retry's original: the hex id of the task it runs again
+    /// (`POST /v1/tasks/{id}/retry`), kept with the retry's record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<String>,
     /// What was submitted: the fields of a submit body (`kind`,
     /// `payload`/`payload_base64`, `timeout_ms`, ...).
     #[serde(rename = "task", default)]

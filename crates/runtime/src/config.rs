@@ -142,6 +142,10 @@ pub struct KindPolicy {
     /// The rate limit's window (default 1000 with `rate_max`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_window_ms: Option<u64>,
+    /// How long past a task's timeout the cluster waits for an attempt's
+    /// outcome before it ends the lease (see `Task::lease_grace_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_grace_ms: Option<u64>,
 }
 
 impl KindPolicy {

@@ -467,6 +467,11 @@ pub struct SubmitBody {
     /// the leader and static modes; the leaderless mode refuses it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<LimitBody>,
+    /// How long past `timeout_ms` the cluster waits for an attempt's
+    /// outcome before it ends the lease itself (1,000 to 3,600,000; absent
+    /// or 0: the kind's, else the timeout again within 1 to 10 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_grace_ms: Option<u64>,
 }
 
 /// The `limit` object of a submit body (see [`TaskLimit`]).
@@ -570,6 +575,7 @@ pub fn kind_policy_task(kind: &str, policy: &KindPolicy) -> Task {
         heartbeat_timeout_ms: None,
         labels: None,
         limit: None,
+        lease_grace_ms: None,
     };
     match submit_task(body, &policies) {
         Ok((_, task)) => task,
@@ -725,6 +731,11 @@ fn submit_task(
             .or_else(|| policy.and_then(|p| p.labels.clone()))
             .unwrap_or_default(),
         limit,
+        lease_grace_ms: req
+            .lease_grace_ms
+            .or(policy.and_then(|p| p.lease_grace_ms))
+            .unwrap_or(0),
+        retry_of: None,
     };
     Ok((id, task))
 }
@@ -1235,6 +1246,9 @@ async fn task_events(
         } => {
             let mut v = events_json(id, &state, &history);
             v["task"] = task_json(&task);
+            if let Some(original) = task.retry_of {
+                v["retry_of"] = json!(original.to_string());
+            }
             Ok(Json(v).into_response())
         }
         _ => Err(unexpected("an events read")),
@@ -1268,6 +1282,7 @@ pub fn task_json(task: &Task) -> serde_json::Value {
         "priority": task.priority,
         "heartbeat_timeout_ms": task.heartbeat_timeout_ms,
         "labels": task.labels,
+        "lease_grace_ms": task.lease_grace_ms,
     });
     if let Some(limit) = &task.limit {
         v["limit"] = limit_json(limit);
@@ -1321,6 +1336,12 @@ async fn retry_task(
     if task.kind == SCHEDULE_KIND {
         return Err(reserved_kind());
     }
+    // The link to the original is part of the retry's body, so it is
+    // decided and kept with the task (and shown in its events read).
+    let task = Task {
+        retry_of: Some(id),
+        ..task
+    };
     let mut body = unique_submit(&api, retry_key(id), task, &path).await?;
     body["retry_of"] = json!(id.to_string());
     api.metrics.inc("cohort_retries_total", "");
@@ -1911,6 +1932,7 @@ pub fn schedule_json(s: &Schedule) -> serde_json::Value {
             "priority": task.priority,
             "heartbeat_timeout_ms": task.heartbeat_timeout_ms,
             "labels": task.labels,
+            "lease_grace_ms": task.lease_grace_ms,
         },
     });
     if let Some(limit) = &task.limit {
@@ -2200,6 +2222,7 @@ mod tests {
             heartbeat_timeout_ms: None,
             labels: None,
             limit: None,
+            lease_grace_ms: Some(2_000),
         })
         .unwrap();
         for k in body.as_object().unwrap().keys() {

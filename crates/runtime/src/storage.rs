@@ -53,8 +53,9 @@ const META_KEY: &str = "identity";
 /// leaderless records carry a permit record's places and a limited
 /// task's grant. 11: the latest writes may be only in the write-ahead log
 /// beside the file (which a build of 10 would not read), and the identity
-/// record carries the number that binds that log to the file.
-pub const FORMAT_VERSION: u32 = 11;
+/// record carries the number that binds that log to the file. 12: a task
+/// carries its own lease grace and a manual retry's link to its original.
+pub const FORMAT_VERSION: u32 = 12;
 
 /// Who a data file belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

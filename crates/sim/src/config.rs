@@ -405,7 +405,7 @@ pub struct Workload {
     /// Fraction of executions whose handler cannot be stopped: it ignores
     /// its timeout and returns (successfully) only `stuck_ms` after it
     /// started, past its lease (`timeout_ms` plus its grace,
-    /// [`cohort_core::Task::lease_grace_ms`]), so the cluster must end the
+    /// [`cohort_core::Task::effective_lease_grace_ms`]), so the cluster must end the
     /// lease while its runner is alive (0: none, the default). Blocked, it
     /// does not beat: with a heartbeat timeout its runner's watchdog fails
     /// the attempt at that timeout instead. Drawn in the safety phase

@@ -38,6 +38,8 @@ fn task() -> Task {
         heartbeat_timeout_ms: 0,
         labels: Vec::new(),
         limit: None,
+        lease_grace_ms: 0,
+        retry_of: None,
     }
 }
 

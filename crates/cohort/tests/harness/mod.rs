@@ -752,6 +752,8 @@ async fn submitter(ctx: Arc<Ctx>, k: usize) {
             heartbeat_timeout_ms: 0,
             labels: Vec::new(),
             limit: None,
+            lease_grace_ms: 0,
+            retry_of: None,
         };
         submit(&ctx, id, task).await;
         // A read of an earlier task during the faults (G1, G2, G5).
@@ -792,6 +794,7 @@ async fn submit(ctx: &Ctx, id: TaskId, task: Task) {
         heartbeat_timeout_ms: None,
         labels: None,
         limit: None,
+        lease_grace_ms: None,
     };
     let give_up = Instant::now() + SUBMIT_GIVE_UP;
     let mut node = (ctx.draw() % ctx.clients.len() as u64) as usize;

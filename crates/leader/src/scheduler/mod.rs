@@ -941,6 +941,8 @@ mod tests {
             heartbeat_timeout_ms: 0,
             labels: Vec::new(),
             limit: None,
+            lease_grace_ms: 0,
+            retry_of: None,
         }
     }
 
@@ -1232,7 +1234,7 @@ mod tests {
     #[test]
     fn a_lease_ends_after_the_timeout_and_its_grace_and_fences_the_late_result() {
         let mut s = running_on_a();
-        let grace = std::time::Duration::from_millis(task().lease_grace_ms());
+        let grace = std::time::Duration::from_millis(task().effective_lease_grace_ms());
         let until = at(2) + task().timeout() + grace;
         assert_eq!(s.get(TaskId(1)).unwrap().lease_until, Some(until));
         assert_eq!(s.leases_ended(until).count(), 0);
@@ -1288,6 +1290,60 @@ mod tests {
             node: B,
         };
         assert!(!s.apply(7, late, &again).is_empty(), "the next epoch runs");
+    }
+
+    /// A task's own `lease_grace_ms` sets when its lease ends: not at the
+    /// derived grace (the timeout again, 1 to 10 s), but at its own.
+    #[test]
+    fn a_tasks_own_lease_grace_sets_when_its_lease_ends() {
+        let mut s = Scheduler::new(10, 16);
+        let own = Task {
+            lease_grace_ms: 25_000,
+            ..task()
+        };
+        assert_ne!(
+            own.effective_lease_grace_ms(),
+            task().effective_lease_grace_ms()
+        );
+        submit(&mut s, 1, 1, own.clone());
+        assert!(assign(&mut s, 2, 1, 1, A));
+        let until = at(2) + own.timeout() + std::time::Duration::from_millis(25_000);
+        assert_eq!(s.get(TaskId(1)).unwrap().lease_until, Some(until));
+        let derived_end = task().lease_ends(at(2));
+        assert!(derived_end < until);
+        assert_eq!(
+            s.leases_ended(Time(derived_end.as_micros() + 1)).count(),
+            0,
+            "the derived grace does not end it"
+        );
+        let expire = Command::ExpireLease {
+            id: TaskId(1),
+            epoch: Epoch(1),
+            jitter: 0,
+        };
+        assert!(
+            s.apply(3, Time(derived_end.as_micros() + 1), &expire)
+                .is_empty(),
+            "an expiry proposed at the derived end is a no-op"
+        );
+        let late = Time(until.as_micros() + 1);
+        assert_eq!(
+            s.leases_ended(Time(late.as_micros() + 1))
+                .collect::<Vec<_>>(),
+            vec![(TaskId(1), Epoch(1))]
+        );
+        assert!(
+            !s.apply(4, late, &expire).is_empty(),
+            "ended at its own grace"
+        );
+        let rec = s.get(TaskId(1)).unwrap();
+        assert_eq!(rec.state, TaskState::Pending);
+        assert!(
+            matches!(&rec.history.events.last().unwrap().what,
+                TaskEventKind::AttemptFailed { error, .. } if error.contains("25000 ms grace")),
+            "{:?}",
+            rec.history.events.last()
+        );
     }
 
     /// An ended lease counts against `max_attempts`: a handler that hangs

@@ -86,6 +86,8 @@ pub fn task(kind: &str, payload: &[u8]) -> Task {
         heartbeat_timeout_ms: 0,
         labels: Vec::new(),
         limit: None,
+        lease_grace_ms: 0,
+        retry_of: None,
     }
 }
 

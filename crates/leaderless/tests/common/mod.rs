@@ -21,6 +21,8 @@ use cohort_leaderless::{LeaderlessConfig, LeaderlessMessage, LeaderlessNode};
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
 
+// A test harness's event queue: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 enum Event {
     Deliver {
@@ -734,6 +736,8 @@ pub fn task(payload: &[u8]) -> Task {
         heartbeat_timeout_ms: 0,
         labels: Vec::new(),
         limit: None,
+        lease_grace_ms: 0,
+        retry_of: None,
     }
 }
 

@@ -102,6 +102,7 @@ fn probe(ms: u64) -> SubmitBody {
         heartbeat_timeout_ms: None,
         labels: None,
         limit: None,
+        lease_grace_ms: None,
     }
 }
 

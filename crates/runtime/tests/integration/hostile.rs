@@ -40,6 +40,7 @@ fn echo(payload: &str) -> SubmitBody {
         heartbeat_timeout_ms: None,
         labels: None,
         limit: None,
+        lease_grace_ms: None,
     }
 }
 
@@ -669,6 +670,8 @@ impl AckedWorkload {
                         heartbeat_timeout_ms: 0,
                         labels: Vec::new(),
                         limit: None,
+                        lease_grace_ms: 0,
+                        retry_of: None,
                     };
                     recorder.push(HistoryEvent::Submitted {
                         task,

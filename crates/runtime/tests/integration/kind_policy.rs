@@ -2,8 +2,8 @@
 //! leaves out `max_attempts` or a `retry` field gets its kind's policy, a
 //! field it gives wins, a kind without a policy keeps the node-wide
 //! defaults, and the resolved policy is stored with the task (its events
-//! read shows it). A policy for a kind with no handler stops the node from
-//! starting.
+//! read shows it), and so is a lease grace, the kind's or the task's own.
+//! A policy for a kind with no handler stops the node from starting.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 use crate::real;
@@ -25,6 +25,7 @@ fn sleep_policy() -> BTreeMap<String, KindPolicy> {
         backoff_initial_ms: Some(0),
         backoff_max_ms: Some(0),
         non_retryable: Some(vec!["invalid_payload".into()]),
+        lease_grace_ms: Some(4_000),
         ..KindPolicy::default()
     };
     BTreeMap::from([("sleep".to_string(), policy)])
@@ -68,6 +69,7 @@ async fn kinds_keep_their_policies(nodes: &[RunningNode]) {
         "{}",
         v.body
     );
+    assert_eq!(v.body["lease_grace_ms"], 4_000, "{}", v.body);
 
     // A field the body gives wins over the kind's: no class is final now,
     // so the task runs its 3 attempts (the policy's), retried at once.
@@ -96,6 +98,7 @@ async fn kinds_keep_their_policies(nodes: &[RunningNode]) {
     assert_eq!(v.task.attempts, Some(3), "{v:?}");
     let body = SubmitBody {
         max_attempts: Some(1),
+        lease_grace_ms: Some(2_500),
         retry: Some(RetryBody {
             non_retryable: Some(vec![]),
             ..RetryBody::default()
@@ -106,6 +109,28 @@ async fn kinds_keep_their_policies(nodes: &[RunningNode]) {
     let v = finished(&client, &id).await;
     assert_eq!(events(&v), ["submitted", "assigned", "failed"], "{v:?}");
     assert_eq!(v.body["max_attempts"], 1, "{}", v.body);
+    assert_eq!(v.body["lease_grace_ms"], 2_500, "{}", v.body);
+
+    // A grace outside 1 s to an hour is refused, and creates nothing.
+    for bad in [1, 999, 3_600_001] {
+        let body = SubmitBody {
+            id: Some(format!("{bad:x}")),
+            lease_grace_ms: Some(bad),
+            ..echo("bad grace")
+        };
+        match client.submit(&body).await {
+            Err(cohort_runtime::client::CallError::Api { status, code, .. }) => {
+                assert_eq!((status, code.as_str()), (400, "invalid_task"), "{bad}")
+            }
+            other => panic!("a lease grace of {bad} ms: {other:?}"),
+        }
+        match client.get(&format!("{bad:x}"), false, None).await {
+            Err(cohort_runtime::client::CallError::Api { status, .. }) => {
+                assert_eq!(status, 404, "{bad}")
+            }
+            other => panic!("a refused submit created {bad:x}: {other:?}"),
+        }
+    }
 
     // A kind without a policy keeps the node-wide defaults.
     let id = submit(&client, &echo("plain")).await;
@@ -122,6 +147,7 @@ async fn kinds_keep_their_policies(nodes: &[RunningNode]) {
         "{}",
         v.body
     );
+    assert_eq!(v.body["lease_grace_ms"], 0, "the derived grace: {}", v.body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

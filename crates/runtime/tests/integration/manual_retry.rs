@@ -98,13 +98,18 @@ async fn manual_and_bulk_retry(nodes: &[RunningNode]) {
     assert_eq!(v.task.state, "succeeded", "{v:?}");
     assert_eq!(v.task.result.as_deref(), Some("ok"));
     assert_eq!(v.body["payload"], "fatal: a", "{v:?}");
+    // The retry's record names its original (kept with the task, not only
+    // in the retry's answer); a task submitted as itself names none.
+    assert_eq!(v.retry_of.as_deref(), Some(a.as_str()), "{v:?}");
+    assert_eq!(client.events(&a, false).await.unwrap().retry_of, None);
     // The original is untouched.
     assert_eq!(client.get(&a, false, None).await.unwrap().state, "failed");
     // Once that retry is final, another retry is the chain's next.
     let next = client.retry(&a).await.unwrap();
     assert_eq!((next.deduplicated, next.generation), (false, 1), "{next:?}");
     assert_ne!(next.id, r.id);
-    finished(&client, &next.id).await;
+    let v = finished(&client, &next.id).await;
+    assert_eq!(v.retry_of.as_deref(), Some(a.as_str()), "{v:?}");
 
     // Only failed or cancelled tasks: a succeeded one is refused, and so
     // is an unknown id.
@@ -128,6 +133,8 @@ async fn manual_and_bulk_retry(nodes: &[RunningNode]) {
     assert_eq!(client.cancel(&c).await.unwrap().state, "cancelled");
     let rc = client.retry(&c).await.unwrap();
     assert!(!rc.deduplicated);
+    let v = client.events(&rc.id, false).await.unwrap();
+    assert_eq!(v.retry_of.as_deref(), Some(c.as_str()), "{v:?}");
 
     // Bulk: the failed tasks whose error's class is `bulk`, and no other.
     let b1 = submit(&client, &failing("bulk: one")).await;

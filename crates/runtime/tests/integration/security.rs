@@ -44,6 +44,7 @@ fn body(kind: &str, payload: &str) -> SubmitBody {
         heartbeat_timeout_ms: None,
         labels: None,
         limit: None,
+        lease_grace_ms: None,
     }
 }
 

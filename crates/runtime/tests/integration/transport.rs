@@ -134,6 +134,7 @@ async fn hostile_peer_connections_are_closed_with_a_reason_and_the_node_keeps_ru
             heartbeat_timeout_ms: None,
             labels: None,
             limit: None,
+            lease_grace_ms: None,
         })
         .await
         .unwrap();
@@ -206,6 +207,7 @@ async fn a_peer_that_never_answers_fills_only_its_own_bounded_queue() {
             heartbeat_timeout_ms: None,
             labels: None,
             limit: None,
+            lease_grace_ms: None,
         })
         .await
         .unwrap();

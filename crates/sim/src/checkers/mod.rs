@@ -208,6 +208,8 @@ pub(crate) mod test_support {
             heartbeat_timeout_ms: 0,
             labels: Vec::new(),
             limit: None,
+            lease_grace_ms: 0,
+            retry_of: None,
         }
     }
     pub fn acked(h: &mut History, ms: u64, node: u64) {

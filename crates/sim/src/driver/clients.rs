@@ -169,6 +169,18 @@ impl<N: Node> Sim<'_, N> {
             } else {
                 None
             },
+            // Drawn only when stuck handlers are asked for: half the tasks
+            // then set their own lease grace (1 to 3 s) instead of the
+            // derived one, so the cluster ends leases on both.
+            lease_grace_ms: if w.stuck_rate > 0.0 && self.rng.gen_bool(0.5) {
+                self.rng.gen_range(
+                    cohort_core::task::LEASE_GRACE_MIN_MS
+                        ..=3 * cohort_core::task::LEASE_GRACE_MIN_MS,
+                )
+            } else {
+                0
+            },
+            retry_of: None,
         };
         let op = self.ops.len();
         let now = self.now;

@@ -63,6 +63,8 @@ impl<N: Node> Sim<'_, N> {
                 heartbeat_timeout_ms: 0,
                 labels: Vec::new(),
                 limit: None,
+                lease_grace_ms: 0,
+                retry_of: None,
             },
             link_attempts: self.cfg.limits.attempts_max,
         }

@@ -163,6 +163,7 @@ pub fn echo(payload: &str) -> SubmitBody {
         heartbeat_timeout_ms: None,
         labels: None,
         limit: None,
+        lease_grace_ms: None,
     }
 }
 
