@@ -6,7 +6,7 @@ mod common;
 
 use cohort_core::{
     ClientError, ClientRequest, ClientResponse, Consistency, Epoch, Node, NodeId, Note,
-    SupersedeReason, TaskOutcome, TaskState,
+    SupersedeReason, TaskId, TaskOutcome, TaskState,
 };
 use cohort_leaderless::{placement, LeaderlessConfig, RingChange};
 use common::{task, tid, Sim};
@@ -822,6 +822,78 @@ fn the_removed_node_crashing_mid_hand_off_leaves_its_tasks_to_the_others() {
         NodeId(2),
         RingChange::Remove(NodeId(4)),
         HandOffFault::Crash(NodeId(4)),
+    );
+}
+
+/// Records an old replica keeps after their tasks moved away while
+/// running (history, see ALGORITHM.md *Ring changes*) do not stay for
+/// ever: the moved value names the new replicas, so the old replica's
+/// anti-entropy digests go to them and they answer with the task's final
+/// value once it ends; the record is then final and goes with retention
+/// like every record of the task.
+#[test]
+fn records_kept_after_their_tasks_moved_away_take_the_outcome_and_are_purged() {
+    let config = ring_of(5);
+    let limits = cohort_core::Limits {
+        succeeded_retained_ms: 5_000,
+        ..cohort_core::Limits::default()
+    };
+    let mut sim = Sim::with_limits(38, 6, config, limits);
+    sim.handlers.run_ms = (2_000, 2_500); // still running when they move
+    sim.run_for(1_000);
+    let ids: Vec<TaskId> = (0..40).map(|i| tid(38_000 + i)).collect();
+    for (i, &id) in ids.iter().enumerate() {
+        sim.submit(NodeId(1 + i as u64 % 4), id, b"x");
+    }
+    sim.run_for(300);
+    agree_ring_change(
+        &mut sim,
+        NodeId(1),
+        RingChange::Add(NodeId(6)),
+        1,
+        NodeId(0),
+        3_000,
+    );
+    let kept = |s: &Sim| -> Vec<(NodeId, TaskId, bool)> {
+        let mut kept = Vec::new();
+        for &m in s.members() {
+            for &id in &ids {
+                if let Some((_, v)) = s.node(m).record(id) {
+                    if !v.replicas.contains(&m)
+                        && !matches!(v.state, TaskState::Running { node, .. } if node == m)
+                    {
+                        kept.push((m, id, v.state.is_final()));
+                    }
+                }
+            }
+        }
+        kept
+    };
+    // Moved while running: some old replicas keep records not final.
+    assert!(
+        sim.run_until(1_500, |s| kept(s).iter().filter(|k| !k.2).count() >= 5),
+        "records moved away while their tasks ran: {:?}",
+        kept(&sim)
+    );
+    assert!(sim.run_until(10_000, |s| ids.iter().all(|&id| s.decided(id).is_some())));
+    // Each kept record takes its task's outcome...
+    assert!(
+        sim.run_until(5_000, |s| kept(s).iter().all(|k| k.2)),
+        "kept records still not final: {:?}",
+        kept(&sim).iter().filter(|k| !k.2).collect::<Vec<_>>()
+    );
+    for (m, id, _) in kept(&sim) {
+        let (_, v) = sim.node(m).record(id).expect("kept");
+        assert_eq!(Some(&v.state), sim.decided(id), "{m:?} {id:?}");
+    }
+    // ...and goes with its retention, like every record of the task.
+    assert!(
+        sim.run_until(10_000, |s| s
+            .members()
+            .iter()
+            .all(|&m| ids.iter().all(|&id| s.node(m).record(id).is_none()))),
+        "every record purged after its retention: {:?}",
+        kept(&sim)
     );
 }
 
