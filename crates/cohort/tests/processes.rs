@@ -918,6 +918,52 @@ fn cohort_submit_routes_by_label_and_stores_a_limit_with_the_task() {
         &[&submit_x(&l.http[0])[..], &keyless].concat(),
         "--limit-key",
     );
+
+    // A lease grace of the task's own is stored with it; one under 1 s is
+    // refused by the node.
+    let grace = ["--lease-grace-ms", "5000"];
+    let out = cli(&[&submit_x(&l.http[0])[..], &grace].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(wait_task(&l.http[0], &id)["state"], "succeeded");
+    assert_eq!(get_events(&l.http[0], &id)["task"]["lease_grace_ms"], 5000);
+    let short = ["--lease-grace-ms", "500"];
+    cli_refused(
+        &[&submit_x(&l.http[0])[..], &short].concat(),
+        "lease_grace_ms",
+    );
+
+    // `cohort retry` of a cancelled task: the retry's events name it.
+    let later = ["--delay", "60m"];
+    let out = cli(&[&submit_x(&l.http[2])[..], &later].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let original = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let out = cli(&["cancel", "--node", &l.http[2], &original]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&["retry", "--node", &l.http[1], &original]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8(out.stdout).unwrap();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(words[..2], [original.as_str(), "new"], "{line}");
+    let v = get_events(&l.http[0], words[2]);
+    assert_eq!(v["retry_of"], original.as_str(), "{v}");
+    assert!(get_events(&l.http[0], &original).get("retry_of").is_none());
 }
 
 /// `cohort submit --node NODE --kind echo --payload x`, to add flags to.
