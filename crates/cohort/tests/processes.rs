@@ -882,7 +882,7 @@ fn cohort_submit_routes_by_label_and_stores_a_limit_with_the_task() {
     }
     let bad_label = ["--label", "bad label"];
     cli_refused(&[&submit_x(&l.http[0])[..], &bad_label].concat(), "label");
-    let out = cli(&[
+    let id = cli_ok(&[
         "submit",
         "--node",
         &l.http[1],
@@ -899,12 +899,6 @@ fn cohort_submit_routes_by_label_and_stores_a_limit_with_the_task() {
         "--rate-window-ms",
         "2000",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
     assert_eq!(wait_task(&l.http[0], &id)["state"], "succeeded");
     let v = get_events(&l.http[0], &id);
     assert_eq!(
@@ -922,13 +916,7 @@ fn cohort_submit_routes_by_label_and_stores_a_limit_with_the_task() {
     // A lease grace of the task's own is stored with it; one under 1 s is
     // refused by the node.
     let grace = ["--lease-grace-ms", "5000"];
-    let out = cli(&[&submit_x(&l.http[0])[..], &grace].concat());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let id = cli_ok(&[&submit_x(&l.http[0])[..], &grace].concat());
     assert_eq!(wait_task(&l.http[0], &id)["state"], "succeeded");
     assert_eq!(get_events(&l.http[0], &id)["task"]["lease_grace_ms"], 5000);
     let short = ["--lease-grace-ms", "500"];
@@ -939,26 +927,9 @@ fn cohort_submit_routes_by_label_and_stores_a_limit_with_the_task() {
 
     // `cohort retry` of a cancelled task: the retry's events name it.
     let later = ["--delay", "60m"];
-    let out = cli(&[&submit_x(&l.http[2])[..], &later].concat());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let original = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let out = cli(&["cancel", "--node", &l.http[2], &original]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = cli(&["retry", "--node", &l.http[1], &original]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line = String::from_utf8(out.stdout).unwrap();
+    let original = cli_ok(&[&submit_x(&l.http[2])[..], &later].concat());
+    cli_ok(&["cancel", "--node", &l.http[2], &original]);
+    let line = cli_ok(&["retry", "--node", &l.http[1], &original]);
     let words: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(words[..2], [original.as_str(), "new"], "{line}");
     let v = get_events(&l.http[0], words[2]);
@@ -969,6 +940,17 @@ fn cohort_submit_routes_by_label_and_stores_a_limit_with_the_task() {
 /// `cohort submit --node NODE --kind echo --payload x`, to add flags to.
 fn submit_x(node: &str) -> [&str; 7] {
     ["submit", "--node", node, "--kind", "echo", "--payload", "x"]
+}
+
+/// Runs `cohort ARGS`, which must succeed: its stdout, trimmed.
+fn cli_ok(args: &[&str]) -> String {
+    let out = cli(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 /// Runs `cohort ARGS`, which must fail saying `says`.

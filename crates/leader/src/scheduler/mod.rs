@@ -1226,6 +1226,15 @@ mod tests {
         s
     }
 
+    /// Ends the lease of task 1's assignment under `epoch`, with no jitter.
+    fn expire_first(epoch: u64) -> Command {
+        Command::ExpireLease {
+            id: TaskId(1),
+            epoch: Epoch(epoch),
+            jitter: 0,
+        }
+    }
+
     /// A lease ends its grace after the start-to-close timeout, for
     /// the assignment it was given to only: an `ExpireLease` before then,
     /// or of an older epoch, is a no-op; after it, the attempt failed
@@ -1242,12 +1251,10 @@ mod tests {
             s.next_lease_end_after(at(2)),
             Some(Time(until.as_micros() + 1))
         );
-        let expire = |epoch| Command::ExpireLease {
-            id: TaskId(1),
-            epoch: Epoch(epoch),
-            jitter: 0,
-        };
-        assert!(s.apply(3, until, &expire(1)).is_empty(), "not past it yet");
+        assert!(
+            s.apply(3, until, &expire_first(1)).is_empty(),
+            "not past it yet"
+        );
         let late = Time(until.as_micros() + 1);
         assert_eq!(
             s.leases_ended(Time(late.as_micros() + 1))
@@ -1255,10 +1262,10 @@ mod tests {
             vec![(TaskId(1), Epoch(1))]
         );
         assert!(
-            s.apply(4, late, &expire(0)).is_empty(),
+            s.apply(4, late, &expire_first(0)).is_empty(),
             "another assignment's"
         );
-        let notes = s.apply(5, late, &expire(1));
+        let notes = s.apply(5, late, &expire_first(1));
         assert_eq!(
             notes,
             vec![Note::Superseded {
@@ -1316,11 +1323,7 @@ mod tests {
             0,
             "the derived grace does not end it"
         );
-        let expire = Command::ExpireLease {
-            id: TaskId(1),
-            epoch: Epoch(1),
-            jitter: 0,
-        };
+        let expire = expire_first(1);
         assert!(
             s.apply(3, Time(derived_end.as_micros() + 1), &expire)
                 .is_empty(),
@@ -1363,11 +1366,7 @@ mod tests {
         );
         assert!(assign(&mut s, 2, 1, 1, A));
         let late = Time(task().lease_ends(at(2)).as_micros() + 1);
-        let expire = Command::ExpireLease {
-            id: TaskId(1),
-            epoch: Epoch(1),
-            jitter: 0,
-        };
+        let expire = expire_first(1);
         let notes = s.apply(3, late, &expire);
         let failed = TaskState::Failed {
             error: task().lease_expired_error(),
