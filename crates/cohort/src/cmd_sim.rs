@@ -139,6 +139,12 @@ impl SimArgs {
             config.limits.tasks_retained_max = max;
         }
         config.workload.submit_deadline_ms = self.submit_deadline_ms;
+        if self.mode == SimMode::Leaderless && seed % 3 == 2 {
+            // With their permit records retired soon (`run_one`), spread
+            // over more keys, so each one's record goes idle between its
+            // tasks and is retired, purged and created again.
+            config.workload.limit_keys = SIM_RETIRING_LIMIT_KEYS;
+        }
         if let Some(rate) = self.arrivals_per_sec {
             config.workload.arrivals_per_sec = rate;
         }
@@ -234,6 +240,13 @@ impl SimArgs {
                 if seed % 4 == 1 {
                     mode.bundle_messages_max = SIM_BUNDLE_MESSAGES_MAX;
                 }
+                // Permit records retired and purged within a run, so a
+                // key's record is brought back, purged and created anew
+                // (another incarnation) between its tasks.
+                if seed % 3 == 2 {
+                    mode.permit_idle_retire_ms = SIM_PERMIT_IDLE_RETIRE_MS;
+                    mode.permit_retired_retained_ms = SIM_PERMIT_RETIRED_RETAINED_MS;
+                }
                 cohort_sim::run::<cohort_leaderless::LeaderlessNode>(&config, &mode, &mut adapter)
             }
         }
@@ -245,6 +258,15 @@ const SIM_CLAIM_SCAN_PER_TICK_MAX: usize = 4;
 
 /// `bundle_messages_max` on seeds of the form 4k + 1 (default 1,024).
 const SIM_BUNDLE_MESSAGES_MAX: usize = 2;
+
+/// `permit_idle_retire_ms` on seeds of the form 3k + 2 (default 10 min).
+const SIM_PERMIT_IDLE_RETIRE_MS: u64 = 300;
+
+/// `permit_retired_retained_ms` on seeds of the form 3k + 2 (default 1 h).
+const SIM_PERMIT_RETIRED_RETAINED_MS: u64 = 500;
+
+/// Limit keys of the limited tasks on those seeds (default 2).
+const SIM_RETIRING_LIMIT_KEYS: u64 = 12;
 
 /// The leaderless mode's hooks into the simulator: its invariants after
 /// every event, and on every third seed (at least 4 nodes) ring changes
@@ -634,6 +656,30 @@ mod tests {
     #[test]
     fn regression_a_stuck_handler_does_not_beat_its_lease_alive() {
         passes_limits_gate(1397);
+    }
+
+    /// Found by the leaderless limits gate (seed 14) while building the
+    /// retirement of idle permit records (on seeds 3k + 2 they retire
+    /// 300 ms idle and go 500 ms later): a replica that purged a key's
+    /// record and then took the key's next incarnation (another body)
+    /// dropped the old one's tombstone, then adopted a stale copy of the
+    /// old record that a lagging replica proposed on, and a second value
+    /// was chosen for a version of it (the leaderless invariants). A
+    /// tombstone of another body now stays beside the new record.
+    #[test]
+    fn regression_a_new_permit_incarnation_never_lets_a_stale_copy_of_the_old_one_back() {
+        passes_limits_gate(14);
+    }
+
+    /// Found by the leaderless limits gate (seed 128) the same way: a
+    /// keeper cut off while its record was retired and purged kept a
+    /// stale copy, and once back proposed on it for ever, its acceptors
+    /// holding the key's next incarnation answering nothing (G4). An
+    /// acceptor holding another body now tells it the copy was purged,
+    /// as one holding none does, and the keeper takes the live record.
+    #[test]
+    fn regression_a_keeper_left_with_a_purged_permit_incarnation_takes_the_live_one() {
+        passes_limits_gate(128);
     }
 
     /// Seed `seed` of the leaderless limits gate acknowledges tasks and

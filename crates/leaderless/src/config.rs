@@ -129,6 +129,15 @@ pub struct LeaderlessConfig {
     pub permit_fence_after_ms: u64,
     /// Most asks a keeper holds queued or in proposals, all keys.
     pub permit_asks_max: usize,
+    /// A permit record its keeper has seen idle this long (no place held,
+    /// nothing asked, its latest start outside every window) is retired:
+    /// a decided change after which its replicas purge it, so a limit key
+    /// no longer used does not keep a record for ever.
+    pub permit_idle_retire_ms: u64,
+    /// How long a retired permit record is kept before its replicas purge
+    /// it (on each one's clock). A grant within that time brings the same
+    /// record back; after it, the key's next ask creates a new one.
+    pub permit_retired_retained_ms: u64,
     /// Most tombstones a node keeps (one per record it purged, a few dozen
     /// bytes each, see [`crate::retention`]); past it the oldest goes.
     pub tombstones_max: usize,
@@ -176,6 +185,8 @@ impl Default for LeaderlessConfig {
             permit_grant_use_ms: 1_000,
             permit_fence_after_ms: 2_000,
             permit_asks_max: 4_096,
+            permit_idle_retire_ms: 600_000,
+            permit_retired_retained_ms: 3_600_000,
             tombstones_max: 1_000_000,
             tombstone_retained_ms: 7 * 24 * 3_600_000,
         }
@@ -244,6 +255,11 @@ impl LeaderlessConfig {
             ("permit_grant_use_ms", self.permit_grant_use_ms),
             ("permit_fence_after_ms", self.permit_fence_after_ms),
             ("permit_asks_max", self.permit_asks_max as u64),
+            ("permit_idle_retire_ms", self.permit_idle_retire_ms),
+            (
+                "permit_retired_retained_ms",
+                self.permit_retired_retained_ms,
+            ),
             ("tombstones_max", self.tombstones_max as u64),
             ("tombstone_retained_ms", self.tombstone_retained_ms),
         ];

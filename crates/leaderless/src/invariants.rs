@@ -20,10 +20,12 @@ pub const CONVERGE_WITHIN_MS: u64 = 5_000;
 /// (a replica holding version `k` holds the value chosen in instance
 /// `k - 1`; a task's new replicas after a move hold the same values as
 /// its old ones); one ring per ring epoch across every node; membership
-/// converged from `converged_by` on.
+/// converged from `converged_by` on. Instances are told apart by their
+/// task's body as well: a permit record retired and purged is created
+/// again under its id with another body, and counts its versions anew.
 #[derive(Debug)]
 pub struct LeaderlessInvariants {
-    chosen: BTreeMap<(TaskId, u64), TaskValue>,
+    chosen: BTreeMap<(TaskId, u64, u64), TaskValue>,
     rings: BTreeMap<u64, Vec<NodeId>>,
     converged_by: Time,
     checks: u64,
@@ -97,7 +99,8 @@ impl LeaderlessInvariants {
                     .map_err(|e| format!("{task:?} at {}: {e}", cohort_core::Node::id(*node)))?;
             }
             for (task, version, value) in node.records().filter(|r| r.1 > 0) {
-                match self.chosen.get(&(task, version)) {
+                let body = body_digest(node.task(task).expect("a record has its task"));
+                match self.chosen.get(&(task, body, version)) {
                     Some(v) if v != value => {
                         return Err(format!(
                             "two values chosen for {task:?} version {version}: {v:?} and {value:?} (at {})",
@@ -106,11 +109,16 @@ impl LeaderlessInvariants {
                     }
                     Some(_) => {}
                     None => {
-                        self.chosen.insert((task, version), value.clone());
+                        self.chosen.insert((task, body, version), value.clone());
                     }
                 }
             }
         }
         Ok(())
     }
+}
+
+/// A digest of a task's body.
+fn body_digest(task: &cohort_core::Task) -> u64 {
+    crate::retention::fnv1a(&cohort_core::encode(task))
 }

@@ -52,12 +52,21 @@ pub fn permit_id(key: &str) -> TaskId {
     TaskId(u128::from_be_bytes(first))
 }
 
-/// The body of `key`'s permit record: the same on every node, so every
-/// keeper creates (or finds) the same record.
-pub fn permit_task(key: &str) -> Task {
+/// The body of one incarnation of `key`'s permit record, created at
+/// `incarnation` (the creating keeper's clock). A record retired and
+/// purged is created again with another body under the same id, so no
+/// copy of the old one left behind can ever be taken for a value of the
+/// new one: a replica holds one body per id, and Paxos never mixes two
+/// (ALGORITHM.md *Retiring a permit record*). Keepers that create a key's
+/// record at once race like two submits of one id: one body wins, and the
+/// others adopt it.
+pub fn permit_task(key: &str, incarnation: Time) -> Task {
+    let mut payload = key.as_bytes().to_vec();
+    payload.push(0);
+    payload.extend_from_slice(&incarnation.0.to_be_bytes());
     Task {
         kind: PERMIT_KIND.into(),
-        payload: key.as_bytes().to_vec(),
+        payload,
         timeout_ms: 0,
         max_attempts: 1,
         not_before: Time::ZERO,
@@ -72,11 +81,23 @@ pub fn permit_task(key: &str) -> Task {
     }
 }
 
-/// The limit key of a permit record's body, if `task` is one.
+/// The limit key of a permit record's body, if `task` is one: the payload
+/// up to its first zero byte (a limit key holds none, see
+/// `TaskLimit::validate`).
 pub fn permit_key(task: &Task) -> Option<&str> {
-    (task.kind == PERMIT_KIND)
-        .then(|| std::str::from_utf8(&task.payload).ok())
-        .flatten()
+    if task.kind != PERMIT_KIND {
+        return None;
+    }
+    let key = task.payload.split(|&b| b == 0).next().unwrap_or_default();
+    std::str::from_utf8(key).ok()
+}
+
+/// The incarnation of a permit record's body (when its keeper created
+/// it), if `task` is one.
+pub fn permit_incarnation(task: &Task) -> Option<Time> {
+    permit_key(task)?;
+    let at = task.payload.splitn(2, |&b| b == 0).nth(1)?;
+    Some(Time(u64::from_be_bytes(at.try_into().ok()?)))
 }
 
 /// A task's place in its key's permit record.
@@ -96,6 +117,14 @@ pub struct Permits {
     pub held: BTreeMap<TaskId, Held>,
     /// Start stamps still inside a rate window, ascending.
     pub starts: Vec<Time>,
+    /// The longest rate window any grant counted under: once the latest
+    /// start is that old, no window a later start falls in holds any of
+    /// `starts`.
+    pub window_ms: u64,
+    /// When the record was retired (decided idle, [`Permits::retirable`]):
+    /// each replica purges it `permit_retired_retained_ms` later unless a
+    /// change (a grant, a release) comes first and brings it back.
+    pub retired_at: Option<Time>,
 }
 
 /// One ask of a permit record.
@@ -134,8 +163,18 @@ impl Permits {
             .map(|h| h.at)
     }
 
+    /// Whether the record may be retired at `at`: no place held, not
+    /// retired already, and no start recent enough to count in the window
+    /// of a later one (a new incarnation starts with no stamps).
+    pub fn retirable(&self, at: Time) -> bool {
+        let window = Duration::from_millis(self.window_ms);
+        self.held.is_empty()
+            && self.retired_at.is_none()
+            && self.starts.last().is_none_or(|s| *s + window <= at)
+    }
+
     /// The permits after `change` at `at` (the keeper's clock), or `None`
-    /// when nothing would change.
+    /// when nothing would change. A change brings a retired record back.
     ///
     /// Stamps only grow along the record's versions (a grant is stamped no
     /// earlier than the latest start), so dropping the stamps before the
@@ -160,6 +199,7 @@ impl Permits {
             }
             let stamp = p.starts.last().map_or(at, |last| at.max(*last));
             if limit.rate_max > 0 {
+                p.window_ms = p.window_ms.max(limit.rate_window_ms);
                 let window = Duration::from_millis(limit.rate_window_ms);
                 let inside = p.starts.iter().filter(|s| **s + window > stamp).count();
                 if inside >= limit.rate_max as usize {
@@ -178,7 +218,11 @@ impl Permits {
                 },
             );
         }
-        (p != *self).then_some(p)
+        if p.held == self.held && p.starts == self.starts {
+            return None;
+        }
+        p.retired_at = None;
+        Some(p)
     }
 }
 
@@ -344,6 +388,54 @@ mod tests {
     fn permit_ids_are_stable_and_differ_by_key() {
         assert_eq!(permit_id("a"), permit_id("a"));
         assert_ne!(permit_id("a"), permit_id("b"));
-        assert_eq!(permit_key(&permit_task("tenant-7")), Some("tenant-7"));
+        let (a, b) = (
+            permit_task("tenant-7", ms(1)),
+            permit_task("tenant-7", ms(2)),
+        );
+        assert_eq!(permit_key(&a), Some("tenant-7"));
+        assert_ne!(a, b, "each incarnation is a body of its own");
+        assert_eq!(permit_key(&b), Some("tenant-7"));
+        assert_eq!(permit_incarnation(&b), Some(ms(2)));
+    }
+
+    /// A record is retired only when nothing it holds could still count:
+    /// no place held, and its latest start outside the longest window any
+    /// grant used. A grant brings it back; a release of nothing does not.
+    #[test]
+    fn a_record_retires_only_idle_and_past_its_longest_window_and_a_grant_brings_it_back() {
+        let rate = limit(1, 5, 300);
+        let grant = PermitChange {
+            release: vec![],
+            acquire: vec![(ask(1, 1), rate)],
+            starts_max: 64,
+            restamp_after_ms: 1_000,
+        };
+        let p = Permits::default().apply(&grant, ms(100)).expect("granted");
+        assert_eq!(p.window_ms, 300);
+        assert!(!p.retirable(ms(10_000)), "a place is held");
+        let release = PermitChange {
+            release: vec![ask(1, 1)],
+            acquire: vec![],
+            starts_max: 64,
+            restamp_after_ms: 1_000,
+        };
+        let p = p.apply(&release, ms(150)).expect("released");
+        assert!(!p.retirable(ms(399)), "the start at 100 counts until 400");
+        assert!(p.retirable(ms(400)));
+        let retired = Permits {
+            retired_at: Some(ms(400)),
+            ..p.clone()
+        };
+        assert!(!retired.retirable(ms(500)), "retired already");
+        assert_eq!(
+            retired.apply(&release, ms(500)),
+            None,
+            "nothing to give back"
+        );
+        let back = retired
+            .apply(&grant, ms(600))
+            .expect("a grant changes the record");
+        assert_eq!(back.retired_at, None, "and brings it back");
+        assert_eq!(back.grant_of(TaskId(1), Epoch(1)), Some(ms(600)));
     }
 }

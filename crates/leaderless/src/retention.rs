@@ -74,12 +74,19 @@ pub struct Tombstone {
     /// When this node made (or took) it, on its clock: it goes
     /// `tombstone_retained_ms` later.
     pub made_at: Time,
+    /// A permit record's incarnation ([`crate::permit::permit_incarnation`]):
+    /// a copy of the key's record of this incarnation or an older one is
+    /// covered, whatever its version (`None`: a client's task).
+    pub incarnation: Option<Time>,
 }
 
 impl Tombstone {
     /// The tombstone `rec` leaves when purged at `now`.
     pub(crate) fn of(rec: &Record, now: Time) -> Tombstone {
-        assert!(rec.value.state.is_final(), "only final records are purged");
+        assert!(
+            rec.value.state.is_final() || rec.value.permits.retired_at.is_some(),
+            "only final records and retired permit records are purged"
+        );
         Tombstone {
             version: rec.version,
             final_at: rec
@@ -91,19 +98,28 @@ impl Tombstone {
             header_digest: header_digest(&rec.header),
             purged_at: now,
             made_at: now,
+            incarnation: crate::permit::permit_incarnation(&rec.header.task),
         }
     }
 
     /// Whether `(header, version, value)` is a copy of the purged task
     /// (refused: never taken as a new record).
     pub(crate) fn covers(&self, header: &TaskHeader, version: u64, value: &TaskValue) -> bool {
-        header_digest(header) == self.header_digest
-            && version <= self.version
-            && value
-                .history
-                .events
-                .first()
-                .is_none_or(|e| e.at <= self.final_at)
+        // An older incarnation of a permit record than the one purged
+        // here was retired and purged before it: one tombstone per id
+        // covers them all (a key's records may come and go many times).
+        let older = self
+            .incarnation
+            .zip(crate::permit::permit_incarnation(&header.task))
+            .is_some_and(|(purged, copy)| copy < purged);
+        older
+            || header_digest(header) == self.header_digest
+                && version <= self.version
+                && value
+                    .history
+                    .events
+                    .first()
+                    .is_none_or(|e| e.at <= self.final_at)
     }
 
     /// Whether the holder of `rec` should drop it: a covered copy, not
@@ -130,11 +146,14 @@ impl Tombstone {
 /// A digest of a task's body and placement (FNV-1a over its encoding):
 /// tells a purged task from a new one under the same id.
 pub fn header_digest(header: &TaskHeader) -> u64 {
-    cohort_core::encode(header)
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        })
+    fnv1a(&cohort_core::encode(header))
+}
+
+/// FNV-1a, 64 bits: a digest to tell encodings apart, not a defence.
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// The tombstones a node keeps, bounded by count and age.
@@ -284,6 +303,7 @@ mod tests {
             header_digest: 7,
             purged_at: Time::ZERO,
             made_at: Time::from_millis(made_ms),
+            incarnation: None,
         };
         for (id, made) in [(1, 30), (2, 10), (3, 20)] {
             t.insert(TaskId(id), stone(made));

@@ -550,7 +550,7 @@ fn a_late_learn_of_an_old_claim_does_not_start_a_finished_task_again() {
         replicas: sim.node(owner).replicas_of(id),
         ring_epoch: 0,
     };
-    let old = sim.chosen[&(id, 1)].clone();
+    let old = sim.chosen[&(id, 0, 1)].clone();
     assert_eq!(old.state, TaskState::Running { node: owner, epoch });
     // The Learn of version 1 arrives again, long after the outcome.
     let from = *sim.members().iter().find(|&&m| m != owner).expect("peer");
@@ -1768,6 +1768,150 @@ fn a_concurrency_limit_of_one_runs_its_keys_tasks_one_at_a_time_whichever_node_c
                 .is_none_or(|(_, v)| v.permits.held.is_empty())
         })
     }));
+}
+
+/// The permit record of `key` as `node` holds it: its body's incarnation,
+/// version and value.
+fn permit_record(
+    sim: &Sim,
+    node: NodeId,
+    key: &str,
+) -> Option<(cohort_core::Time, u64, cohort_leaderless::record::TaskValue)> {
+    let pid = cohort_leaderless::permit::permit_id(key);
+    let n = sim.node(node);
+    let body = n.task(pid)?;
+    let (version, value) = n.record(pid)?;
+    let incarnation = cohort_leaderless::permit::permit_incarnation(body).expect("a permit body");
+    Some((incarnation, version, value.clone()))
+}
+
+/// A key no longer used does not keep a record for ever: once idle, its
+/// keeper retires it (a decided change), every replica purges it, and the
+/// key's next task gets a new incarnation (another body under the same
+/// id) that enforces the limit as before.
+#[test]
+fn an_idle_keys_permit_record_is_retired_purged_and_created_anew_for_its_next_tasks() {
+    let config = LeaderlessConfig {
+        permit_idle_retire_ms: 1_000,
+        permit_retired_retained_ms: 1_500,
+        ..LeaderlessConfig::default()
+    };
+    let mut sim = Sim::new(47, 5, config);
+    sim.handlers.run_ms = (200, 200);
+    sim.run_for(1_000);
+    let one = cohort_core::TaskLimit {
+        key: "tenant-idle".into(),
+        concurrency_max: 1,
+        rate_max: 2,
+        rate_window_ms: 600,
+    };
+    let first = tid(400);
+    submit_limited(&mut sim, NodeId(1), first, one.clone());
+    assert!(sim.run_until(5_000, |s| s.decided(first).is_some()));
+    let holders = |s: &Sim| -> Vec<NodeId> {
+        s.members()
+            .iter()
+            .copied()
+            .filter(|&n| permit_record(s, n, "tenant-idle").is_some())
+            .collect()
+    };
+    let replicas = holders(&sim);
+    assert_eq!(replicas.len(), 3, "R = 3 replicas hold the record");
+    let (old, _, _) = permit_record(&sim, replicas[0], "tenant-idle").expect("held");
+    // Retired once idle, on every replica...
+    assert!(sim.run_until(5_000, |s| {
+        replicas.iter().all(|&n| {
+            permit_record(s, n, "tenant-idle")
+                .is_some_and(|(_, _, v)| v.permits.retired_at.is_some())
+        })
+    }));
+    // ...then purged everywhere, leaving tombstones.
+    assert!(sim.run_until(5_000, |s| holders(s).is_empty()));
+    assert!(replicas.iter().all(|&n| sim.node(n).tombstones_held() > 0));
+    // The key's next tasks: a new incarnation, one run at a time.
+    let next: Vec<_> = (0..3).map(|n| tid(410 + n)).collect();
+    for (i, &id) in next.iter().enumerate() {
+        submit_limited(&mut sim, NodeId(1 + i as u64), id, one.clone());
+    }
+    assert!(sim.run_until(15_000, |s| next.iter().all(|&id| s.decided(id).is_some())));
+    for &id in &next {
+        assert!(matches!(sim.decided(id), Some(TaskState::Succeeded { .. })));
+    }
+    let runs = live_spans(&sim, &next);
+    assert_eq!(runs.len(), next.len(), "one run each: {runs:?}");
+    for pair in runs.windows(2) {
+        assert!(
+            pair[0].1 <= pair[1].0,
+            "two runs of the key overlap: {runs:?}"
+        );
+    }
+    let now_held = holders(&sim);
+    assert!(now_held.len() >= 2, "a majority holds the new record");
+    for n in now_held {
+        let (incarnation, _, _) = permit_record(&sim, n, "tenant-idle").expect("held");
+        assert!(
+            incarnation > old,
+            "{incarnation} is a new incarnation after {old}"
+        );
+    }
+}
+
+/// A grant within the retention after a retirement brings the same record
+/// back (no new incarnation), and it is not purged while in use.
+#[test]
+fn a_retired_permit_record_is_brought_back_by_the_next_grant_before_its_purge() {
+    let config = LeaderlessConfig {
+        permit_idle_retire_ms: 1_000,
+        permit_retired_retained_ms: 60_000,
+        ..LeaderlessConfig::default()
+    };
+    let mut sim = Sim::new(53, 5, config);
+    sim.handlers.run_ms = (200, 200);
+    sim.run_for(1_000);
+    let one = cohort_core::TaskLimit {
+        key: "tenant-back".into(),
+        concurrency_max: 1,
+        rate_max: 0,
+        rate_window_ms: 0,
+    };
+    let first = tid(420);
+    submit_limited(&mut sim, NodeId(2), first, one.clone());
+    assert!(sim.run_until(5_000, |s| s.decided(first).is_some()));
+    let retired = |s: &Sim| {
+        s.members().iter().find_map(|&n| {
+            permit_record(s, n, "tenant-back")
+                .filter(|(_, _, v)| v.permits.retired_at.is_some())
+                .map(|(inc, version, _)| (inc, version))
+        })
+    };
+    assert!(sim.run_until(5_000, |s| retired(s).is_some()));
+    let (incarnation, version) = retired(&sim).expect("retired");
+    let second = tid(421);
+    submit_limited(&mut sim, NodeId(3), second, one);
+    assert!(sim.run_until(5_000, |s| s.decided(second).is_some()));
+    assert!(matches!(
+        sim.decided(second),
+        Some(TaskState::Succeeded { .. })
+    ));
+    let released = |s: &Sim| {
+        s.members().iter().all(|&n| {
+            permit_record(s, n, "tenant-back").is_none_or(|(_, _, v)| v.permits.held.is_empty())
+        })
+    };
+    assert!(sim.run_until(2_000, released), "the place was given back");
+    let back: Vec<_> = sim
+        .members()
+        .iter()
+        .filter_map(|&n| permit_record(&sim, n, "tenant-back"))
+        .filter(|(_, v, _)| *v > version)
+        .collect();
+    assert!(
+        back.len() >= 2,
+        "a majority moved past the retirement: {back:?}"
+    );
+    for (inc, _, _) in &back {
+        assert_eq!(*inc, incarnation, "the same record, brought back");
+    }
 }
 
 #[test]

@@ -55,7 +55,9 @@ const META_KEY: &str = "identity";
 /// beside the file (which a build of 10 would not read), and the identity
 /// record carries the number that binds that log to the file. 12: a task
 /// carries its own lease grace and a manual retry's link to its original.
-pub const FORMAT_VERSION: u32 = 12;
+/// 13: a leaderless permit record carries its longest rate window and
+/// when it was retired, and its body an incarnation.
+pub const FORMAT_VERSION: u32 = 13;
 
 /// Who a data file belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -51,8 +51,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> PeerIo for T {}
 /// First bytes of every handshake.
 pub const MAGIC: [u8; 4] = *b"CHRT";
 /// The peer protocol version this build speaks. 2: frames are
-/// [`PeerFrame`]s (1 carried bare protocol messages).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// [`PeerFrame`]s (1 carried bare protocol messages). 3: tasks carry
+/// their own lease grace and a retry's link (data format 12), and
+/// leaderless permit values and tombstones their incarnation and
+/// retirement (format 13): a node of 2 would misread them, so it is
+/// refused at the handshake rather than at its first such message.
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Largest handshake frame.
 pub const HANDSHAKE_BYTES_MAX: usize = 1024;
 

@@ -79,6 +79,12 @@ pub(super) struct Limiter {
     pub(super) asks_dropped: u64,
     /// Grants fenced by a sweep (their claim never came), ever.
     pub(super) fences: u64,
+    /// Since when each permit record this node keeps has been seen idle
+    /// (by the sweep): retired `permit_idle_retire_ms` later. At most one
+    /// entry per record this node holds.
+    idle_since: BTreeMap<TaskId, Time>,
+    /// Permit records this keeper proposed to retire, ever.
+    pub(super) retires: u64,
 }
 
 impl KeeperQueue {
@@ -496,13 +502,29 @@ impl LeaderlessNode {
             return;
         }
         q.created_at = Some(now);
-        let task = permit_task(&q.key);
+        // The body this node holds (a first write to look up again), else
+        // a new incarnation's: a lookup that finds another incarnation of
+        // the key's record adopts it (`read_done`).
+        let task = match self.records.get(&pid) {
+            Some(rec) => rec.header.task.clone(),
+            None => {
+                // Later than the last one purged here, even on a clock
+                // behind its creator's (such a copy is refused).
+                let after = self.tombstones.get(pid).and_then(|t| t.incarnation);
+                let at = after.map_or(now, |a| now.max(a + Duration::from_millis(1)));
+                permit_task(&q.key, at)
+            }
+        };
         if self.ops.len() >= self.config.requests_in_flight_max {
             return;
         }
         let request = self.limiter.request();
         self.limiter.creates.insert(request, pid);
-        self.submit_or_look_up(now, request, pid, task);
+        // Always looked up first: another incarnation of the record may
+        // live on a majority that this node missed (it was cut off while
+        // the record it purged was brought back), and a new one's first
+        // write would only reach this node.
+        self.look_up_then_create(now, request, pid, task);
     }
 
     /// A submit lookup found `header`, a first write under an older ring,
@@ -547,6 +569,7 @@ impl LeaderlessNode {
             return;
         }
         self.limiter.swept_at = Some(now);
+        self.retire_idle_permits(now);
         let me = self.me();
         let records = &self.records;
         self.limiter
@@ -612,6 +635,58 @@ impl LeaderlessNode {
                     let request = self.limiter.request();
                     self.limiter.checks.insert(request, (pid, ask.clone()));
                     self.quorum_read(now, request, ask.task, ReadPurpose::Permit);
+                }
+            }
+        }
+    }
+
+    /// Retires each permit record this node keeps that has been idle for
+    /// `permit_idle_retire_ms` on its clock: nothing held, nothing asked or
+    /// being proposed, no start recent enough to count
+    /// ([`crate::permit::Permits::retirable`]). The proposal's compare
+    /// checks the same on the chosen base, so an ask granted meanwhile
+    /// (by another keeper under another view) wins over it.
+    fn retire_idle_permits(&mut self, now: Time) {
+        let idle_for = Duration::from_millis(self.config.permit_idle_retire_ms);
+        let me = self.me();
+        let mut idle = Vec::new();
+        for pid in &self.limiter.held_records {
+            let Some(rec) = self.records.get(pid) else {
+                continue; // gone: dropped from the set by the sweep
+            };
+            let keeper = rec
+                .value
+                .replicas
+                .iter()
+                .copied()
+                .find(|&n| self.membership.is_live(n));
+            let stale_first_write =
+                rec.version == 0 && rec.header.ring_epoch < self.ring.ring.epoch;
+            if keeper == Some(me)
+                && permit_key(&rec.header.task).is_some()
+                && rec.value.state == TaskState::Pending
+                && rec.value.permits.retirable(now)
+                && !stale_first_write
+                && !self.limiter.queues.contains_key(pid)
+                && !self.proposer.is_running(*pid)
+            {
+                idle.push(*pid);
+            }
+        }
+        let since = std::mem::take(&mut self.limiter.idle_since);
+        for pid in idle {
+            let at = since.get(&pid).copied().unwrap_or(now);
+            if now < at + idle_for {
+                self.limiter.idle_since.insert(pid, at);
+                continue;
+            }
+            let rec = &self.records[&pid];
+            let (header, version, base) = (rec.header.clone(), rec.version, rec.value.clone());
+            match self.propose(now, pid, header, version, base, Intent::Retire) {
+                Ok(()) => self.limiter.retires += 1,
+                // Too many proposals here: tried again at the next sweep.
+                Err(_) => {
+                    self.limiter.idle_since.insert(pid, at);
                 }
             }
         }
@@ -720,11 +795,13 @@ impl LeaderlessNode {
         }
     }
 
-    /// Limits counters: asks a keeper dropped, grants fenced.
-    pub(super) fn limit_counters(&self) -> [(&'static str, u64); 2] {
+    /// Limits counters: asks a keeper dropped, grants fenced, records
+    /// retired.
+    pub(super) fn limit_counters(&self) -> [(&'static str, u64); 3] {
         [
             ("permit_asks_dropped", self.limiter.asks_dropped),
             ("permit_fences", self.limiter.fences),
+            ("permit_retires", self.limiter.retires),
         ]
     }
 }

@@ -126,6 +126,11 @@ pub enum Intent {
         /// The epoch of the unused grant.
         epoch: Epoch,
     },
+    /// A permit record, `Pending`, idle ([`crate::permit::Permits::retirable`])
+    /// → the same, retired at the proposer's clock: each replica purges it
+    /// `permit_retired_retained_ms` later, unless a change of its permits
+    /// comes first (ALGORITHM.md *Retiring a permit record*).
+    Retire,
 }
 
 /// Whether a claim taking `base.epoch + 1` of `header`'s task may go
@@ -270,6 +275,19 @@ impl Intent {
                     ..base.clone()
                 })
             }
+            (Intent::Retire, TaskState::Pending)
+                if crate::permit::permit_key(&header.task).is_some()
+                    && base.permits.retirable(at) =>
+            {
+                let permits = crate::permit::Permits {
+                    retired_at: Some(at),
+                    ..(*base.permits).clone()
+                };
+                Some(TaskValue {
+                    permits: Box::new(permits),
+                    ..base.clone()
+                })
+            }
             _ => None,
         }
     }
@@ -345,7 +363,11 @@ impl Intent {
                 epoch: *epoch,
                 progress: event_progress(progress),
             }),
-            Intent::Move { .. } | Intent::Settle | Intent::Permits(_) | Intent::Fence { .. } => {}
+            Intent::Move { .. }
+            | Intent::Settle
+            | Intent::Permits(_)
+            | Intent::Fence { .. }
+            | Intent::Retire => {}
         }
         // A limited task's claim is stamped at its grant: the start its
         // rate limit counted, and what its events show.

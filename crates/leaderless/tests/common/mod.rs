@@ -113,8 +113,11 @@ pub struct Sim {
     pub executions: Vec<(Time, NodeId, TaskId, Epoch)>,
     next_request: u64,
     failed_once: BTreeSet<TaskId>,
-    /// Chosen values seen at any replica: `(task, version)` → value.
-    pub chosen: BTreeMap<(TaskId, u64), cohort_leaderless::record::TaskValue>,
+    /// Chosen values seen at any replica: `(task, incarnation, version)`
+    /// → value. The incarnation is a permit record's (0 for a task): a
+    /// key's record retired and purged is created again under its id,
+    /// with another body, and counts its versions anew.
+    pub chosen: BTreeMap<(TaskId, u64, u64), cohort_leaderless::record::TaskValue>,
     /// Chosen rings seen at any node: epoch → members.
     pub rings: BTreeMap<u64, Vec<NodeId>>,
     decided: BTreeMap<TaskId, TaskState>,
@@ -544,7 +547,10 @@ impl Sim {
             // differ there; it never reaches version 1, where two live
             // records of a task would show.
             for (task, version, value) in node.records().filter(|r| r.1 > 0) {
-                match self.chosen.get(&(task, version)) {
+                let body = node.task(task).expect("a record has its task");
+                let incarnation =
+                    cohort_leaderless::permit::permit_incarnation(body).map_or(0, |t| t.0);
+                match self.chosen.get(&(task, incarnation, version)) {
                     Some(v) => assert_eq!(
                         v,
                         value,
@@ -552,7 +558,8 @@ impl Sim {
                         node.id()
                     ),
                     None => {
-                        self.chosen.insert((task, version), value.clone());
+                        self.chosen
+                            .insert((task, incarnation, version), value.clone());
                     }
                 }
             }
