@@ -239,6 +239,8 @@ pub struct ModeReport {
     pub mode: String,
     /// Whether the mode promises G1.
     pub durable: bool,
+    /// Execution slots of each node.
+    pub capacity_tasks: u32,
     /// Closed-loop throughput sweep.
     pub throughput: Vec<ThroughputPoint>,
     /// The limits point (see [`BenchOptions::limit_keys`]).
@@ -439,6 +441,7 @@ async fn run_mode(
     Ok(ModeReport {
         mode: mode.name.into(),
         durable: mode.durable,
+        capacity_tasks: mode.capacity_tasks,
         throughput,
         limited,
         latency,

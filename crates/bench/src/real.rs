@@ -49,6 +49,10 @@ pub struct RealMode {
     pub victim: Victim,
     /// Whether acknowledged tasks must survive the crash (G1).
     pub durable: bool,
+    /// Execution slots of each node (`Peers::capacity`):
+    /// [`CAPACITY_TASKS_DEFAULT`] unless `cohort bench --capacity-tasks`
+    /// says otherwise.
+    pub capacity_tasks: u32,
 }
 
 impl std::fmt::Debug for RealMode {
@@ -56,6 +60,7 @@ impl std::fmt::Debug for RealMode {
         f.debug_struct("RealMode")
             .field("name", &self.name)
             .field("victim", &self.victim)
+            .field("capacity_tasks", &self.capacity_tasks)
             .finish()
     }
 }
@@ -133,8 +138,8 @@ struct Cluster {
     record: Arc<Record>,
 }
 
-/// Node capacity for the no-op tasks.
-const CAPACITY_TASKS: u32 = 64;
+/// Execution slots of each node for the no-op tasks, by default.
+pub const CAPACITY_TASKS_DEFAULT: u32 = 64;
 /// Time for links to come up (and a leader to be elected) before measuring.
 const WARMUP: Duration = Duration::from_millis(400);
 /// How long one submit is retried (same id, next node) before it counts as refused.
@@ -177,7 +182,7 @@ impl Cluster {
             let peers = Peers::new(
                 id,
                 peer_addrs.keys().copied(),
-                CAPACITY_TASKS,
+                mode.capacity_tasks,
                 Limits::default(),
             )
             .map_err(|e| BenchError::Options(e.to_string()))?;

@@ -77,6 +77,7 @@ fn a_tiny_run_reports_every_scenario_and_mode_and_writes_its_plots() {
         start: start_static,
         victim: Victim::Fixed(NodeId(1)),
         durable: false,
+        capacity_tasks: cohort_bench::real::CAPACITY_TASKS_DEFAULT,
     }];
     let mut lines = Vec::new();
     let report: BenchReport = cohort_bench::run(&tiny(), &modes, SIM_MODES, &mut |l| {
@@ -87,6 +88,7 @@ fn a_tiny_run_reports_every_scenario_and_mode_and_writes_its_plots() {
     assert_eq!(report.modes.len(), 1);
     let m = &report.modes[0];
     assert_eq!(m.mode, "static");
+    assert_eq!(m.capacity_tasks, cohort_bench::real::CAPACITY_TASKS_DEFAULT);
     assert_eq!(m.throughput.len(), 2, "a single-submit and a batch point");
     for p in &m.throughput {
         assert!(

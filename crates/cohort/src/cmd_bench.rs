@@ -63,9 +63,13 @@ pub struct BenchArgs {
     /// result as JSON lines (for profiling one load at a time).
     #[arg(long)]
     pub latency_only_rate: Option<f64>,
+    /// Execution slots of each node in the loopback scenarios.
+    #[arg(long, default_value_t = cohort_bench::real::CAPACITY_TASKS_DEFAULT,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub capacity_tasks: u32,
 }
 
-fn real_mode(m: &Mode) -> RealMode {
+fn real_mode(m: &Mode, capacity_tasks: u32) -> RealMode {
     RealMode {
         name: m.name,
         start: m.start,
@@ -75,6 +79,7 @@ fn real_mode(m: &Mode) -> RealMode {
             FirstVictim::Leader => Victim::Leader,
         },
         durable: m.durable,
+        capacity_tasks,
     }
 }
 
@@ -91,7 +96,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         MODES
             .iter()
             .filter(|m| wanted(m.name))
-            .map(real_mode)
+            .map(|m| real_mode(m, args.capacity_tasks))
             .collect()
     };
     let sim: Vec<_> = if args.no_scale {
