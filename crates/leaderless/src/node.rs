@@ -414,6 +414,15 @@ impl LeaderlessNode {
         }
     }
 
+    /// The first of `replicas` this node sees live: the one that claims a
+    /// task first, moves a record, or keeps a permit record.
+    fn first_live(&self, replicas: &[NodeId]) -> Option<NodeId> {
+        replicas
+            .iter()
+            .copied()
+            .find(|&n| self.membership.is_live(n))
+    }
+
     fn persist_record(&mut self, id: TaskId) {
         let rec = self.records.get(&id).expect("persisting a held record");
         if crate::permit::permit_key(&rec.header.task).is_some() {
@@ -1864,12 +1873,7 @@ impl LeaderlessNode {
             let rec = &self.records[&id];
             let labelled = !rec.header.task.labels.is_empty();
             let i_carry = rec.header.task.runs_on(&self.peers.labels);
-            let first_live = rec
-                .value
-                .replicas
-                .iter()
-                .copied()
-                .find(|&n| self.membership.is_live(n));
+            let first_live = self.first_live(&rec.value.replicas);
             if rec.value.state == TaskState::Pending && now < rec.value.ready_at {
                 continue; // not_before or a retry backoff: not yet
             }
@@ -2751,12 +2755,7 @@ impl LeaderlessNode {
                 continue;
             }
             pending = true;
-            let mover = rec
-                .value
-                .replicas
-                .iter()
-                .copied()
-                .find(|&n| self.membership.is_live(n));
+            let mover = self.first_live(&rec.value.replicas);
             // As for claims: any holder moves a version-0 record written
             // under an older ring.
             let mover_here = mover == Some(me) || fenced_first_write(rec, &self.ring.ring);

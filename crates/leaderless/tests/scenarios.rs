@@ -1785,29 +1785,41 @@ fn permit_record(
     Some((incarnation, version, value.clone()))
 }
 
+/// A 5-node cluster (seed `seed`) whose keepers retire a permit record
+/// idle for 1 s and purge it `retained_ms` later, in which task `id`
+/// under `limit`, submitted at `node`, has run (200 ms) and finished.
+fn one_task_under_a_retiring_key(
+    seed: u64,
+    retained_ms: u64,
+    (node, id): (NodeId, cohort_core::TaskId),
+    limit: &cohort_core::TaskLimit,
+) -> Sim {
+    let config = LeaderlessConfig {
+        permit_idle_retire_ms: 1_000,
+        permit_retired_retained_ms: retained_ms,
+        ..LeaderlessConfig::default()
+    };
+    let mut sim = Sim::new(seed, 5, config);
+    sim.handlers.run_ms = (200, 200);
+    sim.run_for(1_000);
+    submit_limited(&mut sim, node, id, limit.clone());
+    assert!(sim.run_until(5_000, |s| s.decided(id).is_some()));
+    sim
+}
+
 /// A key no longer used does not keep a record for ever: once idle, its
 /// keeper retires it (a decided change), every replica purges it, and the
 /// key's next task gets a new incarnation (another body under the same
 /// id) that enforces the limit as before.
 #[test]
 fn an_idle_keys_permit_record_is_retired_purged_and_created_anew_for_its_next_tasks() {
-    let config = LeaderlessConfig {
-        permit_idle_retire_ms: 1_000,
-        permit_retired_retained_ms: 1_500,
-        ..LeaderlessConfig::default()
-    };
-    let mut sim = Sim::new(47, 5, config);
-    sim.handlers.run_ms = (200, 200);
-    sim.run_for(1_000);
     let one = cohort_core::TaskLimit {
         key: "tenant-idle".into(),
         concurrency_max: 1,
         rate_max: 2,
         rate_window_ms: 600,
     };
-    let first = tid(400);
-    submit_limited(&mut sim, NodeId(1), first, one.clone());
-    assert!(sim.run_until(5_000, |s| s.decided(first).is_some()));
+    let mut sim = one_task_under_a_retiring_key(47, 1_500, (NodeId(1), tid(400)), &one);
     let holders = |s: &Sim| -> Vec<NodeId> {
         s.members()
             .iter()
@@ -1860,23 +1872,13 @@ fn an_idle_keys_permit_record_is_retired_purged_and_created_anew_for_its_next_ta
 /// back (no new incarnation), and it is not purged while in use.
 #[test]
 fn a_retired_permit_record_is_brought_back_by_the_next_grant_before_its_purge() {
-    let config = LeaderlessConfig {
-        permit_idle_retire_ms: 1_000,
-        permit_retired_retained_ms: 60_000,
-        ..LeaderlessConfig::default()
-    };
-    let mut sim = Sim::new(53, 5, config);
-    sim.handlers.run_ms = (200, 200);
-    sim.run_for(1_000);
     let one = cohort_core::TaskLimit {
         key: "tenant-back".into(),
         concurrency_max: 1,
         rate_max: 0,
         rate_window_ms: 0,
     };
-    let first = tid(420);
-    submit_limited(&mut sim, NodeId(2), first, one.clone());
-    assert!(sim.run_until(5_000, |s| s.decided(first).is_some()));
+    let mut sim = one_task_under_a_retiring_key(53, 60_000, (NodeId(2), tid(420)), &one);
     let retired = |s: &Sim| {
         s.members().iter().find_map(|&n| {
             permit_record(s, n, "tenant-back")

@@ -173,9 +173,7 @@ impl LeaderlessNode {
     /// The node asked for `key`'s places: the first live replica of its
     /// permit record.
     fn keeper_of(&self, key: &str) -> Option<NodeId> {
-        self.replicas_of(permit_id(key))
-            .into_iter()
-            .find(|&n| self.membership.is_live(n))
+        self.first_live(&self.replicas_of(permit_id(key)))
     }
 
     /// The grant this node holds for a claim of `id` under `epoch` at
@@ -584,12 +582,7 @@ impl LeaderlessNode {
             if *pid != permit_id(key) {
                 continue; // a client task of the reserved kind: never made
             }
-            let keeper = rec
-                .value
-                .replicas
-                .iter()
-                .copied()
-                .find(|&n| self.membership.is_live(n));
+            let keeper = self.first_live(&rec.value.replicas);
             if keeper != Some(me) {
                 continue;
             }
@@ -654,12 +647,7 @@ impl LeaderlessNode {
             let Some(rec) = self.records.get(pid) else {
                 continue; // gone: dropped from the set by the sweep
             };
-            let keeper = rec
-                .value
-                .replicas
-                .iter()
-                .copied()
-                .find(|&n| self.membership.is_live(n));
+            let keeper = self.first_live(&rec.value.replicas);
             let stale_first_write =
                 rec.version == 0 && rec.header.ring_epoch < self.ring.ring.epoch;
             if keeper == Some(me)
