@@ -682,6 +682,37 @@ mod tests {
         passes_limits_gate(128);
     }
 
+    /// Found by the leaderless limits gate past its CI range (seed 638): a
+    /// replica purged a retired permit record while it held an accepted
+    /// grant on top of it, a grant that was chosen; a keeper's lookup then
+    /// missed the record and created the key's next incarnation beside it.
+    /// A retired record holding an accepted value is not purged.
+    #[test]
+    fn regression_a_retired_permit_record_is_not_purged_under_an_accepted_grant() {
+        passes_limits_gate(638);
+    }
+
+    /// Found the same way (seed 1171): incarnations were the creating
+    /// keeper's clock, so a keeper whose first write missed itself created
+    /// another body, and three replicas each held a different first write,
+    /// none a majority: the key's tasks waited for ever (G4). The
+    /// incarnation now follows the newest tombstone (0 at first), the same
+    /// for every keeper that knows it.
+    #[test]
+    fn regression_keepers_creating_a_permit_record_agree_on_its_body() {
+        passes_limits_gate(1171);
+    }
+
+    /// Seeds 1334 and 1421 (past the CI range, permit records retired
+    /// every few hundred ms) also left a key's tasks waiting for ever
+    /// (G4) before the two fixes above, and pass since; they were not
+    /// diagnosed one by one.
+    #[test]
+    fn regression_more_retiring_seeds_past_the_ci_range_finish_every_task() {
+        passes_limits_gate(1334);
+        passes_limits_gate(1421);
+    }
+
     /// Seed `seed` of the leaderless limits gate acknowledges tasks and
     /// passes every checker.
     fn passes_limits_gate(seed: u64) {

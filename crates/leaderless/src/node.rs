@@ -547,8 +547,10 @@ impl LeaderlessNode {
     fn on_purged(&mut self, id: TaskId, tombstone: Tombstone, now: Time) {
         let Some(rec) = self.records.get(&id) else {
             // A reader told by a replica that purged it: kept in memory, to
-            // judge the copies other replicas answer (`answer_read`).
-            if self.tombstones.get(id).is_none() {
+            // judge the copies other replicas answer (`answer_read`); a
+            // permit record's newer incarnation's replaces an older one's.
+            let newer = |held: &Tombstone| held.incarnation < tombstone.incarnation;
+            if self.tombstones.get(id).is_none_or(newer) {
                 let made_at = now;
                 self.tombstones.insert(
                     id,
@@ -1254,10 +1256,13 @@ impl LeaderlessNode {
                     }
                     self.created_over_tombstone(id, header);
                 }
+                // (A retired permit record is not refused by its age: a
+                // grant accepted on top of it may be chosen, see
+                // `purge_at`. The tombstones of the replicas that purged
+                // it refuse its copies.)
                 let final_at = value.history.events.last().map(|e| e.at);
                 let expired = final_at
                     .and_then(|at| self.peers.limits.purge_at(&header.task, &value.state, at))
-                    .or_else(|| retired_purge_at(&self.config, value))
                     .is_some_and(|due| self.retained.expired(due, now));
                 if expired {
                     // Purged here (or never held): a replica whose clock is
@@ -2808,7 +2813,11 @@ const PURGES_PER_TICK_MAX: usize = 4096;
 /// When `rec` is purged: its final state's retention after the time its
 /// final value records (the last event: the outcome), or a retired permit
 /// record's `permit_retired_retained_ms` after it was retired. `None`
-/// while it is neither.
+/// while it is neither, and while a retired record holds an accepted value
+/// of the instance after it: that value (a grant bringing the record back)
+/// may be chosen, and a replica that forgot it could let a lookup miss the
+/// record and create the key's next incarnation beside it, its places
+/// lost (`cohort sim` limits gate, seed 638, outside the CI range).
 fn purge_at(limits: &cohort_core::Limits, config: &LeaderlessConfig, rec: &Record) -> Option<Time> {
     let final_at = rec
         .value
@@ -2816,9 +2825,15 @@ fn purge_at(limits: &cohort_core::Limits, config: &LeaderlessConfig, rec: &Recor
         .events
         .last()
         .map_or(rec.created_at, |e| e.at);
+    let retired = || {
+        rec.accepted
+            .is_none()
+            .then(|| retired_purge_at(config, &rec.value))
+            .flatten()
+    };
     limits
         .purge_at(&rec.header.task, &rec.value.state, final_at)
-        .or_else(|| retired_purge_at(config, &rec.value))
+        .or_else(retired)
 }
 
 /// When a retired permit record's value `value` is purged (`None`: not

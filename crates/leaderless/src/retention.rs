@@ -124,7 +124,8 @@ impl Tombstone {
 
     /// Whether the holder of `rec` should drop it: a covered copy, not
     /// final, that was claimed at least once or, never claimed, was
-    /// written before the purge (a reused id's first write comes after it).
+    /// written before the purge (a reused id's first write comes after it),
+    /// or a permit record's.
     pub(crate) fn drops(&self, rec: &Record) -> bool {
         self.drops_copy(&rec.header, rec.version, &rec.value, rec.created_at)
     }
@@ -137,9 +138,14 @@ impl Tombstone {
         value: &TaskValue,
         created_at: Time,
     ) -> bool {
+        // A permit record's body is never used again (its next incarnation
+        // is another body), so a covered copy of one is always left behind:
+        // a keeper that wrote it without knowing of the purge drops it, and
+        // creates the incarnation after this one.
+        let permit = crate::permit::permit_key(&header.task).is_some();
         !value.state.is_final()
             && self.covers(header, version, value)
-            && (!value.history.events.is_empty() || created_at <= self.purged_at)
+            && (permit || !value.history.events.is_empty() || created_at <= self.purged_at)
     }
 }
 

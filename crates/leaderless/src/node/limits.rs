@@ -85,6 +85,13 @@ pub(super) struct Limiter {
     idle_since: BTreeMap<TaskId, Time>,
     /// Permit records this keeper proposed to retire, ever.
     pub(super) retires: u64,
+    /// When this keeper first proposed on each record it holds at version
+    /// 0: a first write that lost a race with another keeper's (another
+    /// incarnation) is answered by no acceptor, so after
+    /// `permit_fence_after_ms` without a chosen value the keeper looks the
+    /// record up instead (`cohort sim` limits gate, seed 1171, outside the
+    /// CI range). At most one entry per record this node keeps.
+    first_write_proposed: BTreeMap<TaskId, Time>,
 }
 
 impl KeeperQueue {
@@ -354,7 +361,21 @@ impl LeaderlessNode {
             if older_first_write != durable {
                 self.limiter.durable_first_writes.remove(&pid);
             }
-            let stale_first_write = older_first_write.is_some() && older_first_write != durable;
+            let first_write = self.records.get(&pid).is_some_and(|r| r.version == 0);
+            if !first_write {
+                self.limiter.first_write_proposed.remove(&pid);
+            }
+            let fence_after = Duration::from_millis(self.config.permit_fence_after_ms);
+            let unanswered = self
+                .limiter
+                .first_write_proposed
+                .get(&pid)
+                .is_some_and(|at| now >= *at + fence_after);
+            if unanswered {
+                self.limiter.first_write_proposed.remove(&pid);
+            }
+            let stale_first_write =
+                (older_first_write.is_some() && older_first_write != durable) || unanswered;
             let own = matches!(self.proposer.intent(pid), Some(Intent::Permits(_)));
             if own && stale_first_write {
                 // Started before the ring changed, on a first write a
@@ -434,6 +455,9 @@ impl LeaderlessNode {
             }
             match self.propose(now, pid, header, version, base, intent) {
                 Ok(()) => {
+                    if version == 0 {
+                        self.limiter.first_write_proposed.entry(pid).or_insert(now);
+                    }
                     let q = self.limiter.queues.get_mut(&pid).expect("listed");
                     q.proposing = acquire;
                     q.proposing_release = change.release;
@@ -506,11 +530,16 @@ impl LeaderlessNode {
         let task = match self.records.get(&pid) {
             Some(rec) => rec.header.task.clone(),
             None => {
-                // Later than the last one purged here, even on a clock
-                // behind its creator's (such a copy is refused).
+                // The one after the last purged here (0 if none): every
+                // keeper that knows the same tombstone creates the same
+                // body, so keepers creating at once (or one trying again)
+                // do not race with bodies of their own (`cohort sim`
+                // limits gate, seed 1171: three replicas each held another
+                // first write, none a majority). One that knows an older
+                // tombstone is refused (covered) and told the newer one.
                 let after = self.tombstones.get(pid).and_then(|t| t.incarnation);
-                let at = after.map_or(now, |a| now.max(a + Duration::from_millis(1)));
-                permit_task(&q.key, at)
+                let next = after.map_or(Time::ZERO, |a| a + Duration::from_millis(1));
+                permit_task(&q.key, next)
             }
         };
         if self.ops.len() >= self.config.requests_in_flight_max {
@@ -648,13 +677,13 @@ impl LeaderlessNode {
                 continue; // gone: dropped from the set by the sweep
             };
             let keeper = self.first_live(&rec.value.replicas);
-            let stale_first_write =
-                rec.version == 0 && rec.header.ring_epoch < self.ring.ring.epoch;
+            // (Not a first write: it may have lost a race, see
+            // `first_write_proposed`.)
             if keeper == Some(me)
                 && permit_key(&rec.header.task).is_some()
                 && rec.value.state == TaskState::Pending
                 && rec.value.permits.retirable(now)
-                && !stale_first_write
+                && rec.version > 0
                 && !self.limiter.queues.contains_key(pid)
                 && !self.proposer.is_running(*pid)
             {
