@@ -1685,6 +1685,23 @@ fn submit_limited(
     )
 }
 
+/// The runs of `ids` (tasks of one concurrency-1 key): one each, none
+/// overlapping the next, in the order they ran.
+fn one_run_each_in_turn(
+    sim: &Sim,
+    ids: &[cohort_core::TaskId],
+) -> Vec<(u64, u64, cohort_core::TaskId)> {
+    let runs = live_spans(sim, ids);
+    assert_eq!(runs.len(), ids.len(), "one run each: {runs:?}");
+    for pair in runs.windows(2) {
+        assert!(
+            pair[0].1 <= pair[1].0,
+            "two runs of the key overlap: {runs:?}"
+        );
+    }
+    runs
+}
+
 /// Per assignment of `ids`, the sim times it was live in the cluster's
 /// record: from its first `Assigned` note to the first note that ended it.
 fn live_spans(sim: &Sim, ids: &[cohort_core::TaskId]) -> Vec<(u64, u64, cohort_core::TaskId)> {
@@ -1743,14 +1760,7 @@ fn a_concurrency_limit_of_one_runs_its_keys_tasks_one_at_a_time_whichever_node_c
     for &id in &all {
         assert!(matches!(sim.decided(id), Some(TaskState::Succeeded { .. })));
     }
-    let runs = live_spans(&sim, &limited);
-    assert_eq!(runs.len(), limited.len(), "one run each: {runs:?}");
-    for pair in runs.windows(2) {
-        assert!(
-            pair[0].1 <= pair[1].0,
-            "two runs of tenant-a overlap: {runs:?}"
-        );
-    }
+    let runs = one_run_each_in_turn(&sim, &limited);
     // The unlimited tasks were not held back behind them.
     let free_runs = live_spans(&sim, &free);
     let last_free_end = free_runs.iter().map(|r| r.1).max().expect("ran");
@@ -1849,14 +1859,7 @@ fn an_idle_keys_permit_record_is_retired_purged_and_created_anew_for_its_next_ta
     for &id in &next {
         assert!(matches!(sim.decided(id), Some(TaskState::Succeeded { .. })));
     }
-    let runs = live_spans(&sim, &next);
-    assert_eq!(runs.len(), next.len(), "one run each: {runs:?}");
-    for pair in runs.windows(2) {
-        assert!(
-            pair[0].1 <= pair[1].0,
-            "two runs of the key overlap: {runs:?}"
-        );
-    }
+    one_run_each_in_turn(&sim, &next);
     let now_held = holders(&sim);
     assert!(now_held.len() >= 2, "a majority holds the new record");
     for n in now_held {
