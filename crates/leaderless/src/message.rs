@@ -292,5 +292,10 @@ pub enum LeaderlessMessage {
         id: TaskId,
         /// What the purge left.
         tombstone: crate::retention::Tombstone,
+        /// Passed on by a reader that was told (not the sender's own
+        /// purge): no witness that the sender holds no copy, so it does
+        /// not count towards dropping a copy in doubt
+        /// (`crate::retention::Tombstone::in_doubt`).
+        relayed: bool,
     },
 }

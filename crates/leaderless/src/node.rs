@@ -104,6 +104,7 @@ pub enum RingError {
     Busy,
 }
 
+mod doubts;
 mod limits;
 
 /// A node of a leaderless cluster.
@@ -204,6 +205,15 @@ pub struct LeaderlessNode {
     purged_copies_refused: u64,
     /// Copies of purged tasks this node held and dropped when told.
     purged_copies_dropped: u64,
+    /// Copies of retired permit records told `Purged` while they may hide
+    /// a chosen grant, being settled (at most one per record held).
+    doubts: BTreeMap<TaskId, doubts::Doubt>,
+    /// Settles started on such copies, and copies dropped once a majority
+    /// of their replicas had purged them.
+    doubts_settles: u64,
+    doubts_dropped: u64,
+    /// Reads answered `unavailable` because their newest copy was in doubt.
+    doubtful_reads: u64,
     /// Draining: no new claims, hand back what is left at the deadline.
     drain: Option<Drain>,
     /// Concurrency and rate limits: grants, asks, permit records kept.
@@ -542,9 +552,11 @@ impl LeaderlessNode {
         }
     }
 
-    /// A replica that purged `id` refused this node's copy of it: drop the
-    /// copy too, when it is the purged task's and was left behind.
-    fn on_purged(&mut self, id: TaskId, tombstone: Tombstone, now: Time) {
+    /// A replica that purged `id` (`from`; `None`: relayed by a read)
+    /// refused this node's copy of it: drop the copy too, when it is the
+    /// purged task's and was left behind, unless it may hide a chosen
+    /// value (see [`doubts`]).
+    fn on_purged(&mut self, from: Option<NodeId>, id: TaskId, tombstone: Tombstone, now: Time) {
         let Some(rec) = self.records.get(&id) else {
             // A reader told by a replica that purged it: kept in memory, to
             // judge the copies other replicas answer (`answer_read`); a
@@ -565,6 +577,9 @@ impl LeaderlessNode {
         if !tombstone.drops(rec) {
             return; // a new task under the id, or up to date
         }
+        if tombstone.in_doubt(&rec.header, rec.version, rec.accepted.is_some()) {
+            return self.purged_in_doubt(now, from, id, tombstone);
+        }
         let tombstone = Tombstone {
             made_at: now,
             ..tombstone
@@ -577,33 +592,49 @@ impl LeaderlessNode {
 
     /// A read's newest copy, unless it is a copy of a purged task left
     /// behind (a replica told this node so): then the task reads as
-    /// absent, and the replicas of that copy are told.
+    /// absent, and the replicas of that copy are told. `Err(())` when
+    /// that copy is in doubt ([`Tombstone::in_doubt`]): neither it nor
+    /// absence is the answer until its holders settle it.
     fn unless_purged(
         &mut self,
         now: Time,
         id: TaskId,
         best: Option<ReadState>,
-    ) -> Option<ReadState> {
-        let b = best?;
+    ) -> Result<Option<ReadState>, ()> {
+        let Some(b) = best else {
+            return Ok(None);
+        };
         let Some(t) = self.tombstones.get(id) else {
-            return Some(b);
+            return Ok(Some(b));
         };
         if !t.drops_copy(&b.header, b.version, &b.value, b.created_at) {
-            return Some(b);
+            return Ok(Some(b));
         }
+        let in_doubt = t.in_doubt(&b.header, b.version, b.in_doubt);
         let tombstone = t.clone();
         let mut told: Vec<NodeId> = Vec::new();
         for &n in b.value.replicas.iter().chain(&b.header.replicas) {
             if n != self.me() && !told.contains(&n) {
                 told.push(n);
                 let tombstone = tombstone.clone();
-                self.send(n, LeaderlessMessage::Purged { id, tombstone });
+                let relayed = true;
+                self.send(
+                    n,
+                    LeaderlessMessage::Purged {
+                        id,
+                        tombstone,
+                        relayed,
+                    },
+                );
             }
         }
         if self.records.contains_key(&id) {
-            self.on_purged(id, tombstone, now);
+            self.on_purged(None, id, tombstone, now);
         }
-        None
+        if in_doubt {
+            return Err(());
+        }
+        Ok(None)
     }
 
     /// Handles the messages this node sent itself.
@@ -1124,7 +1155,14 @@ impl LeaderlessNode {
                         // creates a new one.
                         self.purged_copies_refused += 1;
                         let tombstone = t.clone();
-                        return self.send(from, LeaderlessMessage::Purged { id, tombstone });
+                        return self.send(
+                            from,
+                            LeaderlessMessage::Purged {
+                                id,
+                                tombstone,
+                                relayed: false,
+                            },
+                        );
                     }
                 }
                 self.created_over_tombstone(id, &header);
@@ -1208,7 +1246,14 @@ impl LeaderlessNode {
                 self.purged_copies_refused += 1;
                 if let Some(from) = from.filter(|&f| f != self.me()) {
                     let tombstone = self.tombstones.get(id).expect("covered").clone();
-                    self.send(from, LeaderlessMessage::Purged { id, tombstone });
+                    self.send(
+                        from,
+                        LeaderlessMessage::Purged {
+                            id,
+                            tombstone,
+                            relayed: false,
+                        },
+                    );
                 }
                 false
             }
@@ -1250,7 +1295,14 @@ impl LeaderlessNode {
                         self.purged_copies_refused += 1;
                         if let Some(from) = from.filter(|&f| f != self.me()) {
                             let tombstone = t.clone();
-                            self.send(from, LeaderlessMessage::Purged { id, tombstone });
+                            self.send(
+                                from,
+                                LeaderlessMessage::Purged {
+                                    id,
+                                    tombstone,
+                                    relayed: false,
+                                },
+                            );
                         }
                         return false;
                     }
@@ -1663,10 +1715,11 @@ impl LeaderlessNode {
         // left it is dropped, so it cannot hold the task's proposer slot
         // (and block the runner's result here) if its acceptors never
         // answer it. Another read or decision settles the instance later.
+        // (A copy in doubt's settle is dropped when its doubt ends.)
         let moot: Vec<TaskId> = self
             .proposer
             .ids_with(|intent| *intent == Intent::Settle)
-            .filter(|id| !self.read_waiters.contains_key(id))
+            .filter(|id| !self.read_waiters.contains_key(id) && !self.settling_doubt(*id))
             .collect();
         for id in moot {
             self.proposer.abandon(id);
@@ -1729,6 +1782,7 @@ impl LeaderlessNode {
             );
         }
         self.expire_waiters(now);
+        self.settle_doubts(now);
         self.purge_expired(now);
         // Spread this node's load.
         self.report_load(now);
@@ -2409,7 +2463,14 @@ impl LeaderlessNode {
                     // does not read as the task.
                     if from != self.me() {
                         let tombstone = t.clone();
-                        self.send(from, LeaderlessMessage::Purged { id, tombstone });
+                        self.send(
+                            from,
+                            LeaderlessMessage::Purged {
+                                id,
+                                tombstone,
+                                relayed: false,
+                            },
+                        );
                     }
                 }
                 self.send(
@@ -2452,7 +2513,15 @@ impl LeaderlessNode {
                         self.quorum_read(now, request, id, purpose)
                     }
                     ReadProgress::Done(request, id, purpose, best, epoch, holders) => {
-                        let best = self.unless_purged(now, id, best);
+                        let Ok(best) = self.unless_purged(now, id, best) else {
+                            // A keeper's lookup must not create the key's
+                            // next incarnation beside a grant that may be
+                            // chosen: it is made again later.
+                            self.submit_lookups.remove(&request);
+                            self.doubtful_reads += 1;
+                            let reason = "a purged record's copy is being settled";
+                            return self.reply(request, Err(Self::unavailable(reason)));
+                        };
                         self.read_done(now, request, id, purpose, best, epoch, holders)
                     }
                 }
@@ -2512,7 +2581,14 @@ impl LeaderlessNode {
                 version,
                 value,
             } => self.on_learn(now, from, id, header, version, value),
-            LeaderlessMessage::Purged { id, tombstone } => self.on_purged(id, tombstone, now),
+            LeaderlessMessage::Purged {
+                id,
+                tombstone,
+                relayed,
+            } => {
+                let witness = (!relayed).then_some(from);
+                self.on_purged(witness, id, tombstone, now)
+            }
             LeaderlessMessage::Digest { entries } => self.on_digest(from, entries),
             LeaderlessMessage::Pull { ids } => self.on_pull(from, ids),
             LeaderlessMessage::RingPrepare { base, ballot } => {
@@ -3100,6 +3176,10 @@ impl Node for LeaderlessNode {
             records_purged: 0,
             purged_copies_refused: 0,
             purged_copies_dropped: 0,
+            doubts: BTreeMap::new(),
+            doubts_settles: 0,
+            doubts_dropped: 0,
+            doubtful_reads: 0,
             submit_lookups: BTreeMap::new(),
             events_requests: BTreeMap::new(),
             batches: crate::batch::Batches::default(),
@@ -3252,6 +3332,9 @@ impl Node for LeaderlessNode {
             ("records_purged", self.records_purged),
             ("purged_copies_refused", self.purged_copies_refused),
             ("purged_copies_dropped", self.purged_copies_dropped),
+            ("doubts_settles", self.doubts_settles),
+            ("doubts_dropped", self.doubts_dropped),
+            ("doubtful_reads", self.doubtful_reads),
             self.limit_counters()[0],
             self.limit_counters()[1],
             self.limit_counters()[2],

@@ -130,6 +130,23 @@ impl Tombstone {
         self.drops_copy(&rec.header, rec.version, &rec.value, rec.created_at)
     }
 
+    /// Whether a covered copy at `version`, holding an accepted value of
+    /// the next instance (`accepted`), may hide a chosen value: a permit
+    /// record's purged incarnation at exactly the purged (retired)
+    /// version. The replicas that purged it held no accepted value of
+    /// that instance (`purge_at`), but a majority of the others may have
+    /// accepted a grant there, chosen and not learned yet. A copy at an
+    /// older version is not in doubt: the record went on past that
+    /// instance to its retirement. An older incarnation is not either:
+    /// the next one was created only by a lookup that found nothing in
+    /// doubt.
+    pub(crate) fn in_doubt(&self, header: &TaskHeader, version: u64, accepted: bool) -> bool {
+        accepted
+            && crate::permit::permit_key(&header.task).is_some()
+            && header_digest(header) == self.header_digest
+            && version == self.version
+    }
+
     /// [`Self::drops`] of a copy stored at `created_at` (a read's answer).
     pub(crate) fn drops_copy(
         &self,

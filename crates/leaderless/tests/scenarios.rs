@@ -8,7 +8,7 @@ use cohort_core::{
     ClientError, ClientRequest, ClientResponse, Consistency, Epoch, Node, NodeId, Note,
     SupersedeReason, TaskId, TaskOutcome, TaskState,
 };
-use cohort_leaderless::{placement, LeaderlessConfig, RingChange};
+use cohort_leaderless::{placement, LeaderlessConfig, LeaderlessMessage, RingChange};
 use common::{task, tid, Sim};
 
 fn accepted(sim: &Sim, r: cohort_core::RequestId) -> bool {
@@ -1917,6 +1917,145 @@ fn a_retired_permit_record_is_brought_back_by_the_next_grant_before_its_purge() 
     for (inc, _, _) in &back {
         assert_eq!(*inc, incarnation, "the same record, brought back");
     }
+}
+
+/// A grant chosen on top of a retired record, whose `Learn` one replica of
+/// its majority missed, is not forgotten when the third replica (cut off
+/// meanwhile) purges the record and tells the others: the replica holding
+/// the accepted grant settles the instance before it drops anything, so a
+/// keeper that takes over does not create the key's next incarnation
+/// beside the grant (its task and the next one would run at once).
+#[test]
+fn a_grant_on_a_retired_record_survives_a_purge_by_a_replica_that_missed_it() {
+    let one = cohort_core::TaskLimit {
+        key: "tenant-doubt".into(),
+        concurrency_max: 1,
+        rate_max: 0,
+        rate_window_ms: 0,
+    };
+    let mut sim = one_task_under_a_retiring_key(61, 1_500, (NodeId(1), tid(430)), &one);
+    let pid = cohort_leaderless::permit::permit_id("tenant-doubt");
+    let replicas = sim
+        .node(NodeId(1))
+        .record_replicas(pid)
+        .expect("held")
+        .to_vec();
+    let (keeper, lagging, purger) = (replicas[0], replicas[1], replicas[2]);
+    let client = *sim
+        .members()
+        .iter()
+        .find(|n| !replicas.contains(n))
+        .expect("5 > 3");
+    let retired = |s: &Sim, n: NodeId| {
+        permit_record(s, n, "tenant-doubt").is_some_and(|(_, _, v)| v.permits.retired_at.is_some())
+    };
+    assert!(sim.run_until(5_000, |s| replicas.iter().all(|&n| retired(s, n))));
+    let (_, retired_version, _) = permit_record(&sim, keeper, "tenant-doubt").expect("held");
+    // The purger hears nothing of what comes next; the lagging replica
+    // accepts the next grant but never learns it was chosen.
+    sim.cut(purger, keeper);
+    sim.cut(purger, lagging);
+    sim.drop_if = Some(Box::new(move |_, to, msg| {
+        to == lagging && matches!(msg, LeaderlessMessage::Learn { id, .. } if *id == pid)
+    }));
+    sim.handlers.run_ms = (5_000, 5_000);
+    let (held, next) = (tid(431), tid(432));
+    submit_limited(&mut sim, client, held, one.clone());
+    assert!(sim.run_until(3_000, |s| !s.executions_of(held).is_empty()));
+    assert!(
+        !sim.executions_of(held).iter().any(|(n, _)| *n == keeper),
+        "the keeper does not run the task it is stopped under"
+    );
+    let (_, back_version, _) = permit_record(&sim, keeper, "tenant-doubt").expect("held");
+    assert_eq!(back_version, retired_version + 1, "the grant is chosen");
+    // The purger purges the retired record it was left with.
+    assert!(
+        sim.run_until(5_000, |s| permit_record(s, purger, "tenant-doubt")
+            .is_none())
+    );
+    let (_, lag_version, _) = permit_record(&sim, lagging, "tenant-doubt").expect("held");
+    assert_eq!(
+        lag_version, retired_version,
+        "the lagging replica missed the grant"
+    );
+    // The keeper stops; the purger is heard again; the next task asks.
+    sim.crash(keeper);
+    sim.drop_if = None;
+    sim.heal();
+    submit_limited(&mut sim, client, next, one);
+    sim.run_for(3_000);
+    assert!(
+        sim.executions_of(next).is_empty(),
+        "the next task waits for the place the first one holds"
+    );
+    assert!(
+        permit_record(&sim, lagging, "tenant-doubt").is_some(),
+        "the copy in doubt is kept while no majority says it was purged"
+    );
+    sim.restart(keeper);
+    assert!(sim.run_until(20_000, |s| {
+        [held, next].iter().all(|&id| s.decided(id).is_some())
+    }));
+    one_run_each_in_turn(&sim, &[held, next]);
+}
+
+/// The other side of the same story: a grant only its keeper accepted
+/// (its `Accept`s to the other two replicas lost, and they purged the
+/// retired record meanwhile) was never chosen. Both answer the keeper's
+/// next rounds `Purged`; a majority of the replicas said so, so the keeper
+/// drops its copy in doubt, and the task gets its place from the key's
+/// next incarnation.
+#[test]
+fn a_grant_only_its_keeper_accepted_is_dropped_once_a_majority_purged_the_record() {
+    let one = cohort_core::TaskLimit {
+        key: "tenant-alone".into(),
+        concurrency_max: 1,
+        rate_max: 0,
+        rate_window_ms: 0,
+    };
+    let mut sim = one_task_under_a_retiring_key(67, 1_500, (NodeId(1), tid(440)), &one);
+    let pid = cohort_leaderless::permit::permit_id("tenant-alone");
+    let replicas = sim
+        .node(NodeId(1))
+        .record_replicas(pid)
+        .expect("held")
+        .to_vec();
+    let keeper = replicas[0];
+    let client = *sim
+        .members()
+        .iter()
+        .find(|n| !replicas.contains(n))
+        .expect("5 > 3");
+    let retired = |s: &Sim, n: NodeId| {
+        permit_record(s, n, "tenant-alone").is_some_and(|(_, _, v)| v.permits.retired_at.is_some())
+    };
+    assert!(sim.run_until(5_000, |s| replicas.iter().all(|&n| retired(s, n))));
+    let (old, retired_version, _) = permit_record(&sim, keeper, "tenant-alone").expect("held");
+    sim.drop_if = Some(Box::new(move |from, _, msg| {
+        from == keeper && matches!(msg, LeaderlessMessage::Accept { id, .. } if *id == pid)
+    }));
+    let task = tid(441);
+    submit_limited(&mut sim, client, task, one);
+    let others_purged = |s: &Sim| {
+        replicas[1..]
+            .iter()
+            .all(|&n| permit_record(s, n, "tenant-alone").is_none())
+    };
+    assert!(sim.run_until(5_000, others_purged));
+    let (_, kept_version, _) = permit_record(&sim, keeper, "tenant-alone").expect("held");
+    assert_eq!(kept_version, retired_version, "its grant was never chosen");
+    assert!(sim.executions_of(task).is_empty(), "no grant, no run");
+    sim.drop_if = None;
+    assert!(sim.run_until(10_000, |s| s.decided(task).is_some()));
+    assert!(matches!(
+        sim.decided(task),
+        Some(TaskState::Succeeded { .. })
+    ));
+    let (incarnation, _, _) = permit_record(&sim, keeper, "tenant-alone").expect("created anew");
+    assert!(
+        incarnation > old,
+        "{incarnation} is the next incarnation after {old}"
+    );
 }
 
 #[test]

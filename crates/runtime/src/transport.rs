@@ -55,8 +55,9 @@ pub const MAGIC: [u8; 4] = *b"CHRT";
 /// their own lease grace and a retry's link (data format 12), and
 /// leaderless permit values and tombstones their incarnation and
 /// retirement (format 13): a node of 2 would misread them, so it is
-/// refused at the handshake rather than at its first such message.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// refused at the handshake rather than at its first such message. 4:
+/// a leaderless `Purged` says whether it was relayed by a reader.
+pub const PROTOCOL_VERSION: u32 = 4;
 /// Largest handshake frame.
 pub const HANDSHAKE_BYTES_MAX: usize = 1024;
 

@@ -104,6 +104,10 @@ pub struct Sim {
     cut: BTreeSet<(NodeId, NodeId)>,
     /// Probability that a message is lost, in parts per million.
     pub loss_ppm: u32,
+    /// Drops every message `(from, to, message)` it matches, to lose
+    /// exactly one kind of message in a scenario.
+    #[allow(clippy::type_complexity)]
+    pub drop_if: Option<Box<dyn Fn(NodeId, NodeId, &LeaderlessMessage) -> bool>>,
     /// Message latency range, in microseconds.
     pub latency_us: (u64, u64),
     pub handlers: Handlers,
@@ -164,6 +168,7 @@ impl Sim {
             held: Vec::new(),
             cut: BTreeSet::new(),
             loss_ppm: 0,
+            drop_if: None,
             latency_us: (500, 3_000),
             handlers: Handlers::default(),
             notes: Vec::new(),
@@ -408,6 +413,9 @@ impl Sim {
                     let kind = dbg.split([' ', '(', '{']).next().unwrap_or_default();
                     *self.sent.entry((id, kind.to_string())).or_default() += 1;
                     if self.cut.contains(&(id, to)) {
+                        continue;
+                    }
+                    if self.drop_if.as_ref().is_some_and(|f| f(id, to, &msg)) {
                         continue;
                     }
                     if self.loss_ppm > 0 && self.rng.gen_range(0..1_000_000) < self.loss_ppm {
