@@ -138,6 +138,13 @@ pub struct LeaderlessConfig {
     /// it (on each one's clock). A grant within that time brings the same
     /// record back; after it, the key's next ask creates a new one.
     pub permit_retired_retained_ms: u64,
+    /// Most schedule definitions a node creates as a replica (tombstones
+    /// of deleted schedules count with them, and are refused past twice
+    /// this): both are kept for ever (`cohort_core::schedule::kept_for_ever`),
+    /// so a new schedule past it is refused `429 overloaded` rather than
+    /// growing storage without a bound. Records that exist already (learned,
+    /// moved here) are always taken.
+    pub schedules_kept_max: usize,
     /// Most tombstones a node keeps (one per record it purged, a few dozen
     /// bytes each, see [`crate::retention`]); past it the oldest goes.
     pub tombstones_max: usize,
@@ -187,6 +194,7 @@ impl Default for LeaderlessConfig {
             permit_asks_max: 4_096,
             permit_idle_retire_ms: 600_000,
             permit_retired_retained_ms: 3_600_000,
+            schedules_kept_max: 100_000,
             tombstones_max: 1_000_000,
             tombstone_retained_ms: 7 * 24 * 3_600_000,
         }
@@ -260,6 +268,7 @@ impl LeaderlessConfig {
                 "permit_retired_retained_ms",
                 self.permit_retired_retained_ms,
             ),
+            ("schedules_kept_max", self.schedules_kept_max as u64),
             ("tombstones_max", self.tombstones_max as u64),
             ("tombstone_retained_ms", self.tombstone_retained_ms),
         ];

@@ -298,4 +298,14 @@ pub enum LeaderlessMessage {
         /// (`crate::retention::Tombstone::in_doubt`).
         relayed: bool,
     },
+    /// Replica → coordinator: refused to create a schedule's definition
+    /// (or tombstone) because this replica keeps `schedules_kept_max` of
+    /// them already (`crate::LeaderlessConfig::schedules_kept_max`). Last
+    /// in the enum, like `WriteFull`.
+    WriteKeptFull {
+        /// The operation answered.
+        op: u64,
+        /// The task written.
+        id: TaskId,
+    },
 }

@@ -22,6 +22,7 @@ use crate::retention::{
 };
 use crate::ring::{self as ringp, Ring, RingChange, RingProposal, RingState, RingStep, RING_KEY};
 use crate::tasks::{Holders, Op, Ops, ReadProgress, ReadPurpose, SubmitVerdict, WriteAnswer};
+use cohort_core::schedule::{kept_for_ever, SchedulePayload};
 use cohort_core::task::LEASE_EXPIRED_CLASS;
 use cohort_core::{
     decode, encode, error_class, event_progress, Action, BootError, ClientError, ClientRequest,
@@ -214,6 +215,9 @@ pub struct LeaderlessNode {
     doubts_dropped: u64,
     /// Reads answered `unavailable` because their newest copy was in doubt.
     doubtful_reads: u64,
+    /// The schedule definitions and tombstones held (kept for ever, see
+    /// `LeaderlessConfig::schedules_kept_max`).
+    kept: BTreeSet<TaskId>,
     /// Draining: no new claims, hand back what is left at the deadline.
     drain: Option<Drain>,
     /// Concurrency and rate limits: grants, asks, permit records kept.
@@ -438,6 +442,9 @@ impl LeaderlessNode {
         if crate::permit::permit_key(&rec.header.task).is_some() {
             self.limiter.held_records.insert(id);
         }
+        if kept_for_ever(&rec.header.task) {
+            self.kept.insert(id);
+        }
         self.out.push(Action::Persist(vec![StoreOp::Put {
             key: record_key(id),
             value: encode(rec),
@@ -512,6 +519,7 @@ impl LeaderlessNode {
     /// to `ops`, to be persisted in one batch).
     fn drop_record(&mut self, id: TaskId, tombstone: Tombstone, ops: &mut Vec<StoreOp>) {
         self.records.remove(&id).expect("dropping a held record");
+        self.kept.remove(&id);
         self.active.remove(id);
         self.retained.set(id, None);
         self.proposer.abandon(id);
@@ -762,6 +770,13 @@ impl LeaderlessNode {
             SubmitVerdict::Durable => self.reply(request, Ok(ClientResponse::Accepted { id })),
             SubmitVerdict::Conflict => self.reply(request, Err(ClientError::IdConflict { id })),
             SubmitVerdict::Full => self.reply(request, Err(self.full())),
+            SubmitVerdict::KeptFull => {
+                let refused = ClientError::Overloaded {
+                    what: "schedules_kept_max".into(),
+                    limit: self.config.schedules_kept_max,
+                };
+                self.reply(request, Err(refused))
+            }
         }
     }
 
@@ -779,6 +794,27 @@ impl LeaderlessNode {
 
     /// The refusal of a submit while replicas hold `tasks_active_max`
     /// active tasks.
+    /// Whether this replica refuses to create `task`'s record for
+    /// `schedules_kept_max`: a schedule's definition once it keeps that
+    /// many, a deleted schedule's tombstone once it keeps twice that (a
+    /// delete must go through while definitions are at the bound).
+    fn kept_full_for(&self, task: &Task) -> bool {
+        if !kept_for_ever(task) {
+            return false;
+        }
+        let max = self.config.schedules_kept_max;
+        let definition = matches!(
+            cohort_core::decode::<SchedulePayload>(&task.payload, task.payload.len()),
+            Ok(SchedulePayload::Spec(_))
+        );
+        let bound = if definition {
+            max
+        } else {
+            max.saturating_mul(2)
+        };
+        self.kept.len() >= bound
+    }
+
     fn full(&self) -> ClientError {
         ClientError::Overloaded {
             what: "tasks_active_max".into(),
@@ -1147,6 +1183,9 @@ impl LeaderlessNode {
                 if self.active.len() >= self.peers.limits.tasks_active_max {
                     return self.send(from, LeaderlessMessage::WriteFull { op, id });
                 }
+                if self.kept_full_for(&header.task) {
+                    return self.send(from, LeaderlessMessage::WriteKeptFull { op, id });
+                }
                 if let Some(t) = self.tombstones.get(id) {
                     let initial = TaskValue::initial(&header);
                     if permit_key(&header.task).is_some() && t.covers(&header, 0, &initial) {
@@ -1188,6 +1227,7 @@ impl LeaderlessNode {
         });
         if dead {
             self.records.remove(&id);
+            self.kept.remove(&id);
             self.active.remove(id);
             self.retained.set(id, None);
             self.out.push(Action::Persist(vec![StoreOp::Delete {
@@ -2428,6 +2468,9 @@ impl LeaderlessNode {
             LeaderlessMessage::WriteFull { op, id } => {
                 self.write_answered(from, op, id, WriteAnswer::Full);
             }
+            LeaderlessMessage::WriteKeptFull { op, id } => {
+                self.write_answered(from, op, id, WriteAnswer::KeptFull);
+            }
             LeaderlessMessage::WriteFenced { op, id, ring } => {
                 self.learn_ring(now, &ring);
                 let fenced = self.ops.take_fenced_submit(op, id);
@@ -3108,6 +3151,7 @@ impl Node for LeaderlessNode {
             tombstones.insert(id, t);
         }
         let mut limiter = limits::Limiter::default();
+        let mut kept = BTreeSet::new();
         for (key, value) in stored.scan_prefix(RECORD_PREFIX) {
             let rec: Record = decode(value, usize::MAX).map_err(|e| BootError::corrupt(key, e))?;
             let id = task_of_key(RECORD_PREFIX, key)
@@ -3118,6 +3162,9 @@ impl Node for LeaderlessNode {
             retained.set(id, purge_at(&peers.limits, config, &rec));
             if crate::permit::permit_key(&rec.header.task).is_some() {
                 limiter.held_records.insert(id);
+            }
+            if kept_for_ever(&rec.header.task) {
+                kept.insert(id);
             }
             records.insert(id, rec);
         }
@@ -3184,6 +3231,7 @@ impl Node for LeaderlessNode {
             events_requests: BTreeMap::new(),
             batches: crate::batch::Batches::default(),
             steals: 0,
+            kept,
             drain: None,
             limiter,
             out: Vec::new(),

@@ -14,7 +14,9 @@
 //! The horizon is persisted ([`HORIZON_KEY`]) with the deletes that raise it.
 //!
 //! Records kept for ever (schedule definitions and tombstones,
-//! `cohort_core::schedule::kept_for_ever`) are neither indexed nor counted.
+//! `cohort_core::schedule::kept_for_ever`) are neither indexed nor counted
+//! here; `LeaderlessConfig::schedules_kept_max` bounds how many a replica
+//! creates.
 //!
 //! # Tombstones
 //!

@@ -88,6 +88,8 @@ pub enum SubmitVerdict {
     /// Too many replicas are full (`tasks_active_max`), or hold a
     /// different task, for `W` to be reached, and at least one is full.
     Full,
+    /// The same, and at least one refused for `schedules_kept_max`.
+    KeptFull,
 }
 
 /// A replica's answer to a write.
@@ -99,6 +101,8 @@ pub enum WriteAnswer {
     Other,
     /// It is full (`tasks_active_max`) and did not store it.
     Full,
+    /// It keeps `schedules_kept_max` schedules and did not store this one.
+    KeptFull,
 }
 
 /// Where a read stands after an answer.
@@ -262,7 +266,11 @@ impl Ops {
         } else if *replicas - conflicts < *w {
             SubmitVerdict::Conflict
         } else if *replicas - refused.len() < *w {
-            SubmitVerdict::Full
+            if refused.values().any(|a| *a == WriteAnswer::KeptFull) {
+                SubmitVerdict::KeptFull
+            } else {
+                SubmitVerdict::Full
+            }
         } else {
             SubmitVerdict::Waiting
         };

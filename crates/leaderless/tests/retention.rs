@@ -103,3 +103,86 @@ fn a_node_keeps_at_most_tasks_retained_max_final_records_and_takes_no_purged_one
         "n3's copies are final"
     );
 }
+
+/// A schedule's definition and tombstone are kept for ever, so a node
+/// creates at most `schedules_kept_max` definitions (tombstones count with
+/// them): the next new schedule is refused `overloaded`, naming the limit,
+/// and changes nothing; a delete still goes through (up to twice the
+/// bound), an existing definition is acknowledged again, and the count
+/// survives a restart.
+#[test]
+fn a_node_creates_at_most_schedules_kept_max_schedules_and_a_delete_still_goes_through() {
+    use cohort_core::schedule::{IdTag, Overlap, Schedule, ScheduleName, Spec};
+    use cohort_core::{ClientError, ClientRequest};
+    let config = LeaderlessConfig {
+        schedules_kept_max: 2,
+        ..LeaderlessConfig::default()
+    };
+    // Three nodes, three replicas: every node holds every record.
+    let mut sim = Sim::new(73, 3, config);
+    sim.run_for(1_000);
+    let schedule = |name: &str| Schedule {
+        name: ScheduleName::new(name).expect("a valid name"),
+        spec: Spec::Every {
+            every_ms: 60_000,
+            start_ms: 0,
+        },
+        overlap: Overlap::Skip,
+        catch_up_window_ms: 60_000,
+        task: common::task(b"tick"),
+        link_attempts: 3,
+    };
+    let define = |sim: &mut Sim, name: &str| {
+        let s = schedule(name);
+        let id = s.name.task_id(IdTag::Spec);
+        let r = sim.client(
+            NodeId(1),
+            ClientRequest::Submit {
+                id,
+                task: s.spec_task(),
+            },
+        );
+        assert!(sim.run_until(2_000, |s| s.reply(r).is_some()));
+        (id, sim.reply(r).expect("answered").clone())
+    };
+    let accepted =
+        |r: &Result<ClientResponse, ClientError>| matches!(r, Ok(ClientResponse::Accepted { .. }));
+    let (first, r) = define(&mut sim, "first");
+    assert!(accepted(&r), "{r:?}");
+    let (_, r) = define(&mut sim, "second");
+    assert!(accepted(&r), "{r:?}");
+    let over = |r: &Result<ClientResponse, ClientError>| matches!(r, Err(ClientError::Overloaded { what, limit: 2 }) if what == "schedules_kept_max");
+    let (third, r) = define(&mut sim, "third");
+    assert!(over(&r), "{r:?}");
+    for n in sim.members().to_vec() {
+        assert!(
+            !holds(&sim, n, third),
+            "a refused schedule is stored nowhere"
+        );
+        assert!(holds(&sim, n, first));
+    }
+    // The same definition again: it exists, acknowledged.
+    let (_, r) = define(&mut sim, "first");
+    assert!(accepted(&r), "{r:?}");
+    // Deleting one still goes through.
+    let deleted = ScheduleName::new("first")
+        .expect("valid")
+        .task_id(IdTag::Deleted);
+    let r = sim.client(
+        NodeId(2),
+        ClientRequest::Submit {
+            id: deleted,
+            task: Schedule::tombstone_task(),
+        },
+    );
+    assert!(sim.run_until(2_000, |s| s.reply(r).is_some()));
+    assert!(accepted(sim.reply(r).expect("answered")));
+    // A restarted node counts what it keeps from its store.
+    for n in sim.members().to_vec() {
+        sim.crash(n);
+        sim.restart(n);
+    }
+    sim.run_for(2_000);
+    let (_, r) = define(&mut sim, "fourth");
+    assert!(over(&r), "{r:?}");
+}
