@@ -560,6 +560,22 @@ impl LeaderlessNode {
         }
     }
 
+    /// Tells `to` that this node purged `id`, with its own tombstone: it
+    /// holds no copy of that body, so it is a witness for a copy in doubt
+    /// (`doubts`).
+    fn tell_purged(&mut self, to: NodeId, id: TaskId) {
+        let tombstone = self.tombstones.get(id).expect("purged here").clone();
+        let relayed = false;
+        self.send(
+            to,
+            LeaderlessMessage::Purged {
+                id,
+                tombstone,
+                relayed,
+            },
+        );
+    }
+
     /// A replica that purged `id` (`from`; `None`: relayed by a read)
     /// refused this node's copy of it: drop the copy too, when it is the
     /// purged task's and was left behind, unless it may hide a chosen
@@ -1193,15 +1209,7 @@ impl LeaderlessNode {
                         // older one) is never created again: its keeper
                         // creates a new one.
                         self.purged_copies_refused += 1;
-                        let tombstone = t.clone();
-                        return self.send(
-                            from,
-                            LeaderlessMessage::Purged {
-                                id,
-                                tombstone,
-                                relayed: false,
-                            },
-                        );
+                        return self.tell_purged(from, id);
                     }
                 }
                 self.created_over_tombstone(id, &header);
@@ -1285,15 +1293,7 @@ impl LeaderlessNode {
                 // records retired every few hundred ms).
                 self.purged_copies_refused += 1;
                 if let Some(from) = from.filter(|&f| f != self.me()) {
-                    let tombstone = self.tombstones.get(id).expect("covered").clone();
-                    self.send(
-                        from,
-                        LeaderlessMessage::Purged {
-                            id,
-                            tombstone,
-                            relayed: false,
-                        },
-                    );
+                    self.tell_purged(from, id);
                 }
                 false
             }
@@ -1334,15 +1334,7 @@ impl LeaderlessNode {
                         // drops a copy left behind.
                         self.purged_copies_refused += 1;
                         if let Some(from) = from.filter(|&f| f != self.me()) {
-                            let tombstone = t.clone();
-                            self.send(
-                                from,
-                                LeaderlessMessage::Purged {
-                                    id,
-                                    tombstone,
-                                    relayed: false,
-                                },
-                            );
+                            self.tell_purged(from, id);
                         }
                         return false;
                     }
@@ -2500,21 +2492,11 @@ impl LeaderlessNode {
                     in_doubt: r.accepted.is_some(),
                     created_at: r.created_at,
                 });
-                if let (None, Some(t)) = (&found, self.tombstones.get(id)) {
+                if found.is_none() && self.tombstones.get(id).is_some() && from != self.me() {
                     // Purged here: the reader learns it before this answer
                     // (one bundle), so a copy another replica left behind
                     // does not read as the task.
-                    if from != self.me() {
-                        let tombstone = t.clone();
-                        self.send(
-                            from,
-                            LeaderlessMessage::Purged {
-                                id,
-                                tombstone,
-                                relayed: false,
-                            },
-                        );
-                    }
+                    self.tell_purged(from, id);
                 }
                 self.send(
                     from,

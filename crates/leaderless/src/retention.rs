@@ -371,4 +371,44 @@ mod tests {
         assert_eq!(r.len(), 0);
         assert_eq!(ids(&mut r, 10_000, 0), Vec::<u128>::new());
     }
+
+    #[test]
+    fn only_the_purged_version_of_a_permit_records_purged_body_with_an_accepted_value_is_in_doubt()
+    {
+        use crate::permit::permit_task;
+        use cohort_core::NodeId;
+        let header = |task| TaskHeader {
+            task,
+            replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
+            ring_epoch: 0,
+        };
+        let permit = header(permit_task("k", Time::from_millis(5)));
+        let purged = Tombstone {
+            version: 4,
+            final_at: Time::ZERO,
+            header_digest: header_digest(&permit),
+            purged_at: Time::ZERO,
+            made_at: Time::ZERO,
+            incarnation: Some(Time::from_millis(5)),
+        };
+        assert!(purged.in_doubt(&permit, 4, true));
+        assert!(
+            !purged.in_doubt(&permit, 4, false),
+            "nothing accepted on top"
+        );
+        assert!(!purged.in_doubt(&permit, 3, true), "the instance went on");
+        let older = header(permit_task("k", Time::from_millis(1)));
+        assert!(purged.covers(&older, 9, &TaskValue::initial(&older)));
+        assert!(!purged.in_doubt(&older, 4, true), "an older incarnation");
+        let client = header(cohort_core::Task {
+            kind: "echo".into(),
+            ..permit_task("k", Time::from_millis(5))
+        });
+        let task = Tombstone {
+            header_digest: header_digest(&client),
+            incarnation: None,
+            ..purged.clone()
+        };
+        assert!(!task.in_doubt(&client, 4, true), "a client's task is final");
+    }
 }

@@ -1919,6 +1919,56 @@ fn a_retired_permit_record_is_brought_back_by_the_next_grant_before_its_purge() 
     }
 }
 
+/// Where the copy-in-doubt scenarios start: a concurrency-1 key whose
+/// first task ran, its permit record retired on its three replicas (in
+/// preference order; purged 1.5 s later), and a node that is none of them
+/// to submit from.
+struct RetiredKey {
+    sim: Sim,
+    limit: cohort_core::TaskLimit,
+    pid: cohort_core::TaskId,
+    replicas: Vec<NodeId>,
+    client: NodeId,
+    /// The retired version, and the record's incarnation.
+    version: u64,
+    incarnation: cohort_core::Time,
+}
+
+fn a_retired_key(seed: u64, key: &str, first: cohort_core::TaskId) -> RetiredKey {
+    let limit = cohort_core::TaskLimit {
+        key: key.into(),
+        concurrency_max: 1,
+        rate_max: 0,
+        rate_window_ms: 0,
+    };
+    let mut sim = one_task_under_a_retiring_key(seed, 1_500, (NodeId(1), first), &limit);
+    let pid = cohort_leaderless::permit::permit_id(key);
+    let replicas = sim
+        .node(NodeId(1))
+        .record_replicas(pid)
+        .expect("held")
+        .to_vec();
+    let client = *sim
+        .members()
+        .iter()
+        .find(|n| !replicas.contains(n))
+        .expect("5 > 3");
+    let retired = |s: &Sim, n: NodeId| {
+        permit_record(s, n, key).is_some_and(|(_, _, v)| v.permits.retired_at.is_some())
+    };
+    assert!(sim.run_until(5_000, |s| replicas.iter().all(|&n| retired(s, n))));
+    let (incarnation, version, _) = permit_record(&sim, replicas[0], key).expect("held");
+    RetiredKey {
+        sim,
+        limit,
+        pid,
+        replicas,
+        client,
+        version,
+        incarnation,
+    }
+}
+
 /// A grant chosen on top of a retired record, whose `Learn` one replica of
 /// its majority missed, is not forgotten when the third replica (cut off
 /// meanwhile) purges the record and tells the others: the replica holding
@@ -1927,30 +1977,16 @@ fn a_retired_permit_record_is_brought_back_by_the_next_grant_before_its_purge() 
 /// beside the grant (its task and the next one would run at once).
 #[test]
 fn a_grant_on_a_retired_record_survives_a_purge_by_a_replica_that_missed_it() {
-    let one = cohort_core::TaskLimit {
-        key: "tenant-doubt".into(),
-        concurrency_max: 1,
-        rate_max: 0,
-        rate_window_ms: 0,
-    };
-    let mut sim = one_task_under_a_retiring_key(61, 1_500, (NodeId(1), tid(430)), &one);
-    let pid = cohort_leaderless::permit::permit_id("tenant-doubt");
-    let replicas = sim
-        .node(NodeId(1))
-        .record_replicas(pid)
-        .expect("held")
-        .to_vec();
+    let RetiredKey {
+        mut sim,
+        limit: one,
+        pid,
+        replicas,
+        client,
+        version: retired_version,
+        ..
+    } = a_retired_key(61, "tenant-doubt", tid(430));
     let (keeper, lagging, purger) = (replicas[0], replicas[1], replicas[2]);
-    let client = *sim
-        .members()
-        .iter()
-        .find(|n| !replicas.contains(n))
-        .expect("5 > 3");
-    let retired = |s: &Sim, n: NodeId| {
-        permit_record(s, n, "tenant-doubt").is_some_and(|(_, _, v)| v.permits.retired_at.is_some())
-    };
-    assert!(sim.run_until(5_000, |s| replicas.iter().all(|&n| retired(s, n))));
-    let (_, retired_version, _) = permit_record(&sim, keeper, "tenant-doubt").expect("held");
     // The purger hears nothing of what comes next; the lagging replica
     // accepts the next grant but never learns it was chosen.
     sim.cut(purger, keeper);
@@ -2007,30 +2043,16 @@ fn a_grant_on_a_retired_record_survives_a_purge_by_a_replica_that_missed_it() {
 /// next incarnation.
 #[test]
 fn a_grant_only_its_keeper_accepted_is_dropped_once_a_majority_purged_the_record() {
-    let one = cohort_core::TaskLimit {
-        key: "tenant-alone".into(),
-        concurrency_max: 1,
-        rate_max: 0,
-        rate_window_ms: 0,
-    };
-    let mut sim = one_task_under_a_retiring_key(67, 1_500, (NodeId(1), tid(440)), &one);
-    let pid = cohort_leaderless::permit::permit_id("tenant-alone");
-    let replicas = sim
-        .node(NodeId(1))
-        .record_replicas(pid)
-        .expect("held")
-        .to_vec();
+    let RetiredKey {
+        mut sim,
+        limit: one,
+        pid,
+        replicas,
+        client,
+        version: retired_version,
+        incarnation: old,
+    } = a_retired_key(67, "tenant-alone", tid(440));
     let keeper = replicas[0];
-    let client = *sim
-        .members()
-        .iter()
-        .find(|n| !replicas.contains(n))
-        .expect("5 > 3");
-    let retired = |s: &Sim, n: NodeId| {
-        permit_record(s, n, "tenant-alone").is_some_and(|(_, _, v)| v.permits.retired_at.is_some())
-    };
-    assert!(sim.run_until(5_000, |s| replicas.iter().all(|&n| retired(s, n))));
-    let (old, retired_version, _) = permit_record(&sim, keeper, "tenant-alone").expect("held");
     sim.drop_if = Some(Box::new(move |from, _, msg| {
         from == keeper && matches!(msg, LeaderlessMessage::Accept { id, .. } if *id == pid)
     }));
