@@ -582,19 +582,24 @@ impl LeaderlessNode {
     /// value (see [`doubts`]).
     fn on_purged(&mut self, from: Option<NodeId>, id: TaskId, tombstone: Tombstone, now: Time) {
         let Some(rec) = self.records.get(&id) else {
-            // A reader told by a replica that purged it: kept in memory, to
-            // judge the copies other replicas answer (`answer_read`); a
-            // permit record's newer incarnation's replaces an older one's.
+            // A reader told by a replica that purged it: kept, to judge
+            // the copies other replicas answer (`answer_read`); a permit
+            // record's newer incarnation's replaces an older one's. And
+            // persisted: this node refuses copies of it from now on and
+            // says so as a witness (`tell_purged`), which it must not
+            // forget at a restart and then accept a copy of the instance
+            // in doubt after all (found in review).
             let newer = |held: &Tombstone| held.incarnation < tombstone.incarnation;
             if self.tombstones.get(id).is_none_or(newer) {
-                let made_at = now;
-                self.tombstones.insert(
-                    id,
-                    Tombstone {
-                        made_at,
-                        ..tombstone
-                    },
-                );
+                let tombstone = Tombstone {
+                    made_at: now,
+                    ..tombstone
+                };
+                self.out.push(Action::Persist(vec![StoreOp::Put {
+                    key: tombstone_key(id),
+                    value: encode(&tombstone),
+                }]));
+                self.tombstones.insert(id, tombstone);
             }
             return;
         };

@@ -52,6 +52,13 @@ impl LeaderlessNode {
             tombstone: tombstone.clone(),
             purged_by: BTreeSet::new(),
         });
+        if (doubt.tombstone.version, doubt.tombstone.header_digest)
+            != (tombstone.version, tombstone.header_digest)
+        {
+            // Witnesses of another version (the record moved on, and was
+            // retired again, within a tick): they may accept at this one.
+            doubt.purged_by.clear();
+        }
         doubt.tombstone = tombstone;
         if let Some(n) = from.filter(|n| *n != me && replicas.contains(n)) {
             doubt.purged_by.insert(n);
