@@ -813,8 +813,6 @@ impl LeaderlessNode {
         mine > 0 && self.active.len() + mine > self.peers.limits.tasks_active_max
     }
 
-    /// The refusal of a submit while replicas hold `tasks_active_max`
-    /// active tasks.
     /// Whether this replica refuses to create `task`'s record for
     /// `schedules_kept_max`: a schedule's definition once it keeps that
     /// many, a deleted schedule's tombstone once it keeps twice that (a
@@ -836,6 +834,8 @@ impl LeaderlessNode {
         self.kept.len() >= bound
     }
 
+    /// The refusal of a submit while replicas hold `tasks_active_max`
+    /// active tasks.
     fn full(&self) -> ClientError {
         ClientError::Overloaded {
             what: "tasks_active_max".into(),
