@@ -74,6 +74,10 @@ pub struct SimArgs {
     /// carries; the `Policy` checker sees each run only on n1 (0: none).
     #[arg(long, default_value_t = 0.0)]
     labelled_rate: f64,
+    /// Fraction of tasks submitted with a priority drawn from -3..=3; every
+    /// task must still finish (0: all of priority 0).
+    #[arg(long, default_value_t = 0.0)]
+    prioritised_rate: f64,
     /// Fraction of tasks submitted with a concurrency limit of 1 and a
     /// rate limit of 2 per 500 ms on one of two keys; the `Limits` checker
     /// sees neither exceeded (0: none).
@@ -124,6 +128,7 @@ impl SimArgs {
         config.workload.batch_rate = self.batch_rate;
         config.workload.heartbeat_rate = self.heartbeat_rate;
         config.workload.labelled_rate = self.labelled_rate;
+        config.workload.prioritised_rate = self.prioritised_rate;
         config.workload.limited_rate = self.limited_rate;
         config.workload.stuck_rate = self.stuck_rate;
         config.workload.schedule_every_ms = self.schedule_every_ms;
@@ -177,6 +182,9 @@ impl SimArgs {
         }
         if self.labelled_rate > 0.0 {
             cmd.push_str(&format!(" --labelled-rate {}", self.labelled_rate));
+        }
+        if self.prioritised_rate > 0.0 {
+            cmd.push_str(&format!(" --prioritised-rate {}", self.prioritised_rate));
         }
         if self.limited_rate > 0.0 {
             cmd.push_str(&format!(" --limited-rate {}", self.limited_rate));

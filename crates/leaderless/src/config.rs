@@ -101,6 +101,12 @@ pub struct LeaderlessConfig {
     /// carries is offered to a live node that carries them; the offer is
     /// made again after this long while the task stays pending.
     pub offer_interval_ms: u64,
+    /// A node with a free slot whose best pending task has a lower
+    /// priority than one another live node announces it can place nowhere
+    /// (its replicas are full) keeps that slot free for the other's offer
+    /// for at most this long before it starts its own task; 0 never waits
+    /// (priorities then hold per replica set only).
+    pub priority_hold_ms: u64,
     /// Most messages for one peer packed into one bundle at the end of a
     /// driver batch (also bounded by the peer's `message_bytes_max`). A
     /// bundle with more is refused by its receiver, so it must be the same
@@ -184,6 +190,7 @@ impl Default for LeaderlessConfig {
             ring_gossip_interval_ms: 1_000,
             pending_claim_fallback_ms: 2_000,
             offer_interval_ms: 500,
+            priority_hold_ms: 1_000,
             bundle_messages_max: 1_024,
             permit_holders_max: 1_024,
             permit_starts_max: 1_024,

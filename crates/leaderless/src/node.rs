@@ -200,6 +200,16 @@ pub struct LeaderlessNode {
     /// Offers sent and offers taken (a claim proposed), ever.
     offers_sent: u64,
     offers_taken: u64,
+    /// The highest priority among the ready tasks this node would offer
+    /// and found no node with room for, as of its last claim pass: its
+    /// load report carries it.
+    waiting_priority: Option<i8>,
+    /// Since when this node keeps a free slot for a task of higher
+    /// priority another node announces (`priority_hold_ms`); cleared
+    /// when it has no free slot, nothing is announced, or it took an offer.
+    priority_hold_since: Option<Time>,
+    /// Claim passes that kept a slot free for an announced task.
+    priority_holds: u64,
     /// Final records purged here (retention, or `tasks_retained_max`).
     records_purged: u64,
     /// Copies of purged tasks refused (and their holders told).
@@ -1854,8 +1864,8 @@ impl LeaderlessNode {
         };
         self.membership.report_load(
             now,
-            running,
-            capacity,
+            (running, capacity),
+            self.waiting_priority,
             &self.peers.labels,
             Duration::from_millis(self.config.load_report_interval_ms),
         );
@@ -1924,11 +1934,6 @@ impl LeaderlessNode {
         self.claimed_at = Some(now);
         let me = self.me();
         let draining = self.drain.is_some();
-        let mut room = if draining {
-            0
-        } else {
-            (self.peers.capacity_tasks as usize).saturating_sub(self.executing.len())
-        };
         let ids = self.claim_scan();
         self.prune_grants(now);
         // What is kept per pending task goes with its pending state.
@@ -1961,13 +1966,27 @@ impl LeaderlessNode {
         }
         let proposer = &self.proposer;
         self.offer_claims.retain(|t| proposer.is_running(*t));
+        // A claim of an offered task in flight holds its slot.
+        let mut room = if draining {
+            0
+        } else {
+            (self.peers.capacity_tasks as usize)
+                .saturating_sub(self.executing.len() + self.offer_claims.len())
+        };
+        if room == 0 {
+            self.priority_hold_since = None;
+        }
+        // The priority a free slot is kept for, asked once per pass and
+        // only when a pending task would start.
+        let mut hold: Option<Option<i8>> = None;
+        let mut held = false;
+        let mut waiting: Option<i8> = None;
         let fallback = Duration::from_millis(self.config.pending_claim_fallback_ms);
         for id in ids {
             if self.proposer.is_running(id) {
                 continue;
             }
             let rec = &self.records[&id];
-            let labelled = !rec.header.task.labels.is_empty();
             let i_carry = rec.header.task.runs_on(&self.peers.labels);
             let first_live = self.first_live(&rec.value.replicas);
             if rec.value.state == TaskState::Pending && now < rec.value.ready_at {
@@ -2026,13 +2045,16 @@ impl LeaderlessNode {
                     }
                     Intent::Claim { permit: None }
                 }
-                TaskState::Pending if labelled => {
+                TaskState::Pending => {
                     // This node cannot claim it (it lacks a label, or room).
                     // While a live replica that can is there, that one
-                    // claims; otherwise a node carrying the labels is
-                    // offered it, by the first live replica. Once the task
-                    // waits too long (that replica may lack the record),
-                    // any replica offers it, to any node that can run it.
+                    // claims; otherwise a node with room carrying the
+                    // labels is offered it, by the first live replica. Once
+                    // the task waits too long (that replica may lack the
+                    // record), any replica offers it, to any node that can
+                    // run it. A task no node has room for is announced in
+                    // this node's load report (`waiting`): nodes with a
+                    // free slot keep it for the task's offer.
                     let since = *self.pending_seen.entry(id).or_insert(now);
                     let waited = now >= since + fallback;
                     let replica_can = rec.value.replicas.iter().any(|&n| {
@@ -2046,7 +2068,9 @@ impl LeaderlessNode {
                         continue;
                     }
                     let Some(to) = self.offer_target(&rec.header.task, &offered_to) else {
-                        continue; // no live node with room carries them: later
+                        // No live node with room carries them: later.
+                        waiting = waiting.max(Some(rec.header.task.priority));
+                        continue;
                     };
                     // A limited task is offered with a place held for it.
                     let want = rec.value.epoch.next();
@@ -2165,6 +2189,16 @@ impl LeaderlessNode {
                 _ => continue,
             };
             let (header, version, value) = (rec.header.clone(), rec.version, rec.value.clone());
+            // A pending task of lower priority than one another node
+            // announces it has no slot for waits while this node keeps its
+            // free slot for that task's offer (cluster-wide priorities).
+            if matches!(intent, Intent::Claim { .. }) && value.state == TaskState::Pending {
+                let held_for = *hold.get_or_insert_with(|| self.priority_hold(now));
+                if held_for.is_some_and(|p| header.task.priority < p) {
+                    held = true;
+                    continue;
+                }
+            }
             let mut intent = intent;
             if let Intent::Claim { permit } | Intent::Reclaim { permit, .. } = &mut intent {
                 room = room.saturating_sub(1);
@@ -2193,9 +2227,31 @@ impl LeaderlessNode {
                 .propose(now, id, header, version, value, intent)
                 .is_err()
             {
-                return;
+                break;
             }
         }
+        self.priority_holds += u64::from(held);
+        if self.waiting_priority != waiting {
+            self.waiting_priority = waiting;
+            self.report_load(now);
+        }
+    }
+
+    /// The priority this node keeps a free slot for: the highest another
+    /// live node announces it has no slot for, for at most
+    /// `priority_hold_ms` from when this node first kept one (an
+    /// announcement may be stale, or name a task this node cannot run).
+    fn priority_hold(&mut self, now: Time) -> Option<i8> {
+        let hold_ms = self.config.priority_hold_ms;
+        let Some(p) = (hold_ms > 0)
+            .then(|| self.membership.waiting_elsewhere())
+            .flatten()
+        else {
+            self.priority_hold_since = None;
+            return None;
+        };
+        let since = *self.priority_hold_since.get_or_insert(now);
+        (now < since + Duration::from_millis(hold_ms)).then_some(p)
     }
 
     /// The records this tick's `claim_work` looks at, in claim order
@@ -2298,6 +2354,15 @@ impl LeaderlessNode {
         if !wanted {
             return;
         }
+        // A slot kept for a task of higher priority is kept from offers
+        // too (a replica of this task, full, offers it after a while).
+        if self
+            .priority_hold(now)
+            .is_some_and(|p| header.task.priority < p)
+        {
+            self.priority_holds += 1;
+            return;
+        }
         // This node's own record, when newer (it is a replica, or ran it).
         let (version, value) = match self.records.get(&id) {
             // A value of this node's body is chosen: the offer's lost the id.
@@ -2328,6 +2393,7 @@ impl LeaderlessNode {
         if self.propose(now, id, header, version, value, claim).is_ok() {
             self.offer_claims.insert(id);
             self.offers_taken += 1;
+            self.priority_hold_since = None;
         }
     }
 
@@ -3207,6 +3273,9 @@ impl Node for LeaderlessNode {
             offer_claims: BTreeSet::new(),
             offers_sent: 0,
             offers_taken: 0,
+            waiting_priority: None,
+            priority_hold_since: None,
+            priority_holds: 0,
             records_purged: 0,
             purged_copies_refused: 0,
             purged_copies_dropped: 0,
@@ -3364,6 +3433,7 @@ impl Node for LeaderlessNode {
             ("reads_read_again", self.reads_again),
             ("offers_sent", self.offers_sent),
             ("offers_taken", self.offers_taken),
+            ("priority_holds", self.priority_holds),
             ("records_purged", self.records_purged),
             ("purged_copies_refused", self.purged_copies_refused),
             ("purged_copies_dropped", self.purged_copies_dropped),

@@ -1452,6 +1452,123 @@ fn a_labelled_task_on_replicas_without_its_label_is_offered_to_its_carrier_and_r
     }
 }
 
+// ---- cluster-wide priorities -------------------------------------------------
+
+/// The first task id from `tid(from)` on whose replicas (in preference
+/// order) `pred` holds.
+fn task_placed(sim: &Sim, from: u64, pred: impl Fn(&[NodeId]) -> bool) -> TaskId {
+    (from..)
+        .map(tid)
+        .find(|id| pred(&sim.node(NodeId(1)).replicas_of(*id)))
+        .expect("some id is placed so")
+}
+
+/// Five nodes of one slot each: n1-n4 each run a task that never ends, n5
+/// one that ends at 1.5 s. Meanwhile a task of priority 10 placed on n1-n4
+/// and one of priority 0 placed first on n5 wait. Returns the two and when
+/// n5's task started.
+fn five_busy_nodes_and_two_waiting(
+    sim: &mut Sim,
+    high: cohort_core::Task,
+) -> (TaskId, TaskId, cohort_core::Time) {
+    sim.handlers.run_ms = (1_500, 1_500);
+    sim.run_for(1_000);
+    let n5 = NodeId(5);
+    for n in 1..=5 {
+        let id = task_placed(sim, 1_000 * n, |r| r[0] == NodeId(n));
+        if n < 5 {
+            sim.handlers.hang.insert(id);
+        }
+        sim.submit(NodeId(n), id, b"busy");
+        assert!(sim.run_until(2_000, |s| s.executions_of(id)
+            == vec![(NodeId(n), Epoch(1))]));
+    }
+    let busy_since = sim.executions.last().expect("n5 runs").0;
+    let high_id = task_placed(sim, 10_000, |r| !r.contains(&n5));
+    let low_id = task_placed(sim, 20_000, |r| r[0] == n5);
+    let mut low = task(b"low");
+    low.priority = 0;
+    sim.client(
+        NodeId(1),
+        ClientRequest::Submit {
+            id: high_id,
+            task: high,
+        },
+    );
+    sim.client(
+        n5,
+        ClientRequest::Submit {
+            id: low_id,
+            task: low,
+        },
+    );
+    (high_id, low_id, busy_since)
+}
+
+/// Cluster-wide priorities in leaderless mode: when n5's slot frees, the
+/// task of priority 10, whose replicas are all busy, is offered to n5 and
+/// starts there before n5's own task of priority 0, which n5 holds back
+/// meanwhile because n1-n4 announce a task of higher priority they have no
+/// slot for. Without the change n5 started its own task at once and the
+/// other waited behind tasks that never end (an unlabelled task was never
+/// offered outside its replicas).
+#[test]
+fn a_free_slot_goes_to_the_clusters_highest_priority_task_before_its_own_lower_one() {
+    let mut sim = Sim::with_capacity(11, 5, LeaderlessConfig::default(), 1);
+    let mut high = task(b"high");
+    high.priority = 10;
+    let (high_id, low_id, _) = five_busy_nodes_and_two_waiting(&mut sim, high);
+    let n5 = NodeId(5);
+    assert!(sim.run_until(10_000, |s| !s.executions_of(low_id).is_empty()));
+    assert_eq!(sim.executions_of(high_id), vec![(n5, Epoch(1))]);
+    assert_eq!(sim.executions_of(low_id), vec![(n5, Epoch(1))]);
+    let started = |id| sim.executions.iter().find(|e| e.2 == id).expect("ran").0;
+    assert!(
+        started(high_id) < started(low_id),
+        "priority 10 started first: {:?} then {:?}",
+        started(high_id),
+        started(low_id)
+    );
+    assert!(sim.node(n5).offers().1 >= 1, "n5 took the offer");
+    assert!(sim.run_until(5_000, |s| s.decided(high_id).is_some()
+        && s.decided(low_id).is_some()));
+}
+
+/// The hold is bounded: a task of priority 10 that no node can run (its
+/// label is nowhere) is announced for ever, and n5 keeps its free slot for
+/// it `priority_hold_ms` (1 s) and no longer, then starts its own task.
+#[test]
+fn a_slot_kept_for_a_higher_priority_task_that_never_comes_is_used_after_priority_hold_ms() {
+    let config = LeaderlessConfig::default();
+    let hold_ms = config.priority_hold_ms;
+    let mut sim = Sim::with_capacity(12, 5, config, 1);
+    let mut high = task(b"high");
+    high.priority = 10;
+    high.labels = vec!["nowhere".into()];
+    let (high_id, low_id, busy_since) = five_busy_nodes_and_two_waiting(&mut sim, high);
+    let n5 = NodeId(5);
+    assert!(sim.run_until(10_000, |s| !s.executions_of(low_id).is_empty()));
+    assert!(sim.executions_of(high_id).is_empty());
+    let freed = busy_since + std::time::Duration::from_millis(1_500);
+    let low_started = sim
+        .executions
+        .iter()
+        .find(|e| e.2 == low_id)
+        .expect("ran")
+        .0;
+    let waited_ms = low_started.saturating_since(freed).as_millis() as u64;
+    assert!(
+        (hold_ms - 100..=hold_ms + 400).contains(&waited_ms),
+        "n5's slot was kept {waited_ms} ms (hold {hold_ms} ms)"
+    );
+    let holds = sim
+        .node(n5)
+        .counters()
+        .into_iter()
+        .find(|c| c.0 == "priority_holds");
+    assert!(holds.is_some_and(|(_, n)| n > 0), "{holds:?}");
+}
+
 /// A backlog larger than one tick's claim scan (`claim_scan_per_tick_max`)
 /// is covered over several ticks: every task runs once, and the task last
 /// in claim order, whose schedule-to-start deadline passes while 29 tasks

@@ -56,8 +56,10 @@ pub const MAGIC: [u8; 4] = *b"CHRT";
 /// leaderless permit values and tombstones their incarnation and
 /// retirement (format 13): a node of 2 would misread them, so it is
 /// refused at the handshake rather than at its first such message. 4:
-/// a leaderless `Purged` says whether it was relayed by a reader.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// a leaderless `Purged` says whether it was relayed by a reader. 5: a
+/// leaderless load report carries the priority its sender waits a slot
+/// for.
+pub const PROTOCOL_VERSION: u32 = 5;
 /// Largest handshake frame.
 pub const HANDSHAKE_BYTES_MAX: usize = 1024;
 

@@ -385,6 +385,11 @@ pub struct Workload {
     /// Fraction of tasks submitted with the worker label [`SIM_LABEL`],
     /// which only n1 carries ([`node_labels`]).
     pub labelled_rate: f64,
+    /// Fraction of tasks submitted with a priority drawn from -3..=3
+    /// (the rest have 0): leaderless nodes then keep free slots for
+    /// tasks of higher priority others announce, and every task must
+    /// still finish in the liveness phase.
+    pub prioritised_rate: f64,
     /// Fraction of tasks submitted with a concurrency and rate limit, on
     /// one of `limit_keys` keys drawn at random (0: none). Tasks submitted
     /// under a dedupe key carry none.
@@ -495,6 +500,8 @@ impl Default for Workload {
             // Off by default so a seed's run stays what it was before
             // labels (`cohort sim --labelled-rate` turns them on).
             labelled_rate: 0.0,
+            // Off by default, like labels (`cohort sim --prioritised-rate`).
+            prioritised_rate: 0.0,
             // Off by default, like labels (`cohort sim --limited-rate`).
             // Tight enough to bind at the default arrival rate: a key
             // gets about 5 starts a second when half the tasks are
@@ -588,6 +595,9 @@ impl Workload {
         }
         if !(0.0..=1.0).contains(&self.labelled_rate) {
             return bad("labelled_rate must be within 0..=1");
+        }
+        if !(0.0..=1.0).contains(&self.prioritised_rate) {
+            return bad("prioritised_rate must be within 0..=1");
         }
         if !(0.0..=1.0).contains(&self.stuck_rate) {
             return bad("stuck_rate must be within 0..=1");

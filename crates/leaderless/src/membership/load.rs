@@ -1,6 +1,6 @@
 //! Node load, spread through foca's custom broadcasts.
 //!
-//! Each node broadcasts `(node, seq, running, capacity, labels)` when its load
+//! Each node broadcasts `(node, seq, running, capacity, labels, waiting)` when its load
 //! changes (and at least every `load_report_interval_ms`); foca piggybacks
 //! the reports on its SWIM traffic. A report replaces every older report of
 //! the same node, so stale loads stop spreading.
@@ -30,6 +30,11 @@ pub struct LoadReport {
     /// The worker labels it carries: replicas offer it pending tasks that
     /// name them.
     pub labels: Vec<String>,
+    /// The highest priority among the ready tasks it would offer but found
+    /// no node with room for (their replicas are full): a node with a free
+    /// slot holds it for such a task's offer rather than start a task of
+    /// lower priority (`priority_hold_ms`).
+    pub waiting: Option<i8>,
 }
 
 impl LoadReport {

@@ -41,6 +41,10 @@ use std::num::{NonZeroU8, NonZeroUsize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// What a load report says that a change of sends again at once:
+/// `(running, capacity, waiting)`.
+type LoadShown = (u32, u32, Option<i8>);
+
 /// Store key of this node's SWIM generation.
 pub(crate) const GENERATION_KEY: &[u8] = b"lless/swim/generation";
 
@@ -89,7 +93,7 @@ pub struct Membership {
     /// This node's load reports so far, this boot.
     load_seq: u64,
     /// What and when this node last reported.
-    last_load: Option<((u32, u32), Time)>,
+    last_load: Option<(LoadShown, Time)>,
     generation: u64,
     runtime: AccumulatingRuntime<SwimId>,
     /// SWIM timers handed to the driver and not yet fired.
@@ -226,6 +230,19 @@ impl Membership {
             .cloned()
     }
 
+    /// The highest priority another live node reports it waits a slot for
+    /// (`LoadReport::waiting`), if any does. Walks every report: asked
+    /// only when this node is about to start a pending task.
+    pub fn waiting_elsewhere(&self) -> Option<i8> {
+        self.loads
+            .lock()
+            .expect("never poisoned")
+            .values()
+            .filter(|r| r.node != self.me && self.is_live(r.node))
+            .filter_map(|r| r.waiting)
+            .max()
+    }
+
     /// Every load report held, in ascending node order.
     pub fn loads(&self) -> Vec<LoadReport> {
         self.loads
@@ -236,20 +253,22 @@ impl Membership {
             .collect()
     }
 
-    /// Broadcasts this node's load when it (or the capacity: a draining
-    /// node reports none) changed, or when the last
-    /// report is older than `refresh`.
+    /// Broadcasts this node's load when it (the capacity: a draining node
+    /// reports none, or the priority it waits a slot for) changed, or when
+    /// the last report is older than `refresh`.
     pub fn report_load(
         &mut self,
         now: Time,
-        running: u32,
-        capacity: u32,
+        (running, capacity): (u32, u32),
+        waiting: Option<i8>,
         labels: &[String],
         refresh: Duration,
     ) {
         let due = match self.last_load {
             None => true,
-            Some((r, at)) => r != (running, capacity) || now.saturating_since(at) >= refresh,
+            Some((r, at)) => {
+                r != (running, capacity, waiting) || now.saturating_since(at) >= refresh
+            }
         };
         if !due {
             return;
@@ -261,8 +280,9 @@ impl Membership {
             running,
             capacity,
             labels: labels.to_vec(),
+            waiting,
         };
-        self.last_load = Some(((running, capacity), now));
+        self.last_load = Some(((running, capacity, waiting), now));
         if self
             .foca
             .add_broadcast(&cohort_core::encode(&report))

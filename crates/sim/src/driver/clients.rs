@@ -148,7 +148,12 @@ impl<N: Node> Sim<'_, N> {
             } else {
                 0
             },
-            priority: 0,
+            // Drawn only when asked for, like heartbeats (below).
+            priority: if w.prioritised_rate > 0.0 && self.rng.gen_bool(w.prioritised_rate) {
+                self.rng.gen_range(-3..=3)
+            } else {
+                0
+            },
             // Drawn only when asked for: a workload without heartbeats
             // replays the runs it replayed before they existed.
             heartbeat_timeout_ms: if w.heartbeat_rate > 0.0 && self.rng.gen_bool(w.heartbeat_rate) {
