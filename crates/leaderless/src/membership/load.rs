@@ -1,6 +1,6 @@
 //! Node load, spread through foca's custom broadcasts.
 //!
-//! Each node broadcasts `(node, seq, running, capacity, labels, waiting)` when its load
+//! Each node broadcasts `(node, seq, running, capacity, labels, waiting, pending)` when its load
 //! changes (and at least every `load_report_interval_ms`); foca piggybacks
 //! the reports on its SWIM traffic. A report replaces every older report of
 //! the same node, so stale loads stop spreading.
@@ -35,6 +35,10 @@ pub struct LoadReport {
     /// slot holds it for such a task's offer rather than start a task of
     /// lower priority (`priority_hold_ms`).
     pub waiting: Option<i8>,
+    /// The highest priority among the ready pending tasks it replicates
+    /// and can run: a task without labels is offered to it only when of a
+    /// higher priority (it has work of its own to fill a free slot).
+    pub pending: Option<i8>,
 }
 
 impl LoadReport {

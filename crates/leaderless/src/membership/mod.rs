@@ -42,8 +42,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// What a load report says that a change of sends again at once:
-/// `(running, capacity, waiting)`.
-type LoadShown = (u32, u32, Option<i8>);
+/// `(running, capacity, waiting, pending)`.
+type LoadShown = (u32, u32, Option<i8>, Option<i8>);
 
 /// Store key of this node's SWIM generation.
 pub(crate) const GENERATION_KEY: &[u8] = b"lless/swim/generation";
@@ -230,6 +230,11 @@ impl Membership {
             .cloned()
     }
 
+    /// `f` of the latest load report of `node`, if any arrived (no copy).
+    pub fn with_load<R>(&self, node: NodeId, f: impl FnOnce(&LoadReport) -> R) -> Option<R> {
+        self.loads.lock().expect("never poisoned").get(&node).map(f)
+    }
+
     /// The highest priority another live node reports it waits a slot for
     /// (`LoadReport::waiting`), if any does. Walks every report: asked
     /// only when this node is about to start a pending task.
@@ -260,14 +265,14 @@ impl Membership {
         &mut self,
         now: Time,
         (running, capacity): (u32, u32),
-        waiting: Option<i8>,
+        (waiting, pending): (Option<i8>, Option<i8>),
         labels: &[String],
         refresh: Duration,
     ) {
         let due = match self.last_load {
             None => true,
             Some((r, at)) => {
-                r != (running, capacity, waiting) || now.saturating_since(at) >= refresh
+                r != (running, capacity, waiting, pending) || now.saturating_since(at) >= refresh
             }
         };
         if !due {
@@ -281,8 +286,9 @@ impl Membership {
             capacity,
             labels: labels.to_vec(),
             waiting,
+            pending,
         };
-        self.last_load = Some(((running, capacity, waiting), now));
+        self.last_load = Some(((running, capacity, waiting, pending), now));
         if self
             .foca
             .add_broadcast(&cohort_core::encode(&report))
