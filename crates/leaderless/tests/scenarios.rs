@@ -1534,6 +1534,29 @@ fn a_free_slot_goes_to_the_clusters_highest_priority_task_before_its_own_lower_o
         && s.decided(low_id).is_some()));
 }
 
+/// Work moves to an idle node: a task whose replicas are all busy is
+/// offered to n5, which has nothing of its own to run, and runs there at
+/// once rather than waiting behind tasks that never end.
+#[test]
+fn a_task_whose_replicas_are_all_busy_runs_on_an_idle_node_that_is_not_a_replica() {
+    let mut sim = Sim::with_capacity(13, 5, LeaderlessConfig::default(), 1);
+    sim.run_for(1_000);
+    let n5 = NodeId(5);
+    for n in 1..=4 {
+        let id = task_placed(&sim, 1_000 * n, |r| r[0] == NodeId(n));
+        sim.handlers.hang.insert(id);
+        sim.submit(NodeId(n), id, b"busy");
+        assert!(sim.run_until(2_000, |s| s.executions_of(id)
+            == vec![(NodeId(n), Epoch(1))]));
+    }
+    let id = task_placed(&sim, 10_000, |r| !r.contains(&n5));
+    sim.submit(NodeId(1), id, b"moved");
+    assert!(sim.run_until(2_000, |s| s.decided(id).is_some()));
+    assert_eq!(sim.executions_of(id), vec![(n5, Epoch(1))]);
+    assert!(matches!(sim.decided(id), Some(TaskState::Succeeded { .. })));
+    assert!(sim.node(n5).offers().1 >= 1, "n5 took the offer");
+}
+
 /// The hold is bounded: a task of priority 10 that no node can run (its
 /// label is nowhere) is announced for ever, and n5 keeps its free slot for
 /// it `priority_hold_ms` (1 s) and no longer, then starts its own task.
