@@ -89,6 +89,11 @@ pub struct SimArgs {
     /// late result is rejected (0: none).
     #[arg(long, default_value_t = 0.0)]
     stuck_rate: f64,
+    /// Group commit: each fsync takes every write waiting on the node, as
+    /// the runtime's batches do (default off: one input's writes per
+    /// fsync, which the regression seeds were found with).
+    #[arg(long)]
+    group_commit: bool,
     /// Mean client arrivals per second during the safety phase (default:
     /// the simulator's workload).
     #[arg(long)]
@@ -131,6 +136,7 @@ impl SimArgs {
         config.workload.prioritised_rate = self.prioritised_rate;
         config.workload.limited_rate = self.limited_rate;
         config.workload.stuck_rate = self.stuck_rate;
+        config.group_commit = self.group_commit;
         config.workload.schedule_every_ms = self.schedule_every_ms;
         if let Some(ms) = self.retained_ms {
             let l = &mut config.limits;
@@ -188,6 +194,9 @@ impl SimArgs {
         }
         if self.limited_rate > 0.0 {
             cmd.push_str(&format!(" --limited-rate {}", self.limited_rate));
+        }
+        if self.group_commit {
+            cmd.push_str(" --group-commit");
         }
         if self.stuck_rate > 0.0 {
             cmd.push_str(&format!(" --stuck-rate {}", self.stuck_rate));

@@ -809,7 +809,21 @@ impl<'a, N: Node> Sim<'a, N> {
         let now = self.now;
         let id = self.slots[i].id;
         match action {
-            Action::Persist(ops) => {
+            Action::Persist(mut ops) => {
+                if self.cfg.group_commit {
+                    // The writes of later inputs join this fsync; their
+                    // sends stay behind it in order (made durable earlier
+                    // than they needed, never later).
+                    let pipeline = &mut self.slots[i].pipeline;
+                    let mut rest = VecDeque::with_capacity(pipeline.len());
+                    for action in pipeline.drain(..) {
+                        match action {
+                            Action::Persist(more) => ops.extend(more),
+                            other => rest.push_back(other),
+                        }
+                    }
+                    *pipeline = rest;
+                }
                 self.hash_event(TAG_PERSIST, id.0, &encode(&ops));
                 self.line(|| format!("  {id} persist {} ops", ops.len()));
                 let us = self
