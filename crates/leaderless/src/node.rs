@@ -2073,22 +2073,14 @@ impl LeaderlessNode {
                         // backlog, so it costs no more than a look): only
                         // announced, by the first live replica, if no
                         // replica has room for it either.
-                        let replica_can = || {
-                            rec.value.replicas.iter().any(|&n| {
-                                n != me && self.membership.is_live(n) && self.may_claim(n, task)
-                            })
-                        };
-                        if first_live == Some(me) && !replica_can() {
+                        if first_live == Some(me) && !self.another_replica_may_claim(rec) {
                             waiting = waiting.max(Some(task.priority));
                         }
                         continue;
                     }
                     let since = *self.pending_seen.entry(id).or_insert(now);
                     let waited = now >= since + fallback;
-                    let replica_can = rec.value.replicas.iter().any(|&n| {
-                        n != me && self.membership.is_live(n) && self.may_claim(n, &rec.header.task)
-                    });
-                    if !waited && (replica_can || first_live != Some(me)) {
+                    if !waited && (first_live != Some(me) || self.another_replica_may_claim(rec)) {
                         continue;
                     }
                     let interval = Duration::from_millis(self.config.offer_interval_ms);
@@ -2315,6 +2307,16 @@ impl LeaderlessNode {
         }
         keys.sort_unstable();
         keys.into_iter().map(|(_, id)| id).collect()
+    }
+
+    /// Whether a live replica of `rec` other than this node may claim it,
+    /// as gossiped loads say ([`Self::may_claim`]).
+    fn another_replica_may_claim(&self, rec: &Record) -> bool {
+        let me = self.me();
+        rec.value
+            .replicas
+            .iter()
+            .any(|&n| n != me && self.membership.is_live(n) && self.may_claim(n, &rec.header.task))
     }
 
     /// Whether `node` (not this one) may claim `task`, as its gossiped
