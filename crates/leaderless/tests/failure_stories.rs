@@ -168,22 +168,20 @@ fn paused_past_its_lease(
     let TaskOutcome::Success(stale_result) = stale.3.clone() else {
         panic!("{stale:?}");
     };
-    // ... which proposed it, from its epoch's claim, to a replica that
-    // received the proposal.
+    // ... which proposed it to a replica that received the proposal: as
+    // the runner of its epoch's claim, straight in phase 2 under the
+    // runner's ballot (crates/leaderless/src/paxos/mod.rs).
     let from = r
         .trace
         .iter()
         .position(|l| l.ends_with(&format!("resume {}", first.runner)))
         .expect("the resume is in the trace");
-    let proposal = format!(" <- {} Prepare {{ id: {:?}", first.runner, first.task);
-    let claim = format!(
-        "Running {{ node: {:?}, epoch: {:?} }}",
-        first.runner, first.epoch
-    );
+    let proposal = format!(" <- {} Accept {{ id: {:?}", first.runner, first.task);
+    let runners_ballot = format!("ballot: Ballot {{ round: 0, node: {:?},", first.runner);
     assert!(
         r.trace[from..]
             .iter()
-            .any(|l| l.contains(&proposal) && l.contains(&claim)),
+            .any(|l| l.contains(&proposal) && l.contains(&runners_ballot)),
         "no stale proposal reached a replica"
     );
     // Fenced: no G3 violation. Had a replica accepted it, G3 would say so.

@@ -29,8 +29,10 @@ struct State {
     proposers: BTreeMap<NodeId, (Proposer, u32)>,
     /// In flight: (from, to, message).
     network: Vec<(NodeId, NodeId, LeaderlessMessage)>,
-    /// Values observed chosen for version 1.
+    /// Values observed chosen for version `target`.
     chosen: BTreeSet<String>,
+    /// The version the instance decides.
+    target: u64,
 }
 
 fn header() -> TaskHeader {
@@ -65,7 +67,7 @@ fn on_outcome(state: &mut State, at: NodeId, o: Outcome) {
     match o {
         Outcome::Send(msgs) => send_all(state, at, msgs),
         Outcome::Chosen { version, value, .. } => {
-            assert_eq!(version, 1);
+            assert_eq!(version, state.target);
             state.chosen.insert(format!("{value:?}"));
         }
         Outcome::Ahead { .. } | Outcome::Settled { .. } => {}
@@ -197,7 +199,7 @@ fn check(state: &State) {
     let learned: BTreeSet<String> = state
         .acceptors
         .values()
-        .filter(|r| r.version == 1)
+        .filter(|r| r.version == state.target)
         .map(|r| format!("{:?}", r.value))
         .collect();
     assert!(learned.len() <= 1, "{learned:?}");
@@ -213,6 +215,7 @@ fn initial() -> State {
         proposers: BTreeMap::new(),
         network: Vec::new(),
         chosen: BTreeSet::new(),
+        target: 1,
     };
     for n in [1, 2, 3] {
         let me = NodeId(n);
@@ -268,17 +271,18 @@ fn running(n: u64) -> String {
     )
 }
 
-#[test]
-fn one_value_is_chosen_per_instance_under_random_schedules() {
-    let schedules: u64 = std::env::var("SCHEDULES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
+/// Runs `schedules` random schedules from `initial`; returns the values
+/// chosen (one per schedule at most, checked in every state) and how many
+/// schedules chose one. `second_result`: once per schedule, at a random
+/// moment, node 1 abandons its proposal and starts `Finish` again with
+/// another outcome (a runner whose first result's proposal was dropped).
+fn run(initial: fn() -> State, schedules: u64, second_result: bool) -> (BTreeSet<String>, u64) {
     let mut winners: BTreeSet<String> = BTreeSet::new();
     let mut decided_runs = 0u64;
     for seed in 0..schedules {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let mut state = initial();
+        let mut second_left = second_result;
         for _ in 0..400 {
             let retriable: Vec<NodeId> = state
                 .proposers
@@ -290,7 +294,10 @@ fn one_value_is_chosen_per_instance_under_random_schedules() {
                 break;
             }
             let roll = rng.gen_range(0..100);
-            if !retriable.is_empty() && (state.network.is_empty() || roll < 8) {
+            if second_left && roll == 99 {
+                second_left = false;
+                state = restart_finish(state);
+            } else if !retriable.is_empty() && (state.network.is_empty() || roll < 8) {
                 let at = retriable[rng.gen_range(0..retriable.len())];
                 state = retry(state, at);
             } else if roll < 18 {
@@ -315,10 +322,139 @@ fn one_value_is_chosen_per_instance_under_random_schedules() {
         "{schedules} schedules, {decided_runs} chose a value; winners {}",
         winners.len()
     );
+    (winners, decided_runs)
+}
+
+fn schedules() -> u64 {
+    std::env::var("SCHEDULES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000)
+}
+
+#[test]
+fn one_value_is_chosen_per_instance_under_random_schedules() {
+    let schedules = schedules();
+    let (winners, decided_runs) = run(initial, schedules, false);
     // Every proposer wins in some schedule, never two in one.
     assert_eq!(
         winners,
         BTreeSet::from([running(1), running(2), running(3)])
+    );
+    assert!(decided_runs > schedules / 4, "{decided_runs}");
+}
+
+/// The claim of n1 (boot 1), chosen as version 1.
+fn claimed() -> TaskValue {
+    let mut v = TaskValue::initial(&header());
+    v.state = TaskState::Running {
+        node: NodeId(1),
+        epoch: Epoch(1),
+    };
+    v.epoch = Epoch(1);
+    v.runner_boot = 1;
+    v
+}
+
+fn finish(ok: bool) -> Intent {
+    Intent::Finish {
+        epoch: Epoch(1),
+        outcome: if ok {
+            cohort_core::TaskOutcome::Success(b"ok".to_vec())
+        } else {
+            cohort_core::TaskOutcome::Failure("boom".into())
+        },
+        jitter: 0,
+    }
+}
+
+/// The instance on top of n1's claim: n1 sends its result under the
+/// runner's ballot, without phase 1, while n2 reclaims the task (n1 was
+/// declared down) and n3 ends its lease, both with real ballots. Acceptor
+/// n3 missed the claim's learn (a prepare brings it up to date).
+fn initial_on_a_claim() -> State {
+    let base = claimed();
+    let mut state = State {
+        acceptors: [1, 2, 3]
+            .into_iter()
+            .map(|n| {
+                let mut r = Record::new(header(), Time::ZERO);
+                if n != 3 {
+                    r.learn(1, &base);
+                }
+                (NodeId(n), r)
+            })
+            .collect(),
+        proposers: BTreeMap::new(),
+        network: Vec::new(),
+        chosen: BTreeSet::new(),
+        target: 2,
+    };
+    let intents = [
+        (1, finish(true)),
+        (
+            2,
+            Intent::Reclaim {
+                owner: NodeId(1),
+                epoch: Epoch(1),
+                reason: cohort_core::SupersedeReason::RunnerDeclaredDead,
+                permit: None,
+            },
+        ),
+        (
+            3,
+            Intent::EndLease {
+                owner: NodeId(1),
+                epoch: Epoch(1),
+                jitter: 0,
+            },
+        ),
+    ];
+    for (n, intent) in intents {
+        let me = NodeId(n);
+        let mut p = Proposer::new(me, 1, 4, 16);
+        let msgs = p
+            .start(Time::ZERO, TASK, header(), 1, base.clone(), intent)
+            .expect("starts");
+        state.proposers.insert(me, (p, 0));
+        send_all(&mut state, me, msgs);
+    }
+    state
+}
+
+/// n1 drops its proposal (as when its record is dropped) and proposes
+/// another result in the same instance.
+fn restart_finish(mut state: State) -> State {
+    let (p, _) = state.proposers.get_mut(&NodeId(1)).expect("n1");
+    p.abandon(TASK);
+    if let Ok(msgs) = p.start(Time::ZERO, TASK, header(), 1, claimed(), finish(false)) {
+        send_all(&mut state, NodeId(1), msgs);
+    }
+    state
+}
+
+#[test]
+fn one_value_is_chosen_when_the_runner_skips_phase_1_for_its_result() {
+    let schedules = schedules();
+    let (winners, decided_runs) = run(initial_on_a_claim, schedules, true);
+    let kinds: BTreeSet<&str> = winners
+        .iter()
+        .map(|v| {
+            ["Succeeded", "Running", "Failed", "Pending"]
+                .into_iter()
+                .find(|k| v.starts_with(&format!("TaskValue {{ state: {k}")))
+                .unwrap_or("other")
+        })
+        .collect();
+    // The result (either one), the reclaim and the ended lease each win
+    // in some schedule, never two in one.
+    assert!(
+        kinds.contains("Succeeded") && kinds.contains("Running"),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains("Pending") || kinds.contains("Failed"),
+        "{kinds:?}"
     );
     assert!(decided_runs > schedules / 4, "{decided_runs}");
 }

@@ -223,11 +223,7 @@ impl Membership {
 
     /// The latest load report of `node`, if any arrived.
     pub fn load(&self, node: NodeId) -> Option<LoadReport> {
-        self.loads
-            .lock()
-            .expect("never poisoned")
-            .get(&node)
-            .cloned()
+        self.with_load(node, LoadReport::clone)
     }
 
     /// `f` of the latest load report of `node`, if any arrived (no copy).
@@ -258,9 +254,11 @@ impl Membership {
             .collect()
     }
 
-    /// Broadcasts this node's load when it (the capacity: a draining node
-    /// reports none, or the priority it waits a slot for) changed, or when
-    /// the last report is older than `refresh`.
+    /// Broadcasts this node's load when it (the running tasks, the
+    /// capacity: a draining node reports none, the highest priority it
+    /// announces no node has room for, or the highest priority of the
+    /// ready pending tasks it replicates) changed, or when the last report is older than
+    /// `refresh`.
     pub fn report_load(
         &mut self,
         now: Time,

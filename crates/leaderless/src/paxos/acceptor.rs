@@ -82,6 +82,9 @@ pub fn on_accept(
     if rec.version < version {
         return (AcceptReply::Behind, false);
     }
+    if ballot.is_runners() {
+        return on_runners_accept(rec, version, ballot, value);
+    }
     if ballot < rec.promised {
         return (AcceptReply::Reject(rec.promised), false);
     }
@@ -95,6 +98,43 @@ pub fn on_accept(
     rec.promised = ballot;
     rec.accepted = next;
     (AcceptReply::Accepted, true)
+}
+
+/// `Accept` under the runner's ballot ([`Ballot::runners`]), which comes
+/// without a prepare. Taken only on top of a chosen `Running` value past
+/// version 0 (so this replica holds the body that value was chosen for:
+/// ALGORITHM.md *Racing bodies*) whose runner's ballot it is, and only
+/// while nothing else was promised in the instance; a promise of a real
+/// ballot is a `Reject`, which sends the runner to phase 1.
+fn on_runners_accept(
+    rec: &mut Record,
+    version: u64,
+    ballot: Ballot,
+    value: &TaskValue,
+) -> (AcceptReply, bool) {
+    debug_assert_eq!(rec.version, version);
+    if version == 0 || Ballot::runners(&rec.value) != Some(ballot) {
+        return (AcceptReply::Unpromised, false);
+    }
+    if rec.promised > ballot {
+        return (AcceptReply::Reject(rec.promised), false);
+    }
+    match &rec.accepted {
+        Some((b, v)) if *b == ballot && v == value => (AcceptReply::Accepted, false), // a duplicate
+        // The runner proposes one value under its ballot; a second one is
+        // not taken (nothing a correct runner sends).
+        Some(_) => (AcceptReply::Unpromised, false),
+        None => {
+            assert_eq!(
+                rec.promised,
+                Ballot::ZERO,
+                "promised in the instance without accepting: a real ballot, refused above"
+            );
+            rec.promised = ballot;
+            rec.accepted = Some((ballot, value.clone()));
+            (AcceptReply::Accepted, true)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -201,6 +241,98 @@ mod tests {
             on_accept(&mut r, 0, b(1, 2), &running(2, 1)),
             (AcceptReply::Accepted, true)
         );
+    }
+
+    /// A record at version 1, `Running` on n1 claimed in boot 5.
+    fn claimed() -> Record {
+        let mut r = rec();
+        let mut v = running(1, 1);
+        v.runner_boot = 5;
+        assert!(r.learn(1, &v));
+        r
+    }
+
+    #[test]
+    fn the_runners_ballot_is_taken_without_a_prepare_while_nothing_is_promised() {
+        let mut r = claimed();
+        let runners = Ballot::runners(&r.value).expect("running");
+        assert_eq!(
+            runners,
+            Ballot {
+                round: 0,
+                node: NodeId(1),
+                generation: 5
+            }
+        );
+        let done = running(1, 1); // any value: the acceptor does not judge it
+        assert_eq!(
+            on_accept(&mut r, 1, runners, &done),
+            (AcceptReply::Accepted, true)
+        );
+        assert_eq!(
+            on_accept(&mut r, 1, runners, &done),
+            (AcceptReply::Accepted, false),
+            "a duplicate"
+        );
+        // One value per ballot: a second one is not taken.
+        assert_eq!(
+            on_accept(&mut r, 1, runners, &running(2, 2)),
+            (AcceptReply::Unpromised, false)
+        );
+        // A real ballot's prepare is told of it, so it keeps it.
+        let base = r.value.clone();
+        assert_eq!(
+            on_prepare(&mut r, 1, &base, b(1, 2)),
+            (PrepareReply::Promise(Some((runners, done))), true)
+        );
+    }
+
+    #[test]
+    fn the_runners_ballot_is_refused_after_a_real_promise_and_to_anyone_but_the_runners_boot() {
+        let mut r = claimed();
+        let runners = Ballot::runners(&r.value).expect("running");
+        let base = r.value.clone();
+        assert_eq!(
+            on_prepare(&mut r, 1, &base, b(1, 2)),
+            (PrepareReply::Promise(None), true)
+        );
+        assert_eq!(
+            on_accept(&mut r, 1, runners, &base),
+            (AcceptReply::Reject(b(1, 2)), false)
+        );
+        let mut r = claimed();
+        for other in [
+            Ballot {
+                generation: 4,
+                ..runners
+            }, // the runner's earlier boot
+            Ballot {
+                generation: 6,
+                ..runners
+            }, // its later boot
+            Ballot {
+                node: NodeId(2),
+                ..runners
+            },
+        ] {
+            assert_eq!(
+                on_accept(&mut r, 1, other, &base),
+                (AcceptReply::Unpromised, false)
+            );
+        }
+        // Not on top of a claim: a pending base has no runner.
+        let mut pending = rec();
+        let ballot = Ballot {
+            round: 0,
+            node: NodeId(1),
+            generation: 5,
+        };
+        assert_eq!(pending.version, 0);
+        assert_eq!(
+            on_accept(&mut pending, 0, ballot, &base),
+            (AcceptReply::Unpromised, false)
+        );
+        assert_eq!((pending.promised, &pending.accepted), (Ballot::ZERO, &None));
     }
 
     #[test]

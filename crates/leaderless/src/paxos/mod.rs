@@ -18,11 +18,23 @@
 //! Safety rests on the usual argument: an acceptor never accepts below its
 //! promise, and every quorum of the same instance intersects, so a later
 //! ballot finds and keeps any value that may have been chosen.
+//!
+//! **The runner's ballot.** In the instance on top of a chosen
+//! `Running { node, .. }` claimed by boot `g` of `node`, the ballot
+//! `(0, node, g)` ([`Ballot::runners`]) belongs to that runner alone. It
+//! is below every real ballot (rounds start at 1), so no value can have
+//! been chosen below it: the runner may skip phase 1 and send its result
+//! straight in `Accept` (Lamport's "ballot 0 needs no phase 1"). An
+//! acceptor takes it only while it promised nothing in the instance, and
+//! the runner proposes at most one value under it (a restarted runner has
+//! another boot, so another ballot, which no acceptor takes). Any later
+//! real ballot prepares as usual and keeps what it finds accepted.
 
 pub mod acceptor;
 pub mod proposer;
 
-use cohort_core::NodeId;
+use crate::record::TaskValue;
+use cohort_core::{NodeId, TaskState};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -58,6 +70,30 @@ impl Ballot {
         };
         assert!(b > seen);
         b
+    }
+}
+
+impl Ballot {
+    /// The runner's ballot of the instance on top of `base`: round 0, the
+    /// runner and the boot it claimed in, for a `Running` base; `None`
+    /// otherwise (and for a base no real boot claimed). See the module
+    /// docs: only that boot of the runner proposes under it, at most one
+    /// value, without phase 1.
+    pub fn runners(base: &TaskValue) -> Option<Ballot> {
+        let TaskState::Running { node, .. } = base.state else {
+            return None;
+        };
+        let b = Ballot {
+            round: 0,
+            node,
+            generation: base.runner_boot,
+        };
+        (b > Ballot::ZERO).then_some(b)
+    }
+
+    /// Whether this is a runner's ballot (round 0), taken without phase 1.
+    pub fn is_runners(&self) -> bool {
+        self.round == 0 && *self > Ballot::ZERO
     }
 }
 

@@ -486,6 +486,9 @@ pub struct Proposal {
     /// Whether any round of it sent `Accept`: until then no acceptor holds
     /// its value, so nothing of it can be chosen, ever.
     accepts_sent: bool,
+    /// Whether its first round went under the runner's ballot
+    /// ([`Ballot::runners`]), which then carries its value for good.
+    runners_ballot_used: bool,
 }
 
 /// What a reply led to.
@@ -533,7 +536,17 @@ pub struct Proposer {
     events_max: usize,
     /// The highest round this node has used or seen: new ballots go above.
     round_seen: u64,
+    /// Instances (task, base version) whose runner's ballot this boot used
+    /// in a proposal abandoned before its instance was decided: the ballot
+    /// carries one value only, so it is not used there again. Abandons of
+    /// such proposals are rare (the record was dropped); past
+    /// [`RUNNERS_BALLOTS_SPENT_MAX`] entries the runner's ballot is no
+    /// longer used (phase 1 always: slower, never unsafe).
+    runners_spent: BTreeMap<TaskId, u64>,
 }
+
+/// Most instances [`Proposer`] remembers having spent its runner's ballot in.
+pub const RUNNERS_BALLOTS_SPENT_MAX: usize = 4096;
 
 /// Why a proposal could not start. Nothing changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -557,6 +570,7 @@ impl Proposer {
             in_flight_max,
             events_max,
             round_seen: 0,
+            runners_spent: BTreeMap::new(),
         }
     }
 
@@ -630,6 +644,43 @@ impl Proposer {
                     .desired(self.me, self.generation, &header, &base, now)
                     .is_some()
         );
+        if self.runners_spent.get(&id).is_some_and(|&v| v < version) {
+            self.runners_spent.remove(&id); // that instance is decided
+        }
+        if let Some(ballot) = self.runners_ballot(id, version, &base, &intent) {
+            // Phase 2 at once: see the module docs of `crate::paxos`.
+            let value = intent
+                .desired_at(
+                    self.me,
+                    self.generation,
+                    &header,
+                    &base,
+                    now,
+                    self.events_max,
+                )
+                .expect("checked above");
+            let p = Proposal {
+                id,
+                header,
+                version,
+                base,
+                intent,
+                ballot,
+                seen: Ballot::ZERO,
+                phase: Phase::Accepting {
+                    value: value.clone(),
+                    accepted: BTreeSet::new(),
+                },
+                round_started: now,
+                started_at: now,
+                failed_rounds: 0,
+                accepts_sent: true,
+                runners_ballot_used: true,
+            };
+            let msgs = accept_msgs(id, &p, value);
+            self.proposals.insert(id, p);
+            return Ok(msgs);
+        }
         let ballot = self.next_ballot(Ballot::ZERO);
         let p = Proposal {
             id,
@@ -646,10 +697,32 @@ impl Proposer {
             started_at: now,
             failed_rounds: 0,
             accepts_sent: false,
+            runners_ballot_used: false,
         };
         let msgs = prepare_msgs(id, &p);
         self.proposals.insert(id, p);
         Ok(msgs)
+    }
+
+    /// The runner's ballot, if this proposal may skip phase 1 under it: a
+    /// result (`Finish`) of this boot's own assignment, in an instance
+    /// where this boot has not spent the ballot already.
+    fn runners_ballot(
+        &self,
+        id: TaskId,
+        version: u64,
+        base: &TaskValue,
+        intent: &Intent,
+    ) -> Option<Ballot> {
+        let Intent::Finish { epoch, .. } = intent else {
+            return None;
+        };
+        let ballot = Ballot::runners(base)?;
+        let mine = ballot.node == self.me && ballot.generation == self.generation;
+        let assignment = matches!(base.state, TaskState::Running { epoch: e, .. } if e == *epoch);
+        let spent = self.runners_spent.get(&id) == Some(&version)
+            || self.runners_spent.len() >= RUNNERS_BALLOTS_SPENT_MAX;
+        (version > 0 && mine && assignment && !spent).then_some(ballot)
     }
 
     /// A `Promise` from `from`.
@@ -692,23 +765,7 @@ impl Proposer {
             accepted: BTreeSet::new(),
         };
         p.accepts_sent = true;
-        let msgs = p
-            .base
-            .replicas
-            .iter()
-            .map(|&to| {
-                (
-                    to,
-                    LeaderlessMessage::Accept {
-                        id,
-                        version,
-                        ballot,
-                        value: value.clone(),
-                    },
-                )
-            })
-            .collect();
-        Outcome::Send(msgs)
+        Outcome::Send(accept_msgs(id, p, value))
     }
 
     /// An `Accepted` from `from`.
@@ -787,7 +844,11 @@ impl Proposer {
 
     /// Drops the proposal for `id` (the node learned it is moot).
     pub fn abandon(&mut self, id: TaskId) -> Option<Proposal> {
-        self.proposals.remove(&id)
+        let p = self.proposals.remove(&id)?;
+        if p.runners_ballot_used {
+            self.runners_spent.insert(id, p.version);
+        }
+        Some(p)
     }
 
     /// Abandons the proposal on `id` if none of its rounds sent `Accept`
@@ -856,6 +917,24 @@ impl Proposer {
     }
 }
 
+fn accept_msgs(id: TaskId, p: &Proposal, value: TaskValue) -> Vec<(NodeId, LeaderlessMessage)> {
+    p.base
+        .replicas
+        .iter()
+        .map(|&to| {
+            (
+                to,
+                LeaderlessMessage::Accept {
+                    id,
+                    version: p.version,
+                    ballot: p.ballot,
+                    value: value.clone(),
+                },
+            )
+        })
+        .collect()
+}
+
 fn prepare_msgs(id: TaskId, p: &Proposal) -> Vec<(NodeId, LeaderlessMessage)> {
     p.base
         .replicas
@@ -910,6 +989,91 @@ mod tests {
         let after = first_ballot(1);
         assert_eq!(before.round, after.round);
         assert_ne!(before, after);
+    }
+
+    /// Version 1 of a task claimed by boot `boot` of `node`, epoch 1.
+    fn running(node: u64, boot: u64) -> TaskValue {
+        let mut v = TaskValue::initial(&header());
+        v.state = TaskState::Running {
+            node: NodeId(node),
+            epoch: Epoch(1),
+        };
+        v.epoch = Epoch(1);
+        v.runner_boot = boot;
+        v
+    }
+
+    fn finish() -> Intent {
+        Intent::Finish {
+            epoch: Epoch(1),
+            outcome: TaskOutcome::Success(vec![]),
+            jitter: 0,
+        }
+    }
+
+    fn first_message(msgs: &[(NodeId, LeaderlessMessage)]) -> (&'static str, Ballot) {
+        match &msgs[0].1 {
+            LeaderlessMessage::Prepare { ballot, .. } => ("prepare", *ballot),
+            LeaderlessMessage::Accept { ballot, .. } => ("accept", *ballot),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_runner_sends_its_result_under_its_ballot_without_phase_1_once_per_instance() {
+        let mut p = Proposer::new(NodeId(1), 7, 4, 16);
+        let msgs = p
+            .start(Time::ZERO, TaskId(1), header(), 1, running(1, 7), finish())
+            .expect("starts");
+        let runners = Ballot::runners(&running(1, 7)).expect("a running base");
+        assert_eq!(first_message(&msgs), ("accept", runners));
+        assert_eq!(msgs.len(), 3, "to every replica");
+        // Abandoned before its instance was decided: the ballot holds that
+        // value, so a second result of the same instance prepares.
+        assert!(p.abandon(TaskId(1)).is_some());
+        let msgs = p
+            .start(Time::ZERO, TaskId(1), header(), 1, running(1, 7), finish())
+            .expect("starts");
+        let (kind, ballot) = first_message(&msgs);
+        assert_eq!(kind, "prepare");
+        assert!(ballot > runners && !ballot.is_runners());
+        p.abandon(TaskId(1));
+        // The next instance (a later version) has a ballot of its own.
+        let msgs = p
+            .start(Time::ZERO, TaskId(1), header(), 3, running(1, 7), finish())
+            .expect("starts");
+        assert_eq!(first_message(&msgs).0, "accept");
+        assert!(
+            p.runners_spent.is_empty(),
+            "the decided instance is forgotten"
+        );
+    }
+
+    #[test]
+    fn only_the_runners_own_boot_and_only_a_result_skip_phase_1() {
+        let start = |me: u64, boot: u64, base: TaskValue, intent: Intent| {
+            let mut p = Proposer::new(NodeId(me), boot, 4, 16);
+            let msgs = p
+                .start(Time::ZERO, TaskId(1), header(), 1, base, intent)
+                .expect("starts");
+            first_message(&msgs).0
+        };
+        assert_eq!(start(1, 7, running(1, 7), finish()), "accept");
+        // The runner restarted: its new boot's ballot is not the runner's.
+        // (It would not finish an assignment of an earlier boot anyway.)
+        assert_eq!(start(1, 8, running(1, 7), finish()), "prepare");
+        let heartbeat = Intent::Heartbeat {
+            epoch: Epoch(1),
+            progress: String::new(),
+        };
+        assert_eq!(start(1, 7, running(1, 7), heartbeat), "prepare");
+        let reclaim = Intent::Reclaim {
+            owner: NodeId(1),
+            epoch: Epoch(1),
+            reason: SupersedeReason::RunnerDeclaredDead,
+            permit: None,
+        };
+        assert_eq!(start(2, 3, running(1, 7), reclaim), "prepare");
     }
 
     #[test]
