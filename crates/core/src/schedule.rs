@@ -71,9 +71,10 @@
 //! reads the tombstone. A deleted name is not reused (the tombstone stays).
 //!
 //! Like dedupe keys, the scheme needs the tombstone and the definition to
-//! stay readable: retention never purges them ([`kept_for_ever`]), but
-//! leader mode drops the oldest finished records past
-//! `Limits::tasks_retained_max`, whatever they are.
+//! stay readable: neither retention nor the leader and leaderless count
+//! bounds (`Limits::tasks_retained_max`) purge them ([`kept_for_ever`]);
+//! each mode bounds how many it creates instead (`schedules_kept_max`).
+//! The static baseline's count bound still drops them.
 
 use crate::client::{ClientError, ClientRequest, ClientResponse, Consistency};
 use crate::ids::TaskId;

@@ -83,6 +83,12 @@ pub struct LeaderConfig {
     /// Most assignments proposed per scheduling round (one log entry),
     /// and most results packed in one log entry.
     pub assignments_per_round_max: usize,
+    /// Most schedule definitions and tombstones the cluster keeps. Both
+    /// are kept for ever (`cohort_core::schedule::kept_for_ever`), outside
+    /// retention and `tasks_retained_max`, so a new schedule past this is
+    /// refused `429 overloaded` instead (a tombstone, so that a delete goes
+    /// through, past twice this).
+    pub schedules_kept_max: usize,
 }
 
 impl Default for LeaderConfig {
@@ -108,6 +114,7 @@ impl Default for LeaderConfig {
             snapshot_chunk_bytes: 64 << 10,
             requests_waiting_max: 10_000,
             assignments_per_round_max: 256,
+            schedules_kept_max: 100_000,
         }
     }
 }
@@ -148,6 +155,7 @@ impl LeaderConfig {
                 "assignments_per_round_max",
                 self.assignments_per_round_max as u64,
             ),
+            ("schedules_kept_max", self.schedules_kept_max as u64),
         ];
         for (what, v) in positive {
             if v == 0 {
@@ -983,11 +991,48 @@ impl LeaderNode {
                 limit: active_max,
             });
         }
+        self.check_schedules_kept(&task)?;
         self.propose(&Command::Submit {
             id,
             task: task.clone(),
         })?;
         self.waiting.submits.insert(id, vec![(request, task)]);
+        Ok(())
+    }
+
+    /// Refuses a new schedule definition once the cluster keeps
+    /// `schedules_kept_max` definitions and tombstones (a tombstone past
+    /// twice that, so a delete still goes through). Counted: the final ones
+    /// and those waiting to commit here; a definition committed but not
+    /// yet run is not, so the cluster may keep a few more.
+    fn check_schedules_kept(&self, task: &Task) -> Result<(), ClientError> {
+        use cohort_core::schedule::{kept_for_ever, SchedulePayload};
+        if !kept_for_ever(task) {
+            return Ok(());
+        }
+        let max = self.cfg.get().schedules_kept_max;
+        let waiting = self
+            .waiting
+            .submits
+            .values()
+            .filter(|w| kept_for_ever(&w[0].1))
+            .count();
+        let kept = self.sm.kept() + waiting;
+        let tombstone = matches!(
+            cohort_core::codec::decode::<SchedulePayload>(&task.payload, task.payload.len()),
+            Ok(SchedulePayload::Deleted)
+        );
+        let bound = if tombstone {
+            max.saturating_mul(2)
+        } else {
+            max
+        };
+        if kept >= bound {
+            return Err(ClientError::Overloaded {
+                what: "schedules_kept_max".into(),
+                limit: max,
+            });
+        }
         Ok(())
     }
 

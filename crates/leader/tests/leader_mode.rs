@@ -1067,3 +1067,92 @@ fn a_held_result_whose_attempt_was_cancelled_does_not_free_its_slot_twice() {
         }
     }
 }
+
+/// A schedule's definition and tombstone are kept for ever: a definition
+/// is what `GET /v1/schedules/{name}` reads, and a dropped tombstone would
+/// let a deleted schedule's late link fire again. So `tasks_retained_max`
+/// drops only other finished records (it used to drop the oldest whatever
+/// they were), and the cluster keeps at most `schedules_kept_max` of them
+/// instead: the next new schedule is refused `overloaded`, naming the
+/// limit, and stored nowhere; a delete still goes through, and a
+/// definition that exists is acknowledged again.
+#[test]
+fn schedules_outlive_tasks_retained_max_and_at_most_schedules_kept_max_are_created() {
+    use cohort_core::schedule::{IdTag, Overlap, Schedule, ScheduleName, Spec};
+    let cfg = LeaderConfig {
+        schedules_kept_max: 2,
+        ..LeaderConfig::default()
+    }
+    .validate()
+    .expect("valid");
+    let limits = cohort_core::Limits {
+        tasks_retained_max: 3,
+        ..cohort_core::Limits::default()
+    };
+    let mut c = Cluster::with_limits(11, 3, cfg, limits);
+    let l = c.elect(3_000);
+    c.run_for(300);
+    let schedule = |name: &str| Schedule {
+        name: ScheduleName::new(name).expect("a valid name"),
+        spec: Spec::Every {
+            every_ms: 60_000,
+            start_ms: 0,
+        },
+        overlap: Overlap::Skip,
+        catch_up_window_ms: 60_000,
+        task: task("echo", b"tick"),
+        link_attempts: 3,
+    };
+    let define = |c: &mut Cluster, name: &str| {
+        let s = schedule(name);
+        let id = s.name.task_id(IdTag::Spec);
+        let r = c.submit(l, id, s.spec_task());
+        c.run_for(300);
+        (id, c.replies.get(&r).cloned().expect("answered"))
+    };
+    let over = |r: &Result<ClientResponse, ClientError>| matches!(r, Err(ClientError::Overloaded { what, limit: 2 }) if what == "schedules_kept_max");
+    let (first, r) = define(&mut c, "first");
+    assert!(matches!(r, Ok(ClientResponse::Accepted { .. })), "{r:?}");
+    let (second, r) = define(&mut c, "second");
+    assert!(matches!(r, Ok(ClientResponse::Accepted { .. })), "{r:?}");
+    let (third, r) = define(&mut c, "third");
+    assert!(over(&r), "{r:?}");
+    // Many more finished tasks than tasks_retained_max: the oldest go, the
+    // definitions (the oldest finished of all) stay.
+    for i in 0..10u128 {
+        let r = c.submit(l, TaskId(1_000 + i), task("echo", b"x"));
+        c.run_for(100);
+        assert!(accepted(&c, r));
+    }
+    c.run_for(500);
+    for n in ids(3) {
+        let sm = c.node(n).scheduler();
+        assert!(sm.get(first).is_some_and(|r| r.state.is_final()), "{n}");
+        assert!(sm.get(second).is_some(), "{n}");
+        assert!(
+            sm.get(third).is_none(),
+            "a refused schedule is stored nowhere"
+        );
+        assert!(sm.get(TaskId(1_000)).is_none(), "purged past the bound");
+        assert!(sm.get(TaskId(1_009)).is_some());
+    }
+    // The same definition again: it exists, acknowledged.
+    let (_, r) = define(&mut c, "first");
+    assert!(matches!(r, Ok(ClientResponse::Accepted { .. })), "{r:?}");
+    // Deleting one still goes through (tombstones up to twice the bound).
+    let deleted = ScheduleName::new("first")
+        .expect("valid")
+        .task_id(IdTag::Deleted);
+    let r = c.submit(l, deleted, Schedule::tombstone_task());
+    c.run_for(300);
+    assert!(accepted(&c, r), "{:?}", c.replies.get(&r));
+    // Neither the count bound nor the leader's clock purges them.
+    for i in 10..20u128 {
+        c.submit(l, TaskId(1_000 + i), task("echo", b"x"));
+        c.run_for(100);
+    }
+    for n in ids(3) {
+        assert!(c.node(n).scheduler().get(deleted).is_some(), "{n}");
+        assert!(c.node(n).scheduler().get(first).is_some(), "{n}");
+    }
+}

@@ -56,8 +56,10 @@ const META_KEY: &str = "identity";
 /// record carries the number that binds that log to the file. 12: a task
 /// carries its own lease grace and a manual retry's link to its original.
 /// 13: a leaderless permit record carries its longest rate window and
-/// when it was retired, and its body an incarnation.
-pub const FORMAT_VERSION: u32 = 13;
+/// when it was retired, and its body an incarnation. 14: a leader snapshot
+/// holds the records kept for ever (schedule definitions and tombstones)
+/// apart from the finished ones retention and `tasks_retained_max` drop.
+pub const FORMAT_VERSION: u32 = 14;
 
 /// Who a data file belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

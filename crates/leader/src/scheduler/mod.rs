@@ -211,7 +211,15 @@ pub struct Scheduler {
     /// Workers declared dead and not yet back.
     dead: BTreeSet<NodeId>,
     /// Final tasks in the order they finished: (index, id), for retention.
+    /// Not the records kept for ever, which are in `kept`.
     finished: BTreeSet<(u64, TaskId)>,
+    /// Final records kept for ever: schedule definitions and tombstones
+    /// ([`cohort_core::schedule::kept_for_ever`]). Outside `finished`, so
+    /// neither retention nor the count bound (`retained_max`) drops one: a
+    /// dropped tombstone would let a deleted schedule's late link fire.
+    /// Bounded instead where they are created
+    /// ([`crate::LeaderConfig::schedules_kept_max`]).
+    kept: BTreeSet<TaskId>,
     /// Final tasks by when they are purged: (purge_at, index, id).
     expiring: BTreeSet<(Time, u64, TaskId)>,
     /// Most finished records retained.
@@ -284,7 +292,13 @@ impl Scheduler {
 
     /// Number of tasks not yet final.
     pub fn active(&self) -> usize {
-        self.tasks.len() - self.finished.len()
+        self.tasks.len() - self.finished.len() - self.kept.len()
+    }
+
+    /// Number of final records kept for ever (schedule definitions and
+    /// tombstones).
+    pub fn kept(&self) -> usize {
+        self.kept.len()
     }
 
     /// Number of task records held.
@@ -862,17 +876,25 @@ impl Scheduler {
         rec.state = state.clone();
         rec.assigned_index = 0;
         rec.purge_at = purge_at;
-        self.finished.insert((index, id));
-        if let Some(due) = purge_at {
-            self.expiring.insert((due, index, id));
+        match purge_at {
+            Some(due) => {
+                self.finished.insert((index, id));
+                self.expiring.insert((due, index, id));
+            }
+            None => {
+                assert!(
+                    cohort_core::schedule::kept_for_ever(&rec.task),
+                    "a final record without a purge time is kept for ever"
+                );
+                self.kept.insert(id);
+            }
         }
         notes.push(Note::Decided { task: id, state });
         while self.finished.len() > self.retained_max {
             let (index, old) = self.finished.pop_first().expect("non-empty");
             let rec = self.tasks.remove(&old).expect("finished tasks are known");
-            if let Some(due) = rec.purge_at {
-                assert!(self.expiring.remove(&(due, index, old)), "indexed");
-            }
+            let due = rec.purge_at.expect("finished records have a purge time");
+            assert!(self.expiring.remove(&(due, index, old)), "indexed");
             notes.push(Note::Purged { task: old });
         }
     }
@@ -898,13 +920,18 @@ impl Scheduler {
     fn check(&self) {
         let running: usize = self.running.values().map(BTreeSet::len).sum();
         assert!(
-            self.pending_len() + self.waiting.len() + running + self.finished.len()
+            self.pending_len()
+                + self.waiting.len()
+                + running
+                + self.finished.len()
+                + self.kept.len()
                 == self.tasks.len(),
-            "every task is pending, running or finished, exactly once"
+            "every task is pending, running, finished or kept, exactly once"
         );
-        assert!(
-            self.expiring.len() <= self.finished.len(),
-            "only finished tasks are purged"
+        assert_eq!(
+            self.expiring.len(),
+            self.finished.len(),
+            "every finished record is purged some day, and only those"
         );
         assert!(
             self.deadlines.len() <= self.pending_len() + self.waiting.len(),

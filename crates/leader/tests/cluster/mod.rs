@@ -93,12 +93,17 @@ pub fn task(kind: &str, payload: &[u8]) -> Task {
 
 impl Cluster {
     pub fn new(seed: u64, n: u64, cfg: ValidLeaderConfig) -> Cluster {
+        Cluster::with_limits(seed, n, cfg, Limits::default())
+    }
+
+    /// [`Cluster::new`] with the nodes' `limits`.
+    pub fn with_limits(seed: u64, n: u64, cfg: ValidLeaderConfig, limits: Limits) -> Cluster {
         let mut c = Cluster {
             rng: NodeRng::seed_from_u64(seed),
             now: Time::ZERO,
             cfg,
             members: ids(n),
-            limits: Limits::default(),
+            limits,
             nodes: BTreeMap::new(),
             stored: BTreeMap::new(),
             gens: BTreeMap::new(),
