@@ -71,10 +71,9 @@
 //! reads the tombstone. A deleted name is not reused (the tombstone stays).
 //!
 //! Like dedupe keys, the scheme needs the tombstone and the definition to
-//! stay readable: neither retention nor the leader and leaderless count
-//! bounds (`Limits::tasks_retained_max`) purge them ([`kept_for_ever`]);
-//! each mode bounds how many it creates instead (`schedules_kept_max`).
-//! The static baseline's count bound still drops them.
+//! stay readable: neither retention nor any mode's count bound
+//! (`Limits::tasks_retained_max`) purges them ([`kept_for_ever`]); each
+//! mode bounds how many it creates instead (`schedules_kept_max`).
 
 use crate::client::{ClientError, ClientRequest, ClientResponse, Consistency};
 use crate::ids::TaskId;

@@ -13,6 +13,16 @@ pub struct StaticConfig {
     pub heartbeat_interval_ms: u64,
     /// A worker silent for `alpha * heartbeat_interval_ms` is declared dead.
     pub alpha: u32,
+    /// Most schedule definitions and tombstones the coordinator keeps: they
+    /// are kept for ever (`cohort_core::schedule::kept_for_ever`), outside
+    /// retention and `tasks_retained_max`, so a new schedule past this is
+    /// refused `429 overloaded` (a tombstone past twice this).
+    #[serde(default = "schedules_kept_max_default")]
+    pub schedules_kept_max: usize,
+}
+
+fn schedules_kept_max_default() -> usize {
+    100_000
 }
 
 impl Default for StaticConfig {
@@ -21,6 +31,7 @@ impl Default for StaticConfig {
             coordinator: None,
             heartbeat_interval_ms: 100,
             alpha: 5,
+            schedules_kept_max: schedules_kept_max_default(),
         }
     }
 }
@@ -44,6 +55,9 @@ impl StaticConfig {
         }
         if self.alpha == 0 {
             return Err(StaticConfigError::Zero("alpha"));
+        }
+        if self.schedules_kept_max == 0 {
+            return Err(StaticConfigError::Zero("schedules_kept_max"));
         }
         if let Some(c) = self.coordinator {
             if !peers.members.contains(&c) {

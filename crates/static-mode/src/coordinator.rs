@@ -106,8 +106,12 @@ pub(crate) struct Coordinator {
     /// Draws retry jitter.
     rng: NodeRng,
     /// Final tasks in the order they finished, for retention:
-    /// (sequence, id).
+    /// (sequence, id). Not the records kept for ever.
     finished: BTreeSet<(u64, TaskId)>,
+    /// Schedule definitions and tombstones held, in any state: kept for
+    /// ever ([`cohort_core::schedule::kept_for_ever`]), never in
+    /// `finished`, bounded by `StaticConfig::schedules_kept_max`.
+    kept: usize,
     /// The sequence number of the next task to finish.
     finished_seq: u64,
     /// Final tasks by when their retention ends: (purge_at, sequence, id).
@@ -186,6 +190,7 @@ impl Coordinator {
             deadlines: BTreeSet::new(),
             rng,
             finished: BTreeSet::new(),
+            kept: 0,
             finished_seq: 0,
             expiring: BTreeSet::new(),
             workers,
@@ -247,6 +252,27 @@ impl Coordinator {
                 what: "tasks_active_max".into(),
                 limit: self.peers.limits.tasks_active_max,
             });
+        }
+        let kept = cohort_core::schedule::kept_for_ever(&task);
+        if kept {
+            let max = self.config.schedules_kept_max;
+            let tombstone = matches!(
+                cohort_core::codec::decode(&task.payload, task.payload.len()),
+                Ok(cohort_core::schedule::SchedulePayload::Deleted)
+            );
+            if self.kept
+                >= if tombstone {
+                    max.saturating_mul(2)
+                } else {
+                    max
+                }
+            {
+                return Err(ClientError::Overloaded {
+                    what: "schedules_kept_max".into(),
+                    limit: max,
+                });
+            }
+            self.kept += 1;
         }
         // The naive part: acknowledged from memory, never persisted.
         let mut record = Record {
@@ -796,17 +822,18 @@ impl Coordinator {
         record.purge_at = purge_at;
         self.active -= 1;
         out.push(Action::Note(Note::Decided { task, state }));
-        self.finished.insert((seq, task));
         record.finished_seq = seq;
-        if let Some(due) = purge_at {
-            self.expiring.insert((due, seq, task));
-        }
+        let Some(due) = purge_at else {
+            // Kept for ever (counted in `kept` when it was created).
+            return;
+        };
+        self.finished.insert((seq, task));
+        self.expiring.insert((due, seq, task));
         while self.finished.len() > self.peers.limits.tasks_retained_max {
             let (seq, old) = self.finished.pop_first().expect("non-empty");
             let rec = self.tasks.remove(&old).expect("finished tasks are known");
-            if let Some(due) = rec.purge_at {
-                assert!(self.expiring.remove(&(due, seq, old)), "indexed");
-            }
+            let due = rec.purge_at.expect("finished records have a purge time");
+            assert!(self.expiring.remove(&(due, seq, old)), "indexed");
             out.push(Action::Note(Note::Purged { task: old }));
         }
     }

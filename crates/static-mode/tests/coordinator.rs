@@ -622,3 +622,104 @@ fn a_rate_limit_spreads_the_starts_of_its_key_over_the_window() {
     assert_eq!(tick(&mut c, 1_500), 0);
     assert_eq!(tick(&mut c, 2_000), 1, "the last one");
 }
+
+/// Schedule definitions and tombstones are kept for ever, so the count
+/// bound (`tasks_retained_max`) drops only other finished records, and the
+/// coordinator takes at most `schedules_kept_max` of them: the next new
+/// schedule is refused `overloaded`, naming the limit; a tombstone is
+/// taken up to twice the bound.
+#[test]
+fn schedules_outlive_tasks_retained_max_and_at_most_schedules_kept_max_are_created() {
+    use cohort_core::schedule::{IdTag, Overlap, Schedule, ScheduleName, Spec};
+    let limits = Limits {
+        tasks_retained_max: 2,
+        ..Limits::default()
+    };
+    let peers = Peers::new(NodeId(1), [NodeId(1)], 1, limits).unwrap();
+    let config = StaticConfig {
+        schedules_kept_max: 2,
+        ..StaticConfig::default()
+    };
+    let mut c = StaticNode::boot(
+        &peers,
+        &config,
+        &Stored::new(),
+        cohort_core::NodeRng::seed_from_u64(0),
+        Time::ZERO,
+    )
+    .expect("boots");
+    drain(&mut c);
+    let mut req = 0;
+    let mut ask = |c: &mut StaticNode, id: TaskId, task: Task| {
+        req += 1;
+        c.handle_client(
+            Time::ZERO,
+            RequestId(req),
+            ClientRequest::Submit { id, task },
+        );
+        let out = drain(c);
+        for (t, epoch, _) in assigned(&out) {
+            c.handle_task_finished(Time::ZERO, t, epoch, TaskOutcome::Success(vec![]));
+            drain(c);
+        }
+        reply_of(&out)
+    };
+    let spec = |name: &str| {
+        let s = Schedule {
+            name: ScheduleName::new(name).expect("a valid name"),
+            spec: Spec::Every {
+                every_ms: 60_000,
+                start_ms: 0,
+            },
+            overlap: Overlap::Skip,
+            catch_up_window_ms: 60_000,
+            task: task(),
+            link_attempts: 3,
+        };
+        (s.name.task_id(IdTag::Spec), s.spec_task())
+    };
+    let (first, t) = spec("first");
+    assert!(ask(&mut c, first, t).is_ok());
+    let (second, t) = spec("second");
+    assert!(ask(&mut c, second, t).is_ok());
+    let (third, t) = spec("third");
+    assert_eq!(
+        ask(&mut c, third, t),
+        Err(ClientError::Overloaded {
+            what: "schedules_kept_max".into(),
+            limit: 2
+        })
+    );
+    for i in 0..5 {
+        assert!(ask(&mut c, TaskId(100 + i), task()).is_ok());
+    }
+    let deleted = ScheduleName::new("first").unwrap().task_id(IdTag::Deleted);
+    assert!(ask(&mut c, deleted, Schedule::tombstone_task()).is_ok());
+    let mut read = |c: &mut StaticNode, id: TaskId| {
+        req += 1;
+        c.handle_client(
+            Time::ZERO,
+            RequestId(req),
+            ClientRequest::Get {
+                id,
+                consistency: Consistency::Linearizable,
+            },
+        );
+        reply_of(&drain(c))
+    };
+    for kept in [first, second, deleted] {
+        assert!(
+            matches!(read(&mut c, kept), Ok(ClientResponse::State { state, .. }) if state.is_final()),
+            "{kept:?}"
+        );
+    }
+    assert_eq!(
+        read(&mut c, TaskId(100)),
+        Err(ClientError::NotFound { id: TaskId(100) })
+    );
+    assert!(read(&mut c, TaskId(104)).is_ok());
+    assert_eq!(
+        read(&mut c, third),
+        Err(ClientError::NotFound { id: third })
+    );
+}
