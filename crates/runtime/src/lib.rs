@@ -36,6 +36,7 @@ pub mod storage;
 pub mod tls;
 pub mod transport;
 pub mod wal;
+pub mod write_behind;
 
 pub use config::{ClientLimits, RuntimeConfig, SecurityConfig, TransportLimits};
 pub use driver::NoteObserver;

@@ -27,6 +27,7 @@
 
 use crate::error::RuntimeError;
 use crate::wal::{wal_file, Wal};
+use crate::write_behind::WriteBehind;
 use cohort_core::{NodeId, StoreOp, Stored};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -113,7 +114,8 @@ pub fn decode_identity(bytes: &[u8]) -> Result<(u32, String, NodeId), String> {
 pub struct Storage {
     db: Database,
     path: PathBuf,
-    wal: Mutex<Wal>,
+    /// The log, and what it made durable that redb does not hold yet.
+    wal: Mutex<(Wal, WriteBehind)>,
     /// Whether closing checkpoints: only once open succeeded, and never
     /// after a failed write (the log keeps what redb may lack).
     checkpoint_on_close: AtomicBool,
@@ -203,13 +205,13 @@ impl Storage {
         let storage = Storage {
             db,
             path: path.to_path_buf(),
-            wal: Mutex::new(wal),
+            wal: Mutex::new((wal, WriteBehind::default())),
             checkpoint_on_close: AtomicBool::new(false),
         };
         // What the log holds goes into redb durably before the log starts
         // over, and before anything is read: the state is redb's alone then.
         storage.apply(&batches.concat(), Durability::Immediate)?;
-        storage.wal.lock().expect("wal lock").reset()?;
+        storage.wal.lock().expect("wal lock").0.reset()?;
         let stored = storage.load()?;
         storage.checkpoint_on_close.store(true, Ordering::Relaxed);
         Ok((storage, stored))
@@ -256,11 +258,16 @@ impl Storage {
     /// returning. On error the node must stop: whether the batch is
     /// durable is unknown.
     pub fn persist(&self, ops: &[StoreOp]) -> Result<(), RuntimeError> {
-        let mut wal = self.wal.lock().expect("wal lock");
+        let mut guard = self.wal.lock().expect("wal lock");
+        let (wal, behind) = &mut *guard;
         let written = wal.append(ops).and_then(|()| {
-            self.apply(ops, Durability::None)?;
+            // redb is read only at open: it catches up in coalesced
+            // flushes (`crate::write_behind`), and fully at a checkpoint.
+            behind.add(ops);
             if wal.wants_checkpoint() {
-                self.checkpoint(&mut wal)?;
+                self.checkpoint(wal, behind)?;
+            } else if behind.is_full() {
+                self.apply(&behind.take(), Durability::None)?;
             }
             Ok(())
         });
@@ -270,9 +277,10 @@ impl Storage {
         written
     }
 
-    /// Makes redb durable up to the log's end, then starts the log over.
-    fn checkpoint(&self, wal: &mut Wal) -> Result<(), RuntimeError> {
-        self.apply(&[], Durability::Immediate)?;
+    /// Makes redb hold, durably, everything up to the log's end, then
+    /// starts the log over.
+    fn checkpoint(&self, wal: &mut Wal, behind: &mut WriteBehind) -> Result<(), RuntimeError> {
+        self.apply(&behind.take(), Durability::Immediate)?;
         wal.reset()
     }
 
@@ -322,8 +330,9 @@ impl Drop for Storage {
         if !self.checkpoint_on_close.load(Ordering::Relaxed) {
             return;
         }
-        if let Ok(mut wal) = self.wal.lock() {
-            if let Err(e) = self.checkpoint(&mut wal) {
+        if let Ok(mut guard) = self.wal.lock() {
+            let (wal, behind) = &mut *guard;
+            if let Err(e) = self.checkpoint(wal, behind) {
                 tracing::warn!(path = %self.path.display(), error = %e, "checkpoint at close failed");
             }
         }
@@ -519,7 +528,10 @@ mod tests {
             let (s, _) = Storage::open(&path, "c1", NodeId(6)).unwrap();
             s.persist(&[put(b"a", b"1")]).unwrap();
             // Make redb durable up to here, and keep that file as it is.
-            s.checkpoint(&mut s.wal.lock().unwrap()).unwrap();
+            let mut guard = s.wal.lock().unwrap();
+            let (wal, behind) = &mut *guard;
+            s.checkpoint(wal, behind).unwrap();
+            drop(guard);
             std::fs::copy(&path, &durable).unwrap();
             s.persist(&[put(b"b", b"2"), put(b"a", b"3")]).unwrap();
             s.persist(&[StoreOp::Delete { key: b"b".to_vec() }, put(b"c", b"4")])
