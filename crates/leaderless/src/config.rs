@@ -87,10 +87,12 @@ pub struct LeaderlessConfig {
     /// to `tick_interval_ms` after every task and each new task as long
     /// before it started.
     pub claim_interval_ms: u64,
-    /// Claims between ticks are made only while this node holds at most
-    /// this many active (pending or running) records: with more, a scan
-    /// per batch cost more CPU than it gained (5 nodes, 64 clients x 100
-    /// tasks: completions 4,154-4,336 -> 1,886-2,115/s without this bound).
+    /// Claims between ticks look at every record while this node holds
+    /// at most this many active (pending or running) ones, and with more
+    /// at the first this many pending ones of the claim order only: a full
+    /// scan per batch cost more CPU than it gained (5 nodes, 64 clients x
+    /// 100 tasks: completions 4,154-4,336 -> 1,886-2,115/s), and claiming
+    /// only at the tick bounded completions by the slots refilled per tick.
     pub claim_early_active_max: usize,
     /// A pending task its preferred replica has not claimed for this long
     /// is claimed by any other replica with room that holds it: the
