@@ -647,41 +647,32 @@ impl Proposer {
         if self.runners_spent.get(&id).is_some_and(|&v| v < version) {
             self.runners_spent.remove(&id); // that instance is decided
         }
-        if let Some(ballot) = self.runners_ballot(id, version, &base, &intent) {
-            // Phase 2 at once: see the module docs of `crate::paxos`.
-            let value = intent
-                .desired_at(
-                    self.me,
-                    self.generation,
-                    &header,
-                    &base,
-                    now,
-                    self.events_max,
+        // The runner's result goes to phase 2 at once: see the module docs
+        // of `crate::paxos`.
+        let runners = self.runners_ballot(id, version, &base, &intent);
+        let (ballot, phase) = match runners {
+            Some(ballot) => {
+                let value = intent
+                    .desired_at(
+                        self.me,
+                        self.generation,
+                        &header,
+                        &base,
+                        now,
+                        self.events_max,
+                    )
+                    .expect("checked above");
+                let accepted = BTreeSet::new();
+                (ballot, Phase::Accepting { value, accepted })
+            }
+            None => {
+                let promises = BTreeMap::new();
+                (
+                    self.next_ballot(Ballot::ZERO),
+                    Phase::Preparing { promises },
                 )
-                .expect("checked above");
-            let p = Proposal {
-                id,
-                header,
-                version,
-                base,
-                intent,
-                ballot,
-                seen: Ballot::ZERO,
-                phase: Phase::Accepting {
-                    value: value.clone(),
-                    accepted: BTreeSet::new(),
-                },
-                round_started: now,
-                started_at: now,
-                failed_rounds: 0,
-                accepts_sent: true,
-                runners_ballot_used: true,
-            };
-            let msgs = accept_msgs(id, &p, value);
-            self.proposals.insert(id, p);
-            return Ok(msgs);
-        }
-        let ballot = self.next_ballot(Ballot::ZERO);
+            }
+        };
         let p = Proposal {
             id,
             header,
@@ -690,16 +681,17 @@ impl Proposer {
             intent,
             ballot,
             seen: Ballot::ZERO,
-            phase: Phase::Preparing {
-                promises: BTreeMap::new(),
-            },
+            phase,
             round_started: now,
             started_at: now,
             failed_rounds: 0,
-            accepts_sent: false,
-            runners_ballot_used: false,
+            accepts_sent: runners.is_some(),
+            runners_ballot_used: runners.is_some(),
         };
-        let msgs = prepare_msgs(id, &p);
+        let msgs = match &p.phase {
+            Phase::Accepting { value, .. } => accept_msgs(id, &p, value.clone()),
+            _ => prepare_msgs(id, &p),
+        };
         self.proposals.insert(id, p);
         Ok(msgs)
     }
