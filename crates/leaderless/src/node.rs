@@ -1948,15 +1948,19 @@ impl LeaderlessNode {
                 .collect(),
         };
         self.prune_grants(now);
-        // What is kept per pending task goes with its pending state.
-        let records = &self.records;
-        let pending = |id: &TaskId| {
-            records
-                .get(id)
-                .is_some_and(|r| r.value.state == TaskState::Pending)
-        };
-        self.pending_seen.retain(|id, _| pending(id));
-        self.offered.retain(|id, _| pending(id));
+        // What is kept per pending task goes with its pending state: pruned
+        // by the tick's pass only, as a walk of it per batch would cost
+        // what the head-only pass saves (a stale entry is only dropped late).
+        if pass == ClaimPass::Tick {
+            let records = &self.records;
+            let pending = |id: &TaskId| {
+                records
+                    .get(id)
+                    .is_some_and(|r| r.value.state == TaskState::Pending)
+            };
+            self.pending_seen.retain(|id, _| pending(id));
+            self.offered.retain(|id, _| pending(id));
+        }
         // Offers made this round, by target: they count as load.
         let mut offered_to: BTreeMap<NodeId, u32> = BTreeMap::new();
         // An offer claim nobody answers (its acceptors hold another body,
