@@ -448,6 +448,26 @@ pub fn kept_for_ever(task: &Task) -> bool {
         )
 }
 
+/// How many records kept for ever ([`kept_for_ever`]) a node may hold
+/// already and still create `task`, under a bound of `max` schedules:
+/// `None` when `task` is not kept for ever, `max` for a definition, twice
+/// that for a tombstone (a delete must go through while definitions are
+/// at the bound). Every mode's `schedules_kept_max` check.
+pub fn kept_bound(task: &Task, max: usize) -> Option<usize> {
+    if !kept_for_ever(task) {
+        return None;
+    }
+    let definition = matches!(
+        crate::codec::decode::<SchedulePayload>(&task.payload, task.payload.len()),
+        Ok(SchedulePayload::Spec(_))
+    );
+    Some(if definition {
+        max
+    } else {
+        max.saturating_mul(2)
+    })
+}
+
 /// The payload of a task of kind [`SCHEDULE_KIND`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum SchedulePayload {

@@ -22,7 +22,7 @@ use crate::retention::{
 };
 use crate::ring::{self as ringp, Ring, RingChange, RingProposal, RingState, RingStep, RING_KEY};
 use crate::tasks::{Holders, Op, Ops, ReadProgress, ReadPurpose, SubmitVerdict, WriteAnswer};
-use cohort_core::schedule::{kept_for_ever, SchedulePayload};
+use cohort_core::schedule::{kept_bound, kept_for_ever};
 use cohort_core::task::LEASE_EXPIRED_CLASS;
 use cohort_core::{
     decode, encode, error_class, event_progress, Action, BootError, ClientError, ClientRequest,
@@ -831,20 +831,7 @@ impl LeaderlessNode {
     /// many, a deleted schedule's tombstone once it keeps twice that (a
     /// delete must go through while definitions are at the bound).
     fn kept_full_for(&self, task: &Task) -> bool {
-        if !kept_for_ever(task) {
-            return false;
-        }
-        let max = self.config.schedules_kept_max;
-        let definition = matches!(
-            cohort_core::decode::<SchedulePayload>(&task.payload, task.payload.len()),
-            Ok(SchedulePayload::Spec(_))
-        );
-        let bound = if definition {
-            max
-        } else {
-            max.saturating_mul(2)
-        };
-        self.kept.len() >= bound
+        kept_bound(task, self.config.schedules_kept_max).is_some_and(|b| self.kept.len() >= b)
     }
 
     /// The refusal of a submit while replicas hold `tasks_active_max`

@@ -253,20 +253,9 @@ impl Coordinator {
                 limit: self.peers.limits.tasks_active_max,
             });
         }
-        let kept = cohort_core::schedule::kept_for_ever(&task);
-        if kept {
-            let max = self.config.schedules_kept_max;
-            let tombstone = matches!(
-                cohort_core::codec::decode(&task.payload, task.payload.len()),
-                Ok(cohort_core::schedule::SchedulePayload::Deleted)
-            );
-            if self.kept
-                >= if tombstone {
-                    max.saturating_mul(2)
-                } else {
-                    max
-                }
-            {
+        let max = self.config.schedules_kept_max;
+        if let Some(bound) = cohort_core::schedule::kept_bound(&task, max) {
+            if self.kept >= bound {
                 return Err(ClientError::Overloaded {
                     what: "schedules_kept_max".into(),
                     limit: max,
